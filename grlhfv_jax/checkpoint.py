@@ -20,85 +20,85 @@ log = logging.getLogger(__name__)
 
 
 def _train_state(model: nnx.Module, optimizer: nnx.Optimizer | None) -> dict:
-  state = {"model": nnx.to_pure_dict(nnx.state(model, nnx.Param))}
-  if optimizer is not None:
-    state["opt"] = nnx.to_pure_dict(nnx.state(optimizer, nnx.optimizer.OptState))  # incl. step
-  return state
+    state = {"model": nnx.to_pure_dict(nnx.state(model, nnx.Param))}
+    if optimizer is not None:
+        state["opt"] = nnx.to_pure_dict(nnx.state(optimizer, nnx.optimizer.OptState))  # incl. step
+    return state
 
 
 class Checkpointer:
-  """Saves and restores (model, optimizer, extra) under `directory/<step>/`.
+    """Saves and restores (model, optimizer, extra) under `directory/<step>/`.
 
-  Args:
-    directory: where the steps go (created).
-    max_to_keep: finished checkpoints kept; older ones are deleted after a newer one is complete.
-    async_save: write in a background thread (call `wait()` before reading the files).
-  """
-
-  def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
-
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
-
-  def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None = None,
-           extra: dict[str, Any] | None = None, *, force: bool = True) -> None:
-    """Starts saving `step`. A failure (e.g. disk full) raises with the directory named."""
-    try:
-      self._manager.save(
-          int(step),
-          args=ocp.args.Composite(
-              state=ocp.args.StandardSave(_train_state(model, optimizer)),
-              extra=ocp.args.JsonSave(dict(extra or {}))),
-          force=force)
-    except OSError as e:
-      raise OSError(f"could not write checkpoint step {step} under {self.directory}: {e}. "
-                    f"The previous checkpoint ({self.latest_step()}) is kept.") from e
-
-  def restore_latest(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None
-                     ) -> tuple[int, dict] | None:
-    """Loads the newest finished step into `model` / `optimizer` in place.
-
-    Returns (step, extra), or None when there is no checkpoint. Arrays keep the shardings the
-    live model has.
+    Args:
+        directory: where the steps go (created).
+        max_to_keep: finished checkpoints kept; older ones are deleted after a newer one is complete.
+        async_save: write in a background thread (call `wait()` before reading the files).
     """
-    step = self._manager.latest_step()
-    if step is None:
-      return None
-    target = _train_state(model, optimizer)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                      extra=ocp.args.JsonRestore()))
-    state = restored["state"]
-    params = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(params, state["model"])
-    nnx.update(model, params)
-    if optimizer is not None:
-      opt_state = nnx.state(optimizer, nnx.optimizer.OptState)
-      nnx.replace_by_pure_dict(opt_state, state["opt"])
-      nnx.update(optimizer, opt_state)
-    log.info("restored checkpoint step %d from %s", step, self.directory)
-    return step, dict(restored["extra"] or {})
 
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
+    def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-  def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None = None,
+                      extra: dict[str, Any] | None = None, *, force: bool = True) -> None:
+        """Starts saving `step`. A failure (e.g. disk full) raises with the directory named."""
+        try:
+            self._manager.save(
+                    int(step),
+                    args=ocp.args.Composite(
+                            state=ocp.args.StandardSave(_train_state(model, optimizer)),
+                            extra=ocp.args.JsonSave(dict(extra or {}))),
+                    force=force)
+        except OSError as e:
+            raise OSError(f"could not write checkpoint step {step} under {self.directory}: {e}. "
+                                        f"The previous checkpoint ({self.latest_step()}) is kept.") from e
+
+    def restore_latest(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None
+                                          ) -> tuple[int, dict] | None:
+        """Loads the newest finished step into `model` / `optimizer` in place.
+
+        Returns (step, extra), or None when there is no checkpoint. Arrays keep the shardings the
+        live model has.
+        """
+        step = self._manager.latest_step()
+        if step is None:
+            return None
+        target = _train_state(model, optimizer)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                            extra=ocp.args.JsonRestore()))
+        state = restored["state"]
+        params = nnx.state(model, nnx.Param)
+        nnx.replace_by_pure_dict(params, state["model"])
+        nnx.update(model, params)
+        if optimizer is not None:
+            opt_state = nnx.state(optimizer, nnx.optimizer.OptState)
+            nnx.replace_by_pure_dict(opt_state, state["opt"])
+            nnx.update(optimizer, opt_state)
+        log.info("restored checkpoint step %d from %s", step, self.directory)
+        return step, dict(restored["extra"] or {})
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
 
 
 def export_hf(model: nnx.Module, path: str) -> str:
-  """Writes `model` as a Hugging Face checkpoint folder (config.json + safetensors)."""
-  from grlhfv_jax.models import save_pretrained
-  tmp = path.rstrip("/") + ".tmp"
-  save_pretrained(model, tmp)
-  if os.path.exists(path):
-    import shutil
-    shutil.rmtree(path)
-  os.replace(tmp, path)
-  return path
+    """Writes `model` as a Hugging Face checkpoint folder (config.json + safetensors)."""
+    from grlhfv_jax.models import save_pretrained
+    tmp = path.rstrip("/") + ".tmp"
+    save_pretrained(model, tmp)
+    if os.path.exists(path):
+        import shutil
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path

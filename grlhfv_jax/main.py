@@ -26,98 +26,98 @@ RUN_STATE = "run_state.json"
 
 
 def _flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(_flat(v, key + "."))
-    else:
-      out[key] = v
-  return out
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def _config_diff(old: dict, new: dict) -> list[str]:
-  a, b = _flat(old), _flat(new)
-  return sorted(k for k in set(a) | set(b) if k != "stages" and a.get(k) != b.get(k))
+    a, b = _flat(old), _flat(new)
+    return sorted(k for k in set(a) | set(b) if k != "stages" and a.get(k) != b.get(k))
 
 
 def prepare_workdir(config, workdir: str, restart: bool) -> dict:
-  """Creates or re-opens `workdir`; returns its run state ({"stages": {name: {...}}})."""
-  from grlhfv_jax.metrics import write_json_atomic
-  cfg = json.loads(config.to_json_best_effort())
-  path = os.path.join(workdir, RUN_STATE)
-  if os.path.exists(path) and restart:
-    print(f"--restart: deleting the previous run in {workdir}", flush=True)
-    shutil.rmtree(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      state = json.load(f)
-    diff = _config_diff(state["config"], cfg)
-    if diff:
-      raise SystemExit(
-          f"{workdir} holds a run made with a different config (differs at: {', '.join(diff[:12])}). "
-          "Use another --workdir, or --restart to delete that run.")
-  else:
-    state = {"config": cfg, "stages": {}}
-  state["config"] = cfg
-  write_json_atomic(path, state)
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  return state
+    """Creates or re-opens `workdir`; returns its run state ({"stages": {name: {...}}})."""
+    from grlhfv_jax.metrics import write_json_atomic
+    cfg = json.loads(config.to_json_best_effort())
+    path = os.path.join(workdir, RUN_STATE)
+    if os.path.exists(path) and restart:
+        print(f"--restart: deleting the previous run in {workdir}", flush=True)
+        shutil.rmtree(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        diff = _config_diff(state["config"], cfg)
+        if diff:
+            raise SystemExit(
+                    f"{workdir} holds a run made with a different config (differs at: {', '.join(diff[:12])}). "
+                    "Use another --workdir, or --restart to delete that run.")
+    else:
+        state = {"config": cfg, "stages": {}}
+    state["config"] = cfg
+    write_json_atomic(path, state)
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    return state
 
 
 def run(config, workdir: str, restart: bool = False) -> dict:
-  """Validates `config`, then runs its stages in order. Returns the summary dict."""
-  from grlhfv_jax import stages
-  from grlhfv_jax.metrics import MetricsWriter, update_summary, write_json_atomic
+    """Validates `config`, then runs its stages in order. Returns the summary dict."""
+    from grlhfv_jax import stages
+    from grlhfv_jax.metrics import MetricsWriter, update_summary, write_json_atomic
 
-  stages.validate(config)  # before any compilation: errors name the key
-  state = prepare_workdir(config, workdir, restart)
-  writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True))
-  summary: dict = {}
-  try:
-    for name in config.stages:
-      rec = state["stages"].get(name, {})
-      if rec.get("status") == "done":
-        print(f"[{name}] finished in an earlier run ({rec.get('wall_s', 0):.0f} s); skipping. "
-              f"Use --restart to redo it.", flush=True)
-        continue
-      if rec.get("status") == "running":
-        print(f"[{name}] was interrupted in an earlier run; resuming from its last checkpoint.",
-              flush=True)
-      state["stages"][name] = {"status": "running", "started": time.time()}
-      write_json_atomic(os.path.join(workdir, RUN_STATE), state)
-      print(f"[{name}] starting", flush=True)
-      t0 = time.time()
-      result = stages.run_stage(name, config, workdir, writer) or {}
-      wall = time.time() - t0
-      result[f"time/{name}_s"] = wall
-      summary = update_summary(workdir, result)
-      state["stages"][name] = {"status": "done", "wall_s": wall}
-      write_json_atomic(os.path.join(workdir, RUN_STATE), state)
-      print(f"[{name}] done in {wall:.0f} s", flush=True)
-  finally:
-    writer.close()
-  if "report" in config and config.report.get("enabled", True):
-    from grlhfv_jax import report
-    path = report.write_report(workdir)
-    print(f"report: {path}", flush=True)
-  print(json.dumps(summary, indent=2, sort_keys=True), flush=True)
-  return summary
+    stages.validate(config)  # before any compilation: errors name the key
+    state = prepare_workdir(config, workdir, restart)
+    writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True))
+    summary: dict = {}
+    try:
+        for name in config.stages:
+            rec = state["stages"].get(name, {})
+            if rec.get("status") == "done":
+                print(f"[{name}] finished in an earlier run ({rec.get('wall_s', 0):.0f} s); skipping. "
+                            f"Use --restart to redo it.", flush=True)
+                continue
+            if rec.get("status") == "running":
+                print(f"[{name}] was interrupted in an earlier run; resuming from its last checkpoint.",
+                            flush=True)
+            state["stages"][name] = {"status": "running", "started": time.time()}
+            write_json_atomic(os.path.join(workdir, RUN_STATE), state)
+            print(f"[{name}] starting", flush=True)
+            t0 = time.time()
+            result = stages.run_stage(name, config, workdir, writer) or {}
+            wall = time.time() - t0
+            result[f"time/{name}_s"] = wall
+            summary = update_summary(workdir, result)
+            state["stages"][name] = {"status": "done", "wall_s": wall}
+            write_json_atomic(os.path.join(workdir, RUN_STATE), state)
+            print(f"[{name}] done in {wall:.0f} s", flush=True)
+    finally:
+        writer.close()
+    if "report" in config and config.report.get("enabled", True):
+        from grlhfv_jax import report
+        path = report.write_report(workdir)
+        print(f"report: {path}", flush=True)
+    print(json.dumps(summary, indent=2, sort_keys=True), flush=True)
+    return summary
 
 
 def main(argv):
-  del argv
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError("--config is required, e.g. --config configs/demo.py")
-  workdir = _WORKDIR.value or config.get("workdir") or "workdir"
-  from grlhfv_jax.sharding import initialize_distributed
-  initialize_distributed()
-  run(config, workdir, _RESTART.value)
+    del argv
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config configs/demo.py")
+    workdir = _WORKDIR.value or config.get("workdir") or "workdir"
+    from grlhfv_jax.sharding import initialize_distributed
+    initialize_distributed()
+    run(config, workdir, _RESTART.value)
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+    sys.exit(app.run(main))

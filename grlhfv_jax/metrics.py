@@ -13,104 +13,104 @@ from tqdm.auto import tqdm
 
 
 def _to_float(v: Any) -> float | None:
-  try:
-    f = float(np.asarray(v))
-  except (TypeError, ValueError):
-    return None
-  return f
+    try:
+        f = float(np.asarray(v))
+    except (TypeError, ValueError):
+        return None
+    return f
 
 
 class MetricsWriter:
-  """Writes scalars to `workdir/metrics.jsonl` (one JSON object per line) and TensorBoard.
+    """Writes scalars to `workdir/metrics.jsonl` (one JSON object per line) and TensorBoard.
 
-  Every line is flushed as it is written, so a crash loses nothing already logged.
-  """
+    Every line is flushed as it is written, so a crash loses nothing already logged.
+    """
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
-    os.makedirs(workdir, exist_ok=True)
-    self.workdir = workdir
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-    self._tb = None
-    if tensorboard and _is_main_process():
-      from tensorboardX import SummaryWriter  # small, TensorFlow-free event writer
-      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+    def __init__(self, workdir: str, *, tensorboard: bool = True):
+        os.makedirs(workdir, exist_ok=True)
+        self.workdir = workdir
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard and _is_main_process():
+            from tensorboardX import SummaryWriter  # small, TensorFlow-free event writer
+            self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
 
-  def write(self, stage: str, step: int, metrics: Mapping[str, Any]) -> None:
-    """Logs `metrics` (scalars; non-scalars are skipped) under `stage/name` at `step`."""
-    row: dict[str, Any] = {"stage": stage, "step": int(step), "time": time.time()}
-    for k, v in metrics.items():
-      f = _to_float(v)
-      if f is None:
-        continue
-      row[k] = f if math.isfinite(f) else str(f)
-      if self._tb is not None and math.isfinite(f):
-        self._tb.add_scalar(f"{stage}/{k}", f, int(step))
-    self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
+    def write(self, stage: str, step: int, metrics: Mapping[str, Any]) -> None:
+        """Logs `metrics` (scalars; non-scalars are skipped) under `stage/name` at `step`."""
+        row: dict[str, Any] = {"stage": stage, "step": int(step), "time": time.time()}
+        for k, v in metrics.items():
+            f = _to_float(v)
+            if f is None:
+                continue
+            row[k] = f if math.isfinite(f) else str(f)
+            if self._tb is not None and math.isfinite(f):
+                self._tb.add_scalar(f"{stage}/{k}", f, int(step))
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
 
-  def flush(self) -> None:
-    self._jsonl.flush()
-    if self._tb is not None:
-      self._tb.flush()
+    def flush(self) -> None:
+        self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.flush()
 
-  def close(self) -> None:
-    self.flush()
-    self._jsonl.close()
-    if self._tb is not None:
-      self._tb.close()
+    def close(self) -> None:
+        self.flush()
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
 
 
 def read_jsonl(path: str) -> list[dict]:
-  """Reads a metrics.jsonl, skipping a torn last line (a crash mid-write)."""
-  rows = []
-  if not os.path.exists(path):
+    """Reads a metrics.jsonl, skipping a torn last line (a crash mid-write)."""
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
     return rows
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-  return rows
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to `path` through a temporary file and a rename (never a half-written file)."""
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+    """Writes JSON to `path` through a temporary file and a rename (never a half-written file)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _json_default(o: Any):
-  if isinstance(o, (np.generic, np.ndarray)):
-    return o.tolist()
-  return str(o)
+    if isinstance(o, (np.generic, np.ndarray)):
+        return o.tolist()
+    return str(o)
 
 
 def update_summary(workdir: str, values: Mapping[str, Any]) -> dict:
-  """Merges flat `values` (e.g. {"grm/accuracy_id": 0.9}) into `workdir/summary.json`."""
-  path = os.path.join(workdir, "summary.json")
-  summary = {}
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      summary = json.load(f)
-  for k, v in values.items():
-    f = _to_float(v)
-    summary[k] = f if f is not None and not isinstance(v, str) else v
-  write_json_atomic(path, summary)
-  return summary
+    """Merges flat `values` (e.g. {"grm/accuracy_id": 0.9}) into `workdir/summary.json`."""
+    path = os.path.join(workdir, "summary.json")
+    summary = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    for k, v in values.items():
+        f = _to_float(v)
+        summary[k] = f if f is not None and not isinstance(v, str) else v
+    write_json_atomic(path, summary)
+    return summary
 
 
 def progress(iterable=None, *, total=None, desc: str = "", disable: bool | None = None):
-  """A tqdm progress bar, shown only on the main process."""
-  if disable is None:
-    disable = not _is_main_process()
-  return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=True)
+    """A tqdm progress bar, shown only on the main process."""
+    if disable is None:
+        disable = not _is_main_process()
+    return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=True)
 
 
 def _is_main_process() -> bool:
-  import jax
-  return jax.process_index() == 0
+    import jax
+    return jax.process_index() == 0

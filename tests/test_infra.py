@@ -14,80 +14,80 @@ from grlhfv_jax import checkpoint, main, metrics
 
 
 def _model_and_opt(seed):
-  model = nnx.Linear(3, 4, rngs=nnx.Rngs(seed))
-  opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
-  return model, opt
+    model = nnx.Linear(3, 4, rngs=nnx.Rngs(seed))
+    opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+    return model, opt
 
 
 def _step(model, opt):
-  grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((2, 3))) ** 2))(model)
-  opt.update(model, grads)
+    grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((2, 3))) ** 2))(model)
+    opt.update(model, grads)
 
 
 def test_checkpoint_round_trip_restores_model_optimizer_and_extra(tmp_path):
-  model, opt = _model_and_opt(0)
-  _step(model, opt)
-  ck = checkpoint.Checkpointer(str(tmp_path / "ck"), max_to_keep=2)
-  ck.save(1, model, opt, {"seen": 7})
-  _step(model, opt)
-  ck.save(2, model, opt, {"seen": 9})
-  ck.wait()
-  fresh, fresh_opt = _model_and_opt(1)
-  step, extra = ck.restore_latest(fresh, fresh_opt)
-  assert (step, extra) == (2, {"seen": 9})
-  np.testing.assert_array_equal(np.asarray(fresh.kernel[...]), np.asarray(model.kernel[...]))
-  np.testing.assert_array_equal(np.asarray(fresh_opt.step[...]), 2)
-  mu_a = jnp.concatenate([x.ravel() for x in __import__("jax").tree.leaves(nnx.state(opt, nnx.optimizer.OptState))])
-  mu_b = jnp.concatenate([x.ravel() for x in __import__("jax").tree.leaves(nnx.state(fresh_opt, nnx.optimizer.OptState))])
-  np.testing.assert_array_equal(np.asarray(mu_a), np.asarray(mu_b))
-  # The same training continues identically from the restored state.
-  _step(model, opt)
-  _step(fresh, fresh_opt)
-  np.testing.assert_allclose(np.asarray(fresh.kernel[...]), np.asarray(model.kernel[...]), atol=1e-7)
-  ck.close()
+    model, opt = _model_and_opt(0)
+    _step(model, opt)
+    ck = checkpoint.Checkpointer(str(tmp_path / "ck"), max_to_keep=2)
+    ck.save(1, model, opt, {"seen": 7})
+    _step(model, opt)
+    ck.save(2, model, opt, {"seen": 9})
+    ck.wait()
+    fresh, fresh_opt = _model_and_opt(1)
+    step, extra = ck.restore_latest(fresh, fresh_opt)
+    assert (step, extra) == (2, {"seen": 9})
+    np.testing.assert_array_equal(np.asarray(fresh.kernel[...]), np.asarray(model.kernel[...]))
+    np.testing.assert_array_equal(np.asarray(fresh_opt.step[...]), 2)
+    mu_a = jnp.concatenate([x.ravel() for x in __import__("jax").tree.leaves(nnx.state(opt, nnx.optimizer.OptState))])
+    mu_b = jnp.concatenate([x.ravel() for x in __import__("jax").tree.leaves(nnx.state(fresh_opt, nnx.optimizer.OptState))])
+    np.testing.assert_array_equal(np.asarray(mu_a), np.asarray(mu_b))
+    # The same training continues identically from the restored state.
+    _step(model, opt)
+    _step(fresh, fresh_opt)
+    np.testing.assert_allclose(np.asarray(fresh.kernel[...]), np.asarray(model.kernel[...]), atol=1e-7)
+    ck.close()
 
 
 def test_checkpoint_failed_save_keeps_previous_and_names_directory(tmp_path, monkeypatch):
-  model, opt = _model_and_opt(0)
-  ck = checkpoint.Checkpointer(str(tmp_path / "ck"), async_save=False)
-  ck.save(1, model, opt, {"k": 1})
-  ck.wait()
+    model, opt = _model_and_opt(0)
+    ck = checkpoint.Checkpointer(str(tmp_path / "ck"), async_save=False)
+    ck.save(1, model, opt, {"k": 1})
+    ck.wait()
 
-  def disk_full(*a, **k):
-    raise OSError(28, "No space left on device")
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
 
-  monkeypatch.setattr(ck._manager, "save", disk_full)
-  with pytest.raises(OSError, match=r"step 2 .*ck.*previous checkpoint \(1\)"):
-    ck.save(2, model, opt)
-  # A half-written step folder left by a crash is not taken for a finished checkpoint.
-  os.makedirs(tmp_path / "ck" / "3.orbax-checkpoint-tmp-123")
-  fresh, fresh_opt = _model_and_opt(1)
-  assert ck.restore_latest(fresh, fresh_opt)[0] == 1
+    monkeypatch.setattr(ck._manager, "save", disk_full)
+    with pytest.raises(OSError, match=r"step 2 .*ck.*previous checkpoint \(1\)"):
+        ck.save(2, model, opt)
+    # A half-written step folder left by a crash is not taken for a finished checkpoint.
+    os.makedirs(tmp_path / "ck" / "3.orbax-checkpoint-tmp-123")
+    fresh, fresh_opt = _model_and_opt(1)
+    assert ck.restore_latest(fresh, fresh_opt)[0] == 1
 
 
 def test_metrics_jsonl_tensorboard_and_torn_line(tmp_path):
-  w = metrics.MetricsWriter(str(tmp_path))
-  w.write("sft", 1, {"loss": np.float32(2.5), "bad": float("nan"), "text": "skip"})
-  w.write("sft", 2, {"loss": 1.5})
-  w.close()
-  with open(tmp_path / "metrics.jsonl", "a") as f:
-    f.write('{"stage": "sft", "st')  # a crash mid-line
-  rows = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
-  assert [r["loss"] for r in rows] == [2.5, 1.5]
-  assert rows[0]["bad"] == "nan" and "text" not in rows[0]
-  assert any(p.startswith("events.out.tfevents") for p in os.listdir(tmp_path / "tensorboard"))
-  s = metrics.update_summary(str(tmp_path), {"grm/accuracy_id": np.float64(0.75)})
-  s = metrics.update_summary(str(tmp_path), {"policy/x": 1})
-  assert json.load(open(tmp_path / "summary.json")) == {"grm/accuracy_id": 0.75, "policy/x": 1.0} == s
+    w = metrics.MetricsWriter(str(tmp_path))
+    w.write("sft", 1, {"loss": np.float32(2.5), "bad": float("nan"), "text": "skip"})
+    w.write("sft", 2, {"loss": 1.5})
+    w.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"stage": "sft", "st')  # a crash mid-line
+    rows = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert [r["loss"] for r in rows] == [2.5, 1.5]
+    assert rows[0]["bad"] == "nan" and "text" not in rows[0]
+    assert any(p.startswith("events.out.tfevents") for p in os.listdir(tmp_path / "tensorboard"))
+    s = metrics.update_summary(str(tmp_path), {"grm/accuracy_id": np.float64(0.75)})
+    s = metrics.update_summary(str(tmp_path), {"policy/x": 1})
+    assert json.load(open(tmp_path / "summary.json")) == {"grm/accuracy_id": 0.75, "policy/x": 1.0} == s
 
 
 def test_workdir_refuses_a_different_config_and_restart_clears(tmp_path):
-  cfg = ConfigDict({"stages": ["data"], "a": {"b": 1}})
-  main.prepare_workdir(cfg, str(tmp_path), restart=False)
-  main.prepare_workdir(cfg, str(tmp_path), restart=False)  # same config: fine
-  other = ConfigDict({"stages": ["data"], "a": {"b": 2}})
-  with pytest.raises(SystemExit, match=r"a\.b"):
-    main.prepare_workdir(other, str(tmp_path), restart=False)
-  (tmp_path / "junk").write_text("x")
-  main.prepare_workdir(other, str(tmp_path), restart=True)
-  assert not (tmp_path / "junk").exists()
+    cfg = ConfigDict({"stages": ["data"], "a": {"b": 1}})
+    main.prepare_workdir(cfg, str(tmp_path), restart=False)
+    main.prepare_workdir(cfg, str(tmp_path), restart=False)  # same config: fine
+    other = ConfigDict({"stages": ["data"], "a": {"b": 2}})
+    with pytest.raises(SystemExit, match=r"a\.b"):
+        main.prepare_workdir(other, str(tmp_path), restart=False)
+    (tmp_path / "junk").write_text("x")
+    main.prepare_workdir(other, str(tmp_path), restart=True)
+    assert not (tmp_path / "junk").exists()

@@ -13,57 +13,57 @@ from typing import Any, Callable
 
 # stage name -> module (under grlhfv_jax.stages) and the config section it reads.
 STAGES = {
-    "data": ("data", "data"),
-    "sft": ("sft", "sft"),
-    "grm_rl": ("grm_rl", "grm_rl"),
-    "rm": ("rm", "rm"),
-    "dpo": ("dpo", "dpo"),
-    "policy_rl": ("policy_rl", "policy_rl"),
-    "policy_rl_rm": ("policy_rl", "policy_rl_rm"),
-    "evaluate": ("evaluate", "evaluate"),
+        "data": ("data", "data"),
+        "sft": ("sft", "sft"),
+        "grm_rl": ("grm_rl", "grm_rl"),
+        "rm": ("rm", "rm"),
+        "dpo": ("dpo", "dpo"),
+        "policy_rl": ("policy_rl", "policy_rl"),
+        "policy_rl_rm": ("policy_rl", "policy_rl_rm"),
+        "evaluate": ("evaluate", "evaluate"),
 }
 
 
 class ConfigError(ValueError):
-  """A config key is missing or has a bad value; the message names the key."""
+    """A config key is missing or has a bad value; the message names the key."""
 
 
 def _module(name: str):
-  return importlib.import_module(f"grlhfv_jax.stages.{STAGES[name][0]}")
+    return importlib.import_module(f"grlhfv_jax.stages.{STAGES[name][0]}")
 
 
 def check_section(config, section: str, schema: dict[str, tuple[type | tuple, Callable[[Any], bool] | None, str]]):
-  """Checks `config[section]` against `schema`: key -> (types, predicate or None, what it must be)."""
-  if section not in config:
-    raise ConfigError(f"config.{section} is missing (needed by the '{section}' stage)")
-  sec = config[section]
-  for key, (types, pred, what) in schema.items():
-    if key not in sec:
-      raise ConfigError(f"config.{section}.{key} is missing ({what})")
-    value = sec[key]
-    if types is not None and not isinstance(value, types):
-      raise ConfigError(f"config.{section}.{key} = {value!r}: expected {what}")
-    if pred is not None and not pred(value):
-      raise ConfigError(f"config.{section}.{key} = {value!r}: must be {what}")
+    """Checks `config[section]` against `schema`: key -> (types, predicate or None, what it must be)."""
+    if section not in config:
+        raise ConfigError(f"config.{section} is missing (needed by the '{section}' stage)")
+    sec = config[section]
+    for key, (types, pred, what) in schema.items():
+        if key not in sec:
+            raise ConfigError(f"config.{section}.{key} is missing ({what})")
+        value = sec[key]
+        if types is not None and not isinstance(value, types):
+            raise ConfigError(f"config.{section}.{key} = {value!r}: expected {what}")
+        if pred is not None and not pred(value):
+            raise ConfigError(f"config.{section}.{key} = {value!r}: must be {what}")
 
 
 def validate(config) -> None:
-  """Validates the whole config; raises ConfigError naming the first bad key."""
-  if "stages" not in config or not config.stages:
-    raise ConfigError("config.stages is missing or empty")
-  for name in config.stages:
-    if name not in STAGES:
-      raise ConfigError(f"config.stages: unknown stage '{name}' (known: {', '.join(STAGES)})")
-  if "mesh_shape" in config:
-    shape = tuple(config.mesh_shape)
-    if len(shape) != 3 or sum(1 for d in shape if d == -1) > 1 or any(d == 0 or d < -1 for d in shape):
-      raise ConfigError(f"config.mesh_shape = {shape}: expected 3 positive sizes over "
-                        "(data, fsdp, tensor), at most one -1")
-  for name in config.stages:
-    module = _module(name)
-    module.validate(config, STAGES[name][1])
+    """Validates the whole config; raises ConfigError naming the first bad key."""
+    if "stages" not in config or not config.stages:
+        raise ConfigError("config.stages is missing or empty")
+    for name in config.stages:
+        if name not in STAGES:
+            raise ConfigError(f"config.stages: unknown stage '{name}' (known: {', '.join(STAGES)})")
+    if "mesh_shape" in config:
+        shape = tuple(config.mesh_shape)
+        if len(shape) != 3 or sum(1 for d in shape if d == -1) > 1 or any(d == 0 or d < -1 for d in shape):
+            raise ConfigError(f"config.mesh_shape = {shape}: expected 3 positive sizes over "
+                                                "(data, fsdp, tensor), at most one -1")
+    for name in config.stages:
+        module = _module(name)
+        module.validate(config, STAGES[name][1])
 
 
 def run_stage(name: str, config, workdir: str, writer) -> dict:
-  module = _module(name)
-  return module.run(config, workdir, writer, section=STAGES[name][1])
+    module = _module(name)
+    return module.run(config, workdir, writer, section=STAGES[name][1])

@@ -1,0 +1,169 @@
+"""The run report: `workdir/report.html`, a single self-contained page.
+
+Reads what the stages wrote: `metrics.jsonl` (training curves), `summary.json` (final numbers),
+`samples/judgments.jsonl` (sample GRM judgments with their image files) and `nscale.json`
+(the n-scaling sweep, when run). Plots are PNGs inlined as base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from grlhfv_jax.metrics import read_jsonl  # noqa: E402
+
+# (stage, metric) pairs drawn as training curves when present.
+CURVES = [
+        ("sft", "policy/loss"), ("sft", "grm/loss"),
+        ("grm_rl", "reward_mean"), ("grm_rl", "kl"), ("grm_rl", "eval/accuracy_id"),
+        ("rm", "loss"), ("rm", "accuracy"),
+        ("dpo", "loss"), ("dpo", "reward_accuracy"),
+        ("policy_rl", "reward_mean"), ("policy_rl", "oracle_mean"), ("policy_rl", "kl"),
+        ("policy_rl_rm", "reward_mean"), ("policy_rl_rm", "oracle_mean"),
+]
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "<img src='data:image/png;base64,%s'/>" % base64.b64encode(buf.getvalue()).decode()
+
+
+def _series(rows):
+    out = defaultdict(lambda: ([], []))
+    for r in rows:
+        for k, v in r.items():
+            if k in ("stage", "step", "time") or not isinstance(v, (int, float)):
+                continue
+            xs, ys = out[(r["stage"], k)]
+            xs.append(r["step"])
+            ys.append(v)
+    return out
+
+
+def _curves(series) -> str:
+    present = [c for c in CURVES if c in series]
+    if not present:
+        return "<p>No training curves logged.</p>"
+    cols = 3
+    rows = (len(present) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, key in zip(axes.ravel(), present):
+        xs, ys = series[key]
+        ax.plot(xs, ys, lw=1.2)
+        ax.set_title(f"{key[0]}: {key[1]}", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(present):]:
+        ax.axis("off")
+    return _png(fig)
+
+
+def _accuracy_bars(summary) -> str:
+    bars = [(k, v) for k, v in sorted(summary.items())
+                    if "accuracy" in k and isinstance(v, (int, float)) and not k.startswith("time/")]
+    if not bars:
+        return ""
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(bars)), 3))
+    ax.bar(range(len(bars)), [v for _, v in bars], color="#4c72b0")
+    ax.set_xticks(range(len(bars)))
+    ax.set_xticklabels([k for k, _ in bars], rotation=60, ha="right", fontsize=7)
+    ax.axhline(0.5, color="grey", ls="--", lw=0.8)
+    ax.set_ylim(0, 1)
+    ax.set_title("reward-model accuracy (dashed: chance)", fontsize=9)
+    return _png(fig)
+
+
+def _hacking(series) -> str:
+    """Judge reward vs oracle score over policy training: where they part, the judge is fooled."""
+    parts = []
+    for stage in ("policy_rl", "policy_rl_rm"):
+        if (stage, "reward_mean") in series and (stage, "oracle_mean") in series:
+            fig, ax = plt.subplots(figsize=(5, 3))
+            xs, ys = series[(stage, "reward_mean")]
+            ax.plot(xs, ys, label="judge reward (mean)")
+            ax2 = ax.twinx()
+            xo, yo = series[(stage, "oracle_mean")]
+            ax2.plot(xo, yo, color="#dd8452", label="oracle score (mean)")
+            ax.set_xlabel("step", fontsize=8)
+            ax.set_ylabel("judge reward", fontsize=8)
+            ax2.set_ylabel("oracle score", fontsize=8, color="#dd8452")
+            ax.set_title(f"{stage}: judge reward vs oracle", fontsize=9)
+            parts.append(_png(fig))
+    return "".join(parts)
+
+
+def _nscale(workdir) -> str:
+    path = os.path.join(workdir, "nscale.json")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        data = json.load(f)
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    for label, pts in data.items():
+        ns = sorted(int(n) for n in pts)
+        ax.plot(ns, [pts[str(n)] for n in ns], marker="o", label=label)
+    ax.set_xlabel("n (samples per prompt)")
+    ax.set_ylabel("oracle score gain")
+    ax.legend(fontsize=7)
+    ax.set_title("gain vs n", fontsize=9)
+    return "<h2>n scaling</h2>" + _png(fig)
+
+
+def _judgments(workdir, limit=8) -> str:
+    path = os.path.join(workdir, "samples", "judgments.jsonl")
+    rows = read_jsonl(path)[:limit]
+    if not rows:
+        return ""
+    out = ["<h2>Sample judgments</h2><table border=1 cellpadding=4 style='border-collapse:collapse;font-size:12px'>",
+                  "<tr><th>image</th><th>question</th><th>response 1</th><th>response 2</th>"
+                  "<th>GRM output</th><th>scores</th><th>human prefers</th></tr>"]
+    for r in rows:
+        img = ""
+        ipath = os.path.join(workdir, "samples", r.get("image", ""))
+        if r.get("image") and os.path.exists(ipath):
+            with open(ipath, "rb") as f:
+                img = "<img width=84 src='data:image/png;base64,%s'/>" % base64.b64encode(f.read()).decode()
+        cells = [img] + [html.escape(str(r.get(k, ""))) for k in
+                                          ("question", "response_1", "response_2", "output", "scores", "preferred")]
+        out.append("<tr>" + "".join(f"<td style='white-space:pre-wrap'>{c}</td>" for c in cells) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def write_report(workdir: str) -> str:
+    """Writes `workdir/report.html` and returns its path."""
+    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    summary = {}
+    spath = os.path.join(workdir, "summary.json")
+    if os.path.exists(spath):
+        with open(spath) as f:
+            summary = json.load(f)
+    series = _series(rows)
+    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, (int, float))
+                                    else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                                    for k, v in sorted(summary.items()))
+    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>grlhfv_jax run report</title></head>
+<body style='font-family:sans-serif;max-width:1300px'>
+<h1>Generative RLHF-V run report</h1><p>workdir: {html.escape(os.path.abspath(workdir))}</p>
+<h2>Summary</h2><table border=1 cellpadding=3 style='border-collapse:collapse;font-size:12px'>{table}</table>
+<h2>Reward models</h2>{_accuracy_bars(summary)}
+<h2>Policy: judge reward vs oracle score (reward hacking shows where they part)</h2>{_hacking(series)}
+{_nscale(workdir)}
+<h2>Training curves</h2>{_curves(series)}
+{_judgments(workdir)}
+</body></html>"""
+    out = os.path.join(workdir, "report.html")
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(page)
+    return out
