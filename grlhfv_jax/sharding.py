@@ -1,0 +1,267 @@
+"""Device mesh, logical-axis rules and placement of parameters and batches.
+
+Mesh axes: "data" (pure data parallelism), "fsdp" (data parallelism that also shards parameters
+and optimizer state), "tensor" (tensor parallelism: heads, MLP and vocab split). Parameters carry
+`logical_axes` metadata (docs/internal_api.md); `LOGICAL_RULES` maps each logical name to a mesh
+axis. A dim whose size the mesh axis does not divide is replicated, so any mesh works for any
+model (the sharding changes, the numbers do not).
+
+Multi-host: call `initialize_distributed()` first; `process_slice` gives each process its share
+of the data; `shard_batch(..., process_local=True)` assembles the global batch from the
+per-process pieces.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+AXIS_NAMES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# logical name -> mesh axis (None = replicated). FSDP over the model width, tensor parallelism
+# over heads / MLP / vocab.
+LOGICAL_RULES: dict[str, str | None] = {
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "mlp": "tensor",
+    "q_heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "vision_embed": "fsdp",
+    "vision_mlp": "tensor",
+    "vision_heads": "tensor",
+    "vision_patch": None,
+    "norm": None,
+}
+
+# Batch entries whose leading dim is not the batch: replicated on every device.
+REPLICATED_BATCH_KEYS = ("pixel_values", "image_grid_thw", "image_embeds")
+
+
+# ----------------------------------------------------------------------------- mesh
+
+
+def make_mesh(mesh_shape: Sequence[int] = (1, -1, 1), axis_names: Sequence[str] = AXIS_NAMES,
+              devices=None) -> Mesh:
+    """A mesh with Auto axis types (GSPMD propagation). One entry of `mesh_shape` may be -1: the rest."""
+    devices = jax.devices() if devices is None else list(devices)
+    shape = [int(s) for s in mesh_shape]
+    if len(shape) != len(axis_names):
+        raise ValueError(f"mesh_shape {tuple(mesh_shape)} has {len(shape)} entries but axis_names "
+                         f"{tuple(axis_names)} has {len(axis_names)}")
+    n = len(devices)
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh_shape {tuple(mesh_shape)}: at most one -1 allowed")
+    if any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"mesh_shape {tuple(mesh_shape)}: entries must be positive or -1")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if n % known:
+            raise ValueError(f"mesh_shape {tuple(mesh_shape)} does not fit {n} devices "
+                             f"({n} is not divisible by {known})")
+        shape[shape.index(-1)] = n // known
+    if math.prod(shape) != n:
+        raise ValueError(f"mesh_shape {tuple(mesh_shape)} needs {math.prod(shape)} devices but "
+                         f"{n} are available")
+    return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=(AxisType.Auto,) * len(shape),
+                         devices=devices)
+
+
+def _axis_size(mesh: Mesh, axis) -> int:
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+# ----------------------------------------------------------------------------- specs
+
+
+def logical_to_spec(logical_axes, shape: Sequence[int], mesh: Mesh,
+                    rules: Mapping[str, str | tuple | None] = LOGICAL_RULES) -> PartitionSpec:
+    """PartitionSpec for an array of `shape` whose dims are named `logical_axes`.
+
+    A dim is replicated when its name is None, maps to None, maps to a mesh axis of size 1, is not
+    divisible by that axis' size, or maps to an axis an earlier dim already uses.
+    """
+    if logical_axes is None:
+        return PartitionSpec()
+    logical_axes = tuple(logical_axes)
+    if len(logical_axes) != len(shape):
+        raise ValueError(f"logical_axes {logical_axes} has {len(logical_axes)} names for an array of shape "
+                         f"{tuple(shape)}")
+    used: set[str] = set()
+    spec = []
+    for name, size in zip(logical_axes, shape):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in rules:
+            raise ValueError(f"unknown logical axis name {name!r}; known: {sorted(rules)}")
+        axis = rules[name]
+        axes = () if axis is None else (axis if isinstance(axis, tuple) else (axis,))
+        for a in axes:
+            if a not in mesh.shape:
+                raise ValueError(f"logical axis {name!r} maps to mesh axis {a!r}, not in mesh {tuple(mesh.axis_names)}")
+        n = math.prod(mesh.shape[a] for a in axes)
+        if not axes or n == 1 or size % n or used & set(axes):
+            spec.append(None)
+            continue
+        used |= set(axes)
+        spec.append(axes[0] if len(axes) == 1 else axes)
+    while spec and spec[-1] is None:
+        spec.pop()
+    return PartitionSpec(*spec)
+
+
+def shard_array(x, logical_axes, mesh: Mesh, rules=LOGICAL_RULES) -> jax.Array:
+    """`x` placed on `mesh` according to its logical axes."""
+    return jax.device_put(x, NamedSharding(mesh, logical_to_spec(logical_axes, np.shape(x), mesh, rules)))
+
+
+def _is_var(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _var_sharding(v: nnx.Variable, mesh: Mesh, rules) -> NamedSharding:
+    axes = v.get_metadata().get("logical_axes") if v.has_metadata("logical_axes") else None
+    return NamedSharding(mesh, logical_to_spec(axes, np.shape(v[...]), mesh, rules))
+
+
+def model_shardings(model: nnx.Module, mesh: Mesh, rules=LOGICAL_RULES) -> nnx.State:
+    """nnx.State of NamedSharding mirroring `nnx.state(model)`.
+
+    Every Variable with `logical_axes` metadata (Params, and the optimizer moments nnx.Optimizer
+    derives from them) follows the rules; every other Variable is replicated.
+    """
+    state = nnx.state(model)
+    return jax.tree.map(lambda v: v.replace(_var_sharding(v, mesh, rules)), state, is_leaf=_is_var)
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules=LOGICAL_RULES) -> nnx.Module:
+    """Place every variable of `model` (any NNX module, e.g. a model or an nnx.Optimizer) on `mesh`,
+    in place. Returns the model."""
+    state = nnx.state(model)
+    shardings = model_shardings(model, mesh, rules)
+    nnx.update(model, jax.device_put(state, shardings))
+    return model
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def batch_spec(mesh: Mesh, ndim: int, batch_axes: Sequence[str] = BATCH_AXES) -> PartitionSpec:
+    """Leading dim over the batch axes of `mesh` (those of size > 1), the rest replicated."""
+    axes = tuple(a for a in batch_axes if a in mesh.shape and mesh.shape[a] > 1)
+    if ndim == 0 or not axes:
+        return PartitionSpec()
+    return PartitionSpec(axes if len(axes) > 1 else axes[0])
+
+
+def shard_batch(batch: Mapping, mesh: Mesh, *, batch_axes: Sequence[str] = BATCH_AXES,
+                replicated_keys: Sequence[str] = REPLICATED_BATCH_KEYS, process_local: bool = False) -> dict:
+    """Place a batch dict on `mesh`: leading dim over `batch_axes`; `replicated_keys` and scalars
+    replicated; non-array values passed through.
+
+    process_local=False: `batch` is the global batch (identical on every process); each process
+    places only its own devices' shards. process_local=True: `batch` holds this process's rows
+    (see `process_slice`); the global batch is their concatenation in process order, and the
+    replicated entries (pixel_values, image_grid_thw) are gathered from all processes in that order.
+    """
+    out = {}
+    n_batch = _axis_size(mesh, tuple(a for a in batch_axes if a in mesh.shape))
+    for key, x in batch.items():
+        if x is None or not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            out[key] = x
+            continue
+        x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        if key in replicated_keys or x.ndim == 0:
+            if process_local and jax.process_count() > 1:
+                x = _gather_concat(np.asarray(x))
+            out[key] = _place(x, NamedSharding(mesh, PartitionSpec()))
+            continue
+        rows = x.shape[0] * (jax.process_count() if process_local else 1)
+        if rows % n_batch:
+            raise ValueError(f"shard_batch: {key!r} has {rows} rows (global), not divisible by the "
+                             f"{n_batch} devices of mesh axes {tuple(batch_axes)}")
+        sharding = NamedSharding(mesh, batch_spec(mesh, x.ndim, batch_axes))
+        if process_local and jax.process_count() > 1:
+            _check_process_contiguous(sharding, rows)
+            out[key] = jax.make_array_from_process_local_data(sharding, np.asarray(x), (rows, *x.shape[1:]))
+        else:
+            out[key] = _place(x, sharding)
+    return out
+
+
+def _place(x, sharding: NamedSharding) -> jax.Array:
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def _gather_concat(x: np.ndarray) -> np.ndarray:
+    """Concatenate a per-process array of varying leading size over processes (in process order)."""
+    from jax.experimental import multihost_utils
+
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([x.shape[0]], np.int32))).reshape(-1)
+    padded = np.zeros((int(sizes.max()), *x.shape[1:]), x.dtype)
+    padded[: x.shape[0]] = x
+    allx = np.asarray(multihost_utils.process_allgather(padded))  # [P, max, ...]
+    return np.concatenate([allx[p, : sizes[p]] for p in range(len(sizes))])
+
+
+def _check_process_contiguous(sharding: NamedSharding, rows: int) -> None:
+    """Process p's devices must hold global rows [p*rows/P, (p+1)*rows/P), so that the per-process
+    replicated entries line up with the rows."""
+    per = rows // jax.process_count()
+    for dev, idx in sharding.devices_indices_map((rows,)).items():
+        lo, hi, _ = idx[0].indices(rows)
+        p = dev.process_index
+        if lo < p * per or hi > (p + 1) * per:
+            raise ValueError("shard_batch(process_local=True): the mesh does not give each process a "
+                             "contiguous block of batch rows; build it with make_mesh (process-ordered devices)")
+
+
+# ----------------------------------------------------------------------------- multi-host
+
+
+_DIST_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
+
+
+def initialize_distributed(*, coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, force: bool = False) -> tuple[int, int]:
+    """Start jax.distributed when the environment (or the arguments) ask for several processes.
+
+    Triggers: explicit arguments, `force=True`, `JAX_COORDINATOR_ADDRESS` (with `JAX_NUM_PROCESSES`
+    and `JAX_PROCESS_ID`), or a cluster JAX detects itself (SLURM / Open MPI with more than one
+    task, a multi-host TPU slice). Idempotent. Returns (process_index, process_count).
+    """
+    env = os.environ
+    address = coordinator_address or next((env[k] for k in _DIST_ENV if env.get(k)), None)
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    cluster = (int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+               or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1)
+    wanted = force or address is not None or (num_processes or 1) > 1 or cluster
+    if wanted and not jax.distributed.is_initialized():
+        kwargs = {k: v for k, v in dict(coordinator_address=address, num_processes=num_processes,
+                                        process_id=process_id).items() if v is not None}
+        jax.distributed.initialize(**kwargs)
+    return jax.process_index(), jax.process_count()
+
+
+def process_slice(n: int, process_index: int | None = None, process_count: int | None = None) -> slice:
+    """This process's contiguous share of `n` global items (n must divide evenly)."""
+    p = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if n % count:
+        raise ValueError(f"process_slice: {n} items do not split evenly over {count} processes")
+    per = n // count
+    return slice(p * per, (p + 1) * per)
