@@ -1,0 +1,27 @@
+"""Supervised fine-tuning loss: masked next-token cross-entropy. Pure, jittable."""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from grlhfv_jax.rl.logprobs import _f32, token_logprobs
+
+
+def sft_loss(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array,
+             denominator: Optional[jax.Array] = None) -> tuple[jax.Array, dict]:
+    """Token-mean of -log p(tokens[:, t+1] | logits[:, t]) over targets with loss_mask[:, t+1] = 1.
+
+    logits ``[B, T, V]``, tokens and loss_mask ``[B, T]`` (the mask marks which *target* tokens
+    count, aligned with ``tokens``; its first column is never used). ``denominator`` overrides the
+    target count (for micro-batches). An all-zero mask gives loss 0.
+    """
+    lp = token_logprobs(logits[:, :-1], tokens[:, 1:])
+    mask = _f32(loss_mask[:, 1:])
+    count = jnp.sum(mask)
+    den = jnp.maximum(count if denominator is None else jnp.asarray(denominator, lp.dtype), 1.0)
+    loss = -jnp.sum(lp * mask) / den
+    correct = (jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:]).astype(mask.dtype)
+    metrics = {"loss": loss, "accuracy": jnp.sum(correct * mask) / den, "num_tokens": count}
+    return loss, metrics
