@@ -1,0 +1,347 @@
+"""KV-cache sampler for the Qwen-VL models: prefill once per prompt, then a jitted decode loop.
+
+    generate(model, batch, *, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+             eos_token_id=None, num_samples=1, rng=None) -> GenerationOutput
+
+Layout of the cache (model.init_cache): slots [0, P) hold the (left-padded) prompt, slot P + t the
+t-th generated token. Every row shares the slot index, so one `dynamic_update_slice` per layer
+writes a decode step. The prompt's cache is computed once and repeated to its `num_samples` rows.
+
+Compiled functions are module-level `jax.jit`s whose static arguments are the model's graphdef
+and the sampling switches; jax keys its executable cache on those and on the argument shapes, so
+an RL loop with a fixed batch compiles once. Prompt lengths and the generation length are rounded
+up to buckets (`bucket_length`) so that varying lengths reuse a few executables; the true
+`max_new_tokens` is a traced loop bound.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from grlhfv_jax.rollout import sampling
+
+
+class GenerationOutput(NamedTuple):
+    """Rows grouped by prompt: samples of prompt p are rows p*num_samples .. p*num_samples+n-1.
+
+    tokens   [N, max_new_tokens] int32, `pad_token_id` after the end (the EOS token is included)
+    logprobs [N, max_new_tokens] float32, log-softmax of the raw logits at each sampled token, 0 after the end
+    lengths  [N] int32, generated tokens per row (EOS included)
+    finished [N] bool, True iff the row produced an EOS token (False: truncated at max_new_tokens)
+    """
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    finished: jax.Array
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def bucket_length(n: int, multiple: int = 64, minimum: int = 8) -> int:
+    """Round a length up: next power of two up to `multiple`, then the next multiple of `multiple`."""
+    n = max(int(n), minimum)
+    if n <= multiple:
+        return 1 << (n - 1).bit_length()
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def _eos_array(eos_token_id) -> np.ndarray:
+    if eos_token_id is None:
+        return np.full((1,), -1, np.int32)          # matches no token
+    ids = [eos_token_id] if np.isscalar(eos_token_id) else list(eos_token_id)
+    if not ids:
+        return np.full((1,), -1, np.int32)
+    return np.asarray(ids, np.int32)
+
+
+def _left_pad(x, width: int, value):
+    """Pad [B, T] on the left to [B, width]."""
+    x = np.asarray(x)
+    if x.shape[1] > width:
+        raise ValueError(f"sequence of length {x.shape[1]} does not fit bucket {width}")
+    return np.pad(x, ((0, 0), (width - x.shape[1], 0)), constant_values=value)
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+def model_mesh(state):
+    """The mesh the model's parameters live on, or None (single device / unsharded)."""
+    for leaf in jax.tree.leaves(state):
+        sh = getattr(leaf, "sharding", None)
+        if isinstance(sh, NamedSharding) and sh.mesh.size > 1:
+            return sh.mesh
+    return None
+
+
+def _batch_axes(mesh):
+    return tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+
+
+def _rows_spec(mesh, n_rows: int, ndim: int, row_dim: int = 0, head_dim: int | None = None, n_heads: int = 0):
+    """PartitionSpec putting the row dim over ('data', 'fsdp') and a head dim over 'tensor' when they divide."""
+    spec = [None] * ndim
+    axes = _batch_axes(mesh)
+    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    if axes and n_rows % size == 0:
+        spec[row_dim] = axes if len(axes) > 1 else axes[0]
+    if head_dim is not None and "tensor" in mesh.axis_names and mesh.shape["tensor"] > 1 \
+            and n_heads % mesh.shape["tensor"] == 0:
+        spec[head_dim] = "tensor"
+    return P(*spec)
+
+
+def _constrain_rows(x, mesh, row_dim=0):
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, _rows_spec(mesh, x.shape[row_dim], x.ndim, row_dim)))
+
+
+def _constrain_cache(cache, mesh):
+    if mesh is None:
+        return cache
+    out = dict(cache)
+    for name in ("k", "v"):
+        x = cache[name]                                  # [L, B, S, Hkv, D]
+        spec = _rows_spec(mesh, x.shape[1], x.ndim, row_dim=1, head_dim=3, n_heads=x.shape[3])
+        out[name] = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    out["mask"] = _constrain_rows(cache["mask"], mesh)
+    return out
+
+
+def _place_rows(x, mesh):
+    """device_put a host array with its leading dim over the batch axes (replicated if it does not divide)."""
+    x = np.asarray(x)
+    if mesh is None:
+        return jnp.asarray(x)
+    return jax.device_put(x, NamedSharding(mesh, _rows_spec(mesh, x.shape[0], x.ndim)))
+
+
+def _place_replicated(x, mesh):
+    x = np.asarray(x)
+    if mesh is None:
+        return jnp.asarray(x)
+    return jax.device_put(x, NamedSharding(mesh, P()))
+
+
+# ----------------------------------------------------------------------------- jitted pieces
+
+
+def _last_logits(model, input_ids, attention_mask, position_ids, cache, cache_index, image_embeds=None):
+    """Forward T tokens into the cache; returns (logits of the last column [B, V] float32, cache).
+    Only the last column goes through the LM head (a prompt's other logits are never used)."""
+    h, cache = model(input_ids, attention_mask, position_ids=position_ids, cache=cache,
+                     cache_index=cache_index, image_embeds=image_embeds, return_hidden=True)
+    return model.logits(h[:, -1]).astype(jnp.float32), cache
+
+
+def next_slot_deltas(position_ids, attention_mask):
+    """Per row, (next position) - (next slot): the offset that maps cache slot -> M-RoPE position.
+
+    position_ids [3, B, T], attention_mask [B, T] -> int32 [B]. Independent of how rope_index
+    defines its own deltas (relative to the padded or the real length)."""
+    real = attention_mask.astype(bool)
+    last = jnp.max(jnp.where(real[None], position_ids, -1), axis=(0, 2))
+    return (last + 1 - position_ids.shape[-1]).astype(jnp.int32)
+
+
+def repeat_rows(tree, n: int, cache_keys=("k", "v")):
+    """Repeat every row n times (row r -> rows r*n .. r*n+n-1); cache k/v have rows on axis 1."""
+    if n == 1:
+        return tree
+    out = {}
+    for name, x in tree.items():
+        axis = 1 if name in cache_keys else 0
+        out[name] = jnp.repeat(x, n, axis=axis)
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "num_samples", "mesh"))
+def _prefill(graphdef, state, input_ids, attention_mask, image_embeds, image_grid_thw, *,
+             cache_len: int, num_samples: int, mesh):
+    """Prompt -> (cache with the prompt in slots [0, T), repeated to B * num_samples rows,
+    last logits [B*n, V], slot->position deltas [B*n])."""
+    model = nnx.merge(graphdef, state)
+    B, T = input_ids.shape
+    position_ids, _ = model.rope_index(input_ids, attention_mask, image_grid_thw)
+    deltas = next_slot_deltas(position_ids, attention_mask)
+    cache = _constrain_cache(model.init_cache(B, cache_len), mesh)
+    logits, cache = _last_logits(model, input_ids, attention_mask, position_ids, cache, 0, image_embeds)
+    cache = _constrain_cache(repeat_rows(cache, num_samples), mesh)
+    rest = repeat_rows({"logits": logits, "deltas": deltas}, num_samples)
+    return cache, _constrain_rows(rest["logits"], mesh), _constrain_rows(rest["deltas"], mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "top_k", "use_top_p", "buf_len", "mesh"))
+def _decode(graphdef, state, cache, logits, deltas, done, key, first_slot, max_new, eos_ids,
+            temperature, top_p, pad_token_id, *, greedy: bool, top_k: int, use_top_p: bool, buf_len: int, mesh):
+    """The decode loop. `logits` [N, V] predict the token for slot `first_slot`; rows with `done`
+    True produce nothing. Loops while t < max_new and some row is not done.
+    Returns tokens / logprobs [N, buf_len], lengths [N], finished [N]."""
+    model = nnx.merge(graphdef, state)
+    N = logits.shape[0]
+    toks = jnp.full((N, buf_len), pad_token_id, jnp.int32)
+    lps = jnp.zeros((N, buf_len), jnp.float32)
+    lengths = jnp.zeros((N,), jnp.int32)
+    finished = jnp.zeros((N,), bool)
+
+    def pick(t, logits, done, toks, lps, lengths, finished):
+        tok, lp = sampling.next_tokens(jax.random.fold_in(key, t), logits, greedy=greedy,
+                                       temperature=temperature, top_k=top_k, top_p=top_p, use_top_p=use_top_p)
+        tok = jnp.where(done, pad_token_id, tok)
+        lp = jnp.where(done, 0.0, lp)
+        toks = jax.lax.dynamic_update_slice(toks, tok[:, None], (0, t))
+        lps = jax.lax.dynamic_update_slice(lps, lp[:, None], (0, t))
+        lengths = lengths + (~done).astype(jnp.int32)
+        hit = jnp.isin(tok, eos_ids) & ~done
+        return tok, hit | done, toks, lps, lengths, finished | hit
+
+    def cond(c):
+        t, _, _, done, *_ = c
+        return (t < max_new - 1) & ~jnp.all(done)
+
+    def body(c):
+        t, cache, logits, done, toks, lps, lengths, finished = c
+        tok, done, toks, lps, lengths, finished = pick(t, logits, done, toks, lps, lengths, finished)
+        slot = first_slot + t
+        pos = jnp.broadcast_to((slot + deltas)[None, :, None], (3, N, 1)).astype(jnp.int32)
+        logits, cache = _last_logits(model, tok[:, None], jnp.ones((N, 1), jnp.int32), pos, cache, slot)
+        cache = _constrain_cache(cache, mesh)
+        return t + 1, cache, _constrain_rows(logits, mesh), done, toks, lps, lengths, finished
+
+    c = (jnp.int32(0), cache, logits, done, toks, lps, lengths, finished)
+    t, cache, logits, done, toks, lps, lengths, finished = jax.lax.while_loop(cond, body, c)
+    # the last token needs no forward pass (nothing is sampled after it)
+    _, _, toks, lps, lengths, finished = jax.lax.cond(
+        t < max_new, lambda: pick(t, logits, done, toks, lps, lengths, finished),
+        lambda: (toks[:, 0], done, toks, lps, lengths, finished))
+    return toks, lps, lengths, finished
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _encode_same_size(graphdef, state, pixel_values, image_grid_thw):
+    """n images of one grid: pixel_values [n, N_patches, D], image_grid_thw [n, 3] -> [n, N_patches / m^2, H]."""
+    model = nnx.merge(graphdef, state)
+    return jax.vmap(lambda pv, g: model.encode_images(pv, g[None]))(pixel_values, image_grid_thw)
+
+
+def encode_images(model_split, pixel_values, image_grid_thw, *, pad_to: int | None = None):
+    """Image embeddings [n_image_tokens (or pad_to), hidden], images in the order of `image_grid_thw`.
+
+    Each image attends only to itself, so images of the same grid are encoded together (vmap),
+    one jitted call per distinct grid: the cost is linear in the number of images, not quadratic
+    in the batch's total patch count. Rows past the real tokens (`pad_to`) are zeros."""
+    graphdef, state = model_split
+    pv = np.asarray(pixel_values, np.float32)
+    grid = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
+    n_patch = np.prod(grid, axis=1)
+    if pv.shape[0] != n_patch.sum():
+        raise ValueError(f"pixel_values has {pv.shape[0]} patches but image_grid_thw covers {int(n_patch.sum())}")
+    starts = np.concatenate([[0], np.cumsum(n_patch)[:-1]])
+    pieces = [None] * len(grid)
+    for g in sorted({tuple(r) for r in grid.tolist()}):
+        idx = [i for i in range(len(grid)) if tuple(grid[i]) == g]
+        stack = np.stack([pv[starts[i]:starts[i] + n_patch[i]] for i in idx])
+        out = _encode_same_size(graphdef, state, stack, jnp.asarray(grid[idx], jnp.int32))
+        for j, i in enumerate(idx):
+            pieces[i] = out[j]
+    emb = jnp.concatenate(pieces, axis=0)
+    if pad_to is not None and pad_to > emb.shape[0]:
+        emb = jnp.pad(emb, ((0, pad_to - emb.shape[0]), (0, 0)))
+    return emb
+
+
+def prepare_prompts(batch: dict, *, pad_id: int = 0, bucket: bool = True):
+    """Host-side: (input_ids, attention_mask) int32 [B, P'] left-padded to the bucketed length."""
+    if "input_ids" not in batch:
+        raise KeyError("batch needs 'input_ids' (left-padded [B, T])")
+    ids = np.asarray(batch["input_ids"], np.int32)
+    mask = np.asarray(batch.get("attention_mask", np.ones_like(ids)), np.int32)
+    if ids.ndim != 2 or mask.shape != ids.shape:
+        raise ValueError(f"input_ids {ids.shape} and attention_mask {mask.shape} must be the same [B, T]")
+    if (mask[:, -1] == 0).any():
+        raise ValueError("prompts must be left-padded: attention_mask[:, -1] is 0 for some row")
+    if bucket:
+        width = bucket_length(ids.shape[1])
+        ids, mask = _left_pad(ids, width, pad_id), _left_pad(mask, width, 0)
+    return ids, mask
+
+
+def decode(model_split, cache, logits, deltas, *, first_slot: int, max_new_tokens: int, buf_len: int,
+           temperature, top_p, top_k, eos_token_id, rng, done=None, pad_token_id: int = 0, mesh=None):
+    """Run the decode loop from a filled cache (see `_decode`); returns a GenerationOutput [N, max_new_tokens]."""
+    graphdef, state = model_split
+    N = logits.shape[0]
+    greedy = float(temperature) == 0.0
+    if rng is None:
+        rng = jax.random.key(0)
+    if isinstance(rng, int):
+        rng = jax.random.key(rng)
+    if done is None:
+        done = jnp.zeros((N,), bool)
+    done = _place_rows(done, mesh)
+    toks, lps, lengths, finished = _decode(
+        graphdef, state, cache, logits, deltas, done, rng, jnp.int32(first_slot), jnp.int32(max_new_tokens),
+        jnp.asarray(_eos_array(eos_token_id)), jnp.float32(1.0 if greedy else temperature), jnp.float32(top_p),
+        jnp.int32(pad_token_id), greedy=greedy, top_k=int(top_k or 0), use_top_p=(not greedy) and float(top_p) < 1.0,
+        buf_len=buf_len, mesh=mesh)
+    return GenerationOutput(toks[:, :max_new_tokens], lps[:, :max_new_tokens], lengths, finished)
+
+
+def prefill(model_split, batch: dict, *, cache_len_extra: int, num_samples: int = 1, mesh=None, pad_id: int = 0,
+            merge_size: int = 2):
+    """Encode images once, prefill the bucketed prompts, repeat each prompt's cache num_samples times.
+
+    Returns (cache, last_logits [B*n, V], deltas [B*n], prompt_slots P')."""
+    graphdef, state = model_split
+    ids, mask = prepare_prompts(batch, pad_id=pad_id)
+    image_embeds, grid = None, None
+    if batch.get("pixel_values") is not None and np.asarray(batch.get("image_grid_thw", np.zeros((0, 3)))).size:
+        grid = np.asarray(batch["image_grid_thw"], np.int32).reshape(-1, 3)
+        n_tok = int((np.prod(grid, axis=1) // merge_size ** 2).sum())
+        image_embeds = encode_images(model_split, batch["pixel_values"], grid, pad_to=bucket_length(n_tok))
+        grid = _place_replicated(grid, mesh)
+    cache, logits, deltas = _prefill(graphdef, state, _place_rows(ids, mesh), _place_rows(mask, mesh),
+                                     image_embeds, grid, cache_len=ids.shape[1] + cache_len_extra,
+                                     num_samples=num_samples, mesh=mesh)
+    return cache, logits, deltas, ids.shape[1]
+
+
+def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+             top_k: int = 0, eos_token_id=None, num_samples: int = 1, rng=None, pad_token_id: int = 0,
+             model_split=None) -> GenerationOutput:
+    """Sample `num_samples` continuations of every prompt in `batch` with a KV cache.
+
+    batch: processor-style dict: `input_ids` / `attention_mask` [B, T] LEFT-padded, optional
+    `pixel_values` [N_patches, C*t*p*p] and `image_grid_thw` [n_images, 3] (images in row order).
+    temperature 0.0 = greedy. `eos_token_id`: int, list of ints or None (never stop early).
+    `rng`: a jax key or an int seed (default key 0). `model_split`: optional (graphdef, state)
+    from `nnx.split(model)`, to skip the split on every call in a hot loop.
+    The model may be sharded over a mesh (`grlhfv_jax.sharding.shard_model`): prompts are then
+    split over ('data', 'fsdp') and the cache's heads over 'tensor'.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    split = model_split if model_split is not None else nnx.split(model)
+    mesh = model_mesh(split[1])
+    buf_len = bucket_length(max_new_tokens)
+    cache, logits, deltas, first_slot = prefill(split, batch, cache_len_extra=buf_len, num_samples=num_samples,
+                                                mesh=mesh, pad_id=pad_token_id,
+                                                merge_size=model.config.spatial_merge_size)
+    return decode(split, cache, logits, deltas, first_slot=first_slot, max_new_tokens=max_new_tokens,
+                  buf_len=buf_len, temperature=temperature, top_p=top_p, top_k=top_k,
+                  eos_token_id=eos_token_id, rng=rng, pad_token_id=pad_token_id, mesh=mesh)
