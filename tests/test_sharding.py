@@ -172,3 +172,71 @@ def test_toy_sharded_train_step_matches_one_device(mesh_shape, toy_reference):
     if mesh_shape == (1, 2, 4):  # parameters stayed sharded through the update
         assert model.up[...].sharding.spec == P("fsdp", "tensor")
         assert model.embedding[...].sharding.spec == P("tensor", "fsdp")
+
+
+# ----------------------------------------------------------------------------- two processes
+
+_WORKER = r'''
+import json, os, sys
+pid, port, tests_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax
+jax.config.update("jax_num_cpu_devices", 4)
+import numpy as np
+from jax.experimental import multihost_utils
+sys.path.insert(0, tests_dir)
+from grlhfv_jax import sharding as S
+assert S.initialize_distributed(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid) == (pid, 2)
+assert jax.device_count() == 8 and jax.local_device_count() == 4
+import test_sharding as T
+from flax import nnx
+import optax
+
+sl = S.process_slice(8)
+# per-row image patches of varying count; the global pixel_values are the rows' patches in row order
+counts = [1, 3, 0, 2, 2, 1, 4, 1]
+pv_rows = [np.full((c, 3), 10 * r + np.arange(c)[:, None], np.float32) for r, c in enumerate(counts)]
+local = {"ids": T.TOY_IDS[sl], "mask": T.TOY_MASK[sl], "pixel_values": np.concatenate(pv_rows[sl])}
+mesh = S.make_mesh((2, 2, 2))
+b = S.shard_batch(local, mesh, process_local=True)
+np.testing.assert_array_equal(np.asarray(b["pixel_values"]), np.concatenate(pv_rows))
+np.testing.assert_array_equal(multihost_utils.process_allgather(b["ids"], tiled=True), T.TOY_IDS)
+
+model = S.shard_model(T.ToyMLP(rngs=nnx.Rngs(0)), mesh)
+opt = nnx.Optimizer(model, optax.sgd(0.5), wrt=nnx.Param)
+losses = [float(T._toy_step(opt, model, b["ids"], b["mask"])) for _ in range(2)]
+up = multihost_utils.process_allgather(model.up[...], tiled=True)
+print("RESULT" + json.dumps({"losses": losses, "up": np.asarray(up).tolist()}))
+'''
+
+
+def test_two_process_cpu_multihost(tmp_path, toy_reference):
+    """Two local processes x 4 CPU devices joined by jax.distributed: each feeds its half of the
+    batch (process_local=True); the global train step equals the one-device reference."""
+    import socket
+    import subprocess
+    import sys
+    import json
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), env.get("PYTHONPATH", "")])
+    tests_dir = os.path.dirname(__file__)
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(p), str(port), tests_dir], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        assert p.returncode == 0, err[-3000:]
+        outs.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[6:]))
+    ref_losses, ref_params, _ = toy_reference
+    for o in outs:
+        np.testing.assert_allclose(o["losses"], ref_losses, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(o["up"], ref_params[("up",)], rtol=1e-5, atol=1e-6)
