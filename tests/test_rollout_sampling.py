@@ -1,5 +1,7 @@
 """Sampling math against numpy references, and the decode loop's bookkeeping (EOS, truncation,
 padding, grouping of samples, log-probs, rng) on a hand-made model with known logits."""
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,6 +99,7 @@ def test_token_logprobs_and_rng(logits):
 # ----------------------------------------------------------------------------- decode loop on a toy model
 
 V = 16
+ToyConfig = collections.namedtuple("ToyConfig", "spatial_merge_size")
 
 
 class ToyLM(nnx.Module):
@@ -107,6 +110,7 @@ class ToyLM(nnx.Module):
 
     def __init__(self):
         self.bias = nnx.Param(jnp.linspace(0.0, 0.5, V))
+        self.config = ToyConfig(spatial_merge_size=2)
 
     def init_cache(self, batch, max_len, dtype=None):
         return {"k": jnp.zeros((1, batch, max_len, 1, 1), jnp.float32),
@@ -121,7 +125,10 @@ class ToyLM(nnx.Module):
     def __call__(self, input_ids, attention_mask=None, *, position_ids=None, cache=None, cache_index=None, **kw):
         mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask.astype(bool), (0, cache_index))
         logits = 4.0 * jax.nn.one_hot((position_ids[0] + 1) % V, V) + self.bias[...]
-        return logits, {"k": cache["k"], "v": cache["v"], "mask": mask}
+        return logits, {"k": cache["k"], "v": cache["v"], "mask": mask}   # "hidden" = logits
+
+    def logits(self, h):
+        return h
 
 
 @pytest.fixture(scope="module")
