@@ -1,0 +1,264 @@
+"""The synthetic world: determinism, the principle / oracle on hand-made cases, label noise, held-out
+splits, pixels against scenes, and how little a text-only judge can do."""
+import re
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from grlhfv_jax.data import world as W
+from grlhfv_jax.rl.grm_reward import pair_reward, parse_scores
+
+CFG = W.WorldConfig()
+
+
+@pytest.fixture(scope="module")
+def grm_train():
+    return [W.make_record(CFG, "grm_train", i, encode_image=False) for i in range(2500)]
+
+
+@pytest.fixture(scope="module")
+def grm_test_id():
+    return [W.make_record(CFG, "grm_test_id", i, encode_image=False) for i in range(1000)]
+
+
+def _scene(colour="red", shape="circle", count=3, position="left"):
+    rng = np.random.default_rng(0)
+    while True:
+        s = W.sample_scene(rng, CFG, combos=[(colour, shape)])
+        if s.count == count and s.position == position:
+            return s
+
+
+# ------------------------------------------------------------------------------ determinism
+
+def test_same_seed_same_records_any_order():
+    a = [W.make_record(CFG, "grm_train", i) for i in range(6)]
+    b = [W.make_record(CFG, "grm_train", i) for i in reversed(range(6))][::-1]
+    assert a == b  # includes the PNG bytes
+    c = [W.make_record(W.WorldConfig(seed=1), "grm_train", i) for i in range(6)]
+    assert [r["response_1"] for r in a] != [r["response_1"] for r in c]
+    assert [r["scene"] for r in a] != [r["scene"] for r in c]
+    # splits draw from different streams
+    d = [W.make_record(CFG, "grm_test_id", i) for i in range(6)]
+    assert [r["scene"] for r in a] != [r["scene"] for r in d]
+
+
+# ------------------------------------------------------------------------------ the principle
+
+def test_oracle_hand_made_cases():
+    s = _scene("red", "circle", 3, "left")
+    col, cnt, shp, where, desc = (W.QUESTIONS[k][0] for k in W.KINDS)
+    cases = [
+        # (question, answer, expected score computed by hand from the rule in the docstring)
+        (col, "They are red.", 0.2 + 0.65 + 0.15),
+        (col, "They are blue.", 0.2),
+        (col, "They are red or blue.", 0.2),  # two colours: the colour claim is wrong
+        (col, "This is an excellent, accurate answer.", 0.2 + 0.65 * 0.25 - 0.05),
+        (col, "", 0.2 + 0.65 * 0.25),
+        (cnt, "There are three.", 0.85),
+        (cnt, "There are 3.", 0.85),
+        (cnt, "There are three red circles on the left.", 1.0),
+        (cnt, "There are three blue circles.", 0.2 + 0.65 - 0.15),
+        (cnt, "There are two red circles on the left.", 0.2 + 0.15),
+        (cnt, "Maybe there are three.", 0.85 - 0.1),
+        (cnt, "There are three red circles. Excellent answer.", 1.0 - 0.05),
+        (shp, "They are squares.", 0.2),
+        (shp, "They are circles at the top.", 0.2 + 0.65 - 0.15),
+        (where, "They are on the left.", 0.85),
+        (where, "They are on the right.", 0.2),
+        (desc, "Three red circles.", 0.2 + 0.65 * (3.25 / 4) + 0.15),
+        (desc, "There are three red circles on the left.", 1.0),
+        (desc, "There are four red circles on the left.", 0.2 + 0.65 * 0.75 + 0.15),
+        # 22 words: 6 beyond 16 -> verbosity 0.12
+        (col, "They are red red red red red red red red red red red red red red red red red red red red.",
+         1.0 - 0.12),
+    ]
+    for q, a, want in cases:
+        assert W.oracle_score(s, q, a) == pytest.approx(want, abs=1e-6), (q, a)
+
+
+def test_preference_is_not_length():
+    s = _scene("blue", "square", 2, "top")
+    q = W.QUESTIONS["count"][0]
+    short_right = "There are two."
+    long_wrong = "There are four blue squares at the top of the image."
+    long_right = "There are two blue squares at the top."
+    assert W.preference(s, q, short_right, long_wrong) == 1
+    assert W.preference(s, q, short_right, long_right) == 2  # naming the colour is preferred
+    assert W.preference(s, q, "Maybe there are two.", "There are three.") == 1
+    assert W.preference(s, q, "This is an excellent, accurate answer.", "There are three.") == 1
+    assert W.preference(s, q, "There are two.", "There are two.") == 0
+
+
+def test_oracle_never_raises_on_answers():
+    s = _scene()
+    rng = np.random.default_rng(0)
+    alphabet = list("abc xyz0123456789.,!?{}\\\n\t") + ["red", " circles", " left", "é", "\x00"]
+    for _ in range(200):
+        text = "".join(rng.choice(alphabet, size=int(rng.integers(0, 60))))
+        v = W.oracle_score(s, "What colour are the objects?", text)
+        assert 0.0 <= v <= 1.0
+    for odd in (None, 12, "x" * 10000, "red " * 500):
+        assert 0.0 <= W.oracle_score(s, "Describe the image.", odd) <= 1.0
+    # the scene may come as JSON or dict too
+    assert W.oracle_score(s.to_json(), "How many objects are there?", "There are three.") == pytest.approx(0.85)
+    with pytest.raises(ValueError, match="scene"):
+        W.oracle_score("{not json", "q", "a")
+    with pytest.raises(ValueError, match="missing field 'centres'"):
+        W.oracle_score({"shape": "circle", "colour": "red", "count": 1, "position": "left"}, "q", "a")
+
+
+def test_labels_follow_principle_with_configured_noise(grm_train):
+    noisy = np.array([r["label_noisy"] for r in grm_train])
+    assert abs(noisy.mean() - 0.05) < 0.015  # 3 sigma of a binomial with n = 2500
+    for r in grm_train:
+        better = 1 if r["oracle_1"] > r["oracle_2"] else 2
+        assert (r["overall_response"] == better) != r["label_noisy"]
+        assert abs(r["oracle_1"] - r["oracle_2"]) >= CFG.min_margin - 1e-9
+        # the stored oracle values are the oracle's
+        assert W.oracle_score(r["scene"], r["question"], r["response_1"]) == pytest.approx(r["oracle_1"])
+    assert 0.45 < np.mean([r["overall_response"] == 1 for r in grm_train]) < 0.55
+    cfg = W.WorldConfig(label_noise=0.2)
+    rate = np.mean([W.make_record(cfg, "grm_train", i, encode_image=False)["label_noisy"] for i in range(1500)])
+    assert abs(rate - 0.2) < 0.035
+
+
+def test_answers_short_and_sft_answers_best(grm_train):
+    lens = [len(r[k].split()) for r in grm_train for k in ("response_1", "response_2")]
+    assert max(lens) <= 13 and np.mean(lens) < 8
+    for i in range(300):
+        r = W.make_record(CFG, "sft_policy", i, encode_image=False)
+        assert W.oracle_score(r["scene"], r["question"], r["answer"]) == 1.0
+        assert len(r["answer"].split()) <= 12
+
+
+def test_sft_grm_judgments_have_format_but_no_preference_information():
+    recs = [W.make_record(CFG, "sft_grm", i, encode_image=False) for i in range(1200)]
+    pat = re.compile(r"^Specific Criteria: [^\n]+\.\nAnalysis: [^\n]+\.\nScores: \\boxed\{(\d+), (\d+)\}$")
+    agree = []
+    for r in recs:
+        m = pat.match(r["judgment"])
+        assert m, r["judgment"]
+        s1, s2 = int(m.group(1)), int(m.group(2))
+        assert 1 <= s1 <= 10 and 1 <= s2 <= 10 and s1 != s2
+        assert parse_scores(r["judgment"]) == [s1, s2]
+        agree.append(pair_reward(r["judgment"], r["overall_response"]))
+    # scores drawn independently of the label: they order the pair as the human did half the time
+    assert abs(np.mean(agree) - 0.5) < 0.05
+
+
+# ------------------------------------------------------------------------------ splits
+
+def test_ood_split_holds_out_kinds_and_combinations():
+    held = set(CFG.heldout_combos)
+    for split in ("sft_policy", "sft_grm", "grm_train", "grm_test_id", "policy_train", "policy_test"):
+        for i in range(300):
+            r = W.make_record(CFG, split, i, encode_image=False)
+            sc = W.Scene.from_any(r["scene"])
+            assert r["kind"] not in CFG.heldout_kinds and r["heldout"] == ""
+            assert (sc.colour, sc.shape) not in held
+            for k in ("response_1", "response_2", "answer"):
+                if k in r:  # no training text names a held-out colour-shape pair
+                    c = W.parse_claims(r[k])
+                    assert not any(a in c["colour"] and b in c["shape"] for a, b in held), r[k]
+    kinds = set()
+    for i in range(400):
+        r = W.make_record(CFG, "grm_test_ood", i, encode_image=False)
+        sc = W.Scene.from_any(r["scene"])
+        hk, hc = r["kind"] in CFG.heldout_kinds, (sc.colour, sc.shape) in held
+        assert hk or hc
+        assert r["heldout"] == {(True, True): "both", (True, False): "kind", (False, True): "combo"}[(hk, hc)]
+        kinds.add(r["heldout"])
+    assert kinds == {"kind", "combo", "both"}
+
+
+def test_text_only_judges_are_near_chance(grm_train, grm_test_id):
+    ood = [W.make_record(CFG, "grm_test_ood", i, encode_image=False) for i in range(600)]
+    base_id = W.text_only_baselines(grm_train[:1500], grm_test_id)
+    base_ood = W.text_only_baselines(grm_train[:1500], ood)
+    for b in (base_id, base_ood):
+        assert abs(b["longer"] - 0.5) < 0.06
+        assert b["bow_logreg"] < 0.6
+    # while the image-aware principle (noiseless oracle) matches the noisy labels ~95% of the time
+    acc = np.mean([(1 if r["oracle_1"] > r["oracle_2"] else 2) == r["overall_response"] for r in grm_test_id])
+    assert acc > 0.92
+    # sanity of the baseline: it does learn a text-visible rule when there is one
+    cheat = [dict(r, response_1=r["response_1"] + (" zz" if r["overall_response"] == 1 else ""),
+                  response_2=r["response_2"] + (" zz" if r["overall_response"] == 2 else ""))
+             for r in grm_train[:1500]]
+    assert W.text_only_baselines(cheat[:1000], cheat[1000:])["bow_logreg"] > 0.95
+
+
+# ------------------------------------------------------------------------------ pixels
+
+def _components(img, colour):
+    mask = np.all(img == np.array(colour, np.uint8), axis=-1)
+    lab, n = ndimage.label(mask)  # 4-connectivity
+    return mask, lab, n
+
+
+@pytest.mark.parametrize("size", [56, 112])
+def test_images_show_the_scene(size):
+    cfg = W.WorldConfig(image_size=size)
+    rng = np.random.default_rng(size)
+    for _ in range(150):
+        s = W.sample_scene(rng, cfg)
+        img = W.render(s)
+        assert img.shape == (size, size, 3) and img.dtype == np.uint8
+        mask, lab, n = _components(img, W.COLOURS[s.colour])
+        bg = np.all(img == np.array(W.BACKGROUND, np.uint8), axis=-1)
+        assert np.all(mask | bg)  # only the object colour and the background
+        assert n == s.count, s
+        ys, xs = np.nonzero(mask)
+        half = size / 2
+        side = {"left": xs < half, "right": xs >= half, "top": ys < half, "bottom": ys >= half}
+        assert np.all(side[s.position]), s
+        # ... and the objects are not all in one half of the other axis (the side is unambiguous)
+        if s.position in ("left", "right"):
+            assert ys.min() < half + size / 8 and ys.max() >= half - size / 8
+        else:
+            assert xs.min() < half + size / 8 and xs.max() >= half - size / 8
+        for k in range(1, n + 1):
+            yy, xx = np.nonzero(lab == k)
+            h, w = yy.max() - yy.min() + 1, xx.max() - xx.min() + 1
+            fill = len(yy) / (h * w)
+            top = np.sum(yy == yy.min())
+            bottom = np.sum(yy == yy.max())
+            if s.shape == "square":
+                assert fill > 0.95, (s, fill)
+            elif s.shape == "circle":
+                assert 0.7 < fill < 0.92, (s, fill)
+            elif s.shape == "triangle":
+                assert fill < 0.7 and bottom > top + 3, (s, fill, top, bottom)
+            else:  # diamond: symmetric top and bottom tips
+                assert fill < 0.7 and abs(bottom - top) <= 2, (s, fill, top, bottom)
+            # each object's bounding box is centred on one of the scene's centres
+            cy, cx = (yy.min() + yy.max()) / 2, (xx.min() + xx.max()) / 2
+            assert min(np.hypot(cx - x, cy - y) for x, y in s.centres) < 2.5
+
+
+def test_png_round_trip_and_corrupt_image():
+    s = _scene("green", "diamond", 4, "bottom")
+    img = W.render(s)
+    assert np.array_equal(W.decode_png(W.encode_png(img)), img)
+    data = W.encode_png(img)
+    with pytest.raises(ValueError, match="rec-7: corrupt or unreadable image"):
+        W.decode_png(data[:40] + b"\x00" * 20, where="rec-7")
+    with pytest.raises(ValueError, match="expected encoded image bytes"):
+        W.decode_png(123, where="rec-7")
+
+
+def test_config_validation_names_the_key():
+    with pytest.raises(ValueError, match="image_size"):
+        W.WorldConfig(image_size=50)
+    with pytest.raises(ValueError, match="heldout_kinds"):
+        W.WorldConfig(heldout_kinds=("colours",))
+    with pytest.raises(ValueError, match="heldout_combos"):
+        W.WorldConfig(heldout_combos=(("red", "hexagon"),))
+    with pytest.raises(ValueError, match="sizes"):
+        W.WorldConfig(sizes=(("grm_tran", 3),))
+    with pytest.raises(KeyError, match="unknown split"):
+        W.make_record(CFG, "grm_tran", 0)
+    cfg = W.WorldConfig(seed=3, sizes=(("grm_train", 7),), heldout_kinds=("count", "where"))
+    assert W.WorldConfig.from_dict(__import__("json").loads(cfg.to_json())) == cfg
