@@ -1,0 +1,87 @@
+"""Small NNX building blocks with explicit parameter / compute dtypes and logical-axis metadata."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NEG_INF = -1e30  # finite mask value: a fully masked row stays finite (no NaN from 0 * inf)
+
+
+def _normal(rngs, shape, std, dtype):
+    return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+class Dense(nnx.Module):
+    """y = x @ kernel (+ bias). kernel [in, out] (HF's weight transposed)."""
+
+    def __init__(self, d_in, d_out, *, axes, bias, rngs, dtype, param_dtype, std=0.02):
+        self.dtype = dtype
+        self.kernel = nnx.Param(_normal(rngs, (d_in, d_out), std, param_dtype), logical_axes=tuple(axes))
+        self.bias = nnx.Param(jnp.zeros((d_out,), param_dtype), logical_axes=(axes[1],)) if bias else None
+
+    def __call__(self, x):
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """weight * x / rms(x), normalised in float32 and cast back (as transformers)."""
+
+    def __init__(self, dim, *, eps, dtype, param_dtype):
+        self.eps, self.dtype = eps, dtype
+        self.weight = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (self.weight[...].astype(self.dtype) * y.astype(self.dtype)).astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, dim, *, eps, dtype, param_dtype):
+        self.eps, self.dtype = eps, dtype
+        self.weight = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
+        self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), logical_axes=("norm",))
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        mu = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mu), axis=-1, keepdims=True)
+        y = (x32 - mu) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Embed(nnx.Module):
+    def __init__(self, vocab, dim, *, rngs, dtype, param_dtype, std=0.02):
+        self.dtype = dtype
+        self.weight = nnx.Param(_normal(rngs, (vocab, dim), std, param_dtype), logical_axes=("vocab", "embed"))
+
+    def __call__(self, ids):
+        return jnp.take(self.weight[...], ids, axis=0).astype(self.dtype)
+
+
+def activation(name):
+    if name == "quick_gelu":
+        return lambda x: x * jax.nn.sigmoid(1.702 * x)
+    if name == "silu":
+        return jax.nn.silu
+    if name in ("gelu", "gelu_pytorch_tanh"):
+        return lambda x: jax.nn.gelu(x, approximate=name != "gelu")
+    raise ValueError(f"unsupported activation {name!r}")
+
+
+def attention(q, k, v, mask, dtype):
+    """Grouped-query attention. q [B, T, Hq, D], k/v [B, S, Hkv, D], mask [B, T, S] bool
+    -> [B, T, Hq, D]. Scores and softmax in float32."""
+    B, T, Hq, D = q.shape
+    Hkv = k.shape[2]
+    qg = q.reshape(B, T, Hkv, Hq // Hkv, D)
+    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * (D ** -0.5)
+    s = jnp.where(mask[:, None, None], s, NEG_INF)
+    p = jax.nn.softmax(s, axis=-1).astype(dtype)
+    o = jnp.einsum("bkgts,bskd->btkgd", p, v)
+    return o.reshape(B, T, Hq, D)

@@ -1,0 +1,249 @@
+"""Qwen2-VL and Qwen2.5-VL in Flax NNX: vision tower + Qwen2 decoder (GQA with q/k/v bias,
+RMSNorm, SwiGLU, M-RoPE), optional KV cache, optional scalar head.
+
+Module and parameter names follow the hub checkpoints (`model.layers.0.self_attn.q_proj` ...),
+so weights.py maps names mechanically.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .config import VLConfig, parse_hf_config
+from .layers import Dense, Embed, RMSNorm, attention
+from .rope import apply_rope, mrope_cos_sin, rope_index
+from .vision import VisionTower
+
+
+def _concrete(x):
+    """numpy value of x, or None when x is traced (inside jit)."""
+    if x is None:
+        return None
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: VLConfig, rngs):
+        H, D, nq, nkv = cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        kw = dict(rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        self.nq, self.nkv, self.D, self.dtype = nq, nkv, D, cfg.dtype
+        self.q_proj = Dense(H, nq * D, axes=("embed", "q_heads"), bias=True, **kw)
+        self.k_proj = Dense(H, nkv * D, axes=("embed", "kv_heads"), bias=True, **kw)
+        self.v_proj = Dense(H, nkv * D, axes=("embed", "kv_heads"), bias=True, **kw)
+        self.o_proj = Dense(nq * D, H, axes=("q_heads", "embed"), bias=False, **kw)
+
+    def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
+        """x [B, T, H]; mask [B, T, S]; kv_cache (k, v) [B, S, Hkv, D] or None.
+        Returns (out [B, T, H], (k, v) written cache or None)."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).reshape(B, T, self.nq, self.D)
+        k = self.k_proj(x).reshape(B, T, self.nkv, self.D)
+        v = self.v_proj(x).reshape(B, T, self.nkv, self.D)
+        c, s = cos[:, :, None, :], sin[:, :, None, :]
+        q, k = apply_rope(q, c, s), apply_rope(k, c, s)
+        new = None
+        if kv_cache is not None:
+            ck, cv = kv_cache
+            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+            new, k, v = (ck, cv), ck.astype(self.dtype), cv.astype(self.dtype)
+        o = attention(q, k, v, mask, self.dtype)
+        return self.o_proj(o.reshape(B, T, self.nq * self.D)), new
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: VLConfig, rngs):
+        H, I = cfg.hidden_size, cfg.intermediate_size
+        kw = dict(bias=False, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        self.gate_proj = Dense(H, I, axes=("embed", "mlp"), **kw)
+        self.up_proj = Dense(H, I, axes=("embed", "mlp"), **kw)
+        self.down_proj = Dense(I, H, axes=("mlp", "embed"), **kw)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: VLConfig, rngs):
+        kw = dict(eps=cfg.rms_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, **kw)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **kw)
+        self.self_attn = Attention(cfg, rngs)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
+        a, new = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, cache_index)
+        x = x + a
+        return x + self.mlp(self.post_attention_layernorm(x)), new
+
+
+def _layer_call(layer, x, cos, sin, mask, kv_cache, cache_index):
+    return layer(x, cos, sin, mask, kv_cache, cache_index)
+
+
+class TextModel(nnx.Module):
+    def __init__(self, cfg: VLConfig, rngs):
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        self.layers = nnx.List([DecoderLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+
+
+class Qwen2VL(nnx.Module):
+    """Qwen2-VL / Qwen2.5-VL for conditional generation (see docs/internal_api.md for the call)."""
+
+    def __init__(self, config: VLConfig, *, rngs: nnx.Rngs, scalar_head: bool = False):
+        if config.vision_out_hidden_size != config.hidden_size:
+            raise ValueError(f"vision out_hidden_size {config.vision_out_hidden_size} != hidden_size {config.hidden_size}")
+        self.config = config
+        self.visual = VisionTower(config, rngs)
+        self.model = TextModel(config, rngs)
+        kw = dict(rngs=rngs, dtype=config.dtype, param_dtype=config.param_dtype)
+        self.lm_head = None if config.tie_word_embeddings else Dense(
+            config.hidden_size, config.vocab_size, axes=("embed", "vocab"), bias=False, **kw)
+        self.score_head = Dense(config.hidden_size, 1, axes=("embed", None), bias=False, **kw) if scalar_head else None
+
+    # ----------------------------------------------------------------- helpers
+    def rope_index(self, input_ids, attention_mask=None, image_grid_thw=None):
+        """(position_ids [3, B, T] int32, rope_deltas [B] int32); see rope.rope_index."""
+        return rope_index(input_ids, attention_mask, image_grid_thw, image_token_id=self.config.image_token_id,
+                          spatial_merge_size=self.config.spatial_merge_size)
+
+    def encode_images(self, pixel_values, image_grid_thw):
+        """pixel_values [N, C*t*p*p] (as Qwen2VLImageProcessor), image_grid_thw [n, 3]
+        -> image embeddings [N / merge^2, hidden] in the compute dtype."""
+        pixel_values = jnp.asarray(pixel_values)
+        if pixel_values.ndim != 2 or pixel_values.shape[1] != self.config.patch_dim:
+            raise ValueError(f"pixel_values must be [num_patches, {self.config.patch_dim}], got {pixel_values.shape}")
+        grid = _concrete(image_grid_thw)
+        if grid is not None and int(np.prod(grid, axis=1).sum()) > pixel_values.shape[0]:
+            raise ValueError(f"image_grid_thw covers {int(np.prod(grid, axis=1).sum())} patches but pixel_values "
+                             f"has {pixel_values.shape[0]}")
+        return self.visual(pixel_values, jnp.asarray(image_grid_thw))
+
+    def init_cache(self, batch: int, max_len: int, dtype=None):
+        """Empty KV cache: k/v [L, B, S, Hkv, D] (compute dtype), mask [B, S] bool."""
+        c = self.config
+        shape = (c.num_hidden_layers, batch, max_len, c.num_key_value_heads, c.head_dim)
+        dt = dtype or c.dtype
+        return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt), "mask": jnp.zeros((batch, max_len), bool)}
+
+    def _check_images(self, input_ids, image_grid_thw, n_embeds):
+        ids, grid = _concrete(input_ids), _concrete(image_grid_thw)
+        if ids is None:
+            return
+        is_img = ids == self.config.image_token_id
+        n_tok = int(is_img.sum())
+        if n_embeds is None:
+            if n_tok:
+                raise ValueError(f"input_ids hold {n_tok} <|image_pad|> tokens but no pixel_values / image_embeds given")
+            return
+        if grid is not None:
+            m2 = self.config.spatial_merge_size ** 2
+            per_image = (np.prod(grid, axis=1) // m2).astype(int)
+            starts = is_img & ~np.concatenate([np.zeros_like(is_img[:, :1]), is_img[:, :-1]], axis=1)
+            n_blocks = int(starts.sum())
+            if n_blocks != len(per_image):
+                raise ValueError(f"image count mismatch: image_grid_thw has {len(per_image)} images but input_ids "
+                                 f"hold {n_blocks} <|image_pad|> blocks")
+            if n_tok != int(per_image.sum()):
+                raise ValueError(f"image token mismatch: input_ids hold {n_tok} <|image_pad|> tokens but "
+                                 f"image_grid_thw gives {int(per_image.sum())} merged image tokens")
+        elif n_tok > n_embeds:
+            raise ValueError(f"image token mismatch: {n_tok} <|image_pad|> tokens but {n_embeds} image embeddings")
+
+    def embed(self, input_ids, pixel_values=None, image_grid_thw=None, image_embeds=None):
+        """Token embeddings with the image embeddings scattered into the <|image_pad|> slots [B, T, H]."""
+        x = self.model.embed_tokens(input_ids)
+        if image_embeds is None and pixel_values is not None:
+            if image_grid_thw is None:
+                raise ValueError("pixel_values given without image_grid_thw")
+            image_embeds = self.encode_images(pixel_values, image_grid_thw)
+        self._check_images(input_ids, image_grid_thw, None if image_embeds is None else image_embeds.shape[0])
+        if image_embeds is None:
+            return x
+        is_img = input_ids == self.config.image_token_id
+        idx = jnp.cumsum(is_img.reshape(-1)).reshape(is_img.shape) - 1
+        idx = jnp.clip(idx, 0, image_embeds.shape[0] - 1)
+        return jnp.where(is_img[..., None], jnp.take(image_embeds.astype(x.dtype), idx, axis=0), x)
+
+    # ----------------------------------------------------------------- forward
+    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
+                 position_ids=None, cache=None, cache_index=None, image_embeds=None, return_hidden=False):
+        cfg = self.config
+        input_ids = jnp.asarray(input_ids).astype(jnp.int32)
+        B, T = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((B, T), bool)
+        attention_mask = jnp.asarray(attention_mask).astype(bool)
+        if image_grid_thw is not None:
+            image_grid_thw = jnp.asarray(image_grid_thw).astype(jnp.int32)
+        x = self.embed(input_ids, pixel_values, image_grid_thw, image_embeds)
+        if position_ids is None:
+            position_ids, _ = self.rope_index(input_ids, attention_mask, image_grid_thw)
+            if cache is not None and cache_index is not None:
+                # continuing a cached sequence without explicit positions: text-only rule
+                # (offset by the real tokens already cached). Pass position_ids = slot + rope_deltas
+                # when the cached prompt held images.
+                prev = jnp.sum(cache["mask"] & (jnp.arange(cache["mask"].shape[1]) < cache_index), axis=1)
+                position_ids = position_ids + prev.astype(jnp.int32)[None, :, None]
+        cos, sin = mrope_cos_sin(jnp.asarray(position_ids), cfg.head_dim, cfg.rope_theta, cfg.mrope_section, cfg.dtype)
+
+        if cache is None:
+            q_slot = jnp.arange(T)
+            mask = attention_mask[:, None, :] & (q_slot[None, :] <= q_slot[:, None])[None]
+            new_cache = None
+        else:
+            if cache_index is None:
+                cache_index = 0
+            cache_index = jnp.asarray(cache_index, jnp.int32)
+            S = cache["mask"].shape[1]
+            cmask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, cache_index))
+            q_slot = cache_index + jnp.arange(T)
+            mask = cmask[:, None, :] & (jnp.arange(S)[None, :] <= q_slot[:, None])[None]
+            new_k, new_v = [], []
+
+        call = nnx.remat(_layer_call) if cfg.remat else _layer_call
+        for i, layer in enumerate(self.model.layers):
+            kv = None if cache is None else (cache["k"][i], cache["v"][i])
+            x, new = call(layer, x, cos, sin, mask, kv, cache_index)
+            if cache is not None:
+                new_k.append(new[0])
+                new_v.append(new[1])
+        h = self.model.norm(x)
+        if cache is not None:
+            new_cache = {"k": jnp.stack(new_k), "v": jnp.stack(new_v), "mask": cmask}
+        out = h if return_hidden else self.logits(h)
+        return out if cache is None else (out, new_cache)
+
+    def logits(self, h):
+        """Final hidden states [..., H] -> float32 logits [..., V]."""
+        dt = self.config.dtype
+        w = (self.model.embed_tokens.weight[...].T if self.lm_head is None else self.lm_head.kernel[...]).astype(dt)
+        return jnp.dot(h.astype(dt), w, preferred_element_type=jnp.float32)
+
+    def score(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *, image_embeds=None):
+        """Scalar reward [B] float32 read at the last real token of each row (either padding side)."""
+        if self.score_head is None:
+            raise ValueError("this model has no scalar head; build it with scalar_head=True")
+        input_ids = jnp.asarray(input_ids)
+        B, T = input_ids.shape
+        mask = jnp.ones((B, T), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
+        h = self(input_ids, mask, pixel_values, image_grid_thw, image_embeds=image_embeds, return_hidden=True)
+        last = T - 1 - jnp.argmax(mask[:, ::-1], axis=1)
+        hl = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+        w = self.score_head.kernel[...]
+        return jnp.dot(hl.astype(jnp.float32), w.astype(jnp.float32))[:, 0]
+
+
+def from_config(config, *, rngs=None, dtype=jnp.float32, scalar_head=False, param_dtype=None, remat=False):
+    """Randomly initialised model from an HF config dict (either layout) or a VLConfig.
+    dtype: compute dtype; param_dtype: parameter dtype (default: dtype)."""
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    runtime = dict(dtype=dtype, param_dtype=param_dtype or dtype, remat=remat)
+    cfg = config.replace(**runtime) if isinstance(config, VLConfig) else parse_hf_config(config, **runtime)
+    return Qwen2VL(cfg, rngs=rngs, scalar_head=scalar_head)

@@ -1,0 +1,221 @@
+"""Hugging Face safetensors <-> NNX parameters for Qwen2-VL / Qwen2.5-VL, with the hub's key names
+(`model.layers.N...`, `visual.blocks.N...`, `lm_head.weight`, `score.weight`).
+
+The NNX parameter path mirrors the hub key: `kernel` (our [in, out]) <-> `weight` ([out, in];
+the patch embedding's is HF's Conv3d weight [E, C, t, p, p] flattened), `merger.mlp_0` <->
+`merger.mlp.0`, `score_head` <-> `score`. Everything else is the same name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from .config import parse_hf_config, read_config_json
+from .qwen2_vl import Qwen2VL
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD = 5 * 1024**3
+_ALIASES = (("model.language_model.", "model."), ("model.visual.", "visual."))  # transformers state_dict names
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that does not match the model (missing / unexpected / misshaped tensor,
+    corrupt or missing file)."""
+
+
+def _path_to_key(path) -> str:
+    key = ".".join(str(p) for p in path)
+    key = key.replace("merger.mlp_0.", "merger.mlp.0.").replace("merger.mlp_2.", "merger.mlp.2.")
+    key = re.sub(r"^score_head\.", "score.", key)
+    return re.sub(r"\.kernel$", ".weight", key)
+
+
+def param_table(model):
+    """[(hub key, nnx.Param, is_kernel)] for every parameter of the model."""
+    out = []
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Param):
+            out.append((_path_to_key(path), node, path[-1] == "kernel"))
+    return out
+
+
+def _hf_shape(key, shape, is_kernel, cfg):
+    if not is_kernel:
+        return tuple(shape)
+    if key == "visual.patch_embed.proj.weight":
+        return (shape[1], cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size)
+    return (shape[1], shape[0])
+
+
+def _to_ours(arr, is_kernel):
+    return arr.reshape(arr.shape[0], -1).T if is_kernel else arr
+
+
+def _to_hf(arr, key, is_kernel, cfg):
+    return np.ascontiguousarray(arr.T.reshape(_hf_shape(key, arr.shape, is_kernel, cfg))) if is_kernel else arr
+
+
+# --------------------------------------------------------------------------- reading
+def _open(fn):
+    try:
+        return safe_open(fn, framework="np")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt or truncated safetensors file {fn!r}: {e}") from e
+
+
+def _checkpoint_files(path):
+    """{hub key: file} for a folder with model.safetensors or a sharded index."""
+    index = os.path.join(path, INDEX_FILE)
+    single = os.path.join(path, SINGLE_FILE)
+    if os.path.exists(index):
+        with open(index) as f:
+            try:
+                weight_map = json.load(f)["weight_map"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise CheckpointError(f"bad index file {index!r}: {e}") from e
+        for shard in sorted(set(weight_map.values())):
+            if not os.path.exists(os.path.join(path, shard)):
+                raise CheckpointError(f"missing shard file {shard!r} listed in {index!r}")
+        return {k: os.path.join(path, v) for k, v in weight_map.items()}
+    if os.path.exists(single):
+        with _open(single) as f:
+            return {k: single for k in f.keys()}
+    raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path!r}")
+
+
+def _canonical(key):
+    for old, new in _ALIASES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rngs=None, param_dtype=None,
+                    remat=False):
+    """Loads an HF Qwen2-VL / Qwen2.5-VL folder (config.json + model.safetensors or a sharded index).
+
+    dtype: compute dtype; param_dtype: parameter dtype (default: dtype; e.g. bf16 compute with
+    float32 master weights: dtype=bf16, param_dtype=float32). Tensors are read one at a time and
+    converted (bf16 or fp32 on disk). With `mesh`, each is placed with
+    `grlhfv_jax.sharding.shard_array(x, param.logical_axes, mesh)` as it is read.
+    scalar_head: add `score` ([1, hidden] on disk); initialised (normal, std 0.02) when absent.
+    """
+    path = os.fspath(path)
+    hf = read_config_json(path)
+    cfg = parse_hf_config(hf, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat)
+    model = nnx.eval_shape(lambda: Qwen2VL(cfg, rngs=nnx.Rngs(0), scalar_head=scalar_head))
+    files = {_canonical(k): (k, fn) for k, fn in _checkpoint_files(path).items()}
+    table = param_table(model)
+    wanted = {k for k, _, _ in table}
+    ignorable = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
+    unexpected = sorted(k for k in files if k not in wanted and k not in ignorable)
+    if unexpected:
+        hint = " (load with scalar_head=True to read 'score.weight')" if "score.weight" in unexpected else ""
+        raise CheckpointError(f"unexpected tensor(s) in {path!r}: {unexpected[:10]}{hint}")
+    missing = sorted(k for k in wanted if k not in files and k != "score.weight")
+    if missing:
+        raise CheckpointError(f"missing tensor(s) in {path!r}: {missing[:10]}")
+    shard = None
+    if mesh is not None:
+        from grlhfv_jax.sharding import shard_array as shard
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    handles = {}
+    try:
+        for key, param, is_kernel in table:
+            pdt = param.get_value().dtype
+            want = _hf_shape(key, param.get_value().shape, is_kernel, cfg)
+            if key not in files:                       # fresh scalar head
+                arr = np.asarray(0.02 * jax.random.normal(rngs.params(), param.get_value().shape, jnp.float32))
+            else:
+                disk_key, fn = files[key]
+                if fn not in handles:
+                    handles[fn] = _open(fn).__enter__()
+                try:
+                    arr = handles[fn].get_tensor(disk_key)
+                except (SafetensorError, OSError, ValueError) as e:
+                    raise CheckpointError(f"corrupt or truncated safetensors file {fn!r} (tensor {disk_key!r}): {e}") from e
+                if tuple(arr.shape) != want:
+                    raise CheckpointError(f"shape mismatch for tensor {disk_key!r} in {fn!r}: checkpoint "
+                                          f"{list(arr.shape)}, model expects {list(want)}")
+                arr = _to_ours(arr, is_kernel)
+            arr = np.asarray(arr).astype(pdt)
+            axes = getattr(param, "logical_axes", None) or (None,) * arr.ndim
+            param.set_value(shard(arr, axes, mesh) if shard is not None else jnp.asarray(arr))
+    finally:
+        for h in handles.values():
+            h.__exit__(None, None, None)
+    return model
+
+
+# --------------------------------------------------------------------------- writing
+def _parse_size(s):
+    if s is None:
+        return DEFAULT_MAX_SHARD
+    if isinstance(s, int):
+        return s
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?i?B)\s*", str(s), re.I)
+    if not m:
+        raise ValueError(f"bad max_shard_size {s!r}; use bytes or e.g. '2GB'")
+    unit = m.group(2).upper()
+    mult = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}[unit]
+    return int(float(m.group(1)) * mult)
+
+
+_DTYPE_NAMES = {np.dtype(jnp.bfloat16): "bfloat16", np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}
+
+
+def save_pretrained(model, path, *, dtype=None, max_shard_size=None):
+    """Writes config.json + model.safetensors (or model-0000i-of-0000n.safetensors + index when
+    larger than max_shard_size, default 5 GiB) with the hub's key names; transformers'
+    `from_pretrained` loads it. dtype: on-disk dtype (default: each parameter's own)."""
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    cfg = model.config
+    tensors = {}
+    for key, param, is_kernel in param_table(model):
+        arr = np.asarray(jax.device_get(param.get_value()))
+        if dtype is not None:
+            arr = arr.astype(dtype)
+        tensors[key] = _to_hf(arr, key, is_kernel, cfg)
+    disk_dtype = np.dtype(dtype) if dtype is not None else next(iter(tensors.values())).dtype
+    hf = dict(cfg.hf_config)
+    hf["dtype"] = _DTYPE_NAMES.get(disk_dtype, str(disk_dtype))
+    hf.pop("torch_dtype", None)
+    if isinstance(hf.get("text_config"), dict):
+        hf["text_config"] = {k: v for k, v in hf["text_config"].items() if k not in ("dtype", "torch_dtype")}
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2, sort_keys=True)
+    limit = _parse_size(max_shard_size)
+    shards, cur, size = [], {}, 0
+    for key in sorted(tensors):
+        nbytes = tensors[key].nbytes
+        if cur and size + nbytes > limit:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[key] = tensors[key]
+        size += nbytes
+    shards.append(cur)
+    meta = {"format": "pt"}
+    for old in (SINGLE_FILE, INDEX_FILE):
+        if os.path.exists(os.path.join(path, old)):
+            os.remove(os.path.join(path, old))
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(path, SINGLE_FILE), metadata=meta)
+        return
+    weight_map = {}
+    for i, sh in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(sh, os.path.join(path, name), metadata=meta)
+        weight_map.update({k: name for k in sh})
+    total = sum(t.nbytes for t in tensors.values())
+    with open(os.path.join(path, INDEX_FILE), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2, sort_keys=True)
