@@ -206,11 +206,13 @@ def encode_example(tokenizer, image_processor, prompt_text: str, images=(), resp
     }
 
 
-def collate(examples: Sequence[dict], *, pad_id: int, side: str = "left", max_len: int | None = None) -> dict:
+def collate(examples: Sequence[dict], *, pad_id: int, side: str = "left", max_len: int | None = None,
+            pad_to_multiple: int | None = None) -> dict:
     """Pad encoded examples into a batch of numpy arrays.
 
     Rows are padded with `pad_id` on the left (generation: every prompt ends at the last column)
-    or on the right (training) to `max_len` when given (static shapes), else to the longest row.
+    or on the right (training) to `max_len` when given (static shapes), else to the longest row
+    rounded up to `pad_to_multiple` (few distinct shapes -> few recompilations).
     Returns input_ids / attention_mask / loss_mask / mm_token_type_ids [B, T] int32 (masks 0 on
     padding), pixel_values [sum N, D] float32 concatenated in row order and image_grid_thw
     [sum n_images, 3] int32.
@@ -226,7 +228,11 @@ def collate(examples: Sequence[dict], *, pad_id: int, side: str = "left", max_le
             i, n = too_long[0]
             raise ValueError(f"example {i} has {n} tokens > max_len={max_len} "
                              f"({len(too_long)} example(s) too long: {[j for j, _ in too_long]})")
-    T = max_len if max_len is not None else max(lengths)
+    T = max(lengths)
+    if pad_to_multiple:
+        T = -(-T // pad_to_multiple) * pad_to_multiple
+    if max_len is not None:
+        T = max_len
     B = len(examples)
     out = {k: np.zeros((B, T), np.int32) for k in _SEQ_KEYS}
     out["input_ids"][:] = pad_id

@@ -177,6 +177,9 @@ def test_collate_left_and_right():
     np.testing.assert_array_equal(right["attention_mask"], [[1] * 5 + [0] * 2, [1] * 2 + [0] * 5, [1] * 4 + [0] * 3])
     np.testing.assert_array_equal(right["loss_mask"], [[0, 0, 0, 1, 1, 0, 0], [0] * 7, [0, 0, 0, 1, 0, 0, 0]])
 
+    bucket = P.collate([e1, e2], pad_id=P0, side="right", pad_to_multiple=3)
+    np.testing.assert_array_equal(bucket["input_ids"], [[5, 6, P0, P0, P0, P0], [5, 9, 6, 7, P0, P0]])
+
     none = P.collate([e1, e1], pad_id=0)
     assert none["pixel_values"].shape == (0, 6) and none["image_grid_thw"].shape == (0, 3)
     with pytest.raises(ValueError, match="side must be"):
