@@ -45,6 +45,9 @@ def test_tfds_round_trip_without_tensorflow(data_dir):
     b = synthetic_tfds.build(data_dir, CFG)
     assert W.WorldConfig.from_dict(__import__("json").loads(b.info.metadata["world"])) == CFG
     assert any(f.endswith("array_record-00000-of-00001") for f in os.listdir(b.data_path))
+    # the default world is a registered config; custom ones get their own hashed name
+    default = synthetic_tfds.builder(data_dir)
+    assert default.builder_config.world == W.WorldConfig() and default.builder_config.name != b.builder_config.name
 
 
 def test_grain_dataset_shuffle_epochs_and_shards(data_dir):

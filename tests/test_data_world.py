@@ -131,6 +131,11 @@ def test_answers_short_and_sft_answers_best(grm_train):
         r = W.make_record(CFG, "sft_policy", i, encode_image=False)
         assert W.oracle_score(r["scene"], r["question"], r["answer"]) == 1.0
         assert len(r["answer"].split()) <= 12
+    # a weaker warm start on request: about half of the answers are random candidates
+    cfg = W.WorldConfig(p_sft_policy_good=0.5)
+    best = [W.oracle_score(r["scene"], r["question"], r["answer"]) == 1.0
+            for r in (W.make_record(cfg, "sft_policy", i, encode_image=False) for i in range(400))]
+    assert 0.45 < np.mean(best) < 0.7  # 0.5 best + the random candidates that happen to be best
 
 
 def test_sft_grm_judgments_have_format_but_no_preference_information():

@@ -94,8 +94,10 @@ class GrlhfvWorld(tfds.core.GeneratorBasedBuilder):
 def builder(data_dir: str, cfg: W.WorldConfig | None = None) -> GrlhfvWorld:
     """The builder for `cfg` (default world) under `data_dir` (not generated yet)."""
     cfg = W.WorldConfig() if cfg is None else cfg
-    return GrlhfvWorld(data_dir=os.fspath(data_dir), config=WorldBuilderConfig.from_world(cfg),
-                       file_format="array_record")
+    config = WorldBuilderConfig.from_world(cfg)
+    if config.name in {c.name for c in GrlhfvWorld.BUILDER_CONFIGS}:
+        config = config.name  # TFDS refuses a custom config named like a registered one
+    return GrlhfvWorld(data_dir=os.fspath(data_dir), config=config, file_format="array_record")
 
 
 def build(data_dir: str, cfg: W.WorldConfig | None = None, *, quiet: bool = True) -> GrlhfvWorld:

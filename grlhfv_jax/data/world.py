@@ -119,6 +119,9 @@ class WorldConfig:
     p_secondary_wrong: float = 0.35  # probability that an extra (not asked) fact is wrong
     p_describe_wrong: float = 0.3  # per-fact wrong probability for "describe" answers
     p_minimal_pair: float = 0.5  # probability that both answers of a pair share one template
+    # probability that an sft_policy answer is a best answer (else a random candidate answer, so
+    # that a policy warm-started on it leaves room for RL; 1.0 = always best)
+    p_sft_policy_good: float = 1.0
     # candidate styles and their weights: terse, detailed, hedged, praised (answer + praise),
     # praise_only (no information)
     style_weights: tuple[tuple[str, float], ...] = (
@@ -131,6 +134,10 @@ class WorldConfig:
     def __post_init__(self):
         if self.image_size % 4 or self.image_size < 16:
             raise ValueError(f"WorldConfig.image_size must be a multiple of 4 and >= 16, got {self.image_size}")
+        for name in ("p_key_correct", "p_secondary_wrong", "p_describe_wrong", "p_minimal_pair",
+                     "p_sft_policy_good"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"WorldConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.label_noise < 0.5:
             raise ValueError(f"WorldConfig.label_noise must be in [0, 0.5), got {self.label_noise}")
         for k in self.heldout_kinds:
@@ -594,7 +601,8 @@ def make_record(cfg: WorldConfig, split: str, index: int, *, encode_image: bool 
     or uint8 [H, W, 3] if encode_image=False), scene (JSON), heldout ('' | 'kind' | 'combo' |
     'both'). Pair splits add response_1, response_2, overall_response (1 | 2, the noisy human
     label), oracle_1, oracle_2, label_noisy; sft_grm adds judgment (the GRM's target text).
-    Prompt splits add answer (a best answer, oracle score 1)."""
+    Prompt splits add answer (a best answer, oracle score 1; in sft_policy a random candidate
+    answer instead with probability 1 - p_sft_policy_good)."""
     rng = _record_rng(cfg, split, index)
     scene, kind, heldout = _scene_and_kind(rng, cfg, split)
     question = _pick(rng, QUESTIONS[kind])
@@ -613,6 +621,12 @@ def make_record(cfg: WorldConfig, split: str, index: int, *, encode_image: bool 
         rec.update(response_1=a, response_2=b, overall_response=label, oracle_1=sa, oracle_2=sb,
                    label_noisy=noisy)
         rec["judgment"] = grm_judgment(rng) if split == "sft_grm" else ""
+    elif split == "sft_policy" and cfg.p_sft_policy_good < 1.0 and rng.random() >= cfg.p_sft_policy_good:
+        while True:
+            answer, _ = sample_answer(rng, scene, kind, cfg)
+            if not _mentions_heldout_combo(answer, cfg):
+                break
+        rec["answer"] = answer
     else:
         rec["answer"] = good_answer(rng, scene, kind)
     return rec
@@ -694,3 +708,30 @@ def text_only_baselines(train: list[Mapping[str, Any]], test: list[Mapping[str, 
     acc_longer = float(np.mean(np.where(longer == 0, 0.5, longer == lab)))
     acc_shorter = float(np.mean(np.where(longer == 0, 0.5, (3 - longer) == lab)))
     return {"longer": acc_longer, "shorter": acc_shorter, "bow_logreg": acc_lr}
+
+
+def world_stats(cfg: WorldConfig, n_train: int = 4000, n_test: int = 1000) -> dict[str, Any]:
+    """Figures of the world (docs/data.md): label balance and noise, answer lengths, mean oracle
+    score per answer style, and the text-only baselines on the in- and out-of-distribution tests."""
+    train = [make_record(cfg, "grm_train", i, encode_image=False) for i in range(n_train)]
+    tid = [make_record(cfg, "grm_test_id", i, encode_image=False) for i in range(n_test)]
+    tood = [make_record(cfg, "grm_test_ood", i, encode_image=False) for i in range(n_test)]
+    rng = np.random.default_rng(cfg.seed)
+    by_style: dict[str, list[float]] = {}
+    for r in tid:
+        sc = Scene.from_any(r["scene"])
+        for style, _ in cfg.style_weights:
+            text, _ = sample_answer(rng, sc, r["kind"], cfg, style=style)
+            by_style.setdefault(style, []).append(oracle_score(sc, r["question"], text))
+    lens = [len(r[k].split()) for r in train for k in ("response_1", "response_2")]
+    return {
+        "label_1_fraction": float(np.mean([r["overall_response"] == 1 for r in train])),
+        "label_noise_rate": float(np.mean([r["label_noisy"] for r in train])),
+        "noiseless_oracle_accuracy_id": float(np.mean(
+            [(1 if r["oracle_1"] > r["oracle_2"] else 2) == r["overall_response"] for r in tid])),
+        "answer_words_mean": float(np.mean(lens)), "answer_words_max": int(np.max(lens)),
+        "oracle_mean_by_style": {k: float(np.mean(v)) for k, v in by_style.items()},
+        "text_only_id": text_only_baselines(train, tid),
+        "text_only_ood": text_only_baselines(train, tood),
+    }
+
