@@ -109,7 +109,8 @@ def run(config, workdir: str, restart: bool = False) -> dict:
 
 def main(argv):
     del argv
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS / orbax chatter; progress bars tell the story
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config configs/demo.py")

@@ -17,8 +17,7 @@ STAGES = {
         "sft": ("sft", "sft"),
         "grm_rl": ("grm_rl", "grm_rl"),
         "rm": ("rm", "rm"),
-        "dpo": ("dpo", "dpo"),
-        "policy_rl": ("policy_rl", "policy_rl"),
+            "policy_rl": ("policy_rl", "policy_rl"),
         "policy_rl_rm": ("policy_rl", "policy_rl_rm"),
         "evaluate": ("evaluate", "evaluate"),
 }

@@ -1,0 +1,94 @@
+"""The embedded demo: the whole Generative RLHF-V pipeline on tiny Qwen2-VL-architecture models
+and the synthetic shapes world, on a laptop CPU, no downloads.
+
+    python -m grlhfv_jax.main --config configs/demo.py --workdir /tmp/grlhfv_demo
+
+Stages: data (world + tokenizer) -> sft (policy and GRM warm starts) -> grm_rl (stage 1: GRPO on
+the GRM with the paper's pair reward) -> rm (score-only Bradley-Terry baseline) -> policy_rl
+(stage 2: GRPO with grouped-comparison rewards from the GRM) -> policy_rl_rm (the same with the
+score-only RM as reward) -> evaluate. `get_config("smoke")` is a few steps of each (tests).
+"""
+
+import ml_collections
+
+# The paper's template (grlhfv_jax.rl.grm_reward.GRM_TEMPLATE) made short: same slots, same
+# three-line output format. The tiny demo models pay for every prompt token on a CPU.
+DEMO_GRM_TEMPLATE = (
+    "Score both responses to the query about the image, from 1 to 10. Give criteria, analysis, scores.\n"
+    "{principles_block}"
+    "<image>{question}\n"
+    "# Response 1: {response_1}\n"
+    "# Response 2: {response_2}\n"
+    "Output: Specific Criteria, Analysis, Scores: \\boxed{x, x}."
+)
+
+
+def tiny_qwen2_vl(hidden=64, layers=3, heads=4, kv_heads=2, vision_depth=2, vision_dim=64):
+    """An HF Qwen2-VL config dict; vocabulary size and special ids come from the tokenizer."""
+    head_dim = hidden // heads
+    half = head_dim // 2
+    t = half // 4
+    section = [t, (half - t) // 2, half - t - (half - t) // 2]
+    return dict(
+        model_type="qwen2_vl", tie_word_embeddings=True,
+        text_config=dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, rms_norm_eps=1e-6,
+                         max_position_embeddings=1024,
+                         rope_parameters=dict(rope_type="default", mrope_section=section, rope_theta=10000.0)),
+        vision_config=dict(depth=vision_depth, embed_dim=vision_dim, hidden_size=hidden, num_heads=4, mlp_ratio=2,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3))
+
+
+def get_config(arg: str = ""):
+    smoke = arg == "smoke"
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.workdir = "workdir/demo"
+    c.stages = ["data", "sft", "grm_rl", "rm", "policy_rl", "policy_rl_rm", "evaluate"]
+    c.mesh_shape = (1, -1, 1)
+    c.tensorboard = True
+    c.grm_template = DEMO_GRM_TEMPLATE
+
+    c.data = dict(seed=0, image_size=56, label_noise=0.05, vocab_size=1024, dir="",
+                  sizes=dict(sft_policy=2000, sft_grm=3000, grm_train=4000, grm_test_id=400, grm_test_ood=400,
+                             policy_train=2000, policy_test=200))
+    c.image = dict(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2)
+
+    model = dict(hf_config=tiny_qwen2_vl(), dtype="float32", param_dtype="float32", remat=False)
+    c.model = dict(policy=dict(model), grm=dict(model), rm=dict(model))
+
+    c.sft = dict(log_every=10, ckpt_every=100,
+                 policy=dict(steps=300, batch_size=32, lr=2e-3, max_len=64, warmup_ratio=0.05, data="candidates"),
+                 grm=dict(steps=500, batch_size=32, lr=2e-3, max_len=128, warmup_ratio=0.05, vqa_fraction=0.5))
+    c.grm_rl = dict(steps=120, pairs_per_step=16, group_size=8, mini_batches=2, max_len=96, max_new_tokens=24,
+                    temperature=1.0, lr=5e-4, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, clip_eps=0.2,
+                    position_debias=False, consistency_reward=False, eval_pairs=200, eval_every=40, eval_rows=64,
+                    log_every=5, ckpt_every=25)
+    c.rm = dict(steps=300, pairs_per_step=16, lr=1e-3, max_len=64, reg=0.001, init="sft_grm", eval_pairs=200,
+                eval_rows=64)
+    policy = dict(reward="grm", steps=60, prompts_per_step=8, n=5, mini_batches=1, max_len=48, max_new_tokens=24,
+                  temperature=1.0, lr=5e-4, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, clip_eps=0.2,
+                  pairs="both", aggregator="mean", judge_max_len=96, judge_max_new_tokens=24, judge_rows=64,
+                  judge_temperature=0.0, log_every=5, ckpt_every=20)
+    c.policy_rl = dict(policy)
+    c.policy_rl_rm = dict(policy, reward="rm")
+    c.evaluate = dict(prompts=200, max_len=48, max_new_tokens=24)
+    c.report = dict(enabled=True)
+
+    if smoke:
+        c.data.sizes = dict(sft_policy=16, sft_grm=32, grm_train=32, grm_test_id=8, grm_test_ood=8,
+                            policy_train=16, policy_test=8)
+        c.data.vocab_size = 600
+        small = tiny_qwen2_vl(hidden=32, layers=1, heads=2, kv_heads=1, vision_depth=1, vision_dim=32)
+        for k in ("policy", "grm", "rm"):
+            c.model[k].hf_config = small
+        c.sft.policy.update(steps=2, batch_size=4, max_len=96)
+        c.sft.grm.update(steps=2, batch_size=4, max_len=224)
+        c.grm_rl.update(steps=2, pairs_per_step=2, group_size=2, mini_batches=1, max_len=192, max_new_tokens=8,
+                        eval_pairs=4, eval_every=1, eval_rows=8)
+        c.rm.update(steps=2, pairs_per_step=2, max_len=96, eval_pairs=4, eval_rows=8)
+        for k in ("policy_rl", "policy_rl_rm"):
+            c[k].update(steps=2, prompts_per_step=2, n=2, max_len=64, max_new_tokens=6, judge_max_len=192,
+                        judge_max_new_tokens=8, judge_rows=8)
+        c.evaluate.update(prompts=4, max_len=64, max_new_tokens=6)
+    return c

@@ -1,0 +1,211 @@
+"""What every stage needs: the tokenizer/image codec, models from config, static-shape batches.
+
+Batches have fixed shapes (`max_len` from the config, a fixed number of rows) so that each
+jitted function compiles once per stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from grlhfv_jax import models, processing, sharding
+from grlhfv_jax.rl import grm_reward
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def stage_dir(workdir: str, name: str) -> str:
+    path = os.path.join(workdir, name)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def codec(config, workdir: str) -> "Codec":
+    """The codec of a run: the tokenizer written by the `data` stage, config.image, config.grm_template."""
+    from grlhfv_jax.stages import data as data_stage
+    paths = data_stage.paths(config, workdir)
+    return Codec.from_dirs(paths["tokenizer_dir"], config.image, config.get("grm_template") or None)
+
+
+def mesh_from_config(config):
+    return sharding.make_mesh(tuple(config.get("mesh_shape", (1, -1, 1))))
+
+
+# ----------------------------------------------------------------------------- text and images
+
+
+@dataclasses.dataclass
+class Codec:
+    """Tokenizer + image processor + the ids the stages need."""
+
+    tokenizer: Any
+    image_processor: Any
+    pad_id: int
+    eos_id: int  # <|im_end|>: ends an assistant turn
+    grm_template: str = grm_reward.GRM_TEMPLATE
+
+    @classmethod
+    def from_dirs(cls, tokenizer_dir: str, image: dict, grm_template: str | None = None) -> "Codec":
+        tok = processing.load_tokenizer(tokenizer_dir)
+        proc = processing.load_image_processor(
+            image.get("processor_dir"), min_pixels=image.get("min_pixels"), max_pixels=image.get("max_pixels"),
+            patch_size=image.get("patch_size"), merge_size=image.get("merge_size"),
+            temporal_patch_size=image.get("temporal_patch_size"))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+        return cls(tok, proc, int(pad), int(tok.convert_tokens_to_ids(processing.IM_END)),
+                   grm_template or grm_reward.GRM_TEMPLATE)
+
+    def special_ids(self) -> dict:
+        c = self.tokenizer.convert_tokens_to_ids
+        return {"image_token_id": c(processing.IMAGE_PAD), "vision_start_token_id": c(processing.VISION_START),
+                "vision_end_token_id": c(processing.VISION_END), "video_token_id": c("<|video_pad|>"),
+                "eos_token_id": self.eos_id, "pad_token_id": self.pad_id}
+
+    def example(self, question: str, image, response: str | None = None) -> dict:
+        text = processing.chat_prompt(question, num_images=1, tokenizer=self.tokenizer)
+        return processing.encode_example(self.tokenizer, self.image_processor, text, [image], response)
+
+    def grm_user_text(self, question: str, response_1: str, response_2: str) -> str:
+        return grm_reward.build_grm_prompt(question, response_1, response_2, template=self.grm_template)
+
+    def grm_example(self, question: str, image, response_1: str, response_2: str,
+                    judgment: str | None = None) -> dict:
+        return self.example(self.grm_user_text(question, response_1, response_2), image, judgment)
+
+    def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
+        """Generated token rows -> text, cut at each row's length, special tokens dropped."""
+        return [self.tokenizer.decode([int(t) for t in row[:n] if t != self.eos_id], skip_special_tokens=True)
+                for row, n in zip(np.asarray(tokens), np.asarray(lengths))]
+
+
+def batch(examples: Sequence[dict], codec: Codec, *, side: str, max_len: int, rows: int | None = None) -> dict:
+    """Collates `examples` to [rows, max_len]; missing rows repeat example 0 with an all-zero mask.
+
+    The fill rows keep every shape static; their attention/loss masks are zero so they add
+    nothing to losses. Returns numpy arrays plus `valid [rows]` (1 for real rows).
+    """
+    rows = rows or len(examples)
+    if len(examples) > rows:
+        raise ValueError(f"batch: {len(examples)} examples > {rows} rows")
+    fill = rows - len(examples)
+    out = processing.collate(list(examples) + [examples[0]] * fill, pad_id=codec.pad_id, side=side,
+                             max_len=max_len)
+    valid = np.array([1] * len(examples) + [0] * fill, np.int32)
+    if fill:  # fill rows: real tokens (well-defined forward), no loss, ignored outputs
+        out["loss_mask"][len(examples):] = 0
+    out["valid"] = valid
+    out.pop("mm_token_type_ids", None)
+    return out
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def model_config(spec, codec: Codec) -> dict:
+    """The HF config dict of a model to initialise randomly: `spec.hf_config` with the tokenizer's
+    vocabulary size and special ids filled in."""
+    hf = spec.hf_config.to_dict() if hasattr(spec.hf_config, "to_dict") else dict(spec.hf_config)
+    ids = codec.special_ids()
+    text = dict(hf.get("text_config", {}))
+    text.update(vocab_size=len(codec.tokenizer), eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"])
+    hf["text_config"] = text
+    for k in ("image_token_id", "vision_start_token_id", "vision_end_token_id", "video_token_id"):
+        hf[k] = ids[k]
+    return hf
+
+
+def new_or_load(spec, codec: Codec, *, seed: int, scalar_head: bool = False, from_path: str | None = None,
+                mesh=None):
+    """A model: loaded from `from_path` (an HF folder written by an earlier stage), else from
+    `spec.path` (a real checkpoint), else randomly initialised from `spec.hf_config`."""
+    dtype = DTYPES[spec.get("dtype", "float32")]  # compute dtype
+    param_dtype = DTYPES[spec.get("param_dtype", "float32")]  # master weights
+    path = from_path or spec.get("path")
+    if path:
+        model = models.load_pretrained(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh,
+                                       scalar_head=scalar_head)
+    else:
+        model = models.from_config(model_config(spec, codec), rngs=nnx.Rngs(seed), dtype=dtype,
+                                   param_dtype=param_dtype, scalar_head=scalar_head,
+                                   remat=bool(spec.get("remat", False)))
+        if mesh is not None:
+            sharding.shard_model(model, mesh)
+    return model
+
+
+def frozen_copy(model):
+    """An independent copy of `model` (reference / frozen judge)."""
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+
+
+# ----------------------------------------------------------------------------- training loop
+
+
+def make_train_state(model, opt_cfg, total_steps: int):
+    """TrainState with AdamW + warm-up/cosine + clipping from a config section with `lr`,
+    `warmup_ratio`, `weight_decay`, `max_grad_norm`."""
+    from grlhfv_jax.rl import optim, train
+    tx, schedule = optim.make_optimizer(
+        learning_rate=float(opt_cfg.lr), total_steps=max(int(total_steps), 1),
+        warmup_ratio=float(opt_cfg.get("warmup_ratio", 0.03)), weight_decay=float(opt_cfg.get("weight_decay", 0.01)),
+        max_grad_norm=float(opt_cfg.get("max_grad_norm", 1.0)))
+    return train.TrainState(model, tx, schedule)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN/inf; the last good checkpoint is kept."""
+
+
+def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckpt_dir: str,
+               log_every: int = 10, ckpt_every: int = 50, on_log=None) -> dict:
+    """Runs `steps` updates, resuming from the newest checkpoint in `ckpt_dir`.
+
+    make_batch(step) -> batch dict (deterministic in `step`, so a resumed run sees the same data);
+    step_fn(state, batch) -> (state, metrics). Logs every `log_every` steps under stage `name`,
+    checkpoints every `ckpt_every` steps and at the end. A non-finite loss stops the run with an
+    error naming the step; the last checkpoint (before the bad step) is kept.
+    Returns the last logged metrics (floats).
+    """
+    from grlhfv_jax.checkpoint import Checkpointer
+    from grlhfv_jax.metrics import progress
+
+    ckpt = Checkpointer(ckpt_dir, max_to_keep=1)
+    start = 0
+    restored = ckpt.restore_latest(state.model, state.optimizer)
+    if restored is not None:
+        start = restored[0]
+        print(f"[{name}] resuming at step {start}/{steps} from {ckpt_dir}", flush=True)
+    last: dict = {}
+    bar = progress(range(start, steps), total=steps, desc=name)
+    bar.update(start)
+    acc: dict[str, list] = {}
+    for step in bar:
+        batch = make_batch(step)
+        state, metrics = step_fn(state, batch)
+        if "loss" in metrics and not np.isfinite(float(metrics["loss"])):
+            ckpt.close()
+            raise NonFiniteLossError(
+                f"[{name}] non-finite loss ({float(metrics['loss'])}) at step {step + 1}; the last checkpoint "
+                f"({ckpt.latest_step()}) in {ckpt_dir} is kept. Lower the learning rate or check the data.")
+        for k, v in metrics.items():
+            acc.setdefault(k, []).append(v)
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            last = {k: float(np.mean([float(x) for x in v])) for k, v in acc.items()}
+            acc = {}
+            if on_log is not None:
+                last.update(on_log(step + 1) or {})
+            writer.write(name, step + 1, last)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in list(last.items())[:4]})
+        if (step + 1) % ckpt_every == 0 and step + 1 < steps:
+            ckpt.save(step + 1, state.model, state.optimizer)
+    ckpt.save(steps, state.model, state.optimizer)
+    ckpt.close()
+    return last

@@ -1,0 +1,60 @@
+"""Stage `data`: build the synthetic world's TFDS files and the demo tokenizer (both cached)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from grlhfv_jax.data import pipeline
+from grlhfv_jax.data import world as W
+from grlhfv_jax.stages import ConfigError, check_section
+
+SCHEMA = {
+    "seed": (int, None, "an int"),
+    "image_size": (int, lambda v: v >= 16 and v % 4 == 0, "a multiple of 4, >= 16"),
+    "label_noise": ((int, float), lambda v: 0 <= v < 0.5, "a probability in [0, 0.5)"),
+    "vocab_size": (int, lambda v: v >= 300, "an int >= 300"),
+}
+
+
+def world_config(config) -> W.WorldConfig:
+    d = config.data
+    sizes = dict(d.get("sizes", {}))
+    for split in sizes:
+        if split not in W.SPLITS:
+            raise ConfigError(f"config.data.sizes: unknown split '{split}' (splits: {', '.join(W.SPLITS)})")
+    return W.WorldConfig(seed=d.seed, image_size=d.image_size, label_noise=float(d.label_noise),
+                         sizes=tuple({**W.DEFAULT_SIZES, **sizes}.items()))
+
+
+def data_dir(config, workdir: str) -> str:
+    return config.data.get("dir") or os.path.join(workdir, "data")
+
+
+def validate(config, section: str) -> None:
+    check_section(config, section, SCHEMA)
+    world_config(config)
+
+
+def paths(config, workdir: str) -> dict:
+    """The dataset and tokenizer folders written by this stage."""
+    path = os.path.join(workdir, "data_paths.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: run the 'data' stage first (add it to config.stages)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def run(config, workdir: str, writer, section: str) -> dict:
+    world = world_config(config)
+    extra = []
+    if config.get("grm_template"):  # its fixed words become single tokens: short GRM prompts
+        from grlhfv_jax.rl.grm_reward import build_grm_prompt
+        extra = [build_grm_prompt("What colour are the objects?", "They are red.", "They are blue.",
+                                  template=config.grm_template)] * 50
+    out = pipeline.prepare(data_dir(config, workdir), world, vocab_size=config.data.vocab_size, extra_texts=extra)
+    out["data_dir"] = data_dir(config, workdir)
+    with open(os.path.join(workdir, "data_paths.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"[data] dataset {out['dataset_dir']}, tokenizer {out['tokenizer_dir']}", flush=True)
+    return {f"data/size_{s}": world.size(s) for s in W.SPLITS}

@@ -1,0 +1,163 @@
+"""Stage `grm_rl` (stage 1): train the generative reward model with GRPO on the paper's reward.
+
+For each preference pair the GRM writes `group_size` judgments (criteria, analysis, scores); a
+judgment's reward is 1 when its boxed scores order the pair as the human did, else 0 (no box,
+not two numbers, or a tie). Options (off = paper): `position_debias` also shows every pair in
+the swapped order with the label flipped; `consistency_reward` gives 1 only when the k-th
+judgments of both orders are right (J1-style; needs position_debias).
+Reads `workdir/sft/grm`, writes `workdir/grm_rl/grm`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from grlhfv_jax import models
+from grlhfv_jax.checkpoint import export_hf
+from grlhfv_jax.data import pipeline
+from grlhfv_jax.data import world as W
+from grlhfv_jax.rl import grm_reward, train
+from grlhfv_jax.rollout import generate
+from grlhfv_jax.stages import ConfigError, check_section, common, judging, rollouts, sft
+from grlhfv_jax.stages import data as data_stage
+
+POS_INT = (int, lambda v: v >= 1, "an int >= 1")
+POS_FLOAT = ((int, float), lambda v: v > 0, "a positive number")
+SCHEMA = {
+    "steps": POS_INT, "pairs_per_step": POS_INT, "mini_batches": POS_INT,
+    "group_size": (int, lambda v: v >= 2, "an int >= 2 (GRPO needs a group)"),
+    "max_len": (int, lambda v: v >= 16, "an int >= 16 (prompt tokens)"),
+    "max_new_tokens": POS_INT, "lr": POS_FLOAT,
+    "temperature": ((int, float), lambda v: v > 0, "a positive number (sampling)"),
+    "kl_coef": ((int, float), lambda v: v >= 0, "a number >= 0"),
+    "clip_eps": ((int, float), lambda v: 0 < v < 1, "in (0, 1)"),
+    "eval_pairs": (int, lambda v: v >= 0, "an int >= 0"),
+    "eval_every": POS_INT,
+    "position_debias": (bool, None, "a bool"), "consistency_reward": (bool, None, "a bool"),
+}
+
+
+def validate(config, section: str) -> None:
+    check_section(config, section, SCHEMA)
+    sec = config[section]
+    if sec.consistency_reward and not sec.position_debias:
+        raise ConfigError(f"config.{section}.consistency_reward needs config.{section}.position_debias = True")
+    per = sec.pairs_per_step * (2 if sec.position_debias else 1)
+    if per % sec.mini_batches:
+        raise ConfigError(f"config.{section}.mini_batches = {sec.mini_batches} must divide the prompts per step "
+                          f"({per})")
+
+
+def grpo_config(sec) -> train.GRPOConfig:
+    return train.GRPOConfig(clip_eps=float(sec.clip_eps), kl_coef=float(sec.kl_coef),
+                            clip_ratio_c=sec.get("clip_ratio_c"), entropy_coef=float(sec.get("entropy_coef", 0.0)),
+                            num_micro_batches=int(sec.get("num_micro_batches", 1)))
+
+
+def output_dir(workdir: str) -> str:
+    return os.path.join(workdir, "grm_rl", "grm")
+
+
+def evaluate_grm(grm, codec, config, sec, records_id, records_ood, prefix: str) -> tuple[dict, list]:
+    kw = dict(rows=int(sec.get("eval_rows", 32)), max_len=sec.max_len, max_new_tokens=sec.max_new_tokens)
+    m_id, samples = judging.grm_accuracy(grm, codec, records_id, prefix=f"{prefix}_id_", **kw)
+    m_ood, _ = judging.grm_accuracy(grm, codec, records_ood, prefix=f"{prefix}_ood_", **kw)
+    return {**m_id, **m_ood}, samples
+
+
+def save_samples(workdir: str, records, samples, limit: int = 8) -> None:
+    """Writes a few judgments (with their images) for the report."""
+    out = os.path.join(workdir, "samples")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "judgments.jsonl"), "w") as f:
+        for k, (r, s) in enumerate(zip(records[:limit], samples[:limit])):
+            name = f"judgment_{k}.png"
+            with open(os.path.join(out, name), "wb") as g:
+                g.write(W.encode_png(np.asarray(r["image"], np.uint8)))
+            f.write(json.dumps(dict(s, image=name)) + "\n")
+
+
+def run(config, workdir: str, writer, section: str) -> dict:
+    sec = config[section]
+    paths = data_stage.paths(config, workdir)
+    world = data_stage.world_config(config)
+    codec = common.codec(config, workdir)
+    src = sft.output_dir(workdir, "grm")
+    if not os.path.isfile(os.path.join(src, "config.json")):
+        raise FileNotFoundError(f"{src} is missing: run the 'sft' stage (with config.sft.grm) first")
+    grm = models.load_pretrained(src)
+    ref = models.load_pretrained(src)
+    records_id = pipeline.load_records(paths["data_dir"], "grm_test_id", world, n=sec.eval_pairs)
+    records_ood = pipeline.load_records(paths["data_dir"], "grm_test_ood", world, n=sec.eval_pairs)
+
+    summary = {}
+    if sec.eval_pairs:
+        before, _ = evaluate_grm(grm, codec, config, sec, records_id, records_ood, "grm/sft")
+        summary = _rename(before, "sft")
+        print(f"[grm_rl] before RL: {json.dumps({k: round(v, 3) for k, v in summary.items()})}", flush=True)
+
+    state = common.make_train_state(grm, sec, sec.steps)
+    ds = pipeline.dataset(paths["data_dir"], "grm_train", world, seed=config.seed, num_epochs=None,
+                          batch_size=sec.pairs_per_step)
+    cfg = grpo_config(sec)
+    G = sec.group_size
+
+    def step_fn(state, step):
+        recs = ds[step]
+        items = [(r["question"], r["image"], r["response_1"], r["response_2"], int(r["overall_response"]))
+                 for r in recs]
+        if sec.position_debias:
+            items += [(q, img, b, a, grm_reward.swap_label(y)) for q, img, a, b, y in items]
+        ex = [codec.grm_example(q, img, a, b) for q, img, a, b, _ in items]
+        prompts = common.batch(ex, codec, side="left", max_len=sec.max_len)
+        gen = generate(state.model, prompts, max_new_tokens=sec.max_new_tokens, temperature=float(sec.temperature),
+                       eos_token_id=codec.eos_id, num_samples=G, rng=jax.random.key(config.seed * 100003 + step),
+                       pad_token_id=codec.pad_id)
+        texts = codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
+        labels = np.repeat([y for *_, y in items], G)
+        correct = np.array([grm_reward.pair_reward(t, y) for t, y in zip(texts, labels)]).reshape(len(items), G)
+        rewards = correct
+        if sec.consistency_reward:
+            n = len(recs)
+            both = correct[:n] * correct[n:]
+            rewards = np.concatenate([both, both])
+        metrics = rollouts.grpo_update(state, ref, prompts, gen, rewards, pad_id=codec.pad_id, cfg=cfg,
+                                       mini_batches=sec.mini_batches)
+        unparsed = np.mean([grm_reward.pair_scores(t) is None for t in texts])
+        metrics.update({"judge/accuracy": float(correct.mean()), "judge/parse_failure": float(unparsed)})
+        return state, metrics
+
+    def on_log(step):
+        if step % sec.eval_every or not sec.eval_pairs or step == sec.steps:
+            return {}
+        m, _ = judging.grm_accuracy(state.model, codec, records_id[: max(8, sec.eval_pairs // 2)],
+                                    rows=int(sec.get("eval_rows", 32)), max_len=sec.max_len,
+                                    max_new_tokens=sec.max_new_tokens, prefix="eval/")
+        return {"eval/accuracy_id": m["eval/accuracy"]}
+
+    common.train_loop("grm_rl", state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
+                      ckpt_dir=os.path.join(workdir, "grm_rl", "ckpt"), log_every=int(sec.get("log_every", 5)),
+                      ckpt_every=int(sec.get("ckpt_every", 25)), on_log=on_log)
+    export_hf(state.model, output_dir(workdir))
+    if sec.eval_pairs:
+        after, samples = evaluate_grm(state.model, codec, config, sec, records_id, records_ood, "grm/rl")
+        summary.update(_rename(after, "rl"))
+        save_samples(workdir, records_id, samples)
+        writer.write("grm_rl", sec.steps, {"eval/accuracy_id": after["grm/rl_id_accuracy"]})
+    return summary
+
+
+def _rename(m: dict, tag: str) -> dict:
+    """grm/<tag>_id_accuracy -> grm/accuracy_id (after RL) or grm/sft_accuracy_id (before)."""
+    out = {}
+    for k, v in m.items():
+        split = "id" if f"{tag}_id_" in k else "ood"
+        metric = k.split(f"{tag}_{split}_", 1)[1]
+        key = f"grm/{metric}_{split}" if tag == "rl" else f"grm/sft_{metric}_{split}"
+        out[key] = v
+    return out

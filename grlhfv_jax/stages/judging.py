@@ -1,0 +1,96 @@
+"""Running the GRM and the score-only RM on pairs: judgments, accuracy, position consistency."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from grlhfv_jax.rl import grm_reward
+from grlhfv_jax.rollout import generate
+from grlhfv_jax.stages import common
+
+
+def judge(grm, codec: common.Codec, items: Sequence[tuple], *, rows: int, max_len: int, max_new_tokens: int,
+          temperature: float = 0.0, seed: int = 0, model_split=None) -> list[str]:
+    """GRM output text for each (question, image, response_1, response_2) item, in order.
+
+    Items go through the sampler in batches of `rows` (a fixed shape: one compilation)."""
+    split = model_split or nnx.split(grm)
+    texts: list[str] = []
+    for start in range(0, len(items), rows):
+        chunk = items[start:start + rows]
+        ex = [codec.grm_example(q, img, r1, r2) for q, img, r1, r2 in chunk]
+        b = common.batch(ex, codec, side="left", max_len=max_len)
+        out = generate(grm, b, max_new_tokens=max_new_tokens, temperature=temperature,
+                       eos_token_id=codec.eos_id, rng=jax.random.key(seed + start), pad_token_id=codec.pad_id,
+                       model_split=split)
+        texts.extend(codec.decode(np.asarray(out.tokens), np.asarray(out.lengths))[:len(chunk)])
+    return texts
+
+
+def grm_accuracy(grm, codec, records: Sequence[dict], *, rows: int, max_len: int, max_new_tokens: int,
+                 prefix: str = "") -> tuple[dict, list[dict]]:
+    """Greedy judgments of every pair in both orders.
+
+    accuracy: the paper's pair reward in the dataset's order (ties and unparsed count as wrong);
+    accuracy_both: the same over both orders; position_consistency: share of pairs whose two
+    orders parse, are not ties and pick the same response; parse_failure, tie_rate over all
+    judgments. Returns (metrics, per-pair samples for the report)."""
+    items = [(r["question"], r["image"], r["response_1"], r["response_2"]) for r in records]
+    swapped = [(q, img, b, a) for q, img, a, b in items]
+    split = nnx.split(grm)
+    fwd = judge(grm, codec, items, rows=rows, max_len=max_len, max_new_tokens=max_new_tokens, model_split=split)
+    rev = judge(grm, codec, swapped, rows=rows, max_len=max_len, max_new_tokens=max_new_tokens, model_split=split)
+    acc, acc_rev, consistent, fails, ties = [], [], [], 0, 0
+    samples = []
+    for r, t1, t2 in zip(records, fwd, rev):
+        label = int(r["overall_response"])
+        acc.append(grm_reward.pair_reward(t1, label))
+        acc_rev.append(grm_reward.pair_reward(t2, grm_reward.swap_label(label)))
+        s1, s2 = grm_reward.pair_scores(t1), grm_reward.pair_scores(t2)
+        fails += (s1 is None) + (s2 is None)
+        ties += (s1 is not None and s1[0] == s1[1]) + (s2 is not None and s2[0] == s2[1])
+        if s1 is not None and s2 is not None and s1[0] != s1[1] and s2[0] != s2[1]:
+            consistent.append(float((s1[0] > s1[1]) == (s2[1] > s2[0])))
+        else:
+            consistent.append(0.0)
+        samples.append({"question": r["question"], "response_1": r["response_1"], "response_2": r["response_2"],
+                        "output": t1, "scores": s1, "preferred": label})
+    n = max(len(records), 1)
+    metrics = {f"{prefix}accuracy": float(np.mean(acc)) if acc else 0.0,
+               f"{prefix}accuracy_both": float(np.mean(acc + acc_rev)) if acc else 0.0,
+               f"{prefix}position_consistency": float(np.mean(consistent)) if consistent else 0.0,
+               f"{prefix}parse_failure": fails / (2 * n), f"{prefix}tie_rate": ties / (2 * n)}
+    return metrics, samples
+
+
+@nnx.jit
+def _scores(model, batch):
+    return model.score(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"),
+                       batch.get("image_grid_thw"))
+
+
+def rm_scores(rm, codec, items: Sequence[tuple], *, rows: int, max_len: int) -> np.ndarray:
+    """Score-only RM reward for each (question, image, response) item: [len(items)] float."""
+    out = []
+    for start in range(0, len(items), rows):
+        chunk = items[start:start + rows]
+        ex = [codec.example(q, img, resp) for q, img, resp in chunk]
+        b = common.batch(ex, codec, side="right", max_len=max_len)
+        b.pop("valid")
+        b.pop("loss_mask")
+        out.append(np.asarray(_scores(rm, {k: jnp.asarray(v) for k, v in b.items()}))[:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def rm_accuracy(rm, codec, records, *, rows: int, max_len: int, prefix: str = "") -> dict:
+    """Share of pairs where the RM scores the human-preferred response higher (ties wrong)."""
+    items = [(r["question"], r["image"], r[k]) for r in records for k in ("response_1", "response_2")]
+    s = rm_scores(rm, codec, items, rows=rows, max_len=max_len).reshape(-1, 2)
+    labels = np.array([int(r["overall_response"]) for r in records])
+    pred = np.where(s[:, 0] > s[:, 1], 1, np.where(s[:, 1] > s[:, 0], 2, 0))
+    return {f"{prefix}accuracy": float(np.mean(pred == labels)) if len(labels) else 0.0}

@@ -1,0 +1,164 @@
+"""Stage `policy_rl` (stage 2): GRPO on the policy with grouped-comparison rewards from the GRM.
+
+For each prompt the policy samples n answers; the frozen GRM judges the pairs of complete
+answers (`pairs`: "both" orders = n(n-1) judgments, "one" = C(n,2), "random"), and each answer's
+reward is the aggregate (`aggregator`: "mean" = the paper's S(y_i), "win_rate", "bradley_terry")
+of its scores. Truncated answers get 0 and are never compared; unparsed judgments are dropped and
+counted. The same stage with `reward="rm"` (section `policy_rl_rm`) is the score-only baseline:
+each complete answer's reward is the Bradley-Terry RM's score.
+
+Every step also scores the samples with the world's oracle (the hidden principle), which the
+policy never sees: `oracle/mean` beside `reward/mean` shows whether the judge is being fooled.
+Reads `workdir/sft/policy` and the judge; writes `workdir/<section>/policy`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from grlhfv_jax import models
+from grlhfv_jax.checkpoint import export_hf
+from grlhfv_jax.data import pipeline
+from grlhfv_jax.data import world as W
+from grlhfv_jax.rl import grm_reward, grouped
+from grlhfv_jax.rollout import generate
+from grlhfv_jax.stages import ConfigError, check_section, common, grm_rl, judging, rm, rollouts, sft
+from grlhfv_jax.stages import data as data_stage
+
+POS_INT = (int, lambda v: v >= 1, "an int >= 1")
+SCHEMA = {
+    "reward": (str, lambda v: v in ("grm", "rm"), "'grm' or 'rm'"),
+    "steps": POS_INT, "prompts_per_step": POS_INT, "mini_batches": POS_INT,
+    "n": (int, lambda v: v >= 2, "an int >= 2 (samples per prompt)"),
+    "max_len": (int, lambda v: v >= 8, "an int >= 8 (prompt tokens)"),
+    "max_new_tokens": POS_INT,
+    "lr": ((int, float), lambda v: v > 0, "a positive number"),
+    "temperature": ((int, float), lambda v: v > 0, "a positive number"),
+    "kl_coef": ((int, float), lambda v: v >= 0, "a number >= 0"),
+    "clip_eps": ((int, float), lambda v: 0 < v < 1, "in (0, 1)"),
+}
+
+
+def validate(config, section: str) -> None:
+    check_section(config, section, SCHEMA)
+    sec = config[section]
+    if sec.reward == "grm":
+        check_section(config, section, {
+            "pairs": (str, lambda v: v in ("both", "one", "random"), "'both', 'one' or 'random'"),
+            "aggregator": (str, lambda v: v in grouped.AGGREGATORS, f"one of {sorted(grouped.AGGREGATORS)}"),
+            "judge_max_len": (int, lambda v: v >= 16, "an int >= 16"),
+            "judge_max_new_tokens": POS_INT,
+        })
+        if sec.pairs == "random" and int(sec.get("num_pairs", 0)) < 1:
+            raise ConfigError(f"config.{section}.num_pairs must be >= 1 when pairs = 'random'")
+    if sec.prompts_per_step % sec.mini_batches:
+        raise ConfigError(f"config.{section}.mini_batches = {sec.mini_batches} must divide "
+                          f"prompts_per_step = {sec.prompts_per_step}")
+
+
+def output_dir(workdir: str, section: str) -> str:
+    return os.path.join(workdir, section, "policy")
+
+
+def judge_groups(grm, codec, sec, recs, texts, complete, *, seed: int, split=None):
+    """GRM rewards [P, n] and per-group judgments for P groups of n answers (one sampler pass).
+
+    texts: P*n answers (group p = rows p*n .. p*n+n-1); complete [P, n] bool."""
+    P, n = complete.shape
+    plans = [grouped.judging_plan(n, complete[p], sec.pairs, num_pairs=sec.get("num_pairs"), seed=seed + p)
+             for p in range(P)]
+    items = [(recs[p]["question"], recs[p]["image"], texts[p * n + i], texts[p * n + j])
+             for p in range(P) for i, j in plans[p]]
+    outs = judging.judge(grm, codec, items, rows=int(sec.get("judge_rows", 64)), max_len=sec.judge_max_len,
+                         max_new_tokens=sec.judge_max_new_tokens, temperature=float(sec.get("judge_temperature", 0.0)),
+                         seed=seed, model_split=split) if items else []
+    rewards, all_judgments, k = np.zeros((P, n)), [], 0
+    for p in range(P):
+        judgments = {pair: grm_reward.pair_scores(t) for pair, t in zip(plans[p], outs[k:k + len(plans[p])])}
+        k += len(plans[p])
+        rewards[p] = grouped.aggregate(n, judgments, complete[p], sec.aggregator)
+        all_judgments.append(judgments)
+    return rewards, all_judgments
+
+
+def run(config, workdir: str, writer, section: str) -> dict:
+    from flax import nnx
+    sec = config[section]
+    paths = data_stage.paths(config, workdir)
+    world = data_stage.world_config(config)
+    codec = common.codec(config, workdir)
+    src = sft.output_dir(workdir, "policy")
+    if not os.path.isfile(os.path.join(src, "config.json")):
+        raise FileNotFoundError(f"{src} is missing: run the 'sft' stage (with config.sft.policy) first")
+    policy, ref = models.load_pretrained(src), models.load_pretrained(src)
+    if sec.reward == "grm":
+        gpath = sec.get("grm_path") or grm_rl.output_dir(workdir)
+        if not os.path.isfile(os.path.join(gpath, "config.json")):
+            raise FileNotFoundError(f"{gpath} is missing: run 'grm_rl' first or set config.{section}.grm_path")
+        judge_model = models.load_pretrained(gpath)
+        judge_split = nnx.split(judge_model)  # frozen: split once
+    else:
+        judge_model = rm.load(workdir)
+    state = common.make_train_state(policy, sec, sec.steps)
+    ds = pipeline.dataset(paths["data_dir"], "policy_train", world, seed=config.seed + 11, num_epochs=None,
+                          batch_size=sec.prompts_per_step)
+    cfg = grm_rl.grpo_config(sec)
+    n = sec.n
+
+    def step_fn(state, step):
+        recs = ds[step]
+        ex = [codec.example(r["question"], r["image"]) for r in recs]
+        prompts = common.batch(ex, codec, side="left", max_len=sec.max_len)
+        gen = generate(state.model, prompts, max_new_tokens=sec.max_new_tokens, temperature=float(sec.temperature),
+                       eos_token_id=codec.eos_id, num_samples=n, rng=jax.random.key(config.seed * 7919 + step),
+                       pad_token_id=codec.pad_id)
+        texts = codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
+        complete = np.asarray(gen.finished).reshape(len(recs), n)
+        rewards = np.zeros((len(recs), n))
+        diags = []
+        if sec.reward == "grm":
+            rewards, judgments = judge_groups(judge_model, codec, sec, recs, texts, complete, seed=step * 1000,
+                                              split=judge_split)
+            diags = [grouped.judge_diagnostics(n, judgments[p], complete[p], rewards=rewards[p],
+                                               lengths=[len(t.split()) for t in texts[p * n:(p + 1) * n]])
+                     for p in range(len(recs))]
+        else:
+            items = [(r["question"], r["image"], t) for p, r in enumerate(recs) for t in texts[p * n:(p + 1) * n]]
+            scores = judging.rm_scores(judge_model, codec, items, rows=int(sec.get("judge_rows", 32)),
+                                       max_len=sec.max_len + sec.max_new_tokens).reshape(len(recs), n)
+            rewards = np.where(complete, scores, 0.0)
+        oracle = np.array([[W.oracle_score(r["scene"], r["question"], t) for t in texts[p * n:(p + 1) * n]]
+                           for p, r in enumerate(recs)])
+        metrics = rollouts.grpo_update(state, ref, prompts, gen, rewards, pad_id=codec.pad_id, cfg=cfg,
+                                       mini_batches=sec.mini_batches)
+        metrics["oracle/mean"] = float(oracle.mean())
+        metrics["oracle/reward_corr"] = _corr(oracle.ravel(), rewards.ravel())
+        if diags:
+            for key in ("parse_failure_rate", "tie_rate", "position_consistency", "cycle_rate"):
+                num, den = _pool(diags, key)
+                metrics[f"judge/{key}"] = num / den if den else float("nan")
+        return state, metrics
+
+    common.train_loop(section, state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
+                      ckpt_dir=os.path.join(workdir, section, "ckpt"), log_every=int(sec.get("log_every", 5)),
+                      ckpt_every=int(sec.get("ckpt_every", 25)))
+    export_hf(state.model, output_dir(workdir, section))
+    return {}
+
+
+_POOL = {"parse_failure_rate": ("num_unparsed", "num_judgments"), "tie_rate": ("num_ties", "num_parsed"),
+         "position_consistency": ("num_consistent", "num_both_orders"), "cycle_rate": ("num_cycles", "num_triples")}
+
+
+def _pool(diags, key):
+    a, b = _POOL[key]
+    return sum(d[a] for d in diags), sum(d[b] for d in diags)
+
+
+def _corr(x, y) -> float:
+    if np.std(x) == 0 or np.std(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])

@@ -1,0 +1,84 @@
+"""Stage `rm`: the score-only Bradley-Terry reward model (baseline).
+
+A scalar head on the last token, trained on the GRM's preference pairs with
+-log sigmoid(r_w - r_l) + reg * mean(r^2). Starts from the GRM's warm start (`init="sft_grm"`,
+the same starting point as the GRM) or from a fresh model. Writes `workdir/rm/rm`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from grlhfv_jax.checkpoint import export_hf
+from grlhfv_jax.data import pipeline
+from grlhfv_jax.rl import train
+from grlhfv_jax.stages import ConfigError, check_section, common, judging, sft
+from grlhfv_jax.stages import data as data_stage
+
+POS_INT = (int, lambda v: v >= 1, "an int >= 1")
+SCHEMA = {
+    "steps": POS_INT, "pairs_per_step": POS_INT,
+    "lr": ((int, float), lambda v: v > 0, "a positive number"),
+    "max_len": (int, lambda v: v >= 8, "an int >= 8"),
+    "reg": ((int, float), lambda v: v >= 0, "a number >= 0"),
+    "eval_pairs": (int, lambda v: v >= 0, "an int >= 0"),
+}
+
+
+def validate(config, section: str) -> None:
+    check_section(config, section, SCHEMA)
+    if config[section].get("init", "sft_grm") not in ("sft_grm", "random"):
+        raise ConfigError(f"config.{section}.init = {config[section].init!r}: expected 'sft_grm' or 'random'")
+
+
+def output_dir(workdir: str) -> str:
+    return os.path.join(workdir, "rm", "rm")
+
+
+def load(workdir: str):
+    from grlhfv_jax import models
+    path = output_dir(workdir)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path} is missing: run the 'rm' stage first")
+    return models.load_pretrained(path, scalar_head=True)
+
+
+def run(config, workdir: str, writer, section: str) -> dict:
+    sec = config[section]
+    paths = data_stage.paths(config, workdir)
+    world = data_stage.world_config(config)
+    codec = common.codec(config, workdir)
+    init = sft.output_dir(workdir, "grm") if sec.get("init", "sft_grm") == "sft_grm" else None
+    if init and not os.path.isfile(os.path.join(init, "config.json")):
+        raise FileNotFoundError(f"{init} is missing: run 'sft' first or set config.{section}.init = 'random'")
+    spec = config.model.get("rm", config.model.grm)
+    model = common.new_or_load(spec, codec, seed=config.seed + 7, scalar_head=True, from_path=init)
+    state = common.make_train_state(model, sec, sec.steps)
+    ds = pipeline.dataset(paths["data_dir"], "grm_train", world, seed=config.seed + 3, num_epochs=None,
+                          batch_size=sec.pairs_per_step)
+    cfg = train.BTConfig(reg=float(sec.reg), num_micro_batches=int(sec.get("num_micro_batches", 1)))
+
+    def make_batch(step):
+        ex = []
+        for r in ds[step]:
+            w, l = ("response_1", "response_2") if int(r["overall_response"]) == 1 else ("response_2", "response_1")
+            ex += [codec.example(r["question"], r["image"], r[w]), codec.example(r["question"], r["image"], r[l])]
+        b = common.batch(ex, codec, side="right", max_len=sec.max_len)
+        b.pop("valid")
+        return b
+
+    common.train_loop("rm", state, steps=sec.steps, make_batch=make_batch,
+                      step_fn=lambda s, b: train.bt_rm_step(s, b, cfg), writer=writer,
+                      ckpt_dir=os.path.join(workdir, "rm", "ckpt"), log_every=int(sec.get("log_every", 10)),
+                      ckpt_every=int(sec.get("ckpt_every", 100)))
+    export_hf(state.model, output_dir(workdir))
+    summary = {}
+    if sec.eval_pairs:
+        rows = int(sec.get("eval_rows", 32))
+        for split, tag in (("grm_test_id", "id"), ("grm_test_ood", "ood")):
+            recs = pipeline.load_records(paths["data_dir"], split, world, n=sec.eval_pairs)
+            acc = judging.rm_accuracy(state.model, codec, recs, rows=rows, max_len=sec.max_len)["accuracy"]
+            summary[f"baseline_rm/accuracy_{tag}"] = acc
+    return summary

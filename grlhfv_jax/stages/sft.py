@@ -1,0 +1,119 @@
+"""Stage `sft`: warm starts of the policy and of the generative reward model (GRM).
+
+- policy: next-token loss on answers to the world's questions. `data="candidates"` uses the
+  candidate answers of the preference pairs (mixed quality, like a base model's samples: there
+  is room for RL to improve); `data="best"` uses the best answers.
+- grm: the judgment format of the GRM template ("Specific Criteria / Analysis / Scores"), with
+  scores that carry no knowledge of the human principle, mixed with question answering
+  (`vqa_fraction`) so the GRM learns to see the images. This plays the part of the paper's
+  instruct model: stage 1 (grm_rl) must discover the principle from the binary reward.
+
+Writes Hugging Face folders `workdir/sft/policy` and `workdir/sft/grm`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from grlhfv_jax.checkpoint import export_hf
+from grlhfv_jax.data import pipeline
+from grlhfv_jax.rl import train
+from grlhfv_jax.stages import check_section, common
+from grlhfv_jax.stages import data as data_stage
+
+TARGETS = ("policy", "grm")
+SCHEMA = {
+    "steps": (int, lambda v: v >= 1, "an int >= 1"),
+    "batch_size": (int, lambda v: v >= 1, "an int >= 1"),
+    "lr": ((int, float), lambda v: v > 0, "a positive float"),
+    "max_len": (int, lambda v: v >= 8, "an int >= 8 (tokens per row)"),
+}
+
+
+def validate(config, section: str) -> None:
+    sec = config[section] if section in config else None
+    if sec is None:
+        check_section(config, section, {})
+    for target in TARGETS:
+        if target in sec:
+            check_section(sec, target, SCHEMA)
+    if "policy" in sec and sec.policy.get("data", "candidates") not in ("candidates", "best"):
+        from grlhfv_jax.stages import ConfigError
+        raise ConfigError(f"config.{section}.policy.data = {sec.policy.data!r}: expected 'candidates' or 'best'")
+    if "model" not in config:
+        from grlhfv_jax.stages import ConfigError
+        raise ConfigError("config.model is missing (model specs for policy / grm / rm)")
+
+
+def output_dir(workdir: str, target: str) -> str:
+    return os.path.join(workdir, "sft", target)
+
+
+def _examples_policy(codec, records, data: str) -> list[dict]:
+    out = []
+    for r in records:
+        if data == "best":
+            out.append(codec.example(r["question"], r["image"], r["answer"]))
+        else:
+            out.append(codec.example(r["question"], r["image"], r["response_1"]))
+            out.append(codec.example(r["question"], r["image"], r["response_2"]))
+    return out
+
+
+def run(config, workdir: str, writer, section: str) -> dict:
+    paths = data_stage.paths(config, workdir)
+    world = data_stage.world_config(config)
+    ddir = paths["data_dir"]
+    codec = common.codec(config, workdir)
+    sec = config[section]
+    summary = {}
+    for target in TARGETS:
+        if target not in sec:
+            continue
+        out = output_dir(workdir, target)
+        if os.path.isfile(os.path.join(out, "config.json")):
+            print(f"[sft] {target}: {out} exists, skipping", flush=True)
+            continue
+        tc = sec[target]
+        rng = np.random.default_rng(config.seed)
+        model = common.new_or_load(config.model[target], codec, seed=config.seed + (target == "grm"))
+        state = common.make_train_state(model, tc, tc.steps)
+        B = tc.batch_size
+        if target == "policy":
+            split = "sft_policy" if tc.get("data", "candidates") == "best" else "sft_grm"
+            ds = pipeline.dataset(ddir, split, world, seed=config.seed, num_epochs=None, batch_size=B)
+
+            def make_batch(step, ds=ds, tc=tc):
+                ex = _examples_policy(codec, ds[step], tc.get("data", "candidates"))
+                ex = [ex[i] for i in rng.permutation(len(ex))[:B]]
+                return _to_train(common.batch(ex, codec, side="right", max_len=tc.max_len))
+        else:
+            n_vqa = int(round(B * float(tc.get("vqa_fraction", 0.5))))
+            judg = pipeline.dataset(ddir, "sft_grm", world, seed=config.seed, num_epochs=None, batch_size=B - n_vqa)
+            vqa = pipeline.dataset(ddir, "sft_policy", world, seed=config.seed + 1, num_epochs=None,
+                                   batch_size=max(n_vqa, 1))
+
+            def make_batch(step, judg=judg, vqa=vqa, n_vqa=n_vqa, tc=tc):
+                ex = [codec.grm_example(r["question"], r["image"], r["response_1"], r["response_2"], r["judgment"])
+                      for r in judg[step]]
+                if n_vqa:
+                    ex += [codec.example(r["question"], r["image"], r["answer"]) for r in vqa[step]]
+                return _to_train(common.batch(ex, codec, side="right", max_len=tc.max_len))
+
+        last = common.train_loop(
+            f"sft_{target}", state, steps=tc.steps, make_batch=make_batch,
+            step_fn=lambda s, b: train.sft_step(s, b), writer=writer,
+            ckpt_dir=os.path.join(workdir, "sft", f"ckpt_{target}"),
+            log_every=int(sec.get("log_every", 10)), ckpt_every=int(sec.get("ckpt_every", 100)))
+        export_hf(state.model, out)
+        summary.update({f"sft/{target}_{k}": v for k, v in last.items() if k in ("loss", "accuracy")})
+    return summary
+
+
+def _to_train(b: dict) -> dict:
+    """Drops host-only keys; the loss mask excludes fill rows."""
+    b = dict(b)
+    b["loss_mask"] = b["loss_mask"] * b.pop("valid")[:, None]
+    return b
