@@ -1,0 +1,311 @@
+"""Train state and jitted train steps (GRPO, Bradley-Terry RM, DPO, SFT) for any model that follows
+docs/internal_api.md (``model(input_ids, attention_mask, position_ids=, image_embeds=,
+return_hidden=)``, ``model.rope_index``, ``model.encode_images``).
+
+One call = one optimizer update on one mini-batch, accumulated over ``num_micro_batches`` equal
+slices of its rows (a `jax.lax.scan`, so memory is that of one micro-batch). Images: the vision
+tower runs once on the whole mini-batch; each micro-batch reads its own slice of the image
+embeddings, and the embeddings' gradients go back through the tower once at the end
+(`jax.vjp`), so the update equals the one without micro-batching. Positions (M-RoPE) come from
+``model.rope_index`` on the whole mini-batch.
+
+Batches (dicts of arrays, leading dim = rows; right padding usual, any padding works):
+- common: ``input_ids [B, T] int``, ``attention_mask [B, T]``, optional ``pixel_values [N, D]``
+  and ``image_grid_thw [n, 3]`` (images in row order, as `processing.collate` gives them).
+- GRPO: ``response_mask [B, T]`` (1 on response tokens, aligned with input_ids),
+  ``old_logp``, ``ref_logp [B, T]`` (from `compute_logprobs`), ``advantages [B]`` or ``[B, T]``.
+- BT RM, DPO: rows interleaved as pairs: row 2k = chosen, row 2k+1 = rejected (so micro-batches
+  hold whole pairs); DPO adds ``loss_mask [B, T]`` and ``ref_logps [B]`` (sequence sums, or
+  means for IPO, from `compute_sequence_logprobs` with the reference model).
+- SFT: ``loss_mask [B, T]`` marks target tokens (aligned with input_ids).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from grlhfv_jax.rl import bt_rm, dpo, grpo, sft
+from grlhfv_jax.rl.logprobs import aligned_entropy, aligned_logprobs, sequence_logprob
+
+
+class TrainState(nnx.Module):
+    """The model being trained and its optimizer (``nnx.Optimizer(model, tx, wrt=nnx.Param)``).
+    ``schedule`` (optional, static) lets the steps report the learning rate."""
+
+    def __init__(self, model: nnx.Module, tx: optax.GradientTransformation,
+                 schedule: Optional[Callable] = None):
+        self.model = model
+        self.optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        self.schedule = schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    clip_eps: float = 0.2
+    clip_eps_high: Optional[float] = None  # asymmetric clip (DAPO); None = clip_eps
+    clip_ratio_c: Optional[float] = None  # dual clip (verl uses 3.0); None = off
+    kl_coef: float = 0.02
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    loss_agg_mode: str = "token-mean"
+    temperature: float = 1.0
+    compute_entropy: bool = True
+    num_micro_batches: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class BTConfig:
+    reg: float = 0.001
+    num_micro_batches: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    num_micro_batches: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    num_micro_batches: int = 1
+
+
+# ------------------------------------------------------------------------- micro-batch engine
+
+_ROW_KEYS_SKIP = ("pixel_values", "image_grid_thw", "image_embeds", "position_ids")
+
+
+def _split_rows(batch: dict, m: int) -> dict:
+    """Every per-row entry [B, ...] -> [m, B/m, ...]."""
+    out = {}
+    for k, v in batch.items():
+        if k in _ROW_KEYS_SKIP or v is None or not hasattr(v, "shape") or jnp.ndim(v) == 0:
+            continue
+        v = jnp.asarray(v)
+        out[k] = v.reshape((m, v.shape[0] // m) + v.shape[1:])
+    return out
+
+
+def _has_images(batch) -> bool:
+    return batch.get("pixel_values") is not None
+
+
+def _plan(model, batch, m: int):
+    """(micro-batches with position_ids and image offsets, image-embedding function or None)."""
+    ids = jnp.asarray(batch["input_ids"])
+    b, t = ids.shape
+    if b % m:
+        raise ValueError(f"{b} rows do not split into num_micro_batches={m} equal micro-batches")
+    am = batch.get("attention_mask")
+    am = jnp.ones((b, t), jnp.int32) if am is None else jnp.asarray(am)
+    grid = batch.get("image_grid_thw") if _has_images(batch) else None
+    pos, _ = model.rope_index(ids, am, None if grid is None else jnp.asarray(grid))
+    mbs = _split_rows(dict(batch, attention_mask=am), m)
+    mbs["position_ids"] = jnp.moveaxis(pos.reshape(3, m, b // m, t), 1, 0)
+    if grid is not None:
+        counts = jnp.sum(ids == model.config.image_token_id, axis=1).reshape(m, b // m).sum(1)
+        mbs["image_offset"] = (jnp.cumsum(counts) - counts).astype(jnp.int32)
+    return mbs
+
+
+def _micro_embeds(padded, mb, n):
+    return None if padded is None else jax.lax.dynamic_slice_in_dim(padded, mb["image_offset"], n, axis=0)
+
+
+def _accumulate_grads(model, batch, m: int, micro_loss):
+    """Sum over micro-batches of grad(micro_loss) w.r.t. the model's nnx.Params.
+
+    micro_loss(model, mb, image_embeds) -> (loss, metrics); the caller scales it so the sum over
+    micro-batches is the mini-batch loss. Returns (loss, grads State, summed metrics)."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    mbs = _plan(model, batch, m)
+
+    def f(p, mb, emb):
+        return micro_loss(nnx.merge(graphdef, p, rest), mb, emb)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    if _has_images(batch):
+        pv, grid = jnp.asarray(batch["pixel_values"]), jnp.asarray(batch["image_grid_thw"])
+        embeds, enc_vjp = jax.vjp(lambda p: nnx.merge(graphdef, p, rest).encode_images(pv, grid), params)
+        n = embeds.shape[0]
+        padded = jnp.concatenate([embeds, jnp.zeros_like(embeds)], axis=0)
+
+        def body(carry, mb):
+            g_acc, d_emb = carry
+            emb = _micro_embeds(padded, mb, n)
+            (loss, met), (g, ge) = jax.value_and_grad(f, argnums=(0, 2), has_aux=True)(params, mb, emb)
+            off = mb["image_offset"]
+            d_emb = jax.lax.dynamic_update_slice_in_dim(
+                d_emb, jax.lax.dynamic_slice_in_dim(d_emb, off, n, axis=0) + ge, off, axis=0)
+            return (jax.tree.map(jnp.add, g_acc, g), d_emb), (loss, met)
+
+        (grads, d_emb), (losses, mets) = jax.lax.scan(body, (zeros, jnp.zeros_like(padded)), mbs)
+        (g_vis,) = enc_vjp(d_emb[:n].astype(embeds.dtype))
+        grads = jax.tree.map(jnp.add, grads, g_vis)
+    else:
+        def body(g_acc, mb):
+            (loss, met), g = jax.value_and_grad(f, has_aux=True)(params, mb, None)
+            return jax.tree.map(jnp.add, g_acc, g), (loss, met)
+
+        grads, (losses, mets) = jax.lax.scan(body, zeros, mbs)
+    return jnp.sum(losses), grads, jax.tree.map(lambda x: jnp.sum(x, axis=0), mets)
+
+
+def _forward_micro(model, batch, m: int, fn):
+    """fn(model, mb, image_embeds) -> pytree with leading dim B/m, for each micro-batch (no grad);
+    returns it with the micro-batches joined back into [B, ...]."""
+    mbs = _plan(model, batch, m)
+    padded, n = None, 0
+    if _has_images(batch):
+        embeds = model.encode_images(jnp.asarray(batch["pixel_values"]), jnp.asarray(batch["image_grid_thw"]))
+        n = embeds.shape[0]
+        padded = jnp.concatenate([embeds, jnp.zeros_like(embeds)], axis=0)
+    graphdef, state = nnx.split(model)
+
+    def body(_, mb):
+        return None, fn(nnx.merge(graphdef, state), mb, _micro_embeds(padded, mb, n))
+
+    _, out = jax.lax.scan(body, None, mbs)
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+
+
+def _forward(model, mb, emb, **kw):
+    return model(mb["input_ids"], mb["attention_mask"], position_ids=mb["position_ids"], image_embeds=emb, **kw)
+
+
+def _apply(state: TrainState, grads, metrics: dict) -> dict:
+    metrics = dict(metrics)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    if state.schedule is not None:
+        metrics["lr"] = jnp.asarray(state.schedule(state.optimizer.step[...]), jnp.float32)
+    state.optimizer.update(state.model, grads)
+    return metrics
+
+
+# ------------------------------------------------------------------------------------- GRPO
+
+
+@functools.partial(nnx.jit, static_argnames=("cfg",))
+def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig()):
+    """One GRPO update. Returns (state, metrics): loss, pg_loss, kl, entropy, clip_frac,
+    clip_frac_lower, ppo_kl, approx_kl, ratio_mean, grad_norm, lr, response_length_mean."""
+    mask = jnp.asarray(batch["response_mask"], jnp.float32)
+    b = mask.shape[0]
+    denom = jnp.sum(mask) if cfg.loss_agg_mode == "token-mean" else jnp.float32(b)
+
+    def micro_loss(model, mb, emb):
+        logits = _forward(model, mb, emb)
+        logp = aligned_logprobs(logits, mb["input_ids"], cfg.temperature)
+        ent = None
+        if cfg.compute_entropy:
+            ent = aligned_entropy(logits, cfg.temperature)
+            if cfg.entropy_coef == 0.0:
+                ent = jax.lax.stop_gradient(ent)
+        return grpo.policy_loss(
+            logp, mb["old_logp"], mb["ref_logp"], mb["advantages"], mb["response_mask"],
+            clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, clip_eps_high=cfg.clip_eps_high,
+            clip_ratio_c=cfg.clip_ratio_c, entropy=ent, entropy_coef=cfg.entropy_coef,
+            kl_estimator=cfg.kl_estimator, loss_agg_mode=cfg.loss_agg_mode, denominator=denom)
+
+    _, grads, metrics = _accumulate_grads(state.model, batch, cfg.num_micro_batches, micro_loss)
+    metrics["response_length_mean"] = jnp.mean(jnp.sum(mask, axis=1))
+    return state, _apply(state, grads, metrics)
+
+
+@functools.partial(nnx.jit, static_argnames=("temperature", "num_micro_batches", "with_entropy"))
+def compute_logprobs(model, batch: dict, temperature: float = 1.0, num_micro_batches: int = 1,
+                     with_entropy: bool = False):
+    """Aligned per-token log-probs ``[B, T]`` (``out[:, t]`` scores ``input_ids[:, t]``; column 0
+    is 0), for old (policy) and ref (frozen reference) log-probs; with ``with_entropy`` also the
+    per-token entropy ``[B, T]``."""
+    def fn(model, mb, emb):
+        logits = _forward(model, mb, emb)
+        lp = aligned_logprobs(logits, mb["input_ids"], temperature)
+        return (lp, aligned_entropy(logits, temperature)) if with_entropy else lp
+
+    return _forward_micro(model, batch, num_micro_batches, fn)
+
+
+@functools.partial(nnx.jit, static_argnames=("average", "num_micro_batches"))
+def compute_sequence_logprobs(model, batch: dict, average: bool = False, num_micro_batches: int = 1):
+    """Sum (``average``: mean) of log-probs over ``loss_mask`` per row ``[B]`` (DPO references)."""
+    def fn(model, mb, emb):
+        lp = aligned_logprobs(_forward(model, mb, emb), mb["input_ids"])
+        return sequence_logprob(lp, mb["loss_mask"], average=average)
+
+    return _forward_micro(model, batch, num_micro_batches, fn)
+
+
+# --------------------------------------------------------------------------- BT RM, DPO, SFT
+
+
+def _scores(model, mb, emb):
+    """Scalar head at the last real token of each row: [rows] float32."""
+    h = _forward(model, mb, emb, return_hidden=True)
+    am = mb["attention_mask"].astype(bool)
+    last = am.shape[1] - 1 - jnp.argmax(am[:, ::-1], axis=1)
+    hl = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+    if getattr(model, "score_head", None) is None:
+        raise ValueError("bt_rm_step needs a model with a scalar head (scalar_head=True)")
+    return jnp.dot(hl.astype(jnp.float32), model.score_head.kernel[...].astype(jnp.float32))[:, 0]
+
+
+def _check_pairs(batch, m):
+    b = jnp.shape(batch["input_ids"])[0]
+    if b % (2 * m):
+        raise ValueError(f"{b} rows must be pairs (chosen, rejected) split evenly into {m} micro-batches")
+
+
+@functools.partial(nnx.jit, static_argnames=("cfg",))
+def bt_rm_step(state: TrainState, batch: dict, cfg: BTConfig = BTConfig()):
+    """One Bradley-Terry reward-model update on interleaved (chosen, rejected) rows."""
+    m = cfg.num_micro_batches
+    _check_pairs(batch, m)
+
+    def micro_loss(model, mb, emb):
+        r = _scores(model, mb, emb).reshape(-1, 2)
+        loss, met = bt_rm.bt_loss(r[:, 0], r[:, 1], reg=cfg.reg)
+        return loss / m, jax.tree.map(lambda x: x / m, met)
+
+    _, grads, metrics = _accumulate_grads(state.model, batch, m, micro_loss)
+    return state, _apply(state, grads, metrics)
+
+
+@functools.partial(nnx.jit, static_argnames=("cfg",))
+def dpo_step(state: TrainState, batch: dict, cfg: DPOConfig = DPOConfig()):
+    """One DPO update on interleaved (chosen, rejected) rows with precomputed ``ref_logps``."""
+    m = cfg.num_micro_batches
+    _check_pairs(batch, m)
+
+    def micro_loss(model, mb, emb):
+        lp = aligned_logprobs(_forward(model, mb, emb), mb["input_ids"])
+        seq = sequence_logprob(lp, mb["loss_mask"], average=cfg.loss_type == "ipo").reshape(-1, 2)
+        ref = mb["ref_logps"].reshape(-1, 2)
+        loss, met = dpo.dpo_loss(seq[:, 0], seq[:, 1], ref[:, 0], ref[:, 1], beta=cfg.beta,
+                                 loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
+        return loss / m, jax.tree.map(lambda x: x / m, met)
+
+    _, grads, metrics = _accumulate_grads(state.model, batch, m, micro_loss)
+    return state, _apply(state, grads, metrics)
+
+
+@functools.partial(nnx.jit, static_argnames=("cfg",))
+def sft_step(state: TrainState, batch: dict, cfg: SFTConfig = SFTConfig()):
+    """One SFT update: token-mean next-token loss over ``loss_mask`` of the whole mini-batch."""
+    denom = jnp.sum(jnp.asarray(batch["loss_mask"], jnp.float32)[:, 1:])
+
+    def micro_loss(model, mb, emb):
+        loss, met = sft.sft_loss(_forward(model, mb, emb), mb["input_ids"], mb["loss_mask"], denominator=denom)
+        return loss, {"loss": met["loss"], "accuracy": met["accuracy"]}
+
+    _, grads, metrics = _accumulate_grads(state.model, batch, cfg.num_micro_batches, micro_loss)
+    metrics["num_tokens"] = denom
+    return state, _apply(state, grads, metrics)

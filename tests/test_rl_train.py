@@ -1,0 +1,245 @@
+"""Optimiser schedule and the jitted train steps on a tiny random Qwen2-VL (models.from_config).
+
+GRPO: one step on 8 fake devices with 2 micro-batches == one plain full-batch update written in
+this file (direct model forward with pixel_values, loss re-derived with jnp, nnx.grad); then the
+loss goes down. BT RM / DPO / SFT: first-step loss against a value computed here, then the loss
+goes down over a few steps on a fixed batch. Compiled functions are few and module-scoped.
+"""
+import math
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_models as tm  # noqa: E402
+
+from grlhfv_jax import models, sharding  # noqa: E402
+from grlhfv_jax.rl import optim, train  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------ optimiser
+
+def test_lr_schedule_warmup_then_cosine():
+    sch = optim.lr_schedule(2.0, 100, warmup_ratio=0.1)  # 10 warm-up steps
+    for step in [0, 3, 10, 40, 77, 100]:
+        if step < 10:
+            want = 2.0 * step / 10
+        else:
+            want = 0.5 * 2.0 * (1 + math.cos(math.pi * (step - 10) / 90))
+        assert float(sch(step)) == pytest.approx(want, abs=1e-6), step
+    assert float(optim.lr_schedule(1.0, 10, warmup_steps=0)(0)) == pytest.approx(1.0)
+
+
+def test_weight_decay_skips_vectors_and_clipping():
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
+    tx, _ = optim.make_optimizer(learning_rate=0.1, total_steps=10, warmup_steps=0, weight_decay=0.5)
+    upd, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    np.testing.assert_allclose(np.asarray(upd["w"]), -0.1 * 0.5 * np.ones((2, 2)), rtol=1e-6)  # decoupled decay
+    np.testing.assert_array_equal(np.asarray(upd["b"]), 0.0)
+    # global-norm clipping before Adam: direction unchanged, Adam's first step is lr * sign
+    tx, _ = optim.make_optimizer(learning_rate=0.1, total_steps=10, warmup_steps=0, weight_decay=0.0,
+                                 max_grad_norm=1e-3)
+    g = {"w": jnp.full((2, 2), 3.0), "b": jnp.array([-4.0, 0.0])}
+    upd, _ = tx.update(g, tx.init(params), params)
+    np.testing.assert_allclose(np.asarray(upd["w"]), -0.1, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(upd["b"]), [0.1, 0.0], rtol=1e-4, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------- tiny model, batch
+
+def _hf_config():
+    cfg = tm.tiny_hf_config("qwen2_vl", text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                                  num_key_value_heads=1)).to_dict()
+    cfg["vision_config"]["depth"] = 1
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def hf_config():
+    return _hf_config()
+
+
+def _make_model(cfg, **kw):
+    return models.from_config(cfg, rngs=nnx.Rngs(0), **kw)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """8 rows: prompt with one image + response, right-padded. Rows are chosen/rejected pairs
+    (2k, 2k+1) sharing the prompt, for BT / DPO."""
+    rng = np.random.default_rng(0)
+    grids = [(1, 2, 4), (1, 4, 2), (1, 2, 2), (1, 4, 4)]
+    rows, resp_len = [], []
+    for k in range(4):
+        prompt = [list(rng.integers(3, 99, 2 + k)), grids[k], [int(rng.integers(3, 99))]]
+        for _ in range(2):
+            n = int(rng.integers(3, 7))
+            resp = list(rng.integers(3, 99, n))
+            rows.append(prompt + [resp])
+            resp_len.append(n)
+    b = tm.make_batch(rows, pad_side="right")
+    B, T = b["input_ids"].shape
+    resp = np.zeros((B, T), np.float32)
+    for i, n in enumerate(resp_len):
+        end = int(b["attention_mask"][i].sum())
+        resp[i, end - n:end] = 1.0
+    return dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"], pixel_values=b["pixel_values"],
+                image_grid_thw=b["image_grid_thw"], response_mask=resp, loss_mask=resp)
+
+
+def _ref_token_logprobs(logits, ids):
+    """log p(ids[t] | < t) for t >= 1: [B, T-1], written with jax.nn.log_softmax."""
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+
+
+# ------------------------------------------------------------------------------------------ GRPO
+
+@pytest.fixture(scope="module")
+def grpo_run(hf_config, data):
+    """Old log-probs via compute_logprobs; one reference update; one sharded grpo_step."""
+    tx = optax.sgd(1.0)  # SGD: parameter change = gradient, so the comparison is tight
+    ref_model = _make_model(hf_config)
+    old = np.asarray(train.compute_logprobs(ref_model, data))
+    rng = np.random.default_rng(1)
+    batch = dict(data, old_logp=old,
+                 ref_logp=(old + 0.1 * rng.normal(size=old.shape) * data["response_mask"]).astype(np.float32),
+                 advantages=rng.normal(size=(old.shape[0],)).astype(np.float32))
+    # make the clip active for some tokens: old log-probs shifted
+    batch["old_logp"] = (old + 0.3 * rng.normal(size=old.shape) * data["response_mask"]).astype(np.float32)
+
+    # --- the plain reference: full batch, direct forward with pixel_values, loss written here
+    opt = nnx.Optimizer(ref_model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def ref_update(model, opt, b):
+        def loss_fn(model):
+            logits = model(b["input_ids"], b["attention_mask"], b["pixel_values"], b["image_grid_thw"])
+            lp = _ref_token_logprobs(logits, b["input_ids"])
+            mask, a = b["response_mask"][:, 1:], b["advantages"][:, None]
+            ratio = jnp.exp(lp - b["old_logp"][:, 1:])
+            surr = jnp.maximum(-a * ratio, -a * jnp.clip(ratio, 0.8, 1.2))
+            d = b["ref_logp"][:, 1:] - lp
+            k3 = jnp.exp(d) - d - 1
+            loss = jnp.sum((surr + 0.02 * k3) * mask) / jnp.sum(mask)
+            return loss, (lp, jnp.sum(jnp.abs(ratio - 1) > 0.2 * mask) / jnp.sum(mask))
+        (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        opt.update(model, grads)
+        return loss, aux[0]
+
+    jb = {k: jnp.asarray(v) for k, v in batch.items()}
+    ref_loss, ref_lp0 = ref_update(ref_model, opt, jb)
+
+    # --- grpo_step on a 2x2x2 mesh with 2 micro-batches
+    mesh = sharding.make_mesh((2, 2, 2))
+    model = sharding.shard_model(_make_model(hf_config), mesh)
+    state = train.TrainState(model, tx)
+    sb = sharding.shard_batch(batch, mesh)
+    cfg = train.GRPOConfig(num_micro_batches=2)
+    _, m0 = train.grpo_step(state, sb, cfg)
+    after_1 = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    losses = [float(m0["loss"])]
+    for _ in range(3):
+        _, m = train.grpo_step(state, sb, cfg)
+        losses.append(float(m["loss"]))
+    return dict(batch=batch, old=old, ref_model=ref_model, ref_loss=float(ref_loss), ref_lp0=np.asarray(ref_lp0),
+                state=state, m0={k: float(v) for k, v in m0.items()}, losses=losses,
+                params_after_1=after_1)
+
+
+def test_compute_logprobs_matches_direct_forward(grpo_run):
+    old, lp0 = grpo_run["old"], grpo_run["ref_lp0"]
+    np.testing.assert_array_equal(old[:, 0], 0.0)
+    np.testing.assert_allclose(old[:, 1:], lp0, atol=2e-5)
+
+
+def test_grpo_step_sharded_microbatched_equals_plain_update(grpo_run, hf_config):
+    # first-step loss and metrics against the plain reference
+    m0 = grpo_run["m0"]
+    assert m0["loss"] == pytest.approx(grpo_run["ref_loss"], rel=1e-4, abs=1e-6)
+    b = grpo_run["batch"]
+    mask = b["response_mask"] > 0
+    assert m0["response_length_mean"] == pytest.approx(b["response_mask"].sum(1).mean())
+    lr = (grpo_run["ref_lp0"] - b["old_logp"][:, 1:])[mask[:, 1:]]
+    assert m0["ppo_kl"] == pytest.approx(-lr.mean(), rel=1e-3, abs=1e-6)
+    assert 0.0 < m0["clip_frac"] < 1.0
+    for key in ("pg_loss", "kl", "entropy", "approx_kl", "grad_norm", "clip_frac"):
+        assert np.isfinite(m0[key]), key
+
+
+def test_grpo_params_match_after_one_step(grpo_run, hf_config):
+    got = grpo_run["params_after_1"]
+    want = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(grpo_run["ref_model"], nnx.Param))}
+    init = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(_make_model(hf_config), nnx.Param))}
+    assert got.keys() == want.keys()
+    moved = 0
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=2e-6, err_msg=str(k))
+        moved += int(np.max(np.abs(want[k] - init[k])) > 1e-6)
+    assert moved > len(want) // 2  # the update really moved most tensors
+    assert any("visual" in str(k) and np.max(np.abs(want[k] - init[k])) > 1e-6 for k in want)  # vision too
+
+
+def test_grpo_loss_goes_down(grpo_run):
+    losses = grpo_run["losses"]
+    assert losses[-1] < losses[0] - 1e-3, losses
+
+
+# ------------------------------------------------------------------------------- BT, DPO, SFT
+
+def _adamw(steps=5, lr=3e-3):
+    return optim.make_optimizer(learning_rate=lr, total_steps=steps, warmup_steps=0, weight_decay=0.0)
+
+
+def test_bt_rm_step(hf_config, data):
+    model = _make_model(hf_config, scalar_head=True)
+    # first-step loss from the model's own score(): independent of the step's micro-batching
+    r = np.asarray(model.score(data["input_ids"], data["attention_mask"], data["pixel_values"],
+                               data["image_grid_thw"]), np.float64)
+    rc, rr = r[0::2], r[1::2]
+    want = np.mean(np.log1p(np.exp(-(rc - rr)))) + 0.001 * np.mean(r ** 2)
+    state = train.TrainState(model, *_adamw())
+    losses = []
+    for _ in range(4):
+        _, m = train.bt_rm_step(state, data, train.BTConfig(num_micro_batches=2))
+        losses.append(float(m["loss"]))
+    assert losses[0] == pytest.approx(want, rel=1e-4)
+    assert losses[-1] < losses[0] and float(m["accuracy"]) >= 0.5
+    assert "grad_norm" in m and "lr" in m
+
+
+def test_dpo_step(hf_config, data, grpo_run):
+    # reference log-probs: the tiny model at init == the GRPO fixture's pre-update log-probs
+    old = grpo_run["old"]
+    seq = (old * data["loss_mask"]).sum(1)
+    batch = dict(data, ref_logps=seq.astype(np.float32))
+    state = train.TrainState(_make_model(hf_config), *_adamw())
+    losses = []
+    for _ in range(4):
+        _, m = train.dpo_step(state, batch, train.DPOConfig(beta=0.5, num_micro_batches=2))
+        losses.append(float(m["loss"]))
+    assert losses[0] == pytest.approx(math.log(2), rel=1e-4)  # policy == reference
+    assert losses[-1] < losses[0] - 1e-3
+    assert float(m["margin"]) > 0 and float(m["accuracy"]) > 0.5
+
+
+def test_sft_step_bf16_compute_fp32_params(hf_config, data, grpo_run):
+    old = grpo_run["old"]
+    mask = data["loss_mask"]
+    want = -(old * mask).sum() / mask[:, 1:].sum()
+    model = _make_model(hf_config, dtype=jnp.bfloat16, param_dtype=jnp.float32)
+    state = train.TrainState(model, *_adamw(lr=1e-2))
+    losses = []
+    for _ in range(4):
+        _, m = train.sft_step(state, data, train.SFTConfig(num_micro_batches=2))
+        losses.append(float(m["loss"]))
+    assert losses[0] == pytest.approx(want, rel=2e-2)  # bf16 compute vs the fp32 forward
+    assert losses[-1] < losses[0] - 0.05
+    assert float(m["num_tokens"]) == mask[:, 1:].sum()
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
