@@ -180,7 +180,7 @@ def shard_batch(batch: Mapping, mesh: Mesh, *, batch_axes: Sequence[str] = BATCH
             continue
         x = np.asarray(x) if not isinstance(x, jax.Array) else x
         if key in replicated_keys or x.ndim == 0:
-            if process_local and jax.process_count() > 1:
+            if process_local and jax.process_count() > 1 and x.ndim > 0:  # scalars: same everywhere
                 x = _gather_concat(np.asarray(x))
             out[key] = _place(x, NamedSharding(mesh, PartitionSpec()))
             continue

@@ -198,11 +198,13 @@ sl = S.process_slice(8)
 # per-row image patches of varying count; the global pixel_values are the rows' patches in row order
 counts = [1, 3, 0, 2, 2, 1, 4, 1]
 pv_rows = [np.full((c, 3), 10 * r + np.arange(c)[:, None], np.float32) for r, c in enumerate(counts)]
-local = {"ids": T.TOY_IDS[sl], "mask": T.TOY_MASK[sl], "pixel_values": np.concatenate(pv_rows[sl])}
+local = {"ids": T.TOY_IDS[sl], "mask": T.TOY_MASK[sl], "pixel_values": np.concatenate(pv_rows[sl]),
+         "temperature": np.float32(0.5)}
 mesh = S.make_mesh((2, 2, 2))
 b = S.shard_batch(local, mesh, process_local=True)
 np.testing.assert_array_equal(np.asarray(b["pixel_values"]), np.concatenate(pv_rows))
 np.testing.assert_array_equal(multihost_utils.process_allgather(b["ids"], tiled=True), T.TOY_IDS)
+assert float(b["temperature"]) == 0.5 and b["ids"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
 
 model = S.shard_model(T.ToyMLP(rngs=nnx.Rngs(0)), mesh)
 opt = nnx.Optimizer(model, optax.sgd(0.5), wrt=nnx.Param)
