@@ -60,8 +60,8 @@ def _close(ours, ref, mask, tol=TOL):
 
 def test_logit_parity(pair):
     family, i, path, tmodel, model = pair
-    cases = [(IMG_ROWS, "left"), (TEXT_ROWS, "right")] + ([(ONE_IMG_ROWS, "left")] if i == 0 else [])
-    for rows, side in cases:
+    # row 0: one image; row 1: two images of different sizes; left padding
+    for rows, side in [(IMG_ROWS, "left")]:
         b = tm.make_batch(rows, pad_side=side, seed=i)
         out = _logits(model, b)
         assert out.dtype == np.float32 and out.shape == b["input_ids"].shape + (tm.VOCAB,)
@@ -72,6 +72,8 @@ def test_text_left_padding_and_rope_index(pair):
     """Left-padded text-only batch (torch given its own get_rope_index positions, since its
     text-only default ignores padding) and rope_index == get_rope_index on every batch."""
     family, i, path, tmodel, model = pair
+    if i:
+        return   # rope_index depends only on the merge size and token ids, the same in every config
     b = tm.make_batch(TEXT_ROWS, pad_side="left")
     tpos, _ = tmodel.model.get_rope_index(torch.as_tensor(b["input_ids"], dtype=torch.long),
                                           torch.as_tensor(b["mm_token_type_ids"]),
@@ -85,7 +87,7 @@ def test_text_left_padding_and_rope_index(pair):
             ref, ref_d = tmodel.model.get_rope_index(torch.as_tensor(b["input_ids"], dtype=torch.long),
                                                      torch.as_tensor(b["mm_token_type_ids"]), image_grid_thw=grid,
                                                      attention_mask=torch.as_tensor(b["attention_mask"]))
-            for fn in (model.rope_index, jit_rope):
+            for fn in ((model.rope_index, jit_rope) if rows is IMG_ROWS else (jit_rope,)):
                 pos, d = fn(b["input_ids"], b["attention_mask"], b["image_grid_thw"])
                 pos, d, m = np.asarray(pos), np.asarray(d), b["attention_mask"].astype(bool)
                 np.testing.assert_array_equal(pos[:, m], ref.numpy()[:, m])
@@ -126,19 +128,18 @@ def test_kv_cache_prefill_decode(pair):
         _close(np.concatenate(outs, 1), full, am, 1e-5)
 
 
-def test_jit_with_traced_grid(pair):
-    """The whole forward jits with image_grid_thw traced; same logits as eager."""
+def test_eager_with_image_embeds(pair):
+    """Eager forward (the parity tests run jitted with image_grid_thw traced) from precomputed
+    image embeddings."""
     family, i, path, tmodel, model = pair
-    if i:
+    if i or family != "qwen2_vl":
         return
-    b = tm.make_batch(IMG_ROWS)
-    out = _logits(model, b)
-    eager = np.asarray(model(b["input_ids"], b["attention_mask"], b["pixel_values"], b["image_grid_thw"]))
-    _close(out, eager, b["attention_mask"], 1e-5)
-    # encode once, reuse: image_embeds path
+    b = tm.make_batch(ONE_IMG_ROWS)
+    # eager, with images encoded once and passed as image_embeds, vs torch
     emb = model.encode_images(b["pixel_values"], b["image_grid_thw"])
-    out2 = np.asarray(model(b["input_ids"], b["attention_mask"], image_grid_thw=b["image_grid_thw"], image_embeds=emb))
-    _close(out2, out, b["attention_mask"], 1e-5)
+    assert emb.shape == (tm.image_tokens((1, 4, 6)), model.config.hidden_size)
+    out = np.asarray(model(b["input_ids"], b["attention_mask"], image_grid_thw=b["image_grid_thw"], image_embeds=emb))
+    _close(out, tm.torch_forward(tmodel, b).logits.numpy(), b["attention_mask"])
 
 
 def test_bf16_compute(pair):
@@ -160,14 +161,15 @@ def test_scalar_head_and_hidden(pair):
         return
     b = tm.make_batch(IMG_ROWS, pad_side="right")
     rm = load_pretrained(path, scalar_head=True, rngs=nnx.Rngs(3))
+    score = nnx.jit(lambda m, x, a, pv, g: m.score(x, a, pv, g))
     w = np.asarray(rm.score_head.kernel[...])[:, 0]
     hs = tm.torch_forward(tmodel, b, output_hidden_states=True).hidden_states[-1].numpy()
     last = b["attention_mask"].sum(1) - 1
     ref = hs[np.arange(2), last] @ w
-    np.testing.assert_allclose(np.asarray(rm.score(b["input_ids"], b["attention_mask"], b["pixel_values"],
+    np.testing.assert_allclose(np.asarray(score(rm, b["input_ids"], b["attention_mask"], b["pixel_values"],
                                                    b["image_grid_thw"])), ref, atol=TOL)
     bl = tm.make_batch(IMG_ROWS, pad_side="left")
-    np.testing.assert_allclose(np.asarray(rm.score(bl["input_ids"], bl["attention_mask"], bl["pixel_values"],
+    np.testing.assert_allclose(np.asarray(score(rm, bl["input_ids"], bl["attention_mask"], bl["pixel_values"],
                                                    bl["image_grid_thw"])), ref, atol=TOL)
 
 

@@ -162,8 +162,12 @@ class Qwen2VL(nnx.Module):
         if image_embeds is None and pixel_values is not None:
             if image_grid_thw is None:
                 raise ValueError("pixel_values given without image_grid_thw")
+            n_embeds = jnp.shape(pixel_values)[0] // self.config.spatial_merge_size ** 2
+        else:
+            n_embeds = None if image_embeds is None else image_embeds.shape[0]
+        self._check_images(input_ids, image_grid_thw, n_embeds)      # before running the vision tower
+        if image_embeds is None and pixel_values is not None:
             image_embeds = self.encode_images(pixel_values, image_grid_thw)
-        self._check_images(input_ids, image_grid_thw, None if image_embeds is None else image_embeds.shape[0])
         if image_embeds is None:
             return x
         is_img = input_ids == self.config.image_token_id

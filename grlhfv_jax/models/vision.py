@@ -70,7 +70,7 @@ class VisionMLP(nnx.Module):
     def __init__(self, cfg, rngs):
         E, I, dt, pdt = cfg.vision_hidden_size, cfg.vision_intermediate_size, cfg.dtype, cfg.param_dtype
         self.gated = cfg.is_qwen2_5
-        self.act = activation(cfg.vision_hidden_act)
+        self.act_name = cfg.vision_hidden_act   # a name, not a function: keeps the graphdef hashable / equal
         kw = dict(bias=True, rngs=rngs, dtype=dt, param_dtype=pdt)
         if self.gated:
             self.gate_proj = Dense(E, I, axes=("vision_embed", "vision_mlp"), **kw)
@@ -81,9 +81,10 @@ class VisionMLP(nnx.Module):
             self.fc2 = Dense(I, E, axes=("vision_mlp", "vision_embed"), **kw)
 
     def __call__(self, x):
+        act = activation(self.act_name)
         if self.gated:
-            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-        return self.fc2(self.act(self.fc1(x)))
+            return self.down_proj(act(self.gate_proj(x)) * self.up_proj(x))
+        return self.fc2(act(self.fc1(x)))
 
 
 def _norm(cfg, dim):
