@@ -185,3 +185,27 @@ def test_error_image_count_mismatch(q2):
         m(b["input_ids"], b["attention_mask"])
     with pytest.raises(ValueError, match="covers 32 patches but pixel_values has 16"):
         m(b["input_ids"], b["attention_mask"], b["pixel_values"][:16], b["image_grid_thw"])
+
+
+def test_legacy_flat_config_matches_transformers():
+    """The hub's old flat config.json (Qwen/Qwen2-VL-2B-Instruct style: text fields at the top,
+    rope_scaling type mrope, vision embed_dim / in_chans) reads as transformers reads it."""
+    import dataclasses
+
+    from grlhfv_jax.models import parse_hf_config
+
+    legacy = {"model_type": "qwen2_vl", "hidden_size": 1536, "intermediate_size": 8960, "num_attention_heads": 12,
+              "num_hidden_layers": 28, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
+              "tie_word_embeddings": True, "vocab_size": 151936, "image_token_id": 151655,
+              "video_token_id": 151656, "vision_start_token_id": 151652, "vision_end_token_id": 151653,
+              "eos_token_id": 151645, "bos_token_id": 151643, "torch_dtype": "bfloat16",
+              "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+              "vision_config": {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3,
+                                "hidden_size": 1536, "patch_size": 14, "spatial_merge_size": 2,
+                                "spatial_patch_size": 14, "temporal_patch_size": 2}}
+    ours = parse_hf_config(json.loads(json.dumps(legacy)))
+    theirs = parse_hf_config(transformers.Qwen2VLConfig(**json.loads(json.dumps(legacy))).to_dict())
+    for f in dataclasses.fields(ours):
+        if f.name != "hf_config":
+            assert getattr(ours, f.name) == getattr(theirs, f.name), f.name
+    assert (ours.head_dim, ours.vision_intermediate_size, ours.mrope_section) == (128, 5120, (16, 24, 24))
