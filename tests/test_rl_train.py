@@ -200,13 +200,13 @@ def _adamw(steps=5, lr=3e-3):
 def test_bt_rm_step(hf_config, data):
     model = _make_model(hf_config, scalar_head=True)
     # first-step loss from the model's own score(): independent of the step's micro-batching
-    r = np.asarray(model.score(data["input_ids"], data["attention_mask"], data["pixel_values"],
-                               data["image_grid_thw"]), np.float64)
+    score = nnx.jit(lambda m, b: m.score(b["input_ids"], b["attention_mask"], b["pixel_values"], b["image_grid_thw"]))
+    r = np.asarray(score(model, data), np.float64)
     rc, rr = r[0::2], r[1::2]
     want = np.mean(np.log1p(np.exp(-(rc - rr)))) + 0.001 * np.mean(r ** 2)
     state = train.TrainState(model, *_adamw())
     losses = []
-    for _ in range(4):
+    for _ in range(3):
         _, m = train.bt_rm_step(state, data, train.BTConfig(num_micro_batches=2))
         losses.append(float(m["loss"]))
     assert losses[0] == pytest.approx(want, rel=1e-4)
@@ -221,7 +221,7 @@ def test_dpo_step(hf_config, data, grpo_run):
     batch = dict(data, ref_logps=seq.astype(np.float32))
     state = train.TrainState(_make_model(hf_config), *_adamw())
     losses = []
-    for _ in range(4):
+    for _ in range(3):
         _, m = train.dpo_step(state, batch, train.DPOConfig(beta=0.5, num_micro_batches=2))
         losses.append(float(m["loss"]))
     assert losses[0] == pytest.approx(math.log(2), rel=1e-4)  # policy == reference
@@ -236,10 +236,20 @@ def test_sft_step_bf16_compute_fp32_params(hf_config, data, grpo_run):
     model = _make_model(hf_config, dtype=jnp.bfloat16, param_dtype=jnp.float32)
     state = train.TrainState(model, *_adamw(lr=1e-2))
     losses = []
-    for _ in range(4):
+    for _ in range(3):
         _, m = train.sft_step(state, data, train.SFTConfig(num_micro_batches=2))
         losses.append(float(m["loss"]))
     assert losses[0] == pytest.approx(want, rel=2e-2)  # bf16 compute vs the fp32 forward
     assert losses[-1] < losses[0] - 0.05
     assert float(m["num_tokens"]) == mask[:, 1:].sum()
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def test_step_input_errors(grpo_run, data):
+    state = grpo_run["state"]
+    with pytest.raises(KeyError, match="old_logp"):
+        train.grpo_step(state, {k: data[k] for k in ("input_ids", "attention_mask", "response_mask")})
+    with pytest.raises(ValueError, match="num_micro_batches=3"):
+        train.sft_step(state, data, train.SFTConfig(num_micro_batches=3))
+    with pytest.raises(ValueError, match="pairs"):
+        train.bt_rm_step(state, data, train.BTConfig(num_micro_batches=8))

@@ -83,15 +83,23 @@ class SFTConfig:
 _ROW_KEYS_SKIP = ("pixel_values", "image_grid_thw", "image_embeds", "position_ids")
 
 
-def _split_rows(batch: dict, m: int) -> dict:
-    """Every per-row entry [B, ...] -> [m, B/m, ...]."""
+def _split_rows(batch: dict, m: int, rows: int) -> dict:
+    """Every per-row entry [rows, ...] -> [m, rows/m, ...]; other entries are left out."""
     out = {}
     for k, v in batch.items():
         if k in _ROW_KEYS_SKIP or v is None or not hasattr(v, "shape") or jnp.ndim(v) == 0:
             continue
+        if jnp.shape(v)[0] != rows:
+            continue
         v = jnp.asarray(v)
-        out[k] = v.reshape((m, v.shape[0] // m) + v.shape[1:])
+        out[k] = v.reshape((m, rows // m) + v.shape[1:])
     return out
+
+
+def _require(batch: dict, keys, step: str) -> None:
+    missing = [k for k in keys if batch.get(k) is None]
+    if missing:
+        raise KeyError(f"{step}: batch lacks {missing} (has {sorted(k for k, v in batch.items() if v is not None)})")
 
 
 def _has_images(batch) -> bool:
@@ -108,7 +116,7 @@ def _plan(model, batch, m: int):
     am = jnp.ones((b, t), jnp.int32) if am is None else jnp.asarray(am)
     grid = batch.get("image_grid_thw") if _has_images(batch) else None
     pos, _ = model.rope_index(ids, am, None if grid is None else jnp.asarray(grid))
-    mbs = _split_rows(dict(batch, attention_mask=am), m)
+    mbs = _split_rows(dict(batch, attention_mask=am), m, b)
     mbs["position_ids"] = jnp.moveaxis(pos.reshape(3, m, b // m, t), 1, 0)
     if grid is not None:
         counts = jnp.sum(ids == model.config.image_token_id, axis=1).reshape(m, b // m).sum(1)
@@ -197,6 +205,8 @@ def _apply(state: TrainState, grads, metrics: dict) -> dict:
 def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig()):
     """One GRPO update. Returns (state, metrics): loss, pg_loss, kl, entropy, clip_frac,
     clip_frac_lower, ppo_kl, approx_kl, ratio_mean, grad_norm, lr, response_length_mean."""
+    _require(batch, ("input_ids", "response_mask", "old_logp", "ref_logp", "advantages"),
+             "grpo_step")
     mask = jnp.asarray(batch["response_mask"], jnp.float32)
     b = mask.shape[0]
     denom = jnp.sum(mask) if cfg.loss_agg_mode == "token-mean" else jnp.float32(b)
@@ -268,6 +278,7 @@ def _check_pairs(batch, m):
 def bt_rm_step(state: TrainState, batch: dict, cfg: BTConfig = BTConfig()):
     """One Bradley-Terry reward-model update on interleaved (chosen, rejected) rows."""
     m = cfg.num_micro_batches
+    _require(batch, ("input_ids",), "bt_rm_step")
     _check_pairs(batch, m)
 
     def micro_loss(model, mb, emb):
@@ -283,6 +294,7 @@ def bt_rm_step(state: TrainState, batch: dict, cfg: BTConfig = BTConfig()):
 def dpo_step(state: TrainState, batch: dict, cfg: DPOConfig = DPOConfig()):
     """One DPO update on interleaved (chosen, rejected) rows with precomputed ``ref_logps``."""
     m = cfg.num_micro_batches
+    _require(batch, ("input_ids", "loss_mask", "ref_logps"), "dpo_step")
     _check_pairs(batch, m)
 
     def micro_loss(model, mb, emb):
@@ -300,6 +312,7 @@ def dpo_step(state: TrainState, batch: dict, cfg: DPOConfig = DPOConfig()):
 @functools.partial(nnx.jit, static_argnames=("cfg",))
 def sft_step(state: TrainState, batch: dict, cfg: SFTConfig = SFTConfig()):
     """One SFT update: token-mean next-token loss over ``loss_mask`` of the whole mini-batch."""
+    _require(batch, ("input_ids", "loss_mask"), "sft_step")
     denom = jnp.sum(jnp.asarray(batch["loss_mask"], jnp.float32)[:, 1:])
 
     def micro_loss(model, mb, emb):
