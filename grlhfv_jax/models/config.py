@@ -104,6 +104,11 @@ def parse_hf_config(hf: dict, **runtime) -> VLConfig:
     text.update(hf.get("text_config") or {})   # nested layout wins, flat layout falls through
     vis = hf.get("vision_config") or {}
     rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "mrope"):
+        raise ValueError(f"config.json: rope type {rope_type!r} is not supported (only default M-RoPE)")
+    if text.get("use_sliding_window"):
+        raise ValueError("config.json: use_sliding_window=true is not supported (no sliding-window layers)")
     rope_theta = rope.get("rope_theta", text.get("rope_theta", 1000000.0))
     mrope = tuple(rope.get("mrope_section", (16, 24, 24)))
     hidden = _req(text, "hidden_size", "")
