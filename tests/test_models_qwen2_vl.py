@@ -65,7 +65,11 @@ def test_logit_parity(pair):
         b = tm.make_batch(rows, pad_side=side, seed=i)
         out = _logits(model, b)
         assert out.dtype == np.float32 and out.shape == b["input_ids"].shape + (tm.VOCAB,)
-        _close(out, tm.torch_forward(tmodel, b).logits.numpy(), b["attention_mask"])
+        ref = tm.torch_forward(tmodel, b).logits.numpy()
+        _close(out, ref, b["attention_mask"])
+    if i == 0:   # padding patches past the grid total (fixed shapes for jit) change nothing
+        pv = np.concatenate([b["pixel_values"], np.random.default_rng(0).standard_normal((8, tm.PATCH_DIM))], 0)
+        _close(_logits(model, dict(b, pixel_values=pv.astype(np.float32))), ref, b["attention_mask"])
 
 
 def test_text_left_padding_and_rope_index(pair):
