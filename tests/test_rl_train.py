@@ -127,14 +127,18 @@ def grpo_run(hf_config, data):
             surr = jnp.maximum(-a * ratio, -a * jnp.clip(ratio, 0.8, 1.2))
             d = b["ref_logp"][:, 1:] - lp
             k3 = jnp.exp(d) - d - 1
-            loss = jnp.sum((surr + 0.02 * k3) * mask) / jnp.sum(mask)
-            return loss, (lp, jnp.sum(jnp.abs(ratio - 1) > 0.2 * mask) / jnp.sum(mask))
+            n = jnp.sum(mask)
+            pg, kl = jnp.sum(surr * mask) / n, jnp.sum(k3 * mask) / n
+            p = jax.nn.softmax(logits[:, :-1], axis=-1)
+            ent = jnp.sum(-jnp.sum(p * jnp.log(p), axis=-1) * mask) / n
+            return pg + 0.02 * kl, {"lp": lp, "pg_loss": pg, "kl": kl, "entropy": ent}
         (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         opt.update(model, grads)
-        return loss, aux[0]
+        return loss, aux
 
     jb = {k: jnp.asarray(v) for k, v in batch.items()}
-    ref_loss, ref_lp0 = ref_update(ref_model, opt, jb)
+    ref_loss, ref_aux = ref_update(ref_model, opt, jb)
+    ref_lp0 = ref_aux.pop("lp")
 
     # --- grpo_step on a 2x2x2 mesh with 2 micro-batches
     mesh = sharding.make_mesh((2, 2, 2))
@@ -149,6 +153,7 @@ def grpo_run(hf_config, data):
         _, m = train.grpo_step(state, sb, cfg)
         losses.append(float(m["loss"]))
     return dict(batch=batch, old=old, ref_model=ref_model, ref_loss=float(ref_loss), ref_lp0=np.asarray(ref_lp0),
+                ref_metrics={k: float(v) for k, v in ref_aux.items()},
                 state=state, m0={k: float(v) for k, v in m0.items()}, losses=losses,
                 params_after_1=after_1)
 
@@ -169,6 +174,8 @@ def test_grpo_step_sharded_microbatched_equals_plain_update(grpo_run, hf_config)
     lr = (grpo_run["ref_lp0"] - b["old_logp"][:, 1:])[mask[:, 1:]]
     assert m0["ppo_kl"] == pytest.approx(-lr.mean(), rel=1e-3, abs=1e-6)
     assert 0.0 < m0["clip_frac"] < 1.0
+    for key in ("pg_loss", "kl", "entropy"):
+        assert m0[key] == pytest.approx(grpo_run["ref_metrics"][key], rel=1e-4, abs=1e-6), key
     for key in ("pg_loss", "kl", "entropy", "approx_kl", "grad_norm", "clip_frac"):
         assert np.isfinite(m0[key]), key
 
@@ -217,8 +224,9 @@ def test_bt_rm_step(hf_config, data):
 def test_dpo_step(hf_config, data, grpo_run):
     # reference log-probs: the tiny model at init == the GRPO fixture's pre-update log-probs
     old = grpo_run["old"]
-    seq = (old * data["loss_mask"]).sum(1)
-    batch = dict(data, ref_logps=seq.astype(np.float32))
+    seq = train.compute_sequence_logprobs(_make_model(hf_config), data, num_micro_batches=2)
+    np.testing.assert_allclose(np.asarray(seq), (old * data["loss_mask"]).sum(1), rtol=1e-5, atol=1e-4)
+    batch = dict(data, ref_logps=np.asarray(seq))
     state = train.TrainState(_make_model(hf_config), *_adamw())
     losses = []
     for _ in range(3):
