@@ -197,6 +197,8 @@ def test_rollout_metrics():
     m = grpo.rollout_metrics(r, advantages=[1.0, -1.0, 0.0, 0.0, 0.0, 2.0], response_lengths=[3, 5, 7, 9, 11, 1],
                              truncated=[0, 0, 1, 0, 0, 0])
     assert m["reward/mean"] == pytest.approx(8 / 6)
+    assert m["reward/std"] == pytest.approx(math.sqrt(sum((x - 8 / 6) ** 2 for x in [1, 0, 1, 2, 2, 2]) / 5))
+    assert m["reward/mean_group_std"] == pytest.approx((math.sqrt(1 / 3) + 0) / 2)
     assert m["reward/frac_groups_zero_std"] == 0.5
     assert m["advantages/max"] == 2.0 and m["advantages/min"] == -1.0
     assert m["response_length/mean"] == 6.0 and m["response_length/clip_ratio"] == pytest.approx(1 / 6)

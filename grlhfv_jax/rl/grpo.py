@@ -243,17 +243,20 @@ def register_policy_loss(name: str, fn: Callable[..., tuple[jax.Array, dict]]) -
 
 
 def rollout_metrics(rewards, advantages=None, response_lengths=None, truncated=None) -> dict[str, float]:
-    """Batch metrics computed outside the step (numpy; verl/TRL names).
+    """Batch metrics computed outside the step (numpy; verl/TRL names; stds with ddof=1).
 
     rewards ``[G, K]``; advantages per response (any shape with G*K entries); response_lengths
     ``[G*K]`` tokens; truncated ``[G*K]`` bool (hit the length limit).
     """
+    def std(x):  # torch.std's default (ddof=1), as verl / TRL log it
+        return float(x.std(ddof=1)) if x.size > 1 else 0.0
+
     r = np.asarray(rewards, np.float64)
     if r.ndim != 2:
         raise ValueError(f"rewards must be [num_groups, group_size], got shape {r.shape}")
     out = {
         "reward/mean": float(r.mean()),
-        "reward/std": float(r.std()),
+        "reward/std": std(r),
         "reward/max": float(r.max()),
         "reward/min": float(r.min()),
         "reward/frac_groups_zero_std": float(np.mean(r.max(1) - r.min(1) == 0)),
@@ -261,7 +264,7 @@ def rollout_metrics(rewards, advantages=None, response_lengths=None, truncated=N
     }
     if advantages is not None:
         a = np.asarray(advantages, np.float64).reshape(-1)
-        out.update({"advantages/mean": float(a.mean()), "advantages/std": float(a.std()),
+        out.update({"advantages/mean": float(a.mean()), "advantages/std": std(a),
                     "advantages/max": float(a.max()), "advantages/min": float(a.min())})
     if response_lengths is not None:
         ln = np.asarray(response_lengths, np.float64).reshape(-1)
