@@ -59,8 +59,8 @@ def get_config(arg: str = ""):
 
     c.sft = dict(log_every=10, ckpt_every=100,
                  policy=dict(steps=300, batch_size=32, lr=2e-3, max_len=64, warmup_ratio=0.05, data="candidates"),
-                 grm=dict(steps=500, batch_size=32, lr=2e-3, max_len=128, warmup_ratio=0.05, vqa_fraction=0.5))
-    c.grm_rl = dict(steps=120, pairs_per_step=16, group_size=8, mini_batches=2, max_len=96, max_new_tokens=24,
+                 grm=dict(steps=500, batch_size=32, lr=2e-3, max_len=144, warmup_ratio=0.05, vqa_fraction=0.5))
+    c.grm_rl = dict(steps=120, pairs_per_step=16, group_size=8, mini_batches=2, max_len=120, max_new_tokens=24,
                     temperature=1.0, lr=5e-4, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, clip_eps=0.2,
                     position_debias=False, consistency_reward=False, eval_pairs=200, eval_every=40, eval_rows=64,
                     log_every=5, ckpt_every=25)
@@ -68,7 +68,7 @@ def get_config(arg: str = ""):
                 eval_rows=64)
     policy = dict(reward="grm", steps=60, prompts_per_step=8, n=5, mini_batches=1, max_len=48, max_new_tokens=24,
                   temperature=1.0, lr=5e-4, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, clip_eps=0.2,
-                  pairs="both", aggregator="mean", judge_max_len=96, judge_max_new_tokens=24, judge_rows=64,
+                  pairs="both", aggregator="mean", judge_max_len=120, judge_max_new_tokens=24, judge_rows=64,
                   judge_temperature=0.0, log_every=5, ckpt_every=20)
     c.policy_rl = dict(policy)
     c.policy_rl_rm = dict(policy, reward="rm")

@@ -75,7 +75,7 @@ def run(config, workdir: str, restart: bool = False) -> dict:
     stages.validate(config)  # before any compilation: errors name the key
     state = prepare_workdir(config, workdir, restart)
     writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True))
-    summary: dict = {}
+    summary = update_summary(workdir, {})  # what earlier runs in this workdir found
     try:
         for name in config.stages:
             rec = state["stages"].get(name, {})

@@ -32,10 +32,13 @@ def _module(name: str):
 
 
 def check_section(config, section: str, schema: dict[str, tuple[type | tuple, Callable[[Any], bool] | None, str]]):
-    """Checks `config[section]` against `schema`: key -> (types, predicate or None, what it must be)."""
-    if section not in config:
-        raise ConfigError(f"config.{section} is missing (needed by the '{section}' stage)")
-    sec = config[section]
+    """Checks `config.<section>` (a dotted path) against `schema`: key -> (types, predicate or None,
+    what it must be)."""
+    sec = config
+    for part in section.split("."):
+        if part not in sec:
+            raise ConfigError(f"config.{section} is missing (needed by the '{section.split('.')[0]}' stage)")
+        sec = sec[part]
     for key, (types, pred, what) in schema.items():
         if key not in sec:
             raise ConfigError(f"config.{section}.{key} is missing ({what})")

@@ -187,25 +187,28 @@ def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckp
     bar = progress(range(start, steps), total=steps, desc=name)
     bar.update(start)
     acc: dict[str, list] = {}
-    for step in bar:
-        batch = make_batch(step)
-        state, metrics = step_fn(state, batch)
-        if "loss" in metrics and not np.isfinite(float(metrics["loss"])):
-            ckpt.close()
-            raise NonFiniteLossError(
-                f"[{name}] non-finite loss ({float(metrics['loss'])}) at step {step + 1}; the last checkpoint "
-                f"({ckpt.latest_step()}) in {ckpt_dir} is kept. Lower the learning rate or check the data.")
-        for k, v in metrics.items():
-            acc.setdefault(k, []).append(v)
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            last = {k: float(np.mean([float(x) for x in v])) for k, v in acc.items()}
-            acc = {}
-            if on_log is not None:
-                last.update(on_log(step + 1) or {})
-            writer.write(name, step + 1, last)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in list(last.items())[:4]})
-        if (step + 1) % ckpt_every == 0 and step + 1 < steps:
-            ckpt.save(step + 1, state.model, state.optimizer)
-    ckpt.save(steps, state.model, state.optimizer)
-    ckpt.close()
+    try:
+        for step in bar:
+            batch = make_batch(step)
+            state, metrics = step_fn(state, batch)
+            if "loss" in metrics and not np.isfinite(float(metrics["loss"])):
+                ckpt.wait()
+                raise NonFiniteLossError(
+                    f"[{name}] non-finite loss ({float(metrics['loss'])}) at step {step + 1}; the last checkpoint "
+                    f"({ckpt.latest_step()}) in {ckpt_dir} is kept. Lower the learning rate or check the data.")
+            for k, v in metrics.items():
+                acc.setdefault(k, []).append(v)
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                last = {k: float(np.mean([float(x) for x in v])) for k, v in acc.items()}
+                acc = {}
+                if on_log is not None:
+                    last.update(on_log(step + 1) or {})
+                writer.write(name, step + 1, last)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in list(last.items())[:4]})
+            if (step + 1) % ckpt_every == 0 and step + 1 < steps:
+                ckpt.save(step + 1, state.model, state.optimizer)
+        ckpt.save(steps, state.model, state.optimizer)
+    finally:
+        bar.close()
+        ckpt.close()  # waits for an in-flight save: a crash never leaves half a checkpoint behind
     return last

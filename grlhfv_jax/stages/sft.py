@@ -33,12 +33,11 @@ SCHEMA = {
 
 
 def validate(config, section: str) -> None:
-    sec = config[section] if section in config else None
-    if sec is None:
-        check_section(config, section, {})
+    check_section(config, section, {})
+    sec = config[section]
     for target in TARGETS:
         if target in sec:
-            check_section(sec, target, SCHEMA)
+            check_section(config, f"{section}.{target}", SCHEMA)
     if "policy" in sec and sec.policy.get("data", "candidates") not in ("candidates", "best"):
         from grlhfv_jax.stages import ConfigError
         raise ConfigError(f"config.{section}.policy.data = {sec.policy.data!r}: expected 'candidates' or 'best'")

@@ -1,0 +1,133 @@
+"""The CLI and the stages: config validation, resume, and a smoke run of every stage."""
+
+import json
+import os
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from grlhfv_jax import main, stages
+from grlhfv_jax.metrics import MetricsWriter, read_jsonl
+from grlhfv_jax.rl import train
+from grlhfv_jax.stages import ConfigError, common
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+import demo  # noqa: E402
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("stages", ["data", "sfft"], r"unknown stage 'sfft'"),
+    ("grm_rl.group_size", 1, r"config\.grm_rl\.group_size = 1"),
+    ("policy_rl.aggregator", "median", r"config\.policy_rl\.aggregator = 'median'"),
+    ("policy_rl.mini_batches", 3, r"config\.policy_rl\.mini_batches = 3 must divide"),
+    ("data.label_noise", 0.7, r"config\.data\.label_noise"),
+    ("sft.policy.lr", -1.0, r"config\.sft\.policy\.lr = -1\.0"),
+    ("mesh_shape", (2, -1, -1), r"config\.mesh_shape"),
+    ("grm_rl.consistency_reward", True, r"consistency_reward needs"),
+])
+def test_bad_config_fails_before_anything_runs_naming_the_key(key, value, match):
+    config = demo.get_config("smoke")
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(ConfigError, match=match):
+        stages.validate(config)
+
+
+def test_missing_section_is_named():
+    config = demo.get_config("smoke")
+    del config["rm"]
+    with pytest.raises(ConfigError, match=r"config\.rm is missing"):
+        stages.validate(config)
+
+
+class _Toy(nnx.Module):
+    def __init__(self):
+        self.w = nnx.Param(jnp.ones((2,)))
+
+
+def test_train_loop_resumes_where_it_stopped_and_stops_on_nan(tmp_path):
+    def fresh():
+        return train.TrainState(_Toy(), optax.sgd(0.1))
+
+    seen = []
+
+    def step_fn(state, batch):
+        seen.append(batch)
+        if batch == "boom":
+            raise RuntimeError("crash")
+        state.model.w[...] = state.model.w[...] + 1.0
+        return state, {"loss": jnp.float32(1.0)}
+
+    writer = MetricsWriter(str(tmp_path), tensorboard=False)
+    kw = dict(steps=5, step_fn=step_fn, writer=writer, ckpt_dir=str(tmp_path / "ck"), log_every=1, ckpt_every=1)
+    with pytest.raises(RuntimeError, match="crash"):
+        common.train_loop("toy", fresh(), make_batch=lambda s: "boom" if s == 3 else s, **kw)
+    assert seen == [0, 1, 2, "boom"]
+    seen.clear()
+    state = fresh()
+    common.train_loop("toy", state, make_batch=lambda s: s, **kw)
+    assert seen == [3, 4]  # steps 0-2 were checkpointed: not redone
+    np.testing.assert_allclose(np.asarray(state.model.w[...]), 6.0)  # 1 + five updates in all
+    assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))] == [1, 2, 3, 4, 5]
+
+    def nan_step(state, batch):
+        return state, {"loss": jnp.float32(np.nan)}
+
+    with pytest.raises(common.NonFiniteLossError, match=r"non-finite loss .* step 1"):
+        common.train_loop("nan", fresh(), make_batch=lambda s: s, **dict(kw, step_fn=nan_step,
+                                                                          ckpt_dir=str(tmp_path / "ck2")))
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("smoke"))
+    config = demo.get_config("smoke")
+    summary = main.run(config, workdir)
+    return config, workdir, summary
+
+
+def test_smoke_run_writes_every_output(smoke_run):
+    config, workdir, summary = smoke_run
+    for key in ("grm/accuracy_id", "grm/accuracy_ood", "grm/sft_accuracy_id", "grm/position_consistency_id",
+                "grm/parse_failure_id", "baseline_rm/accuracy_id", "baseline_rm/accuracy_ood",
+                "policy/oracle_score_before", "policy/oracle_score_after", "baseline_rm/oracle_score_after"):
+        assert key in summary and np.isfinite(summary[key]), key
+    for name in config.stages:
+        assert summary[f"time/{name}_s"] > 0
+    assert json.load(open(os.path.join(workdir, "summary.json"))) == json.loads(json.dumps(summary))
+    logged = {r["stage"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
+    assert {"sft_policy", "sft_grm", "grm_rl", "rm", "policy_rl", "policy_rl_rm"} <= logged
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    page = open(os.path.join(workdir, "report.html")).read()
+    assert "Sample judgments" in page and "data:image/png;base64" in page
+    for d in ("sft/policy", "sft/grm", "grm_rl/grm", "rm/rm", "policy_rl/policy", "policy_rl_rm/policy"):
+        assert os.path.isfile(os.path.join(workdir, d, "config.json")), d
+
+
+def test_rerun_skips_finished_stages_and_refuses_a_changed_config(smoke_run, capsys):
+    config, workdir, summary = smoke_run
+    again = main.run(config, workdir)
+    out = capsys.readouterr().out
+    assert out.count("finished in an earlier run") == len(config.stages)
+    assert {k: v for k, v in again.items()} == summary
+    changed = demo.get_config("smoke")
+    changed.grm_rl.lr = 1e-2
+    with pytest.raises(SystemExit, match=r"grm_rl\.lr"):
+        main.run(changed, workdir)
+
+
+@pytest.mark.slow
+def test_full_demo_learns(tmp_path):
+    """The README's demo: the GRM learns the principle and the policy's oracle score rises."""
+    summary = main.run(demo.get_config(), str(tmp_path))
+    assert summary["grm/accuracy_id"] > summary["grm/sft_accuracy_id"] + 0.2
+    assert summary["policy/oracle_score_after"] > summary["policy/oracle_score_before"]
+    assert sum(v for k, v in summary.items() if k.startswith("time/")) < 15 * 60
