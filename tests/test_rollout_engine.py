@@ -1,0 +1,137 @@
+"""The sampler on tiny random Qwen2-VL / Qwen2.5-VL checkpoints: greedy tokens equal
+transformers' generate, sampled log-probs equal a teacher-forced forward pass, the shared-prefix
+judge equals judging each pair alone, and a sharded model gives the single-device output."""
+import numpy as np
+import pytest
+
+import jax
+from flax import nnx
+
+import tiny_models as tm
+from grlhfv_jax.models import load_pretrained
+from grlhfv_jax.rollout import engine, judge
+
+# text + image + text, text only (shorter: left padding), image + text
+ROWS = [[[5, 6, 7, 8, 9], (1, 4, 4), [10, 11]], [[12, 13, 14, 15, 16, 17]], [(1, 4, 6), [20, 21]]]
+NEW = 10
+
+
+def _build(fam, tmp_path_factory):
+    torch_model = tm.build_tiny_torch_model(fam, seed=1)
+    path = tmp_path_factory.mktemp(fam)
+    torch_model.save_pretrained(str(path))
+    return fam, torch_model, load_pretrained(str(path)), str(path)
+
+
+@pytest.fixture(scope="module")
+def qwen2_vl(tmp_path_factory):
+    return _build("qwen2_vl", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def qwen2_5_vl(tmp_path_factory):
+    return _build("qwen2_5_vl", tmp_path_factory)
+
+
+def _images(batch):
+    """pixel_values split per image."""
+    n = np.prod(batch["image_grid_thw"], axis=1)
+    return np.split(batch["pixel_values"], np.cumsum(n)[:-1])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_greedy_matches_transformers(family, request):
+    import torch
+
+    fam, torch_model, model, _ = request.getfixturevalue(family)
+    batch = tm.make_batch(ROWS, seed=3)
+    out = engine.generate(model, batch, max_new_tokens=NEW, temperature=0.0, eos_token_id=None)
+    kw = dict(input_ids=torch.as_tensor(batch["input_ids"], dtype=torch.long),
+              attention_mask=torch.as_tensor(batch["attention_mask"], dtype=torch.long),
+              mm_token_type_ids=torch.as_tensor(batch["mm_token_type_ids"], dtype=torch.long),
+              pixel_values=torch.as_tensor(batch["pixel_values"]),
+              image_grid_thw=torch.as_tensor(batch["image_grid_thw"], dtype=torch.long))
+    with torch.no_grad():
+        ref = torch_model.generate(**kw, do_sample=False, max_new_tokens=NEW, min_new_tokens=NEW,
+                                   eos_token_id=None, pad_token_id=tm.PAD, temperature=None, top_p=None, top_k=None)
+    ref = ref[:, batch["input_ids"].shape[1]:].numpy()
+    np.testing.assert_array_equal(np.asarray(out.tokens), ref)
+    np.testing.assert_array_equal(np.asarray(out.lengths), [NEW] * 3)
+    assert not np.asarray(out.finished).any()
+
+
+SAMPLE_KW = dict(max_new_tokens=NEW, temperature=1.3, top_k=40, top_p=0.95, eos_token_id=[tm.EOS, 7], num_samples=2)
+
+
+@pytest.fixture(scope="module")
+def sampled(qwen2_vl):
+    """Single-device sampled output on the Qwen2-VL model (shared by two tests: one compile)."""
+    batch = tm.make_batch(ROWS, seed=3)
+    return batch, engine.generate(qwen2_vl[2], batch, rng=jax.random.key(5), **SAMPLE_KW)
+
+
+def test_sampled_logprobs_equal_teacher_forcing(qwen2_vl, sampled):
+    fam, _, model, _ = qwen2_vl
+    batch, out = sampled
+    n = SAMPLE_KW["num_samples"]
+    toks, lps, lengths = np.asarray(out.tokens), np.asarray(out.logprobs), np.asarray(out.lengths)
+    # teacher forcing: every prompt repeated n times (its images too), followed by its sampled tokens
+    ids = np.concatenate([np.repeat(batch["input_ids"], n, 0), toks], axis=1)
+    gen_mask = np.arange(NEW)[None] < lengths[:, None]
+    mask = np.concatenate([np.repeat(batch["attention_mask"], n, 0), gen_mask.astype(np.int32)], axis=1)
+    ids = np.where(mask > 0, ids, tm.PAD)
+    imgs = _images(batch)
+    pv = np.concatenate([imgs[k] for k in range(len(imgs)) for _ in range(n)])   # rows 0 and 2 hold the images
+    grid = np.repeat(batch["image_grid_thw"], n, 0)
+    logits = np.asarray(nnx.jit(lambda m, *a: m(*a))(model, ids, mask, pv, grid), np.float64)
+    P = batch["input_ids"].shape[1]
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    ref = np.take_along_axis(logp[:, P - 1:-1], toks[..., None], -1)[..., 0]
+    np.testing.assert_allclose(np.where(gen_mask, lps, 0), np.where(gen_mask, ref, 0), atol=1e-4)
+    assert (lps[~gen_mask] == 0).all() and (toks[~gen_mask] == 0).all()
+    # samples of one prompt are rows p*n .. p*n+n-1 and differ
+    assert not np.array_equal(toks[0], toks[1])
+    # finished iff the last kept token is an EOS; truncated rows ran to the end
+    finished = np.asarray(out.finished)
+    last = toks[np.arange(len(toks)), lengths - 1]
+    np.testing.assert_array_equal(finished, np.isin(last, [tm.EOS, 7]))
+    assert (lengths[~finished] == NEW).all()
+    assert not np.isin(toks[gen_mask & (np.arange(NEW)[None] < lengths[:, None] - 1)], [tm.EOS, 7]).any()
+    # same rng -> same samples
+    again = engine.generate(model, batch, rng=jax.random.key(5), **SAMPLE_KW)
+    np.testing.assert_array_equal(np.asarray(again.tokens), toks)
+
+
+def test_judge_shared_prefix_equals_separate(qwen2_5_vl):
+    fam, _, model, _ = qwen2_5_vl
+    rng = np.random.default_rng(0)
+    prefix_rows = [[[5, 6, 7], (1, 4, 4), [8, 9]], [(1, 4, 6), [20, 21, 22, 23, 24]]]
+    suffixes = [[rng.integers(3, 99, k).tolist() for k in (4, 7, 2)], [rng.integers(3, 99, k).tolist() for k in (5, 1)]]
+    pb = tm.make_batch(prefix_rows, seed=4)
+    out = judge.judge_generate(model, pb, suffixes, max_new_tokens=NEW)
+    # each pair alone: its full prompt (same image pixels), left padded in one batch
+    full_rows = [prefix_rows[p] + [s] for p in range(2) for s in suffixes[p]]
+    fb = tm.make_batch(full_rows)
+    imgs = _images(pb)
+    fb["pixel_values"] = np.concatenate([imgs[p] for p in range(2) for _ in suffixes[p]])
+    ref = engine.generate(model, fb, max_new_tokens=NEW, temperature=0.0)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref.logprobs), atol=1e-4)
+
+
+def test_sharded_equals_single_device(qwen2_vl, sampled):
+    """Mesh (data 2, fsdp 1, tensor 4) on 8 fake CPU devices: the 6 sample rows split over data,
+    heads over tensor; same tokens and log-probs as one device."""
+    from grlhfv_jax import sharding
+
+    fam, _, _, path = qwen2_vl
+    batch, single = sampled
+    mesh = sharding.make_mesh((2, 1, 4))
+    sharded_model = load_pretrained(path)
+    sharding.shard_model(sharded_model, mesh)
+    out = engine.generate(sharded_model, batch, rng=jax.random.key(5), **SAMPLE_KW)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(single.tokens))
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(single.logprobs), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(out.finished), np.asarray(single.finished))
+    assert len(out.tokens.sharding.device_set) == 8
