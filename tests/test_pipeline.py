@@ -124,6 +124,21 @@ def test_rerun_skips_finished_stages_and_refuses_a_changed_config(smoke_run, cap
         main.run(changed, workdir)
 
 
+def test_nscale_stage_writes_a_gain_per_n(smoke_run):
+    config, workdir, _ = smoke_run
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.nscale = {"ns": [2], "rewards": ["grm"], "policy": config.policy_rl.to_dict()}
+    stages.validate(config)
+    writer = MetricsWriter(workdir, tensorboard=False)
+    summary = stages.run_stage("nscale", config, workdir, writer)
+    writer.close()
+    gains = json.load(open(os.path.join(workdir, "nscale.json")))
+    assert set(gains) == {"grm"} and set(gains["grm"]) == {"2"}
+    assert summary["nscale/grm_gain_n2"] == gains["grm"]["2"]
+    assert os.path.isfile(os.path.join(workdir, "nscale", "nscale_grm_n2", "policy", "config.json"))
+
+
 @pytest.mark.slow
 def test_full_demo_learns(tmp_path):
     """The README's demo: the GRM learns the principle and the policy's oracle score rises."""

@@ -20,6 +20,7 @@ STAGES = {
             "policy_rl": ("policy_rl", "policy_rl"),
         "policy_rl_rm": ("policy_rl", "policy_rl_rm"),
         "evaluate": ("evaluate", "evaluate"),
+    "nscale": ("nscale", "nscale"),
 }
 
 

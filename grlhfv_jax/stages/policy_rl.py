@@ -84,8 +84,10 @@ def judge_groups(grm, codec, sec, recs, texts, complete, *, seed: int, split=Non
     return rewards, all_judgments
 
 
-def run(config, workdir: str, writer, section: str) -> dict:
+def run(config, workdir: str, writer, section: str, out_root: str | None = None) -> dict:
+    """Trains; inputs from `workdir`, outputs under `out_root` (default: workdir)."""
     from flax import nnx
+    out_root = out_root or workdir
     sec = config[section]
     paths = data_stage.paths(config, workdir)
     world = data_stage.world_config(config)
@@ -143,9 +145,9 @@ def run(config, workdir: str, writer, section: str) -> dict:
         return state, metrics
 
     common.train_loop(section, state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
-                      ckpt_dir=os.path.join(workdir, section, "ckpt"), log_every=int(sec.get("log_every", 5)),
+                      ckpt_dir=os.path.join(out_root, section, "ckpt"), log_every=int(sec.get("log_every", 5)),
                       ckpt_every=int(sec.get("ckpt_every", 25)))
-    export_hf(state.model, output_dir(workdir, section))
+    export_hf(state.model, output_dir(out_root, section))
     return {}
 
 

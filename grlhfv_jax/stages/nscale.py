@@ -1,0 +1,70 @@
+"""Stage `nscale`: stage 2 repeated for several group sizes n (the paper's near-linear claim).
+
+For each n in `ns` and each reward in `rewards` ("grm", "rm"), trains the SFT policy with
+`policy_rl` settings (section `nscale.policy`, its `n` replaced) into `workdir/nscale/<reward>_n<n>`
+and measures the oracle score on `policy_test` prompts. Writes `workdir/nscale.json`
+({"<reward>": {"<n>": oracle gain over the SFT policy}}), which the report plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+from grlhfv_jax import models
+from grlhfv_jax.data import pipeline
+from grlhfv_jax.data import world as W
+from grlhfv_jax.stages import ConfigError, check_section, common, evaluate, policy_rl, sft
+from grlhfv_jax.stages import data as data_stage
+
+
+def _section(config, section: str, reward: str, n: int) -> str:
+    name = f"nscale_{reward}_n{n}"
+    with config.unlocked():
+        config[name] = ml_collections.ConfigDict(dict(config[section].policy.to_dict(), reward=reward, n=n))
+    return name
+
+
+def validate(config, section: str) -> None:
+    check_section(config, section, {
+        "ns": ((list, tuple), lambda v: len(v) > 0 and all(isinstance(n, int) and n >= 2 for n in v),
+               "a non-empty list of ints >= 2"),
+        "rewards": ((list, tuple), lambda v: len(v) > 0 and set(v) <= {"grm", "rm"}, "a list of 'grm' / 'rm'"),
+    })
+    if "policy" not in config[section]:
+        raise ConfigError(f"config.{section}.policy is missing (policy_rl settings for each run)")
+    probe = config.copy_and_resolve_references()
+    policy_rl.validate(probe, _section(probe, section, config[section].rewards[0], config[section].ns[0]))
+
+
+def _oracle(model, codec, recs, ev) -> float:
+    texts, _ = evaluate.answers(model, codec, recs, max_len=ev.max_len, max_new_tokens=ev.max_new_tokens)
+    return float(np.mean([W.oracle_score(r["scene"], r["question"], a) for r, a in zip(recs, texts)]))
+
+
+def run(config, workdir: str, writer, section: str) -> dict:
+    sec = config[section]
+    ev = config.evaluate
+    paths = data_stage.paths(config, workdir)
+    codec = common.codec(config, workdir)
+    recs = pipeline.load_records(paths["data_dir"], "policy_test", data_stage.world_config(config), n=ev.prompts)
+    base = _oracle(models.load_pretrained(sft.output_dir(workdir, "policy")), codec, recs, ev)
+    path = os.path.join(workdir, "nscale.json")
+    result = json.load(open(path)) if os.path.exists(path) else {}
+    summary = {"nscale/oracle_sft": base}
+    for reward in sec.rewards:
+        for n in sec.ns:
+            if str(n) in result.get(reward, {}):
+                continue  # done before a crash
+            name = _section(config, section, reward, n)
+            policy_rl.run(config, workdir, writer, section=name, out_root=os.path.join(workdir, "nscale"))
+            model = models.load_pretrained(policy_rl.output_dir(os.path.join(workdir, "nscale"), name))
+            result.setdefault(reward, {})[str(n)] = _oracle(model, codec, recs, ev) - base
+            with open(path, "w") as f:
+                json.dump(result, f, indent=2)
+            summary[f"nscale/{reward}_gain_n{n}"] = result[reward][str(n)]
+            print(f"[nscale] {reward} n={n}: oracle gain {result[reward][str(n)]:+.3f}", flush=True)
+    return summary
