@@ -304,7 +304,9 @@ def prefill(model_split, batch: dict, *, cache_len_extra: int, num_samples: int 
     graphdef, state = model_split
     ids, mask = prepare_prompts(batch, pad_id=pad_id)
     image_embeds, grid = None, None
-    if batch.get("pixel_values") is not None and np.asarray(batch.get("image_grid_thw", np.zeros((0, 3)))).size:
+    has_images = batch.get("pixel_values") is not None and batch.get("image_grid_thw") is not None \
+        and np.asarray(batch["image_grid_thw"]).size > 0
+    if has_images:
         grid = np.asarray(batch["image_grid_thw"], np.int32).reshape(-1, 3)
         n_tok = int((np.prod(grid, axis=1) // merge_size ** 2).sum())
         image_embeds = encode_images(model_split, batch["pixel_values"], grid, pad_to=bucket_length(n_tok))
