@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from grlhfv_jax.rollout import engine, sampling
+from grlhfv_jax.rollout import engine, judge, sampling
 
 
 # ----------------------------------------------------------------------------- numpy references
@@ -99,7 +99,7 @@ def test_token_logprobs_and_rng(logits):
 # ----------------------------------------------------------------------------- decode loop on a toy model
 
 V = 16
-ToyConfig = collections.namedtuple("ToyConfig", "spatial_merge_size")
+ToyConfig = collections.namedtuple("ToyConfig", "spatial_merge_size image_token_id")
 
 
 class ToyLM(nnx.Module):
@@ -110,7 +110,7 @@ class ToyLM(nnx.Module):
 
     def __init__(self):
         self.bias = nnx.Param(jnp.linspace(0.0, 0.5, V))
-        self.config = ToyConfig(spatial_merge_size=2)
+        self.config = ToyConfig(spatial_merge_size=2, image_token_id=99)
 
     def init_cache(self, batch, max_len, dtype=None):
         return {"k": jnp.zeros((1, batch, max_len, 1, 1), jnp.float32),
@@ -198,6 +198,30 @@ def test_toy_sampling_rng(toy):
         for s in range(7):
             lg = 4.0 * np.eye(V)[(p0 + s + 1) % V] + BIAS
             assert lg[t[r, s]] >= np.sort(lg)[-8]
+
+
+def test_toy_no_recompile_within_buckets(toy):
+    # prompt lengths 5 and 7 share the bucket 8, max_new_tokens 5 and 7 the buffer 8: no new executables
+    engine.generate(toy, _toy_batch(), max_new_tokens=5, temperature=0.0)
+    sizes = engine._prefill._cache_size(), engine._decode._cache_size()
+    b = _toy_batch()
+    b = {k: np.concatenate([np.zeros((2, 2), np.int32) + (k == "input_ids") * 3, v], axis=1) for k, v in b.items()}
+    out = engine.generate(toy, b, max_new_tokens=7, temperature=0.0)
+    assert (engine._prefill._cache_size(), engine._decode._cache_size()) == sizes
+    np.testing.assert_array_equal(np.asarray(out.tokens)[0], [11, 12, 13, 14, 15, 0, 1])
+
+
+def test_toy_judge_positions_and_samples(toy):
+    # prefix rows of 3 and 5 real tokens; suffixes of 1..4 tokens. Positions must continue from the
+    # prefix through each suffix (holes skipped), so greedy output starts at
+    # (1000 + prefix + suffix) % 16; every sample row of a pair equals it.
+    pre = _toy_batch()
+    suffixes = [[[7], [7, 7, 7, 7]], [[8, 8], [8, 8, 8], [9]]]
+    out = judge.judge_generate(toy, pre, suffixes, max_new_tokens=3, num_samples=2, pad_token_id=-1)
+    firsts = [(1000 + p + len(s)) % V for p, sfx in zip((3, 5), suffixes) for s in sfx]
+    exp = np.repeat([[(f + t) % V for t in range(3)] for f in firsts], 2, axis=0)
+    np.testing.assert_array_equal(np.asarray(out.tokens), exp)
+    assert out.tokens.shape == (10, 3)
 
 
 def test_bucket_length():
