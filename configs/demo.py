@@ -68,7 +68,7 @@ def get_config(arg: str = ""):
                 eval_rows=64)
     policy = dict(reward="grm", steps=60, prompts_per_step=8, n=5, mini_batches=1, max_len=48, max_new_tokens=24,
                   temperature=1.0, lr=5e-4, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, clip_eps=0.2,
-                  pairs="both", aggregator="mean", judge_max_len=120, judge_max_new_tokens=24, judge_rows=64,
+                  pairs="both", aggregator="mean", judge_max_new_tokens=24, judge_rows=64,
                   judge_temperature=0.0, log_every=5, ckpt_every=20)
     c.policy_rl = dict(policy)
     c.policy_rl_rm = dict(policy, reward="rm")
@@ -88,7 +88,6 @@ def get_config(arg: str = ""):
                         eval_pairs=4, eval_every=1, eval_rows=8)
         c.rm.update(steps=2, pairs_per_step=2, max_len=96, eval_pairs=4, eval_rows=8)
         for k in ("policy_rl", "policy_rl_rm"):
-            c[k].update(steps=2, prompts_per_step=2, n=2, max_len=64, max_new_tokens=6, judge_max_len=192,
-                        judge_max_new_tokens=8, judge_rows=8)
+            c[k].update(steps=2, prompts_per_step=2, n=2, max_len=64, max_new_tokens=6, judge_max_new_tokens=8, judge_rows=8)
         c.evaluate.update(prompts=4, max_len=64, max_new_tokens=6)
     return c

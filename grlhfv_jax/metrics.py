@@ -91,7 +91,9 @@ def _json_default(o: Any):
 
 
 def update_summary(workdir: str, values: Mapping[str, Any]) -> dict:
-    """Merges flat `values` (e.g. {"grm/accuracy_id": 0.9}) into `workdir/summary.json`."""
+    """Merges flat `values` (e.g. {"grm/accuracy_id": 0.9}) into `workdir/summary.json`.
+
+    Non-finite numbers (a rate with nothing to count) are written as null."""
     path = os.path.join(workdir, "summary.json")
     summary = {}
     if os.path.exists(path):
@@ -99,7 +101,10 @@ def update_summary(workdir: str, values: Mapping[str, Any]) -> dict:
             summary = json.load(f)
     for k, v in values.items():
         f = _to_float(v)
-        summary[k] = f if f is not None and not isinstance(v, str) else v
+        if f is None or isinstance(v, str):
+            summary[k] = v
+        else:
+            summary[k] = f if math.isfinite(f) else None  # strict JSON: undefined rates are null
     write_json_atomic(path, summary)
     return summary
 

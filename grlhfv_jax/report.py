@@ -23,12 +23,12 @@ from grlhfv_jax.metrics import read_jsonl  # noqa: E402
 
 # (stage, metric) pairs drawn as training curves when present.
 CURVES = [
-        ("sft", "policy/loss"), ("sft", "grm/loss"),
-        ("grm_rl", "reward_mean"), ("grm_rl", "kl"), ("grm_rl", "eval/accuracy_id"),
-        ("rm", "loss"), ("rm", "accuracy"),
-        ("dpo", "loss"), ("dpo", "reward_accuracy"),
-        ("policy_rl", "reward_mean"), ("policy_rl", "oracle_mean"), ("policy_rl", "kl"),
-        ("policy_rl_rm", "reward_mean"), ("policy_rl_rm", "oracle_mean"),
+    ("sft_policy", "loss"), ("sft_grm", "loss"),
+    ("grm_rl", "reward/mean"), ("grm_rl", "judge/parse_failure"), ("grm_rl", "kl"), ("grm_rl", "eval/accuracy_id"),
+    ("rm", "loss"), ("rm", "accuracy"),
+    ("policy_rl", "reward/mean"), ("policy_rl", "oracle/mean"), ("policy_rl", "kl"),
+    ("policy_rl", "judge/position_consistency"),
+    ("policy_rl_rm", "reward/mean"), ("policy_rl_rm", "oracle/mean"),
 ]
 
 
@@ -88,12 +88,12 @@ def _hacking(series) -> str:
     """Judge reward vs oracle score over policy training: where they part, the judge is fooled."""
     parts = []
     for stage in ("policy_rl", "policy_rl_rm"):
-        if (stage, "reward_mean") in series and (stage, "oracle_mean") in series:
+        if (stage, "reward/mean") in series and (stage, "oracle/mean") in series:
             fig, ax = plt.subplots(figsize=(5, 3))
-            xs, ys = series[(stage, "reward_mean")]
+            xs, ys = series[(stage, "reward/mean")]
             ax.plot(xs, ys, label="judge reward (mean)")
             ax2 = ax.twinx()
-            xo, yo = series[(stage, "oracle_mean")]
+            xo, yo = series[(stage, "oracle/mean")]
             ax2.plot(xo, yo, color="#dd8452", label="oracle score (mean)")
             ax.set_xlabel("step", fontsize=8)
             ax.set_ylabel("judge reward", fontsize=8)

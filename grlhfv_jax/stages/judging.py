@@ -32,6 +32,41 @@ def judge(grm, codec: common.Codec, items: Sequence[tuple], *, rows: int, max_le
     return texts
 
 
+def judge_shared(grm, codec: common.Codec, groups: Sequence[tuple], *, max_new_tokens: int,
+                 temperature: float = 0.0, seed: int = 0, model_split=None, max_prompts: int = 16) -> list[list[str]]:
+    """GRM output text for many pairs that share an image and question (grouped comparison).
+
+    groups: (question, image, [(response_1, response_2), ...]). The pairs of one group share the
+    prompt's token prefix (system, image, question, ...); the sampler prefills it once and copies
+    its KV cache to every pair (`rollout.judge_generate`). Returns texts per group, per pair.
+    """
+    from grlhfv_jax.rollout.judge import judge_generate, split_common_prefix
+    out: list[list[str]] = []
+    for start in range(0, len(groups), max_prompts):
+        chunk = [g for g in groups[start:start + max_prompts]]
+        prefixes, suffixes, live = [], [], []
+        for q, img, pairs in chunk:
+            if not pairs:
+                continue
+            full = [codec.grm_example(q, img, a, b) for a, b in pairs]
+            prefix, rest = split_common_prefix([f["input_ids"] for f in full])
+            prefixes.append(dict(full[0], input_ids=np.asarray(prefix, np.int32)))
+            suffixes.append(rest)
+            live.append(len(pairs))
+        texts: list[str] = []
+        if prefixes:
+            b = common.batch(prefixes, codec, side="left", max_len=max(len(p["input_ids"]) for p in prefixes))
+            gen = judge_generate(grm, b, suffixes, max_new_tokens=max_new_tokens, temperature=temperature,
+                                 eos_token_id=codec.eos_id, rng=jax.random.key(seed + start), pad_token_id=codec.pad_id,
+                                 model_split=model_split)
+            texts = codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
+        k = 0
+        for q, img, pairs in chunk:
+            out.append(texts[k:k + len(pairs)])
+            k += len(pairs)
+    return out
+
+
 def grm_accuracy(grm, codec, records: Sequence[dict], *, rows: int, max_len: int, max_new_tokens: int,
                  prefix: str = "") -> tuple[dict, list[dict]]:
     """Greedy judgments of every pair in both orders.

@@ -49,7 +49,6 @@ def validate(config, section: str) -> None:
         check_section(config, section, {
             "pairs": (str, lambda v: v in ("both", "one", "random"), "'both', 'one' or 'random'"),
             "aggregator": (str, lambda v: v in grouped.AGGREGATORS, f"one of {sorted(grouped.AGGREGATORS)}"),
-            "judge_max_len": (int, lambda v: v >= 16, "an int >= 16"),
             "judge_max_new_tokens": POS_INT,
         })
         if sec.pairs == "random" and int(sec.get("num_pairs", 0)) < 1:
@@ -70,11 +69,11 @@ def judge_groups(grm, codec, sec, recs, texts, complete, *, seed: int, split=Non
     P, n = complete.shape
     plans = [grouped.judging_plan(n, complete[p], sec.pairs, num_pairs=sec.get("num_pairs"), seed=seed + p)
              for p in range(P)]
-    items = [(recs[p]["question"], recs[p]["image"], texts[p * n + i], texts[p * n + j])
-             for p in range(P) for i, j in plans[p]]
-    outs = judging.judge(grm, codec, items, rows=int(sec.get("judge_rows", 64)), max_len=sec.judge_max_len,
-                         max_new_tokens=sec.judge_max_new_tokens, temperature=float(sec.get("judge_temperature", 0.0)),
-                         seed=seed, model_split=split) if items else []
+    groups = [(recs[p]["question"], recs[p]["image"], [(texts[p * n + i], texts[p * n + j]) for i, j in plans[p]])
+              for p in range(P)]
+    outs = [t for g in judging.judge_shared(grm, codec, groups, max_new_tokens=sec.judge_max_new_tokens,
+                                            temperature=float(sec.get("judge_temperature", 0.0)), seed=seed,
+                                            model_split=split) for t in g]
     rewards, all_judgments, k = np.zeros((P, n)), [], 0
     for p in range(P):
         judgments = {pair: grm_reward.pair_scores(t) for pair, t in zip(plans[p], outs[k:k + len(plans[p])])}
