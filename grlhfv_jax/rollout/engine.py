@@ -250,7 +250,10 @@ def encode_images(model_split, pixel_values, image_grid_thw, *, pad_to: int | No
     for g in sorted({tuple(r) for r in grid.tolist()}):
         idx = [i for i in range(len(grid)) if tuple(grid[i]) == g]
         stack = np.stack([pv[starts[i]:starts[i] + n_patch[i]] for i in idx])
-        out = _encode_same_size(graphdef, state, stack, jnp.asarray(grid[idx], jnp.int32))
+        n_pad = bucket_length(len(idx), minimum=1) - len(idx)       # bucket the image count: fewer compiles
+        stack = np.concatenate([stack, np.repeat(stack[:1], n_pad, 0)])
+        grids = np.concatenate([grid[idx], np.repeat(grid[idx][:1], n_pad, 0)])
+        out = _encode_same_size(graphdef, state, stack, jnp.asarray(grids, jnp.int32))
         for j, i in enumerate(idx):
             pieces[i] = out[j]
     emb = jnp.concatenate(pieces, axis=0)
