@@ -218,15 +218,15 @@ def bench_rollout(args) -> dict:
                ours_decode_s=ours["decode"], ours_decode_tokens_per_s=args.batch * (args.new_tokens - 1) / ours["decode"],
                ours_step_ms=1e3 * ours["decode"] / max(args.new_tokens - 1, 1))
     if not on_cpu:
-        itemsize = np.dtype(args.dtype).itemsize
+        itemsize = jnp.dtype(args.dtype).itemsize
         param_bytes = n_text * itemsize      # decoder + (tied) LM head; the vision tower is not read in decode
         step_bytes = param_bytes + ours["cache_bytes"]
         bw = args.peak_bandwidth or peak_bandwidth(device.device_kind)
         res.update(step_bytes=step_bytes, peak_bandwidth=bw,
                    roofline_fraction=(step_bytes / (ours["decode"] / max(args.new_tokens - 1, 1)) / bw) if bw else None)
-    if not args.skip_hf:
-        if not on_cpu:
-            _log("note: transformers runs on the CPU here (torch CPU build)")
+    if not on_cpu and not args.hf_on_cpu:
+        res["hf"] = "skipped: the torch build is CPU-only; pass --hf-on-cpu to time it anyway"
+    elif not args.skip_hf:
         hf_t, hf_first = _time_hf(hf, batch, args)
         res.update(hf_tokens_per_s=n_tok / hf_t, hf_seconds=hf_t, hf_first_call_s=hf_first,
                    speedup=(n_tok / ours["total"]) / (n_tok / hf_t))
@@ -256,6 +256,7 @@ def _add_rollout(sub):
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs XLA uses)")
     p.add_argument("--peak-bandwidth", type=float, default=0.0, help="bytes/s; default from the device kind")
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--hf-on-cpu", action="store_true", help="on an accelerator, still time transformers (CPU)")
     return p
 
 
