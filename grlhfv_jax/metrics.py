@@ -109,11 +109,11 @@ def update_summary(workdir: str, values: Mapping[str, Any]) -> dict:
     return summary
 
 
-def progress(iterable=None, *, total=None, desc: str = "", disable: bool | None = None):
-    """A tqdm progress bar, shown only on the main process."""
+def progress(iterable=None, *, total=None, desc: str = "", initial: int = 0, disable: bool | None = None):
+    """A tqdm progress bar, shown only on the main process (`initial`: steps already done)."""
     if disable is None:
         disable = not _is_main_process()
-    return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=True)
+    return tqdm(iterable, total=total, desc=desc, initial=initial, disable=disable, dynamic_ncols=True, leave=True)
 
 
 def _is_main_process() -> bool:

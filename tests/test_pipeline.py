@@ -124,6 +124,28 @@ def test_rerun_skips_finished_stages_and_refuses_a_changed_config(smoke_run, cap
         main.run(changed, workdir)
 
 
+def test_grouped_judging_shares_the_prefix_and_equals_separate_prompts(smoke_run):
+    """Stage 2's judge path (one prefix prefill per prompt, pairs in its copied cache) must give the
+    texts that judging every pair with its full prompt gives (greedy)."""
+    from grlhfv_jax import models
+    from grlhfv_jax.data import pipeline
+    from grlhfv_jax.stages import data as data_stage
+    from grlhfv_jax.stages import judging
+    config, workdir, _ = smoke_run
+    codec = common.codec(config, workdir)
+    grm = models.load_pretrained(os.path.join(workdir, "grm_rl", "grm"))
+    recs = pipeline.load_records(data_stage.paths(config, workdir)["data_dir"], "grm_test_id",
+                                 data_stage.world_config(config), n=2)
+    answers = ["Red.", "They are two blue squares on the left.", "Maybe green."]
+    groups = [(r["question"], r["image"], [(answers[i], answers[j]) for i in range(3) for j in range(3) if i != j][:k])
+              for r, k in zip(recs, (6, 3))]
+    shared = judging.judge_shared(grm, codec, groups, max_new_tokens=8)
+    separate = judging.judge(grm, codec, [(q, img, a, b) for q, img, pairs in groups for a, b in pairs],
+                             rows=9, max_len=256, max_new_tokens=8)
+    assert [len(g) for g in shared] == [6, 3]
+    assert [t for g in shared for t in g] == separate
+
+
 def test_nscale_stage_writes_a_gain_per_n(smoke_run):
     config, workdir, _ = smoke_run
     config = config.copy_and_resolve_references()

@@ -106,15 +106,30 @@ def _constrain_rows(x, mesh, row_dim=0):
 
 
 def _constrain_cache(cache, mesh):
+    """Rows over the batch axes, kv heads over 'tensor'. k/v: [L, B, S, Hkv, D] or a tuple of
+    L arrays [B, S, Hkv, D] (the decode loop's layout)."""
     if mesh is None:
         return cache
+
+    def one(x, lead):
+        spec = _rows_spec(mesh, x.shape[lead], x.ndim, row_dim=lead, head_dim=lead + 2, n_heads=x.shape[lead + 2])
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
     out = dict(cache)
     for name in ("k", "v"):
-        x = cache[name]                                  # [L, B, S, Hkv, D]
-        spec = _rows_spec(mesh, x.shape[1], x.ndim, row_dim=1, head_dim=3, n_heads=x.shape[3])
-        out[name] = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+        x = cache[name]
+        out[name] = tuple(one(a, 0) for a in x) if isinstance(x, tuple) else one(x, 1)
     out["mask"] = _constrain_rows(cache["mask"], mesh)
     return out
+
+
+def _unstack_cache(cache):
+    """k/v [L, ...] -> tuples of L per-layer arrays. In the decode loop the model reads layer i as
+    `cache["k"][i]` and returns `jnp.stack` of the updated layers; with per-layer arrays in the
+    loop carry XLA folds slice(stack(...)) away and updates each layer in place, instead of
+    copying the whole cache every step (slice + stack of a stacked carry)."""
+    return dict(cache, k=tuple(cache["k"][i] for i in range(cache["k"].shape[0])),
+                v=tuple(cache["v"][i] for i in range(cache["v"].shape[0])))
 
 
 def _place_rows(x, mesh):
@@ -214,10 +229,10 @@ def _decode(graphdef, state, cache, logits, deltas, done, key, first_slot, max_n
         slot = first_slot + t
         pos = jnp.broadcast_to((slot + deltas)[None, :, None], (3, N, 1)).astype(jnp.int32)
         logits, cache = _last_logits(model, tok[:, None], jnp.ones((N, 1), jnp.int32), pos, cache, slot)
-        cache = _constrain_cache(cache, mesh)
+        cache = _constrain_cache(_unstack_cache(cache), mesh)
         return t + 1, cache, _constrain_rows(logits, mesh), done, toks, lps, lengths, finished
 
-    c = (jnp.int32(0), cache, logits, done, toks, lps, lengths, finished)
+    c = (jnp.int32(0), _constrain_cache(_unstack_cache(cache), mesh), logits, done, toks, lps, lengths, finished)
     t, cache, logits, done, toks, lps, lengths, finished = jax.lax.while_loop(cond, body, c)
     # the last token needs no forward pass (nothing is sampled after it)
     _, _, toks, lps, lengths, finished = jax.lax.cond(

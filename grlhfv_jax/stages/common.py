@@ -68,6 +68,11 @@ class Codec:
                 "vision_end_token_id": c(processing.VISION_END), "video_token_id": c("<|video_pad|>"),
                 "eos_token_id": self.eos_id, "pad_token_id": self.pad_id}
 
+    def banned_ids(self) -> list[int]:
+        """Token ids a response must not contain (image and vision markers)."""
+        ids = self.special_ids()
+        return [ids[k] for k in ("image_token_id", "vision_start_token_id", "vision_end_token_id", "video_token_id")]
+
     def example(self, question: str, image, response: str | None = None) -> dict:
         text = processing.chat_prompt(question, num_images=1, tokenizer=self.tokenizer)
         return processing.encode_example(self.tokenizer, self.image_processor, text, [image], response)
@@ -184,8 +189,7 @@ def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckp
         start = restored[0]
         print(f"[{name}] resuming at step {start}/{steps} from {ckpt_dir}", flush=True)
     last: dict = {}
-    bar = progress(range(start, steps), total=steps, desc=name)
-    bar.update(start)
+    bar = progress(range(start, steps), total=steps, desc=name, initial=start)
     acc: dict[str, list] = {}
     try:
         for step in bar:

@@ -96,9 +96,15 @@ def run(config, workdir: str, writer, section: str) -> dict:
     records_ood = pipeline.load_records(paths["data_dir"], "grm_test_ood", world, n=sec.eval_pairs)
 
     summary = {}
-    if sec.eval_pairs:
+    done_before = _previous_summary(workdir, "grm/sft_accuracy_id")
+    if done_before:  # resuming: the SFT model was evaluated before the interruption
+        summary = done_before
+    elif sec.eval_pairs:
         before, _ = evaluate_grm(grm, codec, config, sec, records_id, records_ood, "grm/sft")
         summary = _rename(before, "sft")
+        os.makedirs(os.path.join(workdir, "grm_rl"), exist_ok=True)
+        with open(os.path.join(workdir, "grm_rl", "sft_eval.json"), "w") as f:
+            json.dump(summary, f)
         print(f"[grm_rl] before RL: {json.dumps({k: round(v, 3) for k, v in summary.items()})}", flush=True)
 
     state = common.make_train_state(grm, sec, sec.steps)
@@ -118,6 +124,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
         gen = generate(state.model, prompts, max_new_tokens=sec.max_new_tokens, temperature=float(sec.temperature),
                        eos_token_id=codec.eos_id, num_samples=G, rng=jax.random.key(config.seed * 100003 + step),
                        pad_token_id=codec.pad_id)
+        gen = rollouts.cut_at_tokens(gen, codec.banned_ids())
         texts = codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
         labels = np.repeat([y for *_, y in items], G)
         correct = np.array([grm_reward.pair_reward(t, y) for t, y in zip(texts, labels)]).reshape(len(items), G)
@@ -150,6 +157,16 @@ def run(config, workdir: str, writer, section: str) -> dict:
         save_samples(workdir, records_id, samples)
         writer.write("grm_rl", sec.steps, {"eval/accuracy_id": after["grm/rl_id_accuracy"]})
     return summary
+
+
+def _previous_summary(workdir: str, key: str) -> dict:
+    """The `grm/sft_*` figures of an interrupted run of this stage, if it logged them."""
+    path = os.path.join(workdir, "grm_rl", "sft_eval.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            found = json.load(f)
+        return found if key in found else {}
+    return {}
 
 
 def _rename(m: dict, tag: str) -> dict:

@@ -44,15 +44,16 @@ def judge_shared(grm, codec: common.Codec, groups: Sequence[tuple], *, max_new_t
     out: list[list[str]] = []
     for start in range(0, len(groups), max_prompts):
         chunk = [g for g in groups[start:start + max_prompts]]
-        prefixes, suffixes, live = [], [], []
+        prefixes, suffixes = [], []
         for q, img, pairs in chunk:
             if not pairs:
                 continue
             full = [codec.grm_example(q, img, a, b) for a, b in pairs]
             prefix, rest = split_common_prefix([f["input_ids"] for f in full])
-            prefixes.append(dict(full[0], input_ids=np.asarray(prefix, np.int32)))
+            prefix = np.asarray(prefix, np.int32)
+            prefixes.append(dict(full[0], input_ids=prefix, loss_mask=np.zeros_like(prefix),
+                                 mm_token_type_ids=(prefix == grm.config.image_token_id).astype(np.int32)))
             suffixes.append(rest)
-            live.append(len(pairs))
         texts: list[str] = []
         if prefixes:
             b = common.batch(prefixes, codec, side="left", max_len=max(len(p["input_ids"]) for p in prefixes))

@@ -116,6 +116,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
         gen = generate(state.model, prompts, max_new_tokens=sec.max_new_tokens, temperature=float(sec.temperature),
                        eos_token_id=codec.eos_id, num_samples=n, rng=jax.random.key(config.seed * 7919 + step),
                        pad_token_id=codec.pad_id)
+        gen = rollouts.cut_at_tokens(gen, codec.banned_ids())
         texts = codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
         complete = np.asarray(gen.finished).reshape(len(recs), n)
         rewards = np.zeros((len(recs), n))

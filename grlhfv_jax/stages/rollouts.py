@@ -134,3 +134,22 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     out.update(grpo.rollout_metrics(rewards[keep], adv.reshape(P, G)[keep], lengths.reshape(P, G)[keep],
                                     ~np.asarray(gen.finished).reshape(P, G)[keep]))
     return out
+
+
+def cut_at_tokens(gen, banned_ids) -> "GenerationOutput":
+    """Ends each row before its first banned token (image / vision markers a model may emit).
+
+    Such a token cannot be fed back as text (it would claim an image that is not there), so the
+    response is cut just before it and counted as unfinished (truncated): it gets the incomplete
+    reward and its remaining tokens are padding. Returns a new GenerationOutput (numpy).
+    """
+    from grlhfv_jax.rollout import GenerationOutput
+    tokens, lengths = np.asarray(gen.tokens).copy(), np.asarray(gen.lengths).copy()
+    finished, logprobs = np.asarray(gen.finished).copy(), np.asarray(gen.logprobs).copy()
+    live = response_mask(lengths, tokens.shape[1]).astype(bool)
+    bad = np.isin(tokens, np.asarray(list(banned_ids))) & live
+    for r in np.flatnonzero(bad.any(axis=1)):
+        cut = int(np.argmax(bad[r]))
+        lengths[r], finished[r] = cut, False
+        logprobs[r, cut:] = 0.0
+    return GenerationOutput(tokens, logprobs, lengths, finished)
