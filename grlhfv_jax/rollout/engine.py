@@ -128,8 +128,10 @@ def _unstack_cache(cache):
     `cache["k"][i]` and returns `jnp.stack` of the updated layers; with per-layer arrays in the
     loop carry XLA folds slice(stack(...)) away and updates each layer in place, instead of
     copying the whole cache every step (slice + stack of a stacked carry)."""
-    return dict(cache, k=tuple(cache["k"][i] for i in range(cache["k"].shape[0])),
-                v=tuple(cache["v"][i] for i in range(cache["v"].shape[0])))
+    def split(x):
+        return x if isinstance(x, tuple) else tuple(x[i] for i in range(x.shape[0]))
+
+    return dict(cache, k=split(cache["k"]), v=split(cache["v"]))
 
 
 def _place_rows(x, mesh):
