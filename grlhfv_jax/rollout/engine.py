@@ -231,10 +231,19 @@ def _decode(graphdef, state, cache, logits, deltas, done, key, first_slot, max_n
         slot = first_slot + t
         pos = jnp.broadcast_to((slot + deltas)[None, :, None], (3, N, 1)).astype(jnp.int32)
         logits, cache = _last_logits(model, tok[:, None], jnp.ones((N, 1), jnp.int32), pos, cache, slot)
-        cache = _constrain_cache(_unstack_cache(cache), mesh)
+        cache = _constrain_cache(layout(cache), mesh)
         return t + 1, cache, _constrain_rows(logits, mesh), done, toks, lps, lengths, finished
 
-    c = (jnp.int32(0), _constrain_cache(_unstack_cache(cache), mesh), logits, done, toks, lps, lengths, finished)
+    # Per-layer cache tuples if the model's cached forward accepts them (it indexes cache["k"][i]);
+    # otherwise (a model that updates the stacked array itself) keep the stacked layout.
+    layout = _unstack_cache
+    try:
+        probe = jnp.broadcast_to((first_slot + deltas)[None, :, None], (3, N, 1)).astype(jnp.int32)
+        jax.eval_shape(lambda c: _last_logits(model, jnp.zeros((N, 1), jnp.int32), jnp.ones((N, 1), jnp.int32),
+                                              probe, c, first_slot), _unstack_cache(cache))
+    except (AttributeError, TypeError, IndexError, ValueError):
+        layout = lambda c: c                                                    # noqa: E731
+    c = (jnp.int32(0), _constrain_cache(layout(cache), mesh), logits, done, toks, lps, lengths, finished)
     t, cache, logits, done, toks, lps, lengths, finished = jax.lax.while_loop(cond, body, c)
     # the last token needs no forward pass (nothing is sampled after it)
     _, _, toks, lps, lengths, finished = jax.lax.cond(
