@@ -224,5 +224,21 @@ def test_toy_judge_positions_and_samples(toy):
     assert out.tokens.shape == (10, 3)
 
 
+class StackedToyLM(ToyLM):
+    """A model whose cached forward updates the stacked [L, B, S, ...] cache itself (needs .dtype)."""
+
+    def __call__(self, input_ids, attention_mask=None, *, position_ids=None, cache=None, cache_index=None, **kw):
+        B, T = input_ids.shape
+        k = jax.lax.dynamic_update_slice(cache["k"], jnp.ones((1, B, T, 1, 1), cache["k"].dtype), (0, 0, cache_index, 0, 0))
+        logits, new = super().__call__(input_ids, attention_mask, position_ids=position_ids, cache=cache,
+                                       cache_index=cache_index)
+        return logits, dict(new, k=k)
+
+
+def test_decode_falls_back_to_stacked_cache():
+    out = engine.generate(StackedToyLM(), _toy_batch(), max_new_tokens=5, temperature=0.0, eos_token_id=0)
+    np.testing.assert_array_equal(np.asarray(out.tokens), [[11, 12, 13, 14, 15], [13, 14, 15, 0, 0]])
+
+
 def test_bucket_length():
     assert [engine.bucket_length(n) for n in (1, 8, 9, 33, 64, 65, 128, 129)] == [8, 8, 16, 64, 64, 128, 128, 192]
