@@ -57,19 +57,25 @@ def get_config(arg: str = ""):
     model = dict(hf_config=tiny_qwen2_vl(), dtype="float32", param_dtype="float32", remat=False)
     c.model = dict(policy=dict(model), grm=dict(model), rm=dict(model))
 
+    # The vision tower stays at its random initialisation in every stage ("freeze"): it stands in
+    # for a pretrained ViT. Trained from scratch on this little data it collapses to a constant
+    # output (measured: colour no longer decodable from its embeddings) and the models go blind.
+    frozen = ["visual"]
     c.sft = dict(log_every=10, ckpt_every=100,
-                 policy=dict(steps=300, batch_size=32, lr=2e-3, max_len=64, warmup_ratio=0.05, data="candidates"),
-                 grm=dict(steps=500, batch_size=32, lr=2e-3, max_len=144, warmup_ratio=0.05, vqa_fraction=0.5))
+                 policy=dict(steps=300, batch_size=32, lr=3e-3, max_len=64, warmup_ratio=0.05, data="candidates",
+                             freeze=frozen),
+                 grm=dict(steps=600, batch_size=32, lr=3e-3, max_len=144, warmup_ratio=0.05, vqa_fraction=0.5,
+                          freeze=frozen))
     c.grm_rl = dict(steps=120, pairs_per_step=16, group_size=8, mini_batches=2, max_len=120, max_new_tokens=24,
                     temperature=1.0, lr=5e-4, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, clip_eps=0.2,
                     position_debias=False, consistency_reward=False, eval_pairs=200, eval_every=40, eval_rows=64,
-                    log_every=5, ckpt_every=25)
+                    log_every=5, ckpt_every=25, freeze=frozen)
     c.rm = dict(steps=300, pairs_per_step=16, lr=1e-3, max_len=64, reg=0.001, init="sft_grm", eval_pairs=200,
-                eval_rows=64)
+                eval_rows=64, freeze=frozen)
     policy = dict(reward="grm", steps=60, prompts_per_step=8, n=5, mini_batches=1, max_len=48, max_new_tokens=24,
                   temperature=1.0, lr=5e-4, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, clip_eps=0.2,
-                  pairs="both", aggregator="mean", judge_max_new_tokens=24, judge_rows=64,
-                  judge_temperature=0.0, log_every=5, ckpt_every=20)
+                  pairs="both", aggregator="mean", judge_max_new_tokens=24,
+                  judge_temperature=0.0, log_every=5, ckpt_every=20, freeze=frozen)
     c.policy_rl = dict(policy)
     c.policy_rl_rm = dict(policy, reward="rm")
     c.evaluate = dict(prompts=200, max_len=48, max_new_tokens=24)
@@ -88,6 +94,6 @@ def get_config(arg: str = ""):
                         eval_pairs=4, eval_every=1, eval_rows=8)
         c.rm.update(steps=2, pairs_per_step=2, max_len=96, eval_pairs=4, eval_rows=8)
         for k in ("policy_rl", "policy_rl_rm"):
-            c[k].update(steps=2, prompts_per_step=2, n=2, max_len=64, max_new_tokens=6, judge_max_new_tokens=8, judge_rows=8)
+            c[k].update(steps=2, prompts_per_step=2, n=2, max_len=64, max_new_tokens=6, judge_max_new_tokens=8)
         c.evaluate.update(prompts=4, max_len=64, max_new_tokens=6)
     return c

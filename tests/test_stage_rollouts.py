@@ -72,3 +72,25 @@ def test_grpo_loop_learns_a_learnable_reward_on_tiny_qwen2_vl():
         means.append(rewards.mean())
         rollouts.grpo_update(state, ref, prompts, gen, rewards, pad_id=0, cfg=cfg, mini_batches=2)
     assert np.mean(means[-2:]) > np.mean(means[:2]) + 0.2, means
+
+
+def test_freeze_keeps_the_vision_tower_fixed_and_trains_the_rest():
+    from ml_collections import ConfigDict
+    from tiny_models import make_batch, tiny_hf_config  # tests/ is on sys.path
+
+    from grlhfv_jax.stages import common
+
+    model = models.from_config(tiny_hf_config("qwen2_vl").to_dict(), rngs=nnx.Rngs(0))
+    before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    state = common.make_train_state(model, ConfigDict({"lr": 1e-2, "warmup_ratio": 0.0, "freeze": ["visual"]}), 10)
+    raw = make_batch([[[5, 6], (1, 4, 4), [7, 8, 9]], [(1, 2, 4), [10, 11, 12, 13]]], pad_side="right")
+    batch = {k: raw[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
+    batch["loss_mask"] = np.asarray(batch["attention_mask"])
+    train.sft_step(state, batch)
+    after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    flat_b = dict(jax.tree_util.tree_flatten_with_path(before)[0])
+    changed = {jax.tree_util.keystr(p): not np.array_equal(flat_b[p], np.asarray(v))
+               for p, v in jax.tree_util.tree_flatten_with_path(after)[0]}
+    vision = [k for k in changed if k.startswith("['visual']")]
+    assert vision and not any(changed[k] for k in vision)
+    assert all(changed[k] for k in changed if "['model']['layers']" in k and "kernel" in k)

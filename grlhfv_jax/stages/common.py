@@ -162,7 +162,25 @@ def make_train_state(model, opt_cfg, total_steps: int):
         learning_rate=float(opt_cfg.lr), total_steps=max(int(total_steps), 1),
         warmup_ratio=float(opt_cfg.get("warmup_ratio", 0.03)), weight_decay=float(opt_cfg.get("weight_decay", 0.01)),
         max_grad_norm=float(opt_cfg.get("max_grad_norm", 1.0)))
+    frozen = tuple(opt_cfg.get("freeze", ()) or ())
+    if frozen:
+        tx = freeze_params(tx, frozen)
     return train.TrainState(model, tx, schedule)
+
+
+def freeze_params(tx, prefixes: tuple[str, ...]):
+    """`tx` on every parameter except those whose path starts with one of `prefixes` (e.g.
+    "visual": the vision tower, as VLM recipes that keep a pretrained ViT fixed), which get zero
+    updates."""
+    import optax
+
+    def labels(params):
+        def label(path, _):
+            name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+            return "frozen" if any(name == p or name.startswith(p + ".") for p in prefixes) else "train"
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 class NonFiniteLossError(FloatingPointError):

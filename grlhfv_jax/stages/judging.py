@@ -110,6 +110,11 @@ def _scores(model, batch):
                        batch.get("image_grid_thw"))
 
 
+def score_batch(rm, batch: dict) -> np.ndarray:
+    """Scalar-head scores [B] of a ready batch (input_ids, attention_mask, pixel_values, image_grid_thw)."""
+    return np.asarray(_scores(rm, {k: jnp.asarray(v) for k, v in batch.items()}))
+
+
 def rm_scores(rm, codec, items: Sequence[tuple], *, rows: int, max_len: int) -> np.ndarray:
     """Score-only RM reward for each (question, image, response) item: [len(items)] float."""
     out = []
@@ -119,7 +124,7 @@ def rm_scores(rm, codec, items: Sequence[tuple], *, rows: int, max_len: int) -> 
         b = common.batch(ex, codec, side="right", max_len=max_len)
         b.pop("valid")
         b.pop("loss_mask")
-        out.append(np.asarray(_scores(rm, {k: jnp.asarray(v) for k, v in b.items()}))[:len(chunk)])
+        out.append(score_batch(rm, b)[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 

@@ -128,9 +128,14 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
                                                lengths=[len(t.split()) for t in texts[p * n:(p + 1) * n]])
                      for p in range(len(recs))]
         else:
-            items = [(r["question"], r["image"], t) for p, r in enumerate(recs) for t in texts[p * n:(p + 1) * n]]
-            scores = judging.rm_scores(judge_model, codec, items, rows=int(sec.get("judge_rows", 32)),
-                                       max_len=sec.max_len + sec.max_new_tokens).reshape(len(recs), n)
+            # The RM scores the exact tokens the policy produced (prompt + response, EOS last).
+            base = {k: v for k, v in prompts.items() if k in ("input_ids", "attention_mask", "pixel_values",
+                                                             "image_grid_thw")}
+            rows = rollouts.repeat_rows(base, n, image_token_id=judge_model.config.image_token_id,
+                                        merge_size=judge_model.config.spatial_merge_size)
+            seqs = rollouts.training_rows(rows, np.asarray(gen.tokens), np.asarray(gen.lengths), pad_id=codec.pad_id)
+            seqs.pop("response_mask")
+            scores = judging.score_batch(judge_model, seqs).reshape(len(recs), n)
             rewards = np.where(complete, scores, 0.0)
         oracle = np.array([[W.oracle_score(r["scene"], r["question"], t) for t in texts[p * n:(p + 1) * n]]
                            for p, r in enumerate(recs)])
