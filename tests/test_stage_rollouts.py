@@ -94,3 +94,11 @@ def test_freeze_keeps_the_vision_tower_fixed_and_trains_the_rest():
     vision = [k for k in changed if k.startswith("['visual']")]
     assert vision and not any(changed[k] for k in vision)
     assert all(changed[k] for k in changed if "['model']['layers']" in k and "kernel" in k)
+
+
+def test_rm_rewards_rank_incomplete_answers_last():
+    from grlhfv_jax.stages.policy_rl import rm_rewards
+
+    scores = np.array([[-3.0, -1.0, 5.0], [2.0, 7.0, 1.0]])
+    complete = np.array([[True, True, False], [False, False, False]])
+    np.testing.assert_allclose(rm_rewards(scores, complete), [[-3.0, -1.0, -4.0], [0.0, 0.0, 0.0]])

@@ -5,7 +5,8 @@ answers (`pairs`: "both" orders = n(n-1) judgments, "one" = C(n,2), "random"), a
 reward is the aggregate (`aggregator`: "mean" = the paper's S(y_i), "win_rate", "bradley_terry")
 of its scores. Truncated answers get 0 and are never compared; unparsed judgments are dropped and
 counted. The same stage with `reward="rm"` (section `policy_rl_rm`) is the score-only baseline:
-each complete answer's reward is the Bradley-Terry RM's score.
+each complete answer's reward is the Bradley-Terry RM's score (an incomplete one: the group's
+lowest minus 1, see `rm_rewards`).
 
 Every step also scores the samples with the world's oracle (the hidden principle), which the
 policy never sees: `oracle/mean` beside `reward/mean` shows whether the judge is being fooled.
@@ -136,7 +137,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
             seqs = rollouts.training_rows(rows, np.asarray(gen.tokens), np.asarray(gen.lengths), pad_id=codec.pad_id)
             seqs.pop("response_mask")
             scores = judging.score_batch(judge_model, seqs).reshape(len(recs), n)
-            rewards = np.where(complete, scores, 0.0)
+            rewards = rm_rewards(scores, complete)
         oracle = np.array([[W.oracle_score(r["scene"], r["question"], t) for t in texts[p * n:(p + 1) * n]]
                            for p, r in enumerate(recs)])
         metrics = rollouts.grpo_update(state, ref, prompts, gen, rewards, pad_id=codec.pad_id, cfg=cfg,
@@ -154,6 +155,18 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
                       ckpt_every=int(sec.get("ckpt_every", 25)))
     export_hf(state.model, output_dir(out_root, section))
     return {}
+
+
+def rm_rewards(scores: np.ndarray, complete: np.ndarray, margin: float = 1.0) -> np.ndarray:
+    """Score-only RM rewards [P, n]: the RM's score for complete answers; an incomplete answer gets
+    the group's lowest complete score minus `margin` (the worst, as 0 is for GRM scores 1..10).
+
+    A fixed 0 would not do: RM scores are unbounded, and where complete answers score below 0 the
+    policy learns never to finish (seen in the demo)."""
+    scores, complete = np.asarray(scores, np.float64), np.asarray(complete, bool)
+    low = np.where(complete, scores, np.inf).min(axis=1, keepdims=True) - margin
+    low = np.where(np.isfinite(low), low, 0.0)  # no complete answer: all equal, no signal
+    return np.where(complete, scores, low)
 
 
 _POOL = {"parse_failure_rate": ("num_unparsed", "num_judgments"), "tie_rate": ("num_ties", "num_parsed"),
