@@ -182,7 +182,6 @@ def _time_ours(model, batch, args):
 def bench_rollout(args) -> dict:
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from grlhfv_jax.models import load_pretrained
 

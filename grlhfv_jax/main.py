@@ -9,7 +9,6 @@ a different config stops with a message listing what differs (use `--restart` to
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sys

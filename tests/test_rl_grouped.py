@@ -1,6 +1,5 @@
 """Grouped comparison: plans, aggregators and diagnostics against hand-worked cases and an
 independent numpy derivation."""
-import itertools
 import math
 
 import numpy as np

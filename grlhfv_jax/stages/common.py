@@ -145,6 +145,13 @@ def new_or_load(spec, codec: Codec, *, seed: int, scalar_head: bool = False, fro
     return model
 
 
+def load_stage_output(path: str, hint: str, *, scalar_head: bool = False):
+    """Loads an HF folder an earlier stage wrote; a missing one is an error saying what writes it."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path} is missing: {hint}")
+    return models.load_pretrained(path, scalar_head=scalar_head)
+
+
 def frozen_copy(model):
     """An independent copy of `model` (reference / frozen judge)."""
     graphdef, state = nnx.split(model)

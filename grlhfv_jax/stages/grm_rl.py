@@ -15,9 +15,7 @@ import os
 
 import jax
 import numpy as np
-from flax import nnx
 
-from grlhfv_jax import models
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.data import world as W
@@ -87,11 +85,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
     paths = data_stage.paths(config, workdir)
     world = data_stage.world_config(config)
     codec = common.codec(config, workdir)
-    src = sft.output_dir(workdir, "grm")
-    if not os.path.isfile(os.path.join(src, "config.json")):
-        raise FileNotFoundError(f"{src} is missing: run the 'sft' stage (with config.sft.grm) first")
-    grm = models.load_pretrained(src)
-    ref = models.load_pretrained(src)
+    src, hint = sft.output_dir(workdir, "grm"), "run the 'sft' stage (with config.sft.grm) first"
+    grm, ref = common.load_stage_output(src, hint), common.load_stage_output(src, hint)
     records_id = pipeline.load_records(paths["data_dir"], "grm_test_id", world, n=sec.eval_pairs)
     records_ood = pipeline.load_records(paths["data_dir"], "grm_test_ood", world, n=sec.eval_pairs)
 

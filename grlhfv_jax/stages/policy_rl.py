@@ -20,7 +20,6 @@ import os
 import jax
 import numpy as np
 
-from grlhfv_jax import models
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.data import world as W
@@ -92,15 +91,11 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
     paths = data_stage.paths(config, workdir)
     world = data_stage.world_config(config)
     codec = common.codec(config, workdir)
-    src = sft.output_dir(workdir, "policy")
-    if not os.path.isfile(os.path.join(src, "config.json")):
-        raise FileNotFoundError(f"{src} is missing: run the 'sft' stage (with config.sft.policy) first")
-    policy, ref = models.load_pretrained(src), models.load_pretrained(src)
+    src, hint = sft.output_dir(workdir, "policy"), "run the 'sft' stage (with config.sft.policy) first"
+    policy, ref = common.load_stage_output(src, hint), common.load_stage_output(src, hint)
     if sec.reward == "grm":
-        gpath = sec.get("grm_path") or grm_rl.output_dir(workdir)
-        if not os.path.isfile(os.path.join(gpath, "config.json")):
-            raise FileNotFoundError(f"{gpath} is missing: run 'grm_rl' first or set config.{section}.grm_path")
-        judge_model = models.load_pretrained(gpath)
+        judge_model = common.load_stage_output(sec.get("grm_path") or grm_rl.output_dir(workdir),
+                                               f"run 'grm_rl' first or set config.{section}.grm_path")
         judge_split = nnx.split(judge_model)  # frozen: split once
     else:
         judge_model = rm.load(workdir)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.rl import train
@@ -38,11 +36,7 @@ def output_dir(workdir: str) -> str:
 
 
 def load(workdir: str):
-    from grlhfv_jax import models
-    path = output_dir(workdir)
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{path} is missing: run the 'rm' stage first")
-    return models.load_pretrained(path, scalar_head=True)
+    return common.load_stage_output(output_dir(workdir), "run the 'rm' stage first", scalar_head=True)
 
 
 def run(config, workdir: str, writer, section: str) -> dict:

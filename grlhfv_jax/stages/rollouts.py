@@ -136,7 +136,7 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     return out
 
 
-def cut_at_tokens(gen, banned_ids) -> "GenerationOutput":
+def cut_at_tokens(gen, banned_ids):
     """Ends each row before its first banned token (image / vision markers a model may emit).
 
     Such a token cannot be fed back as text (it would claim an image that is not there), so the
