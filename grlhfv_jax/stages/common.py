@@ -35,6 +35,7 @@ def codec(config, workdir: str) -> "Codec":
 
 
 def mesh_from_config(config):
+    """The run's device mesh over ("data", "fsdp", "tensor") from `config.mesh_shape`."""
     return sharding.make_mesh(tuple(config.get("mesh_shape", (1, -1, 1))))
 
 
@@ -145,11 +146,16 @@ def new_or_load(spec, codec: Codec, *, seed: int, scalar_head: bool = False, fro
     return model
 
 
-def load_stage_output(path: str, hint: str, *, scalar_head: bool = False):
-    """Loads an HF folder an earlier stage wrote; a missing one is an error saying what writes it."""
+def load_stage_output(path: str, hint: str, config=None, spec=None, *, scalar_head: bool = False):
+    """Loads an HF folder an earlier stage wrote, in the dtypes of `spec` (a `config.model.*`
+    entry) and sharded over the config's mesh; a missing folder is an error naming what writes it."""
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"{path} is missing: {hint}")
-    return models.load_pretrained(path, scalar_head=scalar_head)
+    spec = spec or {}
+    mesh = mesh_from_config(config) if config is not None else None
+    return models.load_pretrained(path, dtype=DTYPES[spec.get("dtype", "float32")],
+                                  param_dtype=DTYPES[spec.get("param_dtype", "float32")], mesh=mesh,
+                                  scalar_head=scalar_head)
 
 
 def frozen_copy(model):

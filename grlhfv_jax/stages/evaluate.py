@@ -15,7 +15,6 @@ import os
 import jax
 import numpy as np
 
-from grlhfv_jax import models
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.data import world as W
 from grlhfv_jax.rl import grm_reward
@@ -60,7 +59,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
         path = sft.output_dir(workdir, "policy") if stage is None else os.path.join(workdir, stage, "policy")
         if not os.path.isfile(os.path.join(path, "config.json")):
             continue
-        model = models.load_pretrained(path)
+        model = common.load_stage_output(path, f"run the stage that writes {path}", config, config.model.policy)
         t, done = answers(model, codec, recs, max_len=sec.max_len, max_new_tokens=sec.max_new_tokens)
         texts[name] = t
         oracle = np.array([W.oracle_score(r["scene"], r["question"], a) for r, a in zip(recs, t)])
@@ -73,7 +72,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
         writer.write("evaluate", 0, {f"{name}/oracle_score": oracle.mean()})
     gpath = grm_rl.output_dir(workdir)
     if "before" in texts and os.path.isfile(os.path.join(gpath, "config.json")):
-        grm = models.load_pretrained(gpath)
+        grm = common.load_stage_output(gpath, "run grm_rl", config, config.model.grm)
         for name in ("after", "baseline_rm"):
             if name not in texts:
                 continue

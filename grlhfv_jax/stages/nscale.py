@@ -14,7 +14,6 @@ import os
 import ml_collections
 import numpy as np
 
-from grlhfv_jax import models
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.data import world as W
 from grlhfv_jax.stages import ConfigError, check_section, common, evaluate, policy_rl, sft
@@ -51,7 +50,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
     paths = data_stage.paths(config, workdir)
     codec = common.codec(config, workdir)
     recs = pipeline.load_records(paths["data_dir"], "policy_test", data_stage.world_config(config), n=ev.prompts)
-    base = _oracle(models.load_pretrained(sft.output_dir(workdir, "policy")), codec, recs, ev)
+    spec = config.model.policy
+    base = _oracle(common.load_stage_output(sft.output_dir(workdir, "policy"), "run sft", config, spec), codec, recs, ev)
     path = os.path.join(workdir, "nscale.json")
     result = json.load(open(path)) if os.path.exists(path) else {}
     summary = {"nscale/oracle_sft": base}
@@ -61,7 +61,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
                 continue  # done before a crash
             name = _section(config, section, reward, n)
             policy_rl.run(config, workdir, writer, section=name, out_root=os.path.join(workdir, "nscale"))
-            model = models.load_pretrained(policy_rl.output_dir(os.path.join(workdir, "nscale"), name))
+            model = common.load_stage_output(policy_rl.output_dir(os.path.join(workdir, "nscale"), name), name,
+                                             config, spec)
             result.setdefault(reward, {})[str(n)] = _oracle(model, codec, recs, ev) - base
             with open(path, "w") as f:
                 json.dump(result, f, indent=2)

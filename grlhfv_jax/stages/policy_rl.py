@@ -92,13 +92,14 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
     world = data_stage.world_config(config)
     codec = common.codec(config, workdir)
     src, hint = sft.output_dir(workdir, "policy"), "run the 'sft' stage (with config.sft.policy) first"
-    policy, ref = common.load_stage_output(src, hint), common.load_stage_output(src, hint)
+    policy, ref = (common.load_stage_output(src, hint, config, config.model.policy) for _ in range(2))
     if sec.reward == "grm":
         judge_model = common.load_stage_output(sec.get("grm_path") or grm_rl.output_dir(workdir),
-                                               f"run 'grm_rl' first or set config.{section}.grm_path")
+                                               f"run 'grm_rl' first or set config.{section}.grm_path",
+                                               config, config.model.grm)
         judge_split = nnx.split(judge_model)  # frozen: split once
     else:
-        judge_model = rm.load(workdir)
+        judge_model = rm.load(workdir, config)
     state = common.make_train_state(policy, sec, sec.steps)
     ds = pipeline.dataset(paths["data_dir"], "policy_train", world, seed=config.seed + 11, num_epochs=None,
                           batch_size=sec.prompts_per_step)

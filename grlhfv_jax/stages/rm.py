@@ -35,8 +35,9 @@ def output_dir(workdir: str) -> str:
     return os.path.join(workdir, "rm", "rm")
 
 
-def load(workdir: str):
-    return common.load_stage_output(output_dir(workdir), "run the 'rm' stage first", scalar_head=True)
+def load(workdir: str, config=None):
+    spec = config.model.get("rm", config.model.grm) if config is not None else None
+    return common.load_stage_output(output_dir(workdir), "run the 'rm' stage first", config, spec, scalar_head=True)
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
@@ -48,7 +49,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
     if init and not os.path.isfile(os.path.join(init, "config.json")):
         raise FileNotFoundError(f"{init} is missing: run 'sft' first or set config.{section}.init = 'random'")
     spec = config.model.get("rm", config.model.grm)
-    model = common.new_or_load(spec, codec, seed=config.seed + 7, scalar_head=True, from_path=init)
+    model = common.new_or_load(spec, codec, seed=config.seed + 7, scalar_head=True, from_path=init,
+                               mesh=common.mesh_from_config(config))
     state = common.make_train_state(model, sec, sec.steps)
     ds = pipeline.dataset(paths["data_dir"], "grm_train", world, seed=config.seed + 3, num_epochs=None,
                           batch_size=sec.pairs_per_step)

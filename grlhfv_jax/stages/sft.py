@@ -77,7 +77,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
             continue
         tc = sec[target]
         rng = np.random.default_rng(config.seed)
-        model = common.new_or_load(config.model[target], codec, seed=config.seed + (target == "grm"))
+        model = common.new_or_load(config.model[target], codec, seed=config.seed + (target == "grm"),
+                                   mesh=common.mesh_from_config(config))
         state = common.make_train_state(model, tc, tc.steps)
         B = tc.batch_size
         if target == "policy":
