@@ -146,6 +146,22 @@ def new_or_load(spec, codec: Codec, *, seed: int, scalar_head: bool = False, fro
     return model
 
 
+def sample_groups(model, codec: Codec, examples: list[dict], *, max_len: int, max_new_tokens: int,
+                  temperature: float, num_samples: int, seed: int):
+    """Samples `num_samples` responses per prompt example (rows grouped by prompt).
+
+    Returns (left-padded prompt batch, GenerationOutput with responses cut before any image or
+    vision token, decoded texts)."""
+    from grlhfv_jax.rollout import generate
+    from grlhfv_jax.stages import rollouts
+    prompts = batch(examples, codec, side="left", max_len=max_len)
+    gen = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=float(temperature),
+                   eos_token_id=codec.eos_id, num_samples=num_samples, rng=jax.random.key(seed),
+                   pad_token_id=codec.pad_id)
+    gen = rollouts.cut_at_tokens(gen, codec.banned_ids())
+    return prompts, gen, codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
+
+
 def load_stage_output(path: str, hint: str, config=None, spec=None, *, scalar_head: bool = False):
     """Loads an HF folder an earlier stage wrote, in the dtypes of `spec` (a `config.model.*`
     entry) and sharded over the config's mesh; a missing folder is an error naming what writes it."""

@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import numpy as np
 
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.data import world as W
 from grlhfv_jax.rl import grm_reward, train
-from grlhfv_jax.rollout import generate
 from grlhfv_jax.stages import ConfigError, check_section, common, judging, rollouts, sft
 from grlhfv_jax.stages import data as data_stage
 
@@ -116,12 +114,9 @@ def run(config, workdir: str, writer, section: str) -> dict:
         if sec.position_debias:
             items += [(q, img, b, a, grm_reward.swap_label(y)) for q, img, a, b, y in items]
         ex = [codec.grm_example(q, img, a, b) for q, img, a, b, _ in items]
-        prompts = common.batch(ex, codec, side="left", max_len=sec.max_len)
-        gen = generate(state.model, prompts, max_new_tokens=sec.max_new_tokens, temperature=float(sec.temperature),
-                       eos_token_id=codec.eos_id, num_samples=G, rng=jax.random.key(config.seed * 100003 + step),
-                       pad_token_id=codec.pad_id)
-        gen = rollouts.cut_at_tokens(gen, codec.banned_ids())
-        texts = codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
+        prompts, gen, texts = common.sample_groups(
+            state.model, codec, ex, max_len=sec.max_len, max_new_tokens=sec.max_new_tokens,
+            temperature=sec.temperature, num_samples=G, seed=config.seed * 100003 + step)
         labels = np.repeat([y for *_, y in items], G)
         correct = np.array([grm_reward.pair_reward(t, y) for t, y in zip(texts, labels)]).reshape(len(items), G)
         rewards = correct

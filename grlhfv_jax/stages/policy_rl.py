@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import os
 
-import jax
 import numpy as np
 
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.data import world as W
 from grlhfv_jax.rl import grm_reward, grouped
-from grlhfv_jax.rollout import generate
 from grlhfv_jax.stages import ConfigError, check_section, common, grm_rl, judging, rm, rollouts, sft
 from grlhfv_jax.stages import data as data_stage
 
@@ -109,12 +107,9 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
     def step_fn(state, step):
         recs = ds[step]
         ex = [codec.example(r["question"], r["image"]) for r in recs]
-        prompts = common.batch(ex, codec, side="left", max_len=sec.max_len)
-        gen = generate(state.model, prompts, max_new_tokens=sec.max_new_tokens, temperature=float(sec.temperature),
-                       eos_token_id=codec.eos_id, num_samples=n, rng=jax.random.key(config.seed * 7919 + step),
-                       pad_token_id=codec.pad_id)
-        gen = rollouts.cut_at_tokens(gen, codec.banned_ids())
-        texts = codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
+        prompts, gen, texts = common.sample_groups(
+            state.model, codec, ex, max_len=sec.max_len, max_new_tokens=sec.max_new_tokens,
+            temperature=sec.temperature, num_samples=n, seed=config.seed * 7919 + step)
         complete = np.asarray(gen.finished).reshape(len(recs), n)
         rewards = np.zeros((len(recs), n))
         diags = []
