@@ -92,10 +92,10 @@ class Codec:
 
 
 def batch(examples: Sequence[dict], codec: Codec, *, side: str, max_len: int, rows: int | None = None) -> dict:
-    """Collates `examples` to [rows, max_len]; missing rows repeat example 0 with an all-zero mask.
+    """Collates `examples` to [rows, max_len]; missing rows repeat example 0 with a zero loss mask.
 
-    The fill rows keep every shape static; their attention/loss masks are zero so they add
-    nothing to losses. Returns numpy arrays plus `valid [rows]` (1 for real rows).
+    The fill rows keep every shape static (their forward is well defined; callers ignore their
+    outputs and mask them out of losses). Returns numpy arrays plus `valid [rows]` (1 for real rows).
     """
     rows = rows or len(examples)
     if len(examples) > rows:
@@ -172,12 +172,6 @@ def load_stage_output(path: str, hint: str, config=None, spec=None, *, scalar_he
     return models.load_pretrained(path, dtype=DTYPES[spec.get("dtype", "float32")],
                                   param_dtype=DTYPES[spec.get("param_dtype", "float32")], mesh=mesh,
                                   scalar_head=scalar_head)
-
-
-def frozen_copy(model):
-    """An independent copy of `model` (reference / frozen judge)."""
-    graphdef, state = nnx.split(model)
-    return nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
 
 
 # ----------------------------------------------------------------------------- training loop

@@ -76,7 +76,6 @@ def run(config, workdir: str, writer, section: str) -> dict:
             print(f"[sft] {target}: {out} exists, skipping", flush=True)
             continue
         tc = sec[target]
-        rng = np.random.default_rng(config.seed)
         model = common.new_or_load(config.model[target], codec, seed=config.seed + (target == "grm"),
                                    mesh=common.mesh_from_config(config))
         state = common.make_train_state(model, tc, tc.steps)
@@ -87,7 +86,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
 
             def make_batch(step, ds=ds, tc=tc):
                 ex = _examples_policy(codec, ds[step], tc.get("data", "candidates"))
-                ex = [ex[i] for i in rng.permutation(len(ex))[:B]]
+                order = np.random.default_rng([config.seed, step]).permutation(len(ex))  # same on resume
+                ex = [ex[i] for i in order[:B]]
                 return _to_train(common.batch(ex, codec, side="right", max_len=tc.max_len))
         else:
             n_vqa = int(round(B * float(tc.get("vqa_fraction", 0.5))))
