@@ -2,6 +2,7 @@
 GRPO loop on a tiny Qwen2-VL that must learn a trivially learnable reward."""
 
 import jax
+import pytest
 import numpy as np
 from flax import nnx
 
@@ -102,3 +103,20 @@ def test_rm_rewards_rank_incomplete_answers_last():
     scores = np.array([[-3.0, -1.0, 5.0], [2.0, 7.0, 1.0]])
     complete = np.array([[True, True, False], [False, False, False]])
     np.testing.assert_allclose(rm_rewards(scores, complete), [[-3.0, -1.0, -4.0], [0.0, 0.0, 0.0]])
+
+
+def test_rl_schedule_spans_all_rl_steps_with_mini_batches():
+    """Two optimizer updates per RL step: the learning rate must not reach zero halfway (the
+    schedule counts updates, steps x mini_batches). Warm-up 0 + cosine: lr(u) = lr0 (1 + cos(pi u / U)) / 2."""
+    from ml_collections import ConfigDict
+    from tiny_models import tiny_hf_config  # tests/ is on sys.path
+
+    from grlhfv_jax.stages import common
+
+    model = models.from_config(tiny_hf_config("qwen2_vl").to_dict(), rngs=nnx.Rngs(0))
+    sec = ConfigDict({"lr": 1e-3, "warmup_ratio": 0.0, "steps": 10, "mini_batches": 2})
+    state = common.make_rl_train_state(model, sec)
+    for u in (0, 10, 15, 19):  # update u happens in RL step u // 2
+        want = 1e-3 * (1 + np.cos(np.pi * u / 20)) / 2
+        assert float(state.schedule(u)) == pytest.approx(want, rel=1e-5, abs=1e-9), u
+    assert float(state.schedule(10)) == pytest.approx(5e-4, rel=1e-5)  # RL step 5 of 10: half the peak

@@ -191,6 +191,12 @@ def make_train_state(model, opt_cfg, total_steps: int):
     return train.TrainState(model, tx, schedule)
 
 
+def make_rl_train_state(model, sec):
+    """TrainState for an RL stage: its schedule counts optimizer updates, `sec.mini_batches` per RL
+    step, so the learning rate decays over all `sec.steps` RL steps."""
+    return make_train_state(model, sec, int(sec.steps) * int(sec.get("mini_batches", 1)))
+
+
 def freeze_params(tx, prefixes: tuple[str, ...]):
     """`tx` on every parameter except those whose path starts with one of `prefixes` (e.g.
     "visual": the vision tower, as VLM recipes that keep a pretrained ViT fixed), which get zero

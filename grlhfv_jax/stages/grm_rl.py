@@ -101,7 +101,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
             json.dump(summary, f)
         print(f"[grm_rl] before RL: {json.dumps({k: round(v, 3) for k, v in summary.items()})}", flush=True)
 
-    state = common.make_train_state(grm, sec, sec.steps)
+    state = common.make_rl_train_state(grm, sec)
     ds = pipeline.dataset(paths["data_dir"], "grm_train", world, seed=config.seed, num_epochs=None,
                           batch_size=sec.pairs_per_step)
     cfg = grpo_config(sec)

@@ -98,7 +98,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
         judge_split = nnx.split(judge_model)  # frozen: split once
     else:
         judge_model = rm.load(workdir, config)
-    state = common.make_train_state(policy, sec, sec.steps)
+    state = common.make_rl_train_state(policy, sec)
     ds = pipeline.dataset(paths["data_dir"], "policy_train", world, seed=config.seed + 11, num_epochs=None,
                           batch_size=sec.prompts_per_step)
     cfg = grm_rl.grpo_config(sec)
