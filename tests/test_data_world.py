@@ -151,6 +151,22 @@ def test_sft_grm_judgments_have_format_but_no_preference_information():
         agree.append(pair_reward(r["judgment"], r["overall_response"]))
     # scores drawn independently of the label: they order the pair as the human did half the time
     assert abs(np.mean(agree) - 0.5) < 0.05
+    # the analysis describes each response's wording, read from the text
+    for r in recs[:200]:
+        want = (f"Analysis: Response 1 {W.style_description(r['response_1'])}, "
+                f"response 2 {W.style_description(r['response_2'])}.")
+        assert want in r["judgment"]
+    old = W.make_record(W.WorldConfig(sft_grm_analysis=False), "sft_grm", 0, encode_image=False)
+    assert "Response 1" not in old["judgment"] and pat.match(old["judgment"])
+
+
+def test_style_description_hand_cases():
+    assert W.style_description("They are red.") == "is plain"
+    assert W.style_description("Maybe they are red.") == "hedges"
+    assert W.style_description("Not sure, but there are two.") == "hedges"
+    assert W.style_description("There are two. Excellent answer.") == "praises itself"
+    assert W.style_description("This is an excellent, accurate answer.") == "only praises"
+    assert W.style_description("") == "is plain"
 
 
 # ------------------------------------------------------------------------------ splits
@@ -178,21 +194,53 @@ def test_ood_split_holds_out_kinds_and_combinations():
     assert kinds == {"kind", "combo", "both"}
 
 
-def test_text_only_judges_are_near_chance(grm_train, grm_test_id):
+def test_text_only_judges_by_pair_type(grm_train, grm_test_id):
+    """Minimal and mixed pairs: a judge that does not see the image is near chance. Style pairs
+    (same facts, different style): the text decides them."""
     ood = [W.make_record(CFG, "grm_test_ood", i, encode_image=False) for i in range(600)]
-    base_id = W.text_only_baselines(grm_train[:1500], grm_test_id)
-    base_ood = W.text_only_baselines(grm_train[:1500], ood)
-    for b in (base_id, base_ood):
-        assert abs(b["longer"] - 0.5) < 0.06
-        assert b["bow_logreg"] < 0.6
+    for test in (grm_test_id, ood):
+        for ptype in ("minimal", "mixed"):
+            sub = [r for r in test if r["pair_type"] == ptype]
+            b = W.text_only_baselines(grm_train[:1500], sub)
+            assert abs(b["longer"] - 0.5) < 0.08 and b["bow_logreg"] < 0.6, (ptype, b)
+        style = [r for r in test if r["pair_type"] == "style"]
+        assert W.text_only_baselines(grm_train[:1500], style)["bow_logreg"] > 0.85
     # while the image-aware principle (noiseless oracle) matches the noisy labels ~95% of the time
     acc = np.mean([(1 if r["oracle_1"] > r["oracle_2"] else 2) == r["overall_response"] for r in grm_test_id])
     assert acc > 0.92
+    # with no style pairs, the whole split is near chance for the text-only judges
+    cfg = W.WorldConfig(p_style_pair=0.0, p_minimal_pair=0.5)
+    tr = [W.make_record(cfg, "grm_train", i, encode_image=False) for i in range(1500)]
+    te = [W.make_record(cfg, "grm_test_id", i, encode_image=False) for i in range(600)]
+    b = W.text_only_baselines(tr, te)
+    assert abs(b["longer"] - 0.5) < 0.06 and b["bow_logreg"] < 0.6, b
     # sanity of the baseline: it does learn a text-visible rule when there is one
     cheat = [dict(r, response_1=r["response_1"] + (" zz" if r["overall_response"] == 1 else ""),
                   response_2=r["response_2"] + (" zz" if r["overall_response"] == 2 else ""))
-             for r in grm_train[:1500]]
+             for r in tr]
     assert W.text_only_baselines(cheat[:1000], cheat[1000:])["bow_logreg"] > 0.95
+
+
+def test_pair_types(grm_train):
+    """Shares follow the config; style pairs state the same facts and differ only in style;
+    minimal pairs share the template and differ in the stated values."""
+    types = [r["pair_type"] for r in grm_train]
+    for t, p in (("minimal", CFG.p_minimal_pair), ("style", CFG.p_style_pair),
+                 ("mixed", 1 - CFG.p_minimal_pair - CFG.p_style_pair)):
+        assert abs(types.count(t) / len(types) - p) < 0.05, (t, types.count(t))
+    for r in grm_train[:400]:
+        c1, c2 = W.parse_claims(r["response_1"]), W.parse_claims(r["response_2"])
+        d1 = W.oracle_details(r["scene"], r["question"], r["response_1"])
+        d2 = W.oracle_details(r["scene"], r["question"], r["response_2"])
+        if r["pair_type"] == "style":
+            assert c1 == c2, r
+            assert d1["key_credit"] == d2["key_credit"]
+        elif r["pair_type"] == "minimal":
+            assert c1 != c2, r
+            assert (d1["hedge"], d1["praise"]) == (d2["hedge"], d2["praise"]), r
+    assert W.WorldConfig(p_style_pair=0.0).p_style_pair == 0.0
+    with pytest.raises(ValueError, match="p_minimal_pair \\+ p_style_pair"):
+        W.WorldConfig(p_minimal_pair=0.6, p_style_pair=0.6)
 
 
 # ------------------------------------------------------------------------------ pixels

@@ -27,7 +27,7 @@ from grlhfv_jax.data import world as W
 
 COMMON_FIELDS = ("id", "kind", "question", "image", "scene", "heldout")
 PAIR_FIELDS = COMMON_FIELDS + ("response_1", "response_2", "overall_response", "oracle_1",
-                               "oracle_2", "label_noisy")
+                               "oracle_2", "label_noisy", "pair_type")
 PROMPT_FIELDS = COMMON_FIELDS + ("answer",)
 
 

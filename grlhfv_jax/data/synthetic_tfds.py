@@ -24,10 +24,10 @@ from etils import epath
 from grlhfv_jax.data import world as W
 
 DATASET_NAME = "grlhfv_world"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 
 TEXT_FIELDS = ("id", "split", "kind", "question", "scene", "heldout", "response_1", "response_2",
-               "judgment", "answer")
+               "judgment", "answer", "pair_type")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -53,7 +53,8 @@ class GrlhfvWorld(tfds.core.GeneratorBasedBuilder):
 
     name = DATASET_NAME
     VERSION = tfds.core.Version(VERSION)
-    RELEASE_NOTES = {"1.0.0": "First release: shapes world, hidden principle, 7 splits."}
+    RELEASE_NOTES = {"1.0.0": "First release: shapes world, hidden principle, 7 splits.",
+                     "1.1.0": "Pair types (minimal, style, mixed) and the pair_type field."}
     BUILDER_CONFIGS = [WorldBuilderConfig.from_world(W.WorldConfig())]
     # TFDS derives this from the package and, for a regular package, then touches the optional
     # `importlib_resources` module; giving the path directly avoids that dependency.

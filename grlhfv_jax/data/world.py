@@ -118,10 +118,16 @@ class WorldConfig:
     p_key_correct: float = 0.5  # probability that a candidate states the asked fact correctly
     p_secondary_wrong: float = 0.35  # probability that an extra (not asked) fact is wrong
     p_describe_wrong: float = 0.3  # per-fact wrong probability for "describe" answers
-    p_minimal_pair: float = 0.5  # probability that both answers of a pair share one template
+    p_minimal_pair: float = 0.35  # probability that both answers of a pair share one template
+    # probability that both answers state the same facts with the same values and differ only in
+    # style (terse / hedged / praised): the text alone decides these pairs
+    p_style_pair: float = 0.35
     # probability that an sft_policy answer is a best answer (else a random candidate answer, so
     # that a policy warm-started on it leaves room for RL; 1.0 = always best)
     p_sft_policy_good: float = 1.0
+    # the GRM warm start's analysis describes each response's wording (grm_judgment); False: a
+    # random filler word
+    sft_grm_analysis: bool = True
     # candidate styles and their weights: terse, detailed, hedged, praised (answer + praise),
     # praise_only (no information)
     style_weights: tuple[tuple[str, float], ...] = (
@@ -135,9 +141,12 @@ class WorldConfig:
         if self.image_size % 4 or self.image_size < 16:
             raise ValueError(f"WorldConfig.image_size must be a multiple of 4 and >= 16, got {self.image_size}")
         for name in ("p_key_correct", "p_secondary_wrong", "p_describe_wrong", "p_minimal_pair",
-                     "p_sft_policy_good"):
+                     "p_style_pair", "p_sft_policy_good"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"WorldConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.p_minimal_pair + self.p_style_pair > 1.0 + 1e-9:
+            raise ValueError(f"WorldConfig.p_minimal_pair + p_style_pair must be <= 1, got "
+                             f"{self.p_minimal_pair} + {self.p_style_pair}")
         if not 0.0 <= self.label_noise < 0.5:
             raise ValueError(f"WorldConfig.label_noise must be in [0, 0.5), got {self.label_noise}")
         for k in self.heldout_kinds:
@@ -436,13 +445,17 @@ def sample_answer(rng: np.random.Generator, scene: Scene, kind: str, cfg: WorldC
     if form["style"] == "praise_only":
         return form["praise_only"], form
     claim = sample_claim(rng, scene, kind, cfg, detailed=form["detailed"], attrs=form["attrs"])
-    form["attrs"] = tuple(claim)
-    text = render_answer(kind, claim, scene.count)
+    form["attrs"], form["claim"] = tuple(claim), claim
+    return styled(render_answer(kind, claim, scene.count), form), form
+
+
+def styled(text: str, form: Mapping[str, Any]) -> str:
+    """`text` (a rendered claim) in the style of `form`: hedged, praised or as it is."""
     if form["style"] == "hedged":
-        text = f"{form['hedge']} {text[:1].lower()}{text[1:]}"
-    elif form["style"] == "praised":
-        text = f"{text} {form['praise']}"
-    return text, form
+        return f"{form['hedge']} {text[:1].lower()}{text[1:]}"
+    if form["style"] == "praised":
+        return f"{text} {form['praise']}"
+    return text
 
 
 def good_answer(rng: np.random.Generator, scene: Scene, kind: str) -> str:
@@ -552,14 +565,23 @@ def _scene_and_kind(rng: np.random.Generator, cfg: WorldConfig, split: str) -> t
             return scene, kind, {(True, True): "both", (True, False): "kind", (False, True): "combo"}[(hk, hc)]
 
 
-def _sample_pair(rng: np.random.Generator, scene: Scene, kind: str, question: str, cfg: WorldConfig,
-                 avoid_heldout: bool) -> tuple[str, str, float, float]:
-    """Two answers whose oracle scores differ by >= min_margin.
+PAIR_TYPES = ("minimal", "style", "mixed")
+STYLE_PAIR_STYLES = ("terse", "hedged", "praised")
 
-    De-biased so that text alone says little: with probability `p_minimal_pair` both answers share
-    one template (only the stated values differ); otherwise their styles are drawn independently.
-    The better position (1 or 2) is a fair coin and is then enforced by rejection, so each style
-    wins about as often as it loses against every other style whenever both outcomes are possible.
+
+def _sample_pair(rng: np.random.Generator, scene: Scene, kind: str, question: str, cfg: WorldConfig,
+                 avoid_heldout: bool) -> tuple[str, str, float, float, str]:
+    """Two answers whose oracle scores differ by >= min_margin, and the pair type.
+
+    - "minimal" (probability `p_minimal_pair`): both answers share one template and only the
+      stated values differ: only the image decides.
+    - "style" (`p_style_pair`): the same stated facts with the same values, in two different
+      styles out of terse / hedged / praised: the text alone decides (hedging and self-praise are
+      disliked).
+    - "mixed" (the rest): styles and values drawn independently.
+    The better position (1 or 2) is a fair coin (minimal and mixed: enforced by rejection, so each
+    style wins about as often as it loses against every other style whenever both outcomes are
+    possible; style: a random swap).
     """
     def ok(a, b, sa, sb, want):
         if a == b or abs(sa - sb) < cfg.min_margin - 1e-9:
@@ -569,7 +591,22 @@ def _sample_pair(rng: np.random.Generator, scene: Scene, kind: str, question: st
         return want is None or (sa > sb) == (want == 1)
 
     for attempt in range(60):
-        minimal = rng.random() < cfg.p_minimal_pair
+        u = rng.random()
+        ptype = "minimal" if u < cfg.p_minimal_pair else "style" if u < cfg.p_minimal_pair + cfg.p_style_pair \
+            else "mixed"
+        if ptype == "style":
+            i, j = rng.choice(len(STYLE_PAIR_STYLES), size=2, replace=False)
+            for _ in range(30):
+                a, form = sample_answer(rng, scene, kind, cfg, style=STYLE_PAIR_STYLES[int(i)])
+                b = styled(render_answer(kind, form["claim"], scene.count),
+                           dict(form, style=STYLE_PAIR_STYLES[int(j)]))
+                if rng.random() < 0.5:
+                    a, b = b, a
+                sa, sb = oracle_score(scene, question, a), oracle_score(scene, question, b)
+                if ok(a, b, sa, sb, None):
+                    return a, b, sa, sb, ptype
+            continue
+        minimal = ptype == "minimal"
         want = None if attempt >= 40 else int(rng.integers(1, 3))  # late attempts: any order
         style_a = sample_style(rng, cfg)
         style_b = style_a if minimal else sample_style(rng, cfg)
@@ -583,16 +620,41 @@ def _sample_pair(rng: np.random.Generator, scene: Scene, kind: str, question: st
                 b, _ = sample_answer(rng, scene, kind, cfg, style=style_b)
             sa, sb = oracle_score(scene, question, a), oracle_score(scene, question, b)
             if ok(a, b, sa, sb, want):
-                return a, b, sa, sb
+                return a, b, sa, sb, ptype
     raise RuntimeError(f"could not draw a pair with margin {cfg.min_margin} for {scene.facts()} / {kind}")
 
 
-def grm_judgment(rng: np.random.Generator) -> str:
-    """A GRM-format judgment whose scores are independent of everything (format-only warm start)."""
+STYLE_WORDS = ("is plain", "hedges", "praises itself", "only praises")
+
+
+def style_description(answer: str) -> str:
+    """What an answer's wording does, read from its text alone (no image, no judgment):
+    "only praises" (self-praise, no stated fact), "hedges", "praises itself" or "is plain"."""
+    words = set(re.findall(r"[a-z]+", str(answer).lower()))
+    stated = any(parse_claims(answer).values())
+    if words & _PRAISE_WORDS and not stated:
+        return "only praises"
+    if words & _HEDGE_WORDS:
+        return "hedges"
+    if words & _PRAISE_WORDS:
+        return "praises itself"
+    return "is plain"
+
+
+def grm_judgment(rng: np.random.Generator, response_1: str | None = None, response_2: str | None = None) -> str:
+    """A GRM-format judgment whose scores are independent of everything (format-only warm start).
+
+    With both responses, the analysis describes what each response's wording does
+    ("Response 1 hedges, response 2 is plain.", `style_description`): the warm start reads the
+    responses, as an instruct model would, but says nothing about which one people prefer."""
     s1 = int(rng.integers(1, 11))
     s2 = int(rng.integers(1, 10))
     s2 = s2 + 1 if s2 >= s1 else s2  # uniform over 1..10 without s1: never a tie
-    return (f"Specific Criteria: {_pick(rng, GRM_CRITERIA)}\nAnalysis: {_pick(rng, GRM_ANALYSIS)}\n"
+    if response_1 is not None and response_2 is not None:
+        analysis = f"Response 1 {style_description(response_1)}, response 2 {style_description(response_2)}."
+    else:
+        analysis = _pick(rng, GRM_ANALYSIS)
+    return (f"Specific Criteria: {_pick(rng, GRM_CRITERIA)}\nAnalysis: {analysis}\n"
             f"Scores: \\boxed{{{s1}, {s2}}}")
 
 
@@ -600,7 +662,7 @@ def make_record(cfg: WorldConfig, split: str, index: int, *, encode_image: bool 
     """Record `index` of `split`. Fields (all splits): id, split, kind, question, image (PNG bytes,
     or uint8 [H, W, 3] if encode_image=False), scene (JSON), heldout ('' | 'kind' | 'combo' |
     'both'). Pair splits add response_1, response_2, overall_response (1 | 2, the noisy human
-    label), oracle_1, oracle_2, label_noisy; sft_grm adds judgment (the GRM's target text).
+    label), oracle_1, oracle_2, label_noisy, pair_type ('minimal' | 'style' | 'mixed'); sft_grm adds judgment (the GRM's target text).
     Prompt splits add answer (a best answer, oracle score 1; in sft_policy a random candidate
     answer instead with probability 1 - p_sft_policy_good)."""
     rng = _record_rng(cfg, split, index)
@@ -613,14 +675,16 @@ def make_record(cfg: WorldConfig, split: str, index: int, *, encode_image: bool 
         "heldout": heldout,
     }
     if split in PAIR_SPLITS:
-        a, b, sa, sb = _sample_pair(rng, scene, kind, question, cfg, avoid_heldout=split != "grm_test_ood")
+        a, b, sa, sb, ptype = _sample_pair(rng, scene, kind, question, cfg, avoid_heldout=split != "grm_test_ood")
         label = 1 if sa > sb else 2
         noisy = bool(rng.random() < cfg.label_noise)
         if noisy:
             label = 3 - label
         rec.update(response_1=a, response_2=b, overall_response=label, oracle_1=sa, oracle_2=sb,
-                   label_noisy=noisy)
-        rec["judgment"] = grm_judgment(rng) if split == "sft_grm" else ""
+                   label_noisy=noisy, pair_type=ptype)
+        rec["judgment"] = ""
+        if split == "sft_grm":
+            rec["judgment"] = grm_judgment(rng, *((a, b) if cfg.sft_grm_analysis else ()))
     elif split == "sft_policy" and cfg.p_sft_policy_good < 1.0 and rng.random() >= cfg.p_sft_policy_good:
         while True:
             answer, _ = sample_answer(rng, scene, kind, cfg)
@@ -649,6 +713,7 @@ def world_texts(cfg: WorldConfig, n_per_split: int = 300) -> list[str]:
     texts.extend(PRAISE_ONLY + PRAISE_SUFFIXES + tuple(h + "," for h in HEDGES))
     texts.extend("Specific Criteria: " + c for c in GRM_CRITERIA)
     texts.extend("Analysis: " + a for a in GRM_ANALYSIS)
+    texts.extend(f"Analysis: Response 1 {a}, response 2 {b}." for a in STYLE_WORDS for b in STYLE_WORDS)
     texts.extend(f"Scores: \\boxed{{{i}, {j}}}" for i in range(1, 11) for j in range(1, 11))
     for split in SPLITS:
         for i in range(min(n_per_split, max(cfg.size(split), 50))):
@@ -733,5 +798,7 @@ def world_stats(cfg: WorldConfig, n_train: int = 4000, n_test: int = 1000) -> di
         "oracle_mean_by_style": {k: float(np.mean(v)) for k, v in by_style.items()},
         "text_only_id": text_only_baselines(train, tid),
         "text_only_ood": text_only_baselines(train, tood),
+        "text_only_id_by_pair_type": {t: text_only_baselines(train, [r for r in tid if r["pair_type"] == t])
+                                      for t in PAIR_TYPES if any(r["pair_type"] == t for r in tid)},
     }
 

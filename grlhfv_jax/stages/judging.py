@@ -100,8 +100,19 @@ def grm_accuracy(grm, codec, records: Sequence[dict], *, rows: int, max_len: int
     metrics = {f"{prefix}accuracy": float(np.mean(acc)) if acc else 0.0,
                f"{prefix}accuracy_both": float(np.mean(acc + acc_rev)) if acc else 0.0,
                f"{prefix}position_consistency": float(np.mean(consistent)) if consistent else 0.0,
-               f"{prefix}parse_failure": fails / (2 * n), f"{prefix}tie_rate": ties / (2 * n)}
+               f"{prefix}parse_failure": fails / (2 * n), f"{prefix}tie_rate": ties / (2 * n),
+               **by_pair_type(records, acc, f"{prefix}accuracy_")}
     return metrics, samples
+
+
+def by_pair_type(records: Sequence[dict], correct: Sequence[float], prefix: str) -> dict:
+    """Mean of `correct` per record `pair_type` (minimal: only the image decides; style: the
+    text decides; mixed), as {prefix + type: value}; empty when records carry no pair type."""
+    out: dict[str, list] = {}
+    for r, c in zip(records, correct):
+        if r.get("pair_type"):
+            out.setdefault(r["pair_type"], []).append(float(c))
+    return {prefix + t: float(np.mean(v)) for t, v in sorted(out.items())}
 
 
 @nnx.jit
@@ -134,4 +145,5 @@ def rm_accuracy(rm, codec, records, *, rows: int, max_len: int, prefix: str = ""
     s = rm_scores(rm, codec, items, rows=rows, max_len=max_len).reshape(-1, 2)
     labels = np.array([int(r["overall_response"]) for r in records])
     pred = np.where(s[:, 0] > s[:, 1], 1, np.where(s[:, 1] > s[:, 0], 2, 0))
-    return {f"{prefix}accuracy": float(np.mean(pred == labels)) if len(labels) else 0.0}
+    return {f"{prefix}accuracy": float(np.mean(pred == labels)) if len(labels) else 0.0,
+            **by_pair_type(records, pred == labels, f"{prefix}accuracy_")}

@@ -75,6 +75,6 @@ def run(config, workdir: str, writer, section: str) -> dict:
         rows = int(sec.get("eval_rows", 32))
         for split, tag in (("grm_test_id", "id"), ("grm_test_ood", "ood")):
             recs = pipeline.load_records(paths["data_dir"], split, world, n=sec.eval_pairs)
-            acc = judging.rm_accuracy(state.model, codec, recs, rows=rows, max_len=sec.max_len)["accuracy"]
-            summary[f"baseline_rm/accuracy_{tag}"] = acc
+            m = judging.rm_accuracy(state.model, codec, recs, rows=rows, max_len=sec.max_len)
+            summary.update({f"baseline_rm/{k}_{tag}": v for k, v in m.items()})  # accuracy[_<pair type>]_<id|ood>
     return summary
