@@ -29,6 +29,7 @@ CURVES = [
     ("policy_rl", "reward/mean"), ("policy_rl", "oracle/mean"), ("policy_rl", "kl"),
     ("policy_rl", "judge/position_consistency"),
     ("policy_rl_rm", "reward/mean"), ("policy_rl_rm", "oracle/mean"),
+    ("dpo", "loss"), ("dpo", "accuracy"),
 ]
 
 

@@ -13,13 +13,14 @@ from typing import Any, Callable
 
 # stage name -> module (under grlhfv_jax.stages) and the config section it reads.
 STAGES = {
-        "data": ("data", "data"),
-        "sft": ("sft", "sft"),
-        "grm_rl": ("grm_rl", "grm_rl"),
-        "rm": ("rm", "rm"),
-            "policy_rl": ("policy_rl", "policy_rl"),
-        "policy_rl_rm": ("policy_rl", "policy_rl_rm"),
-        "evaluate": ("evaluate", "evaluate"),
+    "data": ("data", "data"),
+    "sft": ("sft", "sft"),
+    "grm_rl": ("grm_rl", "grm_rl"),
+    "rm": ("rm", "rm"),
+    "policy_rl": ("policy_rl", "policy_rl"),
+    "policy_rl_rm": ("policy_rl", "policy_rl_rm"),
+    "dpo": ("dpo", "dpo"),
+    "evaluate": ("evaluate", "evaluate"),
     "nscale": ("nscale", "nscale"),
 }
 

@@ -1,7 +1,7 @@
 """Stage `evaluate`: the policies on held-out prompts, scored by the oracle and by the GRM.
 
-For the SFT policy (before), the GRLHF-V policy (`policy_rl`) and the score-only-RM baseline
-(`policy_rl_rm`), whichever exist: greedy answers to `policy_test` prompts, their mean oracle
+For the SFT policy (before), the GRLHF-V policy (`policy_rl`), the score-only-RM baseline
+(`policy_rl_rm`) and the DPO baseline (`dpo`), whichever exist: greedy answers to `policy_test` prompts, their mean oracle
 score (the hidden principle: true quality), completion rate, length and self-praise rate; then
 head-to-head GRM judgments of each RL policy against the SFT policy (both orders), beside the
 oracle's verdict on the same pairs. A judge that prefers the RL answers more often than the oracle
@@ -27,7 +27,9 @@ SCHEMA = {
     "max_len": (int, lambda v: v >= 8, "an int >= 8"),
     "max_new_tokens": (int, lambda v: v >= 1, "an int >= 1"),
 }
-POLICIES = (("before", None), ("after", "policy_rl"), ("baseline_rm", "policy_rl_rm"))
+# name, stage that writes it (None: sft), summary prefix, summary suffix
+POLICIES = (("before", None, "policy/", "before"), ("after", "policy_rl", "policy/", "after"),
+            ("baseline_rm", "policy_rl_rm", "baseline_rm/", "after"), ("dpo", "dpo", "dpo/", "after"))
 PRAISE = ("excellent", "perfect", "accurate answer", "great")
 
 
@@ -55,7 +57,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     codec = common.codec(config, workdir)
     recs = pipeline.load_records(paths["data_dir"], "policy_test", world, n=sec.prompts)
     summary, texts = {}, {}
-    for name, stage in POLICIES:
+    for name, stage, prefix, key in POLICIES:
         path = sft.output_dir(workdir, "policy") if stage is None else os.path.join(workdir, stage, "policy")
         if not os.path.isfile(os.path.join(path, "config.json")):
             continue
@@ -63,8 +65,6 @@ def run(config, workdir: str, writer, section: str) -> dict:
         t, done = answers(model, codec, recs, max_len=sec.max_len, max_new_tokens=sec.max_new_tokens)
         texts[name] = t
         oracle = np.array([W.oracle_score(r["scene"], r["question"], a) for r, a in zip(recs, t)])
-        prefix = "baseline_rm/" if name == "baseline_rm" else "policy/"
-        key = "after" if name == "baseline_rm" else name
         summary[f"{prefix}oracle_score_{key}"] = float(oracle.mean())
         summary[f"{prefix}complete_rate_{key}"] = float(done.mean())
         summary[f"{prefix}length_words_{key}"] = float(np.mean([len(a.split()) for a in t]))
@@ -73,11 +73,9 @@ def run(config, workdir: str, writer, section: str) -> dict:
     gpath = grm_rl.output_dir(workdir)
     if "before" in texts and os.path.isfile(os.path.join(gpath, "config.json")):
         grm = common.load_stage_output(gpath, "run grm_rl", config, config.model.grm)
-        for name in ("after", "baseline_rm"):
-            if name not in texts:
-                continue
-            summary.update(_head_to_head(grm, codec, config, recs, texts[name], texts["before"],
-                                         "policy/" if name == "after" else "baseline_rm/"))
+        for name, _, prefix, _ in POLICIES[1:]:
+            if name in texts:
+                summary.update(_head_to_head(grm, codec, config, recs, texts[name], texts["before"], prefix))
     return summary
 
 

@@ -1,0 +1,76 @@
+"""Stage `dpo`: Direct Preference Optimization of the policy on the human preference pairs (baseline).
+
+The policy starts from the SFT policy (`workdir/sft/policy`), which is also the frozen reference;
+each step takes `pairs_per_step` pairs of `grm_train` (image, question, the human-preferred and the
+other answer) and applies the DPO loss (`rl/dpo.py`: "sigmoid" or "ipo", `beta`). No reward model
+and no sampling. Writes `workdir/dpo/policy`; the `evaluate` stage scores it beside the others.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax.numpy as jnp
+
+from grlhfv_jax.checkpoint import export_hf
+from grlhfv_jax.data import pipeline
+from grlhfv_jax.rl import train
+from grlhfv_jax.stages import ConfigError, check_section, common, sft
+from grlhfv_jax.stages import data as data_stage
+
+POS_INT = (int, lambda v: v >= 1, "an int >= 1")
+SCHEMA = {
+    "steps": POS_INT, "pairs_per_step": POS_INT,
+    "lr": ((int, float), lambda v: v > 0, "a positive number"),
+    "max_len": (int, lambda v: v >= 8, "an int >= 8 (tokens per row)"),
+    "beta": ((int, float), lambda v: v > 0, "a positive number"),
+}
+
+
+def validate(config, section: str) -> None:
+    check_section(config, section, SCHEMA)
+    if config[section].get("loss_type", "sigmoid") not in ("sigmoid", "ipo"):
+        raise ConfigError(f"config.{section}.loss_type = {config[section].loss_type!r}: expected 'sigmoid' or 'ipo'")
+
+
+def output_dir(workdir: str) -> str:
+    return os.path.join(workdir, "dpo", "policy")
+
+
+def pair_examples(codec, records) -> list[dict]:
+    """Interleaved (chosen, rejected) examples: the human label's answer first."""
+    ex = []
+    for r in records:
+        w, l = ("response_1", "response_2") if int(r["overall_response"]) == 1 else ("response_2", "response_1")
+        ex += [codec.example(r["question"], r["image"], r[w]), codec.example(r["question"], r["image"], r[l])]
+    return ex
+
+
+def run(config, workdir: str, writer, section: str) -> dict:
+    sec = config[section]
+    paths = data_stage.paths(config, workdir)
+    world = data_stage.world_config(config)
+    codec = common.codec(config, workdir)
+    src, hint = sft.output_dir(workdir, "policy"), "run the 'sft' stage (with config.sft.policy) first"
+    spec = config.model.policy
+    policy, ref = (common.load_stage_output(src, hint, config, spec) for _ in range(2))
+    state = common.make_train_state(policy, sec, sec.steps)
+    ds = pipeline.dataset(paths["data_dir"], "grm_train", world, seed=config.seed + 5, num_epochs=None,
+                          batch_size=sec.pairs_per_step)
+    loss_type = sec.get("loss_type", "sigmoid")
+    cfg = train.DPOConfig(beta=float(sec.beta), loss_type=loss_type,
+                          label_smoothing=float(sec.get("label_smoothing", 0.0)))
+
+    def make_batch(step):
+        b = common.batch(pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
+        b.pop("valid")
+        jb = {k: jnp.asarray(v) for k, v in b.items()}
+        b["ref_logps"] = train.compute_sequence_logprobs(ref, jb, average=loss_type == "ipo")
+        return b
+
+    last = common.train_loop(section, state, steps=sec.steps, make_batch=make_batch,
+                             step_fn=lambda s, b: train.dpo_step(s, b, cfg), writer=writer,
+                             ckpt_dir=os.path.join(workdir, "dpo", "ckpt"), log_every=int(sec.get("log_every", 10)),
+                             ckpt_every=int(sec.get("ckpt_every", 100)))
+    export_hf(state.model, output_dir(workdir))
+    return {f"dpo/train_{k}": v for k, v in last.items() if k in ("loss", "accuracy")}
