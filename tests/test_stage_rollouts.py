@@ -120,3 +120,34 @@ def test_rl_schedule_spans_all_rl_steps_with_mini_batches():
         want = 1e-3 * (1 + np.cos(np.pi * u / 20)) / 2
         assert float(state.schedule(u)) == pytest.approx(want, rel=1e-5, abs=1e-9), u
     assert float(state.schedule(10)) == pytest.approx(5e-4, rel=1e-5)  # RL step 5 of 10: half the peak
+
+
+def test_grm_accuracy_metrics_on_canned_judgments(monkeypatch):
+    """grm_accuracy's bookkeeping on hand-made judgments (the judge itself is replaced)."""
+    from grlhfv_jax.stages import judging
+
+    recs = [dict(question="q", image=None, response_1=f"a{i}", response_2=f"b{i}", overall_response=y, pair_type=t)
+            for i, (y, t) in enumerate([(1, "style"), (2, "style"), (1, "minimal"), (2, "mixed")])]
+    # dataset order, then swapped order (label flips): per pair (forward, reverse)
+    fwd = [r"Scores: \boxed{7, 2}", r"Scores: \boxed{7, 2}", r"Scores: \boxed{3, 3}", "no scores"]
+    rev = [r"Scores: \boxed{2, 7}", r"Scores: \boxed{7, 2}", r"Scores: \boxed{1, 9}", r"Scores: \boxed{4, 8}"]
+    calls = []
+
+    def fake_judge(grm, codec, items, **kw):
+        calls.append(items)
+        return fwd if len(calls) == 1 else rev
+
+    monkeypatch.setattr(judging, "judge", fake_judge)
+    monkeypatch.setattr(judging.nnx, "split", lambda m: None)
+    m, samples = judging.grm_accuracy(None, None, recs, rows=4, max_len=8, max_new_tokens=8, prefix="x/")
+    assert calls[1][0][2:] == ("b0", "a0")  # the second pass swaps the responses
+    # forward rewards: 1, 0, 0 (tie), 0 (unparsed); reverse (labels 2, 1, 2, 1): 1, 1, 1, 0
+    assert m["x/accuracy"] == pytest.approx(0.25)
+    assert m["x/accuracy_both"] == pytest.approx(4 / 8)
+    # decided judgments: fwd 0, 1 and rev 0..3 -> rewards 1, 0, 1, 1, 1, 0
+    assert m["x/accuracy_decided"] == pytest.approx(4 / 6)
+    assert m["x/tie_rate"] == pytest.approx(1 / 8) and m["x/parse_failure"] == pytest.approx(1 / 8)
+    # consistent: pair 0 (prefers 1 both ways); pair 1 flips with the order; 2, 3 tie / fail
+    assert m["x/position_consistency"] == pytest.approx(0.25)
+    assert m["x/accuracy_style"] == pytest.approx(0.5) and m["x/accuracy_minimal"] == 0.0
+    assert m["x/accuracy_mixed"] == 0.0 and len(samples) == 4

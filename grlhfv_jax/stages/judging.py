@@ -74,14 +74,17 @@ def grm_accuracy(grm, codec, records: Sequence[dict], *, rows: int, max_len: int
 
     accuracy: the paper's pair reward in the dataset's order (ties and unparsed count as wrong);
     accuracy_both: the same over both orders; position_consistency: share of pairs whose two
-    orders parse, are not ties and pick the same response; parse_failure, tie_rate over all
-    judgments. Returns (metrics, per-pair samples for the report)."""
+    orders parse, are not ties and pick the same response; accuracy_decided: the pair reward over
+    the judgments (both orders) that parse and are not ties (ordering skill apart from ties);
+    parse_failure, tie_rate over all judgments; accuracy_<pair type> (dataset order) when records
+    carry `pair_type`. Returns (metrics, per-pair samples for the report)."""
     items = [(r["question"], r["image"], r["response_1"], r["response_2"]) for r in records]
     swapped = [(q, img, b, a) for q, img, a, b in items]
     split = nnx.split(grm)
     fwd = judge(grm, codec, items, rows=rows, max_len=max_len, max_new_tokens=max_new_tokens, model_split=split)
     rev = judge(grm, codec, swapped, rows=rows, max_len=max_len, max_new_tokens=max_new_tokens, model_split=split)
     acc, acc_rev, consistent, fails, ties = [], [], [], 0, 0
+    decided = []  # pair reward of the judgments (both orders) that parse and are not ties
     samples = []
     for r, t1, t2 in zip(records, fwd, rev):
         label = int(r["overall_response"])
@@ -90,6 +93,7 @@ def grm_accuracy(grm, codec, records: Sequence[dict], *, rows: int, max_len: int
         s1, s2 = grm_reward.pair_scores(t1), grm_reward.pair_scores(t2)
         fails += (s1 is None) + (s2 is None)
         ties += (s1 is not None and s1[0] == s1[1]) + (s2 is not None and s2[0] == s2[1])
+        decided += [c for c, s in ((acc[-1], s1), (acc_rev[-1], s2)) if s is not None and s[0] != s[1]]
         if s1 is not None and s2 is not None and s1[0] != s1[1] and s2[0] != s2[1]:
             consistent.append(float((s1[0] > s1[1]) == (s2[1] > s2[0])))
         else:
@@ -100,6 +104,7 @@ def grm_accuracy(grm, codec, records: Sequence[dict], *, rows: int, max_len: int
     metrics = {f"{prefix}accuracy": float(np.mean(acc)) if acc else 0.0,
                f"{prefix}accuracy_both": float(np.mean(acc + acc_rev)) if acc else 0.0,
                f"{prefix}position_consistency": float(np.mean(consistent)) if consistent else 0.0,
+               f"{prefix}accuracy_decided": float(np.mean(decided)) if decided else float("nan"),
                f"{prefix}parse_failure": fails / (2 * n), f"{prefix}tie_rate": ties / (2 * n),
                **by_pair_type(records, acc, f"{prefix}accuracy_")}
     return metrics, samples
