@@ -146,7 +146,7 @@ def test_sft_grm_judgments_have_format_but_no_preference_information():
         m = pat.match(r["judgment"])
         assert m, r["judgment"]
         s1, s2 = int(m.group(1)), int(m.group(2))
-        assert 1 <= s1 <= 10 and 1 <= s2 <= 10 and s1 != s2
+        assert 1 <= s1 <= 9 and s1 + s2 == 10 and s1 != 5
         assert parse_scores(r["judgment"]) == [s1, s2]
         agree.append(pair_reward(r["judgment"], r["overall_response"]))
     # scores drawn independently of the label: they order the pair as the human did half the time

@@ -118,10 +118,10 @@ class WorldConfig:
     p_key_correct: float = 0.5  # probability that a candidate states the asked fact correctly
     p_secondary_wrong: float = 0.35  # probability that an extra (not asked) fact is wrong
     p_describe_wrong: float = 0.3  # per-fact wrong probability for "describe" answers
-    p_minimal_pair: float = 0.35  # probability that both answers of a pair share one template
+    p_minimal_pair: float = 0.3  # probability that both answers of a pair share one template
     # probability that both answers state the same facts with the same values and differ only in
     # style (terse / hedged / praised): the text alone decides these pairs
-    p_style_pair: float = 0.35
+    p_style_pair: float = 0.45
     # probability that an sft_policy answer is a best answer (else a random candidate answer, so
     # that a policy warm-started on it leaves room for RL; 1.0 = always best)
     p_sft_policy_good: float = 1.0
@@ -647,9 +647,14 @@ def grm_judgment(rng: np.random.Generator, response_1: str | None = None, respon
     With both responses, the analysis describes what each response's wording does
     ("Response 1 hedges, response 2 is plain.", `style_description`): the warm start reads the
     responses, as an instruct model would, but says nothing about which one people prefer."""
-    s1 = int(rng.integers(1, 11))
-    s2 = int(rng.integers(1, 10))
-    s2 = s2 + 1 if s2 >= s1 else s2  # uniform over 1..10 without s1: never a tie
+    # Two single-digit scores that sum to 10 (a split of 10 points, never a tie): one token each
+    # with a Qwen-style tokenizer (digits are split, so "10" would be "1" "0"), and the second
+    # follows from the first. With independent random scores the tiny warm start never learned
+    # "s2 != s1": its greedy judgments tied on 55-71% of pairs (measured), which the paper's
+    # reward counts as wrong, and stage 1 spent its signal on ties. s1 is uniform over 1..9
+    # without 5, independent of everything.
+    s1 = int(rng.choice([1, 2, 3, 4, 6, 7, 8, 9]))
+    s2 = 10 - s1
     if response_1 is not None and response_2 is not None:
         analysis = f"Response 1 {style_description(response_1)}, response 2 {style_description(response_2)}."
     else:
@@ -714,7 +719,7 @@ def world_texts(cfg: WorldConfig, n_per_split: int = 300) -> list[str]:
     texts.extend("Specific Criteria: " + c for c in GRM_CRITERIA)
     texts.extend("Analysis: " + a for a in GRM_ANALYSIS)
     texts.extend(f"Analysis: Response 1 {a}, response 2 {b}." for a in STYLE_WORDS for b in STYLE_WORDS)
-    texts.extend(f"Scores: \\boxed{{{i}, {j}}}" for i in range(1, 11) for j in range(1, 11))
+    texts.extend(f"Scores: \\boxed{{{i}, {10 - i}}}" for i in range(1, 10))
     for split in SPLITS:
         for i in range(min(n_per_split, max(cfg.size(split), 50))):
             r = make_record(cfg, split, i, encode_image=False)
