@@ -6,7 +6,7 @@ and the synthetic shapes world, on a laptop CPU, no downloads.
 Stages: data (world + tokenizer) -> sft (policy and GRM warm starts) -> grm_rl (stage 1: GRPO on
 the GRM with the paper's pair reward) -> rm (score-only Bradley-Terry baseline) -> policy_rl
 (stage 2: GRPO with grouped-comparison rewards from the GRM) -> policy_rl_rm (the same with the
-score-only RM as reward) -> evaluate. `get_config("smoke")` is a few steps of each (tests).
+score-only RM as reward) -> dpo (DPO on the preference pairs) -> evaluate. `get_config("smoke")` is a few steps of each (tests).
 """
 
 import ml_collections
@@ -14,7 +14,7 @@ import ml_collections
 # The paper's template (grlhfv_jax.rl.grm_reward.GRM_TEMPLATE) made short: same slots, same
 # three-line output format. The tiny demo models pay for every prompt token on a CPU.
 DEMO_GRM_TEMPLATE = (
-    "Score both responses to the query about the image, from 1 to 10. Give criteria, analysis, scores.\n"
+    "Score both responses to the query about the image: split 10 points. Give criteria, analysis, scores.\n"
     "{principles_block}"
     "<image>{question}\n"
     "# Response 1: {response_1}\n"
@@ -44,7 +44,7 @@ def get_config(arg: str = ""):
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.workdir = "workdir/demo"
-    c.stages = ["data", "sft", "grm_rl", "rm", "policy_rl", "policy_rl_rm", "evaluate"]
+    c.stages = ["data", "sft", "grm_rl", "rm", "policy_rl", "policy_rl_rm", "dpo", "evaluate"]
     c.mesh_shape = (1, -1, 1)
     c.tensorboard = True
     c.grm_template = DEMO_GRM_TEMPLATE
@@ -64,20 +64,22 @@ def get_config(arg: str = ""):
     c.sft = dict(log_every=10, ckpt_every=100,
                  policy=dict(steps=300, batch_size=32, lr=3e-3, max_len=64, warmup_ratio=0.05, data="candidates",
                              freeze=frozen),
-                 grm=dict(steps=600, batch_size=32, lr=3e-3, max_len=144, warmup_ratio=0.05, vqa_fraction=0.5,
+                 grm=dict(steps=500, batch_size=32, lr=3e-3, max_len=160, warmup_ratio=0.05, vqa_fraction=0.5,
                           freeze=frozen))
-    c.grm_rl = dict(steps=120, pairs_per_step=16, group_size=8, mini_batches=2, max_len=120, max_new_tokens=24,
-                    temperature=1.0, lr=5e-4, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, clip_eps=0.2,
+    c.grm_rl = dict(steps=150, pairs_per_step=32, group_size=4, mini_batches=2, max_len=120, max_new_tokens=36,
+                    temperature=1.0, lr=1e-3, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, clip_eps=0.2,
                     position_debias=False, consistency_reward=False, eval_pairs=200, eval_every=40, eval_rows=64,
                     log_every=5, ckpt_every=25, freeze=frozen)
     c.rm = dict(steps=300, pairs_per_step=16, lr=1e-3, max_len=64, reg=0.001, init="sft_grm", eval_pairs=200,
                 eval_rows=64, freeze=frozen)
     policy = dict(reward="grm", steps=60, prompts_per_step=8, n=5, mini_batches=1, max_len=48, max_new_tokens=24,
                   temperature=1.0, lr=5e-4, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, clip_eps=0.2,
-                  pairs="both", aggregator="mean", judge_max_new_tokens=24,
+                  pairs="both", aggregator="mean", judge_max_new_tokens=36,
                   judge_temperature=0.0, log_every=5, ckpt_every=20, freeze=frozen)
     c.policy_rl = dict(policy)
     c.policy_rl_rm = dict(policy, reward="rm")
+    c.dpo = dict(steps=150, pairs_per_step=16, lr=1e-4, max_len=64, beta=0.1, loss_type="sigmoid", warmup_ratio=0.03,
+                 weight_decay=0.01, log_every=10, ckpt_every=50, freeze=frozen)
     c.evaluate = dict(prompts=200, max_len=48, max_new_tokens=24)
     c.report = dict(enabled=True)
 
@@ -93,6 +95,7 @@ def get_config(arg: str = ""):
         c.grm_rl.update(steps=2, pairs_per_step=2, group_size=2, mini_batches=1, max_len=192, max_new_tokens=8,
                         eval_pairs=4, eval_every=1, eval_rows=8)
         c.rm.update(steps=2, pairs_per_step=2, max_len=96, eval_pairs=4, eval_rows=8)
+        c.dpo.update(steps=2, pairs_per_step=2, max_len=96, log_every=1)
         for k in ("policy_rl", "policy_rl_rm"):
             c[k].update(steps=2, prompts_per_step=2, n=2, max_len=64, max_new_tokens=6, judge_max_new_tokens=8)
         c.evaluate.update(prompts=4, max_len=64, max_new_tokens=6)
