@@ -111,6 +111,17 @@ def batch(examples: Sequence[dict], codec: Codec, *, side: str, max_len: int, ro
     return out
 
 
+
+def pair_examples(codec: Codec, records: Sequence[dict]) -> list[dict]:
+    """Interleaved (chosen, rejected) examples of preference records: the human label's answer
+    first (the row layout of `train.bt_rm_step` and `train.dpo_step`)."""
+    ex = []
+    for r in records:
+        w, l = ("response_1", "response_2") if int(r["overall_response"]) == 1 else ("response_2", "response_1")
+        ex += [codec.example(r["question"], r["image"], r[w]), codec.example(r["question"], r["image"], r[l])]
+    return ex
+
+
 # ----------------------------------------------------------------------------- models
 
 

@@ -37,15 +37,6 @@ def output_dir(workdir: str) -> str:
     return os.path.join(workdir, "dpo", "policy")
 
 
-def pair_examples(codec, records) -> list[dict]:
-    """Interleaved (chosen, rejected) examples: the human label's answer first."""
-    ex = []
-    for r in records:
-        w, l = ("response_1", "response_2") if int(r["overall_response"]) == 1 else ("response_2", "response_1")
-        ex += [codec.example(r["question"], r["image"], r[w]), codec.example(r["question"], r["image"], r[l])]
-    return ex
-
-
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
     paths = data_stage.paths(config, workdir)
@@ -62,7 +53,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
                           label_smoothing=float(sec.get("label_smoothing", 0.0)))
 
     def make_batch(step):
-        b = common.batch(pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
+        b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
         b.pop("valid")
         jb = {k: jnp.asarray(v) for k, v in b.items()}
         b["ref_logps"] = train.compute_sequence_logprobs(ref, jb, average=loss_type == "ipo")

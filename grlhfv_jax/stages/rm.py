@@ -57,11 +57,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     cfg = train.BTConfig(reg=float(sec.reg), num_micro_batches=int(sec.get("num_micro_batches", 1)))
 
     def make_batch(step):
-        ex = []
-        for r in ds[step]:
-            w, l = ("response_1", "response_2") if int(r["overall_response"]) == 1 else ("response_2", "response_1")
-            ex += [codec.example(r["question"], r["image"], r[w]), codec.example(r["question"], r["image"], r[l])]
-        b = common.batch(ex, codec, side="right", max_len=sec.max_len)
+        b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
         b.pop("valid")
         return b
 
