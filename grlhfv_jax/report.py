@@ -71,8 +71,9 @@ def _curves(series) -> str:
 
 
 def _accuracy_bars(summary) -> str:
+    # reward models only (the GRM before / after stage 1, the score-only RM); not token accuracies
     bars = [(k, v) for k, v in sorted(summary.items())
-                    if "accuracy" in k and isinstance(v, (int, float)) and not k.startswith("time/")]
+            if k.startswith(("grm/", "baseline_rm/")) and "accuracy" in k and isinstance(v, (int, float))]
     if not bars:
         return ""
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(bars)), 3))
