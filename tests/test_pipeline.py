@@ -171,7 +171,7 @@ def test_full_demo_learns(tmp_path):
     the text decides), and the policy's oracle score rises under GRLHF-V (fails today, see
     docs/results.md), within 15 minutes."""
     summary = main.run(demo.get_config(), str(tmp_path))
-    assert summary["grm/accuracy_id"] > summary["grm/sft_accuracy_id"] + 0.15
+    assert summary["grm/accuracy_id"] > summary["grm/sft_accuracy_id"] + 0.2
     assert summary["grm/accuracy_decided_id"] > summary["grm/sft_accuracy_decided_id"] + 0.08
     assert summary["grm/accuracy_style_id"] > 0.7 and summary["grm/accuracy_style_ood"] > 0.7
     assert summary["policy/oracle_score_after"] > summary["policy/oracle_score_before"]
