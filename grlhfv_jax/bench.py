@@ -119,7 +119,7 @@ def _time_hf(model, batch, args):
     kw = {k: torch.as_tensor(v, dtype=torch.long) for k, v in batch.items()
           if k in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw")}
     if "pixel_values" in batch:
-        kw["pixel_values"] = torch.as_tensor(batch["pixel_values"])
+        kw["pixel_values"] = torch.as_tensor(batch["pixel_values"]).to(next(model.parameters()).dtype)
     gen = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=0,
                use_cache=True)
     if args.temperature > 0:
@@ -209,6 +209,8 @@ def bench_rollout(args) -> dict:
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
         model = load_pretrained(d, dtype=getattr(jnp, args.dtype))
+    if args.dtype == "bfloat16":  # the same dtype on both sides
+        hf = hf.to(torch.bfloat16)
 
     ours = _time_ours(model, batch, args)
     n_tok = args.batch * args.new_tokens
@@ -249,7 +251,8 @@ def _add_rollout(sub):
     p.add_argument("--vision-layers", type=int, default=4)
     p.add_argument("--vision-hidden", type=int, default=256)
     p.add_argument("--vision-heads", type=int, default=4)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="compute dtype of both models (ours: weights and KV cache; transformers: .to(dtype))")
     p.add_argument("--repeats", type=int, default=3, help="timed calls of ours (best is reported)")
     p.add_argument("--hf-repeats", type=int, default=2, help="timed calls of transformers after a warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs XLA uses)")
