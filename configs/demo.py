@@ -6,7 +6,8 @@ and the synthetic shapes world, on a laptop CPU, no downloads.
 Stages: data (world + tokenizer) -> sft (policy and GRM warm starts) -> grm_rl (stage 1: GRPO on
 the GRM with the paper's pair reward) -> rm (score-only Bradley-Terry baseline) -> policy_rl
 (stage 2: GRPO with grouped-comparison rewards from the GRM) -> policy_rl_rm (the same with the
-score-only RM as reward) -> dpo (DPO on the preference pairs) -> evaluate. `get_config("smoke")` is a few steps of each (tests).
+score-only RM as reward) -> dpo (DPO on the preference pairs) -> evaluate.
+`get_config("smoke")` is a few steps of each (tests).
 """
 
 import ml_collections

@@ -667,7 +667,8 @@ def make_record(cfg: WorldConfig, split: str, index: int, *, encode_image: bool 
     """Record `index` of `split`. Fields (all splits): id, split, kind, question, image (PNG bytes,
     or uint8 [H, W, 3] if encode_image=False), scene (JSON), heldout ('' | 'kind' | 'combo' |
     'both'). Pair splits add response_1, response_2, overall_response (1 | 2, the noisy human
-    label), oracle_1, oracle_2, label_noisy, pair_type ('minimal' | 'style' | 'mixed'); sft_grm adds judgment (the GRM's target text).
+    label), oracle_1, oracle_2, label_noisy, pair_type ('minimal' | 'style' | 'mixed'); sft_grm
+    adds judgment (the GRM's target text).
     Prompt splits add answer (a best answer, oracle score 1; in sft_policy a random candidate
     answer instead with probability 1 - p_sft_policy_good)."""
     rng = _record_rng(cfg, split, index)

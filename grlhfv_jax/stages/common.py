@@ -111,7 +111,6 @@ def batch(examples: Sequence[dict], codec: Codec, *, side: str, max_len: int, ro
     return out
 
 
-
 def pair_examples(codec: Codec, records: Sequence[dict]) -> list[dict]:
     """Interleaved (chosen, rejected) examples of preference records: the human label's answer
     first (the row layout of `train.bt_rm_step` and `train.dpo_step`)."""

@@ -1,11 +1,11 @@
 """Stage `evaluate`: the policies on held-out prompts, scored by the oracle and by the GRM.
 
 For the SFT policy (before), the GRLHF-V policy (`policy_rl`), the score-only-RM baseline
-(`policy_rl_rm`) and the DPO baseline (`dpo`), whichever exist: greedy answers to `policy_test` prompts, their mean oracle
-score (the hidden principle: true quality), completion rate, length and self-praise rate; then
-head-to-head GRM judgments of each RL policy against the SFT policy (both orders), beside the
-oracle's verdict on the same pairs. A judge that prefers the RL answers more often than the oracle
-does is being fooled (reward hacking).
+(`policy_rl_rm`) and the DPO baseline (`dpo`), whichever exist: greedy answers to `policy_test`
+prompts, their mean oracle score (the hidden principle: true quality), completion rate, length and
+self-praise rate; then head-to-head GRM judgments of each trained policy against the SFT policy
+(both orders), beside the oracle's verdict on the same pairs. A judge that prefers the trained
+answers more often than the oracle does is being fooled (reward hacking).
 """
 
 from __future__ import annotations
