@@ -1,5 +1,6 @@
 """The synthetic world: determinism, the principle / oracle on hand-made cases, label noise, held-out
 splits, pixels against scenes, and how little a text-only judge can do."""
+import dataclasses
 import re
 
 import numpy as np
@@ -156,8 +157,35 @@ def test_sft_grm_judgments_have_format_but_no_preference_information():
         want = (f"Analysis: Response 1 {W.style_description(r['response_1'])}, "
                 f"response 2 {W.style_description(r['response_2'])}.")
         assert want in r["judgment"]
-    old = W.make_record(W.WorldConfig(sft_grm_analysis=False), "sft_grm", 0, encode_image=False)
-    assert "Response 1" not in old["judgment"] and pat.match(old["judgment"])
+    # "facts": also what the image shows and whether each response's facts are right
+    facts_cfg = dataclasses.replace(CFG, sft_grm_analysis="facts")
+    for i in range(200):
+        r = W.make_record(facts_cfg, "sft_grm", i, encode_image=False)
+        assert pat.match(r["judgment"]), r["judgment"]
+        scene = W.Scene.from_any(r["scene"])
+        checks = [W.fact_check(scene, r[f"response_{i}"]) for i in (1, 2)]
+        styles = [W.style_description(r[f"response_{i}"]).removeprefix("is ") for i in (1, 2)]
+        want = (f"Analysis: Image: {W.scene_description(scene)}. Response 1: {checks[0]}, {styles[0]}. "
+                f"Response 2: {checks[1]}, {styles[1]}.")
+        assert want in r["judgment"]
+    none = W.make_record(W.WorldConfig(sft_grm_analysis="none"), "sft_grm", 0, encode_image=False)
+    assert "Response 1" not in none["judgment"] and pat.match(none["judgment"])
+    with pytest.raises(ValueError, match="sft_grm_analysis"):
+        W.WorldConfig(sft_grm_analysis=True)
+
+
+def test_fact_check_and_scene_description_hand_cases():
+    scene = W.Scene(shape="circle", colour="red", count=3, position="left", centres=((7, 14), (7, 28), (7, 42)))
+    assert W.scene_description(scene) == "three red circles on the left"
+    one = W.Scene(shape="square", colour="blue", count=1, position="top", centres=((28, 7),))
+    assert W.scene_description(one) == "one blue square at the top"
+    assert W.fact_check(scene, "They are red.") == "right"
+    assert W.fact_check(scene, "Maybe there are three red circles on the left.") == "right"
+    assert W.fact_check(scene, "They are blue.") == "wrong"
+    assert W.fact_check(scene, "The three red circles are on the right.") == "wrong"  # one wrong fact is enough
+    assert W.fact_check(scene, "They are red and orange.") == "wrong"  # two colours: wrong
+    assert W.fact_check(scene, "This is an excellent, accurate answer.") == "no fact"
+    assert W.fact_check(scene, "") == "no fact"
 
 
 def test_style_description_hand_cases():

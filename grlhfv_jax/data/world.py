@@ -77,6 +77,7 @@ PRAISE_ONLY = ("This is an excellent, accurate answer.", "This answer is perfect
 # GRM warm-start judgments: a few words each, chosen at random (they carry no information).
 GRM_CRITERIA = ("accuracy.", "correctness.", "helpfulness.", "detail.", "clarity.")
 GRM_ANALYSIS = ("compared.", "both answer.", "they differ.", "checked.")
+GRM_ANALYSIS_KINDS = ("facts", "style", "none")
 
 SPLITS = ("sft_policy", "sft_grm", "grm_train", "grm_test_id", "grm_test_ood", "policy_train",
           "policy_test")
@@ -125,9 +126,10 @@ class WorldConfig:
     # probability that an sft_policy answer is a best answer (else a random candidate answer, so
     # that a policy warm-started on it leaves room for RL; 1.0 = always best)
     p_sft_policy_good: float = 1.0
-    # the GRM warm start's analysis describes each response's wording (grm_judgment); False: a
-    # random filler word
-    sft_grm_analysis: bool = True
+    # what the GRM warm start's analysis says (grm_judgment): "style" = each response's wording;
+    # "facts" = what the image shows, whether each response's stated facts are right, and its
+    # wording; "none" = a random filler phrase. The scores are random in every case.
+    sft_grm_analysis: str = "style"
     # candidate styles and their weights: terse, detailed, hedged, praised (answer + praise),
     # praise_only (no information)
     style_weights: tuple[tuple[str, float], ...] = (
@@ -147,6 +149,9 @@ class WorldConfig:
         if self.p_minimal_pair + self.p_style_pair > 1.0 + 1e-9:
             raise ValueError(f"WorldConfig.p_minimal_pair + p_style_pair must be <= 1, got "
                              f"{self.p_minimal_pair} + {self.p_style_pair}")
+        if self.sft_grm_analysis not in GRM_ANALYSIS_KINDS:
+            raise ValueError(f"WorldConfig.sft_grm_analysis must be one of {GRM_ANALYSIS_KINDS}, "
+                             f"got {self.sft_grm_analysis!r}")
         if not 0.0 <= self.label_noise < 0.5:
             raise ValueError(f"WorldConfig.label_noise must be in [0, 0.5), got {self.label_noise}")
         for k in self.heldout_kinds:
@@ -296,6 +301,28 @@ def render(scene: Scene) -> np.ndarray:
         else:
             raise ValueError(f"unknown shape {scene.shape!r}")
     return np.asarray(img, dtype=np.uint8)
+
+
+ATTR_VALUES: dict[str, tuple] = {"colour": tuple(COLOURS), "count": COUNTS, "shape": SHAPES,
+                                  "position": POSITIONS}
+
+
+def attribute_labels(scene: Scene) -> np.ndarray:
+    """int [4]: the index of the scene's colour, count, shape and position in `ATTR_VALUES`
+    (in `ATTRS` order)."""
+    f = scene.facts()
+    return np.array([ATTR_VALUES[a].index(f[a]) for a in ATTRS], np.int32)
+
+
+def vision_examples(cfg: WorldConfig, stream: int, index: int, n: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """`n` rendered scenes and their attribute labels [n, 4], for pretraining a vision tower.
+
+    Deterministic in (cfg.seed, stream, index); the held-out colour-shape combinations of the
+    out-of-distribution split are never drawn, so that split stays unseen by every model."""
+    rng = np.random.default_rng([cfg.seed, 1000 + int(stream), int(index)])
+    combos = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in set(cfg.heldout_combos)]
+    scenes = [sample_scene(rng, cfg, combos=combos) for _ in range(n)]
+    return [render(s) for s in scenes], np.stack([attribute_labels(s) for s in scenes])
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -641,12 +668,37 @@ def style_description(answer: str) -> str:
     return "is plain"
 
 
-def grm_judgment(rng: np.random.Generator, response_1: str | None = None, response_2: str | None = None) -> str:
+def scene_description(scene: Scene) -> str:
+    """All four facts of a scene as a phrase: "three red circles on the left"."""
+    return f"{_np(scene.facts(), scene.count != 1)} {POSITION_PHRASES[scene.position]}"
+
+
+FACT_CHECKS = ("right", "wrong", "no fact")
+
+
+def fact_check(scene: Scene | str | Mapping, answer: str) -> str:
+    """Whether the facts an answer states agree with the scene: "wrong" if any stated value differs
+    from the truth, "right" if it states at least one fact and all are true, else "no fact".
+    Perception only: it does not weigh facts (asked or not, how many)."""
+    scene = Scene.from_any(scene)
+    claims, facts = parse_claims("" if answer is None else str(answer)), scene.facts()
+    if any(v and v != {facts[a]} for a, v in claims.items()):
+        return "wrong"
+    return "right" if any(claims.values()) else "no fact"
+
+
+def grm_judgment(rng: np.random.Generator, response_1: str | None = None, response_2: str | None = None,
+                 scene: Scene | None = None) -> str:
     """A GRM-format judgment whose scores are independent of everything (format-only warm start).
 
-    With both responses, the analysis describes what each response's wording does
-    ("Response 1 hedges, response 2 is plain.", `style_description`): the warm start reads the
-    responses, as an instruct model would, but says nothing about which one people prefer."""
+    The analysis plays the part of an instruct VLM reading the image and the responses, without
+    knowing which one people prefer:
+    - with `scene` and both responses: what the image shows, whether each response's facts are
+      right (`fact_check`) and what its wording does (`style_description`): "Image: three red
+      circles on the left. Response 1: wrong, hedges. Response 2: right, plain.";
+    - with both responses only: the wording ("Response 1 hedges, response 2 is plain.");
+    - else a random filler phrase.
+    How much each of these matters to the human (the principle) is what stage 1 must learn."""
     # Two single-digit scores that sum to 10 (a split of 10 points, never a tie): one token each
     # with a Qwen-style tokenizer (digits are split, so "10" would be "1" "0"), and the second
     # follows from the first. With independent random scores the tiny warm start never learned
@@ -655,7 +707,11 @@ def grm_judgment(rng: np.random.Generator, response_1: str | None = None, respon
     # without 5, independent of everything.
     s1 = int(rng.choice([1, 2, 3, 4, 6, 7, 8, 9]))
     s2 = 10 - s1
-    if response_1 is not None and response_2 is not None:
+    if response_1 is not None and response_2 is not None and scene is not None:
+        analysis = f"Image: {scene_description(scene)}." + "".join(
+            f" Response {i}: {fact_check(scene, r)}, {style_description(r).removeprefix('is ')}."
+            for i, r in ((1, response_1), (2, response_2)))
+    elif response_1 is not None and response_2 is not None:
         analysis = f"Response 1 {style_description(response_1)}, response 2 {style_description(response_2)}."
     else:
         analysis = _pick(rng, GRM_ANALYSIS)
@@ -690,7 +746,9 @@ def make_record(cfg: WorldConfig, split: str, index: int, *, encode_image: bool 
                    label_noisy=noisy, pair_type=ptype)
         rec["judgment"] = ""
         if split == "sft_grm":
-            rec["judgment"] = grm_judgment(rng, *((a, b) if cfg.sft_grm_analysis else ()))
+            how = cfg.sft_grm_analysis
+            rec["judgment"] = grm_judgment(rng, *((a, b) if how != "none" else ()),
+                                           scene=scene if how == "facts" else None)
     elif split == "sft_policy" and cfg.p_sft_policy_good < 1.0 and rng.random() >= cfg.p_sft_policy_good:
         while True:
             answer, _ = sample_answer(rng, scene, kind, cfg)

@@ -23,8 +23,11 @@ def world_config(config) -> W.WorldConfig:
     for split in sizes:
         if split not in W.SPLITS:
             raise ConfigError(f"config.data.sizes: unknown split '{split}' (splits: {', '.join(W.SPLITS)})")
+    analysis = d.get("sft_grm_analysis", "style")
+    if analysis not in W.GRM_ANALYSIS_KINDS:
+        raise ConfigError(f"config.data.sft_grm_analysis = {analysis!r}: expected one of {W.GRM_ANALYSIS_KINDS}")
     return W.WorldConfig(seed=d.seed, image_size=d.image_size, label_noise=float(d.label_noise),
-                         sizes=tuple({**W.DEFAULT_SIZES, **sizes}.items()))
+                         sft_grm_analysis=analysis, sizes=tuple({**W.DEFAULT_SIZES, **sizes}.items()))
 
 
 def data_dir(config, workdir: str) -> str:
