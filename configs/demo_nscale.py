@@ -18,7 +18,7 @@ _spec.loader.exec_module(demo)
 
 def get_config(arg: str = ""):
     c = demo.get_config(arg)
-    c.stages = ["data", "sft", "grm_rl", "rm", "nscale"]
+    c.stages = ("data", "vision", "sft", "grm_rl", "rm", "nscale")
     c.nscale = dict(ns=[2, 3, 5, 7], rewards=["grm", "rm"], policy=dict(c.policy_rl.to_dict()))
     if arg == "smoke":
         c.nscale.ns = [2, 3]

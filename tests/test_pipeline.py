@@ -28,6 +28,10 @@ import demo  # noqa: E402
     ("sft.policy.lr", -1.0, r"config\.sft\.policy\.lr = -1\.0"),
     ("mesh_shape", (2, -1, -1), r"config\.mesh_shape"),
     ("grm_rl.consistency_reward", True, r"consistency_reward needs"),
+    ("data.sft_grm_analysis", "opinions", r"config\.data\.sft_grm_analysis = 'opinions'"),
+    ("vision.eval_images", 0, r"config\.vision\.eval_images = 0"),
+    ("vision.model", "critic", r"config\.vision\.model = 'critic'"),
+    ("model.grm.hf_config.vision_config.depth", 3, r"config\.sft\.grm\.pretrained_vision"),
 ])
 def test_bad_config_fails_before_anything_runs_naming_the_key(key, value, match):
     config = demo.get_config("smoke")
@@ -112,8 +116,30 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     page = open(os.path.join(workdir, "report.html")).read()
     assert "Sample judgments" in page and "data:image/png;base64" in page
-    for d in ("sft/policy", "sft/grm", "grm_rl/grm", "rm/rm", "policy_rl/policy", "policy_rl_rm/policy", "dpo/policy"):
+    assert summary["vision/heldout_accuracy_colour"] >= 0.0
+    for d in ("vision/model", "sft/policy", "sft/grm", "grm_rl/grm", "rm/rm", "policy_rl/policy", "policy_rl_rm/policy", "dpo/policy"):
         assert os.path.isfile(os.path.join(workdir, d, "config.json")), d
+
+
+def test_sft_models_start_from_the_pretrained_vision_tower(smoke_run):
+    """Both warm starts carry the `vision` stage's tower (frozen, so still equal after SFT) and
+    their own randomly initialised language models."""
+    from grlhfv_jax import models
+    _, workdir, _ = smoke_run
+    src = models.load_pretrained(os.path.join(workdir, "vision", "model"))
+    fresh = models.from_config(src.config, rngs=nnx.Rngs(123))
+    for target in ("policy", "grm"):
+        m = models.load_pretrained(os.path.join(workdir, "sft", target))
+        for a, b, c in zip(jax_leaves(m.visual), jax_leaves(src.visual), jax_leaves(fresh.visual)):
+            np.testing.assert_array_equal(a, b)
+            assert not np.array_equal(a, c) or a.size == 0 or np.all(a == a.flat[0])  # not a fresh tower
+        assert not np.array_equal(np.asarray(m.model.embed_tokens.weight[...]),
+                                  np.asarray(src.model.embed_tokens.weight[...]))
+
+
+def jax_leaves(module):
+    import jax
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(nnx.state(module, nnx.Param))]
 
 
 def test_rerun_skips_finished_stages_and_refuses_a_changed_config(smoke_run, capsys):

@@ -14,6 +14,7 @@ from typing import Any, Callable
 # stage name -> module (under grlhfv_jax.stages) and the config section it reads.
 STAGES = {
     "data": ("data", "data"),
+    "vision": ("vision", "vision"),
     "sft": ("sft", "sft"),
     "grm_rl": ("grm_rl", "grm_rl"),
     "rm": ("rm", "rm"),

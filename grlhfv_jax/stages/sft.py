@@ -44,6 +44,26 @@ def validate(config, section: str) -> None:
     if "model" not in config:
         from grlhfv_jax.stages import ConfigError
         raise ConfigError("config.model is missing (model specs for policy / grm / rm)")
+    for target in TARGETS:
+        if target in sec and sec[target].get("pretrained_vision", False):
+            _check_vision_source(config, section, target)
+
+
+def _check_vision_source(config, section: str, target: str) -> None:
+    """`pretrained_vision=True` needs the `vision` stage's section and the same vision config."""
+    from grlhfv_jax.stages import ConfigError
+    if "vision" not in config:
+        raise ConfigError(f"config.{section}.{target}.pretrained_vision is set but config.vision is missing "
+                          "(the 'vision' stage pretrains the tower)")
+    src = config.vision.get("model", "policy")
+
+    def vision_config(name):
+        hf = config.model[name].hf_config
+        hf = hf.to_dict() if hasattr(hf, "to_dict") else dict(hf)
+        return hf.get("vision_config")
+    if target not in config.model or vision_config(target) != vision_config(src):
+        raise ConfigError(f"config.{section}.{target}.pretrained_vision: config.model.{target}.hf_config.vision_config "
+                          f"differs from config.model.{src} (the tower the 'vision' stage trains)")
 
 
 def output_dir(workdir: str, target: str) -> str:
@@ -78,6 +98,10 @@ def run(config, workdir: str, writer, section: str) -> dict:
         tc = sec[target]
         model = common.new_or_load(config.model[target], codec, seed=config.seed + (target == "grm"),
                                    mesh=common.mesh_from_config(config))
+        if tc.get("pretrained_vision", False):
+            from grlhfv_jax.stages import vision
+            vision.copy_tower(model, workdir, config, config.model[target])
+            print(f"[sft] {target}: vision tower from {vision.output_dir(workdir)}", flush=True)
         state = common.make_train_state(model, tc, tc.steps)
         B = tc.batch_size
         if target == "policy":
