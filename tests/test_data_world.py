@@ -343,3 +343,25 @@ def test_config_validation_names_the_key():
         W.make_record(CFG, "grm_tran", 0)
     cfg = W.WorldConfig(seed=3, sizes=(("grm_train", 7),), heldout_kinds=("count", "where"))
     assert W.WorldConfig.from_dict(__import__("json").loads(cfg.to_json())) == cfg
+
+
+def test_restyle_keeps_the_facts_and_follows_the_weights():
+    rng = np.random.default_rng(0)
+    assert W.restyle(rng, "They are red.", {"plain": 1.0}) == "They are red."
+    hedged = W.restyle(rng, "They are red.", {"hedged": 1.0})
+    assert hedged.endswith("they are red.") and W.style_description(hedged) == "hedges"
+    praised = W.restyle(rng, "They are red.", {"praised": 1.0})
+    assert praised.startswith("They are red. ") and W.style_description(praised) == "praises itself"
+    assert W.restyle(rng, "They are red.", {"praise_only": 1.0}) in W.PRAISE_ONLY
+    scene = W.Scene(shape="circle", colour="red", count=2, position="top", centres=((21, 7), (35, 7)))
+    weights = {"plain": 0.4, "hedged": 0.25, "praised": 0.25, "praise_only": 0.1}
+    outs = [W.restyle(rng, "They are red.", weights) for _ in range(4000)]
+    kinds = [W.style_description(o) for o in outs]
+    for style, want in (("is plain", 0.4), ("hedges", 0.25), ("praises itself", 0.25), ("only praises", 0.1)):
+        assert abs(kinds.count(style) / len(outs) - want) < 0.03, style
+    # the stated facts never change: right, or none at all
+    assert {W.fact_check(scene, o) for o in outs} == {"right", "no fact"}
+    with pytest.raises(ValueError, match="unknown style"):
+        W.restyle(rng, "x", {"rude": 1.0})
+    with pytest.raises(ValueError, match="positive sum"):
+        W.restyle(rng, "x", {"plain": 0.0})

@@ -485,6 +485,27 @@ def styled(text: str, form: Mapping[str, Any]) -> str:
     return text
 
 
+RESTYLE_STYLES = ("plain", "hedged", "praised", "praise_only")
+
+
+def restyle(rng: np.random.Generator, answer: str, weights: Mapping[str, float]) -> str:
+    """`answer` in a style drawn from `weights` (style name in RESTYLE_STYLES -> weight): "plain"
+    keeps it, "hedged" prefixes a hedge, "praised" appends self-praise, "praise_only" replaces it
+    by self-praise. The facts stay the same (or are all gone): a warm start trained on these
+    states the facts it sees, in a style the principle dislikes."""
+    bad = set(weights) - set(RESTYLE_STYLES)
+    if bad:
+        raise ValueError(f"restyle: unknown style(s) {sorted(bad)}; styles are {RESTYLE_STYLES}")
+    names = list(weights)
+    w = np.array([float(weights[k]) for k in names])
+    if np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"restyle: weights must be >= 0 with a positive sum, got {dict(weights)}")
+    style = names[int(rng.choice(len(names), p=w / w.sum()))]
+    if style == "praise_only":
+        return _pick(rng, PRAISE_ONLY)
+    return styled(answer, {"style": style, "hedge": _pick(rng, HEDGES), "praise": _pick(rng, PRAISE_SUFFIXES)})
+
+
 def good_answer(rng: np.random.Generator, scene: Scene, kind: str) -> str:
     """A best-possible answer (oracle score 1): the asked facts right, the colour named, no
     hedging or praise; sometimes with other right facts too."""

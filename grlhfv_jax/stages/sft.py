@@ -2,7 +2,9 @@
 
 - policy: next-token loss on answers to the world's questions. `data="candidates"` uses the
   candidate answers of the preference pairs (mixed quality, like a base model's samples: there
-  is room for RL to improve); `data="best"` uses the best answers.
+  is room for RL to improve); `data="best"` uses the best answers; `data="styled"` the best
+  answers in a style drawn from `styles` (plain / hedged / praised / praise_only -> weight): a
+  warm start that knows the facts but hedges and praises itself, which the principle dislikes.
 - grm: the judgment format of the GRM template ("Specific Criteria / Analysis / Scores"), with
   scores that carry no knowledge of the human principle, mixed with question answering
   (`vqa_fraction`) so the GRM learns to see the images. This plays the part of the paper's
@@ -19,11 +21,13 @@ import numpy as np
 
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import pipeline
+from grlhfv_jax.data import world as W
 from grlhfv_jax.rl import train
 from grlhfv_jax.stages import check_section, common
 from grlhfv_jax.stages import data as data_stage
 
 TARGETS = ("policy", "grm")
+POLICY_DATA = ("candidates", "best", "styled")
 SCHEMA = {
     "steps": (int, lambda v: v >= 1, "an int >= 1"),
     "batch_size": (int, lambda v: v >= 1, "an int >= 1"),
@@ -38,9 +42,16 @@ def validate(config, section: str) -> None:
     for target in TARGETS:
         if target in sec:
             check_section(config, f"{section}.{target}", SCHEMA)
-    if "policy" in sec and sec.policy.get("data", "candidates") not in ("candidates", "best"):
+    if "policy" in sec and sec.policy.get("data", "candidates") not in POLICY_DATA:
         from grlhfv_jax.stages import ConfigError
-        raise ConfigError(f"config.{section}.policy.data = {sec.policy.data!r}: expected 'candidates' or 'best'")
+        raise ConfigError(f"config.{section}.policy.data = {sec.policy.data!r}: expected one of {POLICY_DATA}")
+    if "policy" in sec and sec.policy.get("data", "candidates") == "styled":
+        from grlhfv_jax.stages import ConfigError
+        styles = dict(sec.policy.get("styles", {}))
+        if not styles or set(styles) - set(W.RESTYLE_STYLES) or any(
+                not isinstance(v, (int, float)) or v < 0 for v in styles.values()) or sum(styles.values()) <= 0:
+            raise ConfigError(f"config.{section}.policy.styles = {styles!r}: expected weights >= 0 (positive sum) "
+                              f"for styles among {W.RESTYLE_STYLES}")
     if "model" not in config:
         from grlhfv_jax.stages import ConfigError
         raise ConfigError("config.model is missing (model specs for policy / grm / rm)")
@@ -70,11 +81,14 @@ def output_dir(workdir: str, target: str) -> str:
     return os.path.join(workdir, "sft", target)
 
 
-def _examples_policy(codec, records, data: str) -> list[dict]:
+def _examples_policy(codec, records, data: str, styles=None, seed: int = 0) -> list[dict]:
     out = []
     for r in records:
         if data == "best":
             out.append(codec.example(r["question"], r["image"], r["answer"]))
+        elif data == "styled":  # the style of record i is fixed by (seed, i): the same on every epoch / resume
+            rng = np.random.default_rng([seed, int(str(r["id"]).rsplit("-", 1)[-1])])
+            out.append(codec.example(r["question"], r["image"], W.restyle(rng, r["answer"], styles)))
         else:
             out.append(codec.example(r["question"], r["image"], r["response_1"]))
             out.append(codec.example(r["question"], r["image"], r["response_2"]))
@@ -105,11 +119,12 @@ def run(config, workdir: str, writer, section: str) -> dict:
         state = common.make_train_state(model, tc, tc.steps)
         B = tc.batch_size
         if target == "policy":
-            split = "sft_policy" if tc.get("data", "candidates") == "best" else "sft_grm"
+            split = "sft_grm" if tc.get("data", "candidates") == "candidates" else "sft_policy"
             ds = pipeline.dataset(ddir, split, world, seed=config.seed, num_epochs=None, batch_size=B)
 
             def make_batch(step, ds=ds, tc=tc):
-                ex = _examples_policy(codec, ds[step], tc.get("data", "candidates"))
+                ex = _examples_policy(codec, ds[step], tc.get("data", "candidates"), dict(tc.get("styles", {})),
+                                      seed=config.seed)
                 order = np.random.default_rng([config.seed, step]).permutation(len(ex))  # same on resume
                 ex = [ex[i] for i in order[:B]]
                 return _to_train(common.batch(ex, codec, side="right", max_len=tc.max_len))
