@@ -2,8 +2,10 @@
 
 For each n in `ns` and each reward in `rewards` ("grm", "rm"), trains the SFT policy with
 `policy_rl` settings (section `nscale.policy`, its `n` replaced) into `workdir/nscale/<reward>_n<n>`
-and measures the oracle score on `policy_test` prompts. Writes `workdir/nscale.json`
-({"<reward>": {"<n>": oracle gain over the SFT policy}}), which the report plots.
+and measures the oracle score on `policy_test` prompts: of `evaluate.samples` answers per prompt
+sampled at temperature 1 when that is > 0 (the distribution RL optimises), else of greedy answers.
+Writes `workdir/nscale.json` ({"<reward>": {"<n>": oracle gain over the SFT policy}}), which the
+report plots.
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ def validate(config, section: str) -> None:
     policy_rl.validate(probe, _section(probe, section, config[section].rewards[0], config[section].ns[0]))
 
 
-def _oracle(model, codec, recs, ev) -> float:
-    texts, _ = evaluate.answers(model, codec, recs, max_len=ev.max_len, max_new_tokens=ev.max_new_tokens)
-    return float(np.mean([W.oracle_score(r["scene"], r["question"], a) for r, a in zip(recs, texts)]))
+def _oracle(model, codec, recs, ev, seed: int = 0) -> float:
+    k = int(ev.get("samples", 0))
+    texts, _ = evaluate.answers(model, codec, recs, max_len=ev.max_len, max_new_tokens=ev.max_new_tokens,
+                                samples=max(k, 1), temperature=1.0 if k else 0.0, seed=seed)
+    prompts = [r for r in recs for _ in range(max(k, 1))]
+    return float(np.mean([W.oracle_score(r["scene"], r["question"], a) for r, a in zip(prompts, texts)]))
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
@@ -51,7 +56,9 @@ def run(config, workdir: str, writer, section: str) -> dict:
     codec = common.codec(config, workdir)
     recs = pipeline.load_records(paths["data_dir"], "policy_test", data_stage.world_config(config), n=ev.prompts)
     spec = config.model.policy
-    base = _oracle(common.load_stage_output(sft.output_dir(workdir, "policy"), "run sft", config, spec), codec, recs, ev)
+    seed = config.seed + 17
+    base = _oracle(common.load_stage_output(sft.output_dir(workdir, "policy"), "run sft", config, spec), codec, recs, ev,
+                   seed)
     path = os.path.join(workdir, "nscale.json")
     result = json.load(open(path)) if os.path.exists(path) else {}
     summary = {"nscale/oracle_sft": base}
@@ -63,7 +70,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
             policy_rl.run(config, workdir, writer, section=name, out_root=os.path.join(workdir, "nscale"))
             model = common.load_stage_output(policy_rl.output_dir(os.path.join(workdir, "nscale"), name), name,
                                              config, spec)
-            result.setdefault(reward, {})[str(n)] = _oracle(model, codec, recs, ev) - base
+            result.setdefault(reward, {})[str(n)] = _oracle(model, codec, recs, ev, seed) - base
             with open(path, "w") as f:
                 json.dump(result, f, indent=2)
             summary[f"nscale/{reward}_gain_n{n}"] = result[reward][str(n)]
