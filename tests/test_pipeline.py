@@ -120,7 +120,8 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     page = open(os.path.join(workdir, "report.html")).read()
     assert "Sample judgments" in page and "data:image/png;base64" in page
-    assert summary["vision/heldout_accuracy_colour"] >= 0.0
+    for a in ("colour", "count", "shape", "position"):
+        assert 0.0 <= summary[f"vision/heldout_accuracy_{a}"] <= 1.0, a
     for d in ("vision/model", "sft/policy", "sft/grm", "grm_rl/grm", "rm/rm", "policy_rl/policy", "policy_rl_rm/policy", "dpo/policy"):
         assert os.path.isfile(os.path.join(workdir, d, "config.json")), d
 
