@@ -55,7 +55,7 @@ class GrlhfvWorld(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES = {"1.0.0": "First release: shapes world, hidden principle, 7 splits.",
                      "1.1.0": "Pair types (minimal, style, mixed) and the pair_type field.",
-                     "1.2.0": "sft_grm judgments: the analysis states the image's facts and checks each response."}
+                     "1.2.0": "WorldConfig.sft_grm_analysis (style, the old default | facts | none)."}
     BUILDER_CONFIGS = [WorldBuilderConfig.from_world(W.WorldConfig())]
     # TFDS derives this from the package and, for a regular package, then touches the optional
     # `importlib_resources` module; giving the path directly avoids that dependency.

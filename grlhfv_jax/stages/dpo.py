@@ -42,9 +42,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     paths = data_stage.paths(config, workdir)
     world = data_stage.world_config(config)
     codec = common.codec(config, workdir)
-    src, hint = sft.output_dir(workdir, "policy"), "run the 'sft' stage (with config.sft.policy) first"
-    spec = config.model.policy
-    policy, ref = (common.load_stage_output(src, hint, config, spec) for _ in range(2))
+    policy, ref = sft.trainee_and_reference(config, workdir, "policy")
     state = common.make_train_state(policy, sec, sec.steps)
     ds = pipeline.dataset(paths["data_dir"], "grm_train", world, seed=config.seed + 5, num_epochs=None,
                           batch_size=sec.pairs_per_step)

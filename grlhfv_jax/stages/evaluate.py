@@ -5,8 +5,8 @@ For the SFT policy (before), the GRLHF-V policy (`policy_rl`), the score-only-RM
 prompts, their mean oracle score (the hidden principle: true quality), completion rate, length and
 self-praise rate; with `samples` = k > 0 also k answers per prompt sampled at temperature 1 (the
 distribution RL optimises: `*oracle_score_sampled_*`, `*hedge_rate_sampled_*`,
-`*self_praise_rate_sampled_*`); then head-to-head GRM judgments of each trained policy against the SFT policy
-(both orders), beside the oracle's verdict on the same pairs. A judge that prefers the trained
+`*self_praise_rate_sampled_*`); then head-to-head GRM judgments of each trained policy against the
+SFT policy (both orders), beside the oracle's verdict on the same pairs. A judge that prefers the trained
 answers more often than the oracle does is being fooled (reward hacking).
 """
 
@@ -34,6 +34,7 @@ OPTIONAL = {"samples": (int, lambda v: v >= 0, "an int >= 0 (sampled answers per
 POLICIES = (("before", None, "policy/", "before"), ("after", "policy_rl", "policy/", "after"),
             ("baseline_rm", "policy_rl_rm", "baseline_rm/", "after"), ("dpo", "dpo", "dpo/", "after"))
 PRAISE = ("excellent", "perfect", "accurate answer", "great")
+SAMPLE_SEED = 17  # + config.seed: the sampled answers' rng (nscale uses the same)
 
 
 def validate(config, section: str) -> None:
@@ -58,6 +59,16 @@ def answers(model, codec, recs, *, max_len: int, max_new_tokens: int, rows: int 
     return texts, np.array(done)
 
 
+def scored_answers(model, codec, recs, sec, *, samples: int = 0, seed: int = 0):
+    """Greedy answers (`samples=0`) or `samples` per prompt at temperature 1, with their oracle
+    scores. `sec` holds max_len and max_new_tokens. Returns (texts, finished, scores [N])."""
+    k = max(int(samples), 1)
+    texts, done = answers(model, codec, recs, max_len=sec.max_len, max_new_tokens=sec.max_new_tokens, samples=k,
+                          temperature=1.0 if samples else 0.0, seed=seed)
+    prompts = [r for r in recs for _ in range(k)]
+    return texts, done, np.array([W.oracle_score(r["scene"], r["question"], a) for r, a in zip(prompts, texts)])
+
+
 def hedges(answer: str) -> bool:
     return W.style_description(answer) == "hedges"
 
@@ -78,19 +89,15 @@ def run(config, workdir: str, writer, section: str) -> dict:
         if not os.path.isfile(os.path.join(path, "config.json")):
             continue
         model = common.load_stage_output(path, f"run the stage that writes {path}", config, config.model.policy)
-        t, done = answers(model, codec, recs, max_len=sec.max_len, max_new_tokens=sec.max_new_tokens)
+        t, done, oracle = scored_answers(model, codec, recs, sec)
         texts[name] = t
-        oracle = np.array([W.oracle_score(r["scene"], r["question"], a) for r, a in zip(recs, t)])
         summary[f"{prefix}oracle_score_{key}"] = float(oracle.mean())
         summary[f"{prefix}complete_rate_{key}"] = float(done.mean())
         summary[f"{prefix}length_words_{key}"] = float(np.mean([len(a.split()) for a in t]))
         summary[f"{prefix}self_praise_rate_{key}"] = float(np.mean([praises(a) for a in t]))
-        k = int(sec.get("samples", 0))
-        if k:
-            ts, _ = answers(model, codec, recs, max_len=sec.max_len, max_new_tokens=sec.max_new_tokens, samples=k,
-                            temperature=1.0, seed=config.seed + 17)
-            sampled = [W.oracle_score(r["scene"], r["question"], a) for r, a in zip([r for r in recs for _ in range(k)], ts)]
-            summary[f"{prefix}oracle_score_sampled_{key}"] = float(np.mean(sampled))
+        if int(sec.get("samples", 0)):
+            ts, _, sampled = scored_answers(model, codec, recs, sec, samples=sec.samples, seed=SAMPLE_SEED + config.seed)
+            summary[f"{prefix}oracle_score_sampled_{key}"] = float(sampled.mean())
             summary[f"{prefix}hedge_rate_sampled_{key}"] = float(np.mean([hedges(a) for a in ts]))
             summary[f"{prefix}self_praise_rate_sampled_{key}"] = float(np.mean([praises(a) for a in ts]))
         writer.write("evaluate", 0, {f"{name}/oracle_score": oracle.mean()})

@@ -83,9 +83,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     paths = data_stage.paths(config, workdir)
     world = data_stage.world_config(config)
     codec = common.codec(config, workdir)
-    src, hint = sft.output_dir(workdir, "grm"), "run the 'sft' stage (with config.sft.grm) first"
-    spec = config.model.grm
-    grm, ref = (common.load_stage_output(src, hint, config, spec) for _ in range(2))
+    grm, ref = sft.trainee_and_reference(config, workdir, "grm")
     records_id = pipeline.load_records(paths["data_dir"], "grm_test_id", world, n=sec.eval_pairs)
     records_ood = pipeline.load_records(paths["data_dir"], "grm_test_ood", world, n=sec.eval_pairs)
 

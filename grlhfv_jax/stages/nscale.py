@@ -14,10 +14,8 @@ import json
 import os
 
 import ml_collections
-import numpy as np
 
 from grlhfv_jax.data import pipeline
-from grlhfv_jax.data import world as W
 from grlhfv_jax.stages import ConfigError, check_section, common, evaluate, policy_rl, sft
 from grlhfv_jax.stages import data as data_stage
 
@@ -41,12 +39,8 @@ def validate(config, section: str) -> None:
     policy_rl.validate(probe, _section(probe, section, config[section].rewards[0], config[section].ns[0]))
 
 
-def _oracle(model, codec, recs, ev, seed: int = 0) -> float:
-    k = int(ev.get("samples", 0))
-    texts, _ = evaluate.answers(model, codec, recs, max_len=ev.max_len, max_new_tokens=ev.max_new_tokens,
-                                samples=max(k, 1), temperature=1.0 if k else 0.0, seed=seed)
-    prompts = [r for r in recs for _ in range(max(k, 1))]
-    return float(np.mean([W.oracle_score(r["scene"], r["question"], a) for r, a in zip(prompts, texts)]))
+def _oracle(model, codec, recs, ev, seed: int) -> float:
+    return float(evaluate.scored_answers(model, codec, recs, ev, samples=int(ev.get("samples", 0)), seed=seed)[2].mean())
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
@@ -56,7 +50,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     codec = common.codec(config, workdir)
     recs = pipeline.load_records(paths["data_dir"], "policy_test", data_stage.world_config(config), n=ev.prompts)
     spec = config.model.policy
-    seed = config.seed + 17
+    seed = evaluate.SAMPLE_SEED + config.seed
     base = _oracle(common.load_stage_output(sft.output_dir(workdir, "policy"), "run sft", config, spec), codec, recs, ev,
                    seed)
     path = os.path.join(workdir, "nscale.json")

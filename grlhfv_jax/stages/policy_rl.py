@@ -89,8 +89,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
     paths = data_stage.paths(config, workdir)
     world = data_stage.world_config(config)
     codec = common.codec(config, workdir)
-    src, hint = sft.output_dir(workdir, "policy"), "run the 'sft' stage (with config.sft.policy) first"
-    policy, ref = (common.load_stage_output(src, hint, config, config.model.policy) for _ in range(2))
+    policy, ref = sft.trainee_and_reference(config, workdir, "policy")
     if sec.reward == "grm":
         judge_model = common.load_stage_output(sec.get("grm_path") or grm_rl.output_dir(workdir),
                                                f"run 'grm_rl' first or set config.{section}.grm_path",

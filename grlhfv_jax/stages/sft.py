@@ -48,10 +48,10 @@ def validate(config, section: str) -> None:
     if "policy" in sec and sec.policy.get("data", "candidates") == "styled":
         from grlhfv_jax.stages import ConfigError
         styles = dict(sec.policy.get("styles", {}))
-        if not styles or set(styles) - set(W.RESTYLE_STYLES) or any(
-                not isinstance(v, (int, float)) or v < 0 for v in styles.values()) or sum(styles.values()) <= 0:
-            raise ConfigError(f"config.{section}.policy.styles = {styles!r}: expected weights >= 0 (positive sum) "
-                              f"for styles among {W.RESTYLE_STYLES}")
+        try:  # the same checks the data path makes
+            W.restyle(np.random.default_rng(0), "", styles)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config.{section}.policy.styles = {styles!r}: {e}") from None
     if "model" not in config:
         from grlhfv_jax.stages import ConfigError
         raise ConfigError("config.model is missing (model specs for policy / grm / rm)")
@@ -79,6 +79,14 @@ def _check_vision_source(config, section: str, target: str) -> None:
 
 def output_dir(workdir: str, target: str) -> str:
     return os.path.join(workdir, "sft", target)
+
+
+def trainee_and_reference(config, workdir: str, target: str):
+    """Two independent copies of the `target` warm start ("policy" or "grm"): the model an RL or
+    DPO stage trains and its frozen reference."""
+    src = output_dir(workdir, target)
+    hint = f"run the 'sft' stage (with config.sft.{target}) first"
+    return tuple(common.load_stage_output(src, hint, config, config.model[target]) for _ in range(2))
 
 
 def _examples_policy(codec, records, data: str, styles=None, seed: int = 0) -> list[dict]:
