@@ -126,10 +126,13 @@ def test_kv_cache_prefill_decode(pair):
             pos = decode_position_ids(jnp.full((2, 1), s), deltas)
             lg, cache = step(model, ids[:, s:s + 1], am[:, s:s + 1], cache, s, pos)
             outs.append(np.asarray(lg))
-        assert cache["k"].shape == (model.config.num_hidden_layers, 2, T + extra + 1,
-                                    model.config.num_key_value_heads, model.config.head_dim)
+        c = model.config
+        assert cache["k"].shape == (c.num_hidden_layers, 2, c.num_key_value_heads, T + extra + 1, c.head_dim)
+        assert cache["v"].shape == (c.num_hidden_layers, 2, c.num_key_value_heads, c.head_dim, T + extra + 1)
         np.testing.assert_array_equal(np.asarray(cache["mask"])[:, :ids.shape[1]], am.astype(bool))
         _close(np.concatenate(outs, 1), full, am, 1e-5)
+    with pytest.raises(ValueError, match="KV cache of 3 slots cannot take 2 tokens at slot 2"):
+        model(np.full((1, 2), 5, np.int32), cache=model.init_cache(1, 3), cache_index=2)
 
 
 def test_eager_with_image_embeds(pair):

@@ -83,6 +83,29 @@ def test_sampling_frequencies_and_support():
     assert np.all(np.abs(freq - p) <= 5 * sigma), (freq, p)
 
 
+def test_blocked_sampling_across_blocks():
+    # V = 300 with blocks of 128: three blocks, the last one padded. The mass sits on a few tokens
+    # at block edges (0, 127, 128, 255, 256, 299) plus a spread-out tail; -inf tokens never appear.
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=300)
+    base[[0, 127, 128, 255, 256, 299]] += 4.0
+    base[rng.choice(300, 40, replace=False)] = -np.inf
+    base[[0, 127, 128, 255, 256, 299]] = np.maximum(base[[0, 127, 128, 255, 256, 299]], 3.0)
+    p = np.exp(base - np.logaddexp.reduce(base[np.isfinite(base)]))
+    x = jnp.asarray(np.tile(base, (20000, 1)), jnp.float32)
+    toks = np.asarray(sampling.sample_from_logits(jax.random.key(5), x, block=128))
+    assert np.isfinite(base[toks]).all()
+    freq = np.bincount(toks, minlength=300) / len(toks)
+    sigma = np.sqrt(p * (1 - p) / len(toks)) + 1e-9
+    assert np.all(np.abs(freq - p) <= 5 * sigma), np.abs(freq - p).max()
+    # all the mass in the padded last block: only its finite tokens come out
+    one = np.full(300, -np.inf)
+    one[[260, 299]] = [0.0, np.log(3.0)]
+    toks = np.asarray(sampling.sample_from_logits(jax.random.key(6), jnp.asarray(np.tile(one, (4000, 1)), jnp.float32)))
+    assert set(np.unique(toks)) == {260, 299}
+    assert abs(np.mean(toks == 299) - 0.75) < 5 * np.sqrt(0.75 * 0.25 / 4000)
+
+
 def test_token_logprobs_and_rng(logits):
     toks = jnp.asarray([0, 3, 49, 7, 7, 1], jnp.int32)
     ours = np.asarray(sampling.token_logprobs(jnp.asarray(logits), toks))

@@ -38,7 +38,7 @@ class Attention(nnx.Module):
         self.o_proj = Dense(nq * D, H, axes=("q_heads", "embed"), bias=False, **kw)
 
     def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
-        """x [B, T, H]; mask [B, T, S]; kv_cache (k, v) [B, S, Hkv, D] or None.
+        """x [B, T, H]; mask [B, T, S]; kv_cache (k [B, Hkv, S, D], v [B, Hkv, D, S]) or None.
         Returns (out [B, T, H], (k, v) written cache or None)."""
         B, T, _ = x.shape
         q = self.q_proj(x).reshape(B, T, self.nq, self.D)
@@ -46,13 +46,16 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(B, T, self.nkv, self.D)
         c, s = cos[:, :, None, :], sin[:, :, None, :]
         q, k = apply_rope(q, c, s), apply_rope(k, c, s)
-        new = None
-        if kv_cache is not None:
+        if kv_cache is None:
+            o, new = attention(q, k, v, mask, self.dtype), None
+        else:   # the cache's layout lets the decode step's dots read it without a transpose
             ck, cv = kv_cache
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
-            new, k, v = (ck, cv), ck.astype(self.dtype), cv.astype(self.dtype)
-        o = attention(q, k, v, mask, self.dtype)
+            ck = jax.lax.dynamic_update_slice(ck, jnp.einsum("btkd->bktd", k).astype(ck.dtype), (0, 0, cache_index, 0))
+            cv = jax.lax.dynamic_update_slice(cv, jnp.einsum("btkd->bkdt", v).astype(cv.dtype), (0, 0, 0, cache_index))
+            new = (ck, cv)
+            n = mask.shape[-1]          # slots to attend: all S, or the filled [0, n) when known statically
+            o = attention(q, ck[:, :, :n].astype(self.dtype), cv[..., :n].astype(self.dtype), mask, self.dtype,
+                          cache_layout=True)
         return self.o_proj(o.reshape(B, T, self.nq * self.D)), new
 
 
@@ -126,11 +129,13 @@ class Qwen2VL(nnx.Module):
         return self.visual(pixel_values, jnp.asarray(image_grid_thw))
 
     def init_cache(self, batch: int, max_len: int, dtype=None):
-        """Empty KV cache: k/v [L, B, S, Hkv, D] (compute dtype), mask [B, S] bool."""
+        """Empty KV cache (compute dtype): k [L, B, Hkv, S, D], v [L, B, Hkv, D, S] (slots last:
+        see layers.attention), mask [B, S] bool."""
         c = self.config
-        shape = (c.num_hidden_layers, batch, max_len, c.num_key_value_heads, c.head_dim)
+        lead = (c.num_hidden_layers, batch, c.num_key_value_heads)
         dt = dtype or c.dtype
-        return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt), "mask": jnp.zeros((batch, max_len), bool)}
+        return {"k": jnp.zeros(lead + (max_len, c.head_dim), dt), "v": jnp.zeros(lead + (c.head_dim, max_len), dt),
+                "mask": jnp.zeros((batch, max_len), bool)}
 
     def _check_images(self, input_ids, image_grid_thw, n_embeds):
         ids, grid = _concrete(input_ids), _concrete(image_grid_thw)
@@ -204,11 +209,15 @@ class Qwen2VL(nnx.Module):
         else:
             if cache_index is None:
                 cache_index = 0
+            # a Python int cache_index (prefill): only slots [0, cache_index + T) can be attended,
+            # so attention reads just those; a traced one (decode loop): all S slots, masked
+            S = cache_index + T if isinstance(cache_index, (int, np.integer)) else cache["mask"].shape[1]
+            if S > cache["mask"].shape[1]:
+                raise ValueError(f"KV cache of {cache['mask'].shape[1]} slots cannot take {T} tokens at slot {cache_index}")
             cache_index = jnp.asarray(cache_index, jnp.int32)
-            S = cache["mask"].shape[1]
             cmask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, cache_index))
             q_slot = cache_index + jnp.arange(T)
-            mask = cmask[:, None, :] & (jnp.arange(S)[None, :] <= q_slot[:, None])[None]
+            mask = cmask[:, None, :S] & (jnp.arange(S)[None, :] <= q_slot[:, None])[None]
             new_k, new_v = [], []
 
         call = nnx.remat(_layer_call) if cfg.remat else _layer_call

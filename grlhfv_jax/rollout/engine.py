@@ -106,13 +106,13 @@ def _constrain_rows(x, mesh, row_dim=0):
 
 
 def _constrain_cache(cache, mesh):
-    """Rows over the batch axes, kv heads over 'tensor'. k/v: [L, B, S, Hkv, D] or a tuple of
-    L arrays [B, S, Hkv, D] (the decode loop's layout)."""
+    """Rows over the batch axes, kv heads over 'tensor'. k/v: [L, B, Hkv, S, D] or a tuple of
+    L arrays [B, Hkv, S, D] (the decode loop's layout)."""
     if mesh is None:
         return cache
 
     def one(x, lead):
-        spec = _rows_spec(mesh, x.shape[lead], x.ndim, row_dim=lead, head_dim=lead + 2, n_heads=x.shape[lead + 2])
+        spec = _rows_spec(mesh, x.shape[lead], x.ndim, row_dim=lead, head_dim=lead + 1, n_heads=x.shape[lead + 1])
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
     out = dict(cache)
