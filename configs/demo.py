@@ -113,4 +113,7 @@ def get_config(arg: str = ""):
         for k in ("policy_rl", "policy_rl_rm"):
             c[k].update(steps=2, prompts_per_step=2, n=2, max_len=64, max_new_tokens=6, judge_max_new_tokens=8)
         c.evaluate.update(prompts=4, max_len=64, max_new_tokens=6, samples=2)
+        # a checkpoint after every step: the resume tests kill the run at each one
+        for k in ("vision", "sft", "grm_rl", "rm", "policy_rl", "policy_rl_rm", "dpo"):
+            c[k].ckpt_every = 1
     return c

@@ -196,7 +196,11 @@ def bench_rollout(args) -> dict:
            "new_tokens": args.new_tokens, "temperature": args.temperature, "dtype": args.dtype,
            "load_avg_1min_start": os.getloadavg()[0]}
 
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("bench rollout times transformers' PyTorch generate beside ours and needs torch, "
+                         "which the package does not install: pip install -e '.[test]' (pins a CPU build)") from None
     import transformers
 
     torch.set_num_threads(threads)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -92,13 +93,36 @@ class Checkpointer:
         self._manager.close()
 
 
-def export_hf(model: nnx.Module, path: str) -> str:
-    """Writes `model` as a Hugging Face checkpoint folder (config.json + safetensors)."""
+EXPORT_SUMMARY = "stage_summary.json"
+
+
+def export_hf(model: nnx.Module, path: str, summary: dict | None = None) -> str:
+    """Writes `model` as a Hugging Face checkpoint folder (config.json + safetensors).
+
+    `summary` (the figures the stage reports for this model) goes into the same folder as
+    `stage_summary.json`; the folder appears complete or not at all (written aside, then renamed),
+    so a stage that finds it can skip the work and still report the same figures.
+    """
+    from grlhfv_jax.metrics import write_json_atomic
     from grlhfv_jax.models import save_pretrained
     tmp = path.rstrip("/") + ".tmp"
+    if os.path.exists(tmp):  # left by a crash mid-export
+        shutil.rmtree(tmp)
     save_pretrained(model, tmp)
+    write_json_atomic(os.path.join(tmp, EXPORT_SUMMARY), dict(summary or {}))
     if os.path.exists(path):
-        import shutil
         shutil.rmtree(path)
     os.replace(tmp, path)
     return path
+
+
+def exported_summary(path: str) -> dict | None:
+    """The summary stored with a finished export at `path`, or None when there is no finished export."""
+    import json
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        return None
+    found = os.path.join(path, EXPORT_SUMMARY)
+    if not os.path.isfile(found):
+        return {}
+    with open(found, encoding="utf-8") as f:
+        return json.load(f)

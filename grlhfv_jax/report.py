@@ -70,19 +70,80 @@ def _curves(series) -> str:
     return _png(fig)
 
 
+# The headline: (label, summary key prefix) of each reward model and each policy.
+REWARD_MODELS = [("GRM after SFT (warm start)", "grm/sft_"), ("GRM after stage 1 (GRPO)", "grm/"),
+                 ("score-only RM (Bradley-Terry)", "baseline_rm/")]
+POLICIES = [("SFT policy (before RL)", "policy/", "_before"), ("GRLHF-V (GRM reward, GRPO)", "policy/", "_after"),
+            ("score-only RM + GRPO", "baseline_rm/", "_after"), ("DPO", "dpo/", "_after")]
+POLICY_COLUMNS = [("oracle, sampled", "oracle_score_sampled"), ("oracle, greedy", "oracle_score"),
+                  ("hedging, sampled", "hedge_rate_sampled"), ("self-praise, sampled", "self_praise_rate_sampled")]
+
+
+def _cell(summary, key) -> str:
+    v = summary.get(key)
+    if not isinstance(v, (int, float)):
+        return "&ndash;"
+    spread = summary.get(f"{key}/std")  # a seed sweep writes mean under key and std under key/std
+    return f"{v:.3f}" + (f" &plusmn; {spread:.3f}" if isinstance(spread, (int, float)) else "")
+
+
+def verdicts(summary) -> list[str]:
+    """One line per stage that ran: did it learn? (Stage 1: GRM accuracy up by >= 0.1 in and out of
+    distribution; stage 2: the GRLHF-V policy's sampled oracle score up.)"""
+    out = []
+    if "grm/accuracy_id" in summary and "grm/sft_accuracy_id" in summary:
+        d = {s: summary[f"grm/accuracy_{s}"] - summary[f"grm/sft_accuracy_{s}"] for s in ("id", "ood")}
+        ok = all(v >= 0.1 for v in d.values())
+        out.append(f"Stage 1 (GRM RL): {'learned' if ok else 'did not learn (aim: +0.10 in and out of distribution)'}: "
+                   f"pairwise accuracy {d['id']:+.3f} in distribution, {d['ood']:+.3f} out of distribution; "
+                   f"position consistency {summary.get('grm/position_consistency_id', float('nan')):.2f}.")
+    b, a = summary.get("policy/oracle_score_sampled_before"), summary.get("policy/oracle_score_sampled_after")
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        se = summary.get("policy/oracle_score_sampled_after_se")
+        tail = f" (SE {se:.3f})" if isinstance(se, (int, float)) else ""
+        out.append(f"Stage 2 (GRLHF-V policy): sampled oracle score {b:.3f} -> {a:.3f} ({a - b:+.3f}{tail}): "
+                   f"{'improved' if a > b else 'did not improve'}.")
+    return out
+
+
+def headline_html(summary) -> str:
+    """The answer first: reward-model accuracies and policy quality side by side, and the verdicts."""
+    rm_rows = "".join(
+        f"<tr><td>{label}</td>" + "".join(f"<td>{_cell(summary, f'{pre}{m}')}</td>" for m in
+                                          ("accuracy_id", "accuracy_ood", "position_consistency_id")) + "</tr>"
+        for label, pre in REWARD_MODELS if f"{pre}accuracy_id" in summary)
+    pol_rows = "".join(
+        f"<tr><td>{label}</td>" + "".join(f"<td>{_cell(summary, f'{pre}{m}{suf}')}</td>" for _, m in POLICY_COLUMNS)
+        + "</tr>" for label, pre, suf in POLICIES if f"{pre}oracle_score{suf}" in summary)
+    style = "border=1 cellpadding=4 style='border-collapse:collapse;font-size:13px'"
+    parts = ["<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts(summary)) + "</ul>"]
+    if rm_rows:
+        parts.append(f"<h3>Reward models: pairwise accuracy on held-out pairs</h3><table {style}><tr><th></th>"
+                     "<th>in distribution</th><th>out of distribution</th><th>position consistency</th></tr>"
+                     f"{rm_rows}</table>")
+    if pol_rows:
+        parts.append(f"<h3>Policies on held-out prompts (oracle score: true quality, 0..1)</h3><table {style}>"
+                     "<tr><th></th>" + "".join(f"<th>{c}</th>" for c, _ in POLICY_COLUMNS) + f"</tr>{pol_rows}</table>")
+    return "".join(parts)
+
+
 def _accuracy_bars(summary) -> str:
-    # reward models only (the GRM before / after stage 1, the score-only RM); not token accuracies
-    bars = [(k, v) for k, v in sorted(summary.items())
-            if k.startswith(("grm/", "baseline_rm/")) and "accuracy" in k and isinstance(v, (int, float))]
-    if not bars:
+    """Each reward model's accuracy in and out of distribution: a handful of bars."""
+    models = [(label, pre) for label, pre in REWARD_MODELS if f"{pre}accuracy_id" in summary]
+    if not models:
         return ""
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(bars)), 3))
-    ax.bar(range(len(bars)), [v for _, v in bars], color="#4c72b0")
-    ax.set_xticks(range(len(bars)))
-    ax.set_xticklabels([k for k, _ in bars], rotation=60, ha="right", fontsize=7)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for k, split in enumerate(("id", "ood")):
+        xs = [i + 0.38 * k for i in range(len(models))]
+        vals = [summary.get(f"{pre}accuracy_{split}", 0.0) for _, pre in models]
+        errs = [summary.get(f"{pre}accuracy_{split}/std", 0.0) for _, pre in models]
+        ax.bar(xs, vals, width=0.36, yerr=errs, label="in distribution" if split == "id" else "out of distribution")
+    ax.set_xticks([i + 0.19 for i in range(len(models))])
+    ax.set_xticklabels([label for label, _ in models], fontsize=8)
     ax.axhline(0.5, color="grey", ls="--", lw=0.8)
     ax.set_ylim(0, 1)
-    ax.set_title("reward-model accuracy (dashed: chance)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.set_title("reward-model pairwise accuracy (dashed: chance)", fontsize=9)
     return _png(fig)
 
 
@@ -158,12 +219,13 @@ def write_report(workdir: str) -> str:
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>grlhfv_jax run report</title></head>
 <body style='font-family:sans-serif;max-width:1300px'>
 <h1>Generative RLHF-V run report</h1><p>workdir: {html.escape(os.path.abspath(workdir))}</p>
-<h2>Summary</h2><table border=1 cellpadding=3 style='border-collapse:collapse;font-size:12px'>{table}</table>
+<h2>Headline</h2>{headline_html(summary)}
 <h2>Reward models</h2>{_accuracy_bars(summary)}
 <h2>Policy: judge reward vs oracle score (reward hacking shows where they part)</h2>{_hacking(series)}
 {_nscale(workdir)}
 <h2>Training curves</h2>{_curves(series)}
 {_judgments(workdir)}
+<h2>Every metric</h2><table border=1 cellpadding=3 style='border-collapse:collapse;font-size:12px'>{table}</table>
 </body></html>"""
     out = os.path.join(workdir, "report.html")
     with open(out, "w", encoding="utf-8") as f:

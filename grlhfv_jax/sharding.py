@@ -145,10 +145,24 @@ def model_shardings(model: nnx.Module, mesh: Mesh, rules=LOGICAL_RULES) -> nnx.S
 def shard_model(model: nnx.Module, mesh: Mesh, rules=LOGICAL_RULES) -> nnx.Module:
     """Place every variable of `model` (any NNX module, e.g. a model or an nnx.Optimizer) on `mesh`,
     in place. Returns the model."""
-    state = nnx.state(model)
-    shardings = model_shardings(model, mesh, rules)
-    nnx.update(model, jax.device_put(state, shardings))
+    def place(v):
+        if not hasattr(v.get_value(), "shape"):  # e.g. the empty state of a frozen group's optimizer
+            return v
+        return v.replace(jax.device_put(v.get_value(), _var_sharding(v, mesh, rules)))
+
+    nnx.update(model, jax.tree.map(place, nnx.state(model), is_leaf=_is_var))
     return model
+
+
+def model_mesh(model) -> Mesh | None:
+    """The mesh the parameters of `model` (an NNX module, or a state / pytree of arrays) are placed
+    on (the first NamedSharding found), or None."""
+    tree = nnx.state(model, nnx.Param) if isinstance(model, nnx.Module) else model
+    for leaf in jax.tree.leaves(tree):
+        sh = getattr(leaf, "sharding", None)
+        if isinstance(sh, NamedSharding):
+            return sh.mesh
+    return None
 
 
 # ----------------------------------------------------------------------------- batches

@@ -1,6 +1,7 @@
 """The CLI and the stages: config validation, resume, and a smoke run of every stage."""
 
 import json
+import re
 import os
 import sys
 
@@ -90,6 +91,27 @@ def test_train_loop_resumes_where_it_stopped_and_stops_on_nan(tmp_path):
     with pytest.raises(common.NonFiniteLossError, match=r"non-finite loss .* step 1"):
         common.train_loop("nan", fresh(), make_batch=lambda s: s, **dict(kw, step_fn=nan_step,
                                                                           ckpt_dir=str(tmp_path / "ck2")))
+    writer.close()
+
+
+def test_a_checkpoint_that_cannot_be_restored_names_the_stage_the_folder_and_the_fix(tmp_path):
+    writer = MetricsWriter(str(tmp_path), tensorboard=False)
+    ckpt_dir = str(tmp_path / "stage" / "ckpt")
+    kw = dict(steps=2, make_batch=lambda s: s, writer=writer, ckpt_dir=ckpt_dir, ckpt_every=1)
+    step_fn = lambda st, b: (st, {"loss": jnp.float32(1.0)})  # noqa: E731
+    common.train_loop("toy", train.TrainState(_Toy(), optax.sgd(0.1)), step_fn=step_fn, **kw)
+    for root, _, files in os.walk(ckpt_dir):  # damage every array file of the saved step
+        for name in files:
+            if not name.endswith(".json") and "state" in root:
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+    finished = tmp_path / "finished_stage" / "config.json"
+    finished.parent.mkdir()
+    finished.write_text("{}")
+    with pytest.raises(common.ResumeError, match=r"\[toy\] cannot resume .*" + re.escape(ckpt_dir)
+                       + r".*Delete .* to redo"):
+        common.train_loop("toy", train.TrainState(_Toy(), optax.sgd(0.1)), step_fn=step_fn, **kw)
+    assert finished.exists() and os.listdir(ckpt_dir)  # nothing deleted
     writer.close()
 
 
@@ -210,3 +232,47 @@ def test_full_demo_learns(tmp_path):
     assert summary["policy/self_praise_rate_sampled_after"] < summary["policy/self_praise_rate_sampled_before"] / 2
     assert summary["policy/oracle_score_sampled_after"] > summary["policy/oracle_score_sampled_before"] + 0.02
     assert sum(v for k, v in summary.items() if k.startswith("time/")) < 15 * 60
+
+
+# Every training stage's checkpoint folder; the smoke config checkpoints after each of its 2 steps.
+_CKPT_DIRS = ("vision/ckpt", "sft/ckpt_policy", "sft/ckpt_grm", "grm_rl/ckpt", "rm/ckpt", "policy_rl/ckpt",
+              "policy_rl_rm/ckpt", "dpo/ckpt")
+# Kills after an export: between the two halves of `sft`, and where a stage skips its work when its
+# export exists (vision, sft) and must still report the same figures.
+_KILLED_EXPORTS = ("vision/model", "sft/policy", "sft/grm")
+_MODELS = ("vision/model", "sft/policy", "sft/grm", "grm_rl/grm", "rm/rm", "policy_rl/policy",
+           "policy_rl_rm/policy", "dpo/policy")
+
+
+def test_resume_from_every_kill_point_gives_the_uninterrupted_result(smoke_run, tmp_path):
+    """SIGKILL the smoke pipeline at each kill point in turn (tests/resume_driver.py): mid-loop and
+    after the final checkpoint of every training stage, and after the exports above; rerunning the
+    same command each time must finish with the parameters and summary of the uninterrupted run."""
+    import signal
+    import subprocess
+    from safetensors.numpy import load_file
+
+    config, ref_dir, ref_summary = smoke_run
+    assert all(config[k].ckpt_every == 1 for k in ("vision", "sft", "grm_rl", "rm", "policy_rl", "dpo"))
+    expected = [f"{d}@{s}" for d in _CKPT_DIRS for s in (1, 2)] + [f"export:{d}" for d in _KILLED_EXPORTS]
+    workdir, taken = str(tmp_path / "run"), str(tmp_path / "taken.txt")
+    with open(taken, "w") as f:  # the other exports are not kill points here (their stage redoes its evaluation)
+        f.write("".join(f"export:{d}\n" for d in _MODELS if d not in _KILLED_EXPORTS))
+    driver = os.path.join(os.path.dirname(__file__), "resume_driver.py")
+    for _ in range(len(expected) + 1):
+        p = subprocess.run([sys.executable, driver, workdir, taken], capture_output=True, text=True)
+        if p.returncode == 0:
+            break
+        assert p.returncode == -signal.SIGKILL, f"a resumed run failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
+    assert p.returncode == 0
+    killed = open(taken).read().split()[len(_MODELS) - len(_KILLED_EXPORTS):]
+    assert sorted(killed) == sorted(expected)  # every kill point was hit, once
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    def timeless(s):  # as JSON text: exact floats, and NaN equals NaN
+        return json.dumps({k: v for k, v in s.items() if not k.startswith("time/")}, sort_keys=True)
+    assert timeless(summary) == timeless(ref_summary)
+    for d in _MODELS:
+        a, b = load_file(os.path.join(ref_dir, d, "model.safetensors")), load_file(os.path.join(workdir, d, "model.safetensors"))
+        assert a.keys() == b.keys(), d
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{d}: {k}")

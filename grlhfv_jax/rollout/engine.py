@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from grlhfv_jax import sharding
 from grlhfv_jax.rollout import sampling
 
 
@@ -75,11 +76,8 @@ def _left_pad(x, width: int, value):
 
 def model_mesh(state):
     """The mesh the model's parameters live on, or None (single device / unsharded)."""
-    for leaf in jax.tree.leaves(state):
-        sh = getattr(leaf, "sharding", None)
-        if isinstance(sh, NamedSharding) and sh.mesh.size > 1:
-            return sh.mesh
-    return None
+    mesh = sharding.model_mesh(state)
+    return mesh if mesh is not None and mesh.size > 1 else None
 
 
 def _batch_axes(mesh):

@@ -198,7 +198,11 @@ def make_train_state(model, opt_cfg, total_steps: int):
     frozen = tuple(opt_cfg.get("freeze", ()) or ())
     if frozen:
         tx = freeze_params(tx, frozen)
-    return train.TrainState(model, tx, schedule)
+    state = train.TrainState(model, tx, schedule)
+    mesh = sharding.model_mesh(model)
+    if mesh is not None:  # optimizer state (incl. its step counter) on the model's mesh, as a restore puts it
+        sharding.shard_model(state.optimizer, mesh)
+    return state
 
 
 def make_rl_train_state(model, sec):
@@ -226,28 +230,45 @@ class NonFiniteLossError(FloatingPointError):
     """A training loss became NaN/inf; the last good checkpoint is kept."""
 
 
+class ResumeError(RuntimeError):
+    """A stage's checkpoint cannot be restored; the message names the stage, the folder and the fix."""
+
+
 def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckpt_dir: str,
                log_every: int = 10, ckpt_every: int = 50, on_log=None) -> dict:
     """Runs `steps` updates, resuming from the newest checkpoint in `ckpt_dir`.
 
     make_batch(step) -> batch dict (deterministic in `step`, so a resumed run sees the same data);
     step_fn(state, batch) -> (state, metrics). Logs every `log_every` steps under stage `name`,
-    checkpoints every `ckpt_every` steps and at the end. A non-finite loss stops the run with an
-    error naming the step; the last checkpoint (before the bad step) is kept.
+    checkpoints every `ckpt_every` steps and at the end. Each checkpoint also holds the last logged
+    metrics and those gathered since, so a run resumed from any checkpoint (even the final one:
+    then no step runs) returns exactly what an uninterrupted run returns. A non-finite loss stops
+    the run with an error naming the step; the last checkpoint (before the bad step) is kept.
     Returns the last logged metrics (floats).
     """
     from grlhfv_jax.checkpoint import Checkpointer
     from grlhfv_jax.metrics import progress
 
     ckpt = Checkpointer(ckpt_dir, max_to_keep=1)
-    start = 0
-    restored = ckpt.restore_latest(state.model, state.optimizer)
+    try:
+        restored = ckpt.restore_latest(state.model, state.optimizer)
+    except Exception as e:  # a corrupt or foreign checkpoint: say where and what to do, delete nothing
+        ckpt.close()
+        raise ResumeError(
+            f"[{name}] cannot resume from the checkpoint in {ckpt_dir}: {type(e).__name__}: {e}. "
+            f"Delete {ckpt_dir} to redo this part of the stage from its start (finished stages are kept), "
+            "or use --restart to redo the whole run.") from e
+    start, extra = restored if restored is not None else (0, {})
     if restored is not None:
-        start = restored[0]
         print(f"[{name}] resuming at step {start}/{steps} from {ckpt_dir}", flush=True)
-    last: dict = {}
+    last: dict = dict(extra.get("last", {}))
+    acc: dict[str, list] = {k: list(v) for k, v in extra.get("acc", {}).items()}
+
+    def save(step):
+        ckpt.save(step, state.model, state.optimizer,
+                  extra={"last": last, "acc": {k: [float(x) for x in v] for k, v in acc.items()}})
+
     bar = progress(range(start, steps), total=steps, desc=name, initial=start)
-    acc: dict[str, list] = {}
     try:
         for step in bar:
             batch = make_batch(step)
@@ -267,8 +288,9 @@ def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckp
                 writer.write(name, step + 1, last)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in list(last.items())[:4]})
             if (step + 1) % ckpt_every == 0 and step + 1 < steps:
-                ckpt.save(step + 1, state.model, state.optimizer)
-        ckpt.save(steps, state.model, state.optimizer)
+                save(step + 1)
+        if start < steps:  # resumed from the final checkpoint: it is already there
+            save(steps)
     finally:
         bar.close()
         ckpt.close()  # waits for an in-flight save: a crash never leaves half a checkpoint behind

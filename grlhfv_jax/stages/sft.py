@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from grlhfv_jax.checkpoint import export_hf
+from grlhfv_jax.checkpoint import export_hf, exported_summary
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.data import world as W
 from grlhfv_jax.rl import train
@@ -114,8 +114,10 @@ def run(config, workdir: str, writer, section: str) -> dict:
         if target not in sec:
             continue
         out = output_dir(workdir, target)
-        if os.path.isfile(os.path.join(out, "config.json")):
+        done = exported_summary(out)
+        if done is not None:
             print(f"[sft] {target}: {out} exists, skipping", flush=True)
+            summary.update(done)
             continue
         tc = sec[target]
         model = common.new_or_load(config.model[target], codec, seed=config.seed + (target == "grm"),
@@ -154,8 +156,9 @@ def run(config, workdir: str, writer, section: str) -> dict:
             step_fn=lambda s, b: train.sft_step(s, b), writer=writer,
             ckpt_dir=os.path.join(workdir, "sft", f"ckpt_{target}"),
             log_every=int(sec.get("log_every", 10)), ckpt_every=int(sec.get("ckpt_every", 100)))
-        export_hf(state.model, out)
-        summary.update({f"sft/{target}_{k}": v for k, v in last.items() if k in ("loss", "accuracy")})
+        result = {f"sft/{target}_{k}": v for k, v in last.items() if k in ("loss", "accuracy")}
+        export_hf(state.model, out, summary=result)
+        summary.update(result)
     return summary
 
 

@@ -24,7 +24,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from grlhfv_jax.checkpoint import export_hf
+from grlhfv_jax import sharding
+from grlhfv_jax.checkpoint import export_hf, exported_summary
 from grlhfv_jax.data import world as W
 from grlhfv_jax.rl import train
 from grlhfv_jax.stages import ConfigError, check_section, common
@@ -87,14 +88,15 @@ def make_step(grid: np.ndarray):
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
     out = output_dir(workdir)
-    if os.path.isfile(os.path.join(out, "config.json")):
+    done = exported_summary(out)
+    if done is not None:
         print(f"[vision] {out} exists, skipping", flush=True)
-        return {}
+        return done
     data_stage.paths(config, workdir)  # the tokenizer (for the model's vocabulary) must exist
     world = data_stage.world_config(config)
     codec = common.codec(config, workdir)
-    model = common.new_or_load(config.model[sec.get("model", "policy")], codec, seed=config.seed + 7,
-                               mesh=common.mesh_from_config(config))
+    mesh = common.mesh_from_config(config)
+    model = common.new_or_load(config.model[sec.get("model", "policy")], codec, seed=config.seed + 7, mesh=mesh)
     B = int(sec.batch_size)
 
     def images(stream, index, n):
@@ -107,6 +109,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     if np.any(grid != grid[0]):
         raise ValueError(f"[vision] images of one size expected (config.image min_pixels = max_pixels), got grids {grid}")
     probe = VisionProbe(model.visual, tokens, model.config.hidden_size, nnx.Rngs(config.seed + 8))
+    sharding.shard_model(probe, mesh)  # the heads too: a restored checkpoint puts every array on the mesh
     state = common.make_train_state(probe, sec, sec.steps)
 
     def make_batch(step):
@@ -125,7 +128,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     acc = {f"vision/heldout_accuracy_{a}": float(c / n_eval) for a, c in zip(W.ATTRS, correct)}
     writer.write(section, int(sec.steps), acc)
     print(f"[vision] held-out attribute accuracy {acc}", flush=True)
-    export_hf(model, out)
+    export_hf(model, out, summary=acc)
     return acc
 
 
