@@ -108,6 +108,7 @@ def run(config, workdir: str, restart: bool = False) -> dict:
 
 def main(argv):
     del argv
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # "PyTorch was not found": we use none of it
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS / orbax chatter; progress bars tell the story
     config = _CONFIG.value
