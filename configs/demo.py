@@ -54,6 +54,7 @@ def get_config(arg: str = ""):
     # "facts" (what the image shows, each response right / wrong) was measured worse: the tiny warm
     # start copied the facts from the responses instead of reading the image (docs/results.md)
     c.data = dict(seed=0, image_size=56, label_noise=0.05, vocab_size=1024, dir="", sft_grm_analysis="style",
+                  sft_grm_first_scores=(2, 8), sft_grm_second_scores=(3, 7),
                   sizes=dict(sft_policy=2000, sft_grm=3000, grm_train=4000, grm_test_id=400, grm_test_ood=400,
                              policy_train=2000, policy_test=200))
     c.image = dict(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2)
@@ -78,7 +79,7 @@ def get_config(arg: str = ""):
                           freeze=frozen, pretrained_vision=True))
     c.grm_rl = dict(steps=150, pairs_per_step=32, group_size=4, mini_batches=2, max_len=120, max_new_tokens=36,
                     temperature=1.0, lr=1e-3, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, clip_eps=0.2,
-                    position_debias=False, consistency_reward=False, eval_pairs=200, eval_every=40, eval_rows=64,
+                    clip_eps_high=0.2, entropy_coef=0.0, position_debias=False, consistency_reward=False, eval_pairs=200, eval_every=40, eval_rows=64,
                     log_every=5, ckpt_every=25, freeze=frozen)
     c.rm = dict(steps=300, pairs_per_step=16, lr=1e-3, max_len=64, reg=0.001, init="sft_grm", eval_pairs=200,
                 eval_rows=64, freeze=frozen)

@@ -99,10 +99,14 @@ def verdicts(summary) -> list[str]:
                    f"position consistency {summary.get('grm/position_consistency_id', float('nan')):.2f}.")
     b, a = summary.get("policy/oracle_score_sampled_before"), summary.get("policy/oracle_score_sampled_after")
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        se = summary.get("policy/oracle_score_sampled_after_se")
-        tail = f" (SE {se:.3f})" if isinstance(se, (int, float)) else ""
+        se = summary.get("policy/oracle_gain_sampled_vs_sft_se")
+        if isinstance(se, (int, float)) and se == se:  # paired SE over the evaluation prompts
+            verdict = "improved" if a - b >= 2 * se else "did not improve by 2 standard errors"
+            tail = f", paired SE {se:.3f}"
+        else:
+            verdict, tail = ("improved" if a > b else "did not improve"), ""
         out.append(f"Stage 2 (GRLHF-V policy): sampled oracle score {b:.3f} -> {a:.3f} ({a - b:+.3f}{tail}): "
-                   f"{'improved' if a > b else 'did not improve'}.")
+                   f"{verdict}.")
     return out
 
 

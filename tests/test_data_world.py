@@ -174,6 +174,33 @@ def test_sft_grm_judgments_have_format_but_no_preference_information():
         W.WorldConfig(sft_grm_analysis=True)
 
 
+def test_sft_grm_first_scores_restrict_the_warm_start_scores_and_keep_them_uninformative():
+    cfg = dataclasses.replace(CFG, sft_grm_first_scores=(2, 8))
+    recs = [W.make_record(cfg, "sft_grm", i, encode_image=False) for i in range(1200)]
+    scores = [tuple(parse_scores(r["judgment"])) for r in recs]
+    assert set(scores) == {(2.0, 8.0), (8.0, 2.0)}
+    assert abs(np.mean([s == (2.0, 8.0) for s in scores]) - 0.5) < 0.05
+    assert abs(np.mean([pair_reward(r["judgment"], r["overall_response"]) for r in recs]) - 0.5) < 0.05
+    # everything else about the records is as with the default scores (same rng draws)
+    base = [W.make_record(CFG, "sft_grm", i, encode_image=False) for i in range(50)]
+    for a, b in zip(recs, base):
+        assert a["judgment"].rsplit("Scores:", 1)[0] == b["judgment"].rsplit("Scores:", 1)[0]
+        assert (a["response_1"], a["response_2"], a["overall_response"]) == (b["response_1"], b["response_2"],
+                                                                            b["overall_response"])
+    for bad in ((), (5,), (2, 10)):
+        with pytest.raises(ValueError, match="sft_grm_first_scores"):
+            W.WorldConfig(sft_grm_first_scores=bad)
+    # independent second scores that straddle the first: the first score alone decides, never a tie
+    cfg = dataclasses.replace(CFG, sft_grm_first_scores=(2, 8), sft_grm_second_scores=(3, 7))
+    scores = [tuple(parse_scores(W.make_record(cfg, "sft_grm", i, encode_image=False)["judgment"]))
+              for i in range(800)]
+    assert set(scores) == {(2.0, 3.0), (2.0, 7.0), (8.0, 3.0), (8.0, 7.0)}
+    first, second = np.array([s[0] for s in scores]), np.array([s[1] for s in scores])
+    assert abs(np.corrcoef(first, second)[0, 1]) < 0.1  # drawn independently
+    with pytest.raises(ValueError, match="sft_grm_second_scores"):
+        W.WorldConfig(sft_grm_first_scores=(2, 8), sft_grm_second_scores=(8,))
+
+
 def test_fact_check_and_scene_description_hand_cases():
     scene = W.Scene(shape="circle", colour="red", count=3, position="left", centres=((7, 14), (7, 28), (7, 42)))
     assert W.scene_description(scene) == "three red circles on the left"

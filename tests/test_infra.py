@@ -91,3 +91,21 @@ def test_workdir_refuses_a_different_config_and_restart_clears(tmp_path):
     (tmp_path / "junk").write_text("x")
     main.prepare_workdir(other, str(tmp_path), restart=True)
     assert not (tmp_path / "junk").exists()
+
+
+def test_sweep_aggregates_mean_and_spread_by_hand(tmp_path):
+    import json
+    from grlhfv_jax import sweep
+    runs = []
+    for i, (a, b) in enumerate([(0.6, 1.0), (0.7, float("nan")), (0.8, 3.0)]):
+        d = tmp_path / f"run{i}"
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"grm/accuracy_id": a, "x": b, "only_here": i, "name": "s"}))
+        runs.append(str(d))
+    agg = sweep.main(["--out", str(tmp_path / "agg"), *runs])
+    assert abs(agg["grm/accuracy_id"] - 0.7) < 1e-12 and abs(agg["grm/accuracy_id/std"] - 0.1) < 1e-12
+    assert agg["grm/accuracy_id/min"] == 0.6 and agg["grm/accuracy_id/max"] == 0.8
+    assert "x" not in agg and "name" not in agg  # a NaN in one run, a string: left out
+    assert agg["only_here"] == 1.0 and agg["sweep/runs"] == 3
+    page = (tmp_path / "agg" / "report.html").read_text()
+    assert "0.700 &plusmn; 0.100" in page  # the headline shows the spread

@@ -30,6 +30,7 @@ import demo  # noqa: E402
     ("mesh_shape", (2, -1, -1), r"config\.mesh_shape"),
     ("grm_rl.consistency_reward", True, r"consistency_reward needs"),
     ("data.sft_grm_analysis", "opinions", r"config\.data\.sft_grm_analysis = 'opinions'"),
+    ("data.sft_grm_first_scores", (5, 6), r"config\.data: .*sft_grm_first_scores"),
     ("sft.policy.styles", {"rude": 1.0}, r"config\.sft\.policy\.styles"),
     ("sft.policy.data", "gold", r"config\.sft\.policy\.data = 'gold'"),
     ("evaluate.samples", -1, r"config\.evaluate\.samples = -1"),

@@ -164,3 +164,16 @@ def test_prompt_image_token_and_principles():
 def test_prompt_custom_template():
     t = "Q={question}|1={response_1}|2={response_2}|{principles_block}<image>"
     assert g.build_grm_prompt("q", "x", "y", template=t, image_token="[IMG]") == "Q=q|1=x|2=y|[IMG]"
+
+
+def test_judgment_stats_by_hand():
+    from grlhfv_jax.rl.grm_reward import decisions, judgment_stats
+    texts = ["\\boxed{8, 2}", "\\boxed{7, 3}", "\\boxed{2, 8}", "no box",  # group 0: decisions 1, 1, 2, unparsed
+             "\\boxed{6, 4}", "\\boxed{6, 4}", "\\boxed{6, 4}", "\\boxed{6, 4}",  # group 1: all 1
+             "\\boxed{5, 5}", "\\boxed{1, 9}", "\\boxed{5, 5}", "\\boxed{3, 7}"]  # group 2: tie, 2, tie, 2
+    assert decisions(texts).tolist() == [1, 1, 2, -1, 1, 1, 1, 1, 0, 2, 0, 2]
+    m = judgment_stats(texts, 4)
+    assert m["judge/prefers_first"] == 6 / 9  # 6 of the 9 decided judgments score Response 1 higher
+    assert m["judge/tie_rate"] == 2 / 11  # 2 ties among 11 parsed
+    # group entropies (bits): {1/2, 1/4, 1/4} -> 1.5; one decision -> 0; {1/2, 1/2} -> 1
+    assert abs(m["judge/decision_entropy"] - (1.5 + 0.0 + 1.0) / 3) < 1e-12

@@ -130,6 +130,16 @@ class WorldConfig:
     # "facts" = what the image shows, whether each response's stated facts are right, and its
     # wording; "none" = a random filler phrase. The scores are random in every case.
     sft_grm_analysis: str = "style"
+    # the first scores the GRM warm start writes (uniform, independent of everything; the second is
+    # 10 minus the first). Fewer values make "second = 10 - first" a pattern the tiny warm start
+    # learns on any machine: with all eight its sampled judgments tied or contradicted themselves
+    # on some machines (docs/results.md)
+    sft_grm_first_scores: tuple[int, ...] = (1, 2, 3, 4, 6, 7, 8, 9)
+    # the second scores, drawn independently of the first; () = 10 minus the first. With disjoint
+    # values that straddle the first ones (e.g. first (2, 8), second (3, 7)) the first score alone
+    # decides the order and no judgment ties: the tiny warm start never learned "second = 10 -
+    # first" (measured: its second score was independent of the first, so half its samples tied)
+    sft_grm_second_scores: tuple[int, ...] = ()
     # candidate styles and their weights: terse, detailed, hedged, praised (answer + praise),
     # praise_only (no information)
     style_weights: tuple[tuple[str, float], ...] = (
@@ -149,6 +159,13 @@ class WorldConfig:
         if self.p_minimal_pair + self.p_style_pair > 1.0 + 1e-9:
             raise ValueError(f"WorldConfig.p_minimal_pair + p_style_pair must be <= 1, got "
                              f"{self.p_minimal_pair} + {self.p_style_pair}")
+        if not self.sft_grm_first_scores or any(v not in (1, 2, 3, 4, 6, 7, 8, 9) for v in self.sft_grm_first_scores):
+            raise ValueError("WorldConfig.sft_grm_first_scores must be a non-empty tuple of 1..9 without 5 "
+                             f"(a split of 10 points, never a tie), got {self.sft_grm_first_scores!r}")
+        if set(self.sft_grm_first_scores) & set(self.sft_grm_second_scores) or any(
+                not 1 <= v <= 10 for v in self.sft_grm_second_scores):
+            raise ValueError("WorldConfig.sft_grm_second_scores must be scores in 1..10 that no first score "
+                             f"equals (never a tie), got {self.sft_grm_second_scores!r}")
         if self.sft_grm_analysis not in GRM_ANALYSIS_KINDS:
             raise ValueError(f"WorldConfig.sft_grm_analysis must be one of {GRM_ANALYSIS_KINDS}, "
                              f"got {self.sft_grm_analysis!r}")
@@ -187,7 +204,7 @@ class WorldConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "WorldConfig":
         d = dict(d)
-        for k in ("heldout_kinds",):
+        for k in ("heldout_kinds", "sft_grm_first_scores", "sft_grm_second_scores"):
             if k in d:
                 d[k] = tuple(d[k])
         for k in ("heldout_combos", "style_weights", "sizes"):
@@ -709,7 +726,7 @@ def fact_check(scene: Scene | str | Mapping, answer: str) -> str:
 
 
 def grm_judgment(rng: np.random.Generator, response_1: str | None = None, response_2: str | None = None,
-                 scene: Scene | None = None) -> str:
+                 scene: Scene | None = None, first_scores=(1, 2, 3, 4, 6, 7, 8, 9), second_scores=()) -> str:
     """A GRM-format judgment whose scores are independent of everything (format-only warm start).
 
     The analysis plays the part of an instruct VLM reading the image and the responses, without
@@ -725,9 +742,9 @@ def grm_judgment(rng: np.random.Generator, response_1: str | None = None, respon
     # follows from the first. With independent random scores the tiny warm start never learned
     # "s2 != s1": its greedy judgments tied on 55-71% of pairs (measured), which the paper's
     # reward counts as wrong, and stage 1 spent its signal on ties. s1 is uniform over 1..9
-    # without 5, independent of everything.
-    s1 = int(rng.choice([1, 2, 3, 4, 6, 7, 8, 9]))
-    s2 = 10 - s1
+    # without 5 (or over `first_scores`), independent of everything.
+    s1 = int(rng.choice(list(first_scores)))
+    s2 = 10 - s1 if not second_scores else int(rng.choice(list(second_scores)))
     if response_1 is not None and response_2 is not None and scene is not None:
         analysis = f"Image: {scene_description(scene)}." + "".join(
             f" Response {i}: {fact_check(scene, r)}, {style_description(r).removeprefix('is ')}."
@@ -769,7 +786,9 @@ def make_record(cfg: WorldConfig, split: str, index: int, *, encode_image: bool 
         if split == "sft_grm":
             how = cfg.sft_grm_analysis
             rec["judgment"] = grm_judgment(rng, *((a, b) if how != "none" else ()),
-                                           scene=scene if how == "facts" else None)
+                                           scene=scene if how == "facts" else None,
+                                           first_scores=cfg.sft_grm_first_scores,
+                                           second_scores=cfg.sft_grm_second_scores)
     elif split == "sft_policy" and cfg.p_sft_policy_good < 1.0 and rng.random() >= cfg.p_sft_policy_good:
         while True:
             answer, _ = sample_answer(rng, scene, kind, cfg)

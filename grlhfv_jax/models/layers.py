@@ -80,24 +80,25 @@ def attention(q, k, v, mask, dtype, *, cache_layout=False):
 
     cache_layout: k [B, Hkv, S, D] and v [B, Hkv, D, S] (the KV cache's layout): every dot then
     contracts the last axis of the cache, which the CPU GEMM kernels (YNNPACK) take as stored; with
-    [B, S, Hkv, D] XLA transposed the whole cache of every layer in each decode step. A cached
-    prefill (T > 1) also puts q head-major first: XLA's own choice of operand layouts ran those
-    batched dots ~25% slower on CPU (docs/performance.md). The uncached path (training, scoring)
-    is left as it was: the demo's training outcome is sensitive to last-bit differences there.
+    [B, S, Hkv, D] XLA transposed the whole cache of every layer in each decode step.
+    For T > 1 (prefill, training) q, k and v are put head-major explicitly first: XLA's own
+    choice of operand layouts ran these batched dots ~30% slower on CPU (measured, docs/performance.md).
     """
     B, T, Hq, D = q.shape
     Hkv = k.shape[1 if cache_layout else 2]
     g = Hq // Hkv
-    if cache_layout and T > 1:
-        qg = q.reshape(B, T, Hkv, g, D).transpose(0, 2, 3, 1, 4)                # [B, Hkv, g, T, D]
-        s = jnp.einsum("bkgtd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32) * (D ** -0.5)
+    if T == 1:          # decode: no transposes at all
+        k_in, v_in = ("bksd", "bkds") if cache_layout else ("bskd", "bskd")
+        qg = q.reshape(B, T, Hkv, g, D)
+        s = jnp.einsum(f"btkgd,{k_in}->bkgts", qg, k, preferred_element_type=jnp.float32) * (D ** -0.5)
         s = jnp.where(mask[:, None, None], s, NEG_INF)
         p = jax.nn.softmax(s, axis=-1).astype(dtype)
-        o = jnp.einsum("bkgts,bkds->bkgtd", p, v)
-        return o.transpose(0, 3, 1, 2, 4).reshape(B, T, Hq, D)
-    k_in, v_in = ("bksd", "bkds") if cache_layout else ("bskd", "bskd")
-    qg = q.reshape(B, T, Hkv, g, D)
-    s = jnp.einsum(f"btkgd,{k_in}->bkgts", qg, k, preferred_element_type=jnp.float32) * (D ** -0.5)
+        return jnp.einsum(f"bkgts,{v_in}->btkgd", p, v).reshape(B, T, Hq, D)
+    if not cache_layout:
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)                 # [B, Hkv, S, D], [B, Hkv, D, S]
+    qg = q.reshape(B, T, Hkv, g, D).transpose(0, 2, 3, 1, 4)                    # [B, Hkv, g, T, D]
+    s = jnp.einsum("bkgtd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32) * (D ** -0.5)
     s = jnp.where(mask[:, None, None], s, NEG_INF)
     p = jax.nn.softmax(s, axis=-1).astype(dtype)
-    return jnp.einsum(f"bkgts,{v_in}->btkgd", p, v).reshape(B, T, Hq, D)
+    o = jnp.einsum("bkgts,bkds->bkgtd", p, v)
+    return o.transpose(0, 3, 1, 2, 4).reshape(B, T, Hq, D)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .layers import Dense, LayerNorm, RMSNorm, activation
+from .layers import Dense, LayerNorm, RMSNorm, activation, attention
 from .rope import apply_rope, vision_rope_cos_sin
 
 
@@ -57,11 +57,8 @@ class VisionAttention(nnx.Module):
         c, s = cos[:, None, :], sin[:, None, :]
         q = apply_rope(q.astype(jnp.float32), c, s).astype(self.dtype)
         k = apply_rope(k.astype(jnp.float32), c, s).astype(self.dtype)
-        sc = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32) * ((E // H) ** -0.5)
-        sc = jnp.where(mask[None], sc, -1e30)
-        p = jax.nn.softmax(sc, axis=-1).astype(self.dtype)
-        o = jnp.einsum("hqk,khd->qhd", p, v).reshape(N, E)
-        return self.proj(o)
+        o = attention(q[None], k[None], v[None], mask[None], self.dtype)[0]         # [N, H, E / H]
+        return self.proj(o.reshape(N, E))
 
 
 class VisionMLP(nnx.Module):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
+import numpy as np
+
 # The paper's template (adapted from DeepSeek-GRM), word for word, with three slots:
 # {principles_block} (empty unless principles are given), {question}, {response_1}, {response_2}.
 # `<image>` marks where the image goes; `build_grm_prompt` replaces it with `image_token`.
@@ -158,6 +160,33 @@ def pair_scores(text) -> tuple[float, float] | None:
     if scores is None or len(scores) != 2:
         return None
     return scores[0], scores[1]
+
+
+def decisions(texts) -> np.ndarray:
+    """Each judgment's decision: 1 (Response 1 scored higher), 2 (Response 2), 0 (tie), -1 (no two scores)."""
+    out = []
+    for t in texts:
+        s = pair_scores(t)
+        out.append(-1 if s is None else 0 if s[0] == s[1] else 1 if s[0] > s[1] else 2)
+    return np.asarray(out, np.int64)
+
+
+def judgment_stats(texts, group_size: int) -> dict[str, float]:
+    """What a batch of judgments (grouped, `group_size` per prompt) says about the judge's health.
+
+    judge/prefers_first: share of decided judgments that score Response 1 higher (0.5 = no position
+    bias; 0 or 1 = the position alone decides); judge/tie_rate: share of parsed judgments that tie;
+    judge/decision_entropy: mean over groups of the entropy (bits) of the group's decisions
+    (1 / 2 / tie / unparsed): 0 means every sample of a group decides alike, so GRPO has no signal.
+    """
+    d = decisions(texts).reshape(-1, group_size)
+    decided, parsed = d[d > 0], d[d >= 0]
+    counts = np.stack([(d == v).sum(1) for v in (-1, 0, 1, 2)], axis=1) / group_size
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(counts > 0, counts * np.log2(counts), 0.0).sum(1)
+    return {"judge/prefers_first": float(np.mean(decided == 1)) if decided.size else float("nan"),
+            "judge/tie_rate": float(np.mean(parsed == 0)) if parsed.size else float("nan"),
+            "judge/decision_entropy": float(ent.mean())}
 
 
 # ---------------------------------------------------------------------------- position debiasing

@@ -26,8 +26,15 @@ def world_config(config) -> W.WorldConfig:
     analysis = d.get("sft_grm_analysis", "style")
     if analysis not in W.GRM_ANALYSIS_KINDS:
         raise ConfigError(f"config.data.sft_grm_analysis = {analysis!r}: expected one of {W.GRM_ANALYSIS_KINDS}")
-    return W.WorldConfig(seed=d.seed, image_size=d.image_size, label_noise=float(d.label_noise),
-                         sft_grm_analysis=analysis, sizes=tuple({**W.DEFAULT_SIZES, **sizes}.items()))
+    extra = {}
+    for key in ("sft_grm_first_scores", "sft_grm_second_scores"):
+        if key in d:
+            extra[key] = tuple(int(v) for v in d[key])
+    try:
+        return W.WorldConfig(seed=d.seed, image_size=d.image_size, label_noise=float(d.label_noise),
+                             sft_grm_analysis=analysis, sizes=tuple({**W.DEFAULT_SIZES, **sizes}.items()), **extra)
+    except ValueError as e:
+        raise ConfigError(f"config.data: {e}") from None
 
 
 def data_dir(config, workdir: str) -> str:

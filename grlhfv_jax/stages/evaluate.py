@@ -83,7 +83,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     world = data_stage.world_config(config)
     codec = common.codec(config, workdir)
     recs = pipeline.load_records(paths["data_dir"], "policy_test", world, n=sec.prompts)
-    summary, texts = {}, {}
+    summary, texts, per_prompt = {}, {}, {}
     for name, stage, prefix, key in POLICIES:
         path = sft.output_dir(workdir, "policy") if stage is None else os.path.join(workdir, stage, "policy")
         if not os.path.isfile(os.path.join(path, "config.json")):
@@ -98,6 +98,12 @@ def run(config, workdir: str, writer, section: str) -> dict:
         if int(sec.get("samples", 0)):
             ts, _, sampled = scored_answers(model, codec, recs, sec, samples=sec.samples, seed=SAMPLE_SEED + config.seed)
             summary[f"{prefix}oracle_score_sampled_{key}"] = float(sampled.mean())
+            per_prompt[name] = sampled.reshape(len(recs), -1).mean(axis=1)  # the prompt is the unit of the SE
+            summary[f"{prefix}oracle_score_sampled_{key}_se"] = _se(per_prompt[name])
+            if name != "before" and "before" in per_prompt:  # paired over the same prompts
+                gain = per_prompt[name] - per_prompt["before"]
+                summary[f"{prefix}oracle_gain_sampled_vs_sft"] = float(gain.mean())
+                summary[f"{prefix}oracle_gain_sampled_vs_sft_se"] = _se(gain)
             summary[f"{prefix}hedge_rate_sampled_{key}"] = float(np.mean([hedges(a) for a in ts]))
             summary[f"{prefix}self_praise_rate_sampled_{key}"] = float(np.mean([praises(a) for a in ts]))
         writer.write("evaluate", 0, {f"{name}/oracle_score": oracle.mean()})
@@ -108,6 +114,12 @@ def run(config, workdir: str, writer, section: str) -> dict:
             if name in texts:
                 summary.update(_head_to_head(grm, codec, config, recs, texts[name], texts["before"], prefix))
     return summary
+
+
+def _se(x) -> float:
+    """Standard error of the mean of `x` (ddof=1)."""
+    x = np.asarray(x, np.float64)
+    return float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan")
 
 
 def _head_to_head(grm, codec, config, recs, new, old, prefix: str) -> dict:

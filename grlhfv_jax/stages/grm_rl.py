@@ -50,7 +50,9 @@ def validate(config, section: str) -> None:
 
 
 def grpo_config(sec) -> train.GRPOConfig:
+    high = sec.get("clip_eps_high")
     return train.GRPOConfig(clip_eps=float(sec.clip_eps), kl_coef=float(sec.kl_coef),
+                            clip_eps_high=None if high is None else float(high),
                             clip_ratio_c=sec.get("clip_ratio_c"), entropy_coef=float(sec.get("entropy_coef", 0.0)),
                             num_micro_batches=int(sec.get("num_micro_batches", 1)))
 
@@ -126,6 +128,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
                                        mini_batches=sec.mini_batches)
         unparsed = np.mean([grm_reward.pair_scores(t) is None for t in texts])
         metrics.update({"judge/accuracy": float(correct.mean()), "judge/parse_failure": float(unparsed)})
+        metrics.update(grm_reward.judgment_stats(texts, G))  # position bias, ties, per-group decision entropy
         return state, metrics
 
     def on_log(step):
