@@ -109,3 +109,17 @@ def test_sweep_aggregates_mean_and_spread_by_hand(tmp_path):
     assert agg["only_here"] == 1.0 and agg["sweep/runs"] == 3
     page = (tmp_path / "agg" / "report.html").read_text()
     assert "0.700 &plusmn; 0.100" in page  # the headline shows the spread
+
+
+def test_paired_se_and_the_stage_verdicts_by_hand():
+    from grlhfv_jax import report
+    from grlhfv_jax.stages import evaluate
+    assert abs(evaluate._se([1.0, 2.0, 3.0]) - 1.0 / np.sqrt(3.0)) < 1e-12  # std (ddof=1) 1 over sqrt(3)
+    base = {"grm/sft_accuracy_id": 0.5, "grm/sft_accuracy_ood": 0.5, "grm/accuracy_id": 0.61,
+            "grm/accuracy_ood": 0.59, "policy/oracle_score_sampled_before": 0.70,
+            "policy/oracle_score_sampled_after": 0.72, "policy/oracle_gain_sampled_vs_sft_se": 0.01}
+    v = report.verdicts(base)
+    assert v[0].startswith("Stage 1 (GRM RL): did not learn")  # +0.09 out of distribution < 0.1
+    assert v[1].endswith(": improved.")  # +0.02 = 2 SE
+    v = report.verdicts(dict(base, **{"grm/accuracy_ood": 0.6, "policy/oracle_gain_sampled_vs_sft_se": 0.011}))
+    assert v[0].startswith("Stage 1 (GRM RL): learned") and v[1].endswith("did not improve by 2 standard errors.")
