@@ -52,9 +52,10 @@ def get_config(arg: str = ""):
 
     # sft_grm_first_scores / sft_grm_second_scores: the warm start's scores are drawn independently,
     # first from (2, 8), second from (3, 7): the first alone decides the order and no judgment ties.
-    # With "second = 10 - first" (the world's default) the tiny warm start never learned the rule
-    # (its second score was independent of the first: ties in half its samples, and stage 1 then
-    # learned "never tie" by always writing one pattern: a position-only judge; docs/results.md).
+    # With "second = 10 - first" (the world's default) the tiny warm start never learned the rule:
+    # its second score was independent of the first, so 1/8 (eight first values) to 1/2 (first from
+    # (2, 8)) of its samples tied, and stage 1 learned "never tie" by always writing one pattern:
+    # a position-only judge (docs/results.md).
     # sft_grm_analysis: the GRM warm start's analysis describes each response's wording ("style");
     # "facts" (what the image shows, each response right / wrong) was measured worse: the tiny warm
     # start copied the facts from the responses instead of reading the image (docs/results.md)
@@ -86,7 +87,8 @@ def get_config(arg: str = ""):
     # many as 32 pairs in one order cost): a judge that orders by position gains nothing in any batch
     c.grm_rl = dict(steps=150, pairs_per_step=16, group_size=4, mini_batches=2, max_len=120, max_new_tokens=36,
                     temperature=1.0, lr=1e-3, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, clip_eps=0.2,
-                    clip_eps_high=0.2, entropy_coef=0.0, position_debias=True, consistency_reward=False, eval_pairs=200, eval_every=40, eval_rows=64,
+                    clip_eps_high=0.2, entropy_coef=0.0, position_debias=True, consistency_reward=False,
+                    eval_pairs=200, eval_every=40, eval_rows=64,
                     log_every=5, ckpt_every=25, freeze=frozen)
     c.rm = dict(steps=300, pairs_per_step=16, lr=1e-3, max_len=64, reg=0.001, init="sft_grm", eval_pairs=200,
                 eval_rows=64, freeze=frozen)

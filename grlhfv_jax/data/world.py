@@ -131,9 +131,9 @@ class WorldConfig:
     # wording; "none" = a random filler phrase. The scores are random in every case.
     sft_grm_analysis: str = "style"
     # the first scores the GRM warm start writes (uniform, independent of everything; the second is
-    # 10 minus the first). Fewer values make "second = 10 - first" a pattern the tiny warm start
-    # learns on any machine: with all eight its sampled judgments tied or contradicted themselves
-    # on some machines (docs/results.md)
+    # 10 minus the first unless sft_grm_second_scores is set). Fewer values alone did not help: with
+    # (2, 8) the tiny warm start's second score still came out independent of the first
+    # (docs/results.md, robustness sweep)
     sft_grm_first_scores: tuple[int, ...] = (1, 2, 3, 4, 6, 7, 8, 9)
     # the second scores, drawn independently of the first; () = 10 minus the first. With disjoint
     # values that straddle the first ones (e.g. first (2, 8), second (3, 7)) the first score alone
@@ -161,7 +161,7 @@ class WorldConfig:
                              f"{self.p_minimal_pair} + {self.p_style_pair}")
         if not self.sft_grm_first_scores or any(v not in (1, 2, 3, 4, 6, 7, 8, 9) for v in self.sft_grm_first_scores):
             raise ValueError("WorldConfig.sft_grm_first_scores must be a non-empty tuple of 1..9 without 5 "
-                             f"(a split of 10 points, never a tie), got {self.sft_grm_first_scores!r}")
+                             f"(10 minus a first score must differ from it), got {self.sft_grm_first_scores!r}")
         if set(self.sft_grm_first_scores) & set(self.sft_grm_second_scores) or any(
                 not 1 <= v <= 10 for v in self.sft_grm_second_scores):
             raise ValueError("WorldConfig.sft_grm_second_scores must be scores in 1..10 that no first score "
