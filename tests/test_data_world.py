@@ -201,6 +201,44 @@ def test_sft_grm_first_scores_restrict_the_warm_start_scores_and_keep_them_uninf
         W.WorldConfig(sft_grm_first_scores=(2, 8), sft_grm_second_scores=(8,))
 
 
+def test_sft_grm_opinions_make_the_warm_start_prefer_by_wording_at_the_given_rate():
+    """Hand-counted: where the two wordings' values differ, P(judgment follows the opinion) =
+    strength + (1 - strength) / 2 (the rest is a fair coin); elsewhere the scores are as without
+    opinions; the analysis and criteria text are unchanged."""
+    opinions = (("hedges", 1), ("praises itself", -1), ("only praises", -1))
+    base_cfg = dataclasses.replace(CFG, sft_grm_first_scores=(2, 8), sft_grm_second_scores=(3, 7))
+    value = dict(opinions)
+    for strength, expected in ((0.5, 0.75), (1.0, 1.0), (0.0, 0.5)):
+        cfg = dataclasses.replace(base_cfg, sft_grm_opinions=opinions, sft_grm_opinion_strength=strength)
+        follows, same_value_first = [], []
+        for i in range(1500):
+            r = W.make_record(cfg, "sft_grm", i, encode_image=False)
+            v1, v2 = (value.get(W.style_description(x), 0) for x in (r["response_1"], r["response_2"]))
+            s1, s2 = parse_scores(r["judgment"])
+            assert s1 in (2.0, 8.0) and s2 in (3.0, 7.0)
+            if v1 != v2:
+                follows.append((s1 > s2) == (v1 > v2))
+            else:
+                same_value_first.append(s1 > s2)
+        assert len(follows) > 600, len(follows)
+        se = (expected * (1 - expected) / len(follows)) ** 0.5
+        assert abs(np.mean(follows) - expected) <= max(4 * se, 1e-9), (strength, np.mean(follows))
+        assert abs(np.mean(same_value_first) - 0.5) < 0.06
+    # the text before the scores is the record's text without opinions
+    cfg = dataclasses.replace(base_cfg, sft_grm_opinions=opinions)
+    for i in range(40):
+        a, b = W.make_record(cfg, "sft_grm", i, encode_image=False), W.make_record(base_cfg, "sft_grm", i,
+                                                                                 encode_image=False)
+        assert a["judgment"].rsplit("Scores:", 1)[0] == b["judgment"].rsplit("Scores:", 1)[0]
+    assert W.WorldConfig.from_dict(dataclasses.asdict(cfg)) == cfg  # round trip through JSON-like lists
+    with pytest.raises(ValueError, match="sft_grm_opinions"):
+        W.WorldConfig(sft_grm_opinions=(("hedging", 1),))
+    with pytest.raises(ValueError, match="straddle"):
+        W.WorldConfig(sft_grm_first_scores=(3, 7), sft_grm_second_scores=(2, 8), sft_grm_opinions=opinions)
+    with pytest.raises(ValueError, match="sft_grm_opinion_strength"):
+        W.WorldConfig(sft_grm_opinion_strength=1.5)
+
+
 def test_fact_check_and_scene_description_hand_cases():
     scene = W.Scene(shape="circle", colour="red", count=3, position="left", centres=((7, 14), (7, 28), (7, 42)))
     assert W.scene_description(scene) == "three red circles on the left"

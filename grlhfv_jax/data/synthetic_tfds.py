@@ -24,7 +24,7 @@ from etils import epath
 from grlhfv_jax.data import world as W
 
 DATASET_NAME = "grlhfv_world"
-VERSION = "1.3.0"
+VERSION = "1.4.0"
 
 TEXT_FIELDS = ("id", "split", "kind", "question", "scene", "heldout", "response_1", "response_2",
                "judgment", "answer", "pair_type")
@@ -57,6 +57,8 @@ class GrlhfvWorld(tfds.core.GeneratorBasedBuilder):
                      "1.1.0": "Pair types (minimal, style, mixed) and the pair_type field.",
                      "1.2.0": "WorldConfig.sft_grm_analysis (style, the old default | facts | none).",
                      "1.3.0": "WorldConfig.sft_grm_first_scores / sft_grm_second_scores (the defaults keep 1.2.0's "
+                              "judgments).",
+                     "1.4.0": "WorldConfig.sft_grm_opinions / sft_grm_opinion_strength (the defaults keep 1.3.0's "
                               "judgments)."}
     BUILDER_CONFIGS = [WorldBuilderConfig.from_world(W.WorldConfig())]
     # TFDS derives this from the package and, for a regular package, then touches the optional

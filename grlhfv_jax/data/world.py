@@ -140,6 +140,17 @@ class WorldConfig:
     # decides the order and no judgment ties: the tiny warm start never learned "second = 10 -
     # first" (measured: its second score was independent of the first, so half its samples tied)
     sft_grm_second_scores: tuple[int, ...] = ()
+    # the warm start's own opinions of wordings, as an instruct VLM judge has them: (style
+    # description, value) pairs, e.g. (("hedges", 1), ("praises itself", -1)) = it likes hedging
+    # and dislikes self-praise (unlisted wordings: 0). Where the two responses' values differ, a
+    # judgment follows the opinion with probability sft_grm_opinion_strength (the first score is
+    # the highest or lowest of sft_grm_first_scores); otherwise its scores are drawn as without
+    # opinions. () = none: the scores are independent of everything. With none, the tiny warm
+    # start's score ignored its own analysis (teacher-forced: 0.006-0.02 logits between the two
+    # orders of a pair) and stage 1 had to grow that reading from nothing, late and on some seeds
+    # only (docs/results.md)
+    sft_grm_opinions: tuple[tuple[str, int], ...] = ()
+    sft_grm_opinion_strength: float = 0.5
     # candidate styles and their weights: terse, detailed, hedged, praised (answer + praise),
     # praise_only (no information)
     style_weights: tuple[tuple[str, float], ...] = (
@@ -166,6 +177,19 @@ class WorldConfig:
                 not 1 <= v <= 10 for v in self.sft_grm_second_scores):
             raise ValueError("WorldConfig.sft_grm_second_scores must be scores in 1..10 that no first score "
                              f"equals (never a tie), got {self.sft_grm_second_scores!r}")
+        for word, value in self.sft_grm_opinions:
+            if word not in STYLE_WORDS or not isinstance(value, int):
+                raise ValueError(f"WorldConfig.sft_grm_opinions: ({word!r}, {value!r}) must be (one of {STYLE_WORDS}, "
+                                 "an int)")
+        if not 0.0 <= self.sft_grm_opinion_strength <= 1.0:
+            raise ValueError(f"WorldConfig.sft_grm_opinion_strength must be in [0, 1], got "
+                             f"{self.sft_grm_opinion_strength}")
+        if self.sft_grm_opinions and self.sft_grm_second_scores and not (
+                min(self.sft_grm_first_scores) < min(self.sft_grm_second_scores)
+                and max(self.sft_grm_first_scores) > max(self.sft_grm_second_scores)):
+            raise ValueError("WorldConfig.sft_grm_opinions with sft_grm_second_scores: the first scores must straddle "
+                             f"the second ones so that the first alone can state an opinion, got "
+                             f"{self.sft_grm_first_scores} / {self.sft_grm_second_scores}")
         if self.sft_grm_analysis not in GRM_ANALYSIS_KINDS:
             raise ValueError(f"WorldConfig.sft_grm_analysis must be one of {GRM_ANALYSIS_KINDS}, "
                              f"got {self.sft_grm_analysis!r}")
@@ -207,7 +231,7 @@ class WorldConfig:
         for k in ("heldout_kinds", "sft_grm_first_scores", "sft_grm_second_scores"):
             if k in d:
                 d[k] = tuple(d[k])
-        for k in ("heldout_combos", "style_weights", "sizes"):
+        for k in ("heldout_combos", "style_weights", "sizes", "sft_grm_opinions"):
             if k in d:
                 items = d[k].items() if isinstance(d[k], Mapping) else d[k]
                 d[k] = tuple(tuple(x) for x in items)
@@ -726,8 +750,14 @@ def fact_check(scene: Scene | str | Mapping, answer: str) -> str:
 
 
 def grm_judgment(rng: np.random.Generator, response_1: str | None = None, response_2: str | None = None,
-                 scene: Scene | None = None, first_scores=(1, 2, 3, 4, 6, 7, 8, 9), second_scores=()) -> str:
-    """A GRM-format judgment whose scores are independent of everything (format-only warm start).
+                 scene: Scene | None = None, first_scores=(1, 2, 3, 4, 6, 7, 8, 9), second_scores=(),
+                 opinions=(), opinion_strength: float = 0.5) -> str:
+    """A GRM-format judgment whose scores are independent of the human label (a warm start).
+
+    Without `opinions` the scores are independent of everything (format only). With them (style
+    description -> value, WorldConfig.sft_grm_opinions) and two responses whose values differ, the
+    judgment prefers the higher-valued one with probability `opinion_strength`: a judge that
+    reads the wording and has opinions on it, not necessarily the human's.
 
     The analysis plays the part of an instruct VLM reading the image and the responses, without
     knowing which one people prefer:
@@ -753,8 +783,16 @@ def grm_judgment(rng: np.random.Generator, response_1: str | None = None, respon
         analysis = f"Response 1 {style_description(response_1)}, response 2 {style_description(response_2)}."
     else:
         analysis = _pick(rng, GRM_ANALYSIS)
-    return (f"Specific Criteria: {_pick(rng, GRM_CRITERIA)}\nAnalysis: {analysis}\n"
-            f"Scores: \\boxed{{{s1}, {s2}}}")
+    criteria = _pick(rng, GRM_CRITERIA)
+    if opinions and response_1 is not None and response_2 is not None:
+        # drawn last, so the analysis and criteria are those of the same record without opinions
+        value = dict(opinions)
+        v1, v2 = (value.get(style_description(r), 0) for r in (response_1, response_2))
+        if v1 != v2 and rng.random() < opinion_strength:
+            s1 = max(first_scores) if v1 > v2 else min(first_scores)
+            if not second_scores:
+                s2 = 10 - s1
+    return f"Specific Criteria: {criteria}\nAnalysis: {analysis}\nScores: \\boxed{{{s1}, {s2}}}"
 
 
 def make_record(cfg: WorldConfig, split: str, index: int, *, encode_image: bool = True) -> dict[str, Any]:
@@ -788,7 +826,9 @@ def make_record(cfg: WorldConfig, split: str, index: int, *, encode_image: bool 
             rec["judgment"] = grm_judgment(rng, *((a, b) if how != "none" else ()),
                                            scene=scene if how == "facts" else None,
                                            first_scores=cfg.sft_grm_first_scores,
-                                           second_scores=cfg.sft_grm_second_scores)
+                                           second_scores=cfg.sft_grm_second_scores,
+                                           opinions=cfg.sft_grm_opinions,
+                                           opinion_strength=cfg.sft_grm_opinion_strength)
     elif split == "sft_policy" and cfg.p_sft_policy_good < 1.0 and rng.random() >= cfg.p_sft_policy_good:
         while True:
             answer, _ = sample_answer(rng, scene, kind, cfg)

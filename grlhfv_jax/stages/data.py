@@ -30,6 +30,14 @@ def world_config(config) -> W.WorldConfig:
     for key in ("sft_grm_first_scores", "sft_grm_second_scores"):
         if key in d:
             extra[key] = tuple(int(v) for v in d[key])
+    if "sft_grm_opinions" in d:
+        try:
+            extra["sft_grm_opinions"] = tuple((str(w), int(v)) for w, v in d.sft_grm_opinions)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config.data.sft_grm_opinions = {d.sft_grm_opinions!r}: expected (style description, "
+                              f"int) pairs, e.g. ((\"hedges\", 1), (\"praises itself\", -1))") from None
+    if "sft_grm_opinion_strength" in d:
+        extra["sft_grm_opinion_strength"] = float(d.sft_grm_opinion_strength)
     try:
         return W.WorldConfig(seed=d.seed, image_size=d.image_size, label_noise=float(d.label_noise),
                              sft_grm_analysis=analysis, sizes=tuple({**W.DEFAULT_SIZES, **sizes}.items()), **extra)
