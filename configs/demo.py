@@ -59,8 +59,15 @@ def get_config(arg: str = ""):
     # sft_grm_analysis: the GRM warm start's analysis describes each response's wording ("style");
     # "facts" (what the image shows, each response right / wrong) was measured worse: the tiny warm
     # start copied the facts from the responses instead of reading the image (docs/results.md)
+    # sft_grm_opinions: the warm start reads the wording and has opinions on it, as an instruct VLM
+    # judge does, one of them wrong: it likes hedging and dislikes self-praise (3 in 4 of its
+    # judgments follow them where they differ). With no opinions (scores independent of
+    # everything) its score ignored its own analysis, and stage 1 had to grow that reading from
+    # nothing: it did on 2 of 4 runs, late (docs/results.md)
     c.data = dict(seed=0, image_size=56, label_noise=0.05, vocab_size=1024, dir="", sft_grm_analysis="style",
                   sft_grm_first_scores=(2, 8), sft_grm_second_scores=(3, 7),
+                  sft_grm_opinions=(("hedges", 1), ("praises itself", -1), ("only praises", -1)),
+                  sft_grm_opinion_strength=0.5,
                   sizes=dict(sft_policy=2000, sft_grm=3000, grm_train=4000, grm_test_id=400, grm_test_ood=400,
                              policy_train=2000, policy_test=200))
     c.image = dict(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2)
