@@ -10,11 +10,14 @@ full dotted key (and, for a typo, the nearest valid key).
 
 from __future__ import annotations
 
+import ml_collections
+
 from grlhfv_jax.config.schema import REQUIRED, ConfigError, Key, describe_lines, fill, lookup
 from grlhfv_jax.config.schema import check as _check
 from grlhfv_jax.config.sections import CONFIG
 
-__all__ = ["CONFIG", "REQUIRED", "ConfigError", "Key", "check", "check_overrides", "describe", "with_defaults"]
+__all__ = ["CONFIG", "REQUIRED", "ConfigError", "Key", "check", "check_overrides", "describe", "section",
+           "with_defaults"]
 
 
 def check(config) -> None:
@@ -26,10 +29,20 @@ def with_defaults(config):
     """A checked, reference-resolved copy of `config` (a ConfigDict) holding every key that has a
     default; `config` itself is unchanged."""
     check(config)
-    full = config.copy_and_resolve_references()
-    with full.unlocked():
-        fill(CONFIG, full)
-    return full
+    return section(config, CONFIG)
+
+
+def section(values, node: dict = CONFIG):
+    """A ConfigDict copy of `values` (a config, a section of one, or a dict) with every absent key
+    of the schema section `node` that has a default filled in (not checked): for helpers that
+    outside code calls with a partial section, e.g. `section(opt_cfg, sections.OPTIMIZER)`."""
+    if isinstance(values, ml_collections.ConfigDict):
+        out = values.copy_and_resolve_references()
+    else:
+        out = ml_collections.ConfigDict(dict(values))
+    with out.unlocked():
+        fill(node, out)
+    return out
 
 
 def check_overrides(argv: list[str]) -> None:
