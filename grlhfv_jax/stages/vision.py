@@ -41,7 +41,7 @@ SCHEMA = {
 def validate(config, section: str) -> None:
     check_section(config, section, SCHEMA)
     name = config[section].model
-    if name not in config.get("model", {}):
+    if "model" not in config or name not in config.model:
         raise ConfigError(f"config.{section}.model = {name!r}: no such entry in config.model")
 
 
