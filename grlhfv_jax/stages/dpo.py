@@ -52,7 +52,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
         b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
         b.pop("valid")
         jb = {k: jnp.asarray(v) for k, v in b.items()}
-        b["ref_logps"] = train.compute_sequence_logprobs(ref, jb, average=loss_type == "ipo")
+        b["ref_logps"] = train.compute_sequence_logprobs(ref, jb, average=sec.loss_type == "ipo")
         return b
 
     last = common.train_loop(section, state, steps=sec.steps, make_batch=make_batch,
