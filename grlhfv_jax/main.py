@@ -4,12 +4,17 @@ Runs the stages named in `config.stages` in order; each reads what the previous 
 workdir. The config is validated before anything heavy starts. A rerun with the same workdir and
 config skips finished stages and resumes an interrupted one from its last checkpoint; a rerun with
 a different config stops with a message listing what differs (use `--restart` to start over).
+
+A config key the schema (`grlhfv_jax.config`) does not know, in the file or on the command line,
+stops the run with a one-line error naming the key and the nearest valid one.
+`--describe grm_rl` lists a section's keys with their types, defaults and meanings.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -17,9 +22,13 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from grlhfv_jax import config as config_schema
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: config.workdir).")
 _RESTART = flags.DEFINE_bool("restart", False, "Delete an existing run in the workdir and start over.")
+_DESCRIBE = flags.DEFINE_string("describe", None, "Print the keys of a config section (e.g. grm_rl, sft.policy; "
+                                "'all' for every section) with type, default and meaning, and exit.")
 
 RUN_STATE = "run_state.json"
 
@@ -71,9 +80,10 @@ def run(config, workdir: str, restart: bool = False) -> dict:
     from grlhfv_jax import stages
     from grlhfv_jax.metrics import MetricsWriter, update_summary, write_json_atomic
 
-    stages.validate(config)  # before any compilation: errors name the key
-    state = prepare_workdir(config, workdir, restart)
-    writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True))
+    full = stages.validate(config)  # before any compilation: errors name the key; defaults filled in
+    state = prepare_workdir(config, workdir, restart)  # records the config as given
+    config = full
+    writer = MetricsWriter(workdir, tensorboard=config.tensorboard)
     summary = update_summary(workdir, {})  # what earlier runs in this workdir found
     try:
         for name in config.stages:
@@ -98,7 +108,7 @@ def run(config, workdir: str, restart: bool = False) -> dict:
             print(f"[{name}] done in {wall:.0f} s", flush=True)
     finally:
         writer.close()
-    if "report" in config and config.report.get("enabled", True):
+    if "report" in config and config.report.enabled:
         from grlhfv_jax import report
         path = report.write_report(workdir)
         print(f"report: {path}", flush=True)
@@ -106,19 +116,48 @@ def run(config, workdir: str, restart: bool = False) -> dict:
     return summary
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, but a bad `--config.a.b=v` key exits with one line naming it (and the
+    nearest valid key) instead of ml_collections' traceback."""
+    try:
+        config_schema.check_overrides(argv[1:])
+    except config_schema.ConfigError as e:
+        sys.exit(f"config error: {e}")
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (KeyError, AttributeError) as e:  # a valid key the config file does not set
+        names = re.findall(r"'(\w+)'", str(e))
+        hits = [a.split("=", 1)[0][len("--"):] for a in argv[1:] if a.startswith("--config.")
+                and names and names[0] in a.split("=", 1)[0].split(".")]
+        key = hits[0] if hits else f"config.?.{names[0] if names else e}"
+        sys.exit(f"config error: {key}: not set in the config file, so the command line cannot override it; "
+                 "set it in the config file")
+
+
 def main(argv):
     del argv
+    if _DESCRIBE.value is not None:
+        try:
+            print(config_schema.describe("" if _DESCRIBE.value == "all" else _DESCRIBE.value))
+        except config_schema.ConfigError as e:
+            sys.exit(f"config error: {e}")
+        return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # "PyTorch was not found": we use none of it
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS / orbax chatter; progress bars tell the story
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config configs/demo.py")
-    workdir = _WORKDIR.value or config.get("workdir") or "workdir"
+    from grlhfv_jax import stages
+    try:
+        stages.validate(config)  # also inside run(); here a bad key is one line, not a traceback
+    except config_schema.ConfigError as e:
+        sys.exit(f"config error: {e}")
+    workdir = _WORKDIR.value or config.get("workdir") or config_schema.CONFIG["workdir"].default
     from grlhfv_jax.sharding import initialize_distributed
     initialize_distributed()
     run(config, workdir, _RESTART.value)
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    sys.exit(app.run(main, flags_parser=parse_flags))

@@ -39,6 +39,10 @@ import demo  # noqa: E402
     ("vision.eval_images", 0, r"config\.vision\.eval_images = 0"),
     ("vision.model", "critic", r"config\.vision\.model = 'critic'"),
     ("model.grm.hf_config.vision_config.depth", 3, r"config\.sft\.grm\.pretrained_vision"),
+    ("grm_rl.kl_coeff", 0.1, r"config\.grm_rl\.kl_coeff: unknown key; did you mean 'kl_coef'"),
+    ("sft.policy.pretrained_visoin", True, r"config\.sft\.policy\.pretrained_visoin: unknown key; did you mean "
+                                          r"'pretrained_vision'"),
+    ("policy_rl_rm.rewards", "rm", r"config\.policy_rl_rm\.rewards: unknown key; did you mean 'reward'"),
 ])
 def test_bad_config_fails_before_anything_runs_naming_the_key(key, value, match):
     config = demo.get_config("smoke")

@@ -1,15 +1,19 @@
 """Stage registry: each stage is `run(config, workdir, writer) -> dict of summary metrics`.
 
 Stages read what earlier stages wrote in the workdir (Hugging Face model folders under
-`workdir/<stage>/...`) and write their own. Each stage module declares `SCHEMA`: the keys its
-config section must hold, with a type and an optional check, so a bad config fails before any
-compilation with an error that names the key.
+`workdir/<stage>/...`) and write their own. The keys, types and defaults of every section live in
+`grlhfv_jax.config`; each stage module declares `SCHEMA`: the keys its config section must hold,
+with a check of their values, so a bad config fails before any compilation with an error that
+names the key. Stages read the config `validate` returns, which holds every default.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any, Callable
+
+from grlhfv_jax import config as config_schema
+from grlhfv_jax.config import ConfigError
 
 # stage name -> module (under grlhfv_jax.stages) and the config section it reads.
 STAGES = {
@@ -24,10 +28,6 @@ STAGES = {
     "evaluate": ("evaluate", "evaluate"),
     "nscale": ("nscale", "nscale"),
 }
-
-
-class ConfigError(ValueError):
-    """A config key is missing or has a bad value; the message names the key."""
 
 
 def _module(name: str):
@@ -52,8 +52,10 @@ def check_section(config, section: str, schema: dict[str, tuple[type | tuple, Ca
             raise ConfigError(f"config.{section}.{key} = {value!r}: must be {what}")
 
 
-def validate(config) -> None:
-    """Validates the whole config; raises ConfigError naming the first bad key."""
+def validate(config):
+    """Validates the whole config; raises ConfigError naming the first bad key. Returns a copy of
+    `config` with every default filled in (`config` itself is unchanged): what the stages read."""
+    config = config_schema.with_defaults(config)  # unknown keys, types
     if "stages" not in config or not config.stages:
         raise ConfigError("config.stages is missing or empty")
     for name in config.stages:
@@ -67,8 +69,10 @@ def validate(config) -> None:
     for name in config.stages:
         module = _module(name)
         module.validate(config, STAGES[name][1])
+    return config
 
 
 def run_stage(name: str, config, workdir: str, writer) -> dict:
+    """Runs stage `name` on a copy of `config` with its defaults filled in."""
     module = _module(name)
-    return module.run(config, workdir, writer, section=STAGES[name][1])
+    return module.run(config_schema.with_defaults(config), workdir, writer, section=STAGES[name][1])

@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from grlhfv_jax import config as config_schema
 from grlhfv_jax import models, processing, sharding
+from grlhfv_jax.config import sections
 from grlhfv_jax.rl import grm_reward
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -31,12 +33,13 @@ def codec(config, workdir: str) -> "Codec":
     """The codec of a run: the tokenizer written by the `data` stage, config.image, config.grm_template."""
     from grlhfv_jax.stages import data as data_stage
     paths = data_stage.paths(config, workdir)
-    return Codec.from_dirs(paths["tokenizer_dir"], config.image, config.get("grm_template") or None)
+    config = config_schema.section(config)
+    return Codec.from_dirs(paths["tokenizer_dir"], config.image, config.grm_template or None)
 
 
 def mesh_from_config(config):
     """The run's device mesh over ("data", "fsdp", "tensor") from `config.mesh_shape`."""
-    return sharding.make_mesh(tuple(config.get("mesh_shape", (1, -1, 1))))
+    return sharding.make_mesh(tuple(config_schema.section(config).mesh_shape))
 
 
 # ----------------------------------------------------------------------------- text and images
@@ -55,10 +58,10 @@ class Codec:
     @classmethod
     def from_dirs(cls, tokenizer_dir: str, image: dict, grm_template: str | None = None) -> "Codec":
         tok = processing.load_tokenizer(tokenizer_dir)
+        image = config_schema.section(image, sections.IMAGE)
         proc = processing.load_image_processor(
-            image.get("processor_dir"), min_pixels=image.get("min_pixels"), max_pixels=image.get("max_pixels"),
-            patch_size=image.get("patch_size"), merge_size=image.get("merge_size"),
-            temporal_patch_size=image.get("temporal_patch_size"))
+            image.processor_dir, min_pixels=image.min_pixels, max_pixels=image.max_pixels,
+            patch_size=image.patch_size, merge_size=image.merge_size, temporal_patch_size=image.temporal_patch_size)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
         return cls(tok, proc, int(pad), int(tok.convert_tokens_to_ids(processing.IM_END)),
                    grm_template or grm_reward.GRM_TEMPLATE)
@@ -141,16 +144,17 @@ def new_or_load(spec, codec: Codec, *, seed: int, scalar_head: bool = False, fro
                 mesh=None):
     """A model: loaded from `from_path` (an HF folder written by an earlier stage), else from
     `spec.path` (a real checkpoint), else randomly initialised from `spec.hf_config`."""
-    dtype = DTYPES[spec.get("dtype", "float32")]  # compute dtype
-    param_dtype = DTYPES[spec.get("param_dtype", "float32")]  # master weights
-    path = from_path or spec.get("path")
+    spec = config_schema.section(spec, sections.MODEL)
+    dtype = DTYPES[spec.dtype]  # compute dtype
+    param_dtype = DTYPES[spec.param_dtype]  # master weights
+    path = from_path or spec.path
     if path:
         model = models.load_pretrained(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh,
                                        scalar_head=scalar_head)
     else:
         model = models.from_config(model_config(spec, codec), rngs=nnx.Rngs(seed), dtype=dtype,
                                    param_dtype=param_dtype, scalar_head=scalar_head,
-                                   remat=bool(spec.get("remat", False)))
+                                   remat=bool(spec.remat))
         if mesh is not None:
             sharding.shard_model(model, mesh)
     return model
@@ -177,10 +181,9 @@ def load_stage_output(path: str, hint: str, config=None, spec=None, *, scalar_he
     entry) and sharded over the config's mesh; a missing folder is an error naming what writes it."""
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"{path} is missing: {hint}")
-    spec = spec or {}
+    spec = config_schema.section(spec or {}, sections.MODEL)
     mesh = mesh_from_config(config) if config is not None else None
-    return models.load_pretrained(path, dtype=DTYPES[spec.get("dtype", "float32")],
-                                  param_dtype=DTYPES[spec.get("param_dtype", "float32")], mesh=mesh,
+    return models.load_pretrained(path, dtype=DTYPES[spec.dtype], param_dtype=DTYPES[spec.param_dtype], mesh=mesh,
                                   scalar_head=scalar_head)
 
 
@@ -191,11 +194,12 @@ def make_train_state(model, opt_cfg, total_steps: int):
     """TrainState with AdamW + warm-up/cosine + clipping from a config section with `lr`,
     `warmup_ratio`, `weight_decay`, `max_grad_norm`."""
     from grlhfv_jax.rl import optim, train
+    opt_cfg = config_schema.section(opt_cfg, sections.OPTIMIZER)
     tx, schedule = optim.make_optimizer(
         learning_rate=float(opt_cfg.lr), total_steps=max(int(total_steps), 1),
-        warmup_ratio=float(opt_cfg.get("warmup_ratio", 0.03)), weight_decay=float(opt_cfg.get("weight_decay", 0.01)),
-        max_grad_norm=float(opt_cfg.get("max_grad_norm", 1.0)))
-    frozen = tuple(opt_cfg.get("freeze", ()) or ())
+        warmup_ratio=float(opt_cfg.warmup_ratio), weight_decay=float(opt_cfg.weight_decay),
+        max_grad_norm=float(opt_cfg.max_grad_norm))
+    frozen = tuple(opt_cfg.freeze or ())
     if frozen:
         tx = freeze_params(tx, frozen)
     state = train.TrainState(model, tx, schedule)
@@ -208,7 +212,7 @@ def make_train_state(model, opt_cfg, total_steps: int):
 def make_rl_train_state(model, sec):
     """TrainState for an RL stage: its schedule counts optimizer updates, `sec.mini_batches` per RL
     step, so the learning rate decays over all `sec.steps` RL steps."""
-    return make_train_state(model, sec, int(sec.steps) * int(sec.get("mini_batches", 1)))
+    return make_train_state(model, sec, int(sec.steps) * int(sec.mini_batches))
 
 
 def freeze_params(tx, prefixes: tuple[str, ...]):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from grlhfv_jax import config as config_schema
+from grlhfv_jax.config import sections
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.data import world as W
 from grlhfv_jax.stages import ConfigError, check_section
@@ -18,35 +20,31 @@ SCHEMA = {
 
 
 def world_config(config) -> W.WorldConfig:
-    d = config.data
-    sizes = dict(d.get("sizes", {}))
+    d = config_schema.section(config.data, sections.DATA)
+    sizes = dict(d.sizes)
     for split in sizes:
         if split not in W.SPLITS:
             raise ConfigError(f"config.data.sizes: unknown split '{split}' (splits: {', '.join(W.SPLITS)})")
-    analysis = d.get("sft_grm_analysis", "style")
+    analysis = d.sft_grm_analysis
     if analysis not in W.GRM_ANALYSIS_KINDS:
         raise ConfigError(f"config.data.sft_grm_analysis = {analysis!r}: expected one of {W.GRM_ANALYSIS_KINDS}")
-    extra = {}
-    for key in ("sft_grm_first_scores", "sft_grm_second_scores"):
-        if key in d:
-            extra[key] = tuple(int(v) for v in d[key])
-    if "sft_grm_opinions" in d:
-        try:
-            extra["sft_grm_opinions"] = tuple((str(w), int(v)) for w, v in d.sft_grm_opinions)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config.data.sft_grm_opinions = {d.sft_grm_opinions!r}: expected (style description, "
-                              f"int) pairs, e.g. ((\"hedges\", 1), (\"praises itself\", -1))") from None
-    if "sft_grm_opinion_strength" in d:
-        extra["sft_grm_opinion_strength"] = float(d.sft_grm_opinion_strength)
+    try:
+        opinions = tuple((str(w), int(v)) for w, v in d.sft_grm_opinions)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config.data.sft_grm_opinions = {d.sft_grm_opinions!r}: expected (style description, "
+                          f"int) pairs, e.g. ((\"hedges\", 1), (\"praises itself\", -1))") from None
     try:
         return W.WorldConfig(seed=d.seed, image_size=d.image_size, label_noise=float(d.label_noise),
-                             sft_grm_analysis=analysis, sizes=tuple({**W.DEFAULT_SIZES, **sizes}.items()), **extra)
+                             sft_grm_analysis=analysis, sizes=tuple({**W.DEFAULT_SIZES, **sizes}.items()),
+                             sft_grm_first_scores=tuple(int(v) for v in d.sft_grm_first_scores),
+                             sft_grm_second_scores=tuple(int(v) for v in d.sft_grm_second_scores),
+                             sft_grm_opinions=opinions, sft_grm_opinion_strength=float(d.sft_grm_opinion_strength))
     except ValueError as e:
         raise ConfigError(f"config.data: {e}") from None
 
 
 def data_dir(config, workdir: str) -> str:
-    return config.data.get("dir") or os.path.join(workdir, "data")
+    return config_schema.section(config.data, sections.DATA).dir or os.path.join(workdir, "data")
 
 
 def validate(config, section: str) -> None:
@@ -66,7 +64,7 @@ def paths(config, workdir: str) -> dict:
 def run(config, workdir: str, writer, section: str) -> dict:
     world = world_config(config)
     extra = []
-    if config.get("grm_template"):  # its fixed words become single tokens: short GRM prompts
+    if config.grm_template:  # its fixed words become single tokens: short GRM prompts
         from grlhfv_jax.rl.grm_reward import build_grm_prompt
         extra = [build_grm_prompt("What colour are the objects?", "They are red.", "They are blue.",
                                   template=config.grm_template)] * 50

@@ -29,7 +29,7 @@ SCHEMA = {
 
 def validate(config, section: str) -> None:
     check_section(config, section, SCHEMA)
-    if config[section].get("loss_type", "sigmoid") not in ("sigmoid", "ipo"):
+    if config[section].loss_type not in ("sigmoid", "ipo"):
         raise ConfigError(f"config.{section}.loss_type = {config[section].loss_type!r}: expected 'sigmoid' or 'ipo'")
 
 
@@ -46,20 +46,18 @@ def run(config, workdir: str, writer, section: str) -> dict:
     state = common.make_train_state(policy, sec, sec.steps)
     ds = pipeline.dataset(paths["data_dir"], "grm_train", world, seed=config.seed + 5, num_epochs=None,
                           batch_size=sec.pairs_per_step)
-    loss_type = sec.get("loss_type", "sigmoid")
-    cfg = train.DPOConfig(beta=float(sec.beta), loss_type=loss_type,
-                          label_smoothing=float(sec.get("label_smoothing", 0.0)))
+    cfg = train.DPOConfig(beta=float(sec.beta), loss_type=sec.loss_type, label_smoothing=float(sec.label_smoothing))
 
     def make_batch(step):
         b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
         b.pop("valid")
         jb = {k: jnp.asarray(v) for k, v in b.items()}
-        b["ref_logps"] = train.compute_sequence_logprobs(ref, jb, average=loss_type == "ipo")
+        b["ref_logps"] = train.compute_sequence_logprobs(ref, jb, average=sec.loss_type == "ipo")
         return b
 
     last = common.train_loop(section, state, steps=sec.steps, make_batch=make_batch,
                              step_fn=lambda s, b: train.dpo_step(s, b, cfg), writer=writer,
-                             ckpt_dir=os.path.join(workdir, "dpo", "ckpt"), log_every=int(sec.get("log_every", 10)),
-                             ckpt_every=int(sec.get("ckpt_every", 100)))
+                             ckpt_dir=os.path.join(workdir, "dpo", "ckpt"), log_every=int(sec.log_every),
+                             ckpt_every=int(sec.ckpt_every))
     export_hf(state.model, output_dir(workdir))
     return {f"dpo/train_{k}": v for k, v in last.items() if k in ("loss", "accuracy")}

@@ -95,7 +95,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
         summary[f"{prefix}complete_rate_{key}"] = float(done.mean())
         summary[f"{prefix}length_words_{key}"] = float(np.mean([len(a.split()) for a in t]))
         summary[f"{prefix}self_praise_rate_{key}"] = float(np.mean([praises(a) for a in t]))
-        if int(sec.get("samples", 0)):
+        if int(sec.samples):
             ts, _, sampled = scored_answers(model, codec, recs, sec, samples=sec.samples, seed=SAMPLE_SEED + config.seed)
             summary[f"{prefix}oracle_score_sampled_{key}"] = float(sampled.mean())
             per_prompt[name] = sampled.reshape(len(recs), -1).mean(axis=1)  # the prompt is the unit of the SE

@@ -50,11 +50,11 @@ def validate(config, section: str) -> None:
 
 
 def grpo_config(sec) -> train.GRPOConfig:
-    high = sec.get("clip_eps_high")
+    high = sec.clip_eps_high
     return train.GRPOConfig(clip_eps=float(sec.clip_eps), kl_coef=float(sec.kl_coef),
                             clip_eps_high=None if high is None else float(high),
-                            clip_ratio_c=sec.get("clip_ratio_c"), entropy_coef=float(sec.get("entropy_coef", 0.0)),
-                            num_micro_batches=int(sec.get("num_micro_batches", 1)))
+                            clip_ratio_c=sec.clip_ratio_c, entropy_coef=float(sec.entropy_coef),
+                            num_micro_batches=int(sec.num_micro_batches))
 
 
 def output_dir(workdir: str) -> str:
@@ -62,7 +62,7 @@ def output_dir(workdir: str) -> str:
 
 
 def evaluate_grm(grm, codec, config, sec, records_id, records_ood, prefix: str) -> tuple[dict, list]:
-    kw = dict(rows=int(sec.get("eval_rows", 32)), max_len=sec.max_len, max_new_tokens=sec.max_new_tokens)
+    kw = dict(rows=int(sec.eval_rows), max_len=sec.max_len, max_new_tokens=sec.max_new_tokens)
     m_id, samples = judging.grm_accuracy(grm, codec, records_id, prefix=f"{prefix}_id_", **kw)
     m_ood, _ = judging.grm_accuracy(grm, codec, records_ood, prefix=f"{prefix}_ood_", **kw)
     return {**m_id, **m_ood}, samples
@@ -135,13 +135,13 @@ def run(config, workdir: str, writer, section: str) -> dict:
         if step % sec.eval_every or not sec.eval_pairs or step == sec.steps:
             return {}
         m, _ = judging.grm_accuracy(state.model, codec, records_id[: max(8, sec.eval_pairs // 2)],
-                                    rows=int(sec.get("eval_rows", 32)), max_len=sec.max_len,
+                                    rows=int(sec.eval_rows), max_len=sec.max_len,
                                     max_new_tokens=sec.max_new_tokens, prefix="eval/")
         return {"eval/accuracy_id": m["eval/accuracy"]}
 
     common.train_loop("grm_rl", state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
-                      ckpt_dir=os.path.join(workdir, "grm_rl", "ckpt"), log_every=int(sec.get("log_every", 5)),
-                      ckpt_every=int(sec.get("ckpt_every", 25)), on_log=on_log)
+                      ckpt_dir=os.path.join(workdir, "grm_rl", "ckpt"), log_every=int(sec.log_every),
+                      ckpt_every=int(sec.ckpt_every), on_log=on_log)
     export_hf(state.model, output_dir(workdir))
     if sec.eval_pairs:
         after, samples = evaluate_grm(state.model, codec, config, sec, records_id, records_ood, "grm/rl")

@@ -40,7 +40,7 @@ def validate(config, section: str) -> None:
 
 
 def _oracle(model, codec, recs, ev, seed: int) -> float:
-    return float(evaluate.scored_answers(model, codec, recs, ev, samples=int(ev.get("samples", 0)), seed=seed)[2].mean())
+    return float(evaluate.scored_answers(model, codec, recs, ev, samples=int(ev.samples), seed=seed)[2].mean())
 
 
 def run(config, workdir: str, writer, section: str) -> dict:

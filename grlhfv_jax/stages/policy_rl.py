@@ -49,7 +49,7 @@ def validate(config, section: str) -> None:
             "aggregator": (str, lambda v: v in grouped.AGGREGATORS, f"one of {sorted(grouped.AGGREGATORS)}"),
             "judge_max_new_tokens": POS_INT,
         })
-        if sec.pairs == "random" and int(sec.get("num_pairs", 0)) < 1:
+        if sec.pairs == "random" and int(sec.num_pairs or 0) < 1:
             raise ConfigError(f"config.{section}.num_pairs must be >= 1 when pairs = 'random'")
     if sec.prompts_per_step % sec.mini_batches:
         raise ConfigError(f"config.{section}.mini_batches = {sec.mini_batches} must divide "
@@ -65,12 +65,12 @@ def judge_groups(grm, codec, sec, recs, texts, complete, *, seed: int, split=Non
 
     texts: P*n answers (group p = rows p*n .. p*n+n-1); complete [P, n] bool."""
     P, n = complete.shape
-    plans = [grouped.judging_plan(n, complete[p], sec.pairs, num_pairs=sec.get("num_pairs"), seed=seed + p)
+    plans = [grouped.judging_plan(n, complete[p], sec.pairs, num_pairs=sec.num_pairs, seed=seed + p)
              for p in range(P)]
     groups = [(recs[p]["question"], recs[p]["image"], [(texts[p * n + i], texts[p * n + j]) for i, j in plans[p]])
               for p in range(P)]
     outs = [t for g in judging.judge_shared(grm, codec, groups, max_new_tokens=sec.judge_max_new_tokens,
-                                            temperature=float(sec.get("judge_temperature", 0.0)), seed=seed,
+                                            temperature=float(sec.judge_temperature), seed=seed,
                                             model_split=split) for t in g]
     rewards, all_judgments, k = np.zeros((P, n)), [], 0
     for p in range(P):
@@ -91,7 +91,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
     codec = common.codec(config, workdir)
     policy, ref = sft.trainee_and_reference(config, workdir, "policy")
     if sec.reward == "grm":
-        judge_model = common.load_stage_output(sec.get("grm_path") or grm_rl.output_dir(workdir),
+        judge_model = common.load_stage_output(sec.grm_path or grm_rl.output_dir(workdir),
                                                f"run 'grm_rl' first or set config.{section}.grm_path",
                                                config, config.model.grm)
         judge_split = nnx.split(judge_model)  # frozen: split once
@@ -141,8 +141,8 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
         return state, metrics
 
     common.train_loop(section, state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
-                      ckpt_dir=os.path.join(out_root, section, "ckpt"), log_every=int(sec.get("log_every", 5)),
-                      ckpt_every=int(sec.get("ckpt_every", 25)))
+                      ckpt_dir=os.path.join(out_root, section, "ckpt"), log_every=int(sec.log_every),
+                      ckpt_every=int(sec.ckpt_every))
     export_hf(state.model, output_dir(out_root, section))
     return {}
 

@@ -27,7 +27,7 @@ SCHEMA = {
 
 def validate(config, section: str) -> None:
     check_section(config, section, SCHEMA)
-    if config[section].get("init", "sft_grm") not in ("sft_grm", "random"):
+    if config[section].init not in ("sft_grm", "random"):
         raise ConfigError(f"config.{section}.init = {config[section].init!r}: expected 'sft_grm' or 'random'")
 
 
@@ -45,7 +45,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     paths = data_stage.paths(config, workdir)
     world = data_stage.world_config(config)
     codec = common.codec(config, workdir)
-    init = sft.output_dir(workdir, "grm") if sec.get("init", "sft_grm") == "sft_grm" else None
+    init = sft.output_dir(workdir, "grm") if sec.init == "sft_grm" else None
     if init and not os.path.isfile(os.path.join(init, "config.json")):
         raise FileNotFoundError(f"{init} is missing: run 'sft' first or set config.{section}.init = 'random'")
     spec = config.model.get("rm", config.model.grm)
@@ -54,7 +54,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     state = common.make_train_state(model, sec, sec.steps)
     ds = pipeline.dataset(paths["data_dir"], "grm_train", world, seed=config.seed + 3, num_epochs=None,
                           batch_size=sec.pairs_per_step)
-    cfg = train.BTConfig(reg=float(sec.reg), num_micro_batches=int(sec.get("num_micro_batches", 1)))
+    cfg = train.BTConfig(reg=float(sec.reg), num_micro_batches=int(sec.num_micro_batches))
 
     def make_batch(step):
         b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
@@ -63,12 +63,12 @@ def run(config, workdir: str, writer, section: str) -> dict:
 
     common.train_loop("rm", state, steps=sec.steps, make_batch=make_batch,
                       step_fn=lambda s, b: train.bt_rm_step(s, b, cfg), writer=writer,
-                      ckpt_dir=os.path.join(workdir, "rm", "ckpt"), log_every=int(sec.get("log_every", 10)),
-                      ckpt_every=int(sec.get("ckpt_every", 100)))
+                      ckpt_dir=os.path.join(workdir, "rm", "ckpt"), log_every=int(sec.log_every),
+                      ckpt_every=int(sec.ckpt_every))
     export_hf(state.model, output_dir(workdir))
     summary = {}
     if sec.eval_pairs:
-        rows = int(sec.get("eval_rows", 32))
+        rows = int(sec.eval_rows)
         for split, tag in (("grm_test_id", "id"), ("grm_test_ood", "ood")):
             recs = pipeline.load_records(paths["data_dir"], split, world, n=sec.eval_pairs)
             m = judging.rm_accuracy(state.model, codec, recs, rows=rows, max_len=sec.max_len)

@@ -42,12 +42,12 @@ def validate(config, section: str) -> None:
     for target in TARGETS:
         if target in sec:
             check_section(config, f"{section}.{target}", SCHEMA)
-    if "policy" in sec and sec.policy.get("data", "candidates") not in POLICY_DATA:
+    if "policy" in sec and sec.policy.data not in POLICY_DATA:
         from grlhfv_jax.stages import ConfigError
         raise ConfigError(f"config.{section}.policy.data = {sec.policy.data!r}: expected one of {POLICY_DATA}")
-    if "policy" in sec and sec.policy.get("data", "candidates") == "styled":
+    if "policy" in sec and sec.policy.data == "styled":
         from grlhfv_jax.stages import ConfigError
-        styles = dict(sec.policy.get("styles", {}))
+        styles = dict(sec.policy.styles)
         try:  # the same checks the data path makes
             W.restyle(np.random.default_rng(0), "", styles)
         except (TypeError, ValueError) as e:
@@ -56,7 +56,7 @@ def validate(config, section: str) -> None:
         from grlhfv_jax.stages import ConfigError
         raise ConfigError("config.model is missing (model specs for policy / grm / rm)")
     for target in TARGETS:
-        if target in sec and sec[target].get("pretrained_vision", False):
+        if target in sec and sec[target].pretrained_vision:
             _check_vision_source(config, section, target)
 
 
@@ -66,7 +66,7 @@ def _check_vision_source(config, section: str, target: str) -> None:
     if "vision" not in config:
         raise ConfigError(f"config.{section}.{target}.pretrained_vision is set but config.vision is missing "
                           "(the 'vision' stage pretrains the tower)")
-    src = config.vision.get("model", "policy")
+    src = config.vision.model
 
     def vision_config(name):
         hf = config.model[name].hf_config
@@ -122,24 +122,24 @@ def run(config, workdir: str, writer, section: str) -> dict:
         tc = sec[target]
         model = common.new_or_load(config.model[target], codec, seed=config.seed + (target == "grm"),
                                    mesh=common.mesh_from_config(config))
-        if tc.get("pretrained_vision", False):
+        if tc.pretrained_vision:
             from grlhfv_jax.stages import vision
             vision.copy_tower(model, workdir, config, config.model[target])
             print(f"[sft] {target}: vision tower from {vision.output_dir(workdir)}", flush=True)
         state = common.make_train_state(model, tc, tc.steps)
         B = tc.batch_size
         if target == "policy":
-            split = "sft_grm" if tc.get("data", "candidates") == "candidates" else "sft_policy"
+            split = "sft_grm" if tc.data == "candidates" else "sft_policy"
             ds = pipeline.dataset(ddir, split, world, seed=config.seed, num_epochs=None, batch_size=B)
 
             def make_batch(step, ds=ds, tc=tc):
-                ex = _examples_policy(codec, ds[step], tc.get("data", "candidates"), dict(tc.get("styles", {})),
+                ex = _examples_policy(codec, ds[step], tc.data, dict(tc.styles),
                                       seed=config.seed)
                 order = np.random.default_rng([config.seed, step]).permutation(len(ex))  # same on resume
                 ex = [ex[i] for i in order[:B]]
                 return _to_train(common.batch(ex, codec, side="right", max_len=tc.max_len))
         else:
-            n_vqa = int(round(B * float(tc.get("vqa_fraction", 0.5))))
+            n_vqa = int(round(B * float(tc.vqa_fraction)))
             judg = pipeline.dataset(ddir, "sft_grm", world, seed=config.seed, num_epochs=None, batch_size=B - n_vqa)
             vqa = pipeline.dataset(ddir, "sft_policy", world, seed=config.seed + 1, num_epochs=None,
                                    batch_size=max(n_vqa, 1))
@@ -155,7 +155,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
             f"sft_{target}", state, steps=tc.steps, make_batch=make_batch,
             step_fn=lambda s, b: train.sft_step(s, b), writer=writer,
             ckpt_dir=os.path.join(workdir, "sft", f"ckpt_{target}"),
-            log_every=int(sec.get("log_every", 10)), ckpt_every=int(sec.get("ckpt_every", 100)))
+            log_every=int(sec.log_every), ckpt_every=int(sec.ckpt_every))
         result = {f"sft/{target}_{k}": v for k, v in last.items() if k in ("loss", "accuracy")}
         export_hf(state.model, out, summary=result)
         summary.update(result)

@@ -40,8 +40,8 @@ SCHEMA = {
 
 def validate(config, section: str) -> None:
     check_section(config, section, SCHEMA)
-    name = config[section].get("model", "policy")
-    if name not in config.get("model", {}):
+    name = config[section].model
+    if "model" not in config or name not in config.model:
         raise ConfigError(f"config.{section}.model = {name!r}: no such entry in config.model")
 
 
@@ -96,7 +96,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     world = data_stage.world_config(config)
     codec = common.codec(config, workdir)
     mesh = common.mesh_from_config(config)
-    model = common.new_or_load(config.model[sec.get("model", "policy")], codec, seed=config.seed + 7, mesh=mesh)
+    model = common.new_or_load(config.model[sec.model], codec, seed=config.seed + 7, mesh=mesh)
     B = int(sec.batch_size)
 
     def images(stream, index, n):
@@ -117,8 +117,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
         return {"pixel_values": pv, "labels": labels}
 
     common.train_loop(section, state, steps=sec.steps, make_batch=make_batch, step_fn=make_step(grid), writer=writer,
-                      ckpt_dir=os.path.join(workdir, "vision", "ckpt"), log_every=int(sec.get("log_every", 25)),
-                      ckpt_every=int(sec.get("ckpt_every", 100)))
+                      ckpt_dir=os.path.join(workdir, "vision", "ckpt"), log_every=int(sec.log_every),
+                      ckpt_every=int(sec.ckpt_every))
     # held-out images (another stream): accuracy of the heads on the trained tower
     correct, n_eval = np.zeros(len(W.ATTRS)), int(sec.eval_images)
     for i, start in enumerate(range(0, n_eval, B)):

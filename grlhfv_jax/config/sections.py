@@ -1,0 +1,186 @@
+"""One schema per config section: every key's type, default and meaning, the only place a
+default lives. `REQUIRED` keys have none; the stage that reads the section names them when missing.
+"""
+
+from __future__ import annotations
+
+from grlhfv_jax.config.schema import REQUIRED, Key
+
+# Keys of every section that trains (common.make_train_state reads them).
+OPTIMIZER = {
+    "lr": Key("float", REQUIRED, "peak learning rate (AdamW)"),
+    "warmup_ratio": Key("float", 0.03, "fraction of the updates spent warming the learning rate up"),
+    "weight_decay": Key("float", 0.01, "AdamW weight decay"),
+    "max_grad_norm": Key("float", 1.0, "global gradient-norm clipping"),
+    "freeze": Key("list", (), "parameter path prefixes left untrained (e.g. ['visual'])"),
+}
+
+
+def _logging(log_every: int, ckpt_every: int) -> dict:
+    """The logging and checkpoint intervals of a training section, with its defaults."""
+    return {"log_every": Key("int", log_every, "steps between logged metrics"),
+            "ckpt_every": Key("int", ckpt_every, "steps between checkpoints (a rerun resumes from the last)")}
+
+
+# The GRPO loss (grm_rl.grpo_config), shared by stage 1 and stage 2.
+GRPO = {
+    "mini_batches": Key("int", REQUIRED, "optimizer updates per RL step (must divide the prompts per step)"),
+    "kl_coef": Key("float", REQUIRED, "weight of the KL penalty to the reference model"),
+    "clip_eps": Key("float", REQUIRED, "PPO ratio clip (lower side; upper side too unless clip_eps_high)"),
+    "clip_eps_high": Key("float?", None, "PPO ratio clip, upper side (None: clip_eps)"),
+    "clip_ratio_c": Key("float?", None, "dual-clip bound for negative advantages (None: off)"),
+    "entropy_coef": Key("float", 0.0, "entropy bonus weight"),
+    "num_micro_batches": Key("int", 1, "gradient accumulation micro-batches per update"),
+}
+
+MODEL = {
+    "hf_config": Key("map", REQUIRED, "Hugging Face config dict of a randomly initialised model"),
+    "path": Key("str?", None, "a Hugging Face checkpoint folder to load instead of hf_config"),
+    "dtype": Key("str", "float32", "compute dtype (float32, bfloat16, ...)"),
+    "param_dtype": Key("str", "float32", "master-weight dtype"),
+    "remat": Key("bool", False, "recompute activations in the backward pass (saves memory)"),
+}
+
+DATA = {
+    "seed": Key("int", REQUIRED, "the synthetic world's seed"),
+    "image_size": Key("int", REQUIRED, "image side in pixels (a multiple of 4, >= 16)"),
+    "label_noise": Key("float", REQUIRED, "probability that a preference label is flipped, in [0, 0.5)"),
+    "vocab_size": Key("int", REQUIRED, "size of the demo tokenizer's vocabulary (>= 300)"),
+    "dir": Key("str", "", "dataset folder ('' = workdir/data)"),
+    "sizes": Key("map", {}, "examples per split (split -> int); unlisted splits get the world's default"),
+    "sft_grm_analysis": Key("str", "style", "what the GRM warm start's analysis says: style, facts or none"),
+    "sft_grm_first_scores": Key("list", (1, 2, 3, 4, 6, 7, 8, 9), "first scores the GRM warm start writes"),
+    "sft_grm_second_scores": Key("list", (), "second scores, drawn independently (() = 10 minus the first)"),
+    "sft_grm_opinions": Key("list", (), "the GRM warm start's opinions of wordings: (style description, int)"),
+    "sft_grm_opinion_strength": Key("float", 0.5, "probability a judgment follows the opinions, in [0, 1]"),
+}
+
+IMAGE = {
+    "processor_dir": Key("str?", None, "folder with a preprocessor_config.json (None: Qwen2-VL defaults)"),
+    "min_pixels": Key("int?", None, "smallest image area after resizing"),
+    "max_pixels": Key("int?", None, "largest image area after resizing"),
+    "patch_size": Key("int?", None, "vision patch side in pixels"),
+    "merge_size": Key("int?", None, "patches merged per side into one image token"),
+    "temporal_patch_size": Key("int?", None, "frames per temporal patch"),
+}
+
+VISION = {
+    "steps": Key("int", REQUIRED, "training steps"),
+    "batch_size": Key("int", REQUIRED, "images per step"),
+    "eval_images": Key("int", REQUIRED, "held-out images for the attribute accuracies"),
+    "model": Key("str", "policy", "the config.model entry whose tower is trained"),
+    **OPTIMIZER, **_logging(25, 100),
+}
+
+_SFT_TARGET = {
+    "steps": Key("int", REQUIRED, "training steps"),
+    "batch_size": Key("int", REQUIRED, "examples per step"),
+    "max_len": Key("int", REQUIRED, "tokens per row (>= 8)"),
+    "pretrained_vision": Key("bool", False, "copy the tower the 'vision' stage trained"),
+    **OPTIMIZER,
+}
+
+SFT = {
+    "policy": {
+        **_SFT_TARGET,
+        "data": Key("str", "candidates", "answers to learn: candidates, best or styled"),
+        "styles": Key("map", {}, "style -> weight for data='styled' (plain, hedged, praised, praise_only)"),
+    },
+    "grm": {
+        **_SFT_TARGET,
+        "vqa_fraction": Key("float", 0.5, "fraction of each batch that is question answering, not judging"),
+    },
+    **_logging(10, 100),
+}
+
+GRM_RL = {
+    "steps": Key("int", REQUIRED, "RL steps"),
+    "pairs_per_step": Key("int", REQUIRED, "preference pairs judged per step"),
+    "group_size": Key("int", REQUIRED, "judgments sampled per prompt (the GRPO group, >= 2)"),
+    "max_len": Key("int", REQUIRED, "prompt tokens (>= 16)"),
+    "max_new_tokens": Key("int", REQUIRED, "judgment tokens"),
+    "temperature": Key("float", REQUIRED, "sampling temperature"),
+    "position_debias": Key("bool", REQUIRED, "also judge every pair in the swapped order, label flipped"),
+    "consistency_reward": Key("bool", REQUIRED, "reward 1 only when both orders' judgments are right"),
+    "eval_pairs": Key("int", REQUIRED, "held-out pairs per split for the accuracies (0: none)"),
+    "eval_every": Key("int", REQUIRED, "steps between in-training accuracy checks"),
+    "eval_rows": Key("int", 32, "rows per judging batch in evaluation"),
+    **GRPO, **OPTIMIZER, **_logging(5, 25),
+}
+
+RM = {
+    "steps": Key("int", REQUIRED, "training steps"),
+    "pairs_per_step": Key("int", REQUIRED, "preference pairs per step"),
+    "max_len": Key("int", REQUIRED, "tokens per row (>= 8)"),
+    "reg": Key("float", REQUIRED, "weight of the mean squared score regulariser"),
+    "eval_pairs": Key("int", REQUIRED, "held-out pairs per split for the accuracies (0: none)"),
+    "eval_rows": Key("int", 32, "rows per scoring batch in evaluation"),
+    "init": Key("str", "sft_grm", "start from the GRM warm start ('sft_grm') or at random ('random')"),
+    "num_micro_batches": Key("int", 1, "gradient accumulation micro-batches per step"),
+    **OPTIMIZER, **_logging(10, 100),
+}
+
+POLICY_RL = {
+    "reward": Key("str", REQUIRED, "'grm' (grouped comparisons by the GRM) or 'rm' (score-only RM)"),
+    "steps": Key("int", REQUIRED, "RL steps"),
+    "prompts_per_step": Key("int", REQUIRED, "prompts per step"),
+    "n": Key("int", REQUIRED, "answers sampled per prompt (>= 2)"),
+    "max_len": Key("int", REQUIRED, "prompt tokens (>= 8)"),
+    "max_new_tokens": Key("int", REQUIRED, "answer tokens"),
+    "temperature": Key("float", REQUIRED, "sampling temperature"),
+    "pairs": Key("str", REQUIRED, "pairs the GRM judges: both (orders), one or random (reward='grm')"),
+    "num_pairs": Key("int?", None, "pairs per group when pairs='random'"),
+    "aggregator": Key("str", REQUIRED, "judgments -> reward: mean, win_rate or bradley_terry (reward='grm')"),
+    "judge_max_new_tokens": Key("int", REQUIRED, "judgment tokens (reward='grm')"),
+    "judge_temperature": Key("float", 0.0, "judging temperature (0: greedy)"),
+    "grm_path": Key("str?", None, "GRM folder to judge with (None: workdir/grm_rl/grm)"),
+    **GRPO, **OPTIMIZER, **_logging(5, 25),
+}
+
+DPO = {
+    "steps": Key("int", REQUIRED, "training steps"),
+    "pairs_per_step": Key("int", REQUIRED, "preference pairs per step"),
+    "max_len": Key("int", REQUIRED, "tokens per row (>= 8)"),
+    "beta": Key("float", REQUIRED, "DPO temperature"),
+    "loss_type": Key("str", "sigmoid", "sigmoid (DPO) or ipo"),
+    "label_smoothing": Key("float", 0.0, "conservative DPO label smoothing"),
+    **OPTIMIZER, **_logging(10, 100),
+}
+
+EVALUATE = {
+    "prompts": Key("int", REQUIRED, "held-out policy_test prompts"),
+    "max_len": Key("int", REQUIRED, "prompt tokens (>= 8)"),
+    "max_new_tokens": Key("int", REQUIRED, "answer tokens"),
+    "samples": Key("int", 0, "answers sampled per prompt at temperature 1 (0: greedy only)"),
+}
+
+REPORT = {"enabled": Key("bool", True, "write report.html after the stages")}
+
+NSCALE = {
+    "ns": Key("list", REQUIRED, "group sizes n to train with (ints >= 2)"),
+    "rewards": Key("list", REQUIRED, "rewards to train with: 'grm' and / or 'rm'"),
+    "policy": POLICY_RL,
+}
+
+# The whole config.
+CONFIG = {
+    "seed": Key("int", REQUIRED, "seed of the models' initialisation, data order and sampling"),
+    "workdir": Key("str", "workdir", "output folder when --workdir is not given"),
+    "stages": Key("list", REQUIRED, "stages to run, in order"),
+    "mesh_shape": Key("list", (1, -1, 1), "device mesh over (data, fsdp, tensor); one -1 = the rest"),
+    "tensorboard": Key("bool", True, "also write TensorBoard event files"),
+    "grm_template": Key("str?", None, "GRM prompt template (None: the paper's, rl.grm_reward.GRM_TEMPLATE)"),
+    "data": DATA,
+    "image": IMAGE,
+    "model": {"policy": MODEL, "grm": MODEL, "rm": MODEL},
+    "vision": VISION,
+    "sft": SFT,
+    "grm_rl": GRM_RL,
+    "rm": RM,
+    "policy_rl": POLICY_RL,
+    "policy_rl_rm": POLICY_RL,
+    "dpo": DPO,
+    "evaluate": EVALUATE,
+    "report": REPORT,
+    "nscale": NSCALE,
+}
