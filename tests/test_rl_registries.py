@@ -173,8 +173,10 @@ def test_aggregator_key_changes_the_rewards():
     # 3 answers; (i, j): (score of i, score of j); (1, 2) did not parse
     judgments = {(0, 1): (8, 3), (1, 0): (6, 6), (0, 2): (2, 9), (2, 0): (7, 4), (1, 2): None, (2, 1): (5, 5)}
     complete = [True, True, True]
-    got = {name: grouped.aggregate(3, judgments, complete, _validated("policy_rl", aggregator=name).policy_rl.aggregator)
-           for name in ("mean", "win_rate")}
+    got = {}
+    for name in ("mean", "win_rate"):
+        sec = _validated("policy_rl", aggregator=name).policy_rl
+        got[name] = grouped.aggregate(3, judgments, complete, sec.aggregator)
     np.testing.assert_allclose(got["mean"], [(8 + 6 + 2 + 4) / 4, (3 + 6 + 5) / 3, (9 + 7 + 5) / 3])
     # wins: 0 beats 1, ties count 1/2, the unparsed judgment 1/2 each
     np.testing.assert_allclose(got["win_rate"], [1.5 / 4, 1.5 / 4, 3.0 / 4])
