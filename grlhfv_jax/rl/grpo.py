@@ -236,6 +236,9 @@ POLICY_LOSSES: dict[str, Callable[..., tuple[jax.Array, dict]]] = {
 
 
 def register_policy_loss(name: str, fn: Callable[..., tuple[jax.Array, dict]]) -> None:
+    """Adds a policy loss under ``name`` (config key ``policy_loss``). ``fn`` takes the arguments
+    of `policy_loss` (all keywords after ``mask``) and returns (scalar loss, dict of scalar
+    metrics); the dict must hold the same keys on every call of a step."""
     POLICY_LOSSES[name] = fn
 
 

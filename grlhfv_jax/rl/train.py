@@ -47,6 +47,9 @@ class TrainState(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
+    """Static GRPO settings; the names pick entries of the `grpo` registries (the step reads
+    ``policy_loss``, ``kl_estimator`` and ``loss_agg_mode``; ``advantage_estimator`` is for the
+    caller that turns rewards into advantages, `stages.rollouts.grpo_update`)."""
     clip_eps: float = 0.2
     clip_eps_high: Optional[float] = None  # asymmetric clip (DAPO); None = clip_eps
     clip_ratio_c: Optional[float] = None  # dual clip (verl uses 3.0); None = off
@@ -57,6 +60,20 @@ class GRPOConfig:
     temperature: float = 1.0
     compute_entropy: bool = True
     num_micro_batches: int = 1
+    advantage_estimator: str = "grpo"
+    policy_loss: str = "grpo"
+
+
+def grpo_loss(cfg: GRPOConfig, logp, old_logp, ref_logp, advantages, mask, entropy=None, denominator=None):
+    """The policy loss ``cfg.policy_loss`` (from `grpo.POLICY_LOSSES`) with ``cfg``'s settings:
+    (scalar loss, metrics), as `grpo.policy_loss` documents."""
+    if cfg.policy_loss not in grpo.POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {cfg.policy_loss!r}; registered: {sorted(grpo.POLICY_LOSSES)}")
+    return grpo.POLICY_LOSSES[cfg.policy_loss](
+        logp, old_logp, ref_logp, advantages, mask,
+        clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, clip_eps_high=cfg.clip_eps_high,
+        clip_ratio_c=cfg.clip_ratio_c, entropy=entropy, entropy_coef=cfg.entropy_coef,
+        kl_estimator=cfg.kl_estimator, loss_agg_mode=cfg.loss_agg_mode, denominator=denominator)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,11 +236,8 @@ def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig()):
             ent = aligned_entropy(logits, cfg.temperature)
             if cfg.entropy_coef == 0.0:
                 ent = jax.lax.stop_gradient(ent)
-        return grpo.policy_loss(
-            logp, mb["old_logp"], mb["ref_logp"], mb["advantages"], mb["response_mask"],
-            clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, clip_eps_high=cfg.clip_eps_high,
-            clip_ratio_c=cfg.clip_ratio_c, entropy=ent, entropy_coef=cfg.entropy_coef,
-            kl_estimator=cfg.kl_estimator, loss_agg_mode=cfg.loss_agg_mode, denominator=denom)
+        return grpo_loss(cfg, logp, mb["old_logp"], mb["ref_logp"], mb["advantages"], mb["response_mask"],
+                         entropy=ent, denominator=denom)
 
     _, grads, metrics = _accumulate_grads(state.model, batch, cfg.num_micro_batches, micro_loss)
     metrics["response_length_mean"] = jnp.mean(jnp.sum(mask, axis=1))

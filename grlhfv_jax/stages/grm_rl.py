@@ -18,7 +18,7 @@ import numpy as np
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.data import world as W
-from grlhfv_jax.rl import grm_reward, train
+from grlhfv_jax.rl import grm_reward, grpo, train
 from grlhfv_jax.stages import ConfigError, check_section, common, judging, rollouts, sft
 from grlhfv_jax.stages import data as data_stage
 
@@ -38,8 +38,18 @@ SCHEMA = {
 }
 
 
+def _one_of(registry: dict):
+    return (str, lambda v: v in registry, f"one of {sorted(registry)}")
+
+
+def grpo_registry_schema() -> dict:
+    """The GRPO keys that name a registry entry, checked against what is registered now."""
+    return {"advantage_estimator": _one_of(grpo.ADVANTAGE_ESTIMATORS), "kl_estimator": _one_of(grpo.KL_ESTIMATORS),
+            "loss_agg_mode": _one_of(grpo.LOSS_AGGREGATIONS), "policy_loss": _one_of(grpo.POLICY_LOSSES)}
+
+
 def validate(config, section: str) -> None:
-    check_section(config, section, SCHEMA)
+    check_section(config, section, {**SCHEMA, **grpo_registry_schema()})
     sec = config[section]
     if sec.consistency_reward and not sec.position_debias:
         raise ConfigError(f"config.{section}.consistency_reward needs config.{section}.position_debias = True")
@@ -54,7 +64,9 @@ def grpo_config(sec) -> train.GRPOConfig:
     return train.GRPOConfig(clip_eps=float(sec.clip_eps), kl_coef=float(sec.kl_coef),
                             clip_eps_high=None if high is None else float(high),
                             clip_ratio_c=sec.clip_ratio_c, entropy_coef=float(sec.entropy_coef),
-                            num_micro_batches=int(sec.num_micro_batches))
+                            num_micro_batches=int(sec.num_micro_batches),
+                            advantage_estimator=str(sec.advantage_estimator), kl_estimator=str(sec.kl_estimator),
+                            loss_agg_mode=str(sec.loss_agg_mode), policy_loss=str(sec.policy_loss))
 
 
 def output_dir(workdir: str) -> str:

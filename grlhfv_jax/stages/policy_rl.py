@@ -41,7 +41,7 @@ SCHEMA = {
 
 
 def validate(config, section: str) -> None:
-    check_section(config, section, SCHEMA)
+    check_section(config, section, {**SCHEMA, **grm_rl.grpo_registry_schema()})
     sec = config[section]
     if sec.reward == "grm":
         check_section(config, section, {

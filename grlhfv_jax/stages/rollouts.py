@@ -90,9 +90,20 @@ def select_rows(batch: dict, idx: np.ndarray, *, image_token_id: int, merge_size
     return out
 
 
+def response_advantages(rewards: np.ndarray, row_valid: np.ndarray, estimator: str) -> np.ndarray:
+    """Advantages per response ``[P*G]`` from rewards ``[P, G]`` by the registered ``estimator``
+    (`grpo.ADVANTAGE_ESTIMATORS`); rows with ``row_valid`` 0 (fill prompts) get 0."""
+    import jax.numpy as jnp
+    from grlhfv_jax.rl import grpo
+
+    adv = np.asarray(grpo.compute_advantages(jnp.asarray(rewards, jnp.float32), estimator))
+    return adv.reshape(-1) * row_valid
+
+
 def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pad_id: int, cfg,
                 mini_batches: int = 1) -> dict:
-    """One GRPO iteration on sampled groups: advantages, reference log-probs, `mini_batches` updates.
+    """One GRPO iteration on sampled groups: advantages (``cfg.advantage_estimator``), reference
+    log-probs, `mini_batches` updates of `train.grpo_step` with ``cfg``.
 
     prompts: the left-padded prompt batch [P, Tp] that was sampled from (with `valid` [P]: fill rows
     get no loss); gen: the GenerationOutput with P*G rows; rewards [P, G].
@@ -115,7 +126,7 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     Tp = base["input_ids"].shape[1]
     lp = np.asarray(gen.logprobs) * response_mask(lengths, tokens.shape[1])
     batch["old_logp"] = np.concatenate([np.zeros((P * G, Tp), np.float32), lp.astype(np.float32)], axis=1)
-    adv = np.asarray(grpo.group_advantages(jnp.asarray(rewards, jnp.float32))).reshape(-1) * row_valid
+    adv = response_advantages(rewards, row_valid, cfg.advantage_estimator)
     batch["advantages"] = adv.astype(np.float32)
     jb = {k: jnp.asarray(v) for k, v in batch.items()}
     batch["ref_logp"] = np.asarray(train.compute_logprobs(ref_model, {k: jb[k] for k in (
