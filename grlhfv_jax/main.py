@@ -12,9 +12,10 @@ stops the run with a one-line error naming the key and the nearest valid one.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -116,22 +117,74 @@ def run(config, workdir: str, restart: bool = False) -> dict:
     return summary
 
 
+def _override_value(text: str, kind: str):
+    """A command-line value as the schema type `kind` ("int", "float?", "list", ...)."""
+    if kind.endswith("?"):
+        if text in ("None", "none", "null"):
+            return None
+        kind = kind[:-1]
+    if kind == "bool":
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() in ("true", "1")
+    if kind in ("int", "float"):
+        return int(text) if kind == "int" else float(text)
+    if kind == "literal":  # a new key in an open map: a Python literal, else the text itself
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+    if kind in ("list", "map"):
+        value = ast.literal_eval(text)
+        if not isinstance(value, (list, tuple, dict)):
+            raise ValueError(f"expected a {kind} literal, got {text!r}")
+        return value
+    return text
+
+
+def _apply_overrides(config, overrides: list[str]) -> None:
+    """Applies `--config.a.b=v` arguments to the loaded config, typed by the schema (a key the
+    config file leaves at its default is set too; ml_collections' own flags could not)."""
+    for arg in overrides:
+        path, text = arg[len("--config."):].split("=", 1)
+        *parents, leaf = path.split(".")
+        node = config
+        for i, part in enumerate(parents):
+            if part not in node:
+                raise config_schema.ConfigError(f"config.{'.'.join(parents[:i + 1])}: section not in the config file")
+            node = node[part]
+        spec = config_schema.lookup_key(path)
+        if spec is not None:
+            kind = spec.type
+        else:  # inside an open map (an HF config): the type of the value it replaces
+            old = node[leaf] if leaf in node else None
+            kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(old), "literal")
+        try:
+            value = _override_value(text, kind)
+        except (ValueError, SyntaxError) as e:
+            raise config_schema.ConfigError(f"config.{path} = {text!r}: {e}") from None
+        with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
+            node[leaf] = value
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, but a bad `--config.a.b=v` key exits with one line naming it (and the
-    nearest valid key) instead of ml_collections' traceback."""
+    """absl's flag parsing, with `--config.a.b=v` overrides checked against the schema first (a bad
+    key exits with one line naming it and the nearest valid key) and applied by type, whether or
+    not the config file sets the key."""
+    overrides = [a for a in argv[1:] if a.startswith("--config.") and "=" in a]
     try:
-        config_schema.check_overrides(argv[1:])
+        config_schema.check_overrides(overrides)
+        kept, saved = [a for a in argv if a not in overrides], sys.argv
+        sys.argv = kept  # ml_collections also reads its overrides from sys.argv
+        try:
+            rest = app.parse_flags_with_usage(kept)
+        finally:
+            sys.argv = saved
+        if _CONFIG.value is not None:
+            _apply_overrides(_CONFIG.value, overrides)
     except config_schema.ConfigError as e:
         sys.exit(f"config error: {e}")
-    try:
-        return app.parse_flags_with_usage(argv)
-    except (KeyError, AttributeError) as e:  # a valid key the config file does not set
-        names = re.findall(r"'(\w+)'", str(e))
-        hits = [a.split("=", 1)[0][len("--"):] for a in argv[1:] if a.startswith("--config.")
-                and names and names[0] in a.split("=", 1)[0].split(".")]
-        key = hits[0] if hits else f"config.?.{names[0] if names else e}"
-        sys.exit(f"config error: {key}: not set in the config file, so the command line cannot override it; "
-                 "set it in the config file")
+    return rest
 
 
 def main(argv):

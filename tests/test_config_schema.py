@@ -164,7 +164,10 @@ def cli(tmp_path, *args):
 @pytest.mark.parametrize("override, want", [
     ("--config.grm_rl.kl_coeff=0.1", r"config\.grm_rl\.kl_coeff: unknown key; did you mean 'kl_coef'\?"),
     ("--config.grm_rll.kl_coef=0.1", r"config\.grm_rll: unknown key; did you mean 'grm_rl'\?"),
-    ("--config.grm_rl.clip_ratio_c=0.1", r"config\.grm_rl\.clip_ratio_c: not set in the config file"),
+    ("--config.grm_rl.group_size=two", r"config\.grm_rl\.group_size = 'two': invalid literal for int"),
+    ("--config.sft=3", r"config\.sft is a section, not a key"),
+    # a key demo.py leaves at its default: applied, then refused by the stage's validator
+    ("--config.grm_rl.kl_estimator=k9", r"config\.grm_rl\.kl_estimator = 'k9': must be one of \['abs', 'k1'"),
 ])
 def test_cli_bad_key_is_one_line_and_fails_fast(tmp_path, override, want):
     p, workdir = cli(tmp_path, "--config", "configs/demo.py:smoke", override)
@@ -173,6 +176,28 @@ def test_cli_bad_key_is_one_line_and_fails_fast(tmp_path, override, want):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and re.search(want, lines[0]), p.stderr
     assert not os.path.exists(workdir)  # nothing written, nothing compiled
+
+
+def test_cli_sets_keys_the_file_leaves_at_their_default_typed_by_the_schema():
+    """`--config.grm_rl.clip_ratio_c=0.1` (not in configs/demo.py) and keys the file sets, parsed by
+    main.parse_flags exactly as on the command line, end up in the config with the schema's types."""
+    from absl import flags as absl_flags
+    from grlhfv_jax import main as cli_main
+    argv = ["main", "--config", os.path.join(ROOT, "configs", "demo.py") + ":smoke",
+            "--config.grm_rl.clip_ratio_c=3", "--config.grm_rl.kl_estimator=k1", "--config.grm_rl.steps=7",
+            "--config.grm_rl.position_debias=false", "--config.data.sft_grm_opinions=(('hedges', -1),)",
+            "--config.model.grm.hf_config.text_config.num_hidden_layers=2", "--config.grm_rl.clip_eps_high=None"]
+    try:
+        cli_main.parse_flags(argv)
+        c = absl_flags.FLAGS.config
+        assert c.grm_rl.clip_ratio_c == 3.0 and isinstance(c.grm_rl.clip_ratio_c, float)
+        assert c.grm_rl.kl_estimator == "k1" and c.grm_rl.steps == 7 and c.grm_rl.position_debias is False
+        assert tuple(c.data.sft_grm_opinions) == (("hedges", -1),)
+        assert c.model.grm.hf_config["text_config"]["num_hidden_layers"] == 2
+        assert c.grm_rl.clip_eps_high is None
+        C.check(c)
+    finally:
+        absl_flags.FLAGS.unparse_flags()
 
 
 def test_cli_typo_in_a_config_file_is_one_line(tmp_path):

@@ -5,6 +5,7 @@ full dotted key (and, for a typo, the nearest valid key).
     check(config)          raises ConfigError on an unknown key or a bad type
     with_defaults(config)  a checked copy with every absent defaulted key filled in
     check_overrides(argv)  the same for `--config.a.b=v` command-line overrides, before parsing
+    lookup_key("a.b")      the schema key of a dotted path (None inside an open map)
     describe("grm_rl")     the listing of a section: key, type, default, meaning
 """
 
@@ -16,8 +17,8 @@ from grlhfv_jax.config.schema import REQUIRED, ConfigError, Key, describe_lines,
 from grlhfv_jax.config.schema import check as _check
 from grlhfv_jax.config.sections import CONFIG
 
-__all__ = ["CONFIG", "REQUIRED", "ConfigError", "Key", "check", "check_overrides", "describe", "section",
-           "with_defaults"]
+__all__ = ["CONFIG", "REQUIRED", "ConfigError", "Key", "check", "check_overrides", "describe", "lookup_key",
+           "section", "with_defaults"]
 
 
 def check(config) -> None:
@@ -59,6 +60,22 @@ def check_overrides(argv: list[str]) -> None:
                 if i + 1 < len(parts) and node.type.rstrip("?") != "map":
                     raise ConfigError(f"config.{'.'.join(parts[:i + 1])} is a {node.type} key, not a section")
                 break
+
+
+def lookup_key(path: str) -> Key | None:
+    """The schema key at dotted `path` ("grm_rl.kl_coef"); None for a path inside an open map
+    (e.g. "model.policy.hf_config.text_config.hidden_size"). ConfigError for an unknown path or a
+    section."""
+    parts = path.split(".")
+    for i in range(len(parts)):
+        node = lookup(CONFIG, ".".join(parts[:i + 1]))
+        if isinstance(node, Key):
+            if i + 1 == len(parts):
+                return node
+            if node.type.rstrip("?") == "map":
+                return None
+            raise ConfigError(f"config.{'.'.join(parts[:i + 1])} is a {node.type} key, not a section")
+    raise ConfigError(f"config.{path} is a section, not a key: set its keys one by one")
 
 
 def describe(section: str = "") -> str:
