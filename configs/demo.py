@@ -90,15 +90,11 @@ def get_config(arg: str = ""):
                              freeze=frozen, pretrained_vision=True),
                  grm=dict(steps=500, batch_size=32, lr=3e-3, max_len=160, warmup_ratio=0.05, vqa_fraction=0.5,
                           freeze=frozen, pretrained_vision=True))
-    # entropy_coef 0.02 (paper: none): without it the judge's decisions collapsed (0.1-0.2 bits per
-    # group, 80% of groups without signal) before it had resolved every wording, and on seed 2 the
-    # pairs "hedges vs praises itself" stayed decided by position (consistency 0.40); with it the
-    # decisions keep ~0.5 bits and that seed reached consistency 0.535 (docs/results.md)
     # position_debias: each step judges 16 pairs in both orders with the label flipped (32 prompts, as
     # many as 32 pairs in one order cost): a judge that orders by position gains nothing in any batch
     c.grm_rl = dict(steps=150, pairs_per_step=16, group_size=4, mini_batches=2, max_len=120, max_new_tokens=36,
                     temperature=1.0, lr=1e-3, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, clip_eps=0.2,
-                    clip_eps_high=0.2, entropy_coef=0.02, position_debias=True, consistency_reward=False,
+                    clip_eps_high=0.2, entropy_coef=0.0, position_debias=True, consistency_reward=False,
                     eval_pairs=200, eval_every=40, eval_rows=64,
                     log_every=5, ckpt_every=25, freeze=frozen)
     c.rm = dict(steps=300, pairs_per_step=16, lr=1e-3, max_len=64, reg=0.001, init="sft_grm", eval_pairs=200,
