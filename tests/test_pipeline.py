@@ -234,19 +234,31 @@ def test_nscale_stage_writes_a_gain_per_n(smoke_run):
 
 @pytest.mark.slow
 def test_full_demo_learns(tmp_path):
-    """The README's demo, within 15 minutes. Asserts only what held in every run of the robustness
-    sweep (seeds 0-2 and the other attention layout, docs/results.md), each with a margin of at
-    least 2 standard errors (pairwise accuracy on 200 held-out pairs: SE <= 0.035): the vision
-    stage makes the tower readable; the GRM never ties after stage 1; the score-only RM is a judge
-    and GRPO on it improves the policy's sampled answers. Stage 1's own gain held in 2 of 4 runs
-    only (issue 12 stays open), so it is reported in the summary and docs, not asserted here."""
+    """The README's demo, within 15 minutes. Asserts what held in every run of the robustness sweep
+    (seeds 0-2 and the other attention layout, docs/results.md), each threshold at least 2 standard
+    errors below the sweep's smallest value. SEs: an accuracy on 200 held-out pairs <= 0.035, a
+    difference of two accuracies on the same pairs <= 0.05; a sampled rate over 800 answers <= 0.018
+    (drop of a rate <= 0.025); the oracle gains carry their own paired SE (`*_se`, measured on the
+    800 samples per policy). Not asserted, because it failed in a run: the GRM's position
+    consistency >= 0.5 after stage 1 (0.40 on seed 2)."""
     summary = main.run(demo.get_config(), str(tmp_path))
-    assert min(summary[f"vision/heldout_accuracy_{a}"] for a in ("colour", "count", "shape", "position")) > 0.9
+    # the vision probes on 512 held-out images (SE <= 0.015): sweep min 1.0, shape 0.875
+    assert min(summary[f"vision/heldout_accuracy_{a}"] for a in ("colour", "count", "position")) > 0.95
+    assert summary["vision/heldout_accuracy_shape"] > 0.84
     for split in ("id", "ood"):
         assert summary[f"grm/tie_rate_{split}"] < 0.05, split
-        assert summary[f"baseline_rm/accuracy_{split}"] > 0.575, split  # sweep min 0.645 - 2 SE
-    gain, se = summary["baseline_rm/oracle_gain_sampled_vs_sft"], summary["baseline_rm/oracle_gain_sampled_vs_sft_se"]
-    assert gain > 2 * se
+        # stage 1: sweep gains 0.205-0.26 ID, 0.18-0.26 OOD
+        gain = summary[f"grm/accuracy_{split}"] - summary[f"grm/sft_accuracy_{split}"]
+        assert gain > 0.08, (split, gain)
+        assert summary[f"baseline_rm/accuracy_{split}"] > 0.615, split  # sweep min 0.685
+    # stage 2: GRLHF-V's sampled oracle gain (sweep 0.044-0.063, each >= 4.4 SE) and its baselines
+    for who in ("policy", "baseline_rm"):
+        gain, se = summary[f"{who}/oracle_gain_sampled_vs_sft"], summary[f"{who}/oracle_gain_sampled_vs_sft_se"]
+        assert gain > 2 * se, (who, gain, se)
+    # the judge penalises hedging, the policy drops it: sweep 0.21-0.25 -> 0.04-0.06
+    assert summary["policy/hedge_rate_sampled_after"] < summary["policy/hedge_rate_sampled_before"] - 0.1
+    # and self-praise: sweep 0.32-0.37 -> 0.03-0.07
+    assert summary["policy/self_praise_rate_sampled_after"] < summary["policy/self_praise_rate_sampled_before"] - 0.15
     assert sum(v for k, v in summary.items() if k.startswith("time/")) < 15 * 60
 
 
