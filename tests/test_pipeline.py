@@ -1,8 +1,8 @@
 """The CLI and the stages: config validation, resume, and a smoke run of every stage."""
 
 import json
-import re
 import os
+import re
 import sys
 
 import jax.numpy as jnp
@@ -13,8 +13,8 @@ from flax import nnx
 
 from grlhfv_jax import main, stages
 from grlhfv_jax.metrics import MetricsWriter, read_jsonl
-from grlhfv_jax.rl import train
 from grlhfv_jax.stages import ConfigError, common
+from grlhfv_jax.trainers import loop, steps
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import demo  # noqa: E402
@@ -60,6 +60,10 @@ def test_consistency_reward_needs_both_orders():
     config.grm_rl.update(position_debias=False, consistency_reward=True)
     with pytest.raises(ConfigError, match=r"consistency_reward needs"):
         stages.validate(config)
+    config = demo.get_config("smoke")
+    config.grm_rl.update(position_debias=False, pool_orders=True)
+    with pytest.raises(ConfigError, match=r"pool_orders needs"):
+        stages.validate(config)
 
 
 def test_missing_section_is_named():
@@ -76,7 +80,7 @@ class _Toy(nnx.Module):
 
 def test_train_loop_resumes_where_it_stopped_and_stops_on_nan(tmp_path):
     def fresh():
-        return train.TrainState(_Toy(), optax.sgd(0.1))
+        return steps.TrainState(_Toy(), optax.sgd(0.1))
 
     seen = []
 
@@ -90,11 +94,11 @@ def test_train_loop_resumes_where_it_stopped_and_stops_on_nan(tmp_path):
     writer = MetricsWriter(str(tmp_path), tensorboard=False)
     kw = dict(steps=5, step_fn=step_fn, writer=writer, ckpt_dir=str(tmp_path / "ck"), log_every=1, ckpt_every=1)
     with pytest.raises(RuntimeError, match="crash"):
-        common.train_loop("toy", fresh(), make_batch=lambda s: "boom" if s == 3 else s, **kw)
+        loop.train_loop("toy", fresh(), make_batch=lambda s: "boom" if s == 3 else s, **kw)
     assert seen == [0, 1, 2, "boom"]
     seen.clear()
     state = fresh()
-    common.train_loop("toy", state, make_batch=lambda s: s, **kw)
+    loop.train_loop("toy", state, make_batch=lambda s: s, **kw)
     assert seen == [3, 4]  # steps 0-2 were checkpointed: not redone
     np.testing.assert_allclose(np.asarray(state.model.w[...]), 6.0)  # 1 + five updates in all
     assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))] == [1, 2, 3, 4, 5]
@@ -102,8 +106,8 @@ def test_train_loop_resumes_where_it_stopped_and_stops_on_nan(tmp_path):
     def nan_step(state, batch):
         return state, {"loss": jnp.float32(np.nan)}
 
-    with pytest.raises(common.NonFiniteLossError, match=r"non-finite loss .* step 1"):
-        common.train_loop("nan", fresh(), make_batch=lambda s: s, **dict(kw, step_fn=nan_step,
+    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss .* step 1"):
+        loop.train_loop("nan", fresh(), make_batch=lambda s: s, **dict(kw, step_fn=nan_step,
                                                                           ckpt_dir=str(tmp_path / "ck2")))
     writer.close()
 
@@ -113,7 +117,7 @@ def test_a_checkpoint_that_cannot_be_restored_names_the_stage_the_folder_and_the
     ckpt_dir = str(tmp_path / "stage" / "ckpt")
     kw = dict(steps=2, make_batch=lambda s: s, writer=writer, ckpt_dir=ckpt_dir, ckpt_every=1)
     step_fn = lambda st, b: (st, {"loss": jnp.float32(1.0)})  # noqa: E731
-    common.train_loop("toy", train.TrainState(_Toy(), optax.sgd(0.1)), step_fn=step_fn, **kw)
+    loop.train_loop("toy", steps.TrainState(_Toy(), optax.sgd(0.1)), step_fn=step_fn, **kw)
     for root, _, files in os.walk(ckpt_dir):  # damage every array file of the saved step
         for name in files:
             if not name.endswith(".json") and "state" in root:
@@ -122,9 +126,9 @@ def test_a_checkpoint_that_cannot_be_restored_names_the_stage_the_folder_and_the
     finished = tmp_path / "finished_stage" / "config.json"
     finished.parent.mkdir()
     finished.write_text("{}")
-    with pytest.raises(common.ResumeError, match=r"\[toy\] cannot resume .*" + re.escape(ckpt_dir)
+    with pytest.raises(loop.ResumeError, match=r"\[toy\] cannot resume .*" + re.escape(ckpt_dir)
                        + r".*Delete .* to redo"):
-        common.train_loop("toy", train.TrainState(_Toy(), optax.sgd(0.1)), step_fn=step_fn, **kw)
+        loop.train_loop("toy", steps.TrainState(_Toy(), optax.sgd(0.1)), step_fn=step_fn, **kw)
     assert finished.exists() and os.listdir(ckpt_dir)  # nothing deleted
     writer.close()
 
@@ -200,6 +204,7 @@ def test_grouped_judging_shares_the_prefix_and_equals_separate_prompts(smoke_run
     texts that judging every pair with its full prompt gives (greedy)."""
     from grlhfv_jax import models
     from grlhfv_jax.data import pipeline
+    from grlhfv_jax.rollout import Judge, SamplingParams
     from grlhfv_jax.stages import data as data_stage
     from grlhfv_jax.stages import judging
     config, workdir, _ = smoke_run
@@ -210,9 +215,11 @@ def test_grouped_judging_shares_the_prefix_and_equals_separate_prompts(smoke_run
     answers = ["Red.", "They are two blue squares on the left.", "Maybe green."]
     groups = [(r["question"], r["image"], [(answers[i], answers[j]) for i in range(3) for j in range(3) if i != j][:k])
               for r, k in zip(recs, (6, 3))]
-    shared = judging.judge_shared(grm, codec, groups, max_new_tokens=8)
-    separate = judging.judge(grm, codec, [(q, img, a, b) for q, img, pairs in groups for a, b in pairs],
-                             rows=9, max_len=256, max_new_tokens=8)
+    judge = judging.GRMJudge(grm, codec, rows=9, max_len=256)
+    assert isinstance(judge, Judge)
+    greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
+    shared = judge.judge_groups(groups, greedy)
+    separate = judge.judge([(q, img, a, b) for q, img, pairs in groups for a, b in pairs], greedy)
     assert [len(g) for g in shared] == [6, 3]
     assert [t for g in shared for t in g] == separate
 
@@ -278,6 +285,7 @@ def test_resume_from_every_kill_point_gives_the_uninterrupted_result(smoke_run, 
     same command each time must finish with the parameters and summary of the uninterrupted run."""
     import signal
     import subprocess
+
     from safetensors.numpy import load_file
 
     config, ref_dir, ref_summary = smoke_run

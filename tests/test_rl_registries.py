@@ -15,8 +15,10 @@ from flax import nnx
 
 from grlhfv_jax import models, stages
 from grlhfv_jax.config import ConfigError, sections
-from grlhfv_jax.rl import grouped, grpo, train
-from grlhfv_jax.stages import grm_rl, rollouts
+from grlhfv_jax.rl import grouped, grpo
+from grlhfv_jax.stages import grm_rl
+from grlhfv_jax.trainers import grpo as learner
+from grlhfv_jax.trainers import steps
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 GRPO_KEYS = ("advantage_estimator", "kl_estimator", "loss_agg_mode", "policy_loss")
@@ -37,7 +39,7 @@ def _validated(section: str = "grm_rl", **keys):
     return stages.validate(config)
 
 
-def _cfg(**keys) -> train.GRPOConfig:
+def _cfg(**keys) -> steps.GRPOConfig:
     return grm_rl.grpo_config(_validated("grm_rl", **keys).grm_rl)
 
 
@@ -47,7 +49,7 @@ def _cfg(**keys) -> train.GRPOConfig:
 def test_defaults_are_the_previous_behaviour():
     cfg = _cfg()
     for key in GRPO_KEYS:
-        assert getattr(cfg, key) == sections.GRPO[key].default == getattr(train.GRPOConfig(), key), key
+        assert getattr(cfg, key) == sections.GRPO[key].default == getattr(steps.GRPOConfig(), key), key
     assert grpo.ADVANTAGE_ESTIMATORS[cfg.advantage_estimator] is grpo.group_advantages
     assert grpo.KL_ESTIMATORS[cfg.kl_estimator] is grpo.kl_k3
     assert grpo.LOSS_AGGREGATIONS[cfg.loss_agg_mode] is grpo.agg_token_mean
@@ -60,7 +62,7 @@ def test_defaults_are_the_previous_behaviour():
 def test_advantage_estimator_key_changes_the_advantages():
     rewards = np.array([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
     row_valid = np.array([1, 1, 1, 1, 0, 0, 0, 0])  # the second prompt is a fill row
-    got = {name: rollouts.response_advantages(rewards, row_valid, _cfg(advantage_estimator=name).advantage_estimator)
+    got = {name: learner.response_advantages(rewards, row_valid, _cfg(advantage_estimator=name).advantage_estimator)
            for name in ("grpo", "rloo", "grpo_no_std")}
     # grpo: (r - 0.5) / (std_ddof1 + 1e-6), std = sqrt(1/3)
     z = 0.5 / (math.sqrt(1.0 / 3.0) + 1e-6)
@@ -72,8 +74,8 @@ def test_advantage_estimator_key_changes_the_advantages():
     r = np.array([[3.0, 1.0, 0.0]])
     ref_rloo = r - (r.sum(1, keepdims=True) - r) / 2
     ref_grpo = (r - r.mean(1, keepdims=True)) / (r.std(1, ddof=1, keepdims=True) + 1e-6)
-    np.testing.assert_allclose(rollouts.response_advantages(r, np.ones(3), "rloo"), ref_rloo.ravel(), rtol=1e-6)
-    np.testing.assert_allclose(rollouts.response_advantages(r, np.ones(3), "grpo"), ref_grpo.ravel(), rtol=1e-6)
+    np.testing.assert_allclose(learner.response_advantages(r, np.ones(3), "rloo"), ref_rloo.ravel(), rtol=1e-6)
+    np.testing.assert_allclose(learner.response_advantages(r, np.ones(3), "grpo"), ref_grpo.ravel(), rtol=1e-6)
 
 
 # ------------------------------------------------------------------------- loss: KL, aggregation
@@ -89,7 +91,7 @@ ADV = np.array([1.0, -2.0], np.float32)
 def _loss(cfg, **kw):
     args = dict(logp=LOGP, old_logp=OLD, ref_logp=REF, advantages=ADV, mask=MASK)
     args.update(kw)
-    loss, met = train.grpo_loss(cfg, *(jnp.asarray(args[k]) for k in ("logp", "old_logp", "ref_logp",
+    loss, met = steps.grpo_loss(cfg, *(jnp.asarray(args[k]) for k in ("logp", "old_logp", "ref_logp",
                                                                        "advantages", "mask")))
     return float(loss), {k: float(v) for k, v in met.items()}
 
@@ -154,11 +156,11 @@ def test_registered_policy_loss_is_the_one_the_step_uses(const_loss):
     hf = tiny_hf_config("qwen2_vl", text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
                                               num_key_value_heads=1)).to_dict()
     model = models.from_config(hf, rngs=nnx.Rngs(0))
-    state = train.TrainState(model, optax.sgd(0.1))
+    state = steps.TrainState(model, optax.sgd(0.1))
     ids = np.array([[5, 6, 7, 8], [9, 10, 11, 12]], np.int32)
     batch = dict(input_ids=ids, attention_mask=np.ones_like(ids), response_mask=MASK, old_logp=OLD, ref_logp=REF,
                  advantages=ADV)
-    _, met = train.grpo_step(state, {k: jnp.asarray(v) for k, v in batch.items()}, cfg)
+    _, met = steps.grpo_step(state, {k: jnp.asarray(v) for k, v in batch.items()}, cfg)
     met = {k: float(v) for k, v in met.items()}
     assert met["loss"] == 7.0 and met["grad_norm"] == 0.0
     assert met["adv_mask_sum"] == pytest.approx(float((ADV[:, None] * MASK).sum()))  # 1 * 3 - 2 * 1

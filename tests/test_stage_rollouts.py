@@ -1,15 +1,15 @@
-"""Sampler -> trainer glue (stages/rollouts.py): row layout, images per row, cut responses, and a
+"""Sampler -> trainer glue (stages/learner.py): row layout, images per row, cut responses, and a
 GRPO loop on a tiny Qwen2-VL that must learn a trivially learnable reward."""
 
 import jax
-import pytest
 import numpy as np
+import pytest
 from flax import nnx
 
 from grlhfv_jax import models
-from grlhfv_jax.rl import train
 from grlhfv_jax.rollout import GenerationOutput, generate
-from grlhfv_jax.stages import rollouts
+from grlhfv_jax.trainers import grpo as learner
+from grlhfv_jax.trainers import loop, steps
 
 IMG = 9  # image token id in these hand-made rows
 
@@ -25,12 +25,12 @@ def _batch():
 
 def test_repeat_and_select_rows_carry_each_rows_images():
     b = _batch()
-    rep = rollouts.repeat_rows(b, 2, image_token_id=IMG, merge_size=2)
+    rep = learner.repeat_rows(b, 2, image_token_id=IMG, merge_size=2)
     np.testing.assert_array_equal(rep["input_ids"], b["input_ids"][[0, 0, 1, 1]])
     np.testing.assert_array_equal(rep["image_grid_thw"], b["image_grid_thw"][[0, 0, 1, 1]])
     expect = np.concatenate([b["pixel_values"][:8], b["pixel_values"][:8], b["pixel_values"][8:], b["pixel_values"][8:]])
     np.testing.assert_array_equal(rep["pixel_values"], expect)
-    sel = rollouts.select_rows(rep, np.array([2, 1]), image_token_id=IMG, merge_size=2)
+    sel = learner.select_rows(rep, np.array([2, 1]), image_token_id=IMG, merge_size=2)
     np.testing.assert_array_equal(sel["pixel_values"], np.concatenate([b["pixel_values"][8:], b["pixel_values"][:8]]))
     np.testing.assert_array_equal(sel["image_grid_thw"], b["image_grid_thw"][[1, 0]])
 
@@ -39,11 +39,11 @@ def test_training_rows_layout_and_cut_at_banned_tokens():
     b = _batch()
     gen = GenerationOutput(tokens=np.array([[7, 2, 0], [7, IMG, 2]]), logprobs=np.full((2, 3), -0.5, np.float32),
                            lengths=np.array([2, 3]), finished=np.array([True, True]))
-    cut = rollouts.cut_at_tokens(gen, [IMG])
+    cut = learner.cut_at_tokens(gen, [IMG])
     np.testing.assert_array_equal(cut.lengths, [2, 1])
     np.testing.assert_array_equal(cut.finished, [True, False])
     np.testing.assert_array_equal(cut.logprobs, [[-0.5, -0.5, -0.5], [-0.5, 0, 0]])
-    rows = rollouts.training_rows(b, cut.tokens, cut.lengths, pad_id=0)
+    rows = learner.training_rows(b, cut.tokens, cut.lengths, pad_id=0)
     np.testing.assert_array_equal(rows["input_ids"], [[0, 5, IMG, IMG, 6, 7, 2, 0], [0, 0, 5, IMG, 6, 7, 0, 0]])
     np.testing.assert_array_equal(rows["attention_mask"], [[0, 1, 1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1, 0, 0]])
     np.testing.assert_array_equal(rows["response_mask"], [[0, 0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1, 0, 0]])
@@ -59,11 +59,11 @@ def test_grpo_loop_learns_a_learnable_reward_on_tiny_qwen2_vl():
     ref = models.from_config(hf, rngs=nnx.Rngs(0))
     from grlhfv_jax.rl import optim
     tx, sched = optim.make_optimizer(learning_rate=1e-2, total_steps=100, warmup_steps=0, weight_decay=0.0)
-    state = train.TrainState(model, tx, sched)
+    state = steps.TrainState(model, tx, sched)
     rng = np.random.default_rng(0)
     ids = rng.integers(3, 90, (4, 6)).astype(np.int32)
     prompts = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    cfg = train.GRPOConfig(kl_coef=0.0)
+    cfg = steps.GRPOConfig(kl_coef=0.0)
     means = []
     for step in range(8):
         gen = generate(state.model, prompts, max_new_tokens=4, temperature=1.0, num_samples=8,
@@ -71,7 +71,7 @@ def test_grpo_loop_learns_a_learnable_reward_on_tiny_qwen2_vl():
         tokens = np.asarray(gen.tokens)
         rewards = (tokens < 64).mean(axis=1).reshape(4, 8)
         means.append(rewards.mean())
-        rollouts.grpo_update(state, ref, prompts, gen, rewards, pad_id=0, cfg=cfg, mini_batches=2)
+        learner.grpo_update(state, ref, prompts, gen, rewards, pad_id=0, cfg=cfg, mini_batches=2)
     assert np.mean(means[-2:]) > np.mean(means[:2]) + 0.2, means
 
 
@@ -79,15 +79,14 @@ def test_freeze_keeps_the_vision_tower_fixed_and_trains_the_rest():
     from ml_collections import ConfigDict
     from tiny_models import make_batch, tiny_hf_config  # tests/ is on sys.path
 
-    from grlhfv_jax.stages import common
 
     model = models.from_config(tiny_hf_config("qwen2_vl").to_dict(), rngs=nnx.Rngs(0))
     before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    state = common.make_train_state(model, ConfigDict({"lr": 1e-2, "warmup_ratio": 0.0, "freeze": ["visual"]}), 10)
+    state = loop.make_train_state(model, ConfigDict({"lr": 1e-2, "warmup_ratio": 0.0, "freeze": ["visual"]}), 10)
     raw = make_batch([[[5, 6], (1, 4, 4), [7, 8, 9]], [(1, 2, 4), [10, 11, 12, 13]]], pad_side="right")
     batch = {k: raw[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
     batch["loss_mask"] = np.asarray(batch["attention_mask"])
-    train.sft_step(state, batch)
+    steps.sft_step(state, batch)
     after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     flat_b = dict(jax.tree_util.tree_flatten_with_path(before)[0])
     changed = {jax.tree_util.keystr(p): not np.array_equal(flat_b[p], np.asarray(v))
@@ -111,19 +110,35 @@ def test_rl_schedule_spans_all_rl_steps_with_mini_batches():
     from ml_collections import ConfigDict
     from tiny_models import tiny_hf_config  # tests/ is on sys.path
 
-    from grlhfv_jax.stages import common
 
     model = models.from_config(tiny_hf_config("qwen2_vl").to_dict(), rngs=nnx.Rngs(0))
     sec = ConfigDict({"lr": 1e-3, "warmup_ratio": 0.0, "steps": 10, "mini_batches": 2})
-    state = common.make_rl_train_state(model, sec)
+    state = loop.make_rl_train_state(model, sec)
     for u in (0, 10, 15, 19):  # update u happens in RL step u // 2
         want = 1e-3 * (1 + np.cos(np.pi * u / 20)) / 2
         assert float(state.schedule(u)) == pytest.approx(want, rel=1e-5, abs=1e-9), u
     assert float(state.schedule(10)) == pytest.approx(5e-4, rel=1e-5)  # RL step 5 of 10: half the peak
 
 
-def test_grm_accuracy_metrics_on_canned_judgments(monkeypatch):
-    """grm_accuracy's bookkeeping on hand-made judgments (the judge itself is replaced)."""
+class CannedJudge:
+    """A test double of the `rollout.Judge` protocol: hands out prepared texts call by call and
+    records what it was asked (what a remote judge would receive)."""
+
+    def __init__(self, *answers):
+        self.answers, self.calls = list(answers), []
+
+    def judge(self, items, params):
+        self.calls.append((list(items), params))
+        return self.answers.pop(0)
+
+    def judge_groups(self, groups, params):
+        self.calls.append((list(groups), params))
+        return self.answers.pop(0)
+
+
+def test_grm_accuracy_metrics_on_canned_judgments():
+    """grm_accuracy's bookkeeping on hand-made judgments from a test-double judge."""
+    from grlhfv_jax.rollout import Judge
     from grlhfv_jax.stages import judging
 
     recs = [dict(question="q", image=None, response_1=f"a{i}", response_2=f"b{i}", overall_response=y, pair_type=t)
@@ -131,15 +146,11 @@ def test_grm_accuracy_metrics_on_canned_judgments(monkeypatch):
     # dataset order, then swapped order (label flips): per pair (forward, reverse)
     fwd = [r"Scores: \boxed{7, 2}", r"Scores: \boxed{7, 2}", r"Scores: \boxed{3, 3}", "no scores"]
     rev = [r"Scores: \boxed{2, 7}", r"Scores: \boxed{7, 2}", r"Scores: \boxed{1, 9}", r"Scores: \boxed{4, 8}"]
-    calls = []
-
-    def fake_judge(grm, codec, items, **kw):
-        calls.append(items)
-        return fwd if len(calls) == 1 else rev
-
-    monkeypatch.setattr(judging, "judge", fake_judge)
-    monkeypatch.setattr(judging.nnx, "split", lambda m: None)
-    m, samples = judging.grm_accuracy(None, None, recs, rows=4, max_len=8, max_new_tokens=8, prefix="x/")
+    judge = CannedJudge(fwd, rev)
+    assert isinstance(judge, Judge)
+    m, samples = judging.grm_accuracy(judge, recs, max_new_tokens=8, prefix="x/")
+    calls = [items for items, _ in judge.calls]
+    assert all(p.temperature == 0.0 and p.max_new_tokens == 8 for _, p in judge.calls)  # greedy
     assert calls[1][0][2:] == ("b0", "a0")  # the second pass swaps the responses
     # forward rewards: 1, 0, 0 (tie), 0 (unparsed); reverse (labels 2, 1, 2, 1): 1, 1, 1, 0
     assert m["x/accuracy"] == pytest.approx(0.25)
@@ -151,3 +162,60 @@ def test_grm_accuracy_metrics_on_canned_judgments(monkeypatch):
     assert m["x/position_consistency"] == pytest.approx(0.25)
     assert m["x/accuracy_style"] == pytest.approx(0.5) and m["x/accuracy_minimal"] == 0.0
     assert m["x/accuracy_mixed"] == 0.0 and len(samples) == 4
+
+
+def test_stage2_rewards_from_a_test_double_judge():
+    """policy_rl's grouped-comparison reward takes any `rollout.Judge`: a canned one here, with the
+    paper's mean aggregation computed by hand."""
+    from types import SimpleNamespace
+
+    from grlhfv_jax.stages import policy_rl
+
+    sec = SimpleNamespace(pairs="both", num_pairs=None, judge_max_new_tokens=12, judge_temperature=0.0,
+                          aggregator="mean")
+    recs = [dict(question="q0", image="img0")]
+    texts = ["red", "blue", "cut off"]
+    complete = np.array([[True, True, False]])  # the third answer is truncated: never judged
+    judge = CannedJudge([[r"\boxed{8, 2}", r"\boxed{3, 7}"]])
+    rewards, judgments = policy_rl.judge_groups(judge, sec, recs, texts, complete, seed=5)
+    (groups, params), = judge.calls
+    assert groups == [("q0", "img0", [("red", "blue"), ("blue", "red")])]
+    assert (params.max_new_tokens, params.temperature, params.seed) == (12, 0.0, 5)
+    # answer 0: 8 as first, 7 as second -> 7.5; answer 1: 2 and 3 -> 2.5; answer 2: incomplete -> 0
+    np.testing.assert_allclose(rewards, [[7.5, 2.5, 0.0]])
+    assert judgments == [{(0, 1): (8.0, 2.0), (1, 0): (3.0, 7.0)}]
+
+
+def test_sampling_params_and_engine_protocols():
+    from grlhfv_jax.rollout import EngineRollout, Rollout, SamplingParams
+
+    p = SamplingParams(max_new_tokens=4)
+    assert (p.temperature, p.top_p, p.top_k, p.num_samples, p.seed) == (1.0, 1.0, 0, 1, 0)
+    assert p.replace(seed=3).seed == 3 and p.seed == 0
+    for bad, key in ((dict(max_new_tokens=0), "max_new_tokens"), (dict(max_new_tokens=2, top_p=0.0), "top_p"),
+                     (dict(max_new_tokens=2, temperature=-1), "temperature"),
+                     (dict(max_new_tokens=2, num_samples=0), "num_samples"), (dict(max_new_tokens=2, top_k=-1), "top_k")):
+        with pytest.raises(ValueError, match=key):
+            SamplingParams(**bad)
+    assert isinstance(EngineRollout(None, eos_token_id=2), Rollout)
+
+
+def test_pooled_order_advantages_by_hand():
+    """Stage 1's pooled groups: both orders of a pair are one GRPO group (std with ddof=1)."""
+    from grlhfv_jax.stages import grm_rl
+
+    # pair 0 decided by position: right in its order (rows 0), wrong swapped (row 2); pair 1 mixed
+    rewards = np.array([[1, 1, 1, 1], [1, 0, 0, 0],     # dataset order, pairs 0, 1
+                        [0, 0, 0, 0], [1, 1, 0, 0]],    # swapped order, pairs 0, 1
+                       float)
+    adv = grm_rl.pooled_order_advantages(rewards, "grpo")
+    a = 0.5 / np.sqrt(8 * 0.25 / 7)                     # pair 0: mean 1/2, std sqrt(2/7)
+    np.testing.assert_allclose(adv[0], [a] * 4, rtol=1e-5)
+    np.testing.assert_allclose(adv[2], [-a] * 4, rtol=1e-5)
+    r1 = np.array([1, 0, 0, 0, 1, 1, 0, 0], float)     # pair 1: 3 of 8 right
+    want = (r1 - r1.mean()) / r1.std(ddof=1)
+    np.testing.assert_allclose(np.concatenate([adv[1], adv[3]]), want, rtol=1e-5)
+    # per-order groups would give pair 0 nothing at all
+    np.testing.assert_allclose(np.asarray(learner.response_advantages(rewards[[0, 2]], np.ones(8), "grpo")), 0.0)
+    with pytest.raises(ValueError, match="both orders"):
+        grm_rl.pooled_order_advantages(rewards[:3], "grpo")

@@ -1,15 +1,14 @@
 """The `vision` stage: attribute labels of the world's images and the tower pretraining."""
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from tiny_models import tiny_hf_config
 
 from grlhfv_jax import models, processing
 from grlhfv_jax.data import world as W
-from grlhfv_jax.rl import train
 from grlhfv_jax.stages import vision
-
-from tiny_models import tiny_hf_config
+from grlhfv_jax.trainers import steps
 
 
 def test_attribute_labels_hand_case():
@@ -55,7 +54,7 @@ def test_pretraining_trains_the_tower_and_makes_attributes_readable():
     pv, grid, _ = batch(0, 0, 32)
     probe = vision.VisionProbe(model.visual, 4, 32, nnx.Rngs(1))
     import optax
-    state = train.TrainState(probe, optax.adam(3e-3))
+    state = steps.TrainState(probe, optax.adam(3e-3))
     before = np.asarray(model.visual.patch_embed.proj.kernel[...]).copy()
     step = vision.make_step(grid)
     for i in range(60):

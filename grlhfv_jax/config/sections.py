@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from grlhfv_jax.config.schema import REQUIRED, Key
 
-# Keys of every section that trains (common.make_train_state reads them).
+# Keys of every section that trains (loop.make_train_state reads them).
 OPTIMIZER = {
     "lr": Key("float", REQUIRED, "peak learning rate (AdamW)"),
     "warmup_ratio": Key("float", 0.03, "fraction of the updates spent warming the learning rate up"),
@@ -106,6 +106,8 @@ GRM_RL = {
     "temperature": Key("float", REQUIRED, "sampling temperature"),
     "position_debias": Key("bool", REQUIRED, "also judge every pair in the swapped order, label flipped"),
     "consistency_reward": Key("bool", REQUIRED, "reward 1 only when both orders' judgments are right"),
+    "pool_orders": Key("bool", False, "one GRPO group per pair holds both orders' judgments (needs "
+                                      "position_debias): a position-decided judge gets opposite advantages"),
     "eval_pairs": Key("int", REQUIRED, "held-out pairs per split for the accuracies (0: none)"),
     "eval_every": Key("int", REQUIRED, "steps between in-training accuracy checks"),
     "eval_rows": Key("int", 32, "rows per judging batch in evaluation"),

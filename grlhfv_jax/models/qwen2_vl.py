@@ -116,6 +116,10 @@ class Qwen2VL(nnx.Module):
         return rope_index(input_ids, attention_mask, image_grid_thw, image_token_id=self.config.image_token_id,
                           spatial_merge_size=self.config.spatial_merge_size)
 
+    def image_token_mask(self, input_ids):
+        """[B, T] bool: the placeholder tokens that image embeddings replace (in row order)."""
+        return jnp.asarray(input_ids) == self.config.image_token_id
+
     def encode_images(self, pixel_values, image_grid_thw):
         """pixel_values [N, C*t*p*p] (as Qwen2VLImageProcessor), image_grid_thw [n, 3]
         -> image embeddings [N / merge^2, hidden] in the compute dtype."""
@@ -239,14 +243,16 @@ class Qwen2VL(nnx.Module):
         w = (self.model.embed_tokens.weight[...].T if self.lm_head is None else self.lm_head.kernel[...]).astype(dt)
         return jnp.dot(h.astype(dt), w, preferred_element_type=jnp.float32)
 
-    def score(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *, image_embeds=None):
+    def score(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *, image_embeds=None,
+              position_ids=None):
         """Scalar reward [B] float32 read at the last real token of each row (either padding side)."""
         if self.score_head is None:
             raise ValueError("this model has no scalar head; build it with scalar_head=True")
         input_ids = jnp.asarray(input_ids)
         B, T = input_ids.shape
         mask = jnp.ones((B, T), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
-        h = self(input_ids, mask, pixel_values, image_grid_thw, image_embeds=image_embeds, return_hidden=True)
+        h = self(input_ids, mask, pixel_values, image_grid_thw, image_embeds=image_embeds, position_ids=position_ids,
+                 return_hidden=True)
         last = T - 1 - jnp.argmax(mask[:, ::-1], axis=1)
         hl = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
         w = self.score_head.kernel[...]

@@ -5,6 +5,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _f32(x) -> jax.Array:
@@ -67,3 +68,44 @@ def masked_mean(x: jax.Array, mask: jax.Array, denominator: Optional[jax.Array] 
     if denominator is None:
         denominator = jnp.sum(mask)
     return total / jnp.maximum(jnp.asarray(denominator, total.dtype), 1.0)
+
+
+# ------------------------------------------------------------------ logits on a window of columns
+# A loss that reads only some columns (a GRPO response, an SFT target) needs the LM head's logits
+# only there: with a 1k-150k vocabulary the head is the largest matmul of a small model and the
+# largest buffer of a large one. The window of row b is the target columns start[b] + [0, L).
+
+
+def window_columns(start: jax.Array, length: int, width: int) -> tuple[jax.Array, jax.Array]:
+    """Target columns ``[B, length]`` (``start[:, None] + arange(length)``, clipped into
+    ``[1, width)``) and their validity ``[B, length]`` bool (inside the row, not clipped)."""
+    cols = jnp.asarray(start, jnp.int32)[:, None] + jnp.arange(length, dtype=jnp.int32)[None, :]
+    valid = (cols >= 1) & (cols < width)
+    return jnp.clip(cols, 1, width - 1), valid
+
+
+def gather_columns(x: jax.Array, cols: jax.Array) -> jax.Array:
+    """``x[b, cols[b, j], ...]``: ``[B, T, ...]``, cols ``[B, L]`` -> ``[B, L, ...]``."""
+    idx = cols.reshape(cols.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=1)
+
+
+def scatter_columns(values: jax.Array, cols: jax.Array, valid: jax.Array, width: int) -> jax.Array:
+    """Inverse of `gather_columns` for ``[B, L]`` values: ``[B, width]``, 0 off the window (and
+    where ``valid`` is False)."""
+    rows = jnp.arange(values.shape[0])[:, None]
+    out = jnp.zeros((values.shape[0], width), values.dtype)
+    return out.at[rows, cols].add(jnp.where(valid, values, 0))
+
+
+def window_start_and_length(mask, multiple: int = 16) -> tuple[np.ndarray, int]:
+    """Host side (numpy): for a target mask ``[B, T]`` (column 0 never counts), each row's first
+    target column and the window length that covers every row's targets, rounded up to
+    ``multiple`` (few distinct lengths = few compilations). A row with no target gets start 1."""
+    m = np.asarray(mask)[:, 1:] != 0
+    any_ = m.any(axis=1)
+    first = np.where(any_, m.argmax(axis=1), 0) + 1
+    last = np.where(any_, m.shape[1] - 1 - m[:, ::-1].argmax(axis=1), 0) + 1
+    need = int((last - first + 1)[any_].max()) if any_.any() else 1
+    length = min(-(-need // multiple) * multiple, m.shape[1])
+    return first.astype(np.int32), int(length)

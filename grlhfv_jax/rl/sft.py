@@ -17,11 +17,18 @@ def sft_loss(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array,
     count, aligned with ``tokens``; its first column is never used). ``denominator`` overrides the
     target count (for micro-batches). An all-zero mask gives loss 0.
     """
-    lp = token_logprobs(logits[:, :-1], tokens[:, 1:])
-    mask = _f32(loss_mask[:, 1:])
+    return target_loss(logits[:, :-1], tokens[:, 1:], loss_mask[:, 1:], denominator)
+
+
+def target_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array,
+                denominator: Optional[jax.Array] = None) -> tuple[jax.Array, dict]:
+    """`sft_loss` with the shift done: ``logits[b, j]`` predicts ``targets[b, j]``, counted where
+    ``mask[b, j]`` ([B, L, V], [B, L], [B, L]; L any window of columns)."""
+    lp = token_logprobs(logits, targets)
+    mask = _f32(mask)
     count = jnp.sum(mask)
     den = jnp.maximum(count if denominator is None else jnp.asarray(denominator, lp.dtype), 1.0)
     loss = -jnp.sum(lp * mask) / den
-    correct = (jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:]).astype(mask.dtype)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(mask.dtype)
     metrics = {"loss": loss, "accuracy": jnp.sum(correct * mask) / den, "num_tokens": count}
     return loss, metrics

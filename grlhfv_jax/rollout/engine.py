@@ -374,3 +374,23 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 1.
     return decode(split, cache, logits, deltas, first_slot=first_slot, max_new_tokens=max_new_tokens,
                   buf_len=buf_len, temperature=temperature, top_p=top_p, top_k=top_k,
                   eos_token_id=eos_token_id, rng=rng, pad_token_id=pad_token_id, mesh=mesh)
+
+
+class EngineRollout:
+    """The KV-cache sampler behind the `Rollout` protocol.
+
+    Holds the model (a trainee is updated in place by its optimizer: every call samples from the
+    current weights) and the token ids the sampler needs. `frozen=True` (a judge or reference that
+    never changes) splits the model once instead of on every call."""
+
+    def __init__(self, model, *, eos_token_id, pad_token_id: int = 0, frozen: bool = False):
+        self.model = model
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
+        self._split = nnx.split(model) if frozen else None
+
+    def generate(self, batch: dict, params) -> GenerationOutput:
+        return generate(self.model, batch, max_new_tokens=int(params.max_new_tokens),
+                        temperature=float(params.temperature), top_p=float(params.top_p), top_k=int(params.top_k),
+                        eos_token_id=self.eos_token_id, num_samples=int(params.num_samples),
+                        rng=jax.random.key(int(params.seed)), pad_token_id=self.pad_token_id,
+                        model_split=self._split)

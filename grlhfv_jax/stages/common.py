@@ -10,7 +10,6 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -116,7 +115,7 @@ def batch(examples: Sequence[dict], codec: Codec, *, side: str, max_len: int, ro
 
 def pair_examples(codec: Codec, records: Sequence[dict]) -> list[dict]:
     """Interleaved (chosen, rejected) examples of preference records: the human label's answer
-    first (the row layout of `train.bt_rm_step` and `train.dpo_step`)."""
+    first (the row layout of `steps.bt_rm_step` and `steps.dpo_step`)."""
     ex = []
     for r in records:
         w, l = ("response_1", "response_2") if int(r["overall_response"]) == 1 else ("response_2", "response_1")
@@ -160,19 +159,21 @@ def new_or_load(spec, codec: Codec, *, seed: int, scalar_head: bool = False, fro
     return model
 
 
-def sample_groups(model, codec: Codec, examples: list[dict], *, max_len: int, max_new_tokens: int,
-                  temperature: float, num_samples: int, seed: int):
-    """Samples `num_samples` responses per prompt example (rows grouped by prompt).
+def engine_rollout(model, codec: Codec, *, frozen: bool = False):
+    """The KV-cache engine as a `rollout.Rollout` for `model`, with the codec's EOS and pad ids."""
+    from grlhfv_jax.rollout import EngineRollout
+    return EngineRollout(model, eos_token_id=codec.eos_id, pad_token_id=codec.pad_id, frozen=frozen)
+
+
+def sample_groups(rollout, codec: Codec, examples: list[dict], *, max_len: int, params):
+    """Samples `params.num_samples` responses per prompt example (rows grouped by prompt) from any
+    `rollout.Rollout`.
 
     Returns (left-padded prompt batch, GenerationOutput with responses cut before any image or
     vision token, decoded texts)."""
-    from grlhfv_jax.rollout import generate
-    from grlhfv_jax.stages import rollouts
+    from grlhfv_jax.trainers import grpo as learner
     prompts = batch(examples, codec, side="left", max_len=max_len)
-    gen = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=float(temperature),
-                   eos_token_id=codec.eos_id, num_samples=num_samples, rng=jax.random.key(seed),
-                   pad_token_id=codec.pad_id)
-    gen = rollouts.cut_at_tokens(gen, codec.banned_ids())
+    gen = learner.cut_at_tokens(rollout.generate(prompts, params), codec.banned_ids())
     return prompts, gen, codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
 
 
@@ -185,117 +186,3 @@ def load_stage_output(path: str, hint: str, config=None, spec=None, *, scalar_he
     mesh = mesh_from_config(config) if config is not None else None
     return models.load_pretrained(path, dtype=DTYPES[spec.dtype], param_dtype=DTYPES[spec.param_dtype], mesh=mesh,
                                   scalar_head=scalar_head)
-
-
-# ----------------------------------------------------------------------------- training loop
-
-
-def make_train_state(model, opt_cfg, total_steps: int):
-    """TrainState with AdamW + warm-up/cosine + clipping from a config section with `lr`,
-    `warmup_ratio`, `weight_decay`, `max_grad_norm`."""
-    from grlhfv_jax.rl import optim, train
-    opt_cfg = config_schema.section(opt_cfg, sections.OPTIMIZER)
-    tx, schedule = optim.make_optimizer(
-        learning_rate=float(opt_cfg.lr), total_steps=max(int(total_steps), 1),
-        warmup_ratio=float(opt_cfg.warmup_ratio), weight_decay=float(opt_cfg.weight_decay),
-        max_grad_norm=float(opt_cfg.max_grad_norm))
-    frozen = tuple(opt_cfg.freeze or ())
-    if frozen:
-        tx = freeze_params(tx, frozen)
-    state = train.TrainState(model, tx, schedule)
-    mesh = sharding.model_mesh(model)
-    if mesh is not None:  # optimizer state (incl. its step counter) on the model's mesh, as a restore puts it
-        sharding.shard_model(state.optimizer, mesh)
-    return state
-
-
-def make_rl_train_state(model, sec):
-    """TrainState for an RL stage: its schedule counts optimizer updates, `sec.mini_batches` per RL
-    step, so the learning rate decays over all `sec.steps` RL steps."""
-    return make_train_state(model, sec, int(sec.steps) * int(sec.mini_batches))
-
-
-def freeze_params(tx, prefixes: tuple[str, ...]):
-    """`tx` on every parameter except those whose path starts with one of `prefixes` (e.g.
-    "visual": the vision tower, as VLM recipes that keep a pretrained ViT fixed), which get zero
-    updates."""
-    import optax
-
-    def labels(params):
-        def label(path, _):
-            name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-            return "frozen" if any(name == p or name.startswith(p + ".") for p in prefixes) else "train"
-        return jax.tree_util.tree_map_with_path(label, params)
-
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A training loss became NaN/inf; the last good checkpoint is kept."""
-
-
-class ResumeError(RuntimeError):
-    """A stage's checkpoint cannot be restored; the message names the stage, the folder and the fix."""
-
-
-def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckpt_dir: str,
-               log_every: int = 10, ckpt_every: int = 50, on_log=None) -> dict:
-    """Runs `steps` updates, resuming from the newest checkpoint in `ckpt_dir`.
-
-    make_batch(step) -> batch dict (deterministic in `step`, so a resumed run sees the same data);
-    step_fn(state, batch) -> (state, metrics). Logs every `log_every` steps under stage `name`,
-    checkpoints every `ckpt_every` steps and at the end. Each checkpoint also holds the last logged
-    metrics and those gathered since, so a run resumed from any checkpoint (even the final one:
-    then no step runs) returns exactly what an uninterrupted run returns. A non-finite loss stops
-    the run with an error naming the step; the last checkpoint (before the bad step) is kept.
-    Returns the last logged metrics (floats).
-    """
-    from grlhfv_jax.checkpoint import Checkpointer
-    from grlhfv_jax.metrics import progress
-
-    ckpt = Checkpointer(ckpt_dir, max_to_keep=1)
-    try:
-        restored = ckpt.restore_latest(state.model, state.optimizer)
-    except Exception as e:  # a corrupt or foreign checkpoint: say where and what to do, delete nothing
-        ckpt.close()
-        raise ResumeError(
-            f"[{name}] cannot resume from the checkpoint in {ckpt_dir}: {type(e).__name__}: {e}. "
-            f"Delete {ckpt_dir} to redo this part of the stage from its start (finished stages are kept), "
-            "or use --restart to redo the whole run.") from e
-    start, extra = restored if restored is not None else (0, {})
-    if restored is not None:
-        print(f"[{name}] resuming at step {start}/{steps} from {ckpt_dir}", flush=True)
-    last: dict = dict(extra.get("last", {}))
-    acc: dict[str, list] = {k: list(v) for k, v in extra.get("acc", {}).items()}
-
-    def save(step):
-        ckpt.save(step, state.model, state.optimizer,
-                  extra={"last": last, "acc": {k: [float(x) for x in v] for k, v in acc.items()}})
-
-    bar = progress(range(start, steps), total=steps, desc=name, initial=start)
-    try:
-        for step in bar:
-            batch = make_batch(step)
-            state, metrics = step_fn(state, batch)
-            if "loss" in metrics and not np.isfinite(float(metrics["loss"])):
-                ckpt.wait()
-                raise NonFiniteLossError(
-                    f"[{name}] non-finite loss ({float(metrics['loss'])}) at step {step + 1}; the last checkpoint "
-                    f"({ckpt.latest_step()}) in {ckpt_dir} is kept. Lower the learning rate or check the data.")
-            for k, v in metrics.items():
-                acc.setdefault(k, []).append(v)
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                last = {k: float(np.mean([float(x) for x in v])) for k, v in acc.items()}
-                acc = {}
-                if on_log is not None:
-                    last.update(on_log(step + 1) or {})
-                writer.write(name, step + 1, last)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in list(last.items())[:4]})
-            if (step + 1) % ckpt_every == 0 and step + 1 < steps:
-                save(step + 1)
-        if start < steps:  # resumed from the final checkpoint: it is already there
-            save(steps)
-    finally:
-        bar.close()
-        ckpt.close()  # waits for an in-flight save: a crash never leaves half a checkpoint behind
-    return last

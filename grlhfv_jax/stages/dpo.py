@@ -14,9 +14,9 @@ import jax.numpy as jnp
 
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import pipeline
-from grlhfv_jax.rl import train
 from grlhfv_jax.stages import ConfigError, check_section, common, sft
 from grlhfv_jax.stages import data as data_stage
+from grlhfv_jax.trainers import loop, steps
 
 POS_INT = (int, lambda v: v >= 1, "an int >= 1")
 SCHEMA = {
@@ -43,20 +43,20 @@ def run(config, workdir: str, writer, section: str) -> dict:
     world = data_stage.world_config(config)
     codec = common.codec(config, workdir)
     policy, ref = sft.trainee_and_reference(config, workdir, "policy")
-    state = common.make_train_state(policy, sec, sec.steps)
+    state = loop.make_train_state(policy, sec, sec.steps)
     ds = pipeline.dataset(paths["data_dir"], "grm_train", world, seed=config.seed + 5, num_epochs=None,
                           batch_size=sec.pairs_per_step)
-    cfg = train.DPOConfig(beta=float(sec.beta), loss_type=sec.loss_type, label_smoothing=float(sec.label_smoothing))
+    cfg = steps.DPOConfig(beta=float(sec.beta), loss_type=sec.loss_type, label_smoothing=float(sec.label_smoothing))
 
     def make_batch(step):
         b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
         b.pop("valid")
         jb = {k: jnp.asarray(v) for k, v in b.items()}
-        b["ref_logps"] = train.compute_sequence_logprobs(ref, jb, average=sec.loss_type == "ipo")
+        b["ref_logps"] = steps.compute_sequence_logprobs(ref, jb, average=sec.loss_type == "ipo")
         return b
 
-    last = common.train_loop(section, state, steps=sec.steps, make_batch=make_batch,
-                             step_fn=lambda s, b: train.dpo_step(s, b, cfg), writer=writer,
+    last = loop.train_loop(section, state, steps=sec.steps, make_batch=make_batch,
+                             step_fn=lambda s, b: steps.dpo_step(s, b, cfg), writer=writer,
                              ckpt_dir=os.path.join(workdir, "dpo", "ckpt"), log_every=int(sec.log_every),
                              ckpt_every=int(sec.ckpt_every))
     export_hf(state.model, output_dir(workdir))

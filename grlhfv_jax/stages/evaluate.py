@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 
-import jax
 import numpy as np
 
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.data import world as W
 from grlhfv_jax.rl import grm_reward
-from grlhfv_jax.rollout import generate
+from grlhfv_jax.rollout import SamplingParams
 from grlhfv_jax.stages import check_section, common, grm_rl, judging, sft
 from grlhfv_jax.stages import data as data_stage
 
@@ -47,12 +46,13 @@ def answers(model, codec, recs, *, max_len: int, max_new_tokens: int, rows: int 
     """Answers to `recs`: greedy (default) or `samples` per prompt at `temperature` (rows grouped
     by prompt). Returns (texts [len(recs) * samples], finished [len(recs) * samples])."""
     texts, done = [], []
+    rollout = common.engine_rollout(model, codec, frozen=True)
     for s in range(0, len(recs), rows):
         chunk = recs[s:s + rows]
         b = common.batch([codec.example(r["question"], r["image"]) for r in chunk], codec, side="left",
                          max_len=max_len, rows=rows)
-        out = generate(model, b, max_new_tokens=max_new_tokens, temperature=temperature, eos_token_id=codec.eos_id,
-                       num_samples=samples, rng=jax.random.key(seed + s), pad_token_id=codec.pad_id)
+        out = rollout.generate(b, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                 num_samples=samples, seed=seed + s))
         keep = len(chunk) * samples
         texts += codec.decode(np.asarray(out.tokens), np.asarray(out.lengths))[:keep]
         done += list(np.asarray(out.finished)[:keep])
@@ -127,7 +127,8 @@ def _head_to_head(grm, codec, config, recs, new, old, prefix: str) -> dict:
     sec_j = config.grm_rl
     items = [(r["question"], r["image"], a, b) for r, a, b in zip(recs, new, old)]
     items += [(r["question"], r["image"], b, a) for r, a, b in zip(recs, new, old)]
-    outs = judging.judge(grm, codec, items, rows=32, max_len=sec_j.max_len, max_new_tokens=sec_j.max_new_tokens)
+    outs = judging.GRMJudge(grm, codec, rows=32, max_len=sec_j.max_len).judge(
+        items, SamplingParams(max_new_tokens=sec_j.max_new_tokens, temperature=0.0))
     n = len(recs)
     grm_wins = []
     for k in range(n):

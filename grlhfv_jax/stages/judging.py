@@ -10,67 +10,75 @@ import numpy as np
 from flax import nnx
 
 from grlhfv_jax.rl import grm_reward
-from grlhfv_jax.rollout import generate
+from grlhfv_jax.rollout import Judge, SamplingParams, generate
 from grlhfv_jax.stages import common
 
 
-def judge(grm, codec: common.Codec, items: Sequence[tuple], *, rows: int, max_len: int, max_new_tokens: int,
-          temperature: float = 0.0, seed: int = 0, model_split=None) -> list[str]:
-    """GRM output text for each (question, image, response_1, response_2) item, in order.
+class GRMJudge:
+    """A GRM on the KV-cache engine behind the `rollout.Judge` protocol.
 
-    Items go through the sampler in batches of `rows` (a fixed shape: one compilation)."""
-    split = model_split or nnx.split(grm)
-    texts: list[str] = []
-    for start in range(0, len(items), rows):
-        chunk = items[start:start + rows]
-        ex = [codec.grm_example(q, img, r1, r2) for q, img, r1, r2 in chunk]
-        b = common.batch(ex, codec, side="left", max_len=max_len)
-        out = generate(grm, b, max_new_tokens=max_new_tokens, temperature=temperature,
-                       eos_token_id=codec.eos_id, rng=jax.random.key(seed + start), pad_token_id=codec.pad_id,
-                       model_split=split)
-        texts.extend(codec.decode(np.asarray(out.tokens), np.asarray(out.lengths))[:len(chunk)])
-    return texts
+    judge: items in chunks of `rows` prompts left-padded to `max_len` (fixed shapes: one
+    compilation); judge_groups: up to `max_prompts` groups per call, each group's shared token
+    prefix (system, image, question, ...) prefilled once and its KV cache copied to every pair
+    (`rollout.judge_generate`). `frozen`: the weights never change (split the model once); a judge
+    being trained passes False."""
 
+    def __init__(self, grm, codec: common.Codec, *, rows: int = 32, max_len: int = 256, max_prompts: int = 16,
+                 frozen: bool = True):
+        self.grm, self.codec = grm, codec
+        self.rows, self.max_len, self.max_prompts = int(rows), int(max_len), int(max_prompts)
+        self._split = nnx.split(grm) if frozen else None
 
-def judge_shared(grm, codec: common.Codec, groups: Sequence[tuple], *, max_new_tokens: int,
-                 temperature: float = 0.0, seed: int = 0, model_split=None, max_prompts: int = 16) -> list[list[str]]:
-    """GRM output text for many pairs that share an image and question (grouped comparison).
-
-    groups: (question, image, [(response_1, response_2), ...]). The pairs of one group share the
-    prompt's token prefix (system, image, question, ...); the sampler prefills it once and copies
-    its KV cache to every pair (`rollout.judge_generate`). Returns texts per group, per pair.
-    """
-    from grlhfv_jax.rollout.judge import judge_generate, split_common_prefix
-    out: list[list[str]] = []
-    for start in range(0, len(groups), max_prompts):
-        chunk = [g for g in groups[start:start + max_prompts]]
-        prefixes, suffixes = [], []
-        for q, img, pairs in chunk:
-            if not pairs:
-                continue
-            full = [codec.grm_example(q, img, a, b) for a, b in pairs]
-            prefix, rest = split_common_prefix([f["input_ids"] for f in full])
-            prefix = np.asarray(prefix, np.int32)
-            prefixes.append(dict(full[0], input_ids=prefix, loss_mask=np.zeros_like(prefix),
-                                 mm_token_type_ids=(prefix == grm.config.image_token_id).astype(np.int32)))
-            suffixes.append(rest)
+    def judge(self, items: Sequence[tuple], params: SamplingParams) -> list[str]:
+        codec, split = self.codec, self._split or nnx.split(self.grm)
         texts: list[str] = []
-        if prefixes:
-            b = common.batch(prefixes, codec, side="left", max_len=max(len(p["input_ids"]) for p in prefixes))
-            gen = judge_generate(grm, b, suffixes, max_new_tokens=max_new_tokens, temperature=temperature,
-                                 eos_token_id=codec.eos_id, rng=jax.random.key(seed + start), pad_token_id=codec.pad_id,
-                                 model_split=model_split)
-            texts = codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
-        k = 0
-        for q, img, pairs in chunk:
-            out.append(texts[k:k + len(pairs)])
-            k += len(pairs)
-    return out
+        for start in range(0, len(items), self.rows):
+            chunk = items[start:start + self.rows]
+            ex = [codec.grm_example(q, img, r1, r2) for q, img, r1, r2 in chunk]
+            b = common.batch(ex, codec, side="left", max_len=self.max_len)
+            out = generate(self.grm, b, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
+                           top_p=params.top_p, top_k=params.top_k, eos_token_id=codec.eos_id,
+                           num_samples=params.num_samples, rng=jax.random.key(params.seed + start),
+                           pad_token_id=codec.pad_id, model_split=split)
+            texts.extend(codec.decode(np.asarray(out.tokens), np.asarray(out.lengths))[:len(chunk) * params.num_samples])
+        return texts
+
+    def judge_groups(self, groups: Sequence[tuple], params: SamplingParams) -> list[list[str]]:
+        from grlhfv_jax.rollout.judge import judge_generate, split_common_prefix
+        codec, grm, split = self.codec, self.grm, self._split or nnx.split(self.grm)
+        if params.num_samples != 1:
+            raise ValueError("GRMJudge.judge_groups samples one judgment per pair (num_samples = 1)")
+        out: list[list[str]] = []
+        for start in range(0, len(groups), self.max_prompts):
+            chunk = [g for g in groups[start:start + self.max_prompts]]
+            prefixes, suffixes = [], []
+            for q, img, pairs in chunk:
+                if not pairs:
+                    continue
+                full = [codec.grm_example(q, img, a, b) for a, b in pairs]
+                prefix, rest = split_common_prefix([f["input_ids"] for f in full])
+                prefix = np.asarray(prefix, np.int32)
+                prefixes.append(dict(full[0], input_ids=prefix, loss_mask=np.zeros_like(prefix),
+                                     mm_token_type_ids=(prefix == grm.config.image_token_id).astype(np.int32)))
+                suffixes.append(rest)
+            texts: list[str] = []
+            if prefixes:
+                b = common.batch(prefixes, codec, side="left", max_len=max(len(p["input_ids"]) for p in prefixes))
+                gen = judge_generate(grm, b, suffixes, max_new_tokens=params.max_new_tokens,
+                                     temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+                                     eos_token_id=codec.eos_id, rng=jax.random.key(params.seed + start),
+                                     pad_token_id=codec.pad_id, model_split=split)
+                texts = codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
+            k = 0
+            for q, img, pairs in chunk:
+                out.append(texts[k:k + len(pairs)])
+                k += len(pairs)
+        return out
 
 
-def grm_accuracy(grm, codec, records: Sequence[dict], *, rows: int, max_len: int, max_new_tokens: int,
+def grm_accuracy(judge: Judge, records: Sequence[dict], *, max_new_tokens: int,
                  prefix: str = "") -> tuple[dict, list[dict]]:
-    """Greedy judgments of every pair in both orders.
+    """Greedy judgments (any `rollout.Judge`) of every pair in both orders.
 
     accuracy: the paper's pair reward in the dataset's order (ties and unparsed count as wrong);
     accuracy_both: the same over both orders; position_consistency: share of pairs whose two
@@ -80,9 +88,8 @@ def grm_accuracy(grm, codec, records: Sequence[dict], *, rows: int, max_len: int
     carry `pair_type`. Returns (metrics, per-pair samples for the report)."""
     items = [(r["question"], r["image"], r["response_1"], r["response_2"]) for r in records]
     swapped = [(q, img, b, a) for q, img, a, b in items]
-    split = nnx.split(grm)
-    fwd = judge(grm, codec, items, rows=rows, max_len=max_len, max_new_tokens=max_new_tokens, model_split=split)
-    rev = judge(grm, codec, swapped, rows=rows, max_len=max_len, max_new_tokens=max_new_tokens, model_split=split)
+    greedy = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    fwd, rev = judge.judge(items, greedy), judge.judge(swapped, greedy)
     acc, acc_rev, consistent, fails, ties = [], [], [], 0, 0
     decided = []  # pair reward of the judgments (both orders) that parse and are not ties
     samples = []

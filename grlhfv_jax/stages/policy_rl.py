@@ -23,8 +23,11 @@ from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.data import world as W
 from grlhfv_jax.rl import grm_reward, grouped
-from grlhfv_jax.stages import ConfigError, check_section, common, grm_rl, judging, rm, rollouts, sft
+from grlhfv_jax.rollout import SamplingParams
+from grlhfv_jax.stages import ConfigError, check_section, common, grm_rl, judging, rm, sft
 from grlhfv_jax.stages import data as data_stage
+from grlhfv_jax.trainers import grpo as learner
+from grlhfv_jax.trainers import loop
 
 POS_INT = (int, lambda v: v >= 1, "an int >= 1")
 SCHEMA = {
@@ -60,8 +63,9 @@ def output_dir(workdir: str, section: str) -> str:
     return os.path.join(workdir, section, "policy")
 
 
-def judge_groups(grm, codec, sec, recs, texts, complete, *, seed: int, split=None):
-    """GRM rewards [P, n] and per-group judgments for P groups of n answers (one sampler pass).
+def judge_groups(judge, sec, recs, texts, complete, *, seed: int):
+    """GRM rewards [P, n] and per-group judgments for P groups of n answers, from any
+    `rollout.Judge` (one `judge_groups` call).
 
     texts: P*n answers (group p = rows p*n .. p*n+n-1); complete [P, n] bool."""
     P, n = complete.shape
@@ -69,9 +73,9 @@ def judge_groups(grm, codec, sec, recs, texts, complete, *, seed: int, split=Non
              for p in range(P)]
     groups = [(recs[p]["question"], recs[p]["image"], [(texts[p * n + i], texts[p * n + j]) for i, j in plans[p]])
               for p in range(P)]
-    outs = [t for g in judging.judge_shared(grm, codec, groups, max_new_tokens=sec.judge_max_new_tokens,
-                                            temperature=float(sec.judge_temperature), seed=seed,
-                                            model_split=split) for t in g]
+    params = SamplingParams(max_new_tokens=sec.judge_max_new_tokens, temperature=float(sec.judge_temperature),
+                            seed=seed)
+    outs = [t for g in judge.judge_groups(groups, params) for t in g]
     rewards, all_judgments, k = np.zeros((P, n)), [], 0
     for p in range(P):
         judgments = {pair: grm_reward.pair_scores(t) for pair, t in zip(plans[p], outs[k:k + len(plans[p])])}
@@ -83,7 +87,6 @@ def judge_groups(grm, codec, sec, recs, texts, complete, *, seed: int, split=Non
 
 def run(config, workdir: str, writer, section: str, out_root: str | None = None) -> dict:
     """Trains; inputs from `workdir`, outputs under `out_root` (default: workdir)."""
-    from flax import nnx
     out_root = out_root or workdir
     sec = config[section]
     paths = data_stage.paths(config, workdir)
@@ -94,10 +97,10 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
         judge_model = common.load_stage_output(sec.grm_path or grm_rl.output_dir(workdir),
                                                f"run 'grm_rl' first or set config.{section}.grm_path",
                                                config, config.model.grm)
-        judge_split = nnx.split(judge_model)  # frozen: split once
+        judge = judging.GRMJudge(judge_model, codec)  # frozen: split once
     else:
         judge_model = rm.load(workdir, config)
-    state = common.make_rl_train_state(policy, sec)
+    state = loop.make_rl_train_state(policy, sec)
     ds = pipeline.dataset(paths["data_dir"], "policy_train", world, seed=config.seed + 11, num_epochs=None,
                           batch_size=sec.prompts_per_step)
     cfg = grm_rl.grpo_config(sec)
@@ -107,14 +110,14 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
         recs = ds[step]
         ex = [codec.example(r["question"], r["image"]) for r in recs]
         prompts, gen, texts = common.sample_groups(
-            state.model, codec, ex, max_len=sec.max_len, max_new_tokens=sec.max_new_tokens,
-            temperature=sec.temperature, num_samples=n, seed=config.seed * 7919 + step)
+            common.engine_rollout(state.model, codec), codec, ex, max_len=sec.max_len,
+            params=SamplingParams(max_new_tokens=sec.max_new_tokens, temperature=float(sec.temperature),
+                                  num_samples=n, seed=config.seed * 7919 + step))
         complete = np.asarray(gen.finished).reshape(len(recs), n)
         rewards = np.zeros((len(recs), n))
         diags = []
         if sec.reward == "grm":
-            rewards, judgments = judge_groups(judge_model, codec, sec, recs, texts, complete, seed=step * 1000,
-                                              split=judge_split)
+            rewards, judgments = judge_groups(judge, sec, recs, texts, complete, seed=step * 1000)
             diags = [grouped.judge_diagnostics(n, judgments[p], complete[p], rewards=rewards[p],
                                                lengths=[len(t.split()) for t in texts[p * n:(p + 1) * n]])
                      for p in range(len(recs))]
@@ -122,15 +125,15 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
             # The RM scores the exact tokens the policy produced (prompt + response, EOS last).
             base = {k: v for k, v in prompts.items() if k in ("input_ids", "attention_mask", "pixel_values",
                                                              "image_grid_thw")}
-            rows = rollouts.repeat_rows(base, n, image_token_id=judge_model.config.image_token_id,
+            rows = learner.repeat_rows(base, n, image_token_id=judge_model.config.image_token_id,
                                         merge_size=judge_model.config.spatial_merge_size)
-            seqs = rollouts.training_rows(rows, np.asarray(gen.tokens), np.asarray(gen.lengths), pad_id=codec.pad_id)
+            seqs = learner.training_rows(rows, np.asarray(gen.tokens), np.asarray(gen.lengths), pad_id=codec.pad_id)
             seqs.pop("response_mask")
             scores = judging.score_batch(judge_model, seqs).reshape(len(recs), n)
             rewards = rm_rewards(scores, complete)
         oracle = np.array([[W.oracle_score(r["scene"], r["question"], t) for t in texts[p * n:(p + 1) * n]]
                            for p, r in enumerate(recs)])
-        metrics = rollouts.grpo_update(state, ref, prompts, gen, rewards, pad_id=codec.pad_id, cfg=cfg,
+        metrics = learner.grpo_update(state, ref, prompts, gen, rewards, pad_id=codec.pad_id, cfg=cfg,
                                        mini_batches=sec.mini_batches)
         metrics["oracle/mean"] = float(oracle.mean())
         metrics["oracle/reward_corr"] = _corr(oracle.ravel(), rewards.ravel())
@@ -140,7 +143,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
                 metrics[f"judge/{key}"] = num / den if den else float("nan")
         return state, metrics
 
-    common.train_loop(section, state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
+    loop.train_loop(section, state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
                       ckpt_dir=os.path.join(out_root, section, "ckpt"), log_every=int(sec.log_every),
                       ckpt_every=int(sec.ckpt_every))
     export_hf(state.model, output_dir(out_root, section))

@@ -11,9 +11,9 @@ import os
 
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import pipeline
-from grlhfv_jax.rl import train
 from grlhfv_jax.stages import ConfigError, check_section, common, judging, sft
 from grlhfv_jax.stages import data as data_stage
+from grlhfv_jax.trainers import loop, steps
 
 POS_INT = (int, lambda v: v >= 1, "an int >= 1")
 SCHEMA = {
@@ -51,18 +51,18 @@ def run(config, workdir: str, writer, section: str) -> dict:
     spec = config.model.get("rm", config.model.grm)
     model = common.new_or_load(spec, codec, seed=config.seed + 7, scalar_head=True, from_path=init,
                                mesh=common.mesh_from_config(config))
-    state = common.make_train_state(model, sec, sec.steps)
+    state = loop.make_train_state(model, sec, sec.steps)
     ds = pipeline.dataset(paths["data_dir"], "grm_train", world, seed=config.seed + 3, num_epochs=None,
                           batch_size=sec.pairs_per_step)
-    cfg = train.BTConfig(reg=float(sec.reg), num_micro_batches=int(sec.num_micro_batches))
+    cfg = steps.BTConfig(reg=float(sec.reg), num_micro_batches=int(sec.num_micro_batches))
 
     def make_batch(step):
         b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
         b.pop("valid")
         return b
 
-    common.train_loop("rm", state, steps=sec.steps, make_batch=make_batch,
-                      step_fn=lambda s, b: train.bt_rm_step(s, b, cfg), writer=writer,
+    loop.train_loop("rm", state, steps=sec.steps, make_batch=make_batch,
+                      step_fn=lambda s, b: steps.bt_rm_step(s, b, cfg), writer=writer,
                       ckpt_dir=os.path.join(workdir, "rm", "ckpt"), log_every=int(sec.log_every),
                       ckpt_every=int(sec.ckpt_every))
     export_hf(state.model, output_dir(workdir))

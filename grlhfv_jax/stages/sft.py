@@ -22,9 +22,10 @@ import numpy as np
 from grlhfv_jax.checkpoint import export_hf, exported_summary
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.data import world as W
-from grlhfv_jax.rl import train
+from grlhfv_jax.rl.logprobs import window_start_and_length
 from grlhfv_jax.stages import check_section, common
 from grlhfv_jax.stages import data as data_stage
+from grlhfv_jax.trainers import loop, steps
 
 TARGETS = ("policy", "grm")
 POLICY_DATA = ("candidates", "best", "styled")
@@ -126,7 +127,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
             from grlhfv_jax.stages import vision
             vision.copy_tower(model, workdir, config, config.model[target])
             print(f"[sft] {target}: vision tower from {vision.output_dir(workdir)}", flush=True)
-        state = common.make_train_state(model, tc, tc.steps)
+        state = loop.make_train_state(model, tc, tc.steps)
         B = tc.batch_size
         if target == "policy":
             split = "sft_grm" if tc.data == "candidates" else "sft_policy"
@@ -151,9 +152,9 @@ def run(config, workdir: str, writer, section: str) -> dict:
                     ex += [codec.example(r["question"], r["image"], r["answer"]) for r in vqa[step]]
                 return _to_train(common.batch(ex, codec, side="right", max_len=tc.max_len))
 
-        last = common.train_loop(
+        last = loop.train_loop(
             f"sft_{target}", state, steps=tc.steps, make_batch=make_batch,
-            step_fn=lambda s, b: train.sft_step(s, b), writer=writer,
+            step_fn=lambda s, b: steps.sft_step(s, b, window=b.pop("window")), writer=writer,
             ckpt_dir=os.path.join(workdir, "sft", f"ckpt_{target}"),
             log_every=int(sec.log_every), ckpt_every=int(sec.ckpt_every))
         result = {f"sft/{target}_{k}": v for k, v in last.items() if k in ("loss", "accuracy")}
@@ -163,7 +164,9 @@ def run(config, workdir: str, writer, section: str) -> dict:
 
 
 def _to_train(b: dict) -> dict:
-    """Drops host-only keys; the loss mask excludes fill rows."""
+    """Drops host-only keys; the loss mask excludes fill rows; the window of target columns the
+    LM head runs on (`steps.sft_step`'s ``window``, a multiple of 16 that covers every target)."""
     b = dict(b)
     b["loss_mask"] = b["loss_mask"] * b.pop("valid")[:, None]
+    b["window_start"], b["window"] = window_start_and_length(b["loss_mask"])
     return b

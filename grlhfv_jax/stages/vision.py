@@ -27,9 +27,9 @@ from flax import nnx
 from grlhfv_jax import sharding
 from grlhfv_jax.checkpoint import export_hf, exported_summary
 from grlhfv_jax.data import world as W
-from grlhfv_jax.rl import train
 from grlhfv_jax.stages import ConfigError, check_section, common
 from grlhfv_jax.stages import data as data_stage
+from grlhfv_jax.trainers import loop, steps
 
 POS_INT = (int, lambda v: v >= 1, "an int >= 1")
 SCHEMA = {
@@ -77,7 +77,7 @@ def make_step(grid: np.ndarray):
     grid = jnp.asarray(grid)
 
     @nnx.jit
-    def step(state: train.TrainState, pixel_values, labels):
+    def step(state: steps.TrainState, pixel_values, labels):
         (loss, accs), grads = nnx.value_and_grad(_loss, has_aux=True)(state.model, pixel_values, grid, labels)
         state.optimizer.update(state.model, grads)
         return {"loss": loss, **{f"accuracy_{a}": accs[i] for i, a in enumerate(W.ATTRS)}}
@@ -110,13 +110,13 @@ def run(config, workdir: str, writer, section: str) -> dict:
         raise ValueError(f"[vision] images of one size expected (config.image min_pixels = max_pixels), got grids {grid}")
     probe = VisionProbe(model.visual, tokens, model.config.hidden_size, nnx.Rngs(config.seed + 8))
     sharding.shard_model(probe, mesh)  # the heads too: a restored checkpoint puts every array on the mesh
-    state = common.make_train_state(probe, sec, sec.steps)
+    state = loop.make_train_state(probe, sec, sec.steps)
 
     def make_batch(step):
         pv, _, labels = images(0, step, B)
         return {"pixel_values": pv, "labels": labels}
 
-    common.train_loop(section, state, steps=sec.steps, make_batch=make_batch, step_fn=make_step(grid), writer=writer,
+    loop.train_loop(section, state, steps=sec.steps, make_batch=make_batch, step_fn=make_step(grid), writer=writer,
                       ckpt_dir=os.path.join(workdir, "vision", "ckpt"), log_every=int(sec.log_every),
                       ckpt_every=int(sec.ckpt_every))
     # held-out images (another stream): accuracy of the heads on the trained tower

@@ -94,6 +94,7 @@ def response_advantages(rewards: np.ndarray, row_valid: np.ndarray, estimator: s
     """Advantages per response ``[P*G]`` from rewards ``[P, G]`` by the registered ``estimator``
     (`grpo.ADVANTAGE_ESTIMATORS`); rows with ``row_valid`` 0 (fill prompts) get 0."""
     import jax.numpy as jnp
+
     from grlhfv_jax.rl import grpo
 
     adv = np.asarray(grpo.compute_advantages(jnp.asarray(rewards, jnp.float32), estimator))
@@ -101,17 +102,21 @@ def response_advantages(rewards: np.ndarray, row_valid: np.ndarray, estimator: s
 
 
 def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pad_id: int, cfg,
-                mini_batches: int = 1) -> dict:
+                mini_batches: int = 1, advantages: np.ndarray | None = None) -> dict:
     """One GRPO iteration on sampled groups: advantages (``cfg.advantage_estimator``), reference
-    log-probs, `mini_batches` updates of `train.grpo_step` with ``cfg``.
+    log-probs, `mini_batches` updates of `steps.grpo_step` with ``cfg``.
 
     prompts: the left-padded prompt batch [P, Tp] that was sampled from (with `valid` [P]: fill rows
     get no loss); gen: the GenerationOutput with P*G rows; rewards [P, G].
     Old log-probs are the sampler's (the policy that sampled = the one updated first).
+    advantages: [P, G] computed by the caller (other groupings than one group per prompt), else
+    from rewards by ``cfg.advantage_estimator``.
     Returns the mean of the step metrics plus rollout metrics.
     """
     import jax.numpy as jnp
-    from grlhfv_jax.rl import grpo, train
+
+    from grlhfv_jax.rl import grpo
+    from grlhfv_jax.trainers import steps
 
     P, G = rewards.shape
     model = state.model
@@ -126,11 +131,17 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     Tp = base["input_ids"].shape[1]
     lp = np.asarray(gen.logprobs) * response_mask(lengths, tokens.shape[1])
     batch["old_logp"] = np.concatenate([np.zeros((P * G, Tp), np.float32), lp.astype(np.float32)], axis=1)
-    adv = response_advantages(rewards, row_valid, cfg.advantage_estimator)
+    if advantages is None:
+        adv = response_advantages(rewards, row_valid, cfg.advantage_estimator)
+    else:
+        adv = np.asarray(advantages, np.float64).reshape(-1) * row_valid
     batch["advantages"] = adv.astype(np.float32)
+    # the LM head runs only on the response columns [Tp, Tp + R): the loss reads nothing else
+    window = int(tokens.shape[1])
+    batch["window_start"] = np.full(P * G, Tp, np.int32)
     jb = {k: jnp.asarray(v) for k, v in batch.items()}
-    batch["ref_logp"] = np.asarray(train.compute_logprobs(ref_model, {k: jb[k] for k in (
-        "input_ids", "attention_mask", "pixel_values", "image_grid_thw") if k in jb}))
+    batch["ref_logp"] = np.asarray(steps.compute_logprobs(ref_model, {k: jb[k] for k in (
+        "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start") if k in jb}, window=window))
     if P % mini_batches:
         raise ValueError(f"{P} prompts do not split into {mini_batches} mini-batches")
     per = P // mini_batches
@@ -138,7 +149,7 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     for m in range(mini_batches):
         idx = np.arange(m * per * G, (m + 1) * per * G)
         mb = select_rows(batch, idx, image_token_id=tok_id, merge_size=merge)
-        state, met = train.grpo_step(state, {k: jnp.asarray(v) for k, v in mb.items()}, cfg)
+        state, met = steps.grpo_step(state, {k: jnp.asarray(v) for k, v in mb.items()}, cfg, window=window)
         step_metrics.append({k: float(v) for k, v in met.items()})
     out = {k: float(np.mean([s[k] for s in step_metrics])) for k in step_metrics[0]}
     keep = valid.astype(bool)

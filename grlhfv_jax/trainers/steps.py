@@ -1,6 +1,8 @@
 """Train state and jitted train steps (GRPO, Bradley-Terry RM, DPO, SFT) for any model that follows
 docs/internal_api.md (``model(input_ids, attention_mask, position_ids=, image_embeds=,
-return_hidden=)``, ``model.rope_index``, ``model.encode_images``).
+return_hidden=)``, ``model.logits(hidden)``, ``model.rope_index`` -> positions ``[..., B, T]``
+(M-RoPE ``[3, B, T]`` or 1-D ``[B, T]``); with images ``model.encode_images`` and
+``model.image_token_mask``; for BT RMs ``model.score(..., position_ids=, image_embeds=)``).
 
 One call = one optimizer update on one mini-batch, accumulated over ``num_micro_batches`` equal
 slices of its rows (a `jax.lax.scan`, so memory is that of one micro-batch). Images: the vision
@@ -18,6 +20,10 @@ Batches (dicts of arrays, leading dim = rows; right padding usual, any padding w
   hold whole pairs); DPO adds ``loss_mask [B, T]`` and ``ref_logps [B]`` (sequence sums, or
   means for IPO, from `compute_sequence_logprobs` with the reference model).
 - SFT: ``loss_mask [B, T]`` marks target tokens (aligned with input_ids).
+- ``window`` (static, GRPO / SFT / `compute_logprobs`): when > 0 the LM head runs only on the
+  target columns ``window_start[b] + [0, window)`` (``window_start [B] int`` in the batch; from
+  `logprobs.window_start_and_length` or the prompt width), not on all T: the same loss when the
+  window covers every target (the caller's duty; outputs stay ``[B, T]``, 0 off the window).
 """
 from __future__ import annotations
 
@@ -31,7 +37,16 @@ import optax
 from flax import nnx
 
 from grlhfv_jax.rl import bt_rm, dpo, grpo, sft
-from grlhfv_jax.rl.logprobs import aligned_entropy, aligned_logprobs, sequence_logprob
+from grlhfv_jax.rl.logprobs import (
+    aligned_entropy,
+    aligned_logprobs,
+    gather_columns,
+    scatter_columns,
+    sequence_logprob,
+    token_entropy,
+    token_logprobs,
+    window_columns,
+)
 
 
 class TrainState(nnx.Module):
@@ -49,7 +64,7 @@ class TrainState(nnx.Module):
 class GRPOConfig:
     """Static GRPO settings; the names pick entries of the `grpo` registries (the step reads
     ``policy_loss``, ``kl_estimator`` and ``loss_agg_mode``; ``advantage_estimator`` is for the
-    caller that turns rewards into advantages, `stages.rollouts.grpo_update`)."""
+    caller that turns rewards into advantages, `trainers.grpo.grpo_update`)."""
     clip_eps: float = 0.2
     clip_eps_high: Optional[float] = None  # asymmetric clip (DAPO); None = clip_eps
     clip_ratio_c: Optional[float] = None  # dual clip (verl uses 3.0); None = off
@@ -134,9 +149,11 @@ def _plan(model, batch, m: int):
     grid = batch.get("image_grid_thw") if _has_images(batch) else None
     pos, _ = model.rope_index(ids, am, None if grid is None else jnp.asarray(grid))
     mbs = _split_rows(dict(batch, attention_mask=am), m, b)
-    mbs["position_ids"] = jnp.moveaxis(pos.reshape(3, m, b // m, t), 1, 0)
+    # positions [..., B, T] (M-RoPE: [3, B, T]; 1-D: [B, T]): the row axis split into micro-batches
+    pos = pos.reshape(pos.shape[:-2] + (m, b // m, t))
+    mbs["position_ids"] = jnp.moveaxis(pos, -3, 0)
     if grid is not None:
-        counts = jnp.sum(ids == model.config.image_token_id, axis=1).reshape(m, b // m).sum(1)
+        counts = jnp.sum(model.image_token_mask(ids), axis=1).reshape(m, b // m).sum(1)
         mbs["image_offset"] = (jnp.cumsum(counts) - counts).astype(jnp.int32)
     return mbs
 
@@ -206,6 +223,26 @@ def _forward(model, mb, emb, **kw):
     return model(mb["input_ids"], mb["attention_mask"], position_ids=mb["position_ids"], image_embeds=emb, **kw)
 
 
+def _window_logits(model, mb, emb, window: int):
+    """(logits [B, window, V] predicting the target columns, those columns [B, window], valid)."""
+    h = _forward(model, mb, emb, return_hidden=True)
+    cols, valid = window_columns(mb["window_start"], window, h.shape[1])
+    return model.logits(gather_columns(h, cols - 1)), cols, valid
+
+
+def _aligned(model, mb, emb, window: int, temperature: float, entropy: bool):
+    """Aligned log-probs [B, T] (and entropy [B, T] or None), from the full logits or a window."""
+    if not window:
+        logits = _forward(model, mb, emb)
+        lp = aligned_logprobs(logits, mb["input_ids"], temperature)
+        return lp, aligned_entropy(logits, temperature) if entropy else None
+    logits, cols, valid = _window_logits(model, mb, emb, window)
+    logits = logits / temperature
+    T = mb["input_ids"].shape[1]
+    lp = scatter_columns(token_logprobs(logits, gather_columns(mb["input_ids"], cols)), cols, valid, T)
+    return lp, scatter_columns(token_entropy(logits), cols, valid, T) if entropy else None
+
+
 def _apply(state: TrainState, grads, metrics: dict) -> dict:
     metrics = dict(metrics)
     metrics["grad_norm"] = optax.tree.norm(grads)
@@ -218,24 +255,21 @@ def _apply(state: TrainState, grads, metrics: dict) -> dict:
 # ------------------------------------------------------------------------------------- GRPO
 
 
-@functools.partial(nnx.jit, static_argnames=("cfg",))
-def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig()):
+@functools.partial(nnx.jit, static_argnames=("cfg", "window"))
+def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig(), window: int = 0):
     """One GRPO update. Returns (state, metrics): loss, pg_loss, kl, entropy, clip_frac,
-    clip_frac_lower, ppo_kl, approx_kl, ratio_mean, grad_norm, lr, response_length_mean."""
-    _require(batch, ("input_ids", "response_mask", "old_logp", "ref_logp", "advantages"),
-             "grpo_step")
+    clip_frac_lower, ppo_kl, approx_kl, ratio_mean, grad_norm, lr, response_length_mean.
+    ``window``: logits only on the response columns (module docstring)."""
+    _require(batch, ("input_ids", "response_mask", "old_logp", "ref_logp", "advantages")
+             + (("window_start",) if window else ()), "grpo_step")
     mask = jnp.asarray(batch["response_mask"], jnp.float32)
     b = mask.shape[0]
     denom = jnp.sum(mask) if cfg.loss_agg_mode == "token-mean" else jnp.float32(b)
 
     def micro_loss(model, mb, emb):
-        logits = _forward(model, mb, emb)
-        logp = aligned_logprobs(logits, mb["input_ids"], cfg.temperature)
-        ent = None
-        if cfg.compute_entropy:
-            ent = aligned_entropy(logits, cfg.temperature)
-            if cfg.entropy_coef == 0.0:
-                ent = jax.lax.stop_gradient(ent)
+        logp, ent = _aligned(model, mb, emb, window, cfg.temperature, cfg.compute_entropy)
+        if ent is not None and cfg.entropy_coef == 0.0:
+            ent = jax.lax.stop_gradient(ent)
         return grpo_loss(cfg, logp, mb["old_logp"], mb["ref_logp"], mb["advantages"], mb["response_mask"],
                          entropy=ent, denominator=denom)
 
@@ -244,16 +278,15 @@ def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig()):
     return state, _apply(state, grads, metrics)
 
 
-@functools.partial(nnx.jit, static_argnames=("temperature", "num_micro_batches", "with_entropy"))
+@functools.partial(nnx.jit, static_argnames=("temperature", "num_micro_batches", "with_entropy", "window"))
 def compute_logprobs(model, batch: dict, temperature: float = 1.0, num_micro_batches: int = 1,
-                     with_entropy: bool = False):
+                     with_entropy: bool = False, window: int = 0):
     """Aligned per-token log-probs ``[B, T]`` (``out[:, t]`` scores ``input_ids[:, t]``; column 0
     is 0), for old (policy) and ref (frozen reference) log-probs; with ``with_entropy`` also the
-    per-token entropy ``[B, T]``."""
+    per-token entropy ``[B, T]``. ``window``: only on those columns (module docstring), 0 elsewhere."""
     def fn(model, mb, emb):
-        logits = _forward(model, mb, emb)
-        lp = aligned_logprobs(logits, mb["input_ids"], temperature)
-        return (lp, aligned_entropy(logits, temperature)) if with_entropy else lp
+        lp, ent = _aligned(model, mb, emb, window, temperature, with_entropy)
+        return (lp, ent) if with_entropy else lp
 
     return _forward_micro(model, batch, num_micro_batches, fn)
 
@@ -273,13 +306,7 @@ def compute_sequence_logprobs(model, batch: dict, average: bool = False, num_mic
 
 def _scores(model, mb, emb):
     """Scalar head at the last real token of each row: [rows] float32."""
-    h = _forward(model, mb, emb, return_hidden=True)
-    am = mb["attention_mask"].astype(bool)
-    last = am.shape[1] - 1 - jnp.argmax(am[:, ::-1], axis=1)
-    hl = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
-    if getattr(model, "score_head", None) is None:
-        raise ValueError("bt_rm_step needs a model with a scalar head (scalar_head=True)")
-    return jnp.dot(hl.astype(jnp.float32), model.score_head.kernel[...].astype(jnp.float32))[:, 0]
+    return model.score(mb["input_ids"], mb["attention_mask"], position_ids=mb["position_ids"], image_embeds=emb)
 
 
 def _check_pairs(batch, m):
@@ -323,14 +350,20 @@ def dpo_step(state: TrainState, batch: dict, cfg: DPOConfig = DPOConfig()):
     return state, _apply(state, grads, metrics)
 
 
-@functools.partial(nnx.jit, static_argnames=("cfg",))
-def sft_step(state: TrainState, batch: dict, cfg: SFTConfig = SFTConfig()):
-    """One SFT update: token-mean next-token loss over ``loss_mask`` of the whole mini-batch."""
-    _require(batch, ("input_ids", "loss_mask"), "sft_step")
+@functools.partial(nnx.jit, static_argnames=("cfg", "window"))
+def sft_step(state: TrainState, batch: dict, cfg: SFTConfig = SFTConfig(), window: int = 0):
+    """One SFT update: token-mean next-token loss over ``loss_mask`` of the whole mini-batch.
+    ``window``: logits only on the target columns (module docstring)."""
+    _require(batch, ("input_ids", "loss_mask") + (("window_start",) if window else ()), "sft_step")
     denom = jnp.sum(jnp.asarray(batch["loss_mask"], jnp.float32)[:, 1:])
 
     def micro_loss(model, mb, emb):
-        loss, met = sft.sft_loss(_forward(model, mb, emb), mb["input_ids"], mb["loss_mask"], denominator=denom)
+        if window:
+            logits, cols, valid = _window_logits(model, mb, emb, window)
+            mask = gather_columns(mb["loss_mask"], cols) * valid
+            loss, met = sft.target_loss(logits, gather_columns(mb["input_ids"], cols), mask, denominator=denom)
+        else:
+            loss, met = sft.sft_loss(_forward(model, mb, emb), mb["input_ids"], mb["loss_mask"], denominator=denom)
         return loss, {"loss": met["loss"], "accuracy": met["accuracy"]}
 
     _, grads, metrics = _accumulate_grads(state.model, batch, cfg.num_micro_batches, micro_loss)

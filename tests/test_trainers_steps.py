@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models as tm  # noqa: E402
 
 from grlhfv_jax import models, sharding  # noqa: E402
-from grlhfv_jax.rl import optim, train  # noqa: E402
-
+from grlhfv_jax.rl import logprobs, optim  # noqa: E402
+from grlhfv_jax.trainers import steps  # noqa: E402
 
 # ------------------------------------------------------------------------------------ optimiser
 
@@ -106,7 +106,8 @@ def grpo_run(hf_config, data):
     """Old log-probs via compute_logprobs; one reference update; one sharded grpo_step."""
     tx = optax.sgd(1.0)  # SGD: parameter change = gradient, so the comparison is tight
     ref_model = _make_model(hf_config)
-    old = np.asarray(train.compute_logprobs(ref_model, data))
+    ref_model_init = _make_model(hf_config)  # stays at the initial weights
+    old = np.asarray(steps.compute_logprobs(ref_model, data))
     rng = np.random.default_rng(1)
     batch = dict(data, old_logp=old,
                  ref_logp=(old + 0.1 * rng.normal(size=old.shape) * data["response_mask"]).astype(np.float32),
@@ -143,16 +144,16 @@ def grpo_run(hf_config, data):
     # --- grpo_step on a 2x2x2 mesh with 2 micro-batches
     mesh = sharding.make_mesh((2, 2, 2))
     model = sharding.shard_model(_make_model(hf_config), mesh)
-    state = train.TrainState(model, tx)
+    state = steps.TrainState(model, tx)
     sb = sharding.shard_batch(batch, mesh)
-    cfg = train.GRPOConfig(num_micro_batches=2)
-    _, m0 = train.grpo_step(state, sb, cfg)
+    cfg = steps.GRPOConfig(num_micro_batches=2)
+    _, m0 = steps.grpo_step(state, sb, cfg)
     after_1 = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     losses = [float(m0["loss"])]
     for _ in range(3):
-        _, m = train.grpo_step(state, sb, cfg)
+        _, m = steps.grpo_step(state, sb, cfg)
         losses.append(float(m["loss"]))
-    return dict(batch=batch, old=old, ref_model=ref_model, ref_loss=float(ref_loss), ref_lp0=np.asarray(ref_lp0),
+    return dict(batch=batch, old=old, ref_model=ref_model, ref_model_init=ref_model_init, ref_loss=float(ref_loss), ref_lp0=np.asarray(ref_lp0),
                 ref_metrics={k: float(v) for k, v in ref_aux.items()},
                 state=state, m0={k: float(v) for k, v in m0.items()}, losses=losses,
                 params_after_1=after_1)
@@ -193,6 +194,76 @@ def test_grpo_params_match_after_one_step(grpo_run, hf_config):
     assert any("visual" in str(k) and np.max(np.abs(want[k] - init[k])) > 1e-6 for k in want)  # vision too
 
 
+def test_window_helpers_hand_cases():
+    mask = np.array([[0, 0, 1, 1, 0, 0],      # targets at columns 2..3
+                     [0, 0, 0, 0, 1, 1],      # 4..5
+                     [1, 0, 0, 0, 0, 0]])     # column 0 never counts: no target
+    start, length = logprobs.window_start_and_length(mask, multiple=2)
+    np.testing.assert_array_equal(start, [2, 4, 1])
+    assert length == 2
+    _, length = logprobs.window_start_and_length(np.array([[0, 1, 0, 0, 1, 0]]), multiple=3)
+    assert length == 5  # columns 1..4 need 4, rounded up to 6, capped at T - 1 = 5
+    cols, valid = logprobs.window_columns(jnp.array([2, 4, 1]), 3, 6)
+    np.testing.assert_array_equal(cols, [[2, 3, 4], [4, 5, 5], [1, 2, 3]])
+    np.testing.assert_array_equal(valid, [[1, 1, 1], [1, 1, 0], [1, 1, 1]])
+    x = jnp.arange(18.0).reshape(3, 6)
+    np.testing.assert_array_equal(logprobs.gather_columns(x, cols), [[2, 3, 4], [10, 11, 11], [13, 14, 15]])
+    back = logprobs.scatter_columns(logprobs.gather_columns(x, cols), cols, valid, 6)
+    np.testing.assert_array_equal(back, [[0, 0, 2, 3, 4, 0], [0, 0, 0, 0, 10, 11], [0, 13, 14, 15, 0, 0]])
+
+
+@pytest.fixture(scope="module")
+def windowed(data):
+    """The data's response window (rows start at different columns: right padding)."""
+    start, length = logprobs.window_start_and_length(data["response_mask"], multiple=4)
+    return dict(data, window_start=start), length
+
+
+def test_compute_logprobs_on_a_window_equals_full_on_the_targets(grpo_run, windowed):
+    batch, length = windowed
+    assert length < batch["input_ids"].shape[1] - 1  # the window really is narrower than the row
+    lp = np.asarray(steps.compute_logprobs(grpo_run["ref_model_init"], batch, window=length))
+    mask = batch["response_mask"] > 0
+    np.testing.assert_allclose(lp[mask], grpo_run["old"][mask], atol=2e-6)
+    cols = batch["window_start"][:, None] + np.arange(length)
+    off = np.ones_like(mask)
+    off[np.arange(len(cols))[:, None], np.clip(cols, 0, mask.shape[1] - 1)] = False
+    np.testing.assert_array_equal(lp[off], 0.0)
+
+
+def test_grpo_step_on_a_window_equals_plain_update(grpo_run, windowed, hf_config):
+    batch, length = windowed
+    batch = dict(grpo_run["batch"], window_start=batch["window_start"])
+    model = _make_model(hf_config)
+    state = steps.TrainState(model, optax.sgd(1.0))
+    _, m = steps.grpo_step(state, {k: jnp.asarray(v) for k, v in batch.items()},
+                           steps.GRPOConfig(num_micro_batches=2), window=length)
+    assert float(m["loss"]) == pytest.approx(grpo_run["ref_loss"], rel=1e-4, abs=1e-6)
+    for key in ("pg_loss", "kl", "entropy"):
+        assert float(m[key]) == pytest.approx(grpo_run["ref_metrics"][key], rel=1e-4, abs=1e-6), key
+    want = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(grpo_run["ref_model"], nnx.Param))}
+    got = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=2e-6, err_msg=str(k))
+    with pytest.raises(KeyError, match="window_start"):
+        steps.grpo_step(state, grpo_run["batch"], steps.GRPOConfig(), window=length)
+
+
+def test_sft_step_on_a_window_equals_full(grpo_run, windowed, hf_config):
+    batch, length = windowed
+    mask = batch["loss_mask"]
+    want = -(grpo_run["old"] * mask).sum() / mask[:, 1:].sum()   # from the fp32 forward
+    after = []
+    for w in (length, 0):
+        model = _make_model(hf_config)
+        _, m = steps.sft_step(steps.TrainState(model, optax.sgd(1.0)), batch, window=w)
+        assert float(m["loss"]) == pytest.approx(want, rel=1e-5), w
+        assert float(m["num_tokens"]) == mask[:, 1:].sum()
+        after.append({k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))})
+    for k in after[0]:
+        np.testing.assert_allclose(after[0][k], after[1][k], rtol=1e-4, atol=2e-6, err_msg=str(k))
+
+
 def test_grpo_loss_goes_down(grpo_run):
     losses = grpo_run["losses"]
     assert losses[-1] < losses[0] - 1e-3, losses
@@ -211,10 +282,10 @@ def test_bt_rm_step(hf_config, data):
     r = np.asarray(score(model, data), np.float64)
     rc, rr = r[0::2], r[1::2]
     want = np.mean(np.log1p(np.exp(-(rc - rr)))) + 0.001 * np.mean(r ** 2)
-    state = train.TrainState(model, *_adamw())
+    state = steps.TrainState(model, *_adamw())
     losses = []
     for _ in range(3):
-        _, m = train.bt_rm_step(state, data, train.BTConfig(num_micro_batches=2))
+        _, m = steps.bt_rm_step(state, data, steps.BTConfig(num_micro_batches=2))
         losses.append(float(m["loss"]))
     assert losses[0] == pytest.approx(want, rel=1e-4)
     assert losses[-1] < losses[0] and float(m["accuracy"]) >= 0.5
@@ -224,13 +295,13 @@ def test_bt_rm_step(hf_config, data):
 def test_dpo_step(hf_config, data, grpo_run):
     # reference log-probs: the tiny model at init == the GRPO fixture's pre-update log-probs
     old = grpo_run["old"]
-    seq = train.compute_sequence_logprobs(_make_model(hf_config), data, num_micro_batches=2)
+    seq = steps.compute_sequence_logprobs(_make_model(hf_config), data, num_micro_batches=2)
     np.testing.assert_allclose(np.asarray(seq), (old * data["loss_mask"]).sum(1), rtol=1e-5, atol=1e-4)
     batch = dict(data, ref_logps=np.asarray(seq))
-    state = train.TrainState(_make_model(hf_config), *_adamw())
+    state = steps.TrainState(_make_model(hf_config), *_adamw())
     losses = []
     for _ in range(3):
-        _, m = train.dpo_step(state, batch, train.DPOConfig(beta=0.5, num_micro_batches=2))
+        _, m = steps.dpo_step(state, batch, steps.DPOConfig(beta=0.5, num_micro_batches=2))
         losses.append(float(m["loss"]))
     assert losses[0] == pytest.approx(math.log(2), rel=1e-4)  # policy == reference
     assert losses[-1] < losses[0] - 1e-3
@@ -242,10 +313,10 @@ def test_sft_step_bf16_compute_fp32_params(hf_config, data, grpo_run):
     mask = data["loss_mask"]
     want = -(old * mask).sum() / mask[:, 1:].sum()
     model = _make_model(hf_config, dtype=jnp.bfloat16, param_dtype=jnp.float32)
-    state = train.TrainState(model, *_adamw(lr=1e-2))
+    state = steps.TrainState(model, *_adamw(lr=1e-2))
     losses = []
     for _ in range(3):
-        _, m = train.sft_step(state, data, train.SFTConfig(num_micro_batches=2))
+        _, m = steps.sft_step(state, data, steps.SFTConfig(num_micro_batches=2))
         losses.append(float(m["loss"]))
     assert losses[0] == pytest.approx(want, rel=2e-2)  # bf16 compute vs the fp32 forward
     assert losses[-1] < losses[0] - 0.05
@@ -256,8 +327,8 @@ def test_sft_step_bf16_compute_fp32_params(hf_config, data, grpo_run):
 def test_step_input_errors(grpo_run, data):
     state = grpo_run["state"]
     with pytest.raises(KeyError, match="old_logp"):
-        train.grpo_step(state, {k: data[k] for k in ("input_ids", "attention_mask", "response_mask")})
+        steps.grpo_step(state, {k: data[k] for k in ("input_ids", "attention_mask", "response_mask")})
     with pytest.raises(ValueError, match="num_micro_batches=3"):
-        train.sft_step(state, data, train.SFTConfig(num_micro_batches=3))
+        steps.sft_step(state, data, steps.SFTConfig(num_micro_batches=3))
     with pytest.raises(ValueError, match="pairs"):
-        train.bt_rm_step(state, data, train.BTConfig(num_micro_batches=8))
+        steps.bt_rm_step(state, data, steps.BTConfig(num_micro_batches=8))
