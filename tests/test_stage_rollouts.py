@@ -219,3 +219,43 @@ def test_pooled_order_advantages_by_hand():
     np.testing.assert_allclose(np.asarray(learner.response_advantages(rewards[[0, 2]], np.ones(8), "grpo")), 0.0)
     with pytest.raises(ValueError, match="both orders"):
         grm_rl.pooled_order_advantages(rewards[:3], "grpo")
+
+
+def test_grpo_learner_splits_rows_over_8_devices_and_matches_one_device(monkeypatch):
+    """`grpo_update` on a model sharded over a 2x2x2 mesh of fake devices: the step receives its
+    rows split over (data, fsdp) (each device a quarter of the rows, not a replica) and the update
+    equals the one of the same learner on one device."""
+    from tiny_models import tiny_hf_config  # tests/ is on sys.path
+
+    from grlhfv_jax import sharding
+
+    hf = tiny_hf_config("qwen2_vl").to_dict()
+    rng = np.random.default_rng(3)
+    ids = rng.integers(3, 90, (4, 6)).astype(np.int32)
+    prompts = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    gen = generate(models.from_config(hf, rngs=nnx.Rngs(0)), prompts, max_new_tokens=3, temperature=1.0,
+                   num_samples=4, rng=jax.random.key(0))
+    rewards = rng.random((4, 4))
+    seen = []
+    real_step = steps.grpo_step
+
+    def recording_step(state, batch, cfg, window=0):
+        seen.append({k: (v.sharding, v.shape) for k, v in batch.items()})
+        return real_step(state, batch, cfg, window=window)
+
+    monkeypatch.setattr(steps, "grpo_step", recording_step)
+    after = []
+    for mesh in (sharding.make_mesh((2, 2, 2)), None):
+        model, ref = (models.from_config(hf, rngs=nnx.Rngs(0)) for _ in range(2))
+        if mesh is not None:
+            model, ref = sharding.shard_model(model, mesh), sharding.shard_model(ref, mesh)
+        state = steps.TrainState(model, __import__("optax").sgd(0.1))
+        learner.grpo_update(state, ref, prompts, gen, rewards, pad_id=0, cfg=steps.GRPOConfig(), mini_batches=1)
+        after.append({str(k): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))})
+    rows, shape = seen[0]["input_ids"]
+    assert shape[0] == 16 and len(rows.device_set) == 8
+    assert rows.shard_shape(shape) == (4, shape[1])  # 16 rows over data x fsdp = 4 shards of 4
+    assert seen[0]["advantages"][0].shard_shape((16,)) == (4,)
+    assert len(seen[1]["input_ids"][0].device_set) == 1
+    for k in after[1]:
+        np.testing.assert_allclose(after[0][k], after[1][k], rtol=1e-4, atol=1e-6, err_msg=k)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 
-import jax.numpy as jnp
 
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import pipeline
@@ -51,7 +50,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     def make_batch(step):
         b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
         b.pop("valid")
-        jb = {k: jnp.asarray(v) for k, v in b.items()}
+        jb = loop.place_batch(ref, b)
         b["ref_logps"] = steps.compute_sequence_logprobs(ref, jb, average=sec.loss_type == "ipo")
         return b
 

@@ -113,10 +113,9 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     from rewards by ``cfg.advantage_estimator``.
     Returns the mean of the step metrics plus rollout metrics.
     """
-    import jax.numpy as jnp
 
     from grlhfv_jax.rl import grpo
-    from grlhfv_jax.trainers import steps
+    from grlhfv_jax.trainers import loop, steps
 
     P, G = rewards.shape
     model = state.model
@@ -139,7 +138,7 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     # the LM head runs only on the response columns [Tp, Tp + R): the loss reads nothing else
     window = int(tokens.shape[1])
     batch["window_start"] = np.full(P * G, Tp, np.int32)
-    jb = {k: jnp.asarray(v) for k, v in batch.items()}
+    jb = loop.place_batch(ref_model, batch)
     batch["ref_logp"] = np.asarray(steps.compute_logprobs(ref_model, {k: jb[k] for k in (
         "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start") if k in jb}, window=window))
     if P % mini_batches:
@@ -149,7 +148,7 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     for m in range(mini_batches):
         idx = np.arange(m * per * G, (m + 1) * per * G)
         mb = select_rows(batch, idx, image_token_id=tok_id, merge_size=merge)
-        state, met = steps.grpo_step(state, {k: jnp.asarray(v) for k, v in mb.items()}, cfg, window=window)
+        state, met = steps.grpo_step(state, loop.place_batch(state.model, mb), cfg, window=window)
         step_metrics.append({k: float(v) for k, v in met.items()})
     out = {k: float(np.mean([s[k] for s in step_metrics])) for k in step_metrics[0]}
     keep = valid.astype(bool)

@@ -8,6 +8,8 @@ RL) and write their outputs; nothing here knows a stage.
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import numpy as np
 
@@ -57,6 +59,26 @@ def freeze_params(tx, prefixes: tuple[str, ...]):
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
+def place_batch(model, batch: dict) -> dict:
+    """A batch dict on the model's mesh: rows split over the data axes (`sharding.shard_batch`:
+    each device holds its share of the rows, not a replica; per-host rows on multi-host runs
+    come from the caller's `process_slice`), images replicated; non-arrays passed through. Rows
+    that do not split evenly are replicated, with a warning. A model on one device gets plain
+    device arrays."""
+    mesh = sharding.model_mesh(model)
+    if mesh is not None and mesh.size > 1:
+        n = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape]))
+        rows = {int(v.shape[0]) for k, v in batch.items() if k not in sharding.REPLICATED_BATCH_KEYS
+                and hasattr(v, "shape") and len(v.shape) > 0}
+        if all(r % n == 0 for r in rows):
+            return sharding.shard_batch(batch, mesh)
+        warnings.warn(f"a batch of {sorted(rows)} rows does not split over the {n} data-parallel devices: it is "
+                      "replicated (every device computes all of it); make batch sizes multiples of "
+                      f"{n}", stacklevel=2)
+        return sharding.shard_batch(batch, mesh, replicated_keys=tuple(batch))
+    return {k: jax.numpy.asarray(v) if hasattr(v, "shape") and hasattr(v, "dtype") else v for k, v in batch.items()}
+
+
 class NonFiniteLossError(FloatingPointError):
     """A training loss became NaN/inf; the last good checkpoint is kept."""
 
@@ -69,7 +91,8 @@ def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckp
                log_every: int = 10, ckpt_every: int = 50, on_log=None) -> dict:
     """Runs `steps` updates, resuming from the newest checkpoint in `ckpt_dir`.
 
-    make_batch(step) -> batch dict (deterministic in `step`, so a resumed run sees the same data);
+    make_batch(step) -> batch dict (deterministic in `step`, so a resumed run sees the same data;
+    placed on the model's mesh by `place_batch`) or anything the step function takes;
     step_fn(state, batch) -> (state, metrics). Logs every `log_every` steps under stage `name`,
     checkpoints every `ckpt_every` steps and at the end. Each checkpoint also holds the last logged
     metrics and those gathered since, so a run resumed from any checkpoint (even the final one:
@@ -103,6 +126,8 @@ def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckp
     try:
         for step in bar:
             batch = make_batch(step)
+            if isinstance(batch, dict):
+                batch = place_batch(state.model, batch)
             state, metrics = step_fn(state, batch)
             if "loss" in metrics and not np.isfinite(float(metrics["loss"])):
                 ckpt.wait()

@@ -4,8 +4,9 @@ return_hidden=)``, ``model.logits(hidden)``, ``model.rope_index`` -> positions `
 (M-RoPE ``[3, B, T]`` or 1-D ``[B, T]``); with images ``model.encode_images`` and
 ``model.image_token_mask``; for BT RMs ``model.score(..., position_ids=, image_embeds=)``).
 
-One call = one optimizer update on one mini-batch, accumulated over ``num_micro_batches`` equal
-slices of its rows (a `jax.lax.scan`, so memory is that of one micro-batch). Images: the vision
+One call = one optimizer update on one mini-batch (the train state is donated: its old buffers
+are reused for the new one, so params and optimizer state are not held twice at peak),
+accumulated over ``num_micro_batches`` equal slices of its rows (a `jax.lax.scan`, so memory is that of one micro-batch). Images: the vision
 tower runs once on the whole mini-batch; each micro-batch reads its own slice of the image
 embeddings, and the embeddings' gradients go back through the tower once at the end
 (`jax.vjp`), so the update equals the one without micro-batching. Positions (M-RoPE) come from
@@ -255,7 +256,7 @@ def _apply(state: TrainState, grads, metrics: dict) -> dict:
 # ------------------------------------------------------------------------------------- GRPO
 
 
-@functools.partial(nnx.jit, static_argnames=("cfg", "window"))
+@functools.partial(nnx.jit, static_argnames=("cfg", "window"), donate_argnums=0)
 def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig(), window: int = 0):
     """One GRPO update. Returns (state, metrics): loss, pg_loss, kl, entropy, clip_frac,
     clip_frac_lower, ppo_kl, approx_kl, ratio_mean, grad_norm, lr, response_length_mean.
@@ -315,7 +316,7 @@ def _check_pairs(batch, m):
         raise ValueError(f"{b} rows must be pairs (chosen, rejected) split evenly into {m} micro-batches")
 
 
-@functools.partial(nnx.jit, static_argnames=("cfg",))
+@functools.partial(nnx.jit, static_argnames=("cfg",), donate_argnums=0)
 def bt_rm_step(state: TrainState, batch: dict, cfg: BTConfig = BTConfig()):
     """One Bradley-Terry reward-model update on interleaved (chosen, rejected) rows."""
     m = cfg.num_micro_batches
@@ -331,7 +332,7 @@ def bt_rm_step(state: TrainState, batch: dict, cfg: BTConfig = BTConfig()):
     return state, _apply(state, grads, metrics)
 
 
-@functools.partial(nnx.jit, static_argnames=("cfg",))
+@functools.partial(nnx.jit, static_argnames=("cfg",), donate_argnums=0)
 def dpo_step(state: TrainState, batch: dict, cfg: DPOConfig = DPOConfig()):
     """One DPO update on interleaved (chosen, rejected) rows with precomputed ``ref_logps``."""
     m = cfg.num_micro_batches
@@ -350,7 +351,7 @@ def dpo_step(state: TrainState, batch: dict, cfg: DPOConfig = DPOConfig()):
     return state, _apply(state, grads, metrics)
 
 
-@functools.partial(nnx.jit, static_argnames=("cfg", "window"))
+@functools.partial(nnx.jit, static_argnames=("cfg", "window"), donate_argnums=0)
 def sft_step(state: TrainState, batch: dict, cfg: SFTConfig = SFTConfig(), window: int = 0):
     """One SFT update: token-mean next-token loss over ``loss_mask`` of the whole mini-batch.
     ``window``: logits only on the target columns (module docstring)."""
