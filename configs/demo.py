@@ -95,8 +95,8 @@ def get_config(arg: str = ""):
     # pool_orders: one GRPO group per pair holds the 2 x 4 judgments of its two orders. With a group
     # per order, a pair the judge decides by position is right in one order and wrong in the other,
     # every sample alike: both groups have zero spread, zero advantage, and the pair stays decided
-    # by position (70-90% of groups by step 65; position consistency 0.39-0.43 on 2 of 5 runs).
-    # Pooled, those judgments get +0.94 / -0.94 (docs/results.md)
+    # by position (70-90% of groups by step 65; position consistency 0.39-0.43 on the two runs that
+    # failed, 0.58 on both once pooled). Pooled, those judgments get +0.94 / -0.94 (docs/results.md)
     c.grm_rl = dict(steps=150, pairs_per_step=16, group_size=4, mini_batches=2, max_len=120, max_new_tokens=36,
                     temperature=1.0, lr=1e-3, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, clip_eps=0.2,
                     clip_eps_high=0.2, entropy_coef=0.0, position_debias=True, consistency_reward=False,

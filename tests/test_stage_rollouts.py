@@ -194,7 +194,8 @@ def test_sampling_params_and_engine_protocols():
     assert p.replace(seed=3).seed == 3 and p.seed == 0
     for bad, key in ((dict(max_new_tokens=0), "max_new_tokens"), (dict(max_new_tokens=2, top_p=0.0), "top_p"),
                      (dict(max_new_tokens=2, temperature=-1), "temperature"),
-                     (dict(max_new_tokens=2, num_samples=0), "num_samples"), (dict(max_new_tokens=2, top_k=-1), "top_k")):
+                     (dict(max_new_tokens=2, num_samples=0), "num_samples"),
+                     (dict(max_new_tokens=2, top_k=-1), "top_k")):
         with pytest.raises(ValueError, match=key):
             SamplingParams(**bad)
     assert isinstance(EngineRollout(None, eos_token_id=2), Rollout)

@@ -153,7 +153,8 @@ def grpo_run(hf_config, data):
     for _ in range(3):
         _, m = steps.grpo_step(state, sb, cfg)
         losses.append(float(m["loss"]))
-    return dict(batch=batch, old=old, ref_model=ref_model, ref_model_init=ref_model_init, ref_loss=float(ref_loss), ref_lp0=np.asarray(ref_lp0),
+    return dict(batch=batch, old=old, ref_model=ref_model, ref_model_init=ref_model_init, ref_loss=float(ref_loss),
+                ref_lp0=np.asarray(ref_lp0),
                 ref_metrics={k: float(v) for k, v in ref_aux.items()},
                 state=state, m0={k: float(v) for k, v in m0.items()}, losses=losses,
                 params_after_1=after_1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 
-
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.stages import ConfigError, check_section, common, sft
@@ -55,8 +54,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
         return b
 
     last = loop.train_loop(section, state, steps=sec.steps, make_batch=make_batch,
-                             step_fn=lambda s, b: steps.dpo_step(s, b, cfg), writer=writer,
-                             ckpt_dir=os.path.join(workdir, "dpo", "ckpt"), log_every=int(sec.log_every),
-                             ckpt_every=int(sec.ckpt_every))
+                           step_fn=lambda s, b: steps.dpo_step(s, b, cfg), writer=writer,
+                           ckpt_dir=os.path.join(workdir, "dpo", "ckpt"), log_every=int(sec.log_every),
+                           ckpt_every=int(sec.ckpt_every))
     export_hf(state.model, output_dir(workdir))
     return {f"dpo/train_{k}": v for k, v in last.items() if k in ("loss", "accuracy")}

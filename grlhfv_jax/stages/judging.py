@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from grlhfv_jax.rl import grm_reward
-from grlhfv_jax.rollout import Judge, SamplingParams, generate
+from grlhfv_jax.rollout import Judge, SamplingParams
 from grlhfv_jax.stages import common
 
 
@@ -27,20 +27,19 @@ class GRMJudge:
                  frozen: bool = True):
         self.grm, self.codec = grm, codec
         self.rows, self.max_len, self.max_prompts = int(rows), int(max_len), int(max_prompts)
-        self._split = nnx.split(grm) if frozen else None
+        self._engine = common.engine_rollout(grm, codec, frozen=frozen)
+        self._split = self._engine._split
 
     def judge(self, items: Sequence[tuple], params: SamplingParams) -> list[str]:
-        codec, split = self.codec, self._split or nnx.split(self.grm)
+        codec = self.codec
         texts: list[str] = []
         for start in range(0, len(items), self.rows):
             chunk = items[start:start + self.rows]
             ex = [codec.grm_example(q, img, r1, r2) for q, img, r1, r2 in chunk]
             b = common.batch(ex, codec, side="left", max_len=self.max_len)
-            out = generate(self.grm, b, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
-                           top_p=params.top_p, top_k=params.top_k, eos_token_id=codec.eos_id,
-                           num_samples=params.num_samples, rng=jax.random.key(params.seed + start),
-                           pad_token_id=codec.pad_id, model_split=split)
-            texts.extend(codec.decode(np.asarray(out.tokens), np.asarray(out.lengths))[:len(chunk) * params.num_samples])
+            out = self._engine.generate(b, params.replace(seed=params.seed + start))
+            keep = len(chunk) * params.num_samples
+            texts.extend(codec.decode(np.asarray(out.tokens), np.asarray(out.lengths))[:keep])
         return texts
 
     def judge_groups(self, groups: Sequence[tuple], params: SamplingParams) -> list[list[str]]:

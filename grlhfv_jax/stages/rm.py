@@ -62,9 +62,9 @@ def run(config, workdir: str, writer, section: str) -> dict:
         return b
 
     loop.train_loop("rm", state, steps=sec.steps, make_batch=make_batch,
-                      step_fn=lambda s, b: steps.bt_rm_step(s, b, cfg), writer=writer,
-                      ckpt_dir=os.path.join(workdir, "rm", "ckpt"), log_every=int(sec.log_every),
-                      ckpt_every=int(sec.ckpt_every))
+                    step_fn=lambda s, b: steps.bt_rm_step(s, b, cfg), writer=writer,
+                    ckpt_dir=os.path.join(workdir, "rm", "ckpt"), log_every=int(sec.log_every),
+                    ckpt_every=int(sec.ckpt_every))
     export_hf(state.model, output_dir(workdir))
     summary = {}
     if sec.eval_pairs:

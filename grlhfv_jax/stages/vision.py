@@ -117,8 +117,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
         return {"pixel_values": pv, "labels": labels}
 
     loop.train_loop(section, state, steps=sec.steps, make_batch=make_batch, step_fn=make_step(grid), writer=writer,
-                      ckpt_dir=os.path.join(workdir, "vision", "ckpt"), log_every=int(sec.log_every),
-                      ckpt_every=int(sec.ckpt_every))
+                    ckpt_dir=os.path.join(workdir, "vision", "ckpt"), log_every=int(sec.log_every),
+                    ckpt_every=int(sec.ckpt_every))
     # held-out images (another stream): accuracy of the heads on the trained tower
     correct, n_eval = np.zeros(len(W.ATTRS)), int(sec.eval_images)
     for i, start in enumerate(range(0, n_eval, B)):

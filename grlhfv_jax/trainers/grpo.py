@@ -1,4 +1,5 @@
-"""Glue between the sampler and the trainers: sampled responses -> training sequences.
+"""The GRPO learner: sampled responses -> training rows, advantages, reference log-probs, and
+the mini-batch updates (`grpo_update`).
 
 A training row is the left-padded prompt followed by the sampled response (right-padded):
 

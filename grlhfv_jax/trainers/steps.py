@@ -4,12 +4,12 @@ return_hidden=)``, ``model.logits(hidden)``, ``model.rope_index`` -> positions `
 (M-RoPE ``[3, B, T]`` or 1-D ``[B, T]``); with images ``model.encode_images`` and
 ``model.image_token_mask``; for BT RMs ``model.score(..., position_ids=, image_embeds=)``).
 
-One call = one optimizer update on one mini-batch (the train state is donated: its old buffers
-are reused for the new one, so params and optimizer state are not held twice at peak),
-accumulated over ``num_micro_batches`` equal slices of its rows (a `jax.lax.scan`, so memory is that of one micro-batch). Images: the vision
-tower runs once on the whole mini-batch; each micro-batch reads its own slice of the image
-embeddings, and the embeddings' gradients go back through the tower once at the end
-(`jax.vjp`), so the update equals the one without micro-batching. Positions (M-RoPE) come from
+One call = one optimizer update on one mini-batch (the train state is donated: its old buffers are
+reused for the new one, so params and optimizer state are not held twice at peak), accumulated over
+``num_micro_batches`` equal slices of its rows (a `jax.lax.scan`, so memory is that of one
+micro-batch). Images: the vision tower runs once on the whole mini-batch; each micro-batch reads its own
+slice of the image embeddings, and the embeddings' gradients go back through the tower once at the
+end (`jax.vjp`), so the update equals the one without micro-batching. Positions (M-RoPE) come from
 ``model.rope_index`` on the whole mini-batch.
 
 Batches (dicts of arrays, leading dim = rows; right padding usual, any padding works):
