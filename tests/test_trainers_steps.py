@@ -265,6 +265,38 @@ def test_sft_step_on_a_window_equals_full(grpo_run, windowed, hf_config):
         np.testing.assert_allclose(after[0][k], after[1][k], rtol=1e-4, atol=2e-6, err_msg=str(k))
 
 
+def _rows(data, rows):
+    """Rows `rows` of the fixture as a batch of their own, trimmed to their longest row (right
+    padding), with their images' patches."""
+    rows = list(rows)
+    width = int(data["attention_mask"][rows].sum(1).max())
+    patches = np.prod(data["image_grid_thw"], axis=1)
+    start = np.concatenate([[0], np.cumsum(patches)])
+    out = {k: data[k][rows, :width] for k in ("input_ids", "attention_mask", "loss_mask")}
+    out["pixel_values"] = np.concatenate([data["pixel_values"][start[i]:start[i + 1]] for i in rows])
+    out["image_grid_thw"] = data["image_grid_thw"][rows]
+    return out
+
+
+def test_sft_step_on_parts_of_two_widths_equals_one_batch(grpo_run, data, hf_config):
+    mask = data["loss_mask"]
+    want = -(grpo_run["old"] * mask).sum() / mask[:, 1:].sum()   # from the fp32 forward
+    short, long = _rows(data, range(4)), _rows(data, range(4, 8))
+    assert short["input_ids"].shape[1] < long["input_ids"].shape[1] <= data["input_ids"].shape[1]
+    after = []
+    for batch in ((short, long), data):
+        model = _make_model(hf_config)
+        _, m = steps.sft_step(steps.TrainState(model, optax.sgd(1.0)), batch,
+                              window=(0, 0) if isinstance(batch, tuple) else 0)
+        assert float(m["loss"]) == pytest.approx(want, rel=1e-5)
+        assert float(m["num_tokens"]) == mask[:, 1:].sum()
+        after.append({k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))})
+    for k in after[0]:
+        np.testing.assert_allclose(after[0][k], after[1][k], rtol=1e-4, atol=2e-6, err_msg=str(k))
+    with pytest.raises(ValueError, match="2 batch parts but 3 windows"):
+        steps.sft_step(steps.TrainState(_make_model(hf_config), optax.sgd(1.0)), (short, long), window=(0, 0, 0))
+
+
 def test_grpo_loss_goes_down(grpo_run):
     losses = grpo_run["losses"]
     assert losses[-1] < losses[0] - 1e-3, losses

@@ -93,6 +93,8 @@ SFT = {
     "grm": {
         **_SFT_TARGET,
         "vqa_fraction": Key("float", 0.5, "fraction of each batch that is question answering, not judging"),
+        "vqa_max_len": Key("int", 64, "tokens per question-answering row (its own part of the batch, "
+                                      "narrower than max_len)"),
     },
     **_logging(10, 100),
 }

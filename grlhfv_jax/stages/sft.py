@@ -148,13 +148,18 @@ def run(config, workdir: str, writer, section: str) -> dict:
             def make_batch(step, judg=judg, vqa=vqa, n_vqa=n_vqa, tc=tc):
                 ex = [codec.grm_example(r["question"], r["image"], r["response_1"], r["response_2"], r["judgment"])
                       for r in judg[step]]
-                if n_vqa:
-                    ex += [codec.example(r["question"], r["image"], r["answer"]) for r in vqa[step]]
-                return _to_train(common.batch(ex, codec, side="right", max_len=tc.max_len))
+                b = _to_train(common.batch(ex, codec, side="right", max_len=tc.max_len))
+                if not n_vqa:
+                    return b
+                # the short answers in a part of their own width: one loss over both parts
+                # (steps.sft_step), without padding them to the judgments' max_len
+                vq = [codec.example(r["question"], r["image"], r["answer"]) for r in vqa[step]]
+                v = _to_train(common.batch(vq, codec, side="right", max_len=tc.vqa_max_len))
+                return {"parts": (b, v), "window": (b.pop("window"), v.pop("window"))}
 
         last = loop.train_loop(
             f"sft_{target}", state, steps=tc.steps, make_batch=make_batch,
-            step_fn=lambda s, b: steps.sft_step(s, b, window=b.pop("window")), writer=writer,
+            step_fn=lambda s, b: steps.sft_step(s, b.get("parts", b), window=b.pop("window")), writer=writer,
             ckpt_dir=os.path.join(workdir, "sft", f"ckpt_{target}"),
             log_every=int(sec.log_every), ckpt_every=int(sec.ckpt_every))
         result = {f"sft/{target}_{k}": v for k, v in last.items() if k in ("loss", "accuracy")}

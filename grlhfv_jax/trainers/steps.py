@@ -352,21 +352,38 @@ def dpo_step(state: TrainState, batch: dict, cfg: DPOConfig = DPOConfig()):
 
 
 @functools.partial(nnx.jit, static_argnames=("cfg", "window"), donate_argnums=0)
-def sft_step(state: TrainState, batch: dict, cfg: SFTConfig = SFTConfig(), window: int = 0):
+def sft_step(state: TrainState, batch, cfg: SFTConfig = SFTConfig(), window=0):
     """One SFT update: token-mean next-token loss over ``loss_mask`` of the whole mini-batch.
-    ``window``: logits only on the target columns (module docstring)."""
-    _require(batch, ("input_ids", "loss_mask") + (("window_start",) if window else ()), "sft_step")
-    denom = jnp.sum(jnp.asarray(batch["loss_mask"], jnp.float32)[:, 1:])
+    ``window``: logits only on the target columns (module docstring).
 
-    def micro_loss(model, mb, emb):
-        if window:
-            logits, cols, valid = _window_logits(model, mb, emb, window)
-            mask = gather_columns(mb["loss_mask"], cols) * valid
-            loss, met = sft.target_loss(logits, gather_columns(mb["input_ids"], cols), mask, denominator=denom)
-        else:
-            loss, met = sft.sft_loss(_forward(model, mb, emb), mb["input_ids"], mb["loss_mask"], denominator=denom)
-        return loss, {"loss": met["loss"], "accuracy": met["accuracy"]}
+    ``batch`` may also be a tuple of parts of different widths (rows of one width each, e.g. long
+    judgments and short answers) with ``window`` a tuple of one window per part: the loss and its
+    gradient are those of the parts' rows in one batch (one token count over all parts), without
+    padding the short rows to the long ones."""
+    parts = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+    windows = tuple(window) if isinstance(window, (tuple, list)) else (window,) * len(parts)
+    if len(windows) != len(parts):
+        raise ValueError(f"sft_step: {len(parts)} batch parts but {len(windows)} windows")
+    for part, w in zip(parts, windows):
+        _require(part, ("input_ids", "loss_mask") + (("window_start",) if w else ()), "sft_step")
+    denom = sum(jnp.sum(jnp.asarray(p["loss_mask"], jnp.float32)[:, 1:]) for p in parts)
 
-    _, grads, metrics = _accumulate_grads(state.model, batch, cfg.num_micro_batches, micro_loss)
+    def micro_loss(w):
+        def loss_fn(model, mb, emb):
+            if w:
+                logits, cols, valid = _window_logits(model, mb, emb, w)
+                mask = gather_columns(mb["loss_mask"], cols) * valid
+                loss, met = sft.target_loss(logits, gather_columns(mb["input_ids"], cols), mask, denominator=denom)
+            else:
+                loss, met = sft.sft_loss(_forward(model, mb, emb), mb["input_ids"], mb["loss_mask"],
+                                         denominator=denom)
+            return loss, {"loss": met["loss"], "accuracy": met["accuracy"]}
+        return loss_fn
+
+    grads = metrics = None
+    for part, w in zip(parts, windows):   # unrolled: each part has its own shapes
+        _, g, met = _accumulate_grads(state.model, part, cfg.num_micro_batches, micro_loss(w))
+        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+        metrics = met if metrics is None else jax.tree.map(jnp.add, metrics, met)
     metrics["num_tokens"] = denom
     return state, _apply(state, grads, metrics)
