@@ -84,6 +84,8 @@ def run(config, workdir: str, restart: bool = False) -> dict:
     full = stages.validate(config)  # before any compilation: errors name the key; defaults filled in
     state = prepare_workdir(config, workdir, restart)  # records the config as given
     config = full
+    from grlhfv_jax import precision
+    print(f"[run] matmul precision: {precision.apply(config)}", flush=True)
     writer = MetricsWriter(workdir, tensorboard=config.tensorboard)
     summary = update_summary(workdir, {})  # what earlier runs in this workdir found
     try:

@@ -9,3 +9,5 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+# the precision a float32 run gets (grlhfv_jax.precision): the parity tests hold on GPUs / TPUs too
+jax.config.update("jax_default_matmul_precision", "highest")

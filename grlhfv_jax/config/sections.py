@@ -177,6 +177,8 @@ CONFIG = {
     "stages": Key("list", REQUIRED, "stages to run, in order"),
     "mesh_shape": Key("list", (1, -1, 1), "device mesh over (data, fsdp, tensor); one -1 = the rest"),
     "tensorboard": Key("bool", True, "also write TensorBoard event files"),
+    "matmul_precision": Key("str", "auto", "fp32 matmuls on GPU / TPU: auto (highest when a model computes "
+                                           "in float32), highest, high or default (grlhfv_jax.precision)"),
     "grm_template": Key("str?", None, "GRM prompt template (None: the paper's, rl.grm_reward.GRM_TEMPLATE)"),
     "data": DATA,
     "image": IMAGE,

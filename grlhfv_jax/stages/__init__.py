@@ -13,6 +13,7 @@ import importlib
 from typing import Any, Callable
 
 from grlhfv_jax import config as config_schema
+from grlhfv_jax import precision
 from grlhfv_jax.config import ConfigError
 
 # stage name -> module (under grlhfv_jax.stages) and the config section it reads.
@@ -66,6 +67,7 @@ def validate(config):
         if len(shape) != 3 or sum(1 for d in shape if d == -1) > 1 or any(d == 0 or d < -1 for d in shape):
             raise ConfigError(f"config.mesh_shape = {shape}: expected 3 positive sizes over "
                                                 "(data, fsdp, tensor), at most one -1")
+    precision.resolve(config)
     for name in config.stages:
         module = _module(name)
         module.validate(config, STAGES[name][1])
