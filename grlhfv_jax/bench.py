@@ -1,6 +1,7 @@
 """Benchmarks. Each subcommand prints ONE JSON object on stdout (progress goes to stderr).
 
     python -m grlhfv_jax.bench rollout [--batch 16 --prompt-tokens 64 --image-size 224 --new-tokens 128 ...]
+    python -m grlhfv_jax.bench vision [--images 32 --patches 1024 --depth 2 --embed 1280 --heads 16]
 
 rollout: generated tokens/s of our sampler (grlhfv_jax.rollout.generate) and of transformers'
 PyTorch `generate` (KV cache) on the same randomly initialised Qwen2-VL config and the same
@@ -9,6 +10,9 @@ text tokens per row), same new-token count (no EOS: every row generates all toke
 of CPU threads. Our compile time is excluded from our rate and reported separately. On a GPU /
 TPU it also reports decode tokens/s and the fraction of the HBM-bandwidth roofline:
 (bytes of the decoder's params + the KV cache read per step) / step time / peak bandwidth.
+
+vision: temporary memory of one vision-tower forward with dense attention over all patches of the
+call vs per-frame (banded) attention, from XLA's buffer assignment (no weights allocated).
 
 Add a subcommand: write `def bench_x(args) -> dict`, an `_add_x(subparsers)` for its options,
 and register both in `SUBCOMMANDS`.
@@ -266,7 +270,79 @@ def _add_rollout(sub):
     return p
 
 
-SUBCOMMANDS = {"rollout": (_add_rollout, bench_rollout)}
+def vision_hf_config(args) -> dict:
+    """A Qwen2-VL config whose vision tower has the given shape (Qwen2-VL-2B's: embed 1280, 16
+    heads, MLP ratio 4) and a one-layer text model (not run)."""
+    return dict(
+        model_type="qwen2_vl", image_token_id=251, video_token_id=252, vision_start_token_id=253,
+        vision_end_token_id=254,
+        text_config=dict(vocab_size=256, hidden_size=args.out_hidden, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, rms_norm_eps=1e-6,
+                         max_position_embeddings=1024, eos_token_id=2, pad_token_id=0,
+                         rope_parameters=dict(rope_type="default", mrope_section=[4, 6, 6], rope_theta=1e6)),
+        vision_config=dict(depth=args.depth, embed_dim=args.embed, hidden_size=args.out_hidden,
+                           num_heads=args.heads, mlp_ratio=4, patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2, in_channels=3))
+
+
+def bench_vision(args) -> dict:
+    """Temporary memory (XLA's buffer assignment) of one vision-tower forward, dense attention over
+    every patch of the call vs per frame (`vision_block` = the patches of one image), and, with
+    --time, the banded forward's time on this machine. Compiled from shapes: no weights allocated."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from grlhfv_jax import models
+
+    side = int(round(args.patches ** 0.5))
+    if side * side != args.patches or side % 2:
+        raise SystemExit(f"--patches {args.patches}: expected the square of an even number (e.g. 1024 = 32 x 32)")
+    n = args.images * args.patches
+    dtype = getattr(jnp, args.dtype)
+    grid = np.tile([[1, side, side]], (args.images, 1)).astype(np.int32)
+    pv = jax.ShapeDtypeStruct((n, 3 * 2 * 14 * 14), dtype)
+    out = dict(images=args.images, patches_per_image=args.patches, depth=args.depth, embed=args.embed,
+               heads=args.heads, dtype=args.dtype, platform=jax.devices()[0].platform)
+    for name, block in (("dense", 0), ("per_frame", args.patches)):
+        abstract = nnx.eval_shape(lambda b=block: models.from_config(vision_hf_config(args), dtype=dtype,
+                                                                     vision_block=b))
+        graphdef, state = nnx.split(abstract)
+
+        def encode(st, x, g, graphdef=graphdef):
+            return nnx.merge(graphdef, st).encode_images(x, g)
+
+        _log(f"[vision] compiling {name} ({n} patches)")
+        compiled = jax.jit(encode).lower(state, pv, jax.ShapeDtypeStruct(grid.shape, jnp.int32)).compile()
+        mem = compiled.memory_analysis()
+        out[f"{name}_temp_bytes"] = int(mem.temp_size_in_bytes)
+        if args.time and block:
+            real = nnx.split(models.from_config(vision_hf_config(args), dtype=dtype, vision_block=block))[1]
+            x = jnp.asarray(np.random.default_rng(0).standard_normal(pv.shape), dtype)
+            jax.block_until_ready(compiled(real, x, grid))
+            t = time.perf_counter()
+            for _ in range(args.time):
+                jax.block_until_ready(compiled(real, x, grid))
+            out[f"{name}_forward_s"] = (time.perf_counter() - t) / args.time
+    out["temp_ratio_dense_over_per_frame"] = out["dense_temp_bytes"] / max(out["per_frame_temp_bytes"], 1)
+    return out
+
+
+def _add_vision(sub):
+    p = sub.add_parser("vision", help="vision-tower memory: dense vs per-frame attention")
+    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--patches", type=int, default=1024, help="patches per image (a square grid)")
+    p.add_argument("--depth", type=int, default=2, help="vision blocks (the scores of one block dominate)")
+    p.add_argument("--embed", type=int, default=1280)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--out-hidden", type=int, default=64)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--time", type=int, default=0, help="timed forwards of the per-frame tower (0: memory only)")
+    return p
+
+
+SUBCOMMANDS = {"rollout": (_add_rollout, bench_rollout), "vision": (_add_vision, bench_vision)}
 
 
 def main(argv=None):

@@ -80,6 +80,12 @@ def load_image_processor(
     return proc
 
 
+def max_frame_patches(proc) -> int:
+    """The most patches one image frame can have after `proc` resizes it (max_pixels / patch^2):
+    the vision attention block that makes per-frame attention exact (`VLConfig.vision_block`)."""
+    return int(proc.size["longest_edge"]) // int(proc.patch_size) ** 2
+
+
 # ----------------------------------------------------------------------------- chat text
 
 

@@ -72,6 +72,18 @@ def test_logit_parity(pair):
         _close(_logits(model, dict(b, pixel_values=pv.astype(np.float32))), ref, b["attention_mask"])
 
 
+def test_banded_vision_attention_parity(pair):
+    """vision_block: each frame attends within a band of blocks, linear in the patches. IMG_ROWS has
+    frames of 96, 24 and 16 patches: with blocks of 100 the 24-patch frame straddles two blocks and
+    the last block is padding; logits equal transformers' (which attends per frame)."""
+    family, i, path, tmodel, model = pair
+    b = tm.make_batch(IMG_ROWS, pad_side="left", seed=i)
+    ref = tm.torch_forward(tmodel, b).logits.numpy()
+    _close(_logits(load_pretrained(path, vision_block=100), b), ref, b["attention_mask"])
+    if i == 0:   # a frame (96 patches) longer than the block: NaN, not a silently wrong answer
+        assert np.isnan(_logits(load_pretrained(path, vision_block=64), b)[b["input_ids"] == tm.IMAGE]).all()
+
+
 def test_text_left_padding_and_rope_index(pair):
     """Left-padded text-only batch (torch given its own get_rope_index positions, since its
     text-only default ignores padding) and rope_index == get_rope_index on every batch."""

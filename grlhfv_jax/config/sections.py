@@ -43,6 +43,8 @@ MODEL = {
     "dtype": Key("str", "float32", "compute dtype (float32, bfloat16, ...)"),
     "param_dtype": Key("str", "float32", "master-weight dtype"),
     "remat": Key("bool", False, "recompute activations in the backward pass (saves memory)"),
+    "vision_block": Key("int?", None, "patches per vision attention block (None: the largest frame the image "
+                                      "processor makes, per-frame attention linear in the images; 0: dense)"),
 }
 
 DATA = {

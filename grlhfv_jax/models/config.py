@@ -61,6 +61,7 @@ class VLConfig:
     dtype: Any = jnp.float32          # compute dtype
     param_dtype: Any = jnp.float32    # parameter (master weight) dtype
     remat: bool = False               # rematerialise each decoder / vision block
+    vision_block: int = 0             # patches per vision attention block (0: dense; models/vision.py)
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
@@ -95,7 +96,7 @@ def read_config_json(path: str) -> dict:
 
 
 def parse_hf_config(hf: dict, **runtime) -> VLConfig:
-    """Builds a `VLConfig` from an HF config dict (either layout). `runtime`: dtype, param_dtype, remat."""
+    """Builds a `VLConfig` from an HF config dict (either layout). `runtime`: dtype, param_dtype, remat, vision_block."""
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedModelError(

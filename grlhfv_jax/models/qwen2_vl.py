@@ -259,10 +259,11 @@ class Qwen2VL(nnx.Module):
         return jnp.dot(hl.astype(jnp.float32), w.astype(jnp.float32))[:, 0]
 
 
-def from_config(config, *, rngs=None, dtype=jnp.float32, scalar_head=False, param_dtype=None, remat=False):
+def from_config(config, *, rngs=None, dtype=jnp.float32, scalar_head=False, param_dtype=None, remat=False,
+                vision_block=0):
     """Randomly initialised model from an HF config dict (either layout) or a VLConfig.
     dtype: compute dtype; param_dtype: parameter dtype (default: dtype)."""
     rngs = rngs if rngs is not None else nnx.Rngs(0)
-    runtime = dict(dtype=dtype, param_dtype=param_dtype or dtype, remat=remat)
+    runtime = dict(dtype=dtype, param_dtype=param_dtype or dtype, remat=remat, vision_block=int(vision_block))
     cfg = config.replace(**runtime) if isinstance(config, VLConfig) else parse_hf_config(config, **runtime)
     return Qwen2VL(cfg, rngs=rngs, scalar_head=scalar_head)

@@ -3,7 +3,9 @@ MLP blocks, windowed attention except in `fullatt_block_indexes`), with the 2x2 
 
 Jittable with `image_grid_thw` as a traced [n_images, 3] array: attention stays within each
 image frame (and, for windowed blocks, within each window) through masks built from per-patch
-segment ids, so no data-dependent shapes appear. A window mask on the processor's patch order
+segment ids, so no data-dependent shapes appear. Dense ([N, N] mask over all N patches of a call:
+quadratic in the number of images) unless `VLConfig.vision_block` > 0: then banded
+(`banded_attention`, linear in N; exact when no frame has more patches than the block). A window mask on the processor's patch order
 is equivalent to transformers' permute-into-windows + reverse permutation (attention is
 permutation-equivariant and the permutation moves whole merge units).
 """
@@ -43,6 +45,42 @@ def patch_layout(image_grid_thw, num_patches: int, spatial_merge_size: int, wind
     return out
 
 
+def banded_attention(q, k, v, ids, block: int, dtype):
+    """Attention of N patches among those with equal ids (per image frame, or window), linear in N.
+
+    q, k, v [N, H, D]; ids: a tuple of [N] int arrays, a patch attends to the patches equal to it in
+    every one. The patches are cut into blocks of `block`; block i attends to blocks i-1, i, i+1,
+    which hold every patch of its segments when no segment is longer than `block` patches and
+    segments are contiguous (frames are; a window lies inside its frame). Then this equals dense
+    masked attention (the masked-out keys have probability 0 in both). Cost N x 3 x block instead
+    of N x N. Returns [N, H, D]."""
+    N, H, D = q.shape
+    nb = -(-N // block)
+    pad = nb * block - N
+
+    def blocks(x, fill):
+        x = jnp.concatenate([x, jnp.full((pad,) + x.shape[1:], fill, x.dtype)]) if pad else x
+        return x.reshape((nb, block) + x.shape[1:])
+
+    def band(x, fill):   # [nb, block, ...] -> [nb, 3 * block, ...]: blocks i-1, i, i+1
+        edge = jnp.full((1,) + x.shape[1:], fill, x.dtype)
+        prev = jnp.concatenate([edge, x[:-1]])
+        nxt = jnp.concatenate([x[1:], edge])
+        return jnp.concatenate([prev, x, nxt], axis=1)
+
+    qb = blocks(q, 0)
+    kb, vb = band(blocks(k, 0), 0), band(blocks(v, 0), 0)
+    mask = None
+    for i, a in enumerate(ids):
+        # padding rows: their own id (-2), so every query row sees at least itself; edges: -3, never equal
+        aq = blocks(a.astype(jnp.int32), -2)
+        ak = band(aq, -3)
+        eq = aq[:, :, None] == ak[:, None, :]
+        mask = eq if mask is None else mask & eq
+    o = attention(qb, kb, vb, mask, dtype)                                       # [nb, block, H, D]
+    return o.reshape(nb * block, H, D)[:N]
+
+
 class VisionAttention(nnx.Module):
     def __init__(self, cfg, rngs):
         E, dt, pdt = cfg.vision_hidden_size, cfg.dtype, cfg.param_dtype
@@ -50,14 +88,18 @@ class VisionAttention(nnx.Module):
         self.qkv = Dense(E, 3 * E, axes=("vision_embed", "vision_heads"), bias=True, rngs=rngs, dtype=dt, param_dtype=pdt)
         self.proj = Dense(E, E, axes=("vision_heads", "vision_embed"), bias=True, rngs=rngs, dtype=dt, param_dtype=pdt)
 
-    def __call__(self, x, cos, sin, mask):
+    def __call__(self, x, cos, sin, mask, block: int = 0):
+        """mask: [N, N] bool (dense), or with `block` > 0 a tuple of [N] segment ids (`banded_attention`)."""
         N, E = x.shape
         H = self.num_heads
         q, k, v = jnp.moveaxis(self.qkv(x).reshape(N, 3, H, E // H), 1, 0)
         c, s = cos[:, None, :], sin[:, None, :]
         q = apply_rope(q.astype(jnp.float32), c, s).astype(self.dtype)
         k = apply_rope(k.astype(jnp.float32), c, s).astype(self.dtype)
-        o = attention(q[None], k[None], v[None], mask[None], self.dtype)[0]         # [N, H, E / H]
+        if block:
+            o = banded_attention(q, k, v, mask, block, self.dtype)                # [N, H, E / H]
+        else:
+            o = attention(q[None], k[None], v[None], mask[None], self.dtype)[0]
         return self.proj(o.reshape(N, E))
 
 
@@ -96,8 +138,8 @@ class VisionBlock(nnx.Module):
         self.attn = VisionAttention(cfg, rngs)
         self.mlp = VisionMLP(cfg, rngs)
 
-    def __call__(self, x, cos, sin, mask):
-        x = x + self.attn(self.norm1(x), cos, sin, mask)
+    def __call__(self, x, cos, sin, mask, block: int = 0):
+        x = x + self.attn(self.norm1(x), cos, sin, mask, block)
         return x + self.mlp(self.norm2(x))
 
 
@@ -127,8 +169,8 @@ class PatchMerger(nnx.Module):
         return self.mlp_2(jax.nn.gelu(self.mlp_0(x), approximate=False))
 
 
-def _block_call(block, x, cos, sin, mask):
-    return block(x, cos, sin, mask)
+def _block_call(block, x, cos, sin, mask, band=0):
+    return block(x, cos, sin, mask, band)
 
 
 class VisionTower(nnx.Module):
@@ -148,15 +190,26 @@ class VisionTower(nnx.Module):
         window = cfg.window_size // m // cfg.patch_size if cfg.is_qwen2_5 else 0
         lay = patch_layout(image_grid_thw, N, m, window)
         cos, sin = vision_rope_cos_sin(lay["hpos"], lay["wpos"], cfg.vision_head_dim, cfg.vision_rope_theta)
-        same = lay["frame"][:, None] == lay["frame"][None, :]
         # padding patches (frame -1) attend among themselves only; harmless and never read
-        full_mask = same
-        win_mask = same
-        if window:
-            win_mask = same & (lay["win_h"][:, None] == lay["win_h"][None]) & (lay["win_w"][:, None] == lay["win_w"][None])
+        band = cfg.vision_block if 0 < cfg.vision_block < N else 0
+        if band:   # per frame (per window), linear in N: segment ids, not an [N, N] mask
+            full_mask = (lay["frame"],)
+            win_mask = (lay["frame"], lay["win_h"], lay["win_w"]) if window else full_mask
+        else:
+            same = lay["frame"][:, None] == lay["frame"][None, :]
+            full_mask = win_mask = same
+            if window:
+                win_mask = same & (lay["win_h"][:, None] == lay["win_h"][None]) & (
+                    lay["win_w"][:, None] == lay["win_w"][None])
         x = self.patch_embed(pixel_values)
-        call = nnx.remat(_block_call) if cfg.remat else _block_call
+        def call(blk, x, mask):
+            f = (lambda b, h, c, s_, mk: _block_call(b, h, c, s_, mk, band))
+            return (nnx.remat(f) if cfg.remat else f)(blk, x, cos, sin, mask)
         for i, blk in enumerate(self.blocks):
             mask = full_mask if (not window or i in cfg.fullatt_block_indexes) else win_mask
-            x = call(blk, x, cos, sin, mask)
+            x = call(blk, x, mask)
+        if band:   # a frame longer than the block would have lost keys: NaN, never a silent error
+            grid = jnp.asarray(image_grid_thw)
+            too_long = jnp.max(grid[:, 1] * grid[:, 2]) > band
+            x = jnp.where(too_long, jnp.nan, x)
         return self.merger(x)

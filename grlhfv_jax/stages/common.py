@@ -36,6 +36,26 @@ def codec(config, workdir: str) -> "Codec":
     return Codec.from_dirs(paths["tokenizer_dir"], config.image, config.grm_template or None)
 
 
+def image_processor(image):
+    """The image processor of `config.image`."""
+    image = config_schema.section(image, sections.IMAGE)
+    return processing.load_image_processor(
+        image.processor_dir, min_pixels=image.min_pixels, max_pixels=image.max_pixels,
+        patch_size=image.patch_size, merge_size=image.merge_size, temporal_patch_size=image.temporal_patch_size)
+
+
+def runtime(spec, config=None) -> dict:
+    """The runtime choices of a `config.model.*` entry as `models` keywords: dtype, param_dtype,
+    remat, and vision_block (None: the most patches of one frame `config.image`'s processor makes,
+    so the tower attends per frame, linear in the number of images; dense without `config`)."""
+    spec = config_schema.section(spec, sections.MODEL)
+    block = spec.vision_block
+    if block is None:
+        block = 0 if config is None else processing.max_frame_patches(image_processor(config_schema.section(config).image))
+    return dict(dtype=DTYPES[spec.dtype], param_dtype=DTYPES[spec.param_dtype], remat=bool(spec.remat),
+                vision_block=int(block))
+
+
 def mesh_from_config(config):
     """The run's device mesh over ("data", "fsdp", "tensor") from `config.mesh_shape`."""
     return sharding.make_mesh(tuple(config_schema.section(config).mesh_shape))
@@ -57,10 +77,7 @@ class Codec:
     @classmethod
     def from_dirs(cls, tokenizer_dir: str, image: dict, grm_template: str | None = None) -> "Codec":
         tok = processing.load_tokenizer(tokenizer_dir)
-        image = config_schema.section(image, sections.IMAGE)
-        proc = processing.load_image_processor(
-            image.processor_dir, min_pixels=image.min_pixels, max_pixels=image.max_pixels,
-            patch_size=image.patch_size, merge_size=image.merge_size, temporal_patch_size=image.temporal_patch_size)
+        proc = image_processor(image)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
         return cls(tok, proc, int(pad), int(tok.convert_tokens_to_ids(processing.IM_END)),
                    grm_template or grm_reward.GRM_TEMPLATE)
@@ -140,20 +157,17 @@ def model_config(spec, codec: Codec) -> dict:
 
 
 def new_or_load(spec, codec: Codec, *, seed: int, scalar_head: bool = False, from_path: str | None = None,
-                mesh=None):
+                mesh=None, config=None):
     """A model: loaded from `from_path` (an HF folder written by an earlier stage), else from
-    `spec.path` (a real checkpoint), else randomly initialised from `spec.hf_config`."""
+    `spec.path` (a real checkpoint), else randomly initialised from `spec.hf_config`; with the
+    runtime choices of `spec` (`runtime`; vision_block from `config.image`, else dense)."""
     spec = config_schema.section(spec, sections.MODEL)
-    dtype = DTYPES[spec.dtype]  # compute dtype
-    param_dtype = DTYPES[spec.param_dtype]  # master weights
+    rt = runtime(spec, config)
     path = from_path or spec.path
     if path:
-        model = models.load_pretrained(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh,
-                                       scalar_head=scalar_head)
+        model = models.load_pretrained(path, mesh=mesh, scalar_head=scalar_head, **rt)
     else:
-        model = models.from_config(model_config(spec, codec), rngs=nnx.Rngs(seed), dtype=dtype,
-                                   param_dtype=param_dtype, scalar_head=scalar_head,
-                                   remat=bool(spec.remat))
+        model = models.from_config(model_config(spec, codec), rngs=nnx.Rngs(seed), scalar_head=scalar_head, **rt)
         if mesh is not None:
             sharding.shard_model(model, mesh)
     return model
@@ -184,5 +198,5 @@ def load_stage_output(path: str, hint: str, config=None, spec=None, *, scalar_he
         raise FileNotFoundError(f"{path} is missing: {hint}")
     spec = config_schema.section(spec or {}, sections.MODEL)
     mesh = mesh_from_config(config) if config is not None else None
-    return models.load_pretrained(path, dtype=DTYPES[spec.dtype], param_dtype=DTYPES[spec.param_dtype], mesh=mesh,
-                                  scalar_head=scalar_head)
+    rt = runtime(spec, config)
+    return models.load_pretrained(path, mesh=mesh, scalar_head=scalar_head, **rt)

@@ -50,7 +50,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
         raise FileNotFoundError(f"{init} is missing: run 'sft' first or set config.{section}.init = 'random'")
     spec = config.model.get("rm", config.model.grm)
     model = common.new_or_load(spec, codec, seed=config.seed + 7, scalar_head=True, from_path=init,
-                               mesh=common.mesh_from_config(config))
+                               mesh=common.mesh_from_config(config), config=config)
     state = loop.make_train_state(model, sec, sec.steps)
     ds = pipeline.dataset(paths["data_dir"], "grm_train", world, seed=config.seed + 3, num_epochs=None,
                           batch_size=sec.pairs_per_step)

@@ -122,7 +122,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
             continue
         tc = sec[target]
         model = common.new_or_load(config.model[target], codec, seed=config.seed + (target == "grm"),
-                                   mesh=common.mesh_from_config(config))
+                                   mesh=common.mesh_from_config(config), config=config)
         if tc.pretrained_vision:
             from grlhfv_jax.stages import vision
             vision.copy_tower(model, workdir, config, config.model[target])

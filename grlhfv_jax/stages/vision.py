@@ -96,7 +96,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     world = data_stage.world_config(config)
     codec = common.codec(config, workdir)
     mesh = common.mesh_from_config(config)
-    model = common.new_or_load(config.model[sec.model], codec, seed=config.seed + 7, mesh=mesh)
+    model = common.new_or_load(config.model[sec.model], codec, seed=config.seed + 7, mesh=mesh, config=config)
     B = int(sec.batch_size)
 
     def images(stream, index, n):

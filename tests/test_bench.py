@@ -1,0 +1,13 @@
+"""Benchmark scripts print JSON; here the vision one's figures at tiny sizes: per-frame attention
+memory grows linearly with the number of images, dense attention quadratically."""
+from grlhfv_jax import bench
+
+
+def test_vision_memory_is_linear_in_images_per_frame_and_quadratic_dense(capsys):
+    small, large = (bench.main(["vision", "--images", str(n), "--patches", "64", "--depth", "1", "--embed", "32",
+                                "--heads", "4"]) for n in (8, 32))
+    assert capsys.readouterr().out.count("{") == 2          # one JSON object per call on stdout
+    # 4x the images: per frame at most 4x the memory (+10%), dense at least 8x (the scores: 16x)
+    assert large["per_frame_temp_bytes"] <= 4.4 * small["per_frame_temp_bytes"]
+    assert large["dense_temp_bytes"] >= 8.0 * small["dense_temp_bytes"]
+    assert large["temp_ratio_dense_over_per_frame"] > small["temp_ratio_dense_over_per_frame"] > 2
