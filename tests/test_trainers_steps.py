@@ -297,6 +297,28 @@ def test_sft_step_on_parts_of_two_widths_equals_one_batch(grpo_run, data, hf_con
         steps.sft_step(steps.TrainState(_make_model(hf_config), optax.sgd(1.0)), (short, long), window=(0, 0, 0))
 
 
+def test_a_frozen_tower_skips_its_backward_with_the_same_update(data, hf_config):
+    """frozen_vision: image embeddings as constants. The update of every trained parameter equals
+    the one with the tower's backward (whose gradients the frozen optimizer zeroes anyway); the
+    tower stays as it was."""
+    from grlhfv_jax.trainers import loop
+    after, losses = [], []
+    for skip in (False, True):
+        model = _make_model(hf_config)
+        before = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+        state = steps.TrainState(model, loop.freeze_params(optax.sgd(1.0), ("visual",)), frozen_vision=skip)
+        _, m = steps.sft_step(state, data, steps.SFTConfig(num_micro_batches=2))
+        losses.append(float(m["loss"]))
+        after.append({k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    moved = [k for k in after[0] if not np.array_equal(after[0][k], before[k])]
+    assert moved and all(k[0] != "visual" for k in moved)
+    for k in after[0]:
+        np.testing.assert_allclose(after[1][k], after[0][k], rtol=1e-5, atol=1e-7, err_msg=str(k))
+        if k[0] == "visual":
+            np.testing.assert_array_equal(after[1][k], before[k])
+
+
 def test_grpo_loss_goes_down(grpo_run):
     losses = grpo_run["losses"]
     assert losses[-1] < losses[0] - 1e-3, losses

@@ -31,7 +31,7 @@ def make_train_state(model, opt_cfg, total_steps: int):
     frozen = tuple(opt_cfg.freeze or ())
     if frozen:
         tx = freeze_params(tx, frozen)
-    state = steps.TrainState(model, tx, schedule)
+    state = steps.TrainState(model, tx, schedule, frozen_vision="visual" in frozen)
     mesh = sharding.model_mesh(model)
     if mesh is not None:  # optimizer state (incl. its step counter) on the model's mesh, as a restore puts it
         sharding.shard_model(state.optimizer, mesh)

@@ -55,10 +55,13 @@ class TrainState(nnx.Module):
     ``schedule`` (optional, static) lets the steps report the learning rate."""
 
     def __init__(self, model: nnx.Module, tx: optax.GradientTransformation,
-                 schedule: Optional[Callable] = None):
+                 schedule: Optional[Callable] = None, frozen_vision: bool = False):
         self.model = model
         self.optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
         self.schedule = schedule
+        # the caller's `tx` gives the vision tower zero updates: the steps skip its backward pass
+        # (its gradients are reported as 0, the update is the same)
+        self.frozen_vision = bool(frozen_vision)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,11 +166,13 @@ def _micro_embeds(padded, mb, n):
     return None if padded is None else jax.lax.dynamic_slice_in_dim(padded, mb["image_offset"], n, axis=0)
 
 
-def _accumulate_grads(model, batch, m: int, micro_loss):
+def _accumulate_grads(model, batch, m: int, micro_loss, vision_grads: bool = True):
     """Sum over micro-batches of grad(micro_loss) w.r.t. the model's nnx.Params.
 
     micro_loss(model, mb, image_embeds) -> (loss, metrics); the caller scales it so the sum over
-    micro-batches is the mini-batch loss. Returns (loss, grads State, summed metrics)."""
+    micro-batches is the mini-batch loss. vision_grads=False: the image embeddings are constants
+    (a frozen tower: no backward pass through it; its gradients are 0).
+    Returns (loss, grads State, summed metrics)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     mbs = _plan(model, batch, m)
 
@@ -175,7 +180,18 @@ def _accumulate_grads(model, batch, m: int, micro_loss):
         return micro_loss(nnx.merge(graphdef, p, rest), mb, emb)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    if _has_images(batch):
+    if _has_images(batch) and not vision_grads:
+        embeds = jax.lax.stop_gradient(model.encode_images(jnp.asarray(batch["pixel_values"]),
+                                                           jnp.asarray(batch["image_grid_thw"])))
+        n = embeds.shape[0]
+        padded = jnp.concatenate([embeds, jnp.zeros_like(embeds)], axis=0)
+
+        def body(g_acc, mb):
+            (loss, met), g = jax.value_and_grad(f, has_aux=True)(params, mb, _micro_embeds(padded, mb, n))
+            return jax.tree.map(jnp.add, g_acc, g), (loss, met)
+
+        grads, (losses, mets) = jax.lax.scan(body, zeros, mbs)
+    elif _has_images(batch):
         pv, grid = jnp.asarray(batch["pixel_values"]), jnp.asarray(batch["image_grid_thw"])
         embeds, enc_vjp = jax.vjp(lambda p: nnx.merge(graphdef, p, rest).encode_images(pv, grid), params)
         n = embeds.shape[0]
@@ -274,7 +290,8 @@ def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig(), wi
         return grpo_loss(cfg, logp, mb["old_logp"], mb["ref_logp"], mb["advantages"], mb["response_mask"],
                          entropy=ent, denominator=denom)
 
-    _, grads, metrics = _accumulate_grads(state.model, batch, cfg.num_micro_batches, micro_loss)
+    _, grads, metrics = _accumulate_grads(state.model, batch, cfg.num_micro_batches, micro_loss,
+                                         vision_grads=not state.frozen_vision)
     metrics["response_length_mean"] = jnp.mean(jnp.sum(mask, axis=1))
     return state, _apply(state, grads, metrics)
 
@@ -328,7 +345,7 @@ def bt_rm_step(state: TrainState, batch: dict, cfg: BTConfig = BTConfig()):
         loss, met = bt_rm.bt_loss(r[:, 0], r[:, 1], reg=cfg.reg)
         return loss / m, jax.tree.map(lambda x: x / m, met)
 
-    _, grads, metrics = _accumulate_grads(state.model, batch, m, micro_loss)
+    _, grads, metrics = _accumulate_grads(state.model, batch, m, micro_loss, vision_grads=not state.frozen_vision)
     return state, _apply(state, grads, metrics)
 
 
@@ -347,7 +364,7 @@ def dpo_step(state: TrainState, batch: dict, cfg: DPOConfig = DPOConfig()):
                                  loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
         return loss / m, jax.tree.map(lambda x: x / m, met)
 
-    _, grads, metrics = _accumulate_grads(state.model, batch, m, micro_loss)
+    _, grads, metrics = _accumulate_grads(state.model, batch, m, micro_loss, vision_grads=not state.frozen_vision)
     return state, _apply(state, grads, metrics)
 
 
@@ -382,7 +399,8 @@ def sft_step(state: TrainState, batch, cfg: SFTConfig = SFTConfig(), window=0):
 
     grads = metrics = None
     for part, w in zip(parts, windows):   # unrolled: each part has its own shapes
-        _, g, met = _accumulate_grads(state.model, part, cfg.num_micro_batches, micro_loss(w))
+        _, g, met = _accumulate_grads(state.model, part, cfg.num_micro_batches, micro_loss(w),
+                                     vision_grads=not state.frozen_vision)
         grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
         metrics = met if metrics is None else jax.tree.map(jnp.add, metrics, met)
     metrics["num_tokens"] = denom
