@@ -50,3 +50,17 @@ def test_the_checker_sees_a_violation(tmp_path):
     f.write_text("import flax.nnx\ndef f():\n    from ..models import qwen2_vl\n    from . import grpo\n")
     got = imported(f, "grlhfv_jax.rl")
     assert {"flax.nnx", "grlhfv_jax.models.qwen2_vl", "grlhfv_jax.rl.grpo"} <= got
+
+
+# The world's own stages (its data and its vision pretraining) may read it; every training and
+# evaluation stage reads data through `data.sources` (a real dataset plugs in there).
+WORLD_STAGES = ("__init__.py", "data.py", "vision.py")
+
+
+def test_training_and_evaluation_stages_see_data_only_through_sources():
+    files = [f for f in sorted((PKG / "stages").glob("*.py")) if f.name not in WORLD_STAGES]
+    assert {"sft.py", "grm_rl.py", "policy_rl.py", "evaluate.py", "rm.py", "dpo.py"} <= {f.name for f in files}
+    banned = ("grlhfv_jax.data.world", "grlhfv_jax.data.pipeline", "grlhfv_jax.data.synthetic_tfds")
+    bad = [(f.name, m) for f in files for m in sorted(imported(f, "grlhfv_jax.stages"))
+           if any(m == p or m.startswith(p + ".") for p in banned)]
+    assert not bad, f"stages import the world directly: {bad}"

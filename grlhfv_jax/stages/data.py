@@ -7,7 +7,7 @@ import os
 
 from grlhfv_jax import config as config_schema
 from grlhfv_jax.config import sections
-from grlhfv_jax.data import pipeline
+from grlhfv_jax.data import pipeline, sources
 from grlhfv_jax.data import world as W
 from grlhfv_jax.stages import ConfigError, check_section
 
@@ -59,6 +59,16 @@ def paths(config, workdir: str) -> dict:
         raise FileNotFoundError(f"{path} is missing: run the 'data' stage first (add it to config.stages)")
     with open(path) as f:
         return json.load(f)
+
+
+def source(config, workdir: str) -> sources.WorldSource:
+    """The run's data source (`data.sources`): the synthetic world this stage wrote."""
+    return sources.WorldSource(paths(config, workdir)["data_dir"], world_config(config))
+
+
+def hooks(config) -> sources.WorldHooks:
+    """The evaluation hooks of the run's source, before its data exists (for validation)."""
+    return sources.WorldHooks()
 
 
 def run(config, workdir: str, writer, section: str) -> dict:

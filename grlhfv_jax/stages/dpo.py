@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 from grlhfv_jax.checkpoint import export_hf
-from grlhfv_jax.data import pipeline
 from grlhfv_jax.stages import ConfigError, check_section, common, sft
 from grlhfv_jax.stages import data as data_stage
 from grlhfv_jax.trainers import loop, steps
@@ -37,13 +36,11 @@ def output_dir(workdir: str) -> str:
 
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
-    paths = data_stage.paths(config, workdir)
-    world = data_stage.world_config(config)
+    src = data_stage.source(config, workdir)
     codec = common.codec(config, workdir)
     policy, ref = sft.trainee_and_reference(config, workdir, "policy")
     state = loop.make_train_state(policy, sec, sec.steps)
-    ds = pipeline.dataset(paths["data_dir"], "grm_train", world, seed=config.seed + 5, num_epochs=None,
-                          batch_size=sec.pairs_per_step)
+    ds = src.dataset("grm_train", seed=config.seed + 5, batch_size=sec.pairs_per_step)
     cfg = steps.DPOConfig(beta=float(sec.beta), loss_type=sec.loss_type, label_smoothing=float(sec.label_smoothing))
 
     def make_batch(step):

@@ -16,8 +16,7 @@ import os
 
 import numpy as np
 
-from grlhfv_jax.data import pipeline
-from grlhfv_jax.data import world as W
+from grlhfv_jax.data import sources
 from grlhfv_jax.rl import grm_reward
 from grlhfv_jax.rollout import SamplingParams
 from grlhfv_jax.stages import check_section, common, grm_rl, judging, sft
@@ -59,18 +58,18 @@ def answers(model, codec, recs, *, max_len: int, max_new_tokens: int, rows: int 
     return texts, np.array(done)
 
 
-def scored_answers(model, codec, recs, sec, *, samples: int = 0, seed: int = 0):
+def scored_answers(model, codec, recs, sec, hooks, *, samples: int = 0, seed: int = 0):
     """Greedy answers (`samples=0`) or `samples` per prompt at temperature 1, with their oracle
-    scores. `sec` holds max_len and max_new_tokens. Returns (texts, finished, scores [N])."""
+    scores (`hooks`: the data source's). `sec` holds max_len and max_new_tokens.
+    Returns (texts, finished, scores [N])."""
     k = max(int(samples), 1)
     texts, done = answers(model, codec, recs, max_len=sec.max_len, max_new_tokens=sec.max_new_tokens, samples=k,
                           temperature=1.0 if samples else 0.0, seed=seed)
-    prompts = [r for r in recs for _ in range(k)]
-    return texts, done, np.array([W.oracle_score(r["scene"], r["question"], a) for r, a in zip(prompts, texts)])
+    return texts, done, sources.oracle_scores(hooks, recs, texts, per_record=k)
 
 
-def hedges(answer: str) -> bool:
-    return W.style_description(answer) == "hedges"
+def hedges(answer: str, hooks) -> bool:
+    return hooks.style(answer) == "hedges"
 
 
 def praises(answer: str) -> bool:
@@ -79,24 +78,26 @@ def praises(answer: str) -> bool:
 
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
-    paths = data_stage.paths(config, workdir)
-    world = data_stage.world_config(config)
+    src = data_stage.source(config, workdir)
+    if src.hooks is None:
+        raise ValueError("the 'evaluate' stage scores answers with the data source's oracle, and this source has none")
     codec = common.codec(config, workdir)
-    recs = pipeline.load_records(paths["data_dir"], "policy_test", world, n=sec.prompts)
+    recs = src.records("policy_test", n=sec.prompts)
     summary, texts, per_prompt = {}, {}, {}
     for name, stage, prefix, key in POLICIES:
         path = sft.output_dir(workdir, "policy") if stage is None else os.path.join(workdir, stage, "policy")
         if not os.path.isfile(os.path.join(path, "config.json")):
             continue
         model = common.load_stage_output(path, f"run the stage that writes {path}", config, config.model.policy)
-        t, done, oracle = scored_answers(model, codec, recs, sec)
+        t, done, oracle = scored_answers(model, codec, recs, sec, src.hooks)
         texts[name] = t
         summary[f"{prefix}oracle_score_{key}"] = float(oracle.mean())
         summary[f"{prefix}complete_rate_{key}"] = float(done.mean())
         summary[f"{prefix}length_words_{key}"] = float(np.mean([len(a.split()) for a in t]))
         summary[f"{prefix}self_praise_rate_{key}"] = float(np.mean([praises(a) for a in t]))
         if int(sec.samples):
-            ts, _, sampled = scored_answers(model, codec, recs, sec, samples=sec.samples, seed=SAMPLE_SEED + config.seed)
+            ts, _, sampled = scored_answers(model, codec, recs, sec, src.hooks, samples=sec.samples,
+                                            seed=SAMPLE_SEED + config.seed)
             summary[f"{prefix}oracle_score_sampled_{key}"] = float(sampled.mean())
             per_prompt[name] = sampled.reshape(len(recs), -1).mean(axis=1)  # the prompt is the unit of the SE
             summary[f"{prefix}oracle_score_sampled_{key}_se"] = _se(per_prompt[name])
@@ -104,7 +105,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
                 gain = per_prompt[name] - per_prompt["before"]
                 summary[f"{prefix}oracle_gain_sampled_vs_sft"] = float(gain.mean())
                 summary[f"{prefix}oracle_gain_sampled_vs_sft_se"] = _se(gain)
-            summary[f"{prefix}hedge_rate_sampled_{key}"] = float(np.mean([hedges(a) for a in ts]))
+            summary[f"{prefix}hedge_rate_sampled_{key}"] = float(np.mean([hedges(a, src.hooks) for a in ts]))
             summary[f"{prefix}self_praise_rate_sampled_{key}"] = float(np.mean([praises(a) for a in ts]))
         writer.write("evaluate", 0, {f"{name}/oracle_score": oracle.mean()})
     gpath = grm_rl.output_dir(workdir)
@@ -112,7 +113,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
         grm = common.load_stage_output(gpath, "run grm_rl", config, config.model.grm)
         for name, _, prefix, _ in POLICIES[1:]:
             if name in texts:
-                summary.update(_head_to_head(grm, codec, config, recs, texts[name], texts["before"], prefix))
+                summary.update(_head_to_head(grm, codec, config, recs, texts[name], texts["before"], prefix,
+                                             src.hooks))
     return summary
 
 
@@ -122,7 +124,7 @@ def _se(x) -> float:
     return float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan")
 
 
-def _head_to_head(grm, codec, config, recs, new, old, prefix: str) -> dict:
+def _head_to_head(grm, codec, config, recs, new, old, prefix: str, hooks) -> dict:
     """GRM and oracle win rates of `new` answers over `old` ones (both orders; ties = 0.5)."""
     sec_j = config.grm_rl
     items = [(r["question"], r["image"], a, b) for r, a, b in zip(recs, new, old)]
@@ -140,7 +142,7 @@ def _head_to_head(grm, codec, config, recs, new, old, prefix: str) -> dict:
             grm_wins.append(1.0 if a > b else 0.5 if a == b else 0.0)
     oracle_wins = []
     for r, a, b in zip(recs, new, old):
-        oa, ob = W.oracle_score(r["scene"], r["question"], a), W.oracle_score(r["scene"], r["question"], b)
+        oa, ob = hooks.oracle_score(r, a), hooks.oracle_score(r, b)
         oracle_wins.append(1.0 if oa > ob else 0.5 if oa == ob else 0.0)
     return {f"{prefix}grm_win_rate_vs_sft": float(np.mean(grm_wins)) if grm_wins else float("nan"),
             f"{prefix}oracle_win_rate_vs_sft": float(np.mean(oracle_wins))}

@@ -17,8 +17,6 @@ import os
 import numpy as np
 
 from grlhfv_jax.checkpoint import export_hf
-from grlhfv_jax.data import pipeline
-from grlhfv_jax.data import world as W
 from grlhfv_jax.rl import grm_reward, grpo
 from grlhfv_jax.rollout import SamplingParams
 from grlhfv_jax.stages import ConfigError, check_section, common, judging, sft
@@ -109,7 +107,7 @@ def evaluate_grm(grm, codec, config, sec, records_id, records_ood, prefix: str) 
     return {**m_id, **m_ood}, samples
 
 
-def save_samples(workdir: str, records, samples, limit: int = 8) -> None:
+def save_samples(workdir: str, records, samples, encode_image, limit: int = 8) -> None:
     """Writes a few judgments (with their images) for the report."""
     out = os.path.join(workdir, "samples")
     os.makedirs(out, exist_ok=True)
@@ -117,18 +115,17 @@ def save_samples(workdir: str, records, samples, limit: int = 8) -> None:
         for k, (r, s) in enumerate(zip(records[:limit], samples[:limit])):
             name = f"judgment_{k}.png"
             with open(os.path.join(out, name), "wb") as g:
-                g.write(W.encode_png(np.asarray(r["image"], np.uint8)))
+                g.write(encode_image(r["image"]))
             f.write(json.dumps(dict(s, image=name)) + "\n")
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
-    paths = data_stage.paths(config, workdir)
-    world = data_stage.world_config(config)
+    src = data_stage.source(config, workdir)
     codec = common.codec(config, workdir)
     grm, ref = sft.trainee_and_reference(config, workdir, "grm")
-    records_id = pipeline.load_records(paths["data_dir"], "grm_test_id", world, n=sec.eval_pairs)
-    records_ood = pipeline.load_records(paths["data_dir"], "grm_test_ood", world, n=sec.eval_pairs)
+    records_id = src.records("grm_test_id", n=sec.eval_pairs)
+    records_ood = src.records("grm_test_ood", n=sec.eval_pairs)
 
     summary = {}
     done_before = _previous_summary(workdir, "grm/sft_accuracy_id")
@@ -143,8 +140,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
         print(f"[grm_rl] before RL: {json.dumps({k: round(v, 3) for k, v in summary.items()})}", flush=True)
 
     state = loop.make_rl_train_state(grm, sec)
-    ds = pipeline.dataset(paths["data_dir"], "grm_train", world, seed=config.seed, num_epochs=None,
-                          batch_size=sec.pairs_per_step)
+    ds = src.dataset("grm_train", seed=config.seed, batch_size=sec.pairs_per_step)
     cfg = grpo_config(sec)
     G = sec.group_size
 
@@ -191,7 +187,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     if sec.eval_pairs:
         after, samples = evaluate_grm(state.model, codec, config, sec, records_id, records_ood, "grm/rl")
         summary.update(_rename(after, "rl"))
-        save_samples(workdir, records_id, samples)
+        save_samples(workdir, records_id, samples, src.encode_image)
         writer.write("grm_rl", sec.steps, {"eval/accuracy_id": after["grm/rl_id_accuracy"]})
     return summary
 

@@ -15,7 +15,6 @@ import os
 
 import ml_collections
 
-from grlhfv_jax.data import pipeline
 from grlhfv_jax.stages import ConfigError, check_section, common, evaluate, policy_rl, sft
 from grlhfv_jax.stages import data as data_stage
 
@@ -39,20 +38,22 @@ def validate(config, section: str) -> None:
     policy_rl.validate(probe, _section(probe, section, config[section].rewards[0], config[section].ns[0]))
 
 
-def _oracle(model, codec, recs, ev, seed: int) -> float:
-    return float(evaluate.scored_answers(model, codec, recs, ev, samples=int(ev.samples), seed=seed)[2].mean())
+def _oracle(model, codec, recs, ev, seed: int, hooks) -> float:
+    return float(evaluate.scored_answers(model, codec, recs, ev, hooks, samples=int(ev.samples), seed=seed)[2].mean())
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
     ev = config.evaluate
-    paths = data_stage.paths(config, workdir)
+    src = data_stage.source(config, workdir)
+    if src.hooks is None:
+        raise ValueError("the 'nscale' stage measures gains with the data source's oracle, and this source has none")
     codec = common.codec(config, workdir)
-    recs = pipeline.load_records(paths["data_dir"], "policy_test", data_stage.world_config(config), n=ev.prompts)
+    recs = src.records("policy_test", n=ev.prompts)
     spec = config.model.policy
     seed = evaluate.SAMPLE_SEED + config.seed
     base = _oracle(common.load_stage_output(sft.output_dir(workdir, "policy"), "run sft", config, spec), codec, recs, ev,
-                   seed)
+                   seed, src.hooks)
     path = os.path.join(workdir, "nscale.json")
     result = json.load(open(path)) if os.path.exists(path) else {}
     summary = {"nscale/oracle_sft": base}
@@ -64,7 +65,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
             policy_rl.run(config, workdir, writer, section=name, out_root=os.path.join(workdir, "nscale"))
             model = common.load_stage_output(policy_rl.output_dir(os.path.join(workdir, "nscale"), name), name,
                                              config, spec)
-            result.setdefault(reward, {})[str(n)] = _oracle(model, codec, recs, ev, seed) - base
+            result.setdefault(reward, {})[str(n)] = _oracle(model, codec, recs, ev, seed, src.hooks) - base
             with open(path, "w") as f:
                 json.dump(result, f, indent=2)
             summary[f"nscale/{reward}_gain_n{n}"] = result[reward][str(n)]

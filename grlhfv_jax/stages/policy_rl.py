@@ -8,8 +8,9 @@ counted. The same stage with `reward="rm"` (section `policy_rl_rm`) is the score
 each complete answer's reward is the Bradley-Terry RM's score (an incomplete one: the group's
 lowest minus 1, see `rm_rewards`).
 
-Every step also scores the samples with the world's oracle (the hidden principle), which the
-policy never sees: `oracle/mean` beside `reward/mean` shows whether the judge is being fooled.
+Every step also scores the samples with the data source's oracle hook when it has one (the
+synthetic world's hidden principle), which the policy never sees: `oracle/mean` beside
+`reward/mean` shows whether the judge is being fooled.
 Reads `workdir/sft/policy` and the judge; writes `workdir/<section>/policy`.
 """
 
@@ -20,8 +21,7 @@ import os
 import numpy as np
 
 from grlhfv_jax.checkpoint import export_hf
-from grlhfv_jax.data import pipeline
-from grlhfv_jax.data import world as W
+from grlhfv_jax.data import sources
 from grlhfv_jax.rl import grm_reward, grouped
 from grlhfv_jax.rollout import SamplingParams
 from grlhfv_jax.stages import ConfigError, check_section, common, grm_rl, judging, rm, sft
@@ -89,8 +89,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
     """Trains; inputs from `workdir`, outputs under `out_root` (default: workdir)."""
     out_root = out_root or workdir
     sec = config[section]
-    paths = data_stage.paths(config, workdir)
-    world = data_stage.world_config(config)
+    src = data_stage.source(config, workdir)
     codec = common.codec(config, workdir)
     policy, ref = sft.trainee_and_reference(config, workdir, "policy")
     if sec.reward == "grm":
@@ -101,8 +100,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
     else:
         judge_model = rm.load(workdir, config)
     state = loop.make_rl_train_state(policy, sec)
-    ds = pipeline.dataset(paths["data_dir"], "policy_train", world, seed=config.seed + 11, num_epochs=None,
-                          batch_size=sec.prompts_per_step)
+    ds = src.dataset("policy_train", seed=config.seed + 11, batch_size=sec.prompts_per_step)
     cfg = grm_rl.grpo_config(sec)
     n = sec.n
 
@@ -131,12 +129,12 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
             seqs.pop("response_mask")
             scores = judging.score_batch(judge_model, seqs).reshape(len(recs), n)
             rewards = rm_rewards(scores, complete)
-        oracle = np.array([[W.oracle_score(r["scene"], r["question"], t) for t in texts[p * n:(p + 1) * n]]
-                           for p, r in enumerate(recs)])
+        oracle = sources.oracle_scores(src.hooks, recs, texts, per_record=n)
         metrics = learner.grpo_update(state, ref, prompts, gen, rewards, pad_id=codec.pad_id, cfg=cfg,
                                        mini_batches=sec.mini_batches)
-        metrics["oracle/mean"] = float(oracle.mean())
-        metrics["oracle/reward_corr"] = _corr(oracle.ravel(), rewards.ravel())
+        if oracle is not None:
+            metrics["oracle/mean"] = float(oracle.mean())
+            metrics["oracle/reward_corr"] = _corr(oracle, rewards.ravel())
         if diags:
             for key in ("parse_failure_rate", "tie_rate", "position_consistency", "cycle_rate"):
                 num, den = _pool(diags, key)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 from grlhfv_jax.checkpoint import export_hf
-from grlhfv_jax.data import pipeline
 from grlhfv_jax.stages import ConfigError, check_section, common, judging, sft
 from grlhfv_jax.stages import data as data_stage
 from grlhfv_jax.trainers import loop, steps
@@ -42,8 +41,7 @@ def load(workdir: str, config=None):
 
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
-    paths = data_stage.paths(config, workdir)
-    world = data_stage.world_config(config)
+    src = data_stage.source(config, workdir)
     codec = common.codec(config, workdir)
     init = sft.output_dir(workdir, "grm") if sec.init == "sft_grm" else None
     if init and not os.path.isfile(os.path.join(init, "config.json")):
@@ -52,8 +50,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     model = common.new_or_load(spec, codec, seed=config.seed + 7, scalar_head=True, from_path=init,
                                mesh=common.mesh_from_config(config), config=config)
     state = loop.make_train_state(model, sec, sec.steps)
-    ds = pipeline.dataset(paths["data_dir"], "grm_train", world, seed=config.seed + 3, num_epochs=None,
-                          batch_size=sec.pairs_per_step)
+    ds = src.dataset("grm_train", seed=config.seed + 3, batch_size=sec.pairs_per_step)
     cfg = steps.BTConfig(reg=float(sec.reg), num_micro_batches=int(sec.num_micro_batches))
 
     def make_batch(step):
@@ -70,7 +67,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     if sec.eval_pairs:
         rows = int(sec.eval_rows)
         for split, tag in (("grm_test_id", "id"), ("grm_test_ood", "ood")):
-            recs = pipeline.load_records(paths["data_dir"], split, world, n=sec.eval_pairs)
+            recs = src.records(split, n=sec.eval_pairs)
             m = judging.rm_accuracy(state.model, codec, recs, rows=rows, max_len=sec.max_len)
             summary.update({f"baseline_rm/{k}_{tag}": v for k, v in m.items()})  # accuracy[_<pair type>]_<id|ood>
     return summary

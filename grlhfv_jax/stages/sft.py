@@ -20,8 +20,6 @@ import os
 import numpy as np
 
 from grlhfv_jax.checkpoint import export_hf, exported_summary
-from grlhfv_jax.data import pipeline
-from grlhfv_jax.data import world as W
 from grlhfv_jax.rl.logprobs import window_start_and_length
 from grlhfv_jax.stages import check_section, common
 from grlhfv_jax.stages import data as data_stage
@@ -50,7 +48,7 @@ def validate(config, section: str) -> None:
         from grlhfv_jax.stages import ConfigError
         styles = dict(sec.policy.styles)
         try:  # the same checks the data path makes
-            W.restyle(np.random.default_rng(0), "", styles)
+            data_stage.hooks(config).check_styles(styles)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config.{section}.policy.styles = {styles!r}: {e}") from None
     if "model" not in config:
@@ -90,14 +88,15 @@ def trainee_and_reference(config, workdir: str, target: str):
     return tuple(common.load_stage_output(src, hint, config, config.model[target]) for _ in range(2))
 
 
-def _examples_policy(codec, records, data: str, styles=None, seed: int = 0) -> list[dict]:
+def _examples_policy(codec, records, data: str, styles=None, seed: int = 0, restyle=None) -> list[dict]:
+    """Examples of the policy's warm start; `restyle`: the source's `hooks.restyle` (data="styled")."""
     out = []
     for r in records:
         if data == "best":
             out.append(codec.example(r["question"], r["image"], r["answer"]))
         elif data == "styled":  # the style of record i is fixed by (seed, i): the same on every epoch / resume
             rng = np.random.default_rng([seed, int(str(r["id"]).rsplit("-", 1)[-1])])
-            out.append(codec.example(r["question"], r["image"], W.restyle(rng, r["answer"], styles)))
+            out.append(codec.example(r["question"], r["image"], restyle(rng, r["answer"], styles)))
         else:
             out.append(codec.example(r["question"], r["image"], r["response_1"]))
             out.append(codec.example(r["question"], r["image"], r["response_2"]))
@@ -105,9 +104,7 @@ def _examples_policy(codec, records, data: str, styles=None, seed: int = 0) -> l
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
-    paths = data_stage.paths(config, workdir)
-    world = data_stage.world_config(config)
-    ddir = paths["data_dir"]
+    src = data_stage.source(config, workdir)
     codec = common.codec(config, workdir)
     sec = config[section]
     summary = {}
@@ -131,19 +128,20 @@ def run(config, workdir: str, writer, section: str) -> dict:
         B = tc.batch_size
         if target == "policy":
             split = "sft_grm" if tc.data == "candidates" else "sft_policy"
-            ds = pipeline.dataset(ddir, split, world, seed=config.seed, num_epochs=None, batch_size=B)
+            ds = src.dataset(split, seed=config.seed, batch_size=B)
+            if tc.data == "styled" and src.hooks is None:
+                raise ValueError(f"config.{section}.policy.data = 'styled' needs a data source that restyles answers")
 
             def make_batch(step, ds=ds, tc=tc):
-                ex = _examples_policy(codec, ds[step], tc.data, dict(tc.styles),
-                                      seed=config.seed)
+                ex = _examples_policy(codec, ds[step], tc.data, dict(tc.styles), seed=config.seed,
+                                      restyle=src.hooks and src.hooks.restyle)
                 order = np.random.default_rng([config.seed, step]).permutation(len(ex))  # same on resume
                 ex = [ex[i] for i in order[:B]]
                 return _to_train(common.batch(ex, codec, side="right", max_len=tc.max_len))
         else:
             n_vqa = int(round(B * float(tc.vqa_fraction)))
-            judg = pipeline.dataset(ddir, "sft_grm", world, seed=config.seed, num_epochs=None, batch_size=B - n_vqa)
-            vqa = pipeline.dataset(ddir, "sft_policy", world, seed=config.seed + 1, num_epochs=None,
-                                   batch_size=max(n_vqa, 1))
+            judg = src.dataset("sft_grm", seed=config.seed, batch_size=B - n_vqa)
+            vqa = src.dataset("sft_policy", seed=config.seed + 1, batch_size=max(n_vqa, 1))
 
             def make_batch(step, judg=judg, vqa=vqa, n_vqa=n_vqa, tc=tc):
                 ex = [codec.grm_example(r["question"], r["image"], r["response_1"], r["response_2"], r["judgment"])
