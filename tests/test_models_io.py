@@ -209,3 +209,18 @@ def test_legacy_flat_config_matches_transformers():
         if f.name != "hf_config":
             assert getattr(ours, f.name) == getattr(theirs, f.name), f.name
     assert (ours.head_dim, ours.vision_intermediate_size, ours.mrope_section) == (128, 5120, (16, 24, 24))
+
+
+def test_every_family_folder_exports_the_family_interface():
+    """models/families.py: model_type -> one folder per family with what models.weights and the
+    stages use (a second family is one new folder)."""
+    from grlhfv_jax.models import families
+    for model_type in families.SUPPORTED_MODEL_TYPES:
+        fam = families.family(model_type)
+        assert fam.__name__.startswith("grlhfv_jax.models.") and fam.__name__.count(".") == 2
+        assert model_type in fam.MODEL_TYPES
+        for name in ("parse_config", "build", "from_config", "hub_key", "hub_shape", "HUB_ALIASES"):
+            assert hasattr(fam, name), (model_type, name)
+    assert families.family("qwen2_vl").hub_key(("merger", "mlp_0", "kernel")) == "merger.mlp.0.weight"
+    with pytest.raises(families.UnsupportedModelError, match="'llava'"):
+        families.family("llava")

@@ -1,9 +1,17 @@
-"""Model families (Flax NNX) and Hugging Face checkpoint I/O. See docs/models.md."""
-from .config import SUPPORTED_MODEL_TYPES, UnsupportedModelError, VLConfig, parse_hf_config
-from .qwen2_vl import Qwen2VL, from_config
-from .rope import decode_position_ids, rope_index
-from .weights import CheckpointError, load_pretrained, save_pretrained
+"""Model families (Flax NNX) and Hugging Face checkpoint I/O. See docs/models.md.
+One folder per family (`qwen2_vl/`), chosen by config.json's model_type (`families.py`)."""
+from .families import SUPPORTED_MODEL_TYPES, UnsupportedModelError, family
+from .qwen2_vl import Qwen2VL, VLConfig, decode_position_ids, parse_hf_config, rope_index
+from .weights import CheckpointError, load_pretrained, read_config_json, save_pretrained
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "VLConfig", "parse_hf_config", "Qwen2VL",
+
+def from_config(config, **kwargs):
+    """A randomly initialised model of the family of `config` (an HF config dict or a family's
+    config object); keywords as the family's `from_config` (rngs, dtype, param_dtype, remat, ...)."""
+    model_type = config.get("model_type") if isinstance(config, dict) else config.model_type
+    return family(model_type).from_config(config, **kwargs)
+
+
+__all__ = ["SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "family", "VLConfig", "parse_hf_config", "Qwen2VL",
            "from_config", "rope_index", "decode_position_ids", "CheckpointError", "load_pretrained",
-           "save_pretrained"]
+           "read_config_json", "save_pretrained"]

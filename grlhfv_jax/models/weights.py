@@ -1,9 +1,6 @@
-"""Hugging Face safetensors <-> NNX parameters for Qwen2-VL / Qwen2.5-VL, with the hub's key names
-(`model.layers.N...`, `visual.blocks.N...`, `lm_head.weight`, `score.weight`).
-
-The NNX parameter path mirrors the hub key: `kernel` (our [in, out]) <-> `weight` ([out, in];
-the patch embedding's is HF's Conv3d weight [E, C, t, p, p] flattened), `merger.mlp_0` <->
-`merger.mlp.0`, `score_head` <-> `score`. Everything else is the same name.
+"""Hugging Face safetensors <-> NNX parameters, with the hub's key names, for any family of
+`models.families` (the family gives the names and the on-disk shapes: `hub_key`, `hub_shape`).
+Kernels are stored [out, in] (ours [in, out]); every tensor is read one at a time.
 """
 from __future__ import annotations
 
@@ -18,13 +15,11 @@ from flax import nnx
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from .config import parse_hf_config, read_config_json
-from .qwen2_vl import Qwen2VL
+from .families import family
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD = 5 * 1024**3
-_ALIASES = (("model.language_model.", "model."), ("model.visual.", "visual."))  # transformers state_dict names
 
 
 class CheckpointError(ValueError):
@@ -32,28 +27,22 @@ class CheckpointError(ValueError):
     corrupt or missing file)."""
 
 
-def _path_to_key(path) -> str:
-    key = ".".join(str(p) for p in path)
-    key = key.replace("merger.mlp_0.", "merger.mlp.0.").replace("merger.mlp_2.", "merger.mlp.2.")
-    key = re.sub(r"^score_head\.", "score.", key)
-    return re.sub(r"\.kernel$", ".weight", key)
+def read_config_json(path: str) -> dict:
+    fn = os.path.join(path, "config.json") if os.path.isdir(path) else path
+    if not os.path.exists(fn):
+        raise FileNotFoundError(f"no config.json in {path!r}")
+    with open(fn) as f:
+        return json.load(f)
 
 
 def param_table(model):
     """[(hub key, nnx.Param, is_kernel)] for every parameter of the model."""
+    fam = family(model.config.model_type)
     out = []
     for path, node in nnx.iter_graph(model):
         if isinstance(node, nnx.Param):
-            out.append((_path_to_key(path), node, path[-1] == "kernel"))
+            out.append((fam.hub_key(path), node, path[-1] == "kernel"))
     return out
-
-
-def _hf_shape(key, shape, is_kernel, cfg):
-    if not is_kernel:
-        return tuple(shape)
-    if key == "visual.patch_embed.proj.weight":
-        return (shape[1], cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size)
-    return (shape[1], shape[0])
 
 
 def _to_ours(arr, is_kernel):
@@ -61,7 +50,9 @@ def _to_ours(arr, is_kernel):
 
 
 def _to_hf(arr, key, is_kernel, cfg):
-    return np.ascontiguousarray(arr.T.reshape(_hf_shape(key, arr.shape, is_kernel, cfg))) if is_kernel else arr
+    if not is_kernel:
+        return arr
+    return np.ascontiguousarray(arr.T.reshape(family(cfg.model_type).hub_shape(key, arr.shape, is_kernel, cfg)))
 
 
 # --------------------------------------------------------------------------- reading
@@ -92,8 +83,8 @@ def _checkpoint_files(path):
     raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path!r}")
 
 
-def _canonical(key):
-    for old, new in _ALIASES:
+def _canonical(key, aliases):
+    for old, new in aliases:
         if key.startswith(old):
             return new + key[len(old):]
     return key
@@ -101,7 +92,7 @@ def _canonical(key):
 
 def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rngs=None, param_dtype=None,
                     remat=False, vision_block=0):
-    """Loads an HF Qwen2-VL / Qwen2.5-VL folder (config.json + model.safetensors or a sharded index).
+    """Loads an HF folder of a supported family (config.json + model.safetensors or a sharded index).
 
     dtype: compute dtype; param_dtype: parameter dtype (default: dtype; e.g. bf16 compute with
     float32 master weights: dtype=bf16, param_dtype=float32). Tensors are read one at a time and
@@ -112,10 +103,11 @@ def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rn
     """
     path = os.fspath(path)
     hf = read_config_json(path)
-    cfg = parse_hf_config(hf, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
-                          vision_block=int(vision_block))
-    model = nnx.eval_shape(lambda: Qwen2VL(cfg, rngs=nnx.Rngs(0), scalar_head=scalar_head))
-    files = {_canonical(k): (k, fn) for k, fn in _checkpoint_files(path).items()}
+    fam = family(hf.get("model_type"))
+    cfg = fam.parse_config(hf, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
+                           vision_block=int(vision_block))
+    model = nnx.eval_shape(lambda: fam.build(cfg, rngs=nnx.Rngs(0), scalar_head=scalar_head))
+    files = {_canonical(k, fam.HUB_ALIASES): (k, fn) for k, fn in _checkpoint_files(path).items()}
     table = param_table(model)
     wanted = {k for k, _, _ in table}
     ignorable = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
@@ -134,7 +126,7 @@ def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rn
     try:
         for key, param, is_kernel in table:
             pdt = param.get_value().dtype
-            want = _hf_shape(key, param.get_value().shape, is_kernel, cfg)
+            want = fam.hub_shape(key, param.get_value().shape, is_kernel, cfg)
             if key not in files:                       # fresh scalar head
                 arr = np.asarray(0.02 * jax.random.normal(rngs.params(), param.get_value().shape, jnp.float32))
             else:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .layers import Dense, LayerNorm, RMSNorm, activation, attention
+from ..layers import Dense, LayerNorm, RMSNorm, activation, attention
 from .rope import apply_rope, vision_rope_cos_sin
 
 

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import os
 from typing import Any
 
 import jax.numpy as jnp
 
-SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+from ..families import UnsupportedModelError
 
-
-class UnsupportedModelError(ValueError):
-    """The checkpoint's model_type is not a supported family."""
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +57,7 @@ class VLConfig:
     dtype: Any = jnp.float32          # compute dtype
     param_dtype: Any = jnp.float32    # parameter (master weight) dtype
     remat: bool = False               # rematerialise each decoder / vision block
-    vision_block: int = 0             # patches per vision attention block (0: dense; models/vision.py)
+    vision_block: int = 0             # patches per vision attention block (0: dense; qwen2_vl/vision.py)
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
@@ -87,20 +83,11 @@ def _req(d: dict, key: str, where: str):
     return d[key]
 
 
-def read_config_json(path: str) -> dict:
-    fn = os.path.join(path, "config.json") if os.path.isdir(path) else path
-    if not os.path.exists(fn):
-        raise FileNotFoundError(f"no config.json in {path!r}")
-    with open(fn) as f:
-        return json.load(f)
-
-
 def parse_hf_config(hf: dict, **runtime) -> VLConfig:
     """Builds a `VLConfig` from an HF config dict (either layout). `runtime`: dtype, param_dtype, remat, vision_block."""
     model_type = hf.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"unsupported model_type {model_type!r}; supported families: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if model_type not in MODEL_TYPES:
+        raise UnsupportedModelError(f"unsupported model_type {model_type!r} for the Qwen2-VL family {MODEL_TYPES}")
     text = dict(hf)
     text.update(hf.get("text_config") or {})   # nested layout wins, flat layout falls through
     vis = hf.get("vision_config") or {}

@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from .config import VLConfig, parse_hf_config
-from .layers import Dense, Embed, RMSNorm, attention
+from ..layers import Dense, Embed, RMSNorm, attention
 from .rope import apply_rope, mrope_cos_sin, rope_index
 from .vision import VisionTower
 
