@@ -260,3 +260,33 @@ def test_grpo_learner_splits_rows_over_8_devices_and_matches_one_device(monkeypa
     assert len(seen[1]["input_ids"][0].device_set) == 1
     for k in after[1]:
         np.testing.assert_allclose(after[0][k], after[1][k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_rm_scoring_splits_rows_over_8_devices_and_matches_one_device(monkeypatch):
+    """`judging.score_batch` (the score-only RM's evaluation and reward) places its rows on the
+    model's mesh: each of 8 fake devices a quarter of the rows over (data, fsdp), same scores."""
+    from tiny_models import make_batch, tiny_hf_config  # tests/ is on sys.path
+
+    from grlhfv_jax import sharding
+    from grlhfv_jax.stages import judging
+
+    hf = tiny_hf_config("qwen2_vl").to_dict()
+    rng = np.random.default_rng(5)
+    b = make_batch([[list(rng.integers(3, 90, 4)), (1, 2, 2), list(rng.integers(3, 90, 3))] for _ in range(8)],
+                   pad_side="right")
+    batch = {k: b[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
+    seen, real = [], judging._scores
+
+    def recording(model, jb):
+        seen.append(jb["input_ids"].sharding)
+        return real(model, jb)
+
+    monkeypatch.setattr(judging, "_scores", recording)
+    scores = []
+    for mesh in (sharding.make_mesh((2, 2, 2)), None):
+        model = models.from_config(hf, rngs=nnx.Rngs(0), scalar_head=True)
+        if mesh is not None:
+            model = sharding.shard_model(model, mesh)
+        scores.append(judging.score_batch(model, batch))
+    assert len(seen[0].device_set) == 8 and seen[0].shard_shape((8, batch["input_ids"].shape[1]))[0] == 2
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5, atol=1e-6)

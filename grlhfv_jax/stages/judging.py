@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -133,8 +132,10 @@ def _scores(model, batch):
 
 
 def score_batch(rm, batch: dict) -> np.ndarray:
-    """Scalar-head scores [B] of a ready batch (input_ids, attention_mask, pixel_values, image_grid_thw)."""
-    return np.asarray(_scores(rm, {k: jnp.asarray(v) for k, v in batch.items()}))
+    """Scalar-head scores [B] of a ready batch (input_ids, attention_mask, pixel_values, image_grid_thw),
+    its rows split over the model's mesh (`trainers.loop.place_batch`)."""
+    from grlhfv_jax.trainers import loop
+    return np.asarray(_scores(rm, loop.place_batch(rm, batch)))
 
 
 def rm_scores(rm, codec, items: Sequence[tuple], *, rows: int, max_len: int) -> np.ndarray:
