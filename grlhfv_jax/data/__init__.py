@@ -1,4 +1,4 @@
-"""Data: the synthetic preference world (world.py), its TFDS builder (synthetic_tfds.py), grain
+"""Data: the synthetic preference world (world/), its TFDS builder (synthetic_tfds.py), grain
 readers and the demo tokenizer cache (pipeline.py). See docs/data.md.
 
 Only the pure-numpy world is imported here; `pipeline` and `synthetic_tfds` load grain / TFDS

@@ -49,7 +49,7 @@ class WorldBuilderConfig(tfds.core.BuilderConfig):
 
 
 class GrlhfvWorld(tfds.core.GeneratorBasedBuilder):
-    """Synthetic multimodal preference world (see grlhfv_jax/data/world.py and docs/data.md)."""
+    """Synthetic multimodal preference world (see grlhfv_jax/data/world/ and docs/data.md)."""
 
     name = DATASET_NAME
     VERSION = tfds.core.Version(VERSION)
