@@ -86,8 +86,8 @@ def get_config(arg: str = ""):
                     log_every=25, ckpt_every=100)
     # sft.grm.steps 800 (was 500): with 500 the warm start learned its opinions on some seeds only
     # (seed 3: position consistency 0.35, style pairs at chance; stage 1 did not repair it and stage 2
-    # was reward-hacked); with 800 seed 3's warm start reads the wording (consistency 0.65) and stage 1
-    # reaches 0.70 / 0.68 with consistency 0.575 (docs/results.md). A stronger opinion (0.8) instead
+    # was reward-hacked); with 800 every warm start of sweep 4 (5 runs) reads the wording (consistency
+    # 0.585-0.65, style pairs 0.344) and stage 2 learns on all 5 (docs/results.md). A stronger opinion (0.8) instead
     # made stage 1 collapse to a position-only judge (consistency 0.605 -> 0.33): from a confidently
     # wrong judgment, judging by position is the nearest gain.
     c.sft = dict(log_every=10, ckpt_every=100,
@@ -106,7 +106,7 @@ def get_config(arg: str = ""):
     # kl_coef 0.1 (paper 0.02): with 0.02 the judge's decisions collapsed (per-group decision entropy
     # 0.7 -> 0.1 by step 90) and froze whatever position habit it had: position consistency < 0.5 on
     # one run in 4-5 of every sweep. With 0.1 the reference keeps the entropy at 0.35-0.4 and all 5
-    # runs of sweep 4 reach 0.515-0.615, with the same accuracy gains (docs/results.md)
+    # runs of sweep 4b reach 0.515-0.615, with the same accuracy gains (docs/results.md)
     c.grm_rl = dict(steps=150, pairs_per_step=16, group_size=4, mini_batches=2, max_len=120, max_new_tokens=36,
                     temperature=1.0, lr=1e-3, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.1, clip_eps=0.2,
                     clip_eps_high=0.2, entropy_coef=0.0, position_debias=True, consistency_reward=False,
