@@ -2,6 +2,7 @@
 
     python -m grlhfv_jax.bench rollout [--batch 16 --prompt-tokens 64 --image-size 224 --new-tokens 128 ...]
     python -m grlhfv_jax.bench vision [--images 32 --patches 1024 --depth 2 --embed 1280 --heads 16]
+    python -m grlhfv_jax.bench grpo [--prompts 16 --group 4 --prompt-tokens 120 --new-tokens 36 ...]
 
 rollout: generated tokens/s of our sampler (grlhfv_jax.rollout.generate) and of transformers'
 PyTorch `generate` (KV cache) on the same randomly initialised Qwen2-VL config and the same
@@ -10,6 +11,11 @@ text tokens per row), same new-token count (no EOS: every row generates all toke
 of CPU threads. Our compile time is excluded from our rate and reported separately. On a GPU /
 TPU it also reports decode tokens/s and the fraction of the HBM-bandwidth roofline:
 (bytes of the decoder's params + the KV cache read per step) / step time / peak bandwidth.
+
+grpo: one GRPO mini-batch (reference log-probs + `steps.grpo_step`) on G responses per prompt,
+with every row run whole (group=1) and with each prompt run once per group (group=G,
+`model.shared_prompt_hidden`): seconds per call (best of --repeats after compiling) and XLA's
+temporary memory of the step. Defaults: the demo's stage-1 mini-batch and model.
 
 vision: temporary memory of one vision-tower forward with dense attention over all patches of the
 call vs per-frame (banded) attention, from XLA's buffer assignment (no weights allocated).
@@ -342,7 +348,93 @@ def _add_vision(sub):
     return p
 
 
-SUBCOMMANDS = {"rollout": (_add_rollout, bench_rollout), "vision": (_add_vision, bench_vision)}
+# ------------------------------------------------------------------------------------ grpo
+
+
+def bench_grpo(args) -> dict:
+    """Seconds per GRPO mini-batch (reference log-probs + one `steps.grpo_step`) and the step's
+    temporary memory, rows run whole (group 1) vs prompts shared by their G rows (group G)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from grlhfv_jax import models
+    from grlhfv_jax.trainers import grpo as learner
+    from grlhfv_jax.trainers import steps
+
+    cfg = rollout_hf_config(args)
+    batch_args = argparse.Namespace(**vars(args), batch=args.prompts)
+    prompts = rollout_batch(batch_args, cfg)
+    prompts.pop("mm_token_type_ids")
+    P, G, R = args.prompts, args.group, args.new_tokens
+    rng = np.random.default_rng(0)
+    rows = learner.repeat_rows(prompts, G, image_token_id=cfg.image_token_id, merge_size=2)
+    b = learner.training_rows(rows, rng.integers(3, args.vocab - 8, (P * G, R)), np.full(P * G, R), pad_id=0)
+    Tp = prompts["input_ids"].shape[1]
+    b["window_start"] = np.full(P * G, Tp, np.int32)
+    mask = b["response_mask"].astype(np.float32)
+    b["old_logp"] = -3.0 * mask
+    b["ref_logp"] = -3.0 * mask
+    b["advantages"] = rng.normal(size=P * G).astype(np.float32)
+    jb = {k: jnp.asarray(v) for k, v in b.items()}
+    ref_keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start")
+    dtype = getattr(jnp, args.dtype)
+    out = dict(prompts=P, group=G, prompt_tokens=Tp, new_tokens=R, rows=P * G, platform=jax.devices()[0].platform,
+               threads=cpu_threads())
+    for g in (1, G):
+        ref = models.from_config(cfg.to_dict(), rngs=nnx.Rngs(0), dtype=dtype)
+        state = steps.TrainState(models.from_config(cfg.to_dict(), rngs=nnx.Rngs(0), dtype=dtype),
+                                 optax.sgd(1e-6), frozen_vision=args.frozen_vision)
+        gcfg = steps.GRPOConfig(num_micro_batches=args.micro_batches)
+
+        def one_call(state):
+            lp = steps.compute_logprobs(ref, {k: jb[k] for k in ref_keys}, window=R, group=g)
+            _, met = steps.grpo_step(state, dict(jb, ref_logp=lp), gcfg, window=R, group=g)
+            return jax.block_until_ready(met["loss"])
+
+        t0 = time.perf_counter()
+        one_call(state)
+        out[f"group{g}_first_call_s"] = time.perf_counter() - t0
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            one_call(state)
+            times.append(time.perf_counter() - t0)
+        out[f"group{g}_s"] = min(times)
+        lowered = steps.grpo_step.lower(state, dict(jb), gcfg, window=R, group=g)
+        out[f"group{g}_step_temp_bytes"] = int(lowered.compile().memory_analysis().temp_size_in_bytes)
+        _log(f"[grpo] group {g}: {out[f'group{g}_s']:.3f} s per mini-batch")
+    out["speedup"] = out["group1_s"] / out[f"group{G}_s"]
+    return out
+
+
+def _add_grpo(sub):
+    p = sub.add_parser("grpo", help="GRPO mini-batch time and memory: rows whole vs prompts shared by their group")
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--group", type=int, default=4, help="responses per prompt (G)")
+    p.add_argument("--prompt-tokens", type=int, default=120, help="text tokens per prompt (after the image)")
+    p.add_argument("--image-size", type=int, default=56, help="square image side in pixels; 0 = text only")
+    p.add_argument("--new-tokens", type=int, default=36, help="response tokens per row")
+    p.add_argument("--micro-batches", type=int, default=1)
+    p.add_argument("--frozen-vision", action="store_true", help="the vision tower frozen (no backward through it)")
+    p.add_argument("--vocab", type=int, default=1024)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--intermediate", type=int, default=128)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--vision-layers", type=int, default=2)
+    p.add_argument("--vision-hidden", type=int, default=64)
+    p.add_argument("--vision-heads", type=int, default=4)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--repeats", type=int, default=5)
+    return p
+
+
+SUBCOMMANDS = {"rollout": (_add_rollout, bench_rollout), "vision": (_add_vision, bench_vision),
+               "grpo": (_add_grpo, bench_grpo)}
 
 
 def main(argv=None):

@@ -11,3 +11,16 @@ def test_vision_memory_is_linear_in_images_per_frame_and_quadratic_dense(capsys)
     assert large["per_frame_temp_bytes"] <= 4.4 * small["per_frame_temp_bytes"]
     assert large["dense_temp_bytes"] >= 8.0 * small["dense_temp_bytes"]
     assert large["temp_ratio_dense_over_per_frame"] > small["temp_ratio_dense_over_per_frame"] > 2
+
+
+def test_grpo_bench_shared_prompts_use_less_step_memory(capsys):
+    res = bench.main(["grpo", "--prompts", "2", "--group", "4", "--prompt-tokens", "24", "--new-tokens", "4",
+                      "--image-size", "28", "--vocab", "128", "--hidden", "32", "--intermediate", "64",
+                      "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vision-layers", "1",
+                      "--vision-hidden", "32", "--vision-heads", "2", "--repeats", "1"])
+    assert capsys.readouterr().out.count("{") == 1
+    assert res["rows"] == 8 and res["prompt_tokens"] > 24
+    for g in (1, 4):
+        assert res[f"group{g}_s"] > 0 and res[f"group{g}_step_temp_bytes"] > 0
+    # 4 rows per prompt of ~30 tokens + 4 response tokens: the shared run holds far fewer activations
+    assert res["group4_step_temp_bytes"] < 0.7 * res["group1_step_temp_bytes"]

@@ -240,9 +240,10 @@ def test_grpo_learner_splits_rows_over_8_devices_and_matches_one_device(monkeypa
     seen = []
     real_step = steps.grpo_step
 
-    def recording_step(state, batch, cfg, window=0):
+    def recording_step(state, batch, cfg, **kw):
         seen.append({k: (v.sharding, v.shape) for k, v in batch.items()})
-        return real_step(state, batch, cfg, window=window)
+        assert kw["group"] == 4   # the 4 samples of a prompt share it
+        return real_step(state, batch, cfg, **kw)
 
     monkeypatch.setattr(steps, "grpo_step", recording_step)
     after = []

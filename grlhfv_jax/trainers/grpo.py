@@ -136,12 +136,14 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     else:
         adv = np.asarray(advantages, np.float64).reshape(-1) * row_valid
     batch["advantages"] = adv.astype(np.float32)
-    # the LM head runs only on the response columns [Tp, Tp + R): the loss reads nothing else
+    # the LM head runs only on the response columns [Tp, Tp + R): the loss reads nothing else; the
+    # G rows of a prompt share columns [0, Tp), which the model runs once per prompt (group=G)
     window = int(tokens.shape[1])
     batch["window_start"] = np.full(P * G, Tp, np.int32)
     jb = loop.place_batch(ref_model, batch)
     batch["ref_logp"] = np.asarray(steps.compute_logprobs(ref_model, {k: jb[k] for k in (
-        "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start") if k in jb}, window=window))
+        "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start") if k in jb}, window=window,
+        group=G))
     if P % mini_batches:
         raise ValueError(f"{P} prompts do not split into {mini_batches} mini-batches")
     per = P // mini_batches
@@ -149,7 +151,7 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     for m in range(mini_batches):
         idx = np.arange(m * per * G, (m + 1) * per * G)
         mb = select_rows(batch, idx, image_token_id=tok_id, merge_size=merge)
-        state, met = steps.grpo_step(state, loop.place_batch(state.model, mb), cfg, window=window)
+        state, met = steps.grpo_step(state, loop.place_batch(state.model, mb), cfg, window=window, group=G)
         step_metrics.append({k: float(v) for k, v in met.items()})
     out = {k: float(np.mean([s[k] for s in step_metrics])) for k in step_metrics[0]}
     keep = valid.astype(bool)

@@ -25,6 +25,11 @@ Batches (dicts of arrays, leading dim = rows; right padding usual, any padding w
   target columns ``window_start[b] + [0, window)`` (``window_start [B] int`` in the batch; from
   `logprobs.window_start_and_length` or the prompt width), not on all T: the same loss when the
   window covers every target (the caller's duty; outputs stay ``[B, T]``, 0 off the window).
+- ``group`` (static, GRPO / `compute_logprobs`, with ``window``): the rows come in runs of
+  ``group`` that share their first ``T - window`` columns (a prompt and its sampled responses,
+  ``window_start = T - window`` in every row), and the model runs each prompt once per run
+  (``model.shared_prompt_hidden``): the same loss with G times fewer prompt tokens. Micro-batches
+  must hold whole runs.
 """
 from __future__ import annotations
 
@@ -240,20 +245,30 @@ def _forward(model, mb, emb, **kw):
     return model(mb["input_ids"], mb["attention_mask"], position_ids=mb["position_ids"], image_embeds=emb, **kw)
 
 
-def _window_logits(model, mb, emb, window: int):
-    """(logits [B, window, V] predicting the target columns, those columns [B, window], valid)."""
+def _window_logits(model, mb, emb, window: int, group: int = 1):
+    """(logits [B, window, V] predicting the target columns, those columns [B, window], valid).
+    group > 1: the rows share their first T - window columns in runs of `group` (module docstring)
+    and the model runs those once per run (``model.shared_prompt_hidden``)."""
+    T = mb["input_ids"].shape[1]
+    cols, valid = window_columns(mb["window_start"], window, T)
+    if group > 1 and hasattr(model, "shared_prompt_hidden"):   # else: the same, by the full forward
+        b = mb["input_ids"].shape[0]
+        if b % group:
+            raise ValueError(f"a micro-batch of {b} rows does not hold whole groups of {group}")
+        h = model.shared_prompt_hidden(mb["input_ids"], mb["attention_mask"], group=group, prompt_len=T - window,
+                                       position_ids=mb["position_ids"], image_embeds=emb)
+        return model.logits(h), cols, valid
     h = _forward(model, mb, emb, return_hidden=True)
-    cols, valid = window_columns(mb["window_start"], window, h.shape[1])
     return model.logits(gather_columns(h, cols - 1)), cols, valid
 
 
-def _aligned(model, mb, emb, window: int, temperature: float, entropy: bool):
+def _aligned(model, mb, emb, window: int, temperature: float, entropy: bool, group: int = 1):
     """Aligned log-probs [B, T] (and entropy [B, T] or None), from the full logits or a window."""
     if not window:
         logits = _forward(model, mb, emb)
         lp = aligned_logprobs(logits, mb["input_ids"], temperature)
         return lp, aligned_entropy(logits, temperature) if entropy else None
-    logits, cols, valid = _window_logits(model, mb, emb, window)
+    logits, cols, valid = _window_logits(model, mb, emb, window, group)
     logits = logits / temperature
     T = mb["input_ids"].shape[1]
     lp = scatter_columns(token_logprobs(logits, gather_columns(mb["input_ids"], cols)), cols, valid, T)
@@ -272,11 +287,18 @@ def _apply(state: TrainState, grads, metrics: dict) -> dict:
 # ------------------------------------------------------------------------------------- GRPO
 
 
-@functools.partial(nnx.jit, static_argnames=("cfg", "window"), donate_argnums=0)
-def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig(), window: int = 0):
+def _check_group(window: int, group: int) -> None:
+    if group > 1 and not window:
+        raise ValueError("group > 1 (rows sharing a prompt) needs window = the response width")
+
+
+@functools.partial(nnx.jit, static_argnames=("cfg", "window", "group"), donate_argnums=0)
+def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig(), window: int = 0, group: int = 1):
     """One GRPO update. Returns (state, metrics): loss, pg_loss, kl, entropy, clip_frac,
     clip_frac_lower, ppo_kl, approx_kl, ratio_mean, grad_norm, lr, response_length_mean.
-    ``window``: logits only on the response columns (module docstring)."""
+    ``window``: logits only on the response columns; ``group``: rows share their prompt in runs
+    of ``group`` (module docstring)."""
+    _check_group(window, group)
     _require(batch, ("input_ids", "response_mask", "old_logp", "ref_logp", "advantages")
              + (("window_start",) if window else ()), "grpo_step")
     mask = jnp.asarray(batch["response_mask"], jnp.float32)
@@ -284,7 +306,7 @@ def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig(), wi
     denom = jnp.sum(mask) if cfg.loss_agg_mode == "token-mean" else jnp.float32(b)
 
     def micro_loss(model, mb, emb):
-        logp, ent = _aligned(model, mb, emb, window, cfg.temperature, cfg.compute_entropy)
+        logp, ent = _aligned(model, mb, emb, window, cfg.temperature, cfg.compute_entropy, group)
         if ent is not None and cfg.entropy_coef == 0.0:
             ent = jax.lax.stop_gradient(ent)
         return grpo_loss(cfg, logp, mb["old_logp"], mb["ref_logp"], mb["advantages"], mb["response_mask"],
@@ -296,14 +318,17 @@ def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig(), wi
     return state, _apply(state, grads, metrics)
 
 
-@functools.partial(nnx.jit, static_argnames=("temperature", "num_micro_batches", "with_entropy", "window"))
+@functools.partial(nnx.jit, static_argnames=("temperature", "num_micro_batches", "with_entropy", "window", "group"))
 def compute_logprobs(model, batch: dict, temperature: float = 1.0, num_micro_batches: int = 1,
-                     with_entropy: bool = False, window: int = 0):
+                     with_entropy: bool = False, window: int = 0, group: int = 1):
     """Aligned per-token log-probs ``[B, T]`` (``out[:, t]`` scores ``input_ids[:, t]``; column 0
     is 0), for old (policy) and ref (frozen reference) log-probs; with ``with_entropy`` also the
-    per-token entropy ``[B, T]``. ``window``: only on those columns (module docstring), 0 elsewhere."""
+    per-token entropy ``[B, T]``. ``window``: only on those columns (module docstring), 0 elsewhere;
+    ``group``: rows share their prompt in runs of ``group`` (module docstring)."""
+    _check_group(window, group)
+
     def fn(model, mb, emb):
-        lp, ent = _aligned(model, mb, emb, window, temperature, with_entropy)
+        lp, ent = _aligned(model, mb, emb, window, temperature, with_entropy, group)
         return (lp, ent) if with_entropy else lp
 
     return _forward_micro(model, batch, num_micro_batches, fn)

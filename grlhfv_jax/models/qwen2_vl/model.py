@@ -58,6 +58,26 @@ class Attention(nnx.Module):
                           cache_layout=True)
         return self.o_proj(o.reshape(B, T, self.nq * self.D)), new
 
+    def shared_prompt(self, x, cos, sin, masks, shapes):
+        """Attention for `Qwen2VL.shared_prompt_hidden`'s flat tokens: x [N, H] holds P prompts of
+        Tp tokens, then P*G responses of R tokens (cos / sin [N, D]); masks (prompt [P, Tp, Tp],
+        response [P*G, R, Tp + R]); shapes (P, G, Tp, R). Each response attends to its prompt's keys
+        (computed once, repeated to its G rows) and to its own. Returns [N, H]."""
+        P, G, Tp, R = shapes
+        n = P * Tp
+        c, s = cos[:, None, :], sin[:, None, :]
+        q = apply_rope(self.q_proj(x).reshape(-1, self.nq, self.D), c, s)
+        k = apply_rope(self.k_proj(x).reshape(-1, self.nkv, self.D), c, s)
+        v = self.v_proj(x).reshape(-1, self.nkv, self.D)
+        prompt = lambda a: a[:n].reshape(P, Tp, *a.shape[1:])
+        resp = lambda a: a[n:].reshape(P * G, R, *a.shape[1:])
+        op = attention(prompt(q), prompt(k), prompt(v), masks[0], self.dtype)
+        kr = jnp.concatenate([jnp.repeat(prompt(k), G, axis=0), resp(k)], axis=1)
+        vr = jnp.concatenate([jnp.repeat(prompt(v), G, axis=0), resp(v)], axis=1)
+        o_r = attention(resp(q), kr, vr, masks[1], self.dtype)
+        o = jnp.concatenate([op.reshape(n, -1), o_r.reshape(P * G * R, -1)], axis=0)
+        return self.o_proj(o)
+
 
 class MLP(nnx.Module):
     def __init__(self, cfg: VLConfig, rngs):
@@ -85,8 +105,19 @@ class DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), new
 
 
+    def shared_prompt(self, x, cos, sin, masks, shapes):
+        """The layer on `Qwen2VL.shared_prompt_hidden`'s flat tokens x [N, H] (see
+        `Attention.shared_prompt`): norms and MLP per token, attention by prompt."""
+        x = x + self.self_attn.shared_prompt(self.input_layernorm(x), cos, sin, masks, shapes)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
 def _layer_call(layer, x, cos, sin, mask, kv_cache, cache_index):
     return layer(x, cos, sin, mask, kv_cache, cache_index)
+
+
+def _shared_layer_call(layer, x, cos, sin, masks, shapes):
+    return layer.shared_prompt(x, cos, sin, masks, shapes)
 
 
 class TextModel(nnx.Module):
@@ -236,6 +267,41 @@ class Qwen2VL(nnx.Module):
             new_cache = {"k": jnp.stack(new_k), "v": jnp.stack(new_v), "mask": cmask}
         out = h if return_hidden else self.logits(h)
         return out if cache is None else (out, new_cache)
+
+    def shared_prompt_hidden(self, input_ids, attention_mask, *, group: int, prompt_len: int, position_ids,
+                             image_embeds=None):
+        """Rows in runs of ``group`` that share their first ``prompt_len`` columns (a prompt and its
+        G sampled responses, as GRPO trains them): the final hidden states ``[B, R, H]`` at columns
+        ``prompt_len - 1 .. T - 2``, those whose logits predict the response columns
+        ``prompt_len .. T - 1`` (R = T - prompt_len). Equal to
+        ``self(..., return_hidden=True)[:, prompt_len - 1 : T - 1]``, with each prompt's columns
+        run once per group instead of G times (the prompt's tokens attend only to the prompt).
+
+        input_ids / attention_mask [B, T]; position_ids [3, B, T]; image_embeds as `__call__`
+        (the images of all B rows, in row order; the prompt's come from its group's first row)."""
+        cfg = self.config
+        input_ids = jnp.asarray(input_ids).astype(jnp.int32)
+        B, T = input_ids.shape
+        G, Tp = int(group), int(prompt_len)
+        if B % G or not 0 < Tp < T:
+            raise ValueError(f"shared_prompt_hidden: {B} rows in groups of {G}, prompt_len {Tp} of {T} columns")
+        P, R = B // G, T - Tp
+        am = jnp.asarray(attention_mask).astype(bool)
+        x = self.embed(input_ids, image_embeds=image_embeds)
+        flat = lambda a: jnp.concatenate([a[::G, :Tp].reshape((P * Tp,) + a.shape[2:]),
+                                          a[:, Tp:].reshape((B * R,) + a.shape[2:])], axis=0)
+        pos = jnp.asarray(position_ids)
+        cos, sin = mrope_cos_sin(pos, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, cfg.dtype)
+        cos, sin, x = flat(cos), flat(sin), flat(x)
+        causal_p = jnp.arange(Tp)[None, :] <= jnp.arange(Tp)[:, None]
+        mask_p = am[::G, None, :Tp] & causal_p[None]
+        mask_r = am[:, None, :] & (jnp.arange(T)[None, :] <= (Tp + jnp.arange(R))[:, None])[None]
+        call = nnx.remat(_shared_layer_call, static_argnums=(5,)) if cfg.remat else _shared_layer_call
+        for layer in self.model.layers:
+            x = call(layer, x, cos, sin, (mask_p, mask_r), (P, G, Tp, R))
+        h = self.model.norm(x)
+        last_p = jnp.repeat(h[:P * Tp].reshape(P, Tp, -1)[:, -1:], G, axis=0)       # predicts column Tp
+        return jnp.concatenate([last_p, h[P * Tp:].reshape(B, R, -1)[:, :-1]], axis=1)
 
     def logits(self, h):
         """Final hidden states [..., H] -> float32 logits [..., V]."""
