@@ -109,6 +109,19 @@ def test_train_loop_resumes_where_it_stopped_and_stops_on_nan(tmp_path):
     with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss .* step 1"):
         loop.train_loop("nan", fresh(), make_batch=lambda s: s, **dict(kw, step_fn=nan_step,
                                                                           ckpt_dir=str(tmp_path / "ck2")))
+
+    # the loss is checked once the next batch is built (host work overlaps the step): a bad third
+    # step is still caught before a fourth runs or a checkpoint of it is written
+    ran = []
+
+    def late_nan(state, batch):
+        ran.append(batch)
+        return state, {"loss": jnp.float32(np.nan if batch == 2 else 1.0)}
+
+    with pytest.raises(loop.NonFiniteLossError, match=r"step 3; the last checkpoint \(2\)"):
+        loop.train_loop("nan", fresh(), make_batch=lambda s: s, **dict(kw, step_fn=late_nan, log_every=10,
+                                                                          ckpt_dir=str(tmp_path / "ck3")))
+    assert ran == [0, 1, 2]
     writer.close()
 
 

@@ -123,20 +123,33 @@ def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckp
                   extra={"last": last, "acc": {k: [float(x) for x in v] for k, v in acc.items()}})
 
     bar = progress(range(start, steps), total=steps, desc=name, initial=start)
+    # the loss of the last dispatched step, checked (a host sync) only once the next batch is built:
+    # the host builds batch s + 1 while the device runs step s. Checked before the next step, a log
+    # or a checkpoint, so a non-finite step is never followed by another step or saved.
+    pending: list = []
+
+    def check_pending():
+        if pending:
+            bad_step, loss = pending.pop()
+            if not np.isfinite(float(loss)):
+                ckpt.wait()
+                raise NonFiniteLossError(
+                    f"[{name}] non-finite loss ({float(loss)}) at step {bad_step + 1}; the last checkpoint "
+                    f"({ckpt.latest_step()}) in {ckpt_dir} is kept. Lower the learning rate or check the data.")
+
     try:
         for step in bar:
             batch = make_batch(step)
             if isinstance(batch, dict):
                 batch = place_batch(state.model, batch)
+            check_pending()
             state, metrics = step_fn(state, batch)
-            if "loss" in metrics and not np.isfinite(float(metrics["loss"])):
-                ckpt.wait()
-                raise NonFiniteLossError(
-                    f"[{name}] non-finite loss ({float(metrics['loss'])}) at step {step + 1}; the last checkpoint "
-                    f"({ckpt.latest_step()}) in {ckpt_dir} is kept. Lower the learning rate or check the data.")
+            if "loss" in metrics:
+                pending.append((step, metrics["loss"]))
             for k, v in metrics.items():
                 acc.setdefault(k, []).append(v)
             if (step + 1) % log_every == 0 or step + 1 == steps:
+                check_pending()
                 last = {k: float(np.mean([float(x) for x in v])) for k, v in acc.items()}
                 acc = {}
                 if on_log is not None:
@@ -144,7 +157,9 @@ def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckp
                 writer.write(name, step + 1, last)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in list(last.items())[:4]})
             if (step + 1) % ckpt_every == 0 and step + 1 < steps:
+                check_pending()
                 save(step + 1)
+        check_pending()
         if start < steps:  # resumed from the final checkpoint: it is already there
             save(steps)
     finally:
