@@ -90,12 +90,13 @@ def get_config(arg: str = ""):
     # 0.585-0.65, style pairs 0.344) and stage 2 learns on all 5 (docs/results.md). A stronger opinion (0.8) instead
     # made stage 1 collapse to a position-only judge (consistency 0.605 -> 0.33): from a confidently
     # wrong judgment, judging by position is the nearest gain.
+    # vqa_max_len 48: the world's question-answer rows are 37-43 tokens (all 2000 of sft_policy)
     c.sft = dict(log_every=10, ckpt_every=100,
                  policy=dict(steps=300, batch_size=32, lr=3e-3, max_len=64, warmup_ratio=0.05, data="styled",
                              styles=dict(plain=0.4, hedged=0.25, praised=0.25, praise_only=0.1),
                              freeze=frozen, pretrained_vision=True),
                  grm=dict(steps=800, batch_size=32, lr=3e-3, max_len=160, warmup_ratio=0.05, vqa_fraction=0.5,
-                          freeze=frozen, pretrained_vision=True))
+                          vqa_max_len=48, freeze=frozen, pretrained_vision=True))
     # position_debias: each step judges 16 pairs in both orders with the label flipped (32 prompts, as
     # many as 32 pairs in one order cost): a judge that orders by position gains nothing in any batch
     # pool_orders: one GRPO group per pair holds the 2 x 4 judgments of its two orders. With a group
@@ -138,7 +139,7 @@ def get_config(arg: str = ""):
             c.model[k].hf_config = small
         c.vision.update(steps=2, batch_size=4, eval_images=6, log_every=1)
         c.sft.policy.update(steps=2, batch_size=4, max_len=96)
-        c.sft.grm.update(steps=2, batch_size=4, max_len=224)
+        c.sft.grm.update(steps=2, batch_size=4, max_len=224, vqa_max_len=64)
         c.grm_rl.update(steps=2, pairs_per_step=2, group_size=2, mini_batches=1, max_len=192, max_new_tokens=8,
                         eval_pairs=4, eval_every=1, eval_rows=8)
         c.rm.update(steps=2, pairs_per_step=2, max_len=96, eval_pairs=4, eval_rows=8)
