@@ -135,3 +135,25 @@ def test_sharded_equals_single_device(qwen2_vl, sampled):
     np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(single.logprobs), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(out.finished), np.asarray(single.finished))
     assert len(out.tokens.sharding.device_set) == 8
+
+
+def test_decode_runs_in_the_donated_per_layer_cache(qwen2_vl):
+    """The prefill hands the decode loop per-layer cache arrays; the loop takes them donated and
+    updates them in place: XLA aliases every cache byte to an output and keeps no working copy."""
+    model = qwen2_vl[2]
+    graphdef, state = nnx.split(model)
+    batch = tm.make_batch(ROWS, seed=3)
+    cache, logits, deltas, first = engine.prefill((graphdef, state), batch, cache_len_extra=256, num_samples=2)
+    L = model.config.num_hidden_layers
+    assert isinstance(cache["k"], tuple) and len(cache["k"]) == L == len(cache["v"])
+    cache_bytes = sum(a.nbytes for a in cache["k"] + cache["v"])
+    args = (graphdef, state, cache, logits, deltas, np.zeros(len(logits), bool), jax.random.key(0), np.int32(first),
+            np.int32(NEW), np.asarray([tm.EOS], np.int32), np.float32(1.0), np.float32(1.0), np.int32(tm.PAD))
+    mem = engine._decode.lower(*args, greedy=False, top_k=0, use_top_p=False, buf_len=64, mesh=None) \
+        .compile().memory_analysis()
+    assert mem.alias_size_in_bytes >= cache_bytes
+    assert mem.temp_size_in_bytes < 0.5 * cache_bytes, (mem.temp_size_in_bytes, cache_bytes)
+    out = engine.decode((graphdef, state), cache, logits, deltas, first_slot=first, max_new_tokens=NEW, buf_len=64,
+                        temperature=0.0, top_p=1.0, top_k=0, eos_token_id=None, rng=0)
+    assert all(a.is_deleted() for a in cache["k"])      # donated: the loop wrote into these buffers
+    np.testing.assert_array_equal(np.asarray(out.lengths), [NEW] * 6)

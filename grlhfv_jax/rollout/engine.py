@@ -168,39 +168,67 @@ def next_slot_deltas(position_ids, attention_mask):
     return (last + 1 - position_ids.shape[-1]).astype(jnp.int32)
 
 
-def repeat_rows(tree, n: int, cache_keys=("k", "v")):
-    """Repeat every row n times (row r -> rows r*n .. r*n+n-1); cache k/v have rows on axis 1."""
-    if n == 1:
-        return tree
+def map_cache_rows(fn, tree, cache_keys=("k", "v")):
+    """fn(x, row_axis) on every array of a dict; cache k/v have rows on axis 1 when stacked
+    [L, B, ...] and on axis 0 in each layer of a per-layer tuple."""
     out = {}
     for name, x in tree.items():
-        axis = 1 if name in cache_keys else 0
-        out[name] = jnp.repeat(x, n, axis=axis)
+        if name in cache_keys and isinstance(x, tuple):
+            out[name] = tuple(fn(a, 0) for a in x)
+        else:
+            out[name] = fn(x, 1 if name in cache_keys else 0)
     return out
+
+
+def repeat_rows(tree, n: int, cache_keys=("k", "v")):
+    """Repeat every row n times (row r -> rows r*n .. r*n+n-1), either cache layout."""
+    if n == 1:
+        return tree
+    return map_cache_rows(lambda x, axis: jnp.repeat(x, n, axis=axis), tree, cache_keys)
+
+
+def per_layer_cache(model, cache, n_rows: int, first_slot):
+    """The cache as per-layer tuples when the model's cached forward takes them (it indexes
+    cache["k"][i] and returns the layout it was given), else as it is. Per-layer arrays let the
+    decode loop update each layer in place and be donated to it (see `_decode`)."""
+    split = _unstack_cache(cache)
+    try:
+        pos = jnp.zeros((3, n_rows, 1), jnp.int32)
+        out = jax.eval_shape(lambda c: model(jnp.zeros((n_rows, 1), jnp.int32), jnp.ones((n_rows, 1), jnp.int32),
+                                             position_ids=pos, cache=c, cache_index=first_slot,
+                                             return_hidden=True)[1], split)
+    except (AttributeError, TypeError, IndexError, ValueError):
+        return cache
+    return split if isinstance(out["k"], tuple) else cache
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "num_samples", "mesh"))
 def _prefill(graphdef, state, input_ids, attention_mask, image_embeds, image_grid_thw, *,
              cache_len: int, num_samples: int, mesh):
-    """Prompt -> (cache with the prompt in slots [0, T), repeated to B * num_samples rows,
-    last logits [B*n, V], slot->position deltas [B*n])."""
+    """Prompt -> (cache with the prompt in slots [0, T), repeated to B * num_samples rows (per-layer
+    tuples when the model takes them: `per_layer_cache`), last logits [B*n, V], slot->position
+    deltas [B*n])."""
     model = nnx.merge(graphdef, state)
     B, T = input_ids.shape
     position_ids, _ = model.rope_index(input_ids, attention_mask, image_grid_thw)
     deltas = next_slot_deltas(position_ids, attention_mask)
-    cache = _constrain_cache(model.init_cache(B, cache_len), mesh)
+    cache = _constrain_cache(per_layer_cache(model, model.init_cache(B, cache_len), B, T), mesh)
     logits, cache = _last_logits(model, input_ids, attention_mask, position_ids, cache, 0, image_embeds)
     cache = _constrain_cache(repeat_rows(cache, num_samples), mesh)
     rest = repeat_rows({"logits": logits, "deltas": deltas}, num_samples)
     return cache, _constrain_rows(rest["logits"], mesh), _constrain_rows(rest["deltas"], mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "top_k", "use_top_p", "buf_len", "mesh"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "top_k", "use_top_p", "buf_len", "mesh"),
+                   donate_argnames=("cache",))
 def _decode(graphdef, state, cache, logits, deltas, done, key, first_slot, max_new, eos_ids,
             temperature, top_p, pad_token_id, *, greedy: bool, top_k: int, use_top_p: bool, buf_len: int, mesh):
     """The decode loop. `logits` [N, V] predict the token for slot `first_slot`; rows with `done`
     True produce nothing. Loops while t < max_new and some row is not done.
-    Returns tokens / logprobs [N, buf_len], lengths [N], finished [N]."""
+    Returns tokens / logprobs [N, buf_len], lengths [N], finished [N] and the final cache.
+
+    `cache` is donated and returned: with per-layer arrays (what `_prefill` gives) the loop updates
+    the caller's buffers in place, so decoding holds one cache, not the input and a working copy."""
     model = nnx.merge(graphdef, state)
     N = logits.shape[0]
     toks = jnp.full((N, buf_len), pad_token_id, jnp.int32)
@@ -232,22 +260,17 @@ def _decode(graphdef, state, cache, logits, deltas, done, key, first_slot, max_n
         cache = _constrain_cache(layout(cache), mesh)
         return t + 1, cache, _constrain_rows(logits, mesh), done, toks, lps, lengths, finished
 
-    # Per-layer cache tuples if the model's cached forward accepts them (it indexes cache["k"][i]);
-    # otherwise (a model that updates the stacked array itself) keep the stacked layout.
-    layout = _unstack_cache
-    try:
-        probe = jnp.broadcast_to((first_slot + deltas)[None, :, None], (3, N, 1)).astype(jnp.int32)
-        jax.eval_shape(lambda c: _last_logits(model, jnp.zeros((N, 1), jnp.int32), jnp.ones((N, 1), jnp.int32),
-                                              probe, c, first_slot), _unstack_cache(cache))
-    except (AttributeError, TypeError, IndexError, ValueError):
-        layout = lambda c: c                                                    # noqa: E731
-    c = (jnp.int32(0), _constrain_cache(layout(cache), mesh), logits, done, toks, lps, lengths, finished)
+    # the layout of `cache` (per-layer tuples when the model takes them) for the whole loop
+    cache = per_layer_cache(model, cache, N, first_slot)
+    per_layer = isinstance(cache["k"], tuple)
+    layout = _unstack_cache if per_layer else (lambda c: c)                      # noqa: E731
+    c = (jnp.int32(0), _constrain_cache(cache, mesh), logits, done, toks, lps, lengths, finished)
     t, cache, logits, done, toks, lps, lengths, finished = jax.lax.while_loop(cond, body, c)
     # the last token needs no forward pass (nothing is sampled after it)
     _, _, toks, lps, lengths, finished = jax.lax.cond(
         t < max_new, lambda: pick(t, logits, done, toks, lps, lengths, finished),
         lambda: (toks[:, 0], done, toks, lps, lengths, finished))
-    return toks, lps, lengths, finished
+    return toks, lps, lengths, finished, cache
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -304,7 +327,8 @@ def prepare_prompts(batch: dict, *, pad_id: int = 0, bucket: bool = True):
 
 def decode(model_split, cache, logits, deltas, *, first_slot: int, max_new_tokens: int, buf_len: int,
            temperature, top_p, top_k, eos_token_id, rng, done=None, pad_token_id: int = 0, mesh=None):
-    """Run the decode loop from a filled cache (see `_decode`); returns a GenerationOutput [N, max_new_tokens]."""
+    """Run the decode loop from a filled cache (see `_decode`; the cache is donated to it: do not
+    use it afterwards); returns a GenerationOutput [N, max_new_tokens]."""
     graphdef, state = model_split
     N = logits.shape[0]
     greedy = float(temperature) == 0.0
@@ -315,7 +339,7 @@ def decode(model_split, cache, logits, deltas, *, first_slot: int, max_new_token
     if done is None:
         done = jnp.zeros((N,), bool)
     done = _place_rows(done, mesh)
-    toks, lps, lengths, finished = _decode(
+    toks, lps, lengths, finished, _ = _decode(     # the cache is donated: the caller's copy is gone
         graphdef, state, cache, logits, deltas, done, rng, jnp.int32(first_slot), jnp.int32(max_new_tokens),
         jnp.asarray(_eos_array(eos_token_id)), jnp.float32(1.0 if greedy else temperature), jnp.float32(top_p),
         jnp.int32(pad_token_id), greedy=greedy, top_k=int(top_k or 0), use_top_p=(not greedy) and float(top_p) < 1.0,

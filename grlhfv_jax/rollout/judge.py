@@ -42,8 +42,7 @@ def _gather_and_prefill_suffix(graphdef, state, cache, prefix_deltas, row_prompt
     position - prefix_len); row_prompt [R] int32; suffix_ids / suffix_mask [R, Ts] (left-padded
     inside the block). Returns (cache with R*num_samples rows, last logits [R*n, V], deltas [R*n])."""
     model = nnx.merge(graphdef, state)
-    cache = {"k": jnp.take(cache["k"], row_prompt, axis=1), "v": jnp.take(cache["v"], row_prompt, axis=1),
-             "mask": jnp.take(cache["mask"], row_prompt, axis=0)}
+    cache = engine.map_cache_rows(lambda x, axis: jnp.take(x, row_prompt, axis=axis), cache)
     cache = engine._constrain_cache(cache, mesh)
     R, Ts = suffix_ids.shape
     next_pos = prefix_len + jnp.take(prefix_deltas, row_prompt)                # [R] position of the first suffix token

@@ -263,8 +263,10 @@ class Qwen2VL(nnx.Module):
                 new_k.append(new[0])
                 new_v.append(new[1])
         h = self.model.norm(x)
-        if cache is not None:
-            new_cache = {"k": jnp.stack(new_k), "v": jnp.stack(new_v), "mask": cmask}
+        if cache is not None:   # in the layout it came in: stacked [L, ...] or a tuple of L layers
+            per_layer = isinstance(cache["k"], (tuple, list))
+            new_cache = {"k": tuple(new_k) if per_layer else jnp.stack(new_k),
+                         "v": tuple(new_v) if per_layer else jnp.stack(new_v), "mask": cmask}
         out = h if return_hidden else self.logits(h)
         return out if cache is None else (out, new_cache)
 
