@@ -118,6 +118,34 @@ def logical_to_spec(logical_axes, shape: Sequence[int], mesh: Mesh,
     return PartitionSpec(*spec)
 
 
+# Activations (logical names of `constrain`): rows over the batch axes, heads / MLP / vocab over
+# "tensor", the model width replicated (it is FSDP-sharded in the weights only: without a
+# constraint GSPMD may carry the weights' "embed" sharding into the residual stream).
+ACTIVATION_RULES: dict[str, str | tuple | None] = {
+    "act_batch": BATCH_AXES,
+    "act_length": None,
+    "act_embed": None,
+    "act_heads": "tensor",
+    "act_mlp": "tensor",
+    "act_vocab": "tensor",
+}
+
+
+def constrain(x, logical_axes, mesh: Mesh | None, rules=ACTIVATION_RULES):
+    """`jax.lax.with_sharding_constraint` of an activation by its logical axes (ACTIVATION_RULES);
+    x unchanged without a mesh or on one device."""
+    if mesh is None or mesh.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical_axes, x.shape, mesh, rules)))
+
+
+def set_activation_mesh(model, mesh: Mesh | None) -> None:
+    """Tells a model that constrains its activations (attribute ``activation_mesh``) the mesh its
+    parameters are on; other modules are left alone."""
+    if hasattr(model, "activation_mesh"):
+        model.activation_mesh = mesh
+
+
 def shard_array(x, logical_axes, mesh: Mesh, rules=LOGICAL_RULES) -> jax.Array:
     """`x` placed on `mesh` according to its logical axes."""
     return jax.device_put(x, NamedSharding(mesh, logical_to_spec(logical_axes, np.shape(x), mesh, rules)))
@@ -144,13 +172,14 @@ def model_shardings(model: nnx.Module, mesh: Mesh, rules=LOGICAL_RULES) -> nnx.S
 
 def shard_model(model: nnx.Module, mesh: Mesh, rules=LOGICAL_RULES) -> nnx.Module:
     """Place every variable of `model` (any NNX module, e.g. a model or an nnx.Optimizer) on `mesh`,
-    in place. Returns the model."""
+    in place, and give a model its activations' mesh (`set_activation_mesh`). Returns the model."""
     def place(v):
         if not hasattr(v.get_value(), "shape"):  # e.g. the empty state of a frozen group's optimizer
             return v
         return v.replace(jax.device_put(v.get_value(), _var_sharding(v, mesh, rules)))
 
     nnx.update(model, jax.tree.map(place, nnx.state(model), is_leaf=_is_var))
+    set_activation_mesh(model, mesh)
     return model
 
 

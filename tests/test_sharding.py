@@ -323,3 +323,24 @@ def test_tiny_qwen2_vl_sharded_forward_and_step_match_one_device(tiny_vl, mesh_s
     assert (attn.q_proj.kernel[...].sharding.spec, attn.o_proj.kernel[...].sharding.spec) == want
     assert model.model.embed_tokens.weight[...].sharding.spec == {
         (8, 1, 1): P(), (2, 4, 1): P(None, "fsdp"), (1, 2, 4): P("tensor", "fsdp")}[mesh_shape]
+
+
+def test_tiny_qwen2_vl_activations_follow_the_activation_rules(tiny_vl):
+    """A sharded model constrains its residual stream and logits (sharding.ACTIVATION_RULES): on a
+    2x2x2 mesh the logits leave the forward with rows over (data, fsdp) and the vocabulary over
+    tensor, whatever the FSDP-sharded weights suggest; unsharded, nothing is constrained."""
+    from jax.sharding import NamedSharding
+
+    import tiny_models as TM
+
+    run, _ = tiny_vl
+    mesh = S.make_mesh((2, 2, 2))
+    *_, model = run(mesh)
+    assert model.activation_mesh is mesh and run(None)[-1].activation_mesh is None
+    rows = TM.make_batch([[[1, 2, 3], (1, 2, 2), [4]]] * 4, pad_side="left", seed=1)
+    b = S.shard_batch({k: rows[k] for k in ("input_ids", "attention_mask")}, mesh)
+    fwd = nnx.jit(lambda m, ids, am, pv, g: m(ids, am, pv, g))
+    logits = fwd(model, b["input_ids"], b["attention_mask"], rows["pixel_values"], rows["image_grid_thw"].astype(np.int32))
+    assert logits.shape[0] == 4 and logits.shape[-1] % 2 == 0
+    want = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor"))
+    assert logits.sharding.is_equivalent_to(want, logits.ndim), logits.sharding

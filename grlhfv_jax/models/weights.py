@@ -147,6 +147,9 @@ def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rn
     finally:
         for h in handles.values():
             h.__exit__(None, None, None)
+    if mesh is not None:
+        from grlhfv_jax.sharding import set_activation_mesh
+        set_activation_mesh(model, mesh)
     return model
 
 

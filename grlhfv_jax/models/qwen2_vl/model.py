@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ... import sharding
 from .config import VLConfig, parse_hf_config
 from ..layers import Dense, Embed, RMSNorm, attention
 from .rope import apply_rope, mrope_cos_sin, rope_index
@@ -140,6 +141,12 @@ class Qwen2VL(nnx.Module):
         self.lm_head = None if config.tie_word_embeddings else Dense(
             config.hidden_size, config.vocab_size, axes=("embed", "vocab"), bias=False, **kw)
         self.score_head = Dense(config.hidden_size, 1, axes=("embed", None), bias=False, **kw) if scalar_head else None
+        # the mesh the parameters are on (set by sharding.shard_model / load_pretrained): the
+        # residual stream and the logits are constrained to it (sharding.ACTIVATION_RULES)
+        self.activation_mesh = None
+
+    def _constrain(self, x, axes):
+        return sharding.constrain(x, axes, self.activation_mesh)
 
     # ----------------------------------------------------------------- helpers
     def rope_index(self, input_ids, attention_mask=None, image_grid_thw=None):
@@ -255,10 +262,13 @@ class Qwen2VL(nnx.Module):
             mask = cmask[:, None, :S] & (jnp.arange(S)[None, :] <= q_slot[:, None])[None]
             new_k, new_v = [], []
 
+        stream = ("act_batch", "act_length", "act_embed")
+        x = self._constrain(x, stream)
         call = nnx.remat(_layer_call) if cfg.remat else _layer_call
         for i, layer in enumerate(self.model.layers):
             kv = None if cache is None else (cache["k"][i], cache["v"][i])
             x, new = call(layer, x, cos, sin, mask, kv, cache_index)
+            x = self._constrain(x, stream)
             if cache is not None:
                 new_k.append(new[0])
                 new_v.append(new[1])
@@ -309,7 +319,10 @@ class Qwen2VL(nnx.Module):
         """Final hidden states [..., H] -> float32 logits [..., V]."""
         dt = self.config.dtype
         w = (self.model.embed_tokens.weight[...].T if self.lm_head is None else self.lm_head.kernel[...]).astype(dt)
-        return jnp.dot(h.astype(dt), w, preferred_element_type=jnp.float32)
+        out = jnp.dot(h.astype(dt), w, preferred_element_type=jnp.float32)
+        if out.ndim >= 2:    # rows first, vocabulary last
+            out = self._constrain(out, ("act_batch",) + (None,) * (out.ndim - 2) + ("act_vocab",))
+        return out
 
     def score(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *, image_embeds=None,
               position_ids=None):
