@@ -86,6 +86,8 @@ def run(config, workdir: str, restart: bool = False) -> dict:
     config = full
     from grlhfv_jax import precision
     print(f"[run] matmul precision: {precision.apply(config)}", flush=True)
+    from grlhfv_jax import compile_cache
+    print(f"[run] compilation cache: {compile_cache.enable(config, workdir) or 'off'}", flush=True)
     writer = MetricsWriter(workdir, tensorboard=config.tensorboard)
     summary = update_summary(workdir, {})  # what earlier runs in this workdir found
     try:

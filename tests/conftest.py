@@ -1,10 +1,19 @@
 """Test set-up: 8 fake CPU devices for sharding tests, no network."""
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+# One persistent compilation cache for the test workers, the subprocesses they start (the resume
+# test restarts the pipeline 19 times) and later test runs on this machine (grlhfv_jax.compile_cache).
+from grlhfv_jax import compile_cache  # noqa: E402  (imports no jax)
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", compile_cache.machine_folder(
+    os.path.join(tempfile.gettempdir(), f"grlhfv_jax_tests_xla_{os.getuid()}")))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", str(compile_cache.MIN_COMPILE_SECONDS))
 
 import jax  # noqa: E402
 

@@ -181,6 +181,8 @@ CONFIG = {
     "tensorboard": Key("bool", True, "also write TensorBoard event files"),
     "matmul_precision": Key("str", "auto", "fp32 matmuls on GPU / TPU: auto (highest when a model computes "
                                            "in float32), highest, high or default (grlhfv_jax.precision)"),
+    "compile_cache_dir": Key("str?", "xla_cache", "persistent XLA compilation cache: a folder, relative to the "
+                                                 "workdir unless absolute; None: off (grlhfv_jax.compile_cache)"),
     "grm_template": Key("str?", None, "GRM prompt template (None: the paper's, rl.grm_reward.GRM_TEMPLATE)"),
     "data": DATA,
     "image": IMAGE,

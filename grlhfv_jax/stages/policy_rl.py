@@ -139,6 +139,8 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
             for key in ("parse_failure_rate", "tie_rate", "position_consistency", "cycle_rate"):
                 num, den = _pool(diags, key)
                 metrics[f"judge/{key}"] = num / den if den else float("nan")
+            corrs = [d["reward_length_corr"] for d in diags if np.isfinite(d["reward_length_corr"])]
+            metrics["judge/reward_length_corr"] = float(np.mean(corrs)) if corrs else float("nan")
         return state, metrics
 
     loop.train_loop(section, state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
