@@ -47,11 +47,29 @@ MODEL = {
                                       "processor makes, per-frame attention linear in the images; 0: dense)"),
 }
 
+# The splits the stages read (data/world: SPLITS), each a section of config.data.files.
+DATA_SPLITS = ("sft_policy", "sft_grm", "grm_train", "grm_test_id", "grm_test_ood", "policy_train", "policy_test")
+
+# One split of preference files on disk (config.data.kind = "files"; grlhfv_jax.data.files_source).
+DATA_FILES_SPLIT = {
+    "path": Key("str", REQUIRED, "a parquet file / folder, a datasets.save_to_disk folder or a .jsonl file"),
+    "format": Key("str", "auto", "auto, parquet, arrow or jsonl (data.preference_files.FORMATS)"),
+    "fields": Key("str", "align_anything", "column names: a data.preference_files.FIELD_MAPS name"),
+    "on_bad": Key("str", "skip", "a bad record: skip it (counted in the summary) or fail (names file and row)"),
+    "limit": Key("int?", None, "keep at most this many records (None: all)"),
+}
+
 DATA = {
-    "seed": Key("int", REQUIRED, "the synthetic world's seed"),
-    "image_size": Key("int", REQUIRED, "image side in pixels (a multiple of 4, >= 16)"),
-    "label_noise": Key("float", REQUIRED, "probability that a preference label is flipped, in [0, 0.5)"),
-    "vocab_size": Key("int", REQUIRED, "size of the demo tokenizer's vocabulary (>= 300)"),
+    "kind": Key("str", "world", "where records come from: world (the synthetic world) or files (config.data.files)"),
+    "files": {split: DATA_FILES_SPLIT for split in DATA_SPLITS},
+    "tokenizer_dir": Key("str?", None, "files: the tokenizer folder (None: the first config.model.* path)"),
+    "too_long": Key("str", "skip", "files: a record longer than a reading stage's max_len after tokenisation: "
+                                   "skip, truncate (its responses; a prompt that alone is too long is skipped) "
+                                   "or fail; counted in the summary"),
+    "seed": Key("int", REQUIRED, "world: the synthetic world's seed"),
+    "image_size": Key("int", REQUIRED, "world: image side in pixels (a multiple of 4, >= 16)"),
+    "label_noise": Key("float", REQUIRED, "world: probability that a preference label is flipped, in [0, 0.5)"),
+    "vocab_size": Key("int", REQUIRED, "world: size of the demo tokenizer's vocabulary (>= 300)"),
     "dir": Key("str", "", "dataset folder ('' = workdir/data)"),
     "sizes": Key("map", {}, "examples per split (split -> int); unlisted splits get the world's default"),
     "sft_grm_analysis": Key("str", "style", "what the GRM warm start's analysis says: style, facts or none"),
@@ -125,7 +143,8 @@ RM = {
     "reg": Key("float", REQUIRED, "weight of the mean squared score regulariser"),
     "eval_pairs": Key("int", REQUIRED, "held-out pairs per split for the accuracies (0: none)"),
     "eval_rows": Key("int", 32, "rows per scoring batch in evaluation"),
-    "init": Key("str", "sft_grm", "start from the GRM warm start ('sft_grm') or at random ('random')"),
+    "init": Key("str", "sft_grm", "start from the GRM warm start ('sft_grm': sft's, else config.model.grm.path) or "
+                                    "'random' (config.model.rm: its path when set, else hf_config at random)"),
     "num_micro_batches": Key("int", 1, "gradient accumulation micro-batches per step"),
     **OPTIMIZER, **_logging(10, 100),
 }

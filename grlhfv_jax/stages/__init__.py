@@ -68,6 +68,10 @@ def validate(config):
             raise ConfigError(f"config.mesh_shape = {shape}: expected 3 positive sizes over "
                                                 "(data, fsdp, tensor), at most one -1")
     precision.resolve(config)
+    from grlhfv_jax.stages import data as data_stage
+    if "data" in config and data_stage.kind(config) == "files":
+        from grlhfv_jax.stages import data_files
+        data_files.check_config(config)
     for name in config.stages:
         module = _module(name)
         module.validate(config, STAGES[name][1])

@@ -1,4 +1,5 @@
-"""Stage `data`: build the synthetic world's TFDS files and the demo tokenizer (both cached)."""
+"""Stage `data`: build the synthetic world's TFDS files and the demo tokenizer (both cached), or,
+with `config.data.kind = "files"`, read and check preference files on disk (`data_files`)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,17 @@ def data_dir(config, workdir: str) -> str:
     return config_schema.section(config.data, sections.DATA).dir or os.path.join(workdir, "data")
 
 
+def kind(config) -> str:
+    """config.data.kind: "world" or "files" (ConfigError otherwise)."""
+    k = config_schema.section(config.data, sections.DATA).kind
+    if k not in ("world", "files"):
+        raise ConfigError(f"config.data.kind = {k!r}: expected 'world' or 'files'")
+    return k
+
+
 def validate(config, section: str) -> None:
+    if kind(config) == "files":
+        return  # stages.validate checks a files run as a whole (data_files.check_config)
     check_section(config, section, SCHEMA)
     world_config(config)
 
@@ -61,17 +72,29 @@ def paths(config, workdir: str) -> dict:
         return json.load(f)
 
 
-def source(config, workdir: str) -> sources.WorldSource:
-    """The run's data source (`data.sources`): the synthetic world this stage wrote."""
-    return sources.WorldSource(paths(config, workdir)["data_dir"], world_config(config))
+def source(config, workdir: str):
+    """The run's data source (`data.sources`): the synthetic world this stage wrote, or the
+    preference files it checked (`data_files.source`)."""
+    found = paths(config, workdir)
+    written = found["kind"] if "kind" in found else "world"   # the world's data_paths.json names no kind
+    if written != kind(config):
+        raise ValueError(f"{os.path.join(workdir, 'data_paths.json')} was written for config.data.kind = "
+                         f"{written!r}, not {kind(config)!r}: rerun the 'data' stage")
+    if kind(config) == "files":
+        from grlhfv_jax.stages import data_files
+        return data_files.source(found)
+    return sources.WorldSource(found["data_dir"], world_config(config))
 
 
-def hooks(config) -> sources.WorldHooks:
-    """The evaluation hooks of the run's source, before its data exists (for validation)."""
-    return sources.WorldHooks()
+def hooks(config) -> sources.WorldHooks | None:
+    """The evaluation hooks of the run's source, before its data exists (for validation): None for files."""
+    return sources.WorldHooks() if kind(config) == "world" else None
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
+    if kind(config) == "files":
+        from grlhfv_jax.stages import data_files
+        return data_files.run(config, workdir, data_dir(config, workdir))
     world = world_config(config)
     extra = []
     if config.grm_template:  # its fixed words become single tokens: short GRM prompts

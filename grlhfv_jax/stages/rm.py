@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 
+from grlhfv_jax import config as config_schema
 from grlhfv_jax.checkpoint import export_hf
+from grlhfv_jax.config import sections
 from grlhfv_jax.stages import ConfigError, check_section, common, judging, sft
 from grlhfv_jax.stages import data as data_stage
 from grlhfv_jax.trainers import loop, steps
@@ -35,17 +37,23 @@ def output_dir(workdir: str) -> str:
 
 
 def load(workdir: str, config=None):
+    """The trained score-only RM: this run's `rm` stage output, else (a run without the `rm` stage)
+    config.model.rm.path, a folder an earlier run's `rm` stage wrote."""
     spec = config.model.get("rm", config.model.grm) if config is not None else None
-    return common.load_stage_output(output_dir(workdir), "run the 'rm' stage first", config, spec, scalar_head=True)
+    path = output_dir(workdir)
+    if spec is not None and "rm" not in config.stages and config_schema.section(spec, sections.MODEL).path:
+        path = config_schema.section(spec, sections.MODEL).path
+    return common.load_stage_output(path, "run the 'rm' stage first (or give its folder as config.model.rm.path)",
+                                    config, spec, scalar_head=True)
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
     src = data_stage.source(config, workdir)
     codec = common.codec(config, workdir)
-    init = sft.output_dir(workdir, "grm") if sec.init == "sft_grm" else None
+    init, hint = sft.warm_start(config, workdir, "grm") if sec.init == "sft_grm" else (None, "")
     if init and not os.path.isfile(os.path.join(init, "config.json")):
-        raise FileNotFoundError(f"{init} is missing: run 'sft' first or set config.{section}.init = 'random'")
+        raise FileNotFoundError(f"{init} is missing: {hint}, or set config.{section}.init = 'random'")
     spec = config.model.get("rm", config.model.grm)
     model = common.new_or_load(spec, codec, seed=config.seed + 7, scalar_head=True, from_path=init,
                                mesh=common.mesh_from_config(config), config=config)

@@ -19,7 +19,9 @@ import os
 
 import numpy as np
 
+from grlhfv_jax import config as config_schema
 from grlhfv_jax.checkpoint import export_hf, exported_summary
+from grlhfv_jax.config import sections
 from grlhfv_jax.rl.logprobs import window_start_and_length
 from grlhfv_jax.stages import check_section, common
 from grlhfv_jax.stages import data as data_stage
@@ -47,8 +49,12 @@ def validate(config, section: str) -> None:
     if "policy" in sec and sec.policy.data == "styled":
         from grlhfv_jax.stages import ConfigError
         styles = dict(sec.policy.styles)
+        hooks = data_stage.hooks(config)
+        if hooks is None:
+            raise ConfigError(f"config.{section}.policy.data = 'styled' needs a data source that restyles answers "
+                              "(the synthetic world)")
         try:  # the same checks the data path makes
-            data_stage.hooks(config).check_styles(styles)
+            hooks.check_styles(styles)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config.{section}.policy.styles = {styles!r}: {e}") from None
     if "model" not in config:
@@ -80,11 +86,23 @@ def output_dir(workdir: str, target: str) -> str:
     return os.path.join(workdir, "sft", target)
 
 
+def warm_start(config, workdir: str, target: str) -> tuple[str, str]:
+    """(folder, what writes it) of the `target` ("policy" or "grm") the RL and DPO stages start from:
+    this stage's output when the config trains that target (config.sft.<target>), else the
+    checkpoint config.model.<target>.path (an instruct model, as the paper's stage 1 starts)."""
+    if "sft" in config and target in config.sft:
+        return output_dir(workdir, target), f"run the 'sft' stage (with config.sft.{target}) first"
+    path = config_schema.section(config.model[target], sections.MODEL).path if target in config.model else None
+    if not path:
+        return output_dir(workdir, target), (f"set config.model.{target}.path (a checkpoint) or train a warm start "
+                                             f"with config.sft.{target}")
+    return path, f"config.model.{target}.path is not a Hugging Face checkpoint folder"
+
+
 def trainee_and_reference(config, workdir: str, target: str):
-    """Two independent copies of the `target` warm start ("policy" or "grm"): the model an RL or
-    DPO stage trains and its frozen reference."""
-    src = output_dir(workdir, target)
-    hint = f"run the 'sft' stage (with config.sft.{target}) first"
+    """Two independent copies of the `target` warm start (`warm_start`): the model an RL or DPO
+    stage trains and its frozen reference."""
+    src, hint = warm_start(config, workdir, target)
     return tuple(common.load_stage_output(src, hint, config, config.model[target]) for _ in range(2))
 
 
