@@ -31,6 +31,8 @@ GRPO = {
     "clip_ratio_c": Key("float?", None, "dual-clip bound for negative advantages (None: off)"),
     "entropy_coef": Key("float", 0.0, "entropy bonus weight"),
     "num_micro_batches": Key("int", 1, "gradient accumulation micro-batches per update"),
+    "ref_num_micro_batches": Key("int", 1, "slices of the reference log-prob pass over a step's rows (memory "
+                                           "only; must divide the prompts per step)"),
     "advantage_estimator": Key("str", "grpo", "advantages: grpo, grpo_no_std, rloo (grpo.ADVANTAGE_ESTIMATORS)"),
     "kl_estimator": Key("str", "k3", "KL penalty per token: k1, k2, k3 = low_var_kl or abs (grpo.KL_ESTIMATORS)"),
     "loss_agg_mode": Key("str", "token-mean", "token losses -> loss: token-mean, seq-mean-* (grpo.LOSS_AGGREGATIONS)"),

@@ -57,9 +57,9 @@ def validate(config, section: str) -> None:
         if sec[key] and not sec.position_debias:
             raise ConfigError(f"config.{section}.{key} needs config.{section}.position_debias = True")
     per = sec.pairs_per_step * (2 if sec.position_debias else 1)
-    if per % sec.mini_batches:
-        raise ConfigError(f"config.{section}.mini_batches = {sec.mini_batches} must divide the prompts per step "
-                          f"({per})")
+    for key in ("mini_batches", "ref_num_micro_batches"):
+        if sec[key] < 1 or per % sec[key]:
+            raise ConfigError(f"config.{section}.{key} = {sec[key]} must divide the prompts per step ({per})")
 
 
 def grpo_config(sec) -> steps.GRPOConfig:
@@ -68,6 +68,7 @@ def grpo_config(sec) -> steps.GRPOConfig:
                             clip_eps_high=None if high is None else float(high),
                             clip_ratio_c=sec.clip_ratio_c, entropy_coef=float(sec.entropy_coef),
                             num_micro_batches=int(sec.num_micro_batches),
+                            ref_num_micro_batches=int(sec.ref_num_micro_batches),
                             advantage_estimator=str(sec.advantage_estimator), kl_estimator=str(sec.kl_estimator),
                             loss_agg_mode=str(sec.loss_agg_mode), policy_loss=str(sec.policy_loss))
 

@@ -109,7 +109,9 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
 
     prompts: the left-padded prompt batch [P, Tp] that was sampled from (with `valid` [P]: fill rows
     get no loss); gen: the GenerationOutput with P*G rows; rewards [P, G].
-    Old log-probs are the sampler's (the policy that sampled = the one updated first).
+    Old log-probs are the sampler's (the policy that sampled = the one updated first); reference
+    log-probs come from one pass over all P*G rows, in ``cfg.ref_num_micro_batches`` slices of
+    whole groups (memory only: the same values).
     advantages: [P, G] computed by the caller (other groupings than one group per prompt), else
     from rewards by ``cfg.advantage_estimator``.
     Returns the mean of the step metrics plus rollout metrics.
@@ -143,7 +145,7 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     jb = loop.place_batch(ref_model, batch)
     batch["ref_logp"] = np.asarray(steps.compute_logprobs(ref_model, {k: jb[k] for k in (
         "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start") if k in jb}, window=window,
-        group=G))
+        group=G, num_micro_batches=cfg.ref_num_micro_batches))
     if P % mini_batches:
         raise ValueError(f"{P} prompts do not split into {mini_batches} mini-batches")
     per = P // mini_batches

@@ -86,6 +86,7 @@ class GRPOConfig:
     num_micro_batches: int = 1
     advantage_estimator: str = "grpo"
     policy_loss: str = "grpo"
+    ref_num_micro_batches: int = 1   # the reference log-prob pass of a GRPO step in this many slices (trainers.grpo)
 
 
 def grpo_loss(cfg: GRPOConfig, logp, old_logp, ref_logp, advantages, mask, entropy=None, denominator=None):
