@@ -175,6 +175,7 @@ DPO = {
     "beta": Key("float", REQUIRED, "DPO temperature"),
     "loss_type": Key("str", "sigmoid", "sigmoid (DPO) or ipo"),
     "label_smoothing": Key("float", 0.0, "conservative DPO label smoothing"),
+    "num_micro_batches": Key("int", 1, "gradient accumulation (and reference pass) slices of a step's pairs"),
     **OPTIMIZER, **_logging(10, 100),
 }
 

@@ -26,6 +26,10 @@ SCHEMA = {
 
 def validate(config, section: str) -> None:
     check_section(config, section, SCHEMA)
+    m = config[section].num_micro_batches
+    if m < 1 or config[section].pairs_per_step % m:
+        raise ConfigError(f"config.{section}.num_micro_batches = {m} must divide pairs_per_step = "
+                          f"{config[section].pairs_per_step}")
     if config[section].loss_type not in ("sigmoid", "ipo"):
         raise ConfigError(f"config.{section}.loss_type = {config[section].loss_type!r}: expected 'sigmoid' or 'ipo'")
 
@@ -41,13 +45,15 @@ def run(config, workdir: str, writer, section: str) -> dict:
     policy, ref = sft.trainee_and_reference(config, workdir, "policy")
     state = loop.make_train_state(policy, sec, sec.steps)
     ds = src.dataset("grm_train", seed=config.seed + 5, batch_size=sec.pairs_per_step)
-    cfg = steps.DPOConfig(beta=float(sec.beta), loss_type=sec.loss_type, label_smoothing=float(sec.label_smoothing))
+    cfg = steps.DPOConfig(beta=float(sec.beta), loss_type=sec.loss_type, label_smoothing=float(sec.label_smoothing),
+                          num_micro_batches=int(sec.num_micro_batches))
 
     def make_batch(step):
         b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
         b.pop("valid")
         jb = loop.place_batch(ref, b)
-        b["ref_logps"] = steps.compute_sequence_logprobs(ref, jb, average=sec.loss_type == "ipo")
+        b["ref_logps"] = steps.compute_sequence_logprobs(ref, jb, average=sec.loss_type == "ipo",
+                                                         num_micro_batches=int(sec.num_micro_batches))
         return b
 
     last = loop.train_loop(section, state, steps=sec.steps, make_batch=make_batch,

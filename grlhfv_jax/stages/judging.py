@@ -131,11 +131,27 @@ def _scores(model, batch):
                        batch.get("image_grid_thw"))
 
 
-def score_batch(rm, batch: dict) -> np.ndarray:
+SCORE_ROWS = 320   # rows per scoring call: a 1,800-row GRPO step of a 7B RM in one call needs ~80 GB per device
+
+
+def score_batch(rm, batch: dict, rows: int | None = None) -> np.ndarray:
     """Scalar-head scores [B] of a ready batch (input_ids, attention_mask, pixel_values, image_grid_thw),
-    its rows split over the model's mesh (`trainers.loop.place_batch`)."""
+    its rows split over the model's mesh (`trainers.loop.place_batch`), `rows` (default SCORE_ROWS:
+    divides over 8, 40 and 64 devices) per call; a batch of at most that many is one call."""
+    from grlhfv_jax.trainers import grpo as learner
     from grlhfv_jax.trainers import loop
-    return np.asarray(_scores(rm, loop.place_batch(rm, batch)))
+    rows = int(rows or SCORE_ROWS)
+    B = int(np.shape(batch["input_ids"])[0])
+    if B <= rows:
+        return np.asarray(_scores(rm, loop.place_batch(rm, batch)))
+    tok, merge = rm.config.image_token_id, rm.config.spatial_merge_size
+    out = []
+    for start in range(0, B, rows):
+        part = learner.select_rows(batch, np.arange(start, min(start + rows, B)), image_token_id=tok, merge_size=merge)
+        if "image_grid_thw" in part and not np.asarray(part["image_grid_thw"]).size:   # a slice without images
+            part = {k: v for k, v in part.items() if k not in ("pixel_values", "image_grid_thw")}
+        out.append(np.asarray(_scores(rm, loop.place_batch(rm, part))))
+    return np.concatenate(out)
 
 
 def rm_scores(rm, codec, items: Sequence[tuple], *, rows: int, max_len: int) -> np.ndarray:
