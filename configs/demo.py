@@ -119,9 +119,16 @@ def get_config(arg: str = ""):
     # kl_coef 0.3 (paper 0.02): the judges are blind to most wrong facts, and with 0.02 the policy
     # drifted into them (wrong positions, garbled text) while it dropped hedging and self-praise:
     # sampled oracle 0.70 -> 0.68; with 0.1 -> 0.71, with 0.3 -> 0.74 (docs/results.md)
+    # aggregator win_rate (paper: mean score): as the policy drops hedging and self-praise its answers
+    # differ in facts the judge cannot check, and the judge decides 65-75% of pairs by position. With
+    # both orders judged, win_rate gives such a pair 1/2 to each answer: only verdicts that hold in
+    # both orders move the rewards. The mean score let those position verdicts' score sizes through:
+    # noise that GRPO's std normalisation scaled up, and on one seed of three the policy drifted
+    # (greedy answers 5.6 -> 7.9 words, oracle gain +0.005); win_rate: +0.064 there, the others
+    # unchanged or better (docs/results.md, sweep 6)
     policy = dict(reward="grm", steps=60, prompts_per_step=8, n=5, mini_batches=1, max_len=48, max_new_tokens=24,
                   temperature=1.0, lr=5e-4, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.3, clip_eps=0.2,
-                  pairs="both", aggregator="mean", judge_max_new_tokens=36,
+                  pairs="both", aggregator="win_rate", judge_max_new_tokens=36,
                   judge_temperature=0.0, log_every=5, ckpt_every=20, freeze=frozen)
     c.policy_rl = dict(policy)
     c.policy_rl_rm = dict(policy, reward="rm")

@@ -120,6 +120,23 @@ def _bt_gradient(theta, wins, prior):
     return g
 
 
+def test_win_rate_gives_position_verdicts_no_weight_and_mean_does():
+    """The demo's stage 2 uses win_rate for this (configs/demo.py): with both orders judged, a pair
+    the judge decides by position (the first answer wins in either order) gives each answer 1/2,
+    whatever the scores; only a verdict that holds in both orders moves the rewards. The mean score
+    lets the sizes of position verdicts through. Hand-worked, 3 answers:
+    (0, 1): by position, scores 9-2 then 6-5; (0, 2) and (1, 2): 2 beats 0 and 1 in both orders."""
+    judgments = {(0, 1): (9, 2), (1, 0): (6, 5),
+                 (0, 2): (3, 7), (2, 0): (8, 4),
+                 (1, 2): (2, 6), (2, 1): (7, 3)}
+    complete = [True] * 3
+    np.testing.assert_allclose(gr.aggregate(3, judgments, complete, "win_rate"), [0.25, 0.25, 1.0])
+    # mean: answer 0 got 9, 5, 3, 4 -> 5.25; answer 1 got 2, 6, 2, 3 -> 3.25; answer 2: 7, 8, 6, 7 -> 7
+    mean = gr.aggregate(3, judgments, complete, "mean")
+    np.testing.assert_allclose(mean, [5.25, 3.25, 7.0])
+    assert mean[0] - mean[1] == 2.0  # a gap between 0 and 1 that no consistent verdict supports
+
+
 def test_bradley_terry_is_the_penalised_mle():
     rng = np.random.default_rng(1)
     n = 5
