@@ -7,6 +7,7 @@ full dotted key (and, for a typo, the nearest valid key).
     check_overrides(argv)  the same for `--config.a.b=v` command-line overrides, before parsing
     lookup_key("a.b")      the schema key of a dotted path (None inside an open map)
     describe("grm_rl")     the listing of a section: key, type, default, meaning
+    placeholders(config)   (key, value) still holding a "<...>" placeholder (paths left to the command line)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from grlhfv_jax.config.schema import check as _check
 from grlhfv_jax.config.sections import CONFIG
 
 __all__ = ["CONFIG", "REQUIRED", "ConfigError", "Key", "check", "check_overrides", "describe", "lookup_key",
-           "section", "with_defaults"]
+           "placeholders", "section", "with_defaults"]
 
 
 def check(config) -> None:
@@ -84,3 +85,20 @@ def describe(section: str = "") -> str:
     node = lookup(CONFIG, section) if section else CONFIG
     head = f"{'key':<34} {'type':<7} {'default':<16} meaning"
     return "\n".join([head] + describe_lines(node, section))
+
+
+def is_placeholder(value) -> bool:
+    """A string "<...>": a value the config file leaves to the command line (e.g. a checkpoint path)."""
+    return isinstance(value, str) and len(value) > 2 and value.startswith("<") and value.endswith(">")
+
+
+def placeholders(config, path: str = "") -> list[tuple[str, str]]:
+    """(dotted key, value) of every value of `config` that is still a placeholder (`is_placeholder`)."""
+    found = []
+    for key in config:
+        value, full = config[key], f"{path}.{key}" if path else key
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            found += placeholders(value, full)
+        elif is_placeholder(value):
+            found.append((full, value))
+    return found

@@ -206,6 +206,8 @@ CONFIG = {
     "compile_cache_dir": Key("str?", "xla_cache", "persistent XLA compilation cache: a folder, relative to the "
                                                  "workdir unless absolute; None: off (grlhfv_jax.compile_cache)"),
     "grm_template": Key("str?", None, "GRM prompt template (None: the paper's, rl.grm_reward.GRM_TEMPLATE)"),
+    "device_memory_gb": Key("float?", None, "memory of one accelerator in GB (1e9 B) for --dry_run's fit check "
+                                            "(None: what the local device reports)"),
     "data": DATA,
     "image": IMAGE,
     "model": {"policy": MODEL, "grm": MODEL, "rm": MODEL},
