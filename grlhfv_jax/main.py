@@ -28,6 +28,8 @@ from grlhfv_jax import config as config_schema
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: config.workdir).")
 _RESTART = flags.DEFINE_bool("restart", False, "Delete an existing run in the workdir and start over.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Validate the config, build every model abstractly (no weights, no "
+                              "data, no compilation), print the memory per device and exit: 1 when it does not fit.")
 _DESCRIBE = flags.DEFINE_string("describe", None, "Print the keys of a config section (e.g. grm_rl, sft.policy; "
                                 "'all' for every section) with type, default and meaning, and exit.")
 
@@ -207,7 +209,16 @@ def main(argv):
         raise app.UsageError("--config is required, e.g. --config configs/demo.py")
     from grlhfv_jax import stages
     try:
+        if _DRY_RUN.value:  # placeholders allowed: nothing is read
+            from grlhfv_jax import dry_run
+            sys.exit(dry_run.run(config))
         stages.validate(config)  # also inside run(); here a bad key is one line, not a traceback
+        left = config_schema.placeholders(config)
+        if left:
+            (key, value), rest = left[0], [k for k, _ in left[1:]]
+            raise config_schema.ConfigError(
+                f"config.{key} = {value!r} is a placeholder: set it on the command line (--config.{key}=...)"
+                + (f"; also {', '.join(rest)}" if rest else ""))
     except config_schema.ConfigError as e:
         sys.exit(f"config error: {e}")
     workdir = _WORKDIR.value or config.get("workdir") or config_schema.CONFIG["workdir"].default

@@ -1,0 +1,120 @@
+"""`--dry_run` (grlhfv_jax.dry_run): every paper config plans its memory from the published model
+shapes in seconds and fits its default preset; one that cannot fit exits non-zero naming the
+largest item; a run with placeholder paths is refused; the estimates match what a tiny model
+really holds (live arrays) and what XLA allocates for its compiled train step."""
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from grlhfv_jax import dry_run, models, stages
+from grlhfv_jax.models import published
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "paper", "*.py")) if not p.endswith("common.py"))
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(f"paper_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cli(*args):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-m", "grlhfv_jax.main", *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    return out, time.time() - t0
+
+
+def test_every_paper_config_passes_the_dry_run_on_its_default_preset(capsys):
+    for path in CONFIGS:
+        assert dry_run.run(load(path).get_config("")) == 0, path
+        text = capsys.readouterr().out
+        lines = text.strip().splitlines()
+        result = json.loads(lines[-1])
+        assert result["fits"] and result["peak_gb"] > 1.0 and result["device_memory_gb"] == 80.0, path
+        for item in dry_run.ITEMS:
+            assert any(line.startswith(item) for line in lines), (path, item)
+        stage = result["stages"][result["peak_stage"]]["per_device_gb"]
+        assert stage["params"] > 0 and stage["optimizer"] > 0 and stage["activations"] > 0, path
+
+
+def test_cli_dry_run_takes_seconds_and_a_run_that_cannot_fit_exits_non_zero_naming_the_largest_item():
+    out, wall = _cli("--config", "configs/paper/grm_qwen25vl_7b.py:1gpu", "--dry_run")
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert wall < 120, wall
+    assert "DOES NOT FIT" in out.stdout
+    assert "dry run: the 'grm_rl' stage needs" in out.stdout and "largest item: activations" in out.stdout
+    result = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+    assert not result["fits"] and result["largest_item"] == "activations"
+    ok, _ = _cli("--config", "configs/paper/grm_qwen25vl_7b.py:pod", "--dry_run")
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+
+
+def test_a_run_with_placeholder_paths_is_refused_naming_the_key():
+    out, _ = _cli("--config", "configs/paper/dpo_qwen2vl_2b.py:8chip", "--workdir", "/tmp/never_written")
+    assert out.returncode != 0
+    assert "config error: config.data.files.grm_train.path = '<" in out.stderr
+    assert "is a placeholder: set it on the command line (--config.data.files.grm_train.path=...); also " \
+           "model.policy.path" in out.stderr
+    assert not os.path.exists("/tmp/never_written")
+
+
+def test_published_configs_give_the_documented_parameter_counts():
+    """docs/models.md ("Memory"): parameter counts of the four checkpoints, from the table alone."""
+    want = {"Qwen2-VL-2B-Instruct": 2_208_985_600, "Qwen2-VL-7B-Instruct": 8_291_375_616,
+            "Qwen2.5-VL-3B-Instruct": 3_754_622_976, "Qwen2.5-VL-7B-Instruct": 8_292_166_656}
+    for name, n in want.items():
+        with dry_run._quiet_tracer_errors():
+            m = nnx.eval_shape(lambda: models.from_config(published.hf_config(name), rngs=nnx.Rngs(0)))
+        assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(m, nnx.Param))) == n, name
+    with pytest.raises(KeyError, match="Qwen2-VL-72B"):
+        published.hf_config("Qwen2-VL-72B")
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_estimates_match_a_tiny_model_live_arrays_and_its_compiled_step(remat):
+    """Parameters + optimizer state: within 20% of the bytes of the live arrays after building the
+    model and its optimizer (sum of nbytes over the train state). Activations + gradients of one
+    SFT step: within 0.8-1.25 of XLA's temp_size_in_bytes of the compiled step on CPU."""
+    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    import demo
+    import tiny_models as tm  # tests/ is on sys.path
+    from grlhfv_jax.rl.logprobs import window_start_and_length
+    from grlhfv_jax.trainers import loop, steps
+    B, T = 8, 128
+    hf = tm.tiny_hf_config("qwen2_vl", text=dict(vocab_size=512)).to_dict()
+    c = demo.get_config("smoke")
+    c.stages = ("sft",)
+    del c.sft["grm"]
+    c.sft.policy.update(batch_size=B, max_len=T, data="best", pretrained_vision=False, freeze=[])
+    c.model.policy.update(hf_config=hf, remat=remat)
+    full = stages.validate(c)
+    plan = dry_run.plan_stage(full, "sft")
+
+    model = models.from_config(hf, rngs=nnx.Rngs(0), remat=remat)
+    state = loop.make_train_state(model, full.sft.policy, 10)
+    live = sum(x.nbytes for x in jax.tree.leaves(nnx.state(state)))
+    est = plan.total["params"] + plan.total["optimizer"]
+    assert 0.8 <= est / live <= 1.2, (est, live)
+
+    ids = np.random.default_rng(0).integers(3, 90, (B, T)).astype(np.int32)
+    loss_mask = np.ones_like(ids)
+    loss_mask[:, :T // 4] = 0
+    batch = dict(input_ids=ids, attention_mask=np.ones_like(ids), loss_mask=loss_mask)
+    batch["window_start"], window = window_start_and_length(loss_mask)
+    temp = steps.sft_step.lower(state, batch, steps.SFTConfig(), window).compile().memory_analysis().temp_size_in_bytes
+    m = dry_run.model_shape(full.model.policy)
+    act = dry_run.activation_bytes(m, B, T, window) + plan.total["gradients"]
+    assert 0.8 <= act / temp <= 1.25, (act, temp)
