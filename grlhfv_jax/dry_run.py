@@ -37,6 +37,8 @@ import os
 
 import numpy as np
 
+from grlhfv_jax.config import ConfigError
+
 GB = 1e9
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 ITEMS = ("params", "gradients", "optimizer", "activations", "kv_cache")
@@ -81,13 +83,16 @@ def _quiet_tracer_errors():
         cls._origin_msg = old
 
 
-def hf_config_of(spec, vocab_size: int | None = None) -> tuple[dict, str]:
+def hf_config_of(spec, vocab_size: int | None = None, where: str = "a config.model entry") -> tuple[dict, str]:
     """(config.json dict, where it came from) of a `config.model.*` entry. `vocab_size`: for an
     hf_config without one (the demo's: the tokenizer the data stage trains decides it)."""
     from grlhfv_jax import models
     path = spec.path
     if path and os.path.isfile(os.path.join(path, "config.json")):
         return models.read_config_json(path), os.path.join(path, "config.json")
+    if "hf_config" not in spec:
+        raise ConfigError(f"{where} has neither a checkpoint folder with config.json (path = {path!r}) nor an "
+                         "hf_config: the dry run cannot know its shape")
     hf = spec.hf_config.to_dict() if hasattr(spec.hf_config, "to_dict") else dict(spec.hf_config)
     if "vocab_size" not in hf and "vocab_size" not in (hf.get("text_config") or {}) and vocab_size:
         hf["text_config"] = dict(hf.get("text_config") or {}, vocab_size=int(vocab_size))
@@ -97,13 +102,14 @@ def hf_config_of(spec, vocab_size: int | None = None) -> tuple[dict, str]:
 _SHAPES: dict = {}
 
 
-def model_shape(spec, scalar_head: bool = False, vocab_size: int | None = None) -> ModelShape:
+def model_shape(spec, scalar_head: bool = False, vocab_size: int | None = None,
+                where: str = "a config.model entry") -> ModelShape:
     """The abstract model of `spec` (a `config.model.*` entry with defaults): nnx.eval_shape, no weights."""
     import jax
     from flax import nnx
 
     from grlhfv_jax import models
-    hf, _ = hf_config_of(spec, vocab_size)
+    hf, _ = hf_config_of(spec, vocab_size, where)
     key = (json.dumps(hf, sort_keys=True, default=str), scalar_head, spec.param_dtype)
     if key not in _SHAPES:
         dt = {"float32": jax.numpy.float32, "bfloat16": jax.numpy.bfloat16}
@@ -173,7 +179,7 @@ def plan_stage(config, stage: str) -> StagePlan | None:
     vocab = config.data.vocab_size + 14 if "data" in config and "vocab_size" in config.data else None
 
     def shape(role, scalar=False):
-        return model_shape(config.model[role], scalar, vocab)
+        return model_shape(config.model[role], scalar, vocab, where=f"config.model.{role}")
 
     def hold(role, scalar=False):
         nonlocal params
@@ -205,7 +211,7 @@ def plan_stage(config, stage: str) -> StagePlan | None:
         for key, whole in (("mini_batches", P), ("ref_num_micro_batches", P),
                            ("num_micro_batches", P // sec.mini_batches)):
             if whole % sec[key]:
-                raise ValueError(f"config.{stage}.{key} = {sec[key]} must divide {whole} prompts")
+                raise ConfigError(f"config.{stage}.{key} = {sec[key]} must divide {whole} prompts")
         micro = rows // (sec.mini_batches * sec.num_micro_batches)
         ref_rows = rows // sec.ref_num_micro_batches
         steps = {f"train micro-batch: {micro} rows x {T} tokens": activation_bytes(m, micro, T, sec.max_new_tokens),

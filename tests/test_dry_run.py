@@ -118,3 +118,15 @@ def test_estimates_match_a_tiny_model_live_arrays_and_its_compiled_step(remat):
     m = dry_run.model_shape(full.model.policy)
     act = dry_run.activation_bytes(m, B, T, window) + plan.total["gradients"]
     assert 0.8 <= act / temp <= 1.25, (act, temp)
+
+
+def test_dry_run_names_a_key_the_stage_validators_cannot_check():
+    from grlhfv_jax.config import ConfigError
+    c = load(os.path.join(ROOT, "configs", "paper", "policy_qwen2vl_2b.py")).get_config("8chip")
+    c.policy_rl.ref_num_micro_batches = 7
+    with pytest.raises(ConfigError, match=r"config\.policy_rl\.ref_num_micro_batches = 7 must divide 360 prompts"):
+        dry_run.run(c)
+    c = load(os.path.join(ROOT, "configs", "paper", "policy_qwen2vl_2b.py")).get_config("8chip")
+    del c.model.grm["hf_config"]
+    with pytest.raises(ConfigError, match=r"config\.model\.grm has neither a checkpoint folder"):
+        dry_run.run(c)

@@ -39,7 +39,7 @@ def output_dir(workdir: str) -> str:
 def load(workdir: str, config=None):
     """The trained score-only RM: this run's `rm` stage output, else (a run without the `rm` stage)
     config.model.rm.path, a folder an earlier run's `rm` stage wrote."""
-    spec = config.model.get("rm", config.model.grm) if config is not None else None
+    spec = (config.model.rm if "rm" in config.model else config.model.grm) if config is not None else None
     path = output_dir(workdir)
     if spec is not None and "rm" not in config.stages and config_schema.section(spec, sections.MODEL).path:
         path = config_schema.section(spec, sections.MODEL).path
@@ -54,7 +54,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     init, hint = sft.warm_start(config, workdir, "grm") if sec.init == "sft_grm" else (None, "")
     if init and not os.path.isfile(os.path.join(init, "config.json")):
         raise FileNotFoundError(f"{init} is missing: {hint}, or set config.{section}.init = 'random'")
-    spec = config.model.get("rm", config.model.grm)
+    spec = config.model.rm if "rm" in config.model else config.model.grm
     model = common.new_or_load(spec, codec, seed=config.seed + 7, scalar_head=True, from_path=init,
                                mesh=common.mesh_from_config(config), config=config)
     state = loop.make_train_state(model, sec, sec.steps)

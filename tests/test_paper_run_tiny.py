@@ -1,0 +1,82 @@
+"""The paper configs themselves run, shrunk: only the placeholders (checkpoint folders: tiny random
+models; data: fixture files) and the sizes are overridden. DPO starts its policy from
+config.model.policy.path (no sft section), in micro-batches; GRPO on the score-only RM scores with
+the RM folder config.model.rm.path (a run without the rm stage), its reference pass in slices."""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from grlhfv_jax import config as config_schema
+from grlhfv_jax import main
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def load(name):
+    path = os.path.join(ROOT, "configs", "paper", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"paper_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("8chip")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Fixture pairs (parquet), a tokenizer for them, tiny policy and RM checkpoint folders."""
+    import sys
+
+    from flax import nnx
+
+    from grlhfv_jax import models
+    from grlhfv_jax.data.tokenizer import train_tokenizer
+    from grlhfv_jax.stages import common
+    from test_files_source import _rows, _write  # tests/ is on sys.path
+    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    import demo
+    root = tmp_path_factory.mktemp("paper_tiny")
+    rows = _rows(4)
+    pairs, _ = _write(root, "pairs", rows)
+    tok = str(root / "tokenizer")
+    train_tokenizer([r[k] for r in rows for k in ("question", "response_1", "response_2")] * 5, tok, vocab_size=400)
+    hf = demo.get_config("smoke").model.policy.hf_config
+    codec = common.Codec.from_dirs(tok, dict(min_pixels=56 * 56, max_pixels=56 * 56))
+    for name, seed in (("policy", 0), ("rm", 1)):
+        spec = config_schema.section(dict(hf_config=hf), config_schema.sections.MODEL)
+        models.save_pretrained(models.from_config(common.model_config(spec, codec), rngs=nnx.Rngs(seed)),
+                               str(root / name))
+    return root, pairs, tok
+
+
+def _shrink(c, root, pairs, tok, **paths):
+    for split in c.data.files:
+        c.data.files[split].path = pairs
+    c.data.tokenizer_dir = tok
+    c.image.update(min_pixels=56 * 56, max_pixels=56 * 56)
+    for role in c.model:
+        c.model[role].update(dtype="float32", remat=False)
+    c.model.policy.path = str(root / "policy")
+    for role, path in paths.items():
+        c.model[role].path = path
+    c.compile_cache_dir = None
+    c.report.enabled = False
+    assert config_schema.placeholders(c) == []
+
+
+def test_paper_dpo_and_rm_grpo_configs_run_shrunk(tiny, tmp_path):
+    root, pairs, tok = tiny
+    c = load("dpo_qwen2vl_2b")
+    _shrink(c, root, pairs, tok)
+    c.dpo.update(steps=1, pairs_per_step=2, num_micro_batches=2, max_len=96, log_every=1)
+    s = main.run(c, str(tmp_path / "dpo"))
+    assert s["data/grm_train/records"] == 4 and np.isfinite(s["dpo/train_loss"])
+    assert os.path.isfile(tmp_path / "dpo" / "dpo" / "policy" / "config.json")
+
+    c = load("rm_grpo_qwen2vl_2b")
+    _shrink(c, root, pairs, tok, rm=str(root / "rm"))
+    c.policy_rl_rm.update(steps=1, prompts_per_step=2, n=2, mini_batches=1, num_micro_batches=1,
+                          ref_num_micro_batches=2, max_len=96, max_new_tokens=4)
+    s = main.run(c, str(tmp_path / "rm_grpo"))
+    assert s["data/policy_train/records"] == 4 and "time/policy_rl_rm_s" in s
+    assert os.path.isfile(tmp_path / "rm_grpo" / "policy_rl_rm" / "policy" / "config.json")
