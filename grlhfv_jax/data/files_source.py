@@ -49,8 +49,11 @@ class SplitFiles:
 def read_split(split: str, spec: SplitFiles) -> tuple[list[dict], pf.BadRecords]:
     """The records of `split` as stored (image bytes, not decoded) and what was skipped."""
     read = pf.read_prompts if split in PROMPT_SPLITS else pf.read_preferences
-    recs, bad = read(spec.path, spec.field_map(), format=spec.format, on_bad=spec.on_bad, limit=spec.limit,
-                     check_images=spec.check_images)
+    try:
+        recs, bad = read(spec.path, spec.field_map(), format=spec.format, on_bad=spec.on_bad, limit=spec.limit,
+                         check_images=spec.check_images)
+    except KeyError as e:   # a column the field map names is missing: say which split
+        raise KeyError(f"split {split!r}: {e.args[0]}") from None
     if split not in PROMPT_SPLITS:
         for r in recs:
             r["answer"] = r["response_1"] if r["overall_response"] == 1 else r["response_2"]

@@ -124,7 +124,7 @@ def _check_columns(file: str, have, need) -> None:
     missing = [c for c in need if c not in have]
     if missing:
         raise KeyError(f"{file}: no column(s) {missing} (it has {sorted(have)}); set the field map "
-                       "(config.data.fields) to this dataset's column names")
+                       "(config.data.files.<split>.fields) to this dataset's column names")
 
 
 def _rows(file: str, fmt: str, columns: list[str]) -> Iterator[tuple[int, Any]]:
