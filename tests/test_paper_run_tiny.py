@@ -1,7 +1,8 @@
 """The paper configs themselves run, shrunk: only the placeholders (checkpoint folders: tiny random
 models; data: fixture files) and the sizes are overridden. DPO starts its policy from
-config.model.policy.path (no sft section), in micro-batches; GRPO on the score-only RM scores with
-the RM folder config.model.rm.path (a run without the rm stage), its reference pass in slices;
+config.model.policy.path (no sft section), in micro-batches; the RM trains from
+config.model.rm.path; GRPO on the score-only RM scores with that RM's folder as config.model.rm.path
+(a run without the rm stage), its reference pass in slices;
 stage 1 starts the GRM from config.model.grm.path and stage 2 judges with its output (grm_path)."""
 import importlib.util
 import os
@@ -67,7 +68,7 @@ def _shrink(c, root, pairs, tok, **paths):
     assert config_schema.placeholders(c) == []
 
 
-def test_paper_dpo_and_rm_grpo_configs_run_shrunk(tiny, tmp_path):
+def test_paper_dpo_rm_and_rm_grpo_configs_run_shrunk(tiny, tmp_path):
     root, pairs, tok = tiny
     c = load("dpo_qwen2vl_2b")
     _shrink(c, root, pairs, tok, policy=str(root / "policy"))
@@ -76,8 +77,16 @@ def test_paper_dpo_and_rm_grpo_configs_run_shrunk(tiny, tmp_path):
     assert s["data/grm_train/records"] == 4 and np.isfinite(s["dpo/train_loss"])
     assert os.path.isfile(tmp_path / "dpo" / "dpo" / "policy" / "config.json")
 
+    c = load("rm_qwen25vl_7b")
+    _shrink(c, root, pairs, tok, rm=str(root / "rm"))
+    c.data.files.grm_test_ood.fields = "align_anything"   # the fixture has Align-Anything's columns
+    c.rm.update(steps=1, pairs_per_step=2, num_micro_batches=1, max_len=96, eval_pairs=2, eval_rows=4)
+    s = main.run(c, str(tmp_path / "rm"))
+    assert "baseline_rm/accuracy_id" in s and "baseline_rm/accuracy_ood" in s
+    trained_rm = str(tmp_path / "rm" / "rm" / "rm")
+
     c = load("rm_grpo_qwen2vl_2b")
-    _shrink(c, root, pairs, tok, policy=str(root / "policy"), rm=str(root / "rm"))
+    _shrink(c, root, pairs, tok, policy=str(root / "policy"), rm=trained_rm)
     c.policy_rl_rm.update(steps=1, prompts_per_step=2, n=2, mini_batches=1, num_micro_batches=1,
                           ref_num_micro_batches=2, max_len=96, max_new_tokens=4)
     s = main.run(c, str(tmp_path / "rm_grpo"))
