@@ -204,7 +204,7 @@ def fit(m: Measure, rec: dict, rs: list[Reader], mode: str, split: str) -> tuple
         rec = dict(rec)
         for k, c in cap.items():
             ids = m.tok.encode(rec[k], add_special_tokens=False)
-            if len(ids) > c - attempt:   # re-encoding a cut text can merge tokens: tighten on retries
+            if c < len(ids):   # re-encoding a cut text can merge tokens: tighten on retries
                 rec[k] = m.tok.decode(ids[:max(c - attempt, 1)])
         rec["answer"] = rec["response_1"] if rec["overall_response"] == 1 else rec["response_2"]
     return None, "skipped"
