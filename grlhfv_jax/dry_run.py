@@ -10,12 +10,14 @@ configs hold the published configs, `models.published`). For each stage the run 
 - gradients: the trainee's trainable parameters (not `freeze`), at its param_dtype, over fsdp x tensor;
 - optimizer: AdamW's two moments per trainable parameter (optax keeps them in the param dtype), over
   fsdp x tensor;
-- activations: the largest jitted step the stage runs (`activation_bytes`): a training micro-batch
-  (rows = mini-batch / num_micro_batches) or, in GRPO, the reference log-prob pass over all rows of
-  a step, whichever is larger; rows over data x fsdp;
-- kv_cache: the rollout's cache, rows x (prompt + bucketed new tokens) x layers x 2 x kv heads x
-  head_dim x compute bytes (the engine's layout); rows over data x fsdp, heads over tensor. The
-  policy stage adds the judge's cache (16 prompt groups of n(n-1) pairs per call).
+- activations and kv_cache: those of the step's phase that needs the most (the phases run one
+  after the other): the rollout (the prefill of all prompts in one call, and the cache of all
+  rows: rows x (prompt + bucketed new tokens) x layers x 2 x kv heads x head_dim x compute bytes,
+  the engine's layout), stage 2's judging (16 prompt groups of n(n-1) pairs per call: the prefill
+  of the answers over the shared prompt, and their cache), the reference log-prob pass (rows /
+  ref_num_micro_batches), a training micro-batch (rows / mini_batches / num_micro_batches), the
+  RM's scoring (judging.SCORE_ROWS rows per call); DPO / RM / SFT: the training step (rows /
+  num_micro_batches). Rows over data x fsdp, the cache's heads over tensor.
 
 The activation model (per micro-batch of R rows, T tokens, L layers, hidden H, MLP I, heads A, kv
 heads K, head_dim D, compute bytes b, vocabulary V, LM-head window W):
@@ -169,7 +171,8 @@ def _mesh(config) -> tuple[int, int, int]:
 
 
 def plan_stage(config, stage: str) -> StagePlan | None:
-    """The memory of `stage` (None for a stage that holds no model: data, report)."""
+    """The memory of `stage`; None for `data` and the stages not planned (vision, evaluate, nscale:
+    the synthetic world's)."""
     from grlhfv_jax.rollout.engine import bucket_length
     data, fsdp, tensor = _mesh(config)
     shard_params, shard_rows = fsdp * tensor, data * fsdp
@@ -177,6 +180,9 @@ def plan_stage(config, stage: str) -> StagePlan | None:
     params, trained, acts, kv, notes = 0.0, None, 0.0, 0.0, []
 
     vocab = config.data.vocab_size + 14 if "data" in config and "vocab_size" in config.data else None
+
+    def kv_shard(m):   # rows over data x fsdp, heads over tensor when they divide
+        return shard_rows * (tensor if m.kv_heads % tensor == 0 else 1)
 
     def shape(role, scalar=False):
         return model_shape(config.model[role], scalar, vocab, where=f"config.model.{role}")
@@ -214,12 +220,14 @@ def plan_stage(config, stage: str) -> StagePlan | None:
                 raise ConfigError(f"config.{stage}.{key} = {sec[key]} must divide {whole} prompts")
         micro = rows // (sec.mini_batches * sec.num_micro_batches)
         ref_rows = rows // sec.ref_num_micro_batches
-        steps = {f"train micro-batch: {micro} rows x {T} tokens": activation_bytes(m, micro, T, sec.max_new_tokens),
-                 f"reference pass: {ref_rows} rows x {T} tokens": activation_bytes(m, ref_rows, T, sec.max_new_tokens,
-                                                                                   backward=False),
-                 f"rollout prefill: {P} prompts x {sec.max_len} tokens": activation_bytes(m, P, sec.max_len, 1,
-                                                                                          backward=False)}
-        kv = kv_bytes(m, rows, T)
+        # phases of a step, one after the other: (activations, KV cache) of each
+        phases = {
+            f"rollout: prefill of {P} prompts x {sec.max_len} tokens + cache of {rows} rows x {T}":
+                (activation_bytes(m, P, sec.max_len, 1, backward=False), kv_bytes(m, rows, T)),
+            f"reference pass: {ref_rows} rows x {T} tokens":
+                (activation_bytes(m, ref_rows, T, sec.max_new_tokens, backward=False), 0.0),
+            f"train micro-batch: {micro} rows x {T} tokens": (activation_bytes(m, micro, T, sec.max_new_tokens), 0.0),
+        }
         if stage == "policy_rl" and sec.reward == "grm":
             g = hold("grm")
             answers = 2 * sec.max_new_tokens + 64          # two answers and the template's tail
@@ -227,20 +235,21 @@ def plan_stage(config, stage: str) -> StagePlan | None:
             groups = min(sec.prompts_per_step, 16)        # judging.GRMJudge: 16 prompt groups per call
             judge_rows = groups * sec.n * (sec.n - 1)
             jt = judge_prompt + bucket_length(sec.judge_max_new_tokens)
-            kv += kv_bytes(g, judge_rows, jt)
-            steps[f"judge prefill: {judge_rows} pairs x {answers} new of {judge_prompt} tokens"] = \
-                activation_bytes(g, judge_rows, judge_prompt, 1, backward=False, queries=answers)
-            notes.append(f"judge cache: {judge_rows} rows x {jt} tokens (judge prompt estimated as {judge_prompt} = "
-                         f"{stage}.max_len + {GRM_TEMPLATE_TOKENS} template + two answers + 64)")
+            phases[f"judging: {judge_rows} pairs x {answers} new of {judge_prompt} tokens + cache x {jt}"] = (
+                activation_bytes(g, judge_rows, judge_prompt, 1, backward=False, queries=answers),
+                kv_bytes(g, judge_rows, jt))
+            notes.append(f"judge prompt estimated as {judge_prompt} tokens = {stage}.max_len + {GRM_TEMPLATE_TOKENS} "
+                         "template + two answers + 64")
         elif stage == "policy_rl_rm":
             r = hold("rm" if "rm" in config.model else "grm", scalar=True)
             from grlhfv_jax.stages.judging import SCORE_ROWS
-            steps[f"RM scoring: {min(rows, SCORE_ROWS)} rows x {T} tokens"] = activation_bytes(
-                r, min(rows, SCORE_ROWS), T, 0, backward=False)
-        worst = max(steps, key=steps.get)
-        acts = steps[worst]
-        notes.append(f"activations: {worst} (largest of: " + "; ".join(
-            f"{k.split(':')[0]} {v / GB / (data * fsdp):.1f} GB" for k, v in steps.items()) + ")")
+            phases[f"RM scoring: {min(rows, SCORE_ROWS)} rows x {T} tokens"] = (
+                activation_bytes(r, min(rows, SCORE_ROWS), T, 0, backward=False), 0.0)
+        worst = max(phases, key=lambda k: phases[k][0] / shard_rows + phases[k][1] / kv_shard(m))
+        acts, kv = phases[worst]
+        notes.append(f"peak phase: {worst} (per device, activations + cache: " + "; ".join(
+            f"{k.split(':')[0]} {(a / shard_rows + c / kv_shard(m)) / GB:.1f} GB" for k, (a, c) in phases.items())
+            + ")")
         trained = (m, sec.freeze)
     elif stage == "rm":
         spec = "rm" if "rm" in config.model else "grm"
@@ -259,9 +268,8 @@ def plan_stage(config, stage: str) -> StagePlan | None:
     n_train = m.trainable(freeze)
     total = dict(params=params, gradients=n_train * m.param_bytes, optimizer=2 * n_train * m.param_bytes,
                  activations=acts, kv_cache=kv)
-    kv_shard = shard_rows * (tensor if m.kv_heads % tensor == 0 else 1)
     per = dict(params=params / shard_params, gradients=total["gradients"] / shard_params,
-               optimizer=total["optimizer"] / shard_params, activations=acts / shard_rows, kv_cache=kv / kv_shard)
+               optimizer=total["optimizer"] / shard_params, activations=acts / shard_rows, kv_cache=kv / kv_shard(m))
     return StagePlan(stage, total, per, notes)
 
 
