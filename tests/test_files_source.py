@@ -216,3 +216,27 @@ def test_tiny_run_on_files_data_sft_grm_rl_policy_rl(files_run, tmp_path):
     assert "grm/accuracy_id" in summary and "grm/sft_accuracy_id" in summary
     for out in ("sft/policy", "grm_rl/grm", "policy_rl/policy"):
         assert os.path.isfile(tmp_path / "run" / out / "config.json"), out
+
+
+def test_the_data_stage_counts_bad_and_truncated_records_into_the_summary(files_run, tmp_path, capsys):
+    from grlhfv_jax.stages import data_files
+    config, root = files_run
+    rows = _rows(6, long_response_at=5)
+    rows[2]["overall_response"] = 0            # not a label value: skipped as bad_label
+    pq_path, _ = _write(tmp_path, "pairs", rows)
+    c = config.copy_and_resolve_references()
+    for split in c.data.files:
+        c.data.files[split].path = pq_path
+    c.data.too_long = "truncate"
+    full = stages.validate(c)
+    s = data_files.run(full, str(tmp_path), str(tmp_path / "data"))
+    assert s["data/grm_train/bad_bad_label"] == 1 and s["data/grm_train/bad_total"] == 1
+    assert s["data/grm_train/rows_read"] == 6
+    assert s["data/grm_train/too_long_truncated"] == 1 and s["data/grm_train/too_long_skipped"] == 0
+    assert s["data/grm_train/records"] == 5
+    assert s["data/policy_train/bad_total"] == 0 and s["data/policy_train/records"] == 6   # prompts: no label read
+    assert "grm_train: skipped 1 bad record(s) {'bad_label': 1}" in capsys.readouterr().out
+    src = data_files.source(json.load(open(tmp_path / "data_paths.json")))
+    recs = src.records("grm_train")
+    assert len(recs) == 5 and recs[-1]["answer"] == recs[-1]["response_2"] != rows[5]["response_2"]
+    assert rows[5]["response_2"].startswith(recs[-1]["response_2"].strip())
