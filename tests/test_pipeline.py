@@ -261,9 +261,11 @@ def test_full_demo_learns(tmp_path):
     rate over 800 answers <= 0.018 (drop of a rate <= 0.025); the oracle gains carry their own
     paired SE (`*_se`, over the 800 samples per policy). Issue 12's bars are stage-1 gain >= 0.1,
     consistency >= 0.5 and a gain > 2 SE; consistency is asserted at 0.44 only (sweep min 0.515,
-    2 SE below it). Not asserted: GRLHF-V over DPO (sweep min +0.008, within the SE of a difference
+    2 SE below it). Not asserted: GRLHF-V over DPO (sweep 6 min +0.028, under 2 SE of a difference
     of two gains) and over the RM+GRPO baseline (level). Sweep 5 (the AVX2 CPU, 3 seeds) met every
-    bar on this config's seed 0 (stage 2: +0.074, 6.7 SE); its seed 2 failed stage 2 (+0.005)."""
+    bar on seed 0; its seed 2 failed stage 2 (+0.005) under the paper's mean-score aggregator.
+    Sweep 6 (stage 2 by win rate, this config: 5 seeds and a perturbed arithmetic on the AVX2 CPU)
+    met every assertion here on every run."""
     summary = main.run(demo.get_config(), str(tmp_path))
     # the vision probes on 512 held-out images (SE <= 0.015): sweep min 1.0, shape 0.875
     assert min(summary[f"vision/heldout_accuracy_{a}"] for a in ("colour", "count", "position")) > 0.95
@@ -276,13 +278,13 @@ def test_full_demo_learns(tmp_path):
         # position consistency after stage 1: sweep 0.515-0.615 ID, 0.52-0.625 OOD
         assert summary[f"grm/position_consistency_{split}"] > 0.44, split
         assert summary[f"baseline_rm/accuracy_{split}"] > 0.59, split  # sweep min 0.665
-    # stage 2: GRLHF-V's sampled oracle gain (sweep 0.033-0.090, each >= 3.2 SE)
+    # stage 2: GRLHF-V's sampled oracle gain (sweep 6: 0.064-0.082, each >= 6.4 SE)
     gain, se = summary["policy/oracle_gain_sampled_vs_sft"], summary["policy/oracle_gain_sampled_vs_sft_se"]
     assert gain > 2 * se, (gain, se)
-    # the judge penalises hedging, the policy drops it: sweep 0.21-0.25 -> 0.035-0.062 (drop >= 0.174)
+    # the judge penalises hedging, the policy drops it: sweep 6 0.196-0.251 -> 0.035-0.062 (drop >= 0.156)
     assert summary["policy/hedge_rate_sampled_after"] < summary["policy/hedge_rate_sampled_before"] - 0.1
-    # and self-praise: sweep 0.32-0.37 -> 0.043-0.075 (drop >= 0.275)
-    assert summary["policy/self_praise_rate_sampled_after"] < summary["policy/self_praise_rate_sampled_before"] - 0.2
+    # and self-praise: sweep 6 0.32-0.37 -> 0.044-0.094 (drop >= 0.232; SE of a drop <= 0.025)
+    assert summary["policy/self_praise_rate_sampled_after"] < summary["policy/self_praise_rate_sampled_before"] - 0.15
     assert sum(v for k, v in summary.items() if k.startswith("time/")) < 15 * 60
 
 
