@@ -2,8 +2,6 @@
 shapes in seconds and fits its default preset; one that cannot fit exits non-zero naming the
 largest item; a run with placeholder paths is refused; the estimates match what a tiny model
 really holds (live arrays) and what XLA allocates for its compiled train step."""
-import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,15 +16,7 @@ from flax import nnx
 from grlhfv_jax import dry_run, models, stages
 from grlhfv_jax.models import published
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
-CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "paper", "*.py")) if not p.endswith("common.py"))
-
-
-def load(path):
-    spec = importlib.util.spec_from_file_location(f"paper_{os.path.basename(path)[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from test_paper_configs import CONFIGS, ROOT, load  # tests/ is on sys.path
 
 
 def _cli(*args):
