@@ -120,7 +120,7 @@ def get_config(arg: str = ""):
     # drifted into them (wrong positions, garbled text) while it dropped hedging and self-praise:
     # sampled oracle 0.70 -> 0.68; with 0.1 -> 0.71, with 0.3 -> 0.74 (docs/results.md)
     # aggregator win_rate (paper: mean score): as the policy drops hedging and self-praise its answers
-    # differ in facts the judge cannot check, and the judge decides 65-75% of pairs by position. With
+    # differ in facts the judge cannot check, and the judge decides 64-79% of pairs by position. With
     # both orders judged, win_rate gives such a pair 1/2 to each answer: only verdicts that hold in
     # both orders move the rewards. The mean score let those position verdicts' score sizes through:
     # noise that GRPO's std normalisation scaled up, and on one seed of three the policy drifted
