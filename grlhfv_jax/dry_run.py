@@ -21,12 +21,15 @@ configs hold the published configs, `models.published`). For each stage the run 
 
 The activation model (per micro-batch of R rows, T tokens, L layers, hidden H, MLP I, heads A, kv
 heads K, head_dim D, compute bytes b, vocabulary V, LM-head window W):
-  with remat: L x R T H b (the saved layer inputs) + one layer's forward and backward working set;
+  with remat: L x R T H b (the saved layer inputs; remat_policy "dots" adds the projections' outputs,
+  R T (3H + 2 K D + 2I) b per layer, "dots_all" also the attention scores) + one layer's forward and
+  backward working set;
   without: L x that working set; a layer's working set = R T (4H + 4 K D + 3 I) b + 3 x R A T^2 x 4
   (float32 scores, probabilities and their gradient); the LM head 2 x R W V x 4 (float32 logits and
-  their gradient). Measured against XLA's `memory_analysis().temp_size_in_bytes` of the compiled
-  SFT step of tiny models on CPU (activations + gradients vs temp): 0.84-1.02 (tests/test_dry_run.py);
-  the vision tower's activations are not counted (a frozen tower runs forward only).
+  their gradient; W = min(window, logits_chunk) with logits_chunk). Measured against XLA's
+  `memory_analysis().temp_size_in_bytes` of the compiled SFT step of tiny models on CPU
+  (activations + gradients vs temp): 0.84-1.02 (tests/test_dry_run.py); the vision tower's
+  activations are not counted (a frozen tower runs forward only).
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class ModelShape:
     param_bytes: int      # bytes per parameter (param_dtype)
     compute_bytes: int    # bytes per activation (dtype)
     remat: bool
+    remat_policy: str = "nothing"   # what a remat block keeps (models.layers.REMAT_POLICIES)
+    logits_chunk: int = 0           # LM-head columns per piece (0: the whole window at once)
 
     def trainable(self, freeze) -> int:
         return self.params - (self.vision_params if "visual" in tuple(freeze or ()) else 0)
@@ -125,7 +130,9 @@ def model_shape(spec, scalar_head: bool = False, vocab_size: int | None = None,
     return ModelShape(params=total, vision_params=vis, layers=c.num_hidden_layers, hidden=c.hidden_size,
                       intermediate=c.intermediate_size, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
                       head_dim=c.head_dim, vocab=c.vocab_size, param_bytes=DTYPE_BYTES[spec.param_dtype],
-                      compute_bytes=DTYPE_BYTES[spec.dtype], remat=bool(spec.remat))
+                      compute_bytes=DTYPE_BYTES[spec.dtype], remat=bool(spec.remat),
+                      remat_policy=str(spec.get("remat_policy", "nothing")),
+                      logits_chunk=int(spec.get("logits_chunk", 0)))
 
 
 def activation_bytes(m: ModelShape, rows: int, tokens: int, window: int, *, backward: bool = True,
@@ -137,11 +144,17 @@ def activation_bytes(m: ModelShape, rows: int, tokens: int, window: int, *, back
     Q = T if queries is None else queries
     layer = R * Q * (4 * m.hidden + 4 * m.kv_heads * m.head_dim + 3 * m.intermediate) * b \
         + 3 * R * m.heads * Q * T * 4
-    head = 2 * R * window * m.vocab * 4
+    head = 2 * R * (min(window, m.logits_chunk) if m.logits_chunk else window) * m.vocab * 4
     if not backward:
         return layer + head
     if m.remat:
-        return m.layers * R * T * m.hidden * b + 2 * layer + head
+        kept = m.hidden   # per token and layer: the block's input; "dots" adds the projections' outputs
+        if m.remat_policy in ("dots", "dots_all"):
+            kept += 3 * m.hidden + 2 * m.kv_heads * m.head_dim + 2 * m.intermediate
+        saved = m.layers * R * T * kept * b
+        if m.remat_policy == "dots_all":
+            saved += m.layers * R * m.heads * Q * T * 4   # the attention scores too
+        return saved + 2 * layer + head
     return m.layers * layer + head
 
 

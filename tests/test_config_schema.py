@@ -217,3 +217,14 @@ def test_cli_describe(tmp_path):
     p, _ = cli(tmp_path, "--describe", "rm")
     assert p.returncode == 0, p.stderr
     assert [ln.split()[0] for ln in p.stdout.splitlines()[1:]] == [f"rm.{k}" for k in sections.RM]
+
+
+@pytest.mark.parametrize("key, value, want", [
+    ("remat_policy", "some", r"config\.model\.grm\.remat_policy = 'some': expected one of nothing, dots, dots_all"),
+    ("logits_chunk", -1, r"config\.model\.grm\.logits_chunk = -1: expected 0 \(off\)"),
+])
+def test_memory_choices_of_a_model_are_checked_naming_the_key(key, value, want):
+    config = demo()
+    config.model.grm[key] = value
+    with pytest.raises(ConfigError, match=want):
+        stages.validate(config)

@@ -387,3 +387,31 @@ def test_step_input_errors(grpo_run, data):
         steps.sft_step(state, data, steps.SFTConfig(num_micro_batches=3))
     with pytest.raises(ValueError, match="pairs"):
         steps.bt_rm_step(state, data, steps.BTConfig(num_micro_batches=8))
+
+
+def test_logits_in_chunks_and_remat_policies_give_the_same_updates(grpo_run, windowed, hf_config, data):
+    """A model with ``logits_chunk`` (the LM head in pieces of 3 columns: several pieces, the last
+    padded) and remat ("dots": projections saved; "nothing"): GRPO on a window, SFT on every column
+    and DPO's sequence log-probs equal the plain reference written in `grpo_run`."""
+    batch, length = windowed
+    assert length > 3
+    gb = {k: jnp.asarray(v) for k, v in dict(grpo_run["batch"], window_start=batch["window_start"]).items()}
+    want = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(grpo_run["ref_model"], nnx.Param))}
+    for policy in ("dots", "nothing"):
+        model = _make_model(hf_config, logits_chunk=3, remat=True, remat_policy=policy)
+        assert model.config.logits_chunk == 3
+        _, m = steps.grpo_step(steps.TrainState(model, optax.sgd(1.0)), gb, steps.GRPOConfig(num_micro_batches=2),
+                               window=length)
+        assert float(m["loss"]) == pytest.approx(grpo_run["ref_loss"], rel=1e-4, abs=1e-6), policy
+        assert float(m["entropy"]) == pytest.approx(grpo_run["ref_metrics"]["entropy"], rel=1e-4), policy
+        got = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=2e-6, err_msg=f"{policy} {k}")
+    mask = data["loss_mask"]
+    model = _make_model(hf_config, logits_chunk=3)
+    seq = steps.compute_sequence_logprobs(model, data)
+    np.testing.assert_allclose(np.asarray(seq), (grpo_run["old"] * mask).sum(1), rtol=1e-5, atol=1e-4)
+    _, m = steps.sft_step(steps.TrainState(model, optax.sgd(1.0)), data)
+    assert float(m["loss"]) == pytest.approx(-(grpo_run["old"] * mask).sum() / mask[:, 1:].sum(), rel=1e-5)
+    with pytest.raises(ValueError, match="remat_policy 'some'"):
+        _make_model(hf_config, remat=True, remat_policy="some")(jnp.array([[5, 6, 7]]))

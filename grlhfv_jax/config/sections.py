@@ -45,6 +45,10 @@ MODEL = {
     "dtype": Key("str", "float32", "compute dtype (float32, bfloat16, ...)"),
     "param_dtype": Key("str", "float32", "master-weight dtype"),
     "remat": Key("bool", False, "recompute activations in the backward pass (saves memory)"),
+    "remat_policy": Key("str", "nothing", "with remat, what each block keeps for the backward pass: nothing, dots "
+                                          "(projection outputs) or dots_all (models.layers.REMAT_POLICIES)"),
+    "logits_chunk": Key("int", 0, "LM-head columns per piece in the training losses (0: all at once); e.g. 256 keeps "
+                                  "rows x 256 x vocab float32 logits live instead of rows x columns x vocab"),
     "vision_block": Key("int?", None, "patches per vision attention block (None: the largest frame the image "
                                       "processor makes, per-frame attention linear in the images; 0: dense)"),
 }

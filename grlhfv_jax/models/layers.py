@@ -7,6 +7,26 @@ from flax import nnx
 
 NEG_INF = -1e30  # finite mask value: a fully masked row stays finite (no NaN from 0 * inf)
 
+# What a rematerialised block keeps from its forward pass for the backward pass (the rest is
+# recomputed): "nothing" (only the block's inputs: least memory, one more forward), "dots" (also
+# the outputs of matmuls without batch dimensions: the q/k/v/o and MLP projections; attention
+# scores and elementwise ops are recomputed), "dots_all" (every matmul output, attention scores too).
+REMAT_POLICIES = {
+    "nothing": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_all": jax.checkpoint_policies.dots_saveable,
+}
+
+
+def remat(f, config, **kw):
+    """`f` under `nnx.remat` with ``config.remat_policy`` when ``config.remat``, else `f` itself."""
+    if not config.remat:
+        return f
+    name = getattr(config, "remat_policy", "nothing")
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy {name!r}: expected one of {sorted(REMAT_POLICIES)}")
+    return nnx.remat(f, policy=REMAT_POLICIES[name], **kw)
+
 
 def _normal(rngs, shape, std, dtype):
     return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)

@@ -6,6 +6,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 
 
 def _f32(x) -> jax.Array:
@@ -109,3 +110,41 @@ def window_start_and_length(mask, multiple: int = 16) -> tuple[np.ndarray, int]:
     need = int((last - first + 1)[any_].max()) if any_.any() else 1
     length = min(-(-need // multiple) * multiple, m.shape[1])
     return first.astype(np.int32), int(length)
+
+
+# ------------------------------------------------------------------ the LM head in chunks of columns
+# With a 150k vocabulary the float32 logits of a training micro-batch are its largest buffers
+# (rows x columns x V x 4 bytes, and as many again for their softmax in the backward pass): 32 rows
+# x 1024 columns x 151,936 x 4 B = 19.9 GB each. Run in chunks of columns under `jax.checkpoint`,
+# only [B, chunk, V] of them is live at once, in the forward pass and the backward pass (which
+# recomputes a chunk's logits from its hidden states): the same numbers, one more head matmul.
+
+
+def head_token_stats(head, h: jax.Array, targets: jax.Array, temperature: float = 1.0, chunk: int = 0, *,
+                     entropy: bool = False, argmax: bool = False) -> dict:
+    """Per-token statistics of ``softmax(head(h) / temperature)`` for ``targets``.
+
+    head: hidden ``[..., H]`` -> float32 logits ``[..., V]`` (``model.logits``); h ``[B, L, H]``;
+    targets ``[B, L]`` int. Returns ``{"logp": [B, L]}`` (float32 log-probability of each target),
+    with ``"entropy" [B, L]`` (nats) when `entropy` and ``"argmax_hit" [B, L]`` bool (the most
+    likely token is the target) when `argmax`. ``chunk`` > 0: `chunk` columns at a time (a
+    `jax.lax.scan` over ceil(L / chunk) pieces, each under `jax.checkpoint`): equal values, peak
+    logits memory B x chunk x V instead of B x L x V."""
+    def stats(h_c, t_c):
+        logits = head(h_c) / temperature
+        out = {"logp": token_logprobs(logits, t_c)}
+        if entropy:
+            out["entropy"] = token_entropy(logits)
+        if argmax:
+            out["argmax_hit"] = jnp.argmax(logits, axis=-1) == t_c
+        return out
+
+    L = h.shape[1]
+    if not chunk or chunk >= L:
+        return stats(h, targets)
+    n = -(-L // chunk)
+    hs = rearrange(jnp.pad(h, ((0, 0), (0, n * chunk - L), (0, 0))), "b (n c) d -> n b c d", c=chunk)
+    ts = rearrange(jnp.pad(targets, ((0, 0), (0, n * chunk - L))), "b (n c) -> n b c", c=chunk)
+    piece = jax.checkpoint(stats)
+    _, out = jax.lax.scan(lambda carry, x: (carry, piece(*x)), None, (hs, ts))
+    return jax.tree.map(lambda x: rearrange(x, "n b c -> b (n c)")[:, :L], out)

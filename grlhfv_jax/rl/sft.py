@@ -24,11 +24,17 @@ def target_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array,
                 denominator: Optional[jax.Array] = None) -> tuple[jax.Array, dict]:
     """`sft_loss` with the shift done: ``logits[b, j]`` predicts ``targets[b, j]``, counted where
     ``mask[b, j]`` ([B, L, V], [B, L], [B, L]; L any window of columns)."""
-    lp = token_logprobs(logits, targets)
+    return token_loss(token_logprobs(logits, targets), jnp.argmax(logits, axis=-1) == targets, mask, denominator)
+
+
+def token_loss(lp: jax.Array, hit: jax.Array, mask: jax.Array,
+               denominator: Optional[jax.Array] = None) -> tuple[jax.Array, dict]:
+    """`target_loss` from per-target log-probs ``lp [B, L]`` and ``hit [B, L]`` (the most likely
+    token is the target), as `logprobs.head_token_stats` gives them."""
     mask = _f32(mask)
     count = jnp.sum(mask)
     den = jnp.maximum(count if denominator is None else jnp.asarray(denominator, lp.dtype), 1.0)
     loss = -jnp.sum(lp * mask) / den
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(mask.dtype)
+    correct = hit.astype(mask.dtype)
     metrics = {"loss": loss, "accuracy": jnp.sum(correct * mask) / den, "num_tokens": count}
     return loss, metrics

@@ -68,6 +68,14 @@ def validate(config):
             raise ConfigError(f"config.mesh_shape = {shape}: expected 3 positive sizes over "
                                                 "(data, fsdp, tensor), at most one -1")
     precision.resolve(config)
+    from grlhfv_jax.models.layers import REMAT_POLICIES
+    for role, spec in (config.model.items() if "model" in config else ()):
+        if spec.remat_policy not in REMAT_POLICIES:
+            raise ConfigError(f"config.model.{role}.remat_policy = {spec.remat_policy!r}: expected one of "
+                              f"{', '.join(REMAT_POLICIES)}")
+        if spec.logits_chunk < 0:
+            raise ConfigError(f"config.model.{role}.logits_chunk = {spec.logits_chunk}: expected 0 (off) or a "
+                              "positive number of columns")
     from grlhfv_jax.stages import data as data_stage
     if "data" in config and data_stage.kind(config) == "files":
         from grlhfv_jax.stages import data_files

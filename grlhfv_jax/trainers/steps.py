@@ -44,13 +44,10 @@ from flax import nnx
 
 from grlhfv_jax.rl import bt_rm, dpo, grpo, sft
 from grlhfv_jax.rl.logprobs import (
-    aligned_entropy,
-    aligned_logprobs,
     gather_columns,
+    head_token_stats,
     scatter_columns,
     sequence_logprob,
-    token_entropy,
-    token_logprobs,
     window_columns,
 )
 
@@ -246,10 +243,15 @@ def _forward(model, mb, emb, **kw):
     return model(mb["input_ids"], mb["attention_mask"], position_ids=mb["position_ids"], image_embeds=emb, **kw)
 
 
-def _window_logits(model, mb, emb, window: int, group: int = 1):
-    """(logits [B, window, V] predicting the target columns, those columns [B, window], valid).
-    group > 1: the rows share their first T - window columns in runs of `group` (module docstring)
-    and the model runs those once per run (``model.shared_prompt_hidden``)."""
+def _logits_chunk(model) -> int:
+    """Columns per piece of the LM head in the losses (``model.config.logits_chunk``; 0: all at once)."""
+    return int(getattr(getattr(model, "config", None), "logits_chunk", 0) or 0)
+
+
+def _window_hidden(model, mb, emb, window: int, group: int = 1):
+    """(final hidden states [B, window, H] whose logits predict the target columns, those columns
+    [B, window], valid). group > 1: the rows share their first T - window columns in runs of
+    `group` (module docstring) and the model runs those once per run (``model.shared_prompt_hidden``)."""
     T = mb["input_ids"].shape[1]
     cols, valid = window_columns(mb["window_start"], window, T)
     if group > 1 and hasattr(model, "shared_prompt_hidden"):   # else: the same, by the full forward
@@ -258,22 +260,29 @@ def _window_logits(model, mb, emb, window: int, group: int = 1):
             raise ValueError(f"a micro-batch of {b} rows does not hold whole groups of {group}")
         h = model.shared_prompt_hidden(mb["input_ids"], mb["attention_mask"], group=group, prompt_len=T - window,
                                        position_ids=mb["position_ids"], image_embeds=emb)
-        return model.logits(h), cols, valid
+        return h, cols, valid
     h = _forward(model, mb, emb, return_hidden=True)
-    return model.logits(gather_columns(h, cols - 1)), cols, valid
+    return gather_columns(h, cols - 1), cols, valid
+
+
+def _head_stats(model, h, targets, temperature: float = 1.0, **kw) -> dict:
+    """`head_token_stats` with the model's LM head, in ``model.config.logits_chunk`` columns."""
+    return head_token_stats(model.logits, h, targets, temperature, _logits_chunk(model), **kw)
 
 
 def _aligned(model, mb, emb, window: int, temperature: float, entropy: bool, group: int = 1):
-    """Aligned log-probs [B, T] (and entropy [B, T] or None), from the full logits or a window."""
+    """Aligned log-probs [B, T] (and entropy [B, T] or None), from every column or a window."""
+    ids = mb["input_ids"]
     if not window:
-        logits = _forward(model, mb, emb)
-        lp = aligned_logprobs(logits, mb["input_ids"], temperature)
-        return lp, aligned_entropy(logits, temperature) if entropy else None
-    logits, cols, valid = _window_logits(model, mb, emb, window, group)
-    logits = logits / temperature
-    T = mb["input_ids"].shape[1]
-    lp = scatter_columns(token_logprobs(logits, gather_columns(mb["input_ids"], cols)), cols, valid, T)
-    return lp, scatter_columns(token_entropy(logits), cols, valid, T) if entropy else None
+        h = _forward(model, mb, emb, return_hidden=True)
+        st = _head_stats(model, h[:, :-1], ids[:, 1:], temperature, entropy=entropy)
+        shift = lambda x: jnp.pad(x, ((0, 0), (1, 0)))   # noqa: E731  (as `aligned_logprobs`)
+        return shift(st["logp"]), shift(st["entropy"]) if entropy else None
+    h, cols, valid = _window_hidden(model, mb, emb, window, group)
+    st = _head_stats(model, h, gather_columns(ids, cols), temperature, entropy=entropy)
+    T = ids.shape[1]
+    lp = scatter_columns(st["logp"], cols, valid, T)
+    return lp, scatter_columns(st["entropy"], cols, valid, T) if entropy else None
 
 
 def _apply(state: TrainState, grads, metrics: dict) -> dict:
@@ -339,7 +348,7 @@ def compute_logprobs(model, batch: dict, temperature: float = 1.0, num_micro_bat
 def compute_sequence_logprobs(model, batch: dict, average: bool = False, num_micro_batches: int = 1):
     """Sum (``average``: mean) of log-probs over ``loss_mask`` per row ``[B]`` (DPO references)."""
     def fn(model, mb, emb):
-        lp = aligned_logprobs(_forward(model, mb, emb), mb["input_ids"])
+        lp, _ = _aligned(model, mb, emb, 0, 1.0, False)
         return sequence_logprob(lp, mb["loss_mask"], average=average)
 
     return _forward_micro(model, batch, num_micro_batches, fn)
@@ -383,7 +392,7 @@ def dpo_step(state: TrainState, batch: dict, cfg: DPOConfig = DPOConfig()):
     _check_pairs(batch, m)
 
     def micro_loss(model, mb, emb):
-        lp = aligned_logprobs(_forward(model, mb, emb), mb["input_ids"])
+        lp, _ = _aligned(model, mb, emb, 0, 1.0, False)
         seq = sequence_logprob(lp, mb["loss_mask"], average=cfg.loss_type == "ipo").reshape(-1, 2)
         ref = mb["ref_logps"].reshape(-1, 2)
         loss, met = dpo.dpo_loss(seq[:, 0], seq[:, 1], ref[:, 0], ref[:, 1], beta=cfg.beta,
@@ -414,12 +423,13 @@ def sft_step(state: TrainState, batch, cfg: SFTConfig = SFTConfig(), window=0):
     def micro_loss(w):
         def loss_fn(model, mb, emb):
             if w:
-                logits, cols, valid = _window_logits(model, mb, emb, w)
-                mask = gather_columns(mb["loss_mask"], cols) * valid
-                loss, met = sft.target_loss(logits, gather_columns(mb["input_ids"], cols), mask, denominator=denom)
+                h, cols, valid = _window_hidden(model, mb, emb, w)
+                targets, mask = gather_columns(mb["input_ids"], cols), gather_columns(mb["loss_mask"], cols) * valid
             else:
-                loss, met = sft.sft_loss(_forward(model, mb, emb), mb["input_ids"], mb["loss_mask"],
-                                         denominator=denom)
+                h = _forward(model, mb, emb, return_hidden=True)[:, :-1]
+                targets, mask = mb["input_ids"][:, 1:], mb["loss_mask"][:, 1:]
+            st = _head_stats(model, h, targets, argmax=True)
+            loss, met = sft.token_loss(st["logp"], st["argmax_hit"], mask, denominator=denom)
             return loss, {"loss": met["loss"], "accuracy": met["accuracy"]}
         return loss_fn
 

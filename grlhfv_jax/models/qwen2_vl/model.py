@@ -13,7 +13,7 @@ from flax import nnx
 
 from ... import sharding
 from .config import VLConfig, parse_hf_config
-from ..layers import Dense, Embed, RMSNorm, attention
+from ..layers import Dense, Embed, RMSNorm, attention, remat
 from .rope import apply_rope, mrope_cos_sin, rope_index
 from .vision import VisionTower
 
@@ -264,7 +264,7 @@ class Qwen2VL(nnx.Module):
 
         stream = ("act_batch", "act_length", "act_embed")
         x = self._constrain(x, stream)
-        call = nnx.remat(_layer_call) if cfg.remat else _layer_call
+        call = remat(_layer_call, cfg)
         for i, layer in enumerate(self.model.layers):
             kv = None if cache is None else (cache["k"][i], cache["v"][i])
             x, new = call(layer, x, cos, sin, mask, kv, cache_index)
@@ -308,7 +308,7 @@ class Qwen2VL(nnx.Module):
         causal_p = jnp.arange(Tp)[None, :] <= jnp.arange(Tp)[:, None]
         mask_p = am[::G, None, :Tp] & causal_p[None]
         mask_r = am[:, None, :] & (jnp.arange(T)[None, :] <= (Tp + jnp.arange(R))[:, None])[None]
-        call = nnx.remat(_shared_layer_call, static_argnums=(5,)) if cfg.remat else _shared_layer_call
+        call = remat(_shared_layer_call, cfg, static_argnums=(5,))
         for layer in self.model.layers:
             x = call(layer, x, cos, sin, (mask_p, mask_r), (P, G, Tp, R))
         h = self.model.norm(x)
@@ -341,10 +341,11 @@ class Qwen2VL(nnx.Module):
 
 
 def from_config(config, *, rngs=None, dtype=jnp.float32, scalar_head=False, param_dtype=None, remat=False,
-                vision_block=0):
+                vision_block=0, remat_policy="nothing", logits_chunk=0):
     """Randomly initialised model from an HF config dict (either layout) or a VLConfig.
     dtype: compute dtype; param_dtype: parameter dtype (default: dtype)."""
     rngs = rngs if rngs is not None else nnx.Rngs(0)
-    runtime = dict(dtype=dtype, param_dtype=param_dtype or dtype, remat=remat, vision_block=int(vision_block))
+    runtime = dict(dtype=dtype, param_dtype=param_dtype or dtype, remat=remat, vision_block=int(vision_block),
+                   remat_policy=remat_policy, logits_chunk=int(logits_chunk))
     cfg = config.replace(**runtime) if isinstance(config, VLConfig) else parse_hf_config(config, **runtime)
     return Qwen2VL(cfg, rngs=rngs, scalar_head=scalar_head)

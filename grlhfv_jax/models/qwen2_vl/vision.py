@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..layers import Dense, LayerNorm, RMSNorm, activation, attention
+from ..layers import Dense, LayerNorm, RMSNorm, activation, attention, remat
 from .rope import apply_rope, vision_rope_cos_sin
 
 
@@ -204,7 +204,7 @@ class VisionTower(nnx.Module):
         x = self.patch_embed(pixel_values)
         def call(blk, x, mask):
             f = (lambda b, h, c, s_, mk: _block_call(b, h, c, s_, mk, band))
-            return (nnx.remat(f) if cfg.remat else f)(blk, x, cos, sin, mask)
+            return remat(f, cfg)(blk, x, cos, sin, mask)
         for i, blk in enumerate(self.blocks):
             mask = full_mask if (not window or i in cfg.fullatt_block_indexes) else win_mask
             x = call(blk, x, mask)
