@@ -15,6 +15,9 @@ Records (one per row kept): ``id`` ("<file stem>-<row>"), ``question``, ``image`
 image bytes as stored), ``response_1``, ``response_2``, ``overall_response`` (1 or 2: the
 preferred response), ``meta`` (the field map's metadata columns, e.g. BeaverTails-V's category or
 the other label). Prompt records (`read_prompts`): ``id``, ``question``, ``image``, ``meta``.
+`read_preferences` / `read_prompts` return a list (every image in memory); `iter_preferences` /
+`iter_prompts` yield one record at a time, reading each file in batches of rows (a whole
+dataset: the `data` stage converts it this way).
 
 Bad records are never silent: each is skipped and counted by reason (``on_bad="skip"``), or
 stops the read with an error naming the file, row and reason (``on_bad="fail"``). Reasons:
@@ -197,8 +200,10 @@ def _decodes(data: bytes) -> str:
         return f"{type(e).__name__}: {e}"
 
 
-def _read(path: str, fields: dict, *, fmt: str, on_bad: str, limit: int | None, check_images: bool,
-          meta: tuple, build) -> tuple[list[dict], BadRecords]:
+def _iter(path: str, fields: dict, *, fmt: str, on_bad: str, limit: int | None, check_images: bool,
+          meta: tuple, build) -> tuple[Iterator[dict], BadRecords]:
+    """(the records, one at a time, and what was skipped: filled as the records are consumed).
+    Arguments are checked now, the files read lazily."""
     if on_bad not in ("skip", "fail"):
         raise ValueError(f"on_bad must be 'skip' or 'fail', got {on_bad!r}")
     if fmt not in FORMATS:
@@ -208,12 +213,18 @@ def _read(path: str, fields: dict, *, fmt: str, on_bad: str, limit: int | None, 
     if not files:
         raise FileNotFoundError(f"{path!r}: no {fmt} files")
     columns = list(dict.fromkeys(list(fields.values()) + list(meta)))
-    out, bad = [], BadRecords()
+    bad = BadRecords()
+    return _records(files, fmt, columns, fields, bad, on_bad=on_bad, limit=limit, check_images=check_images,
+                    meta=meta, build=build), bad
+
+
+def _records(files, fmt, columns, fields, bad, *, on_bad, limit, check_images, meta, build) -> Iterator[dict]:
+    kept = 0
     for file in files:
         base, stem = os.path.dirname(os.path.abspath(file)), os.path.splitext(os.path.basename(file))[0]
         for i, row in _rows(file, fmt, columns):
-            if limit is not None and len(out) >= limit:
-                return out, bad
+            if limit is not None and kept >= limit:
+                return
             bad.read += 1
             row_id = f"{stem}-{i}"
 
@@ -243,16 +254,15 @@ def _read(path: str, fields: dict, *, fmt: str, on_bad: str, limit: int | None, 
                 reject(reason, detail)
                 continue
             rec.update(id=row_id, image=image, meta={c: row.get(c) for c in meta})
-            out.append(rec)
-    return out, bad
+            kept += 1
+            yield rec
 
 
-def read_preferences(path: str, fields: FieldMap | str = "align_anything", *, format: str = "auto",
+def iter_preferences(path: str, fields: FieldMap | str = "align_anything", *, format: str = "auto",
                      on_bad: str = "skip", limit: int | None = None, check_images: bool = True
-                     ) -> tuple[list[dict], BadRecords]:
-    """Preference records from `path` (module docstring) and what was skipped. `fields`: a
-    `FieldMap` or a `FIELD_MAPS` name; `limit`: stop after that many records kept;
-    `check_images`: decode every image once (catches corrupt files before training)."""
+                     ) -> tuple[Iterator[dict], BadRecords]:
+    """`read_preferences` one record at a time: (an iterator over the records, what was skipped,
+    counted as the iterator is consumed). Files are read in batches of rows, never whole."""
     fm = FIELD_MAPS[fields] if isinstance(fields, str) else fields
     cols = dict(question=fm.question, image=fm.image, response_1=fm.response_1, response_2=fm.response_2,
                 label=fm.label)
@@ -272,15 +282,14 @@ def read_preferences(path: str, fields: FieldMap | str = "align_anything", *, fo
             return None, "bad_label", f"{fm.label!r} = {row[fm.label]!r}, expected one of {list(fm.label_values)}"
         return dict(question=q, response_1=a, response_2=b, overall_response=values.index(label) + 1), "", ""
 
-    return _read(path, cols, fmt=format, on_bad=on_bad, limit=limit, check_images=check_images, meta=fm.meta,
+    return _iter(path, cols, fmt=format, on_bad=on_bad, limit=limit, check_images=check_images, meta=fm.meta,
                  build=build)
 
 
-def read_prompts(path: str, fields: FieldMap | str = "align_anything", *, format: str = "auto",
+def iter_prompts(path: str, fields: FieldMap | str = "align_anything", *, format: str = "auto",
                  on_bad: str = "skip", limit: int | None = None, check_images: bool = True
-                 ) -> tuple[list[dict], BadRecords]:
-    """Prompt records (question + image, for policy RL) from the same files as `read_preferences`:
-    the responses and labels are not read."""
+                 ) -> tuple[Iterator[dict], BadRecords]:
+    """`read_prompts` one record at a time (as `iter_preferences`)."""
     fm = FIELD_MAPS[fields] if isinstance(fields, str) else fields
 
     def build(row):
@@ -289,5 +298,25 @@ def read_prompts(path: str, fields: FieldMap | str = "align_anything", *, format
             return None, "empty_text", f"{fm.question!r} is empty"
         return dict(question=q), "", ""
 
-    return _read(path, dict(question=fm.question, image=fm.image), fmt=format, on_bad=on_bad, limit=limit,
+    return _iter(path, dict(question=fm.question, image=fm.image), fmt=format, on_bad=on_bad, limit=limit,
                  check_images=check_images, meta=fm.meta, build=build)
+
+
+def read_preferences(path: str, fields: FieldMap | str = "align_anything", *, format: str = "auto",
+                     on_bad: str = "skip", limit: int | None = None, check_images: bool = True
+                     ) -> tuple[list[dict], BadRecords]:
+    """Preference records from `path` (module docstring) and what was skipped. `fields`: a
+    `FieldMap` or a `FIELD_MAPS` name; `limit`: stop after that many records kept;
+    `check_images`: decode every image once (catches corrupt files before training).
+    Holds every record (image bytes included): for a whole dataset use `iter_preferences`."""
+    recs, bad = iter_preferences(path, fields, format=format, on_bad=on_bad, limit=limit, check_images=check_images)
+    return list(recs), bad
+
+
+def read_prompts(path: str, fields: FieldMap | str = "align_anything", *, format: str = "auto",
+                 on_bad: str = "skip", limit: int | None = None, check_images: bool = True
+                 ) -> tuple[list[dict], BadRecords]:
+    """Prompt records (question + image, for policy RL) from the same files as `read_preferences`:
+    the responses and labels are not read."""
+    recs, bad = iter_prompts(path, fields, format=format, on_bad=on_bad, limit=limit, check_images=check_images)
+    return list(recs), bad
