@@ -1,24 +1,30 @@
 """`FilesSource`: the `data.sources.DataSource` interface over preference files on disk.
 
-Each split the stages read (``grm_train``, ``grm_test_id``, ``policy_train``, ...) is a `SplitFiles`:
-a path in one of `preference_files`' formats, its field map and what to do with bad records.
-Pair splits are read with `preference_files.read_preferences`, prompt splits
-(`PROMPT_SPLITS`) with `read_prompts`. Records carry what the stages read:
+Two halves. Reading the user's files: each split the stages read (``grm_train``, ``grm_test_id``,
+``policy_train``, ...) is a `SplitFiles`: a path in one of `preference_files`' formats, its field
+map and what to do with bad records; `iter_split` streams its records (image bytes), prompt splits
+(`PROMPT_SPLITS`) with `preference_files.iter_prompts`, the others with `iter_preferences`.
+The `data` stage (stages/data_files.py) checks them and converts each split once into TFDS
+array_record files (`files_tfds.Writer`; `write_splits` does it without length checks).
+
+Reading the converted splits: `FilesSource(dataset_dir)` reads them through grain, random access,
+nothing held in memory but the batch asked for. Records carry what the stages read:
 
 - pairs: ``id``, ``question``, ``image`` (uint8 [H, W, 3], decoded when a record is handed out),
   ``response_1``, ``response_2``, ``overall_response`` (1 or 2), ``answer`` (the preferred
   response: what a policy warm start learns), ``meta``;
 - prompts: ``id``, ``question``, ``image``, ``meta``.
 
-``hooks`` is None: files hold no oracle. Bad records are skipped and counted per split and reason
-(`bad_summary`, which the `data` stage writes into the run's summary) or stop the read.
+``hooks`` is None: files hold no oracle.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
-from typing import Sequence
+import os
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -46,18 +52,31 @@ class SplitFiles:
         return pf.FIELD_MAPS[self.fields]
 
 
-def read_split(split: str, spec: SplitFiles) -> tuple[list[dict], pf.BadRecords]:
-    """The records of `split` as stored (image bytes, not decoded) and what was skipped."""
-    read = pf.read_prompts if split in PROMPT_SPLITS else pf.read_preferences
+def iter_split(split: str, spec: SplitFiles) -> tuple[Iterator[dict], pf.BadRecords]:
+    """(the records of `split` one at a time, as stored: image bytes, not decoded; pairs with their
+    ``answer``) and what was skipped, counted as the iterator is consumed."""
+    read = pf.iter_prompts if split in PROMPT_SPLITS else pf.iter_preferences
     try:
         recs, bad = read(spec.path, spec.field_map(), format=spec.format, on_bad=spec.on_bad, limit=spec.limit,
                          check_images=spec.check_images)
     except KeyError as e:   # a column the field map names is missing: say which split
         raise KeyError(f"split {split!r}: {e.args[0]}") from None
-    if split not in PROMPT_SPLITS:
-        for r in recs:
-            r["answer"] = r["response_1"] if r["overall_response"] == 1 else r["response_2"]
-    return recs, bad
+
+    def records():
+        try:
+            for r in recs:
+                if split not in PROMPT_SPLITS:
+                    r["answer"] = r["response_1"] if r["overall_response"] == 1 else r["response_2"]
+                yield r
+        except KeyError as e:   # a JSONL file's columns are checked at its first row
+            raise KeyError(f"split {split!r}: {e.args[0]}") from None
+    return records(), bad
+
+
+def read_split(split: str, spec: SplitFiles) -> tuple[list[dict], pf.BadRecords]:
+    """`iter_split` as a list (every record in memory: tests, small splits)."""
+    recs, bad = iter_split(split, spec)
+    return list(recs), bad
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -67,94 +86,85 @@ def decode_image(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"), np.uint8)
 
 
-def _decoded(rec: dict) -> dict:
-    img = rec["image"]
-    return dict(rec, image=decode_image(img) if isinstance(img, (bytes, bytearray)) else img)
+def write_splits(out_dir: str, splits: Mapping[str, SplitFiles], *, shard_bytes: int | None = None
+                 ) -> tuple[str, dict[str, pf.BadRecords]]:
+    """Converts each split as read (bad records skipped or refused per its spec; no length checks,
+    which the `data` stage adds) into TFDS files under `out_dir`: (the dataset folder for
+    `FilesSource`, what each split skipped)."""
+    from grlhfv_jax.data import files_tfds
+    w = files_tfds.Writer(out_dir, **({} if shard_bytes is None else {"shard_bytes": shard_bytes}))
+    bad = {}
+    for split, spec in splits.items():
+        recs, bad[split] = iter_split(split, spec)
+        w.write_split(split, recs)
+    return w.finish(), bad
 
 
-def _process_share(n: int, shard: tuple[int, int] | None) -> np.ndarray:
+def _shard(shard: tuple[int, int] | None) -> tuple[int, int]:
     if shard is None:
         import jax
         shard = (jax.process_index(), jax.process_count())
-    index, count = shard
-    return np.arange(index, n, count)
-
-
-class EndlessBatches:
-    """``ds[step]``: `batch_size` records of this process's share, in a fresh order each epoch
-    (`default_rng([seed, epoch])`), the same for the same step on a resume."""
-
-    def __init__(self, records: Sequence[dict], *, seed: int, batch_size: int, split: str):
-        if not records:
-            raise ValueError(f"split {split!r} has no records (all skipped?): nothing to batch")
-        self.records, self.seed, self.batch_size = records, int(seed), int(batch_size)
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.records))}
-        return self._perms[epoch]
-
-    def __getitem__(self, step: int) -> list[dict]:
-        n, out = len(self.records), []
-        for pos in range(step * self.batch_size, (step + 1) * self.batch_size):
-            out.append(_decoded(self.records[self._perm(pos // n)[pos % n]]))
-        return out
+    index, count = int(shard[0]), int(shard[1])
+    if not 0 <= index < count:
+        raise ValueError(f"shard {shard}: the process index must be in [0, {count})")
+    return index, count
 
 
 @dataclasses.dataclass
 class FilesSource:
-    """Splits read from files (`SplitFiles` per split name), read once each, on first use.
-    `shard`: (process index, count); None = jax's."""
+    """The splits in a `files_tfds` dataset folder, read through grain. `shard`: (process index,
+    process count); None = jax's. This process reads records ``index, index + count, ...``."""
 
-    splits: dict
+    dataset_dir: str
     shard: tuple[int, int] | None = None
     hooks: None = None
 
     def __post_init__(self):
-        self._cache: dict[str, list[dict]] = {}
-        self.bad: dict[str, pf.BadRecords] = {}
+        self._builder = None
 
-    def _all(self, split: str) -> list[dict]:
-        if split not in self._cache:
-            if split not in self.splits:
-                raise KeyError(f"data split {split!r} is not configured (set config.data.files.{split}.path; "
-                               f"configured: {', '.join(sorted(self.splits)) or 'none'})")
-            self._cache[split], self.bad[split] = read_split(split, self.splits[split])
-        return self._cache[split]
+    def source(self, split: str):
+        """The split's random-access source (TFDS `ArrayRecordDataSource`: raw records, `files_tfds.decode`)."""
+        import tensorflow_datasets as tfds
+        if self._builder is None:
+            if not os.path.isfile(os.path.join(self.dataset_dir, "dataset_info.json")):
+                raise FileNotFoundError(f"{self.dataset_dir}: no converted splits (dataset_info.json); run the "
+                                        "'data' stage")
+            self._builder = tfds.builder_from_directory(self.dataset_dir)
+        if split not in self._builder.info.splits:
+            have = ", ".join(sorted(self._builder.info.splits)) or "none"
+            raise KeyError(f"data split {split!r} is not in {self.dataset_dir} (it has: {have}): set "
+                           f"config.data.files.{split}.path, or every record of it was skipped")
+        return self._builder.as_data_source(split)
 
-    def dataset(self, split: str, *, seed: int, batch_size: int) -> EndlessBatches:
-        recs = self._all(split)
-        share = [recs[i] for i in _process_share(len(recs), self.shard)]
-        return EndlessBatches(share, seed=seed, batch_size=batch_size, split=split)
+    def _decode(self, split: str):
+        from grlhfv_jax.data import files_tfds
+        return functools.partial(files_tfds.decode, prompt=split in PROMPT_SPLITS)
+
+    def dataset(self, split: str, *, seed: int, batch_size: int):
+        """Endless batches, a `grain.MapDataset`: ``ds[step]`` is a list of `batch_size` decoded
+        records of this process's share, shuffled by `seed` with a new order every epoch; the same
+        list for the same (seed, step), so a run resumed at a step sees what it would have seen.
+        ``ds.to_iter_dataset()`` iterates it (grain's `get_state` / `set_state`)."""
+        import grain
+        index, count = _shard(self.shard)
+        ds = grain.MapDataset.source(self.source(split))
+        if count > 1:
+            ds = ds[index::count]
+        if len(ds) == 0:
+            raise ValueError(f"split {split!r} has no records for process {index} of {count}: nothing to batch")
+        ds = ds.shuffle(seed=int(seed)).repeat(None).map(self._decode(split))
+        return ds.batch(int(batch_size), batch_fn=list)
 
     def records(self, split: str, n: int | None = None) -> list[dict]:
-        recs = self._all(split)[:n]
-        return [_decoded(recs[i]) for i in _process_share(len(recs), self.shard)]
+        """This process's share of the first `n` records of `split` (all if None), in order, decoded."""
+        src = self.source(split)
+        index, count = _shard(self.shard)
+        n = len(src) if n is None else min(int(n), len(src))
+        decode = self._decode(split)
+        return [decode(src[i]) for i in range(index, n, count)]
 
     def encode_image(self, image) -> bytes:
         from PIL import Image
         buf = io.BytesIO()
         Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
         return buf.getvalue()
-
-    def bad_summary(self) -> dict:
-        """``data/<split>/bad_<reason>``, ``data/<split>/bad_total``, ``data/<split>/rows_read`` of
-        every split read so far."""
-        out = {}
-        for split, bad in self.bad.items():
-            out.update(bad.summary(prefix=f"data/{split}/bad_"))
-        return out
-
-
-def write_parquet(path: str, records: Sequence[dict]) -> None:
-    """Writes records (image bytes) as one parquet file that `read_split` reads back with the
-    field map "align_anything" (pairs) plus ``source_id`` metadata: the `data` stage's cleaned splits."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    cols = {"source_id": [str(r["id"]) for r in records], "question": [r["question"] for r in records],
-            "image": [bytes(r["image"]) for r in records]}
-    if records and "response_1" in records[0]:
-        for k in ("response_1", "response_2", "overall_response"):
-            cols[k] = [r[k] for r in records]
-    pq.write_table(pa.table(cols), path)

@@ -11,11 +11,13 @@ Which split feeds which stage (the split names the stages read; `readers`):
 | dpo | grm_train | dpo.max_len (question + each response) |
 | policy_rl, policy_rl_rm | policy_train: prompts | <section>.max_len |
 
-`run` reads every configured split (`data.files_source`), counts the bad records, measures each
-record's tokens for every stage that reads it and skips, truncates (its responses) or fails on
-the ones that do not fit (`config.data.too_long`), and writes the kept records as one parquet file
-per split under `<data dir>/files/`: what `source` hands the later stages. Stages that need the
-synthetic world's oracle or its annotations cannot run on files (`check_config` says which).
+`run` streams every configured split (`data.files_source.iter_split`), counts the bad records,
+measures each record's tokens for every stage that reads it and skips, truncates (its responses)
+or fails on the ones that do not fit (`config.data.too_long`), and writes the kept records, one at
+a time, into a TFDS dataset of sharded array_record files (`data.files_tfds`) under
+`<data dir>/files/`: what `source` hands the later stages (`FilesSource`, read through grain).
+Stages that need the synthetic world's oracle or its annotations cannot run on files
+(`check_config` says which).
 """
 
 from __future__ import annotations
@@ -37,8 +39,6 @@ WORLD_ONLY_STAGES = {
     "nscale": "it scores answers with the synthetic world's oracle",
 }
 TOO_LONG = ("skip", "truncate", "fail")
-# the parquet files `run` writes: our own column names, the source's row id kept as metadata
-PREPARED_FIELDS = pf.FieldMap(meta=("source_id",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,49 +213,57 @@ def fit(m: Measure, rec: dict, rs: list[Reader], mode: str, split: str) -> tuple
 # ----------------------------------------------------------------------------- the stage
 
 
-def run(config, workdir: str, data_dir: str) -> dict:
-    """Reads, checks and writes every configured split; writes `workdir/data_paths.json`; returns the
-    summary figures: per split ``data/<split>/records``, bad-record counts, ``too_long_*`` counts."""
+def run(config, workdir: str, data_dir: str, *, shard_bytes: int | None = None) -> dict:
+    """Reads, checks and converts every configured split (module docstring), one record at a time;
+    writes `workdir/data_paths.json`; returns the summary figures: per split ``data/<split>/records``,
+    bad-record counts, ``too_long_*`` counts. `shard_bytes`: array_record shard size (files_tfds.SHARD_BYTES)."""
+    from grlhfv_jax.data import files_tfds
     from grlhfv_jax.stages import common
     tok_dir = tokenizer_dir(config)
     codec = common.Codec.from_dirs(tok_dir, config.image, config.grm_template or None)
     m = Measure(codec)
-    out_dir = os.path.join(data_dir, "files")
-    os.makedirs(out_dir, exist_ok=True)
-    rs_by_split, summary, paths = readers(config), {}, {}
+    writer = files_tfds.Writer(os.path.join(data_dir, "files"),
+                               **({} if shard_bytes is None else {"shard_bytes": shard_bytes}))
+    rs_by_split, summary, counts_out = readers(config), {}, {}
     for split, spec in sorted(config.data.files.items()):
-        recs, bad = fs.read_split(split, fs.SplitFiles(spec.path, spec.format, spec.fields, spec.on_bad, spec.limit))
+        recs, bad = fs.iter_split(split, fs.SplitFiles(spec.path, spec.format, spec.fields, spec.on_bad, spec.limit))
+        rs, counts = rs_by_split.get(split, []), collections.Counter()
+
+        def kept(recs=recs, rs=rs, counts=counts, split=split):
+            for rec in recs:
+                if rs:
+                    rec, what = fit(m, rec, rs, config.data.too_long, split)
+                    if what:
+                        counts[what] += 1
+                if rec is not None:
+                    yield rec
+
+        n = writer.write_split(split, kept())
         summary.update(bad.summary(prefix=f"data/{split}/bad_"))
         if bad.examples:
             print(f"[data] {split}: skipped {sum(bad.counts.values())} bad record(s) {dict(bad.counts)}, e.g. "
                   f"{bad.examples[:3]}", flush=True)
-        rs, kept, counts = rs_by_split.get(split, []), [], collections.Counter()
-        for rec in recs:
-            if rs:
-                rec, what = fit(m, rec, rs, config.data.too_long, split)
-                if what:
-                    counts[what] += 1
-            if rec is not None:
-                kept.append(rec)
         summary[f"data/{split}/too_long_skipped"] = counts["skipped"]
         summary[f"data/{split}/too_long_truncated"] = counts["truncated"]
-        summary[f"data/{split}/records"] = len(kept)
+        summary[f"data/{split}/records"] = counts_out[split] = n
         if counts:
             print(f"[data] {split}: longer than {', '.join(f'{r.key} = {r.max_len}' for r in rs)}: "
                   f"{dict(counts)} (config.data.too_long = {config.data.too_long!r})", flush=True)
-        if not kept and rs:
+        if not n and rs:
             raise ValueError(f"data split '{split}' ({spec.path}): no record left to read "
                              f"({json.dumps({k: v for k, v in summary.items() if k.startswith(f'data/{split}/')})})")
-        paths[split] = os.path.join(out_dir, f"{split}.parquet")
-        fs.write_parquet(paths[split], kept)
-        print(f"[data] {split}: {len(kept)} records from {spec.path}", flush=True)
+        print(f"[data] {split}: {n} records from {spec.path}", flush=True)
+    dataset_dir = writer.finish()
+    print(f"[data] converted to {dataset_dir}", flush=True)
     with open(os.path.join(workdir, "data_paths.json"), "w") as f:
-        json.dump({"kind": "files", "data_dir": data_dir, "tokenizer_dir": tok_dir, "splits": paths}, f, indent=2)
+        json.dump({"kind": "files", "data_dir": data_dir, "tokenizer_dir": tok_dir, "dataset_dir": dataset_dir,
+                   "splits": counts_out}, f, indent=2)
     return summary
 
 
 def source(paths: dict) -> fs.FilesSource:
-    """The source over the splits `run` wrote (`paths`: its data_paths.json)."""
-    return fs.FilesSource({s: fs.SplitFiles(p, format="parquet", fields=PREPARED_FIELDS, on_bad="fail",
-                                            check_images=False)
-                           for s, p in paths["splits"].items()})
+    """The source over the splits `run` converted (`paths`: its data_paths.json)."""
+    if "dataset_dir" not in paths:
+        raise ValueError("data_paths.json names no converted dataset (written by an older version of the "
+                         "'data' stage): rerun the 'data' stage")
+    return fs.FilesSource(paths["dataset_dir"])
