@@ -153,7 +153,9 @@ def _rows(file: str, fmt: str, columns: list[str]) -> Iterator[tuple[int, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
     if fmt == "parquet":
-        pf = pq.ParquetFile(file)
+        # pre_buffer=False: pyarrow's default pre-buffering keeps every row group read so far (the
+        # whole file by the end); this way one row group at a time is in memory
+        pf = pq.ParquetFile(file, pre_buffer=False, buffer_size=8 << 20)
         _check_columns(file, pf.schema_arrow.names, columns)
         batches = pf.iter_batches(batch_size=256, columns=columns)
     else:
