@@ -170,6 +170,42 @@ def _hacking(series) -> str:
     return "".join(parts)
 
 
+STEP_PARTS = ("rollout", "reward", "ref_logprobs", "update")
+
+
+def step_times(rows) -> dict:
+    """stage -> {part: mean seconds per RL step} from the ``time/<part>_s`` metrics the RL stages log
+    (rollout, reward: judging / RM scoring / parsing, ref_logprobs, update, and the whole step);
+    "other" is the step less its parts (data, oracle, metrics)."""
+    sums, counts = defaultdict(lambda: defaultdict(float)), defaultdict(lambda: defaultdict(int))
+    for r in rows:
+        for k, v in r.items():
+            if k.startswith("time/") and k.endswith("_s") and isinstance(v, (int, float)):
+                sums[r["stage"]][k[5:-2]] += v
+                counts[r["stage"]][k[5:-2]] += 1
+    out = {}
+    for stage, parts in sums.items():
+        mean = {p: parts[p] / counts[stage][p] for p in parts}
+        if "step" in mean:
+            mean["other"] = mean["step"] - sum(mean.get(p, 0.0) for p in STEP_PARTS)
+        out[stage] = mean
+    return out
+
+
+def _step_times_html(rows) -> str:
+    table = step_times(rows)
+    if not table:
+        return ""
+    cols = [p for p in STEP_PARTS + ("other", "step") if any(p in t for t in table.values())]
+    head = "".join(f"<th>{p}</th>" for p in cols)
+    body = "".join(f"<tr><td>{html.escape(s)}</td>" + "".join(
+        f"<td>{t[p]:.3f} s ({t[p] / t['step']:.0%})</td>" if p in t and t.get("step") else
+        (f"<td>{t[p]:.3f} s</td>" if p in t else "<td></td>") for p in cols) + "</tr>" for s, t in table.items())
+    return ("<h2>Time per RL step (mean seconds, share of the step)</h2>"
+            f"<table border=1 cellpadding=4 style='border-collapse:collapse;font-size:12px'><tr><th>stage</th>{head}"
+            f"</tr>{body}</table>")
+
+
 def _nscale(workdir) -> str:
     path = os.path.join(workdir, "nscale.json")
     if not os.path.exists(path):
@@ -228,6 +264,7 @@ def write_report(workdir: str) -> str:
 <h2>Policy: judge reward vs oracle score (reward hacking shows where they part)</h2>{_hacking(series)}
 {_nscale(workdir)}
 <h2>Training curves</h2>{_curves(series)}
+{_step_times_html(rows)}
 {_judgments(workdir)}
 <h2>Every metric</h2><table border=1 cellpadding=3 style='border-collapse:collapse;font-size:12px'>{table}</table>
 </body></html>"""

@@ -123,3 +123,20 @@ def test_paired_se_and_the_stage_verdicts_by_hand():
     assert v[1].endswith(": improved.")  # +0.02 = 2 SE
     v = report.verdicts(dict(base, **{"grm/accuracy_ood": 0.6, "policy/oracle_gain_sampled_vs_sft_se": 0.011}))
     assert v[0].startswith("Stage 1 (GRM RL): learned") and v[1].endswith("did not improve by 2 standard errors.")
+
+
+def test_step_times_hand_case():
+    """report.step_times: the mean seconds of each RL step phase over the logged rows, "other" the
+    step less its phases; stages without time metrics are absent."""
+    from grlhfv_jax import report
+    rows = [dict(stage="policy_rl", step=1, time=0.0, **{"time/rollout_s": 1.0, "time/reward_s": 0.5,
+                                                        "time/ref_logprobs_s": 0.25, "time/update_s": 2.0,
+                                                        "time/step_s": 6.0}),
+            dict(stage="policy_rl", step=2, time=0.0, **{"time/rollout_s": 3.0, "time/reward_s": 0.5,
+                                                        "time/ref_logprobs_s": 0.75, "time/update_s": 2.0,
+                                                        "time/step_s": 8.0}),
+            dict(stage="rm", step=1, time=0.0, loss=0.7)]
+    t = report.step_times(rows)
+    assert set(t) == {"policy_rl"}
+    assert t["policy_rl"] == {"rollout": 2.0, "reward": 0.5, "ref_logprobs": 0.5, "update": 2.0, "step": 7.0,
+                              "other": 2.0}

@@ -11,7 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
-from grlhfv_jax import main, stages
+from grlhfv_jax import main, report, stages
 from grlhfv_jax.metrics import MetricsWriter, read_jsonl
 from grlhfv_jax.stages import ConfigError, common
 from grlhfv_jax.trainers import loop, steps
@@ -173,6 +173,15 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     page = open(os.path.join(workdir, "report.html")).read()
     assert "Sample judgments" in page and "data:image/png;base64" in page
+    # each RL step's time, split into its phases (metrics.jsonl and the report's table)
+    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    times = report.step_times(rows)
+    for stage in ("grm_rl", "policy_rl", "policy_rl_rm"):
+        t = times[stage]
+        assert all(t[p] > 0 for p in ("rollout", "reward", "ref_logprobs", "update", "step")), (stage, t)
+        assert sum(t[p] for p in ("rollout", "reward", "ref_logprobs", "update")) <= t["step"] + 1e-6, (stage, t)
+        assert t["other"] == pytest.approx(t["step"] - sum(t[p] for p in report.STEP_PARTS))
+    assert "Time per RL step" in page and "policy_rl_rm" in page.split("Time per RL step")[1]
     for a in ("colour", "count", "shape", "position"):
         assert 0.0 <= summary[f"vision/heldout_accuracy_{a}"] <= 1.0, a
     for d in ("vision/model", "sft/policy", "sft/grm", "grm_rl/grm", "rm/rm", "policy_rl/policy", "policy_rl_rm/policy", "dpo/policy"):

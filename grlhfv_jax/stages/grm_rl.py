@@ -12,6 +12,7 @@ Reads `workdir/sft/grm`, writes `workdir/grm_rl/grm`.
 from __future__ import annotations
 
 import json
+import time
 import os
 
 import numpy as np
@@ -146,6 +147,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     G = sec.group_size
 
     def step_fn(state, step):
+        t0 = time.perf_counter()
         recs = ds[step]
         items = [(r["question"], r["image"], r["response_1"], r["response_2"], int(r["overall_response"]))
                  for r in recs]
@@ -156,6 +158,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
             common.engine_rollout(state.model, codec), codec, ex, max_len=sec.max_len,
             params=SamplingParams(max_new_tokens=sec.max_new_tokens, temperature=float(sec.temperature),
                                   num_samples=G, seed=config.seed * 100003 + step))
+        t1 = time.perf_counter()
         labels = np.repeat([y for *_, y in items], G)
         correct = np.array([grm_reward.pair_reward(t, y) for t, y in zip(texts, labels)]).reshape(len(items), G)
         rewards = correct
@@ -164,6 +167,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
             both = correct[:n] * correct[n:]
             rewards = np.concatenate([both, both])
         adv = pooled_order_advantages(rewards, cfg.advantage_estimator) if sec.pool_orders else None
+        t2 = time.perf_counter()
         metrics = learner.grpo_update(state, ref, prompts, gen, rewards, pad_id=codec.pad_id, cfg=cfg,
                                        mini_batches=sec.mini_batches, advantages=adv)
         if adv is not None:  # pairs whose pooled group carries no signal
@@ -172,6 +176,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
         unparsed = np.mean([grm_reward.pair_scores(t) is None for t in texts])
         metrics.update({"judge/accuracy": float(correct.mean()), "judge/parse_failure": float(unparsed)})
         metrics.update(grm_reward.judgment_stats(texts, G))  # position bias, ties, per-group decision entropy
+        metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": time.perf_counter() - t0})
         return state, metrics
 
     def on_log(step):

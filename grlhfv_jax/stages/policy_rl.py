@@ -17,6 +17,7 @@ Reads `workdir/sft/policy` and the judge; writes `workdir/<section>/policy`.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -105,12 +106,14 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
     n = sec.n
 
     def step_fn(state, step):
+        t0 = time.perf_counter()
         recs = ds[step]
         ex = [codec.example(r["question"], r["image"]) for r in recs]
         prompts, gen, texts = common.sample_groups(
             common.engine_rollout(state.model, codec), codec, ex, max_len=sec.max_len,
             params=SamplingParams(max_new_tokens=sec.max_new_tokens, temperature=float(sec.temperature),
                                   num_samples=n, seed=config.seed * 7919 + step))
+        t1 = time.perf_counter()
         complete = np.asarray(gen.finished).reshape(len(recs), n)
         rewards = np.zeros((len(recs), n))
         diags = []
@@ -129,6 +132,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
             seqs.pop("response_mask")
             scores = judging.score_batch(judge_model, seqs).reshape(len(recs), n)
             rewards = rm_rewards(scores, complete)
+        t2 = time.perf_counter()
         oracle = sources.oracle_scores(src.hooks, recs, texts, per_record=n)
         metrics = learner.grpo_update(state, ref, prompts, gen, rewards, pad_id=codec.pad_id, cfg=cfg,
                                        mini_batches=sec.mini_batches)
@@ -141,6 +145,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
                 metrics[f"judge/{key}"] = num / den if den else float("nan")
             corrs = [d["reward_length_corr"] for d in diags if np.isfinite(d["reward_length_corr"])]
             metrics["judge/reward_length_corr"] = float(np.mean(corrs)) if corrs else float("nan")
+        metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": time.perf_counter() - t0})
         return state, metrics
 
     loop.train_loop(section, state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,

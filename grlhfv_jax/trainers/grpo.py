@@ -114,8 +114,11 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     whole groups (memory only: the same values).
     advantages: [P, G] computed by the caller (other groupings than one group per prompt), else
     from rewards by ``cfg.advantage_estimator``.
-    Returns the mean of the step metrics plus rollout metrics.
+    Returns the mean of the step metrics plus rollout metrics, and the seconds of its two device
+    phases: ``time/ref_logprobs_s`` (the reference pass) and ``time/update_s`` (the mini-batch
+    updates; each step's metrics are read back, so the time is the device's, not a dispatch's).
     """
+    import time
 
     from grlhfv_jax.rl import grpo
     from grlhfv_jax.trainers import loop, steps
@@ -142,6 +145,7 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     # G rows of a prompt share columns [0, Tp), which the model runs once per prompt (group=G)
     window = int(tokens.shape[1])
     batch["window_start"] = np.full(P * G, Tp, np.int32)
+    t0 = time.perf_counter()
     jb = loop.place_batch(ref_model, batch)
     batch["ref_logp"] = np.asarray(steps.compute_logprobs(ref_model, {k: jb[k] for k in (
         "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start") if k in jb}, window=window,
@@ -149,6 +153,7 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     if P % mini_batches:
         raise ValueError(f"{P} prompts do not split into {mini_batches} mini-batches")
     per = P // mini_batches
+    t1 = time.perf_counter()
     step_metrics = []
     for m in range(mini_batches):
         idx = np.arange(m * per * G, (m + 1) * per * G)
@@ -156,6 +161,7 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
         state, met = steps.grpo_step(state, loop.place_batch(state.model, mb), cfg, window=window, group=G)
         step_metrics.append({k: float(v) for k, v in met.items()})
     out = {k: float(np.mean([s[k] for s in step_metrics])) for k in step_metrics[0]}
+    out["time/ref_logprobs_s"], out["time/update_s"] = t1 - t0, time.perf_counter() - t1
     keep = valid.astype(bool)
     out.update(grpo.rollout_metrics(rewards[keep], adv.reshape(P, G)[keep], lengths.reshape(P, G)[keep],
                                     ~np.asarray(gen.finished).reshape(P, G)[keep]))
