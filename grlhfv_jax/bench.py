@@ -3,6 +3,7 @@
     python -m grlhfv_jax.bench rollout [--batch 16 --prompt-tokens 64 --image-size 224 --new-tokens 128 ...]
     python -m grlhfv_jax.bench vision [--images 32 --patches 1024 --depth 2 --embed 1280 --heads 16]
     python -m grlhfv_jax.bench grpo [--prompts 16 --group 4 --prompt-tokens 120 --new-tokens 36 ...]
+    python -m grlhfv_jax.bench train [--tiny] [--memory-only] [--rows 32 --tokens 1024 --remat --logits-chunk 256 ...]
 
 rollout: generated tokens/s of our sampler (grlhfv_jax.rollout.generate) and of transformers'
 PyTorch `generate` (KV cache) on the same randomly initialised Qwen2-VL config and the same
@@ -16,6 +17,10 @@ grpo: one GRPO mini-batch (reference log-probs + `steps.grpo_step`) on G respons
 with every row run whole (group=1) and with each prompt run once per group (group=G,
 `model.shared_prompt_hidden`): seconds per call (best of --repeats after compiling) and XLA's
 temporary memory of the step. Defaults: the demo's stage-1 mini-batch and model.
+
+train: one GRPO update of a Qwen2-VL-2B-shaped model (32 rows x 1024 tokens, a 448 x 448 image per
+row): compile time, XLA's temporary memory, step time, tokens/s, MFU; `--remat --remat-policy` and
+`--logits-chunk` are the memory choices of `config.model.*`; `--memory-only` allocates nothing.
 
 vision: temporary memory of one vision-tower forward with dense attention over all patches of the
 call vs per-frame (banded) attention, from XLA's buffer assignment (no weights allocated).
@@ -433,8 +438,173 @@ def _add_grpo(sub):
     return p
 
 
+# ------------------------------------------------------------------------------------ train
+
+# Peak dense matmul FLOP/s (bf16, no sparsity) by jax `device_kind` prefix (vendor data sheets).
+PEAK_FLOPS = {
+    "NVIDIA H200": 989e12,
+    "NVIDIA H100": 989e12,       # SXM; the PCIe card is lower
+    "NVIDIA A100": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+}
+
+
+def train_hf_config(args):
+    """A Qwen2-VL config: Qwen2-VL-2B's shape at the defaults (`--tiny`: a few-million-parameter one)."""
+    import transformers
+
+    text = dict(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                max_position_embeddings=32768, rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                rope_parameters={"rope_type": "default", "mrope_section": _mrope(args.hidden // args.heads),
+                                 "rope_theta": 1e6})
+    vision = dict(depth=args.vision_layers, embed_dim=args.vision_hidden, hidden_size=args.hidden,
+                  num_heads=args.vision_heads, mlp_ratio=4, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2)
+    return transformers.Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=args.vocab - 4,
+                                      video_token_id=args.vocab - 3, vision_start_token_id=args.vocab - 2,
+                                      vision_end_token_id=args.vocab - 1, tie_word_embeddings=args.tied)
+
+
+def _mrope(head_dim: int) -> list[int]:
+    half = head_dim // 2
+    t = half // 4
+    return [t, (half - t) // 2, half - t - (half - t) // 2]
+
+
+TINY_TRAIN = dict(rows=4, tokens=64, new_tokens=16, image_size=56, vocab=2048, hidden=64, intermediate=128, layers=2,
+                  heads=4, kv_heads=2, vision_layers=1, vision_hidden=32, vision_heads=2, micro_batches=2, repeats=2)
+
+
+def bench_train(args) -> dict:
+    """One GRPO update (`steps.grpo_step`: the policy loss on the response window, KL to given
+    reference log-probs) on `--rows` rows of `--tokens` tokens (one image of `--image-size` pixels,
+    text, `--new-tokens` response tokens): XLA's memory of the compiled step (temp = activations,
+    gradients and the update's scratch; arguments = params, optimizer state, batch), compile time and,
+    unless `--memory-only`, seconds per step, tokens/s and MFU (6 x params x tokens / time / peak
+    FLOP/s of the device; None on a CPU). `--memory-only` compiles from shapes: no weights allocated."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from grlhfv_jax import models
+    from grlhfv_jax.trainers import steps
+
+    if args.tiny:   # the tiny sizes, except those given on the command line
+        defaults = vars(_add_train(argparse.ArgumentParser().add_subparsers()).parse_args([]))
+        for k, v in TINY_TRAIN.items():
+            if getattr(args, k) == defaults[k]:
+                setattr(args, k, v)
+    cfg = train_hf_config(args)
+    side = args.image_size // 14
+    side -= side % 2
+    n_img = side * side // 4 if args.image_size else 0
+    T, R, B = args.tokens, args.new_tokens, args.rows
+    if T - R - n_img - 2 < 1:
+        raise SystemExit(f"--tokens {T} leaves no room for the image ({n_img} tokens) and --new-tokens {R}")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, args.vocab - 8, (B, T)).astype(np.int32)
+    if n_img:
+        ids[:, 0], ids[:, 1:1 + n_img], ids[:, 1 + n_img] = cfg.vision_start_token_id, cfg.image_token_id, \
+            cfg.vision_end_token_id
+    mask = np.zeros((B, T), np.float32)
+    mask[:, T - R:] = 1.0
+    batch = dict(input_ids=ids, attention_mask=np.ones((B, T), np.int32), response_mask=mask,
+                 old_logp=-3.0 * mask, ref_logp=-3.0 * mask, advantages=rng.normal(size=B).astype(np.float32),
+                 window_start=np.full(B, T - R, np.int32))
+    if n_img:
+        batch["pixel_values"] = rng.standard_normal((B * side * side, 3 * 2 * 14 * 14)).astype(np.float32)
+        batch["image_grid_thw"] = np.asarray([(1, side, side)] * B, np.int32)
+    rt = dict(dtype=getattr(jnp, args.dtype), param_dtype=getattr(jnp, args.param_dtype), remat=args.remat,
+              remat_policy=args.remat_policy, logits_chunk=args.logits_chunk, vision_block=side * side)
+    gcfg = steps.GRPOConfig(num_micro_batches=args.micro_batches)
+    make = lambda: steps.TrainState(models.from_config(cfg.to_dict(), rngs=nnx.Rngs(0), **rt),  # noqa: E731
+                                    optax.adamw(1e-6), frozen_vision=args.frozen_vision)
+    abstract = nnx.eval_shape(make)
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract.model, nnx.Param)))
+    dev = jax.devices()[0]
+    out = dict(rows=B, tokens=T, new_tokens=R, image_tokens=n_img, params=params, micro_batches=args.micro_batches,
+               dtype=args.dtype, param_dtype=args.param_dtype, remat=args.remat,
+               remat_policy=args.remat_policy if args.remat else None, logits_chunk=args.logits_chunk,
+               vocab=args.vocab, layers=args.layers, platform=dev.platform, device_kind=dev.device_kind,
+               jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
+    t0 = time.perf_counter()
+    spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+    compiled = steps.grpo_step.lower(abstract, spec, gcfg, window=R).compile()
+    out["compile_s"] = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    out["temp_bytes"] = int(mem.temp_size_in_bytes)
+    out["argument_bytes"] = int(mem.argument_size_in_bytes)
+    _log(f"[train] compiled in {out['compile_s']:.1f} s: temp {out['temp_bytes'] / 1e9:.3f} GB, arguments "
+         f"{out['argument_bytes'] / 1e9:.3f} GB")
+    if args.memory_only:
+        return out
+    state = make()
+    jb = {k: jnp.asarray(v) for k, v in batch.items()}
+    steps.grpo_step(state, jb, gcfg, window=R)[1]["loss"].block_until_ready()   # compile (cached) + one step
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        _, met = steps.grpo_step(state, jb, gcfg, window=R)
+        jax.block_until_ready(met["loss"])
+        times.append(time.perf_counter() - t0)
+    out["step_s"] = min(times)
+    out["tokens_per_s"] = B * T / out["step_s"]
+    peak = next((v for k, v in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0]))
+                 if dev.device_kind.startswith(k)), None)
+    out["mfu"] = None if peak is None else 6 * params * B * T / out["step_s"] / peak
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    out["peak_bytes_in_use"] = None if not stats else stats.get("peak_bytes_in_use")
+    _log(f"[train] {out['step_s']:.3f} s per step, {out['tokens_per_s']:.0f} tokens/s, MFU {out['mfu']}")
+    return out
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="GRPO update: memory, compile time, step time, MFU (2B-shaped by default)")
+    p.add_argument("--tiny", action="store_true", help="a tiny model and batch (CPU): sizes not given are small")
+    p.add_argument("--memory-only", action="store_true", help="compile from shapes only: memory and compile time")
+    p.add_argument("--rows", type=int, default=32)
+    p.add_argument("--tokens", type=int, default=1024, help="tokens per row (image + text + response)")
+    p.add_argument("--new-tokens", type=int, default=256, help="response tokens per row (the loss's window)")
+    p.add_argument("--image-size", type=int, default=448, help="square image side in pixels (0: text only)")
+    p.add_argument("--micro-batches", type=int, default=4)
+    p.add_argument("--remat", action="store_true", help="rematerialise each decoder / vision block")
+    p.add_argument("--remat-policy", default="nothing", help="with --remat: nothing, dots, dots_all")
+    p.add_argument("--logits-chunk", type=int, default=0, help="LM-head columns per piece (0: all at once)")
+    p.add_argument("--frozen-vision", action="store_true")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--tied", action="store_true", help="tie the LM head to the embedding (Qwen2-VL-2B: tied)")
+    p.add_argument("--vocab", type=int, default=151936)
+    p.add_argument("--hidden", type=int, default=1536)
+    p.add_argument("--intermediate", type=int, default=8960)
+    p.add_argument("--layers", type=int, default=28)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--vision-layers", type=int, default=32)
+    p.add_argument("--vision-hidden", type=int, default=1280)
+    p.add_argument("--vision-heads", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    return p
+
+
 SUBCOMMANDS = {"rollout": (_add_rollout, bench_rollout), "vision": (_add_vision, bench_vision),
-               "grpo": (_add_grpo, bench_grpo)}
+               "grpo": (_add_grpo, bench_grpo), "train": (_add_train, bench_train)}
+
+
+# XLA:CPU's default scheduler runs independent work concurrently and so hoists a rematerialised
+# block's recomputation out of the backward pass: remat then saves nothing (measured: 16 layers,
+# 1.77 GB temp with remat vs 0.34 GB with this flag). Set for `train` before jax starts, so that its
+# CPU memory figures are those of the schedule an accelerator's memory-aware scheduler picks.
+CPU_MEMORY_SCHEDULER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
 def main(argv=None):
@@ -443,6 +613,8 @@ def main(argv=None):
     for add, _ in SUBCOMMANDS.values():
         add(sub)
     args = parser.parse_args(argv)
+    if args.cmd == "train" and "jax" not in sys.modules and CPU_MEMORY_SCHEDULER not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CPU_MEMORY_SCHEDULER).strip()
     res = SUBCOMMANDS[args.cmd][1](args)
     print(json.dumps(res, sort_keys=True))
     return res

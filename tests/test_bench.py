@@ -24,3 +24,18 @@ def test_grpo_bench_shared_prompts_use_less_step_memory(capsys):
         assert res[f"group{g}_s"] > 0 and res[f"group{g}_step_temp_bytes"] > 0
     # 4 rows per prompt of ~30 tokens + 4 response tokens: the shared run holds far fewer activations
     assert res["group4_step_temp_bytes"] < 0.7 * res["group1_step_temp_bytes"]
+
+
+def test_train_bench_tiny_runs_and_logits_in_chunks_take_less_memory(capsys):
+    """`bench train --tiny` runs a GRPO step and prints one JSON object; the LM head in chunks of 16
+    columns (a 128-column window, vocabulary 16k) needs far less of XLA's temporary memory."""
+    common = ["train", "--tiny", "--dtype", "float32", "--vocab", "16384", "--micro-batches", "1",
+              "--tokens", "160", "--new-tokens", "128", "--repeats", "1"]
+    chunked = bench.main(common + ["--logits-chunk", "16", "--remat", "--remat-policy", "dots"])
+    plain = bench.main(common + ["--memory-only"])
+    assert capsys.readouterr().out.count("{") == 2
+    assert chunked["step_s"] > 0 and chunked["tokens_per_s"] > 0 and chunked["compile_s"] > 0
+    assert chunked["mfu"] is None and chunked["platform"] == "cpu"   # no peak FLOP/s known for a CPU
+    assert chunked["params"] == plain["params"] > 0 and "step_s" not in plain
+    # the float32 logits of 4 rows x 128 columns x 16384 (33.5 MB each) were the largest buffers
+    assert chunked["temp_bytes"] < 0.6 * plain["temp_bytes"], (chunked["temp_bytes"], plain["temp_bytes"])
