@@ -113,3 +113,17 @@ def test_a_resumed_reader_yields_the_batches_an_uninterrupted_one_yields(convert
     resumed = iter(again.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)))
     resumed.set_state(state)
     assert [ids(next(resumed)) for _ in range(3)] == [ids(b) for b in straight[3:]]
+
+
+def test_reading_ahead_in_threads_gives_the_same_batches(converted):
+    """`read_threads` > 0: batches decoded ahead in grain threads (files_source.Prefetched) equal
+    ds[step] in order, after a jump ahead (a resume) and a jump back."""
+    _, _, d, _ = converted
+    plain = fs.FilesSource(d, shard=(0, 1)).dataset("grm_train", seed=7, batch_size=4)
+    ahead = fs.FilesSource(d, shard=(0, 1), read_threads=2).dataset("grm_train", seed=7, batch_size=4)
+    assert isinstance(ahead, fs.Prefetched)
+    for step in [0, 1, 2, 3, 9, 10, 4, 5]:
+        got, want = ahead[step], plain[step]
+        assert [r["id"] for r in got] == [r["id"] for r in want], step
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a["image"], b["image"])

@@ -124,6 +124,7 @@ def _files_config(paths: dict, tokenizer_dir: str, grm_path: str | None = None):
     (lambda c: c.data.files.grm_train.update(fields="align_everything"), r"config\.data\.files\.grm_train\.fields"),
     (lambda c: c.data.files.grm_train.update(on_bad="ignore"), r"config\.data\.files\.grm_train\.on_bad"),
     (lambda c: c.data.update(too_long="wrap"), r"config\.data\.too_long = 'wrap'"),
+    (lambda c: c.data.update(read_threads=-1), r"config\.data\.read_threads = -1"),
     (lambda c: c.data.update(kind="hub"), r"config\.data\.kind = 'hub'"),
     (lambda c: c.sft.update(grm=dict(steps=1, batch_size=1, max_len=64, lr=1e-3)), r"config\.sft\.grm: .*judgments"),
     (lambda c: c.sft.policy.update(data="styled"), r"config\.sft\.policy\.data = 'styled'"),

@@ -69,6 +69,8 @@ DATA = {
     "kind": Key("str", "world", "where records come from: world (the synthetic world) or files (config.data.files)"),
     "files": {split: DATA_FILES_SPLIT for split in DATA_SPLITS},
     "tokenizer_dir": Key("str?", None, "files: the tokenizer folder (None: the first config.model.* path)"),
+    "read_threads": Key("int", 0, "files: threads that read and decode the next batches while a step runs (0: "
+                                  "in the step); the same batches"),
     "too_long": Key("str", "skip", "files: a record longer than a reading stage's max_len after tokenisation: "
                                    "skip, truncate (its responses; a prompt that alone is too long is skipped) "
                                    "or fail; counted in the summary"),

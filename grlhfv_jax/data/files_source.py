@@ -110,6 +110,28 @@ def _shard(shard: tuple[int, int] | None) -> tuple[int, int]:
     return index, count
 
 
+class Prefetched:
+    """``ds[step]`` of a grain `MapDataset` of batches, read ahead: `threads` grain threads decode the
+    batches after the last one asked for while the caller runs its step. Equal to ``ds[step]`` for
+    every step; asking for any step but the next (a resume, a jump) restarts the read there."""
+
+    def __init__(self, ds, threads: int, buffer: int = 2):
+        self.ds, self.threads, self.buffer = ds, int(threads), int(buffer)
+        self._it, self._next = None, None
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, step: int):
+        import grain
+        step = int(step)
+        if self._it is None or step != self._next:
+            opts = grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=self.buffer)
+            self._it = iter(self.ds[step:].to_iter_dataset(opts))
+        self._next = step + 1
+        return next(self._it)
+
+
 @dataclasses.dataclass
 class FilesSource:
     """The splits in a `files_tfds` dataset folder, read through grain. `shard`: (process index,
@@ -118,6 +140,7 @@ class FilesSource:
     dataset_dir: str
     shard: tuple[int, int] | None = None
     hooks: None = None
+    read_threads: int = 0     # > 0: `dataset` decodes the next batches in that many threads (`Prefetched`)
 
     def __post_init__(self):
         self._builder = None
@@ -153,7 +176,8 @@ class FilesSource:
         if len(ds) == 0:
             raise ValueError(f"split {split!r} has no records for process {index} of {count}: nothing to batch")
         ds = ds.shuffle(seed=int(seed)).repeat(None).map(self._decode(split))
-        return ds.batch(int(batch_size), batch_fn=list)
+        ds = ds.batch(int(batch_size), batch_fn=list)
+        return Prefetched(ds, self.read_threads) if self.read_threads > 0 else ds
 
     def records(self, split: str, n: int | None = None) -> list[dict]:
         """This process's share of the first `n` records of `split` (all if None), in order, decoded."""

@@ -82,7 +82,7 @@ def source(config, workdir: str):
                          f"{written!r}, not {kind(config)!r}: rerun the 'data' stage")
     if kind(config) == "files":
         from grlhfv_jax.stages import data_files
-        return data_files.source(found)
+        return data_files.source(found, config.data.read_threads)
     return sources.WorldSource(found["data_dir"], world_config(config))
 
 

@@ -91,6 +91,8 @@ def check_config(config) -> None:
     d = config.data
     if d.too_long not in TOO_LONG:
         raise ConfigError(f"config.data.too_long = {d.too_long!r}: expected one of {TOO_LONG}")
+    if d.read_threads < 0:
+        raise ConfigError(f"config.data.read_threads = {d.read_threads}: expected 0 (read in the step) or more")
     for split, spec in d.get("files", {}).items():
         where = f"config.data.files.{split}"
         if "path" not in spec or not spec.path:
@@ -261,9 +263,10 @@ def run(config, workdir: str, data_dir: str, *, shard_bytes: int | None = None) 
     return summary
 
 
-def source(paths: dict) -> fs.FilesSource:
-    """The source over the splits `run` converted (`paths`: its data_paths.json)."""
+def source(paths: dict, read_threads: int = 0) -> fs.FilesSource:
+    """The source over the splits `run` converted (`paths`: its data_paths.json); `read_threads`
+    decode the next batches while a step runs (`files_source.Prefetched`)."""
     if "dataset_dir" not in paths:
         raise ValueError("data_paths.json names no converted dataset (written by an older version of the "
                          "'data' stage): rerun the 'data' stage")
-    return fs.FilesSource(paths["dataset_dir"])
+    return fs.FilesSource(paths["dataset_dir"], read_threads=int(read_threads))
