@@ -228,3 +228,17 @@ def test_memory_choices_of_a_model_are_checked_naming_the_key(key, value, want):
     config.model.grm[key] = value
     with pytest.raises(ConfigError, match=want):
         stages.validate(config)
+
+
+def test_memory_choices_of_a_model_reach_the_model():
+    """config.model.*.remat / remat_policy / logits_chunk -> the models' runtime keywords -> VLConfig."""
+    from flax import nnx
+
+    from grlhfv_jax import models
+    from grlhfv_jax.stages import common
+    sys.path.insert(0, os.path.dirname(__file__))
+    import tiny_models as tm
+    rt = common.runtime(dict(hf_config={}, remat=True, remat_policy="dots", logits_chunk=4))
+    assert (rt["remat"], rt["remat_policy"], rt["logits_chunk"]) == (True, "dots", 4)
+    cfg = nnx.eval_shape(lambda: models.from_config(tm.tiny_hf_config("qwen2_vl").to_dict(), **rt)).config
+    assert (cfg.remat, cfg.remat_policy, cfg.logits_chunk) == (True, "dots", 4)
