@@ -3,6 +3,7 @@
     python -m grlhfv_jax.bench rollout [--batch 16 --prompt-tokens 64 --image-size 224 --new-tokens 128 ...]
     python -m grlhfv_jax.bench vision [--images 32 --patches 1024 --depth 2 --embed 1280 --heads 16]
     python -m grlhfv_jax.bench grpo [--prompts 16 --group 4 --prompt-tokens 120 --new-tokens 36 ...]
+    python -m grlhfv_jax.bench judge [--tiny] [--ns 3 5 7 --prompts 8 --answer-tokens 128 --new-tokens 256 ...]
     python -m grlhfv_jax.bench train [--tiny] [--memory-only] [--rows 32 --tokens 1024 --remat --logits-chunk 256 ...]
 
 rollout: generated tokens/s of our sampler (grlhfv_jax.rollout.generate) and of transformers'
@@ -21,6 +22,9 @@ temporary memory of the step. Defaults: the demo's stage-1 mini-batch and model.
 train: one GRPO update of a Qwen2-VL-2B-shaped model (32 rows x 1024 tokens, a 448 x 448 image per
 row): compile time, XLA's temporary memory, step time, tokens/s, MFU; `--remat --remat-policy` and
 `--logits-chunk` are the memory choices of `config.model.*`; `--memory-only` allocates nothing.
+
+judge: the GRM's n(n-1) ordered pairs per prompt judged with the shared prefix (image and question
+prefilled once per prompt) vs each pair's full prompt, n in {3, 5, 7}: seconds, pairs/s, same tokens.
 
 vision: temporary memory of one vision-tower forward with dense attention over all patches of the
 call vs per-frame (banded) attention, from XLA's buffer assignment (no weights allocated).
@@ -596,8 +600,111 @@ def _add_train(sub):
     return p
 
 
+# ------------------------------------------------------------------------------------ judge
+
+TINY_JUDGE = dict(prompts=2, question_tokens=8, answer_tokens=6, new_tokens=8, image_size=56, vocab=512, hidden=64,
+                  intermediate=128, layers=2, heads=4, kv_heads=2, vision_layers=1, vision_hidden=32,
+                  vision_heads=2, repeats=1)
+
+
+def bench_judge(args) -> dict:
+    """For n in `--ns`: the n(n-1) ordered pairs of n answers to each of `--prompts` prompts (an
+    image + `--question-tokens` text), judged greedily (`--new-tokens` each) by the shared-prefix
+    judge (`rollout.judge.judge_generate`: each prompt's image and question prefilled once) and by
+    `engine.generate` on every pair's full prompt: seconds per call (best of `--repeats` after a
+    compile), pairs/s, and whether the two give the same tokens (and the largest log-prob gap)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from grlhfv_jax import models
+    from grlhfv_jax.rollout import engine, judge
+
+    if args.tiny:   # the tiny sizes, except those given on the command line
+        defaults = vars(_add_judge(argparse.ArgumentParser().add_subparsers()).parse_args([]))
+        for k, v in TINY_JUDGE.items():
+            if getattr(args, k) == defaults[k]:
+                setattr(args, k, v)
+    cfg = train_hf_config(argparse.Namespace(**vars(args), tied=True))
+    model = models.from_config(cfg.to_dict(), rngs=nnx.Rngs(0), dtype=getattr(jnp, args.dtype))
+    split = nnx.split(model)
+    rng = np.random.default_rng(0)
+    side = args.image_size // 14
+    side -= side % 2
+    n_img = side * side // 4
+    P = args.prompts
+    prefixes = [[cfg.vision_start_token_id] + [cfg.image_token_id] * n_img + [cfg.vision_end_token_id]
+                + rng.integers(3, args.vocab - 8, args.question_tokens).tolist() for _ in range(P)]
+    pixels = [rng.standard_normal((side * side, 3 * 2 * 14 * 14)).astype(np.float32) for _ in range(P)]
+    sep, tail = rng.integers(3, args.vocab - 8, 3).tolist(), rng.integers(3, args.vocab - 8, 5).tolist()
+
+    def left_padded(rows, images):
+        T = max(len(r) for r in rows)
+        ids, mask = np.zeros((len(rows), T), np.int32), np.zeros((len(rows), T), np.int32)
+        for b, r in enumerate(rows):
+            ids[b, T - len(r):], mask[b, T - len(r):] = r, 1
+        return dict(input_ids=ids, attention_mask=mask, pixel_values=np.concatenate(images),
+                    image_grid_thw=np.asarray([(1, side, side)] * len(images), np.int32))
+
+    def best(fn):
+        jax.block_until_ready(fn().tokens)
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            out = fn()
+            jax.block_until_ready(out.tokens)
+            times.append(time.perf_counter() - t0)
+        return min(times), out
+
+    dev = jax.devices()[0]
+    out = dict(prompts=P, image_tokens=n_img, new_tokens=args.new_tokens, platform=dev.platform,
+               device_kind=dev.device_kind, dtype=args.dtype, layers=args.layers, vocab=args.vocab)
+    for n in args.ns:
+        answers = [[rng.integers(3, args.vocab - 8, args.answer_tokens).tolist() for _ in range(n)] for _ in range(P)]
+        pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+        suffixes = [[a[i] + sep + a[j] + tail for i, j in pairs] for a in answers]
+        kw = dict(max_new_tokens=args.new_tokens, temperature=0.0, model_split=split)
+        shared_s, shared = best(lambda: judge.judge_generate(model, left_padded(prefixes, pixels), suffixes, **kw))
+        full = left_padded([prefixes[p] + s for p in range(P) for s in suffixes[p]],
+                           [pixels[p] for p in range(P) for _ in pairs])
+        sep_s, alone = best(lambda: engine.generate(model, full, **kw))
+        rows = P * len(pairs)
+        out[f"n{n}"] = dict(pairs=rows, shared_s=shared_s, separate_s=sep_s, speedup=sep_s / shared_s,
+                            shared_pairs_per_s=rows / shared_s, separate_pairs_per_s=rows / sep_s,
+                            same_tokens=bool(np.array_equal(np.asarray(shared.tokens), np.asarray(alone.tokens))),
+                            max_logprob_diff=float(np.max(np.abs(np.asarray(shared.logprobs)
+                                                                 - np.asarray(alone.logprobs)))))
+        _log(f"[judge] n={n}: {rows} pairs, shared {shared_s:.3f} s, separate {sep_s:.3f} s")
+    return out
+
+
+def _add_judge(sub):
+    p = sub.add_parser("judge", help="shared-prefix GRM judging vs each pair's full prompt, n in --ns")
+    p.add_argument("--tiny", action="store_true", help="a tiny model (CPU): sizes not given are small")
+    p.add_argument("--ns", type=int, nargs="+", default=[3, 5, 7], help="answers per prompt")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--question-tokens", type=int, default=64)
+    p.add_argument("--answer-tokens", type=int, default=128, help="tokens per answer")
+    p.add_argument("--new-tokens", type=int, default=256, help="judgment tokens (greedy, no EOS)")
+    p.add_argument("--image-size", type=int, default=448)
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--vocab", type=int, default=151936)
+    p.add_argument("--hidden", type=int, default=1536)
+    p.add_argument("--intermediate", type=int, default=8960)
+    p.add_argument("--layers", type=int, default=28)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--vision-layers", type=int, default=32)
+    p.add_argument("--vision-hidden", type=int, default=1280)
+    p.add_argument("--vision-heads", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    return p
+
+
 SUBCOMMANDS = {"rollout": (_add_rollout, bench_rollout), "vision": (_add_vision, bench_vision),
-               "grpo": (_add_grpo, bench_grpo), "train": (_add_train, bench_train)}
+               "grpo": (_add_grpo, bench_grpo), "train": (_add_train, bench_train),
+               "judge": (_add_judge, bench_judge)}
 
 
 # XLA:CPU's default scheduler runs independent work concurrently and so hoists a rematerialised

@@ -39,3 +39,11 @@ def test_train_bench_tiny_runs_and_logits_in_chunks_take_less_memory(capsys):
     assert chunked["params"] == plain["params"] > 0 and "step_s" not in plain
     # the float32 logits of 4 rows x 128 columns x 16384 (33.5 MB each) were the largest buffers
     assert chunked["temp_bytes"] < 0.6 * plain["temp_bytes"], (chunked["temp_bytes"], plain["temp_bytes"])
+
+
+def test_judge_bench_tiny_shared_prefix_gives_the_separate_tokens(capsys):
+    res = bench.main(["judge", "--tiny", "--ns", "3", "--dtype", "float32"])
+    assert capsys.readouterr().out.strip().count("\n") == 0     # one JSON line (n3 nests an object)
+    r = res["n3"]
+    assert r["pairs"] == 2 * 3 * 2 and r["same_tokens"] and r["max_logprob_diff"] < 1e-4
+    assert r["shared_s"] > 0 and r["separate_s"] > 0 and r["speedup"] == r["separate_s"] / r["shared_s"]
