@@ -571,6 +571,13 @@ def bench_train(args) -> dict:
     return out
 
 
+def _add_2b_shape(p):
+    """Model-shape options, Qwen2-VL-2B's by default (`train_hf_config`)."""
+    for name, value in (("vocab", 151936), ("hidden", 1536), ("intermediate", 8960), ("layers", 28), ("heads", 12),
+                        ("kv-heads", 2), ("vision-layers", 32), ("vision-hidden", 1280), ("vision-heads", 16)):
+        p.add_argument(f"--{name}", type=int, default=value)
+
+
 def _add_train(sub):
     p = sub.add_parser("train", help="GRPO update: memory, compile time, step time, MFU (2B-shaped by default)")
     p.add_argument("--tiny", action="store_true", help="a tiny model and batch (CPU): sizes not given are small")
@@ -587,15 +594,7 @@ def _add_train(sub):
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--tied", action="store_true", help="tie the LM head to the embedding (Qwen2-VL-2B: tied)")
-    p.add_argument("--vocab", type=int, default=151936)
-    p.add_argument("--hidden", type=int, default=1536)
-    p.add_argument("--intermediate", type=int, default=8960)
-    p.add_argument("--layers", type=int, default=28)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--vision-layers", type=int, default=32)
-    p.add_argument("--vision-hidden", type=int, default=1280)
-    p.add_argument("--vision-heads", type=int, default=16)
+    _add_2b_shape(p)
     p.add_argument("--repeats", type=int, default=3)
     return p
 
@@ -689,15 +688,7 @@ def _add_judge(sub):
     p.add_argument("--new-tokens", type=int, default=256, help="judgment tokens (greedy, no EOS)")
     p.add_argument("--image-size", type=int, default=448)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    p.add_argument("--vocab", type=int, default=151936)
-    p.add_argument("--hidden", type=int, default=1536)
-    p.add_argument("--intermediate", type=int, default=8960)
-    p.add_argument("--layers", type=int, default=28)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--vision-layers", type=int, default=32)
-    p.add_argument("--vision-hidden", type=int, default=1280)
-    p.add_argument("--vision-heads", type=int, default=16)
+    _add_2b_shape(p)
     p.add_argument("--repeats", type=int, default=3)
     return p
 
