@@ -17,13 +17,16 @@ from typing import Protocol, Sequence, runtime_checkable
 class SamplingParams:
     """How to sample. max_new_tokens: tokens per response; temperature: 0 = greedy; top_p in
     (0, 1]; top_k: 0 = off; num_samples: responses per prompt (rows grouped by prompt); seed: the
-    sampler's random key (implementations derive one per chunk from it)."""
+    sampler's random key (implementations derive one per chunk from it); first_row: the index of
+    the batch's first output row in a larger sample drawn in several calls (the engine keys each
+    row's draws on seed and its index, so the calls draw what one call draws)."""
     max_new_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     num_samples: int = 1
     seed: int = 0
+    first_row: int = 0
 
     def __post_init__(self):
         if int(self.max_new_tokens) < 1:
@@ -36,6 +39,8 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
         if int(self.top_k) < 0:
             raise ValueError(f"SamplingParams.top_k must be >= 0, got {self.top_k}")
+        if int(self.first_row) < 0:
+            raise ValueError(f"SamplingParams.first_row must be >= 0, got {self.first_row}")
 
     def replace(self, **kw) -> "SamplingParams":
         return dataclasses.replace(self, **kw)

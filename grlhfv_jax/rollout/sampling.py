@@ -61,10 +61,19 @@ def filter_logits(logits, *, temperature=1.0, top_k: int = 0, top_p=1.0, use_top
     return x
 
 
-def sample_from_logits(key, logits, *, block: int = 128):
+def row_uniforms(key, row_ids):
+    """One uniform in [0, 1) per row, keyed on (key, the row's id): row_ids int [N] -> float32 [N, 1].
+    A row's draw does not depend on the other rows, so rows sampled in several calls (each with
+    its rows' ids) draw what one call draws."""
+    return jax.vmap(lambda r: jax.random.uniform(jax.random.fold_in(key, r), (), jnp.float32))(row_ids)[:, None]
+
+
+def sample_from_logits(key, logits, *, block: int = 128, row_ids=None):
     """One token per row from softmax(logits) by inverse CDF with one uniform per row.
 
     logits [N, V] (-inf allowed) -> int32 [N]. A token with zero probability is never returned.
+    The uniforms: `jax.random.uniform(key, (N, 1))`, or with `row_ids` [N] one per row keyed on
+    (key, row id) (`row_uniforms`).
     Exact up to float rounding of the cumulative sums. Two levels, so that no scan runs over the
     whole vocabulary (a length-V cumsum is the costliest op of a CPU decode step after the GEMMs):
     the vocabulary is cut into blocks of `block` tokens, u picks a block by the cumulative block
@@ -77,7 +86,8 @@ def sample_from_logits(key, logits, *, block: int = 128):
     blocks = jnp.pad(probs, ((0, 0), (0, nb * block - V))).reshape(N, nb, block)
     mass = jnp.sum(blocks, axis=-1)                                         # [N, nb]
     cdf = jnp.cumsum(mass, axis=-1)
-    u = jax.random.uniform(key, (N, 1), jnp.float32) * cdf[:, -1:]
+    u = jax.random.uniform(key, (N, 1), jnp.float32) if row_ids is None else row_uniforms(key, row_ids)
+    u = u * cdf[:, -1:]
     # rounding guard: never step past the last block / token with nonzero mass
     last_block = nb - 1 - jnp.argmax((mass > 0)[:, ::-1], axis=-1)
     b = jnp.minimum(jnp.sum(cdf <= u, axis=-1), last_block)                 # [N]
@@ -96,11 +106,12 @@ def token_logprobs(logits, tokens):
     return picked - lse
 
 
-def next_tokens(key, logits, *, greedy: bool, temperature, top_k: int, top_p, use_top_p: bool):
-    """Sample (or argmax when `greedy`) one token per row; returns (tokens int32 [N], raw log-probs [N])."""
+def next_tokens(key, logits, *, greedy: bool, temperature, top_k: int, top_p, use_top_p: bool, row_ids=None):
+    """Sample (or argmax when `greedy`) one token per row; returns (tokens int32 [N], raw log-probs [N]).
+    `row_ids` [N]: key each row's draw on its id (`sample_from_logits`)."""
     if greedy:
         tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
         tok = sample_from_logits(key, filter_logits(logits, temperature=temperature, top_k=top_k,
-                                                    top_p=top_p, use_top_p=use_top_p))
+                                                    top_p=top_p, use_top_p=use_top_p), row_ids=row_ids)
     return tok, token_logprobs(logits, tok)
