@@ -179,16 +179,45 @@ def engine_rollout(model, codec: Codec, *, frozen: bool = False):
     return EngineRollout(model, eos_token_id=codec.eos_id, pad_token_id=codec.pad_id, frozen=frozen)
 
 
-def sample_groups(rollout, codec: Codec, examples: list[dict], *, max_len: int, params):
+def sample_groups(rollout, codec: Codec, examples: list[dict], *, max_len: int, params, num_calls: int = 1):
     """Samples `params.num_samples` responses per prompt example (rows grouped by prompt) from any
-    `rollout.Rollout`.
+    `rollout.Rollout`, in `num_calls` calls of len(examples) / num_calls whole prompt groups each
+    (memory: the prefill and KV cache of one call), joined in prompt order (`join_outputs`).
+    Each call gets `params.first_row` = the index of its first row: the engine keys every row's
+    draws on (seed, row index), so any `num_calls` draws exactly what one call draws.
 
-    Returns (left-padded prompt batch, GenerationOutput with responses cut before any image or
-    vision token, decoded texts)."""
+    Returns (left-padded prompt batch of all examples, GenerationOutput [P * num_samples, ...] with
+    responses cut before any image or vision token, decoded texts)."""
     from grlhfv_jax.trainers import grpo as learner
+    P, n = len(examples), int(params.num_samples)
+    if num_calls < 1 or P % num_calls:
+        raise ValueError(f"sample_groups: num_calls = {num_calls} must divide the {P} prompts")
     prompts = batch(examples, codec, side="left", max_len=max_len)
-    gen = learner.cut_at_tokens(rollout.generate(prompts, params), codec.banned_ids())
+    if num_calls == 1:
+        out = rollout.generate(prompts, params)
+    else:
+        per = P // num_calls
+        out = join_outputs([rollout.generate(batch(examples[s:s + per], codec, side="left", max_len=max_len),
+                                             params.replace(first_row=int(params.first_row) + s * n))
+                            for s in range(0, P, per)], pad_id=codec.pad_id)
+    gen = learner.cut_at_tokens(out, codec.banned_ids())
     return prompts, gen, codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
+
+
+def join_outputs(outs: Sequence, *, pad_id: int):
+    """GenerationOutputs of consecutive row blocks -> one (numpy), rows in order; tokens [N_i, W_i]
+    right-padded with `pad_id` and logprobs with 0 to the widest W_i; lengths, finished [sum N_i]."""
+    from grlhfv_jax.rollout import GenerationOutput
+    width = max(np.asarray(o.tokens).shape[1] for o in outs)
+
+    def pad(x, value):
+        x = np.asarray(x)
+        return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=value)
+
+    return GenerationOutput(np.concatenate([pad(o.tokens, pad_id) for o in outs]),
+                            np.concatenate([pad(o.logprobs, 0.0) for o in outs]),
+                            np.concatenate([np.asarray(o.lengths) for o in outs]),
+                            np.concatenate([np.asarray(o.finished) for o in outs]))
 
 
 def load_stage_output(path: str, hint: str, config=None, spec=None, *, scalar_head: bool = False):

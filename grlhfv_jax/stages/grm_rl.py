@@ -58,7 +58,7 @@ def validate(config, section: str) -> None:
         if sec[key] and not sec.position_debias:
             raise ConfigError(f"config.{section}.{key} needs config.{section}.position_debias = True")
     per = sec.pairs_per_step * (2 if sec.position_debias else 1)
-    for key in ("mini_batches", "ref_num_micro_batches"):
+    for key in ("mini_batches", "ref_num_micro_batches", "rollout_num_micro_batches"):
         if sec[key] < 1 or per % sec[key]:
             raise ConfigError(f"config.{section}.{key} = {sec[key]} must divide the prompts per step ({per})")
 
@@ -157,7 +157,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
         prompts, gen, texts = common.sample_groups(
             common.engine_rollout(state.model, codec), codec, ex, max_len=sec.max_len,
             params=SamplingParams(max_new_tokens=sec.max_new_tokens, temperature=float(sec.temperature),
-                                  num_samples=G, seed=config.seed * 100003 + step))
+                                  num_samples=G, seed=config.seed * 100003 + step),
+            num_calls=int(sec.rollout_num_micro_batches))
         t1 = time.perf_counter()
         labels = np.repeat([y for *_, y in items], G)
         correct = np.array([grm_reward.pair_reward(t, y) for t, y in zip(texts, labels)]).reshape(len(items), G)

@@ -58,6 +58,10 @@ def validate(config, section: str) -> None:
     if sec.prompts_per_step % sec.mini_batches:
         raise ConfigError(f"config.{section}.mini_batches = {sec.mini_batches} must divide "
                           f"prompts_per_step = {sec.prompts_per_step}")
+    calls = sec.rollout_num_micro_batches
+    if calls < 1 or sec.prompts_per_step % calls:
+        raise ConfigError(f"config.{section}.rollout_num_micro_batches = {calls} must divide the prompts per step "
+                          f"({sec.prompts_per_step})")
 
 
 def output_dir(workdir: str, section: str) -> str:
@@ -112,7 +116,8 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
         prompts, gen, texts = common.sample_groups(
             common.engine_rollout(state.model, codec), codec, ex, max_len=sec.max_len,
             params=SamplingParams(max_new_tokens=sec.max_new_tokens, temperature=float(sec.temperature),
-                                  num_samples=n, seed=config.seed * 7919 + step))
+                                  num_samples=n, seed=config.seed * 7919 + step),
+            num_calls=int(sec.rollout_num_micro_batches))
         t1 = time.perf_counter()
         complete = np.asarray(gen.finished).reshape(len(recs), n)
         rewards = np.zeros((len(recs), n))

@@ -1,0 +1,41 @@
+"""A step's rollout in several sampler calls (`<RL section>.rollout_num_micro_batches`): the calls'
+outputs joined in prompt order, and a call count that does not divide the prompts named. That k
+calls draw what one call draws: tests/test_rollout_engine.py."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from grlhfv_jax import stages
+from grlhfv_jax.config import ConfigError
+from grlhfv_jax.rollout import GenerationOutput
+from grlhfv_jax.stages import common
+
+
+def test_join_pads_to_the_widest_call_and_keeps_row_order():
+    a = GenerationOutput(np.array([[7, 8]]), np.array([[-1.0, -2.0]]), np.array([2]), np.array([False]))
+    b = GenerationOutput(np.array([[4, 5, 6], [9, 3, 3]]), np.full((2, 3), -0.5), np.array([3, 1]),
+                         np.array([False, True]))
+    j = common.join_outputs([a, b], pad_id=3)
+    np.testing.assert_array_equal(j.tokens, [[7, 8, 3], [4, 5, 6], [9, 3, 3]])
+    np.testing.assert_array_equal(j.logprobs, [[-1, -2, 0], [-0.5, -0.5, -0.5], [-0.5, -0.5, -0.5]])
+    np.testing.assert_array_equal(j.lengths, [2, 3, 1])
+    np.testing.assert_array_equal(j.finished, [False, False, True])
+
+
+def test_a_call_count_that_does_not_divide_the_prompts_is_named():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+    import demo
+    c = demo.get_config("smoke")
+    c.grm_rl.rollout_num_micro_batches = 3   # smoke: 2 pairs in both orders = 4 prompts
+    with pytest.raises(ConfigError, match=r"config\.grm_rl\.rollout_num_micro_batches = 3 must divide the prompts "
+                                          r"per step \(4\)"):
+        stages.validate(c)
+    c = demo.get_config("smoke")
+    bad = c.policy_rl.prompts_per_step + 1
+    c.policy_rl.rollout_num_micro_batches = bad
+    with pytest.raises(ConfigError, match=rf"config\.policy_rl\.rollout_num_micro_batches = {bad} must divide"):
+        stages.validate(c)
+    c.policy_rl.rollout_num_micro_batches = c.policy_rl.prompts_per_step
+    stages.validate(c)
