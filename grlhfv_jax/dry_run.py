@@ -11,9 +11,9 @@ configs hold the published configs, `models.published`). For each stage the run 
 - optimizer: AdamW's two moments per trainable parameter (optax keeps them in the param dtype), over
   fsdp x tensor;
 - activations and kv_cache: those of the step's phase that needs the most (the phases run one
-  after the other): the rollout (the prefill of all prompts in one call, and the cache of all
-  rows: rows x (prompt + bucketed new tokens) x layers x 2 x kv heads x head_dim x compute bytes,
-  the engine's layout), stage 2's judging (16 prompt groups of n(n-1) pairs per call: the prefill
+  after the other): the rollout (one sampler call of `rollout_num_micro_batches`: the prefill of
+  its prompts, and the cache of its rows: rows x (prompt + bucketed new tokens) x layers x 2 x kv
+  heads x head_dim x compute bytes, the engine's layout), stage 2's judging (16 prompt groups of n(n-1) pairs per call: the prefill
   of the answers over the shared prompt, and their cache), the reference log-prob pass (rows /
   ref_num_micro_batches), a training micro-batch (rows / mini_batches / num_micro_batches), the
   RM's scoring (judging.SCORE_ROWS rows per call); DPO / RM / SFT: the training step (rows /
@@ -227,16 +227,19 @@ def plan_stage(config, stage: str) -> StagePlan | None:
         else:
             P, G = sec.prompts_per_step, sec.n
         rows, T = P * G, sec.max_len + bucket_length(sec.max_new_tokens)
-        for key, whole in (("mini_batches", P), ("ref_num_micro_batches", P),
+        for key, whole in (("mini_batches", P), ("ref_num_micro_batches", P), ("rollout_num_micro_batches", P),
                            ("num_micro_batches", P // sec.mini_batches)):
             if whole % sec[key]:
                 raise ConfigError(f"config.{stage}.{key} = {sec[key]} must divide {whole} prompts")
         micro = rows // (sec.mini_batches * sec.num_micro_batches)
         ref_rows = rows // sec.ref_num_micro_batches
+        calls = sec.rollout_num_micro_batches
+        call_prompts, call_rows = P // calls, rows // calls     # one sampler call
         # phases of a step, one after the other: (activations, KV cache) of each
         phases = {
-            f"rollout: prefill of {P} prompts x {sec.max_len} tokens + cache of {rows} rows x {T}":
-                (activation_bytes(m, P, sec.max_len, 1, backward=False), kv_bytes(m, rows, T)),
+            f"rollout ({calls} call{'s' if calls > 1 else ''}): prefill of {call_prompts} prompts x {sec.max_len} "
+            f"tokens + cache of {call_rows} rows x {T}":
+                (activation_bytes(m, call_prompts, sec.max_len, 1, backward=False), kv_bytes(m, call_rows, T)),
             f"reference pass: {ref_rows} rows x {T} tokens":
                 (activation_bytes(m, ref_rows, T, sec.max_new_tokens, backward=False), 0.0),
             f"train micro-batch: {micro} rows x {T} tokens": (activation_bytes(m, micro, T, sec.max_new_tokens), 0.0),

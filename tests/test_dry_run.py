@@ -110,6 +110,18 @@ def test_estimates_match_a_tiny_model_live_arrays_and_its_compiled_step(remat):
     assert 0.8 <= act / temp <= 1.25, (act, temp)
 
 
+def test_rollout_in_calls_divides_the_rollout_prefill_and_kv_cache():
+    c = load(os.path.join(ROOT, "configs", "paper", "grm_qwen25vl_7b.py")).get_config("1gpu")
+    plans = []
+    for calls in (1, 5):
+        c.grm_rl.rollout_num_micro_batches = calls
+        plans.append(dry_run.plan_stage(stages.validate(c), "grm_rl"))
+    one, five = plans
+    assert "rollout (5 calls): prefill of 72 prompts" in five.notes[-1]     # still the peak phase
+    assert one.total["kv_cache"] == pytest.approx(5 * five.total["kv_cache"])
+    assert one.total["activations"] == pytest.approx(5 * five.total["activations"])
+
+
 def test_dry_run_names_a_key_the_stage_validators_cannot_check():
     from grlhfv_jax.config import ConfigError
     c = load(os.path.join(ROOT, "configs", "paper", "policy_qwen2vl_2b.py")).get_config("8chip")
