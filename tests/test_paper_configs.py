@@ -66,6 +66,10 @@ def test_micro_batches_split_rows_evenly_over_each_preset():
         for group in (3, 4, 5, 6, 7, 8):
             k = common.micro_prompts(preset, group)
             assert 120 % k == 0 and (k * group) % (data * fsdp) == 0, (preset, group, k)
+        for grm, calls in p.get("rollout_calls", {}).items():   # each call's prompts split over the devices
+            assert 360 % calls == 0 and (360 // calls) % (data * fsdp) == 0, (preset, grm, calls)
+            assert load(os.path.join(ROOT, "configs", "paper", f"grm_{grm}.py")).get_config(preset) \
+                .grm_rl.rollout_num_micro_batches == calls
 
 
 def test_nsweep_takes_n_from_the_argument_and_bad_arguments_are_named():

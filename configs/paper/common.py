@@ -22,9 +22,13 @@ from grlhfv_jax.models import published
 # parameters, gradients and optimizer state; rows split over data x fsdp. The pod has 5 hosts of
 # 8 GPUs: the paper's batch (360 = 2^3 3^2 5) x 8 judgments or x n answers (n = 3..7) splits evenly
 # over 40 devices, not over 32 or 64 (rows that do not divide are replicated: sharding.shard_batch).
+# `rollout_calls`: stage 1's sampler calls per step (grm_rl.rollout_num_micro_batches) by GRM, the
+# fewest that fit the preset (`--dry_run`, docs/paper_runs.md; not in method.md: memory only, the
+# same samples) and leave each call's prompts (360 / calls) a multiple of the data x fsdp devices.
 PRESETS = {
     "1gpu": dict(mesh_shape=(1, 1, 1), device_memory_gb=80.0),      # one 80 GB GPU (H100 / A100-80G)
-    "8chip": dict(mesh_shape=(1, 8, 1), device_memory_gb=80.0),     # one host, 8 x 80 GB, FSDP over all 8
+    "8chip": dict(mesh_shape=(1, 8, 1), device_memory_gb=80.0,      # one host, 8 x 80 GB, FSDP over all 8
+                  rollout_calls={"qwen25vl_3b": 3, "qwen25vl_7b": 5}),
     "pod": dict(mesh_shape=(5, 8, 1), device_memory_gb=80.0),       # 5 hosts x 8 x 80 GB: data over hosts
 }
 DEFAULT_PRESET = "pod"
@@ -120,10 +124,12 @@ def _micro(arg: str, group: int) -> dict:
     return dict(num_micro_batches=(BATCH // MINI_BATCHES) // k, ref_num_micro_batches=BATCH // k)
 
 
-def grm_rl(arg: str, steps: int = 200) -> dict:
-    """Stage 1: GRPO on the GRM, 8 judgments per pair, max response 2048, no position debiasing
-    (the paper's setting; ours is an option)."""
+def grm_rl(arg: str, grm: str, steps: int = 200) -> dict:
+    """Stage 1: GRPO on the GRM `grm` (a MODELS key), 8 judgments per pair, max response 2048, no
+    position debiasing (the paper's setting; ours is an option); the preset's rollout calls."""
+    calls = PRESETS[parse_arg(arg)[0]].get("rollout_calls", {}).get(grm, 1)
     return dict(GRPO, steps=steps, pairs_per_step=BATCH, group_size=8, mini_batches=MINI_BATCHES, **_micro(arg, 8),
+                rollout_num_micro_batches=calls,
                 max_len=GRM_PROMPT_LEN, max_new_tokens=2048, position_debias=False, consistency_reward=False,
                 # not in method.md: accuracy on 1000 held-out pairs per split before and after
                 eval_pairs=1000, eval_every=50, eval_rows=64)
@@ -163,7 +169,7 @@ def grm_config(arg: str, grm: str):
     """Stage 1 for the GRM from checkpoint `grm` (a MODELS key)."""
     c, _ = base(arg, ("data", "grm_rl"), f"runs/grm_{grm}")
     c.model.grm = model(MODELS[grm], "the GRM's start")
-    c.grm_rl = grm_rl(arg)
+    c.grm_rl = grm_rl(arg, grm)
     del c.data.files["policy_train"]
     return c
 
