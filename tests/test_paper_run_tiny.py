@@ -106,7 +106,8 @@ def test_paper_grm_then_policy_configs_run_shrunk(tiny, tmp_path):
     c.data.files.grm_test_ood.fields = "align_anything"
     c.grm_template = demo.DEMO_GRM_TEMPLATE   # the paper's is ~330 tokens: too long for a tiny run
     c.grm_rl.update(steps=1, pairs_per_step=2, group_size=2, mini_batches=1, num_micro_batches=1,
-                    ref_num_micro_batches=2, max_len=192, max_new_tokens=4, eval_pairs=2, eval_rows=4)
+                    ref_num_micro_batches=2, max_len=192, max_new_tokens=4, eval_pairs=2, eval_rows=4,
+                    rollout_num_micro_batches=2)     # 8chip samples in calls: here one pair per call
     s = main.run(c, str(tmp_path / "grm"))
     assert s["data/grm_test_ood/records"] == 4 and "grm/accuracy_ood" in s and "grm/sft_accuracy_id" in s
     grm = tmp_path / "grm" / "grm_rl" / "grm"
