@@ -34,8 +34,9 @@ GRPO = {
     "ref_num_micro_batches": Key("int", 1, "slices of the reference log-prob pass over a step's rows (memory "
                                            "only; must divide the prompts per step)"),
     "rollout_num_micro_batches": Key("int", 1, "sampler calls a step's prompts are split into, whole prompt groups "
-                                               "each (memory: one call's prefill and KV cache; the same samples: "
-                                               "draws are keyed per row); must divide the prompts per step"),
+                                               "each (memory: one call's prefill and KV cache; the same samples: each "
+                                               "call draws its rows' share of one call's draw); must divide the "
+                                               "prompts per step"),
     "advantage_estimator": Key("str", "grpo", "advantages: grpo, grpo_no_std, rloo (grpo.ADVANTAGE_ESTIMATORS)"),
     "kl_estimator": Key("str", "k3", "KL penalty per token: k1, k2, k3 = low_var_kl or abs (grpo.KL_ESTIMATORS)"),
     "loss_agg_mode": Key("str", "token-mean", "token losses -> loss: token-mean, seq-mean-* (grpo.LOSS_AGGREGATIONS)"),

@@ -219,14 +219,14 @@ def _prefill(graphdef, state, input_ids, attention_mask, image_embeds, image_gri
     return cache, _constrain_rows(rest["logits"], mesh), _constrain_rows(rest["deltas"], mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "top_k", "use_top_p", "buf_len", "mesh"),
-                   donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "top_k", "use_top_p", "buf_len", "mesh",
+                                             "total_rows"), donate_argnames=("cache",))
 def _decode(graphdef, state, cache, logits, deltas, done, key, first_slot, max_new, eos_ids,
-            temperature, top_p, pad_token_id, row_ids, *, greedy: bool, top_k: int, use_top_p: bool, buf_len: int,
-            mesh):
+            temperature, top_p, pad_token_id, first_row=0, *, greedy: bool, top_k: int, use_top_p: bool,
+            buf_len: int, mesh, total_rows: int | None = None):
     """The decode loop. `logits` [N, V] predict the token for slot `first_slot`; rows with `done`
-    True produce nothing. Loops while t < max_new and some row is not done. Row r's t-th draw is
-    keyed on (fold_in(key, t), row_ids[r]) (`sampling.row_uniforms`).
+    True produce nothing. Loops while t < max_new and some row is not done. Step t's uniforms:
+    rows first_row .. of a draw of total_rows (`sampling.row_uniforms`, key fold_in(key, t)).
     Returns tokens / logprobs [N, buf_len], lengths [N], finished [N] and the final cache.
 
     `cache` is donated and returned: with per-layer arrays (what `_prefill` gives) the loop updates
@@ -240,7 +240,8 @@ def _decode(graphdef, state, cache, logits, deltas, done, key, first_slot, max_n
 
     def pick(t, logits, done, toks, lps, lengths, finished):
         tok, lp = sampling.next_tokens(jax.random.fold_in(key, t), logits, greedy=greedy, temperature=temperature,
-                                       top_k=top_k, top_p=top_p, use_top_p=use_top_p, row_ids=row_ids)
+                                       top_k=top_k, top_p=top_p, use_top_p=use_top_p, first_row=first_row,
+                                       total_rows=total_rows)
         tok = jnp.where(done, pad_token_id, tok)
         lp = jnp.where(done, 0.0, lp)
         toks = jax.lax.dynamic_update_slice(toks, tok[:, None], (0, t))
@@ -329,13 +330,18 @@ def prepare_prompts(batch: dict, *, pad_id: int = 0, bucket: bool = True):
 
 def decode(model_split, cache, logits, deltas, *, first_slot: int, max_new_tokens: int, buf_len: int,
            temperature, top_p, top_k, eos_token_id, rng, done=None, pad_token_id: int = 0, mesh=None,
-           first_row: int = 0):
+           first_row: int = 0, total_rows: int | None = None):
     """Run the decode loop from a filled cache (see `_decode`; the cache is donated to it: do not
-    use it afterwards); returns a GenerationOutput [N, max_new_tokens]. Row r's draws are keyed on
-    (rng, first_row + r, step): rows sampled in several calls, each given the index of its first
-    row, draw what one call draws."""
+    use it afterwards); returns a GenerationOutput [N, max_new_tokens]. `first_row`, `total_rows`:
+    these N rows are rows first_row .. of a sample of total_rows drawn in several calls (`generate`)."""
     graphdef, state = model_split
     N = logits.shape[0]
+    total = N if total_rows is None else int(total_rows)
+    if not 0 <= first_row <= total - N:
+        raise ValueError(f"rows {first_row} .. {first_row + N - 1} do not lie in a sample of {total} rows")
+    if total != N and not jax.config.jax_threefry_partitionable:
+        raise ValueError("sampling in parts needs jax_threefry_partitionable = True (jax's default): without it a "
+                         "row's random draw depends on the size of the draw")
     greedy = float(temperature) == 0.0
     if rng is None:
         rng = jax.random.key(0)
@@ -344,12 +350,11 @@ def decode(model_split, cache, logits, deltas, *, first_slot: int, max_new_token
     if done is None:
         done = jnp.zeros((N,), bool)
     done = _place_rows(done, mesh)
-    row_ids = _place_rows(np.arange(first_row, first_row + N, dtype=np.int32), mesh)
     toks, lps, lengths, finished, _ = _decode(     # the cache is donated: the caller's copy is gone
         graphdef, state, cache, logits, deltas, done, rng, jnp.int32(first_slot), jnp.int32(max_new_tokens),
         jnp.asarray(_eos_array(eos_token_id)), jnp.float32(1.0 if greedy else temperature), jnp.float32(top_p),
-        jnp.int32(pad_token_id), row_ids, greedy=greedy, top_k=int(top_k or 0),
-        use_top_p=(not greedy) and float(top_p) < 1.0, buf_len=buf_len, mesh=mesh)
+        jnp.int32(pad_token_id), jnp.int32(first_row), greedy=greedy, top_k=int(top_k or 0),
+        use_top_p=(not greedy) and float(top_p) < 1.0, buf_len=buf_len, mesh=mesh, total_rows=total)
     return GenerationOutput(toks[:, :max_new_tokens], lps[:, :max_new_tokens], lengths, finished)
 
 
@@ -376,15 +381,16 @@ def prefill(model_split, batch: dict, *, cache_len_extra: int, num_samples: int 
 
 def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
              top_k: int = 0, eos_token_id=None, num_samples: int = 1, rng=None, pad_token_id: int = 0,
-             model_split=None, first_row: int = 0) -> GenerationOutput:
+             model_split=None, first_row: int = 0, total_rows: int | None = None) -> GenerationOutput:
     """Sample `num_samples` continuations of every prompt in `batch` with a KV cache.
 
     batch: processor-style dict: `input_ids` / `attention_mask` [B, T] LEFT-padded, optional
     `pixel_values` [N_patches, C*t*p*p] and `image_grid_thw` [n_images, 3] (images in row order).
     temperature 0.0 = greedy. `eos_token_id`: int, list of ints or None (never stop early).
-    `rng`: a jax key or an int seed (default key 0); output row r's draws are keyed on (rng,
-    first_row + r, step), so a batch sampled in parts (`first_row` = the index of the part's first
-    output row) draws exactly what one call draws. `model_split`: optional (graphdef, state)
+    `rng`: a jax key or an int seed (default key 0). `first_row`, `total_rows`: the output rows are
+    rows first_row .. of a sample of total_rows (default: this call's rows) sampled in several calls:
+    row r's draws are those of row first_row + r in one call over all rows, so the calls sample what
+    one call would (up to float rounding of the logits). `model_split`: optional (graphdef, state)
     from `nnx.split(model)`, to skip the split on every call in a hot loop.
     The model may be sharded over a mesh (`grlhfv_jax.sharding.shard_model`): prompts are then
     split over ('data', 'fsdp') and the cache's heads over 'tensor'.
@@ -405,7 +411,8 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 1.
                                                 merge_size=model.config.spatial_merge_size)
     return decode(split, cache, logits, deltas, first_slot=first_slot, max_new_tokens=max_new_tokens,
                   buf_len=buf_len, temperature=temperature, top_p=top_p, top_k=top_k,
-                  eos_token_id=eos_token_id, rng=rng, pad_token_id=pad_token_id, mesh=mesh, first_row=first_row)
+                  eos_token_id=eos_token_id, rng=rng, pad_token_id=pad_token_id, mesh=mesh, first_row=first_row,
+                  total_rows=total_rows)
 
 
 class EngineRollout:
@@ -425,4 +432,5 @@ class EngineRollout:
                         temperature=float(params.temperature), top_p=float(params.top_p), top_k=int(params.top_k),
                         eos_token_id=self.eos_token_id, num_samples=int(params.num_samples),
                         rng=jax.random.key(int(params.seed)), pad_token_id=self.pad_token_id,
-                        model_split=self._split, first_row=int(params.first_row))
+                        model_split=self._split, first_row=int(params.first_row),
+                        total_rows=int(params.total_rows) or None)

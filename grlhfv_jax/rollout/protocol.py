@@ -17,9 +17,9 @@ from typing import Protocol, Sequence, runtime_checkable
 class SamplingParams:
     """How to sample. max_new_tokens: tokens per response; temperature: 0 = greedy; top_p in
     (0, 1]; top_k: 0 = off; num_samples: responses per prompt (rows grouped by prompt); seed: the
-    sampler's random key (implementations derive one per chunk from it); first_row: the index of
-    the batch's first output row in a larger sample drawn in several calls (the engine keys each
-    row's draws on seed and its index, so the calls draw what one call draws)."""
+    sampler's random key (implementations derive one per chunk from it); first_row, total_rows:
+    the batch's output rows are rows first_row .. of a sample of total_rows rows (0: the batch's own)
+    drawn in several calls; the engine then draws for each row what one call over all rows would."""
     max_new_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
@@ -27,6 +27,7 @@ class SamplingParams:
     num_samples: int = 1
     seed: int = 0
     first_row: int = 0
+    total_rows: int = 0
 
     def __post_init__(self):
         if int(self.max_new_tokens) < 1:
@@ -39,8 +40,9 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
         if int(self.top_k) < 0:
             raise ValueError(f"SamplingParams.top_k must be >= 0, got {self.top_k}")
-        if int(self.first_row) < 0:
-            raise ValueError(f"SamplingParams.first_row must be >= 0, got {self.first_row}")
+        if int(self.first_row) < 0 or int(self.total_rows) < 0:
+            raise ValueError(f"SamplingParams.first_row / total_rows must be >= 0, got {self.first_row} / "
+                             f"{self.total_rows}")
 
     def replace(self, **kw) -> "SamplingParams":
         return dataclasses.replace(self, **kw)

@@ -61,19 +61,22 @@ def filter_logits(logits, *, temperature=1.0, top_k: int = 0, top_p=1.0, use_top
     return x
 
 
-def row_uniforms(key, row_ids):
-    """One uniform in [0, 1) per row, keyed on (key, the row's id): row_ids int [N] -> float32 [N, 1].
-    A row's draw does not depend on the other rows, so rows sampled in several calls (each with
-    its rows' ids) draw what one call draws."""
-    return jax.vmap(lambda r: jax.random.uniform(jax.random.fold_in(key, r), (), jnp.float32))(row_ids)[:, None]
+def row_uniforms(key, n_rows: int, first_row=0, total_rows: int | None = None):
+    """Uniforms in [0, 1), float32 [n_rows, 1]: rows first_row .. first_row + n_rows - 1 of
+    `jax.random.uniform(key, (total_rows, 1))` (`first_row` may be traced; total_rows static,
+    default n_rows). With jax's partitionable threefry (`jax_threefry_partitionable`, the default)
+    a row's uniform depends on its index only, not on total_rows: a batch drawn in parts, each
+    part with its first row's index, draws what one call over all rows draws."""
+    if total_rows is None or total_rows == n_rows:
+        return jax.random.uniform(key, (n_rows, 1), jnp.float32)
+    return jax.lax.dynamic_slice(jax.random.uniform(key, (total_rows, 1), jnp.float32), (first_row, 0), (n_rows, 1))
 
 
-def sample_from_logits(key, logits, *, block: int = 128, row_ids=None):
+def sample_from_logits(key, logits, *, block: int = 128, first_row=0, total_rows: int | None = None):
     """One token per row from softmax(logits) by inverse CDF with one uniform per row.
 
     logits [N, V] (-inf allowed) -> int32 [N]. A token with zero probability is never returned.
-    The uniforms: `jax.random.uniform(key, (N, 1))`, or with `row_ids` [N] one per row keyed on
-    (key, row id) (`row_uniforms`).
+    Row r's uniform: `row_uniforms(key, N, first_row, total_rows)[r]` (default: uniform(key, (N, 1))).
     Exact up to float rounding of the cumulative sums. Two levels, so that no scan runs over the
     whole vocabulary (a length-V cumsum is the costliest op of a CPU decode step after the GEMMs):
     the vocabulary is cut into blocks of `block` tokens, u picks a block by the cumulative block
@@ -86,8 +89,7 @@ def sample_from_logits(key, logits, *, block: int = 128, row_ids=None):
     blocks = jnp.pad(probs, ((0, 0), (0, nb * block - V))).reshape(N, nb, block)
     mass = jnp.sum(blocks, axis=-1)                                         # [N, nb]
     cdf = jnp.cumsum(mass, axis=-1)
-    u = jax.random.uniform(key, (N, 1), jnp.float32) if row_ids is None else row_uniforms(key, row_ids)
-    u = u * cdf[:, -1:]
+    u = row_uniforms(key, N, first_row, total_rows) * cdf[:, -1:]
     # rounding guard: never step past the last block / token with nonzero mass
     last_block = nb - 1 - jnp.argmax((mass > 0)[:, ::-1], axis=-1)
     b = jnp.minimum(jnp.sum(cdf <= u, axis=-1), last_block)                 # [N]
@@ -106,12 +108,14 @@ def token_logprobs(logits, tokens):
     return picked - lse
 
 
-def next_tokens(key, logits, *, greedy: bool, temperature, top_k: int, top_p, use_top_p: bool, row_ids=None):
+def next_tokens(key, logits, *, greedy: bool, temperature, top_k: int, top_p, use_top_p: bool, first_row=0,
+                total_rows: int | None = None):
     """Sample (or argmax when `greedy`) one token per row; returns (tokens int32 [N], raw log-probs [N]).
-    `row_ids` [N]: key each row's draw on its id (`sample_from_logits`)."""
+    first_row, total_rows: the rows' place in a larger draw (`row_uniforms`)."""
     if greedy:
         tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
         tok = sample_from_logits(key, filter_logits(logits, temperature=temperature, top_k=top_k,
-                                                    top_p=top_p, use_top_p=use_top_p), row_ids=row_ids)
+                                                    top_p=top_p, use_top_p=use_top_p),
+                                 first_row=first_row, total_rows=total_rows)
     return tok, token_logprobs(logits, tok)

@@ -183,8 +183,8 @@ def sample_groups(rollout, codec: Codec, examples: list[dict], *, max_len: int, 
     """Samples `params.num_samples` responses per prompt example (rows grouped by prompt) from any
     `rollout.Rollout`, in `num_calls` calls of len(examples) / num_calls whole prompt groups each
     (memory: the prefill and KV cache of one call), joined in prompt order (`join_outputs`).
-    Each call gets `params.first_row` = the index of its first row: the engine keys every row's
-    draws on (seed, row index), so any `num_calls` draws exactly what one call draws.
+    Each call gets its rows' place in the step (`params.first_row`, `total_rows`): the engine draws
+    for every row what one call would, so any `num_calls` samples what one call samples.
 
     Returns (left-padded prompt batch of all examples, GenerationOutput [P * num_samples, ...] with
     responses cut before any image or vision token, decoded texts)."""
@@ -198,7 +198,7 @@ def sample_groups(rollout, codec: Codec, examples: list[dict], *, max_len: int, 
     else:
         per = P // num_calls
         out = join_outputs([rollout.generate(batch(examples[s:s + per], codec, side="left", max_len=max_len),
-                                             params.replace(first_row=int(params.first_row) + s * n))
+                                             params.replace(first_row=s * n, total_rows=P * n))
                             for s in range(0, P, per)], pad_id=codec.pad_id)
     gen = learner.cut_at_tokens(out, codec.banned_ids())
     return prompts, gen, codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
