@@ -13,10 +13,10 @@ configs hold the published configs, `models.published`). For each stage the run 
 - activations and kv_cache: those of the step's phase that needs the most (the phases run one
   after the other): the rollout (one sampler call of `rollout_num_micro_batches`: the prefill of
   its prompts, and the cache of its rows: rows x (prompt + bucketed new tokens) x layers x 2 x kv
-  heads x head_dim x compute bytes, the engine's layout), stage 2's judging (16 prompt groups of n(n-1) pairs per call: the prefill
+  heads x head_dim x compute bytes, the engine's layout), stage 2's judging (`judge_prompts_per_call` prompt groups of n(n-1) pairs per call: the prefill
   of the answers over the shared prompt, and their cache), the reference log-prob pass (rows /
   ref_num_micro_batches), a training micro-batch (rows / mini_batches / num_micro_batches), the
-  RM's scoring (judging.SCORE_ROWS rows per call); DPO / RM / SFT: the training step (rows /
+  RM's scoring (`score_rows_per_call` rows per call); DPO / RM / SFT: the training step (rows /
   num_micro_batches). Rows over data x fsdp, the cache's heads over tensor.
 
 The activation model (per micro-batch of R rows, T tokens, L layers, hidden H, MLP I, heads A, kv
@@ -248,7 +248,7 @@ def plan_stage(config, stage: str) -> StagePlan | None:
             g = hold("grm")
             answers = 2 * sec.max_new_tokens + 64          # two answers and the template's tail
             judge_prompt = sec.max_len + GRM_TEMPLATE_TOKENS + answers
-            groups = min(sec.prompts_per_step, 16)        # judging.GRMJudge: 16 prompt groups per call
+            groups = min(sec.prompts_per_step, sec.judge_prompts_per_call)   # judging.GRMJudge's max_prompts
             judge_rows = groups * sec.n * (sec.n - 1)
             jt = judge_prompt + bucket_length(sec.judge_max_new_tokens)
             phases[f"judging: {judge_rows} pairs x {answers} new of {judge_prompt} tokens + cache x {jt}"] = (
@@ -258,9 +258,9 @@ def plan_stage(config, stage: str) -> StagePlan | None:
                          "template + two answers + 64")
         elif stage == "policy_rl_rm":
             r = hold("rm" if "rm" in config.model else "grm", scalar=True)
-            from grlhfv_jax.stages.judging import SCORE_ROWS
-            phases[f"RM scoring: {min(rows, SCORE_ROWS)} rows x {T} tokens"] = (
-                activation_bytes(r, min(rows, SCORE_ROWS), T, 0, backward=False), 0.0)
+            score_rows = min(rows, sec.score_rows_per_call)                # judging.score_batch's rows
+            phases[f"RM scoring: {score_rows} rows x {T} tokens"] = (
+                activation_bytes(r, score_rows, T, 0, backward=False), 0.0)
         worst = max(phases, key=lambda k: phases[k][0] / shard_rows + phases[k][1] / kv_shard(m))
         acts, kv = phases[worst]
         notes.append(f"peak phase: {worst} (per device, activations + cache: " + "; ".join(

@@ -132,3 +132,17 @@ def test_dry_run_names_a_key_the_stage_validators_cannot_check():
     del c.model.grm["hf_config"]
     with pytest.raises(ConfigError, match=r"config\.model\.grm has neither a checkpoint folder"):
         dry_run.run(c)
+
+
+@pytest.mark.parametrize("name,section,key,phase", [
+    ("policy_qwen25vl_7b", "policy_rl", "judge_prompts_per_call", "judging"),
+    ("rm_grpo_qwen25vl_7b", "policy_rl_rm", "score_rows_per_call", "RM scoring")])
+def test_halving_the_judging_or_scoring_call_halves_that_phase(name, section, key, phase):
+    import re
+    c = load(os.path.join(ROOT, "configs", "paper", f"{name}.py")).get_config("1gpu")
+    gb = []
+    for size in (16, 8) if key == "judge_prompts_per_call" else (320, 160):
+        c[section][key] = size
+        note = dry_run.plan_stage(stages.validate(c), section).notes[-1]
+        gb.append(float(re.search(rf"; {phase} ([0-9.]+) GB", note).group(1)))
+    assert gb[1] == pytest.approx(gb[0] / 2, rel=2e-3), gb

@@ -244,6 +244,9 @@ def test_grouped_judging_shares_the_prefix_and_equals_separate_prompts(smoke_run
     separate = judge.judge([(q, img, a, b) for q, img, pairs in groups for a, b in pairs], greedy)
     assert [len(g) for g in shared] == [6, 3]
     assert [t for g in shared for t in g] == separate
+    # policy_rl.judge_prompts_per_call = 1: one prompt group per call, the same greedy judgments
+    one = judging.GRMJudge(grm, codec, rows=9, max_len=256, max_prompts=1).judge_groups(groups, greedy)
+    assert one == shared
 
 
 def test_nscale_stage_writes_a_gain_per_n(smoke_run):

@@ -175,6 +175,11 @@ POLICY_RL = {
     "judge_max_new_tokens": Key("int", REQUIRED, "judgment tokens (reward='grm')"),
     "judge_temperature": Key("float", 0.0, "judging temperature (0: greedy)"),
     "grm_path": Key("str?", None, "GRM folder to judge with (None: workdir/grm_rl/grm)"),
+    "judge_prompts_per_call": Key("int", 16, "prompt groups (n(n-1) pairs each with pairs='both') the GRM judges "
+                                             "per call (reward='grm'; memory only: that call's prefill and KV "
+                                             "cache; the same greedy judgments)"),
+    "score_rows_per_call": Key("int", 320, "answers the RM scores per call (reward='rm'; memory only, the same "
+                                           "scores)"),
     **GRPO, **OPTIMIZER, **_logging(5, 25),
 }
 

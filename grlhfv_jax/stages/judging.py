@@ -17,7 +17,8 @@ class GRMJudge:
     """A GRM on the KV-cache engine behind the `rollout.Judge` protocol.
 
     judge: items in chunks of `rows` prompts left-padded to `max_len` (fixed shapes: one
-    compilation); judge_groups: up to `max_prompts` groups per call, each group's shared token
+    compilation); judge_groups: up to `max_prompts` groups per call (`policy_rl.judge_prompts_per_call`;
+    memory only: greedy judgments do not depend on it), each group's shared token
     prefix (system, image, question, ...) prefilled once and its KV cache copied to every pair
     (`rollout.judge_generate`). `frozen`: the weights never change (split the model once); a judge
     being trained passes False."""
@@ -131,7 +132,7 @@ def _scores(model, batch):
                        batch.get("image_grid_thw"))
 
 
-SCORE_ROWS = 320   # rows per scoring call: a 1,800-row GRPO step of a 7B RM in one call needs ~80 GB per device
+SCORE_ROWS = 320   # rows per scoring call by default (policy_rl_rm.score_rows_per_call sets it in a GRPO step)
 
 
 def score_batch(rm, batch: dict, rows: int | None = None) -> np.ndarray:

@@ -41,6 +41,7 @@ SCHEMA = {
     "temperature": ((int, float), lambda v: v > 0, "a positive number"),
     "kl_coef": ((int, float), lambda v: v >= 0, "a number >= 0"),
     "clip_eps": ((int, float), lambda v: 0 < v < 1, "in (0, 1)"),
+    "judge_prompts_per_call": POS_INT, "score_rows_per_call": POS_INT,
 }
 
 
@@ -101,7 +102,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
         judge_model = common.load_stage_output(sec.grm_path or grm_rl.output_dir(workdir),
                                                f"run 'grm_rl' first or set config.{section}.grm_path",
                                                config, config.model.grm)
-        judge = judging.GRMJudge(judge_model, codec)  # frozen: split once
+        judge = judging.GRMJudge(judge_model, codec, max_prompts=int(sec.judge_prompts_per_call))  # frozen: split once
     else:
         judge_model = rm.load(workdir, config)
     state = loop.make_rl_train_state(policy, sec)
@@ -135,7 +136,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
                                         merge_size=judge_model.config.spatial_merge_size)
             seqs = learner.training_rows(rows, np.asarray(gen.tokens), np.asarray(gen.lengths), pad_id=codec.pad_id)
             seqs.pop("response_mask")
-            scores = judging.score_batch(judge_model, seqs).reshape(len(recs), n)
+            scores = judging.score_batch(judge_model, seqs, rows=int(sec.score_rows_per_call)).reshape(len(recs), n)
             rewards = rm_rewards(scores, complete)
         t2 = time.perf_counter()
         oracle = sources.oracle_scores(src.hooks, recs, texts, per_record=n)
