@@ -70,6 +70,17 @@ def test_micro_batches_split_rows_evenly_over_each_preset():
             assert 360 % calls == 0 and (360 // calls) % (data * fsdp) == 0, (preset, grm, calls)
             assert load(os.path.join(ROOT, "configs", "paper", f"grm_{grm}.py")).get_config(preset) \
                 .grm_rl.rollout_num_micro_batches == calls
+        for policy, calls in p.get("policy_rollout_calls", {}).items():
+            assert 360 % calls == 0 and (360 // calls) % (data * fsdp) == 0, (preset, policy, calls)
+            c = load(os.path.join(ROOT, "configs", "paper", f"rm_grpo_{policy}.py")).get_config(preset)
+            assert c.policy_rl_rm.rollout_num_micro_batches == calls
+        for (policy, n), k in p.get("judge_prompts_per_call", {}).items():   # each call's n(n-1) k pairs too
+            assert 360 % k == 0 and (k * n * (n - 1)) % (data * fsdp) == 0, (preset, policy, n, k)
+            name = "nsweep_qwen2vl_2b.py" if n != 5 else f"policy_{policy}.py"
+            c = load(os.path.join(ROOT, "configs", "paper", name)).get_config(f"{preset},n={n}")
+            assert c.policy_rl.judge_prompts_per_call == k
+        for policy, rows in p.get("score_rows_per_call", {}).items():
+            assert rows % (data * fsdp) == 0, (preset, policy, rows)
 
 
 def test_nsweep_takes_n_from_the_argument_and_bad_arguments_are_named():

@@ -22,13 +22,21 @@ from grlhfv_jax.models import published
 # parameters, gradients and optimizer state; rows split over data x fsdp. The pod has 5 hosts of
 # 8 GPUs: the paper's batch (360 = 2^3 3^2 5) x 8 judgments or x n answers (n = 3..7) splits evenly
 # over 40 devices, not over 32 or 64 (rows that do not divide are replicated: sharding.shard_batch).
-# `rollout_calls`: stage 1's sampler calls per step (grm_rl.rollout_num_micro_batches) by GRM, the
-# fewest that fit the preset (`--dry_run`, docs/paper_runs.md; not in method.md: memory only, the
-# same samples) and leave each call's prompts (360 / calls) a multiple of the data x fsdp devices.
+# Call sizes (not in method.md: memory only, the same samples, judgments and scores), the smallest
+# change from one call that fits the preset (`--dry_run`, docs/paper_runs.md), each call's rows a
+# multiple of the data x fsdp devices: `rollout_calls`: stage 1's sampler calls per step
+# (grm_rl.rollout_num_micro_batches) by GRM; `policy_rollout_calls`: the same for stage 2 and its RM
+# baseline, by policy; `judge_prompts_per_call`: stage 2's prompt groups per GRM judging call (n(n-1)
+# pairs each) by (policy, n), default 16; `score_rows_per_call`: the RM baseline's answers per RM
+# scoring call by policy, default 320.
 PRESETS = {
     "1gpu": dict(mesh_shape=(1, 1, 1), device_memory_gb=80.0),      # one 80 GB GPU (H100 / A100-80G)
     "8chip": dict(mesh_shape=(1, 8, 1), device_memory_gb=80.0,      # one host, 8 x 80 GB, FSDP over all 8
-                  rollout_calls={"qwen25vl_3b": 3, "qwen25vl_7b": 5}),
+                  rollout_calls={"qwen25vl_3b": 3, "qwen25vl_7b": 5},
+                  policy_rollout_calls={"qwen2vl_7b": 3, "qwen25vl_7b": 3},
+                  judge_prompts_per_call={("qwen2vl_7b", 5): 12, ("qwen25vl_7b", 5): 12,
+                                          ("qwen2vl_2b", 6): 12, ("qwen2vl_2b", 7): 8},
+                  score_rows_per_call={"qwen25vl_3b": 240, "qwen2vl_7b": 240, "qwen25vl_7b": 240}),
     "pod": dict(mesh_shape=(5, 8, 1), device_memory_gb=80.0),       # 5 hosts x 8 x 80 GB: data over hosts
 }
 DEFAULT_PRESET = "pod"
@@ -135,10 +143,17 @@ def grm_rl(arg: str, grm: str, steps: int = 200) -> dict:
                 eval_pairs=1000, eval_every=50, eval_rows=64)
 
 
-def policy_rl(arg: str, n: int = 5, reward: str = "grm", steps: int = 200) -> dict:
-    """Stage 2: GRPO on the policy, n samples per prompt, max response 512; the GRM judges both
-    orders of every pair and each answer's reward is its mean score (the paper's S(y_i))."""
-    return dict(GRPO, reward=reward, steps=steps, prompts_per_step=BATCH, n=n, mini_batches=MINI_BATCHES,
+def policy_rl(arg: str, policy: str, n: int = 5, reward: str = "grm", steps: int = 200) -> dict:
+    """Stage 2: GRPO on the policy `policy` (a MODELS key), n samples per prompt, max response 512; the
+    GRM judges both orders of every pair and each answer's reward is its mean score (the paper's
+    S(y_i)); the preset's call sizes."""
+    p = PRESETS[parse_arg(arg)[0]]
+    calls = dict(rollout_num_micro_batches=p.get("policy_rollout_calls", {}).get(policy, 1))
+    if reward == "grm":
+        calls["judge_prompts_per_call"] = p.get("judge_prompts_per_call", {}).get((policy, n), 16)
+    else:
+        calls["score_rows_per_call"] = p.get("score_rows_per_call", {}).get(policy, 320)
+    return dict(GRPO, reward=reward, steps=steps, prompts_per_step=BATCH, n=n, mini_batches=MINI_BATCHES, **calls,
                 **_micro(arg, n), max_len=POLICY_PROMPT_LEN, max_new_tokens=512, pairs="both", aggregator="mean",
                 # not in method.md: the judge's budget and temperature in stage 2 (greedy, 1024 tokens)
                 judge_max_new_tokens=1024, judge_temperature=0.0,
@@ -183,7 +198,7 @@ def policy_config(arg: str, policy: str, *, n: int | None = None, judge: str = "
     c.model.policy = model(MODELS[policy], "the policy's start")
     c.model.grm = model(MODELS[judge], "unused: the judge is policy_rl.grm_path")
     c.model.grm.path = None   # the judge's folder is policy_rl.grm_path; this entry gives its dtypes and shape
-    c.policy_rl = policy_rl(arg, n=n)
+    c.policy_rl = policy_rl(arg, policy, n=n)
     _only_prompts(c)
     return c
 
@@ -202,7 +217,7 @@ def rm_grpo_config(arg: str, policy: str, rm_model: str = "qwen25vl_7b"):
     c, _ = base(arg, ("data", "policy_rl_rm"), f"runs/rm_grpo_{policy}")
     c.model.policy = model(MODELS[policy], "the policy's start")
     c.model.rm = model(MODELS[rm_model], "the trained RM (rm/rm in the workdir of the rm_qwen25vl_7b run)")
-    c.policy_rl_rm = policy_rl(arg, reward="rm")
+    c.policy_rl_rm = policy_rl(arg, policy, reward="rm")
     del c.policy_rl_rm["grm_path"]
     _only_prompts(c)
     return c
