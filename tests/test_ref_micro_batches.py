@@ -1,13 +1,11 @@
 """The reference log-prob pass of a GRPO step in slices (GRPOConfig.ref_num_micro_batches, the
 config key <grpo section>.ref_num_micro_batches): the same reference log-probs, so the same update,
-as one pass over all rows; a slice count that does not divide the prompts is refused by name."""
+as one pass over all rows (a slice count that does not divide the prompts: tests/test_rollout_chunks.py)."""
 import jax
 import numpy as np
-import pytest
 from flax import nnx
 
-from grlhfv_jax import models, stages
-from grlhfv_jax.config import ConfigError
+from grlhfv_jax import models
 from grlhfv_jax.rollout.engine import generate
 from grlhfv_jax.trainers import grpo as learner
 from grlhfv_jax.trainers import steps
@@ -46,17 +44,3 @@ def test_sliced_reference_pass_gives_the_same_reference_logprobs_and_update(monk
         np.testing.assert_allclose(lp, seen[0][1], rtol=1e-5, atol=1e-6)
     for p in params[1:]:
         np.testing.assert_allclose(p, params[0], rtol=1e-5, atol=1e-6)
-
-
-def test_a_slice_count_that_does_not_divide_the_prompts_is_named():
-    import os
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-    import demo
-    c = demo.get_config("smoke")
-    c.grm_rl.ref_num_micro_batches = 3   # smoke: 2 pairs in both orders = 4 prompts
-    with pytest.raises(ConfigError, match=r"config\.grm_rl\.ref_num_micro_batches = 3 must divide the prompts per "
-                                          r"step \(4\)"):
-        stages.validate(c)
-    c.grm_rl.ref_num_micro_batches = 2
-    stages.validate(c)

@@ -1,5 +1,6 @@
 """A step's rollout in several sampler calls (`<RL section>.rollout_num_micro_batches`): the calls'
-outputs joined in prompt order, and a call count that does not divide the prompts named. That k
+outputs joined in prompt order, and a call count (or reference-pass slice count) that does not
+divide the prompts named. That k
 calls draw what one call draws: tests/test_rollout_engine.py."""
 import os
 import sys
@@ -24,18 +25,23 @@ def test_join_pads_to_the_widest_call_and_keeps_row_order():
     np.testing.assert_array_equal(j.finished, [False, False, True])
 
 
-def test_a_call_count_that_does_not_divide_the_prompts_is_named():
+@pytest.mark.parametrize("key", ["rollout_num_micro_batches", "ref_num_micro_batches"])
+def test_a_slice_count_that_does_not_divide_the_prompts_is_named(key):
+    """The RL sections' slice counts (sampler calls, reference-pass slices) must divide the prompts
+    of a step; the error names the key and the prompt count."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
     import demo
     c = demo.get_config("smoke")
-    c.grm_rl.rollout_num_micro_batches = 3   # smoke: 2 pairs in both orders = 4 prompts
-    with pytest.raises(ConfigError, match=r"config\.grm_rl\.rollout_num_micro_batches = 3 must divide the prompts "
-                                          r"per step \(4\)"):
+    c.grm_rl[key] = 3   # smoke: 2 pairs in both orders = 4 prompts
+    with pytest.raises(ConfigError, match=rf"config\.grm_rl\.{key} = 3 must divide the prompts per step \(4\)"):
         stages.validate(c)
-    c = demo.get_config("smoke")
-    bad = c.policy_rl.prompts_per_step + 1
-    c.policy_rl.rollout_num_micro_batches = bad
-    with pytest.raises(ConfigError, match=rf"config\.policy_rl\.rollout_num_micro_batches = {bad} must divide"):
-        stages.validate(c)
-    c.policy_rl.rollout_num_micro_batches = c.policy_rl.prompts_per_step
+    c.grm_rl[key] = 2
     stages.validate(c)
+    if key == "rollout_num_micro_batches":
+        c = demo.get_config("smoke")
+        bad = c.policy_rl.prompts_per_step + 1
+        c.policy_rl[key] = bad
+        with pytest.raises(ConfigError, match=rf"config\.policy_rl\.{key} = {bad} must divide"):
+            stages.validate(c)
+        c.policy_rl[key] = c.policy_rl.prompts_per_step
+        stages.validate(c)
