@@ -2,6 +2,7 @@
 
     python -m grlhfv_jax.bench rollout [--batch 16 --prompt-tokens 64 --image-size 224 --new-tokens 128 ...]
     python -m grlhfv_jax.bench vision [--images 32 --patches 1024 --depth 2 --embed 1280 --heads 16]
+                                      [--backward --remat --chunk 1024 --skip-dense]
     python -m grlhfv_jax.bench grpo [--prompts 16 --group 4 --prompt-tokens 120 --new-tokens 36 ...]
     python -m grlhfv_jax.bench judge [--tiny] [--ns 3 5 7 --prompts 8 --answer-tokens 128 --new-tokens 256 ...]
     python -m grlhfv_jax.bench train [--tiny] [--memory-only] [--rows 32 --tokens 1024 --remat --logits-chunk 256 ...]
@@ -20,14 +21,17 @@ with every row run whole (group=1) and with each prompt run once per group (grou
 temporary memory of the step. Defaults: the demo's stage-1 mini-batch and model.
 
 train: one GRPO update of a Qwen2-VL-2B-shaped model (32 rows x 1024 tokens, a 448 x 448 image per
-row): compile time, XLA's temporary memory, step time, tokens/s, MFU; `--remat --remat-policy` and
-`--logits-chunk` are the memory choices of `config.model.*`; `--memory-only` allocates nothing.
+row): compile time, XLA's temporary memory, step time, tokens/s, MFU; `--remat --remat-policy`,
+`--logits-chunk` and `--vision-chunk` are the memory choices of `config.model.*`; `--memory-only`
+allocates nothing.
 
 judge: the GRM's n(n-1) ordered pairs per prompt judged with the shared prefix (image and question
 prefilled once per prompt) vs each pair's full prompt, n in {3, 5, 7}: seconds, pairs/s, same tokens.
 
-vision: temporary memory of one vision-tower forward with dense attention over all patches of the
-call vs per-frame (banded) attention, from XLA's buffer assignment (no weights allocated).
+vision: temporary memory of one vision-tower forward (`--backward`: with its gradient, a trained
+tower) with dense attention over all patches of the call vs per-frame (banded) attention, and per
+frame in pieces of `--chunk` query patches (`vision_chunk`), from XLA's buffer assignment (no
+weights allocated).
 
 Add a subcommand: write `def bench_x(args) -> dict`, an `_add_x(subparsers)` for its options,
 and register both in `SUBCOMMANDS`.
@@ -301,9 +305,11 @@ def vision_hf_config(args) -> dict:
 
 
 def bench_vision(args) -> dict:
-    """Temporary memory (XLA's buffer assignment) of one vision-tower forward, dense attention over
-    every patch of the call vs per frame (`vision_block` = the patches of one image), and, with
-    --time, the banded forward's time on this machine. Compiled from shapes: no weights allocated."""
+    """Temporary memory (XLA's buffer assignment) of one vision-tower forward (with --backward: and
+    its gradient w.r.t. the tower's parameters, as a trained tower's step needs), dense attention over
+    every patch of the call vs per frame (`vision_block` = the patches of one image), and per frame
+    in pieces of `--chunk` query patches when given; with --time, the per-frame forward's time on this
+    machine. Compiled from shapes: no weights allocated."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -319,28 +325,40 @@ def bench_vision(args) -> dict:
     grid = np.tile([[1, side, side]], (args.images, 1)).astype(np.int32)
     pv = jax.ShapeDtypeStruct((n, 3 * 2 * 14 * 14), dtype)
     out = dict(images=args.images, patches_per_image=args.patches, depth=args.depth, embed=args.embed,
-               heads=args.heads, dtype=args.dtype, platform=jax.devices()[0].platform)
-    for name, block in (("dense", 0), ("per_frame", args.patches)):
-        abstract = nnx.eval_shape(lambda b=block: models.from_config(vision_hf_config(args), dtype=dtype,
-                                                                     vision_block=b))
+               heads=args.heads, dtype=args.dtype, backward=args.backward, remat=args.remat, chunk=args.chunk,
+               platform=jax.devices()[0].platform, jax=jax.__version__)
+    variants = [("dense", 0, 0)] if not args.skip_dense else []
+    variants += [("per_frame", args.patches, 0)] + ([("per_frame_chunked", args.patches, args.chunk)] if args.chunk else [])
+    for name, block, chunk in variants:
+        abstract = nnx.eval_shape(lambda b=block, c=chunk: models.from_config(
+            vision_hf_config(args), dtype=dtype, vision_block=b, vision_chunk=c, remat=args.remat))
         graphdef, state = nnx.split(abstract)
 
         def encode(st, x, g, graphdef=graphdef):
-            return nnx.merge(graphdef, st).encode_images(x, g)
+            if not args.backward:
+                return nnx.merge(graphdef, st).encode_images(x, g)
+            # a trained tower: the gradient of a loss of its output w.r.t. its parameters
+            return jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s).encode_images(x, g).astype(jnp.float32)))(st)
 
         _log(f"[vision] compiling {name} ({n} patches)")
         compiled = jax.jit(encode).lower(state, pv, jax.ShapeDtypeStruct(grid.shape, jnp.int32)).compile()
         mem = compiled.memory_analysis()
         out[f"{name}_temp_bytes"] = int(mem.temp_size_in_bytes)
+        _log(f"[vision] {name}: temp {mem.temp_size_in_bytes / 1e9:.2f} GB")
         if args.time and block:
-            real = nnx.split(models.from_config(vision_hf_config(args), dtype=dtype, vision_block=block))[1]
+            real = nnx.split(models.from_config(vision_hf_config(args), dtype=dtype, vision_block=block,
+                                                vision_chunk=chunk, remat=args.remat))[1]
             x = jnp.asarray(np.random.default_rng(0).standard_normal(pv.shape), dtype)
             jax.block_until_ready(compiled(real, x, grid))
             t = time.perf_counter()
             for _ in range(args.time):
                 jax.block_until_ready(compiled(real, x, grid))
             out[f"{name}_forward_s"] = (time.perf_counter() - t) / args.time
-    out["temp_ratio_dense_over_per_frame"] = out["dense_temp_bytes"] / max(out["per_frame_temp_bytes"], 1)
+    if "dense_temp_bytes" in out:
+        out["temp_ratio_dense_over_per_frame"] = out["dense_temp_bytes"] / max(out["per_frame_temp_bytes"], 1)
+    if args.chunk:
+        out["temp_ratio_per_frame_over_chunked"] = out["per_frame_temp_bytes"] / max(
+            out["per_frame_chunked_temp_bytes"], 1)
     return out
 
 
@@ -354,6 +372,10 @@ def _add_vision(sub):
     p.add_argument("--out-hidden", type=int, default=64)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--time", type=int, default=0, help="timed forwards of the per-frame tower (0: memory only)")
+    p.add_argument("--backward", action="store_true", help="forward + gradient w.r.t. the tower (a trained tower)")
+    p.add_argument("--remat", action="store_true", help="rematerialise each vision block")
+    p.add_argument("--chunk", type=int, default=0, help="also per frame in pieces of this many query patches")
+    p.add_argument("--skip-dense", action="store_true", help="leave out dense attention (its memory is quadratic)")
     return p
 
 
@@ -528,7 +550,8 @@ def bench_train(args) -> dict:
         batch["pixel_values"] = rng.standard_normal((B * side * side, 3 * 2 * 14 * 14)).astype(np.float32)
         batch["image_grid_thw"] = np.asarray([(1, side, side)] * B, np.int32)
     rt = dict(dtype=getattr(jnp, args.dtype), param_dtype=getattr(jnp, args.param_dtype), remat=args.remat,
-              remat_policy=args.remat_policy, logits_chunk=args.logits_chunk, vision_block=side * side)
+              remat_policy=args.remat_policy, logits_chunk=args.logits_chunk, vision_block=side * side,
+              vision_chunk=args.vision_chunk)
     gcfg = steps.GRPOConfig(num_micro_batches=args.micro_batches)
     make = lambda: steps.TrainState(models.from_config(cfg.to_dict(), rngs=nnx.Rngs(0), **rt),  # noqa: E731
                                     optax.adamw(1e-6), frozen_vision=args.frozen_vision)
@@ -538,7 +561,7 @@ def bench_train(args) -> dict:
     out = dict(rows=B, tokens=T, new_tokens=R, image_tokens=n_img, params=params, micro_batches=args.micro_batches,
                dtype=args.dtype, param_dtype=args.param_dtype, remat=args.remat,
                remat_policy=args.remat_policy if args.remat else None, logits_chunk=args.logits_chunk,
-               vocab=args.vocab, layers=args.layers, platform=dev.platform, device_kind=dev.device_kind,
+               vision_chunk=args.vision_chunk, frozen_vision=args.frozen_vision, vocab=args.vocab, layers=args.layers, platform=dev.platform, device_kind=dev.device_kind,
                jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
     t0 = time.perf_counter()
     spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
@@ -591,6 +614,8 @@ def _add_train(sub):
     p.add_argument("--remat-policy", default="nothing", help="with --remat: nothing, dots, dots_all")
     p.add_argument("--logits-chunk", type=int, default=0, help="LM-head columns per piece (0: all at once)")
     p.add_argument("--frozen-vision", action="store_true")
+    p.add_argument("--vision-chunk", type=int, default=0,
+                   help="query patches per vision attention piece, whole images here (0: all at once)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--tied", action="store_true", help="tie the LM head to the embedding (Qwen2-VL-2B: tied)")

@@ -13,6 +13,16 @@ def test_vision_memory_is_linear_in_images_per_frame_and_quadratic_dense(capsys)
     assert large["temp_ratio_dense_over_per_frame"] > small["temp_ratio_dense_over_per_frame"] > 2
 
 
+def test_vision_bench_backward_in_pieces_takes_less_memory(capsys):
+    """`vision --backward --chunk`: a trained tower's forward + gradient, per frame, whole and in
+    pieces of one image's queries; the pieces hold one image's scores, not all eight."""
+    res = bench.main(["vision", "--images", "8", "--patches", "64", "--depth", "1", "--embed", "32", "--heads", "4",
+                      "--backward", "--chunk", "64", "--skip-dense"])
+    assert capsys.readouterr().out.count("{") == 1
+    assert "dense_temp_bytes" not in res and res["backward"] and res["chunk"] == 64
+    assert res["per_frame_chunked_temp_bytes"] < 0.5 * res["per_frame_temp_bytes"], res
+
+
 def test_grpo_bench_shared_prompts_use_less_step_memory(capsys):
     res = bench.main(["grpo", "--prompts", "2", "--group", "4", "--prompt-tokens", "24", "--new-tokens", "4",
                       "--image-size", "28", "--vocab", "128", "--hidden", "32", "--intermediate", "64",

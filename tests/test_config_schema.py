@@ -222,6 +222,7 @@ def test_cli_describe(tmp_path):
 @pytest.mark.parametrize("key, value, want", [
     ("remat_policy", "some", r"config\.model\.grm\.remat_policy = 'some': expected one of nothing, dots, dots_all"),
     ("logits_chunk", -1, r"config\.model\.grm\.logits_chunk = -1: expected 0 \(off\)"),
+    ("vision_chunk", -2, r"config\.model\.grm\.vision_chunk = -2: expected 0 \(off\)"),
 ])
 def test_memory_choices_of_a_model_are_checked_naming_the_key(key, value, want):
     config = demo()
@@ -231,14 +232,15 @@ def test_memory_choices_of_a_model_are_checked_naming_the_key(key, value, want):
 
 
 def test_memory_choices_of_a_model_reach_the_model():
-    """config.model.*.remat / remat_policy / logits_chunk -> the models' runtime keywords -> VLConfig."""
+    """config.model.*.remat / remat_policy / logits_chunk / vision_chunk -> the models' runtime keywords
+    -> VLConfig."""
     from flax import nnx
 
     from grlhfv_jax import models
     from grlhfv_jax.stages import common
     sys.path.insert(0, os.path.dirname(__file__))
     import tiny_models as tm
-    rt = common.runtime(dict(hf_config={}, remat=True, remat_policy="dots", logits_chunk=4))
-    assert (rt["remat"], rt["remat_policy"], rt["logits_chunk"]) == (True, "dots", 4)
+    rt = common.runtime(dict(hf_config={}, remat=True, remat_policy="dots", logits_chunk=4, vision_chunk=32))
+    assert (rt["remat"], rt["remat_policy"], rt["logits_chunk"], rt["vision_chunk"]) == (True, "dots", 4, 32)
     cfg = nnx.eval_shape(lambda: models.from_config(tm.tiny_hf_config("qwen2_vl").to_dict(), **rt)).config
-    assert (cfg.remat, cfg.remat_policy, cfg.logits_chunk) == (True, "dots", 4)
+    assert (cfg.remat, cfg.remat_policy, cfg.logits_chunk, cfg.vision_chunk) == (True, "dots", 4, 32)

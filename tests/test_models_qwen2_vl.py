@@ -75,11 +75,16 @@ def test_logit_parity(pair):
 def test_banded_vision_attention_parity(pair):
     """vision_block: each frame attends within a band of blocks, linear in the patches. IMG_ROWS has
     frames of 96, 24 and 16 patches: with blocks of 100 the 24-patch frame straddles two blocks and
-    the last block is padding; logits equal transformers' (which attends per frame)."""
+    the last block is padding; logits equal transformers' (which attends per frame). vision_chunk:
+    the query blocks one at a time (two pieces), the same logits."""
     family, i, path, tmodel, model = pair
     b = tm.make_batch(IMG_ROWS, pad_side="left", seed=i)
     ref = tm.torch_forward(tmodel, b).logits.numpy()
     _close(_logits(load_pretrained(path, vision_block=100), b), ref, b["attention_mask"])
+    if i == 0:   # one config per family (Qwen2.5's has windows): the attention in pieces
+        chunked = load_pretrained(path, vision_block=100, vision_chunk=100)
+        assert chunked.config.vision_chunk == 100
+        _close(_logits(chunked, b), ref, b["attention_mask"])
     if i == 0:   # a frame (96 patches) longer than the block: NaN, not a silently wrong answer
         assert np.isnan(_logits(load_pretrained(path, vision_block=64), b)[b["input_ids"] == tm.IMAGE]).all()
 

@@ -55,6 +55,9 @@ MODEL = {
                                   "rows x 256 x vocab float32 logits live instead of rows x columns x vocab"),
     "vision_block": Key("int?", None, "patches per vision attention block (None: the largest frame the image "
                                       "processor makes, per-frame attention linear in the images; 0: dense)"),
+    "vision_chunk": Key("int", 0, "query patches per piece of the vision tower's per-frame attention, whole "
+                                  "vision blocks (0: all at once); bounds a trained tower's attention scores, "
+                                  "forward and backward, to vision_chunk x heads x 3 vision_block floats"),
 }
 
 # The splits the stages read (data/world: SPLITS), each a section of config.data.files.

@@ -91,7 +91,7 @@ def _canonical(key, aliases):
 
 
 def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rngs=None, param_dtype=None,
-                    remat=False, vision_block=0, remat_policy="nothing", logits_chunk=0):
+                    remat=False, vision_block=0, remat_policy="nothing", logits_chunk=0, vision_chunk=0):
     """Loads an HF folder of a supported family (config.json + model.safetensors or a sharded index).
 
     dtype: compute dtype; param_dtype: parameter dtype (default: dtype; e.g. bf16 compute with
@@ -99,13 +99,14 @@ def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rn
     converted (bf16 or fp32 on disk). With `mesh`, each is placed with
     `grlhfv_jax.sharding.shard_array(x, param.logical_axes, mesh)` as it is read.
     scalar_head: add `score` ([1, hidden] on disk); initialised (normal, std 0.02) when absent.
-    remat, remat_policy, logits_chunk, vision_block: runtime choices (`VLConfig`).
+    remat, remat_policy, logits_chunk, vision_block, vision_chunk: runtime choices (`VLConfig`).
     """
     path = os.fspath(path)
     hf = read_config_json(path)
     fam = family(hf.get("model_type"))
     cfg = fam.parse_config(hf, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
-                           vision_block=int(vision_block), remat_policy=remat_policy, logits_chunk=int(logits_chunk))
+                           vision_block=int(vision_block), remat_policy=remat_policy, logits_chunk=int(logits_chunk),
+                           vision_chunk=int(vision_chunk))
     model = nnx.eval_shape(lambda: fam.build(cfg, rngs=nnx.Rngs(0), scalar_head=scalar_head))
     files = {_canonical(k, fam.HUB_ALIASES): (k, fn) for k, fn in _checkpoint_files(path).items()}
     table = param_table(model)

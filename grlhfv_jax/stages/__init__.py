@@ -76,6 +76,9 @@ def validate(config):
         if spec.logits_chunk < 0:
             raise ConfigError(f"config.model.{role}.logits_chunk = {spec.logits_chunk}: expected 0 (off) or a "
                               "positive number of columns")
+        if spec.vision_chunk < 0:
+            raise ConfigError(f"config.model.{role}.vision_chunk = {spec.vision_chunk}: expected 0 (off) or a "
+                              "positive number of patches")
     from grlhfv_jax.stages import data as data_stage
     if "data" in config and data_stage.kind(config) == "files":
         from grlhfv_jax.stages import data_files

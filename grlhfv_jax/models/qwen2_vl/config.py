@@ -60,6 +60,7 @@ class VLConfig:
     remat_policy: str = "nothing"     # what a remat block keeps for its backward pass (layers.REMAT_POLICIES)
     logits_chunk: int = 0             # LM-head columns per piece in the train steps' losses (0: all at once)
     vision_block: int = 0             # patches per vision attention block (0: dense; qwen2_vl/vision.py)
+    vision_chunk: int = 0             # query patches per vision attention piece, whole blocks (0: all at once)
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
@@ -87,7 +88,7 @@ def _req(d: dict, key: str, where: str):
 
 def parse_hf_config(hf: dict, **runtime) -> VLConfig:
     """Builds a `VLConfig` from an HF config dict (either layout). `runtime`: dtype, param_dtype, remat, remat_policy,
-    logits_chunk, vision_block."""
+    logits_chunk, vision_block, vision_chunk."""
     model_type = hf.get("model_type")
     if model_type not in MODEL_TYPES:
         raise UnsupportedModelError(f"unsupported model_type {model_type!r} for the Qwen2-VL family {MODEL_TYPES}")

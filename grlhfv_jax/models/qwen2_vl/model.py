@@ -341,11 +341,11 @@ class Qwen2VL(nnx.Module):
 
 
 def from_config(config, *, rngs=None, dtype=jnp.float32, scalar_head=False, param_dtype=None, remat=False,
-                vision_block=0, remat_policy="nothing", logits_chunk=0):
+                vision_block=0, remat_policy="nothing", logits_chunk=0, vision_chunk=0):
     """Randomly initialised model from an HF config dict (either layout) or a VLConfig.
     dtype: compute dtype; param_dtype: parameter dtype (default: dtype)."""
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     runtime = dict(dtype=dtype, param_dtype=param_dtype or dtype, remat=remat, vision_block=int(vision_block),
-                   remat_policy=remat_policy, logits_chunk=int(logits_chunk))
+                   remat_policy=remat_policy, logits_chunk=int(logits_chunk), vision_chunk=int(vision_chunk))
     cfg = config.replace(**runtime) if isinstance(config, VLConfig) else parse_hf_config(config, **runtime)
     return Qwen2VL(cfg, rngs=rngs, scalar_head=scalar_head)

@@ -5,7 +5,8 @@ Jittable with `image_grid_thw` as a traced [n_images, 3] array: attention stays 
 image frame (and, for windowed blocks, within each window) through masks built from per-patch
 segment ids, so no data-dependent shapes appear. Dense ([N, N] mask over all N patches of a call:
 quadratic in the number of images) unless `VLConfig.vision_block` > 0: then banded
-(`banded_attention`, linear in N; exact when no frame has more patches than the block). A window mask on the processor's patch order
+(`banded_attention`, linear in N; exact when no frame has more patches than the block), and with
+`VLConfig.vision_chunk` > 0 run that many query patches at a time (bounded scores, also in the backward). A window mask on the processor's patch order
 is equivalent to transformers' permute-into-windows + reverse permutation (attention is
 permutation-equivariant and the permutation moves whole merge units).
 """
@@ -45,7 +46,7 @@ def patch_layout(image_grid_thw, num_patches: int, spatial_merge_size: int, wind
     return out
 
 
-def banded_attention(q, k, v, ids, block: int, dtype):
+def banded_attention(q, k, v, ids, block: int, dtype, pieces: int = 0):
     """Attention of N patches among those with equal ids (per image frame, or window), linear in N.
 
     q, k, v [N, H, D]; ids: a tuple of [N] int arrays, a patch attends to the patches equal to it in
@@ -53,7 +54,12 @@ def banded_attention(q, k, v, ids, block: int, dtype):
     which hold every patch of its segments when no segment is longer than `block` patches and
     segments are contiguous (frames are; a window lies inside its frame). Then this equals dense
     masked attention (the masked-out keys have probability 0 in both). Cost N x 3 x block instead
-    of N x N. Returns [N, H, D]."""
+    of N x N. Returns [N, H, D].
+
+    pieces > 0: the query blocks run `pieces` at a time (a `jax.lax.map` of `jax.checkpoint`ed
+    pieces), so one piece's float32 scores, pieces x block x H x 3 block, are live instead of all
+    N x H x 3 block, in the forward and in the backward (which recomputes each piece's scores from
+    its q, k, v). Same values; the memory of a trained tower (VLConfig.vision_chunk)."""
     N, H, D = q.shape
     nb = -(-N // block)
     pad = nb * block - N
@@ -77,8 +83,19 @@ def banded_attention(q, k, v, ids, block: int, dtype):
         ak = band(aq, -3)
         eq = aq[:, :, None] == ak[:, None, :]
         mask = eq if mask is None else mask & eq
-    o = attention(qb, kb, vb, mask, dtype)                                       # [nb, block, H, D]
-    return o.reshape(nb * block, H, D)[:N]
+    if not pieces or pieces >= nb:
+        o = attention(qb, kb, vb, mask, dtype)                                   # [nb, block, H, D]
+        return o.reshape(nb * block, H, D)[:N]
+    n_pieces = -(-nb // pieces)
+    extra = n_pieces * pieces - nb   # padding blocks: no key allowed (uniform weights), never read
+
+    def split(x):
+        x = jnp.concatenate([x, jnp.zeros((extra,) + x.shape[1:], x.dtype)]) if extra else x
+        return x.reshape((n_pieces, pieces) + x.shape[1:])
+
+    piece = jax.checkpoint(lambda a: attention(a[0], a[1], a[2], a[3], dtype))
+    o = jax.lax.map(piece, (split(qb), split(kb), split(vb), split(mask)))     # [n_pieces, pieces, block, H, D]
+    return o.reshape(n_pieces * pieces * block, H, D)[:N]
 
 
 class VisionAttention(nnx.Module):
@@ -88,8 +105,9 @@ class VisionAttention(nnx.Module):
         self.qkv = Dense(E, 3 * E, axes=("vision_embed", "vision_heads"), bias=True, rngs=rngs, dtype=dt, param_dtype=pdt)
         self.proj = Dense(E, E, axes=("vision_heads", "vision_embed"), bias=True, rngs=rngs, dtype=dt, param_dtype=pdt)
 
-    def __call__(self, x, cos, sin, mask, block: int = 0):
-        """mask: [N, N] bool (dense), or with `block` > 0 a tuple of [N] segment ids (`banded_attention`)."""
+    def __call__(self, x, cos, sin, mask, block: int = 0, pieces: int = 0):
+        """mask: [N, N] bool (dense), or with `block` > 0 a tuple of [N] segment ids (`banded_attention`,
+        `pieces` query blocks at a time)."""
         N, E = x.shape
         H = self.num_heads
         q, k, v = jnp.moveaxis(self.qkv(x).reshape(N, 3, H, E // H), 1, 0)
@@ -97,7 +115,7 @@ class VisionAttention(nnx.Module):
         q = apply_rope(q.astype(jnp.float32), c, s).astype(self.dtype)
         k = apply_rope(k.astype(jnp.float32), c, s).astype(self.dtype)
         if block:
-            o = banded_attention(q, k, v, mask, block, self.dtype)                # [N, H, E / H]
+            o = banded_attention(q, k, v, mask, block, self.dtype, pieces)        # [N, H, E / H]
         else:
             o = attention(q[None], k[None], v[None], mask[None], self.dtype)[0]
         return self.proj(o.reshape(N, E))
@@ -138,8 +156,8 @@ class VisionBlock(nnx.Module):
         self.attn = VisionAttention(cfg, rngs)
         self.mlp = VisionMLP(cfg, rngs)
 
-    def __call__(self, x, cos, sin, mask, block: int = 0):
-        x = x + self.attn(self.norm1(x), cos, sin, mask, block)
+    def __call__(self, x, cos, sin, mask, block: int = 0, pieces: int = 0):
+        x = x + self.attn(self.norm1(x), cos, sin, mask, block, pieces)
         return x + self.mlp(self.norm2(x))
 
 
@@ -169,8 +187,8 @@ class PatchMerger(nnx.Module):
         return self.mlp_2(jax.nn.gelu(self.mlp_0(x), approximate=False))
 
 
-def _block_call(block, x, cos, sin, mask, band=0):
-    return block(x, cos, sin, mask, band)
+def _block_call(block, x, cos, sin, mask, band=0, pieces=0):
+    return block(x, cos, sin, mask, band, pieces)
 
 
 class VisionTower(nnx.Module):
@@ -192,6 +210,8 @@ class VisionTower(nnx.Module):
         cos, sin = vision_rope_cos_sin(lay["hpos"], lay["wpos"], cfg.vision_head_dim, cfg.vision_rope_theta)
         # padding patches (frame -1) attend among themselves only; harmless and never read
         band = cfg.vision_block if 0 < cfg.vision_block < N else 0
+        # query blocks per attention piece: vision_chunk patches, at least one block (0: all at once)
+        pieces = max(cfg.vision_chunk // band, 1) if band and cfg.vision_chunk else 0
         if band:   # per frame (per window), linear in N: segment ids, not an [N, N] mask
             full_mask = (lay["frame"],)
             win_mask = (lay["frame"], lay["win_h"], lay["win_w"]) if window else full_mask
@@ -203,7 +223,7 @@ class VisionTower(nnx.Module):
                     lay["win_w"][:, None] == lay["win_w"][None])
         x = self.patch_embed(pixel_values)
         def call(blk, x, mask):
-            f = (lambda b, h, c, s_, mk: _block_call(b, h, c, s_, mk, band))
+            f = (lambda b, h, c, s_, mk: _block_call(b, h, c, s_, mk, band, pieces))
             return remat(f, cfg)(blk, x, cos, sin, mask)
         for i, blk in enumerate(self.blocks):
             mask = full_mask if (not window or i in cfg.fullatt_block_indexes) else win_mask

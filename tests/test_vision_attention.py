@@ -1,0 +1,77 @@
+"""The vision tower's per-frame attention (`banded_attention`), whole and in pieces of query blocks,
+against dense masked attention written in numpy (float64): values and gradients."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from grlhfv_jax.models.qwen2_vl.vision import banded_attention
+
+N, H, D, BLOCK = 37, 2, 4, 8                 # 5 blocks, the last one part padding
+FRAMES = [8, 3, 7, 8, 5, 6]                  # contiguous segments, none longer than a block; 37 patches
+WIN = np.array([0, 1] * 18 + [0])            # a second id: patches attend within (frame, window)
+
+
+def _segments():
+    frame = np.repeat(np.arange(len(FRAMES)), FRAMES)
+    assert frame.shape == (N,)
+    return frame
+
+
+def _dense_reference(q, k, v, allowed, w):
+    """o = softmax(q k^T / sqrt(D) over allowed keys) v per head, and the gradients of sum(o * w)."""
+    s = np.einsum("nhd,mhd->hnm", q, k) / np.sqrt(D)
+    s = np.where(allowed[None], s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    o = np.einsum("hnm,mhd->nhd", p, v)
+    dp = np.einsum("nhd,mhd->hnm", w, v)
+    ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))
+    dq = np.einsum("hnm,mhd->nhd", ds, k) / np.sqrt(D)
+    dk = np.einsum("hnm,nhd->mhd", ds, q) / np.sqrt(D)
+    dv = np.einsum("hnm,nhd->mhd", p, w)
+    return o, (dq, dk, dv)
+
+
+@pytest.mark.parametrize("pieces", [0, 1, 2, 5])
+@pytest.mark.parametrize("two_ids", [False, True])
+def test_banded_attention_matches_dense_reference(pieces, two_ids):
+    """pieces 0: all 5 blocks at once; 1: one block a piece; 2: three pieces, the last half padding
+    blocks; 5: one piece of all. Values and gradients equal dense masked attention."""
+    rng = np.random.default_rng(3)
+    q, k, v, w = (rng.standard_normal((N, H, D)) for _ in range(4))
+    frame = _segments()
+    ids = (frame, WIN) if two_ids else (frame,)
+    allowed = frame[:, None] == frame[None, :]
+    if two_ids:
+        allowed &= WIN[:, None] == WIN[None, :]
+    o_ref, g_ref = _dense_reference(q, k, v, allowed, w)
+
+    def loss(q, k, v):
+        o = banded_attention(q, k, v, tuple(jnp.asarray(a) for a in ids), BLOCK, jnp.float32, pieces)
+        return jnp.sum(o * w), o
+
+    (_, o), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
+        *(jnp.asarray(x, jnp.float32) for x in (q, k, v)))
+    np.testing.assert_allclose(np.asarray(o), o_ref, atol=2e-5)
+    for name, g, r in zip("qkv", grads, g_ref):
+        np.testing.assert_allclose(np.asarray(g), r, atol=2e-5, err_msg=f"d{name}")
+
+
+def test_pieces_bound_the_scores_memory():
+    """The point of pieces: XLA's temporary memory of the forward + backward is bounded by one
+    piece's scores. 64 blocks of 64 patches, 4 heads: all at once holds several float32 score
+    buffers of 4,096 x 4 x 192 (12.6 MB each); one block a piece needs under a quarter of that."""
+    n, h, d, block = 4096, 4, 8, 64
+    frame = jnp.asarray(np.repeat(np.arange(n // block), block))
+    x = jax.ShapeDtypeStruct((n, h, d), jnp.float32)
+
+    def temp(pieces):
+        def loss(q, k, v):
+            return jnp.sum(banded_attention(q, k, v, (frame,), block, jnp.float32, pieces))
+        c = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile()
+        return c.memory_analysis().temp_size_in_bytes
+
+    whole, pieces = temp(0), temp(1)
+    assert whole > 12.6e6, whole
+    assert pieces < whole / 4, (pieces, whole)
