@@ -28,8 +28,19 @@ heads K, head_dim D, compute bytes b, vocabulary V, LM-head window W):
   (float32 scores, probabilities and their gradient); the LM head 2 x R W V x 4 (float32 logits and
   their gradient; W = min(window, logits_chunk) with logits_chunk). Measured against XLA's
   `memory_analysis().temp_size_in_bytes` of the compiled SFT step of tiny models on CPU
-  (activations + gradients vs temp): 0.84-1.02 (tests/test_dry_run.py); the vision tower's
-  activations are not counted (a frozen tower runs forward only).
+  (activations + gradients vs temp): 0.84-1.02 (tests/test_dry_run.py).
+
+The vision tower (`vision_bytes`; one image per row of `image_patches` patches, the largest image
+`config.image` lets through; N patches per call, width E, MLP width I, heads A, blocks L_v, per-frame
+band of 3 x block keys, Q = N or the `vision_chunk` queries of one piece): linear N (6E + 2I) b + the
+banded keys and values 6 N E b; forward: that + 2 float32 score buffers Q A 3block 4; trained
+(forward + gradient): with remat L_v N E b + 2 x (linear + 3 buffers), without L_v x that. It runs
+once over every image a call is given: the rollout's prompts, the judged groups, the scored rows,
+the reference pass's rows (all of them: `steps.compute_logprobs` encodes every image at once) and a
+GRPO mini-batch's rows (trained unless `freeze` holds "visual"); DPO / RM / SFT: a step's rows.
+Measured against XLA's temp of the tower's compiled forward and forward + gradient on CPU without
+remat: 0.73-1.43 (tests/test_dry_run.py); XLA:CPU does not honour the tower's remat (measured,
+docs/performance.md), so the remat figure is the accelerator's model, not checked here.
 """
 
 from __future__ import annotations
@@ -67,6 +78,12 @@ class ModelShape:
     remat: bool
     remat_policy: str = "nothing"   # what a remat block keeps (models.layers.REMAT_POLICIES)
     logits_chunk: int = 0           # LM-head columns per piece (0: the whole window at once)
+    vision_depth: int = 0           # the vision tower's blocks, width, heads, MLP width
+    vision_hidden: int = 0
+    vision_heads: int = 0
+    vision_intermediate: int = 0
+    vision_block: int | None = None  # patches per vision attention block (None: one frame's; 0: dense)
+    vision_chunk: int = 0           # query patches per vision attention piece (0: all at once)
 
     def trainable(self, freeze) -> int:
         return self.params - (self.vision_params if "visual" in tuple(freeze or ()) else 0)
@@ -132,7 +149,10 @@ def model_shape(spec, scalar_head: bool = False, vocab_size: int | None = None,
                       head_dim=c.head_dim, vocab=c.vocab_size, param_bytes=DTYPE_BYTES[spec.param_dtype],
                       compute_bytes=DTYPE_BYTES[spec.dtype], remat=bool(spec.remat),
                       remat_policy=str(spec.get("remat_policy", "nothing")),
-                      logits_chunk=int(spec.get("logits_chunk", 0)))
+                      logits_chunk=int(spec.get("logits_chunk", 0)), vision_depth=c.vision_depth,
+                      vision_hidden=c.vision_hidden_size, vision_heads=c.vision_num_heads,
+                      vision_intermediate=c.vision_intermediate_size, vision_block=spec.get("vision_block"),
+                      vision_chunk=int(spec.get("vision_chunk", 0)))
 
 
 def activation_bytes(m: ModelShape, rows: int, tokens: int, window: int, *, backward: bool = True,
@@ -156,6 +176,36 @@ def activation_bytes(m: ModelShape, rows: int, tokens: int, window: int, *, back
             saved += m.layers * R * m.heads * Q * T * 4   # the attention scores too
         return saved + 2 * layer + head
     return m.layers * layer + head
+
+
+def vision_bytes(m: ModelShape, images: int, patches: int, *, backward: bool) -> float:
+    """Bytes of the vision tower over `images` images of `patches` patches each, in one call
+    (module docstring); backward: a trained tower's forward + gradient (with remat: the blocks'
+    inputs + two blocks' working sets; without: every block's)."""
+    N = images * patches
+    if N == 0 or m.vision_depth == 0:
+        return 0.0
+    E, b = m.vision_hidden, m.compute_bytes
+    block = patches if m.vision_block is None else m.vision_block     # the per-frame band (0: dense)
+    banded = 0 < block < N
+    keys = 3 * block if banded else N
+    queries = min(N, max(m.vision_chunk // block, 1) * block) if banded and m.vision_chunk else N
+    linear = N * (6 * E + 2 * m.vision_intermediate) * b + (2 * N * 3 * E * b if banded else 0)
+    scores = queries * m.vision_heads * keys * 4       # one float32 buffer of a piece of queries
+    if not backward:
+        return linear + 2 * scores                     # scores and probabilities
+    work = linear + 3 * scores                         # + the probabilities' gradient
+    if m.remat:
+        return m.vision_depth * N * E * b + 2 * work
+    return m.vision_depth * work
+
+
+def image_patches(config, m: ModelShape | None = None) -> int:
+    """Patches of the largest image `config.image` lets through (max_pixels / patch_size^2; Qwen2-VL's
+    default budget, 28 x 28 x 1280 pixels, when max_pixels is not set)."""
+    image = config.image if "image" in config else {}
+    patch = int(image.get("patch_size") or 14)
+    return int(image.get("max_pixels") or 28 * 28 * 1280) // (patch * patch)
 
 
 def kv_bytes(m: ModelShape, rows: int, tokens: int) -> float:
@@ -200,6 +250,12 @@ def plan_stage(config, stage: str) -> StagePlan | None:
     def shape(role, scalar=False):
         return model_shape(config.model[role], scalar, vocab, where=f"config.model.{role}")
 
+    patches = image_patches(config)
+
+    def tower(mdl, images, freeze=None, backward=False):   # one image per row (the paper's data)
+        trained = backward and "visual" not in tuple(freeze or ())
+        return vision_bytes(mdl, images, patches, backward=trained)
+
     def hold(role, scalar=False):
         nonlocal params
         m = shape(role, scalar)
@@ -212,7 +268,8 @@ def plan_stage(config, stage: str) -> StagePlan | None:
             if target in config.sft:
                 tc = config.sft[target]
                 mt = shape(target)
-                a = activation_bytes(mt, tc.batch_size, tc.max_len, tc.max_len)
+                a = activation_bytes(mt, tc.batch_size, tc.max_len, tc.max_len) + tower(
+                    mt, tc.batch_size, tc.freeze, backward=True)
                 if m is None or mt.params * 16 + a > m.params * 16 + best:
                     m, best, opt = mt, a, tc
         if m is None:
@@ -239,10 +296,14 @@ def plan_stage(config, stage: str) -> StagePlan | None:
         phases = {
             f"rollout ({calls} call{'s' if calls > 1 else ''}): prefill of {call_prompts} prompts x {sec.max_len} "
             f"tokens + cache of {call_rows} rows x {T}":
-                (activation_bytes(m, call_prompts, sec.max_len, 1, backward=False), kv_bytes(m, call_rows, T)),
-            f"reference pass: {ref_rows} rows x {T} tokens":
-                (activation_bytes(m, ref_rows, T, sec.max_new_tokens, backward=False), 0.0),
-            f"train micro-batch: {micro} rows x {T} tokens": (activation_bytes(m, micro, T, sec.max_new_tokens), 0.0),
+                (activation_bytes(m, call_prompts, sec.max_len, 1, backward=False) + tower(m, call_prompts),
+                 kv_bytes(m, call_rows, T)),
+            # steps.compute_logprobs / grpo_step run the tower once over every image they are given
+            f"reference pass: {ref_rows} rows x {T} tokens, tower over {rows} images":
+                (activation_bytes(m, ref_rows, T, sec.max_new_tokens, backward=False) + tower(m, rows), 0.0),
+            f"train micro-batch: {micro} rows x {T} tokens, tower over {rows // sec.mini_batches} images": (
+                activation_bytes(m, micro, T, sec.max_new_tokens)
+                + tower(m, rows // sec.mini_batches, sec.freeze, backward=True), 0.0),
         }
         if stage == "policy_rl" and sec.reward == "grm":
             g = hold("grm")
@@ -252,7 +313,7 @@ def plan_stage(config, stage: str) -> StagePlan | None:
             judge_rows = groups * sec.n * (sec.n - 1)
             jt = judge_prompt + bucket_length(sec.judge_max_new_tokens)
             phases[f"judging: {judge_rows} pairs x {answers} new of {judge_prompt} tokens + cache x {jt}"] = (
-                activation_bytes(g, judge_rows, judge_prompt, 1, backward=False, queries=answers),
+                activation_bytes(g, judge_rows, judge_prompt, 1, backward=False, queries=answers) + tower(g, groups),
                 kv_bytes(g, judge_rows, jt))
             notes.append(f"judge prompt estimated as {judge_prompt} tokens = {stage}.max_len + {GRM_TEMPLATE_TOKENS} "
                          "template + two answers + 64")
@@ -260,7 +321,7 @@ def plan_stage(config, stage: str) -> StagePlan | None:
             r = hold("rm" if "rm" in config.model else "grm", scalar=True)
             score_rows = min(rows, sec.score_rows_per_call)                # judging.score_batch's rows
             phases[f"RM scoring: {score_rows} rows x {T} tokens"] = (
-                activation_bytes(r, score_rows, T, 0, backward=False), 0.0)
+                activation_bytes(r, score_rows, T, 0, backward=False) + tower(r, score_rows), 0.0)
         worst = max(phases, key=lambda k: phases[k][0] / shard_rows + phases[k][1] / kv_shard(m))
         acts, kv = phases[worst]
         notes.append(f"peak phase: {worst} (per device, activations + cache: " + "; ".join(
@@ -271,12 +332,14 @@ def plan_stage(config, stage: str) -> StagePlan | None:
         spec = "rm" if "rm" in config.model else "grm"
         m = shape(spec, True)
         params = m.params * m.param_bytes
-        acts = activation_bytes(m, 2 * sec.pairs_per_step // sec.num_micro_batches, sec.max_len, 0)
+        acts = activation_bytes(m, 2 * sec.pairs_per_step // sec.num_micro_batches, sec.max_len, 0) + tower(
+            m, 2 * sec.pairs_per_step, sec.freeze, backward=True)
         trained = (m, sec.freeze)
     elif stage == "dpo":
         m = hold("policy")
         hold("policy")
-        acts = activation_bytes(m, 2 * sec.pairs_per_step // sec.num_micro_batches, sec.max_len, sec.max_len)
+        acts = activation_bytes(m, 2 * sec.pairs_per_step // sec.num_micro_batches, sec.max_len, sec.max_len) + tower(
+            m, 2 * sec.pairs_per_step, sec.freeze, backward=True)
         trained = (m, sec.freeze)
     else:
         return None

@@ -117,9 +117,11 @@ def test_rollout_in_calls_divides_the_rollout_prefill_and_kv_cache():
         c.grm_rl.rollout_num_micro_batches = calls
         plans.append(dry_run.plan_stage(stages.validate(c), "grm_rl"))
     one, five = plans
-    assert "rollout (5 calls): prefill of 72 prompts" in five.notes[-1]     # still the peak phase
-    assert one.total["kv_cache"] == pytest.approx(5 * five.total["kv_cache"])
-    assert one.total["activations"] == pytest.approx(5 * five.total["activations"])
+    import re
+    gb = [float(re.search(r"rollout \((\d+) calls?\) ([0-9.]+) GB", p.notes[-1]).group(2)) for p in plans]
+    # the prefill (text and tower) and the cache of 72 prompts instead of 360; only the vision
+    # tower's one piece of attention scores (vision_chunk) does not shrink
+    assert 4.5 <= gb[0] / gb[1] <= 5.0, gb
 
 
 def test_dry_run_names_a_key_the_stage_validators_cannot_check():
@@ -145,4 +147,25 @@ def test_halving_the_judging_or_scoring_call_halves_that_phase(name, section, ke
         c[section][key] = size
         note = dry_run.plan_stage(stages.validate(c), section).notes[-1]
         gb.append(float(re.search(rf"; {phase} ([0-9.]+) GB", note).group(1)))
-    assert gb[1] == pytest.approx(gb[0] / 2, rel=2e-3), gb
+    # half, but for the GRM tower's one piece of attention scores (vision_chunk), which stays
+    assert gb[0] / 2 < gb[1] <= gb[0] / 2 * 1.02, gb
+
+
+def test_vision_tower_estimate_matches_its_compiled_forward_and_backward():
+    """`dry_run.vision_bytes` (no remat: XLA:CPU does not honour the tower's remat, docs/performance.md)
+    within 0.6-1.5 of XLA's temp_size_in_bytes of the tower's compiled forward, and of its forward +
+    gradient (a trained tower), per frame whole and in pieces of one image (`vision_chunk`); 8 images
+    of 256 patches, width 128, 2 blocks (the figures: `python -m grlhfv_jax.bench vision ...`)."""
+    from grlhfv_jax import bench
+    images, patches, embed, heads, depth = 8, 256, 128, 4, 2
+    for backward in (False, True):
+        res = bench.main(["vision", "--images", str(images), "--patches", str(patches), "--depth", str(depth),
+                          "--embed", str(embed), "--heads", str(heads), "--chunk", str(patches), "--skip-dense"]
+                         + (["--backward"] if backward else []))
+        for chunk, key in ((0, "per_frame_temp_bytes"), (patches, "per_frame_chunked_temp_bytes")):
+            m = dry_run.ModelShape(params=0, vision_params=0, layers=1, hidden=64, intermediate=64, heads=2,
+                                   kv_heads=1, head_dim=32, vocab=256, param_bytes=4, compute_bytes=4, remat=False,
+                                   vision_depth=depth, vision_hidden=embed, vision_heads=heads,
+                                   vision_intermediate=4 * embed, vision_block=patches, vision_chunk=chunk)
+            ratio = dry_run.vision_bytes(m, images, patches, backward=backward) / res[key]
+            assert 0.6 <= ratio <= 1.5, (backward, chunk, ratio)
