@@ -1,7 +1,8 @@
 """Memory-only slicing that must not change a number: the score-only RM scores a large batch in
 calls of `policy_rl_rm.score_rows_per_call` rows (rows and their images sliced together), a key
-checked by name like GRM judging's `judge_prompts_per_call`; DPO's
-num_micro_batches is checked by name."""
+checked by name like GRM judging's `judge_prompts_per_call`; sampled GRM judgments do not depend
+on the judging call size (prompt groups per call, pairs per call); DPO's num_micro_batches is
+checked by name."""
 import os
 import sys
 
@@ -25,6 +26,56 @@ def test_scoring_in_slices_gives_the_scores_of_one_call():
     assert whole.shape == (5,) and np.std(whole) > 0
     for rows in (2, 3):                                       # calls of 2, 2, 1 and of 3, 2 rows
         np.testing.assert_allclose(judging.score_batch(rm, batch, rows=rows), whole, rtol=1e-5, atol=1e-6)
+
+
+MAX_LEN = 128   # GRM prompt tokens (~110: the tiny template, an image of 4 tokens)
+
+
+@pytest.fixture(scope="module")
+def tiny_grm(tmp_path_factory):
+    """A tiny random Qwen2-VL GRM, its tokenizer (trained on GRM-like text) and a codec."""
+    import tiny_models as tm  # tests/ is on sys.path
+    from grlhfv_jax.data.tokenizer import train_tokenizer
+    from grlhfv_jax.stages import common
+    template = "{principles_block}<image>{question}\n# Response 1: {response_1}\n# Response 2: {response_2}\nScores:"
+    corpus = ["The red circle is above the blue square. Scores \\boxed{7, 3}", "You are a helpful assistant.",
+              "Response 1 is better than Response 2 because it is correct.", template,
+              "What color is the shape? It is green and small. Which is better? Where is it?"] * 30
+    out_dir, ids = train_tokenizer(corpus, str(tmp_path_factory.mktemp("tok")), vocab_size=300)
+    codec = common.Codec.from_dirs(out_dir, dict(min_pixels=56 * 56, max_pixels=56 * 56), template)
+    cfg = tm.tiny_hf_config("qwen2_vl", text={"vocab_size": ids["vocab_size"]}).to_dict()
+    for k in ("image_token_id", "vision_start_token_id", "vision_end_token_id", "video_token_id"):
+        cfg[k] = ids[k]
+    return models.from_config(cfg, rngs=nnx.Rngs(3)), codec
+
+
+def test_sampled_judgments_do_not_depend_on_the_judging_call_size(tiny_grm):
+    """Sampled GRM judging (temperature > 0): policy_rl.judge_prompts_per_call = 1, 2 and all
+    groups (judge_groups: shared prefix cache, bucketed pair rows), and 4 or all pairs per call
+    (judge: full prompts) give every pair the judgment of one call over all pairs with full prompts."""
+    from grlhfv_jax.rollout import SamplingParams
+    grm, codec = tiny_grm
+    rng = np.random.default_rng(0)
+    img = [rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(3)]
+    answers = ["It is green.", "Red circle.", "The blue square is above it.", "Green and small."]
+    pairs = [[(answers[0], answers[1]), (answers[1], answers[0])],
+             [(answers[2], answers[3]), (answers[3], answers[1]), (answers[0], answers[2])],
+             [(answers[1], answers[3])]]
+    groups = [(q, im, p) for q, im, p in zip(["What color is the shape?", "Which is better?", "Where is it?"],
+                                              img, pairs)]
+    items = [(q, im, a, b) for q, im, ps in groups for a, b in ps]
+    sampled = SamplingParams(max_new_tokens=6, temperature=1.0, seed=11)
+    # reference: one call over all six pairs, each with its full prompt (no shared prefix, no slicing)
+    ref = judging.GRMJudge(grm, codec, rows=len(items), max_len=MAX_LEN).judge(items, sampled)
+    assert len(ref) == 6 and len(set(ref)) > 1, ref
+    other = judging.GRMJudge(grm, codec, rows=len(items), max_len=MAX_LEN).judge(items, sampled.replace(seed=12))
+    assert other != ref, "another seed draws the same judgments: the test would not see a changed key"
+    for per_call in (1, 2, 3):   # calls of 2, 3, 1 pairs; 5, 1 pairs; 6 pairs
+        got = judging.GRMJudge(grm, codec, max_prompts=per_call).judge_groups(groups, sampled)
+        assert [len(g) for g in got] == [2, 3, 1]
+        assert [t for g in got for t in g] == ref, f"judge_prompts_per_call = {per_call}"
+    assert judging.GRMJudge(grm, codec, rows=4, max_len=MAX_LEN).judge(items, sampled) == ref, \
+        "judge in calls of 4 and 2 pairs"
 
 
 def test_dpo_micro_batches_must_divide_the_pairs():

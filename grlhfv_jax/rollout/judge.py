@@ -56,9 +56,16 @@ def _gather_and_prefill_suffix(graphdef, state, cache, prefix_deltas, row_prompt
     return cache, engine._constrain_rows(rest["logits"], mesh), engine._constrain_rows(rest["deltas"], mesh)
 
 
+def decoded_rows(n_pairs: int, num_samples: int = 1) -> int:
+    """Rows one `judge_generate` call decodes for `n_pairs` pairs: the pair count bucketed (fewer
+    compiles; the padding rows produce nothing) times num_samples."""
+    return bucket_length(n_pairs, minimum=1) * int(num_samples)
+
+
 def judge_generate(model, prefix_batch: dict, suffix_ids: Sequence[Sequence[Sequence[int]]], *, max_new_tokens: int,
                    temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, eos_token_id=None,
-                   num_samples: int = 1, rng=None, pad_token_id: int = 0, model_split=None) -> GenerationOutput:
+                   num_samples: int = 1, rng=None, pad_token_id: int = 0, model_split=None, first_row: int = 0,
+                   total_rows: int | None = None) -> GenerationOutput:
     """Generate for every (prompt, pair) with the prompt's prefix cache shared by its pairs.
 
     prefix_batch: processor-style dict of the shared prefixes (one row per prompt, left-padded
@@ -66,7 +73,11 @@ def judge_generate(model, prefix_batch: dict, suffix_ids: Sequence[Sequence[Sequ
     sit in the prefix). suffix_ids[p]: the token-id lists of prompt p's pairs (each non-empty,
     text only). Rows of the output: prompt-major, then pair, then sample:
     (p, j, s) -> row (offset_p + j) * num_samples + s, offset_p = number of pairs of earlier prompts.
-    Other arguments as `generate` (temperature 0.0, the default here, is greedy).
+    `first_row`, `total_rows`: as `generate`, for the call's decoded rows (`decoded_rows`: padding
+    included): row r draws what row first_row + r of a draw of total_rows rows draws (default:
+    this call's rows), so pairs judged in several calls, each given its first row's place, draw
+    what one call over all of them draws. Other arguments as `generate` (temperature 0.0, the
+    default here, is greedy).
     """
     n_prompts = np.asarray(prefix_batch["input_ids"]).shape[0]
     if len(suffix_ids) != n_prompts:
@@ -83,7 +94,7 @@ def judge_generate(model, prefix_batch: dict, suffix_ids: Sequence[Sequence[Sequ
     if num_samples < 1 or max_new_tokens < 1:
         raise ValueError("num_samples and max_new_tokens must be >= 1")
     R = len(rows)
-    R_pad = bucket_length(R, minimum=1)
+    R_pad = decoded_rows(R)
     Ts = bucket_length(max(len(s) for _, s in rows))
     sid = np.full((R_pad, Ts), pad_token_id, np.int32)
     smask = np.zeros((R_pad, Ts), np.int32)
@@ -106,7 +117,8 @@ def judge_generate(model, prefix_batch: dict, suffix_ids: Sequence[Sequence[Sequ
     done = np.repeat(np.arange(R_pad) >= R, num_samples)            # padding rows: done from the start
     out = engine.decode(split, cache, logits, deltas, first_slot=prefix_len + Ts, max_new_tokens=max_new_tokens,
                         buf_len=buf_len, temperature=temperature, top_p=top_p, top_k=top_k,
-                        eos_token_id=eos_token_id, rng=rng, done=done, pad_token_id=pad_token_id, mesh=mesh)
+                        eos_token_id=eos_token_id, rng=rng, done=done, pad_token_id=pad_token_id, mesh=mesh,
+                        first_row=first_row, total_rows=total_rows)
     n = R * num_samples
     return GenerationOutput(out.tokens[:n], out.logprobs[:n], out.lengths[:n], out.finished[:n])
 
