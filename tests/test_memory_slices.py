@@ -15,7 +15,9 @@ from grlhfv_jax.config import ConfigError
 from grlhfv_jax.stages import judging
 
 
-def test_scoring_in_slices_gives_the_scores_of_one_call():
+def test_scoring_in_slices_gives_the_scores_of_one_call(monkeypatch):
+    """Calls of 2 and 3 rows on 5 rows: the scores of one call, and every call of the call size
+    (the last one filled up: one compiled shape)."""
     import tiny_models as tm  # tests/ is on sys.path
     rm = models.from_config(tm.tiny_hf_config("qwen2_vl").to_dict(), rngs=nnx.Rngs(0), scalar_head=True)
     rows = [[[5, 6], (1, 2, 2), [7, 8, 9]], [[4, 4, 4]], [(1, 4, 2), [9]], [[3], (1, 2, 2), [11, 12]],
@@ -24,8 +26,17 @@ def test_scoring_in_slices_gives_the_scores_of_one_call():
     batch = {k: b[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
     whole = judging.score_batch(rm, batch, rows=8)            # 5 rows <= 8: one call
     assert whole.shape == (5,) and np.std(whole) > 0
-    for rows in (2, 3):                                       # calls of 2, 2, 1 and of 3, 2 rows
+    shapes, scores = [], judging._scores
+
+    def recording(model, b):
+        shapes.append(tuple(b["input_ids"].shape))
+        return scores(model, b)
+    monkeypatch.setattr(judging, "_scores", recording)
+    T = batch["input_ids"].shape[1]
+    for rows in (2, 3):                                       # calls of 2, 2, 1 (+1 fill) and of 3, 2 (+1 fill) rows
+        shapes.clear()
         np.testing.assert_allclose(judging.score_batch(rm, batch, rows=rows), whole, rtol=1e-5, atol=1e-6)
+        assert shapes == [(rows, T)] * -(-5 // rows), f"calls of {rows} rows: {shapes}"
 
 
 MAX_LEN = 128   # GRM prompt tokens (~110: the tiny template, an image of 4 tokens)

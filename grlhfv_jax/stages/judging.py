@@ -158,7 +158,9 @@ SCORE_ROWS = 320   # rows per scoring call by default (policy_rl_rm.score_rows_p
 def score_batch(rm, batch: dict, rows: int | None = None) -> np.ndarray:
     """Scalar-head scores [B] of a ready batch (input_ids, attention_mask, pixel_values, image_grid_thw),
     its rows split over the model's mesh (`trainers.loop.place_batch`), `rows` (default SCORE_ROWS:
-    divides over 8, 40 and 64 devices) per call; a batch of at most that many is one call."""
+    divides over 8, 40 and 64 devices) per call; a batch of at most that many is one call. A last
+    call of fewer rows is filled up to `rows` with copies of the batch's last row (and its images),
+    whose scores are dropped: every call has one row count (one compiled shape, the same memory)."""
     from grlhfv_jax.trainers import grpo as learner
     from grlhfv_jax.trainers import loop
     rows = int(rows or SCORE_ROWS)
@@ -168,10 +170,12 @@ def score_batch(rm, batch: dict, rows: int | None = None) -> np.ndarray:
     tok, merge = rm.config.image_token_id, rm.config.spatial_merge_size
     out = []
     for start in range(0, B, rows):
-        part = learner.select_rows(batch, np.arange(start, min(start + rows, B)), image_token_id=tok, merge_size=merge)
+        real = min(rows, B - start)
+        idx = np.concatenate([np.arange(start, start + real), np.full(rows - real, B - 1)])  # the tail: filled
+        part = learner.select_rows(batch, idx, image_token_id=tok, merge_size=merge)
         if "image_grid_thw" in part and not np.asarray(part["image_grid_thw"]).size:   # a slice without images
             part = {k: v for k, v in part.items() if k not in ("pixel_values", "image_grid_thw")}
-        out.append(np.asarray(_scores(rm, loop.place_batch(rm, part))))
+        out.append(np.asarray(_scores(rm, loop.place_batch(rm, part)))[:real])
     return np.concatenate(out)
 
 
