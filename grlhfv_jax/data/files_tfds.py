@@ -36,6 +36,7 @@ from grlhfv_jax.data import files_source
 DATASET_NAME = "grlhfv_files"
 VERSION = "1.0.0"
 SHARD_BYTES = 256 << 20          # a new array_record file after this many serialized bytes
+MARKER = "conversion.json"       # written last, before the rename (Writer.finish): the folder is complete
 
 FEATURES = tfds.features.FeaturesDict({
     "id": tfds.features.Text(),
@@ -61,8 +62,10 @@ def _example(rec: Mapping[str, Any], split: str) -> dict:
 
 
 class Writer:
-    """Writes splits one after another into ``<out_dir>/grlhfv_files/1.0.0.incomplete``; `finish`
-    writes the metadata and moves it to ``<out_dir>/grlhfv_files/1.0.0`` (replacing an older one)."""
+    """Writes splits one after another into ``<out_dir>/grlhfv_files/1.0.0.incomplete`` (emptied
+    first: what a crashed earlier writer left there is dropped); `finish` writes the metadata and
+    moves it to ``<out_dir>/grlhfv_files/1.0.0`` (replacing an older one). One writer per `out_dir`
+    at a time: the `data` stage converts on process 0 only (stages/data_files.py)."""
 
     def __init__(self, out_dir: str, *, shard_bytes: int = SHARD_BYTES):
         self.dataset_dir = os.path.join(os.fspath(out_dir), DATASET_NAME, VERSION)
@@ -104,13 +107,20 @@ class Writer:
             self.splits.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=nbytes))
         return sum(lengths)
 
-    def finish(self) -> str:
-        """Writes dataset_info.json and features.json; returns the dataset folder."""
+    def finish(self, marker: Mapping[str, Any] | None = None) -> str:
+        """Writes dataset_info.json and features.json (and `marker`, if given, as ``MARKER`` JSON,
+        last), then moves the folder into place; returns the dataset folder. A folder holding
+        ``MARKER`` is therefore complete: the `data` stage's sign of a finished conversion."""
         if not self.splits:
             raise ValueError(f"{self.tmp_dir}: no split has any record: nothing to write")
         tfds.folder_dataset.write_metadata(
             data_dir=self.tmp_dir, features=FEATURES, split_infos=self.splits, version=VERSION,
             check_data=False, description="grlhfv_jax: prepared preference pairs / prompts (data/files_tfds.py)")
+        if marker is not None:
+            with open(os.path.join(self.tmp_dir, MARKER), "w", encoding="utf-8") as f:
+                json.dump(marker, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
         shutil.rmtree(self.dataset_dir, ignore_errors=True)
         os.replace(self.tmp_dir, self.dataset_dir)
         return self.dataset_dir
