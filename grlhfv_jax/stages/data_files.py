@@ -16,6 +16,8 @@ measures each record's tokens for every stage that reads it and skips, truncates
 or fails on the ones that do not fit (`config.data.too_long`), and writes the kept records, one at
 a time, into a TFDS dataset of sharded array_record files (`data.files_tfds`) under
 `<data dir>/files/`: what `source` hands the later stages (`FilesSource`, read through grain).
+On several hosts only process 0 converts and the others wait for its finished folder; a rerun
+with the same files and options reuses it (notes above `CONVERSION`).
 Stages that need the synthetic world's oracle or its annotations cannot run on files
 (`check_config` says which).
 """
@@ -24,8 +26,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import os
+import threading
+import uuid
 
 from grlhfv_jax import processing
 from grlhfv_jax.config import ConfigError
@@ -212,20 +217,134 @@ def fit(m: Measure, rec: dict, rs: list[Reader], mode: str, split: str) -> tuple
     return None, "skipped"
 
 
+# ----------------------------------------------------------------------------- one converter, many hosts
+#
+# On several hosts every process runs the `data` stage, on a shared filesystem. Only process 0
+# converts; the others wait for its finished dataset. The shared state is the dataset folder itself:
+# `files_tfds.Writer` writes into ``1.0.0.incomplete`` and renames it to ``1.0.0`` only when
+# complete, with ``conversion.json`` (`files_tfds.MARKER`: the cache key, the inputs it was computed
+# from, the summary figures) written last inside it. A folder is taken as finished only when its
+# marker holds the key of this run's inputs, so a half-written folder (a crash mid-conversion) or
+# one converted from other inputs is never read, and a rerun with the same inputs reuses it
+# (processes 0 included) instead of converting again.
+#
+# Why wait by polling that folder rather than at a JAX barrier
+# (`multihost_utils.sync_global_devices`): that barrier is a device collective, held for as long
+# as the conversion takes (minutes to hours) with no timeout of its own, and a process 0 that fails
+# before reaching it leaves the others waiting there; the folder check needs no collective, also
+# serves reruns and processes that start late, and is testable in one process. Process 0 reports in
+# ``<data dir>/files/conversion_status.json``: "converting" (with a heartbeat every `HEARTBEAT_S`),
+# "failed" (with its error) or "done". A waiting process fails at once on a failure process 0
+# reports after it started waiting, and with a TimeoutError naming the folder when that file has not
+# changed for `STALL_S` (process 0 killed, not running the stage, or the data folder not shared).
+
+CONVERSION = 1      # bump when the stage writes something else for the same inputs
+STATUS = "conversion_status.json"
+HEARTBEAT_S = 10.0  # process 0 rewrites its status this often while converting
+STALL_S = 900.0     # a waiting process gives up after its status has not changed for this long
+POLL_S = 2.0        # how often a waiting process looks
+# checkpoint weights next to the tokenizer files: not part of the key (they do not change a token)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt", ".gguf")
+
+
+def _stats(path: str | None, top_only: bool = False) -> list | str:
+    """[name, size, mtime_ns] of `path` (a file) or of every file under it (a folder; names relative
+    to it); "missing" when there is nothing (the conversion then fails saying so)."""
+    if path and os.path.isfile(path):
+        st = os.stat(path)
+        return [[os.path.basename(path), st.st_size, st.st_mtime_ns]]
+    if not path or not os.path.isdir(path):
+        return "missing"
+    out = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            if top_only and name.endswith(WEIGHT_SUFFIXES):
+                continue
+            st = os.stat(full)
+            out.append([os.path.relpath(full, path), st.st_size, st.st_mtime_ns])
+        if top_only:
+            break
+    return out
+
+
+def _plain(x):
+    return x.to_dict() if hasattr(x, "to_dict") else x
+
+
+def conversion_inputs(config, shard_bytes: int | None = None) -> dict:
+    """What the converted dataset depends on: each split's files (name, size, mtime) and options,
+    the length checks (`readers`, `config.data.too_long`), the tokenizer files, `config.image`,
+    `config.grm_template`, the shard size and the stage's version. Paths as configured (the same
+    on every host). Not covered: image files a JSONL file names (touch the JSONL after replacing one)."""
+    from grlhfv_jax.data import files_tfds
+    rs, tok = readers(config), tokenizer_dir(config)
+    splits = {split: {"path": spec.path, "format": spec.format, "fields": spec.fields, "on_bad": spec.on_bad,
+                      "limit": spec.limit, "files": _stats(spec.path),
+                      "readers": [dataclasses.asdict(r) for r in rs.get(split, [])]}
+              for split, spec in sorted(config.data.files.items())}
+    return {"conversion": CONVERSION, "tfds_version": files_tfds.VERSION, "splits": splits,
+            "too_long": config.data.too_long, "tokenizer": {"dir": tok, "files": _stats(tok, top_only=True)},
+            "image": _plain(config.image), "grm_template": config.grm_template,
+            "shard_bytes": files_tfds.SHARD_BYTES if shard_bytes is None else int(shard_bytes)}
+
+
+def conversion_key(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):   # absent, or being replaced
+        return None
+
+
+def _write_json(path: str, obj) -> None:
+    """Through a temporary file and a rename: readers on any host see the old or the new file."""
+    tmp = f"{path}.tmp.{uuid.uuid4().hex}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def finished(dataset_dir: str, key: str) -> dict | None:
+    """The marker of a complete dataset converted from inputs with `key`, else None."""
+    from grlhfv_jax.data import files_tfds
+    marker = _read_json(os.path.join(dataset_dir, files_tfds.MARKER))
+    return marker if isinstance(marker, dict) and marker.get("key") == key else None
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _differs(a: dict | None, b: dict) -> str:
+    fa, fb = _flat(a), _flat(json.loads(json.dumps(b, default=str)))
+    return ", ".join(sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))[:8]) or "?"
+
+
 # ----------------------------------------------------------------------------- the stage
 
 
-def run(config, workdir: str, data_dir: str, *, shard_bytes: int | None = None) -> dict:
-    """Reads, checks and converts every configured split (module docstring), one record at a time;
-    writes `workdir/data_paths.json`; returns the summary figures: per split ``data/<split>/records``,
-    bad-record counts, ``too_long_*`` counts. `shard_bytes`: array_record shard size (files_tfds.SHARD_BYTES)."""
+def _convert(config, out_dir: str, marker: dict, shard_bytes: int | None) -> dict:
+    """Reads, checks and writes every split (module docstring); returns `marker` with the summary
+    figures and record counts added, as written into the finished folder."""
     from grlhfv_jax.data import files_tfds
     from grlhfv_jax.stages import common
-    tok_dir = tokenizer_dir(config)
-    codec = common.Codec.from_dirs(tok_dir, config.image, config.grm_template or None)
+    codec = common.Codec.from_dirs(tokenizer_dir(config), config.image, config.grm_template or None)
     m = Measure(codec)
-    writer = files_tfds.Writer(os.path.join(data_dir, "files"),
-                               **({} if shard_bytes is None else {"shard_bytes": shard_bytes}))
+    writer = files_tfds.Writer(out_dir, **({} if shard_bytes is None else {"shard_bytes": shard_bytes}))
     rs_by_split, summary, counts_out = readers(config), {}, {}
     for split, spec in sorted(config.data.files.items()):
         recs, bad = fs.iter_split(split, fs.SplitFiles(spec.path, spec.format, spec.fields, spec.on_bad, spec.limit))
@@ -255,12 +374,108 @@ def run(config, workdir: str, data_dir: str, *, shard_bytes: int | None = None) 
             raise ValueError(f"data split '{split}' ({spec.path}): no record left to read "
                              f"({json.dumps({k: v for k, v in summary.items() if k.startswith(f'data/{split}/')})})")
         print(f"[data] {split}: {n} records from {spec.path}", flush=True)
-    dataset_dir = writer.finish()
-    print(f"[data] converted to {dataset_dir}", flush=True)
-    with open(os.path.join(workdir, "data_paths.json"), "w") as f:
-        json.dump({"kind": "files", "data_dir": data_dir, "tokenizer_dir": tok_dir, "dataset_dir": dataset_dir,
-                   "splits": counts_out}, f, indent=2)
-    return summary
+    marker = dict(marker, summary=summary, splits=counts_out)
+    writer.finish(marker)
+    return marker
+
+
+def _convert_reporting(config, out_dir: str, marker: dict, shard_bytes, heartbeat_s: float) -> dict:
+    """`_convert` on process 0, reporting in `STATUS` (converting with a heartbeat, failed, done)."""
+    path = os.path.join(out_dir, STATUS)
+    os.makedirs(out_dir, exist_ok=True)
+    base = {"key": marker["key"], "attempt": uuid.uuid4().hex, "inputs": marker["inputs"]}
+    _write_json(path, dict(base, state="converting", beat=0))
+    stop = threading.Event()
+
+    def beat():
+        n = 0
+        while not stop.wait(heartbeat_s):
+            n += 1
+            _write_json(path, dict(base, state="converting", beat=n))
+
+    t = threading.Thread(target=beat, name="data-heartbeat", daemon=True)
+    t.start()
+    try:
+        done = _convert(config, out_dir, marker, shard_bytes)
+    except BaseException as e:
+        stop.set()
+        t.join()
+        _write_json(path, dict(base, state="failed", error=f"{type(e).__name__}: {e}"))
+        raise
+    stop.set()
+    t.join()
+    _write_json(path, dict(base, state="done"))
+    return done
+
+
+def _wait_for_process_0(out_dir: str, dataset_dir: str, key: str, inputs: dict, process_index: int, *,
+                        stall_s: float, poll_s: float) -> dict:
+    """Process `process_index` > 0: the marker of process 0's finished dataset for `key`
+    (module notes above); RuntimeError or TimeoutError naming the folder when none comes."""
+    import time
+    path = os.path.join(out_dir, STATUS)
+    first = _read_json(path)   # what an earlier run left there is not news of this one
+    seen, since = first, time.monotonic()
+    print(f"[data] process {process_index}: waiting for process 0 to convert the splits into {dataset_dir}",
+          flush=True)
+    while True:
+        done = finished(dataset_dir, key)
+        if done is not None:
+            return done
+        st = _read_json(path)
+        if st != seen:
+            seen, since = st, time.monotonic()
+        if isinstance(st, dict) and st != first:
+            if st.get("key") != key:
+                raise RuntimeError(
+                    f"process 0 converts into {dataset_dir} from other inputs than process {process_index} sees "
+                    f"(key {st.get('key')} vs {key}; they differ at: {_differs(st.get('inputs'), inputs)}): every "
+                    "host must see the same files and config (a shared filesystem)")
+            if st.get("state") == "failed":
+                raise RuntimeError(f"process 0 failed converting the splits into {dataset_dir} (nothing finished "
+                                   f"there for these inputs): {st.get('error')}")
+        if time.monotonic() - since > stall_s:
+            last = "none" if st is None else f"{st.get('state')!r}, key {st.get('key')}" + (
+                " (left by an earlier run)" if st == first else "")
+            raise TimeoutError(
+                f"process {process_index}: no finished dataset for these inputs (key {key}) in {dataset_dir} and no "
+                f"sign of process 0 converting in {path} for {stall_s:.0f} s (its last status: {last}): is process 0 "
+                "running the 'data' stage, did it fail (see its log), is the data folder on a filesystem every host "
+                "sees? Converting once on one host (--config.stages=\"['data']\") also works")
+        time.sleep(poll_s)
+
+
+def run(config, workdir: str, data_dir: str, *, shard_bytes: int | None = None, process_index: int | None = None,
+        process_count: int | None = None, stall_s: float = STALL_S, poll_s: float = POLL_S,
+        heartbeat_s: float = HEARTBEAT_S) -> dict:
+    """Converts every configured split (module docstring) into ``<data_dir>/files`` unless a finished
+    conversion of the same inputs is there (`conversion_inputs`); only process 0 converts, the
+    others wait for it (notes above `CONVERSION`). Writes `workdir/data_paths.json`; returns the
+    summary figures of the conversion: per split ``data/<split>/records``, bad-record counts,
+    ``too_long_*`` counts. `shard_bytes`: array_record shard size (files_tfds.SHARD_BYTES);
+    `process_index` / `process_count`: default jax's."""
+    from grlhfv_jax.data import files_tfds
+    if process_index is None or process_count is None:
+        import jax
+        process_index, process_count = jax.process_index(), jax.process_count()
+    out_dir = os.path.join(data_dir, "files")
+    dataset_dir = os.path.join(out_dir, files_tfds.DATASET_NAME, files_tfds.VERSION)
+    inputs = conversion_inputs(config, shard_bytes)
+    key = conversion_key(inputs)
+    done = finished(dataset_dir, key)
+    if done is not None:
+        print(f"[data] {dataset_dir} holds these splits converted from the same files and options "
+              f"(key {key}): not converting again ({done['splits']} records)", flush=True)
+    elif process_index == 0:
+        done = _convert_reporting(config, out_dir, {"key": key, "inputs": inputs}, shard_bytes, heartbeat_s)
+        print(f"[data] converted to {dataset_dir} (key {key})", flush=True)
+    else:
+        done = _wait_for_process_0(out_dir, dataset_dir, key, inputs, process_index, stall_s=stall_s, poll_s=poll_s)
+        print(f"[data] process {process_index}: process 0 converted the splits into {dataset_dir}", flush=True)
+    _write_json(os.path.join(workdir, "data_paths.json"),
+                {"kind": "files", "data_dir": data_dir, "tokenizer_dir": tokenizer_dir(config),
+                 "dataset_dir": dataset_dir, "splits": done["splits"]})
+    return dict(done["summary"])
 
 
 def source(paths: dict, read_threads: int = 0) -> fs.FilesSource:
