@@ -181,7 +181,7 @@ def test_a_crash_mid_conversion_leaves_nothing_finished_and_a_rerun_converts(tok
     assert files_tfds.MARKER not in partial and "dataset_info.json" not in partial
     _check_records(dataset_dir, old)
     # a process 1 that starts after the failure does not read the old dataset either
-    with pytest.raises(TimeoutError, match=r"'failed'.*left by an earlier run"):
+    with pytest.raises(TimeoutError, match=r"'failed', key \w+: OSError: disk full \(test\).*already there when"):
         _run(cfg, tmp_path, 1, stall_s=0.5, poll_s=0.05)
     # rerun: converts cleanly
     writes.fail_after.clear()

@@ -435,8 +435,10 @@ def _wait_for_process_0(out_dir: str, dataset_dir: str, key: str, inputs: dict, 
                 raise RuntimeError(f"process 0 failed converting the splits into {dataset_dir} (nothing finished "
                                    f"there for these inputs): {st.get('error')}")
         if time.monotonic() - since > stall_s:
-            last = "none" if st is None else f"{st.get('state')!r}, key {st.get('key')}" + (
-                " (left by an earlier run)" if st == first else "")
+            last = "none" if not isinstance(st, dict) else f"{st.get('state')!r}, key {st.get('key')}" + (
+                f": {st.get('error')}" if st.get("state") == "failed" else "") + (
+                " (already there when this process began waiting: an earlier run's, or process 0 stopped before "
+                "then)" if st == first else "")
             raise TimeoutError(
                 f"process {process_index}: no finished dataset for these inputs (key {key}) in {dataset_dir} and no "
                 f"sign of process 0 converting in {path} for {stall_s:.0f} s (its last status: {last}): is process 0 "
