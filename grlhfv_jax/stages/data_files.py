@@ -230,9 +230,9 @@ def fit(m: Measure, rec: dict, rs: list[Reader], mode: str, split: str) -> tuple
 #
 # Why wait by polling that folder rather than at a JAX barrier
 # (`multihost_utils.sync_global_devices`): that barrier is a device collective, held for as long
-# as the conversion takes (minutes to hours) with no timeout of its own, and a process 0 that fails
-# before reaching it leaves the others waiting there; the folder check needs no collective, also
-# serves reruns and processes that start late, and is testable in one process. Process 0 reports in
+# as the conversion takes (minutes to hours) with no timeout of its own, and the others go on only
+# once a failed process 0 reaches it too or is found dead; the folder check needs no collective,
+# also serves reruns and processes that start late, and is testable in one process. Process 0 reports in
 # ``<data dir>/files/conversion_status.json``: "converting" (with a heartbeat every `HEARTBEAT_S`),
 # "failed" (with its error) or "done". A waiting process fails at once on a failure process 0
 # reports after it started waiting, and with a TimeoutError naming the folder when that file has not
