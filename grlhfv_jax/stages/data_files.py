@@ -472,6 +472,8 @@ def run(config, workdir: str, data_dir: str, *, shard_bytes: int | None = None, 
         done = _convert_reporting(config, out_dir, {"key": key, "inputs": inputs}, shard_bytes, heartbeat_s)
         print(f"[data] converted to {dataset_dir} (key {key})", flush=True)
     else:
+        if not 0 < process_index < process_count:
+            raise ValueError(f"process_index {process_index} is not one of the {process_count} processes")
         done = _wait_for_process_0(out_dir, dataset_dir, key, inputs, process_index, stall_s=stall_s, poll_s=poll_s)
         print(f"[data] process {process_index}: process 0 converted the splits into {dataset_dir}", flush=True)
     _write_json(os.path.join(workdir, "data_paths.json"),
