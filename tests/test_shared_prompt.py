@@ -52,11 +52,11 @@ def batch():
     b["old_logp"] = (-3.0 + 0.3 * rng.normal(size=mask.shape) * mask).astype(np.float32) * mask
     b["ref_logp"] = (b["old_logp"] + 0.1 * rng.normal(size=mask.shape) * mask).astype(np.float32)
     b["advantages"] = rng.normal(size=P * G).astype(np.float32)
-    return b, Tp
+    return b, Tp, prompts
 
 
 def test_shared_prompt_hidden_equals_the_full_forward(batch):
-    b, Tp = batch
+    b, Tp, _ = batch
     for remat in (False, True):
         model = _model(remat=remat)
         pos, _ = model.rope_index(b["input_ids"], b["attention_mask"], b["image_grid_thw"])
@@ -72,7 +72,7 @@ def test_shared_prompt_hidden_equals_the_full_forward(batch):
 
 
 def test_compute_logprobs_with_shared_prompts_equals_per_row(batch):
-    b, Tp = batch
+    b, Tp, _ = batch
     model = _model()
     keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start")
     jb = {k: jnp.asarray(b[k]) for k in keys}
@@ -88,7 +88,7 @@ def test_compute_logprobs_with_shared_prompts_equals_per_row(batch):
 def test_grpo_step_with_shared_prompts_equals_per_row(batch):
     """The same loss, metrics and SGD update (vision tower trained too: its gradient arrives through
     each group's first row only, summed)."""
-    b, _ = batch
+    b, _, _ = batch
     jb = {k: jnp.asarray(v) for k, v in b.items()}
     runs = []
     for group in (1, G):
@@ -107,3 +107,25 @@ def test_grpo_step_with_shared_prompts_equals_per_row(batch):
     with pytest.raises(ValueError, match="whole groups of 3"):
         steps.grpo_step(steps.TrainState(_model(), optax.sgd(1.0)), jb, steps.GRPOConfig(num_micro_batches=2),
                         window=R, group=3)
+
+
+def test_group_first_images_are_the_prompts_own(batch):
+    """`model.group_first_images` undoes `trainers.grpo.repeat_rows`: the pixels and grid of each
+    group's first row are exactly the P prompts' own (images of four sizes), so the tower encodes
+    N / G patches; padding patches past the grid total and zero grid rows are left out."""
+    b, _, prompts = batch
+    model = _model()
+    pv, grid = model.group_first_images(b["input_ids"], b["pixel_values"], b["image_grid_thw"], G)
+    np.testing.assert_array_equal(np.asarray(grid), prompts["image_grid_thw"])
+    np.testing.assert_array_equal(np.asarray(pv), prompts["pixel_values"])
+    # a padded batch (fixed shapes): 8 patches past the grid total and a zero grid row per group
+    n_pad = G * 4
+    padded_pv = np.concatenate([b["pixel_values"], np.ones((n_pad, b["pixel_values"].shape[1]), np.float32)])
+    padded_grid = np.concatenate([b["image_grid_thw"], np.zeros((G, 3), np.int32)])
+    pv, grid = model.group_first_images(b["input_ids"], padded_pv, padded_grid, G)
+    real = int(np.prod(prompts["image_grid_thw"], axis=1).sum())
+    np.testing.assert_array_equal(np.asarray(grid)[:P], prompts["image_grid_thw"])
+    assert not np.asarray(grid)[P:].any() and pv.shape[0] == padded_pv.shape[0] // G
+    np.testing.assert_array_equal(np.asarray(pv)[:real], prompts["pixel_values"])
+    with pytest.raises(ValueError, match="runs of 3 rows"):
+        model.group_first_images(b["input_ids"], b["pixel_values"], b["image_grid_thw"], 3)

@@ -145,12 +145,29 @@ def _has_images(batch) -> bool:
     return batch.get("pixel_values") is not None
 
 
-def _plan(model, batch, m: int):
-    """(micro-batches with position_ids and image offsets, image-embedding function or None)."""
+def _per_group(model, batch, group: int) -> bool:
+    """Whether the images are encoded once per run of `group` rows (rows that share their prompt,
+    `model.group_first_images`) instead of once per row."""
+    return group > 1 and _has_images(batch) and hasattr(model, "group_first_images")
+
+
+def _images(model, batch, group: int = 1):
+    """(pixel_values, image_grid_thw) the vision tower encodes: every row's, or with `_per_group` the
+    first row's of each run of `group` (the others repeat its prompt: G times fewer patches)."""
+    pv, grid = jnp.asarray(batch["pixel_values"]), jnp.asarray(batch["image_grid_thw"])
+    if _per_group(model, batch, group):
+        return model.group_first_images(batch["input_ids"], pv, grid, group)
+    return pv, grid
+
+
+def _plan(model, batch, m: int, group: int = 1):
+    """Micro-batches with position_ids and image offsets (into the embeddings of `_images`)."""
     ids = jnp.asarray(batch["input_ids"])
     b, t = ids.shape
     if b % m:
         raise ValueError(f"{b} rows do not split into num_micro_batches={m} equal micro-batches")
+    if group > 1 and (b // m) % group:
+        raise ValueError(f"a micro-batch of {b // m} rows does not hold whole groups of {group}")
     am = batch.get("attention_mask")
     am = jnp.ones((b, t), jnp.int32) if am is None else jnp.asarray(am)
     grid = batch.get("image_grid_thw") if _has_images(batch) else None
@@ -160,7 +177,10 @@ def _plan(model, batch, m: int):
     pos = pos.reshape(pos.shape[:-2] + (m, b // m, t))
     mbs["position_ids"] = jnp.moveaxis(pos, -3, 0)
     if grid is not None:
-        counts = jnp.sum(model.image_token_mask(ids), axis=1).reshape(m, b // m).sum(1)
+        tokens = jnp.sum(model.image_token_mask(ids), axis=1)
+        if _per_group(model, batch, group):   # only each run's first row has its images encoded
+            tokens = jnp.where(jnp.arange(b) % group == 0, tokens, 0)
+        counts = tokens.reshape(m, b // m).sum(1)
         mbs["image_offset"] = (jnp.cumsum(counts) - counts).astype(jnp.int32)
     return mbs
 
@@ -169,23 +189,23 @@ def _micro_embeds(padded, mb, n):
     return None if padded is None else jax.lax.dynamic_slice_in_dim(padded, mb["image_offset"], n, axis=0)
 
 
-def _accumulate_grads(model, batch, m: int, micro_loss, vision_grads: bool = True):
+def _accumulate_grads(model, batch, m: int, micro_loss, vision_grads: bool = True, group: int = 1):
     """Sum over micro-batches of grad(micro_loss) w.r.t. the model's nnx.Params.
 
     micro_loss(model, mb, image_embeds) -> (loss, metrics); the caller scales it so the sum over
     micro-batches is the mini-batch loss. vision_grads=False: the image embeddings are constants
-    (a frozen tower: no backward pass through it; its gradients are 0).
+    (a frozen tower: no backward pass through it; its gradients are 0). group: rows share their
+    prompt in runs of `group` (`_images`: the tower encodes each prompt's images once).
     Returns (loss, grads State, summed metrics)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    mbs = _plan(model, batch, m)
+    mbs = _plan(model, batch, m, group)
 
     def f(p, mb, emb):
         return micro_loss(nnx.merge(graphdef, p, rest), mb, emb)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     if _has_images(batch) and not vision_grads:
-        embeds = jax.lax.stop_gradient(model.encode_images(jnp.asarray(batch["pixel_values"]),
-                                                           jnp.asarray(batch["image_grid_thw"])))
+        embeds = jax.lax.stop_gradient(model.encode_images(*_images(model, batch, group)))
         n = embeds.shape[0]
         padded = jnp.concatenate([embeds, jnp.zeros_like(embeds)], axis=0)
 
@@ -195,7 +215,7 @@ def _accumulate_grads(model, batch, m: int, micro_loss, vision_grads: bool = Tru
 
         grads, (losses, mets) = jax.lax.scan(body, zeros, mbs)
     elif _has_images(batch):
-        pv, grid = jnp.asarray(batch["pixel_values"]), jnp.asarray(batch["image_grid_thw"])
+        pv, grid = _images(model, batch, group)
         embeds, enc_vjp = jax.vjp(lambda p: nnx.merge(graphdef, p, rest).encode_images(pv, grid), params)
         n = embeds.shape[0]
         padded = jnp.concatenate([embeds, jnp.zeros_like(embeds)], axis=0)
@@ -221,13 +241,13 @@ def _accumulate_grads(model, batch, m: int, micro_loss, vision_grads: bool = Tru
     return jnp.sum(losses), grads, jax.tree.map(lambda x: jnp.sum(x, axis=0), mets)
 
 
-def _forward_micro(model, batch, m: int, fn):
+def _forward_micro(model, batch, m: int, fn, group: int = 1):
     """fn(model, mb, image_embeds) -> pytree with leading dim B/m, for each micro-batch (no grad);
-    returns it with the micro-batches joined back into [B, ...]."""
-    mbs = _plan(model, batch, m)
+    returns it with the micro-batches joined back into [B, ...]. group: as `_accumulate_grads`."""
+    mbs = _plan(model, batch, m, group)
     padded, n = None, 0
     if _has_images(batch):
-        embeds = model.encode_images(jnp.asarray(batch["pixel_values"]), jnp.asarray(batch["image_grid_thw"]))
+        embeds = model.encode_images(*_images(model, batch, group))
         n = embeds.shape[0]
         padded = jnp.concatenate([embeds, jnp.zeros_like(embeds)], axis=0)
     graphdef, state = nnx.split(model)
@@ -258,8 +278,9 @@ def _window_hidden(model, mb, emb, window: int, group: int = 1):
         b = mb["input_ids"].shape[0]
         if b % group:
             raise ValueError(f"a micro-batch of {b} rows does not hold whole groups of {group}")
+        kw = dict(group_images=True) if emb is not None and hasattr(model, "group_first_images") else {}
         h = model.shared_prompt_hidden(mb["input_ids"], mb["attention_mask"], group=group, prompt_len=T - window,
-                                       position_ids=mb["position_ids"], image_embeds=emb)
+                                       position_ids=mb["position_ids"], image_embeds=emb, **kw)
         return h, cols, valid
     h = _forward(model, mb, emb, return_hidden=True)
     return gather_columns(h, cols - 1), cols, valid
@@ -323,7 +344,7 @@ def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig(), wi
                          entropy=ent, denominator=denom)
 
     _, grads, metrics = _accumulate_grads(state.model, batch, cfg.num_micro_batches, micro_loss,
-                                         vision_grads=not state.frozen_vision)
+                                         vision_grads=not state.frozen_vision, group=group)
     metrics["response_length_mean"] = jnp.mean(jnp.sum(mask, axis=1))
     return state, _apply(state, grads, metrics)
 
@@ -341,7 +362,7 @@ def compute_logprobs(model, batch: dict, temperature: float = 1.0, num_micro_bat
         lp, ent = _aligned(model, mb, emb, window, temperature, with_entropy, group)
         return (lp, ent) if with_entropy else lp
 
-    return _forward_micro(model, batch, num_micro_batches, fn)
+    return _forward_micro(model, batch, num_micro_batches, fn, group)
 
 
 @functools.partial(nnx.jit, static_argnames=("average", "num_micro_batches"))

@@ -158,6 +158,32 @@ class Qwen2VL(nnx.Module):
         """[B, T] bool: the placeholder tokens that image embeddings replace (in row order)."""
         return jnp.asarray(input_ids) == self.config.image_token_id
 
+    def group_first_images(self, input_ids, pixel_values, image_grid_thw, group: int):
+        """The images of the first row of each run of `group` rows: (pixel_values [N / group, D],
+        image_grid_thw [n / group, 3]), static sizes. For rows that repeat their prompt in runs of
+        `group` (a prompt and its G sampled responses; `shared_prompt_hidden` with
+        group_images=True): the vision tower then encodes each prompt's images once, not G times.
+        Rows hold their images in row order (as `processing.collate` gives them); an image belongs
+        to the row holding its first <|image_pad|> token. Patches past the grid total and grid
+        rows of zeros (padding) are kept out; the output's own padding is zero grid rows and
+        patches past its grid total."""
+        G = int(group)
+        pv, grid = jnp.asarray(pixel_values), jnp.asarray(image_grid_thw).astype(jnp.int32)
+        N, n = pv.shape[0], grid.shape[0]
+        if N % G or n % G:
+            raise ValueError(f"group_first_images: {n} images of {N} patches do not split into runs of {G} rows")
+        patches = jnp.prod(grid, axis=1)                                              # [n]
+        tokens = patches // self.config.spatial_merge_size ** 2
+        row_end = jnp.cumsum(jnp.sum(self.image_token_mask(input_ids), axis=1))      # [B]
+        row = jnp.searchsorted(row_end, jnp.cumsum(tokens) - tokens, side="right")  # row of each image
+        keep = (row % G == 0) & (patches > 0)
+        img = jnp.nonzero(keep, size=n // G, fill_value=n)[0]
+        grid_g = jnp.where((img < n)[:, None], grid[jnp.minimum(img, n - 1)], 0)
+        owner = jnp.repeat(jnp.arange(n), patches, total_repeat_length=N)
+        real = jnp.arange(N) < jnp.sum(patches)
+        idx = jnp.nonzero(keep[owner] & real, size=N // G, fill_value=0)[0]
+        return pv[idx], grid_g
+
     def encode_images(self, pixel_values, image_grid_thw):
         """pixel_values [N, C*t*p*p] (as Qwen2VLImageProcessor), image_grid_thw [n, 3]
         -> image embeddings [N / merge^2, hidden] in the compute dtype."""
@@ -281,7 +307,7 @@ class Qwen2VL(nnx.Module):
         return out if cache is None else (out, new_cache)
 
     def shared_prompt_hidden(self, input_ids, attention_mask, *, group: int, prompt_len: int, position_ids,
-                             image_embeds=None):
+                             image_embeds=None, group_images: bool = False):
         """Rows in runs of ``group`` that share their first ``prompt_len`` columns (a prompt and its
         G sampled responses, as GRPO trains them): the final hidden states ``[B, R, H]`` at columns
         ``prompt_len - 1 .. T - 2``, those whose logits predict the response columns
@@ -290,7 +316,8 @@ class Qwen2VL(nnx.Module):
         run once per group instead of G times (the prompt's tokens attend only to the prompt).
 
         input_ids / attention_mask [B, T]; position_ids [3, B, T]; image_embeds as `__call__`
-        (the images of all B rows, in row order; the prompt's come from its group's first row)."""
+        (the images of all B rows, in row order; the prompt's come from its group's first row), or
+        with `group_images` those of each group's first row only (`group_first_images`)."""
         cfg = self.config
         input_ids = jnp.asarray(input_ids).astype(jnp.int32)
         B, T = input_ids.shape
@@ -299,12 +326,16 @@ class Qwen2VL(nnx.Module):
             raise ValueError(f"shared_prompt_hidden: {B} rows in groups of {G}, prompt_len {Tp} of {T} columns")
         P, R = B // G, T - Tp
         am = jnp.asarray(attention_mask).astype(bool)
-        x = self.embed(input_ids, image_embeds=image_embeds)
         flat = lambda a: jnp.concatenate([a[::G, :Tp].reshape((P * Tp,) + a.shape[2:]),
                                           a[:, Tp:].reshape((B * R,) + a.shape[2:])], axis=0)
+        if group_images:   # the prompts' tokens with their images; the responses hold no image
+            x = jnp.concatenate([self.embed(input_ids[::G, :Tp], image_embeds=image_embeds).reshape(P * Tp, -1),
+                                 self.embed(input_ids[:, Tp:]).reshape(B * R, -1)], axis=0)
+        else:
+            x = flat(self.embed(input_ids, image_embeds=image_embeds))
         pos = jnp.asarray(position_ids)
         cos, sin = mrope_cos_sin(pos, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, cfg.dtype)
-        cos, sin, x = flat(cos), flat(sin), flat(x)
+        cos, sin = flat(cos), flat(sin)
         causal_p = jnp.arange(Tp)[None, :] <= jnp.arange(Tp)[:, None]
         mask_p = am[::G, None, :Tp] & causal_p[None]
         mask_r = am[:, None, :] & (jnp.arange(T)[None, :] <= (Tp + jnp.arange(R))[:, None])[None]
