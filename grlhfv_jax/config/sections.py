@@ -180,7 +180,7 @@ POLICY_RL = {
     "grm_path": Key("str?", None, "GRM folder to judge with (None: workdir/grm_rl/grm)"),
     "judge_prompts_per_call": Key("int", 16, "prompt groups (n(n-1) pairs each with pairs='both') the GRM judges "
                                              "per call (reward='grm'; memory only: that call's prefill and KV "
-                                             "cache; the same greedy judgments)"),
+                                             "cache; the same judgments at any size, greedy or sampled)"),
     "score_rows_per_call": Key("int", 320, "answers the RM scores per call (reward='rm'; memory only, the same "
                                            "scores)"),
     **GRPO, **OPTIMIZER, **_logging(5, 25),
