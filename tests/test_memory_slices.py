@@ -43,8 +43,8 @@ MAX_LEN = 128   # GRM prompt tokens (~110: the tiny template, an image of 4 toke
 
 
 @pytest.fixture(scope="module")
-def tiny_grm(tmp_path_factory):
-    """A tiny random Qwen2-VL GRM, its tokenizer (trained on GRM-like text) and a codec."""
+def tiny_codec(tmp_path_factory):
+    """A codec on a tokenizer trained on GRM-like text, and the HF config of a tiny Qwen2-VL on it."""
     import tiny_models as tm  # tests/ is on sys.path
     from grlhfv_jax.data.tokenizer import train_tokenizer
     from grlhfv_jax.stages import common
@@ -57,7 +57,41 @@ def tiny_grm(tmp_path_factory):
     cfg = tm.tiny_hf_config("qwen2_vl", text={"vocab_size": ids["vocab_size"]}).to_dict()
     for k in ("image_token_id", "vision_start_token_id", "vision_end_token_id", "video_token_id"):
         cfg[k] = ids[k]
+    return codec, cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_grm(tiny_codec):
+    """A tiny random Qwen2-VL GRM and its codec."""
+    codec, cfg = tiny_codec
     return models.from_config(cfg, rngs=nnx.Rngs(3)), codec
+
+
+def test_rm_evaluation_scores_in_calls_of_the_call_size(tiny_codec, monkeypatch):
+    """rm_scores (the score-only RM's accuracy evaluation, `eval_rows` items per call) on 5 items:
+    calls of 2 and 3 items give the scores of one call, and every call has the call size (the last
+    one filled up with copies of the last item: one compiled shape)."""
+    codec, cfg = tiny_codec
+    rm = models.from_config(cfg, rngs=nnx.Rngs(4), scalar_head=True)
+    rng = np.random.default_rng(1)
+    img = [rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(3)]
+    items = [("What color is the shape?", img[0], "It is green."), ("What color is the shape?", img[0], "Red."),
+             ("Where is it?", img[1], "The blue square is above it."), ("Where is it?", img[1], "Small."),
+             ("Which is better?", img[2], "Response 1 is better.")]
+    whole = judging.rm_scores(rm, codec, items, rows=8, max_len=MAX_LEN)    # 5 items <= 8: one call
+    assert whole.shape == (5,) and np.std(whole) > 0
+    shapes, scores = [], judging._scores
+
+    def recording(model, b):
+        shapes.append(tuple(b["input_ids"].shape))
+        return scores(model, b)
+    monkeypatch.setattr(judging, "_scores", recording)
+    for rows in (2, 3):                       # calls of 2, 2, 1 (+1 fill) and of 3, 2 (+1 fill) items
+        shapes.clear()
+        got = judging.rm_scores(rm, codec, items, rows=rows, max_len=MAX_LEN)
+        np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-6)
+        assert shapes == [(rows, MAX_LEN)] * -(-5 // rows), f"calls of {rows} items: {shapes}"
+    assert judging.rm_scores(rm, codec, [], rows=2, max_len=MAX_LEN).shape == (0,)
 
 
 def test_sampled_judgments_do_not_depend_on_the_judging_call_size(tiny_grm):

@@ -155,6 +155,19 @@ def _scores(model, batch):
 SCORE_ROWS = 320   # rows per scoring call by default (policy_rl_rm.score_rows_per_call sets it in a GRPO step)
 
 
+def _filled_calls(total: int, rows: int):
+    """(indices, real) of each call over `total` rows in calls of `rows`: at most `rows` rows are one
+    call of their own size; more are calls of exactly `rows`, a short last one filled with copies of
+    the last row (index total - 1) whose outputs the caller drops (keeps the first `real`): every call
+    has one row count (one compiled shape, the same memory). No rows: no calls."""
+    if 0 < total <= rows:
+        yield np.arange(total), total
+        return
+    for start in range(0, total, rows):
+        real = min(rows, total - start)
+        yield np.concatenate([np.arange(start, start + real), np.full(rows - real, total - 1)]), real
+
+
 def score_batch(rm, batch: dict, rows: int | None = None) -> np.ndarray:
     """Scalar-head scores [B] of a ready batch (input_ids, attention_mask, pixel_values, image_grid_thw),
     its rows split over the model's mesh (`trainers.loop.place_batch`), `rows` (default SCORE_ROWS:
@@ -169,9 +182,7 @@ def score_batch(rm, batch: dict, rows: int | None = None) -> np.ndarray:
         return np.asarray(_scores(rm, loop.place_batch(rm, batch)))
     tok, merge = rm.config.image_token_id, rm.config.spatial_merge_size
     out = []
-    for start in range(0, B, rows):
-        real = min(rows, B - start)
-        idx = np.concatenate([np.arange(start, start + real), np.full(rows - real, B - 1)])  # the tail: filled
+    for idx, real in _filled_calls(B, rows):
         part = learner.select_rows(batch, idx, image_token_id=tok, merge_size=merge)
         if "image_grid_thw" in part and not np.asarray(part["image_grid_thw"]).size:   # a slice without images
             part = {k: v for k, v in part.items() if k not in ("pixel_values", "image_grid_thw")}
@@ -180,15 +191,17 @@ def score_batch(rm, batch: dict, rows: int | None = None) -> np.ndarray:
 
 
 def rm_scores(rm, codec, items: Sequence[tuple], *, rows: int, max_len: int) -> np.ndarray:
-    """Score-only RM reward for each (question, image, response) item: [len(items)] float."""
+    """Score-only RM reward for each (question, image, response) item: [len(items)] float, in calls
+    of `rows` items padded to `max_len` tokens; more than `rows` items: a short last call is filled
+    with copies of the last item (scores dropped, as in `score_batch`): one compiled shape."""
     out = []
-    for start in range(0, len(items), rows):
-        chunk = items[start:start + rows]
-        ex = [codec.example(q, img, resp) for q, img, resp in chunk]
-        b = common.batch(ex, codec, side="right", max_len=max_len)
+    for idx, real in _filled_calls(len(items), int(rows)):
+        start = int(idx[0])
+        ex = [codec.example(q, img, resp) for q, img, resp in items[start:start + real]]  # each item once
+        b = common.batch([ex[i - start] for i in idx], codec, side="right", max_len=max_len)
         b.pop("valid")
         b.pop("loss_mask")
-        out.append(score_batch(rm, b)[:len(chunk)])
+        out.append(score_batch(rm, b, rows=len(idx))[:real])   # one call of this chunk's rows
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
