@@ -52,16 +52,33 @@ def _config_diff(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if k != "stages" and a.get(k) != b.get(k))
 
 
-def prepare_workdir(config, workdir: str, restart: bool) -> dict:
-    """Creates or re-opens `workdir`; returns its run state ({"stages": {name: {...}}})."""
+def _is_main_process() -> bool:
+    """Process 0 of a multi-host run (the only one a single-host run has): the one that writes the
+    workdir's run files, the workdir being shared by every process."""
+    import jax
+    return jax.process_index() == 0
+
+
+def _write_run_state(workdir: str, state: dict) -> None:
     from grlhfv_jax.metrics import write_json_atomic
+    if _is_main_process():
+        write_json_atomic(os.path.join(workdir, RUN_STATE), state)
+
+
+def prepare_workdir(config, workdir: str, restart: bool) -> dict:
+    """Creates or re-opens `workdir`; returns its run state ({"stages": {name: {...}}}).
+
+    Several processes share the workdir: only process 0 deletes a previous run (`restart`) and
+    writes run_state.json and config.json (each through a temporary file and a rename); the others
+    read a previous run's state (none under `restart`) and write nothing."""
     cfg = json.loads(config.to_json_best_effort())
     path = os.path.join(workdir, RUN_STATE)
-    if os.path.exists(path) and restart:
+    main = _is_main_process()
+    if main and restart and os.path.exists(path):
         print(f"--restart: deleting the previous run in {workdir}", flush=True)
         shutil.rmtree(workdir)
     os.makedirs(workdir, exist_ok=True)
-    if os.path.exists(path):
+    if not restart and os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             state = json.load(f)
         diff = _config_diff(state["config"], cfg)
@@ -72,16 +89,20 @@ def prepare_workdir(config, workdir: str, restart: bool) -> dict:
     else:
         state = {"config": cfg, "stages": {}}
     state["config"] = cfg
-    write_json_atomic(path, state)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    _write_run_state(workdir, state)
+    if main:
+        target = os.path.join(workdir, "config.json")
+        tmp = f"{target}.tmp.{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2))
+        os.replace(tmp, target)
     return state
 
 
 def run(config, workdir: str, restart: bool = False) -> dict:
     """Validates `config`, then runs its stages in order. Returns the summary dict."""
     from grlhfv_jax import stages
-    from grlhfv_jax.metrics import MetricsWriter, update_summary, write_json_atomic
+    from grlhfv_jax.metrics import MetricsWriter, update_summary
 
     full = stages.validate(config)  # before any compilation: errors name the key; defaults filled in
     state = prepare_workdir(config, workdir, restart)  # records the config as given
@@ -103,7 +124,7 @@ def run(config, workdir: str, restart: bool = False) -> dict:
                 print(f"[{name}] was interrupted in an earlier run; resuming from its last checkpoint.",
                             flush=True)
             state["stages"][name] = {"status": "running", "started": time.time()}
-            write_json_atomic(os.path.join(workdir, RUN_STATE), state)
+            _write_run_state(workdir, state)
             print(f"[{name}] starting", flush=True)
             t0 = time.time()
             result = stages.run_stage(name, config, workdir, writer) or {}
@@ -111,7 +132,7 @@ def run(config, workdir: str, restart: bool = False) -> dict:
             result[f"time/{name}_s"] = wall
             summary = update_summary(workdir, result)
             state["stages"][name] = {"status": "done", "wall_s": wall}
-            write_json_atomic(os.path.join(workdir, RUN_STATE), state)
+            _write_run_state(workdir, state)
             print(f"[{name}] done in {wall:.0f} s", flush=True)
     finally:
         writer.close()

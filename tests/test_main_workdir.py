@@ -1,0 +1,44 @@
+"""main.prepare_workdir on a workdir shared by several JAX processes: only process 0 writes
+run_state.json and config.json (atomically: no temporary file left); the others write nothing."""
+import json
+import os
+
+import jax
+import ml_collections
+
+from grlhfv_jax import main
+
+
+def _config(seed=0):
+    return ml_collections.ConfigDict({"seed": seed, "stages": ["data"], "data": {"source": "files"}})
+
+
+def _as_process(monkeypatch, index):
+    monkeypatch.setattr(jax, "process_index", lambda: index)
+
+
+def test_only_process_0_writes_the_run_files(tmp_path, monkeypatch):
+    workdir = str(tmp_path / "run")
+    _as_process(monkeypatch, 1)
+    state = main.prepare_workdir(_config(), workdir, restart=False)
+    assert state == {"config": json.loads(_config().to_json_best_effort()), "stages": {}}
+    assert os.listdir(workdir) == [], "process 1 wrote into the shared workdir"
+    main._write_run_state(workdir, {**state, "stages": {"data": {"status": "running"}}})  # run()'s stage records
+    assert os.listdir(workdir) == [], "process 1 wrote its run state"
+
+    _as_process(monkeypatch, 0)
+    state = main.prepare_workdir(_config(), workdir, restart=False)
+    assert sorted(os.listdir(workdir)) == ["config.json", main.RUN_STATE]   # no temporary file left
+    with open(os.path.join(workdir, main.RUN_STATE)) as f:
+        assert json.load(f) == state
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f) == json.loads(_config().to_json_best_effort())
+    state["stages"]["data"] = {"status": "done", "wall_s": 1.0}
+    main._write_run_state(workdir, state)
+
+    # a rerun: process 1 reads process 0's state and writes nothing; under --restart it deletes nothing
+    _as_process(monkeypatch, 1)
+    before = {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)}
+    assert main.prepare_workdir(_config(), workdir, restart=False)["stages"] == state["stages"]
+    assert main.prepare_workdir(_config(), workdir, restart=True)["stages"] == {}
+    assert {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)} == before
