@@ -36,8 +36,9 @@ band of 3 x block keys, Q = N or the `vision_chunk` queries of one piece): linea
 banded keys and values 6 N E b; forward: that + 2 float32 score buffers Q A 3block 4; trained
 (forward + gradient): with remat L_v N E b + 2 x (linear + 3 buffers), without L_v x that. It runs
 once over every image a call is given: the rollout's prompts, the judged groups, the scored rows,
-the reference pass's rows (all of them: `steps.compute_logprobs` encodes every image at once) and a
-GRPO mini-batch's rows (trained unless `freeze` holds "visual"); DPO / RM / SFT: a step's rows.
+the reference pass's prompts (all of them: `steps.compute_logprobs` encodes every prompt's image at
+once, each once per group) and a GRPO mini-batch's prompts (trained unless `freeze` holds "visual");
+DPO / RM / SFT: a step's rows.
 Measured against XLA's temp of the tower's compiled forward and forward + gradient on CPU without
 remat: 0.73-1.43 (tests/test_dry_run.py); XLA:CPU does not honour the tower's remat (measured,
 docs/performance.md), so the remat figure is the accelerator's model, not checked here.
@@ -298,12 +299,13 @@ def plan_stage(config, stage: str) -> StagePlan | None:
             f"tokens + cache of {call_rows} rows x {T}":
                 (activation_bytes(m, call_prompts, sec.max_len, 1, backward=False) + tower(m, call_prompts),
                  kv_bytes(m, call_rows, T)),
-            # steps.compute_logprobs / grpo_step run the tower once over every image they are given
-            f"reference pass: {ref_rows} rows x {T} tokens, tower over {rows} images":
-                (activation_bytes(m, ref_rows, T, sec.max_new_tokens, backward=False) + tower(m, rows), 0.0),
-            f"train micro-batch: {micro} rows x {T} tokens, tower over {rows // sec.mini_batches} images": (
+            # steps.compute_logprobs / grpo_step run the tower once over all the prompts' images they
+            # are given (each prompt's once, not once per sampled row: model.group_first_images)
+            f"reference pass: {ref_rows} rows x {T} tokens, tower over {P} images":
+                (activation_bytes(m, ref_rows, T, sec.max_new_tokens, backward=False) + tower(m, P), 0.0),
+            f"train micro-batch: {micro} rows x {T} tokens, tower over {P // sec.mini_batches} images": (
                 activation_bytes(m, micro, T, sec.max_new_tokens)
-                + tower(m, rows // sec.mini_batches, sec.freeze, backward=True), 0.0),
+                + tower(m, P // sec.mini_batches, sec.freeze, backward=True), 0.0),
         }
         if stage == "policy_rl" and sec.reward == "grm":
             g = hold("grm")

@@ -27,9 +27,11 @@ def _cli(*args):
     return out, time.time() - t0
 
 
-def test_every_paper_config_passes_the_dry_run_on_its_default_preset(capsys):
+@pytest.mark.parametrize("preset", ["", "8chip"])
+def test_every_paper_config_passes_the_dry_run_on_its_default_preset_and_one_host(capsys, preset):
+    """The default preset (a pod of 40 devices) and one 8-device host (docs/paper_runs.md): all fit."""
     for path in CONFIGS:
-        assert dry_run.run(load(path).get_config("")) == 0, path
+        assert dry_run.run(load(path).get_config(preset)) == 0, (path, preset)
         text = capsys.readouterr().out
         lines = text.strip().splitlines()
         result = json.loads(lines[-1])

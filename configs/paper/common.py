@@ -28,7 +28,8 @@ from grlhfv_jax.models import published
 # (grm_rl.rollout_num_micro_batches) by GRM; `policy_rollout_calls`: the same for stage 2 and its RM
 # baseline, by policy; `judge_prompts_per_call`: stage 2's prompt groups per GRM judging call (n(n-1)
 # pairs each) by (policy, n), default 16; `score_rows_per_call`: the RM baseline's answers per RM
-# scoring call by policy, default 320.
+# scoring call by policy, default 320 (8chip: 200, which divides the 1,800 answers of a step: no
+# filled tail call).
 PRESETS = {
     "1gpu": dict(mesh_shape=(1, 1, 1), device_memory_gb=80.0),      # one 80 GB GPU (H100 / A100-80G)
     "8chip": dict(mesh_shape=(1, 8, 1), device_memory_gb=80.0,      # one host, 8 x 80 GB, FSDP over all 8
@@ -36,7 +37,7 @@ PRESETS = {
                   policy_rollout_calls={"qwen2vl_7b": 3, "qwen25vl_7b": 3},
                   judge_prompts_per_call={("qwen2vl_7b", 5): 12, ("qwen25vl_7b", 5): 12,
                                           ("qwen2vl_2b", 6): 12, ("qwen2vl_2b", 7): 8},
-                  score_rows_per_call={"qwen25vl_3b": 240, "qwen2vl_7b": 240, "qwen25vl_7b": 240}),
+                  score_rows_per_call={"qwen2vl_2b": 200, "qwen25vl_3b": 200, "qwen2vl_7b": 200, "qwen25vl_7b": 200}),
     "pod": dict(mesh_shape=(5, 8, 1), device_memory_gb=80.0),       # 5 hosts x 8 x 80 GB: data over hosts
 }
 DEFAULT_PRESET = "pod"
