@@ -212,6 +212,33 @@ def encode_example(tokenizer, image_processor, prompt_text: str, images=(), resp
     }
 
 
+def patch_bucket(n: int, unit: int) -> int:
+    """`n` patches rounded up to `unit` x one of 1, 2, 3, 4, 6, 8, 12, 16, ... (powers of two and 1.5
+    times them): a batch of images of any sizes pads its pixel rows to one of ~2 shapes per doubling
+    (few recompilations of a jitted step), at most 1.5x the patches (2x below 2 units)."""
+    units = max(-(-int(n) // int(unit)), 1)
+    step = 1
+    while step < units:
+        if step * 3 // 2 >= units and step >= 2:
+            return step * 3 // 2 * unit
+        step *= 2
+    return step * unit
+
+
+def pad_patches(batch: dict, total: int) -> dict:
+    """`batch` with `pixel_values` [N, D] padded with zero rows to `total` (>= N). The vision tower
+    treats patches past the grid total as padding (their own frame, never read), so the outputs
+    are unchanged; image_grid_thw is kept as is."""
+    pv = batch["pixel_values"]
+    n = int(pv.shape[0])
+    if total < n:
+        raise ValueError(f"pad_patches: {n} patches > total {total}")
+    if total == n:
+        return batch
+    return dict(batch, pixel_values=np.concatenate([np.asarray(pv), np.zeros((total - n,) + tuple(pv.shape[1:]),
+                                                                         np.asarray(pv).dtype)]))
+
+
 def collate(examples: Sequence[dict], *, pad_id: int, side: str = "left", max_len: int | None = None,
             pad_to_multiple: int | None = None) -> dict:
     """Pad encoded examples into a batch of numpy arrays.

@@ -59,12 +59,26 @@ def freeze_params(tx, prefixes: tuple[str, ...]):
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
+def patch_unit(model) -> int:
+    """Pixel rows of a batch are padded in units of this many patches (`processing.patch_bucket`):
+    the model's vision attention block (one largest frame), else 64; a multiple of the merge unit."""
+    cfg = getattr(model, "config", None)
+    merge = int(getattr(cfg, "spatial_merge_size", 1) or 1) ** 2
+    unit = int(getattr(cfg, "vision_block", 0) or 64)
+    return -(-unit // merge) * merge
+
+
 def place_batch(model, batch: dict) -> dict:
     """A batch dict on the model's mesh: rows split over the data axes (`sharding.shard_batch`:
     each device holds its share of the rows, not a replica; per-host rows on multi-host runs
     come from the caller's `process_slice`), images replicated; non-arrays passed through. Rows
     that do not split evenly are replicated, with a warning. A model on one device gets plain
-    device arrays."""
+    device arrays. Host pixel rows (numpy `pixel_values`) are padded to `processing.patch_bucket`
+    of `patch_unit(model)`: batches of images of other sizes then share a compiled step."""
+    from grlhfv_jax import processing
+    pv = batch.get("pixel_values")
+    if isinstance(pv, np.ndarray) and pv.ndim == 2 and batch.get("image_grid_thw") is not None:
+        batch = processing.pad_patches(batch, processing.patch_bucket(pv.shape[0], patch_unit(model)))
     mesh = sharding.model_mesh(model)
     if mesh is not None and mesh.size > 1:
         n = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape]))

@@ -160,7 +160,7 @@ class Qwen2VL(nnx.Module):
 
     def group_first_images(self, input_ids, pixel_values, image_grid_thw, group: int):
         """The images of the first row of each run of `group` rows: (pixel_values [N / group, D],
-        image_grid_thw [n / group, 3]), static sizes. For rows that repeat their prompt in runs of
+        image_grid_thw [n / group, 3], rounded up), static sizes. For rows that repeat their prompt in runs of
         `group` (a prompt and its G sampled responses; `shared_prompt_hidden` with
         group_images=True): the vision tower then encodes each prompt's images once, not G times.
         Rows hold their images in row order (as `processing.collate` gives them); an image belongs
@@ -170,8 +170,8 @@ class Qwen2VL(nnx.Module):
         G = int(group)
         pv, grid = jnp.asarray(pixel_values), jnp.asarray(image_grid_thw).astype(jnp.int32)
         N, n = pv.shape[0], grid.shape[0]
-        if N % G or n % G:
-            raise ValueError(f"group_first_images: {n} images of {N} patches do not split into runs of {G} rows")
+        if n % G:
+            raise ValueError(f"group_first_images: {n} images do not split into runs of {G} rows")
         patches = jnp.prod(grid, axis=1)                                              # [n]
         tokens = patches // self.config.spatial_merge_size ** 2
         row_end = jnp.cumsum(jnp.sum(self.image_token_mask(input_ids), axis=1))      # [B]
@@ -181,7 +181,7 @@ class Qwen2VL(nnx.Module):
         grid_g = jnp.where((img < n)[:, None], grid[jnp.minimum(img, n - 1)], 0)
         owner = jnp.repeat(jnp.arange(n), patches, total_repeat_length=N)
         real = jnp.arange(N) < jnp.sum(patches)
-        idx = jnp.nonzero(keep[owner] & real, size=N // G, fill_value=0)[0]
+        idx = jnp.nonzero(keep[owner] & real, size=-(-N // G), fill_value=0)[0]   # N may hold padding
         return pv[idx], grid_g
 
     def encode_images(self, pixel_values, image_grid_thw):
