@@ -93,7 +93,8 @@ def _json_default(o: Any):
 def update_summary(workdir: str, values: Mapping[str, Any]) -> dict:
     """Merges flat `values` (e.g. {"grm/accuracy_id": 0.9}) into `workdir/summary.json`.
 
-    Non-finite numbers (a rate with nothing to count) are written as null."""
+    Non-finite numbers (a rate with nothing to count) are written as null. Only process 0 writes
+    (a workdir shared by several hosts); every process gets the merged summary back."""
     path = os.path.join(workdir, "summary.json")
     summary = {}
     if os.path.exists(path):
@@ -105,7 +106,8 @@ def update_summary(workdir: str, values: Mapping[str, Any]) -> dict:
             summary[k] = v
         else:
             summary[k] = f if math.isfinite(f) else None  # strict JSON: undefined rates are null
-    write_json_atomic(path, summary)
+    if _is_main_process():
+        write_json_atomic(path, summary)
     return summary
 
 

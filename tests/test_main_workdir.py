@@ -42,3 +42,16 @@ def test_only_process_0_writes_the_run_files(tmp_path, monkeypatch):
     assert main.prepare_workdir(_config(), workdir, restart=False)["stages"] == state["stages"]
     assert main.prepare_workdir(_config(), workdir, restart=True)["stages"] == {}
     assert {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)} == before
+
+
+def test_only_process_0_writes_the_summary(tmp_path, monkeypatch):
+    from grlhfv_jax import metrics
+    _as_process(monkeypatch, 1)
+    assert metrics.update_summary(str(tmp_path), {"a": 1.0, "b": float("nan")}) == {"a": 1.0, "b": None}
+    assert os.listdir(tmp_path) == [], "process 1 wrote summary.json"
+    _as_process(monkeypatch, 0)
+    metrics.update_summary(str(tmp_path), {"a": 1.0})
+    metrics.update_summary(str(tmp_path), {"c": "text"})
+    with open(tmp_path / "summary.json") as f:
+        assert json.load(f) == {"a": 1.0, "c": "text"}
+    assert os.listdir(tmp_path) == ["summary.json"]
