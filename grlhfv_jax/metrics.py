@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+import uuid
 from typing import Any, Mapping
 
 import numpy as np
@@ -75,8 +76,9 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes JSON to `path` through a temporary file and a rename (never a half-written file)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
+    """Writes JSON to `path` through a temporary file and a rename (never a half-written file; a
+    temporary name of its own, so writers on several hosts of one shared folder never collide)."""
+    tmp = f"{path}.tmp.{uuid.uuid4().hex}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
         f.flush()

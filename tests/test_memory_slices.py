@@ -15,6 +15,17 @@ from grlhfv_jax.config import ConfigError
 from grlhfv_jax.stages import judging
 
 
+def _record_call_shapes(monkeypatch) -> list:
+    """The [rows, T] of every RM scoring call (`judging._scores`) from now on, in a list."""
+    shapes, scores = [], judging._scores
+
+    def recording(model, b):
+        shapes.append(tuple(b["input_ids"].shape))
+        return scores(model, b)
+    monkeypatch.setattr(judging, "_scores", recording)
+    return shapes
+
+
 def test_scoring_in_slices_gives_the_scores_of_one_call(monkeypatch):
     """Calls of 2 and 3 rows on 5 rows: the scores of one call, and every call of the call size
     (the last one filled up: one compiled shape)."""
@@ -26,12 +37,7 @@ def test_scoring_in_slices_gives_the_scores_of_one_call(monkeypatch):
     batch = {k: b[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
     whole = judging.score_batch(rm, batch, rows=8)            # 5 rows <= 8: one call
     assert whole.shape == (5,) and np.std(whole) > 0
-    shapes, scores = [], judging._scores
-
-    def recording(model, b):
-        shapes.append(tuple(b["input_ids"].shape))
-        return scores(model, b)
-    monkeypatch.setattr(judging, "_scores", recording)
+    shapes = _record_call_shapes(monkeypatch)
     T = batch["input_ids"].shape[1]
     for rows in (2, 3):                                       # calls of 2, 2, 1 (+1 fill) and of 3, 2 (+1 fill) rows
         shapes.clear()
@@ -80,12 +86,7 @@ def test_rm_evaluation_scores_in_calls_of_the_call_size(tiny_codec, monkeypatch)
              ("Which is better?", img[2], "Response 1 is better.")]
     whole = judging.rm_scores(rm, codec, items, rows=8, max_len=MAX_LEN)    # 5 items <= 8: one call
     assert whole.shape == (5,) and np.std(whole) > 0
-    shapes, scores = [], judging._scores
-
-    def recording(model, b):
-        shapes.append(tuple(b["input_ids"].shape))
-        return scores(model, b)
-    monkeypatch.setattr(judging, "_scores", recording)
+    shapes = _record_call_shapes(monkeypatch)
     for rows in (2, 3):                       # calls of 2, 2, 1 (+1 fill) and of 3, 2 (+1 fill) items
         shapes.clear()
         got = judging.rm_scores(rm, codec, items, rows=rows, max_len=MAX_LEN)

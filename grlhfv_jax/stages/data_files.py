@@ -33,6 +33,7 @@ import threading
 import uuid
 
 from grlhfv_jax import processing
+from grlhfv_jax.metrics import write_json_atomic
 from grlhfv_jax.config import ConfigError
 from grlhfv_jax.data import files_source as fs
 from grlhfv_jax.data import preference_files as pf
@@ -302,16 +303,6 @@ def _read_json(path: str):
         return None
 
 
-def _write_json(path: str, obj) -> None:
-    """Through a temporary file and a rename: readers on any host see the old or the new file."""
-    tmp = f"{path}.tmp.{uuid.uuid4().hex}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def finished(dataset_dir: str, key: str) -> dict | None:
     """The marker of a complete dataset converted from inputs with `key`, else None."""
     from grlhfv_jax.data import files_tfds
@@ -384,14 +375,14 @@ def _convert_reporting(config, out_dir: str, marker: dict, shard_bytes, heartbea
     path = os.path.join(out_dir, STATUS)
     os.makedirs(out_dir, exist_ok=True)
     base = {"key": marker["key"], "attempt": uuid.uuid4().hex, "inputs": marker["inputs"]}
-    _write_json(path, dict(base, state="converting", beat=0))
+    write_json_atomic(path, dict(base, state="converting", beat=0))
     stop = threading.Event()
 
     def beat():
         n = 0
         while not stop.wait(heartbeat_s):
             n += 1
-            _write_json(path, dict(base, state="converting", beat=n))
+            write_json_atomic(path, dict(base, state="converting", beat=n))
 
     t = threading.Thread(target=beat, name="data-heartbeat", daemon=True)
     t.start()
@@ -400,11 +391,11 @@ def _convert_reporting(config, out_dir: str, marker: dict, shard_bytes, heartbea
     except BaseException as e:
         stop.set()
         t.join()
-        _write_json(path, dict(base, state="failed", error=f"{type(e).__name__}: {e}"))
+        write_json_atomic(path, dict(base, state="failed", error=f"{type(e).__name__}: {e}"))
         raise
     stop.set()
     t.join()
-    _write_json(path, dict(base, state="done"))
+    write_json_atomic(path, dict(base, state="done"))
     return done
 
 
@@ -476,7 +467,7 @@ def run(config, workdir: str, data_dir: str, *, shard_bytes: int | None = None, 
             raise ValueError(f"process_index {process_index} is not one of the {process_count} processes")
         done = _wait_for_process_0(out_dir, dataset_dir, key, inputs, process_index, stall_s=stall_s, poll_s=poll_s)
         print(f"[data] process {process_index}: process 0 converted the splits into {dataset_dir}", flush=True)
-    _write_json(os.path.join(workdir, "data_paths.json"),
+    write_json_atomic(os.path.join(workdir, "data_paths.json"),
                 {"kind": "files", "data_dir": data_dir, "tokenizer_dir": tokenizer_dir(config),
                  "dataset_dir": dataset_dir, "splits": done["splits"]})
     return dict(done["summary"])
