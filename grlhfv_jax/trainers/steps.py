@@ -148,7 +148,8 @@ def _has_images(batch) -> bool:
 def _per_group(model, batch, group: int) -> bool:
     """Whether the images are encoded once per run of `group` rows (rows that share their prompt,
     `model.group_first_images`) instead of once per row."""
-    return group > 1 and _has_images(batch) and hasattr(model, "group_first_images")
+    return (group > 1 and _has_images(batch) and hasattr(model, "group_first_images")
+            and hasattr(model, "shared_prompt_hidden"))   # the only reader of per-group embeddings
 
 
 def _images(model, batch, group: int = 1):
