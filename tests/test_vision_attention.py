@@ -75,3 +75,32 @@ def test_pieces_bound_the_scores_memory():
     whole, pieces = temp(0), temp(1)
     assert whole > 12.6e6, whole
     assert pieces < whole / 4, (pieces, whole)
+
+
+def test_sampler_encodes_images_of_one_grid_a_piece_at_a_time():
+    """`engine._encode_same_size` with the model's vision_chunk = one image's patches: 5 images in
+    pieces of one (lax.map) give each image's own embeddings, and XLA's temporary memory is that of
+    about one image, not five (all five at once without vision_chunk)."""
+    import sys
+    from pathlib import Path
+    from flax import nnx
+    sys.path.insert(0, str(Path(__file__).parent))
+    import tiny_models as tm
+    from grlhfv_jax import models
+    from grlhfv_jax.rollout import engine
+    hf = tm.tiny_hf_config("qwen2_vl").to_dict()
+    n, side = 5, 32      # 1,024 patches an image: its attention scores dominate the memory
+    rng = np.random.default_rng(0)
+    pv = rng.standard_normal((n, side * side, tm.PATCH_DIM)).astype(np.float32)
+    grid = np.tile([[1, side, side]], (n, 1)).astype(np.int32)
+    temps = {}
+    for chunk in (0, side * side):
+        model = models.from_config(hf, rngs=nnx.Rngs(0), vision_chunk=chunk)
+        graphdef, state = nnx.split(model)
+        out = np.asarray(engine._encode_same_size(graphdef, state, jnp.asarray(pv), jnp.asarray(grid)))
+        for i in range(n):   # each image alone through the model's tower (parity-tested vs transformers)
+            want = np.asarray(model.encode_images(jnp.asarray(pv[i]), jnp.asarray(grid[i:i + 1])))
+            np.testing.assert_allclose(out[i], want, atol=2e-5, err_msg=f"chunk {chunk}, image {i}")
+        temps[chunk] = engine._encode_same_size.lower(graphdef, state, jnp.asarray(pv), jnp.asarray(grid)) \
+            .compile().memory_analysis().temp_size_in_bytes
+    assert temps[side * side] < 0.5 * temps[0], temps

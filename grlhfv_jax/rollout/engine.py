@@ -278,9 +278,17 @@ def _decode(graphdef, state, cache, logits, deltas, done, key, first_slot, max_n
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _encode_same_size(graphdef, state, pixel_values, image_grid_thw):
-    """n images of one grid: pixel_values [n, N_patches, D], image_grid_thw [n, 3] -> [n, N_patches / m^2, H]."""
+    """n images of one grid: pixel_values [n, N_patches, D], image_grid_thw [n, 3] -> [n, N_patches / m^2, H].
+
+    With the model's `vision_chunk` (patches), that many patches' images at a time (at least one;
+    `jax.lax.map` in batches), so one batch's activations are live, not all n images'."""
     model = nnx.merge(graphdef, state)
-    return jax.vmap(lambda pv, g: model.encode_images(pv, g[None]))(pixel_values, image_grid_thw)
+    one = lambda a: model.encode_images(a[0], a[1][None])  # noqa: E731
+    chunk = int(getattr(getattr(model, "config", None), "vision_chunk", 0) or 0)
+    per_call = max(chunk // pixel_values.shape[1], 1) if chunk else pixel_values.shape[0]
+    if per_call >= pixel_values.shape[0]:
+        return jax.vmap(one)((pixel_values, image_grid_thw))
+    return jax.lax.map(one, (pixel_values, image_grid_thw), batch_size=per_call)
 
 
 def encode_images(model_split, pixel_values, image_grid_thw, *, pad_to: int | None = None):
