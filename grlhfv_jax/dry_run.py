@@ -201,7 +201,7 @@ def vision_bytes(m: ModelShape, images: int, patches: int, *, backward: bool) ->
     return m.vision_depth * work
 
 
-def image_patches(config, m: ModelShape | None = None) -> int:
+def image_patches(config) -> int:
     """Patches of the largest image `config.image` lets through (max_pixels / patch_size^2; Qwen2-VL's
     default budget, 28 x 28 x 1280 pixels, when max_pixels is not set)."""
     image = config.image if "image" in config else {}

@@ -52,16 +52,9 @@ def _config_diff(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if k != "stages" and a.get(k) != b.get(k))
 
 
-def _is_main_process() -> bool:
-    """Process 0 of a multi-host run (the only one a single-host run has): the one that writes the
-    workdir's run files, the workdir being shared by every process."""
-    import jax
-    return jax.process_index() == 0
-
-
 def _write_run_state(workdir: str, state: dict) -> None:
-    from grlhfv_jax.metrics import write_json_atomic
-    if _is_main_process():
+    from grlhfv_jax.metrics import is_main_process, write_json_atomic
+    if is_main_process():
         write_json_atomic(os.path.join(workdir, RUN_STATE), state)
 
 
@@ -71,9 +64,10 @@ def prepare_workdir(config, workdir: str, restart: bool) -> dict:
     Several processes share the workdir: only process 0 deletes a previous run (`restart`) and
     writes run_state.json and config.json (each through a temporary file and a rename); the others
     read a previous run's state (none under `restart`) and write nothing."""
+    from grlhfv_jax.metrics import is_main_process, write_text_atomic
     cfg = json.loads(config.to_json_best_effort())
     path = os.path.join(workdir, RUN_STATE)
-    main = _is_main_process()
+    main = is_main_process()
     if main and restart and os.path.exists(path):
         print(f"--restart: deleting the previous run in {workdir}", flush=True)
         shutil.rmtree(workdir)
@@ -91,11 +85,7 @@ def prepare_workdir(config, workdir: str, restart: bool) -> dict:
     state["config"] = cfg
     _write_run_state(workdir, state)
     if main:
-        target = os.path.join(workdir, "config.json")
-        tmp = f"{target}.tmp.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2))
-        os.replace(tmp, target)
+        write_text_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     return state
 
 

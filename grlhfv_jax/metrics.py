@@ -32,7 +32,7 @@ class MetricsWriter:
         self.workdir = workdir
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         self._tb = None
-        if tensorboard and _is_main_process():
+        if tensorboard and is_main_process():
             from tensorboardX import SummaryWriter  # small, TensorFlow-free event writer
             self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
 
@@ -75,15 +75,20 @@ def read_jsonl(path: str) -> list[dict]:
     return rows
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes JSON to `path` through a temporary file and a rename (never a half-written file; a
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename (never a half-written file; a
     temporary name of its own, so writers on several hosts of one shared folder never collide)."""
     tmp = f"{path}.tmp.{uuid.uuid4().hex}"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """`obj` as JSON through `write_text_atomic`."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
 
 
 def _json_default(o: Any):
@@ -108,7 +113,7 @@ def update_summary(workdir: str, values: Mapping[str, Any]) -> dict:
             summary[k] = v
         else:
             summary[k] = f if math.isfinite(f) else None  # strict JSON: undefined rates are null
-    if _is_main_process():
+    if is_main_process():
         write_json_atomic(path, summary)
     return summary
 
@@ -116,10 +121,12 @@ def update_summary(workdir: str, values: Mapping[str, Any]) -> dict:
 def progress(iterable=None, *, total=None, desc: str = "", initial: int = 0, disable: bool | None = None):
     """A tqdm progress bar, shown only on the main process (`initial`: steps already done)."""
     if disable is None:
-        disable = not _is_main_process()
+        disable = not is_main_process()
     return tqdm(iterable, total=total, desc=desc, initial=initial, disable=disable, dynamic_ncols=True, leave=True)
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
+    """Process 0 of a multi-host run (the only one a single-host run has): the one that logs and
+    writes a workdir's shared files."""
     import jax
     return jax.process_index() == 0
