@@ -58,12 +58,24 @@ def _write_run_state(workdir: str, state: dict) -> None:
         write_json_atomic(os.path.join(workdir, RUN_STATE), state)
 
 
+def _restart_barrier() -> None:
+    """With several JAX processes, all wait here until process 0 has deleted the previous run
+    (`--restart`): before it, another process could read that run's files (a converted dataset,
+    a checkpoint) or write into the folder being deleted. A device collective, but a short one:
+    every process reaches it right after validating the config."""
+    import jax
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("grlhfv_jax --restart: previous run deleted")
+
+
 def prepare_workdir(config, workdir: str, restart: bool) -> dict:
     """Creates or re-opens `workdir`; returns its run state ({"stages": {name: {...}}}).
 
     Several processes share the workdir: only process 0 deletes a previous run (`restart`) and
     writes run_state.json and config.json (each through a temporary file and a rename); the others
-    read a previous run's state (none under `restart`) and write nothing."""
+    read a previous run's state (none under `restart`, where they wait for the deletion: a barrier)
+    and write nothing."""
     from grlhfv_jax.metrics import is_main_process, write_text_atomic
     cfg = json.loads(config.to_json_best_effort())
     path = os.path.join(workdir, RUN_STATE)
@@ -71,6 +83,8 @@ def prepare_workdir(config, workdir: str, restart: bool) -> dict:
     if main and restart and os.path.exists(path):
         print(f"--restart: deleting the previous run in {workdir}", flush=True)
         shutil.rmtree(workdir)
+    if restart:
+        _restart_barrier()
     os.makedirs(workdir, exist_ok=True)
     if not restart and os.path.exists(path):
         with open(path, encoding="utf-8") as f:

@@ -55,3 +55,31 @@ def test_only_process_0_writes_the_summary(tmp_path, monkeypatch):
     with open(tmp_path / "summary.json") as f:
         assert json.load(f) == {"a": 1.0, "c": "text"}
     assert os.listdir(tmp_path) == ["summary.json"]
+
+
+def test_restart_waits_for_process_0s_deletion(tmp_path, monkeypatch):
+    """Under --restart with several processes every process passes a barrier after process 0 has
+    deleted the previous run and before it goes on; a plain rerun or one process needs none."""
+    from jax.experimental import multihost_utils
+    workdir = str(tmp_path / "run")
+    _as_process(monkeypatch, 0)
+    main.prepare_workdir(_config(), workdir, restart=False)
+    with open(os.path.join(workdir, "old_checkpoint"), "w") as f:
+        f.write("previous run")
+    seen = []   # (process, was the previous run still there) at each barrier
+    monkeypatch.setattr(multihost_utils, "sync_global_devices",
+                        lambda name: seen.append((jax.process_index(),
+                                                  os.path.exists(os.path.join(workdir, "old_checkpoint")))))
+    main.prepare_workdir(_config(), workdir, restart=True)      # one process: no barrier
+    assert seen == []
+    with open(os.path.join(workdir, "old_checkpoint"), "w") as f:
+        f.write("previous run")
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    main.prepare_workdir(_config(), workdir, restart=False)     # a rerun deletes nothing: no barrier
+    assert seen == []
+    _as_process(monkeypatch, 1)
+    main.prepare_workdir(_config(), workdir, restart=True)      # process 1 waits (and deletes nothing)
+    _as_process(monkeypatch, 0)
+    main.prepare_workdir(_config(), workdir, restart=True)
+    assert seen == [(1, True), (0, False)], seen
+    assert not os.path.exists(os.path.join(workdir, "old_checkpoint"))
