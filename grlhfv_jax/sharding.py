@@ -41,7 +41,8 @@ LOGICAL_RULES: dict[str, str | None] = {
 }
 
 # Batch entries whose leading dim is not the batch: replicated on every device.
-REPLICATED_BATCH_KEYS = ("pixel_values", "image_grid_thw", "image_embeds")
+REPLICATED_BATCH_KEYS = ("pixel_values", "image_grid_thw", "image_embeds", "micro_pixel_values",
+                         "micro_image_grid_thw")
 
 
 # ----------------------------------------------------------------------------- mesh

@@ -129,3 +129,34 @@ def test_group_first_images_are_the_prompts_own(batch):
     np.testing.assert_array_equal(np.asarray(pv)[:real], prompts["pixel_values"])
     with pytest.raises(ValueError, match="runs of 3 rows"):
         model.group_first_images(b["input_ids"], b["pixel_values"], b["image_grid_thw"], 3)
+
+
+def test_images_split_by_micro_batch_give_the_same_logprobs_and_update(batch):
+    """`loop.micro_batch_images` (each micro-batch runs the tower on its own images, here only each
+    group's first row's): the reference log-probs and the GRPO step's loss, metrics and SGD update
+    (vision tower trained) of the whole-batch layout. (Group 1, all rows' images: DPO / BT RM in
+    test_trainers_steps.py.)"""
+    from grlhfv_jax.trainers import loop
+    b, _, _ = batch
+    keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start")
+    model = _model()
+    split = loop.micro_batch_images(model, b, 2, G)
+    assert "pixel_values" not in split and split["micro_pixel_values"].shape[0] == 2
+    lp = [np.asarray(steps.compute_logprobs(model, {k: jnp.asarray(bb[k]) for k in keys + steps.MICRO_IMAGE_KEYS
+                                                    if k in bb}, window=R, group=G, num_micro_batches=2))
+          for bb in (b, split)]
+    np.testing.assert_allclose(lp[1], lp[0], atol=2e-6)
+    runs = []
+    for bb in (b, split):
+        m_ = _model()
+        _, met = steps.grpo_step(steps.TrainState(m_, optax.sgd(1.0)), {k: jnp.asarray(v) for k, v in bb.items()},
+                                 steps.GRPOConfig(num_micro_batches=2), window=R, group=G)
+        runs.append(({k: float(v) for k, v in met.items()},
+                     {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(m_, nnx.Param))}))
+    (m1, p1), (m2, p2) = runs
+    for key in ("loss", "pg_loss", "kl", "entropy", "grad_norm"):
+        assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), key
+    init = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(_model(), nnx.Param))}
+    assert any(k[0] == "visual" and np.max(np.abs(p1[k] - init[k])) > 1e-6 for k in p1)
+    for k in p1:
+        np.testing.assert_allclose(p2[k], p1[k], rtol=1e-4, atol=2e-6, err_msg=str(k))

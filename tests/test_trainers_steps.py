@@ -363,6 +363,33 @@ def test_dpo_step(hf_config, data, grpo_run):
     assert float(m["margin"]) > 0 and float(m["accuracy"]) > 0.5
 
 
+def test_dpo_and_bt_steps_with_images_split_by_micro_batch(hf_config, data):
+    """`loop.micro_batch_images` (each micro-batch runs the vision tower on its own images): the
+    DPO step (tower trained) and the BT RM step (tower frozen) give the losses and SGD updates of
+    the whole-batch layout. (Reference log-probs with it: test_shared_prompt.py.)"""
+    from grlhfv_jax.trainers import loop
+    split = loop.micro_batch_images(_make_model(hf_config), data, 2)
+    assert "pixel_values" not in split
+    ref = np.linspace(-30.0, -20.0, data["input_ids"].shape[0]).astype(np.float32)
+    for name, make, step, cfg, frozen in (
+            ("dpo", lambda: _make_model(hf_config), steps.dpo_step, steps.DPOConfig(beta=0.5, num_micro_batches=2),
+             False),
+            ("bt, frozen tower", lambda: _make_model(hf_config, scalar_head=True), steps.bt_rm_step,
+             steps.BTConfig(num_micro_batches=2), True)):
+        init = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(make(), nnx.Param))}
+        runs = []
+        for bb in (data, split):
+            model = make()
+            tx = loop.freeze_params(optax.sgd(1.0), ("visual",)) if frozen else optax.sgd(1.0)
+            _, m = step(steps.TrainState(model, tx, frozen_vision=frozen), dict(bb, ref_logps=ref), cfg)
+            runs.append((float(m["loss"]), {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}))
+        (l1, p1), (l2, p2) = runs
+        assert l2 == pytest.approx(l1, rel=1e-5), name
+        assert any(k[0] == "visual" and np.max(np.abs(p1[k] - init[k])) > 1e-6 for k in p1) != frozen, name
+        for k in p1:
+            np.testing.assert_allclose(p2[k], p1[k], rtol=1e-4, atol=2e-6, err_msg=f"{name}: {k}")
+
+
 def test_sft_step_bf16_compute_fp32_params(hf_config, data, grpo_run):
     old = grpo_run["old"]
     mask = data["loss_mask"]

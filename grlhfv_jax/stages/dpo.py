@@ -51,6 +51,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     def make_batch(step):
         b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
         b.pop("valid")
+        b = loop.micro_batch_images(ref, b, cfg.num_micro_batches)   # the tower per micro-batch
         jb = loop.place_batch(ref, b)
         b["ref_logps"] = steps.compute_sequence_logprobs(ref, jb, average=sec.loss_type == "ipo",
                                                          num_micro_batches=int(sec.num_micro_batches))

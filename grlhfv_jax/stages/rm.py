@@ -64,7 +64,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     def make_batch(step):
         b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
         b.pop("valid")
-        return b
+        return loop.micro_batch_images(model, b, cfg.num_micro_batches)   # the tower per micro-batch
 
     loop.train_loop("rm", state, steps=sec.steps, make_batch=make_batch,
                     step_fn=lambda s, b: steps.bt_rm_step(s, b, cfg), writer=writer,

@@ -146,10 +146,11 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     window = int(tokens.shape[1])
     batch["window_start"] = np.full(P * G, Tp, np.int32)
     t0 = time.perf_counter()
-    jb = loop.place_batch(ref_model, batch)
+    # each micro-batch (of the reference pass, of each update) runs the vision tower on its own images
+    jb = loop.place_batch(ref_model, loop.micro_batch_images(ref_model, batch, cfg.ref_num_micro_batches, G))
     batch["ref_logp"] = np.asarray(steps.compute_logprobs(ref_model, {k: jb[k] for k in (
-        "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start") if k in jb}, window=window,
-        group=G, num_micro_batches=cfg.ref_num_micro_batches))
+        "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start") + steps.MICRO_IMAGE_KEYS
+        if k in jb}, window=window, group=G, num_micro_batches=cfg.ref_num_micro_batches))
     if P % mini_batches:
         raise ValueError(f"{P} prompts do not split into {mini_batches} mini-batches")
     per = P // mini_batches
@@ -158,6 +159,7 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     for m in range(mini_batches):
         idx = np.arange(m * per * G, (m + 1) * per * G)
         mb = select_rows(batch, idx, image_token_id=tok_id, merge_size=merge)
+        mb = loop.micro_batch_images(state.model, mb, cfg.num_micro_batches, G)
         state, met = steps.grpo_step(state, loop.place_batch(state.model, mb), cfg, window=window, group=G)
         step_metrics.append({k: float(v) for k, v in met.items()})
     out = {k: float(np.mean([s[k] for s in step_metrics])) for k in step_metrics[0]}

@@ -68,6 +68,46 @@ def patch_unit(model) -> int:
     return -(-unit // merge) * merge
 
 
+def micro_batch_images(model, batch: dict, micro_batches: int, group: int = 1) -> dict:
+    """The host batch with its images split by micro-batch, for the steps of `trainers.steps` run
+    with ``num_micro_batches = micro_batches`` (and ``group``): ``pixel_values [N, D]`` is replaced
+    by ``micro_pixel_values [m, Nm, D]`` (micro-batch k: the patches of its rows' images, in row
+    order, zero-padded to Nm = `processing.patch_bucket` of the largest, in `patch_unit`s) and
+    ``micro_image_grid_thw [m, nm, 3]`` (zero rows pad); ``image_grid_thw`` is kept (positions).
+    Where the model reads each run of `group` rows' images from its first row
+    (`steps.images_per_group`), only those rows' images are kept. Each micro-batch then runs the
+    vision tower on its own images: its memory is one micro-batch's, not the whole batch's.
+    Unchanged when ``micro_batches`` <= 1 or the batch has no (host numpy) images."""
+    from grlhfv_jax import processing
+    from grlhfv_jax.trainers import grpo, steps
+    m = int(micro_batches)
+    pv, grid = batch.get("pixel_values"), batch.get("image_grid_thw")
+    if m <= 1 or not isinstance(pv, np.ndarray) or pv.ndim != 2 or grid is None:
+        return batch
+    cfg = model.config
+    rows = np.asarray(batch["input_ids"]).shape[0]
+    if rows % m:
+        raise ValueError(f"{rows} rows do not split into num_micro_batches={m} equal micro-batches")
+    grid = np.asarray(grid).reshape(-1, 3)
+    per_row = grpo.rows_image_slices(batch, cfg.image_token_id, cfg.spatial_merge_size)
+    first_only = steps.images_per_group(model, group)
+    parts = []
+    for k in range(m):
+        rs = [r for r in range(k * rows // m, (k + 1) * rows // m) if not first_only or r % group == 0]
+        parts.append(([pv[per_row[r][0]] for r in rs], [grid[per_row[r][1]] for r in rs]))
+    n_px = max(sum(len(x) for x in px) for px, _ in parts)
+    n_img = max(max(sum(len(g) for g in gs) for _, gs in parts), 1)
+    micro_pv = np.zeros((m, processing.patch_bucket(n_px, patch_unit(model)), pv.shape[1]), pv.dtype)
+    micro_grid = np.zeros((m, n_img, 3), grid.dtype)
+    for k, (px, gs) in enumerate(parts):
+        if px:
+            x, g = np.concatenate(px), np.concatenate(gs)
+            micro_pv[k, :len(x)], micro_grid[k, :len(g)] = x, g
+    out = {k: v for k, v in batch.items() if k != "pixel_values"}
+    out["micro_pixel_values"], out["micro_image_grid_thw"] = micro_pv, micro_grid
+    return out
+
+
 def place_batch(model, batch: dict) -> dict:
     """A batch dict on the model's mesh: rows split over the data axes (`sharding.shard_batch`:
     each device holds its share of the rows, not a replica; per-host rows on multi-host runs

@@ -7,10 +7,14 @@ return_hidden=)``, ``model.logits(hidden)``, ``model.rope_index`` -> positions `
 One call = one optimizer update on one mini-batch (the train state is donated: its old buffers are
 reused for the new one, so params and optimizer state are not held twice at peak), accumulated over
 ``num_micro_batches`` equal slices of its rows (a `jax.lax.scan`, so memory is that of one
-micro-batch). Images: the vision tower runs once on the whole mini-batch; each micro-batch reads its own
-slice of the image embeddings, and the embeddings' gradients go back through the tower once at the
-end (`jax.vjp`), so the update equals the one without micro-batching. Positions (M-RoPE) come from
-``model.rope_index`` on the whole mini-batch.
+micro-batch). Images, two layouts: with ``pixel_values [N, D]`` the vision tower runs once on the
+whole mini-batch; each micro-batch reads its own slice of the image embeddings, and the embeddings'
+gradients go back through the tower once at the end (`jax.vjp`). With the images split by
+micro-batch on the host (``micro_pixel_values [m, Nm, D]``, ``micro_image_grid_thw [m, nm, 3]``:
+`trainers.loop.micro_batch_images`, what the trainers pass) each micro-batch runs the tower on its
+own images, forward and backward, so the tower's memory is that of one micro-batch's images too.
+Both give the update without micro-batching. Positions (M-RoPE) come from ``model.rope_index``
+on the whole mini-batch (``image_grid_thw [n, 3]``: every row's images, in both layouts).
 
 Batches (dicts of arrays, leading dim = rows; right padding usual, any padding works):
 - common: ``input_ids [B, T] int``, ``attention_mask [B, T]``, optional ``pixel_values [N, D]``
@@ -122,7 +126,9 @@ class SFTConfig:
 
 # ------------------------------------------------------------------------- micro-batch engine
 
-_ROW_KEYS_SKIP = ("pixel_values", "image_grid_thw", "image_embeds", "position_ids")
+# images split by micro-batch on the host (`trainers.loop.micro_batch_images`): [m, Nm, D], [m, nm, 3]
+MICRO_IMAGE_KEYS = ("micro_pixel_values", "micro_image_grid_thw")
+_ROW_KEYS_SKIP = ("pixel_values", "image_grid_thw", "image_embeds", "position_ids") + MICRO_IMAGE_KEYS
 
 
 def _split_rows(batch: dict, m: int, rows: int) -> dict:
@@ -148,11 +154,21 @@ def _has_images(batch) -> bool:
     return batch.get("pixel_values") is not None
 
 
+def _micro_images(batch) -> bool:
+    """Whether the batch carries its images split by micro-batch (`MICRO_IMAGE_KEYS`)."""
+    return batch.get("micro_pixel_values") is not None
+
+
+def images_per_group(model, group: int) -> bool:
+    """Whether `model` reads one run of `group` rows' images from the run's first row only (rows
+    that share their prompt: `model.group_first_images`, `shared_prompt_hidden(group_images=True)`)."""
+    return group > 1 and hasattr(model, "group_first_images") and hasattr(model, "shared_prompt_hidden")
+
+
 def _per_group(model, batch, group: int) -> bool:
     """Whether the images are encoded once per run of `group` rows (rows that share their prompt,
     `model.group_first_images`) instead of once per row."""
-    return (group > 1 and _has_images(batch) and hasattr(model, "group_first_images")
-            and hasattr(model, "shared_prompt_hidden"))   # the only reader of per-group embeddings
+    return _has_images(batch) and images_per_group(model, group)   # the only reader of per-group embeddings
 
 
 def _images(model, batch, group: int = 1):
@@ -165,7 +181,9 @@ def _images(model, batch, group: int = 1):
 
 
 def _plan(model, batch, m: int, group: int = 1):
-    """Micro-batches with position_ids and image offsets (into the embeddings of `_images`)."""
+    """Micro-batches with position_ids and image offsets (into the embeddings of `_images`), or
+    with the batch's `MICRO_IMAGE_KEYS` each micro-batch's own images (``pixel_values``,
+    ``image_grid_thw``)."""
     ids = jnp.asarray(batch["input_ids"])
     b, t = ids.shape
     if b % m:
@@ -174,13 +192,19 @@ def _plan(model, batch, m: int, group: int = 1):
         raise ValueError(f"a micro-batch of {b // m} rows does not hold whole groups of {group}")
     am = batch.get("attention_mask")
     am = jnp.ones((b, t), jnp.int32) if am is None else jnp.asarray(am)
-    grid = batch.get("image_grid_thw") if _has_images(batch) else None
+    grid = batch.get("image_grid_thw") if _has_images(batch) or _micro_images(batch) else None
     pos, _ = model.rope_index(ids, am, None if grid is None else jnp.asarray(grid))
     mbs = _split_rows(dict(batch, attention_mask=am), m, b)
     # positions [..., B, T] (M-RoPE: [3, B, T]; 1-D: [B, T]): the row axis split into micro-batches
     pos = pos.reshape(pos.shape[:-2] + (m, b // m, t))
     mbs["position_ids"] = jnp.moveaxis(pos, -3, 0)
-    if grid is not None:
+    if _micro_images(batch):
+        pv, mgrid = jnp.asarray(batch["micro_pixel_values"]), jnp.asarray(batch["micro_image_grid_thw"])
+        if pv.shape[0] != m or mgrid.shape[0] != m:
+            raise ValueError(f"the batch's images are split into {pv.shape[0]} micro-batches "
+                             f"(trainers.loop.micro_batch_images), the step into num_micro_batches={m}")
+        mbs["pixel_values"], mbs["image_grid_thw"] = pv, mgrid
+    elif grid is not None:
         tokens = jnp.sum(model.image_token_mask(ids), axis=1)
         if _per_group(model, batch, group):   # only each run's first row has its images encoded
             tokens = jnp.where(jnp.arange(b) % group == 0, tokens, 0)
@@ -208,7 +232,18 @@ def _accumulate_grads(model, batch, m: int, micro_loss, vision_grads: bool = Tru
         return micro_loss(nnx.merge(graphdef, p, rest), mb, emb)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    if _has_images(batch) and not vision_grads:
+    if _micro_images(batch):   # each micro-batch runs the tower over its own images, forward and backward
+        def f_images(p, mb):
+            mdl = nnx.merge(graphdef, p, rest)
+            emb = mdl.encode_images(mb["pixel_values"], mb["image_grid_thw"])
+            return micro_loss(mdl, mb, emb if vision_grads else jax.lax.stop_gradient(emb))
+
+        def body(g_acc, mb):
+            (loss, met), g = jax.value_and_grad(f_images, has_aux=True)(params, mb)
+            return jax.tree.map(jnp.add, g_acc, g), (loss, met)
+
+        grads, (losses, mets) = jax.lax.scan(body, zeros, mbs)
+    elif _has_images(batch) and not vision_grads:
         embeds = jax.lax.stop_gradient(model.encode_images(*_images(model, batch, group)))
         n = embeds.shape[0]
         padded = jnp.concatenate([embeds, jnp.zeros_like(embeds)], axis=0)
@@ -257,7 +292,10 @@ def _forward_micro(model, batch, m: int, fn, group: int = 1):
     graphdef, state = nnx.split(model)
 
     def body(_, mb):
-        return None, fn(nnx.merge(graphdef, state), mb, _micro_embeds(padded, mb, n))
+        mdl = nnx.merge(graphdef, state)
+        if _micro_images(batch):   # this micro-batch's own images
+            return None, fn(mdl, mb, mdl.encode_images(mb["pixel_values"], mb["image_grid_thw"]))
+        return None, fn(mdl, mb, _micro_embeds(padded, mb, n))
 
     _, out = jax.lax.scan(body, None, mbs)
     return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
