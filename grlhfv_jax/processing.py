@@ -8,10 +8,16 @@ An encoded example (`encode_example`) is a dict of numpy arrays:
   pixel_values       [N, C*t*p*p] float32   Qwen2VLImageProcessor's patches, this example's images
   image_grid_thw     [n_images, 3] int32    (t, h, w) patch grid per image
 `collate` pads a list of them into a batch.
+
+An image can come already processed (`prepare_image`: a `PreparedImage`, the uint8 array that
+also carries one processor's `pixel_values` / `image_grid_thw` for it, e.g. made in the data
+read-ahead threads): `encode_example` then uses those patches instead of running the processor
+again, when they were made by a processor with the same settings (`processor_key`).
 """
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -151,6 +157,59 @@ def load_image(image):
     raise TypeError(f"unsupported image type {type(image).__name__}: give a PIL image, a path or an array")
 
 
+_KEYS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def processor_key(image_processor) -> str:
+    """The settings of `image_processor` as text (its JSON): two processors with the same key make
+    the same patches for any image. Cached per processor object."""
+    try:
+        return _KEYS[image_processor]
+    except (KeyError, TypeError):
+        key = f"{type(image_processor).__name__}:{image_processor.to_json_string()}"
+        try:
+            _KEYS[image_processor] = key
+        except TypeError:   # not weak-referenceable
+            pass
+        return key
+
+
+class PreparedImage(np.ndarray):
+    """A decoded uint8 [H, W, 3] image (any reader of the array sees just that) that also carries an
+    image processor's output for it: `pixel_values` [N, D] float32, `image_grid_thw` [1, 3] int32 and
+    the processor's `key` (`processor_key`). Made by `prepare_image`; a view or copy of it (a crop,
+    a slice, arithmetic) is a plain image again (`prepared` None): its patches would be wrong."""
+
+    prepared = None   # (key, pixel_values, image_grid_thw) on the array `prepare_image` made
+
+    def __array_finalize__(self, obj):
+        self.prepared = None
+
+    def patches(self, image_processor):
+        """(pixel_values, image_grid_thw) if made by a processor with `image_processor`'s settings, else None."""
+        if self.prepared is None or self.prepared[0] != processor_key(image_processor):
+            return None
+        return self.prepared[1], self.prepared[2]
+
+
+def _process(image_processor, images) -> tuple[np.ndarray, np.ndarray]:
+    out = image_processor(images=images)
+    return (np.asarray(out["pixel_values"], dtype=np.float32),
+            np.asarray(out["image_grid_thw"], dtype=np.int32).reshape(-1, 3))
+
+
+def prepare_image(image_processor, image) -> PreparedImage:
+    """`image` (PIL, path or uint8 [H, W, 3]) as a `PreparedImage`: the uint8 array plus
+    `image_processor`'s patches for it, exactly those `encode_example` would compute."""
+    pil = load_image(image)
+    pv, grid = _process(image_processor, [pil])
+    pv.flags.writeable = grid.flags.writeable = False   # shared by every example of the image: no copy
+    arr = np.asarray(image, np.uint8) if isinstance(image, np.ndarray) else np.asarray(pil, np.uint8)
+    out = arr.view(PreparedImage)
+    out.prepared = (processor_key(image_processor), pv, grid)
+    return out
+
+
 def num_image_tokens(image_grid_thw, merge_size: int) -> np.ndarray:
     """LLM tokens per image: prod(t, h, w) / merge_size**2. [n_images] int."""
     grid = np.asarray(image_grid_thw).reshape(-1, 3)
@@ -175,10 +234,16 @@ def encode_example(tokenizer, image_processor, prompt_text: str, images=(), resp
     """Tokenize one chat example and preprocess its images (see the module docstring for the keys).
 
     `prompt_text` is chat text with one `<|image_pad|>` per image (e.g. from `chat_prompt`);
-    `images` are PIL images, paths or uint8 arrays, in placeholder order. `response` (optional) is
-    appended as the assistant's answer followed by `<|im_end|>`; `loss_mask` is 1 exactly there.
+    `images` are PIL images, paths or uint8 arrays, in placeholder order; `PreparedImage`s made by a
+    processor with `image_processor`'s settings give their patches without running it again.
+    `response` (optional) is appended as the assistant's answer followed by `<|im_end|>`;
+    `loss_mask` is 1 exactly there.
     """
-    images = [load_image(im) for im in (images or ())]
+    images = list(images or ())
+    ready = [im.patches(image_processor) if isinstance(im, PreparedImage) else None for im in images]
+    if any(r is None for r in ready):
+        ready = None
+        images = [load_image(im) for im in images]
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
     prompt_ids = tokenizer.encode(prompt_text, add_special_tokens=False)
     n_slots = prompt_ids.count(image_token_id)
@@ -186,10 +251,11 @@ def encode_example(tokenizer, image_processor, prompt_text: str, images=(), resp
         raise ValueError(f"prompt has {n_slots} {IMAGE_PAD} placeholders but {len(images)} images were given")
 
     patch_dim = 3 * image_processor.temporal_patch_size * image_processor.patch_size**2
-    if images:
-        out = image_processor(images=images)
-        pixel_values = np.asarray(out["pixel_values"], dtype=np.float32)
-        grid = np.asarray(out["image_grid_thw"], dtype=np.int32).reshape(-1, 3)
+    if images and ready is not None:
+        pixel_values, grid = ready[0] if len(ready) == 1 else (np.concatenate([r[0] for r in ready]),
+                                                               np.concatenate([r[1] for r in ready]))
+    elif images:
+        pixel_values, grid = _process(image_processor, images)
     else:
         pixel_values = np.zeros((0, patch_dim), np.float32)
         grid = np.zeros((0, 3), np.int32)

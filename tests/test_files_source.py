@@ -125,6 +125,7 @@ def _files_config(paths: dict, tokenizer_dir: str, grm_path: str | None = None):
     (lambda c: c.data.files.grm_train.update(on_bad="ignore"), r"config\.data\.files\.grm_train\.on_bad"),
     (lambda c: c.data.update(too_long="wrap"), r"config\.data\.too_long = 'wrap'"),
     (lambda c: c.data.update(read_threads=-1), r"config\.data\.read_threads = -1"),
+    (lambda c: c.data.update(image_workers=-1), r"config\.data\.image_workers = -1"),
     (lambda c: c.data.update(kind="hub"), r"config\.data\.kind = 'hub'"),
     (lambda c: c.sft.update(grm=dict(steps=1, batch_size=1, max_len=64, lr=1e-3)), r"config\.sft\.grm: .*judgments"),
     (lambda c: c.sft.policy.update(data="styled"), r"config\.sft\.policy\.data = 'styled'"),
@@ -189,9 +190,13 @@ def test_over_long_records_are_skipped_truncated_or_refused_and_counted(files_ru
         data_files.fit(m, long, rs["grm_train"], "fail", "grm_train")
 
 
-def test_tiny_run_on_files_data_sft_grm_rl_policy_rl(files_run, tmp_path):
+@pytest.mark.parametrize("image_workers", [0, 2])
+def test_tiny_run_on_files_data_sft_grm_rl_policy_rl(files_run, tmp_path, image_workers):
+    """Also with the image processor in the read threads (config.data.image_workers)."""
     from grlhfv_jax import main
     config, root = files_run
+    config = config.copy_and_resolve_references()
+    config.data.image_workers = image_workers
     summary = main.run(config, str(tmp_path / "run"))
     # the over-long pair is skipped in every split a length-checking stage reads, and counted
     for split in ("grm_train", "grm_test_id", "grm_test_ood"):

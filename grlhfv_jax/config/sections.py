@@ -78,6 +78,9 @@ DATA = {
     "tokenizer_dir": Key("str?", None, "files: the tokenizer folder (None: the first config.model.* path)"),
     "read_threads": Key("int", 0, "files: threads that read and decode the next batches while a step runs (0: "
                                   "in the step); the same batches"),
+    "image_workers": Key("int", 0, "files: > 0: the read-ahead also runs config.image's processor on each image, "
+                                   "in max(read_threads, image_workers) threads, so the step does not (0: in "
+                                   "the step); the same batches"),
     "too_long": Key("str", "skip", "files: a record longer than a reading stage's max_len after tokenisation: "
                                    "skip, truncate (its responses; a prompt that alone is too long is skipped) "
                                    "or fail; counted in the summary"),

@@ -16,15 +16,23 @@ nothing held in memory but the batch asked for. Records carry what the stages re
 - prompts: ``id``, ``question``, ``image``, ``meta``.
 
 ``hooks`` is None: files hold no oracle.
+
+With an ``image_processor`` and ``image_workers`` > 0, `dataset` also runs that processor on each
+record's image in the grain read threads (`Prefetched`, ``max(read_threads, image_workers)`` of
+them): ``image`` is then a `processing.PreparedImage`, the same uint8 array carrying the
+processor's ``pixel_values`` / ``image_grid_thw``, which `processing.encode_example` uses instead
+of running the processor again in the step (docs/data.md, "Images in the read threads").
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import io
 import os
-from typing import Iterator, Mapping
+import threading
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -110,6 +118,28 @@ def _shard(shard: tuple[int, int] | None) -> tuple[int, int]:
     return index, count
 
 
+class _Prepare:
+    """A grain map: the record with its ``image`` run through the processor (`processing.prepare_image`),
+    one copy of the processor per read thread; an image that cannot be processed is a ValueError
+    naming the split and record."""
+
+    def __init__(self, image_processor, split: str):
+        self.image_processor, self.split = image_processor, split
+        self._local = threading.local()
+
+    def __call__(self, rec: dict) -> dict:
+        from grlhfv_jax import processing
+        proc = getattr(self._local, "proc", None)
+        if proc is None:
+            proc = self._local.proc = copy.deepcopy(self.image_processor)
+        try:
+            image = processing.prepare_image(proc, rec["image"])
+        except Exception as e:   # PIL and the processor raise many types
+            raise ValueError(f"data split {self.split!r}: record {rec.get('id', '?')!r}: the image processor "
+                             f"failed on its image ({rec['image'].shape}): {type(e).__name__}: {e}") from e
+        return dict(rec, image=image)
+
+
 class Prefetched:
     """``ds[step]`` of a grain `MapDataset` of batches, read ahead: `threads` grain threads decode the
     batches after the last one asked for while the caller runs its step. Equal to ``ds[step]`` for
@@ -141,6 +171,8 @@ class FilesSource:
     shard: tuple[int, int] | None = None
     hooks: None = None
     read_threads: int = 0     # > 0: `dataset` decodes the next batches in that many threads (`Prefetched`)
+    image_processor: Any = None   # with image_workers > 0: run in the read threads (module docstring)
+    image_workers: int = 0
 
     def __post_init__(self):
         self._builder = None
@@ -176,8 +208,12 @@ class FilesSource:
         if len(ds) == 0:
             raise ValueError(f"split {split!r} has no records for process {index} of {count}: nothing to batch")
         ds = ds.shuffle(seed=int(seed)).repeat(None).map(self._decode(split))
+        threads = self.read_threads
+        if self.image_processor is not None and self.image_workers > 0:
+            ds = ds.map(_Prepare(self.image_processor, split))
+            threads = max(threads, self.image_workers)
         ds = ds.batch(int(batch_size), batch_fn=list)
-        return Prefetched(ds, self.read_threads) if self.read_threads > 0 else ds
+        return Prefetched(ds, threads) if threads > 0 else ds
 
     def records(self, split: str, n: int | None = None) -> list[dict]:
         """This process's share of the first `n` records of `split` (all if None), in order, decoded."""

@@ -134,8 +134,13 @@ def decode(raw: Mapping[str, Any], prompt: bool) -> dict:
     """A stored record (`as_data_source(split)[i]`) -> the record the stages read: ``id``,
     ``question``, ``image`` (uint8 [H, W, 3]), ``meta``; pairs (`prompt` False) also ``response_1``,
     ``response_2``, ``overall_response`` (1 | 2) and ``answer`` (the preferred response)."""
-    rec = {"id": _text(raw["id"]), "question": _text(raw["question"]), "image": files_source.decode_image(bytes(raw["image"])),
-           "meta": json.loads(_text(raw["meta"]))}
+    rec_id = _text(raw["id"])
+    try:
+        image = files_source.decode_image(bytes(raw["image"]))
+    except Exception as e:   # PIL raises many types for bad data
+        raise ValueError(f"record {rec_id!r}: its stored image does not decode ({type(e).__name__}: {e}); the "
+                         "'data' stage checks images when it converts: convert again") from e
+    rec = {"id": rec_id, "question": _text(raw["question"]), "image": image, "meta": json.loads(_text(raw["meta"]))}
     if not prompt:
         rec.update(response_1=_text(raw["response_1"]), response_2=_text(raw["response_2"]),
                    overall_response=int(raw["overall_response"]))

@@ -82,7 +82,12 @@ def source(config, workdir: str):
                          f"{written!r}, not {kind(config)!r}: rerun the 'data' stage")
     if kind(config) == "files":
         from grlhfv_jax.stages import data_files
-        return data_files.source(found, config.data.read_threads)
+        d = config_schema.section(config.data, sections.DATA)
+        proc = None
+        if d.image_workers > 0:   # the processor the stages' codec uses (common.codec): config.image's
+            from grlhfv_jax.stages import common
+            proc = common.image_processor(config_schema.section(config).image)
+        return data_files.source(found, d.read_threads, d.image_workers, proc)
     return sources.WorldSource(found["data_dir"], world_config(config))
 
 

@@ -99,6 +99,9 @@ def check_config(config) -> None:
         raise ConfigError(f"config.data.too_long = {d.too_long!r}: expected one of {TOO_LONG}")
     if d.read_threads < 0:
         raise ConfigError(f"config.data.read_threads = {d.read_threads}: expected 0 (read in the step) or more")
+    if d.image_workers < 0:
+        raise ConfigError(f"config.data.image_workers = {d.image_workers}: expected 0 (images processed in the step) "
+                          "or more")
     for split, spec in d.get("files", {}).items():
         where = f"config.data.files.{split}"
         if "path" not in spec or not spec.path:
@@ -473,10 +476,12 @@ def run(config, workdir: str, data_dir: str, *, shard_bytes: int | None = None, 
     return dict(done["summary"])
 
 
-def source(paths: dict, read_threads: int = 0) -> fs.FilesSource:
+def source(paths: dict, read_threads: int = 0, image_workers: int = 0, image_processor=None) -> fs.FilesSource:
     """The source over the splits `run` converted (`paths`: its data_paths.json); `read_threads`
-    decode the next batches while a step runs (`files_source.Prefetched`)."""
+    decode the next batches while a step runs (`files_source.Prefetched`); with `image_workers` > 0
+    the read threads also run `image_processor` (config.image's) on each image."""
     if "dataset_dir" not in paths:
         raise ValueError("data_paths.json names no converted dataset (written by an older version of the "
                          "'data' stage): rerun the 'data' stage")
-    return fs.FilesSource(paths["dataset_dir"], read_threads=int(read_threads))
+    return fs.FilesSource(paths["dataset_dir"], read_threads=int(read_threads), image_workers=int(image_workers),
+                          image_processor=image_processor if int(image_workers) > 0 else None)

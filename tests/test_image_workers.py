@@ -1,0 +1,164 @@
+"""The image processor in the data read threads (config.data.image_workers > 0, files runs): the
+batches' records carry the processor's patches (processing.PreparedImage) and the stages' examples
+built from them equal, bitwise, those built the old way (processor in the step), for images of two
+sizes, pairs and GRM prompts; the processor is then not called on the main thread; a processor with
+other settings recomputes; a stored image that does not decode is a clear error naming the record."""
+import io
+import os
+import sys
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from grlhfv_jax import processing
+from grlhfv_jax.data import files_source as fs
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+import demo  # noqa: E402
+
+WORDS = "red blue green circle square the is are a an big small left right one two three".split()
+IMAGE = dict(min_pixels=28 * 28, max_pixels=84 * 84, patch_size=14, merge_size=2, temporal_patch_size=2)
+SIZES = ((40, 56), (70, 90))   # two sizes: two different patch grids
+
+
+def _rows(n):
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(n):
+        h, w = SIZES[k % 2]
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(buf, format="PNG" if k % 3 else "JPEG")
+        rows.append(dict(question=f"What is in image {k}?", image={"bytes": buf.getvalue(), "path": None},
+                         response_1=" ".join(rng.choice(WORDS, 3)), response_2=" ".join(rng.choice(WORDS, 4)),
+                         overall_response=1 + k % 2))
+    return rows
+
+
+def _convert(root, rows, **spec):
+    pq.write_table(pa.Table.from_pylist(rows), root / "pairs.parquet")
+    split = fs.SplitFiles(str(root / "pairs.parquet"), **spec)
+    dataset_dir, _ = fs.write_splits(str(root / "tfds"), {"grm_train": split, "policy_train": split})
+    return dataset_dir
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from grlhfv_jax.data.tokenizer import train_tokenizer
+    from grlhfv_jax.stages import common
+    root = tmp_path_factory.mktemp("image_workers")
+    rows = _rows(10)
+    dataset_dir = _convert(root, rows)
+    texts = [r[k] for r in rows for k in ("question", "response_1", "response_2")]
+    train_tokenizer(texts * 5, str(root / "tok"), vocab_size=400)
+    codec = common.Codec.from_dirs(str(root / "tok"), IMAGE, demo.DEMO_GRM_TEMPLATE)
+    return dataset_dir, codec
+
+
+def _examples(codec, recs):
+    from grlhfv_jax.stages import common
+    ex = common.pair_examples(codec, recs)
+    ex += [codec.grm_example(r["question"], r["image"], r["response_1"], r["response_2"], "judgment") for r in recs]
+    ex += [codec.example(r["question"], r["image"]) for r in recs]
+    return ex
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The thread of every call of the image processor (any instance of its class)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    seen, original = [], Qwen2VLImageProcessorPil.__call__
+
+    def spy(self, *a, **kw):
+        seen.append(threading.current_thread() is threading.main_thread())
+        return original(self, *a, **kw)
+    monkeypatch.setattr(Qwen2VLImageProcessorPil, "__call__", spy)
+    return seen
+
+
+def test_batches_with_the_processor_in_the_read_threads_equal_the_old_ones(setup, calls):
+    from grlhfv_jax.stages import common, data_files
+    dataset_dir, codec = setup
+    old = fs.FilesSource(dataset_dir, shard=(0, 1)).dataset("grm_train", seed=3, batch_size=4)
+    src = data_files.source({"dataset_dir": dataset_dir}, 0, 2, common.image_processor(IMAGE))
+    new = src.dataset("grm_train", seed=3, batch_size=4)
+    assert isinstance(new, fs.Prefetched) and new.threads == 2
+    grids = set()
+    for step in range(4):   # 16 records of 10: an epoch boundary too
+        a, b = old[step], new[step]
+        assert [r["id"] for r in a] == [r["id"] for r in b]
+        for ra, rb in zip(a, b):   # every other field as before; the image the same pixels
+            assert ra.keys() == rb.keys()
+            assert isinstance(rb["image"], processing.PreparedImage) and rb["image"].prepared is not None
+            np.testing.assert_array_equal(np.asarray(rb["image"]), ra["image"])
+            assert all(ra[k] == rb[k] for k in ra if k != "image")
+        del calls[:]
+        ex_new = _examples(codec, b)
+        assert not any(calls)   # no processor call on the main thread (the read threads go on ahead)
+        ex_old = _examples(codec, a)
+        assert sum(calls) == len(ex_old)   # the old way: once per example, on the main thread
+        for x, y in zip(ex_old, ex_new):
+            assert x.keys() == y.keys()
+            for k in x:   # bitwise
+                assert x[k].dtype == y[k].dtype and x[k].shape == y[k].shape, k
+                assert x[k].tobytes() == y[k].tobytes(), k
+            grids.add(tuple(y["image_grid_thw"].ravel()))
+        for side in ("left", "right"):
+            bo = common.batch(ex_old, codec, side=side, max_len=256)
+            bn = common.batch(ex_new, codec, side=side, max_len=256)
+            for k in ("input_ids", "pixel_values", "image_grid_thw"):
+                assert bo[k].tobytes() == bn[k].tobytes(), k
+    assert len(grids) == 2   # two image sizes, two grids
+
+
+def test_the_read_threads_process_images_off_the_main_thread(setup, calls):
+    from grlhfv_jax.stages import common
+    dataset_dir, codec = setup
+    src = fs.FilesSource(dataset_dir, shard=(0, 1), image_processor=common.image_processor(IMAGE), image_workers=2)
+    ds = src.dataset("policy_train", seed=0, batch_size=4)
+    for step in range(3):
+        recs = ds[step]
+        [codec.example(r["question"], r["image"]) for r in recs]
+    assert calls and not any(calls)   # every call in a read thread, none on the main thread
+
+
+def test_a_processor_with_other_settings_processes_again(setup):
+    from grlhfv_jax.stages import common
+    dataset_dir, codec = setup
+    src = fs.FilesSource(dataset_dir, shard=(0, 1), image_processor=common.image_processor(IMAGE), image_workers=1)
+    r = src.dataset("grm_train", seed=0, batch_size=2)[0][0]
+    other = common.image_processor(dict(IMAGE, max_pixels=56 * 56))
+    assert r["image"].patches(other) is None and r["image"].patches(codec.image_processor) is not None
+    text = processing.chat_prompt(r["question"], tokenizer=codec.tokenizer)
+    got = processing.encode_example(codec.tokenizer, other, text, [r["image"]])
+    want = processing.encode_example(codec.tokenizer, other, text, [np.asarray(r["image"])])
+    for k in want:
+        assert got[k].tobytes() == want[k].tobytes(), k
+    assert r["image"][:10].prepared is None   # a crop is a plain image
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stored_image_that_does_not_decode_is_an_error_naming_the_record(tmp_path, workers):
+    from grlhfv_jax.stages import common
+    rows = _rows(4)
+    rows[2]["image"] = {"bytes": rows[2]["image"]["bytes"][:40], "path": None}   # truncated
+    # the data stage checks images when converting (skip or fail, counted): stored unchecked here
+    dataset_dir = _convert(tmp_path, rows, check_images=False)
+    src = fs.FilesSource(dataset_dir, shard=(0, 1), image_processor=common.image_processor(IMAGE),
+                         image_workers=workers)
+    ds = src.dataset("grm_train", seed=0, batch_size=4)
+    with pytest.raises(ValueError, match=r"record 'pairs-2'.*does not decode"):
+        ds[0]
+
+
+def test_the_data_stage_skips_a_corrupt_image_with_workers_on(tmp_path):
+    """What the 'data' stage does with a corrupt image (skip, counted) is unchanged: the image
+    workers only read what it converted."""
+    rows = _rows(4)
+    rows[1]["image"] = {"bytes": b"not an image", "path": None}
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
+    recs, bad = fs.read_split("grm_train", fs.SplitFiles(str(tmp_path / "pairs.parquet")))
+    assert len(recs) == 3 and dict(bad.counts) == {"undecodable_image": 1}
