@@ -218,3 +218,54 @@ def test_a_rerun_converts_again_only_when_a_file_or_option_changed(tok_dir, tmp_
     assert len(writes) == 6 and s2["data/grm_train/records"] == 5
     _check_records(dataset_dir, new)
     assert _run(_config(pairs, tok_dir, too_long="truncate"), tmp_path, 0) == s2 and len(writes) == 6
+
+
+def _write_jsonl(path, rows) -> str:
+    """`rows` as a JSONL file naming PNG files beside it (images/<k>.png)."""
+    os.makedirs(os.path.join(os.path.dirname(path), "images"), exist_ok=True)
+    with open(path, "w") as f:
+        for k, r in enumerate(rows):
+            with open(os.path.join(os.path.dirname(path), "images", f"{k}.png"), "wb") as g:
+                g.write(r["image"])
+            f.write(json.dumps(dict({c: r[c] for c in ("question", "response_1", "response_2", "overall_response")},
+                                    image=f"images/{k}.png")) + "\n")
+    return str(path)
+
+
+def test_a_replaced_image_file_a_jsonl_names_converts_again(tok_dir, tmp_path, writes, capsys):
+    """The cache key holds the size and mtime of every image file a JSONL split names: replacing
+    one (the JSONL untouched) converts again, with its new pixels; unchanged files reuse."""
+    rows = _rows(4)
+    pairs = _write_jsonl(tmp_path / "in" / "pairs.jsonl", rows)
+    dataset_dir = str(tmp_path / "data" / "files" / "grlhfv_files" / "1.0.0")
+    cfg = _config(pairs, tok_dir)
+    _run(cfg, tmp_path, 0)
+    assert len(writes) == 2
+    _run(cfg, tmp_path, 0)
+    assert len(writes) == 2 and "not converting again" in capsys.readouterr().out
+    # another image of another size in place of image 2
+    rgb = np.full((20, 24, 3), 200, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    jsonl_mtime = os.stat(pairs).st_mtime_ns
+    with open(tmp_path / "in" / "images" / "2.png", "wb") as f:
+        f.write(buf.getvalue())
+    assert os.stat(pairs).st_mtime_ns == jsonl_mtime
+    _run(cfg, tmp_path, 0)
+    assert len(writes) == 4
+    rows[2] = dict(rows[2], image=buf.getvalue(), rgb=rgb)
+    _check_records(dataset_dir, rows)
+    _run(cfg, tmp_path, 0)
+    assert len(writes) == 4   # unchanged: reused
+    # the same size, a new mtime (the same bytes rewritten later): converted again
+    st = os.stat(tmp_path / "in" / "images" / "0.png")
+    os.utime(tmp_path / "in" / "images" / "0.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    _run(cfg, tmp_path, 0)
+    assert len(writes) == 6
+    _run(cfg, tmp_path, 0)
+    assert len(writes) == 6
+    # parquet splits (images inside the files): no image files in the key
+    inputs = data_files.conversion_inputs(_config(_write(tmp_path / "pq" / "pairs.parquet", rows), tok_dir))
+    assert all(s["image_files"] == {} for s in inputs["splits"].values())
+    inputs = data_files.conversion_inputs(cfg)
+    assert inputs["splits"]["grm_train"]["image_files"]["count"] == 4

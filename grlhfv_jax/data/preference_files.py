@@ -174,6 +174,39 @@ def _rows(file: str, fmt: str, columns: list[str]) -> Iterator[tuple[int, Any]]:
             i += 1
 
 
+def _image_path(value, base: str) -> str | None:
+    """The file an image value names (a path string, or an Image struct without bytes), resolved
+    against `base` (the folder of the file that holds the value); None when the value holds bytes."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return None
+        value = value.get("path")
+    if isinstance(value, str) and value:
+        return value if os.path.isabs(value) else os.path.join(base, value)
+    return None
+
+
+def image_files(path: str, fields: FieldMap | str = "align_anything", *, format: str = "auto") -> Iterator[str]:
+    """Every image file a JSONL input names (resolved as the readers resolve them), in row order;
+    nothing for other formats (their images are inside the files) or rows that name none. For a
+    cache key (stages/data_files.py): cheap, the images are not opened."""
+    fields = FIELD_MAPS[fields] if isinstance(fields, str) else fields
+    fmt = detect_format(path) if format == "auto" else format
+    if fmt != "jsonl":
+        return
+    for file in _files(path, fmt):
+        base = os.path.dirname(os.path.abspath(file))
+        with open(file, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line) if line.strip() else None
+                except ValueError:
+                    continue
+                p = _image_path(row.get(fields.image), base) if isinstance(row, dict) else None
+                if p is not None:
+                    yield p
+
+
 def _image_bytes(value, base: str) -> tuple[bytes | None, str]:
     """(encoded image bytes or None, what was missing)."""
     if isinstance(value, dict):
@@ -183,7 +216,7 @@ def _image_bytes(value, base: str) -> tuple[bytes | None, str]:
     if isinstance(value, (bytes, bytearray)):
         return (bytes(value), "") if value else (None, "empty bytes")
     if isinstance(value, str) and value:
-        p = value if os.path.isabs(value) else os.path.join(base, value)
+        p = _image_path(value, base)
         if not os.path.isfile(p):
             return None, f"no file {p}"
         with open(p, "rb") as f:

@@ -273,6 +273,28 @@ def _stats(path: str | None, top_only: bool = False) -> list | str:
     return out
 
 
+def _image_stats(spec) -> dict | str:
+    """The image files a JSONL split names (`preference_files.image_files`): how many, how many are
+    missing, and a digest of (path, size, mtime) of each (stat only, no content hash: cheap for many
+    files; a digest, not the list, so the marker stays small). {} for other formats."""
+    try:
+        files = pf.image_files(spec.path, spec.fields, format=spec.format)
+        base = os.path.dirname(os.path.abspath(spec.path))   # names relative to it: the same on every host
+        digest, n, missing = hashlib.sha256(), 0, 0
+        for p in files:
+            name = os.path.relpath(p, base)
+            try:
+                st = os.stat(p)
+                digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{name}\0missing\n".encode())
+                missing += 1
+            n += 1
+    except (OSError, ValueError, KeyError):   # no such path / format / field map: the conversion says so
+        return "unreadable"
+    return {"count": n, "missing": missing, "stats": digest.hexdigest()[:20]} if n else {}
+
+
 def _plain(x):
     return x.to_dict() if hasattr(x, "to_dict") else x
 
@@ -280,12 +302,13 @@ def _plain(x):
 def conversion_inputs(config, shard_bytes: int | None = None) -> dict:
     """What the converted dataset depends on: each split's files (name, size, mtime) and options,
     the length checks (`readers`, `config.data.too_long`), the tokenizer files, `config.image`,
-    `config.grm_template`, the shard size and the stage's version. Paths as configured (the same
-    on every host). Not covered: image files a JSONL file names (touch the JSONL after replacing one)."""
+    `config.grm_template`, the shard size and the stage's version; for a JSONL split also the size
+    and mtime of every image file it names (`_image_stats`). Paths as configured (the same on
+    every host)."""
     from grlhfv_jax.data import files_tfds
     rs, tok = readers(config), tokenizer_dir(config)
     splits = {split: {"path": spec.path, "format": spec.format, "fields": spec.fields, "on_bad": spec.on_bad,
-                      "limit": spec.limit, "files": _stats(spec.path),
+                      "limit": spec.limit, "files": _stats(spec.path), "image_files": _image_stats(spec),
                       "readers": [dataclasses.asdict(r) for r in rs.get(split, [])]}
               for split, spec in sorted(config.data.files.items())}
     return {"conversion": CONVERSION, "tfds_version": files_tfds.VERSION, "splits": splits,
