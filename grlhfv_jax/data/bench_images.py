@@ -6,8 +6,8 @@ path, config.data.image_workers = 0) and in the read threads (image_workers > 0)
 Writes `--images` JPEG images of noise into preference files in a temporary folder, converts them
 (`files_source.write_splits`), trains a tiny tokenizer, and for each setting reads `--steps`
 batches of `--images` records (`FilesSource.dataset`, `read_threads` = `--workers` either way, so
-both decode ahead) and builds each record's example (`common.Codec.example`, config.image's
-defaults: Qwen2-VL's processor) on the main thread. Prints one JSON object: per setting the
+both decode ahead) and builds each record's example on the main thread as `stages.common.Codec.example`
+does (`processing.encode_example`; config.image's defaults: Qwen2-VL's processor). Prints one JSON object: per setting the
 main-thread seconds per batch building the examples (`encode_s`), waiting for the read-ahead
 (`wait_s`: the read threads not keeping up with a step that takes no time) and both (`main_s`),
 medians over the steps after the first (which waits for the first read).
@@ -50,18 +50,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=6)
     args = ap.parse_args(argv)
     w, h = (int(v) for v in args.size.split("x"))
+    from grlhfv_jax import processing
     from grlhfv_jax.data import files_source as fs
     from grlhfv_jax.data.tokenizer import train_tokenizer
-    from grlhfv_jax.stages import common
     out = {"images": args.images, "size": args.size, "workers": args.workers, "steps": args.steps}
     with tempfile.TemporaryDirectory() as root:
         pairs = _files(root, args.images * 2, h, w)
         dataset_dir, _ = fs.write_splits(f"{root}/tfds", {"grm_train": fs.SplitFiles(pairs)})
         train_tokenizer(["What is in image a red circle two blue squares"] * 20, f"{root}/tok", vocab_size=300)
-        codec = common.Codec.from_dirs(f"{root}/tok", {})
+        tok, proc = processing.load_tokenizer(f"{root}/tok"), processing.load_image_processor()
+
+        def example(r):   # stages.common.Codec.example
+            text = processing.chat_prompt(r["question"], num_images=1, tokenizer=tok)
+            return processing.encode_example(tok, proc, text, [r["image"]], r["answer"])
         for name, workers in (("in_step", 0), ("read_threads", args.workers)):
             src = fs.FilesSource(dataset_dir, shard=(0, 1), read_threads=args.workers,
-                                 image_processor=common.image_processor({}) if workers else None,
+                                 image_processor=processing.load_image_processor() if workers else None,
                                  image_workers=workers)
             ds = src.dataset("grm_train", seed=0, batch_size=args.images)
             wait, enc, patches = [], [], 0
@@ -69,7 +73,7 @@ def main(argv=None) -> dict:
                 t0 = time.perf_counter()
                 recs = ds[step]
                 t1 = time.perf_counter()
-                ex = [codec.example(r["question"], r["image"], r["answer"]) for r in recs]
+                ex = [example(r) for r in recs]
                 t2 = time.perf_counter()
                 wait.append(t1 - t0)
                 enc.append(t2 - t1)
