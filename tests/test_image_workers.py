@@ -162,3 +162,11 @@ def test_the_data_stage_skips_a_corrupt_image_with_workers_on(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
     recs, bad = fs.read_split("grm_train", fs.SplitFiles(str(tmp_path / "pairs.parquet")))
     assert len(recs) == 3 and dict(bad.counts) == {"undecodable_image": 1}
+
+
+def test_bench_images_runs_and_reports_both_settings():
+    from grlhfv_jax.data import bench_images
+    out = bench_images.main(["--images", "2", "--size", "40x30", "--workers", "1", "--steps", "2"])
+    for name in ("in_step", "read_threads"):
+        assert set(out[name]) == {"encode_s", "wait_s", "main_s", "patches_per_batch"}
+    assert out["in_step"]["patches_per_batch"] == out["read_threads"]["patches_per_batch"] > 0
