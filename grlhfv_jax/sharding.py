@@ -140,6 +140,27 @@ def constrain(x, logical_axes, mesh: Mesh | None, rules=ACTIVATION_RULES):
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical_axes, x.shape, mesh, rules)))
 
 
+def split_axes(size: int, axis_sizes: Mapping[str, int]) -> tuple[str, ...]:
+    """The row axes (BATCH_AXES) to split a dim of `size` over: all of them when their product
+    divides it, else the largest one that does (e.g. 4,096 patches on data 5 x fsdp 8: fsdp), else ()."""
+    axes = [a for a in BATCH_AXES if axis_sizes.get(a, 1) > 1]
+    if axes and size % math.prod(axis_sizes[a] for a in axes) == 0:
+        return tuple(axes)
+    fits = [a for a in axes if size % axis_sizes[a] == 0]
+    return (max(fits, key=lambda a: axis_sizes[a]),) if fits else ()
+
+
+def constrain_split(x, dim: int, mesh: Mesh | None):
+    """`x` with dim `dim` split over `split_axes` of the mesh and the rest replicated (the vision
+    tower's patches: a call's images have no row axis of their own); x unchanged without a mesh."""
+    if mesh is None or mesh.size == 1:
+        return x
+    axes = split_axes(x.shape[dim], dict(mesh.shape))
+    spec = [None] * x.ndim
+    spec[dim] = axes if len(axes) > 1 else (axes[0] if axes else None)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+
 def set_activation_mesh(model, mesh: Mesh | None) -> None:
     """Tells a model that constrains its activations (attribute ``activation_mesh``) the mesh its
     parameters are on; other modules are left alone."""

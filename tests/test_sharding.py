@@ -344,3 +344,18 @@ def test_tiny_qwen2_vl_activations_follow_the_activation_rules(tiny_vl):
     assert logits.shape[0] == 4 and logits.shape[-1] % 2 == 0
     want = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor"))
     assert logits.sharding.is_equivalent_to(want, logits.ndim), logits.sharding
+
+
+def test_split_axes_by_hand():
+    """The axes a vision tower's patches split over: all row axes when their product divides the
+    size, else the largest that does, else none; tensor never."""
+    from grlhfv_jax.sharding import split_axes
+    pod, host, dp = dict(data=5, fsdp=8, tensor=1), dict(data=1, fsdp=8, tensor=1), dict(data=8, fsdp=1, tensor=2)
+    assert split_axes(4096, pod) == ("fsdp",)
+    assert split_axes(40 * 4096, pod) == ("data", "fsdp")
+    assert split_axes(25, pod) == ("data",)
+    assert split_axes(7, pod) == ()
+    assert split_axes(4096, host) == ("fsdp",)
+    assert split_axes(16, dp) == ("data",)
+    assert split_axes(3, dp) == ()
+    assert split_axes(64, dict(data=1, fsdp=1, tensor=8)) == ()

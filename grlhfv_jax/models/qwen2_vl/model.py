@@ -194,7 +194,7 @@ class Qwen2VL(nnx.Module):
         if grid is not None and int(np.prod(grid, axis=1).sum()) > pixel_values.shape[0]:
             raise ValueError(f"image_grid_thw covers {int(np.prod(grid, axis=1).sum())} patches but pixel_values "
                              f"has {pixel_values.shape[0]}")
-        return self.visual(pixel_values, jnp.asarray(image_grid_thw))
+        return self.visual(pixel_values, jnp.asarray(image_grid_thw), mesh=self.activation_mesh)
 
     def init_cache(self, batch: int, max_len: int, dtype=None):
         """Empty KV cache (compute dtype): k [L, B, Hkv, S, D], v [L, B, Hkv, D, S] (slots last:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ... import sharding
 from ..layers import Dense, LayerNorm, RMSNorm, activation, attention, remat
 from .rope import apply_rope, vision_rope_cos_sin
 
@@ -46,7 +47,7 @@ def patch_layout(image_grid_thw, num_patches: int, spatial_merge_size: int, wind
     return out
 
 
-def banded_attention(q, k, v, ids, block: int, dtype, pieces: int = 0):
+def banded_attention(q, k, v, ids, block: int, dtype, pieces: int = 0, mesh=None):
     """Attention of N patches among those with equal ids (per image frame, or window), linear in N.
 
     q, k, v [N, H, D]; ids: a tuple of [N] int arrays, a patch attends to the patches equal to it in
@@ -59,7 +60,11 @@ def banded_attention(q, k, v, ids, block: int, dtype, pieces: int = 0):
     pieces > 0: the query blocks run `pieces` at a time (a `jax.lax.map` of `jax.checkpoint`ed
     pieces), so one piece's float32 scores, pieces x block x H x 3 block, are live instead of all
     N x H x 3 block, in the forward and in the backward (which recomputes each piece's scores from
-    its q, k, v). Same values; the memory of a trained tower (VLConfig.vision_chunk)."""
+    its q, k, v). Same values; the memory of a trained tower (VLConfig.vision_chunk).
+
+    mesh: each block's queries (with pieces: each piece's) are split over the mesh's row axes
+    (`sharding.constrain_split`), so every device computes its share of every block's scores, whatever the
+    number of blocks (the keys and values of the band are gathered); None: as placed."""
     N, H, D = q.shape
     nb = -(-N // block)
     pad = nb * block - N
@@ -74,6 +79,7 @@ def banded_attention(q, k, v, ids, block: int, dtype, pieces: int = 0):
         nxt = jnp.concatenate([x[1:], edge])
         return jnp.concatenate([prev, x, nxt], axis=1)
 
+    shard = lambda x, dim: sharding.constrain_split(x, dim, mesh)   # noqa: E731  (a block's queries over the devices)
     qb = blocks(q, 0)
     kb, vb = band(blocks(k, 0), 0), band(blocks(v, 0), 0)
     mask = None
@@ -84,7 +90,7 @@ def banded_attention(q, k, v, ids, block: int, dtype, pieces: int = 0):
         eq = aq[:, :, None] == ak[:, None, :]
         mask = eq if mask is None else mask & eq
     if not pieces or pieces >= nb:
-        o = attention(qb, kb, vb, mask, dtype)                                   # [nb, block, H, D]
+        o = attention(shard(qb, 1), kb, vb, shard(mask, 1), dtype)               # [nb, block, H, D]
         return o.reshape(nb * block, H, D)[:N]
     n_pieces = -(-nb // pieces)
     extra = n_pieces * pieces - nb   # padding blocks: no key allowed (uniform weights), never read
@@ -94,7 +100,7 @@ def banded_attention(q, k, v, ids, block: int, dtype, pieces: int = 0):
         return x.reshape((n_pieces, pieces) + x.shape[1:])
 
     piece = jax.checkpoint(lambda a: attention(a[0], a[1], a[2], a[3], dtype))
-    o = jax.lax.map(piece, (split(qb), split(kb), split(vb), split(mask)))     # [n_pieces, pieces, block, H, D]
+    o = jax.lax.map(piece, (shard(split(qb), 2), split(kb), split(vb), shard(split(mask), 2)))  # [n_pieces, pieces, block, H, D]
     return o.reshape(n_pieces * pieces * block, H, D)[:N]
 
 
@@ -105,9 +111,9 @@ class VisionAttention(nnx.Module):
         self.qkv = Dense(E, 3 * E, axes=("vision_embed", "vision_heads"), bias=True, rngs=rngs, dtype=dt, param_dtype=pdt)
         self.proj = Dense(E, E, axes=("vision_heads", "vision_embed"), bias=True, rngs=rngs, dtype=dt, param_dtype=pdt)
 
-    def __call__(self, x, cos, sin, mask, block: int = 0, pieces: int = 0):
+    def __call__(self, x, cos, sin, mask, block: int = 0, pieces: int = 0, mesh=None):
         """mask: [N, N] bool (dense), or with `block` > 0 a tuple of [N] segment ids (`banded_attention`,
-        `pieces` query blocks at a time)."""
+        `pieces` query blocks at a time, each block's queries over `mesh`'s row axes)."""
         N, E = x.shape
         H = self.num_heads
         q, k, v = jnp.moveaxis(self.qkv(x).reshape(N, 3, H, E // H), 1, 0)
@@ -115,7 +121,7 @@ class VisionAttention(nnx.Module):
         q = apply_rope(q.astype(jnp.float32), c, s).astype(self.dtype)
         k = apply_rope(k.astype(jnp.float32), c, s).astype(self.dtype)
         if block:
-            o = banded_attention(q, k, v, mask, block, self.dtype, pieces)        # [N, H, E / H]
+            o = banded_attention(q, k, v, mask, block, self.dtype, pieces, mesh)  # [N, H, E / H]
         else:
             o = attention(q[None], k[None], v[None], mask[None], self.dtype)[0]
         return self.proj(o.reshape(N, E))
@@ -156,8 +162,8 @@ class VisionBlock(nnx.Module):
         self.attn = VisionAttention(cfg, rngs)
         self.mlp = VisionMLP(cfg, rngs)
 
-    def __call__(self, x, cos, sin, mask, block: int = 0, pieces: int = 0):
-        x = x + self.attn(self.norm1(x), cos, sin, mask, block, pieces)
+    def __call__(self, x, cos, sin, mask, block: int = 0, pieces: int = 0, mesh=None):
+        x = x + self.attn(self.norm1(x), cos, sin, mask, block, pieces, mesh)
         return x + self.mlp(self.norm2(x))
 
 
@@ -187,8 +193,8 @@ class PatchMerger(nnx.Module):
         return self.mlp_2(jax.nn.gelu(self.mlp_0(x), approximate=False))
 
 
-def _block_call(block, x, cos, sin, mask, band=0, pieces=0):
-    return block(x, cos, sin, mask, band, pieces)
+def _block_call(block, x, cos, sin, mask, band=0, pieces=0, mesh=None):
+    return block(x, cos, sin, mask, band, pieces, mesh)
 
 
 class VisionTower(nnx.Module):
@@ -198,8 +204,10 @@ class VisionTower(nnx.Module):
         self.blocks = nnx.List([VisionBlock(cfg, rngs) for _ in range(cfg.vision_depth)])
         self.merger = PatchMerger(cfg, rngs)
 
-    def __call__(self, pixel_values, image_grid_thw):
-        """pixel_values [N, C*t*p*p], image_grid_thw [n, 3] -> merged embeddings [N / m^2, out_hidden]."""
+    def __call__(self, pixel_values, image_grid_thw, mesh=None):
+        """pixel_values [N, C*t*p*p], image_grid_thw [n, 3] -> merged embeddings [N / m^2, out_hidden].
+        mesh: the patches are split over its row axes (`sharding.constrain_split`: each device
+        computes its share of every block and attention piece), else as the inputs are placed."""
         cfg = self.cfg
         N = pixel_values.shape[0]
         m = cfg.spatial_merge_size
@@ -221,13 +229,14 @@ class VisionTower(nnx.Module):
             if window:
                 win_mask = same & (lay["win_h"][:, None] == lay["win_h"][None]) & (
                     lay["win_w"][:, None] == lay["win_w"][None])
-        x = self.patch_embed(pixel_values)
+        stream = lambda x: sharding.constrain_split(x, 0, mesh)   # noqa: E731
+        x = stream(self.patch_embed(pixel_values))
         def call(blk, x, mask):
-            f = (lambda b, h, c, s_, mk: _block_call(b, h, c, s_, mk, band, pieces))
+            f = (lambda b, h, c, s_, mk: _block_call(b, h, c, s_, mk, band, pieces, mesh))
             return remat(f, cfg)(blk, x, cos, sin, mask)
         for i, blk in enumerate(self.blocks):
             mask = full_mask if (not window or i in cfg.fullatt_block_indexes) else win_mask
-            x = call(blk, x, mask)
+            x = stream(call(blk, x, mask))
         if band:   # a frame longer than the block would have lost keys: NaN, never a silent error
             grid = jnp.asarray(image_grid_thw)
             too_long = jnp.max(grid[:, 1] * grid[:, 2]) > band
