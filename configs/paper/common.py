@@ -98,7 +98,9 @@ def base(arg: str, stages: tuple, workdir: str):
     c.mesh_shape = PRESETS[preset]["mesh_shape"]
     c.device_memory_gb = PRESETS[preset]["device_memory_gb"]
     c.tensorboard = True
-    c.data = dict(kind="files", too_long="skip", files=dict(
+    # the next batches are read, decoded and run through the image processor in 4 threads while a
+    # step runs (docs/data.md): a host with 8 accelerators has the cores for it
+    c.data = dict(kind="files", too_long="skip", read_threads=4, image_workers=4, files=dict(
         grm_train=split("Align-Anything text-image-to-text train"),
         grm_test_id=split("Align-Anything text-image-to-text test"),
         grm_test_ood=split("BeaverTails-V evaluation", "beavertails_v_helpful"),
