@@ -309,13 +309,15 @@ def bench_vision(args) -> dict:
     its gradient w.r.t. the tower's parameters, as a trained tower's step needs), dense attention over
     every patch of the call vs per frame (`vision_block` = the patches of one image), and per frame
     in pieces of `--chunk` query patches when given; with --time, the per-frame forward's time on this
-    machine. Compiled from shapes: no weights allocated."""
+    machine. Compiled from shapes: no weights allocated. With --devices k > 1: the model on a mesh
+    of k devices (fsdp k; fake CPU devices here), the figures per device (the tower splits its
+    patches over them)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
-    from grlhfv_jax import models
+    from grlhfv_jax import models, sharding
 
     side = int(round(args.patches ** 0.5))
     if side * side != args.patches or side % 2:
@@ -326,13 +328,19 @@ def bench_vision(args) -> dict:
     pv = jax.ShapeDtypeStruct((n, 3 * 2 * 14 * 14), dtype)
     out = dict(images=args.images, patches_per_image=args.patches, depth=args.depth, embed=args.embed,
                heads=args.heads, dtype=args.dtype, backward=args.backward, remat=args.remat, chunk=args.chunk,
-               platform=jax.devices()[0].platform, jax=jax.__version__)
+               platform=jax.devices()[0].platform, jax=jax.__version__, devices=args.devices)
+    mesh = sharding.make_mesh((1, args.devices, 1)) if args.devices > 1 else None
     variants = [("dense", 0, 0)] if not args.skip_dense else []
     variants += [("per_frame", args.patches, 0)] + ([("per_frame_chunked", args.patches, args.chunk)] if args.chunk else [])
     for name, block, chunk in variants:
         abstract = nnx.eval_shape(lambda b=block, c=chunk: models.from_config(
             vision_hf_config(args), dtype=dtype, vision_block=b, vision_chunk=c, remat=args.remat))
+        sharding.set_activation_mesh(abstract, mesh)
         graphdef, state = nnx.split(abstract)
+        shardings = None
+        if mesh is not None:   # parameters as a run places them; images replicated
+            rep_ = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            shardings = (sharding.model_shardings(abstract, mesh), rep_, rep_)
 
         def encode(st, x, g, graphdef=graphdef):
             if not args.backward:
@@ -341,11 +349,12 @@ def bench_vision(args) -> dict:
             return jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s).encode_images(x, g).astype(jnp.float32)))(st)
 
         _log(f"[vision] compiling {name} ({n} patches)")
-        compiled = jax.jit(encode).lower(state, pv, jax.ShapeDtypeStruct(grid.shape, jnp.int32)).compile()
+        compiled = jax.jit(encode, in_shardings=shardings).lower(
+            state, pv, jax.ShapeDtypeStruct(grid.shape, jnp.int32)).compile()
         mem = compiled.memory_analysis()
         out[f"{name}_temp_bytes"] = int(mem.temp_size_in_bytes)
         _log(f"[vision] {name}: temp {mem.temp_size_in_bytes / 1e9:.2f} GB")
-        if args.time and block:
+        if args.time and block and mesh is None:
             real = nnx.split(models.from_config(vision_hf_config(args), dtype=dtype, vision_block=block,
                                                 vision_chunk=chunk, remat=args.remat))[1]
             x = jnp.asarray(np.random.default_rng(0).standard_normal(pv.shape), dtype)
@@ -376,6 +385,8 @@ def _add_vision(sub):
     p.add_argument("--remat", action="store_true", help="rematerialise each vision block")
     p.add_argument("--chunk", type=int, default=0, help="also per frame in pieces of this many query patches")
     p.add_argument("--skip-dense", action="store_true", help="leave out dense attention (its memory is quadratic)")
+    p.add_argument("--devices", type=int, default=1, help="> 1: on a mesh of this many devices (fake CPU ones "
+                   "here); memory per device")
     return p
 
 
@@ -438,6 +449,20 @@ def bench_grpo(args) -> dict:
         out[f"group{g}_step_temp_bytes"] = int(lowered.compile().memory_analysis().temp_size_in_bytes)
         _log(f"[grpo] group {g}: {out[f'group{g}_s']:.3f} s per mini-batch")
     out["speedup"] = out["group1_s"] / out[f"group{G}_s"]
+    if args.micro_batches > 1 and "pixel_values" in b:   # the step's images split by micro-batch (group G)
+        from grlhfv_jax.trainers import loop
+        split = {k: jnp.asarray(v) for k, v in loop.micro_batch_images(state.model, b, args.micro_batches, G).items()}
+        for name, bb in (("whole_images_step_s", jb), ("split_images_step_s", split)):   # the step alone
+            times = []
+            for _ in range(args.repeats + 1):   # the first call may compile
+                t0 = time.perf_counter()
+                jax.block_until_ready(steps.grpo_step(state, bb, gcfg, window=R, group=G)[1]["loss"])
+                times.append(time.perf_counter() - t0)
+            out[name] = min(times[1:])
+        lowered = steps.grpo_step.lower(state, split, gcfg, window=R, group=G)
+        out["split_images_step_temp_bytes"] = int(lowered.compile().memory_analysis().temp_size_in_bytes)
+        _log(f"[grpo] step alone: {out['whole_images_step_s']:.3f} s, images split by micro-batch: "
+             f"{out['split_images_step_s']:.3f} s")
     return out
 
 
@@ -736,6 +761,9 @@ def main(argv=None):
     for add, _ in SUBCOMMANDS.values():
         add(sub)
     args = parser.parse_args(argv)
+    if getattr(args, "devices", 1) > 1 and "jax" not in sys.modules:   # fake CPU devices (no effect on a GPU / TPU)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count="
+                                   f"{args.devices}").strip()
     if args.cmd == "train" and "jax" not in sys.modules and CPU_MEMORY_SCHEDULER not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CPU_MEMORY_SCHEDULER).strip()
     res = SUBCOMMANDS[args.cmd][1](args)

@@ -179,7 +179,7 @@ def _is_var(x) -> bool:
 
 def _var_sharding(v: nnx.Variable, mesh: Mesh, rules) -> NamedSharding:
     axes = v.get_metadata().get("logical_axes") if v.has_metadata("logical_axes") else None
-    return NamedSharding(mesh, logical_to_spec(axes, np.shape(v[...]), mesh, rules))
+    return NamedSharding(mesh, logical_to_spec(axes, np.shape(v.get_value()), mesh, rules))
 
 
 def model_shardings(model: nnx.Module, mesh: Mesh, rules=LOGICAL_RULES) -> nnx.State:
