@@ -35,10 +35,14 @@ The vision tower (`vision_bytes`; one image per row of `image_patches` patches, 
 band of 3 x block keys, Q = N or the `vision_chunk` queries of one piece): linear N (6E + 2I) b + the
 banded keys and values 6 N E b; forward: that + 2 float32 score buffers Q A 3block 4; trained
 (forward + gradient): with remat L_v N E b + 2 x (linear + 3 buffers), without L_v x that. It runs
-once over every image a call is given: the rollout's prompts, the judged groups, the scored rows,
-the reference pass's prompts (all of them: `steps.compute_logprobs` encodes every prompt's image at
-once, each once per group) and a GRPO mini-batch's prompts (trained unless `freeze` holds "visual");
-DPO / RM / SFT: a step's rows.
+over the images a call is given: in the rollout and judging, the sampler's own call before the
+prefill (`rollout.engine.encode_images`: the larger of the two is counted, not the sum), with
+`vision_chunk` a piece of vision_chunk / patches images at a time; the scored rows;
+in the train steps and the reference pass over one micro-batch's images at a time
+(`trainers.loop.micro_batch_images`): a GRPO micro-batch's prompts (each prompt's image once per
+group; trained unless `freeze` holds "visual"), a DPO / RM micro-batch's rows; SFT: a step's rows.
+Its patches are split over `sharding.split_axes` of an image's patches (the row axes data x fsdp
+when they divide it; on the pod preset only fsdp: 4,096 patches do not split 40 ways).
 Measured against XLA's temp of the tower's compiled forward and forward + gradient on CPU without
 remat: 0.73-1.43 (tests/test_dry_run.py); XLA:CPU does not honour the tower's remat (measured,
 docs/performance.md), so the remat figure is the accelerator's model, not checked here.
@@ -252,10 +256,21 @@ def plan_stage(config, stage: str) -> StagePlan | None:
         return model_shape(config.model[role], scalar, vocab, where=f"config.model.{role}")
 
     patches = image_patches(config)
+    from grlhfv_jax.sharding import split_axes
+    sizes = dict(data=data, fsdp=fsdp, tensor=tensor)
+    patch_shards = math.prod(sizes[a] for a in split_axes(patches, sizes))
 
     def tower(mdl, images, freeze=None, backward=False):   # one image per row (the paper's data)
+        # the tower splits a call's patches over `sharding.split_axes` of an image's patches (all
+        # the row axes when they divide it, e.g. 8chip; on the pod fsdp only: 4,096 patches do not
+        # split 40 ways); x shard_rows / that undoes the division of a phase's activations by rows
         trained = backward and "visual" not in tuple(freeze or ())
-        return vision_bytes(mdl, images, patches, backward=trained)
+        return vision_bytes(mdl, images, patches, backward=trained) * shard_rows / patch_shards
+
+    def sampler_tower(mdl, images):
+        # rollout.engine.encode_images: a jitted call of its own before the prefill (so the larger
+        # of the two is live, not both), vision_chunk // patches images at a time (all without it)
+        return tower(mdl, min(images, max(mdl.vision_chunk // patches, 1)) if mdl.vision_chunk else images)
 
     def hold(role, scalar=False):
         nonlocal params
@@ -297,15 +312,15 @@ def plan_stage(config, stage: str) -> StagePlan | None:
         phases = {
             f"rollout ({calls} call{'s' if calls > 1 else ''}): prefill of {call_prompts} prompts x {sec.max_len} "
             f"tokens + cache of {call_rows} rows x {T}":
-                (activation_bytes(m, call_prompts, sec.max_len, 1, backward=False) + tower(m, call_prompts),
+                (max(activation_bytes(m, call_prompts, sec.max_len, 1, backward=False), sampler_tower(m, call_prompts)),
                  kv_bytes(m, call_rows, T)),
-            # steps.compute_logprobs / grpo_step run the tower once over all the prompts' images they
-            # are given (each prompt's once, not once per sampled row: model.group_first_images)
-            f"reference pass: {ref_rows} rows x {T} tokens, tower over {P} images":
-                (activation_bytes(m, ref_rows, T, sec.max_new_tokens, backward=False) + tower(m, P), 0.0),
-            f"train micro-batch: {micro} rows x {T} tokens, tower over {P // sec.mini_batches} images": (
+            # each micro-batch of steps.compute_logprobs / grpo_step runs the tower over its own prompts'
+            # images (trainers.loop.micro_batch_images), each prompt's once, not once per sampled row
+            f"reference pass: {ref_rows} rows x {T} tokens, tower over {ref_rows // G} images":
+                (activation_bytes(m, ref_rows, T, sec.max_new_tokens, backward=False) + tower(m, ref_rows // G), 0.0),
+            f"train micro-batch: {micro} rows x {T} tokens, tower over {micro // G} images": (
                 activation_bytes(m, micro, T, sec.max_new_tokens)
-                + tower(m, P // sec.mini_batches, sec.freeze, backward=True), 0.0),
+                + tower(m, micro // G, sec.freeze, backward=True), 0.0),
         }
         if stage == "policy_rl" and sec.reward == "grm":
             g = hold("grm")
@@ -315,7 +330,8 @@ def plan_stage(config, stage: str) -> StagePlan | None:
             judge_rows = groups * sec.n * (sec.n - 1)
             jt = judge_prompt + bucket_length(sec.judge_max_new_tokens)
             phases[f"judging: {judge_rows} pairs x {answers} new of {judge_prompt} tokens + cache x {jt}"] = (
-                activation_bytes(g, judge_rows, judge_prompt, 1, backward=False, queries=answers) + tower(g, groups),
+                max(activation_bytes(g, judge_rows, judge_prompt, 1, backward=False, queries=answers),
+                    sampler_tower(g, groups)),
                 kv_bytes(g, judge_rows, jt))
             notes.append(f"judge prompt estimated as {judge_prompt} tokens = {stage}.max_len + {GRM_TEMPLATE_TOKENS} "
                          "template + two answers + 64")
@@ -334,14 +350,14 @@ def plan_stage(config, stage: str) -> StagePlan | None:
         spec = "rm" if "rm" in config.model else "grm"
         m = shape(spec, True)
         params = m.params * m.param_bytes
-        acts = activation_bytes(m, 2 * sec.pairs_per_step // sec.num_micro_batches, sec.max_len, 0) + tower(
-            m, 2 * sec.pairs_per_step, sec.freeze, backward=True)
+        rows = 2 * sec.pairs_per_step // sec.num_micro_batches   # one micro-batch, its own images' tower
+        acts = activation_bytes(m, rows, sec.max_len, 0) + tower(m, rows, sec.freeze, backward=True)
         trained = (m, sec.freeze)
     elif stage == "dpo":
         m = hold("policy")
         hold("policy")
-        acts = activation_bytes(m, 2 * sec.pairs_per_step // sec.num_micro_batches, sec.max_len, sec.max_len) + tower(
-            m, 2 * sec.pairs_per_step, sec.freeze, backward=True)
+        rows = 2 * sec.pairs_per_step // sec.num_micro_batches   # one micro-batch, its own images' tower
+        acts = activation_bytes(m, rows, sec.max_len, sec.max_len) + tower(m, rows, sec.freeze, backward=True)
         trained = (m, sec.freeze)
     else:
         return None

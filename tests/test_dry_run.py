@@ -149,8 +149,9 @@ def test_halving_the_judging_or_scoring_call_halves_that_phase(name, section, ke
         c[section][key] = size
         note = dry_run.plan_stage(stages.validate(c), section).notes[-1]
         gb.append(float(re.search(rf"; {phase} ([0-9.]+) GB", note).group(1)))
-    # half, but for the GRM tower's one piece of attention scores (vision_chunk), which stays
-    assert gb[0] / 2 < gb[1] <= gb[0] / 2 * 1.02, gb
+    # half (judging: the sampler's tower is a call of its own, smaller than the prefill; RM scoring:
+    # but for the tower's one piece of attention scores, vision_chunk, which stays)
+    assert gb[0] / 2 <= gb[1] <= gb[0] / 2 * 1.02, gb
 
 
 def test_vision_tower_estimate_matches_its_compiled_forward_and_backward():
