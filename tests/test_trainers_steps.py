@@ -182,6 +182,22 @@ def test_grpo_step_sharded_microbatched_equals_plain_update(grpo_run, hf_config)
         assert np.isfinite(m0[key]), key
 
 
+def test_sharded_step_with_images_split_by_micro_batch(grpo_run, hf_config):
+    """The fixture's sharded step (2 x 2 x 2 mesh, 2 micro-batches) with its images split by
+    micro-batch (`loop.micro_batch_images`, placed by `loop.place_batch`: each micro-batch's tower
+    over its own images, split over the devices): the same loss and parameters after one step."""
+    from grlhfv_jax.trainers import loop
+    model = sharding.shard_model(_make_model(hf_config), sharding.make_mesh((2, 2, 2)))
+    state = steps.TrainState(model, optax.sgd(1.0))
+    batch = loop.place_batch(model, loop.micro_batch_images(model, grpo_run["batch"], 2))
+    assert "pixel_values" not in batch and batch["micro_pixel_values"].shape[0] == 2
+    _, m = steps.grpo_step(state, batch, steps.GRPOConfig(num_micro_batches=2))
+    assert float(m["loss"]) == pytest.approx(grpo_run["m0"]["loss"], rel=1e-5, abs=1e-7)
+    got = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    for k, want in grpo_run["params_after_1"].items():
+        np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=2e-6, err_msg=str(k))
+
+
 def test_grpo_params_match_after_one_step(grpo_run, hf_config):
     got = grpo_run["params_after_1"]
     want = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(grpo_run["ref_model"], nnx.Param))}
