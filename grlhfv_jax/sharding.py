@@ -38,6 +38,7 @@ LOGICAL_RULES: dict[str, str | None] = {
     "vision_heads": "tensor",
     "vision_patch": None,
     "norm": None,
+    "layers": None,     # the leading axis of decoder layers stacked for a scan (VLConfig.scan_layers)
 }
 
 # Batch entries whose leading dim is not the batch: replicated on every device.

@@ -58,6 +58,8 @@ MODEL = {
     "vision_chunk": Key("int", 0, "query patches per piece of the vision tower's per-frame attention, whole "
                                   "vision blocks (0: all at once); bounds a trained tower's attention scores, "
                                   "forward and backward, to vision_chunk x heads x 3 vision_block floats"),
+    "scan_layers": Key("bool", False, "decoder layers stored stacked [layers, ...] and run by a scan: one layer to "
+                                      "compile instead of all (compile time); same math, same hub files"),
 }
 
 # The splits the stages read (data/world: SPLITS), each a section of config.data.files.

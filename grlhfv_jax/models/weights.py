@@ -36,12 +36,21 @@ def read_config_json(path: str) -> dict:
 
 
 def param_table(model):
-    """[(hub key, nnx.Param, is_kernel)] for every parameter of the model."""
+    """[(hub keys, nnx.Param, is_kernel, stacked)] for every parameter of the model: one hub key,
+    or for a parameter stacked on a leading layer axis (the family's ``STACKED_LAYERS`` path with
+    ``config.scan_layers``) L keys, key i for slot i (``model.layers.{i}.self_attn.q_proj.weight``)."""
     fam = family(model.config.model_type)
+    prefix = tuple(getattr(fam, "STACKED_LAYERS", ())) if getattr(model.config, "scan_layers", False) else ()
     out = []
     for path, node in nnx.iter_graph(model):
         if isinstance(node, nnx.Param):
-            out.append((fam.hub_key(path), node, path[-1] == "kernel"))
+            stacked = bool(prefix) and tuple(path[:len(prefix)]) == prefix
+            if stacked:
+                rest = tuple(path[len(prefix):])
+                keys = [fam.hub_key(prefix + (i,) + rest) for i in range(node.get_value().shape[0])]
+            else:
+                keys = [fam.hub_key(path)]
+            out.append((keys, node, path[-1] == "kernel", stacked))
     return out
 
 
@@ -91,7 +100,8 @@ def _canonical(key, aliases):
 
 
 def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rngs=None, param_dtype=None,
-                    remat=False, vision_block=0, remat_policy="nothing", logits_chunk=0, vision_chunk=0):
+                    remat=False, vision_block=0, remat_policy="nothing", logits_chunk=0, vision_chunk=0,
+                    scan_layers=False):
     """Loads an HF folder of a supported family (config.json + model.safetensors or a sharded index).
 
     dtype: compute dtype; param_dtype: parameter dtype (default: dtype; e.g. bf16 compute with
@@ -99,18 +109,19 @@ def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rn
     converted (bf16 or fp32 on disk). With `mesh`, each is placed with
     `grlhfv_jax.sharding.shard_array(x, param.logical_axes, mesh)` as it is read.
     scalar_head: add `score` ([1, hidden] on disk); initialised (normal, std 0.02) when absent.
-    remat, remat_policy, logits_chunk, vision_block, vision_chunk: runtime choices (`VLConfig`).
+    remat, remat_policy, logits_chunk, vision_block, vision_chunk, scan_layers: runtime choices
+    (`VLConfig`); with scan_layers the hub's per-layer tensors fill the slots of the stacked ones.
     """
     path = os.fspath(path)
     hf = read_config_json(path)
     fam = family(hf.get("model_type"))
     cfg = fam.parse_config(hf, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
                            vision_block=int(vision_block), remat_policy=remat_policy, logits_chunk=int(logits_chunk),
-                           vision_chunk=int(vision_chunk))
+                           vision_chunk=int(vision_chunk), scan_layers=bool(scan_layers))
     model = nnx.eval_shape(lambda: fam.build(cfg, rngs=nnx.Rngs(0), scalar_head=scalar_head))
     files = {_canonical(k, fam.HUB_ALIASES): (k, fn) for k, fn in _checkpoint_files(path).items()}
     table = param_table(model)
-    wanted = {k for k, _, _ in table}
+    wanted = {k for keys, _, _, _ in table for k in keys}
     ignorable = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
     unexpected = sorted(k for k in files if k not in wanted and k not in ignorable)
     if unexpected:
@@ -125,24 +136,12 @@ def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rn
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     handles = {}
     try:
-        for key, param, is_kernel in table:
-            pdt = param.get_value().dtype
-            want = fam.hub_shape(key, param.get_value().shape, is_kernel, cfg)
-            if key not in files:                       # fresh scalar head
-                arr = np.asarray(0.02 * jax.random.normal(rngs.params(), param.get_value().shape, jnp.float32))
-            else:
-                disk_key, fn = files[key]
-                if fn not in handles:
-                    handles[fn] = _open(fn).__enter__()
-                try:
-                    arr = handles[fn].get_tensor(disk_key)
-                except (SafetensorError, OSError, ValueError) as e:
-                    raise CheckpointError(f"corrupt or truncated safetensors file {fn!r} (tensor {disk_key!r}): {e}") from e
-                if tuple(arr.shape) != want:
-                    raise CheckpointError(f"shape mismatch for tensor {disk_key!r} in {fn!r}: checkpoint "
-                                          f"{list(arr.shape)}, model expects {list(want)}")
-                arr = _to_ours(arr, is_kernel)
-            arr = np.asarray(arr).astype(pdt)
+        for keys, param, is_kernel, stacked in table:
+            shape = param.get_value().shape
+            arr = np.empty(shape, param.get_value().dtype)
+            for i, key in enumerate(keys):
+                slot = (i,) if stacked else ()
+                arr[slot] = _read(key, shape[len(slot):], is_kernel, files, handles, fam, cfg, rngs)
             axes = getattr(param, "logical_axes", None) or (None,) * arr.ndim
             param.set_value(shard(arr, axes, mesh) if shard is not None else jnp.asarray(arr))
     finally:
@@ -152,6 +151,25 @@ def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rn
         from grlhfv_jax.sharding import set_activation_mesh
         set_activation_mesh(model, mesh)
     return model
+
+
+def _read(key, shape, is_kernel, files, handles, fam, cfg, rngs):
+    """Hub tensor `key` in our layout (`shape`; a fresh normal(0.02) scalar head when absent);
+    `handles` caches the open files."""
+    if key not in files:                       # fresh scalar head
+        return np.asarray(0.02 * jax.random.normal(rngs.params(), shape, jnp.float32))
+    want = fam.hub_shape(key, shape, is_kernel, cfg)
+    disk_key, fn = files[key]
+    if fn not in handles:
+        handles[fn] = _open(fn).__enter__()
+    try:
+        arr = handles[fn].get_tensor(disk_key)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt or truncated safetensors file {fn!r} (tensor {disk_key!r}): {e}") from e
+    if tuple(arr.shape) != want:
+        raise CheckpointError(f"shape mismatch for tensor {disk_key!r} in {fn!r}: checkpoint "
+                              f"{list(arr.shape)}, model expects {list(want)}")
+    return _to_ours(arr, is_kernel)
 
 
 # --------------------------------------------------------------------------- writing
@@ -179,11 +197,12 @@ def save_pretrained(model, path, *, dtype=None, max_shard_size=None):
     os.makedirs(path, exist_ok=True)
     cfg = model.config
     tensors = {}
-    for key, param, is_kernel in param_table(model):
+    for keys, param, is_kernel, stacked in param_table(model):
         arr = np.asarray(jax.device_get(param.get_value()))
         if dtype is not None:
             arr = arr.astype(dtype)
-        tensors[key] = _to_hf(arr, key, is_kernel, cfg)
+        for i, key in enumerate(keys):
+            tensors[key] = _to_hf(arr[i] if stacked else arr, key, is_kernel, cfg)
     disk_dtype = np.dtype(dtype) if dtype is not None else next(iter(tensors.values())).dtype
     hf = dict(cfg.hf_config)
     hf["dtype"] = _DTYPE_NAMES.get(disk_dtype, str(disk_dtype))

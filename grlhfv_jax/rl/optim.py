@@ -21,9 +21,19 @@ def lr_schedule(learning_rate: float, total_steps: int, *, warmup_ratio: float =
     return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warm, total_steps, end_value=end_value)
 
 
+def stacked_layer_axes(path) -> int:
+    """1 for a parameter stacked on a leading layer axis (a path ``... layers <name> ...``: the
+    decoder layers of a model with ``scan_layers``, e.g. model.layers.self_attn.q_proj.kernel
+    [L, in, out]), 0 otherwise (``model.layers.3.self_attn...``: one layer of an nnx.List)."""
+    names = [getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path]
+    return int(any(a == "layers" and isinstance(b, str) for a, b in zip(names, names[1:])))
+
+
 def decay_mask(params):
-    """Weight decay on matrices only (ndim >= 2): not on biases or norm scales."""
-    return jax.tree.map(lambda p: getattr(p, "ndim", 0) >= 2, params)
+    """Weight decay on matrices only (ndim >= 2, not counting a stacked layer axis): not on
+    biases or norm scales."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: getattr(p, "ndim", 0) - stacked_layer_axes(path) >= 2, params)
 
 
 def make_optimizer(*, learning_rate: float = 1e-6, total_steps: int, warmup_ratio: float = 0.03,

@@ -61,6 +61,7 @@ class VLConfig:
     logits_chunk: int = 0             # LM-head columns per piece in the train steps' losses (0: all at once)
     vision_block: int = 0             # patches per vision attention block (0: dense; qwen2_vl/vision.py)
     vision_chunk: int = 0             # query patches per vision attention piece, whole blocks (0: all at once)
+    scan_layers: bool = False         # decoder layers stacked [L, ...] and run by a scan (model.TextModel)
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
@@ -88,7 +89,7 @@ def _req(d: dict, key: str, where: str):
 
 def parse_hf_config(hf: dict, **runtime) -> VLConfig:
     """Builds a `VLConfig` from an HF config dict (either layout). `runtime`: dtype, param_dtype, remat, remat_policy,
-    logits_chunk, vision_block, vision_chunk."""
+    logits_chunk, vision_block, vision_chunk, scan_layers."""
     model_type = hf.get("model_type")
     if model_type not in MODEL_TYPES:
         raise UnsupportedModelError(f"unsupported model_type {model_type!r} for the Qwen2-VL family {MODEL_TYPES}")

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import re
 
+# the path of the decoder layers stacked [L, ...] with VLConfig.scan_layers (hub: model.layers.{i}.*)
+STACKED_LAYERS = ("model", "layers")
+
 # transformers' state_dict names -> the hub's
 HUB_ALIASES = (("model.language_model.", "model."), ("model.visual.", "visual."))
 

@@ -38,8 +38,10 @@ class Attention(nnx.Module):
         self.v_proj = Dense(H, nkv * D, axes=("embed", "kv_heads"), bias=True, **kw)
         self.o_proj = Dense(nq * D, H, axes=("q_heads", "embed"), bias=False, **kw)
 
-    def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
-        """x [B, T, H]; mask [B, T, S]; kv_cache (k [B, Hkv, S, D], v [B, Hkv, D, S]) or None.
+    def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None, layer_index=None):
+        """x [B, T, H]; mask [B, T, S]; kv_cache (k [B, Hkv, S, D], v [B, Hkv, D, S]) or None; with
+        `layer_index` (scanned layers) kv_cache is every layer's (k [L, B, Hkv, S, D], v [L, ...]):
+        this layer writes its new tokens at slot `layer_index` and reads that slot.
         Returns (out [B, T, H], (k, v) written cache or None)."""
         B, T, _ = x.shape
         q = self.q_proj(x).reshape(B, T, self.nq, self.D)
@@ -51,9 +53,16 @@ class Attention(nnx.Module):
             o, new = attention(q, k, v, mask, self.dtype), None
         else:   # the cache's layout lets the decode step's dots read it without a transpose
             ck, cv = kv_cache
-            ck = jax.lax.dynamic_update_slice(ck, jnp.einsum("btkd->bktd", k).astype(ck.dtype), (0, 0, cache_index, 0))
-            cv = jax.lax.dynamic_update_slice(cv, jnp.einsum("btkd->bkdt", v).astype(cv.dtype), (0, 0, 0, cache_index))
-            new = (ck, cv)
+            k, v = jnp.einsum("btkd->bktd", k).astype(ck.dtype), jnp.einsum("btkd->bkdt", v).astype(cv.dtype)
+            if layer_index is None:
+                ck = jax.lax.dynamic_update_slice(ck, k, (0, 0, cache_index, 0))
+                cv = jax.lax.dynamic_update_slice(cv, v, (0, 0, 0, cache_index))
+                new = (ck, cv)
+            else:   # only the new tokens are written into the stacked cache (in place in a loop carry)
+                zero = jnp.zeros((), jnp.int32)
+                new = (jax.lax.dynamic_update_slice(ck, k[None], (layer_index, zero, zero, cache_index, zero)),
+                       jax.lax.dynamic_update_slice(cv, v[None], (layer_index, zero, zero, zero, cache_index)))
+                ck, cv = (jax.lax.dynamic_index_in_dim(a, layer_index, keepdims=False) for a in new)
             n = mask.shape[-1]          # slots to attend: all S, or the filled [0, n) when known statically
             o = attention(q, ck[:, :, :n].astype(self.dtype), cv[..., :n].astype(self.dtype), mask, self.dtype,
                           cache_layout=True)
@@ -100,11 +109,10 @@ class DecoderLayer(nnx.Module):
         self.self_attn = Attention(cfg, rngs)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None):
-        a, new = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, cache_index)
+    def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None, layer_index=None):
+        a, new = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, cache_index, layer_index)
         x = x + a
         return x + self.mlp(self.post_attention_layernorm(x)), new
-
 
     def shared_prompt(self, x, cos, sin, masks, shapes):
         """The layer on `Qwen2VL.shared_prompt_hidden`'s flat tokens x [N, H] (see
@@ -113,18 +121,37 @@ class DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-def _layer_call(layer, x, cos, sin, mask, kv_cache, cache_index):
-    return layer(x, cos, sin, mask, kv_cache, cache_index)
+def _layer_call(layer, x, cos, sin, mask, kv_cache, cache_index, layer_index=None):
+    return layer(x, cos, sin, mask, kv_cache, cache_index, layer_index)
 
 
 def _shared_layer_call(layer, x, cos, sin, masks, shapes):
     return layer.shared_prompt(x, cos, sin, masks, shapes)
 
 
+def stack_layers(layers):
+    """One module holding the parameters of `layers` (equal modules) stacked on a new leading
+    layer axis, logical name "layers" (replicated: sharding.LOGICAL_RULES): kernel [L, in, out],
+    bias / norm weight [L, dim]."""
+    graphdef, _ = nnx.split(layers[0])
+    stacked = nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(m) for m in layers]))
+    for _, v in nnx.iter_graph(stacked):
+        if isinstance(v, nnx.Variable):
+            axes = v.get_metadata().get("logical_axes") or (None,) * (v.get_value().ndim - 1)
+            v.set_metadata("logical_axes", ("layers",) + tuple(axes))
+    return stacked
+
+
 class TextModel(nnx.Module):
+    """Token embedding, decoder layers, final norm. ``layers``: an nnx.List of L `DecoderLayer`s,
+    or with ``cfg.scan_layers`` one DecoderLayer whose parameters are stacked [L, ...] (run by a
+    `jax.lax.scan`: one layer's program to compile instead of L). Either way the same random
+    initial weights for the same rngs."""
+
     def __init__(self, cfg: VLConfig, rngs):
         self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-        self.layers = nnx.List([DecoderLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
+        layers = [DecoderLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)]
+        self.layers = stack_layers(layers) if cfg.scan_layers else nnx.List(layers)
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
 
 
@@ -291,18 +318,23 @@ class Qwen2VL(nnx.Module):
         stream = ("act_batch", "act_length", "act_embed")
         x = self._constrain(x, stream)
         call = remat(_layer_call, cfg)
-        for i, layer in enumerate(self.model.layers):
-            kv = None if cache is None else (cache["k"][i], cache["v"][i])
-            x, new = call(layer, x, cos, sin, mask, kv, cache_index)
-            x = self._constrain(x, stream)
-            if cache is not None:
-                new_k.append(new[0])
-                new_v.append(new[1])
+        if cfg.scan_layers:
+            x, new_cache = self._scan_layers(call, x, cos, sin, mask, cache, cache_index)
+        else:
+            for i, layer in enumerate(self.model.layers):
+                kv = None if cache is None else (cache["k"][i], cache["v"][i])
+                x, new = call(layer, x, cos, sin, mask, kv, cache_index)
+                x = self._constrain(x, stream)
+                if cache is not None:
+                    new_k.append(new[0])
+                    new_v.append(new[1])
+            if cache is not None:   # in the layout it came in: stacked [L, ...] or a tuple of L layers
+                per_layer = isinstance(cache["k"], (tuple, list))
+                new_cache = {"k": tuple(new_k) if per_layer else jnp.stack(new_k),
+                             "v": tuple(new_v) if per_layer else jnp.stack(new_v)}
         h = self.model.norm(x)
-        if cache is not None:   # in the layout it came in: stacked [L, ...] or a tuple of L layers
-            per_layer = isinstance(cache["k"], (tuple, list))
-            new_cache = {"k": tuple(new_k) if per_layer else jnp.stack(new_k),
-                         "v": tuple(new_v) if per_layer else jnp.stack(new_v), "mask": cmask}
+        if cache is not None:
+            new_cache["mask"] = cmask
         out = h if return_hidden else self.logits(h)
         return out if cache is None else (out, new_cache)
 
@@ -340,11 +372,42 @@ class Qwen2VL(nnx.Module):
         mask_p = am[::G, None, :Tp] & causal_p[None]
         mask_r = am[:, None, :] & (jnp.arange(T)[None, :] <= (Tp + jnp.arange(R))[:, None])[None]
         call = remat(_shared_layer_call, cfg, static_argnums=(5,))
-        for layer in self.model.layers:
-            x = call(layer, x, cos, sin, (mask_p, mask_r), (P, G, Tp, R))
+        if cfg.scan_layers:
+            graphdef, params = nnx.split(self.model.layers)
+            body = lambda x, p: (call(nnx.merge(graphdef, p), x, cos, sin, (mask_p, mask_r), (P, G, Tp, R)), None)  # noqa: E731
+            x, _ = jax.lax.scan(body, x, params)
+        else:
+            for layer in self.model.layers:
+                x = call(layer, x, cos, sin, (mask_p, mask_r), (P, G, Tp, R))
         h = self.model.norm(x)
         last_p = jnp.repeat(h[:P * Tp].reshape(P, Tp, -1)[:, -1:], G, axis=0)       # predicts column Tp
         return jnp.concatenate([last_p, h[P * Tp:].reshape(B, R, -1)[:, :-1]], axis=1)
+
+    def _scan_layers(self, call, x, cos, sin, mask, cache, cache_index):
+        """The stacked decoder layers (``config.scan_layers``) under one `jax.lax.scan`: x [B, T, H]
+        -> (x, new cache {"k", "v"} stacked [L, ...] or None). ``call``: `_layer_call`, under remat
+        when the config asks. A cache given as per-layer tuples is stacked first; the cache rides
+        in the loop carry and each layer writes only its new tokens."""
+        stream = ("act_batch", "act_length", "act_embed")
+        graphdef, params = nnx.split(self.model.layers)
+        if cache is None:
+            def body(x, p):
+                x, _ = call(nnx.merge(graphdef, p), x, cos, sin, mask, None, cache_index)
+                return self._constrain(x, stream), None
+
+            x, _ = jax.lax.scan(body, x, params)
+            return x, None
+
+        def body_cached(carry, xs):
+            x, k, v = carry
+            p, i = xs
+            x, (k, v) = call(nnx.merge(graphdef, p), x, cos, sin, mask, (k, v), cache_index, i)
+            return (self._constrain(x, stream), k, v), None
+
+        stack = lambda a: jnp.stack(a) if isinstance(a, (tuple, list)) else a   # noqa: E731
+        layers = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
+        (x, k, v), _ = jax.lax.scan(body_cached, (x, stack(cache["k"]), stack(cache["v"])), (params, layers))
+        return x, {"k": k, "v": v}
 
     def logits(self, h):
         """Final hidden states [..., H] -> float32 logits [..., V]."""
@@ -372,11 +435,13 @@ class Qwen2VL(nnx.Module):
 
 
 def from_config(config, *, rngs=None, dtype=jnp.float32, scalar_head=False, param_dtype=None, remat=False,
-                vision_block=0, remat_policy="nothing", logits_chunk=0, vision_chunk=0):
+                vision_block=0, remat_policy="nothing", logits_chunk=0, vision_chunk=0, scan_layers=False):
     """Randomly initialised model from an HF config dict (either layout) or a VLConfig.
-    dtype: compute dtype; param_dtype: parameter dtype (default: dtype)."""
+    dtype: compute dtype; param_dtype: parameter dtype (default: dtype); scan_layers: decoder
+    layers stacked and scanned (`TextModel`; the same initial weights)."""
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     runtime = dict(dtype=dtype, param_dtype=param_dtype or dtype, remat=remat, vision_block=int(vision_block),
-                   remat_policy=remat_policy, logits_chunk=int(logits_chunk), vision_chunk=int(vision_chunk))
+                   remat_policy=remat_policy, logits_chunk=int(logits_chunk), vision_chunk=int(vision_chunk),
+                   scan_layers=bool(scan_layers))
     cfg = config.replace(**runtime) if isinstance(config, VLConfig) else parse_hf_config(config, **runtime)
     return Qwen2VL(cfg, rngs=rngs, scalar_head=scalar_head)
