@@ -18,14 +18,24 @@ REMAT_POLICIES = {
 }
 
 
-def remat(f, config, **kw):
-    """`f` under `nnx.remat` with ``config.remat_policy`` when ``config.remat``, else `f` itself."""
+def remat(f, config, *, static_argnums=()):
+    """``f(module, *args)`` under `jax.checkpoint` with ``config.remat_policy`` when ``config.remat``,
+    else `f` itself. The module goes in as its split state and is merged inside (its forward
+    writes no variables), so the call also works inside jax's own transforms (vmap, scan, a while
+    loop, eval_shape) on a module from outside them: `nnx.remat` writes the variables back, which
+    NNX refuses across trace levels (TraceContextError). static_argnums count the module as 0."""
     if not config.remat:
         return f
     name = getattr(config, "remat_policy", "nothing")
     if name not in REMAT_POLICIES:
         raise ValueError(f"remat_policy {name!r}: expected one of {sorted(REMAT_POLICIES)}")
-    return nnx.remat(f, policy=REMAT_POLICIES[name], **kw)
+
+    def call(module, *args):
+        graphdef, state = nnx.split(module)
+        pure = lambda state, *a: f(nnx.merge(graphdef, state, copy=True), *a)  # noqa: E731
+        return jax.checkpoint(pure, policy=REMAT_POLICIES[name], static_argnums=static_argnums)(state, *args)
+
+    return call
 
 
 def _normal(rngs, shape, std, dtype):
