@@ -199,7 +199,7 @@ def _time_ours(model, batch, args):
         _log(f"ours #{i}: total {totals[-1]:.2f}s (prefill {prefills[-1]:.3f}s, decode {decodes[-1]:.2f}s)")
     assert int(out.lengths.min()) == args.new_tokens
     return dict(total=min(totals), first=first, prefill=min(prefills), decode=min(decodes),
-                cache_bytes=sum(cache[k].size * cache[k].dtype.itemsize for k in ("k", "v")))
+                cache_bytes=sum(a.size * a.dtype.itemsize for a in jax.tree.leaves((cache["k"], cache["v"]))))
 
 
 def bench_rollout(args) -> dict:
@@ -217,6 +217,7 @@ def bench_rollout(args) -> dict:
            "cpu_threads": threads, "batch": args.batch, "prompt_text_tokens": args.prompt_tokens,
            "image_size": args.image_size, "prompt_len": int(batch["input_ids"].shape[1]),
            "new_tokens": args.new_tokens, "temperature": args.temperature, "dtype": args.dtype,
+           "layers": args.layers, "scan_layers": args.scan_layers,
            "load_avg_1min_start": os.getloadavg()[0]}
 
     try:
@@ -235,7 +236,7 @@ def bench_rollout(args) -> dict:
     _log(f"model: {n_params / 1e6:.1f}M params ({n_text / 1e6:.1f}M text), prompt len {res['prompt_len']}")
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
-        model = load_pretrained(d, dtype=getattr(jnp, args.dtype))
+        model = load_pretrained(d, dtype=getattr(jnp, args.dtype), scan_layers=args.scan_layers)
     if args.dtype == "bfloat16":  # the same dtype on both sides
         hf = hf.to(torch.bfloat16)
 
@@ -286,6 +287,7 @@ def _add_rollout(sub):
     p.add_argument("--peak-bandwidth", type=float, default=0.0, help="bytes/s; default from the device kind")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--hf-on-cpu", action="store_true", help="on an accelerator, still time transformers (CPU)")
+    p.add_argument("--scan-layers", action="store_true", help="our decoder layers stacked and run by a scan")
     return p
 
 
@@ -576,7 +578,7 @@ def bench_train(args) -> dict:
         batch["image_grid_thw"] = np.asarray([(1, side, side)] * B, np.int32)
     rt = dict(dtype=getattr(jnp, args.dtype), param_dtype=getattr(jnp, args.param_dtype), remat=args.remat,
               remat_policy=args.remat_policy, logits_chunk=args.logits_chunk, vision_block=side * side,
-              vision_chunk=args.vision_chunk)
+              vision_chunk=args.vision_chunk, scan_layers=args.scan_layers)
     gcfg = steps.GRPOConfig(num_micro_batches=args.micro_batches)
     make = lambda: steps.TrainState(models.from_config(cfg.to_dict(), rngs=nnx.Rngs(0), **rt),  # noqa: E731
                                     optax.adamw(1e-6), frozen_vision=args.frozen_vision)
@@ -586,7 +588,7 @@ def bench_train(args) -> dict:
     out = dict(rows=B, tokens=T, new_tokens=R, image_tokens=n_img, params=params, micro_batches=args.micro_batches,
                dtype=args.dtype, param_dtype=args.param_dtype, remat=args.remat,
                remat_policy=args.remat_policy if args.remat else None, logits_chunk=args.logits_chunk,
-               vision_chunk=args.vision_chunk, frozen_vision=args.frozen_vision, vocab=args.vocab, layers=args.layers, platform=dev.platform, device_kind=dev.device_kind,
+               vision_chunk=args.vision_chunk, scan_layers=args.scan_layers, frozen_vision=args.frozen_vision, vocab=args.vocab, layers=args.layers, platform=dev.platform, device_kind=dev.device_kind,
                jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
     t0 = time.perf_counter()
     spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
@@ -639,6 +641,8 @@ def _add_train(sub):
     p.add_argument("--remat-policy", default="nothing", help="with --remat: nothing, dots, dots_all")
     p.add_argument("--logits-chunk", type=int, default=0, help="LM-head columns per piece (0: all at once)")
     p.add_argument("--frozen-vision", action="store_true")
+    p.add_argument("--scan-layers", action="store_true",
+                   help="decoder layers stacked and run by a scan (compile one layer, not --layers)")
     p.add_argument("--vision-chunk", type=int, default=0,
                    help="query patches per vision attention piece, whole images here (0: all at once)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="compute dtype")
