@@ -50,7 +50,8 @@ def test_logical_to_spec_rules():
         assert S.logical_to_spec((name,), (8,), dp) == P()
     # every logical name of internal_api.md has a rule
     assert set(S.LOGICAL_RULES) == {"vocab", "embed", "mlp", "q_heads", "kv_heads", "head_dim", "vision_embed",
-                                    "vision_mlp", "vision_heads", "vision_patch", "norm"}
+                                    "vision_mlp", "vision_heads", "vision_patch", "norm", "layers"}
+    assert spec(("layers", "embed", "mlp"), (3, 4, 8)) == P(None, "fsdp", "tensor")   # scan_layers: stacked
 
 
 class ToyMLP(nnx.Module):
