@@ -583,12 +583,16 @@ def bench_train(args) -> dict:
     make = lambda: steps.TrainState(models.from_config(cfg.to_dict(), rngs=nnx.Rngs(0), **rt),  # noqa: E731
                                     optax.adamw(1e-6), frozen_vision=args.frozen_vision)
     abstract = nnx.eval_shape(make)
+    if args.split_images and n_img:   # each micro-batch's tower over its own images (as the trainers pass them)
+        from grlhfv_jax.trainers import loop
+        batch = loop.micro_batch_images(abstract.model, batch, args.micro_batches)
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract.model, nnx.Param)))
     dev = jax.devices()[0]
     out = dict(rows=B, tokens=T, new_tokens=R, image_tokens=n_img, params=params, micro_batches=args.micro_batches,
                dtype=args.dtype, param_dtype=args.param_dtype, remat=args.remat,
                remat_policy=args.remat_policy if args.remat else None, logits_chunk=args.logits_chunk,
-               vision_chunk=args.vision_chunk, scan_layers=args.scan_layers, frozen_vision=args.frozen_vision, vocab=args.vocab, layers=args.layers, platform=dev.platform, device_kind=dev.device_kind,
+               vision_chunk=args.vision_chunk, scan_layers=args.scan_layers, split_images=args.split_images,
+               frozen_vision=args.frozen_vision, vocab=args.vocab, layers=args.layers, platform=dev.platform, device_kind=dev.device_kind,
                jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
     t0 = time.perf_counter()
     spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
@@ -645,6 +649,9 @@ def _add_train(sub):
                    help="decoder layers stacked and run by a scan (compile one layer, not --layers)")
     p.add_argument("--vision-chunk", type=int, default=0,
                    help="query patches per vision attention piece, whole images here (0: all at once)")
+    p.add_argument("--split-images", action="store_true",
+                   help="the images split by micro-batch (trainers.loop.micro_batch_images): each micro-batch's "
+                        "tower over its own images, as the trainers run it (default: all at once)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--tied", action="store_true", help="tie the LM head to the embedding (Qwen2-VL-2B: tied)")

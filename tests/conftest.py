@@ -20,3 +20,19 @@ import jax  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 # the precision a float32 run gets (grlhfv_jax.precision): the parity tests hold on GPUs / TPUs too
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module: drop jax's compiled programs (their jitted code holds memory maps:
+    ~28,000 after two test files, and a test worker that reaches the kernel's limit of 65,530,
+    vm.max_map_count, segfaults inside the next compile). Later modules recompile or read the
+    persistent compilation cache."""
+    yield
+    jax.clear_caches()
+    gc.collect()
