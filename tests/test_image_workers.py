@@ -2,7 +2,10 @@
 batches' records carry the processor's patches (processing.PreparedImage) and the stages' examples
 built from them equal, bitwise, those built the old way (processor in the step), for images of two
 sizes, pairs and GRM prompts; the processor is then not called on the main thread; a processor with
-other settings recomputes; a stored image that does not decode is a clear error naming the record."""
+other settings recomputes; a stored image that does not decode is a clear error naming the record.
+The evaluations' records (`FilesSource.records`) likewise: decoded and processed in the threads, the
+same list in the same order as read on the main thread, and the stages' encoding of them (pairs, GRM
+prompts, the RM's scored rows) then calls no processor on the main thread."""
 import io
 import os
 import sys
@@ -152,6 +155,72 @@ def test_a_stored_image_that_does_not_decode_is_an_error_naming_the_record(tmp_p
     ds = src.dataset("grm_train", seed=0, batch_size=4)
     with pytest.raises(ValueError, match=r"record 'pairs-2'.*does not decode"):
         ds[0]
+
+
+def _same_records(serial, threaded, prepared):
+    assert [r["id"] for r in threaded] == [r["id"] for r in serial]
+    for a, b in zip(serial, threaded):
+        assert a.keys() == b.keys()
+        assert all(a[k] == b[k] for k in a if k != "image")
+        assert isinstance(b["image"], processing.PreparedImage) == prepared
+        if prepared:
+            assert b["image"].prepared is not None
+        assert b["image"].dtype == a["image"].dtype and b["image"].tobytes() == a["image"].tobytes()
+
+
+@pytest.mark.parametrize("threads,workers", [(2, 0), (0, 2), (3, 1)])
+def test_records_in_threads_equal_the_serial_ones_in_order(setup, calls, monkeypatch, threads, workers):
+    from grlhfv_jax.stages import common, judging
+    dataset_dir, codec = setup
+    proc = common.image_processor(IMAGE)
+    for shard, n in (((0, 1), None), ((1, 2), 9), ((0, 3), 7)):
+        for split in ("grm_train", "policy_train"):
+            serial = fs.FilesSource(dataset_dir, shard=shard).records(split, n)
+            src = fs.FilesSource(dataset_dir, shard=shard, read_threads=threads, image_processor=proc,
+                                 image_workers=workers)
+            del calls[:]
+            threaded = src.records(split, n)
+            assert not any(calls)   # the processor (if any) ran in the pool's threads
+            assert bool(calls) == (workers > 0)
+            _same_records(serial, threaded, prepared=workers > 0)
+            assert len(threaded) == len(range(shard[0], 10 if n is None else n, shard[1]))
+    serial = fs.FilesSource(dataset_dir, shard=(0, 1)).records("grm_train")
+    threaded = fs.FilesSource(dataset_dir, shard=(0, 1), read_threads=threads, image_processor=proc,
+                              image_workers=workers).records("grm_train")
+    del calls[:]
+    ex_new = _examples(codec, threaded)
+    # the RM evaluation's rows (judging.rm_scores: codec.example per response), the model call stubbed
+    batches = []
+    monkeypatch.setattr(judging, "score_batch", lambda rm, b, rows=None: batches.append(b) or np.zeros(rows))
+    judging.rm_accuracy(None, codec, threaded, rows=4, max_len=256)
+    if workers:   # no processor call on the main thread when the stages encode the records
+        assert calls == []
+    rm_new, batches = batches, []
+    ex_old = _examples(codec, serial)
+    judging.rm_accuracy(None, codec, serial, rows=4, max_len=256)
+    assert sum(calls) >= len(ex_old)   # the serial records: processed on the main thread
+    assert len(ex_old) == len(ex_new)
+    for x, y in zip(ex_old, ex_new):
+        assert x.keys() == y.keys()
+        for k in x:   # bitwise
+            assert x[k].dtype == y[k].dtype and x[k].shape == y[k].shape and x[k].tobytes() == y[k].tobytes(), k
+    assert len(rm_new) == len(batches) > 0
+    for bo, bn in zip(batches, rm_new):
+        for k in ("input_ids", "pixel_values", "image_grid_thw"):
+            assert bo[k].tobytes() == bn[k].tobytes(), k
+
+
+@pytest.mark.parametrize("threads,workers", [(2, 0), (0, 2)])
+def test_records_in_threads_name_a_record_whose_image_does_not_decode(tmp_path, threads, workers):
+    from grlhfv_jax.stages import common
+    rows = _rows(12)
+    rows[9]["image"] = {"bytes": rows[9]["image"]["bytes"][:40], "path": None}   # truncated
+    dataset_dir = _convert(tmp_path, rows, check_images=False)
+    src = fs.FilesSource(dataset_dir, shard=(0, 1), read_threads=threads, image_processor=common.image_processor(IMAGE),
+                         image_workers=workers)
+    assert len(src.records("grm_train", 9)) == 9
+    with pytest.raises(ValueError, match=r"record 'pairs-9'.*does not decode"):
+        src.records("grm_train")
 
 
 def test_the_data_stage_skips_a_corrupt_image_with_workers_on(tmp_path):

@@ -22,10 +22,13 @@ record's image in the grain read threads (`Prefetched`, ``max(read_threads, imag
 them): ``image`` is then a `processing.PreparedImage`, the same uint8 array carrying the
 processor's ``pixel_values`` / ``image_grid_thw``, which `processing.encode_example` uses instead
 of running the processor again in the step (docs/data.md, "Images in the read threads").
+`records` (the evaluations' records) does the same in a pool of as many threads.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import copy
 import dataclasses
 import functools
@@ -216,12 +219,40 @@ class FilesSource:
         return Prefetched(ds, threads) if threads > 0 else ds
 
     def records(self, split: str, n: int | None = None) -> list[dict]:
-        """This process's share of the first `n` records of `split` (all if None), in order, decoded."""
+        """This process's share of the first `n` records of `split` (all if None), in order, decoded.
+        With read threads, or an ``image_processor`` and ``image_workers`` > 0, the records are
+        decoded (and their images processed: `PreparedImage`s, as in `dataset`) in a pool of
+        ``max(read_threads, image_workers)`` threads: the same list, nothing left for the main thread
+        when a stage encodes them. At most a few records per thread are in flight beyond the list."""
         src = self.source(split)
         index, count = _shard(self.shard)
         n = len(src) if n is None else min(int(n), len(src))
         decode = self._decode(split)
-        return [decode(src[i]) for i in range(index, n, count)]
+        rows = range(index, n, count)
+        prepare = None
+        threads = self.read_threads
+        if self.image_processor is not None and self.image_workers > 0:
+            prepare = _Prepare(self.image_processor, split)
+            threads = max(threads, self.image_workers)
+        if threads <= 0 or not rows:
+            return [decode(src[i]) for i in rows]
+
+        def one(i):
+            rec = decode(src[i])
+            return rec if prepare is None else prepare(rec)
+
+        out, pending = [], collections.deque()
+        pool = concurrent.futures.ThreadPoolExecutor(min(threads, len(rows)), thread_name_prefix=f"records-{split}")
+        try:
+            for i in rows:   # in order; a bounded window ahead (an error stops the rest soon)
+                pending.append(pool.submit(one, i))
+                if len(pending) >= 4 * threads:
+                    out.append(pending.popleft().result())
+            while pending:
+                out.append(pending.popleft().result())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return out
 
     def encode_image(self, image) -> bytes:
         from PIL import Image
