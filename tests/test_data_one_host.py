@@ -269,3 +269,62 @@ def test_a_replaced_image_file_a_jsonl_names_converts_again(tok_dir, tmp_path, w
     assert all(s["image_files"] == {} for s in inputs["splits"].values())
     inputs = data_files.conversion_inputs(cfg)
     assert inputs["splits"]["grm_train"]["image_files"]["count"] == 4
+
+
+def _write_named(root, rows, fmt) -> str:
+    """`rows` as Image structs without bytes naming PNG files in `root`/images (relative to the data
+    file's folder), all but row 0, which embeds its bytes: `root`/pairs.parquet, or a
+    datasets.save_to_disk folder `root`/arrow (the images beside it, not in it)."""
+    os.makedirs(root / "images", exist_ok=True)
+    images, rel = [], "images" if fmt == "parquet" else "../images"
+    for k, r in enumerate(rows):
+        (root / "images" / f"{k}.png").write_bytes(r["image"])
+        images.append({"bytes": r["image"], "path": None} if k == 0 else {"bytes": None, "path": f"{rel}/{k}.png"})
+    img = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    cols = {k: [r[k] for r in rows] for k in ("question", "response_1", "response_2", "overall_response")}
+    table = pa.table(dict(cols, image=pa.array(images, img)))
+    if fmt == "parquet":
+        pq.write_table(table, root / "pairs.parquet")
+        return str(root / "pairs.parquet")
+    os.makedirs(root / "arrow")
+    with pa.OSFile(str(root / "arrow" / "pairs.arrow"), "wb") as f, pa.ipc.new_stream(f, table.schema) as w:
+        w.write_table(table)
+    (root / "arrow" / "state.json").write_text(json.dumps({"_data_files": [{"filename": "pairs.arrow"}]}))
+    return str(root / "arrow")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_a_replaced_image_file_a_parquet_or_arrow_split_names_converts_again(tok_dir, tmp_path, writes, capsys, fmt):
+    """Image structs without bytes in a parquet file or an Arrow folder: the files they name are in
+    the cache key as a JSONL's are (the data file untouched, a replaced image converts again, with
+    its new pixels); a row that embeds its bytes names no file."""
+    rows = _rows(4)
+    pairs = _write_named(tmp_path / "in", rows, fmt)
+    dataset_dir = str(tmp_path / "data" / "files" / "grlhfv_files" / "1.0.0")
+    cfg = _config(pairs, tok_dir)
+    key = data_files.conversion_key(data_files.conversion_inputs(cfg))
+    assert data_files.conversion_inputs(cfg)["splits"]["grm_train"]["image_files"]["count"] == 3   # not row 0
+    _run(cfg, tmp_path, 0)
+    assert len(writes) == 2
+    _check_records(dataset_dir, rows)
+    _run(cfg, tmp_path, 0)
+    assert len(writes) == 2 and "not converting again" in capsys.readouterr().out
+    # another image of another size in place of image 2, the data file untouched
+    rgb = np.full((20, 24, 3), 200, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    data_stats = data_files._stats(pairs)
+    with open(tmp_path / "in" / "images" / "2.png", "wb") as f:
+        f.write(buf.getvalue())
+    assert data_files._stats(pairs) == data_stats
+    assert data_files.conversion_key(data_files.conversion_inputs(cfg)) != key
+    _run(cfg, tmp_path, 0)
+    assert len(writes) == 4
+    rows[2] = dict(rows[2], image=buf.getvalue(), rgb=rgb)
+    _check_records(dataset_dir, rows)
+    _run(cfg, tmp_path, 0)
+    assert len(writes) == 4   # unchanged: reused
+    # the file of row 0 (whose bytes are embedded) is not read: replacing it changes nothing
+    (tmp_path / "in" / "images" / "0.png").write_bytes(buf.getvalue())
+    _run(cfg, tmp_path, 0)
+    assert len(writes) == 4

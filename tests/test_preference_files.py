@@ -118,3 +118,64 @@ def test_prompts_limit_and_field_maps(on_disk, tmp_path):
         pf.read_preferences(on_disk["arrow"], on_bad="ignore")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         pf.read_preferences(str(tmp_path / "nowhere.parquet"))
+
+
+def test_image_files_names_what_parquet_and_arrow_rows_name_by_path(tmp_path, monkeypatch):
+    """`image_files` for parquet and Arrow: the Image structs without bytes and the path strings,
+    resolved against the folder of the file holding them, as the readers resolve them; rows that
+    embed bytes (with or without a path beside them), null images and a binary column name none."""
+    os.makedirs(tmp_path / "sub" / "images")
+    files = []
+    for k in range(4):
+        (tmp_path / "sub" / "images" / f"{k}.png").write_bytes(_png(20 + k))
+        files.append(str(tmp_path / "sub" / "images" / f"{k}.png"))
+    absolute = str(tmp_path / "elsewhere.png")
+    with open(absolute, "wb") as f:
+        f.write(_png(30))
+    images = [{"bytes": _png(1), "path": None},             # embedded: nothing
+              {"bytes": _png(3), "path": None},
+              {"bytes": _png(2), "path": "images/3.png"},    # bytes win: nothing
+              None,                                          # no image (skipped by the reader)
+              {"bytes": b"", "path": "images/1.png"},        # empty bytes: the path
+              {"bytes": None, "path": absolute},
+              {"bytes": None, "path": "images/0.png"},       # relative to the file's folder
+              {"bytes": None, "path": "images/2.png"}]
+    want = [files[1], absolute, files[0], files[2]]
+    rows = [dict(GOOD[k % 4], image=None) for k in range(len(images))]
+    img = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    cols = {c: [r[c] for r in rows] for c in ("question", "response_1", "response_2", "overall_response")}
+    table = pa.table(dict(cols, image=pa.array(images, img)))
+    # parquet, row groups of 2: the first holds embedded images only (its bytes are not read)
+    pq.write_table(table, tmp_path / "sub" / "pairs.parquet", row_group_size=2)
+    # a datasets.save_to_disk folder: the stream beside the images
+    with pa.OSFile(str(tmp_path / "sub" / "data-00000-of-00001.arrow"), "wb") as f, \
+            pa.ipc.new_stream(f, table.schema) as w:
+        w.write_table(table, max_chunksize=3)
+    (tmp_path / "sub" / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    reads, iter_batches = [], pq.ParquetFile.iter_batches
+
+    def spy(self, *a, **kw):
+        reads.append((tuple(kw.get("row_groups") or ()), tuple(kw.get("columns") or ())))
+        return iter_batches(self, *a, **kw)
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    assert list(pf.image_files(str(tmp_path / "sub" / "pairs.parquet"))) == want
+    assert ((0,), ("image",)) not in reads and ((1,), ("image",)) in reads   # no path in row group 0: no bytes read
+    monkeypatch.undo()
+    for path, fmt in ((tmp_path / "sub" / "pairs.parquet", "auto"), (tmp_path / "sub", "arrow")):
+        assert list(pf.image_files(str(path), format=fmt)) == want, fmt
+        recs, bad = pf.read_preferences(str(path), format=fmt)   # the readers read those very files
+        named = [r["image"] for r in recs if r["image"] not in (_png(1), _png(2), _png(3))]
+        assert named == [open(p, "rb").read() for p in want] and dict(bad.counts) == {"missing_image": 1}, fmt
+    # path strings, and a binary column (images inside the file)
+    pq.write_table(pa.table(dict(cols, image=[None, "images/3.png", "", absolute] * 2)), tmp_path / "sub" / "s.parquet")
+    assert list(pf.image_files(str(tmp_path / "sub" / "s.parquet"))) == [files[3], absolute] * 2
+    pq.write_table(pa.table(dict(cols, image=[_png(k) for k in range(8)])), tmp_path / "b.parquet")
+    assert list(pf.image_files(str(tmp_path / "b.parquet"))) == []
+    # a hub folder of shards: each shard's paths against its own folder
+    os.makedirs(tmp_path / "hub" / "data" / "images")
+    (tmp_path / "hub" / "data" / "images" / "0.png").write_bytes(_png(5))
+    pq.write_table(table.slice(5, 2), tmp_path / "hub" / "data" / "train-00000-of-00002.parquet")
+    pq.write_table(pa.table(dict({c: v[:1] for c, v in cols.items()}, image=pa.array([images[6]], img))),
+                   tmp_path / "hub" / "data" / "train-00001-of-00002.parquet")
+    hub0 = str(tmp_path / "hub" / "data" / "images" / "0.png")
+    assert list(pf.image_files(str(tmp_path / "hub"))) == [absolute, hub0, hub0]

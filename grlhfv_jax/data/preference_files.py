@@ -187,15 +187,19 @@ def _image_path(value, base: str) -> str | None:
 
 
 def image_files(path: str, fields: FieldMap | str = "align_anything", *, format: str = "auto") -> Iterator[str]:
-    """Every image file a JSONL input names (resolved as the readers resolve them), in row order;
-    nothing for other formats (their images are inside the files) or rows that name none. For a
-    cache key (stages/data_files.py): cheap, the images are not opened."""
+    """Every image file the input names (resolved as the readers resolve them, `_image_path`
+    against the folder of the file holding the row), in row order: JSONL rows' paths; in parquet
+    and Arrow files, Image structs without bytes (``{"bytes": null, "path": ...}``) and path
+    strings; nothing for rows that embed their image's bytes or name none. For a cache key
+    (stages/data_files.py): the images are not opened; only the image column is read, in batches
+    of rows (for parquet, only its ``path`` field of a row group where no row names a path)."""
     fields = FIELD_MAPS[fields] if isinstance(fields, str) else fields
     fmt = detect_format(path) if format == "auto" else format
-    if fmt != "jsonl":
-        return
     for file in _files(path, fmt):
         base = os.path.dirname(os.path.abspath(file))
+        if fmt != "jsonl":
+            yield from _named_images(file, fmt, fields.image, base)
+            continue
         with open(file, encoding="utf-8") as f:
             for line in f:
                 try:
@@ -205,6 +209,70 @@ def image_files(path: str, fields: FieldMap | str = "align_anything", *, format:
                 p = _image_path(row.get(fields.image), base) if isinstance(row, dict) else None
                 if p is not None:
                     yield p
+
+
+def _named_images(file: str, fmt: str, column: str, base: str) -> Iterator[str]:
+    """`image_files` of one parquet or Arrow file: the image column read batch by batch."""
+    import pyarrow as pa
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+        pf = pq.ParquetFile(file, pre_buffer=False, buffer_size=8 << 20)   # as `_rows` reads it
+        _check_columns(file, pf.schema_arrow.names, [column])
+        kind = pf.schema_arrow.field(column).type
+        if pa.types.is_struct(kind) and kind.get_field_index("path") < 0 or \
+                pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            return   # no path field: every image is inside the file
+        for rg in range(pf.num_row_groups):
+            if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
+                # the paths first (small): a row group naming none needs no bytes read
+                if all(b.column(0).field("path").null_count == len(b) for b in
+                       pf.iter_batches(batch_size=1024, row_groups=[rg], columns=[f"{column}.path"])):
+                    continue
+            for b in pf.iter_batches(batch_size=256, row_groups=[rg], columns=[column]):
+                yield from _batch_images(b.column(0), base)
+        return
+    source = pa.memory_map(file)
+    try:
+        reader = pa.ipc.open_stream(source)
+    except pa.ArrowInvalid:
+        reader = pa.ipc.open_file(source)
+    _check_columns(file, reader.schema.names, [column])
+    batches = (reader.get_batch(k) for k in range(reader.num_record_batches)) \
+        if isinstance(reader, pa.ipc.RecordBatchFileReader) else reader
+    for b in batches:
+        yield from _batch_images(b.column(b.schema.get_field_index(column)), base)
+
+
+def _batch_images(values, base: str) -> Iterator[str]:
+    """The files a batch's image values name (`_image_path` of each), without converting bytes to
+    Python: a struct's ``bytes`` field only says whether a row has any."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    kind = values.type
+    if pa.types.is_struct(kind):
+        if kind.get_field_index("path") < 0:
+            return
+        kids = dict(zip([kind.field(i).name for i in range(kind.num_fields)], values.flatten()))
+        paths = kids["path"].to_pylist()   # a null struct: a null path
+        b = kids.get("bytes")
+        if b is None or pa.types.is_null(b.type):
+            has = [False] * len(paths)
+        elif pa.types.is_binary(b.type) or pa.types.is_large_binary(b.type) or pa.types.is_string(b.type) \
+                or pa.types.is_large_string(b.type):
+            has = pc.fill_null(pc.greater(pc.binary_length(b), 0), False).to_pylist()
+        else:
+            has = [bool(v) for v in b.to_pylist()]
+        for p, h in zip(paths, has):
+            if not h:
+                f = _image_path({"bytes": None, "path": p}, base)
+                if f is not None:
+                    yield f
+        return
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        for v in values.to_pylist():
+            f = _image_path(v, base)
+            if f is not None:
+                yield f
 
 
 def _image_bytes(value, base: str) -> tuple[bytes | None, str]:

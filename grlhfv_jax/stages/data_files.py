@@ -274,9 +274,10 @@ def _stats(path: str | None, top_only: bool = False) -> list | str:
 
 
 def _image_stats(spec) -> dict | str:
-    """The image files a JSONL split names (`preference_files.image_files`): how many, how many are
-    missing, and a digest of (path, size, mtime) of each (stat only, no content hash: cheap for many
-    files; a digest, not the list, so the marker stays small). {} for other formats."""
+    """The image files a split names (`preference_files.image_files`: a JSONL's paths, a parquet or
+    Arrow file's Image structs without bytes and path strings): how many, how many are missing, and
+    a digest of (path, size, mtime) of each (stat only, no content hash: cheap for many files; a
+    digest, not the list, so the marker stays small). {} when it names none (images inside the files)."""
     try:
         files = pf.image_files(spec.path, spec.fields, format=spec.format)
         base = os.path.dirname(os.path.abspath(spec.path))   # names relative to it: the same on every host
@@ -302,9 +303,9 @@ def _plain(x):
 def conversion_inputs(config, shard_bytes: int | None = None) -> dict:
     """What the converted dataset depends on: each split's files (name, size, mtime) and options,
     the length checks (`readers`, `config.data.too_long`), the tokenizer files, `config.image`,
-    `config.grm_template`, the shard size and the stage's version; for a JSONL split also the size
-    and mtime of every image file it names (`_image_stats`). Paths as configured (the same on
-    every host)."""
+    `config.grm_template`, the shard size and the stage's version; also the size and mtime of every
+    image file a split names by path (`_image_stats`: JSONL, and parquet / Arrow Image structs
+    without bytes). Paths as configured (the same on every host)."""
     from grlhfv_jax.data import files_tfds
     rs, tok = readers(config), tokenizer_dir(config)
     splits = {split: {"path": spec.path, "format": spec.format, "fields": spec.fields, "on_bad": spec.on_bad,
