@@ -239,3 +239,6 @@ def test_bench_images_runs_and_reports_both_settings():
     for name in ("in_step", "read_threads"):
         assert set(out[name]) == {"encode_s", "wait_s", "main_s", "patches_per_batch"}
     assert out["in_step"]["patches_per_batch"] == out["read_threads"]["patches_per_batch"] > 0
+    out = bench_images.main(["--images", "2", "--size", "40x30", "--workers", "1", "--steps", "1", "--records", "3"])
+    for name in ("records_serial", "records_threads"):
+        assert set(out[name]) == {"read_s", "encode_s", "main_s", "records"} and out[name]["records"] == 3

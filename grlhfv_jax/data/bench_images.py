@@ -11,6 +11,12 @@ does (`processing.encode_example`; config.image's defaults: Qwen2-VL's processor
 main-thread seconds per batch building the examples (`encode_s`), waiting for the read-ahead
 (`wait_s`: the read threads not keeping up with a step that takes no time) and both (`main_s`),
 medians over the steps after the first (which waits for the first read).
+
+With ``--records N`` also the evaluations' path (`FilesSource.records`, then an example per
+record): per setting (``records_serial``: no threads; ``records_threads``: ``--workers`` read
+threads and image workers) the seconds reading the first N records (``read_s``: the main thread
+decoding them one by one, or waiting for the pool), building their examples (``encode_s``) and
+both (``main_s``), medians of ``--steps`` repeats.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--size", default="640x480", help="image width x height")
     ap.add_argument("--workers", type=int, default=2, help="read threads (and image workers)")
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--records", type=int, default=0, help="> 0: also time FilesSource.records of that many")
     args = ap.parse_args(argv)
     w, h = (int(v) for v in args.size.split("x"))
     from grlhfv_jax import processing
@@ -83,6 +90,23 @@ def main(argv=None) -> dict:
                          "main_s": round(statistics.median([a + b for a, b in zip(enc, wait)]), 4),
                          "patches_per_batch": patches}
             print(f"[bench_images] {name}: {out[name]}", file=sys.stderr, flush=True)
+        if args.records > 0:
+            for name, workers in (("records_serial", 0), ("records_threads", args.workers)):
+                src = fs.FilesSource(dataset_dir, shard=(0, 1), read_threads=workers,
+                                     image_processor=processing.load_image_processor() if workers else None,
+                                     image_workers=workers)
+                read, enc = [], []
+                for _ in range(args.steps):
+                    t0 = time.perf_counter()
+                    recs = src.records("grm_train", args.records)
+                    t1 = time.perf_counter()
+                    [example(r) for r in recs]
+                    read.append(t1 - t0)
+                    enc.append(time.perf_counter() - t1)
+                out[name] = {"read_s": round(statistics.median(read), 4), "encode_s": round(statistics.median(enc), 4),
+                             "main_s": round(statistics.median([a + b for a, b in zip(read, enc)]), 4),
+                             "records": len(recs)}
+                print(f"[bench_images] {name}: {out[name]}", file=sys.stderr, flush=True)
     return out
 
 
