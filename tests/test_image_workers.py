@@ -10,6 +10,7 @@ import io
 import os
 import sys
 import threading
+import types
 
 import numpy as np
 import pyarrow as pa
@@ -195,17 +196,31 @@ def test_records_in_threads_equal_the_serial_ones_in_order(setup, calls, monkeyp
     judging.rm_accuracy(None, codec, threaded, rows=4, max_len=256)
     if workers:   # no processor call on the main thread when the stages encode the records
         assert calls == []
+    # the GRM evaluation's prompts (grm_rl: judging.grm_accuracy with a GRMJudge), generation stubbed
+    class Engine:
+        _split = None
+
+        def generate(self, b, params):
+            batches.append(b)
+            rows = len(b["input_ids"]) * int(params.num_samples)
+            return types.SimpleNamespace(tokens=np.zeros((rows, 1), np.int32), lengths=np.zeros(rows, np.int32))
+    monkeypatch.setattr(common, "engine_rollout", lambda *a, **kw: Engine())
+    judging.grm_accuracy(judging.GRMJudge(None, codec, rows=4, max_len=512), threaded, max_new_tokens=4)
+    if workers:
+        assert calls == []
     rm_new, batches = batches, []
     ex_old = _examples(codec, serial)
     judging.rm_accuracy(None, codec, serial, rows=4, max_len=256)
+    judging.grm_accuracy(judging.GRMJudge(None, codec, rows=4, max_len=512), serial, max_new_tokens=4)
     assert sum(calls) >= len(ex_old)   # the serial records: processed on the main thread
     assert len(ex_old) == len(ex_new)
     for x, y in zip(ex_old, ex_new):
         assert x.keys() == y.keys()
         for k in x:   # bitwise
             assert x[k].dtype == y[k].dtype and x[k].shape == y[k].shape and x[k].tobytes() == y[k].tobytes(), k
-    assert len(rm_new) == len(batches) > 0
-    for bo, bn in zip(batches, rm_new):
+    assert len(rm_new) == len(batches) == 5 + 2 * 3   # 20 RM rows by 4; 10 pairs by 4, both orders
+    for bo, bn in zip(batches, rm_new):   # the RM's batches, then the GRM's
+        assert bo.keys() == bn.keys()
         for k in ("input_ids", "pixel_values", "image_grid_thw"):
             assert bo[k].tobytes() == bn[k].tobytes(), k
 
