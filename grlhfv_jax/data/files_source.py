@@ -223,7 +223,8 @@ class FilesSource:
         With read threads, or an ``image_processor`` and ``image_workers`` > 0, the records are
         decoded (and their images processed: `PreparedImage`s, as in `dataset`) in a pool of
         ``max(read_threads, image_workers)`` threads: the same list, nothing left for the main thread
-        when a stage encodes them. At most a few records per thread are in flight beyond the list."""
+        when a stage encodes them (the list then holds each image's patches too: docs/data.md). At
+        most a few records per thread are in flight beyond the list."""
         src = self.source(split)
         index, count = _shard(self.shard)
         n = len(src) if n is None else min(int(n), len(src))
