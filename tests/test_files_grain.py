@@ -69,6 +69,7 @@ def test_array_record_holds_what_the_cleaned_split_held(converted):
     assert prompts[3]["question"] == "What is in image 3?"
     with pytest.raises(KeyError, match=r"config\.data\.files\.grm_test_id\.path"):
         src.records("grm_test_id")
+    assert src.records("grm_test_id", n=0) == []   # grm_rl with eval_pairs = 0 asks for none: no error
 
 
 def test_two_hosts_read_disjoint_shares_that_cover_the_split(converted):

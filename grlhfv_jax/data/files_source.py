@@ -225,6 +225,8 @@ class FilesSource:
         ``max(read_threads, image_workers)`` threads: the same list, nothing left for the main thread
         when a stage encodes them (the list then holds each image's patches too: docs/data.md). At
         most a few records per thread are in flight beyond the list."""
+        if n is not None and int(n) <= 0:   # none asked (eval_pairs = 0): the split need not exist
+            return []
         src = self.source(split)
         index, count = _shard(self.shard)
         n = len(src) if n is None else min(int(n), len(src))
