@@ -14,8 +14,9 @@ medians over the steps after the first (which waits for the first read).
 
 With ``--records N`` also the evaluations' path (`FilesSource.records`, then an example per
 record): per setting (``records_serial``: no threads; ``records_threads``: ``--workers`` read
-threads and image workers) the seconds reading the first N records (``read_s``: the main thread
-decoding them one by one, or waiting for the pool), building their examples (``encode_s``) and
+threads decoding) the seconds reading the first N records (``read_s``: the main thread decoding
+them one by one, or waiting for the pool), building their examples (``encode_s``: the processor
+runs here either way, `records` keeps no patches) and
 both (``main_s``), medians of ``--steps`` repeats.
 """
 

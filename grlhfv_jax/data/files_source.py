@@ -22,7 +22,7 @@ record's image in the grain read threads (`Prefetched`, ``max(read_threads, imag
 them): ``image`` is then a `processing.PreparedImage`, the same uint8 array carrying the
 processor's ``pixel_values`` / ``image_grid_thw``, which `processing.encode_example` uses instead
 of running the processor again in the step (docs/data.md, "Images in the read threads").
-`records` (the evaluations' records) does the same in a pool of as many threads.
+`records` (the evaluations' records) decodes in a pool of as many threads, without processing.
 """
 
 from __future__ import annotations
@@ -220,11 +220,12 @@ class FilesSource:
 
     def records(self, split: str, n: int | None = None) -> list[dict]:
         """This process's share of the first `n` records of `split` (all if None), in order, decoded.
-        With read threads, or an ``image_processor`` and ``image_workers`` > 0, the records are
-        decoded (and their images processed: `PreparedImage`s, as in `dataset`) in a pool of
-        ``max(read_threads, image_workers)`` threads: the same list, nothing left for the main thread
-        when a stage encodes them (the list then holds each image's patches too: docs/data.md). At
-        most a few records per thread are in flight beyond the list."""
+        With read threads or image workers (``max(read_threads, image_workers)`` > 0) the records
+        are decoded in a pool of that many threads: the same list. Their images are not processed
+        there (plain arrays, no `PreparedImage`): a stage keeps this list for its evaluations (grm_rl:
+        the whole stage), and every image's patches (up to 24 MB an image at Qwen2-VL's largest
+        size, ~8x its pixels) would stay with it; the judging encodes them batch by batch. At most
+        a few records per thread are in flight beyond the list."""
         if n is not None and int(n) <= 0:   # none asked (eval_pairs = 0): the split need not exist
             return []
         src = self.source(split)
@@ -232,23 +233,15 @@ class FilesSource:
         n = len(src) if n is None else min(int(n), len(src))
         decode = self._decode(split)
         rows = range(index, n, count)
-        prepare = None
-        threads = self.read_threads
-        if self.image_processor is not None and self.image_workers > 0:
-            prepare = _Prepare(self.image_processor, split)
-            threads = max(threads, self.image_workers)
+        threads = max(self.read_threads, self.image_workers)
         if threads <= 0 or not rows:
             return [decode(src[i]) for i in rows]
-
-        def one(i):
-            rec = decode(src[i])
-            return rec if prepare is None else prepare(rec)
 
         out, pending = [], collections.deque()
         pool = concurrent.futures.ThreadPoolExecutor(min(threads, len(rows)), thread_name_prefix=f"records-{split}")
         try:
             for i in rows:   # in order; a bounded window ahead (an error stops the rest soon)
-                pending.append(pool.submit(one, i))
+                pending.append(pool.submit(lambda i: decode(src[i]), i))
                 if len(pending) >= 4 * threads:
                     out.append(pending.popleft().result())
             while pending:
