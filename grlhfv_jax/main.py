@@ -103,6 +103,19 @@ def prepare_workdir(config, workdir: str, restart: bool) -> dict:
     return state
 
 
+def release_compiled_programs() -> None:
+    """Drops jax's compiled programs (called between stages). Each keeps memory maps of its code:
+    the smoke pipeline's stages leave ~27,000 in one process by its end, and a process that reaches
+    the kernel's `vm.max_map_count` (often 65,530) crashes inside its next compile (seen in the
+    test workers). A later stage recompiles what it shares, or reads the persistent compilation
+    cache."""
+    import gc
+
+    import jax
+    jax.clear_caches()
+    gc.collect()
+
+
 def run(config, workdir: str, restart: bool = False) -> dict:
     """Validates `config`, then runs its stages in order. Returns the summary dict."""
     from grlhfv_jax import stages
@@ -138,6 +151,7 @@ def run(config, workdir: str, restart: bool = False) -> dict:
             state["stages"][name] = {"status": "done", "wall_s": wall}
             _write_run_state(workdir, state)
             print(f"[{name}] done in {wall:.0f} s", flush=True)
+            release_compiled_programs()
     finally:
         writer.close()
     if "report" in config and config.report.enabled:

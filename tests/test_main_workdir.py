@@ -1,5 +1,6 @@
 """main.prepare_workdir on a workdir shared by several JAX processes: only process 0 writes
-run_state.json and config.json (atomically: no temporary file left); the others write nothing."""
+run_state.json and config.json (atomically: no temporary file left); the others write nothing.
+main.run drops jax's compiled programs between stages."""
 import json
 import os
 
@@ -83,3 +84,30 @@ def test_restart_waits_for_process_0s_deletion(tmp_path, monkeypatch):
     main.prepare_workdir(_config(), workdir, restart=True)
     assert seen == [(1, True), (0, False)], seen
     assert not os.path.exists(os.path.join(workdir, "old_checkpoint"))
+
+
+def test_run_drops_the_compiled_programs_between_stages(tmp_path, monkeypatch):
+    """A program compiled in one stage is gone from jax's caches when the next stage starts (their
+    memory maps count against vm.max_map_count: main.release_compiled_programs)."""
+    import sys
+
+    import jax.numpy as jnp
+
+    from grlhfv_jax import stages
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+    import demo
+
+    f = jax.jit(lambda x: x + 1)
+    seen = []
+
+    def run_stage(name, config, workdir, writer):
+        seen.append((name, f._cache_size()))
+        f(jnp.ones(3))
+        return {}
+
+    monkeypatch.setattr(stages, "run_stage", run_stage)
+    config = demo.get_config("smoke")
+    config.stages = ["data", "vision"]
+    config.report.enabled = False
+    main.run(config, str(tmp_path / "run"))
+    assert seen == [("data", 0), ("vision", 0)]
