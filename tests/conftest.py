@@ -36,3 +36,30 @@ def _release_compiled_programs():
     yield
     jax.clear_caches()
     gc.collect()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke pipeline (configs/demo.py:smoke), run once per test run: (config, workdir, summary).
+    Test workers (pytest-xdist) share it: the first to ask runs it under a file lock in their
+    common temporary folder, the others wait for it and read its summary. Tests read its
+    outputs (copy the folder before changing it)."""
+    import fcntl
+    import json
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+    import demo
+
+    from grlhfv_jax import main
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):   # <basetemp>/popen-gwN: the workers' common folder
+        root = root.parent
+    workdir, done = root / "smoke_run", root / "smoke_run_summary.json"
+    config = demo.get_config("smoke")
+    with open(root / "smoke_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes
+        if done.exists():
+            return config, str(workdir), json.loads(done.read_text())
+        summary = main.run(config, str(workdir))
+        done.write_text(json.dumps(summary))
+    return config, str(workdir), summary

@@ -1,5 +1,8 @@
-"""colab/quickstart.ipynb runs headlessly (nbclient): the short demo, the headline table, the plots,
-then (second execution, the demo resumed) the real-checkpoint cell on a tiny checkpoint folder."""
+"""colab/quickstart.ipynb runs headlessly (nbclient) on a copy of the smoke pipeline's finished run
+(the `smoke_run` fixture; the demo cell's command is the one that run was made with, so the cell
+resumes it): the headline table, the plots, then (second execution) the real-checkpoint cell on a
+tiny checkpoint folder. That the demo runs from nothing is tested by tests/test_pipeline.py and by CI's
+demo command, which run the same command."""
 
 import json
 import os
@@ -35,10 +38,13 @@ def _text(nb) -> str:
     return "\n".join(out)
 
 
-def test_quickstart_notebook_runs_the_short_demo_and_a_checkpoint(tmp_path):
+def test_quickstart_notebook_shows_the_short_demo_and_runs_a_checkpoint(smoke_run, tmp_path):
     workdir = str(tmp_path / "demo")
+    shutil.copytree(smoke_run[1], workdir)
+    os.remove(os.path.join(workdir, "report.html"))  # the notebook's run writes it again
     env = {"GRLHFV_DEMO_MODE": "short", "GRLHFV_WORKDIR": workdir, "GRLHFV_CKPT": str(tmp_path / "no_ckpt")}
     text = _text(_execute(env, str(tmp_path)))
+    assert "finished in an earlier run" in text  # the demo cell resumed the finished run: every stage skipped
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     assert "grm/accuracy_id" in summary and "dpo/oracle_score_after" in summary
     assert os.path.isfile(os.path.join(workdir, "report.html"))
@@ -57,5 +63,4 @@ def test_quickstart_notebook_runs_the_short_demo_and_a_checkpoint(tmp_path):
     from grlhfv_jax import processing
     processing.load_image_processor(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14).save_pretrained(str(ckpt))
     text = _text(_execute(dict(env, GRLHFV_CKPT=str(ckpt)), str(tmp_path)))
-    assert "finished in an earlier run" in text  # the demo cell resumed: every stage skipped
     assert "parameters on 8 device(s):" in text  # loaded, sharded over the (fake) devices, answered

@@ -146,14 +146,6 @@ def test_a_checkpoint_that_cannot_be_restored_names_the_stage_the_folder_and_the
     writer.close()
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("smoke"))
-    config = demo.get_config("smoke")
-    summary = main.run(config, workdir)
-    return config, workdir, summary
-
-
 def test_smoke_run_writes_every_output(smoke_run):
     config, workdir, summary = smoke_run
     for key in ("grm/accuracy_id", "grm/accuracy_ood", "grm/sft_accuracy_id", "grm/position_consistency_id",
@@ -209,8 +201,15 @@ def jax_leaves(module):
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(nnx.state(module, nnx.Param))]
 
 
-def test_rerun_skips_finished_stages_and_refuses_a_changed_config(smoke_run, capsys):
+def _copy(workdir: str, tmp_path) -> str:
+    """A test's own copy of the shared smoke run's folder (conftest.smoke_run), to write into."""
+    import shutil
+    return shutil.copytree(workdir, str(tmp_path / "smoke"))
+
+
+def test_rerun_skips_finished_stages_and_refuses_a_changed_config(smoke_run, capsys, tmp_path):
     config, workdir, summary = smoke_run
+    workdir = _copy(workdir, tmp_path)
     again = main.run(config, workdir)
     out = capsys.readouterr().out
     assert out.count("finished in an earlier run") == len(config.stages)
@@ -249,8 +248,9 @@ def test_grouped_judging_shares_the_prefix_and_equals_separate_prompts(smoke_run
     assert one == shared
 
 
-def test_nscale_stage_writes_a_gain_per_n(smoke_run):
+def test_nscale_stage_writes_a_gain_per_n(smoke_run, tmp_path):
     config, workdir, _ = smoke_run
+    workdir = _copy(workdir, tmp_path)
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.nscale = {"ns": [2], "rewards": ["grm"], "policy": config.policy_rl.to_dict()}
