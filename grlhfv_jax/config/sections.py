@@ -60,6 +60,9 @@ MODEL = {
                                   "forward and backward, to vision_chunk x heads x 3 vision_block floats"),
     "scan_layers": Key("bool", False, "decoder layers stored stacked [layers, ...] and run by a scan: one layer to "
                                       "compile instead of all (compile time); same math, same hub files"),
+    "scan_vision": Key("bool", False, "vision tower blocks stored stacked [blocks, ...] and run by a scan: one "
+                                      "block to compile instead of all (compile time of a trained tower); same "
+                                      "math, same hub files"),
 }
 
 # The splits the stages read (data/world: SPLITS), each a section of config.data.files.

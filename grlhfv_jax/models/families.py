@@ -7,7 +7,8 @@ A family folder (`models/<family>/`) exports, from its `__init__`:
 - the hub mapping `models.weights` uses: ``hub_key(nnx path) -> hub tensor name``,
   ``hub_shape(key, our shape, is_kernel, config) -> shape on disk``, ``HUB_ALIASES`` (other
   spellings of hub names, e.g. transformers' state_dict names), and optionally ``STACKED_LAYERS``
-  (the NNX path of layers stored stacked [L, ...] when ``config.scan_layers``; hub keys per layer).
+  (the NNX path of layers stored stacked [L, ...] when ``config.scan_layers``; hub keys per layer)
+  and ``STACKED_VISION`` (the same for the vision blocks when ``config.scan_vision``).
 A second family is one new folder and one line in `FAMILIES`.
 """
 

@@ -38,6 +38,20 @@ def remat(f, config, *, static_argnums=()):
     return call
 
 
+def stack_layers(layers):
+    """One module holding the parameters of `layers` (equal modules) stacked on a new leading
+    layer axis, logical name "layers" (replicated: sharding.LOGICAL_RULES): kernel [L, in, out],
+    bias / norm weight [L, dim]. The decoder layers (VLConfig.scan_layers) and the vision
+    tower's blocks (VLConfig.scan_vision)."""
+    graphdef, _ = nnx.split(layers[0])
+    stacked = nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(m) for m in layers]))
+    for _, v in nnx.iter_graph(stacked):
+        if isinstance(v, nnx.Variable):
+            axes = v.get_metadata().get("logical_axes") or (None,) * (v.get_value().ndim - 1)
+            v.set_metadata("logical_axes", ("layers",) + tuple(axes))
+    return stacked
+
+
 def _normal(rngs, shape, std, dtype):
     return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
 

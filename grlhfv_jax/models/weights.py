@@ -38,13 +38,17 @@ def read_config_json(path: str) -> dict:
 def param_table(model):
     """[(hub keys, nnx.Param, is_kernel, stacked)] for every parameter of the model: one hub key,
     or for a parameter stacked on a leading layer axis (the family's ``STACKED_LAYERS`` path with
-    ``config.scan_layers``) L keys, key i for slot i (``model.layers.{i}.self_attn.q_proj.weight``)."""
+    ``config.scan_layers``, ``STACKED_VISION`` with ``config.scan_vision``) L keys, key i for slot i
+    (``model.layers.{i}.self_attn.q_proj.weight``, ``visual.blocks.{i}.attn.qkv.weight``)."""
     fam = family(model.config.model_type)
-    prefix = tuple(getattr(fam, "STACKED_LAYERS", ())) if getattr(model.config, "scan_layers", False) else ()
+    prefixes = [tuple(getattr(fam, name, ())) for name, flag in (("STACKED_LAYERS", "scan_layers"),
+                                                                 ("STACKED_VISION", "scan_vision"))
+                if getattr(model.config, flag, False)]
     out = []
     for path, node in nnx.iter_graph(model):
         if isinstance(node, nnx.Param):
-            stacked = bool(prefix) and tuple(path[:len(prefix)]) == prefix
+            prefix = next((p for p in prefixes if p and tuple(path[:len(p)]) == p), ())
+            stacked = bool(prefix)
             if stacked:
                 rest = tuple(path[len(prefix):])
                 keys = [fam.hub_key(prefix + (i,) + rest) for i in range(node.get_value().shape[0])]
@@ -101,7 +105,7 @@ def _canonical(key, aliases):
 
 def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rngs=None, param_dtype=None,
                     remat=False, vision_block=0, remat_policy="nothing", logits_chunk=0, vision_chunk=0,
-                    scan_layers=False):
+                    scan_layers=False, scan_vision=False):
     """Loads an HF folder of a supported family (config.json + model.safetensors or a sharded index).
 
     dtype: compute dtype; param_dtype: parameter dtype (default: dtype; e.g. bf16 compute with
@@ -109,15 +113,17 @@ def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rn
     converted (bf16 or fp32 on disk). With `mesh`, each is placed with
     `grlhfv_jax.sharding.shard_array(x, param.logical_axes, mesh)` as it is read.
     scalar_head: add `score` ([1, hidden] on disk); initialised (normal, std 0.02) when absent.
-    remat, remat_policy, logits_chunk, vision_block, vision_chunk, scan_layers: runtime choices
-    (`VLConfig`); with scan_layers the hub's per-layer tensors fill the slots of the stacked ones.
+    remat, remat_policy, logits_chunk, vision_block, vision_chunk, scan_layers, scan_vision: runtime
+    choices (`VLConfig`); with scan_layers (scan_vision) the hub's per-layer (per-block) tensors fill
+    the slots of the stacked ones.
     """
     path = os.fspath(path)
     hf = read_config_json(path)
     fam = family(hf.get("model_type"))
     cfg = fam.parse_config(hf, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
                            vision_block=int(vision_block), remat_policy=remat_policy, logits_chunk=int(logits_chunk),
-                           vision_chunk=int(vision_chunk), scan_layers=bool(scan_layers))
+                           vision_chunk=int(vision_chunk), scan_layers=bool(scan_layers),
+                           scan_vision=bool(scan_vision))
     model = nnx.eval_shape(lambda: fam.build(cfg, rngs=nnx.Rngs(0), scalar_head=scalar_head))
     files = {_canonical(k, fam.HUB_ALIASES): (k, fn) for k, fn in _checkpoint_files(path).items()}
     table = param_table(model)

@@ -24,13 +24,15 @@ def lr_schedule(learning_rate: float, total_steps: int, *, warmup_ratio: float =
 def stacked_layer_axes(path) -> int:
     """1 for a parameter stacked on a leading layer axis (a path ``... layers <name> ...``: the
     decoder layers of a model with ``scan_layers``, e.g. model.layers.self_attn.q_proj.kernel
-    [L, in, out]), 0 otherwise (``model.layers.3.self_attn...``: one layer of an nnx.List)."""
+    [L, in, out]; ``... blocks <name> ...``: the vision blocks with ``scan_vision``, e.g.
+    visual.blocks.attn.qkv.kernel [depth, in, out]), 0 otherwise (``model.layers.3.self_attn...``,
+    ``visual.blocks.3.attn...``: one layer / block of an nnx.List)."""
     names = [getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path]
-    return int(any(a == "layers" and isinstance(b, str) for a, b in zip(names, names[1:])))
+    return int(any(a in ("layers", "blocks") and isinstance(b, str) for a, b in zip(names, names[1:])))
 
 
 def decay_mask(params):
-    """Weight decay on matrices only (ndim >= 2, not counting a stacked layer axis): not on
+    """Weight decay on matrices only (ndim >= 2, not counting a stacked layer / block axis): not on
     biases or norm scales."""
     return jax.tree_util.tree_map_with_path(
         lambda path, p: getattr(p, "ndim", 0) - stacked_layer_axes(path) >= 2, params)

@@ -1,7 +1,7 @@
 """The Qwen2-VL / Qwen2.5-VL family (docs/models.md): config, model, vision tower, M-RoPE, hub names.
 The family interface `models.families` documents."""
 from .config import MODEL_TYPES, VLConfig, parse_hf_config
-from .hub import HUB_ALIASES, STACKED_LAYERS, hub_key, hub_shape
+from .hub import HUB_ALIASES, STACKED_LAYERS, STACKED_VISION, hub_key, hub_shape
 from .model import Qwen2VL, from_config
 from .rope import decode_position_ids, rope_index
 
@@ -13,4 +13,5 @@ def build(cfg, *, rngs, scalar_head: bool = False):
 
 
 __all__ = ["MODEL_TYPES", "VLConfig", "parse_hf_config", "parse_config", "build", "Qwen2VL", "from_config",
-           "rope_index", "decode_position_ids", "HUB_ALIASES", "STACKED_LAYERS", "hub_key", "hub_shape"]
+           "rope_index", "decode_position_ids", "HUB_ALIASES", "STACKED_LAYERS", "STACKED_VISION",
+           "hub_key", "hub_shape"]

@@ -62,6 +62,7 @@ class VLConfig:
     vision_block: int = 0             # patches per vision attention block (0: dense; qwen2_vl/vision.py)
     vision_chunk: int = 0             # query patches per vision attention piece, whole blocks (0: all at once)
     scan_layers: bool = False         # decoder layers stacked [L, ...] and run by a scan (model.TextModel)
+    scan_vision: bool = False         # vision blocks stacked [depth, ...] and run by a scan (vision.VisionTower)
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
@@ -89,7 +90,7 @@ def _req(d: dict, key: str, where: str):
 
 def parse_hf_config(hf: dict, **runtime) -> VLConfig:
     """Builds a `VLConfig` from an HF config dict (either layout). `runtime`: dtype, param_dtype, remat, remat_policy,
-    logits_chunk, vision_block, vision_chunk, scan_layers."""
+    logits_chunk, vision_block, vision_chunk, scan_layers, scan_vision."""
     model_type = hf.get("model_type")
     if model_type not in MODEL_TYPES:
         raise UnsupportedModelError(f"unsupported model_type {model_type!r} for the Qwen2-VL family {MODEL_TYPES}")

@@ -9,6 +9,8 @@ import re
 
 # the path of the decoder layers stacked [L, ...] with VLConfig.scan_layers (hub: model.layers.{i}.*)
 STACKED_LAYERS = ("model", "layers")
+# the path of the vision blocks stacked [depth, ...] with VLConfig.scan_vision (hub: visual.blocks.{i}.*)
+STACKED_VISION = ("visual", "blocks")
 
 # transformers' state_dict names -> the hub's
 HUB_ALIASES = (("model.language_model.", "model."), ("model.visual.", "visual."))

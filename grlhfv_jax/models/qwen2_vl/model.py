@@ -13,7 +13,7 @@ from flax import nnx
 
 from ... import sharding
 from .config import VLConfig, parse_hf_config
-from ..layers import Dense, Embed, RMSNorm, attention, remat
+from ..layers import Dense, Embed, RMSNorm, attention, remat, stack_layers
 from .rope import apply_rope, mrope_cos_sin, rope_index
 from .vision import VisionTower
 
@@ -127,19 +127,6 @@ def _layer_call(layer, x, cos, sin, mask, kv_cache, cache_index, layer_index=Non
 
 def _shared_layer_call(layer, x, cos, sin, masks, shapes):
     return layer.shared_prompt(x, cos, sin, masks, shapes)
-
-
-def stack_layers(layers):
-    """One module holding the parameters of `layers` (equal modules) stacked on a new leading
-    layer axis, logical name "layers" (replicated: sharding.LOGICAL_RULES): kernel [L, in, out],
-    bias / norm weight [L, dim]."""
-    graphdef, _ = nnx.split(layers[0])
-    stacked = nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(m) for m in layers]))
-    for _, v in nnx.iter_graph(stacked):
-        if isinstance(v, nnx.Variable):
-            axes = v.get_metadata().get("logical_axes") or (None,) * (v.get_value().ndim - 1)
-            v.set_metadata("logical_axes", ("layers",) + tuple(axes))
-    return stacked
 
 
 class TextModel(nnx.Module):
@@ -435,13 +422,15 @@ class Qwen2VL(nnx.Module):
 
 
 def from_config(config, *, rngs=None, dtype=jnp.float32, scalar_head=False, param_dtype=None, remat=False,
-                vision_block=0, remat_policy="nothing", logits_chunk=0, vision_chunk=0, scan_layers=False):
+                vision_block=0, remat_policy="nothing", logits_chunk=0, vision_chunk=0, scan_layers=False,
+                scan_vision=False):
     """Randomly initialised model from an HF config dict (either layout) or a VLConfig.
     dtype: compute dtype; param_dtype: parameter dtype (default: dtype); scan_layers: decoder
-    layers stacked and scanned (`TextModel`; the same initial weights)."""
+    layers stacked and scanned (`TextModel`; the same initial weights); scan_vision: the vision
+    tower's blocks stacked and scanned (`vision.VisionTower`; the same initial weights)."""
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     runtime = dict(dtype=dtype, param_dtype=param_dtype or dtype, remat=remat, vision_block=int(vision_block),
                    remat_policy=remat_policy, logits_chunk=int(logits_chunk), vision_chunk=int(vision_chunk),
-                   scan_layers=bool(scan_layers))
+                   scan_layers=bool(scan_layers), scan_vision=bool(scan_vision))
     cfg = config.replace(**runtime) if isinstance(config, VLConfig) else parse_hf_config(config, **runtime)
     return Qwen2VL(cfg, rngs=rngs, scalar_head=scalar_head)

@@ -9,6 +9,9 @@ quadratic in the number of images) unless `VLConfig.vision_block` > 0: then band
 `VLConfig.vision_chunk` > 0 run that many query patches at a time (bounded scores, also in the backward). A window mask on the processor's patch order
 is equivalent to transformers' permute-into-windows + reverse permutation (attention is
 permutation-equivariant and the permutation moves whole merge units).
+With `VLConfig.scan_vision` the blocks are stacked [depth, ...] and run by one `jax.lax.scan` (one
+block's program to compile instead of depth), each block's kind (windowed / full attention) a
+scanned flag that selects its mask inside the loop body.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ... import sharding
-from ..layers import Dense, LayerNorm, RMSNorm, activation, attention, remat
+from ..layers import Dense, LayerNorm, RMSNorm, activation, attention, remat, stack_layers
 from .rope import apply_rope, vision_rope_cos_sin
 
 
@@ -198,10 +201,16 @@ def _block_call(block, x, cos, sin, mask, band=0, pieces=0, mesh=None):
 
 
 class VisionTower(nnx.Module):
+    """Patch embedding, `vision_depth` blocks, merger. ``blocks``: an nnx.List of `VisionBlock`s, or
+    with ``cfg.scan_vision`` one VisionBlock whose parameters are stacked [depth, ...] (logical axis
+    "layers", replicated) and run by a `jax.lax.scan`. Either way the same random initial weights
+    for the same rngs and the same values."""
+
     def __init__(self, cfg, rngs):
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg, rngs)
-        self.blocks = nnx.List([VisionBlock(cfg, rngs) for _ in range(cfg.vision_depth)])
+        blocks = [VisionBlock(cfg, rngs) for _ in range(cfg.vision_depth)]
+        self.blocks = stack_layers(blocks) if cfg.scan_vision else nnx.List(blocks)
         self.merger = PatchMerger(cfg, rngs)
 
     def __call__(self, pixel_values, image_grid_thw, mesh=None):
@@ -234,11 +243,40 @@ class VisionTower(nnx.Module):
         def call(blk, x, mask):
             f = (lambda b, h, c, s_, mk: _block_call(b, h, c, s_, mk, band, pieces, mesh))
             return remat(f, cfg)(blk, x, cos, sin, mask)
-        for i, blk in enumerate(self.blocks):
-            mask = full_mask if (not window or i in cfg.fullatt_block_indexes) else win_mask
-            x = stream(call(blk, x, mask))
+        if cfg.scan_vision:
+            x = self._scan_blocks(call, stream, x, full_mask, win_mask, window)
+        else:
+            for i, blk in enumerate(self.blocks):
+                mask = full_mask if (not window or i in cfg.fullatt_block_indexes) else win_mask
+                x = stream(call(blk, x, mask))
         if band:   # a frame longer than the block would have lost keys: NaN, never a silent error
             grid = jnp.asarray(image_grid_thw)
             too_long = jnp.max(grid[:, 1] * grid[:, 2]) > band
             x = jnp.where(too_long, jnp.nan, x)
         return self.merger(x)
+
+    def _scan_blocks(self, call, stream, x, full_mask, win_mask, window):
+        """The stacked blocks (``cfg.scan_vision``) under one `jax.lax.scan`: x [N, E] -> [N, E].
+        One program serves both kinds of block: a scanned flag [depth] bool (block i in
+        ``fullatt_block_indexes``) selects the mask in the body. Dense: the [N, N] full or window
+        mask. Banded: 3 segment ids (frame, win_h, win_w), the window ids set to 0 for a full
+        block, which leaves (frame,) (equal ids in every one: the same keys). ``call``: one block,
+        under remat when the config asks; ``stream``: the per-block sharding constraint."""
+        cfg = self.cfg
+        graphdef, params = nnx.split(self.blocks)
+        is_full = jnp.asarray([not window or i in cfg.fullatt_block_indexes for i in range(cfg.vision_depth)])
+
+        def mask_of(full):
+            if not window:
+                return full_mask
+            if isinstance(win_mask, tuple):   # banded: segment ids
+                frame, win_h, win_w = win_mask
+                return frame, jnp.where(full, 0, win_h), jnp.where(full, 0, win_w)
+            return jnp.where(full, full_mask, win_mask)
+
+        def body(x, xs):
+            p, full = xs
+            return stream(call(nnx.merge(graphdef, p), x, mask_of(full))), None
+
+        x, _ = jax.lax.scan(body, x, (params, is_full))
+        return x
