@@ -217,7 +217,7 @@ def bench_rollout(args) -> dict:
            "cpu_threads": threads, "batch": args.batch, "prompt_text_tokens": args.prompt_tokens,
            "image_size": args.image_size, "prompt_len": int(batch["input_ids"].shape[1]),
            "new_tokens": args.new_tokens, "temperature": args.temperature, "dtype": args.dtype,
-           "layers": args.layers, "scan_layers": args.scan_layers,
+           "layers": args.layers, "scan_layers": args.scan_layers, "scan_vision": args.scan_vision,
            "load_avg_1min_start": os.getloadavg()[0]}
 
     try:
@@ -236,7 +236,8 @@ def bench_rollout(args) -> dict:
     _log(f"model: {n_params / 1e6:.1f}M params ({n_text / 1e6:.1f}M text), prompt len {res['prompt_len']}")
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
-        model = load_pretrained(d, dtype=getattr(jnp, args.dtype), scan_layers=args.scan_layers)
+        model = load_pretrained(d, dtype=getattr(jnp, args.dtype), scan_layers=args.scan_layers,
+                                scan_vision=args.scan_vision)
     if args.dtype == "bfloat16":  # the same dtype on both sides
         hf = hf.to(torch.bfloat16)
 
@@ -288,6 +289,7 @@ def _add_rollout(sub):
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--hf-on-cpu", action="store_true", help="on an accelerator, still time transformers (CPU)")
     p.add_argument("--scan-layers", action="store_true", help="our decoder layers stacked and run by a scan")
+    p.add_argument("--scan-vision", action="store_true", help="our vision blocks stacked and run by a scan")
     return p
 
 
@@ -330,13 +332,14 @@ def bench_vision(args) -> dict:
     pv = jax.ShapeDtypeStruct((n, 3 * 2 * 14 * 14), dtype)
     out = dict(images=args.images, patches_per_image=args.patches, depth=args.depth, embed=args.embed,
                heads=args.heads, dtype=args.dtype, backward=args.backward, remat=args.remat, chunk=args.chunk,
-               platform=jax.devices()[0].platform, jax=jax.__version__, devices=args.devices)
+               scan_vision=args.scan_vision, platform=jax.devices()[0].platform, jax=jax.__version__, devices=args.devices)
     mesh = sharding.make_mesh((1, args.devices, 1)) if args.devices > 1 else None
     variants = [("dense", 0, 0)] if not args.skip_dense else []
     variants += [("per_frame", args.patches, 0)] + ([("per_frame_chunked", args.patches, args.chunk)] if args.chunk else [])
     for name, block, chunk in variants:
         abstract = nnx.eval_shape(lambda b=block, c=chunk: models.from_config(
-            vision_hf_config(args), dtype=dtype, vision_block=b, vision_chunk=c, remat=args.remat))
+            vision_hf_config(args), dtype=dtype, vision_block=b, vision_chunk=c, remat=args.remat,
+            scan_vision=args.scan_vision))
         sharding.set_activation_mesh(abstract, mesh)
         graphdef, state = nnx.split(abstract)
         shardings = None
@@ -351,14 +354,17 @@ def bench_vision(args) -> dict:
             return jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s).encode_images(x, g).astype(jnp.float32)))(st)
 
         _log(f"[vision] compiling {name} ({n} patches)")
+        t0 = time.perf_counter()
         compiled = jax.jit(encode, in_shardings=shardings).lower(
             state, pv, jax.ShapeDtypeStruct(grid.shape, jnp.int32)).compile()
+        out[f"{name}_compile_s"] = time.perf_counter() - t0
         mem = compiled.memory_analysis()
         out[f"{name}_temp_bytes"] = int(mem.temp_size_in_bytes)
-        _log(f"[vision] {name}: temp {mem.temp_size_in_bytes / 1e9:.2f} GB")
+        _log(f"[vision] {name}: temp {mem.temp_size_in_bytes / 1e9:.2f} GB, compiled in {out[f'{name}_compile_s']:.1f} s")
         if args.time and block and mesh is None:
             real = nnx.split(models.from_config(vision_hf_config(args), dtype=dtype, vision_block=block,
-                                                vision_chunk=chunk, remat=args.remat))[1]
+                                                vision_chunk=chunk, remat=args.remat,
+                                                scan_vision=args.scan_vision))[1]
             x = jnp.asarray(np.random.default_rng(0).standard_normal(pv.shape), dtype)
             jax.block_until_ready(compiled(real, x, grid))
             t = time.perf_counter()
@@ -386,6 +392,7 @@ def _add_vision(sub):
     p.add_argument("--backward", action="store_true", help="forward + gradient w.r.t. the tower (a trained tower)")
     p.add_argument("--remat", action="store_true", help="rematerialise each vision block")
     p.add_argument("--chunk", type=int, default=0, help="also per frame in pieces of this many query patches")
+    p.add_argument("--scan-vision", action="store_true", help="the blocks stacked and run by a scan (compile one)")
     p.add_argument("--skip-dense", action="store_true", help="leave out dense attention (its memory is quadratic)")
     p.add_argument("--devices", type=int, default=1, help="> 1: on a mesh of this many devices (fake CPU ones "
                    "here); memory per device")
@@ -578,7 +585,7 @@ def bench_train(args) -> dict:
         batch["image_grid_thw"] = np.asarray([(1, side, side)] * B, np.int32)
     rt = dict(dtype=getattr(jnp, args.dtype), param_dtype=getattr(jnp, args.param_dtype), remat=args.remat,
               remat_policy=args.remat_policy, logits_chunk=args.logits_chunk, vision_block=side * side,
-              vision_chunk=args.vision_chunk, scan_layers=args.scan_layers)
+              vision_chunk=args.vision_chunk, scan_layers=args.scan_layers, scan_vision=args.scan_vision)
     gcfg = steps.GRPOConfig(num_micro_batches=args.micro_batches)
     make = lambda: steps.TrainState(models.from_config(cfg.to_dict(), rngs=nnx.Rngs(0), **rt),  # noqa: E731
                                     optax.adamw(1e-6), frozen_vision=args.frozen_vision)
@@ -591,7 +598,8 @@ def bench_train(args) -> dict:
     out = dict(rows=B, tokens=T, new_tokens=R, image_tokens=n_img, params=params, micro_batches=args.micro_batches,
                dtype=args.dtype, param_dtype=args.param_dtype, remat=args.remat,
                remat_policy=args.remat_policy if args.remat else None, logits_chunk=args.logits_chunk,
-               vision_chunk=args.vision_chunk, scan_layers=args.scan_layers, split_images=args.split_images,
+               vision_chunk=args.vision_chunk, scan_layers=args.scan_layers, scan_vision=args.scan_vision,
+               split_images=args.split_images,
                frozen_vision=args.frozen_vision, vocab=args.vocab, layers=args.layers, platform=dev.platform, device_kind=dev.device_kind,
                jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
     t0 = time.perf_counter()
@@ -647,6 +655,8 @@ def _add_train(sub):
     p.add_argument("--frozen-vision", action="store_true")
     p.add_argument("--scan-layers", action="store_true",
                    help="decoder layers stacked and run by a scan (compile one layer, not --layers)")
+    p.add_argument("--scan-vision", action="store_true",
+                   help="vision blocks stacked and run by a scan (compile one block, not --vision-layers)")
     p.add_argument("--vision-chunk", type=int, default=0,
                    help="query patches per vision attention piece, whole images here (0: all at once)")
     p.add_argument("--split-images", action="store_true",
