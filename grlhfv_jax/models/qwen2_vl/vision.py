@@ -259,8 +259,8 @@ class VisionTower(nnx.Module):
         """The stacked blocks (``cfg.scan_vision``) under one `jax.lax.scan`: x [N, E] -> [N, E].
         One program serves both kinds of block: a scanned flag [depth] bool (block i in
         ``fullatt_block_indexes``) selects the mask in the body. Dense: the [N, N] full or window
-        mask. Banded: 3 segment ids (frame, win_h, win_w), the window ids set to 0 for a full
-        block, which leaves (frame,) (equal ids in every one: the same keys). ``call``: one block,
+        mask. Banded: 3 segment ids (frame, win_h, win_w), the window ids 0 in a full block (every
+        patch's equal, so the frames alone mask, as (frame,) does). ``call``: one block,
         under remat when the config asks; ``stream``: the per-block sharding constraint."""
         cfg = self.cfg
         graphdef, params = nnx.split(self.blocks)
