@@ -120,7 +120,7 @@ def test_tower_outputs_and_gradients_equal_the_unrolled_tower(models, pixels, va
     (ls, out_s), g_s = f(ts, pixels, w)
     assert out_u.shape == (N // 4, 64) and np.isfinite(np.asarray(out_u)).all()
     np.testing.assert_allclose(np.asarray(out_s), np.asarray(out_u), atol=SAME)
-    assert float(ls) == pytest.approx(float(lu), rel=1e-5)
+    assert float(ls) == pytest.approx(float(lu), abs=1e-4)   # a sum of 2,240 terms that nearly cancel
     g_u, g_s = nnx.to_pure_dict(g_u), nnx.to_pure_dict(g_s)
     scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_u))
     _assert_stacked_equal(g_s.pop("blocks"), g_u.pop("blocks"), 1e-5 * scale, "grads")
@@ -129,8 +129,8 @@ def test_tower_outputs_and_gradients_equal_the_unrolled_tower(models, pixels, va
 
     graphdef, state = nnx.split(ts)
     jaxpr = str(jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(pixels, jnp.asarray(GRID)))(state))
-    assert len(re.findall(r"\bscan\[", jaxpr)) >= 1 and re.search(r"scan\[.*(checkpoint|remat2)\[", jaxpr, re.S), \
-        "one scan over the blocks, remat inside it"
+    assert re.findall(r"length=\d+", jaxpr).count(f"length={DEPTH}") == 1, "one scan over the blocks"
+    assert re.search(r"scan\[.*(checkpoint|remat2)\[", jaxpr, re.S), "remat inside it"
     if fam == "qwen2_5_vl":   # the windowed blocks matter: all blocks full attention gives other values
         full = nnx.eval_shape(lambda: VisionTower(scanned.config.replace(fullatt_block_indexes=(0, 1, 2), **rt),
                                                   nnx.Rngs(0)))
