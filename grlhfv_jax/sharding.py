@@ -38,7 +38,7 @@ LOGICAL_RULES: dict[str, str | None] = {
     "vision_heads": "tensor",
     "vision_patch": None,
     "norm": None,
-    "layers": None,     # the leading axis of decoder layers stacked for a scan (VLConfig.scan_layers)
+    "layers": None,     # the leading axis of decoder layers / vision blocks stacked for a scan (VLConfig.scan_layers, scan_vision)
 }
 
 # Batch entries whose leading dim is not the batch: replicated on every device.

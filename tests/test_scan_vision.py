@@ -215,6 +215,7 @@ def test_the_config_key_is_checked_and_reaches_the_model():
     from grlhfv_jax import models as M
     from grlhfv_jax import stages
     from grlhfv_jax.config import ConfigError, sections
+    from grlhfv_jax.stages import common
 
     assert sections.MODEL["scan_vision"].default is False
     config = demo()
@@ -226,6 +227,21 @@ def test_the_config_key_is_checked_and_reaches_the_model():
     with config.unlocked():
         config.model.grm["scan_vision"] = True
     stages.validate(config)
-    model = nnx.eval_shape(lambda: M.from_config(tm.tiny_hf_config("qwen2_5_vl").to_dict(), scan_vision=True))
+    rt = common.runtime(config.model.grm)   # what the stages pass to load_pretrained / from_config
+    assert rt["scan_vision"] is True and common.runtime(dict(hf_config={}))["scan_vision"] is False
+    model = nnx.eval_shape(lambda: M.from_config(tm.tiny_hf_config("qwen2_5_vl").to_dict(), **rt))
     assert model.config.scan_vision and not isinstance(model.visual.blocks, nnx.List)
     assert model.visual.blocks.mlp.gate_proj.kernel.get_value().shape[0] == 3
+
+
+def test_a_freeze_prefix_that_names_no_parameter_is_an_error(models):
+    """`freeze` prefixes are checked against the model: one block of a scanned tower (stacked, no
+    `visual.blocks.1`) or a typo would otherwise leave those parameters training."""
+    from grlhfv_jax.trainers import loop
+    _, _, _, unrolled, scanned = models
+    loop.check_freeze(unrolled, ("visual", "visual.blocks.1"))
+    loop.check_freeze(scanned, ("visual.blocks", "model.layers.0"))
+    with pytest.raises(ValueError, match=r"freeze: 'visual\.blocks\.1' names no parameter .*stacked"):
+        loop.check_freeze(scanned, ("visual.blocks.1",))
+    with pytest.raises(ValueError, match=r"freeze: 'visoin' names no parameter"):
+        loop.check_freeze(unrolled, ("visoin",))

@@ -46,7 +46,7 @@ def image_processor(image):
 
 def runtime(spec, config=None) -> dict:
     """The runtime choices of a `config.model.*` entry as `models` keywords: dtype, param_dtype,
-    remat, remat_policy, logits_chunk, vision_chunk, scan_layers, and vision_block (None: the most patches of one frame `config.image`'s processor makes,
+    remat, remat_policy, logits_chunk, vision_chunk, scan_layers, scan_vision, and vision_block (None: the most patches of one frame `config.image`'s processor makes,
     so the tower attends per frame, linear in the number of images; dense without `config`)."""
     spec = config_schema.section(spec, sections.MODEL)
     block = spec.vision_block
@@ -54,7 +54,8 @@ def runtime(spec, config=None) -> dict:
         block = 0 if config is None else processing.max_frame_patches(image_processor(config_schema.section(config).image))
     return dict(dtype=DTYPES[spec.dtype], param_dtype=DTYPES[spec.param_dtype], remat=bool(spec.remat),
                 remat_policy=str(spec.remat_policy), logits_chunk=int(spec.logits_chunk), vision_block=int(block),
-                vision_chunk=int(spec.vision_chunk), scan_layers=bool(spec.scan_layers))
+                vision_chunk=int(spec.vision_chunk), scan_layers=bool(spec.scan_layers),
+                scan_vision=bool(spec.scan_vision))
 
 
 def mesh_from_config(config):

@@ -30,6 +30,7 @@ def make_train_state(model, opt_cfg, total_steps: int):
         max_grad_norm=float(opt_cfg.max_grad_norm))
     frozen = tuple(opt_cfg.freeze or ())
     if frozen:
+        check_freeze(model, frozen)
         tx = freeze_params(tx, frozen)
     state = steps.TrainState(model, tx, schedule, frozen_vision="visual" in frozen)
     mesh = sharding.model_mesh(model)
@@ -44,6 +45,28 @@ def make_rl_train_state(model, sec):
     return make_train_state(model, sec, int(sec.steps) * int(sec.mini_batches))
 
 
+def _param_name(path) -> str:
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _frozen(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def check_freeze(model, prefixes: tuple[str, ...]) -> None:
+    """A ValueError naming each `freeze` prefix that names no parameter of `model` (a typo, or one
+    layer / block of a model whose layers are stacked for a scan: scan_layers / scan_vision), which
+    would otherwise train what was meant to stay fixed."""
+    from flax import nnx
+    names = [_param_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]]
+    for p in prefixes:
+        if not any(_frozen(n, (p,)) for n in names):
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ValueError(f"freeze: {p!r} names no parameter of the model (top-level names: {', '.join(tops)}; "
+                             "with scan_layers / scan_vision the layers / blocks are stacked, e.g. "
+                             "'visual.blocks', and are frozen together or not at all)")
+
+
 def freeze_params(tx, prefixes: tuple[str, ...]):
     """`tx` on every parameter except those whose path starts with one of `prefixes` (e.g.
     "visual": the vision tower, as VLM recipes that keep a pretrained ViT fixed), which get zero
@@ -52,8 +75,7 @@ def freeze_params(tx, prefixes: tuple[str, ...]):
 
     def labels(params):
         def label(path, _):
-            name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-            return "frozen" if any(name == p or name.startswith(p + ".") for p in prefixes) else "train"
+            return "frozen" if _frozen(_param_name(path), prefixes) else "train"
         return jax.tree_util.tree_map_with_path(label, params)
 
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
