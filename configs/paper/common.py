@@ -78,9 +78,12 @@ def parse_arg(arg: str) -> tuple[str, dict]:
 def model(name: str, what: str) -> dict:
     """A `config.model.*` entry: the checkpoint path (a placeholder) and its published config (for
     --dry_run); bf16 compute, fp32 master weights (the paper trains in bf16), remat on, the vision
-    attention one largest image of queries at a time (vision_chunk: bounded scores in a trained tower)."""
+    attention one largest image of queries at a time (vision_chunk: bounded scores in a trained tower),
+    the vision blocks under a scan (scan_vision: the trained tower compiles once per block kind, not
+    32 times, and keeps remat's memory; the same values; docs/performance.md)."""
     return dict(path=f"<{what}: a {name} folder>", hf_config=published.hf_config(name),
-                dtype="bfloat16", param_dtype="float32", remat=True, vision_chunk=MAX_IMAGE_TOKENS * 4)
+                dtype="bfloat16", param_dtype="float32", remat=True, vision_chunk=MAX_IMAGE_TOKENS * 4,
+                scan_vision=True)
 
 
 def split(what: str, fields: str = "align_anything") -> dict:
