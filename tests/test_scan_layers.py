@@ -41,18 +41,8 @@ def _layers(model):
     return nnx.to_pure_dict(nnx.state(model.model.layers, nnx.Param))
 
 
-def _assert_stacked_equal(stacked, per_layer, tol, what):
-    """Every stacked leaf [L, ...]: slot i equals layer i's leaf of `per_layer` ({i: tree})."""
-    flat = jax.tree_util.tree_flatten_with_path(stacked)[0]
-    assert flat
-    for path, arr in flat:
-        assert arr.shape[0] == L, (what, path, arr.shape)
-        for i in range(L):
-            want = per_layer[i]
-            for k in path:
-                want = want[k.key]
-            np.testing.assert_allclose(np.asarray(arr[i]), np.asarray(want), atol=tol, rtol=tol,
-                                       err_msg=f"{what} {jax.tree_util.keystr(path)} layer {i}")
+def _assert_stacked_equal(stacked, per_slot, tol, what):
+    tm.assert_stacked_equal(stacked, per_slot, tol, what, L)
 
 
 _fwd = nnx.jit(lambda m, x, a, pv, g: m(x, a, pv, g))

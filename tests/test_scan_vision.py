@@ -50,18 +50,8 @@ def _blocks(model):
     return nnx.to_pure_dict(nnx.state(model.visual.blocks, nnx.Param))
 
 
-def _assert_stacked_equal(stacked, per_block, tol, what):
-    """Every stacked leaf [depth, ...]: slot i equals block i's leaf of `per_block` ({i: tree})."""
-    flat = jax.tree_util.tree_flatten_with_path(stacked)[0]
-    assert flat
-    for path, arr in flat:
-        assert arr.shape[0] == DEPTH, (what, path, arr.shape)
-        for i in range(DEPTH):
-            want = per_block[i]
-            for k in path:
-                want = want[k.key]
-            np.testing.assert_allclose(np.asarray(arr[i]), np.asarray(want), atol=tol, rtol=tol,
-                                       err_msg=f"{what} {jax.tree_util.keystr(path)} block {i}")
+def _assert_stacked_equal(stacked, per_slot, tol, what):
+    tm.assert_stacked_equal(stacked, per_slot, tol, what, DEPTH)
 
 
 def _tower(model, **rt):

@@ -145,3 +145,19 @@ def build_and_save(path, family="qwen2_vl", *, seed=0, dtype="float32", max_shar
     model = build_tiny_torch_model(family, seed=seed, **cfg_kw)
     path = save_tiny_model(path, family, seed=seed, dtype=dtype, max_shard_size=max_shard_size, **cfg_kw)
     return path, model
+
+
+def assert_stacked_equal(stacked, per_slot, tol, what, slots):
+    """Every leaf of `stacked` (a pure dict of parameters stacked [slots, ...] for a scan) equals, in
+    slot i, the same leaf of `per_slot[i]` ({i: tree}: the unrolled model's layers or blocks)."""
+    import jax
+    flat = jax.tree_util.tree_flatten_with_path(stacked)[0]
+    assert flat
+    for path, arr in flat:
+        assert arr.shape[0] == slots, (what, path, arr.shape)
+        for i in range(slots):
+            want = per_slot[i]
+            for k in path:
+                want = want[k.key]
+            np.testing.assert_allclose(np.asarray(arr[i]), np.asarray(want), atol=tol, rtol=tol,
+                                       err_msg=f"{what} {jax.tree_util.keystr(path)} slot {i}")
