@@ -44,8 +44,11 @@ group; trained unless `freeze` holds "visual"), a DPO / RM micro-batch's rows; S
 Its patches are split over `sharding.split_axes` of an image's patches (the row axes data x fsdp
 when they divide it; on the pod preset only fsdp: 4,096 patches do not split 40 ways).
 Measured against XLA's temp of the tower's compiled forward and forward + gradient on CPU without
-remat: 0.73-1.43 (tests/test_dry_run.py); XLA:CPU does not honour the tower's remat (measured,
-docs/performance.md), so the remat figure is the accelerator's model, not checked here.
+remat: 0.73-1.43 (tests/test_dry_run.py). XLA:CPU does not honour the remat of the unrolled
+tower (docs/performance.md), but does inside the scanned one (`scan_vision`, as the paper configs
+run it): there the remat figure is an upper bound, 1.46x (in pieces) to 1.79x (whole frames) of
+XLA's temp for a trained tower of 4 blocks (tests/test_dry_run.py; without remat the measured temp
+is 2.2-2.6x the figure). Not measured on an accelerator.
 """
 
 from __future__ import annotations
