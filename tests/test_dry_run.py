@@ -154,6 +154,14 @@ def test_halving_the_judging_or_scoring_call_halves_that_phase(name, section, ke
     assert gb[0] / 2 <= gb[1] <= gb[0] / 2 * 1.02, gb
 
 
+def _tower_shape(depth, embed, heads, patches, chunk, remat):
+    """The dry run's shape of a tower alone (bench vision's: a one-layer text model, not counted)."""
+    return dry_run.ModelShape(params=0, vision_params=0, layers=1, hidden=64, intermediate=64, heads=2, kv_heads=1,
+                              head_dim=32, vocab=256, param_bytes=4, compute_bytes=4, remat=remat,
+                              vision_depth=depth, vision_hidden=embed, vision_heads=heads,
+                              vision_intermediate=4 * embed, vision_block=patches, vision_chunk=chunk)
+
+
 def test_vision_tower_estimate_matches_its_compiled_forward_and_backward():
     """`dry_run.vision_bytes` (no remat: XLA:CPU does not honour the tower's remat, docs/performance.md)
     within 0.6-1.5 of XLA's temp_size_in_bytes of the tower's compiled forward, and of its forward +
@@ -166,10 +174,7 @@ def test_vision_tower_estimate_matches_its_compiled_forward_and_backward():
                           "--embed", str(embed), "--heads", str(heads), "--chunk", str(patches), "--skip-dense"]
                          + (["--backward"] if backward else []))
         for chunk, key in ((0, "per_frame_temp_bytes"), (patches, "per_frame_chunked_temp_bytes")):
-            m = dry_run.ModelShape(params=0, vision_params=0, layers=1, hidden=64, intermediate=64, heads=2,
-                                   kv_heads=1, head_dim=32, vocab=256, param_bytes=4, compute_bytes=4, remat=False,
-                                   vision_depth=depth, vision_hidden=embed, vision_heads=heads,
-                                   vision_intermediate=4 * embed, vision_block=patches, vision_chunk=chunk)
+            m = _tower_shape(depth, embed, heads, patches, chunk, remat=False)
             ratio = dry_run.vision_bytes(m, images, patches, backward=backward) / res[key]
             assert 0.6 <= ratio <= 1.5, (backward, chunk, ratio)
 
@@ -185,9 +190,6 @@ def test_vision_tower_estimate_with_remat_bounds_the_scanned_tower():
                       "--embed", str(embed), "--heads", str(heads), "--chunk", str(patches), "--skip-dense",
                       "--backward", "--remat", "--scan-vision"])
     for chunk, key in ((0, "per_frame_temp_bytes"), (patches, "per_frame_chunked_temp_bytes")):
-        m = dry_run.ModelShape(params=0, vision_params=0, layers=1, hidden=64, intermediate=64, heads=2,
-                               kv_heads=1, head_dim=32, vocab=256, param_bytes=4, compute_bytes=4, remat=True,
-                               vision_depth=depth, vision_hidden=embed, vision_heads=heads,
-                               vision_intermediate=4 * embed, vision_block=patches, vision_chunk=chunk)
+        m = _tower_shape(depth, embed, heads, patches, chunk, remat=True)
         ratio = dry_run.vision_bytes(m, images, patches, backward=True) / res[key]
         assert 1.0 <= ratio <= 2.0, (chunk, ratio)
