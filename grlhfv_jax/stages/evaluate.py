@@ -125,11 +125,13 @@ def _se(x) -> float:
 
 
 def _head_to_head(grm, codec, config, recs, new, old, prefix: str, hooks) -> dict:
-    """GRM and oracle win rates of `new` answers over `old` ones (both orders; ties = 0.5)."""
+    """GRM and oracle win rates of `new` answers over `old` ones (both orders; ties = 0.5). The
+    judge's prompts are as long as the answers make them (up to 2 x max_new_tokens of answer, not
+    stage 1's `grm_rl.max_len`: an untrained policy's answers run to the limit)."""
     sec_j = config.grm_rl
     items = [(r["question"], r["image"], a, b) for r, a, b in zip(recs, new, old)]
     items += [(r["question"], r["image"], b, a) for r, a, b in zip(recs, new, old)]
-    outs = judging.GRMJudge(grm, codec, rows=32, max_len=sec_j.max_len).judge(
+    outs = judging.GRMJudge(grm, codec, rows=32, max_len=0).judge(
         items, SamplingParams(max_new_tokens=sec_j.max_new_tokens, temperature=0.0))
     n = len(recs)
     grm_wins = []

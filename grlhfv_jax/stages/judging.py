@@ -10,6 +10,7 @@ from flax import nnx
 
 from grlhfv_jax.rl import grm_reward
 from grlhfv_jax.rollout import Judge, SamplingParams
+from grlhfv_jax.rollout.engine import bucket_length
 from grlhfv_jax.stages import common
 
 
@@ -17,7 +18,8 @@ class GRMJudge:
     """A GRM on the KV-cache engine behind the `rollout.Judge` protocol.
 
     judge: items in chunks of `rows` prompts left-padded to `max_len` (fixed shapes: one
-    compilation); judge_groups: up to `max_prompts` groups per call (`policy_rl.judge_prompts_per_call`),
+    compilation), or with ``max_len=0`` to each chunk's longest prompt rounded up
+    (`rollout.engine.bucket_length`: judged texts of any length, a few shapes); judge_groups: up to `max_prompts` groups per call (`policy_rl.judge_prompts_per_call`),
     each group's shared token prefix (system, image, question, ...) prefilled once and its KV cache
     copied to every pair (`rollout.judge_generate`). `rows` and `max_prompts` are memory only:
     sampled judgments (temperature > 0) draw with one key, `params.seed`, each call's rows given
@@ -44,7 +46,8 @@ class GRMJudge:
         for start in range(0, len(items), self.rows):
             chunk = items[start:start + self.rows]
             ex = [codec.grm_example(q, img, r1, r2) for q, img, r1, r2 in chunk]
-            b = common.batch(ex, codec, side="left", max_len=self.max_len)
+            b = common.batch(ex, codec, side="left",
+                             max_len=self.max_len or bucket_length(max(len(e["input_ids"]) for e in ex)))
             out = self._engine.generate(b, params.replace(first_row=first + start * n, total_rows=total))
             keep = len(chunk) * n
             texts.extend(codec.decode(np.asarray(out.tokens), np.asarray(out.lengths))[:keep])
