@@ -90,12 +90,14 @@ fi
 export PYTHONUNBUFFERED=1
 python -m grlhfv_jax.main "$@" &
 child=$!
-trap 'kill -TERM "$child" 2>/dev/null || true' TERM INT
+signalled=0
+trap 'signalled=1; kill -TERM "$child" 2>/dev/null || true' TERM INT
 rc=0
 wait "$child" || rc=$?
-if kill -0 "$child" 2>/dev/null; then   # a signal ended the first wait: let python save and exit
+while [[ $signalled == 1 ]]; do   # a signal ended the wait: python saves and exits; its status
+  signalled=0 rc=0
   wait "$child" || rc=$?
-fi
+done
 echo "[$PROG] $(date -u +%FT%TZ) python exited with $rc"
 if [[ -n $log && $workdir == gs://* ]]; then
   gcloud storage cp "$log" "$workdir/logs/worker-${JAX_PROCESS_ID:-0}.log" || true
