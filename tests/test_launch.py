@@ -248,6 +248,7 @@ def test_worker_run_log_exit_code_and_sigterm(stubs, tmp_path):
     python.chmod(0o755)
     _metadata_stub(tmp_path / "bin", 1, "10.0.0.2,10.0.0.3")
     script = str(repo / "launch" / "worker_run.sh")
+    (repo / "run.log.pid").write_text(f"{os.getpid()}\n")   # stale: that pid is not a worker_run.sh now
     r = subprocess.run(["bash", script, "--log", "run.log", "--", "--config", "c.py", "--workdir", "gs://b/w"],
                        capture_output=True, text=True, env=env, cwd=repo, timeout=60)
     assert r.returncode == 3
