@@ -115,9 +115,9 @@ follow_command() {
   fi
 }
 
-# stop_command DIR: SIGTERM to the run (worker_run.sh passes it on: python saves at the next step).
+# stop_command DIR: SIGTERM to the run's python (it saves at the next step boundary and exits).
 stop_command() {
   local pid
-  pid=$(q "$1/run.log.pid")
+  pid=$(q "$1/run.log.python.pid")
   printf '%s' "cd ~; if [ -f $pid ]; then kill -TERM \$(cat $pid); else echo 'no run here'; fi"
 }

@@ -12,8 +12,11 @@
 # - Activates ./.venv (the install step made it) when there is one.
 # - --log FILE: all output goes to FILE (appended); at the end FILE is copied to
 #   WORKDIR/logs/worker-<process id>.log when --workdir is a gs:// path.
-# - SIGTERM / SIGINT (a preempted VM, a stopped pod) are passed on to python, which saves a
-#   checkpoint at the next step boundary; rerunning the same command resumes.
+# - SIGTERM / SIGINT: python receives them itself (a preempted or stopping VM signals every
+#   process; `stop` in the launch scripts signals python's pid, FILE.python.pid) and saves a
+#   checkpoint at the next step boundary; this wrapper is not killed by them (it is not passed on:
+#   python would see it twice), waits for python, copies the log and exits with python's status.
+#   Rerunning the same command resumes.
 # - --dry-run: print the environment and the command instead of running them.
 set -euo pipefail
 PROG=worker_run.sh
@@ -90,11 +93,12 @@ fi
 export PYTHONUNBUFFERED=1
 python -m grlhfv_jax.main "$@" &
 child=$!
+[[ -n $log ]] && echo "$child" > "$log.python.pid"
 signalled=0
-trap 'signalled=1; kill -TERM "$child" 2>/dev/null || true' TERM INT
+trap 'signalled=1' TERM INT
 rc=0
 wait "$child" || rc=$?
-while [[ $signalled == 1 ]]; do   # a signal ended the wait: python saves and exits; its status
+while [[ $signalled == 1 ]]; do   # a signal ended the wait, not python: wait on for its status
   signalled=0 rc=0
   wait "$child" || rc=$?
 done
@@ -102,5 +106,5 @@ echo "[$PROG] $(date -u +%FT%TZ) python exited with $rc"
 if [[ -n $log && $workdir == gs://* ]]; then
   gcloud storage cp "$log" "$workdir/logs/worker-${JAX_PROCESS_ID:-0}.log" || true
 fi
-[[ -n $log ]] && rm -f "$log.pid"
+[[ -n $log ]] && rm -f "$log.pid" "$log.python.pid"
 exit "$rc"

@@ -232,7 +232,7 @@ def test_worker_run_one_host_sets_nothing(stubs, tmp_path, monkeypatch):
 
 def test_worker_run_log_exit_code_and_sigterm(stubs, tmp_path):
     """worker_run.sh for real, with a stub python: its log, the copy to the workdir, the exit code,
-    and SIGTERM (a preempted VM) passed on to python."""
+    one run at a time, and SIGTERM: python's to handle (saved at the next step), the wrapper waits."""
     env, calls = stubs
     repo = tmp_path / "repo"
     shutil.copytree(LAUNCH, repo / "launch")
@@ -269,9 +269,14 @@ def test_worker_run_log_exit_code_and_sigterm(stubs, tmp_path):
     again = subprocess.run(["bash", script, "--log", "run.log", "--", "--config", "c.py"], capture_output=True,
                            text=True, env=env, cwd=repo, timeout=60)
     assert again.returncode == 1 and "still going" in again.stderr   # one run per host at a time
-    p.send_signal(signal.SIGTERM)
-    assert p.wait(timeout=30) == 0
+    python_pid = int((repo / "run.log.python.pid").read_text())
+    p.send_signal(signal.SIGTERM)   # the wrapper outlives a signal: it waits for python
+    time.sleep(0.5)
+    assert p.poll() is None and "TERM" not in record.read_text()
+    os.kill(python_pid, signal.SIGTERM)   # what `stop` does, and a preempted VM does to every process
+    assert p.wait(timeout=30) == 0   # python's status
     assert record.read_text().splitlines()[-1] == "TERM"
+    assert not (repo / "run.log.pid").exists() and not (repo / "run.log.python.pid").exists()
 
 
 # --- one GPU host -----------------------------------------------------------------------------------
