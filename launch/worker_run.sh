@@ -76,7 +76,7 @@ fi
 
 if [[ -n $log ]]; then
   pidfile="$log.pid"
-  if [[ -f $pidfile ]] && ps -p "$(cat "$pidfile")" -o args= 2>/dev/null | grep -q worker_run.sh; then
+  if [[ -f $pidfile ]] && ps -ww -p "$(cat "$pidfile")" -o args= 2>/dev/null | grep -q worker_run.sh; then
     echo "$PROG: a run is still going here (pid $(cat "$pidfile"), $pidfile); not starting another" >&2
     exit 1
   fi
