@@ -263,7 +263,8 @@ def test_worker_run_log_exit_code_and_sigterm(stubs, tmp_path):
     p = subprocess.Popen(["bash", script, "--log", "run.log", "--", "--config", "c.py", "--workdir", "w"],
                          env=dict(env, HANG="1"), cwd=repo)
     deadline = time.time() + 30
-    while "started" not in (repo / "run.log").read_text() and time.time() < deadline:
+    while time.time() < deadline and not ("started" in (repo / "run.log").read_text()
+                                          and (repo / "run.log.python.pid").exists()):
         time.sleep(0.1)
     assert (repo / "run.log.pid").read_text().strip() == str(p.pid)
     again = subprocess.run(["bash", script, "--log", "run.log", "--", "--config", "c.py"], capture_output=True,
