@@ -260,3 +260,27 @@ def test_png_encoder_round_trips():
         np.testing.assert_array_equal(back, a)
     with pytest.raises(ValueError):
         encode_png(np.zeros((2, 2, 3), np.float32))
+
+
+def test_stage_two_rewards_through_the_http_judge(server_factory, tmp_path):
+    """stages.policy_rl.judge_groups (stage 2's reward) over the HTTP judge: a failed judgment is
+    dropped from the aggregate like an unparsed one (never a score), the rest are the server's."""
+    import types
+
+    from grlhfv_jax.rl import grouped
+    from grlhfv_jax.stages import policy_rl
+    srv = server_factory({"r9 best": ["500"] * 10})   # every judgment showing "r9 best" first fails
+    judge = make_judge(srv.url, tmp_path, [], max_retries=1)
+    sec = types.SimpleNamespace(pairs="both", num_pairs=None, judge_max_new_tokens=32, judge_temperature=0.0,
+                                aggregator="mean")
+    texts = ["r9 best", "r4 mid", "r1 low"]
+    rewards, judgments = policy_rl.judge_groups(judge, sec, [{"question": "q", "image": image(0)}], texts,
+                                                np.ones((1, 3), bool), seed=0)
+    # (0, j) failed -> None; the others parse to the server's scores
+    assert judgments[0][(0, 1)] is None and judgments[0][(0, 2)] is None
+    assert judgments[0][(1, 0)] == (4, 9) and judgments[0][(2, 1)] == (1, 4)
+    assert judge.stats["failures"] == 2 and judge.stats["retries"] == 2
+    # mean over parsed judgments only: 0 got 9, 9 -> 9; 1 got 4, 4, 4 -> 4; 2 got 1, 1, 1 -> 1
+    np.testing.assert_allclose(rewards[0], [9, 4, 1])
+    np.testing.assert_allclose(rewards[0], grouped.aggregate(3, judgments[0], [True] * 3, "mean"))
+    assert grouped.judge_diagnostics(3, judgments[0], [True] * 3)["num_unparsed"] == 2

@@ -24,8 +24,12 @@ Reliability (all counted in `stats`):
 
 Cache: ``{cache_dir}/http_judge_cache.jsonl``, one line per answered request, keyed by the SHA-256
 of (model, messages with every image replaced by the SHA-256 of its encoded bytes, sampling
-parameters). Identical requests in one call are sent once. A rerun over the same cache sends
-nothing for what was answered. A torn last line (a crash mid-write) is skipped on load.
+parameters; not the URL: another server of the same model shares it). Identical requests in one
+call are sent once (so two identical prompts sampled with one seed get one answer, as a seeded
+server would give them anyway). A rerun over the same cache sends nothing for what was answered.
+A torn last line (a crash mid-write) is skipped on load. `first_row` / `total_rows` of
+`SamplingParams` (the engine's bookkeeping of one draw over many calls) are not sent: a server
+draws per request, from its prompt and `seed`.
 
 Records: every call leaves one dict per item in `last_records` (and passes it to `on_record`):
 the model, base_url, the sampling parameters sent, the texts, whether it came from the cache,
@@ -208,9 +212,12 @@ class HTTPJudge:
                 todo[key] = messages
         answers: dict[str, tuple] = {}   # key -> (texts or None, attempts, last error)
         if todo:
-            with concurrent.futures.ThreadPoolExecutor(min(self.max_concurrency, len(todo))) as pool:
+            pool = concurrent.futures.ThreadPoolExecutor(min(self.max_concurrency, len(todo)))
+            try:
                 futs = {key: pool.submit(self._request, msgs, sampling, n) for key, msgs in todo.items()}
                 answers = {key: fut.result() for key, fut in futs.items()}
+            finally:   # an HTTPJudgeError: requests not yet started are not sent
+                pool.shutdown(wait=True, cancel_futures=True)
         out, records = [], []
         for _, key in requests:
             if key in answers:
