@@ -205,6 +205,8 @@ def test_faults_retried_failure_counted_and_cache_serves_a_rerun(server_factory,
 
 def test_groups_samples_and_duplicates(server_factory, tmp_path, monkeypatch):
     monkeypatch.delenv("TEST_JUDGE_KEY", raising=False)
+    for var in ("http_proxy", "HTTP_PROXY"):   # a proxy in the environment: loopback is still reached directly
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
     srv = server_factory()
     seen = []
     judge = make_judge(srv.url, tmp_path, [], cache_dir=None, on_record=seen.append)
@@ -284,3 +286,18 @@ def test_stage_two_rewards_through_the_http_judge(server_factory, tmp_path):
     np.testing.assert_allclose(rewards[0], [9, 4, 1])
     np.testing.assert_allclose(rewards[0], grouped.aggregate(3, judgments[0], [True] * 3, "mean"))
     assert grouped.judge_diagnostics(3, judgments[0], [True] * 3)["num_unparsed"] == 2
+
+
+def test_image_forms(tmp_path):
+    from PIL import Image
+
+    from grlhfv_jax.rollout.http_judge import image_data_url
+    a = image(5)
+    png = encode_png(a)
+    assert image_data_url(a) == image_data_url(png) == image_data_url(Image.fromarray(a))
+    path = tmp_path / "x.png"
+    path.write_bytes(png)
+    assert image_data_url(str(path)) == image_data_url(a)
+    gray = Image.fromarray(a[:, :, 0], mode="L")
+    np.testing.assert_array_equal(decode_data_url(image_data_url(gray)), np.repeat(a[:, :, :1], 3, axis=2))
+    assert image_data_url(b"\xff\xd8\xff\xe0rest").startswith("data:image/jpeg;base64,")

@@ -50,6 +50,7 @@ import struct
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from typing import Any, Callable, Optional, Sequence
@@ -104,6 +105,8 @@ def image_data_url(image) -> str:
     if isinstance(image, (str, os.PathLike)):
         with open(image, "rb") as f:
             image = f.read()
+    if hasattr(image, "convert") and hasattr(image, "mode"):   # a PIL image (palette, gray, ...) -> RGB
+        image = np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB"))
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
         mime = ("image/png" if data.startswith(b"\x89PNG") else "image/jpeg" if data.startswith(b"\xff\xd8")
@@ -140,6 +143,10 @@ class HTTPJudge:
         self.template, self.system_prompt, self.on_record = template, system_prompt, on_record
         self._sleep, self._rng = sleep, rng or random.Random()
         self._lock = threading.Lock()
+        # a server on this machine is reached directly, whatever proxy the environment names
+        loopback = urllib.parse.urlsplit(self.base_url).hostname in ("127.0.0.1", "localhost", "::1")
+        self._open = (urllib.request.build_opener(urllib.request.ProxyHandler({})).open if loopback
+                      else urllib.request.urlopen)
         self.stats = {"requests": 0, "retries": 0, "failures": 0, "cache_hits": 0}
         self.last_records: list[dict] = []
         self._cache: dict[str, list[str]] = {}
@@ -159,9 +166,9 @@ class HTTPJudge:
         in order; ``None`` for each text of an item that failed (counted in stats["failures"])."""
         n = int(params.num_samples)
         sampling = self.sampling_body(params)
-        requests = []
+        requests, urls = [], {}   # urls: each image object encoded once per call (a group's pairs share it)
         for q, img, r1, r2 in items:
-            messages, hashed = self.messages(q, img, r1, r2)
+            messages, hashed = self.messages(q, img, r1, r2, _urls=urls)
             requests.append((messages, _key(self.model, hashed, sampling)))
         results = self._run(requests, sampling, n)
         return [t for texts in results for t in texts]
@@ -188,12 +195,19 @@ class HTTPJudge:
             body["top_k"] = int(params.top_k)
         return body
 
-    def messages(self, question: str, image, response_1: str, response_2: str) -> tuple[list, list]:
+    def messages(self, question: str, image, response_1: str, response_2: str,
+                 _urls: Optional[dict] = None) -> tuple[list, list]:
         """(messages to send, the same with each image's data URL replaced by its SHA-256: the cache
         key's). The image goes where the template has ``<image>``; no image: text only."""
         text = grm_reward.build_grm_prompt(question, response_1, response_2, template=self.template)
         before, after = grm_reward.split_at_image(text)
-        parts = [before + after] if image is None else [before, image_data_url(image), after]
+        if image is None:
+            parts = [before + after]
+        else:
+            urls = {} if _urls is None else _urls
+            if id(image) not in urls:
+                urls[id(image)] = (image, image_data_url(image))   # the object kept: its id stays unique
+            parts = [before, urls[id(image)][1], after]
         content, hashed = [], []
         for k, part in enumerate(parts):
             if k == 1:
@@ -272,7 +286,7 @@ class HTTPJudge:
             headers["Authorization"] = "Bearer " + key
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with self._open(req, timeout=self.timeout_s) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             status = e.code
