@@ -149,3 +149,25 @@ def test_relabelling_the_responses_relabels_the_rewards():
     for name in NEW:
         r, pr = agg(name, n, j), agg(name, n, pj)
         np.testing.assert_allclose(pr[perm], r, err_msg=name)
+
+
+def test_config_accepts_the_new_names():
+    """The demo config's policy_rl.aggregator validates with each new name (stages.validate
+    checks the key against the registry) and an unknown name still fails, naming the key."""
+    import importlib.util
+    import os
+
+    from grlhfv_jax import stages
+    from grlhfv_jax.config import ConfigError
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
+    spec = importlib.util.spec_from_file_location("cfg_demo_aggregators", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in NEW + ("no_such_rule",):
+        config = module.get_config("smoke")
+        config.policy_rl.aggregator = name
+        if name == "no_such_rule":
+            with pytest.raises(ConfigError, match="aggregator"):
+                stages.validate(config)
+        else:
+            assert stages.validate(config).policy_rl.aggregator == name
