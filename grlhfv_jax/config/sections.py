@@ -182,7 +182,8 @@ POLICY_RL = {
     "temperature": Key("float", REQUIRED, "sampling temperature"),
     "pairs": Key("str", REQUIRED, "pairs the GRM judges: both (orders), one or random (reward='grm')"),
     "num_pairs": Key("int?", None, "pairs per group when pairs='random'"),
-    "aggregator": Key("str", REQUIRED, "judgments -> reward: mean, win_rate or bradley_terry (reward='grm')"),
+    "aggregator": Key("str", REQUIRED, "judgments -> reward: mean, win_rate, bradley_terry, borda, instant_runoff, "
+                                       "ranked_pairs or spectral (reward='grm')"),
     "judge_max_new_tokens": Key("int", REQUIRED, "judgment tokens (reward='grm')"),
     "judge_temperature": Key("float", 0.0, "judging temperature (0: greedy)"),
     "grm_path": Key("str?", None, "GRM folder to judge with (None: workdir/grm_rl/grm)"),
