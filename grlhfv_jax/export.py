@@ -24,11 +24,13 @@ its tokenizer the one the `data` stage wrote (RUN/data_paths.json; or `--tokeniz
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
 import sys
+import tempfile
 
 import ml_collections
 
@@ -86,14 +88,43 @@ def write_assets(path: str, codec) -> None:
         json.dump(gen, f, indent=2, sort_keys=True)
 
 
+def _is_remote(path: str) -> bool:
+    return "://" in os.fspath(path)
+
+
+def publish(local: str, path: str) -> None:
+    """Copies the files of folder `local` into `path` (created), any etils.epath path (gs://...)."""
+    from etils import epath
+    dst = epath.Path(path)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in sorted(os.listdir(local)):
+        with open(os.path.join(local, name), "rb") as src, (dst / name).open("wb") as out:
+            shutil.copyfileobj(src, out, 64 << 20)
+
+
+@contextlib.contextmanager
+def _staged(path: str):
+    """A local folder to write `path`'s files in: `path` itself, or for a remote path (gs://) a
+    temporary folder `publish`ed there at the end (transformers and safetensors write local files)."""
+    if not _is_remote(path):
+        os.makedirs(path, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield tmp
+        publish(tmp, path)
+
+
 def write_folder(model, path: str, codec, *, dtype=None) -> str:
-    """`model` as a complete Hugging Face folder at `path` (created; files there are overwritten):
-    weights and config.json (`models.save_pretrained`, special ids of the codec's tokenizer) plus
-    `write_assets`. dtype: on-disk dtype of the weights (default: each parameter's own)."""
+    """`model` as a complete Hugging Face folder at `path` (created; files there are overwritten;
+    a gs:// path is written locally, then copied): weights and config.json
+    (`models.save_pretrained`, special ids of the codec's tokenizer) plus `write_assets`.
+    dtype: on-disk dtype of the weights (default: each parameter's own)."""
     from grlhfv_jax.models import save_pretrained
     _check_vocab(model.config.vocab_size, codec, path)
-    save_pretrained(model, path, dtype=dtype, special_ids=special_ids(codec))
-    write_assets(path, codec)
+    with _staged(path) as local:
+        save_pretrained(model, local, dtype=dtype, special_ids=special_ids(codec))
+        write_assets(local, codec)
     return path
 
 
@@ -219,10 +250,13 @@ def restore_checkpoint(ckpt_dir: str, config, codec, role: str, workdir: str | N
         hf = model_hf_config(config, codec, role, workdir)
         model = nnx.eval_shape(lambda: models.from_config(hf, rngs=nnx.Rngs(0), scalar_head=role == "rm", **rt))
         params = nnx.state(model, nnx.Param)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"model": nnx.to_pure_dict(params)})
+        host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])   # host memory, not an accelerator's
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host),
+                                {"model": nnx.to_pure_dict(params)})
         try:
             restored = mgr.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(item=abstract, partial_restore=True)))
+                    state=ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
+                                                 restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))
         except Exception as e:
             raise ExportError(f"cannot restore step {step} of {ckpt_dir} as the {role!r} model of this config "
                               f"({type(e).__name__}: {str(e)[:500]})") from e
@@ -258,8 +292,8 @@ def export(out: str, *, workdir: str | None = None, stage: str | None = None, ro
             elif ckpt is not None and os.path.isdir(ckpt):
                 checkpoint = ckpt
             else:
-                where = folder + (f" nor a checkpoint in {ckpt}" if ckpt else "")
-                raise ExportError(f"stage {stage!r} ({role}) has no output in {workdir}: neither {where}. "
+                where = f"no {folder}" + (f" and no checkpoint in {ckpt}" if ckpt else "")
+                raise ExportError(f"stage {stage!r} ({role}) has no output in {workdir}: {where}. "
                                   f"Run the stage first (config.stages).")
     role = role or "policy"
     codec = run_codec(config, workdir, tokenizer_dir)
@@ -289,6 +323,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="the folder to write")
     args = p.parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.ERROR)   # orbax's read-only notices
     try:
         config = load_config(args.config) if args.config else None
         dtype = None

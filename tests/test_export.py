@@ -268,3 +268,17 @@ def test_cli_errors_name_what_is_missing(run, tmp_path, capsys):
     assert export.main(["--workdir", workdir, "--checkpoint", str(tmp_path / "nope"), "--out", out]) == 2
     assert "checkpoint folder not found" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+def test_remote_path_is_staged_then_copied(run, tmp_path, monkeypatch):
+    """A gs:// destination: written to a local temporary folder, then copied through etils.epath
+    (here onto a local path taken for a remote one: no bucket in the tests)."""
+    _, codec, model = run
+    monkeypatch.setattr(export, "_is_remote", lambda path: True)
+    out = export.write_folder(model, str(tmp_path / "remote"), codec)
+    monkeypatch.undo()
+    local = export.write_folder(model, str(tmp_path / "local"), codec)
+    assert sorted(os.listdir(out)) == sorted(os.listdir(local))
+    for name in os.listdir(local):
+        with open(os.path.join(out, name), "rb") as a, open(os.path.join(local, name), "rb") as b:
+            assert a.read() == b.read(), name
