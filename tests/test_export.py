@@ -282,3 +282,26 @@ def test_remote_path_is_staged_then_copied(run, tmp_path, monkeypatch):
     for name in os.listdir(local):
         with open(os.path.join(out, name), "rb") as a, open(os.path.join(local, name), "rb") as b:
             assert a.read() == b.read(), name
+
+
+def test_with_special_ids_both_layouts():
+    """config.json's ids in the nested layout (text_config) and the hub's old flat one: transformers
+    reads the given ids, not its defaults (151643, 151655, ...)."""
+    import transformers
+
+    from grlhfv_jax.models.qwen2_vl import with_special_ids
+    ids = dict(bos_token_id=5, eos_token_id=6, pad_token_id=5, image_token_id=7, video_token_id=8,
+               vision_start_token_id=9, vision_end_token_id=10)
+    nested = tiny_hf()
+    nested["text_config"]["vocab_size"] = 64
+    flat = dict({k: v for k, v in nested.items() if k != "text_config"}, **nested["text_config"])
+    for hf in (nested, flat):
+        out = with_special_ids(hf, ids)
+        assert "bos_token_id" not in hf   # a copy
+        cfg = transformers.Qwen2VLConfig(**out)
+        text = cfg.get_text_config()
+        assert (text.bos_token_id, text.eos_token_id, text.pad_token_id) == (5, 6, 5)
+        assert (cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id) == (
+            7, 8, 9, 10)
+        vl = models.parse_hf_config(out)
+        assert (vl.image_token_id, vl.eos_token_id, vl.pad_token_id, vl.vision_start_token_id) == (7, 6, 5, 9)
