@@ -157,7 +157,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
     loop.train_loop(section, state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
                     ckpt_dir=os.path.join(out_root, section, "ckpt"), log_every=int(sec.log_every),
                     ckpt_every=int(sec.ckpt_every))
-    export_hf(state.model, output_dir(out_root, section))
+    export_hf(state.model, output_dir(out_root, section), codec=codec)
     return {}
 
 
