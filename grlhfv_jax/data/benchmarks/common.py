@@ -172,8 +172,9 @@ def read_items(path: str, fields: dict, *, fmt: str, limit: int | None, image_ro
             built = build(row, file, row_id)
         except Exception as e:   # a row of an unexpected shape: named, never fatal
             built = ("malformed", f"{type(e).__name__}: {e}")
-        if not isinstance(built, Item):
-            problems.add(row_id, *built)
+        if not isinstance(built, Item):   # named by the dataset's id where it has one, and the row
+            did = text(field(row, fields, "id")) if "id" in fields else ""
+            problems.add(f"{did} [{row_id}]" if did else row_id, *built)
             continue
         if not built.question.strip() or any(not r.strip() for r in built.responses):
             problems.add(built.id, "empty_text", "an empty question or response")
