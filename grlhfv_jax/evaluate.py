@@ -206,6 +206,29 @@ def _avg_figures(per_order: list[dict]) -> dict:
 # ----------------------------------------------------------------------------- judging
 
 
+def decode(image):
+    """Encoded image bytes -> uint8 [H, W, 3] (what the codec reads); anything else as it is."""
+    if isinstance(image, (bytes, bytearray)):
+        import io
+
+        import numpy as np
+        from PIL import Image
+        with Image.open(io.BytesIO(image)) as im:
+            return np.asarray(im.convert("RGB"))
+    return image
+
+
+def judge_in_chunks(judge, prompts, params, rows: int) -> list[str]:
+    """`judge.judge` over `prompts` in calls of `rows` prompts, each call's images decoded just before
+    it (a benchmark's images stay encoded in memory); each call gets its rows' place in one draw
+    over all prompts (`first_row`, `total_rows`), so the samples do not depend on `rows`."""
+    n, out = int(params.num_samples), []
+    for s in range(0, len(prompts), rows):
+        chunk = [(q, decode(img), a, b) for q, img, a, b in prompts[s:s + rows]]
+        out += judge.judge(chunk, params.replace(first_row=s * n, total_rows=len(prompts) * n))
+    return out
+
+
 def judge_pairs(judge, items, cfg, log, name: str) -> tuple[list[dict], dict]:
     """Both orders of every pair, greedy (and k sampled with voting) -> (per-item rows, verdicts
     {"k1": [[order1, order2] per item], "k<k>": ...}) with the verdicts in the dataset's order."""
@@ -214,12 +237,14 @@ def judge_pairs(judge, items, cfg, log, name: str) -> tuple[list[dict], dict]:
     k, n = int(cfg.judge.voting_k), len(items)
     prompts = [(it.question, it.image, it.responses[0], it.responses[1]) for it in items]
     prompts += [(it.question, it.image, it.responses[1], it.responses[0]) for it in items]
-    greedy = judge.judge(prompts, SamplingParams(max_new_tokens=cfg.judge.max_new_tokens, temperature=0.0))
+    rows = int(cfg.batch_rows)
+    greedy = judge_in_chunks(judge, prompts, SamplingParams(max_new_tokens=cfg.judge.max_new_tokens,
+                                                            temperature=0.0), rows)
     sampled = None
     if k > 1:
-        flat = judge.judge(prompts, SamplingParams(max_new_tokens=cfg.judge.max_new_tokens,
-                                                   temperature=cfg.judge.temperature, top_p=cfg.judge.top_p,
-                                                   num_samples=k, seed=cfg.seed))
+        flat = judge_in_chunks(judge, prompts, SamplingParams(
+            max_new_tokens=cfg.judge.max_new_tokens, temperature=cfg.judge.temperature, top_p=cfg.judge.top_p,
+            num_samples=k, seed=cfg.seed), rows)
         sampled = [flat[i * k:(i + 1) * k] for i in range(2 * n)]
     rows, v1, vk = [], [], []
     for i, it in enumerate(items):
@@ -249,12 +274,14 @@ def judge_scores(judge, items, cfg, log, name: str) -> tuple[list[dict], dict]:
     from grlhfv_jax.rollout import SamplingParams
     k = int(cfg.judge.voting_k)
     prompts = [(it.question, it.image, it.responses[0], it.responses[0]) for it in items]
-    greedy = judge.judge(prompts, SamplingParams(max_new_tokens=cfg.judge.max_new_tokens, temperature=0.0))
+    rows = int(cfg.batch_rows)
+    greedy = judge_in_chunks(judge, prompts, SamplingParams(max_new_tokens=cfg.judge.max_new_tokens,
+                                                            temperature=0.0), rows)
     sampled = None
     if k > 1:
-        flat = judge.judge(prompts, SamplingParams(max_new_tokens=cfg.judge.max_new_tokens,
-                                                   temperature=cfg.judge.temperature, top_p=cfg.judge.top_p,
-                                                   num_samples=k, seed=cfg.seed))
+        flat = judge_in_chunks(judge, prompts, SamplingParams(
+            max_new_tokens=cfg.judge.max_new_tokens, temperature=cfg.judge.temperature, top_p=cfg.judge.top_p,
+            num_samples=k, seed=cfg.seed), rows)
         sampled = [flat[i * k:(i + 1) * k] for i in range(len(items))]
     rows, s1, sk = [], [], []
 
@@ -396,11 +423,12 @@ def _drop_too_long(items, codec, cfg, problems, grm: bool, task: str):
         return items
     kept = []
     for it in items:
+        img = decode(it.image)
         if grm:
             r2 = it.responses[1] if task == "pair" else it.responses[0]
-            n = len(codec.grm_example(it.question, it.image, it.responses[0], r2)["input_ids"])
+            n = len(codec.grm_example(it.question, img, it.responses[0], r2)["input_ids"])
         else:
-            n = max(len(codec.example(it.question, it.image, r)["input_ids"]) for r in it.responses)
+            n = max(len(codec.example(it.question, img, r)["input_ids"]) for r in it.responses)
         if n > cfg.max_len:
             problems.add(it.id, "too_long", f"{n} prompt tokens > max_len {cfg.max_len}")
         else:
@@ -472,8 +500,12 @@ def build(cfg, log=print):
     name = cfg.model.name or os.path.basename(os.path.normpath(path))
     log(f"[evaluate] {cfg.model.kind} {path}")
     if rm:
-        def scorer(items):
-            return judging.rm_scores(model, codec, items, rows=cfg.batch_rows, max_len=cfg.max_len)
+        def scorer(items):   # images decoded one call at a time
+            import numpy as np
+            out = [judging.rm_scores(model, codec, [(q, decode(img), r) for q, img, r in items[s:s + cfg.batch_rows]],
+                                     rows=cfg.batch_rows, max_len=cfg.max_len)
+                   for s in range(0, len(items), cfg.batch_rows)]
+            return np.concatenate(out) if out else np.zeros((0,), np.float32)
         return None, scorer, codec, name
     return judging.GRMJudge(model, codec, rows=cfg.batch_rows, max_len=cfg.max_len), None, codec, name
 

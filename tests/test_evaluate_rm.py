@@ -514,7 +514,9 @@ def test_tiny_grm_through_the_entry_point(tmp_path):
     train_tokenizer(["aq1 aa1 ab1 aq2 aa2 ab2 score the responses boxed"] * 20, str(grm), vocab_size=300)
     codec = common.Codec.from_dirs(str(grm), image, demo.DEMO_GRM_TEMPLATE)
     hf = demo.tiny_qwen2_vl(hidden=32, layers=1, heads=2, kv_heads=1, vision_depth=1, vision_dim=32)
-    model = models.from_config(common.model_config({"hf_config": hf}, codec), rngs=nnx.Rngs(0))
+    import ml_collections
+    model = models.from_config(common.model_config(ml_collections.ConfigDict({"hf_config": hf}), codec),
+                               rngs=nnx.Rngs(0))
     models.save_pretrained(model, str(grm))
     cfg_file = tmp_path / "eval_cfg.py"
     cfg_file.write_text(
@@ -527,7 +529,7 @@ def test_tiny_grm_through_the_entry_point(tmp_path):
         f"    c.grm_template = {demo.DEMO_GRM_TEMPLATE!r}\n"
         "    c.judge = dict(max_new_tokens=4, voting_k=2, temperature=1.0)\n"
         "    c.batch_rows = 4\n"
-        "    c.max_len = 160\n"
+        "    c.max_len = 320\n"
         f"    c.benchmarks = dict(align_anything=dict(path={spec['path']!r}))\n"
         "    return c\n")
     out = tmp_path / "out"
