@@ -221,11 +221,15 @@ def decode(image):
 def judge_in_chunks(judge, prompts, params, rows: int) -> list[str]:
     """`judge.judge` over `prompts` in calls of `rows` prompts, each call's images decoded just before
     it (a benchmark's images stay encoded in memory); each call gets its rows' place in one draw
-    over all prompts (`first_row`, `total_rows`), so the samples do not depend on `rows`."""
+    over all prompts (`first_row`, `total_rows`), so the samples do not depend on `rows`. A short
+    last call is filled up to `rows` with copies of its last prompt (their outputs dropped)."""
     n, out = int(params.num_samples), []
+    total = -(-len(prompts) // rows) * rows * n
     for s in range(0, len(prompts), rows):
         chunk = [(q, decode(img), a, b) for q, img, a, b in prompts[s:s + rows]]
-        out += judge.judge(chunk, params.replace(first_row=s * n, total_rows=len(prompts) * n))
+        real = len(chunk)
+        chunk += chunk[-1:] * (rows - real)   # every call `rows` prompts: one compiled shape; copies dropped
+        out += judge.judge(chunk, params.replace(first_row=s * n, total_rows=total))[:real * n]
     return out
 
 
@@ -365,12 +369,15 @@ def evaluate(config, workdir: str, *, judge=None, scorer=None, codec=None, model
     `scorer` (items (question, image, response) -> scores: a score-only RM); writes the outputs
     into `workdir` and returns the summary. `codec` (optional): prompts longer than max_len are
     left out (too_long) before judging."""
+    from grlhfv_jax.metrics import is_main_process
     cfg = validate(config)
-    os.makedirs(workdir, exist_ok=True)
+    main = is_main_process()   # with several JAX processes, process 0 alone writes files
     log_path = os.path.join(workdir, "evaluate.log")
-    if os.path.exists(log_path):
-        os.remove(log_path)
-    log = Log(log_path)
+    if main:
+        os.makedirs(workdir, exist_ok=True)
+        if os.path.exists(log_path):
+            os.remove(log_path)
+    log = Log(log_path if main else None)
     if (judge is None) == (scorer is None):
         raise ValueError("evaluate: pass a judge (GRM) or a scorer (score-only RM)")
     summary, details = {}, {}
@@ -400,21 +407,22 @@ def evaluate(config, workdir: str, *, judge=None, scorer=None, codec=None, model
                     figs[f"parse_failure_rate_k{k}"] = _nanmean([float(s is None) for s in scores[f"k{k}"]])
             figs["items"] = float(len(items))
             figs.update(problems.summary())
-            with open(os.path.join(workdir, f"{name}.jsonl"), "w", encoding="utf-8") as f:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            if main:
+                with open(os.path.join(workdir, f"{name}.jsonl"), "w", encoding="utf-8") as f:
+                    for row in rows:
+                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
             details[name] = {"module": module, "problems": problems, "rows": rows[:4]}
         except Exception as e:   # one benchmark's failure names it; the others run
             log(f"[{name}] failed: {type(e).__name__}: {e}")
             figs = {"error": f"{type(e).__name__}: {e}"}
         figs["time_s"] = time.time() - t0
         summary.update({f"{name}/{m}": v for m, v in figs.items()})
-    from grlhfv_jax.metrics import write_json_atomic
-    write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-    name = model_name or cfg.model.name or (os.path.basename(os.path.normpath(cfg.model.path)) if cfg.model.path
-                                            else "model")
-    with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
-        f.write(report(summary, details, cfg, name))
+    if main:
+        from grlhfv_jax.metrics import write_json_atomic, write_text_atomic
+        write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+        name = model_name or cfg.model.name or (os.path.basename(os.path.normpath(cfg.model.path))
+                                                if cfg.model.path else "model")
+        write_text_atomic(os.path.join(workdir, "report.md"), report(summary, details, cfg, name))
     return summary
 
 
@@ -500,11 +508,14 @@ def build(cfg, log=print):
     name = cfg.model.name or os.path.basename(os.path.normpath(path))
     log(f"[evaluate] {cfg.model.kind} {path}")
     if rm:
-        def scorer(items):   # images decoded one call at a time
+        def scorer(items):   # images decoded one call at a time; every call batch_rows rows (one shape)
             import numpy as np
-            out = [judging.rm_scores(model, codec, [(q, decode(img), r) for q, img, r in items[s:s + cfg.batch_rows]],
-                                     rows=cfg.batch_rows, max_len=cfg.max_len)
-                   for s in range(0, len(items), cfg.batch_rows)]
+            rows, out = int(cfg.batch_rows), []
+            for s in range(0, len(items), rows):
+                chunk = [(q, decode(img), r) for q, img, r in items[s:s + rows]]
+                real = len(chunk)
+                chunk += chunk[-1:] * (rows - real)
+                out.append(judging.rm_scores(model, codec, chunk, rows=rows, max_len=cfg.max_len)[:real])
             return np.concatenate(out) if out else np.zeros((0,), np.float32)
         return None, scorer, codec, name
     return judging.GRMJudge(model, codec, rows=cfg.batch_rows, max_len=cfg.max_len), None, codec, name
@@ -528,7 +539,7 @@ def placeholders(cfg) -> list:
 
 def main(argv=None) -> int:
     """The command line (module docstring)."""
-    from absl import app, flags
+    from absl import app
     argv = list(sys.argv if argv is None else argv)
     overrides = [a for a in argv[1:] if a.startswith("--config.") and "=" in a]
     from grlhfv_jax import main as _main   # its --config / --workdir flags, its value parser
@@ -539,6 +550,10 @@ def main(argv=None) -> int:
         app.parse_flags_with_usage(kept)
     finally:
         sys.argv = saved
+    if _main._DESCRIBE.value is not None:   # this schema's keys, not the training stages'
+        head = f"{'key':<34} {'type':<7} {'default':<16} meaning"
+        print("\n".join([head] + cs.describe_lines(SCHEMA) + cs.describe_lines(BENCHMARK, "benchmarks.<name>")))
+        return 0
     config = _main._CONFIG.value
     if config is None:
         sys.exit("--config is required, e.g. --config configs/eval/rm_benchmarks.py")
@@ -554,7 +569,8 @@ def main(argv=None) -> int:
     except ConfigError as e:
         sys.exit(f"config error: {e}")
     workdir = _main._WORKDIR.value or cfg.workdir
-    del flags
+    from grlhfv_jax.sharding import initialize_distributed
+    initialize_distributed()
     summary = run(cfg, workdir)
     print(json.dumps(summary, indent=2, sort_keys=True, default=str), flush=True)
     return 0

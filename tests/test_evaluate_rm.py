@@ -545,3 +545,57 @@ def test_tiny_grm_through_the_entry_point(tmp_path):
     assert len(rows) == 2 and all(len(r["outputs"]) == 2 and len(r["samples"][0]) == 2 for r in rows)
     log = open(out / "evaluate.log").read()
     assert "too_long" in log and "unparsed judgment" in log
+
+
+def test_tiny_score_only_rm_through_the_entry_point(tmp_path):
+    """A tiny random score-only RM (scalar head) through `evaluate.main` with model.kind = rm: its
+    scores in the JSONL are the model's (`stages.judging.rm_scores` on the same items), and every
+    figure follows from them: pair accuracy from the score order, Pearson with the human scores."""
+    import ml_collections
+    from flax import nnx
+
+    from grlhfv_jax import models
+    from grlhfv_jax.data.tokenizer import train_tokenizer
+    from grlhfv_jax.stages import common, judging
+    image = dict(min_pixels=28 * 28, max_pixels=28 * 28, patch_size=14, merge_size=2, temporal_patch_size=2)
+    judge = ScriptedJudge()
+    specs = {"align_anything": align_anything(str(tmp_path), judge),
+             "mllm_judge_score": mllm_judge_score(str(tmp_path), judge)}
+    rm = tmp_path / "rm"
+    train_tokenizer(["aq1 aa1 ab1 aq2 aa2 ab2 si1 sa1 si2 sa2"] * 20, str(rm), vocab_size=300)
+    codec = common.Codec.from_dirs(str(rm), image)
+    hf = demo.tiny_qwen2_vl(hidden=32, layers=1, heads=2, kv_heads=1, vision_depth=1, vision_dim=32)
+    model = models.from_config(common.model_config(ml_collections.ConfigDict({"hf_config": hf}), codec),
+                               rngs=nnx.Rngs(1), scalar_head=True)
+    models.save_pretrained(model, str(rm))
+    cfg_file = tmp_path / "eval_rm.py"
+    cfg_file.write_text(
+        "import ml_collections\n"
+        "def get_config():\n"
+        "    c = ml_collections.ConfigDict()\n"
+        f"    c.root = {str(tmp_path)!r}\n"
+        f"    c.model = dict(kind='rm', path={str(rm)!r})\n"
+        f"    c.image = {image!r}\n"
+        "    c.batch_rows = 4\n"
+        "    c.max_len = 64\n"
+        f"    c.benchmarks = {specs!r}\n"
+        "    return c\n")
+    out = tmp_path / "out"
+    assert evaluate.main(["evaluate", f"--config={cfg_file}", f"--workdir={out}"]) == 0
+    s = json.load(open(out / "summary.json"))
+    pairs = [json.loads(x) for x in open(out / "align_anything.jsonl")]
+    points = [json.loads(x) for x in open(out / "mllm_judge_score.jsonl")]
+    # the scores are the RM's: rm_scores on the same (question, image, response) items
+    loaded = models.load_pretrained(str(rm), scalar_head=True)
+    want = judging.rm_scores(loaded, codec, [("aq1", evaluate.decode(png(71)), "aa1"),
+                                             ("aq1", evaluate.decode(png(71)), "ab1")], rows=4, max_len=64)
+    np.testing.assert_allclose(pairs[0]["scores"], want, rtol=1e-5, atol=1e-5)
+    # accuracy: labels 1, 2; the verdict is the higher score (a tie is wrong)
+    right = [float((r["scores"][0] > r["scores"][1]) if lab == 1 else (r["scores"][1] > r["scores"][0]))
+             for r, lab in zip(pairs, (1, 2))]
+    assert s["align_anything/accuracy"] == approx(sum(right) / 2)
+    assert "align_anything/position_consistency" not in s
+    # Pearson of the RM's scores with the human scores 1, 2, 5, 3 (the 5th row's "n/a" is a bad label)
+    assert [p["human"] for p in points] == [1.0, 2.0, 5.0, 3.0]
+    assert s["mllm_judge_score/pearson"] == approx(pearson([1, 2, 5, 3], [p["score"] for p in points]))
+    assert s["mllm_judge_score/parse_failure_rate"] == approx(0.0) and s["mllm_judge_score/bad_bad_label"] == 1

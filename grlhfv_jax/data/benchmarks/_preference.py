@@ -35,13 +35,10 @@ def read(path, fieldmap: pf.FieldMap, *, fmt, limit, image_root, problems, label
         items.append(common.Item(r["id"], r["question"], r["image"], (r["response_1"], r["response_2"]), lab,
                                  category=cat))
     problems.read += bad.read
-    for row_id, reason, detail in bad.examples:
+    for row_id, reason, detail in bad.examples:   # the reader names its first 20; the rest are counted
         problems.add(row_id, reason, detail)
-    named = len(bad.examples)
-    for reason, n in bad.counts.items():   # beyond the first 20 named: counted
-        already = sum(1 for _, r, _ in bad.examples if r == reason)
-        problems.counts[reason] += n - already
-    del named
+    for reason, n in bad.counts.items():
+        problems.counts[reason] += n - sum(1 for _, r, _ in bad.examples if r == reason)
     return items
 
 
