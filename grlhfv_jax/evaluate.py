@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import glob
 import json
 import math
 import os
@@ -42,7 +43,8 @@ from grlhfv_jax.config import sections
 
 BENCHMARK = {
     "kind": cs.Key("str?", None, "the benchmark's reader (data.benchmarks.REGISTRY; None: the entry's name)"),
-    "path": cs.Key("str", cs.REQUIRED, "its file or folder, relative to config.root unless absolute"),
+    "path": cs.Key("str", cs.REQUIRED, "its file, folder or glob (files in name order), relative to config.root "
+                                       "unless absolute"),
     "format": cs.Key("str", "auto", "auto (by extension), parquet, jsonl or json"),
     "fields": cs.Key("map", {}, "column overrides: our field -> the dataset's column (the module's FIELDS)"),
     "limit": cs.Key("int?", None, "read at most this many items (None: all)"),
@@ -359,8 +361,23 @@ def read_benchmark(name: str, spec, root: str, log) -> tuple[object, list, objec
     fields.update(dict(spec.fields))
     problems = benchmarks.common.Problems(name, log=log)
     fmt = spec.format if spec.format != "auto" else module.FORMAT
-    items = module.read(_resolve(root, spec.path), fields, fmt=fmt, limit=spec.limit,
-                        image_root=_resolve(root, spec.image_root), problems=problems)
+    path, image_root = _resolve(root, spec.path), _resolve(root, spec.image_root)
+    if not glob.has_magic(path):
+        return module, module.read(path, fields, fmt=fmt, limit=spec.limit, image_root=image_root,
+                                   problems=problems), problems
+    # a glob (e.g. BeaverTails-V's <category>/evaluation-*.parquet): its files in name order; ids
+    # prefixed with the file's folder (files of several folders share their names)
+    files = sorted(glob.glob(path, recursive=True))
+    if not files:
+        raise FileNotFoundError(f"no file matches {path!r}")
+    items = []
+    for file in files:
+        left = None if spec.limit is None else spec.limit - len(items)
+        if left is not None and left <= 0:
+            break
+        for it in module.read(file, fields, fmt=fmt, limit=left, image_root=image_root, problems=problems):
+            it.id = f"{os.path.basename(os.path.dirname(file))}/{it.id}"
+            items.append(it)
     return module, items, problems
 
 

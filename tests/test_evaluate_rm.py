@@ -173,13 +173,14 @@ def mm_rlhf_rewardbench(root, judge):
 
 
 def mllm_judge_pair(root, judge):
-    """GitHub Dongping-Chen/MLLM-Judge: Benchmark/pair.jsonl, answer1/answer2 {name, answer}, human_answer A/B/C."""
+    """GitHub Dongping-Chen/MLLM-Judge: Dataset/Benchmark/pair.jsonl (pair_id, answer1/answer2 {name, answer},
+    human_answer A/B/C), images in Dataset/image/ named bare in image_path."""
     base = os.path.join(root, "mllmjudge")
     os.makedirs(os.path.join(base, "image"), exist_ok=True)
     rows = []
     for n, label in enumerate(("A", "B", "C", "C", "D"), 1):
         save_png(os.path.join(base, "image", f"{n}.jpg"), 30 + n)
-        rows.append(dict(id=f"p{n}", instruction=f"i{n}", image_path=f"image/{n}.jpg",
+        rows.append(dict(id=n // 2, pair_id=f"p{n}", instruction=f"i{n}", image_path=f"{n}.jpg",
                          answer1={"name": "m1", "answer": f"pa{n}"}, answer2={"name": "m2", "answer": f"pb{n}"},
                          human_answer=label))
     write_jsonl(os.path.join(base, "pair.jsonl"), rows)
@@ -187,18 +188,19 @@ def mllm_judge_pair(root, judge):
     judge.script("pa2", "pb2", 1, 1)
     judge.script("pa3", "pb3", 0, 0)
     judge.script("pa4", "pb4", 0, 2)
-    return dict(path="mllmjudge/pair.jsonl")
+    return dict(path="mllmjudge/pair.jsonl", image_root="mllmjudge/image")   # image_path: a bare file name
 
 
 def mllm_judge_score(root, judge):
-    """Benchmark/score.jsonl: instruction, answer, image_path, human (1-5, sometimes a string)."""
+    """Dataset/Benchmark/score.jsonl: score_id, instruction, answer, image_path, human (1-5, sometimes a string)."""
     base = os.path.join(root, "mllmjudge")
     os.makedirs(os.path.join(base, "image"), exist_ok=True)
     humans = [1, "2", 5, 3, "n/a"]
     rows = []
     for n, h in enumerate(humans, 1):
         save_png(os.path.join(base, "image", f"s{n}.jpg"), 40 + n)
-        rows.append(dict(id=f"s{n}", instruction=f"si{n}", answer=f"sa{n}", image_path=f"image/s{n}.jpg", human=h))
+        rows.append(dict(score_id=f"s{n}", id=n, name="m", instruction=f"si{n}", answer=f"sa{n}",
+                         image_path=f"s{n}.jpg", human=h))
     write_jsonl(os.path.join(base, "score.jsonl"), rows)
     # the GRM scores one answer against itself: (s1 + s2) / 2
     judge.greedy[("sa1", "sa1")] = "\\boxed{2, 4}"     # 3
@@ -206,7 +208,7 @@ def mllm_judge_score(root, judge):
     judge.greedy[("sa3", "sa3")] = "\\boxed{9, 7}"     # 8
     judge.greedy[("sa4", "sa4")] = "no scores"         # unparsed
     judge.sampled[("sa4", "sa4")] = ["\\boxed{6, 6}", "x", "y"]   # the vote: mean of the parsed samples = 6
-    return dict(path="mllmjudge/score.jsonl")
+    return dict(path="mllmjudge/score.jsonl", image_root="mllmjudge/image")
 
 
 CRITIC = ("Given an image and a corresponding question, please serve as an unbiased and fair judge to evaluate the "
@@ -246,7 +248,7 @@ def beavertails_v(root, judge):
     judge.script("ba1", "bb1", 1, 1)
     judge.script("ba2", "bb2", 2, 2)
     judge.script("ba3", "bb3", 2, 2)
-    return dict(path="btv")
+    return dict(path="btv/*/evaluation-*.parquet")   # a glob: the evaluation split of every category
 
 
 def align_anything(root, judge):
@@ -412,6 +414,9 @@ def test_beavertails_v_helpful_and_safe_per_category(scripted_run):
     assert g("helpful_accuracy_animal_abuse") == approx(1.0) and g("helpful_accuracy_privacy") == approx(0.0)
     assert g("safe_accuracy_animal_abuse") == approx(0.5) and g("safe_accuracy_privacy") == approx(0.0)
     assert g("bad_bad_label") == 1 and g("bad_empty_text") == 1 and g("items") == 3
+    rows = [json.loads(x) for x in open(os.path.join(scripted_run[1], "beavertails_v.jsonl"))]
+    assert [r["id"] for r in rows] == ["animal_abuse/evaluation-00000-of-00001-0",
+                                       "animal_abuse/evaluation-00000-of-00001-1", "privacy/evaluation-00000-of-00001-0"]
 
 
 def test_align_anything(scripted_run):

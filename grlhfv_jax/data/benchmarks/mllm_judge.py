@@ -1,13 +1,14 @@
 """MLLM-as-a-Judge (Chen et al. 2024, ICML, arXiv 2402.04788): human judgments of MLLM answers in
 three settings; this module reads two: pair comparison and scoring.
 
-Published: GitHub Dongping-Chen/MLLM-Judge, HF shuaishuaicdp/MLLM-Judge: Benchmark/pair.jsonl,
-Benchmark/score.jsonl (and batch.jsonl, not read) + the images (`image_path`, relative to the
-file's folder or `image_root`). pair: `instruction`, `answer1` and `answer2` ({"name", "answer"}
-objects, or plain texts), `image_path`, `human_answer` "A", "B" or "C" (C = tie). score:
-`instruction`, `answer`, `image_path`, `human` (1-5, sometimes a string). Layout read from the
-repo's README and scripts (scripts/prompt.py for its judge prompts); unconfirmed: whether every
-release names the id field (`id`; the row number otherwise).
+Published: GitHub Dongping-Chen/MLLM-Judge (and HF shuaishuaicdp/MLLM-Judge):
+Dataset/Benchmark/{pair,score,batch}.jsonl (batch not read; Dataset/Benchmark_Lite/ has the same
+layout) + Dataset/image/<n>.jpg, named bare in `image_path` ("0.jpg": set `image_root` to the
+image folder). pair: `pair_id` (unique; `id` is the image's), `instruction`, `answer1` and
+`answer2` ({"name", "answer"} objects; plain texts read too), `image_path`, `human_answer` "A",
+"B" or "C" (C = tie). score: `score_id`, `instruction`, `answer`, `name`, `image_path`, `human`
+(1-5, an int or a string such as "4"). Layout read from the repo's Benchmark_Lite files and
+README; its judge prompts are in scripts/prompt.py (not used: our GRM writes its own format).
 
 Figures, pair (`mllm_judge_pair`): accuracy without ties (pairs labelled C left out; a tie
 verdict is wrong) and accuracy_with_ties (all pairs; on a C pair only a tie verdict is right).
@@ -19,9 +20,9 @@ from __future__ import annotations
 
 from grlhfv_jax.data.benchmarks import common
 
-FIELDS_PAIR = dict(id="id", question="instruction", image="image_path", answer_1="answer1", answer_2="answer2",
+FIELDS_PAIR = dict(id="pair_id", question="instruction", image="image_path", answer_1="answer1", answer_2="answer2",
                    label="human_answer")
-FIELDS_SCORE = dict(id="id", question="instruction", image="image_path", response="answer", human="human")
+FIELDS_SCORE = dict(id="score_id", question="instruction", image="image_path", response="answer", human="human")
 LABELS = {"A": 1, "B": 2, "C": 0}
 
 
