@@ -154,11 +154,11 @@ def multimodal_rewardbench(root, judge):
 
 
 def mm_rlhf_rewardbench(root, judge):
-    """HF yifanzhang114/MM-RLHF-RewardBench: mm_reward_bench.jsonl + image folders (paths)."""
+    """HF yifanzhang114/MM-RLHF-RewardBench: mm_reward_bench.jsonl + images/ (paths found under images/)."""
     base = os.path.join(root, "mmrlhf")
     os.makedirs(base)
     for n, p in enumerate(("mcq/1.jpg", "mcq/2.jpg", "long/3.jpg", "safety/4.jpg")):
-        save_png(os.path.join(base, p), 20 + n)
+        save_png(os.path.join(base, "images", p), 20 + n)   # the HF copy: images/ beside the JSONL
     rows = [dict(id="a", image="mcq/1.jpg", prompt="p1", chosen="c1", rejected="j1"),
             dict(id="a", image="mcq/2.jpg", prompt="p1", chosen="c2", rejected="j2"),
             dict(id="b", image="long/3.jpg", prompt="p3", chosen="c3", rejected="j3"),

@@ -24,7 +24,7 @@ def get_config():
     c.batch_rows = 16
     c.max_len = 4096
     c.benchmarks = dict(
-        vl_rewardbench=dict(path="VL-RewardBench"),   # its one parquet, at any depth
+        vl_rewardbench=dict(path="VL-RewardBench/data"),   # its one parquet
         multimodal_rewardbench=dict(path="multimodal_rewardbench/data/all_data.json",
                                     image_root="multimodal_rewardbench"),
         mm_rlhf_rewardbench=dict(path="MM-RLHF-RewardBench/mm_reward_bench.jsonl"),

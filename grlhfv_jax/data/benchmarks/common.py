@@ -130,10 +130,15 @@ def rows(path: str, fmt: str = "auto") -> Iterator[tuple[str, str, Any]]:
 
 def image(value, file: str, image_root: str | None) -> tuple[bytes | None, str]:
     """(encoded image bytes, '') or (None, why): `value` an HF Image struct {bytes, path}, raw
-    bytes, or a path (relative to `image_root`, else to the folder of the file holding the row).
-    The bytes are decoded once to catch a corrupt file."""
-    base = image_root or os.path.dirname(os.path.abspath(file))
-    data, why = pf._image_bytes(value, base)
+    bytes, or a path: relative to `image_root` when set, else to the folder of the file holding the
+    row, else to its images/ subfolder (the first that holds the file). The bytes are decoded once
+    to catch a corrupt file."""
+    here = os.path.dirname(os.path.abspath(file))
+    bases = [image_root] if image_root else [here, os.path.join(here, "images")]
+    for base in bases:
+        data, why = pf._image_bytes(value, base)
+        if data is not None:
+            break
     if data is None:
         return None, why
     why = pf._decodes(data)

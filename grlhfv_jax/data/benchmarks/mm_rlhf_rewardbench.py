@@ -1,8 +1,9 @@
 """MM-RLHF-RewardBench (Zhang et al. 2025, MM-RLHF, arXiv 2502.10391): 170 (prompt, chosen,
 rejected) pairs; an id may hold several pairs.
 
-Published: HF yifanzhang114/MM-RLHF-RewardBench: mm_reward_bench.jsonl + the image folders
-(paths relative to the data folder, `image_root` when set); fields `id`, `image` (or `video`:
+Published: HF yifanzhang114/MM-RLHF-RewardBench: mm_reward_bench.jsonl, images/ beside it, and a
+parquet copy under data/ (not read); image paths are looked up beside the JSONL, then under
+images/ (or under `image_root` when set: unconfirmed which prefix the paths carry); fields `id`, `image` (or `video`:
 frames, which this package does not read: counted as unsupported), `prompt`, `chosen`,
 `rejected` (plus the annotators' reasons). Layout and scoring read from the MM-RLHF repo's README
 (llava/eval/eval_mm_reward_bench.py and its metric script) and a public re-implementation of
