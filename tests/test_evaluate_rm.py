@@ -604,3 +604,27 @@ def test_tiny_score_only_rm_through_the_entry_point(tmp_path):
     assert [p["human"] for p in points] == [1.0, 2.0, 5.0, 3.0]
     assert s["mllm_judge_score/pearson"] == approx(pearson([1, 2, 5, 3], [p["score"] for p in points]))
     assert s["mllm_judge_score/parse_failure_rate"] == approx(0.0) and s["mllm_judge_score/bad_bad_label"] == 1
+
+
+def test_a_variant_layout_through_field_overrides(tmp_path):
+    """A VL-RewardBench copy in another layout (JSONL, other column names, images as paths next to
+    the file) read through the config's field map and format: the same figures as the original."""
+    judge = ScriptedJudge()
+    os.makedirs(tmp_path / "variant")
+    rows = []
+    for n, (rid, resp, rank) in enumerate((("wildvision_1", ["w1a", "w1b"], [0, 1]),
+                                           ("mathverse_4", ["m4a", "m4b"], [1, 0]))):
+        save_png(str(tmp_path / "variant" / f"{n}.png"), 80 + n)
+        rows.append(dict(uid=rid, prompt="q", answers=resp, rank=rank, img=f"{n}.png"))
+    write_jsonl(str(tmp_path / "variant" / "vlrb.jsonl"), rows)
+    judge.script("w1a", "w1b", 1, 1)   # right in both orders
+    judge.script("m4a", "m4b", 1, 2)   # label 2: wrong in order 1, right in order 2
+    spec = dict(path="variant/vlrb.jsonl", format="jsonl",
+                fields=dict(id="uid", question="prompt", responses="answers", ranking="rank", image="img"))
+    s = evaluate.evaluate(eval_config(tmp_path, {"vl_rewardbench": spec}, voting_k=1), str(tmp_path / "out"),
+                          judge=judge)
+    # order 1: [1, 0] -> 1/2, macro (general 1 + reasoning 0) / 2; order 2: [1, 1] -> 1, macro (1 + 1) / 2
+    assert s["vl_rewardbench/accuracy"] == approx(0.75)
+    assert s["vl_rewardbench/macro_accuracy"] == approx(((1 + 0) / 2 + (1 + 1) / 2) / 2)
+    assert s["vl_rewardbench/items"] == 2 and s["vl_rewardbench/bad_total"] == 0
+    assert "vl_rewardbench/accuracy_k1" not in s and not any(k.endswith("_k3") for k in s)
