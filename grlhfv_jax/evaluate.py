@@ -337,8 +337,7 @@ def pair_summary(module, items, verdicts: list[list], suffix: str = "") -> dict:
     if orders == 2:
         for o in range(2):
             out[f"{head}_order{o + 1}"] = per_order[o].get(head, float("nan"))
-        decided = [v for v in verdicts]
-        out["position_consistency"] = _nanmean([float(a in (1, 2) and a == b) for a, b in decided])
+        out["position_consistency"] = _nanmean([float(a in (1, 2) and a == b) for a, b in verdicts])
     judgments = [x for v in verdicts for x in v]
     out["tie_rate"] = _nanmean([float(x == 0) for x in judgments])
     out["parse_failure_rate"] = _nanmean([float(x is None) for x in judgments])
@@ -486,6 +485,18 @@ def report(summary: dict, details: dict, cfg, model_name: str) -> str:
                              ("–" if v is None or v != v else f"{v:.3f}" if m == "pearson" else f"{v:.0f}"))
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += ["## How the judging went", "",
+              "| Benchmark | Items | Left out | Parse failures | Ties | Position consistency |" +
+              (f" Parse failures (vote of {k}) | Position consistency (vote of {k}) |" if k > 1 else ""),
+              "|---|---|---|---|---|---|" + ("---|---|" if k > 1 else "")]
+    for name in details:
+        g = lambda m: summary.get(f"{name}/{m}")   # noqa: E731
+        row = [name, f"{g('items') or 0:.0f}", f"{g('bad_total') or 0:.0f}", _pct(g("parse_failure_rate")),
+               _pct(g("tie_rate")), _pct(g("position_consistency"))]
+        if k > 1:
+            row += [_pct(g(f"parse_failure_rate_k{k}")), _pct(g(f"position_consistency_k{k}"))]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
     failed = {k_.split("/")[0]: v for k_, v in summary.items() if k_.endswith("/error")}
     if failed:
         lines += ["## Benchmarks that failed", ""] + [f"- {n}: {e}" for n, e in failed.items()] + [""]

@@ -440,6 +440,8 @@ def test_outputs_report_and_log(scripted_run):
     assert "| Model | Overall Acc | Macro Acc | General | Hallucination | Reasoning |" in vl
     assert f"| scripted | {100 * 0.625:.1f} | {100 * (0.5 + 2 / 3) / 2:.1f} | 75.0 | 0.0 | 100.0 |" in vl
     assert "| scripted (vote of 3) | 50.0 |" in vl
+    # the judging's health, after the leaderboards: items, left out, parse failures, ties, consistency (x 100)
+    assert "| vl_rewardbench | 4 | 2 | 12.5 | 12.5 | 50.0 | 12.5 | 25.0 |" in report
     log = open(os.path.join(out, "evaluate.log")).read()
     assert "[vl_rewardbench] wildvision_5 [test-00000-of-00001-4]: missing_image" in log        # named
     assert "[vl_rewardbench] RLAIF-V_3: unparsed judgment (order 2)" in log
