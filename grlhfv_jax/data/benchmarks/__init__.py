@@ -1,0 +1,23 @@
+"""Reward-model benchmarks read from local copies in their published layouts: one module per
+benchmark (reader + figures side by side, `common` says what a module holds).
+
+    get(name) -> module     REGISTRY: name -> module (or class) with NAME, TASK, FORMAT, FIELDS,
+                            LEADERBOARD, read, figures
+"""
+
+from __future__ import annotations
+
+from grlhfv_jax.data.benchmarks import (align_anything, beavertails_v, common, llava_critic, mllm_judge,
+                                        mm_rlhf_rewardbench, multimodal_rewardbench, vl_rewardbench)
+
+REGISTRY = {m.NAME: m for m in (vl_rewardbench, multimodal_rewardbench, mm_rlhf_rewardbench, mllm_judge.Pair,
+                                mllm_judge.Score, llava_critic, beavertails_v, align_anything)}
+
+
+def get(name: str):
+    if name not in REGISTRY:
+        raise ValueError(f"unknown benchmark {name!r} (known: {', '.join(REGISTRY)})")
+    return REGISTRY[name]
+
+
+__all__ = ["REGISTRY", "common", "get"]

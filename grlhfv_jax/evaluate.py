@@ -1,0 +1,608 @@
+"""Reward-model benchmarks: `python -m grlhfv_jax.evaluate --config configs/eval/X.py --workdir OUT
+[--config.a.b=v ...]`.
+
+The model under test is a GRM folder (judged with our KV-cache engine through
+`stages.judging.GRMJudge`: every pair in both presentation orders, greedy, and with
+`judge.voting_k` > 1 also k sampled judgments per order, majority vote) or a score-only RM folder
+(`stages.judging.rm_scores`: one scalar per response). Benchmarks (`grlhfv_jax.data.benchmarks`)
+are read from local copies in their published layouts. OUT gets:
+
+    summary.json        flat `<benchmark>/<metric>` (e.g. vl_rewardbench/accuracy, .../macro_accuracy)
+    <benchmark>.jsonl   per item: id, the model's raw output(s), the parsed scores and verdicts, labels, correctness
+    report.md           first the benchmarks' leaderboard tables, then every figure, the skipped records, samples
+    evaluate.log        what was skipped or did not parse, by benchmark and item id
+
+Figures (docs/evaluation.md): each benchmark's own figures are computed in the dataset's order and
+in the swapped order (verdicts mapped back) and averaged; `<metric>_order1` / `_order2` keep the
+two apart for the headline figure. Besides: position_consistency (share of pairs whose two orders
+both decide, not tie, and pick the same response), tie_rate and parse_failure_rate (over all
+judgments), items, and bad_<reason> (records left out). With voting, the same figures from the
+voted verdicts carry the suffix `_k<k>`. A vote: the plurality of the k verdicts that parsed
+(1, 2 or tie); a draw at the top is a tie; no parsed sample is a parse failure.
+A malformed record, a missing image, a prompt longer than max_len: counted and named, never fatal;
+a benchmark that fails as a whole (e.g. its path is missing) is named in the summary
+(`<benchmark>/error`) and the others run.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import glob
+import json
+import math
+import os
+import sys
+import time
+
+import ml_collections
+
+from grlhfv_jax.config import ConfigError
+from grlhfv_jax.config import schema as cs
+from grlhfv_jax.config import sections
+
+BENCHMARK = {
+    "kind": cs.Key("str?", None, "the benchmark's reader (data.benchmarks.REGISTRY; None: the entry's name)"),
+    "path": cs.Key("str", cs.REQUIRED, "its file, folder or glob (files in name order), relative to config.root "
+                                       "unless absolute"),
+    "format": cs.Key("str", "auto", "auto (by extension), parquet, jsonl or json"),
+    "fields": cs.Key("map", {}, "column overrides: our field -> the dataset's column (the module's FIELDS)"),
+    "limit": cs.Key("int?", None, "read at most this many items (None: all)"),
+    "image_root": cs.Key("str?", None, "folder image paths are relative to (None: the data file's folder), "
+                                       "relative to config.root unless absolute"),
+    "enabled": cs.Key("bool", True, "evaluate this benchmark"),
+}
+
+SCHEMA = {
+    "seed": cs.Key("int", 0, "seed of the sampled judgments (voting)"),
+    "workdir": cs.Key("str", "workdir/eval", "output folder when --workdir is not given"),
+    "mesh_shape": cs.Key("list", (1, -1, 1), "device mesh over (data, fsdp, tensor); one -1 = the rest"),
+    "root": cs.Key("str", "", "folder the benchmark paths are relative to"),
+    "grm_template": cs.Key("str?", None, "GRM prompt template (None: the paper's, rl.grm_reward.GRM_TEMPLATE)"),
+    "model": {
+        "kind": cs.Key("str", "grm", "grm (a generative judge: \\boxed{s1, s2}) or rm (a score-only RM, scalar head)"),
+        "path": cs.Key("str?", None, "the model's Hugging Face folder"),
+        "name": cs.Key("str?", None, "its name in the report (None: the folder's name)"),
+        "tokenizer_dir": cs.Key("str?", None, "tokenizer folder (None: the model folder)"),
+        "dtype": cs.Key("str", "float32", "compute dtype (float32, bfloat16)"),
+        "param_dtype": cs.Key("str", "float32", "weight dtype"),
+    },
+    "image": {**sections.IMAGE, "processor_dir": cs.Key("str?", None, "folder with a preprocessor_config.json "
+                                                                      "(None: the model folder's, else Qwen2-VL defaults)")},
+    "judge": {
+        "max_new_tokens": cs.Key("int", 512, "judgment tokens"),
+        "voting_k": cs.Key("int", 1, "sampled judgments per pair and order for the majority vote (1: greedy only)"),
+        "temperature": cs.Key("float", 1.0, "temperature of the sampled judgments (voting)"),
+        "top_p": cs.Key("float", 1.0, "top-p of the sampled judgments"),
+    },
+    "batch_rows": cs.Key("int", 8, "prompts per judging call / responses per RM scoring call"),
+    "max_len": cs.Key("int", 2048, "prompt tokens (a longer item is left out, counted as too_long)"),
+    "benchmarks": cs.Key("map", {}, "name -> benchmark section (kind, path, format, fields, limit, image_root, "
+                                    "enabled)"),
+}
+
+
+def validate(config) -> ml_collections.ConfigDict:
+    """A checked copy of `config` with every default filled in; ConfigError names a bad key."""
+    cs.check(SCHEMA, config)
+    out = config.copy_and_resolve_references() if isinstance(config, ml_collections.ConfigDict) \
+        else ml_collections.ConfigDict(dict(config))
+    with out.unlocked():
+        for key, node in SCHEMA.items():   # absent sections: all defaults
+            if isinstance(node, dict) and key not in out:
+                out[key] = ml_collections.ConfigDict()
+        cs.fill(SCHEMA, out)
+        for name in out.benchmarks:
+            spec = out.benchmarks[name]
+            if not isinstance(spec, (dict, ml_collections.ConfigDict)):
+                raise ConfigError(f"config.benchmarks.{name} = {spec!r}: expected a section")
+            cs.check(BENCHMARK, spec, f"benchmarks.{name}")
+            cs.fill(BENCHMARK, spec)
+            if "path" not in spec:
+                raise ConfigError(f"config.benchmarks.{name}.path is missing ({BENCHMARK['path'].meaning})")
+            from grlhfv_jax.data import benchmarks
+            kind = spec.kind or name
+            if kind not in benchmarks.REGISTRY:
+                raise ConfigError(f"config.benchmarks.{name}.kind = {kind!r}: unknown benchmark (known: "
+                                  f"{', '.join(benchmarks.REGISTRY)})")
+            module = benchmarks.get(kind)
+            unknown = [k for k in spec.fields if k not in module.FIELDS and k != "label_values"]
+            if unknown:
+                raise ConfigError(f"config.benchmarks.{name}.fields: unknown field(s) {unknown} (fields of {kind}: "
+                                  f"{', '.join(module.FIELDS)})")
+    if out.model.kind not in ("grm", "rm"):
+        raise ConfigError(f"config.model.kind = {out.model.kind!r}: expected grm or rm")
+    if out.judge.voting_k < 1:
+        raise ConfigError(f"config.judge.voting_k = {out.judge.voting_k}: expected >= 1")
+    if out.batch_rows < 1 or out.max_len < 8 or out.judge.max_new_tokens < 1:
+        raise ConfigError("config.batch_rows >= 1, config.max_len >= 8 and config.judge.max_new_tokens >= 1")
+    return out
+
+
+def _schema_type(path: str) -> str | None:
+    """The schema type of an override's dotted path (None: a key inside an open map)."""
+    parts = path.split(".")
+    if parts[0] == "benchmarks" and len(parts) >= 3:
+        if parts[2] not in BENCHMARK:
+            raise cs.unknown_key_error(".".join(parts[:2]), parts[2], BENCHMARK)
+        node = BENCHMARK[parts[2]]
+        return node.type if len(parts) == 3 else None
+    node = cs.lookup(SCHEMA, path)
+    if isinstance(node, dict):
+        raise ConfigError(f"config.{path} is a section, not a key")
+    return node.type
+
+
+def apply_overrides(config, overrides: list[str]) -> None:
+    """`--config.a.b=v` arguments, typed by this schema (main's value parser), set on `config`;
+    missing sections on the way are created (e.g. a new benchmark entry)."""
+    from grlhfv_jax.main import _override_value
+    for arg in overrides:
+        path, value_text = arg[len("--config."):].split("=", 1)
+        kind = _schema_type(path)
+        *parents, leaf = path.split(".")
+        node = config
+        for part in parents:
+            with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
+                if part not in node:
+                    node[part] = ml_collections.ConfigDict()
+            node = node[part]
+        if kind is None:
+            old = node[leaf] if leaf in node else None
+            kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(old), "literal")
+        try:
+            value = _override_value(value_text, kind)
+        except (ValueError, SyntaxError) as e:
+            raise ConfigError(f"config.{path} = {value_text!r}: {e}") from None
+        with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
+            node[leaf] = value
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+def verdict_of(scores):
+    """1, 2, 0 (tie) or None of parsed (s1, s2) scores (None: unparsed)."""
+    if scores is None:
+        return None
+    return 1 if scores[0] > scores[1] else 2 if scores[1] > scores[0] else 0
+
+
+def swap(v):
+    return {1: 2, 2: 1}.get(v, v)
+
+
+def vote(verdicts):
+    """The plurality of the parsed verdicts (1, 2 or 0 = tie); a draw at the top -> 0; none parsed -> None."""
+    counts = collections.Counter(v for v in verdicts if v is not None)
+    if not counts:
+        return None
+    top = max(counts.values())
+    best = [v for v, c in counts.items() if c == top]
+    return best[0] if len(best) == 1 else 0
+
+
+class Log:
+    """Prints and appends to OUT/evaluate.log."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+
+def _nanmean(values):
+    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(sum(v) / len(v)) if v else float("nan")
+
+
+def _avg_figures(per_order: list[dict]) -> dict:
+    keys = list(dict.fromkeys(k for f in per_order for k in f))
+    return {k: _nanmean([f.get(k) for f in per_order]) for k in keys}
+
+
+# ----------------------------------------------------------------------------- judging
+
+
+def decode(image):
+    """Encoded image bytes -> uint8 [H, W, 3] (what the codec reads); anything else as it is."""
+    if isinstance(image, (bytes, bytearray)):
+        import io
+
+        import numpy as np
+        from PIL import Image
+        with Image.open(io.BytesIO(image)) as im:
+            return np.asarray(im.convert("RGB"))
+    return image
+
+
+def judge_in_chunks(judge, prompts, params, rows: int) -> list[str]:
+    """`judge.judge` over `prompts` in calls of `rows` prompts, each call's images decoded just before
+    it (a benchmark's images stay encoded in memory); each call gets its rows' place in one draw
+    over all prompts (`first_row`, `total_rows`), so the samples do not depend on `rows`. A short
+    last call is filled up to `rows` with copies of its last prompt (their outputs dropped)."""
+    n, out = int(params.num_samples), []
+    total = -(-len(prompts) // rows) * rows * n
+    for s in range(0, len(prompts), rows):
+        chunk = [(q, decode(img), a, b) for q, img, a, b in prompts[s:s + rows]]
+        real = len(chunk)
+        chunk += chunk[-1:] * (rows - real)   # every call `rows` prompts: one compiled shape; copies dropped
+        out += judge.judge(chunk, params.replace(first_row=s * n, total_rows=total))[:real * n]
+    return out
+
+
+def judge_pairs(judge, items, cfg, log, name: str) -> tuple[list[dict], dict]:
+    """Both orders of every pair, greedy (and k sampled with voting) -> (per-item rows, verdicts
+    {"k1": [[order1, order2] per item], "k<k>": ...}) with the verdicts in the dataset's order."""
+    from grlhfv_jax.rl import grm_reward
+    from grlhfv_jax.rollout import SamplingParams
+    k, n = int(cfg.judge.voting_k), len(items)
+    prompts = [(it.question, it.image, it.responses[0], it.responses[1]) for it in items]
+    prompts += [(it.question, it.image, it.responses[1], it.responses[0]) for it in items]
+    rows = int(cfg.batch_rows)
+    greedy = judge_in_chunks(judge, prompts, SamplingParams(max_new_tokens=cfg.judge.max_new_tokens,
+                                                            temperature=0.0), rows)
+    sampled = None
+    if k > 1:
+        flat = judge_in_chunks(judge, prompts, SamplingParams(
+            max_new_tokens=cfg.judge.max_new_tokens, temperature=cfg.judge.temperature, top_p=cfg.judge.top_p,
+            num_samples=k, seed=cfg.seed), rows)
+        sampled = [flat[i * k:(i + 1) * k] for i in range(2 * n)]
+    rows, v1, vk = [], [], []
+    for i, it in enumerate(items):
+        texts = [greedy[i], greedy[n + i]]
+        scores = [grm_reward.pair_scores(t) for t in texts]
+        verdicts = [verdict_of(scores[0]), swap(verdict_of(scores[1]))]
+        for order, (t, s) in enumerate(zip(texts, scores)):
+            if s is None:
+                log(f"[{name}] {it.id}: unparsed judgment (order {order + 1}): {t[-120:]!r}")
+        row = {"id": it.id, "category": it.category, "labels": it.labels, "outputs": texts,
+               "scores": [list(s) if s else None for s in scores], "verdicts": verdicts}
+        v1.append(verdicts)
+        if sampled is not None:
+            samp = [sampled[i], sampled[n + i]]
+            sv = [[verdict_of(grm_reward.pair_scores(t)) for t in samp[0]],
+                  [swap(verdict_of(grm_reward.pair_scores(t))) for t in samp[1]]]
+            row.update(samples=samp, sample_verdicts=sv, votes=[vote(sv[0]), vote(sv[1])])
+            vk.append(row["votes"])
+        rows.append(row)
+    return rows, {"k1": v1, **({f"k{k}": vk} if k > 1 else {})}
+
+
+def judge_scores(judge, items, cfg, log, name: str) -> tuple[list[dict], dict]:
+    """A GRM's score of one response: the response judged against itself, the mean of its two
+    scores (one order: both are the same prompt); with voting the mean over the parsed samples."""
+    from grlhfv_jax.rl import grm_reward
+    from grlhfv_jax.rollout import SamplingParams
+    k = int(cfg.judge.voting_k)
+    prompts = [(it.question, it.image, it.responses[0], it.responses[0]) for it in items]
+    rows = int(cfg.batch_rows)
+    greedy = judge_in_chunks(judge, prompts, SamplingParams(max_new_tokens=cfg.judge.max_new_tokens,
+                                                            temperature=0.0), rows)
+    sampled = None
+    if k > 1:
+        flat = judge_in_chunks(judge, prompts, SamplingParams(
+            max_new_tokens=cfg.judge.max_new_tokens, temperature=cfg.judge.temperature, top_p=cfg.judge.top_p,
+            num_samples=k, seed=cfg.seed), rows)
+        sampled = [flat[i * k:(i + 1) * k] for i in range(len(items))]
+    rows, s1, sk = [], [], []
+
+    def score(t):
+        s = grm_reward.pair_scores(t)
+        return None if s is None else (s[0] + s[1]) / 2
+
+    for i, it in enumerate(items):
+        sc = score(greedy[i])
+        if sc is None:
+            log(f"[{name}] {it.id}: unparsed judgment: {greedy[i][-120:]!r}")
+        row = {"id": it.id, "human": it.human, "outputs": [greedy[i]], "score": sc}
+        s1.append(sc)
+        if sampled is not None:
+            ss = [score(t) for t in sampled[i]]
+            parsed = [x for x in ss if x is not None]
+            row.update(samples=sampled[i], sample_scores=ss, vote_score=sum(parsed) / len(parsed) if parsed else None)
+            sk.append(row["vote_score"])
+        rows.append(row)
+    return rows, {"k1": s1, **({f"k{k}": sk} if k > 1 else {})}
+
+
+def rm_pairs(scorer, items) -> tuple[list[dict], dict]:
+    """A score-only RM: one scalar per response; the verdict does not depend on the order."""
+    flat = scorer([(it.question, it.image, r) for it in items for r in it.responses[:2]])
+    rows, v = [], []
+    for i, it in enumerate(items):
+        s = (float(flat[2 * i]), float(flat[2 * i + 1]))
+        verdict = verdict_of(s)
+        rows.append({"id": it.id, "category": it.category, "labels": it.labels, "scores": list(s), "verdict": verdict})
+        v.append([verdict])
+    return rows, {"k1": v}
+
+
+def rm_points(scorer, items) -> tuple[list[dict], dict]:
+    flat = scorer([(it.question, it.image, it.responses[0]) for it in items])
+    rows = [{"id": it.id, "human": it.human, "score": float(s)} for it, s in zip(items, flat)]
+    return rows, {"k1": [float(s) for s in flat]}
+
+
+def pair_summary(module, items, verdicts: list[list], suffix: str = "") -> dict:
+    """The benchmark's figures, averaged over the orders judged, + consistency, ties, parse failures."""
+    orders = len(verdicts[0]) if verdicts else 1
+    per_order = [module.figures(items, [v[o] for v in verdicts]) for o in range(orders)]
+    out = _avg_figures(per_order)
+    head = module.LEADERBOARD[0][0]
+    if orders == 2:
+        for o in range(2):
+            out[f"{head}_order{o + 1}"] = per_order[o].get(head, float("nan"))
+        out["position_consistency"] = _nanmean([float(a in (1, 2) and a == b) for a, b in verdicts])
+    judgments = [x for v in verdicts for x in v]
+    out["tie_rate"] = _nanmean([float(x == 0) for x in judgments])
+    out["parse_failure_rate"] = _nanmean([float(x is None) for x in judgments])
+    return {k + suffix: v for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _resolve(root: str, path: str | None) -> str | None:
+    if not path:
+        return path
+    return path if os.path.isabs(path) or not root else os.path.join(root, path)
+
+
+def read_benchmark(name: str, spec, root: str, log) -> tuple[object, list, object]:
+    from grlhfv_jax.data import benchmarks
+    module = benchmarks.get(spec.kind or name)
+    fields = dict(module.FIELDS)
+    fields.update(dict(spec.fields))
+    problems = benchmarks.common.Problems(name, log=log)
+    fmt = spec.format if spec.format != "auto" else module.FORMAT
+    path, image_root = _resolve(root, spec.path), _resolve(root, spec.image_root)
+    if not glob.has_magic(path):
+        return module, module.read(path, fields, fmt=fmt, limit=spec.limit, image_root=image_root,
+                                   problems=problems), problems
+    # a glob (e.g. BeaverTails-V's <category>/evaluation-*.parquet): its files in name order; ids
+    # prefixed with the file's folder (files of several folders share their names)
+    files = sorted(glob.glob(path, recursive=True))
+    if not files:
+        raise FileNotFoundError(f"no file matches {path!r}")
+    items = []
+    for file in files:
+        left = None if spec.limit is None else spec.limit - len(items)
+        if left is not None and left <= 0:
+            break
+        for it in module.read(file, fields, fmt=fmt, limit=left, image_root=image_root, problems=problems):
+            it.id = f"{os.path.basename(os.path.dirname(file))}/{it.id}"
+            items.append(it)
+    return module, items, problems
+
+
+def evaluate(config, workdir: str, *, judge=None, scorer=None, codec=None, model_name: str | None = None) -> dict:
+    """Runs every enabled benchmark of `config` against `judge` (a `rollout.Judge`: a GRM) or
+    `scorer` (items (question, image, response) -> scores: a score-only RM); writes the outputs
+    into `workdir` and returns the summary. `codec` (optional): prompts longer than max_len are
+    left out (too_long) before judging."""
+    from grlhfv_jax.metrics import is_main_process
+    cfg = validate(config)
+    main = is_main_process()   # with several JAX processes, process 0 alone writes files
+    log_path = os.path.join(workdir, "evaluate.log")
+    if main:
+        os.makedirs(workdir, exist_ok=True)
+        if os.path.exists(log_path):
+            os.remove(log_path)
+    log = Log(log_path if main else None)
+    if (judge is None) == (scorer is None):
+        raise ValueError("evaluate: pass a judge (GRM) or a scorer (score-only RM)")
+    summary, details = {}, {}
+    k = int(cfg.judge.voting_k)
+    for name in cfg.benchmarks:
+        spec = cfg.benchmarks[name]
+        if not spec.enabled:
+            continue
+        t0 = time.time()
+        try:
+            module, items, problems = read_benchmark(name, spec, cfg.root, log)
+            items = _drop_too_long(items, codec, cfg, problems, judge is not None, module.TASK)
+            log(f"[{name}] {len(items)} items ({problems.summary()['bad_total']} left out)")
+            if module.TASK == "pair":
+                rows, verdicts = (judge_pairs(judge, items, cfg, log, name) if judge is not None
+                                  else rm_pairs(scorer, items))
+                figs = pair_summary(module, items, verdicts["k1"]) if items else {}
+                if k > 1 and judge is not None and items:
+                    figs.update(pair_summary(module, items, verdicts[f"k{k}"], suffix=f"_k{k}"))
+            else:
+                rows, scores = (judge_scores(judge, items, cfg, log, name) if judge is not None
+                                else rm_points(scorer, items))
+                figs = dict(module.figures(items, scores["k1"])) if items else {}
+                figs["parse_failure_rate"] = _nanmean([float(s is None) for s in scores["k1"]])
+                if k > 1 and judge is not None and items:
+                    figs.update({f"{m}_k{k}": v for m, v in module.figures(items, scores[f"k{k}"]).items()})
+                    figs[f"parse_failure_rate_k{k}"] = _nanmean([float(s is None) for s in scores[f"k{k}"]])
+            figs["items"] = float(len(items))
+            figs.update(problems.summary())
+            if main:
+                with open(os.path.join(workdir, f"{name}.jsonl"), "w", encoding="utf-8") as f:
+                    for row in rows:
+                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            details[name] = {"module": module, "problems": problems, "rows": rows[:4]}
+        except Exception as e:   # one benchmark's failure names it; the others run
+            log(f"[{name}] failed: {type(e).__name__}: {e}")
+            figs = {"error": f"{type(e).__name__}: {e}"}
+        figs["time_s"] = time.time() - t0
+        summary.update({f"{name}/{m}": v for m, v in figs.items()})
+    if main:
+        from grlhfv_jax.metrics import write_json_atomic, write_text_atomic
+        write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+        name = model_name or cfg.model.name or (os.path.basename(os.path.normpath(cfg.model.path))
+                                                if cfg.model.path else "model")
+        write_text_atomic(os.path.join(workdir, "report.md"), report(summary, details, cfg, name))
+    return summary
+
+
+def _drop_too_long(items, codec, cfg, problems, grm: bool, task: str):
+    if codec is None:
+        return items
+    kept = []
+    for it in items:
+        img = decode(it.image)
+        if grm:
+            r2 = it.responses[1] if task == "pair" else it.responses[0]
+            n = len(codec.grm_example(it.question, img, it.responses[0], r2)["input_ids"])
+        else:
+            n = max(len(codec.example(it.question, img, r)["input_ids"]) for r in it.responses)
+        if n > cfg.max_len:
+            problems.add(it.id, "too_long", f"{n} prompt tokens > max_len {cfg.max_len}")
+        else:
+            kept.append(it)
+    return kept
+
+
+def _pct(v) -> str:
+    if isinstance(v, str) or v is None:
+        return "–"
+    return "–" if isinstance(v, float) and math.isnan(v) else f"{100 * v:.1f}"
+
+
+def report(summary: dict, details: dict, cfg, model_name: str) -> str:
+    """Markdown: each benchmark's leaderboard table first (figures x 100, as the leaderboards print
+    them; Pearson and counts as they are), then every figure, the records left out, a few samples."""
+    k = int(cfg.judge.voting_k)
+    lines = [f"# Reward-model benchmarks: {model_name}", ""]
+    for name, d in details.items():
+        cols = d["module"].LEADERBOARD
+        lines += [f"## {name}", "", "| Model | " + " | ".join(c for _, c in cols) + " |",
+                  "|---|" + "---|" * len(cols)]
+        variants = [("", model_name)] + ([(f"_k{k}", f"{model_name} (vote of {k})")]
+                                         if f"{name}/{cols[0][0]}_k{k}" in summary else [])
+        for suf, label in variants:
+            cells = []
+            for m, _ in cols:
+                v = summary.get(f"{name}/{m}{suf}")
+                cells.append(_pct(v) if m not in ("pearson", "scored") else
+                             ("–" if v is None or v != v else f"{v:.3f}" if m == "pearson" else f"{v:.0f}"))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## How the judging went", "",
+              "| Benchmark | Items | Left out | Parse failures | Ties | Position consistency |" +
+              (f" Parse failures (vote of {k}) | Position consistency (vote of {k}) |" if k > 1 else ""),
+              "|---|---|---|---|---|---|" + ("---|---|" if k > 1 else "")]
+    for name in details:
+        g = lambda m: summary.get(f"{name}/{m}")   # noqa: E731
+        row = [name, f"{g('items') or 0:.0f}", f"{g('bad_total') or 0:.0f}", _pct(g("parse_failure_rate")),
+               _pct(g("tie_rate")), _pct(g("position_consistency"))]
+        if k > 1:
+            row += [_pct(g(f"parse_failure_rate_k{k}")), _pct(g(f"position_consistency_k{k}"))]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    failed = {k_.split("/")[0]: v for k_, v in summary.items() if k_.endswith("/error")}
+    if failed:
+        lines += ["## Benchmarks that failed", ""] + [f"- {n}: {e}" for n, e in failed.items()] + [""]
+    lines += ["## Every figure", "", "| key | value |", "|---|---|"]
+    lines += [f"| {k_} | {v if isinstance(v, str) else f'{v:.4f}'} |" for k_, v in sorted(summary.items())]
+    lines.append("")
+    for name, d in details.items():
+        named = d["problems"].named
+        if named:
+            lines += [f"## {name}: records left out ({len(named)} named)", ""]
+            lines += [f"- {i}: {r}: {t}" for i, r, t in named[:50]] + [""]
+    lines += ["## Sample judgments", ""]
+    for name, d in details.items():
+        for row in d["rows"][:2]:
+            out = row.get("outputs", [""])[0] if "outputs" in row else json.dumps(row.get("scores"))
+            lines += [f"- {name} {row['id']}: {str(out)[:300]!r} -> {row.get('verdicts', row.get('score'))}"]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def build(cfg, log=print):
+    """(judge or None, scorer or None, codec, name) of `cfg.model`: a GRM folder -> GRMJudge; an RM
+    folder -> a scorer over `stages.judging.rm_scores`."""
+    from grlhfv_jax.stages import common, judging
+    path = cfg.model.path
+    if not path:
+        raise ConfigError("config.model.path is missing: the model folder to evaluate")
+    if cfg.image.processor_dir is None and os.path.isfile(os.path.join(path, "preprocessor_config.json")):
+        cfg = cfg.copy_and_resolve_references()
+        cfg.image.processor_dir = path   # the codec and the vision tower's block size read the same processor
+    codec = common.Codec.from_dirs(cfg.model.tokenizer_dir or path, dict(cfg.image), cfg.grm_template or None)
+    spec = {"dtype": cfg.model.dtype, "param_dtype": cfg.model.param_dtype}
+    rm = cfg.model.kind == "rm"
+    model = common.load_stage_output(path, "the model folder to evaluate", cfg, spec, scalar_head=rm)
+    name = cfg.model.name or os.path.basename(os.path.normpath(path))
+    log(f"[evaluate] {cfg.model.kind} {path}")
+    if rm:
+        def scorer(items):   # images decoded one call at a time; every call batch_rows rows (one shape)
+            import numpy as np
+            rows, out = int(cfg.batch_rows), []
+            for s in range(0, len(items), rows):
+                chunk = [(q, decode(img), r) for q, img, r in items[s:s + rows]]
+                real = len(chunk)
+                chunk += chunk[-1:] * (rows - real)
+                out.append(judging.rm_scores(model, codec, chunk, rows=rows, max_len=cfg.max_len)[:real])
+            return np.concatenate(out) if out else np.zeros((0,), np.float32)
+        return None, scorer, codec, name
+    return judging.GRMJudge(model, codec, rows=cfg.batch_rows, max_len=cfg.max_len), None, codec, name
+
+
+def run(config, workdir: str) -> dict:
+    cfg = validate(config)
+    judge, scorer, codec, name = build(cfg)
+    return evaluate(cfg, workdir, judge=judge, scorer=scorer, codec=codec, model_name=name)
+
+
+def placeholders(cfg) -> list:
+    """Placeholders ("<...>") left in the keys this run reads (disabled benchmarks aside)."""
+    from grlhfv_jax.config import placeholders as find
+    left = [(k, v) for k, v in find(cfg) if not k.startswith("benchmarks.")]
+    for name in cfg.benchmarks:
+        if cfg.benchmarks[name].enabled:
+            left += [(f"benchmarks.{name}.{k}", v) for k, v in find(cfg.benchmarks[name])]
+    return left
+
+
+def main(argv=None) -> int:
+    """The command line (module docstring)."""
+    from absl import app
+    argv = list(sys.argv if argv is None else argv)
+    overrides = [a for a in argv[1:] if a.startswith("--config.") and "=" in a]
+    from grlhfv_jax import main as _main   # its --config / --workdir flags, its value parser
+    kept = [a for a in argv if a not in overrides]
+    saved = sys.argv
+    sys.argv = kept
+    try:
+        app.parse_flags_with_usage(kept)
+    finally:
+        sys.argv = saved
+    if _main._DESCRIBE.value is not None:   # this schema's keys, not the training stages'
+        head = f"{'key':<34} {'type':<7} {'default':<16} meaning"
+        print("\n".join([head] + cs.describe_lines(SCHEMA) + cs.describe_lines(BENCHMARK, "benchmarks.<name>")))
+        return 0
+    config = _main._CONFIG.value
+    if config is None:
+        sys.exit("--config is required, e.g. --config configs/eval/rm_benchmarks.py")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        apply_overrides(config, overrides)
+        cfg = validate(config)
+        left = placeholders(cfg)
+        if left:
+            raise ConfigError(f"config.{left[0][0]} = {left[0][1]!r} is a placeholder: set it on the command line "
+                              f"(--config.{left[0][0]}=...)" + (f"; also {', '.join(k for k, _ in left[1:])}"
+                                                                 if left[1:] else ""))
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    workdir = _main._WORKDIR.value or cfg.workdir
+    from grlhfv_jax.sharding import initialize_distributed
+    initialize_distributed()
+    summary = run(cfg, workdir)
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
