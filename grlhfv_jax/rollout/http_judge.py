@@ -46,13 +46,11 @@ import json
 import os
 import random
 import socket
-import struct
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zlib
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -80,7 +78,10 @@ class _Fatal(Exception):
 # ------------------------------------------------------------------------------------- images
 
 def encode_png(image) -> bytes:
-    """uint8 [H, W, 3] (or [H, W] gray, [H, W, 4] RGBA) -> PNG bytes (no filter, zlib level 6)."""
+    """uint8 [H, W, 3] (or [H, W] gray, [H, W, 4] RGBA) -> PNG bytes (PIL, deterministic for equal pixels)."""
+    import io
+
+    from PIL import Image
     a = np.asarray(image)
     if a.dtype != np.uint8:
         raise ValueError(f"encode_png: expected uint8 pixels, got {a.dtype}")
@@ -88,15 +89,9 @@ def encode_png(image) -> bytes:
         a = np.repeat(a[:, :, None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] not in (3, 4) or 0 in a.shape:
         raise ValueError(f"encode_png: expected [H, W, 3|4] pixels, got shape {a.shape}")
-    h, w, c = a.shape
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), np.ascontiguousarray(a).reshape(h, w * c)], axis=1)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 6 if c == 4 else 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-            + chunk(b"IEND", b""))
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(a), "RGBA" if a.shape[2] == 4 else "RGB").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def image_data_url(image) -> str:
