@@ -3,7 +3,8 @@
 For the SFT policy (before), the GRLHF-V policy (`policy_rl`), the score-only-RM baseline
 (`policy_rl_rm`) and the DPO baseline (`dpo`), whichever exist: greedy answers to `policy_test`
 prompts, their mean oracle score (the hidden principle: true quality), completion rate, length and
-self-praise rate; with `samples` = k > 0 also k answers per prompt sampled at temperature 1 (the
+self-praise rate, and each trained policy's greedy gain over the SFT policy with its paired SE
+(`*oracle_gain_greedy_vs_sft[_se]`, over the same prompts); with `samples` = k > 0 also k answers per prompt sampled at temperature 1 (the
 distribution RL optimises: `*oracle_score_sampled_*`, `*hedge_rate_sampled_*`,
 `*self_praise_rate_sampled_*`); then head-to-head GRM judgments of each trained policy against the
 SFT policy (both orders), beside the oracle's verdict on the same pairs. A judge that prefers the trained
@@ -83,15 +84,18 @@ def run(config, workdir: str, writer, section: str) -> dict:
         raise ValueError("the 'evaluate' stage scores answers with the data source's oracle, and this source has none")
     codec = common.codec(config, workdir)
     recs = src.records("policy_test", n=sec.prompts)
-    summary, texts, per_prompt = {}, {}, {}
+    summary, texts, per_prompt, greedy = {}, {}, {}, {}
     for name, stage, prefix, key in POLICIES:
         path = sft.output_dir(workdir, "policy") if stage is None else os.path.join(workdir, stage, "policy")
         if not os.path.isfile(os.path.join(path, "config.json")):
             continue
         model = common.load_stage_output(path, f"run the stage that writes {path}", config, config.model.policy)
         t, done, oracle = scored_answers(model, codec, recs, sec, src.hooks)
-        texts[name] = t
+        texts[name], greedy[name] = t, oracle
         summary[f"{prefix}oracle_score_{key}"] = float(oracle.mean())
+        if name != "before" and "before" in greedy:   # paired over the same prompts: one greedy answer each
+            summary[f"{prefix}oracle_gain_greedy_vs_sft"] = float((oracle - greedy["before"]).mean())
+            summary[f"{prefix}oracle_gain_greedy_vs_sft_se"] = _se(oracle - greedy["before"])
         summary[f"{prefix}complete_rate_{key}"] = float(done.mean())
         summary[f"{prefix}length_words_{key}"] = float(np.mean([len(a.split()) for a in t]))
         summary[f"{prefix}self_praise_rate_{key}"] = float(np.mean([praises(a) for a in t]))
