@@ -1,8 +1,9 @@
 """Reward-model and policy benchmarks read from local copies in their published layouts: one module per
 benchmark (reader + figures side by side, `common` says what a module holds).
 
-    get(name) -> module     REGISTRY: name -> module (or class) with NAME, TASK, FORMAT, FIELDS,
-                            LEADERBOARD, read, figures
+    get(name) -> module     REGISTRY: reward-model benchmarks, name -> module (or class) with NAME,
+                            TASK, FORMAT, FIELDS, LEADERBOARD, read, figures; POLICY: the policy
+                            benchmarks (_policy says what such a module holds); ALL: both
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ REGISTRY = {m.NAME: m for m in (vl_rewardbench, multimodal_rewardbench, mm_rlhf_
                                 mllm_judge.Score, llava_critic, beavertails_v, align_anything)}
 # policy benchmarks (TASK "policy": the model answers, a judge model grades; _policy says what a module holds)
 POLICY = {m.NAME: m for m in (mia_bench, llava_bench, llava_wilder, mm_vet, mm_vet_v2, mm_safetybench, mss_bench)}
-REGISTRY.update(POLICY)
+ALL = {**REGISTRY, **POLICY}   # every benchmark the evaluator knows
 
 
 def get(name: str):
-    if name not in REGISTRY:
-        raise ValueError(f"unknown benchmark {name!r} (known: {', '.join(REGISTRY)})")
-    return REGISTRY[name]
+    if name not in ALL:
+        raise ValueError(f"unknown benchmark {name!r} (known: {', '.join(ALL)})")
+    return ALL[name]
 
 
-__all__ = ["POLICY", "REGISTRY", "common", "get"]
+__all__ = ["ALL", "POLICY", "REGISTRY", "common", "get"]
