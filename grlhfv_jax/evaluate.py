@@ -417,7 +417,9 @@ def trained_judge_reason(cfg) -> str | None:
 def run_policy(module, items, answerer, text_judge, cfg, spec, log, name: str) -> tuple[list[dict], dict]:
     """The model answers every item (the benchmark's decoding, or the entry's overrides), the judge
     grades every answer with the benchmark's prompt (greedy), the module parses and aggregates.
-    A judge failure (no text) or an unparsed text: counted, named in the log, left out of the figures."""
+    A benchmark whose evaluator re-asks an unparsed grade at higher temperatures (its module's
+    RETRY_TEMPERATURES: MM-Vet's) is re-asked so (`rejudged` counts the grades that parsed then).
+    A judge failure (no text) or a text still unparsed: counted, named in the log, left out of the figures."""
     from grlhfv_jax.rollout import SamplingParams
     dec = dict(module.DECODING)
     if spec.max_new_tokens is not None:
@@ -427,33 +429,47 @@ def run_policy(module, items, answerer, text_judge, cfg, spec, log, name: str) -
     answers = list(answerer([(it.question, it.image) for it in items], dec["max_new_tokens"], dec["temperature"])) \
         if items else []
     convs = [module.judge_messages(it, a) for it, a in zip(items, answers)]
-    params = SamplingParams(max_new_tokens=int(cfg.judge.completion_tokens), temperature=0.0)
-    texts = list(text_judge.complete(convs, params)) if convs else []
-    grades, rows, failed, unparsed = [], [], 0, 0
-    jname = cfg.judge.model or getattr(text_judge, "model", None) or type(text_judge).__name__
-    for it, a, t in zip(items, answers, texts):
+    tokens = int(cfg.judge.completion_tokens)
+    texts = list(text_judge.complete(convs, SamplingParams(max_new_tokens=tokens, temperature=0.0))) if convs else []
+    temps = [0.0] * len(texts)
+
+    def parse(it, t):
         if t is None:
-            g, failed = None, failed + 1
+            return None
+        try:
+            return module.parse(it, t)
+        except Exception as e:   # a parser surprise is an unparsed answer, never fatal
+            log(f"[{name}] {it.id}: parser error {type(e).__name__}: {e}")
+            return None
+    grades = [parse(it, t) for it, t in zip(items, texts)]
+    rejudged = 0
+    for temp in getattr(module, "RETRY_TEMPERATURES", ()):
+        again = [i for i, (g, t) in enumerate(zip(grades, texts)) if g is None and t is not None]
+        if not again:
+            break
+        more = text_judge.complete([convs[i] for i in again], SamplingParams(max_new_tokens=tokens, temperature=temp))
+        for i, t in zip(again, more):
+            g = parse(items[i], t)
+            if g is not None:
+                texts[i], grades[i], temps[i], rejudged = t, g, temp, rejudged + 1
+    rows, failed, unparsed = [], 0, 0
+    jname = cfg.judge.model or getattr(text_judge, "model", None) or type(text_judge).__name__
+    for it, a, t, g, temp in zip(items, answers, texts, grades, temps):
+        if t is None:
+            failed += 1
             log(f"[{name}] {it.id}: the judge gave no answer (failed request)")
-        else:
-            try:
-                g = module.parse(it, t)
-            except Exception as e:   # a parser surprise is an unparsed answer, never fatal
-                g = None
-                log(f"[{name}] {it.id}: parser error {type(e).__name__}: {e}")
-            if g is None:
-                unparsed += 1
-                log(f"[{name}] {it.id}: unparsed judge answer: {str(t)[:160]!r}")
-        grades.append(g)
+        elif g is None:
+            unparsed += 1
+            log(f"[{name}] {it.id}: unparsed judge answer: {str(t)[:160]!r}")
         rows.append({"id": it.id, "category": it.category, "question": it.question, "output": a, "judge": t,
-                     "score": g, "judge_model": jname, "judge_params": {"temperature": 0.0,
-                                                                        "max_tokens": params.max_new_tokens},
+                     "score": g, "judge_model": jname, "judge_params": {"temperature": temp, "max_tokens": tokens},
                      "decoding": dec, **({"ref": {k: v for k, v in it.ref.items() if k != "images"}}
                                          if it.ref else {})})
     figs = dict(module.figures(items, grades)) if items else {}
     n = max(len(items), 1)
     figs.update(judged=float(sum(g is not None for g in grades)), judge_failures=float(failed),
-                parse_failures=float(unparsed), parse_failure_rate=float((failed + unparsed) / n) if items else float("nan"))
+                parse_failures=float(unparsed), rejudged=float(rejudged),
+                parse_failure_rate=float((failed + unparsed) / n) if items else float("nan"))
     return rows, figs
 
 

@@ -87,20 +87,25 @@ class ScriptedJudge:
     unique); no token -> an unparseable text. Keeps every conversation it is sent."""
 
     def __init__(self):
-        self.texts, self.seen = {}, []
+        self.texts, self.hot, self.seen, self.temps = {}, {}, [], []
 
-    def script(self, token, text):
+    def script(self, token, text, hot=None):
+        """`text` at temperature 0; `hot` (if given) when asked again at a higher temperature."""
         self.texts[token] = text
+        if hot is not None:
+            self.hot[token] = hot
 
     def complete(self, conversations, params):
-        assert params.temperature == 0.0 and params.num_samples == 1
+        assert params.num_samples == 1
+        self.temps.append((len(conversations), params.temperature))
         out = []
         for conv in conversations:
             self.seen.append(conv)
             prompt = text_of(conv)
             hits = [t for t in self.texts if t in prompt]
             assert len(hits) <= 1, hits
-            out.append(self.texts[hits[0]] if hits else "I cannot grade this.")
+            text = self.texts[hits[0]] if hits else "I cannot grade this."
+            out.append(self.hot.get(hits[0], text) if hits and params.temperature > 0 else text)
         return out
 
     def conv_with(self, token):
@@ -350,7 +355,8 @@ def test_mm_vet_capabilities_and_total(scripted_run):
     assert g("rec") == approx(100 * (1.0 + 0.0) / 2) and g("ocr") == approx(50.0) and g("math") == approx(50.0)
     assert g("know") == approx(0.0) and math.isnan(g("gen")) and math.isnan(g("spat"))
     assert g("cap_math_ocr") == approx(50.0) and g("cap_rec") == approx(100.0) and g("cap_know_rec") == approx(0.0)
-    assert g("items") == 5 and g("parse_failures") == 2 and g("bad_missing_image") == 1
+    assert g("items") == 5 and g("parse_failures") == 2 and g("bad_missing_image") == 1 and g("rejudged") == 0
+    assert s["llava_bench/rejudged"] == 0   # LLaVA-Bench's evaluator does not re-ask
     prompt = judge.conv_with("VA0")[0]["content"]   # the few-shot table, then the item's row to complete
     assert prompt.startswith("Compare the ground truth and prediction from AI models")
     assert "Question | Ground truth | Prediction | Correctness\n--- | --- | --- | ---\n" in prompt
@@ -442,6 +448,23 @@ def test_outputs_report_log_and_decoding(scripted_run):
     assert "[mm_vet] v1_3: unparsed judge answer" in log and "missing_image" in log and "malformed" in log
     # greedy, each benchmark's answer length (one call per benchmark)
     assert all(t == 0.0 for _, _, t in model.calls) and (5, 1024, 0.0) in model.calls and (4, 512, 0.0) in model.calls
+
+
+def test_mm_vet_asks_an_unparsed_grade_again_hotter(tmp_path):
+    """MM-Vet's evaluator: an unparsed grade is asked again at 0.5, 1.0, 1.5 until it parses."""
+    model, judge = ScriptedModel(), ScriptedJudge()
+    spec = mm_vet(str(tmp_path), model, judge)
+    judge.script("VA3", "Correctness: 0.8", hot="0.8")   # parses at 0.5; VA4 ("1.5") never parses
+    s = evaluate.evaluate(policy_config(tmp_path, {"mm_vet": spec}), str(tmp_path / "o"), answerer=model,
+                          text_judge=judge)
+    # greedy over 5 items; VA3, VA4 again at 0.5; VA4 alone at 1.0 and 1.5
+    assert judge.temps == [(5, 0.0), (2, 0.5), (1, 1.0), (1, 1.5)]
+    assert s["mm_vet/rejudged"] == 1 and s["mm_vet/parse_failures"] == 1
+    assert s["mm_vet/total"] == approx(100 * (0.5 + 1.0 + 0.0 + 0.8) / 4)
+    assert s["mm_vet/ocr"] == approx(100 * (0.5 + 0.8) / 2)
+    rows = [json.loads(x) for x in open(tmp_path / "o" / "mm_vet.jsonl")]
+    assert rows[3]["judge"] == "0.8" and rows[3]["judge_params"]["temperature"] == 0.5
+    assert rows[4]["judge"] == "1.5" and rows[4]["score"] is None
 
 
 def test_judge_failures_are_counted_not_scored(tmp_path):

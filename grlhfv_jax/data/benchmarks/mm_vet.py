@@ -9,8 +9,9 @@ read: `path` the mm-vet.json (images in its images/ folder or `image_root`) or t
 
 Judge (MM-Vet's mm-vet_evaluator.py, prompt verbatim): the few-shot table "Question | Ground truth |
 Prediction | Correctness", <AND> / <OR> in the ground truth spaced out, the judge completes the
-last cell; the first whitespace token of its reply must be a number in [0, 1] (else unparsed; the
-official script re-asks at a higher temperature, we count the failure and leave the item out).
+last cell; the first whitespace token of its reply must be a number in [0, 1]. An unparsed grade is
+re-asked at temperatures 0.5, 1.0, 1.5 (the evaluator's rule: +0.5 a try until 2); still unparsed,
+the evaluator scores 0.0, we count it (parse_failures) and leave the item out.
 
 Figures (the evaluator's): total = 100 x mean score; <cap> = 100 x mean over the items needing cap;
 cap_<a_b_..> = 100 x mean over the items needing exactly that set (the capability integrations)."""
@@ -22,6 +23,7 @@ from grlhfv_jax.data.benchmarks import _policy, common
 NAME, TASK, FORMAT = "mm_vet", "policy", "auto"
 FIELDS = dict(id="question_id", question="question", image="imagename", answer="answer", capability="capability")
 DECODING = {"max_new_tokens": 1024, "temperature": 0.0}
+RETRY_TEMPERATURES = (0.5, 1.0, 1.5)   # the evaluator re-asks an unparsed grade, 0.5 hotter each time
 CAPABILITIES = ("rec", "ocr", "know", "gen", "spat", "math")
 LEADERBOARD = [(c, c.capitalize() if c != "ocr" else "OCR") for c in CAPABILITIES] + [("total", "Total")]
 FEW_SHOT = """Compare the ground truth and prediction from AI models, to give a correctness score for the prediction. <AND> in the ground truth means it is totally right only when all elements in the ground truth are present in the prediction, and <OR> means it is totally right when any one element in the ground truth is present in the prediction. The correctness score is 0.0 (totally wrong), 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, or 1.0 (totally right). Just complete the last space of the correctness score.

@@ -22,6 +22,7 @@ from grlhfv_jax.data.benchmarks import _policy, common, mm_vet
 NAME, TASK, FORMAT = "mm_vet_v2", "policy", "auto"
 FIELDS = dict(id="question_id", question="question", answer="answer", capability="capability")
 DECODING = {"max_new_tokens": 1024, "temperature": 0.0}
+RETRY_TEMPERATURES = mm_vet.RETRY_TEMPERATURES
 CAPABILITIES = mm_vet.CAPABILITIES + ("seq",)
 LEADERBOARD = [(c, c.capitalize() if c != "ocr" else "OCR") for c in CAPABILITIES] + [("total", "Total")]
 FEW_SHOT = mm_vet.FEW_SHOT.replace(
