@@ -416,7 +416,8 @@ def trained_judge_reason(cfg) -> str | None:
 
 def run_policy(module, items, answerer, text_judge, cfg, spec, log, name: str) -> tuple[list[dict], dict]:
     """The model answers every item (the benchmark's decoding, or the entry's overrides), the judge
-    grades every answer with the benchmark's prompt (greedy), the module parses and aggregates.
+    grades every answer with the benchmark's prompt (greedy, or its module's JUDGE_TEMPERATURE), the
+    module parses and aggregates.
     A benchmark whose evaluator re-asks an unparsed grade at higher temperatures (its module's
     RETRY_TEMPERATURES: MM-Vet's) is re-asked so (`rejudged` counts the grades that parsed then).
     A judge failure (no text) or a text still unparsed: counted, named in the log, left out of the figures."""
@@ -430,8 +431,9 @@ def run_policy(module, items, answerer, text_judge, cfg, spec, log, name: str) -
         if items else []
     convs = [module.judge_messages(it, a) for it, a in zip(items, answers)]
     tokens = int(cfg.judge.completion_tokens)
-    texts = list(text_judge.complete(convs, SamplingParams(max_new_tokens=tokens, temperature=0.0))) if convs else []
-    temps = [0.0] * len(texts)
+    t0 = float(getattr(module, "JUDGE_TEMPERATURE", 0.0))   # the benchmark's judging temperature (LLaVA: 0.2)
+    texts = list(text_judge.complete(convs, SamplingParams(max_new_tokens=tokens, temperature=t0))) if convs else []
+    temps = [t0] * len(texts)
 
     def parse(it, t):
         if t is None:
@@ -612,7 +614,7 @@ def report(summary: dict, details: dict, cfg, model_name: str) -> str:
     policy = any(d["module"].TASK == "policy" for d in details.values())
     lines = [f"# {'Policy' if policy else 'Reward-model'} benchmarks: {model_name}", ""]
     if policy:
-        lines += [f"Judge: {cfg.judge.model} (greedy, {cfg.judge.completion_tokens} tokens); figures on each "
+        lines += [f"Judge: {cfg.judge.model} ({cfg.judge.completion_tokens} tokens, each benchmark's judging temperature); figures on each "
                   "benchmark's own 0-100 scale.", ""]
     for name, d in details.items():
         cols = d["module"].LEADERBOARD

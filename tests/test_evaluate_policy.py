@@ -307,7 +307,7 @@ def scripted_run(tmp_path_factory):
 
 
 def test_llava_bench_relative_scores_per_category(scripted_run):
-    s, out, _, _ = scripted_run
+    s, out, _, judge = scripted_run
     g = lambda m: s[f"llava_bench/{m}"]   # noqa: E731
     # judged (reference, model): conv (8, 6), (9, 9); detail (7, 7) ("7,7": comma read as space);
     # complex (8, 4); LA5's first line is not two numbers: unparsed, left out
@@ -319,6 +319,7 @@ def test_llava_bench_relative_scores_per_category(scripted_run):
     assert g("items") == 5 and g("judged") == 4 and g("parse_failures") == 1 and g("judge_failures") == 0
     assert g("parse_failure_rate") == approx(1 / 5)
     assert g("bad_missing_image") == 1 and g("bad_missing_field") == 1 and g("bad_total") == 2
+    assert (5, 0.2) in judge.temps   # LLaVA's review script judges at temperature 0.2
 
 
 def test_llava_bench_original_layout_and_judge_prompt(scripted_run):

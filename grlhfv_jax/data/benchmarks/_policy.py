@@ -12,6 +12,7 @@ A policy benchmark module has
     parse(item, judge_text) -> the item's grade, or None when the judge's text does not parse
     figures(items, grades) -> {metric: value}         grades None (unparsed / judge failed) left out
     LEADERBOARD: [(metric, column title)]
+    JUDGE_TEMPERATURE (optional, default 0): the published judging temperature (LLaVA-Bench's 0.2)
     RETRY_TEMPERATURES (optional): temperatures at which an unparsed grade is asked again (MM-Vet's evaluator)
 Figures are on the benchmark's own scale (0-100 for scores and rates), as its leaderboard prints them.
 """

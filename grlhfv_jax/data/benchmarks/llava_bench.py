@@ -11,7 +11,7 @@ three files joined by question_id / image, images in images/ or `image_root`).
 
 Judge (LLaVA's llava/eval/eval_gpt_review_visual.py and table/rule.json, verbatim): a text-only
 judge sees the caption, the question, the reference answer as Assistant 1 and the model's answer as
-Assistant 2, and writes "s1 s2" (1-10) on its first line. Parser: LLaVA's parse_score (first line,
+Assistant 2, and writes "s1 s2" (1-10) on its first line; judged at temperature 0.2 as LLaVA's script. Parser: LLaVA's parse_score (first line,
 commas as spaces, exactly two numbers; else unparsed).
 
 Figures (LLaVA's summarize_gpt_review.py): relative score = 100 x sum(model) / sum(reference) over
@@ -29,6 +29,7 @@ NAME, TASK, FORMAT = "llava_bench", "policy", "parquet"
 FIELDS = dict(id="question_id", question="question", image="image", caption="caption", reference="gpt_answer",
               category="category")
 DECODING = {"max_new_tokens": 1024, "temperature": 0.0}
+JUDGE_TEMPERATURE = 0.2   # LLaVA's eval_gpt_review_*.py (and lmms-eval's llava_in_the_wild) judge at 0.2
 CATEGORIES = ("conv", "detail", "complex")
 LEADERBOARD = [("relative_score", "All"), ("relative_score_conv", "Conv"), ("relative_score_detail", "Detail"),
                ("relative_score_complex", "Complex")]
@@ -86,9 +87,14 @@ def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
             return bad
         return _policy.PolicyItem(rid, common.text(common.field(row, fields, "question")), img,
                                   category=common.text(common.field(row, fields, "category")),
-                                  ref={"reference": ref, "caption": common.text(common.field(row, fields, "caption"))})
+                                  ref={"reference": ref, "caption": caption(common.field(row, fields, "caption"))})
     return _policy.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems,
                               build=build, rows=rows)
+
+
+def caption(value) -> str:
+    """The caption(s): a list (some copies hold several) joined by newlines, as lmms-eval does."""
+    return "\n".join(str(c) for c in value) if isinstance(value, (list, tuple)) else common.text(value)
 
 
 def judge_messages(item, answer: str) -> list:
