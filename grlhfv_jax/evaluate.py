@@ -614,8 +614,8 @@ def report(summary: dict, details: dict, cfg, model_name: str) -> str:
     policy = any(d["module"].TASK == "policy" for d in details.values())
     lines = [f"# {'Policy' if policy else 'Reward-model'} benchmarks: {model_name}", ""]
     if policy:
-        lines += [f"Judge: {cfg.judge.model} ({cfg.judge.completion_tokens} tokens, each benchmark's judging temperature); figures on each "
-                  "benchmark's own 0-100 scale.", ""]
+        lines += [f"Judge: {cfg.judge.model} ({cfg.judge.completion_tokens} tokens, each benchmark's judging "
+                  "temperature); figures on each benchmark's own 0-100 scale.", ""]
     for name, d in details.items():
         cols = d["module"].LEADERBOARD
         lines += [f"## {name}", "", "| Model | " + " | ".join(c for _, c in cols) + " |",

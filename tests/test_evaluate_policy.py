@@ -267,7 +267,8 @@ def mia_bench(root, model, judge):
                     component_weight=weights, num_of_component=len(comps), type=typ, component_type=kinds)
     rows = [row(1, ["in 20 words", "as a poem"], [4, 6], ["length_limit", "genre"], "creative",
                 "score of component 1: 2/4, score of component 2: 6/6, total score: 8/10. Reasons..."),
-            row(2, ["mention the dog"], [10], ["mention"], "describe", "Score of component 1: 10/10, total score: 10/10"),
+            row(2, ["mention the dog"], [10], ["mention"], "describe",
+                "Score of component 1: 10/10, total score: 10/10"),
             row(3, ["in 3 sentences", "mention color"], [5, 5], ["length_limit", "mention"], "describe",
                 "component 1: 5/5, component 2: 0/5"),                     # no total: the mean of the components
             row(4, ["be brief"], [10], ["length_limit"], "describe", "It follows well."),   # unparseable
@@ -474,7 +475,8 @@ def test_judge_failures_are_counted_not_scored(tmp_path):
 
     class Failing(ScriptedJudge):
         def complete(self, conversations, params):   # the HTTP client's None: a request that failed for good
-            return [None if "VA1" in text_of(c) else t for c, t in zip(conversations, super().complete(conversations, params))]
+            texts = super().complete(conversations, params)
+            return [None if "VA1" in text_of(c) else t for c, t in zip(conversations, texts)]
     failing = Failing()
     failing.texts = judge.texts
     s = evaluate.evaluate(policy_config(tmp_path, {"mm_vet": dict(spec, max_new_tokens=7)}), str(tmp_path / "o"),

@@ -30,7 +30,7 @@ def get_config():
     c.max_len = 4096
     c.benchmarks = dict(
         mia_bench=dict(path="MIA-Bench/data"),                                  # lmms-lab/MIA-Bench parquet
-        llava_bench=dict(path="llava-bench-in-the-wild/data"),                 # lmms-lab parquet (or the original folder)
+        llava_bench=dict(path="llava-bench-in-the-wild/data"),                 # lmms-lab parquet or the original folder
         llava_wilder=dict(path="LLaVA-Bench-Wilder/data/small-00000-of-00001.parquet"),
         mm_vet=dict(path="mm-vet/mm-vet.json"),                                 # images in mm-vet/images/
         mm_vet_v2=dict(path="mm-vet-v2/mm-vet-v2.json"),                        # images in mm-vet-v2/images/

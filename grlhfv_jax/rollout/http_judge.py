@@ -339,7 +339,8 @@ def _hashed(messages: list) -> list:
     for m in messages:
         content = m.get("content")
         if isinstance(content, list):
-            content = [{"type": "image_url", "sha256": hashlib.sha256(p["image_url"]["url"].encode("utf-8")).hexdigest()}
+            content = [{"type": "image_url",
+                        "sha256": hashlib.sha256(p["image_url"]["url"].encode("utf-8")).hexdigest()}
                        if isinstance(p, dict) and p.get("type") == "image_url" else p for p in content]
         out.append({**m, "content": content})
     return out

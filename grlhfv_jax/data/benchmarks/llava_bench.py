@@ -11,8 +11,9 @@ three files joined by question_id / image, images in images/ or `image_root`).
 
 Judge (LLaVA's llava/eval/eval_gpt_review_visual.py and table/rule.json, verbatim): a text-only
 judge sees the caption, the question, the reference answer as Assistant 1 and the model's answer as
-Assistant 2, and writes "s1 s2" (1-10) on its first line; judged at temperature 0.2 as LLaVA's script. Parser: LLaVA's parse_score (first line,
-commas as spaces, exactly two numbers; else unparsed).
+Assistant 2, and writes "s1 s2" (1-10) on its first line; judged at temperature 0.2 as LLaVA's
+script. Parser: LLaVA's parse_score (first line, commas as spaces, exactly two numbers; else
+unparsed).
 
 Figures (LLaVA's summarize_gpt_review.py): relative score = 100 x sum(model) / sum(reference) over
 the items of a category (`relative_score_<conv|detail|complex>`) and over all (`relative_score`);
