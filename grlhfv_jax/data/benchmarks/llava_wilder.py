@@ -3,8 +3,8 @@ Wild", 2024): real-world user questions with GPT-4V reference answers; `small` (
 `medium` (1020) splits.
 
 Published: HF lmms-lab/LLaVA-Bench-Wilder, parquet per split (small-*.parquet, medium-*.parquet);
-columns question_id, Question, Answer (the GPT-4V reference), image (HF Image struct, embedded)
-(lmms-eval's llava_wilder task reads these names). `path`: a split's parquet file or folder.
+columns question_id, Question, Answer (the GPT-4V reference), image (HF Image struct, embedded):
+the names lmms-eval's llava_wilder task reads (the card itself was not read; `fields` maps others). `path`: a split's parquet file or folder.
 
 Judge (lmms-eval's lmms_eval/tasks/llava_wilder/utils.py, its rule text verbatim): the judge sees the
 image, the question, the reference as Assistant 1 (told it always gets 10) and the model's answer

@@ -2,10 +2,10 @@
 LLMs", arXiv 2407.01509): 400 image-instruction pairs whose instructions stack 1-5 components
 (e.g. a length limit, a genre, a mention), each worth part of 10 points.
 
-Published: HF lmms-lab/MIA-Bench (parquet, test split; columns image (embedded), instruction,
-components (list of the component texts), component_weight (list of ints summing to 10),
-num_of_component, type, and in the original release component_type (list: each component's kind,
-e.g. "length_limit")); GitHub apple/ml-mia-bench holds the same records as JSON with image URLs
+Published: HF lmms-lab/MIA-Bench (data/test-00000-of-00001.parquet, 400 rows; its card's columns:
+image (embedded), instruction, type, num_of_component, components (list of the component texts),
+component_weight (list of ints summing to 10), component_type (list: each component's kind, e.g.
+"length_limit"); no id column: rows are named by file and row); GitHub apple/ml-mia-bench holds the same records as JSON with image URLs
 (download the images and set `fields.image` to a local path column). `path`: the parquet or JSON.
 
 Judge (MIA-Bench's grading prompt, as lmms-eval's mia_bench task carries it, minus lmms-eval's
