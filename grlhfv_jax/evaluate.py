@@ -1,4 +1,4 @@
-"""Reward-model benchmarks: `python -m grlhfv_jax.evaluate --config configs/eval/X.py --workdir OUT
+"""Reward-model and policy benchmarks: `python -m grlhfv_jax.evaluate --config configs/eval/X.py --workdir OUT
 [--config.a.b=v ...]`.
 
 The model under test is a GRM folder (judged with our KV-cache engine through
@@ -22,6 +22,17 @@ voted verdicts carry the suffix `_k<k>`. A vote: the plurality of the k verdicts
 A malformed record, a missing image, a prompt longer than max_len: counted and named, never fatal;
 a benchmark that fails as a whole (e.g. its path is missing) is named in the summary
 (`<benchmark>/error`) and the others run.
+
+Policy benchmarks (model.kind = "policy": MIA-Bench, LLaVA-Bench-in-the-Wild, LLaVA-Bench-Wilder,
+MM-Vet, MM-Vet v2, MM-SafetyBench, MSS-Bench; data.benchmarks._policy): the policy folder answers
+every item through our engine (batch_rows prompts a call, the benchmark's decoding: greedy), the
+benchmark judge (judge.base_url / judge.model: a GPT-4o-class model over HTTP, rollout.HTTPJudge,
+cached) grades every answer with the benchmark's published prompt, and the benchmark's own
+aggregation gives its figures, on its 0-100 scale. Each JSONL row: id, question, the model's raw
+output, the judge's raw text, the parsed score, the judge's model and parameters. A judge failure or
+an unparsed judge text is counted (judge_failures, parse_failures, parse_failure_rate), named in
+the log and left out of the figures. The trained GRM is refused as this judge (judge.model equal to
+the model under test, or inside the run's GRM folders) unless judge.allow_trained_judge.
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ from grlhfv_jax.config import schema as cs
 from grlhfv_jax.config import sections
 
 BENCHMARK = {
-    "kind": cs.Key("str?", None, "the benchmark's reader (data.benchmarks.REGISTRY; None: the entry's name)"),
+    "kind": cs.Key("str?", None, "the benchmark's reader (data.benchmarks.ALL; None: the entry's name)"),
     "path": cs.Key("str", cs.REQUIRED, "its file, folder or glob (files in name order), relative to config.root "
                                        "unless absolute"),
     "format": cs.Key("str", "auto", "auto (by extension), parquet, jsonl or json"),
@@ -51,6 +62,8 @@ BENCHMARK = {
     "image_root": cs.Key("str?", None, "folder image paths are relative to (None: the data file's folder), "
                                        "relative to config.root unless absolute"),
     "enabled": cs.Key("bool", True, "evaluate this benchmark"),
+    "max_new_tokens": cs.Key("int?", None, "policy benchmarks: answer tokens (None: the benchmark's DECODING)"),
+    "temperature": cs.Key("float?", None, "policy benchmarks: answer temperature (None: the benchmark's, greedy)"),
 }
 
 SCHEMA = {
@@ -60,7 +73,8 @@ SCHEMA = {
     "root": cs.Key("str", "", "folder the benchmark paths are relative to"),
     "grm_template": cs.Key("str?", None, "GRM prompt template (None: the paper's, rl.grm_reward.GRM_TEMPLATE)"),
     "model": {
-        "kind": cs.Key("str", "grm", "grm (a generative judge: \\boxed{s1, s2}) or rm (a score-only RM, scalar head)"),
+        "kind": cs.Key("str", "grm", "grm (a generative judge: \\boxed{s1, s2}), rm (a score-only RM, scalar head) "
+                                     "or policy (answers the policy benchmarks)"),
         "path": cs.Key("str?", None, "the model's Hugging Face folder"),
         "name": cs.Key("str?", None, "its name in the report (None: the folder's name)"),
         "tokenizer_dir": cs.Key("str?", None, "tokenizer folder (None: the model folder)"),
@@ -74,6 +88,18 @@ SCHEMA = {
         "voting_k": cs.Key("int", 1, "sampled judgments per pair and order for the majority vote (1: greedy only)"),
         "temperature": cs.Key("float", 1.0, "temperature of the sampled judgments (voting)"),
         "top_p": cs.Key("float", 1.0, "top-p of the sampled judgments"),
+        # the policy benchmarks' judge: a GPT-4o-class model behind an OpenAI-compatible endpoint
+        "base_url": cs.Key("str?", None, "policy benchmarks: the judge's endpoint ({base_url}/v1/chat/completions)"),
+        "model": cs.Key("str?", None, "policy benchmarks: the judge's model name (never the trained GRM)"),
+        "api_key_env": cs.Key("str", "OPENAI_API_KEY", "environment variable holding the judge's API key"),
+        "max_concurrency": cs.Key("int", 8, "judge requests in flight"),
+        "timeout_s": cs.Key("float", 120.0, "judge socket timeout"),
+        "max_retries": cs.Key("int", 5, "judge retries (backoff, Retry-After)"),
+        "cache_dir": cs.Key("str?", None, "judge cache folder (None: OUT/judge_cache); a rerun sends nothing"),
+        "completion_tokens": cs.Key("int", 1024, "policy benchmarks: the judge's reply tokens (greedy)"),
+        "allow_trained_judge": cs.Key("bool", False, "force a trained GRM (the model under test or a GRM folder of "
+                                                     "its run) as the policy benchmarks' judge: reward hacking"),
+        "trained_grm_dirs": cs.Key("list", (), "more folders whose models are refused as the benchmark judge"),
     },
     "batch_rows": cs.Key("int", 8, "prompts per judging call / responses per RM scoring call"),
     "max_len": cs.Key("int", 2048, "prompt tokens (a longer item is left out, counted as too_long)"),
@@ -102,16 +128,32 @@ def validate(config) -> ml_collections.ConfigDict:
                 raise ConfigError(f"config.benchmarks.{name}.path is missing ({BENCHMARK['path'].meaning})")
             from grlhfv_jax.data import benchmarks
             kind = spec.kind or name
-            if kind not in benchmarks.REGISTRY:
+            if kind not in benchmarks.ALL:
                 raise ConfigError(f"config.benchmarks.{name}.kind = {kind!r}: unknown benchmark (known: "
-                                  f"{', '.join(benchmarks.REGISTRY)})")
+                                  f"{', '.join(benchmarks.ALL)})")
             module = benchmarks.get(kind)
             unknown = [k for k in spec.fields if k not in module.FIELDS and k != "label_values"]
             if unknown:
                 raise ConfigError(f"config.benchmarks.{name}.fields: unknown field(s) {unknown} (fields of {kind}: "
                                   f"{', '.join(module.FIELDS)})")
-    if out.model.kind not in ("grm", "rm"):
-        raise ConfigError(f"config.model.kind = {out.model.kind!r}: expected grm or rm")
+    if out.model.kind not in ("grm", "rm", "policy"):
+        raise ConfigError(f"config.model.kind = {out.model.kind!r}: expected grm, rm or policy")
+    from grlhfv_jax.data import benchmarks
+    enabled = [(n, out.benchmarks[n].kind or n) for n in out.benchmarks if out.benchmarks[n].enabled]
+    policy = [n for n, k in enabled if k in benchmarks.POLICY]
+    other = [n for n, k in enabled if k not in benchmarks.POLICY]
+    if policy and out.model.kind != "policy":
+        raise ConfigError(f"config.benchmarks {policy} are policy benchmarks: set config.model.kind = 'policy' "
+                          f"(now {out.model.kind!r})")
+    if other and out.model.kind == "policy":
+        raise ConfigError(f"config.benchmarks {other} judge reward models: config.model.kind = 'policy' answers "
+                          f"the policy benchmarks only")
+    if policy:
+        why = trained_judge_reason(out)
+        if why and not out.judge.allow_trained_judge:
+            raise ConfigError(f"config.judge.model = {out.judge.model!r} {why}: a trained GRM must not judge the "
+                              "policy benchmarks (the paper's reward-hacking warning); set "
+                              "config.judge.allow_trained_judge=True to force it")
     if out.judge.voting_k < 1:
         raise ConfigError(f"config.judge.voting_k = {out.judge.voting_k}: expected >= 1")
     if out.batch_rows < 1 or out.max_len < 8 or out.judge.max_new_tokens < 1:
@@ -344,6 +386,95 @@ def pair_summary(module, items, verdicts: list[list], suffix: str = "") -> dict:
     return {k + suffix: v for k, v in out.items()}
 
 
+# ----------------------------------------------------------------------------- policy benchmarks
+
+
+def trained_judge_reason(cfg) -> str | None:
+    """Why `cfg.judge.model` is a trained GRM of this run (None: it is not): the model under test
+    itself, or a path inside the run's GRM folders (<run>/sft/grm, <run>/grm_rl/grm, <run>/rm/rm of
+    the run holding model.path, and judge.trained_grm_dirs), or named like one (…/grm_rl/grm, …/sft/grm)."""
+    jm = cfg.judge.model
+    if not jm:
+        return None
+    under_test = [x for x in (cfg.model.path, cfg.model.name) if x]
+    real = os.path.realpath(jm)
+    if jm in under_test or (cfg.model.path and real == os.path.realpath(cfg.model.path)):
+        return "is the model under test"
+    dirs = [str(d) for d in cfg.judge.trained_grm_dirs]
+    if cfg.model.path:
+        run = os.path.dirname(os.path.dirname(os.path.realpath(cfg.model.path)))
+        dirs += [os.path.join(run, "sft", "grm"), os.path.join(run, "grm_rl", "grm"), os.path.join(run, "rm", "rm")]
+    for d in dirs:
+        d = os.path.realpath(d)
+        if real == d or real.startswith(d + os.sep):
+            return f"is inside the run's GRM folder {d}"
+    tail = jm.replace("\\", "/").rstrip("/")
+    if tail.endswith(("grm_rl/grm", "sft/grm")):
+        return "names a trained GRM folder (…/grm_rl/grm or …/sft/grm)"
+    return None
+
+
+def run_policy(module, items, answerer, text_judge, cfg, spec, log, name: str) -> tuple[list[dict], dict]:
+    """The model answers every item (the benchmark's decoding, or the entry's overrides), the judge
+    grades every answer with the benchmark's prompt (greedy, or its module's JUDGE_TEMPERATURE), the
+    module parses and aggregates.
+    A benchmark whose evaluator re-asks an unparsed grade at higher temperatures (its module's
+    RETRY_TEMPERATURES: MM-Vet's) is re-asked so (`rejudged` counts the grades that parsed then).
+    A judge failure (no text) or a text still unparsed: counted, named in the log, left out of the figures."""
+    from grlhfv_jax.rollout import SamplingParams
+    dec = dict(module.DECODING)
+    if spec.max_new_tokens is not None:
+        dec["max_new_tokens"] = int(spec.max_new_tokens)
+    if spec.temperature is not None:
+        dec["temperature"] = float(spec.temperature)
+    answers = list(answerer([(it.question, it.image) for it in items], dec["max_new_tokens"], dec["temperature"])) \
+        if items else []
+    convs = [module.judge_messages(it, a) for it, a in zip(items, answers)]
+    tokens = int(cfg.judge.completion_tokens)
+    t0 = float(getattr(module, "JUDGE_TEMPERATURE", 0.0))   # the benchmark's judging temperature (LLaVA: 0.2)
+    texts = list(text_judge.complete(convs, SamplingParams(max_new_tokens=tokens, temperature=t0))) if convs else []
+    temps = [t0] * len(texts)
+
+    def parse(it, t):
+        if t is None:
+            return None
+        try:
+            return module.parse(it, t)
+        except Exception as e:   # a parser surprise is an unparsed answer, never fatal
+            log(f"[{name}] {it.id}: parser error {type(e).__name__}: {e}")
+            return None
+    grades = [parse(it, t) for it, t in zip(items, texts)]
+    rejudged = 0
+    for temp in getattr(module, "RETRY_TEMPERATURES", ()):
+        again = [i for i, (g, t) in enumerate(zip(grades, texts)) if g is None and t is not None]
+        if not again:
+            break
+        more = text_judge.complete([convs[i] for i in again], SamplingParams(max_new_tokens=tokens, temperature=temp))
+        for i, t in zip(again, more):
+            g = parse(items[i], t)
+            if g is not None:
+                texts[i], grades[i], temps[i], rejudged = t, g, temp, rejudged + 1
+    rows, failed, unparsed = [], 0, 0
+    jname = cfg.judge.model or getattr(text_judge, "model", None) or type(text_judge).__name__
+    for it, a, t, g, temp in zip(items, answers, texts, grades, temps):
+        if t is None:
+            failed += 1
+            log(f"[{name}] {it.id}: the judge gave no answer (failed request)")
+        elif g is None:
+            unparsed += 1
+            log(f"[{name}] {it.id}: unparsed judge answer: {str(t)[:160]!r}")
+        rows.append({"id": it.id, "category": it.category, "question": it.question, "output": a, "judge": t,
+                     "score": g, "judge_model": jname, "judge_params": {"temperature": temp, "max_tokens": tokens},
+                     "decoding": dec, **({"ref": {k: v for k, v in it.ref.items() if k != "images"}}
+                                         if it.ref else {})})
+    figs = dict(module.figures(items, grades)) if items else {}
+    n = max(len(items), 1)
+    figs.update(judged=float(sum(g is not None for g in grades)), judge_failures=float(failed),
+                parse_failures=float(unparsed), rejudged=float(rejudged),
+                parse_failure_rate=float((failed + unparsed) / n) if items else float("nan"))
+    return rows, figs
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -380,11 +511,14 @@ def read_benchmark(name: str, spec, root: str, log) -> tuple[object, list, objec
     return module, items, problems
 
 
-def evaluate(config, workdir: str, *, judge=None, scorer=None, codec=None, model_name: str | None = None) -> dict:
+def evaluate(config, workdir: str, *, judge=None, scorer=None, codec=None, model_name: str | None = None,
+             answerer=None, text_judge=None) -> dict:
     """Runs every enabled benchmark of `config` against `judge` (a `rollout.Judge`: a GRM) or
     `scorer` (items (question, image, response) -> scores: a score-only RM); writes the outputs
     into `workdir` and returns the summary. `codec` (optional): prompts longer than max_len are
-    left out (too_long) before judging."""
+    left out (too_long) before judging. Policy benchmarks: `answerer` (the model under test:
+    (prompts [(question, image bytes)], max_new_tokens, temperature) -> answers) and `text_judge`
+    (an object with `complete(conversations, SamplingParams) -> texts`, e.g. rollout.HTTPJudge)."""
     from grlhfv_jax.metrics import is_main_process
     cfg = validate(config)
     main = is_main_process()   # with several JAX processes, process 0 alone writes files
@@ -394,8 +528,11 @@ def evaluate(config, workdir: str, *, judge=None, scorer=None, codec=None, model
         if os.path.exists(log_path):
             os.remove(log_path)
     log = Log(log_path if main else None)
-    if (judge is None) == (scorer is None):
-        raise ValueError("evaluate: pass a judge (GRM) or a scorer (score-only RM)")
+    if answerer is not None:
+        if text_judge is None:
+            raise ValueError("evaluate: the policy benchmarks need a text_judge (the benchmark judge)")
+    elif (judge is None) == (scorer is None):
+        raise ValueError("evaluate: pass a judge (GRM), a scorer (score-only RM) or an answerer (policy)")
     summary, details = {}, {}
     k = int(cfg.judge.voting_k)
     for name in cfg.benchmarks:
@@ -407,7 +544,9 @@ def evaluate(config, workdir: str, *, judge=None, scorer=None, codec=None, model
             module, items, problems = read_benchmark(name, spec, cfg.root, log)
             items = _drop_too_long(items, codec, cfg, problems, judge is not None, module.TASK)
             log(f"[{name}] {len(items)} items ({problems.summary()['bad_total']} left out)")
-            if module.TASK == "pair":
+            if module.TASK == "policy":
+                rows, figs = run_policy(module, items, answerer, text_judge, cfg, spec, log, name)
+            elif module.TASK == "pair":
                 rows, verdicts = (judge_pairs(judge, items, cfg, log, name) if judge is not None
                                   else rm_pairs(scorer, items))
                 figs = pair_summary(module, items, verdicts["k1"]) if items else {}
@@ -448,7 +587,9 @@ def _drop_too_long(items, codec, cfg, problems, grm: bool, task: str):
     kept = []
     for it in items:
         img = decode(it.image)
-        if grm:
+        if task == "policy":
+            n = len(codec.example(it.question, img)["input_ids"])
+        elif grm:
             r2 = it.responses[1] if task == "pair" else it.responses[0]
             n = len(codec.grm_example(it.question, img, it.responses[0], r2)["input_ids"])
         else:
@@ -470,7 +611,11 @@ def report(summary: dict, details: dict, cfg, model_name: str) -> str:
     """Markdown: each benchmark's leaderboard table first (figures x 100, as the leaderboards print
     them; Pearson and counts as they are), then every figure, the records left out, a few samples."""
     k = int(cfg.judge.voting_k)
-    lines = [f"# Reward-model benchmarks: {model_name}", ""]
+    policy = any(d["module"].TASK == "policy" for d in details.values())
+    lines = [f"# {'Policy' if policy else 'Reward-model'} benchmarks: {model_name}", ""]
+    if policy:
+        lines += [f"Judge: {cfg.judge.model} ({cfg.judge.completion_tokens} tokens, each benchmark's judging "
+                  "temperature); figures on each benchmark's own 0-100 scale.", ""]
     for name, d in details.items():
         cols = d["module"].LEADERBOARD
         lines += [f"## {name}", "", "| Model | " + " | ".join(c for _, c in cols) + " |",
@@ -481,6 +626,9 @@ def report(summary: dict, details: dict, cfg, model_name: str) -> str:
             cells = []
             for m, _ in cols:
                 v = summary.get(f"{name}/{m}{suf}")
+                if d["module"].TASK == "policy":
+                    cells.append("–" if not isinstance(v, (int, float)) or v != v else f"{v:.1f}")
+                    continue
                 cells.append(_pct(v) if m not in ("pearson", "scored") else
                              ("–" if v is None or v != v else f"{v:.3f}" if m == "pearson" else f"{v:.0f}"))
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -511,6 +659,10 @@ def report(summary: dict, details: dict, cfg, model_name: str) -> str:
     lines += ["## Sample judgments", ""]
     for name, d in details.items():
         for row in d["rows"][:2]:
+            if "judge" in row:   # a policy benchmark: the answer, the judge's text, the grade
+                lines += [f"- {name} {row['id']}: {str(row['output'])[:200]!r} -> judge {str(row['judge'])[:200]!r} "
+                          f"-> {json.dumps(row['score'])}"]
+                continue
             out = row.get("outputs", [""])[0] if "outputs" in row else json.dumps(row.get("scores"))
             lines += [f"- {name} {row['id']}: {str(out)[:300]!r} -> {row.get('verdicts', row.get('score'))}"]
     return "\n".join(lines) + "\n"
@@ -519,7 +671,7 @@ def report(summary: dict, details: dict, cfg, model_name: str) -> str:
 # ----------------------------------------------------------------------------- the model
 
 
-def build(cfg, log=print):
+def build(cfg, log=print, workdir: str | None = None):
     """(judge or None, scorer or None, codec, name) of `cfg.model`: a GRM folder -> GRMJudge; an RM
     folder -> a scorer over `stages.judging.rm_scores`."""
     from grlhfv_jax.stages import common, judging
@@ -531,6 +683,8 @@ def build(cfg, log=print):
         cfg.image.processor_dir = path   # the codec and the vision tower's block size read the same processor
     codec = common.Codec.from_dirs(cfg.model.tokenizer_dir or path, dict(cfg.image), cfg.grm_template or None)
     spec = {"dtype": cfg.model.dtype, "param_dtype": cfg.model.param_dtype}
+    if cfg.model.kind == "policy":
+        return build_policy(cfg, codec, spec, log, workdir)
     rm = cfg.model.kind == "rm"
     model = common.load_stage_output(path, "the model folder to evaluate", cfg, spec, scalar_head=rm)
     name = cfg.model.name or os.path.basename(os.path.normpath(path))
@@ -549,8 +703,41 @@ def build(cfg, log=print):
     return judging.GRMJudge(model, codec, rows=cfg.batch_rows, max_len=cfg.max_len), None, codec, name
 
 
+def build_policy(cfg, codec, spec, log, workdir):
+    """(answerer, text judge, codec, name): the policy through our engine (stages.evaluate.answers,
+    batch_rows prompts per call, images decoded one call at a time) and the benchmark judge over
+    HTTP (rollout.HTTPJudge: retries, cache in judge.cache_dir or OUT/judge_cache)."""
+    from grlhfv_jax.rollout.http_judge import HTTPJudge
+    from grlhfv_jax.stages import common
+    from grlhfv_jax.stages import evaluate as stage_eval
+    if not cfg.judge.base_url or not cfg.judge.model:
+        raise ConfigError("config.judge.base_url and config.judge.model are required: the policy benchmarks' judge "
+                          "(a GPT-4o-class model behind an OpenAI-compatible endpoint)")
+    path = cfg.model.path
+    model = common.load_stage_output(path, "the policy to evaluate", cfg, spec)
+    rows = int(cfg.batch_rows)
+
+    def answerer(prompts, max_new_tokens, temperature):
+        out = []
+        for s in range(0, len(prompts), rows):
+            recs = [{"question": q, "image": decode(img)} for q, img in prompts[s:s + rows]]
+            texts, _ = stage_eval.answers(model, codec, recs, max_len=cfg.max_len, max_new_tokens=int(max_new_tokens),
+                                          rows=rows, temperature=float(temperature), seed=int(cfg.seed) + s)
+            out += texts
+        return out
+    cache = cfg.judge.cache_dir or (os.path.join(workdir, "judge_cache") if workdir else None)
+    judge = HTTPJudge(cfg.judge.base_url, cfg.judge.model, api_key_env=cfg.judge.api_key_env,
+                      max_concurrency=cfg.judge.max_concurrency, timeout_s=cfg.judge.timeout_s,
+                      max_retries=cfg.judge.max_retries, cache_dir=cache)
+    log(f"[evaluate] policy {path}; judge {cfg.judge.model} at {cfg.judge.base_url}")
+    return answerer, judge, codec, cfg.model.name or os.path.basename(os.path.normpath(path))
+
+
 def run(config, workdir: str) -> dict:
     cfg = validate(config)
+    if cfg.model.kind == "policy":
+        answerer, text_judge, codec, name = build(cfg, workdir=workdir)
+        return evaluate(cfg, workdir, answerer=answerer, text_judge=text_judge, codec=codec, model_name=name)
     judge, scorer, codec, name = build(cfg)
     return evaluate(cfg, workdir, judge=judge, scorer=scorer, codec=codec, model_name=name)
 

@@ -180,6 +180,15 @@ class HTTPJudge:
             k += len(pairs)
         return out
 
+    def complete(self, conversations: Sequence[list], params: SamplingParams) -> list[Optional[str]]:
+        """Any chat: each conversation (OpenAI messages; an image part's URL a data URL) is one request
+        (the policy benchmarks' judge prompts); num_samples texts per conversation, in order; ``None``
+        for each text of a failed one. Same retries, cache (images keyed by hash) and records as `judge`."""
+        n = int(params.num_samples)
+        sampling = self.sampling_body(params)
+        requests = [(list(msgs), _key(self.model, _hashed(msgs), sampling)) for msgs in conversations]
+        return [t for texts in self._run(requests, sampling, n) for t in texts]
+
     # -------------------------------------------------------------------------------- requests
 
     @staticmethod
@@ -317,6 +326,19 @@ class HTTPJudge:
             line = json.dumps({"key": key, "model": self.model, "texts": list(texts)}) + "\n"
             with self._lock, open(self._cache_path, "a", encoding="utf-8") as f:
                 f.write(line)
+
+
+def _hashed(messages: list) -> list:
+    """`messages` with each image part's URL replaced by its SHA-256 (the cache key's form)."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = [{"type": "image_url",
+                        "sha256": hashlib.sha256(p["image_url"]["url"].encode("utf-8")).hexdigest()}
+                       if isinstance(p, dict) and p.get("type") == "image_url" else p for p in content]
+        out.append({**m, "content": content})
+    return out
 
 
 def _key(model: str, hashed_messages: list, sampling: dict) -> str:
