@@ -110,7 +110,7 @@ def grm(tmp_path_factory):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    in_process = judging.GRMJudge(models.load_pretrained(folder), codec, rows=4, max_len=0, max_prompts=2)
+    in_process = judging.GRMJudge(models.load_pretrained(folder), codec, rows=4, max_len=0, max_prompts=4)
     yield folder, codec, in_process, url, chat
     server.shutdown()
     server.server_close()
@@ -150,8 +150,6 @@ def test_served_greedy_judgments_equal_in_process(grm):
     scores = [grm_reward.pair_scores(t) for t in mine]
     assert all(s is not None for s in scores), mine   # the chain parses ...
     assert len(set(scores)) > 1, scores               # ... and reads the prompt
-    # n > 1 greedy samples: n equal texts per item
-    assert client.judge(ITEMS[:2], greedy.replace(num_samples=2)) == [mine[0], mine[0], mine[1], mine[1]]
     # judge_groups: the in-process shared-prefix path == the server's full prompts
     groups = [(q, img, [(a, b), (b, a), (a, "It is.")]) for q, img, a, b in ITEMS[:3]]
     assert client.judge_groups(groups, greedy) == in_process.judge_groups(groups, greedy)
@@ -206,6 +204,36 @@ def test_non_loopback_host_needs_the_key(grm, monkeypatch, capsys):
     assert serve.API_KEY_ENV in capsys.readouterr().err
     with pytest.raises(ValueError, match=serve.API_KEY_ENV):
         serve.make_server(object(), "0.0.0.0", 0)
+
+
+def test_command_line_serves(grm):
+    """`python -m grlhfv_jax.serve --model DIR --port 0` in a subprocess: prints its address, serves
+    /v1/models and a greedy judgment equal to the in-process one; stopped by SIGTERM."""
+    import select
+    import subprocess
+    import sys
+    import time
+    folder, _, in_process, _, _ = grm
+    env = {k: v for k, v in os.environ.items() if k != serve.API_KEY_ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "grlhfv_jax.serve", "--model", folder, "--port", "0",
+                             "--served-model-name", NAME, "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        line, deadline = "", time.time() + 120
+        while "[serve]" not in line and time.time() < deadline and proc.poll() is None:
+            if select.select([proc.stdout], [], [], 1.0)[0]:
+                line = proc.stdout.readline()
+        assert "[serve]" in line, line
+        url = line.split(" at ", 1)[1].split("/v1", 1)[0]
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url + "/v1/models", timeout=60) as r:
+            assert json.loads(r.read())["data"][0]["id"] == NAME
+        greedy = SamplingParams(max_new_tokens=NEW, temperature=0.0)
+        client = HTTPJudge(url, NAME, template=TEMPLATE, max_retries=0, api_key_env="GRLHFV_TEST_NO_KEY")
+        assert client.judge(ITEMS[:1], greedy) == in_process.judge(ITEMS[:1], greedy)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_key_checked_and_never_logged(monkeypatch, capsys):
