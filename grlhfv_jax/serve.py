@@ -19,7 +19,7 @@ prompt through the folder's chat template, each image where its part is, and its
 the folder's image processor: the same tokens `stages.common.Codec` makes in process
 (`Codec.grm_example` for the GRM prompt `rollout.http_judge.HTTPJudge` sends), so greedy
 judgments served here equal `stages.judging.GRMJudge`'s. Sampling: `n`, `temperature` (0:
-greedy; default 1), `top_p`, `top_k` (vLLM's extension; 0 = off), `max_tokens` (or
+greedy; default 1), `top_p`, `top_k` (vLLM's extension; 0 or -1 = off), `max_tokens` (or
 `max_completion_tokens`; default `--max-tokens`), `seed` (default: a fresh random one). Each
 request is one engine call of n rows, drawn with key(seed) (`rollout.SamplingParams`): the same
 request with the same seed gets the same answers.
@@ -183,7 +183,7 @@ def sampling_params(body: dict, *, default_max_tokens: int):
         max_new_tokens=_number(body, max_key, default_max_tokens, int, lambda v: v >= 1, "an int >= 1"),
         temperature=_number(body, "temperature", 1.0, float, lambda v: v >= 0, "a number >= 0"),
         top_p=_number(body, "top_p", 1.0, float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
-        top_k=_number(body, "top_k", 0, int, lambda v: v >= 0, "an int >= 0 (0: off)"),   # -1 (vLLM's off) below
+        top_k=max(_number(body, "top_k", 0, int, lambda v: v >= -1, "an int >= 0 (0 or -1: off)"), 0),
         num_samples=_number(body, "n", 1, int, lambda v: 1 <= v <= 1024, "an int in [1, 1024]"),
         seed=(int.from_bytes(os.urandom(4), "little") >> 1) if seed is None else
         _number(body, "seed", 0, int, lambda v: 0 <= v < 2 ** 63, "an int >= 0"))

@@ -284,19 +284,21 @@ def test_malformed_requests_get_400_and_the_server_goes_on(grm):
              (user(image_part("http://x/a.png")), None),                  # not a data URL
              (user({"type": "audio"}), None), (user({"type": "text", "text": "<|image_pad|>"}), None),
              ({**good, "temperature": -1}, None), ({**good, "n": 0}, None), ({**good, "max_tokens": "many"}, None),
+             ({**good, "top_k": -2}, None),
              ({**good, "stream": True}, None), ({**good, "max_tokens": 5000}, None)]   # 5000: past the context
     for body, raw in cases:
         status, reply = post(url, body, raw=raw)
         assert status == 400 and reply["error"]["message"], (body, reply)
     assert post(url, {**good, "model": "other"})[0] == 404
-    status, reply = post(url, {**good, "n": 2, "seed": 3, "temperature": 1.0})
+    status, reply = post(url, {**good, "n": 2, "seed": 3, "temperature": 1.0, "top_k": -1})   # -1: vLLM's off
     assert status == 200 and len(reply["choices"]) == 2
     for c in reply["choices"]:
         assert c["finish_reason"] in ("stop", "length") and isinstance(c["message"]["content"], str)
     u = reply["usage"]
     assert u["prompt_tokens"] > 0 and 0 < u["completion_tokens"] <= 8
     assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
-    assert post(url, {**good, "n": 2, "seed": 3, "temperature": 1.0})[1]["choices"] == reply["choices"]   # seeded
+    # seeded: the same answers again (top_k -1 and absent alike: off)
+    assert post(url, {**good, "n": 2, "seed": 3, "temperature": 1.0})[1]["choices"] == reply["choices"]
     text_only = {"max_tokens": 3, "temperature": 0, "messages": [{"role": "system", "content": "Be brief."},
                                                                  {"role": "user", "content": "Is it red?"}]}
     status, reply = post(url, text_only)
