@@ -25,8 +25,8 @@ request is one engine call of n rows, drawn with key(seed) (`rollout.SamplingPar
 request with the same seed gets the same answers.
 
 Requests are served one at a time under a lock (one engine call each; the HTTP threads queue on
-it): a client's concurrency overlaps its encoding and transfers with our generation, nothing
-more. Prompts pad to `rollout.bucket_length` (few compiled shapes).
+it): a client's concurrency overlaps its transfers and image decoding with our generation, nothing
+more (prompts are encoded under a second lock: the tokenizer is shared). Prompts pad to `rollout.bucket_length` (few compiled shapes).
 
 Reply: ``choices[i].message.content`` (special tokens dropped, cut at `<|im_end|>`),
 ``finish_reason`` ("stop": the model ended its turn; "length": max_tokens reached), ``usage``
@@ -214,15 +214,17 @@ class ChatModel:
         self.default_max_tokens = int(default_max_tokens)
         self.max_model_len = int(max_model_len or _context_length(model_dir) or 0)   # 0: unchecked
         self.created = int(time.time())
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()          # one engine call at a time
+        self._encode_lock = threading.Lock()   # the fast tokenizer is not safe to share across threads
 
     def encode(self, messages) -> dict:
         """Request messages -> one encoded example (`processing.encode_example`)."""
         from grlhfv_jax import processing
         msgs, images = parse_messages(messages)
         try:
-            text = chat_text(msgs, self.codec.tokenizer)
-            return processing.encode_example(self.codec.tokenizer, self.codec.image_processor, text, images)
+            with self._encode_lock:
+                text = chat_text(msgs, self.codec.tokenizer)
+                return processing.encode_example(self.codec.tokenizer, self.codec.image_processor, text, images)
         except RequestError:
             raise
         except Exception as e:   # a template error, image tokens typed into the text, ...
