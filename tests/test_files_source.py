@@ -102,15 +102,23 @@ def test_parquet_and_jsonl_give_identical_records_and_batches(tmp_path):
         srcs[0].records("grm_test_id")
 
 
+# The demo's architecture at its smallest: these tests run the stages on files data, not the demo's
+# shapes (the short demo, CI's, runs those)
+SMALL_MODEL = demo.tiny_qwen2_vl(hidden=32, layers=1, heads=2, kv_heads=1, vision_depth=1, vision_dim=32)
+
+
 def _files_config(paths: dict, tokenizer_dir: str, grm_path: str | None = None):
     c = demo.get_config("smoke")
     c.stages = ("data", "sft", "grm_rl", "policy_rl")
+    for role in ("policy", "grm", "rm"):
+        c.model[role].hf_config = SMALL_MODEL
     c.data = dict(kind="files", tokenizer_dir=tokenizer_dir, too_long="skip",
                   files={split: dict(path=p) for split, p in paths.items()})
     del c["sft"]["grm"]
     c.sft.policy.update(data="best", pretrained_vision=False, steps=1, batch_size=2, max_len=96)
     c.model.grm.path = grm_path
-    c.grm_rl.update(steps=1, eval_pairs=2, eval_rows=4, max_len=160, max_new_tokens=4)
+    c.grm_rl.update(steps=1, pairs_per_step=2, group_size=2, mini_batches=1, eval_pairs=2, eval_rows=4, max_len=160,
+                    max_new_tokens=4)
     c.policy_rl.update(steps=1, prompts_per_step=2, n=2, max_len=96, max_new_tokens=4, judge_max_new_tokens=4)
     return c
 

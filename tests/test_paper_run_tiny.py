@@ -34,7 +34,7 @@ def tiny(tmp_path_factory):
     from grlhfv_jax import models
     from grlhfv_jax.data.tokenizer import train_tokenizer
     from grlhfv_jax.stages import common
-    from test_files_source import _rows, _write  # tests/ is on sys.path
+    from test_files_source import SMALL_MODEL, _rows, _write  # tests/ is on sys.path
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     import demo
     root = tmp_path_factory.mktemp("paper_tiny")
@@ -45,7 +45,7 @@ def tiny(tmp_path_factory):
     texts = [r[k] for r in rows for k in ("question", "response_1", "response_2")]
     texts += [build_grm_prompt("q", "a", "b", template=demo.DEMO_GRM_TEMPLATE)] * 4   # its words: one token each
     train_tokenizer(texts * 5, tok, vocab_size=400)
-    hf = demo.get_config("smoke").model.policy.hf_config
+    hf = SMALL_MODEL
     codec = common.Codec.from_dirs(tok, dict(min_pixels=56 * 56, max_pixels=56 * 56))
     for name, seed in (("policy", 0), ("rm", 1)):
         spec = config_schema.section(dict(hf_config=hf), config_schema.sections.MODEL)
