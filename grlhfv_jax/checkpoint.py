@@ -53,9 +53,29 @@ class Checkpointer:
             raise ValueError(f"max_to_keep={max_to_keep}: keep at least 2 checkpoints (the fallback of a bad newest one)")
         directory = storage.durable(directory)
         self.directory = directory if storage.is_remote(directory) else os.path.abspath(directory)
+        # a bucket folder is written by Orbax directly, unless storage.STAGE_CHECKPOINTS_ENV asks for
+        # local steps copied to it once finished (then saves are synchronous)
+        self._staged = storage.is_remote(directory) and storage.stage_checkpoints()
+        where = self.directory
+        if self._staged:
+            where = storage.mirror_dir(self.directory)
+            os.makedirs(where, exist_ok=True)
+            storage.pull_steps(self.directory, where)
+            async_save = False
+        self._local = where
         options = ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
-        self._manager = ocp.CheckpointManager(epath.Path(self.directory), options=options)
+        self._manager = ocp.CheckpointManager(epath.Path(where), options=options)
+
+    def _publish(self, step: int | None = None) -> None:
+        """Staged mode: copies a finished step to the bucket and drops the steps the manager dropped."""
+        if not self._staged or jax.process_index() != 0:
+            return
+        from grlhfv_jax import storage
+        if step is not None:
+            self._manager.wait_until_finished()
+            storage.push_step(self._local, self.directory, int(step))
+        storage.prune_steps(self.directory, self._manager.all_steps())
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -70,6 +90,7 @@ class Checkpointer:
                             state=ocp.args.StandardSave(_train_state(model, optimizer)),
                             extra=ocp.args.JsonSave(dict(extra or {}))),
                     force=force)
+            self._publish(step)
         except OSError as e:
             raise OSError(f"could not write checkpoint step {step} under {self.directory}: {e}. "
                                         f"The previous checkpoint ({self.latest_step()}) is kept.") from e
@@ -110,6 +131,8 @@ class Checkpointer:
                     + "; ".join(f"step {s}: {e}" for s, e in errors))
         for bad, _ in errors:  # newer than the restored step: the run writes these steps again
             self._manager.delete(bad)
+        if errors:
+            self._publish()
         state = restored["state"]
         params = nnx.state(model, nnx.Param)
         nnx.replace_by_pure_dict(params, state["model"])

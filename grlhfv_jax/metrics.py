@@ -75,7 +75,14 @@ class MetricsWriter:
         self.flush()
         self._jsonl.close()
         if self._tb is not None:
+            records = [getattr(getattr(getattr(getattr(w, "event_writer", None), "_ev_writer", None),
+                                       "_py_recordio_writer", None), "_writer", None)
+                       for w in (self._tb.all_writers or {}).values()]
             self._tb.close()
+            for r in records:  # tensorboardX's gs:// writer uploads its whole file again when collected,
+                if type(r).__name__ == "GCSRecordWriter":  # possibly at exit: it is complete now
+                    r.flush = lambda: None
+            self._tb = None
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -102,17 +102,18 @@ def _skipped(rel: str) -> bool:
 
 
 def _remote_files(remote: str) -> Iterable[tuple[str, int]]:
-    """(relative path, size) of every file under `remote`."""
-    root = path(remote)
-    if not root.exists():
+    """(relative path, size) of every file under bucket folder `remote` (one listing call;
+    through fsspec, the layer `etils.epath` uses for gs:// without TensorFlow)."""
+    import fsspec
+    fs, root = fsspec.core.url_to_fs(remote)
+    root = root.rstrip("/")
+    try:
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
         return
-    for dirpath, dirs, files in root.walk():
-        dirs[:] = [d for d in dirs if not d.startswith(SKIP_PREFIXES) and d not in SKIP_NAMES]
-        for name in files:
-            f = dirpath / name
-            rel = os.path.relpath(os.fspath(f), os.fspath(root)) if not is_remote(remote) else \
-                os.fspath(f)[len(os.fspath(root).rstrip("/")) + 1:]
-            yield rel, f.stat().length
+    for name, info in sorted(found.items()):
+        if info.get("type", "file") == "file" and name.startswith(root + "/"):
+            yield name[len(root) + 1:], int(info.get("size") or 0)
 
 
 def pull(remote: str, loc: str) -> int:
@@ -189,3 +190,60 @@ def write_text(p: str, text: str) -> None:
         return
     path(p).parent.mkdir(parents=True, exist_ok=True)
     path(p).write_text(text, encoding="utf-8")
+
+
+# Checkpoints of a remote folder are written by Orbax straight to the bucket (tensorstore's own
+# gs:// driver): the only way several hosts can write one checkpoint. With this variable set to 1
+# they are written to the local mirror instead and each finished step is then copied to the bucket
+# (`push_step`; one process only): for a store tensorstore cannot write, e.g. a GCS emulator, whose
+# object generations tensorstore rejects ("Malformed StorageGeneration").
+STAGE_CHECKPOINTS_ENV = "GRLHFV_STAGE_CHECKPOINTS"
+_STEP_DONE = "_CHECKPOINT_METADATA"  # Orbax writes it into every step; uploaded last, so its presence means complete
+
+
+def stage_checkpoints() -> bool:
+    return os.environ.get(STAGE_CHECKPOINTS_ENV, "").lower() in ("1", "true", "yes")
+
+
+def _remote_steps(remote: str) -> dict[int, list[tuple[str, int]]]:
+    steps: dict[int, list] = {}
+    for rel, size in _remote_files(remote):
+        head, _, rest = rel.partition("/")
+        if head.isdigit() and rest:
+            steps.setdefault(int(head), []).append((rest, size))
+    return steps
+
+
+def pull_steps(remote: str, loc: str) -> list[int]:
+    """Copies the complete checkpoint steps of bucket folder `remote` that `loc` lacks into `loc`
+    (each through a temporary folder and a rename); returns the steps copied."""
+    got = []
+    for step, files in sorted(_remote_steps(remote).items()):
+        dst = os.path.join(loc, str(step))
+        if os.path.isdir(dst) or _STEP_DONE not in {r for r, _ in files}:
+            continue
+        tmp = dst + ".tmp.pull"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for rel, _ in files:
+            os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)
+            path(remote).joinpath(str(step), rel).copy(epath.Path(os.path.join(tmp, rel)), overwrite=True)
+        os.makedirs(loc, exist_ok=True)
+        os.replace(tmp, dst)
+        got.append(step)
+    return got
+
+
+def push_step(loc: str, remote: str, step: int) -> None:
+    """Copies the finished local step folder `loc/<step>` to `remote/<step>`, `_CHECKPOINT_METADATA` last."""
+    src = os.path.join(loc, str(step))
+    files = sorted((os.path.relpath(os.path.join(d, n), src) for d, _, ns in os.walk(src) for n in ns),
+                   key=lambda r: r == _STEP_DONE)
+    for rel in files:
+        upload(os.path.join(src, rel), f"{remote}/{step}/{rel.replace(os.sep, '/')}")
+
+
+def prune_steps(remote: str, keep) -> None:
+    """Deletes the step folders of bucket folder `remote` whose step is not in `keep`."""
+    for step in _remote_steps(remote):
+        if step not in set(keep):
+            path(remote).joinpath(str(step)).rmtree()
