@@ -50,7 +50,8 @@ def path(p) -> epath.Path:
 
 
 def staging_root() -> str:
-    return os.environ.get(STAGING_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "grlhfv_jax", "staging")
+    root = os.environ.get(STAGING_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "grlhfv_jax", "staging")
+    return os.path.abspath(os.path.expanduser(root))
 
 
 def mirror_dir(remote: str) -> str:
@@ -118,14 +119,18 @@ def _remote_files(remote: str) -> Iterable[tuple[str, int]]:
 
 def pull(remote: str, loc: str) -> int:
     """Copies the files of `remote` that `loc` lacks (or holds at another size) into `loc`; returns
-    how many. Checkpoints are not copied (see module doc)."""
+    how many. A local file changed since it was last pushed or pulled is newer than the bucket's
+    (a run on this machine stopped before its push) and is kept. Checkpoints are not copied (see
+    module doc)."""
     n, pushed = 0, _read_pushed(loc)
     for rel, size in _remote_files(remote):
         if _skipped(rel):
             continue
         dst = os.path.join(loc, rel)
-        if os.path.isfile(dst) and os.path.getsize(dst) == size:
-            continue
+        if os.path.isfile(dst):
+            st = os.stat(dst)
+            if st.st_size == size or (rel in pushed and pushed[rel] != [st.st_size, st.st_mtime_ns]):
+                continue
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         tmp = f"{dst}.tmp.pull"
         path(remote).joinpath(rel).copy(epath.Path(tmp), overwrite=True)
@@ -162,7 +167,8 @@ def push(loc: str | None = None, exclude: Iterable[str] = ()) -> int:
 
 def upload(src: str, dst: str) -> None:
     """Copies local file `src` to `dst` (a bucket object appears whole or not at all)."""
-    path(dst).parent.mkdir(parents=True, exist_ok=True)
+    if not is_remote(dst):
+        path(dst).parent.mkdir(parents=True, exist_ok=True)
     epath.Path(src).copy(path(dst), overwrite=True)
 
 
@@ -188,8 +194,7 @@ def write_text(p: str, text: str) -> None:
         from grlhfv_jax.metrics import write_text_atomic
         write_text_atomic(p, text)
         return
-    path(p).parent.mkdir(parents=True, exist_ok=True)
-    path(p).write_text(text, encoding="utf-8")
+    path(p).write_text(text, encoding="utf-8")  # a bucket has no folders to create
 
 
 # Checkpoints of a remote folder are written by Orbax straight to the bucket (tensorstore's own
