@@ -148,6 +148,30 @@ def _push(workdir: str, writer=None) -> None:
         multihost_utils.sync_global_devices("grlhfv_jax: stage outputs pushed")
 
 
+def _local_inputs(config) -> None:
+    """Replaces each input path of `config` (validated, defaults filled) that is a bucket URL with
+    a local copy (`storage.local_input`): model checkpoints, preference files, the tokenizer and
+    processor folders, a GRM to judge with. The config as given is what run_state.json records."""
+    def fix(node, key):
+        if key in node and isinstance(node[key], str) and storage.is_remote(node[key]):
+            with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
+                node[key] = storage.local_input(node[key])
+
+    for spec in (config.model.values() if "model" in config else ()):
+        fix(spec, "path")
+    if "data" in config:
+        fix(config.data, "tokenizer_dir")
+        for split in (config.data.files.values() if "files" in config.data else ()):
+            fix(split, "path")
+    if "image" in config:
+        fix(config.image, "processor_dir")
+    for sec in config.values():
+        if hasattr(sec, "keys"):
+            fix(sec, "grm_path")
+            if "policy" in sec and hasattr(sec.policy, "keys"):  # nscale.policy
+                fix(sec.policy, "grm_path")
+
+
 def run(config, workdir: str, restart: bool = False) -> dict:
     """Validates `config`, then runs its stages in order. Returns the summary dict.
 
@@ -163,6 +187,7 @@ def run(config, workdir: str, restart: bool = False) -> dict:
     full = stages.validate(config)  # before any compilation: errors name the key; defaults filled in
     state = prepare_workdir(config, workdir, restart)  # records the config as given
     config = full
+    _local_inputs(config)
     local = storage.local(workdir)  # where the stages write (the workdir, or its local mirror)
     from grlhfv_jax import precision
     print(f"[run] matmul precision: {precision.apply(config)}", flush=True)

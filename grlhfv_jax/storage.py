@@ -252,3 +252,25 @@ def prune_steps(remote: str, keep) -> None:
     for step in _remote_steps(remote):
         if step not in set(keep):
             path(remote).joinpath(str(step)).rmtree()
+
+
+def local_input(p: str | None) -> str | None:
+    """A local copy of an input a config names (a checkpoint or tokenizer folder, a parquet or JSONL
+    file) when it is a bucket URL, else `p`: a folder is copied whole, a file alone (a JSONL file's
+    images, named relative to it, are not: give such data as a local path), into the mirror folder
+    of `p`; never copied back (`push` knows only `mirror`'s folders)."""
+    if not p or not is_remote(p):
+        return p
+    import fsspec
+    fs, rp = fsspec.core.url_to_fs(p)
+    loc = mirror_dir(p)
+    if fs.isdir(rp):
+        os.makedirs(loc, exist_ok=True)
+        pull(p, loc)
+        return loc
+    size = int(fs.info(rp).get("size") or 0)
+    if not (os.path.isfile(loc) and os.path.getsize(loc) == size):
+        os.makedirs(os.path.dirname(loc), exist_ok=True)
+        path(p).copy(epath.Path(loc + ".tmp.pull"), overwrite=True)
+        os.replace(loc + ".tmp.pull", loc)
+    return loc

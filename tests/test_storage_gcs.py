@@ -18,6 +18,8 @@ import time
 import numpy as np
 import pytest
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+
 pytest.importorskip("gcp_storage_emulator")
 pytest.importorskip("gcsfs")
 
@@ -128,6 +130,21 @@ def test_storage_round_trip_on_the_bucket(gcs, tmp_path, monkeypatch):
     assert (step, extra) == (3, {"s": 3})
     np.testing.assert_array_equal(np.asarray(fresh.model.w[...]), 3.0)
     storage._mirrors.clear()
+
+    # inputs a config names in a bucket (a checkpoint folder, a data file) are read from local copies
+    import demo
+
+    from grlhfv_jax import main, stages
+    storage.path(f"gs://{BUCKET}/inputs/ckpt_folder/config.json").write_text('{"a": 1}')
+    storage.path(f"gs://{BUCKET}/inputs/prefs.jsonl").write_text('{"x": 1}\n')
+    config = stages.validate(demo.get_config("smoke"))
+    config.model.policy.path = f"gs://{BUCKET}/inputs/ckpt_folder"
+    with config.data.unlocked():
+        config.data.files = {"grm_train": {"path": f"gs://{BUCKET}/inputs/prefs.jsonl"}}
+    main._local_inputs(config)
+    assert open(os.path.join(config.model.policy.path, "config.json")).read() == '{"a": 1}'
+    assert open(config.data.files.grm_train.path).read() == '{"x": 1}\n'
+    assert not storage._mirrors   # inputs are never pushed back
 
 
 def test_smoke_pipeline_in_a_bucket_resumes_on_another_machine_after_a_kill(gcs, smoke_run, tmp_path):
