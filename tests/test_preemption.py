@@ -243,3 +243,37 @@ def test_sigterm_mid_stage_of_the_smoke_pipeline_then_the_rerun_gives_the_uninte
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+_FLAGS_SCRIPT = """
+import sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.config.update("jax_num_cpu_devices", 2)
+pid, port = int(sys.argv[1]), sys.argv[2]
+jax.distributed.initialize(f"127.0.0.1:{port}", 2, pid)
+from grlhfv_jax.trainers import loop
+print("A", loop.stop_and_save_flags(pid == 0, False))   # a signal on host 0 only
+print("B", loop.stop_and_save_flags(False, pid == 1))   # host 1's clock says save
+print("C", loop.stop_and_save_flags(False, False))
+"""
+
+
+def test_two_processes_agree_on_stopping_and_saving(tmp_path):
+    """The stop / save decision of each step is the same on every host (loopback coordinator,
+    gloo CPU collectives): a flag raised on one host is seen by all."""
+    import socket
+    import subprocess
+    script = tmp_path / "flags.py"
+    script.write_text(_FLAGS_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), ".."), XLA_FLAGS="")
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), port], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env) for i in range(2)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+        lines = [ln for ln in out.splitlines() if ln[:2] in ("A ", "B ", "C ")]
+        assert lines == ["A (True, False)", "B (False, True)", "C (False, False)"], out[-3000:]
