@@ -343,9 +343,7 @@ def main(argv):
     from grlhfv_jax.trainers import loop
     try:
         run(config, workdir, _RESTART.value)
-    except loop.Preempted as e:
-        print(f"[run] preempted in stage {e.stage} at step {e.step} ({e.signame}); exit status "
-              f"{loop.PREEMPTED_EXIT_CODE}", flush=True)
+    except loop.Preempted:  # the train loop (or run, between stages) printed the stage and step
         sys.exit(loop.PREEMPTED_EXIT_CODE)
 
 
