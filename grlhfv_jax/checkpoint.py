@@ -155,8 +155,10 @@ class Checkpointer:
 EXPORT_SUMMARY = "stage_summary.json"
 
 
-def export_hf(model: nnx.Module, path: str, summary: dict | None = None) -> str:
-    """Writes `model` as a Hugging Face checkpoint folder (config.json + safetensors).
+def export_hf(model: nnx.Module, path: str, summary: dict | None = None, codec=None) -> str:
+    """Writes `model` as a Hugging Face checkpoint folder (config.json + safetensors); with the
+    run's `codec` (`stages.common.Codec`) a complete one: tokenizer with chat template, image
+    processor and generation configs, special ids of that tokenizer (`grlhfv_jax.export.write_folder`).
 
     `summary` (the figures the stage reports for this model) goes into the same folder as
     `stage_summary.json`; the folder appears complete or not at all (written aside, then renamed),
@@ -167,7 +169,11 @@ def export_hf(model: nnx.Module, path: str, summary: dict | None = None) -> str:
     tmp = path.rstrip("/") + ".tmp"
     if os.path.exists(tmp):  # left by a crash mid-export
         shutil.rmtree(tmp)
-    save_pretrained(model, tmp)
+    if codec is not None:
+        from grlhfv_jax.export import write_folder
+        write_folder(model, tmp, codec)
+    else:
+        save_pretrained(model, tmp)
     write_json_atomic(os.path.join(tmp, EXPORT_SUMMARY), dict(summary or {}))
     if os.path.exists(path):
         shutil.rmtree(path)

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2086  # $PY, $PARITY and the bench arguments are word lists on purpose
 # Issue 14's GPU checks in one command, sized for one device lease (a 10-minute command; about
 # 9.5 minutes in all): run from the repository root on a machine with one GPU (H100 / H200).
 #

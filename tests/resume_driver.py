@@ -47,8 +47,8 @@ def main() -> None:
     checkpoint.Checkpointer.save = save_then_kill
     export = checkpoint.export_hf
 
-    def export_then_kill(model, path, summary=None):
-        out = export(model, path, summary)
+    def export_then_kill(model, path, summary=None, **kw):
+        out = export(model, path, summary, **kw)
         kill_point("export:" + os.path.relpath(path, workdir))
         return out
 

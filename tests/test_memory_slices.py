@@ -128,10 +128,10 @@ def test_dpo_micro_batches_must_divide_the_pairs():
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
     import demo
     c = demo.get_config("smoke")
-    c.dpo.num_micro_batches = 3   # smoke: 2 pairs per step
-    with pytest.raises(ConfigError, match=r"config\.dpo\.num_micro_batches = 3 must divide pairs_per_step = 2"):
+    c.dpo.num_micro_batches = 3   # the demo: 16 pairs per step
+    with pytest.raises(ConfigError, match=r"config\.dpo\.num_micro_batches = 3 must divide pairs_per_step = 16"):
         stages.validate(c)
-    c.dpo.num_micro_batches = 2
+    c.dpo.num_micro_batches = 4
     stages.validate(c)
 
 

@@ -174,6 +174,26 @@ RM = {
     **OPTIMIZER, **_logging(10, 100),
 }
 
+# Stage 2's judge (config.policy_rl.judge; reward='grm'): the GRM in process or a server over HTTP
+# (stages.judging.make_judge; docs/judges.md).
+JUDGE = {
+    "kind": Key("str", "grm", "grm: the GRM folder (grm_path) in process, on our engine; http: an "
+                              "OpenAI-compatible /v1/chat/completions server (rollout.http_judge.HTTPJudge), e.g. "
+                              "python -m grlhfv_jax.serve --model <GRM folder>"),
+    "base_url": Key("str?", None, "http: the server's address, e.g. http://127.0.0.1:8000 (required)"),
+    "model": Key("str?", None, "http: the model name the server serves (required)"),
+    "api_key_env": Key("str", "OPENAI_API_KEY", "http: environment variable holding the API key (unset: no "
+                                                "Authorization header); the key itself never goes in a config"),
+    "timeout_s": Key("float", 120.0, "http: seconds per socket operation (connect, each read)"),
+    "max_retries": Key("int", 5, "http: retries of a failed request (timeouts, 429, 5xx, malformed replies) "
+                                 "before the judgment counts as failed (dropped like an unparsed one)"),
+    "max_concurrency": Key("int", 8, "http: requests in flight"),
+    "backoff_s": Key("float", 1.0, "http: first retry's backoff scale (doubles per retry, with jitter)"),
+    "backoff_max_s": Key("float", 60.0, "http: largest backoff"),
+    "cache_dir": Key("str?", None, "http: folder of the persistent judgment cache, relative to the workdir "
+                                   "unless absolute (a rerun sends nothing already answered); None: off"),
+}
+
 POLICY_RL = {
     "reward": Key("str", REQUIRED, "'grm' (grouped comparisons by the GRM) or 'rm' (score-only RM)"),
     "steps": Key("int", REQUIRED, "RL steps"),
@@ -184,10 +204,12 @@ POLICY_RL = {
     "temperature": Key("float", REQUIRED, "sampling temperature"),
     "pairs": Key("str", REQUIRED, "pairs the GRM judges: both (orders), one or random (reward='grm')"),
     "num_pairs": Key("int?", None, "pairs per group when pairs='random'"),
-    "aggregator": Key("str", REQUIRED, "judgments -> reward: mean, win_rate or bradley_terry (reward='grm')"),
+    "aggregator": Key("str", REQUIRED, "judgments -> reward: mean, win_rate, bradley_terry, borda, instant_runoff, "
+                                       "ranked_pairs or spectral (reward='grm')"),
     "judge_max_new_tokens": Key("int", REQUIRED, "judgment tokens (reward='grm')"),
     "judge_temperature": Key("float", 0.0, "judging temperature (0: greedy)"),
-    "grm_path": Key("str?", None, "GRM folder to judge with (None: workdir/grm_rl/grm)"),
+    "grm_path": Key("str?", None, "GRM folder to judge with (None: workdir/grm_rl/grm; judge.kind='grm')"),
+    "judge": JUDGE,
     "judge_prompts_per_call": Key("int", 16, "prompt groups (n(n-1) pairs each with pairs='both') the GRM judges "
                                              "per call (reward='grm'; memory only: that call's prefill and KV "
                                              "cache; the same judgments at any size, greedy or sampled)"),

@@ -146,7 +146,10 @@ class _Prepare:
 class Prefetched:
     """``ds[step]`` of a grain `MapDataset` of batches, read ahead: `threads` grain threads decode the
     batches after the last one asked for while the caller runs its step. Equal to ``ds[step]`` for
-    every step; asking for any step but the next (a resume, a jump) restarts the read there."""
+    every step; asking for any step but the next (a resume, a jump) restarts the read there.
+    `close` (or leaving a ``with`` block) stops the read-ahead: it returns when no read thread is
+    left running (read-ahead threads that outlived their dataset kept decoding and processing
+    images after it was dropped, into whatever ran next)."""
 
     def __init__(self, ds, threads: int, buffer: int = 2):
         self.ds, self.threads, self.buffer = ds, int(threads), int(buffer)
@@ -159,10 +162,33 @@ class Prefetched:
         import grain
         step = int(step)
         if self._it is None or step != self._next:
+            self.close()
             opts = grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=self.buffer)
             self._it = iter(self.ds[step:].to_iter_dataset(opts))
         self._next = step + 1
         return next(self._it)
+
+    def close(self) -> None:
+        """Stops the read-ahead and waits for the reads in flight (grain's `close` cancels the
+        pending ones but leaves the running ones running)."""
+        it, self._it, self._next = self._it, None, None
+        if it is None:
+            return
+        it.close()
+        executor = getattr(it, "_executor", None)   # grain's thread pool (PrefetchDatasetIterator)
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        it = getattr(self, "_it", None)
+        if it is not None:
+            it.close()
 
 
 @dataclasses.dataclass

@@ -195,10 +195,13 @@ def _parse_size(s):
 _DTYPE_NAMES = {np.dtype(jnp.bfloat16): "bfloat16", np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}
 
 
-def save_pretrained(model, path, *, dtype=None, max_shard_size=None):
+def save_pretrained(model, path, *, dtype=None, max_shard_size=None, special_ids=None):
     """Writes config.json + model.safetensors (or model-0000i-of-0000n.safetensors + index when
     larger than max_shard_size, default 5 GiB) with the hub's key names; transformers'
-    `from_pretrained` loads it. dtype: on-disk dtype (default: each parameter's own)."""
+    `from_pretrained` loads it. dtype: on-disk dtype (default: each parameter's own).
+    special_ids: {bos_token_id, eos_token_id, pad_token_id, image_token_id, ...} of the tokenizer
+    shipped beside the weights, written into config.json (the family's `with_special_ids`; see
+    `grlhfv_jax.export`); None: the model config's as they are."""
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     cfg = model.config
@@ -211,6 +214,8 @@ def save_pretrained(model, path, *, dtype=None, max_shard_size=None):
             tensors[key] = _to_hf(arr[i] if stacked else arr, key, is_kernel, cfg)
     disk_dtype = np.dtype(dtype) if dtype is not None else next(iter(tensors.values())).dtype
     hf = dict(cfg.hf_config)
+    if special_ids is not None:
+        hf = family(cfg.model_type).with_special_ids(hf, special_ids)
     hf["dtype"] = _DTYPE_NAMES.get(disk_dtype, str(disk_dtype))
     hf.pop("torch_dtype", None)
     if isinstance(hf.get("text_config"), dict):

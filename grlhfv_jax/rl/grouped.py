@@ -129,6 +129,136 @@ def aggregate_bradley_terry(
     return np.where(complete, np.log(p), 0.0)
 
 
+# ----------------------------------------------- voting rules (the paper's Table 4 comparison)
+#
+# Shared choices (docs/algorithms.md, section 2): the candidates are the complete responses with
+# at least one parsed judgment; a complete response without one gets ``no_comparison_value`` and
+# an incomplete one 0, as under `mean`. Unparsed judgments are dropped. Rewards are in [0, 1].
+
+def _pairwise(n, judgments, complete):
+    """(complete, candidates mask, W, D, ballots) over parsed judgments between complete
+    responses. W[i, j]: wins of i over j (tie = 1/2 each); D[i, j] = -D[j, i]: summed score
+    differences s_i - s_j; ballots: one per parsed judgment, its tiers best first ([[i], [j]]
+    when i won, [[i, j]] for a tie)."""
+    complete, rows = _valid(n, judgments, complete)
+    W, D, games = np.zeros((n, n)), np.zeros((n, n)), np.zeros(n)
+    ballots = []
+    for i, j, s in rows:
+        if s is None:
+            continue
+        w = 0.5 if s[0] == s[1] else float(s[0] > s[1])
+        W[i, j] += w
+        W[j, i] += 1.0 - w
+        D[i, j] += s[0] - s[1]
+        D[j, i] -= s[0] - s[1]
+        games[[i, j]] += 1
+        ballots.append([[i, j]] if w == 0.5 else [[i], [j]] if w == 1.0 else [[j], [i]])
+    return complete, complete & (games > 0), W, D, ballots
+
+
+def _finish(scores, complete, candidates, no_comparison_value):
+    out = np.where(candidates, scores, no_comparison_value)
+    return np.where(complete, out, 0.0)
+
+
+def aggregate_borda(n, judgments, complete, *, no_comparison_value: float = 0.0) -> np.ndarray:
+    """Borda count on pairwise ballots: against each other candidate j, i scores its share of the
+    pair's parsed judgments (W[i, j] / (W[i, j] + W[j, i]); 1/2 for a pair never parsed), the
+    Borda points a full ranking would give; reward = points / (m - 1), m candidates. With every
+    pair judged equally often this is the classical normalised Borda score."""
+    complete, cand, W, _, _ = _pairwise(n, judgments, complete)
+    games = W + W.T
+    share = np.where(games > 0, W / np.maximum(games, 1e-300), 0.5)
+    m = int(cand.sum())
+    pts = (share * (cand[:, None] & cand[None, :] & ~np.eye(n, dtype=bool))).sum(1)
+    return _finish(pts / max(m - 1, 1), complete, cand, no_comparison_value)
+
+
+def _tier_scores(n, tiers_worst_first, m):
+    """Normalised rank: tier positions 0 (worst) .. m - 1 (best), a tier sharing the mean of its
+    positions, divided by m - 1 (a lone candidate: 1)."""
+    out, pos = np.zeros(n), 0
+    for tier in tiers_worst_first:
+        out[list(tier)] = (pos + (len(tier) - 1) / 2) / max(m - 1, 1)
+        pos += len(tier)
+    return out
+
+
+def aggregate_instant_runoff(n, judgments, complete, *, no_comparison_value: float = 0.0) -> np.ndarray:
+    """Instant-runoff voting, each parsed judgment a ballot (winner first, loser second; a tie
+    ranks both first). Each round a ballot gives one vote to its best-ranked remaining candidate
+    (split equally among tied ones; a ballot with none remaining is exhausted); the candidates
+    with the fewest votes are eliminated together, until all remaining have equal votes (joint
+    winners). Reward = normalised elimination rank: tier positions from 0 (first out) to m - 1
+    (winner), a tier eliminated together sharing the mean of its positions, / (m - 1).
+    With every pair judged equally often (pairs "both" or "one"), a response that wins all its
+    comparisons is never eliminated; with pairs "random" it may be."""
+    complete, cand, _, _, ballots = _pairwise(n, judgments, complete)
+    remaining = set(int(i) for i in np.flatnonzero(cand))
+    m, tiers = len(remaining), []
+    while remaining:
+        votes = dict.fromkeys(remaining, 0.0)
+        for ballot in ballots:
+            for tier in ballot:
+                live = [c for c in tier if c in remaining]
+                if live:
+                    for c in live:
+                        votes[c] += 1.0 / len(live)
+                    break
+        low = min(votes.values())
+        out = sorted(c for c, v in votes.items() if np.isclose(v, low, rtol=0, atol=1e-9))
+        tiers.append(out)
+        remaining -= set(out)
+    return _finish(_tier_scores(n, tiers, m), complete, cand, no_comparison_value)
+
+
+def aggregate_ranked_pairs(n, judgments, complete, *, no_comparison_value: float = 0.0) -> np.ndarray:
+    """Ranked pairs (Tideman). A pair's majority and its strength come from the summed score
+    differences D[i, j] (the GRM's scores, either order; the same outcome `judge_diagnostics`
+    uses): every pair with D[i, j] > 0 is a victory of i over j; victories are locked in order of
+    decreasing D (equal strengths: lower (i, j) first), each skipped if it would close a cycle.
+    Reward = (number of candidates i reaches in the locked graph + 1/2 per candidate it is
+    incomparable with) / (m - 1): 1 for the winner of a total order, 0 for the last."""
+    complete, cand, _, D, _ = _pairwise(n, judgments, complete)
+    idx = [int(i) for i in np.flatnonzero(cand)]
+    wins = sorted(((-D[i, j], i, j) for i in idx for j in idx if D[i, j] > 0))
+    reach = np.eye(n, dtype=bool)   # reach[a, b]: a path a -> b of locked victories (or a == b)
+    for _, i, j in wins:
+        if not reach[j, i]:   # locking i -> j closes no cycle
+            reach |= reach[:, i:i + 1] & reach[j:j + 1, :]
+    m = len(idx)
+    sub = cand[:, None] & cand[None, :] & ~np.eye(n, dtype=bool)
+    beaten = (reach & sub).sum(1)
+    incomparable = (~reach & ~reach.T & sub).sum(1)
+    return _finish((beaten + 0.5 * incomparable) / max(m - 1, 1), complete, cand, no_comparison_value)
+
+
+def aggregate_spectral(n, judgments, complete, *, prior: float = 0.5,
+                       no_comparison_value: float = 0.0) -> np.ndarray:
+    """Spectral ranking (Rank Centrality, Negahban et al. 2017): a random walk over the m
+    candidates that moves from i to j with probability a_ij / (m - 1), a_ij = (W[j, i] + prior) /
+    (W[i, j] + W[j, i] + 2 prior) (j's share of the pair, `prior` virtual wins to each side, so an
+    unbeaten response is not absorbing and a pair never parsed counts 1/2), staying otherwise.
+    Its stationary distribution pi (the leading left eigenvector) ranks; reward = pi_i / max pi,
+    in (0, 1], 1 for the top."""
+    if prior <= 0:
+        raise ValueError(f"spectral aggregator needs prior > 0, got {prior}")
+    complete, cand, W, _, _ = _pairwise(n, judgments, complete)
+    idx = np.flatnonzero(cand)
+    m = len(idx)
+    out = np.zeros(n)
+    if m:
+        w = W[np.ix_(idx, idx)]
+        a = (w.T + prior) / (w + w.T + 2 * prior)
+        np.fill_diagonal(a, 0.0)
+        P = a / max(m - 1, 1)
+        P[np.diag_indices(m)] = 1.0 - P.sum(1)
+        vals, vecs = np.linalg.eig(P.T)
+        pi = np.abs(np.real(vecs[:, int(np.argmin(np.abs(vals - 1.0)))]))
+        out[idx] = pi / pi.max()
+    return _finish(out, complete, cand, no_comparison_value)
+
+
 AGGREGATORS: dict[str, Callable[..., np.ndarray]] = {
     "mean": aggregate_mean,
     "win_rate": aggregate_win_rate,
@@ -139,6 +269,11 @@ AGGREGATORS: dict[str, Callable[..., np.ndarray]] = {
 def register_aggregator(name: str, fn: Callable[..., np.ndarray]) -> None:
     """Add ``fn(n, judgments, complete, **kwargs) -> np.ndarray[n]`` under ``name``."""
     AGGREGATORS[name] = fn
+
+
+for _name, _fn in (("borda", aggregate_borda), ("instant_runoff", aggregate_instant_runoff),
+                   ("ranked_pairs", aggregate_ranked_pairs), ("spectral", aggregate_spectral)):
+    register_aggregator(_name, _fn)
 
 
 def aggregate(n: int, judgments: Judgments, complete: Sequence[bool], method: str = "mean",

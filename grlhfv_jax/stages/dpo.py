@@ -61,5 +61,5 @@ def run(config, workdir: str, writer, section: str) -> dict:
                            step_fn=lambda s, b: steps.dpo_step(s, b, cfg), writer=writer,
                            ckpt_dir=os.path.join(workdir, "dpo", "ckpt"), log_every=int(sec.log_every),
                            ckpt_every=int(sec.ckpt_every))
-    export_hf(state.model, output_dir(workdir))
+    export_hf(state.model, output_dir(workdir), codec=codec)
     return {f"dpo/train_{k}": v for k, v in last.items() if k in ("loss", "accuracy")}

@@ -3,7 +3,8 @@
 For the SFT policy (before), the GRLHF-V policy (`policy_rl`), the score-only-RM baseline
 (`policy_rl_rm`) and the DPO baseline (`dpo`), whichever exist: greedy answers to `policy_test`
 prompts, their mean oracle score (the hidden principle: true quality), completion rate, length and
-self-praise rate; with `samples` = k > 0 also k answers per prompt sampled at temperature 1 (the
+self-praise rate, and each trained policy's greedy gain over the SFT policy with its paired SE
+(`*oracle_gain_greedy_vs_sft[_se]`, over the same prompts); with `samples` = k > 0 also k answers per prompt sampled at temperature 1 (the
 distribution RL optimises: `*oracle_score_sampled_*`, `*hedge_rate_sampled_*`,
 `*self_praise_rate_sampled_*`); then head-to-head GRM judgments of each trained policy against the
 SFT policy (both orders), beside the oracle's verdict on the same pairs. A judge that prefers the trained
@@ -83,15 +84,18 @@ def run(config, workdir: str, writer, section: str) -> dict:
         raise ValueError("the 'evaluate' stage scores answers with the data source's oracle, and this source has none")
     codec = common.codec(config, workdir)
     recs = src.records("policy_test", n=sec.prompts)
-    summary, texts, per_prompt = {}, {}, {}
+    summary, texts, per_prompt, greedy = {}, {}, {}, {}
     for name, stage, prefix, key in POLICIES:
         path = sft.output_dir(workdir, "policy") if stage is None else os.path.join(workdir, stage, "policy")
         if not os.path.isfile(os.path.join(path, "config.json")):
             continue
         model = common.load_stage_output(path, f"run the stage that writes {path}", config, config.model.policy)
         t, done, oracle = scored_answers(model, codec, recs, sec, src.hooks)
-        texts[name] = t
+        texts[name], greedy[name] = t, oracle
         summary[f"{prefix}oracle_score_{key}"] = float(oracle.mean())
+        if name != "before" and "before" in greedy:   # paired over the same prompts: one greedy answer each
+            summary[f"{prefix}oracle_gain_greedy_vs_sft"] = float((oracle - greedy["before"]).mean())
+            summary[f"{prefix}oracle_gain_greedy_vs_sft_se"] = _se(oracle - greedy["before"])
         summary[f"{prefix}complete_rate_{key}"] = float(done.mean())
         summary[f"{prefix}length_words_{key}"] = float(np.mean([len(a.split()) for a in t]))
         summary[f"{prefix}self_praise_rate_{key}"] = float(np.mean([praises(a) for a in t]))
@@ -125,11 +129,13 @@ def _se(x) -> float:
 
 
 def _head_to_head(grm, codec, config, recs, new, old, prefix: str, hooks) -> dict:
-    """GRM and oracle win rates of `new` answers over `old` ones (both orders; ties = 0.5)."""
+    """GRM and oracle win rates of `new` answers over `old` ones (both orders; ties = 0.5). The
+    judge's prompts are as long as the answers make them (up to 2 x max_new_tokens of answer, not
+    stage 1's `grm_rl.max_len`: an untrained policy's answers run to the limit)."""
     sec_j = config.grm_rl
     items = [(r["question"], r["image"], a, b) for r, a, b in zip(recs, new, old)]
     items += [(r["question"], r["image"], b, a) for r, a, b in zip(recs, new, old)]
-    outs = judging.GRMJudge(grm, codec, rows=32, max_len=sec_j.max_len).judge(
+    outs = judging.GRMJudge(grm, codec, rows=32, max_len=0).judge(
         items, SamplingParams(max_new_tokens=sec_j.max_new_tokens, temperature=0.0))
     n = len(recs)
     grm_wins = []

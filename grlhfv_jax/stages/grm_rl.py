@@ -190,7 +190,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     loop.train_loop("grm_rl", state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
                     ckpt_dir=os.path.join(workdir, "grm_rl", "ckpt"), log_every=int(sec.log_every),
                     ckpt_every=int(sec.ckpt_every), on_log=on_log)
-    export_hf(state.model, output_dir(workdir))
+    export_hf(state.model, output_dir(workdir), codec=codec)
     if sec.eval_pairs:
         after, samples = evaluate_grm(state.model, codec, config, sec, records_id, records_ood, "grm/rl")
         summary.update(_rename(after, "rl"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import jax
@@ -10,6 +11,7 @@ from flax import nnx
 
 from grlhfv_jax.rl import grm_reward
 from grlhfv_jax.rollout import Judge, SamplingParams
+from grlhfv_jax.rollout.engine import bucket_length
 from grlhfv_jax.stages import common
 
 
@@ -17,7 +19,8 @@ class GRMJudge:
     """A GRM on the KV-cache engine behind the `rollout.Judge` protocol.
 
     judge: items in chunks of `rows` prompts left-padded to `max_len` (fixed shapes: one
-    compilation); judge_groups: up to `max_prompts` groups per call (`policy_rl.judge_prompts_per_call`),
+    compilation), or with ``max_len=0`` to each chunk's longest prompt rounded up
+    (`rollout.engine.bucket_length`: judged texts of any length, a few shapes); judge_groups: up to `max_prompts` groups per call (`policy_rl.judge_prompts_per_call`),
     each group's shared token prefix (system, image, question, ...) prefilled once and its KV cache
     copied to every pair (`rollout.judge_generate`). `rows` and `max_prompts` are memory only:
     sampled judgments (temperature > 0) draw with one key, `params.seed`, each call's rows given
@@ -44,7 +47,8 @@ class GRMJudge:
         for start in range(0, len(items), self.rows):
             chunk = items[start:start + self.rows]
             ex = [codec.grm_example(q, img, r1, r2) for q, img, r1, r2 in chunk]
-            b = common.batch(ex, codec, side="left", max_len=self.max_len)
+            b = common.batch(ex, codec, side="left",
+                             max_len=self.max_len or bucket_length(max(len(e["input_ids"]) for e in ex)))
             out = self._engine.generate(b, params.replace(first_row=first + start * n, total_rows=total))
             keep = len(chunk) * n
             texts.extend(codec.decode(np.asarray(out.tokens), np.asarray(out.lengths))[:keep])
@@ -93,6 +97,59 @@ class GRMJudge:
                 out.append(texts[k:k + len(pairs)])
                 k += len(pairs)
         return out
+
+
+JUDGE_KINDS = ("grm", "http")
+
+
+def judge_config(sec):
+    """`sec.judge` (a stage section's judge keys, `config.sections.JUDGE`) with its defaults; a
+    section without one: the in-process GRM."""
+    from grlhfv_jax import config as config_schema
+    from grlhfv_jax.config import sections
+    return config_schema.section(sec["judge"] if "judge" in sec else {}, sections.JUDGE)
+
+
+def check_judge_config(sec, where: str) -> None:
+    """ConfigError naming the key for a bad `sec.judge` (`where`: the section's dotted path)."""
+    from grlhfv_jax.config import ConfigError
+    cfg = judge_config(sec)
+    if cfg.kind not in JUDGE_KINDS:
+        raise ConfigError(f"config.{where}.judge.kind = {cfg.kind!r}: expected one of {', '.join(JUDGE_KINDS)}")
+    if cfg.kind != "http":
+        return
+    for key in ("base_url", "model"):
+        if not cfg[key]:
+            raise ConfigError(f"config.{where}.judge.{key} is missing (needed by judge.kind = 'http')")
+    if not str(cfg.base_url).startswith(("http://", "https://")):
+        raise ConfigError(f"config.{where}.judge.base_url = {cfg.base_url!r}: expected an http:// or https:// URL")
+    for key, ok, what in (("timeout_s", cfg.timeout_s > 0, "> 0"), ("max_retries", cfg.max_retries >= 0, ">= 0"),
+                          ("max_concurrency", cfg.max_concurrency >= 1, ">= 1"),
+                          ("backoff_s", cfg.backoff_s >= 0, ">= 0"), ("backoff_max_s", cfg.backoff_max_s >= 0, ">= 0")):
+        if not ok:
+            raise ConfigError(f"config.{where}.judge.{key} = {cfg[key]!r}: must be {what}")
+
+
+def make_judge(judge_cfg, *, codec: common.Codec, load_grm, workdir: str = "", max_prompts: int = 16) -> Judge:
+    """Stage 2's judge from its config keys (`config.sections.JUDGE`; None or {}: the defaults):
+    kind 'grm' -> `GRMJudge` on the model `load_grm()` returns (called only then), frozen, up to
+    `max_prompts` groups per call; kind 'http' -> `rollout.http_judge.HTTPJudge` at `base_url`
+    serving `model`, sending the codec's GRM template (the run's `config.grm_template`: the prompt
+    the in-process judge would see), its cache under `workdir` unless `cache_dir` is absolute."""
+    cfg = judge_config({"judge": judge_cfg or {}})
+    if cfg.kind == "grm":
+        return GRMJudge(load_grm(), codec, max_prompts=int(max_prompts))
+    if cfg.kind == "http":
+        from grlhfv_jax.rollout.http_judge import HTTPJudge
+        cache = cfg.cache_dir
+        if cache and workdir and "://" not in cache and not os.path.isabs(cache):
+            cache = os.path.join(workdir, cache)
+        return HTTPJudge(str(cfg.base_url), str(cfg.model), api_key_env=str(cfg.api_key_env),
+                         max_concurrency=int(cfg.max_concurrency), timeout_s=float(cfg.timeout_s),
+                         max_retries=int(cfg.max_retries), backoff_s=float(cfg.backoff_s),
+                         backoff_max_s=float(cfg.backoff_max_s), cache_dir=cache or None,
+                         template=codec.grm_template)
+    raise ValueError(f"judge kind {cfg.kind!r}: expected one of {', '.join(JUDGE_KINDS)}")
 
 
 def grm_accuracy(judge: Judge, records: Sequence[dict], *, max_new_tokens: int,

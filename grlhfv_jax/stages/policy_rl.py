@@ -54,6 +54,7 @@ def validate(config, section: str) -> None:
             "aggregator": (str, lambda v: v in grouped.AGGREGATORS, f"one of {sorted(grouped.AGGREGATORS)}"),
             "judge_max_new_tokens": POS_INT,
         })
+        judging.check_judge_config(sec, section)
         if sec.pairs == "random" and int(sec.num_pairs or 0) < 1:
             raise ConfigError(f"config.{section}.num_pairs must be >= 1 when pairs = 'random'")
     if sec.prompts_per_step % sec.mini_batches:
@@ -98,11 +99,12 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
     src = data_stage.source(config, workdir)
     codec = common.codec(config, workdir)
     policy, ref = sft.trainee_and_reference(config, workdir, "policy")
-    if sec.reward == "grm":
-        judge_model = common.load_stage_output(sec.grm_path or grm_rl.output_dir(workdir),
-                                               f"run 'grm_rl' first or set config.{section}.grm_path",
-                                               config, config.model.grm)
-        judge = judging.GRMJudge(judge_model, codec, max_prompts=int(sec.judge_prompts_per_call))  # frozen: split once
+    if sec.reward == "grm":   # the judge of config.<section>.judge; the stage calls the Judge protocol only
+        judge = judging.make_judge(
+            sec.get("judge"), codec=codec, workdir=workdir, max_prompts=int(sec.judge_prompts_per_call),
+            load_grm=lambda: common.load_stage_output(sec.grm_path or grm_rl.output_dir(workdir),
+                                                      f"run 'grm_rl' first or set config.{section}.grm_path",
+                                                      config, config.model.grm))
     else:
         judge_model = rm.load(workdir, config)
     state = loop.make_rl_train_state(policy, sec)
@@ -157,7 +159,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
     loop.train_loop(section, state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
                     ckpt_dir=os.path.join(out_root, section, "ckpt"), log_every=int(sec.log_every),
                     ckpt_every=int(sec.ckpt_every))
-    export_hf(state.model, output_dir(out_root, section))
+    export_hf(state.model, output_dir(out_root, section), codec=codec)
     return {}
 
 

@@ -70,7 +70,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
                     step_fn=lambda s, b: steps.bt_rm_step(s, b, cfg), writer=writer,
                     ckpt_dir=os.path.join(workdir, "rm", "ckpt"), log_every=int(sec.log_every),
                     ckpt_every=int(sec.ckpt_every))
-    export_hf(state.model, output_dir(workdir))
+    export_hf(state.model, output_dir(workdir), codec=codec)
     summary = {}
     if sec.eval_pairs:
         rows = int(sec.eval_rows)

@@ -179,7 +179,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
             ckpt_dir=os.path.join(workdir, "sft", f"ckpt_{target}"),
             log_every=int(sec.log_every), ckpt_every=int(sec.ckpt_every))
         result = {f"sft/{target}_{k}": v for k, v in last.items() if k in ("loss", "accuracy")}
-        export_hf(state.model, out, summary=result)
+        export_hf(state.model, out, summary=result, codec=codec)
         summary.update(result)
     return summary
 

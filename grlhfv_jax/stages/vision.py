@@ -128,7 +128,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     acc = {f"vision/heldout_accuracy_{a}": float(c / n_eval) for a, c in zip(W.ATTRS, correct)}
     writer.write(section, int(sec.steps), acc)
     print(f"[vision] held-out attribute accuracy {acc}", flush=True)
-    export_hf(model, out, summary=acc)
+    export_hf(model, out, summary=acc, codec=codec)
     return acc
 
 

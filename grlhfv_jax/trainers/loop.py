@@ -86,11 +86,9 @@ def freeze_params(tx, prefixes: tuple[str, ...]):
 
 def patch_unit(model) -> int:
     """Pixel rows of a batch are padded in units of this many patches (`processing.patch_bucket`):
-    the model's vision attention block (one largest frame), else 64; a multiple of the merge unit."""
-    cfg = getattr(model, "config", None)
-    merge = int(getattr(cfg, "spatial_merge_size", 1) or 1) ** 2
-    unit = int(getattr(cfg, "vision_block", 0) or 64)
-    return -(-unit // merge) * merge
+    the model's own unit (`patch_unit()`: a multiple of its merge unit), else 64."""
+    unit = getattr(model, "patch_unit", None)
+    return int(unit()) if callable(unit) else 64
 
 
 def micro_batch_images(model, batch: dict, micro_batches: int, group: int = 1) -> dict:

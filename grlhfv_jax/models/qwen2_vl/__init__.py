@@ -1,6 +1,6 @@
 """The Qwen2-VL / Qwen2.5-VL family (docs/models.md): config, model, vision tower, M-RoPE, hub names.
 The family interface `models.families` documents."""
-from .config import MODEL_TYPES, VLConfig, parse_hf_config
+from .config import MODEL_TYPES, VLConfig, parse_hf_config, with_special_ids
 from .hub import HUB_ALIASES, STACKED_LAYERS, STACKED_VISION, hub_key, hub_shape
 from .model import Qwen2VL, from_config
 from .rope import decode_position_ids, rope_index
@@ -14,4 +14,4 @@ def build(cfg, *, rngs, scalar_head: bool = False):
 
 __all__ = ["MODEL_TYPES", "VLConfig", "parse_hf_config", "parse_config", "build", "Qwen2VL", "from_config",
            "rope_index", "decode_position_ids", "HUB_ALIASES", "STACKED_LAYERS", "STACKED_VISION",
-           "hub_key", "hub_shape"]
+           "hub_key", "hub_shape", "with_special_ids"]

@@ -158,3 +158,24 @@ def parse_hf_config(hf: dict, **runtime) -> VLConfig:
         hf_config=copy.deepcopy(hf),
         **runtime,
     )
+
+
+# The special token ids config.json carries: the language model's (in `text_config` for the nested
+# layout, at the top level for the flat one) and the image / video markers (top level).
+TEXT_SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+VISION_SPECIAL_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
+def with_special_ids(hf: dict, ids: dict) -> dict:
+    """A copy of HF config dict `hf` with the special token ids of `ids` (keys of TEXT_SPECIAL_IDS and
+    VISION_SPECIAL_IDS; others ignored) written explicitly: a key config.json leaves out is filled
+    by transformers with the hub's default (bos_token_id 151643, image_token_id 151655, ...), ids of
+    another vocabulary. Text ids go into `text_config` when there is one and to the top level
+    (the flat layout; readers of the top level) either way."""
+    hf = copy.deepcopy(hf)
+    text = {k: ids[k] for k in TEXT_SPECIAL_IDS if k in ids}
+    if isinstance(hf.get("text_config"), dict):
+        hf["text_config"].update(text)
+    hf.update(text)
+    hf.update({k: int(ids[k]) for k in VISION_SPECIAL_IDS if k in ids})
+    return hf

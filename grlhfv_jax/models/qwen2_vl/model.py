@@ -172,9 +172,30 @@ class Qwen2VL(nnx.Module):
         """[B, T] bool: the placeholder tokens that image embeddings replace (in row order)."""
         return jnp.asarray(input_ids) == self.config.image_token_id
 
+    def patch_unit(self) -> int:
+        """Pixel rows of a batch are padded in multiples of this many patches (`processing.patch_bucket`):
+        the vision attention block (one largest frame), else 64, rounded up to whole merge units
+        (`merge_unit`). The padding contract of the tower: any count of pixel rows it is given is a
+        multiple of `merge_unit`; a batch's rows are a multiple of this unit; `group_patch_rows` says
+        how many rows the images of each group's first row take."""
+        unit, merge = int(self.config.vision_block or 64), self.merge_unit()
+        return -(-unit // merge) * merge
+
+    def merge_unit(self) -> int:
+        """Patches merged into one image token (spatial_merge_size**2): the tower encodes whole units."""
+        return int(self.config.spatial_merge_size) ** 2
+
+    def group_patch_rows(self, num_patches: int, group: int) -> int:
+        """Static pixel rows of `group_first_images` for a batch of `num_patches` rows (its images
+        and padding) in runs of `group` rows that repeat one prompt: ceil(num_patches / group)
+        (the first rows' real patches are the batch's real patches / group), rounded up to whole
+        merge units so the tower can encode them (e.g. 768 rows in runs of 5: 154 -> 156)."""
+        rows = -(-int(num_patches) // int(group))
+        return -(-rows // self.merge_unit()) * self.merge_unit()
+
     def group_first_images(self, input_ids, pixel_values, image_grid_thw, group: int):
-        """The images of the first row of each run of `group` rows: (pixel_values [N / group, D],
-        image_grid_thw [n / group, 3], rounded up), static sizes. For rows that repeat their prompt in runs of
+        """The images of the first row of each run of `group` rows: (pixel_values
+        [`group_patch_rows`(N, group), D], image_grid_thw [n / group, 3]), static sizes. For rows that repeat their prompt in runs of
         `group` (a prompt and its G sampled responses; `shared_prompt_hidden` with
         group_images=True): the vision tower then encodes each prompt's images once, not G times.
         Rows hold their images in row order (as `processing.collate` gives them); an image belongs
@@ -195,8 +216,8 @@ class Qwen2VL(nnx.Module):
         grid_g = jnp.where((img < n)[:, None], grid[jnp.minimum(img, n - 1)], 0)
         owner = jnp.repeat(jnp.arange(n), patches, total_repeat_length=N)
         real = jnp.arange(N) < jnp.sum(patches)
-        idx = jnp.nonzero(keep[owner] & real, size=-(-N // G), fill_value=0)[0]   # N may hold padding
-        return pv[idx], grid_g
+        idx = jnp.nonzero(keep[owner] & real, size=self.group_patch_rows(N, G), fill_value=N)[0]
+        return jnp.where((idx < N)[:, None], pv[jnp.minimum(idx, N - 1)], 0), grid_g   # padding rows: zeros
 
     def encode_images(self, pixel_values, image_grid_thw):
         """pixel_values [N, C*t*p*p] (as Qwen2VLImageProcessor), image_grid_thw [n, 3]
