@@ -132,7 +132,7 @@ def _stage_minutes(config, name: str) -> float:
 
 def _push(workdir: str, writer=None) -> None:
     """Copies what the stages wrote in the local mirror of a remote workdir to the bucket
-    (`storage.push`; process 0), then lets every process go on."""
+    (`storage.push`; process 0), then every other process pulls it into its own mirror."""
     if not storage.is_remote(workdir):
         return
     from grlhfv_jax.metrics import is_main_process
@@ -146,6 +146,9 @@ def _push(workdir: str, writer=None) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("grlhfv_jax: stage outputs pushed")
+        if not is_main_process():  # what process 0 alone wrote (its exports) into this host's mirror
+            for loc, remote in list(storage._mirrors.items()):
+                storage.pull(remote, loc)
 
 
 def _local_inputs(config) -> None:

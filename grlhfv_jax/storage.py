@@ -14,6 +14,11 @@ A workdir (or `config.data.dir`) may be remote. What goes where:
   checkpoints excepted (they are read from the bucket).
 - kept local: the compilation cache (relative to the mirror).
 
+On several hosts each has its own mirror: process 0 pushes after a stage, the others then pull.
+Not handled: a files-kind data stage on several hosts, whose other hosts wait for process 0's
+conversion through a status file in the data folder, which their mirrors do not share (give such a
+run a `config.data.dir` on a file system every host mounts, or convert on one host first).
+
 The mirror of `gs://b/run` is `<staging root>/gs/b/run`; the staging root is `$GRLHFV_STAGING_DIR`,
 else `~/.cache/grlhfv_jax/staging`. It must be the same on every machine a run resumes on: the data
 stage records absolute paths in it (data_paths.json).
