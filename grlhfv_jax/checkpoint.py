@@ -3,7 +3,11 @@
 A checkpoint holds the model's parameters, the optimizer state and a small JSON `extra` dict
 (step counters, data position, rng seeds). Orbax writes each step into a temporary folder and
 renames it when complete, so a crash or a full disk mid-save leaves the previous checkpoint
-intact; `restore_latest` only ever sees finished steps.
+intact; `restore_latest` only ever sees finished steps, and skips (with a warning) a finished step
+that cannot be read back for the newest one that can.
+
+The directory may be a bucket (`gs://...`; Orbax writes it through tensorstore), or a folder in the
+local mirror of a remote workdir, which `storage.durable` maps to the bucket.
 """
 
 from __future__ import annotations
@@ -27,20 +31,51 @@ def _train_state(model: nnx.Module, optimizer: nnx.Optimizer | None) -> dict:
     return state
 
 
+class UnrestorableCheckpointError(RuntimeError):
+    """Every finished step of a checkpoint folder failed to restore; nothing was deleted."""
+
+
 class Checkpointer:
     """Saves and restores (model, optimizer, extra) under `directory/<step>/`.
 
     Args:
-        directory: where the steps go (created).
-        max_to_keep: finished checkpoints kept; older ones are deleted after a newer one is complete.
+        directory: where the steps go (created): a local folder or a bucket URL (`gs://...`).
+        max_to_keep: finished checkpoints kept (>= 2: the previous one is the fallback when the
+            newest cannot be restored); older ones are deleted after a newer one is complete.
         async_save: write in a background thread (call `wait()` before reading the files).
     """
 
     def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        from etils import epath
+
+        from grlhfv_jax import storage
+        if max_to_keep < 2:
+            raise ValueError(f"max_to_keep={max_to_keep}: keep at least 2 checkpoints (the fallback of a bad newest one)")
+        directory = storage.durable(directory)
+        self.directory = directory if storage.is_remote(directory) else os.path.abspath(directory)
+        # a bucket folder is written by Orbax directly, unless storage.STAGE_CHECKPOINTS_ENV asks for
+        # local steps copied to it once finished (then saves are synchronous)
+        self._staged = storage.is_remote(directory) and storage.stage_checkpoints()
+        where = self.directory
+        if self._staged:
+            where = storage.mirror_dir(self.directory)
+            os.makedirs(where, exist_ok=True)
+            storage.pull_steps(self.directory, where)
+            async_save = False
+        self._local = where
         options = ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = ocp.CheckpointManager(epath.Path(where), options=options)
+
+    def _publish(self, step: int | None = None) -> None:
+        """Staged mode: copies a finished step to the bucket and drops the steps the manager dropped."""
+        if not self._staged or jax.process_index() != 0:
+            return
+        from grlhfv_jax import storage
+        if step is not None:
+            self._manager.wait_until_finished()
+            storage.push_step(self._local, self.directory, int(step))
+        storage.prune_steps(self.directory, self._manager.all_steps())
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -55,6 +90,7 @@ class Checkpointer:
                             state=ocp.args.StandardSave(_train_state(model, optimizer)),
                             extra=ocp.args.JsonSave(dict(extra or {}))),
                     force=force)
+            self._publish(step)
         except OSError as e:
             raise OSError(f"could not write checkpoint step {step} under {self.directory}: {e}. "
                                         f"The previous checkpoint ({self.latest_step()}) is kept.") from e
@@ -64,16 +100,39 @@ class Checkpointer:
         """Loads the newest finished step into `model` / `optimizer` in place.
 
         Returns (step, extra), or None when there is no checkpoint. Arrays keep the shardings the
-        live model has.
+        live model has. A step that cannot be read (damaged files, another model's checkpoint) is
+        skipped with a warning for the next older one; the skipped steps are deleted once an older
+        one is restored (the run overwrites them). When no step can be read, raises
+        `UnrestorableCheckpointError` naming each step and its error, and deletes nothing.
         """
-        step = self._manager.latest_step()
-        if step is None:
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
             return None
         target = _train_state(model, optimizer)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        restored = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                            extra=ocp.args.JsonRestore()))
+        errors = []
+        for step in steps:
+            try:
+                restored = self._manager.restore(
+                        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                      extra=ocp.args.JsonRestore()))
+            except Exception as e:  # noqa: BLE001  (orbax / tensorstore raise many kinds)
+                errors.append((step, f"{type(e).__name__}: {str(e)[:300]}"))
+                older = [s for s in steps if s < step]
+                msg = (f"checkpoint step {step} in {self.directory} cannot be restored ({errors[-1][1]}); "
+                       + (f"falling back to step {older[0]}" if older else "no older step is left"))
+                log.warning(msg)
+                print(f"WARNING: {msg}", flush=True)
+                continue
+            break
+        else:
+            raise UnrestorableCheckpointError(
+                    f"no checkpoint in {self.directory} can be restored (nothing was deleted): "
+                    + "; ".join(f"step {s}: {e}" for s, e in errors))
+        for bad, _ in errors:  # newer than the restored step: the run writes these steps again
+            self._manager.delete(bad)
+        if errors:
+            self._publish()
         state = restored["state"]
         params = nnx.state(model, nnx.Param)
         nnx.replace_by_pure_dict(params, state["model"])

@@ -16,7 +16,6 @@ import ast
 import contextlib
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -24,6 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from grlhfv_jax import config as config_schema
+from grlhfv_jax import storage
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: config.workdir).")
@@ -55,7 +55,7 @@ def _config_diff(old: dict, new: dict) -> list[str]:
 def _write_run_state(workdir: str, state: dict) -> None:
     from grlhfv_jax.metrics import is_main_process, write_json_atomic
     if is_main_process():
-        write_json_atomic(os.path.join(workdir, RUN_STATE), state)
+        write_json_atomic(os.fspath(storage.path(workdir) / RUN_STATE), state)
 
 
 def _restart_barrier() -> None:
@@ -75,20 +75,24 @@ def prepare_workdir(config, workdir: str, restart: bool) -> dict:
     Several processes share the workdir: only process 0 deletes a previous run (`restart`) and
     writes run_state.json and config.json (each through a temporary file and a rename); the others
     read a previous run's state (none under `restart`, where they wait for the deletion: a barrier)
-    and write nothing."""
+    and write nothing.
+
+    `workdir` may be a bucket (`gs://...`): see `grlhfv_jax.storage` for what is written there and
+    what goes through a local mirror (`--restart` deletes both)."""
     from grlhfv_jax.metrics import is_main_process, write_text_atomic
     cfg = json.loads(config.to_json_best_effort())
-    path = os.path.join(workdir, RUN_STATE)
+    path = storage.path(workdir) / RUN_STATE
     main = is_main_process()
-    if main and restart and os.path.exists(path):
+    if main and restart and path.exists():
         print(f"--restart: deleting the previous run in {workdir}", flush=True)
-        shutil.rmtree(workdir)
+        storage.path(workdir).rmtree()
+    if restart and storage.is_remote(workdir):
+        storage.forget(workdir)  # this host's mirror of the deleted run
     if restart:
         _restart_barrier()
-    os.makedirs(workdir, exist_ok=True)
-    if not restart and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            state = json.load(f)
+    storage.path(workdir).mkdir(parents=True, exist_ok=True)
+    if not restart and path.exists():
+        state = json.loads(path.read_text(encoding="utf-8"))
         diff = _config_diff(state["config"], cfg)
         if diff:
             raise SystemExit(
@@ -99,7 +103,7 @@ def prepare_workdir(config, workdir: str, restart: bool) -> dict:
     state["config"] = cfg
     _write_run_state(workdir, state)
     if main:
-        write_text_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+        write_text_atomic(os.fspath(storage.path(workdir) / "config.json"), config.to_json_best_effort(indent=2))
     return state
 
 
@@ -116,42 +120,118 @@ def release_compiled_programs() -> None:
     gc.collect()
 
 
+def _stage_minutes(config, name: str) -> float:
+    """The time-based checkpoint interval of stage `name` (its section's `ckpt_every_minutes`)."""
+    from grlhfv_jax import stages
+    from grlhfv_jax.config import sections
+    sec = stages.STAGES[name][1]
+    if sec in config and "ckpt_every_minutes" in config[sec]:
+        return float(config[sec].ckpt_every_minutes)
+    return float(sections._logging(0, 0)["ckpt_every_minutes"].default)
+
+
+def _push(workdir: str, writer=None) -> None:
+    """Copies what the stages wrote in the local mirror of a remote workdir to the bucket
+    (`storage.push`; process 0), then every other process pulls it into its own mirror."""
+    if not storage.is_remote(workdir):
+        return
+    from grlhfv_jax.metrics import is_main_process
+    if writer is not None:
+        writer.flush()
+    if is_main_process():
+        n = storage.push()
+        if n:
+            print(f"[run] copied {n} files to {workdir}", flush=True)
+    import jax
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("grlhfv_jax: stage outputs pushed")
+        if not is_main_process():  # what process 0 alone wrote (its exports) into this host's mirror
+            for loc, remote in list(storage._mirrors.items()):
+                storage.pull(remote, loc)
+
+
+def _local_inputs(config) -> None:
+    """Replaces each input path of `config` (validated, defaults filled) that is a bucket URL with
+    a local copy (`storage.local_input`): model checkpoints, preference files, the tokenizer and
+    processor folders, a GRM to judge with. The config as given is what run_state.json records."""
+    def fix(node, key):
+        if key in node and isinstance(node[key], str) and storage.is_remote(node[key]):
+            with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
+                node[key] = storage.local_input(node[key])
+
+    for spec in (config.model.values() if "model" in config else ()):
+        fix(spec, "path")
+    if "data" in config:
+        fix(config.data, "tokenizer_dir")
+        for split in (config.data.files.values() if "files" in config.data else ()):
+            fix(split, "path")
+    if "image" in config:
+        fix(config.image, "processor_dir")
+    for sec in config.values():
+        if hasattr(sec, "keys"):
+            fix(sec, "grm_path")
+            if "policy" in sec and hasattr(sec.policy, "keys"):  # nscale.policy
+                fix(sec.policy, "grm_path")
+
+
 def run(config, workdir: str, restart: bool = False) -> dict:
-    """Validates `config`, then runs its stages in order. Returns the summary dict."""
+    """Validates `config`, then runs its stages in order. Returns the summary dict.
+
+    `workdir` may be a bucket (`gs://...`): the stages then read and write a local mirror of it that
+    is copied to the bucket after each stage (`grlhfv_jax.storage`), and a rerun on another
+    machine pulls it back first. SIGTERM / SIGINT stop the run at the next step boundary of the
+    stage's train loop, after a checkpoint (or after the stage, outside a train loop): raises
+    `trainers.loop.Preempted` (the command line exits with `loop.PREEMPTED_EXIT_CODE`)."""
     from grlhfv_jax import stages
     from grlhfv_jax.metrics import MetricsWriter, update_summary
+    from grlhfv_jax.trainers import loop
 
     full = stages.validate(config)  # before any compilation: errors name the key; defaults filled in
     state = prepare_workdir(config, workdir, restart)  # records the config as given
     config = full
+    _local_inputs(config)
+    local = storage.local(workdir)  # where the stages write (the workdir, or its local mirror)
     from grlhfv_jax import precision
     print(f"[run] matmul precision: {precision.apply(config)}", flush=True)
     from grlhfv_jax import compile_cache
-    print(f"[run] compilation cache: {compile_cache.enable(config, workdir) or 'off'}", flush=True)
+    print(f"[run] compilation cache: {compile_cache.enable(config, local) or 'off'}", flush=True)
+    if local != workdir:
+        print(f"[run] workdir {workdir}; stage files staged in {local}", flush=True)
     writer = MetricsWriter(workdir, tensorboard=config.tensorboard)
     summary = update_summary(workdir, {})  # what earlier runs in this workdir found
     try:
-        for name in config.stages:
-            rec = state["stages"].get(name, {})
-            if rec.get("status") == "done":
-                print(f"[{name}] finished in an earlier run ({rec.get('wall_s', 0):.0f} s); skipping. "
-                            f"Use --restart to redo it.", flush=True)
-                continue
-            if rec.get("status") == "running":
-                print(f"[{name}] was interrupted in an earlier run; resuming from its last checkpoint.",
-                            flush=True)
-            state["stages"][name] = {"status": "running", "started": time.time()}
-            _write_run_state(workdir, state)
-            print(f"[{name}] starting", flush=True)
-            t0 = time.time()
-            result = stages.run_stage(name, config, workdir, writer) or {}
-            wall = time.time() - t0
-            result[f"time/{name}_s"] = wall
-            summary = update_summary(workdir, result)
-            state["stages"][name] = {"status": "done", "wall_s": wall}
-            _write_run_state(workdir, state)
-            print(f"[{name}] done in {wall:.0f} s", flush=True)
-            release_compiled_programs()
+        with loop.preemption_handlers():
+            for name in config.stages:
+                if loop.stop_requested():
+                    print(f"[run] {loop.stop_requested()}: stopping before stage {name}; run the same command "
+                          "again to continue", flush=True)
+                    raise loop.Preempted(name, 0, loop.stop_requested())
+                rec = state["stages"].get(name, {})
+                if rec.get("status") == "done":
+                    print(f"[{name}] finished in an earlier run ({rec.get('wall_s', 0):.0f} s); skipping. "
+                          f"Use --restart to redo it.", flush=True)
+                    continue
+                if rec.get("status") == "running":
+                    print(f"[{name}] was interrupted in an earlier run; resuming from its last checkpoint.",
+                          flush=True)
+                state["stages"][name] = {"status": "running", "started": time.time()}
+                _write_run_state(workdir, state)
+                print(f"[{name}] starting", flush=True)
+                t0 = time.time()
+                loop.stage_defaults["ckpt_every_minutes"] = _stage_minutes(config, name)
+                result = stages.run_stage(name, config, local, writer) or {}
+                wall = time.time() - t0
+                result[f"time/{name}_s"] = wall
+                _push(workdir, writer)
+                summary = update_summary(workdir, result)
+                state["stages"][name] = {"status": "done", "wall_s": wall}
+                _write_run_state(workdir, state)
+                print(f"[{name}] done in {wall:.0f} s", flush=True)
+                release_compiled_programs()
+    except loop.Preempted:
+        _push(workdir, writer)  # what the stage finished before the signal (an export) is kept
+        raise
     finally:
         writer.close()
     if "report" in config and config.report.enabled:
@@ -263,7 +343,11 @@ def main(argv):
     workdir = _WORKDIR.value or config.get("workdir") or config_schema.CONFIG["workdir"].default
     from grlhfv_jax.sharding import initialize_distributed
     initialize_distributed()
-    run(config, workdir, _RESTART.value)
+    from grlhfv_jax.trainers import loop
+    try:
+        run(config, workdir, _RESTART.value)
+    except loop.Preempted:  # the train loop (or run, between stages) printed the stage and step
+        sys.exit(loop.PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from grlhfv_jax import storage  # noqa: E402
 from grlhfv_jax.metrics import read_jsonl  # noqa: E402
 
 # (stage, metric) pairs drawn as training curves when present.
@@ -207,11 +208,10 @@ def _step_times_html(rows) -> str:
 
 
 def _nscale(workdir) -> str:
-    path = os.path.join(workdir, "nscale.json")
-    if not os.path.exists(path):
+    path = storage.path(workdir) / "nscale.json"
+    if not path.exists():
         return ""
-    with open(path) as f:
-        data = json.load(f)
+    data = json.loads(path.read_text())
     fig, ax = plt.subplots(figsize=(4.5, 3))
     for label, pts in data.items():
         ns = sorted(int(n) for n in pts)
@@ -224,8 +224,8 @@ def _nscale(workdir) -> str:
 
 
 def _judgments(workdir, limit=8) -> str:
-    path = os.path.join(workdir, "samples", "judgments.jsonl")
-    rows = read_jsonl(path)[:limit]
+    path = storage.path(workdir) / "samples" / "judgments.jsonl"
+    rows = read_jsonl(os.fspath(path))[:limit]
     if not rows:
         return ""
     out = ["<h2>Sample judgments</h2><table border=1 cellpadding=4 style='border-collapse:collapse;font-size:12px'>",
@@ -233,10 +233,9 @@ def _judgments(workdir, limit=8) -> str:
                   "<th>GRM output</th><th>scores</th><th>human prefers</th></tr>"]
     for r in rows:
         img = ""
-        ipath = os.path.join(workdir, "samples", r.get("image", ""))
-        if r.get("image") and os.path.exists(ipath):
-            with open(ipath, "rb") as f:
-                img = "<img width=84 src='data:image/png;base64,%s'/>" % base64.b64encode(f.read()).decode()
+        ipath = storage.path(workdir) / "samples" / r.get("image", "")
+        if r.get("image") and ipath.exists():
+            img = "<img width=84 src='data:image/png;base64,%s'/>" % base64.b64encode(ipath.read_bytes()).decode()
         cells = [img] + [html.escape(str(r.get(k, ""))) for k in
                                           ("question", "response_1", "response_2", "output", "scores", "preferred")]
         out.append("<tr>" + "".join(f"<td style='white-space:pre-wrap'>{c}</td>" for c in cells) + "</tr>")
@@ -245,20 +244,19 @@ def _judgments(workdir, limit=8) -> str:
 
 
 def write_report(workdir: str) -> str:
-    """Writes `workdir/report.html` and returns its path."""
-    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    """Writes `workdir/report.html` (a local folder or a bucket: `storage`) and returns its path."""
+    rows = read_jsonl(os.fspath(storage.path(workdir) / "metrics.jsonl"))
     summary = {}
-    spath = os.path.join(workdir, "summary.json")
-    if os.path.exists(spath):
-        with open(spath) as f:
-            summary = json.load(f)
+    spath = storage.path(workdir) / "summary.json"
+    if spath.exists():
+        summary = json.loads(spath.read_text())
     series = _series(rows)
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, (int, float))
                                     else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                                     for k, v in sorted(summary.items()))
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>grlhfv_jax run report</title></head>
 <body style='font-family:sans-serif;max-width:1300px'>
-<h1>Generative RLHF-V run report</h1><p>workdir: {html.escape(os.path.abspath(workdir))}</p>
+<h1>Generative RLHF-V run report</h1><p>workdir: {html.escape(workdir if storage.is_remote(workdir) else os.path.abspath(workdir))}</p>
 <h2>Headline</h2>{headline_html(summary)}
 <h2>Reward models</h2>{_accuracy_bars(summary)}
 <h2>Policy: judge reward vs oracle score (reward hacking shows where they part)</h2>{_hacking(series)}
@@ -268,7 +266,6 @@ def write_report(workdir: str) -> str:
 {_judgments(workdir)}
 <h2>Every metric</h2><table border=1 cellpadding=3 style='border-collapse:collapse;font-size:12px'>{table}</table>
 </body></html>"""
-    out = os.path.join(workdir, "report.html")
-    with open(out, "w", encoding="utf-8") as f:
-        f.write(page)
+    out = os.fspath(storage.path(workdir) / "report.html")
+    storage.write_text(out, page)
     return out

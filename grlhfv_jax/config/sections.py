@@ -19,7 +19,9 @@ OPTIMIZER = {
 def _logging(log_every: int, ckpt_every: int) -> dict:
     """The logging and checkpoint intervals of a training section, with its defaults."""
     return {"log_every": Key("int", log_every, "steps between logged metrics"),
-            "ckpt_every": Key("int", ckpt_every, "steps between checkpoints (a rerun resumes from the last)")}
+            "ckpt_every": Key("int", ckpt_every, "steps between checkpoints (a rerun resumes from the last)"),
+            "ckpt_every_minutes": Key("float", 30.0, "minutes between checkpoints by the clock, beside ckpt_every "
+                                                     "(>= 0; 0: off): a long step loses at most this much work")}
 
 
 # The GRPO loss (grm_rl.grpo_config), shared by stage 1 and stage 2.

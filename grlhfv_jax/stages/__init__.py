@@ -79,6 +79,11 @@ def validate(config):
         if spec.vision_chunk < 0:
             raise ConfigError(f"config.model.{role}.vision_chunk = {spec.vision_chunk}: expected 0 (off) or a "
                               "positive number of patches")
+    for name in config.stages:  # the time-based checkpoint interval of each training section
+        sec = config[STAGES[name][1]] if STAGES[name][1] in config else {}
+        if "ckpt_every_minutes" in sec and not sec.ckpt_every_minutes >= 0:
+            raise ConfigError(f"config.{STAGES[name][1]}.ckpt_every_minutes = {sec.ckpt_every_minutes}: expected "
+                              ">= 0 (0: no checkpoints by the clock)")
     from grlhfv_jax.stages import data as data_stage
     if "data" in config and data_stage.kind(config) == "files":
         from grlhfv_jax.stages import data_files

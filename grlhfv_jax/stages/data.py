@@ -45,7 +45,10 @@ def world_config(config) -> W.WorldConfig:
 
 
 def data_dir(config, workdir: str) -> str:
-    return config_schema.section(config.data, sections.DATA).dir or os.path.join(workdir, "data")
+    """config.data.dir (a bucket URL: its local mirror, `storage.local`), else workdir/data."""
+    from grlhfv_jax import storage
+    d = config_schema.section(config.data, sections.DATA).dir
+    return storage.local(d) if d else os.path.join(workdir, "data")
 
 
 def kind(config) -> str:

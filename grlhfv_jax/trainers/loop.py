@@ -8,6 +8,9 @@ RL) and write their outputs; nothing here knows a stage.
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 import warnings
 
 import jax
@@ -161,40 +164,128 @@ class ResumeError(RuntimeError):
     """A stage's checkpoint cannot be restored; the message names the stage, the folder and the fix."""
 
 
+# Exit status of a run stopped by SIGTERM / SIGINT after saving its checkpoint (EX_TEMPFAIL: try
+# again; the same command resumes). `python -m grlhfv_jax.main` exits with it.
+PREEMPTED_EXIT_CODE = 75
+
+
+class Preempted(Exception):
+    """SIGTERM / SIGINT arrived during stage `stage`; its checkpoint at `step` is saved."""
+
+    def __init__(self, stage: str, step: int, signame: str):
+        super().__init__(f"[{stage}] stopped by {signame} at step {step}")
+        self.stage, self.step, self.signame = stage, step, signame
+
+
+_stop = {"signal": None}       # the first SIGTERM / SIGINT seen by the handler
+_installed: list = []          # [(signum, previous handler)] while `preemption_handlers` is active
+_sync_calls = [0]              # calls of `stop_and_save_flags` in this process (the same on every host)
+
+
+def _on_signal(signum, frame):
+    name = signal.Signals(signum).name
+    if _stop["signal"] is not None and signum == signal.SIGINT:
+        raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+    if _stop["signal"] is None:
+        print(f"[run] {name} received: saving a checkpoint at the next step boundary, then exiting "
+              f"(status {PREEMPTED_EXIT_CODE})", flush=True)
+    _stop["signal"] = name
+
+
+class preemption_handlers:
+    """While active (a context manager; nested uses share the outer one), SIGTERM and SIGINT set a
+    flag instead of killing the process: `train_loop` saves at its next step boundary and raises
+    `Preempted`, and `main.run` stops between stages. Only in the main thread (signals are
+    delivered there); elsewhere a no-op."""
+
+    def __enter__(self):
+        self._mine = not _installed and threading.current_thread() is threading.main_thread()
+        if self._mine:
+            _stop["signal"] = None
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                _installed.append((sig, signal.signal(sig, _on_signal)))
+        return self
+
+    def __exit__(self, *exc):
+        if self._mine:
+            while _installed:
+                sig, old = _installed.pop()
+                signal.signal(sig, old)
+        return False
+
+
+def stop_requested() -> str | None:
+    """The name of the signal that asked this process to stop (None: none)."""
+    return _stop["signal"]
+
+
+def stop_and_save_flags(stop: bool, due: bool) -> tuple[bool, bool]:
+    """(stop, save) agreed by every process: each is True when it is on any host (a stop signal
+    reaches the hosts at different steps; their clocks differ), so that all save the same step and
+    stop together. One process: the flags as they are. Several: a tiny all-gather of the flags, and
+    JAX's preemption sync point (the notice a cluster sends through `jax.distributed`; a counter of
+    these calls, the same on every host, serves as its step)."""
+    if jax.process_count() == 1:
+        return stop, due
+    from jax.experimental import multihost_utils
+    _sync_calls[0] += 1
+    try:
+        stop = stop or bool(multihost_utils.reached_preemption_sync_point(_sync_calls[0]))
+    except Exception:  # noqa: BLE001  (no preemption service: jax.distributed set up without one)
+        pass
+    flags = np.asarray(multihost_utils.process_allgather(np.array([stop, due], np.int32)))
+    flags = flags.reshape(-1, 2).max(axis=0)
+    return bool(flags[0]), bool(flags[1])
+
+
+# The time-based checkpoint interval `main.run` sets for the stage it runs (its section's
+# `ckpt_every_minutes`), used by `train_loop` calls that do not pass their own.
+stage_defaults = {"ckpt_every_minutes": 30.0}
+
+
 def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckpt_dir: str,
-               log_every: int = 10, ckpt_every: int = 50, on_log=None) -> dict:
+               log_every: int = 10, ckpt_every: int = 50, on_log=None, ckpt_every_minutes: float | None = None,
+               clock=time.monotonic) -> dict:
     """Runs `steps` updates, resuming from the newest checkpoint in `ckpt_dir`.
 
     make_batch(step) -> batch dict (deterministic in `step`, so a resumed run sees the same data;
     placed on the model's mesh by `place_batch`) or anything the step function takes;
     step_fn(state, batch) -> (state, metrics). Logs every `log_every` steps under stage `name`,
-    checkpoints every `ckpt_every` steps and at the end. Each checkpoint also holds the last logged
+    checkpoints every `ckpt_every` steps, every `ckpt_every_minutes` minutes of `clock` (seconds;
+    0: off; None: `stage_defaults`) and at the end. Each checkpoint also holds the last logged
     metrics and those gathered since, so a run resumed from any checkpoint (even the final one:
     then no step runs) returns exactly what an uninterrupted run returns. A non-finite loss stops
     the run with an error naming the step; the last checkpoint (before the bad step) is kept.
+    SIGTERM / SIGINT (`preemption_handlers`) stop the loop at the next step boundary: it saves that
+    step, prints one line naming the stage and step, and raises `Preempted`.
     Returns the last logged metrics (floats).
     """
-    from grlhfv_jax.checkpoint import Checkpointer
+    from grlhfv_jax.checkpoint import Checkpointer, UnrestorableCheckpointError
     from grlhfv_jax.metrics import progress
 
-    ckpt = Checkpointer(ckpt_dir, max_to_keep=1)
+    minutes = stage_defaults["ckpt_every_minutes"] if ckpt_every_minutes is None else float(ckpt_every_minutes)
+    ckpt = Checkpointer(ckpt_dir, max_to_keep=2)
     try:
         restored = ckpt.restore_latest(state.model, state.optimizer)
     except Exception as e:  # a corrupt or foreign checkpoint: say where and what to do, delete nothing
         ckpt.close()
+        what = ("no checkpoint step in it can be restored" if isinstance(e, UnrestorableCheckpointError)
+                else "its checkpoint cannot be restored")
         raise ResumeError(
-            f"[{name}] cannot resume from the checkpoint in {ckpt_dir}: {type(e).__name__}: {e}. "
+            f"[{name}] cannot resume from the checkpoint in {ckpt_dir}: {what}: {type(e).__name__}: {e}. "
             f"Delete {ckpt_dir} to redo this part of the stage from its start (finished stages are kept), "
             "or use --restart to redo the whole run.") from e
     start, extra = restored if restored is not None else (0, {})
     if restored is not None:
-        print(f"[{name}] resuming at step {start}/{steps} from {ckpt_dir}", flush=True)
+        print(f"[{name}] resuming at step {start}/{steps} from {ckpt.directory}", flush=True)
     last: dict = dict(extra.get("last", {}))
     acc: dict[str, list] = {k: list(v) for k, v in extra.get("acc", {}).items()}
+    last_save = [clock()]
 
     def save(step):
         ckpt.save(step, state.model, state.optimizer,
                   extra={"last": last, "acc": {k: [float(x) for x in v] for k, v in acc.items()}})
+        last_save[0] = clock()
 
     bar = progress(range(start, steps), total=steps, desc=name, initial=start)
     # the loss of the last dispatched step, checked (a host sync) only once the next batch is built:
@@ -212,27 +303,43 @@ def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckp
                     f"({ckpt.latest_step()}) in {ckpt_dir} is kept. Lower the learning rate or check the data.")
 
     try:
-        for step in bar:
-            batch = make_batch(step)
-            if isinstance(batch, dict):
-                batch = place_batch(state.model, batch)
-            check_pending()
-            state, metrics = step_fn(state, batch)
-            if "loss" in metrics:
-                pending.append((step, metrics["loss"]))
-            for k, v in metrics.items():
-                acc.setdefault(k, []).append(v)
-            if (step + 1) % log_every == 0 or step + 1 == steps:
+        with preemption_handlers():
+            for step in bar:
+                batch = make_batch(step)
+                if isinstance(batch, dict):
+                    batch = place_batch(state.model, batch)
                 check_pending()
-                last = {k: float(np.mean([float(x) for x in v])) for k, v in acc.items()}
-                acc = {}
-                if on_log is not None:
-                    last.update(on_log(step + 1) or {})
-                writer.write(name, step + 1, last)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in list(last.items())[:4]})
-            if (step + 1) % ckpt_every == 0 and step + 1 < steps:
-                check_pending()
-                save(step + 1)
+                state, metrics = step_fn(state, batch)
+                if "loss" in metrics:
+                    pending.append((step, metrics["loss"]))
+                for k, v in metrics.items():
+                    acc.setdefault(k, []).append(v)
+                if (step + 1) % log_every == 0 or step + 1 == steps:
+                    check_pending()
+                    last = {k: float(np.mean([float(x) for x in v])) for k, v in acc.items()}
+                    acc = {}
+                    if on_log is not None:
+                        last.update(on_log(step + 1) or {})
+                    writer.write(name, step + 1, last)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in list(last.items())[:4]})
+                if step + 1 == steps:
+                    break  # the final checkpoint below; a stop signal is handled between stages
+                saved = (step + 1) % ckpt_every == 0
+                if saved:
+                    check_pending()
+                    save(step + 1)
+                stop, due = stop_and_save_flags(stop_requested() is not None,
+                                                minutes > 0 and clock() - last_save[0] >= 60 * minutes)
+                if (stop or due) and not saved:
+                    check_pending()
+                    save(step + 1)
+                if stop:
+                    ckpt.wait()
+                    how = stop_requested() or "a stop on another host"
+                    bar.close()
+                    print(f"[{name}] preempted ({how}): checkpoint of step {step + 1}/{steps} saved in "
+                          f"{ckpt.directory}; run the same command again to resume", flush=True)
+                    raise Preempted(name, step + 1, how)
         check_pending()
         if start < steps:  # resumed from the final checkpoint: it is already there
             save(steps)
