@@ -32,8 +32,8 @@ def test_a_slice_count_that_does_not_divide_the_prompts_is_named(key):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
     import demo
     c = demo.get_config("smoke")
-    c.grm_rl[key] = 3   # smoke: 2 pairs in both orders = 4 prompts
-    with pytest.raises(ConfigError, match=rf"config\.grm_rl\.{key} = 3 must divide the prompts per step \(4\)"):
+    c.grm_rl[key] = 3   # the demo: 16 pairs in both orders = 32 prompts
+    with pytest.raises(ConfigError, match=rf"config\.grm_rl\.{key} = 3 must divide the prompts per step \(32\)"):
         stages.validate(c)
     c.grm_rl[key] = 2
     stages.validate(c)
