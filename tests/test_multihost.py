@@ -6,7 +6,8 @@ assembles the global batch (`sharding.global_batch`); `sharding.host_values` bri
 the same on every host. Checked: the data pipeline's global batches (same records, same order), and
 SFT, DPO and GRPO steps on a tiny Qwen2-VL with images of different sizes, images split by
 micro-batch (`trainers.loop.micro_batch_images`) and reference / old log-probs read back to the host
-in between: metrics of every step and the parameters at the end.
+in between: metrics of every step, the parameters at the end and the exported Hugging Face
+folder (`checkpoint.export_hf`: every host gathers the parameters, process 0 alone writes).
 
 Tolerance: rtol 2e-5, atol 2e-6 (float32, matmul precision "highest"). The two runs place the same
 shards on the same mesh, but their cross-device sums differ: on 2 processes the all-reduces across
@@ -164,6 +165,10 @@ def _worker(nproc: int, pid: int, port: str, model_path: str, out_path: str) -> 
     out["grpo"] = metrics(m)
 
     out["params"] = {k: v.tolist() for k, v in flat_params().items()}
+    from grlhfv_jax.checkpoint import export_hf   # gathers on every host, process 0 writes
+    export = os.path.join(os.path.dirname(out_path), f"export_{nproc}")   # one folder: a shared filesystem
+    export_hf(model, export, summary={"steps": SFT_STEPS})
+    assert os.path.isfile(os.path.join(export, "config.json"))   # on every host, after the export's barrier
     with open(out_path, "w") as f:
         json.dump(out, f)
 
@@ -220,6 +225,12 @@ def test_two_processes_equal_one_process(tmp_path):
     for p, res in enumerate(two):
         assert res == two[0], f"process {p} holds other values than process 0"   # host_values: identical
         _close(res, one, "2 processes vs 1")
+    # the exported Hugging Face folder: written by process 0 alone, the same weights as one process's
+    from safetensors.numpy import load_file
+    exported = [load_file(str(tmp_path / f"export_{n}" / "model.safetensors")) for n in (1, 2)]
+    assert set(exported[0]) == set(exported[1]) and len(exported[0]) > 10
+    for k in exported[0]:
+        np.testing.assert_allclose(exported[1][k], exported[0][k], err_msg=k, **TOL)
 
 
 if __name__ == "__main__":
