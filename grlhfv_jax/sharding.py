@@ -457,3 +457,10 @@ def host_values(tree):
         from jax.experimental import multihost_utils
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return jax.tree.map(one, tree)
+
+
+def host_rows(x) -> np.ndarray:
+    """A global array whose rows are the hosts' blocks in process order (what `global_batch` builds
+    from per-host rows) -> this host's block, numpy (`host_values`, then `process_slice`)."""
+    x = host_values(x)
+    return x if jax.process_count() == 1 else x[process_slice(x.shape[0])]

@@ -7,7 +7,9 @@ the same on every host. Checked: the data pipeline's global batches (same record
 SFT, DPO and GRPO steps on a tiny Qwen2-VL with images of different sizes, images split by
 micro-batch (`trainers.loop.micro_batch_images`) and reference / old log-probs read back to the host
 in between: metrics of every step, the parameters at the end and the exported Hugging Face
-folder (`checkpoint.export_hf`: every host gathers the parameters, process 0 alone writes).
+folder (`checkpoint.export_hf`: every host gathers the parameters, process 0 alone writes); and
+rollouts through `stages.common.engine_rollout` (each host hands in its prompts and gets its rows
+of the global sample back) feeding the GRPO learner (`trainers.grpo.grpo_update`).
 
 Tolerance: rtol 2e-5, atol 2e-6 (float32, matmul precision "highest"). The two runs place the same
 shards on the same mesh, but their cross-device sums differ: on 2 processes the all-reduces across
@@ -163,6 +165,31 @@ def _worker(nproc: int, pid: int, port: str, model_path: str, out_path: str) -> 
     state = new_state(0.5)
     state, m = steps.grpo_step(state, loop.place_batch(model, grpo_host), steps.GRPOConfig(num_micro_batches=2))
     out["grpo"] = metrics(m)
+
+    # rollouts (stages.common.engine_rollout: this host's prompts in, this host's rows out, the engine
+    # sampling the global batch) and the GRPO learner on them (reference pass, update, rollout figures)
+    import types
+
+    from grlhfv_jax.rollout import SamplingParams
+    from grlhfv_jax.stages import common
+    from grlhfv_jax.trainers import grpo as learner
+    prompts = TM.make_batch(_rows(), pad_side="left", seed=1)
+    prompts = {k: prompts[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
+    prompts["valid"] = np.ones(GLOBAL_BATCH, np.int32)
+    host_prompts = _host_rows(prompts, sl, tok, merge)
+    rollout = common.engine_rollout(model, types.SimpleNamespace(eos_id=2, pad_id=0))
+    G = 2
+    gen = rollout.generate(host_prompts, SamplingParams(max_new_tokens=4, temperature=1.0, num_samples=G, seed=3))
+    gen = learner.cut_at_tokens(gen, [TM.IMAGE, TM.VISION_START, TM.VISION_END])   # as common.sample_groups
+    assert gen.tokens.shape == (GLOBAL_BATCH // nproc * G, 4)
+    out["rollout"] = {"tokens": S.gather_rows(np.asarray(gen.tokens)).tolist(),
+                      "logprobs": S.gather_rows(np.asarray(gen.logprobs)).tolist()}
+    rewards = np.asarray(gen.lengths, np.float32).reshape(-1, G) + np.asarray(gen.tokens)[:, 0].reshape(-1, G) % 3
+    state = new_state(0.5)
+    out["grpo_update"] = learner.grpo_update(state, model, host_prompts, gen, rewards, pad_id=0,
+                                             cfg=steps.GRPOConfig(num_micro_batches=2))
+    for k in [k for k in out["grpo_update"] if k.startswith("time/")]:
+        del out["grpo_update"][k]
 
     out["params"] = {k: v.tolist() for k, v in flat_params().items()}
     from grlhfv_jax.checkpoint import export_hf   # gathers on every host, process 0 writes
