@@ -9,7 +9,8 @@ micro-batch (`trainers.loop.micro_batch_images`) and reference / old log-probs r
 in between: metrics of every step, the parameters at the end and the exported Hugging Face
 folder (`checkpoint.export_hf`: every host gathers the parameters, process 0 alone writes); and
 rollouts through `stages.common.engine_rollout` (each host hands in its prompts and gets its rows
-of the global sample back) feeding the GRPO learner (`trainers.grpo.grpo_update`).
+of the global sample back) feeding the GRPO learner (`trainers.grpo.grpo_update`); a score-only
+RM's scores (`stages.judging.score_batch`: each host gets its rows' scores).
 
 Tolerance: rtol 2e-5, atol 2e-6 (float32, matmul precision "highest"). The two runs place the same
 shards on the same mesh, but their cross-device sums differ: on 2 processes the all-reduces across
@@ -190,6 +191,14 @@ def _worker(nproc: int, pid: int, port: str, model_path: str, out_path: str) -> 
                                              cfg=steps.GRPOConfig(num_micro_batches=2))
     for k in [k for k in out["grpo_update"] if k.startswith("time/")]:
         del out["grpo_update"][k]
+
+    # a score-only RM's scores (stages.judging.score_batch): this host's rows back
+    from grlhfv_jax.stages import judging
+    rm = models.load_pretrained(model_path, mesh=mesh, scalar_head=True)
+    scores = judging.score_batch(rm, {k: host[k] for k in ("input_ids", "attention_mask", "pixel_values",
+                                                           "image_grid_thw")})
+    assert scores.shape == (GLOBAL_BATCH // nproc,)
+    out["rm_scores"] = S.gather_rows(scores).tolist()
 
     out["params"] = {k: v.tolist() for k, v in flat_params().items()}
     from grlhfv_jax.checkpoint import export_hf   # gathers on every host, process 0 writes

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from grlhfv_jax import sharding
 from grlhfv_jax.rl import grm_reward
 from grlhfv_jax.rollout import Judge, SamplingParams
 from grlhfv_jax.rollout.engine import bucket_length
@@ -182,14 +183,14 @@ def score_batch(rm, batch: dict, rows: int | None = None) -> np.ndarray:
     rows = int(rows or SCORE_ROWS)
     B = int(np.shape(batch["input_ids"])[0])
     if B <= rows:
-        return np.asarray(_scores(rm, loop.place_batch(rm, batch)))
+        return sharding.host_rows(_scores(rm, loop.place_batch(rm, batch)))   # several processes: this host's rows
     tok, merge = rm.config.image_token_id, rm.config.spatial_merge_size
     out = []
     for idx, real in _filled_calls(B, rows):
         part = learner.select_rows(batch, idx, image_token_id=tok, merge_size=merge)
         if "image_grid_thw" in part and not np.asarray(part["image_grid_thw"]).size:   # a slice without images
             part = {k: v for k, v in part.items() if k not in ("pixel_values", "image_grid_thw")}
-        out.append(np.asarray(_scores(rm, loop.place_batch(rm, part)))[:real])
+        out.append(sharding.host_rows(_scores(rm, loop.place_batch(rm, part)))[:real])
     return np.concatenate(out)
 
 
