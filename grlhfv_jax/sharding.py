@@ -464,3 +464,21 @@ def host_rows(x) -> np.ndarray:
     from per-host rows) -> this host's block, numpy (`host_values`, then `process_slice`)."""
     x = host_values(x)
     return x if jax.process_count() == 1 else x[process_slice(x.shape[0])]
+
+
+def gather_objects(items: Sequence) -> list:
+    """Every host's list of picklable items (records' labels, judgment texts), concatenated in
+    process order: the same list on every host (one process: `list(items)`). For the figures a stage
+    computes over records each host holds a share of."""
+    items = list(items)
+    if jax.process_count() == 1:
+        return items
+    import pickle
+    blob = np.frombuffer(pickle.dumps(items), np.uint8)
+    sizes = gather_rows(np.asarray([blob.size], np.int32))
+    data = gather_rows(blob)
+    out, pos = [], 0
+    for n in sizes.tolist():
+        out += pickle.loads(data[pos:pos + n].tobytes())
+        pos += n
+    return out

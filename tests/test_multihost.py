@@ -10,7 +10,8 @@ in between: metrics of every step, the parameters at the end and the exported Hu
 folder (`checkpoint.export_hf`: every host gathers the parameters, process 0 alone writes); and
 rollouts through `stages.common.engine_rollout` (each host hands in its prompts and gets its rows
 of the global sample back) feeding the GRPO learner (`trainers.grpo.grpo_update`); a score-only
-RM's scores (`stages.judging.score_batch`: each host gets its rows' scores).
+RM's scores (`stages.judging.score_batch`: each host gets its rows' scores); a GRM's evaluation
+figures (`stages.judging.grm_accuracy`) over records split between the hosts.
 
 Tolerance: rtol 2e-5, atol 2e-6 (float32, matmul precision "highest"). The two runs place the same
 shards on the same mesh, but their cross-device sums differ: on 2 processes the all-reduces across
@@ -199,6 +200,17 @@ def _worker(nproc: int, pid: int, port: str, model_path: str, out_path: str) -> 
                                                            "image_grid_thw")})
     assert scores.shape == (GLOBAL_BATCH // nproc,)
     out["rm_scores"] = S.gather_rows(scores).tolist()
+
+    # evaluation figures over records each host holds a share of (records i % count == index):
+    # every host reports the figures of all of them (stages.judging.grm_accuracy)
+    class _Judge:
+        def judge(self, items, params):
+            return [f"\\boxed{{{r1[-1]}, {r2[-1]}}}" for _, _, r1, r2 in items]
+    recs = [{"question": f"q{i}", "image": None, "response_1": f"answer {i % 3}", "response_2": f"answer {i * 2 % 5}",
+             "overall_response": 1 + i % 2, "pair_type": ("minimal", "style")[i // 3 % 2]} for i in range(12)]
+    figures, samples = judging.grm_accuracy(_Judge(), recs[pid::nproc], max_new_tokens=4)
+    out["grm_accuracy"] = figures
+    assert len(samples) == len(recs)
 
     out["params"] = {k: v.tolist() for k, v in flat_params().items()}
     from grlhfv_jax.checkpoint import export_hf   # gathers on every host, process 0 writes

@@ -113,6 +113,10 @@ def grm_accuracy(judge: Judge, records: Sequence[dict], *, max_new_tokens: int,
     swapped = [(q, img, b, a) for q, img, a, b in items]
     greedy = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     fwd, rev = judge.judge(items, greedy), judge.judge(swapped, greedy)
+    if jax.process_count() > 1:   # each host judged its share of the records: figures over all of them
+        keys = ("question", "response_1", "response_2", "overall_response", "pair_type")
+        records = sharding.gather_objects([{k: r[k] for k in keys if k in r} for r in records])
+        fwd, rev = sharding.gather_objects(fwd), sharding.gather_objects(rev)
     acc, acc_rev, consistent, fails, ties = [], [], [], 0, 0
     decided = []  # pair reward of the judgments (both orders) that parse and are not ties
     samples = []
@@ -213,6 +217,10 @@ def rm_accuracy(rm, codec, records, *, rows: int, max_len: int, prefix: str = ""
     """Share of pairs where the RM scores the human-preferred response higher (ties wrong)."""
     items = [(r["question"], r["image"], r[k]) for r in records for k in ("response_1", "response_2")]
     s = rm_scores(rm, codec, items, rows=rows, max_len=max_len).reshape(-1, 2)
+    if jax.process_count() > 1:   # each host scored its share of the records: figures over all of them
+        s = sharding.gather_rows(s)
+        records = sharding.gather_objects([{k: r[k] for k in ("overall_response", "pair_type") if k in r}
+                                           for r in records])
     labels = np.array([int(r["overall_response"]) for r in records])
     pred = np.where(s[:, 0] > s[:, 1], 1, np.where(s[:, 1] > s[:, 0], 2, 0))
     return {f"{prefix}accuracy": float(np.mean(pred == labels)) if len(labels) else 0.0,
