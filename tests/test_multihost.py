@@ -147,6 +147,15 @@ def _worker(nproc: int, pid: int, port: str, model_path: str, out_path: str) -> 
         state, m = steps.sft_step(state, b, steps.SFTConfig(num_micro_batches=2))
         out["sft"].append(metrics(m))
 
+    # SFT on a batch in two parts of different widths (stages.sft: judgments + short answers)
+    from grlhfv_jax.trainers import grpo as learner
+    short = learner.select_rows(full, np.arange(4), image_token_id=tok, merge_size=merge)
+    short = {k: (np.pad(v, ((0, 0), (0, 4))) if k in ("input_ids", "attention_mask", "loss_mask") else v)
+             for k, v in short.items()}   # another width: 12 columns
+    b = loop.place_batch(model, {"parts": (host, _host_rows(short, S.process_slice(4), tok, merge)), "window": (0, 0)})
+    state, m = steps.sft_step(new_state(0.5), b["parts"], window=b["window"])
+    out["sft_parts"] = metrics(m)
+
     # DPO: rows interleaved as (chosen, rejected); reference log-probs read back to the host first
     ref = S.host_values(steps.compute_sequence_logprobs(model, loop.place_batch(model, host)))
     assert ref.shape == (GLOBAL_BATCH,)

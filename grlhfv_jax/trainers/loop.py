@@ -151,6 +151,10 @@ def place_batch(model, batch: dict) -> dict:
     process pads them, so every host, and a one-process run, place the same arrays."""
     from grlhfv_jax import processing
     mesh = sharding.model_mesh(model)
+    parts = batch.get("parts")
+    if jax.process_count() > 1 and isinstance(parts, (tuple, list)) and all(isinstance(p, dict) for p in parts):
+        # a batch in parts of different widths (steps.sft_step): each part is this host's rows of its own
+        return dict(batch, parts=tuple(place_batch(model, p) for p in parts))
     if jax.process_count() > 1 and mesh is not None:
         batch = sharding.gather_batch(batch, ("pixel_values", "image_grid_thw", "image_embeds"))
         pv = batch.get("pixel_values")
