@@ -55,6 +55,16 @@ class GRMJudge:
         return texts
 
     def judge_groups(self, groups: Sequence[tuple], params: SamplingParams) -> list[list[str]]:
+        if jax.process_count() == 1:
+            return self._judge_groups(groups, params)
+        # Several processes: the shared-prefix judge places host arrays as global ones, so every host
+        # judges every host's groups (gathered in process order: the same arrays everywhere) and
+        # keeps the judgments of its own.
+        counts = sharding.gather_rows(np.asarray([len(groups)], np.int32))
+        start = int(counts[:jax.process_index()].sum())
+        return self._judge_groups(sharding.gather_objects(list(groups)), params)[start:start + len(groups)]
+
+    def _judge_groups(self, groups: Sequence[tuple], params: SamplingParams) -> list[list[str]]:
         from grlhfv_jax.rollout.judge import decoded_rows, judge_generate, split_common_prefix
         codec, grm, split = self.codec, self.grm, self._split or nnx.split(self.grm)
         if params.num_samples != 1:
