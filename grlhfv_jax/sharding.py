@@ -395,7 +395,8 @@ def global_batch(host_rows: Mapping, mesh: Mesh, *, batch_axes: Sequence[str] = 
     axes = tuple(a for a in batch_axes if a in mesh.shape)
     n_batch = _axis_size(mesh, axes)
     row_keys = [k for k, v in host_rows.items() if k not in replicated_keys and hasattr(v, "shape")
-                and hasattr(v, "dtype") and len(np.shape(v)) > 0]
+                and hasattr(v, "dtype") and len(np.shape(v)) > 0
+                and not (isinstance(v, jax.Array) and not v.is_fully_addressable)]   # already global: as is
     local = sorted({int(np.shape(host_rows[k])[0]) for k in row_keys})
     if len(local) > 1:
         raise ValueError(f"global_batch: this host's row arrays disagree on their row count: "

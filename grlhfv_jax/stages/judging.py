@@ -101,7 +101,7 @@ class GRMJudge:
                                      eos_token_id=codec.eos_id, rng=jax.random.key(params.seed),
                                      pad_token_id=codec.pad_id, model_split=split, first_row=first,
                                      total_rows=total)
-                texts = codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
+                texts = codec.decode(*sharding.host_values((gen.tokens, gen.lengths)))
             k = 0
             for q, img, pairs in chunk:
                 out.append(texts[k:k + len(pairs)])
