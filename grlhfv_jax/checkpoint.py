@@ -166,6 +166,21 @@ def export_hf(model: nnx.Module, path: str, summary: dict | None = None, codec=N
     """
     from grlhfv_jax.metrics import write_json_atomic
     from grlhfv_jax.models import save_pretrained
+    if jax.process_count() > 1:   # every host gathers the parameters (a collective); process 0 alone writes
+        from grlhfv_jax import sharding
+        from jax.experimental import multihost_utils
+        graphdef, state = nnx.split(model)
+        host_model = nnx.merge(graphdef, sharding.host_values(state))
+        if sharding.is_writer():
+            _export_files(host_model, path, summary, codec)
+        multihost_utils.sync_global_devices(f"export_hf {path}")   # nobody reads the folder before it is there
+        return path
+    return _export_files(model, path, summary, codec)
+
+
+def _export_files(model, path: str, summary: dict | None, codec) -> str:
+    from grlhfv_jax.metrics import write_json_atomic
+    from grlhfv_jax.models import save_pretrained
     tmp = path.rstrip("/") + ".tmp"
     if os.path.exists(tmp):  # left by a crash mid-export
         shutil.rmtree(tmp)

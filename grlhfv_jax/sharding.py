@@ -6,9 +6,12 @@ and optimizer state), "tensor" (tensor parallelism: heads, MLP and vocab split).
 axis. A dim whose size the mesh axis does not divide is replicated, so any mesh works for any
 model (the sharding changes, the numbers do not).
 
-Multi-host: call `initialize_distributed()` first; `process_slice` gives each process its share
-of the data; `shard_batch(..., process_local=True)` assembles the global batch from the
-per-process pieces.
+Multi-host: call `initialize_distributed()` first. Each process reads its own rows of every
+global batch (the data sources: host p holds the contiguous block p of each batch's rows, in the
+order a single process reads them); `global_batch` makes those per-host rows one global batch
+(`jax.make_array_from_process_local_data`: the one place global batches are assembled;
+`trainers.loop.place_batch` calls it); `host_values` brings a global array back to the host, the
+same numpy on every process; `is_writer()` says whether this process writes files (process 0).
 """
 from __future__ import annotations
 
@@ -44,6 +47,9 @@ LOGICAL_RULES: dict[str, str | None] = {
 # Batch entries whose leading dim is not the batch: replicated on every device.
 REPLICATED_BATCH_KEYS = ("pixel_values", "image_grid_thw", "image_embeds", "micro_pixel_values",
                          "micro_image_grid_thw")
+# Of those, the ones a host builds for the whole global batch (`trainers.loop.micro_batch_images`
+# on several processes: a micro-batch's images are those of global rows, not of one host's rows).
+GLOBAL_BATCH_KEYS = ("micro_pixel_values", "micro_image_grid_thw")
 
 
 # ----------------------------------------------------------------------------- mesh
@@ -331,3 +337,149 @@ def process_slice(n: int, process_index: int | None = None, process_count: int |
         raise ValueError(f"process_slice: {n} items do not split evenly over {count} processes")
     per = n // count
     return slice(p * per, (p + 1) * per)
+
+
+def is_writer() -> bool:
+    """Whether this process writes files (run outputs, reports, exports): process 0 only."""
+    return jax.process_index() == 0
+
+
+def gather_rows(x) -> np.ndarray:
+    """A per-host numpy array (leading dims may differ between hosts) -> the concatenation of every
+    host's, in process order, the same on every host (host-side; one process: `x` itself). The dtype
+    is kept (the gather itself runs through jax: int64 / float64 travel as 32-bit)."""
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return x
+    return _gather_concat(x).astype(x.dtype, copy=False)
+
+
+def gather_batch(batch: Mapping, keys: Sequence[str] | None = None) -> dict:
+    """`batch` with the arrays of `keys` (all arrays of rank >= 1 if None) replaced by
+    `gather_rows` of them: this host's rows -> the global batch's, in process order."""
+    out = dict(batch)
+    for k, v in batch.items():
+        if (keys is None or k in keys) and v is not None and hasattr(v, "shape") and hasattr(v, "dtype") \
+                and len(np.shape(v)) > 0 and not isinstance(v, jax.Array):
+            out[k] = gather_rows(v)
+    return out
+
+
+def global_batch(host_rows: Mapping, mesh: Mesh, *, batch_axes: Sequence[str] = BATCH_AXES,
+                 replicated_keys: Sequence[str] = REPLICATED_BATCH_KEYS,
+                 global_keys: Sequence[str] = GLOBAL_BATCH_KEYS) -> dict:
+    """This host's rows of a batch -> the global batch as jax arrays on `mesh`.
+
+    Rows: every array of rank >= 1 not in `replicated_keys` holds this host's rows, the contiguous
+    block `process_index` of the global rows (what the data sources hand each host); the global
+    array is their concatenation in process order, rows split over `batch_axes`
+    (`jax.make_array_from_process_local_data`: each host places only its own rows, nothing is
+    copied between hosts). When the hosts hold different row counts, or the global rows do not split
+    over the batch axes, the rows are gathered (`gather_rows`) and replicated, with a warning.
+
+    Images: `pixel_values [N, D]` / `image_grid_thw [n, 3]` / `image_embeds` are not per-row arrays
+    (a row owns a variable run of patches, none for a text row) and are replicated on every device
+    (`REPLICATED_BATCH_KEYS`: the vision tower splits the patches itself, `constrain_split`). The
+    global entry is every host's, concatenated host-side in process order (`gather_rows`): host p's
+    rows are global block p, so that is the images of the global rows in row order, exactly what one
+    process would hold. Gathering the (unpadded) image rows on the host, not making them per-host
+    device arrays, keeps one layout for one and many hosts, and costs one copy of the step's images
+    per host, which a replicated layout holds anyway. Entries in `global_keys` (micro-batch images,
+    `trainers.loop.micro_batch_images`, built from the gathered rows) are already global: placed as
+    they are. Scalars and non-arrays pass through / are replicated.
+
+    One process: `shard_batch(host_rows, mesh)`. Every host must call this for the same batches (it
+    runs collectives)."""
+    if jax.process_count() == 1:
+        return shard_batch(host_rows, mesh, batch_axes=batch_axes, replicated_keys=replicated_keys)
+    axes = tuple(a for a in batch_axes if a in mesh.shape)
+    n_batch = _axis_size(mesh, axes)
+    row_keys = [k for k, v in host_rows.items() if k not in replicated_keys and hasattr(v, "shape")
+                and hasattr(v, "dtype") and len(np.shape(v)) > 0
+                and not (isinstance(v, jax.Array) and not v.is_fully_addressable)]   # already global: as is
+    local = sorted({int(np.shape(host_rows[k])[0]) for k in row_keys})
+    if len(local) > 1:
+        raise ValueError(f"global_batch: this host's row arrays disagree on their row count: "
+                         f"{ {k: np.shape(host_rows[k]) for k in row_keys} }")
+    from jax.experimental import multihost_utils
+    row_keys.sort()
+    shapes = [list(np.shape(host_rows[k])[1:]) for k in row_keys]
+    sig = np.asarray([local[0] if local else 0] + [len(row_keys)]
+                     + [d for sh in shapes for d in [len(sh)] + sh], np.int32)
+    sigs = np.asarray(multihost_utils.process_allgather(_pad_to(sig, 64)))   # [P, 64]
+    if not (sigs[:, 1:] == sigs[:1, 1:]).all():
+        raise ValueError("global_batch: the hosts' row arrays differ in their keys or trailing shapes (this host: "
+                         f"{dict(zip(row_keys, shapes))}); pad every host's rows to the same width (a fixed max_len)")
+    counts = sigs[:, 0]
+    total = int(counts.sum())
+    even = bool((counts == counts[0]).all()) and total % n_batch == 0
+    if not even:
+        import warnings
+        warnings.warn(f"global_batch: per-host rows {counts.tolist()} do not split evenly over the {n_batch} "
+                      "data-parallel devices: the rows are gathered and replicated (every device computes all "
+                      "of them)", stacklevel=2)
+    out = {}
+    for key, x in host_rows.items():
+        if x is None or not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            out[key] = x
+            continue
+        rep = NamedSharding(mesh, PartitionSpec())
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:   # already global
+            out[key] = x
+        elif x.ndim == 0 or key in global_keys:
+            out[key] = _place(np.asarray(x), rep)
+        elif key in replicated_keys or not even:
+            out[key] = _place(gather_rows(x), rep)
+        else:
+            sharding = NamedSharding(mesh, batch_spec(mesh, x.ndim, batch_axes))
+            _check_process_contiguous(sharding, total)
+            x = np.asarray(x)
+            out[key] = jax.make_array_from_process_local_data(sharding, x, (total, *x.shape[1:]))
+    return out
+
+
+def _pad_to(v: np.ndarray, n: int) -> np.ndarray:
+    if v.size > n:   # a long signature: fold it (a differing one still differs, with high odds)
+        v = np.asarray([v[0], int(hash(tuple(v[1:].tolist())) % (2 ** 31))], np.int32)
+    return np.concatenate([v, np.full(n - v.size, -1, np.int32)])
+
+
+def host_values(tree):
+    """Global jax arrays (any pytree of them) -> numpy, the whole array on every host (row-sharded
+    arrays spanning hosts are all-gathered: `multihost_utils.process_allgather`). Every host must
+    call it for the same arrays. Other leaves pass through; one process: `np.asarray`."""
+    def one(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.tree.map(one, tree)
+
+
+def host_rows(x) -> np.ndarray:
+    """A global array whose rows are the hosts' blocks in process order (what `global_batch` builds
+    from per-host rows) -> this host's block, numpy (`host_values`, then `process_slice`)."""
+    x = host_values(x)
+    return x if jax.process_count() == 1 else x[process_slice(x.shape[0])]
+
+
+def gather_objects(items: Sequence) -> list:
+    """Every host's list of picklable items (records' labels, judgment texts), concatenated in
+    process order: the same list on every host (one process: `list(items)`). For the figures a stage
+    computes over records each host holds a share of."""
+    items = list(items)
+    if jax.process_count() == 1:
+        return items
+    import pickle
+    blob = np.frombuffer(pickle.dumps(items), np.uint8)
+    sizes = gather_rows(np.asarray([blob.size], np.int32))
+    data = gather_rows(blob)
+    out, pos = [], 0
+    for n in sizes.tolist():
+        out += pickle.loads(data[pos:pos + n].tobytes())
+        pos += n
+    return out

@@ -73,16 +73,19 @@ def test_array_record_holds_what_the_cleaned_split_held(converted):
 
 
 def test_two_hosts_read_disjoint_shares_that_cover_the_split(converted):
+    """records: host p reads p, p + 2, ...; dataset: host p reads block p of every global batch, so the
+    two hosts' blocks, concatenated, are the batches one process reads (tests/test_multihost.py)."""
     _, _, d, _ = converted
     every = [r["id"] for r in fs.FilesSource(d, shard=(0, 1)).records("grm_train")]
-    seen = []
-    for index in (0, 1):
-        src = fs.FilesSource(d, shard=(index, 2))
-        share = [r["id"] for r in src.records("grm_train")]
-        ds = src.dataset("grm_train", seed=5, batch_size=1)
-        epoch = [ds[step][0]["id"] for step in range(len(share))]
-        assert sorted(epoch) == sorted(share)              # its batches stay in its share
-        seen.append(share)
+    one = fs.FilesSource(d, shard=(0, 1)).dataset("grm_train", seed=5, batch_size=4)
+    two = [fs.FilesSource(d, shard=(index, 2)).dataset("grm_train", seed=5, batch_size=4) for index in (0, 1)]
+    for step in range(6):   # past two epochs of 11
+        halves = [[r["id"] for r in ds[step]] for ds in two]
+        assert len(halves[0]) == len(halves[1]) == 2
+        assert halves[0] + halves[1] == [r["id"] for r in one[step]]
+    with pytest.raises(ValueError, match="multiples of the process count"):
+        fs.FilesSource(d, shard=(0, 2)).dataset("grm_train", seed=5, batch_size=3)
+    seen = [[r["id"] for r in fs.FilesSource(d, shard=(index, 2)).records("grm_train")] for index in (0, 1)]
     assert len(seen[0]) == 6 and len(seen[1]) == 5 and not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == sorted(every)
 

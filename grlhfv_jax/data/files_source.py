@@ -194,7 +194,8 @@ class Prefetched:
 @dataclasses.dataclass
 class FilesSource:
     """The splits in a `files_tfds` dataset folder, read through grain. `shard`: (process index,
-    process count); None = jax's. This process reads records ``index, index + count, ...``."""
+    process count); None = jax's. `dataset`: this process's block of each global batch; `records`:
+    records ``index, index + count, ...``."""
 
     dataset_dir: str
     shard: tuple[int, int] | None = None
@@ -228,20 +229,28 @@ class FilesSource:
         """Endless batches, a `grain.MapDataset`: ``ds[step]`` is a list of `batch_size` decoded
         records of this process's share, shuffled by `seed` with a new order every epoch; the same
         list for the same (seed, step), so a run resumed at a step sees what it would have seen.
-        ``ds.to_iter_dataset()`` iterates it (grain's `get_state` / `set_state`)."""
+        ``ds.to_iter_dataset()`` iterates it (grain's `get_state` / `set_state`).
+
+        Several processes: `batch_size` is the GLOBAL batch size; the records are shuffled as one
+        process shuffles them and process p's ``ds[step]`` is the contiguous block p of
+        ``batch_size / count`` rows of global batch ``step`` (only those records are decoded), so the
+        hosts' blocks in process order (`sharding.global_batch`) are one process's batches."""
         import grain
+
+        from grlhfv_jax.data.pipeline import host_batch_size
         index, count = _shard(self.shard)
+        per_host = host_batch_size(batch_size, count)
         ds = grain.MapDataset.source(self.source(split))
-        if count > 1:
-            ds = ds[index::count]
         if len(ds) == 0:
-            raise ValueError(f"split {split!r} has no records for process {index} of {count}: nothing to batch")
+            raise ValueError(f"split {split!r} has no records: nothing to batch")
         ds = ds.shuffle(seed=int(seed)).repeat(None).map(self._decode(split))
         threads = self.read_threads
         if self.image_processor is not None and self.image_workers > 0:
             ds = ds.map(_Prepare(self.image_processor, split))
             threads = max(threads, self.image_workers)
-        ds = ds.batch(int(batch_size), batch_fn=list)
+        ds = ds.batch(per_host, batch_fn=list)
+        if count > 1:
+            ds = ds[index::count]
         return Prefetched(ds, threads) if threads > 0 else ds
 
     def records(self, split: str, n: int | None = None) -> list[dict]:

@@ -9,8 +9,12 @@ Records are python dicts; images are uint8 [H, W, 3]; texts are str; `scene` sta
 (what `world.oracle_score` takes). Batches are lists of dicts: collating (tokenising, padding,
 image patches) is processing.py's job.
 
-Sharding: by default each process reads the records `i` with `i % process_count == process_index`
-(`jax.process_index()` / `jax.process_count()`), before shuffling, so processes never overlap.
+Sharding (`jax.process_index()` / `jax.process_count()` by default): the records are shuffled as
+one process shuffles them, then each process reads only its share: with `batch_size` (the GLOBAL
+batch size) process p reads the contiguous block p of `batch_size / process_count` rows of every
+batch, so the hosts' blocks, concatenated in process order (`sharding.global_batch`), are the
+batches one process reads, in the same order; without it, records p, p + count, ... of the shuffled
+stream. `load_records`: records `i` with `i % process_count == process_index`.
 """
 from __future__ import annotations
 
@@ -147,23 +151,32 @@ def dataset(data_dir: str | None, split: str, world: W.WorldConfig | None = None
             shuffle: bool = True, num_epochs: int | None = 1, batch_size: int | None = None,
             drop_remainder: bool = False, shard_index: int | None = None,
             shard_count: int | None = None, source: str = "tfds") -> grain.MapDataset:
-    """A grain MapDataset of decoded records (or lists of `batch_size` records).
+    """A grain MapDataset of decoded records (or lists of records: this process's rows of global
+    batches of `batch_size`).
 
-    Sharded per process first, then shuffled with `seed` (a different order every epoch), repeated
-    `num_epochs` times (None = forever), then decoded and batched."""
+    Shuffled with `seed` (a different order every epoch), repeated `num_epochs` times (None =
+    forever), then this process's share (module docstring) is decoded and batched: only its own
+    records are decoded."""
     src = open_source(data_dir, split, world, source=source)
     si, sc = _shard(shard_index, shard_count)
     ds = grain.MapDataset.source(src)
-    if sc > 1:
-        ds = ds[si::sc]
     if shuffle:
         ds = ds.shuffle(seed=seed)
     if num_epochs != 1:
         ds = ds.repeat(num_epochs)
     ds = ds.map(lambda r: decode_record(r, split))
     if batch_size is not None:
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=list)
-    return ds
+        ds = ds.batch(host_batch_size(batch_size, sc), drop_remainder=drop_remainder, batch_fn=list)
+    return ds[si::sc] if sc > 1 else ds
+
+
+def host_batch_size(batch_size: int, count: int) -> int:
+    """The rows each of `count` processes reads of a global batch of `batch_size` (ValueError
+    unless it divides)."""
+    if int(batch_size) % int(count):
+        raise ValueError(f"a global batch of {batch_size} rows does not split over {count} processes: make "
+                         f"batch sizes (pairs / prompts per step) multiples of the process count")
+    return int(batch_size) // int(count)
 
 
 class _Decode(grain.transforms.Map):

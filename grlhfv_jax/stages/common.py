@@ -10,6 +10,7 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -178,7 +179,40 @@ def new_or_load(spec, codec: Codec, *, seed: int, scalar_head: bool = False, fro
 def engine_rollout(model, codec: Codec, *, frozen: bool = False):
     """The KV-cache engine as a `rollout.Rollout` for `model`, with the codec's EOS and pad ids."""
     from grlhfv_jax.rollout import EngineRollout
-    return EngineRollout(model, eos_token_id=codec.eos_id, pad_token_id=codec.pad_id, frozen=frozen)
+    engine = EngineRollout(model, eos_token_id=codec.eos_id, pad_token_id=codec.pad_id, frozen=frozen)
+    return HostRowsRollout(engine) if jax.process_count() > 1 else engine
+
+
+class HostRowsRollout:
+    """Several processes: a `rollout.Rollout` whose callers hand it this host's prompt rows and get
+    this host's output rows back, while the engine samples the global batch. The hosts' prompts are
+    gathered host-side in process order (`sharding.gather_batch`: the rows and their images; host p's
+    rows are block p), the engine runs on that global batch (its arrays placed over the whole mesh),
+    the outputs come back to every host (`sharding.host_values`) and each keeps its block of rows
+    (prompt p's samples stay together: block p of the prompts is block p of the rows). Every host
+    must call `generate` for the same number of equally sized batches (it runs collectives).
+    A call that is part `first_row` of a sample of `total_rows` rows (per host) draws rows from the
+    global sample of `total_rows * process_count` rows starting at `first_row * process_count`: no
+    row shares another's draws, though a run split into several calls draws other values than one
+    process does (one call: the same as one process)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def generate(self, batch: dict, params):
+        from grlhfv_jax.rollout import GenerationOutput
+        count = jax.process_count()
+        rows = int(np.shape(batch["input_ids"])[0])
+        if int(params.total_rows or 0):
+            params = params.replace(first_row=int(params.first_row) * count, total_rows=int(params.total_rows) * count)
+        out = sharding.host_values(tuple(self.inner.generate(sharding.gather_batch(batch), params)))
+        n = out[0].shape[0] // (rows * count)   # samples per prompt
+        sl = sharding.process_slice(out[0].shape[0])
+        assert sl.stop - sl.start == rows * n
+        return GenerationOutput(*(np.asarray(x)[sl] for x in out))
 
 
 def sample_groups(rollout, codec: Codec, examples: list[dict], *, max_len: int, params, num_calls: int = 1):

@@ -69,6 +69,14 @@ def scored_answers(model, codec, recs, sec, hooks, *, samples: int = 0, seed: in
     return texts, done, sources.oracle_scores(hooks, recs, texts, per_record=k)
 
 
+def _all_hosts(texts, done, scores):
+    """Several processes: every host's answers, finished flags and oracle scores (each answered its
+    share of the records), in process order, the same on every host; one process: unchanged."""
+    from grlhfv_jax import sharding
+    return (sharding.gather_objects(texts), sharding.gather_rows(np.asarray(done)),
+            None if scores is None else sharding.gather_rows(np.asarray(scores)))
+
+
 def hedges(answer: str, hooks) -> bool:
     return hooks.style(answer) == "hedges"
 
@@ -90,8 +98,9 @@ def run(config, workdir: str, writer, section: str) -> dict:
         if not os.path.isfile(os.path.join(path, "config.json")):
             continue
         model = common.load_stage_output(path, f"run the stage that writes {path}", config, config.model.policy)
-        t, done, oracle = scored_answers(model, codec, recs, sec, src.hooks)
-        texts[name], greedy[name] = t, oracle
+        texts[name], done, oracle = scored_answers(model, codec, recs, sec, src.hooks)   # this host's records
+        t, done, oracle = _all_hosts(texts[name], done, oracle)
+        greedy[name] = oracle   # every host's, in one order
         summary[f"{prefix}oracle_score_{key}"] = float(oracle.mean())
         if name != "before" and "before" in greedy:   # paired over the same prompts: one greedy answer each
             summary[f"{prefix}oracle_gain_greedy_vs_sft"] = float((oracle - greedy["before"]).mean())
@@ -100,10 +109,10 @@ def run(config, workdir: str, writer, section: str) -> dict:
         summary[f"{prefix}length_words_{key}"] = float(np.mean([len(a.split()) for a in t]))
         summary[f"{prefix}self_praise_rate_{key}"] = float(np.mean([praises(a) for a in t]))
         if int(sec.samples):
-            ts, _, sampled = scored_answers(model, codec, recs, sec, src.hooks, samples=sec.samples,
-                                            seed=SAMPLE_SEED + config.seed)
+            ts, _, sampled = _all_hosts(*scored_answers(model, codec, recs, sec, src.hooks, samples=sec.samples,
+                                                        seed=SAMPLE_SEED + config.seed))
             summary[f"{prefix}oracle_score_sampled_{key}"] = float(sampled.mean())
-            per_prompt[name] = sampled.reshape(len(recs), -1).mean(axis=1)  # the prompt is the unit of the SE
+            per_prompt[name] = sampled.reshape(-1, int(sec.samples)).mean(axis=1)  # the prompt is the unit of the SE
             summary[f"{prefix}oracle_score_sampled_{key}_se"] = _se(per_prompt[name])
             if name != "before" and "before" in per_prompt:  # paired over the same prompts
                 gain = per_prompt[name] - per_prompt["before"]
@@ -150,5 +159,7 @@ def _head_to_head(grm, codec, config, recs, new, old, prefix: str, hooks) -> dic
     for r, a, b in zip(recs, new, old):
         oa, ob = hooks.oracle_score(r, a), hooks.oracle_score(r, b)
         oracle_wins.append(1.0 if oa > ob else 0.5 if oa == ob else 0.0)
+    from grlhfv_jax import sharding   # several processes: every host's records
+    grm_wins, oracle_wins = sharding.gather_objects(grm_wins), sharding.gather_objects(oracle_wins)
     return {f"{prefix}grm_win_rate_vs_sft": float(np.mean(grm_wins)) if grm_wins else float("nan"),
             f"{prefix}oracle_win_rate_vs_sft": float(np.mean(oracle_wins))}

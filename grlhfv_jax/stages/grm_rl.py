@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from grlhfv_jax import sharding
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.rl import grm_reward, grpo
 from grlhfv_jax.rollout import SamplingParams
@@ -110,7 +111,9 @@ def evaluate_grm(grm, codec, config, sec, records_id, records_ood, prefix: str) 
 
 
 def save_samples(workdir: str, records, samples, encode_image, limit: int = 8) -> None:
-    """Writes a few judgments (with their images) for the report."""
+    """Writes a few judgments (with their images) for the report (process 0 alone)."""
+    if not sharding.is_writer():
+        return
     out = os.path.join(workdir, "samples")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "judgments.jsonl"), "w") as f:
@@ -136,9 +139,10 @@ def run(config, workdir: str, writer, section: str) -> dict:
     elif sec.eval_pairs:
         before, _ = evaluate_grm(grm, codec, config, sec, records_id, records_ood, "grm/sft")
         summary = _rename(before, "sft")
-        os.makedirs(os.path.join(workdir, "grm_rl"), exist_ok=True)
-        with open(os.path.join(workdir, "grm_rl", "sft_eval.json"), "w") as f:
-            json.dump(summary, f)
+        if sharding.is_writer():
+            os.makedirs(os.path.join(workdir, "grm_rl"), exist_ok=True)
+            with open(os.path.join(workdir, "grm_rl", "sft_eval.json"), "w") as f:
+                json.dump(summary, f)
         print(f"[grm_rl] before RL: {json.dumps({k: round(v, 3) for k, v in summary.items()})}", flush=True)
 
     state = loop.make_rl_train_state(grm, sec)

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from grlhfv_jax import sharding
 from grlhfv_jax.rl import grm_reward
 from grlhfv_jax.rollout import Judge, SamplingParams
 from grlhfv_jax.rollout.engine import bucket_length
@@ -55,6 +56,16 @@ class GRMJudge:
         return texts
 
     def judge_groups(self, groups: Sequence[tuple], params: SamplingParams) -> list[list[str]]:
+        if jax.process_count() == 1:
+            return self._judge_groups(groups, params)
+        # Several processes: the shared-prefix judge places host arrays as global ones, so every host
+        # judges every host's groups (gathered in process order: the same arrays everywhere) and
+        # keeps the judgments of its own.
+        counts = sharding.gather_rows(np.asarray([len(groups)], np.int32))
+        start = int(counts[:jax.process_index()].sum())
+        return self._judge_groups(sharding.gather_objects(list(groups)), params)[start:start + len(groups)]
+
+    def _judge_groups(self, groups: Sequence[tuple], params: SamplingParams) -> list[list[str]]:
         from grlhfv_jax.rollout.judge import decoded_rows, judge_generate, split_common_prefix
         codec, grm, split = self.codec, self.grm, self._split or nnx.split(self.grm)
         if params.num_samples != 1:
@@ -91,7 +102,7 @@ class GRMJudge:
                                      eos_token_id=codec.eos_id, rng=jax.random.key(params.seed),
                                      pad_token_id=codec.pad_id, model_split=split, first_row=first,
                                      total_rows=total)
-                texts = codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
+                texts = codec.decode(*sharding.host_values((gen.tokens, gen.lengths)))
             k = 0
             for q, img, pairs in chunk:
                 out.append(texts[k:k + len(pairs)])
@@ -166,6 +177,10 @@ def grm_accuracy(judge: Judge, records: Sequence[dict], *, max_new_tokens: int,
     swapped = [(q, img, b, a) for q, img, a, b in items]
     greedy = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     fwd, rev = judge.judge(items, greedy), judge.judge(swapped, greedy)
+    if jax.process_count() > 1:   # each host judged its share of the records: figures over all of them
+        keys = ("question", "response_1", "response_2", "overall_response", "pair_type")
+        records = sharding.gather_objects([{k: r[k] for k in keys if k in r} for r in records])
+        fwd, rev = sharding.gather_objects(fwd), sharding.gather_objects(rev)
     acc, acc_rev, consistent, fails, ties = [], [], [], 0, 0
     decided = []  # pair reward of the judgments (both orders) that parse and are not ties
     samples = []
@@ -236,14 +251,14 @@ def score_batch(rm, batch: dict, rows: int | None = None) -> np.ndarray:
     rows = int(rows or SCORE_ROWS)
     B = int(np.shape(batch["input_ids"])[0])
     if B <= rows:
-        return np.asarray(_scores(rm, loop.place_batch(rm, batch)))
+        return sharding.host_rows(_scores(rm, loop.place_batch(rm, batch)))   # several processes: this host's rows
     tok, merge = rm.config.image_token_id, rm.config.spatial_merge_size
     out = []
     for idx, real in _filled_calls(B, rows):
         part = learner.select_rows(batch, idx, image_token_id=tok, merge_size=merge)
         if "image_grid_thw" in part and not np.asarray(part["image_grid_thw"]).size:   # a slice without images
             part = {k: v for k, v in part.items() if k not in ("pixel_values", "image_grid_thw")}
-        out.append(np.asarray(_scores(rm, loop.place_batch(rm, part)))[:real])
+        out.append(sharding.host_rows(_scores(rm, loop.place_batch(rm, part)))[:real])
     return np.concatenate(out)
 
 
@@ -266,6 +281,10 @@ def rm_accuracy(rm, codec, records, *, rows: int, max_len: int, prefix: str = ""
     """Share of pairs where the RM scores the human-preferred response higher (ties wrong)."""
     items = [(r["question"], r["image"], r[k]) for r in records for k in ("response_1", "response_2")]
     s = rm_scores(rm, codec, items, rows=rows, max_len=max_len).reshape(-1, 2)
+    if jax.process_count() > 1:   # each host scored its share of the records: figures over all of them
+        s = sharding.gather_rows(s)
+        records = sharding.gather_objects([{k: r[k] for k in ("overall_response", "pair_type") if k in r}
+                                           for r in records])
     labels = np.array([int(r["overall_response"]) for r in records])
     pred = np.where(s[:, 0] > s[:, 1], 1, np.where(s[:, 1] > s[:, 0], 2, 0))
     return {f"{prefix}accuracy": float(np.mean(pred == labels)) if len(labels) else 0.0,

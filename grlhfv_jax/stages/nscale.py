@@ -15,6 +15,7 @@ import os
 
 import ml_collections
 
+from grlhfv_jax import sharding
 from grlhfv_jax.stages import ConfigError, check_section, common, evaluate, policy_rl, sft
 from grlhfv_jax.stages import data as data_stage
 
@@ -66,8 +67,9 @@ def run(config, workdir: str, writer, section: str) -> dict:
             model = common.load_stage_output(policy_rl.output_dir(os.path.join(workdir, "nscale"), name), name,
                                              config, spec)
             result.setdefault(reward, {})[str(n)] = _oracle(model, codec, recs, ev, seed, src.hooks) - base
-            with open(path, "w") as f:
-                json.dump(result, f, indent=2)
+            if sharding.is_writer():
+                with open(path, "w") as f:
+                    json.dump(result, f, indent=2)
             summary[f"nscale/{reward}_gain_n{n}"] = result[reward][str(n)]
             print(f"[nscale] {reward} n={n}: oracle gain {result[reward][str(n)]:+.3f}", flush=True)
     return summary

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from grlhfv_jax import sharding
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import sources
 from grlhfv_jax.rl import grm_reward, grouped
@@ -144,9 +145,10 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
         oracle = sources.oracle_scores(src.hooks, recs, texts, per_record=n)
         metrics = learner.grpo_update(state, ref, prompts, gen, rewards, pad_id=codec.pad_id, cfg=cfg,
                                        mini_batches=sec.mini_batches)
-        if oracle is not None:
+        if oracle is not None:   # over every host's rows (one process: its own)
+            oracle, all_rewards = sharding.gather_rows(np.asarray(oracle)), sharding.gather_rows(np.asarray(rewards))
             metrics["oracle/mean"] = float(oracle.mean())
-            metrics["oracle/reward_corr"] = _corr(oracle, rewards.ravel())
+            metrics["oracle/reward_corr"] = _corr(oracle, all_rewards.ravel())
         if diags:
             for key in ("parse_failure_rate", "tie_rate", "position_consistency", "cycle_rate"):
                 num, den = _pool(diags, key)

@@ -114,12 +114,16 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     whole groups (memory only: the same values).
     advantages: [P, G] computed by the caller (other groupings than one group per prompt), else
     from rewards by ``cfg.advantage_estimator``.
+    Several processes: `prompts`, `gen`, `rewards` are this host's rows (block `process_index` of
+    the global batch, `stages.common.HostRowsRollout`); each mini-batch is every host's block m
+    (one mini-batch: the one-process update); the rollout metrics cover every host's groups.
     Returns the mean of the step metrics plus rollout metrics, and the seconds of its two device
     phases: ``time/ref_logprobs_s`` (the reference pass) and ``time/update_s`` (the mini-batch
     updates; each step's metrics are read back, so the time is the device's, not a dispatch's).
     """
     import time
 
+    from grlhfv_jax import sharding
     from grlhfv_jax.rl import grpo
     from grlhfv_jax.trainers import loop, steps
 
@@ -148,7 +152,7 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     t0 = time.perf_counter()
     # each micro-batch (of the reference pass, of each update) runs the vision tower on its own images
     jb = loop.place_batch(ref_model, loop.micro_batch_images(ref_model, batch, cfg.ref_num_micro_batches, G))
-    batch["ref_logp"] = np.asarray(steps.compute_logprobs(ref_model, {k: jb[k] for k in (
+    batch["ref_logp"] = sharding.host_rows(steps.compute_logprobs(ref_model, {k: jb[k] for k in (
         "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start") + steps.MICRO_IMAGE_KEYS
         if k in jb}, window=window, group=G, num_micro_batches=cfg.ref_num_micro_batches))
     if P % mini_batches:
@@ -164,9 +168,12 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
         step_metrics.append({k: float(v) for k, v in met.items()})
     out = {k: float(np.mean([s[k] for s in step_metrics])) for k in step_metrics[0]}
     out["time/ref_logprobs_s"], out["time/update_s"] = t1 - t0, time.perf_counter() - t1
-    keep = valid.astype(bool)
-    out.update(grpo.rollout_metrics(rewards[keep], adv.reshape(P, G)[keep], lengths.reshape(P, G)[keep],
-                                    ~np.asarray(gen.finished).reshape(P, G)[keep]))
+    # rollout figures over the global batch: every host's groups (one process: its own)
+    g = sharding.gather_rows
+    keep = g(valid).astype(bool)
+    out.update(grpo.rollout_metrics(g(np.asarray(rewards))[keep], g(adv.reshape(P, G))[keep],
+                                    g(np.asarray(lengths).reshape(P, G))[keep],
+                                    ~g(np.asarray(gen.finished).reshape(P, G))[keep]))
     return out
 
 

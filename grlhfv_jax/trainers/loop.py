@@ -100,13 +100,22 @@ def micro_batch_images(model, batch: dict, micro_batches: int, group: int = 1) -
     Where the model reads each run of `group` rows' images from its first row
     (`steps.images_per_group`), only those rows' images are kept. Each micro-batch then runs the
     vision tower on its own images: its memory is one micro-batch's, not the whole batch's.
-    Unchanged when ``micro_batches`` <= 1 or the batch has no (host numpy) images."""
+    Unchanged when ``micro_batches`` <= 1 or the batch has no (host numpy) images.
+
+    Several processes: `batch` holds this host's rows (block `process_index` of the global rows);
+    a micro-batch is a block of global rows, so the micro-batch images are built from the global
+    rows' ids and images, gathered host-side (`sharding.gather_batch`): the same arrays on every host,
+    placed as they are (`sharding.GLOBAL_BATCH_KEYS`); the host's other entries stay its own."""
     from grlhfv_jax import processing
     from grlhfv_jax.trainers import grpo, steps
     m = int(micro_batches)
     pv, grid = batch.get("pixel_values"), batch.get("image_grid_thw")
     if m <= 1 or not isinstance(pv, np.ndarray) or pv.ndim != 2 or grid is None:
         return batch
+    host = batch
+    if jax.process_count() > 1:
+        batch = sharding.gather_batch(batch, ("input_ids", "pixel_values", "image_grid_thw"))
+        pv, grid = batch["pixel_values"], batch["image_grid_thw"]
     cfg = model.config
     rows = np.asarray(batch["input_ids"]).shape[0]
     if rows % m:
@@ -126,7 +135,7 @@ def micro_batch_images(model, batch: dict, micro_batches: int, group: int = 1) -
         if px:
             x, g = np.concatenate(px), np.concatenate(gs)
             micro_pv[k, :len(x)], micro_grid[k, :len(g)] = x, g
-    out = {k: v for k, v in batch.items() if k != "pixel_values"}
+    out = {k: v for k, v in host.items() if k != "pixel_values"}
     out["micro_pixel_values"], out["micro_image_grid_thw"] = micro_pv, micro_grid
     return out
 
@@ -137,12 +146,27 @@ def place_batch(model, batch: dict) -> dict:
     come from the caller's `process_slice`), images replicated; non-arrays passed through. Rows
     that do not split evenly are replicated, with a warning. A model on one device gets plain
     device arrays. Host pixel rows (numpy `pixel_values`) are padded to `processing.patch_bucket`
-    of `patch_unit(model)`: batches of images of other sizes then share a compiled step."""
+    of `patch_unit(model)`: batches of images of other sizes then share a compiled step.
+
+    Several processes (`jax.process_count() > 1`): `batch` holds this host's rows (the data
+    sources give host p block p of each global batch's rows) and the result is the global batch
+    (`sharding.global_batch`): the image entries are gathered host-side first, then padded as one
+    process pads them, so every host, and a one-process run, place the same arrays."""
     from grlhfv_jax import processing
+    mesh = sharding.model_mesh(model)
+    parts = batch.get("parts")
+    if jax.process_count() > 1 and isinstance(parts, (tuple, list)) and all(isinstance(p, dict) for p in parts):
+        # a batch in parts of different widths (steps.sft_step): each part is this host's rows of its own
+        return dict(batch, parts=tuple(place_batch(model, p) for p in parts))
+    if jax.process_count() > 1 and mesh is not None:
+        batch = sharding.gather_batch(batch, ("pixel_values", "image_grid_thw", "image_embeds"))
+        pv = batch.get("pixel_values")
+        if isinstance(pv, np.ndarray) and pv.ndim == 2 and batch.get("image_grid_thw") is not None:
+            batch = processing.pad_patches(batch, processing.patch_bucket(pv.shape[0], patch_unit(model)))
+        return sharding.global_batch(batch, mesh, global_keys=sharding.REPLICATED_BATCH_KEYS)
     pv = batch.get("pixel_values")
     if isinstance(pv, np.ndarray) and pv.ndim == 2 and batch.get("image_grid_thw") is not None:
         batch = processing.pad_patches(batch, processing.patch_bucket(pv.shape[0], patch_unit(model)))
-    mesh = sharding.model_mesh(model)
     if mesh is not None and mesh.size > 1:
         n = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape]))
         rows = {int(v.shape[0]) for k, v in batch.items() if k not in sharding.REPLICATED_BATCH_KEYS
