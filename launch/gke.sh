@@ -85,10 +85,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 commands=" manifest apply logs delete xpk-create xpk-delete "
-[[ ${#positional[@]} -gt 0 ]] || usage_error "no command given (one of:${commands% })"
-cmd=${positional[0]}
-[[ $commands == *" $cmd "* ]] || usage_error "unknown command '$cmd' (one of:${commands% })"
-[[ ${#positional[@]} -eq 1 ]] || usage_error "unexpected argument '${positional[1]}' (main.py's flags go after --)"
+cmd=$(command_from "$commands" "${positional[@]}")
 [[ -n $name ]] || usage_error "--name is required"
 [[ $name =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ && ${#name} -le 40 ]] \
   || usage_error "--name '$name': at most 40 lowercase letters, digits and '-'"
@@ -96,9 +93,7 @@ for v in gpus_per_host hosts max_restarts; do
   [[ ${!v} =~ ^[0-9]+$ ]] || usage_error "--${v//_/-} '${!v}': expected a whole number"
 done
 if [[ $cmd == manifest || $cmd == apply || $cmd == xpk-create ]]; then
-  [[ -n $config ]] || usage_error "--config is required for $cmd"
-  [[ -f $REPO_ROOT/${config%%:*} ]] || usage_error "--config $config: no file ${config%%:*} in $REPO_ROOT"
-  [[ -n $workdir ]] || usage_error "--workdir is required for $cmd"
+  require_config "$cmd" "$config" "$workdir"
   require_gs --workdir "$workdir"
 fi
 if [[ $cmd == xpk-* ]]; then

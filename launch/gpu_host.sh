@@ -56,16 +56,11 @@ while [[ $# -gt 0 ]]; do
 done
 
 commands=" install run logs stop up "
-[[ ${#positional[@]} -gt 0 ]] || usage_error "no command given (one of:${commands% })"
-cmd=${positional[0]}
-[[ $commands == *" $cmd "* ]] || usage_error "unknown command '$cmd' (one of:${commands% })"
-[[ ${#positional[@]} -eq 1 ]] || usage_error "unexpected argument '${positional[1]}' (main.py's flags go after --)"
+cmd=$(command_from "$commands" "${positional[@]}")
 [[ $dir != "" && $dir != "." && $dir != "/" && $dir != *~* ]] || usage_error "--dir '$dir': give a folder of its own"
 if [[ -n $host && ! $host =~ ^[A-Za-z0-9_.@-]+$ ]]; then usage_error "--host '$host': expected USER@HOST or HOST"; fi
 if [[ $cmd == run || $cmd == up ]]; then
-  [[ -n $config ]] || usage_error "--config is required for $cmd"
-  [[ -f $REPO_ROOT/${config%%:*} ]] || usage_error "--config $config: no file ${config%%:*} in $REPO_ROOT"
-  [[ -n $workdir ]] || usage_error "--workdir is required for $cmd"
+  require_config "$cmd" "$config" "$workdir"
 fi
 full_commit=""
 if [[ $cmd == install || $cmd == up ]]; then

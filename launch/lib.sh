@@ -63,6 +63,25 @@ resolve_commit() {
     || usage_error "--commit $1: not a commit of $REPO_ROOT"
 }
 
+# command_from COMMANDS WORD...: the one command word the script was given (WORD... = its positional
+# arguments), from COMMANDS (" a b c ", spaces around each); a usage error otherwise.
+command_from() {
+  local commands=$1
+  shift
+  [[ $# -gt 0 ]] || usage_error "no command given (one of:${commands% })"
+  [[ $commands == *" $1 "* ]] || usage_error "unknown command '$1' (one of:${commands% })"
+  [[ $# -eq 1 ]] || usage_error "unexpected argument '$2' (main.py's flags go after --)"
+  printf '%s' "$1"
+}
+
+# require_config CMD CONFIG WORKDIR: CMD needs --config (a file of this repository, PATH[:ARG]) and
+# --workdir.
+require_config() {
+  [[ -n $2 ]] || usage_error "--config is required for $1"
+  [[ -f $REPO_ROOT/${2%%:*} ]] || usage_error "--config $2: no file ${2%%:*} in $REPO_ROOT"
+  [[ -n $3 ]] || usage_error "--workdir is required for $1"
+}
+
 require_gs() {  # OPTION VALUE
   [[ $2 == gs://?* ]] || usage_error "$1 must be a gs:// path that every host can read and write (got '${2}')"
 }

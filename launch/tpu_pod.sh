@@ -93,9 +93,7 @@ fi
 [[ $name =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || usage_error "--name '$name': lowercase letters, digits and '-'"
 [[ -n $zone ]] || usage_error "--zone is required"
 if [[ $cmd == run || $cmd == up || $cmd == all ]]; then
-  [[ -n $config ]] || usage_error "--config is required for $cmd"
-  [[ -f $REPO_ROOT/${config%%:*} ]] || usage_error "--config $config: no file ${config%%:*} in $REPO_ROOT"
-  [[ -n $workdir ]] || usage_error "--workdir is required for $cmd"
+  require_config "$cmd" "$config" "$workdir"
   require_gs --workdir "$workdir"
 fi
 if [[ -z $version ]]; then
