@@ -104,17 +104,8 @@ def read_items(path, fields, *, fmt, limit, image_root, problems, build, rows=No
     (reason, detail) for a bad row; malformed rows and whatever `build` rejects are counted and
     named in `problems`, never raised."""
     items = []
-    for file, row_id, row in (rows if rows is not None else keyed_rows(path, fmt)):
-        if limit is not None and len(items) >= limit:
-            break
-        problems.read += 1
-        if isinstance(row, Exception):
-            problems.add(row_id, "malformed", str(row))
-            continue
-        try:
-            built = build(row, file, row_id)
-        except Exception as e:   # a row of an unexpected shape: named, never fatal
-            built = ("malformed", f"{type(e).__name__}: {e}")
+    for _, row_id, _, built in common.built_rows(rows if rows is not None else keyed_rows(path, fmt), items,
+                                                 limit, problems, build):
         if isinstance(built, tuple):
             problems.add(row_id, *built)
             continue

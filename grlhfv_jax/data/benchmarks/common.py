@@ -160,13 +160,13 @@ def text(value) -> str:
     return "" if value is None else str(value)
 
 
-def read_items(path: str, fields: dict, *, fmt: str, limit: int | None, image_root: str | None,
-               problems: Problems, build) -> list[Item]:
-    """Items from `path`: `build(row, file, row_id)` returns an Item or (reason, detail) for a bad
-    row (the image is read here: field "image"); malformed rows, missing images and whatever
-    `build` rejects are counted and named in `problems`, never raised."""
-    items = []
-    for file, row_id, row in rows(path, fmt):
+def built_rows(rows, items: list, limit: int | None, problems: Problems, build):
+    """(file, row_id, row, built) for each well-formed row of `rows` ((file, row_id, row or an
+    Exception) triples) while `items`, the caller's list as it grows, holds fewer than `limit`:
+    `built` is `build(row, file, row_id)`, or ("malformed", detail) where it raised (a row of an
+    unexpected shape: named, never fatal). Every row read is counted in `problems`, a malformed one
+    named there."""
+    for file, row_id, row in rows:
         if limit is not None and len(items) >= limit:
             break
         problems.read += 1
@@ -177,6 +177,16 @@ def read_items(path: str, fields: dict, *, fmt: str, limit: int | None, image_ro
             built = build(row, file, row_id)
         except Exception as e:   # a row of an unexpected shape: named, never fatal
             built = ("malformed", f"{type(e).__name__}: {e}")
+        yield file, row_id, row, built
+
+
+def read_items(path: str, fields: dict, *, fmt: str, limit: int | None, image_root: str | None,
+               problems: Problems, build) -> list[Item]:
+    """Items from `path`: `build(row, file, row_id)` returns an Item or (reason, detail) for a bad
+    row (the image is read here: field "image"); malformed rows, missing images and whatever
+    `build` rejects are counted and named in `problems`, never raised."""
+    items = []
+    for _, row_id, row, built in built_rows(rows(path, fmt), items, limit, problems, build):
         if not isinstance(built, Item):   # named by the dataset's id where it has one, and the row
             did = text(field(row, fields, "id")) if "id" in fields else ""
             problems.add(f"{did} [{row_id}]" if did else row_id, *built)
