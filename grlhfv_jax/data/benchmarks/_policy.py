@@ -119,6 +119,21 @@ def read_items(path, fields, *, fmt, limit, image_root, problems, build, rows=No
     return items[:limit] if limit is not None else items
 
 
+def reference_item(row, fields, file: str, row_id: str, image_root: str | None):
+    """A PolicyItem judged against a reference answer (LLaVA-Bench's and LLaVA-Bench-Wilder's
+    rows): fields id, question, image, reference, category; ref {"reference": ...}. Or
+    (reason, detail) for a row without a reference or an image."""
+    rid = common.text(common.field(row, fields, "id")) or row_id
+    ref = common.text(common.field(row, fields, "reference"))
+    if not ref.strip():
+        return "missing_field", f"no reference answer in {fields['reference']!r}"
+    img, bad = image_of(common.field(row, fields, "image"), file, image_root)
+    if bad:
+        return bad
+    return PolicyItem(rid, common.text(common.field(row, fields, "question")), img,
+                      category=common.text(common.field(row, fields, "category")), ref={"reference": ref})
+
+
 def image_of(value, file: str, image_root: str | None):
     """(bytes, None) or (None, (reason, detail)) for an image value (HF struct, bytes or a path)."""
     if value is None or value == "" or (isinstance(value, dict) and not value.get("bytes") and not value.get("path")):
