@@ -210,6 +210,25 @@ def with_image(row: dict, fields: dict, file: str, image_root: str | None):
     return data, None
 
 
+def labelled_pair(row: dict, fields: dict, file: str, row_id: str, image_root: str | None, labels: dict,
+                  responses=("response_1", "response_2"), answer=lambda value: value):
+    """A pair Item from fields id, question, image, label (mapped by `labels`) and the two
+    `responses` (each value read through `answer`), labels {"preference": ...}; or (reason, detail)
+    for a row with a null response, a bad label or no image."""
+    a, b = responses
+    rid = text(field(row, fields, "id")) or row_id
+    r1, r2 = answer(field(row, fields, a)), answer(field(row, fields, b))
+    if r1 is None or r2 is None:
+        return "missing_field", f"{fields[a]!r} or {fields[b]!r} is null"
+    label = label_from(field(row, fields, "label"), labels, fields["label"])
+    if isinstance(label, tuple):
+        return label
+    img, bad = with_image(row, fields, file, image_root)
+    if bad:
+        return bad
+    return Item(rid, text(field(row, fields, "question")), img, (str(r1), str(r2)), {"preference": label})
+
+
 # ----------------------------------------------------------------------------- figures
 
 
