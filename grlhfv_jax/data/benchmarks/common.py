@@ -120,9 +120,7 @@ def rows(path: str, fmt: str = "auto") -> Iterator[tuple[str, str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError(f"a JSON {type(row).__name__}, not an object")
+                row = pf.json_object(line)
             except ValueError as e:
                 row = ValueError(f"malformed JSON line: {e}")
             yield file, f"{stem}-{i}", row
