@@ -14,7 +14,6 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from grlhfv_jax import export, models, processing  # noqa: E402
@@ -54,21 +53,8 @@ def run(tmp_path_factory):
     codec = common.Codec.from_dirs(tok_dir, config.image)
     hf = common.model_config(config.model.policy, codec)
     model = models.from_config(hf, rngs=nnx.Rngs(3))
-    spread(model, seed=3)
+    tm.spread(model, np.random.default_rng(3))
     return workdir, codec, model
-
-
-def spread(model, seed):
-    """O(0.3) random weights (norm weights 1 + 0.1 noise): with the initialiser's small weights (or
-    0.1) this tiny model repeats one token whatever it is shown, a weak test of generation."""
-    rng = np.random.default_rng(seed)
-    for path, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Param):
-            v = node.get_value()
-            noise = rng.standard_normal(v.shape).astype(np.float32)
-            norm = v.ndim == 1 and path[-1] in ("weight", "scale") and any("norm" in str(p) or "ln_q" in str(p)
-                                                                           for p in path)
-            node.set_value(jax.numpy.asarray(1.0 + 0.1 * noise if norm else 0.3 * noise, v.dtype))
 
 
 @pytest.fixture(scope="module")

@@ -47,13 +47,7 @@ def tiny_hf(hidden=32, layers=2, heads=2, kv_heads=1):
 def judging_model(model, codec, seed=0, chain_dims=16, margin=100.0):
     """Random O(0.3) weights, then the bigram chain of the module doc in dims [0, chain_dims)."""
     rng = np.random.default_rng(seed)
-    for path, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Param):
-            v = node.get_value()
-            noise = rng.standard_normal(v.shape).astype(np.float32)
-            norm = v.ndim == 1 and path[-1] in ("weight", "scale") and any("norm" in str(p) or "ln_q" in str(p)
-                                                                           for p in path)
-            node.set_value(jax.numpy.asarray(1.0 + 0.1 * noise if norm else 0.3 * noise, v.dtype))
+    tm.spread(model, rng)
     enc = lambda s: codec.tokenizer.encode(s, add_special_tokens=False)   # noqa: E731
     box, first, second = enc("\\boxed{"), [enc(str(d))[0] for d in (1, 2, 3, 4)], [enc(str(d))[0] for d in (6, 7, 8, 9)]
     assert len(set(box)) == len(box) == 7 and len(set(first + second + box + enc(",") + enc("}"))) == 17

@@ -51,6 +51,22 @@ def tiny_hf_dict(hidden=32, layers=2, heads=2, kv_heads=1, *, tie=True, max_posi
                                    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3))
 
 
+def spread(model, rng) -> None:
+    """O(0.3) random weights from `rng` (a numpy Generator; norm weights 1 + 0.1 noise) over an engine
+    (nnx) model: with the initialiser's small weights (or 0.1) a tiny model repeats one token whatever
+    it is shown, a weak test of generation."""
+    import jax
+    from flax import nnx
+
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Param):
+            v = node.get_value()
+            noise = rng.standard_normal(v.shape).astype(np.float32)
+            norm = v.ndim == 1 and path[-1] in ("weight", "scale") and any("norm" in str(p) or "ln_q" in str(p)
+                                                                           for p in path)
+            node.set_value(jax.numpy.asarray(1.0 + 0.1 * noise if norm else 0.3 * noise, v.dtype))
+
+
 def tiny_hf_config(family: str = "qwen2_vl", *, tie: bool = False, text: dict | None = None,
                    vision: dict | None = None):
     """A transformers config for a tiny model. family: 'qwen2_vl' | 'qwen2_5_vl'.
