@@ -53,36 +53,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 name="" config="" workdir="" tpu_type=v5p-64 topology="" gpu="" gpus_per_host=8 hosts=1
 commit=HEAD repo_url="" image=python:3.11 base_image=python:3.11 jax="" max_restarts=3
 namespace="" manifest_file="" cluster="" project="" zone=""
-main_flags=()
-positional=()
-while [[ $# -gt 0 ]]; do
-  case $1 in
-    --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    --name) need_value "$1" "$#"; name=$2; shift 2 ;;
-    --config) need_value "$1" "$#"; config=$2; shift 2 ;;
-    --workdir) need_value "$1" "$#"; workdir=$2; shift 2 ;;
-    --tpu-type) need_value "$1" "$#"; tpu_type=$2; shift 2 ;;
-    --topology) need_value "$1" "$#"; topology=$2; shift 2 ;;
-    --gpu) need_value "$1" "$#"; gpu=$2; shift 2 ;;
-    --gpus-per-host) need_value "$1" "$#"; gpus_per_host=$2; shift 2 ;;
-    --hosts) need_value "$1" "$#"; hosts=$2; shift 2 ;;
-    --commit) need_value "$1" "$#"; commit=$2; shift 2 ;;
-    --repo-url) need_value "$1" "$#"; repo_url=$2; shift 2 ;;
-    --image) need_value "$1" "$#"; image=$2; shift 2 ;;
-    --base-image) need_value "$1" "$#"; base_image=$2; shift 2 ;;
-    --jax) need_value "$1" "$#"; jax=$2; shift 2 ;;
-    --max-restarts) need_value "$1" "$#"; max_restarts=$2; shift 2 ;;
-    --namespace) need_value "$1" "$#"; namespace=$2; shift 2 ;;
-    --manifest-file) need_value "$1" "$#"; manifest_file=$2; shift 2 ;;
-    --cluster) need_value "$1" "$#"; cluster=$2; shift 2 ;;
-    --project) need_value "$1" "$#"; project=$2; shift 2 ;;
-    --zone) need_value "$1" "$#"; zone=$2; shift 2 ;;
-    --) shift; main_flags+=("$@"); break ;;
-    -*) usage_error "unknown option '$1'" ;;
-    *) positional+=("$1"); shift ;;
-  esac
-done
+parse_args " --name --config --workdir --tpu-type --topology --gpu --gpus-per-host --hosts --commit --repo-url --image --base-image --jax --max-restarts --namespace --manifest-file --cluster --project --zone " "" "$@"
 
 commands=" manifest apply logs delete xpk-create xpk-delete "
 cmd=$(command_from "$commands" "${positional[@]}")
