@@ -277,15 +277,11 @@ def judge_in_chunks(judge, prompts, params, rows: int) -> list[str]:
     return out
 
 
-def judge_pairs(judge, items, cfg, log, name: str) -> tuple[list[dict], dict]:
-    """Both orders of every pair, greedy (and k sampled with voting) -> (per-item rows, verdicts
-    {"k1": [[order1, order2] per item], "k<k>": ...}) with the verdicts in the dataset's order."""
-    from grlhfv_jax.rl import grm_reward
+def judge_greedy_and_sampled(judge, prompts, cfg) -> tuple[list[str], list[list[str]] | None]:
+    """(the greedy judgment of every prompt, its cfg.judge.voting_k sampled judgments when k > 1 else
+    None), in chunks of cfg.batch_rows rows."""
     from grlhfv_jax.rollout import SamplingParams
-    k, n = int(cfg.judge.voting_k), len(items)
-    prompts = [(it.question, it.image, it.responses[0], it.responses[1]) for it in items]
-    prompts += [(it.question, it.image, it.responses[1], it.responses[0]) for it in items]
-    rows = int(cfg.batch_rows)
+    k, rows = int(cfg.judge.voting_k), int(cfg.batch_rows)
     greedy = judge_in_chunks(judge, prompts, SamplingParams(max_new_tokens=cfg.judge.max_new_tokens,
                                                             temperature=0.0), rows)
     sampled = None
@@ -293,7 +289,18 @@ def judge_pairs(judge, items, cfg, log, name: str) -> tuple[list[dict], dict]:
         flat = judge_in_chunks(judge, prompts, SamplingParams(
             max_new_tokens=cfg.judge.max_new_tokens, temperature=cfg.judge.temperature, top_p=cfg.judge.top_p,
             num_samples=k, seed=cfg.seed), rows)
-        sampled = [flat[i * k:(i + 1) * k] for i in range(2 * n)]
+        sampled = [flat[i * k:(i + 1) * k] for i in range(len(prompts))]
+    return greedy, sampled
+
+
+def judge_pairs(judge, items, cfg, log, name: str) -> tuple[list[dict], dict]:
+    """Both orders of every pair, greedy (and k sampled with voting) -> (per-item rows, verdicts
+    {"k1": [[order1, order2] per item], "k<k>": ...}) with the verdicts in the dataset's order."""
+    from grlhfv_jax.rl import grm_reward
+    k, n = int(cfg.judge.voting_k), len(items)
+    prompts = [(it.question, it.image, it.responses[0], it.responses[1]) for it in items]
+    prompts += [(it.question, it.image, it.responses[1], it.responses[0]) for it in items]
+    greedy, sampled = judge_greedy_and_sampled(judge, prompts, cfg)
     rows, v1, vk = [], [], []
     for i, it in enumerate(items):
         texts = [greedy[i], greedy[n + i]]
@@ -319,18 +326,9 @@ def judge_scores(judge, items, cfg, log, name: str) -> tuple[list[dict], dict]:
     """A GRM's score of one response: the response judged against itself, the mean of its two
     scores (one order: both are the same prompt); with voting the mean over the parsed samples."""
     from grlhfv_jax.rl import grm_reward
-    from grlhfv_jax.rollout import SamplingParams
     k = int(cfg.judge.voting_k)
     prompts = [(it.question, it.image, it.responses[0], it.responses[0]) for it in items]
-    rows = int(cfg.batch_rows)
-    greedy = judge_in_chunks(judge, prompts, SamplingParams(max_new_tokens=cfg.judge.max_new_tokens,
-                                                            temperature=0.0), rows)
-    sampled = None
-    if k > 1:
-        flat = judge_in_chunks(judge, prompts, SamplingParams(
-            max_new_tokens=cfg.judge.max_new_tokens, temperature=cfg.judge.temperature, top_p=cfg.judge.top_p,
-            num_samples=k, seed=cfg.seed), rows)
-        sampled = [flat[i * k:(i + 1) * k] for i in range(len(items))]
+    greedy, sampled = judge_greedy_and_sampled(judge, prompts, cfg)
     rows, s1, sk = [], [], []
 
     def score(t):

@@ -53,42 +53,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 name="" config="" workdir="" tpu_type=v5p-64 topology="" gpu="" gpus_per_host=8 hosts=1
 commit=HEAD repo_url="" image=python:3.11 base_image=python:3.11 jax="" max_restarts=3
 namespace="" manifest_file="" cluster="" project="" zone=""
-main_flags=()
-positional=()
-while [[ $# -gt 0 ]]; do
-  case $1 in
-    --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    --name) need_value "$1" "$#"; name=$2; shift 2 ;;
-    --config) need_value "$1" "$#"; config=$2; shift 2 ;;
-    --workdir) need_value "$1" "$#"; workdir=$2; shift 2 ;;
-    --tpu-type) need_value "$1" "$#"; tpu_type=$2; shift 2 ;;
-    --topology) need_value "$1" "$#"; topology=$2; shift 2 ;;
-    --gpu) need_value "$1" "$#"; gpu=$2; shift 2 ;;
-    --gpus-per-host) need_value "$1" "$#"; gpus_per_host=$2; shift 2 ;;
-    --hosts) need_value "$1" "$#"; hosts=$2; shift 2 ;;
-    --commit) need_value "$1" "$#"; commit=$2; shift 2 ;;
-    --repo-url) need_value "$1" "$#"; repo_url=$2; shift 2 ;;
-    --image) need_value "$1" "$#"; image=$2; shift 2 ;;
-    --base-image) need_value "$1" "$#"; base_image=$2; shift 2 ;;
-    --jax) need_value "$1" "$#"; jax=$2; shift 2 ;;
-    --max-restarts) need_value "$1" "$#"; max_restarts=$2; shift 2 ;;
-    --namespace) need_value "$1" "$#"; namespace=$2; shift 2 ;;
-    --manifest-file) need_value "$1" "$#"; manifest_file=$2; shift 2 ;;
-    --cluster) need_value "$1" "$#"; cluster=$2; shift 2 ;;
-    --project) need_value "$1" "$#"; project=$2; shift 2 ;;
-    --zone) need_value "$1" "$#"; zone=$2; shift 2 ;;
-    --) shift; main_flags+=("$@"); break ;;
-    -*) usage_error "unknown option '$1'" ;;
-    *) positional+=("$1"); shift ;;
-  esac
-done
+parse_args " --name --config --workdir --tpu-type --topology --gpu --gpus-per-host --hosts --commit --repo-url --image --base-image --jax --max-restarts --namespace --manifest-file --cluster --project --zone " "" "$@"
 
 commands=" manifest apply logs delete xpk-create xpk-delete "
-[[ ${#positional[@]} -gt 0 ]] || usage_error "no command given (one of:${commands% })"
-cmd=${positional[0]}
-[[ $commands == *" $cmd "* ]] || usage_error "unknown command '$cmd' (one of:${commands% })"
-[[ ${#positional[@]} -eq 1 ]] || usage_error "unexpected argument '${positional[1]}' (main.py's flags go after --)"
+cmd=$(command_from "$commands" "${positional[@]}")
 [[ -n $name ]] || usage_error "--name is required"
 [[ $name =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ && ${#name} -le 40 ]] \
   || usage_error "--name '$name': at most 40 lowercase letters, digits and '-'"
@@ -96,9 +64,7 @@ for v in gpus_per_host hosts max_restarts; do
   [[ ${!v} =~ ^[0-9]+$ ]] || usage_error "--${v//_/-} '${!v}': expected a whole number"
 done
 if [[ $cmd == manifest || $cmd == apply || $cmd == xpk-create ]]; then
-  [[ -n $config ]] || usage_error "--config is required for $cmd"
-  [[ -f $REPO_ROOT/${config%%:*} ]] || usage_error "--config $config: no file ${config%%:*} in $REPO_ROOT"
-  [[ -n $workdir ]] || usage_error "--workdir is required for $cmd"
+  require_config "$cmd" "$config" "$workdir"
   require_gs --workdir "$workdir"
 fi
 if [[ $cmd == xpk-* ]]; then

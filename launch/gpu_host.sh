@@ -36,36 +36,14 @@ usage() {
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 host="" dir=grlhfv_jax_run commit=HEAD repo_url="" jax="jax[cuda12]" config="" workdir=""
-main_flags=()
-positional=()
-while [[ $# -gt 0 ]]; do
-  case $1 in
-    --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    --host) need_value "$1" "$#"; host=$2; shift 2 ;;
-    --dir) need_value "$1" "$#"; dir=$2; shift 2 ;;
-    --commit) need_value "$1" "$#"; commit=$2; shift 2 ;;
-    --repo-url) need_value "$1" "$#"; repo_url=$2; shift 2 ;;
-    --jax) need_value "$1" "$#"; jax=$2; shift 2 ;;
-    --config) need_value "$1" "$#"; config=$2; shift 2 ;;
-    --workdir) need_value "$1" "$#"; workdir=$2; shift 2 ;;
-    --) shift; main_flags+=("$@"); break ;;
-    -*) usage_error "unknown option '$1'" ;;
-    *) positional+=("$1"); shift ;;
-  esac
-done
+parse_args " --host --dir --commit --repo-url --jax --config --workdir " "" "$@"
 
 commands=" install run logs stop up "
-[[ ${#positional[@]} -gt 0 ]] || usage_error "no command given (one of:${commands% })"
-cmd=${positional[0]}
-[[ $commands == *" $cmd "* ]] || usage_error "unknown command '$cmd' (one of:${commands% })"
-[[ ${#positional[@]} -eq 1 ]] || usage_error "unexpected argument '${positional[1]}' (main.py's flags go after --)"
+cmd=$(command_from "$commands" "${positional[@]}")
 [[ $dir != "" && $dir != "." && $dir != "/" && $dir != *~* ]] || usage_error "--dir '$dir': give a folder of its own"
 if [[ -n $host && ! $host =~ ^[A-Za-z0-9_.@-]+$ ]]; then usage_error "--host '$host': expected USER@HOST or HOST"; fi
 if [[ $cmd == run || $cmd == up ]]; then
-  [[ -n $config ]] || usage_error "--config is required for $cmd"
-  [[ -f $REPO_ROOT/${config%%:*} ]] || usage_error "--config $config: no file ${config%%:*} in $REPO_ROOT"
-  [[ -n $workdir ]] || usage_error "--workdir is required for $cmd"
+  require_config "$cmd" "$config" "$workdir"
 fi
 full_commit=""
 if [[ $cmd == install || $cmd == up ]]; then

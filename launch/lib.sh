@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by the launch scripts (sourced, not run): shell quoting, the --dry-run runner, usage
+# Shared by the launch scripts (sourced, not run): shell quoting, the --dry-run runner, the command line, usage
 # errors, the commit to install and the per-host install script.
 #
 # A script sets PROG and defines usage() before sourcing this file. With DRY_RUN=1, `run` prints
@@ -61,6 +61,56 @@ need_value() {
 resolve_commit() {
   git -C "$REPO_ROOT" rev-parse --verify --quiet "$1^{commit}" \
     || usage_error "--commit $1: not a commit of $REPO_ROOT"
+}
+
+# parse_args VALUE_OPTIONS FLAG_OPTIONS ARG...: a launch script's command line into variables. Each
+# option in VALUE_OPTIONS (" --a --b-c ", spaces around each) takes a value, stored in the variable
+# of its name less the leading dashes, '-' as '_' (--b-c: b_c); each in FLAG_OPTIONS sets its
+# variable to 1. --dry-run sets DRY_RUN=1, -h / --help prints the usage and exits; what follows --
+# goes to main_flags, as does a word matching the regex MAIN_FLAG_WORDS where the script sets one;
+# other words to positional.
+parse_args() {
+  local values=$1 flags=$2 var
+  shift 2
+  main_flags=() positional=()
+  while [[ $# -gt 0 ]]; do
+    case $1 in
+      --dry-run) DRY_RUN=1; shift ;;
+      -h|--help) usage; exit 0 ;;
+      --) shift; main_flags+=("$@"); break ;;
+      -*)
+        var=${1#--} var=${var//-/_}
+        if [[ $values == *" $1 "* ]]; then
+          need_value "$1" "$#"; printf -v "$var" '%s' "$2"; shift 2
+        elif [[ $flags == *" $1 "* ]]; then
+          printf -v "$var" '%s' 1; shift
+        elif [[ -n ${MAIN_FLAG_WORDS:-} && $1 =~ $MAIN_FLAG_WORDS ]]; then
+          main_flags+=("$1"); shift
+        else
+          usage_error "unknown option '$1'"
+        fi ;;
+      *) positional+=("$1"); shift ;;
+    esac
+  done
+}
+
+# command_from COMMANDS WORD...: the one command word the script was given (WORD... = its positional
+# arguments), from COMMANDS (" a b c ", spaces around each); a usage error otherwise.
+command_from() {
+  local commands=$1
+  shift
+  [[ $# -gt 0 ]] || usage_error "no command given (one of:${commands% })"
+  [[ $commands == *" $1 "* ]] || usage_error "unknown command '$1' (one of:${commands% })"
+  [[ $# -eq 1 ]] || usage_error "unexpected argument '$2' (main.py's flags go after --)"
+  printf '%s' "$1"
+}
+
+# require_config CMD CONFIG WORKDIR: CMD needs --config (a file of this repository, PATH[:ARG]) and
+# --workdir.
+require_config() {
+  [[ -n $2 ]] || usage_error "--config is required for $1"
+  [[ -f $REPO_ROOT/${2%%:*} ]] || usage_error "--config $2: no file ${2%%:*} in $REPO_ROOT"
+  [[ -n $3 ]] || usage_error "--workdir is required for $1"
 }
 
 require_gs() {  # OPTION VALUE

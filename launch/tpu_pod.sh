@@ -50,32 +50,10 @@ usage() {
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-cmd="" name="" zone="" project="" type=${GRLHFV_TPU_DEFAULT_TYPE:-v5p-64} version="" spot=0 queued=0
+cmd="" name="" zone="" project="" accelerator_type=${GRLHFV_TPU_DEFAULT_TYPE:-v5p-64} version="" spot=0 queued=0
 commit=HEAD repo_url="" jax="jax[tpu]" config="" workdir=""
-main_flags=()
-positional=()
-while [[ $# -gt 0 ]]; do
-  case $1 in
-    --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    --name) need_value "$1" "$#"; name=$2; shift 2 ;;
-    --zone) need_value "$1" "$#"; zone=$2; shift 2 ;;
-    --project) need_value "$1" "$#"; project=$2; shift 2 ;;
-    --accelerator-type) need_value "$1" "$#"; type=$2; shift 2 ;;
-    --version) need_value "$1" "$#"; version=$2; shift 2 ;;
-    --spot) spot=1; shift ;;
-    --queued) queued=1; shift ;;
-    --commit) need_value "$1" "$#"; commit=$2; shift 2 ;;
-    --repo-url) need_value "$1" "$#"; repo_url=$2; shift 2 ;;
-    --jax) need_value "$1" "$#"; jax=$2; shift 2 ;;
-    --config) need_value "$1" "$#"; config=$2; shift 2 ;;
-    --workdir) need_value "$1" "$#"; workdir=$2; shift 2 ;;
-    --) shift; main_flags+=("$@"); break ;;
-    --config.*|--dry_run|--restart|--describe*) main_flags+=("$1"); shift ;;   # the old usage's trailing flags
-    -*) usage_error "unknown option '$1'" ;;
-    *) positional+=("$1"); shift ;;
-  esac
-done
+MAIN_FLAG_WORDS='^(--config\..*|--dry_run|--restart|--describe.*)$'   # the old usage's trailing flags
+parse_args " --name --zone --project --accelerator-type --version --commit --repo-url --jax --config --workdir " " --spot --queued " "$@"
 
 commands=" create install run logs stop delete up all "
 if [[ ${#positional[@]} -eq 0 ]]; then
@@ -93,18 +71,16 @@ fi
 [[ $name =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || usage_error "--name '$name': lowercase letters, digits and '-'"
 [[ -n $zone ]] || usage_error "--zone is required"
 if [[ $cmd == run || $cmd == up || $cmd == all ]]; then
-  [[ -n $config ]] || usage_error "--config is required for $cmd"
-  [[ -f $REPO_ROOT/${config%%:*} ]] || usage_error "--config $config: no file ${config%%:*} in $REPO_ROOT"
-  [[ -n $workdir ]] || usage_error "--workdir is required for $cmd"
+  require_config "$cmd" "$config" "$workdir"
   require_gs --workdir "$workdir"
 fi
 if [[ -z $version ]]; then
-  case $type in
+  case $accelerator_type in
     v5p-*) version=v2-alpha-tpuv5 ;;
     v5litepod-*) version=v2-alpha-tpuv5-lite ;;
     v6e-*) version=v2-alpha-tpuv6e ;;
     v4-*) version=tpu-ubuntu2204-base ;;
-    *) usage_error "--accelerator-type $type: give its runtime with --version" ;;
+    *) usage_error "--accelerator-type $accelerator_type: give its runtime with --version" ;;
   esac
 fi
 full_commit=""
@@ -123,7 +99,7 @@ do_create() {
   [[ $spot == 1 ]] && extra+=(--spot)
   if [[ $queued == 1 ]]; then
     run "${gc[@]}" queued-resources create "$name" --node-id="$name" "${scope[@]}" \
-      --accelerator-type="$type" --runtime-version="$version" "${extra[@]}"
+      --accelerator-type="$accelerator_type" --runtime-version="$version" "${extra[@]}"
     note "then, every 30 s until the state is ACTIVE (FAILED / SUSPENDED: stop):"
     local describe=("${gc[@]}" queued-resources describe "$name" "${scope[@]}" --format='value(state.state)')
     if [[ $DRY_RUN == 1 ]]; then
@@ -138,7 +114,7 @@ do_create() {
       done
     fi
   else
-    run "${gc[@]}" tpu-vm create "$name" "${scope[@]}" --accelerator-type="$type" --version="$version" "${extra[@]}"
+    run "${gc[@]}" tpu-vm create "$name" "${scope[@]}" --accelerator-type="$accelerator_type" --version="$version" "${extra[@]}"
   fi
 }
 

@@ -14,7 +14,6 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from grlhfv_jax import export, models, processing  # noqa: E402
@@ -22,25 +21,12 @@ from grlhfv_jax.checkpoint import Checkpointer, export_hf, exported_summary  # n
 from grlhfv_jax.data.tokenizer import train_tokenizer  # noqa: E402
 from grlhfv_jax.stages import common  # noqa: E402
 
-CORPUS = ["What colour is the shape? It is red.", "Which one is bigger, the circle or the square?",
-          "You are a helpful assistant. Describe the image.", "The square is blue and the circle is green."] * 30
-IMAGE = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 9, patch_size=14, merge_size=2, temporal_patch_size=2)
+import tiny_models as tm  # noqa: E402  (tests/ is on sys.path)
+
+CORPUS, IMAGE = list(tm.SHAPES_CORPUS), dict(tm.IMAGE_SETTINGS)   # copies: each module its own
 QUESTION = "What colour is the shape?"
 NEW = 8
-
-
-def tiny_hf(hidden=32, layers=2, heads=2, kv_heads=1):
-    """A tiny Qwen2-VL config dict (as configs/demo.py's): vocabulary and special ids from the tokenizer."""
-    half = hidden // heads // 2
-    t = half // 4
-    return dict(model_type="qwen2_vl", tie_word_embeddings=True,
-                text_config=dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                                 num_attention_heads=heads, num_key_value_heads=kv_heads, rms_norm_eps=1e-6,
-                                 max_position_embeddings=512,
-                                 rope_parameters=dict(rope_type="default", rope_theta=10000.0,
-                                                      mrope_section=[t, (half - t) // 2, half - t - (half - t) // 2])),
-                vision_config=dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2,
-                                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3))
+tiny_hf = tm.tiny_hf_dict   # tied embeddings, 512 positions (configs/demo.py's)
 
 
 def run_config():
@@ -67,21 +53,8 @@ def run(tmp_path_factory):
     codec = common.Codec.from_dirs(tok_dir, config.image)
     hf = common.model_config(config.model.policy, codec)
     model = models.from_config(hf, rngs=nnx.Rngs(3))
-    spread(model, seed=3)
+    tm.spread(model, np.random.default_rng(3))
     return workdir, codec, model
-
-
-def spread(model, seed):
-    """O(0.3) random weights (norm weights 1 + 0.1 noise): with the initialiser's small weights (or
-    0.1) this tiny model repeats one token whatever it is shown, a weak test of generation."""
-    rng = np.random.default_rng(seed)
-    for path, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Param):
-            v = node.get_value()
-            noise = rng.standard_normal(v.shape).astype(np.float32)
-            norm = v.ndim == 1 and path[-1] in ("weight", "scale") and any("norm" in str(p) or "ln_q" in str(p)
-                                                                           for p in path)
-            node.set_value(jax.numpy.asarray(1.0 + 0.1 * noise if norm else 0.3 * noise, v.dtype))
 
 
 @pytest.fixture(scope="module")

@@ -32,37 +32,22 @@ from grlhfv_jax.rollout import SamplingParams  # noqa: E402
 from grlhfv_jax.rollout.http_judge import HTTPJudge, image_data_url  # noqa: E402
 from grlhfv_jax.stages import common, judging, policy_rl  # noqa: E402
 
-CORPUS = ["What colour is the shape? It is red.", "Which one is bigger, the circle or the square?",
-          "You are a helpful assistant. Describe the image.", "The square is blue and the circle is green."] * 30
-IMAGE = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 9, patch_size=14, merge_size=2, temporal_patch_size=2)
+import tiny_models as tm  # noqa: E402  (tests/ is on sys.path)
+
+CORPUS, IMAGE = list(tm.SHAPES_CORPUS), dict(tm.IMAGE_SETTINGS)   # copies: each module its own
 TEMPLATE = "Judge.\n<image>{question}\n# 1: {response_1}\n# 2: {response_2}\nScores: \\boxed{{x, x}}."
 NAME = "tiny-grm"
 NEW = 16
 
 
 def tiny_hf(hidden=32, layers=2, heads=2, kv_heads=1):
-    half = hidden // heads // 2
-    t = half // 4
-    return dict(model_type="qwen2_vl", tie_word_embeddings=False,
-                text_config=dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                                 num_attention_heads=heads, num_key_value_heads=kv_heads, rms_norm_eps=1e-6,
-                                 max_position_embeddings=1024,
-                                 rope_parameters=dict(rope_type="default", rope_theta=10000.0,
-                                                      mrope_section=[t, (half - t) // 2, half - t - (half - t) // 2])),
-                vision_config=dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2,
-                                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3))
+    return tm.tiny_hf_dict(hidden, layers, heads, kv_heads, tie=False, max_positions=1024)
 
 
 def judging_model(model, codec, seed=0, chain_dims=16, margin=100.0):
     """Random O(0.3) weights, then the bigram chain of the module doc in dims [0, chain_dims)."""
     rng = np.random.default_rng(seed)
-    for path, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Param):
-            v = node.get_value()
-            noise = rng.standard_normal(v.shape).astype(np.float32)
-            norm = v.ndim == 1 and path[-1] in ("weight", "scale") and any("norm" in str(p) or "ln_q" in str(p)
-                                                                           for p in path)
-            node.set_value(jax.numpy.asarray(1.0 + 0.1 * noise if norm else 0.3 * noise, v.dtype))
+    tm.spread(model, rng)
     enc = lambda s: codec.tokenizer.encode(s, add_special_tokens=False)   # noqa: E731
     box, first, second = enc("\\boxed{"), [enc(str(d))[0] for d in (1, 2, 3, 4)], [enc(str(d))[0] for d in (6, 7, 8, 9)]
     assert len(set(box)) == len(box) == 7 and len(set(first + second + box + enc(",") + enc("}"))) == 17

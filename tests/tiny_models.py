@@ -28,6 +28,45 @@ _TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_
              rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0})
 
 
+# A tokenizer corpus and image-processor settings for the tiny engine-side models (tests of export, serve).
+SHAPES_CORPUS = ["What colour is the shape? It is red.", "Which one is bigger, the circle or the square?",
+                 "You are a helpful assistant. Describe the image.",
+                 "The square is blue and the circle is green."] * 30
+IMAGE_SETTINGS = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 9, patch_size=14, merge_size=2,
+                      temporal_patch_size=2)
+
+
+def tiny_hf_dict(hidden=32, layers=2, heads=2, kv_heads=1, *, tie=True, max_positions=512) -> dict:
+    """A tiny Qwen2-VL config dict (as configs/demo.py's: the engine's hf_config; vocabulary and special
+    ids come from the tokenizer), no transformers needed."""
+    half = hidden // heads // 2
+    t = half // 4
+    return dict(model_type="qwen2_vl", tie_word_embeddings=tie,
+                text_config=dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                                 num_attention_heads=heads, num_key_value_heads=kv_heads, rms_norm_eps=1e-6,
+                                 max_position_embeddings=max_positions,
+                                 rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                                      mrope_section=[t, (half - t) // 2, half - t - (half - t) // 2])),
+                vision_config=dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2,
+                                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3))
+
+
+def spread(model, rng) -> None:
+    """O(0.3) random weights from `rng` (a numpy Generator; norm weights 1 + 0.1 noise) over an engine
+    (nnx) model: with the initialiser's small weights (or 0.1) a tiny model repeats one token whatever
+    it is shown, a weak test of generation."""
+    import jax
+    from flax import nnx
+
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Param):
+            v = node.get_value()
+            noise = rng.standard_normal(v.shape).astype(np.float32)
+            norm = v.ndim == 1 and path[-1] in ("weight", "scale") and any("norm" in str(p) or "ln_q" in str(p)
+                                                                           for p in path)
+            node.set_value(jax.numpy.asarray(1.0 + 0.1 * noise if norm else 0.3 * noise, v.dtype))
+
+
 def tiny_hf_config(family: str = "qwen2_vl", *, tie: bool = False, text: dict | None = None,
                    vision: dict | None = None):
     """A transformers config for a tiny model. family: 'qwen2_vl' | 'qwen2_5_vl'.

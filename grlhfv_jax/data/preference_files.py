@@ -130,6 +130,14 @@ def _check_columns(file: str, have, need) -> None:
                        "(config.data.files.<split>.fields) to this dataset's column names")
 
 
+def json_object(line: str) -> dict:
+    """One JSON line that must hold an object; ValueError otherwise (malformed JSON, or another value)."""
+    row = json.loads(line)
+    if not isinstance(row, dict):
+        raise ValueError(f"a JSON {type(row).__name__}, not an object")
+    return row
+
+
 def _rows(file: str, fmt: str, columns: list[str]) -> Iterator[tuple[int, Any]]:
     """(row index, dict of `columns` or an Exception for a malformed row) for every row of `file`."""
     if fmt == "jsonl":
@@ -139,9 +147,7 @@ def _rows(file: str, fmt: str, columns: list[str]) -> Iterator[tuple[int, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
-                    if not isinstance(row, dict):
-                        raise ValueError(f"a JSON {type(row).__name__}, not an object")
+                    row = json_object(line)
                 except ValueError as e:
                     yield i, e
                     continue

@@ -108,14 +108,7 @@ def aggregate_bradley_terry(
     of every response against a fixed anchor of strength 1, which keeps the fit finite (an
     unbeaten response, a response with no comparisons -> log-strength 0). Incomplete -> 0.
     """
-    complete, rows = _valid(n, judgments, complete)
-    wins = np.zeros((n, n))  # wins[i, j]: (fractional) wins of i over j
-    for i, j, s in rows:
-        if s is None:
-            continue
-        w = 0.5 if s[0] == s[1] else float(s[0] > s[1])
-        wins[i, j] += w
-        wins[j, i] += 1.0 - w
+    complete, _, wins, _, _ = _pairwise(n, judgments, complete)  # wins[i, j]: (fractional) wins of i over j
     games = wins + wins.T
     w_total = wins.sum(1) + prior
     p = np.ones(n)

@@ -104,17 +104,8 @@ def read_items(path, fields, *, fmt, limit, image_root, problems, build, rows=No
     (reason, detail) for a bad row; malformed rows and whatever `build` rejects are counted and
     named in `problems`, never raised."""
     items = []
-    for file, row_id, row in (rows if rows is not None else keyed_rows(path, fmt)):
-        if limit is not None and len(items) >= limit:
-            break
-        problems.read += 1
-        if isinstance(row, Exception):
-            problems.add(row_id, "malformed", str(row))
-            continue
-        try:
-            built = build(row, file, row_id)
-        except Exception as e:   # a row of an unexpected shape: named, never fatal
-            built = ("malformed", f"{type(e).__name__}: {e}")
+    for _, row_id, _, built in common.built_rows(rows if rows is not None else keyed_rows(path, fmt), items,
+                                                 limit, problems, build):
         if isinstance(built, tuple):
             problems.add(row_id, *built)
             continue
@@ -126,6 +117,21 @@ def read_items(path, fields, *, fmt, limit, image_root, problems, build, rows=No
             else:
                 items.append(it)
     return items[:limit] if limit is not None else items
+
+
+def reference_item(row, fields, file: str, row_id: str, image_root: str | None):
+    """A PolicyItem judged against a reference answer (LLaVA-Bench's and LLaVA-Bench-Wilder's
+    rows): fields id, question, image, reference, category; ref {"reference": ...}. Or
+    (reason, detail) for a row without a reference or an image."""
+    rid = common.text(common.field(row, fields, "id")) or row_id
+    ref = common.text(common.field(row, fields, "reference"))
+    if not ref.strip():
+        return "missing_field", f"no reference answer in {fields['reference']!r}"
+    img, bad = image_of(common.field(row, fields, "image"), file, image_root)
+    if bad:
+        return bad
+    return PolicyItem(rid, common.text(common.field(row, fields, "question")), img,
+                      category=common.text(common.field(row, fields, "category")), ref={"reference": ref})
 
 
 def image_of(value, file: str, image_root: str | None):

@@ -120,9 +120,7 @@ def rows(path: str, fmt: str = "auto") -> Iterator[tuple[str, str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError(f"a JSON {type(row).__name__}, not an object")
+                row = pf.json_object(line)
             except ValueError as e:
                 row = ValueError(f"malformed JSON line: {e}")
             yield file, f"{stem}-{i}", row
@@ -160,13 +158,13 @@ def text(value) -> str:
     return "" if value is None else str(value)
 
 
-def read_items(path: str, fields: dict, *, fmt: str, limit: int | None, image_root: str | None,
-               problems: Problems, build) -> list[Item]:
-    """Items from `path`: `build(row, file, row_id)` returns an Item or (reason, detail) for a bad
-    row (the image is read here: field "image"); malformed rows, missing images and whatever
-    `build` rejects are counted and named in `problems`, never raised."""
-    items = []
-    for file, row_id, row in rows(path, fmt):
+def built_rows(rows, items: list, limit: int | None, problems: Problems, build):
+    """(file, row_id, row, built) for each well-formed row of `rows` ((file, row_id, row or an
+    Exception) triples) while `items`, the caller's list as it grows, holds fewer than `limit`:
+    `built` is `build(row, file, row_id)`, or ("malformed", detail) where it raised (a row of an
+    unexpected shape: named, never fatal). Every row read is counted in `problems`, a malformed one
+    named there."""
+    for file, row_id, row in rows:
         if limit is not None and len(items) >= limit:
             break
         problems.read += 1
@@ -177,6 +175,16 @@ def read_items(path: str, fields: dict, *, fmt: str, limit: int | None, image_ro
             built = build(row, file, row_id)
         except Exception as e:   # a row of an unexpected shape: named, never fatal
             built = ("malformed", f"{type(e).__name__}: {e}")
+        yield file, row_id, row, built
+
+
+def read_items(path: str, fields: dict, *, fmt: str, limit: int | None, image_root: str | None,
+               problems: Problems, build) -> list[Item]:
+    """Items from `path`: `build(row, file, row_id)` returns an Item or (reason, detail) for a bad
+    row (the image is read here: field "image"); malformed rows, missing images and whatever
+    `build` rejects are counted and named in `problems`, never raised."""
+    items = []
+    for _, row_id, row, built in built_rows(rows(path, fmt), items, limit, problems, build):
         if not isinstance(built, Item):   # named by the dataset's id where it has one, and the row
             did = text(field(row, fields, "id")) if "id" in fields else ""
             problems.add(f"{did} [{row_id}]" if did else row_id, *built)
@@ -198,6 +206,25 @@ def with_image(row: dict, fields: dict, file: str, image_root: str | None):
         reason = "missing_image" if why.startswith(("no file", "no image", "empty")) else "undecodable_image"
         return None, (reason, why)
     return data, None
+
+
+def labelled_pair(row: dict, fields: dict, file: str, row_id: str, image_root: str | None, labels: dict,
+                  responses=("response_1", "response_2"), answer=lambda value: value):
+    """A pair Item from fields id, question, image, label (mapped by `labels`) and the two
+    `responses` (each value read through `answer`), labels {"preference": ...}; or (reason, detail)
+    for a row with a null response, a bad label or no image."""
+    a, b = responses
+    rid = text(field(row, fields, "id")) or row_id
+    r1, r2 = answer(field(row, fields, a)), answer(field(row, fields, b))
+    if r1 is None or r2 is None:
+        return "missing_field", f"{fields[a]!r} or {fields[b]!r} is null"
+    label = label_from(field(row, fields, "label"), labels, fields["label"])
+    if isinstance(label, tuple):
+        return label
+    img, bad = with_image(row, fields, file, image_root)
+    if bad:
+        return bad
+    return Item(rid, text(field(row, fields, "question")), img, (str(r1), str(r2)), {"preference": label})
 
 
 # ----------------------------------------------------------------------------- figures

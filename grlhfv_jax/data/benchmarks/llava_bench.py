@@ -79,16 +79,10 @@ def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
         image_root = image_root or os.path.join(path, "images")
 
     def build(row, file, row_id):
-        rid = common.text(common.field(row, fields, "id")) or row_id
-        ref = common.text(common.field(row, fields, "reference"))
-        if not ref.strip():
-            return "missing_field", f"no reference answer in {fields['reference']!r}"
-        img, bad = _policy.image_of(common.field(row, fields, "image"), file, image_root)
-        if bad:
-            return bad
-        return _policy.PolicyItem(rid, common.text(common.field(row, fields, "question")), img,
-                                  category=common.text(common.field(row, fields, "category")),
-                                  ref={"reference": ref, "caption": caption(common.field(row, fields, "caption"))})
+        item = _policy.reference_item(row, fields, file, row_id, image_root)
+        if isinstance(item, _policy.PolicyItem):
+            item.ref["caption"] = caption(common.field(row, fields, "caption"))
+        return item
     return _policy.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems,
                               build=build, rows=rows)
 

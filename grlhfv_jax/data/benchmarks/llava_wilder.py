@@ -15,7 +15,7 @@ model_score / reference_score (mean x10)."""
 
 from __future__ import annotations
 
-from grlhfv_jax.data.benchmarks import _policy, common, llava_bench
+from grlhfv_jax.data.benchmarks import _policy, llava_bench
 
 NAME, TASK, FORMAT = "llava_wilder", "policy", "parquet"
 FIELDS = dict(id="question_id", question="Question", image="image", reference="Answer", category="category")
@@ -34,16 +34,7 @@ RULE = ("We would like to request your feedback on the performance of two AI ass
 
 def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
     def build(row, file, row_id):
-        rid = common.text(common.field(row, fields, "id")) or row_id
-        ref = common.text(common.field(row, fields, "reference"))
-        if not ref.strip():
-            return "missing_field", f"no reference answer in {fields['reference']!r}"
-        img, bad = _policy.image_of(common.field(row, fields, "image"), file, image_root)
-        if bad:
-            return bad
-        return _policy.PolicyItem(rid, common.text(common.field(row, fields, "question")), img,
-                                  category=common.text(common.field(row, fields, "category")),
-                                  ref={"reference": ref})
+        return _policy.reference_item(row, fields, file, row_id, image_root)
     return _policy.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems,
                               build=build)
 

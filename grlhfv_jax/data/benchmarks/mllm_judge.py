@@ -32,18 +32,7 @@ def _answer(value):
 
 def read_pairs(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
     def build(row, file, row_id):
-        rid = common.text(common.field(row, fields, "id")) or row_id
-        a, b = _answer(common.field(row, fields, "answer_1")), _answer(common.field(row, fields, "answer_2"))
-        if a is None or b is None:
-            return "missing_field", f"{fields['answer_1']!r} or {fields['answer_2']!r} is null"
-        label = common.label_from(common.field(row, fields, "label"), LABELS, fields["label"])
-        if isinstance(label, tuple):
-            return label
-        img, bad = common.with_image(row, fields, file, image_root)
-        if bad:
-            return bad
-        return common.Item(rid, common.text(common.field(row, fields, "question")), img, (str(a), str(b)),
-                           {"preference": label})
+        return common.labelled_pair(row, fields, file, row_id, image_root, LABELS, ("answer_1", "answer_2"), _answer)
     return common.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems, build=build)
 
 

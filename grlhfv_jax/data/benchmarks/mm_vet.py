@@ -48,21 +48,34 @@ def capabilities(value) -> list[str]:
 
 def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
     def build(row, file, row_id):
-        rid = common.text(common.field(row, fields, "id")) or common.text(row.get("_key")) or row_id
-        answer = common.text(common.field(row, fields, "answer"))
-        if not answer.strip():
-            return "missing_field", f"no ground truth in {fields['answer']!r}"
-        img_value = common.field(row, fields, "image")
-        if img_value is None and "image" in row:   # the parquet copy: an embedded image
-            img_value = row["image"]
-        img, bad = _policy.image_of(img_value, file, image_root)
-        if bad:
-            return bad
-        caps = capabilities(common.field(row, fields, "capability"))
-        return _policy.PolicyItem(rid, common.text(common.field(row, fields, "question")), img,
-                                  category="_".join(sorted(caps)), ref={"answer": answer, "capability": caps})
+        def prompt():
+            img_value = common.field(row, fields, "image")
+            if img_value is None and "image" in row:   # the parquet copy: an embedded image
+                img_value = row["image"]
+            img, bad = _policy.image_of(img_value, file, image_root)
+            if bad:
+                return None, bad
+            return (common.text(common.field(row, fields, "question")), img, {}), None
+        return graded_item(row, fields, row_id, prompt)
     return _policy.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems,
                               build=build)
+
+
+def graded_item(row, fields, row_id, prompt):
+    """An MM-Vet (v1 or v2) PolicyItem: the id (else the row's JSON key, else `row_id`), the ground
+    truth, the capabilities (sorted and joined: the category); `prompt()`, read once the ground truth
+    is there, gives ((question, image bytes, more of ref), None) or (None, (reason, detail))."""
+    rid = common.text(common.field(row, fields, "id")) or common.text(row.get("_key")) or row_id
+    answer = common.text(common.field(row, fields, "answer"))
+    if not answer.strip():
+        return "missing_field", f"no ground truth in {fields['answer']!r}"
+    got, bad = prompt()
+    if bad:
+        return bad
+    question, img, ref = got
+    caps = capabilities(common.field(row, fields, "capability"))
+    return _policy.PolicyItem(rid, question, img, category="_".join(sorted(caps)),
+                              ref={"answer": answer, "capability": caps, **ref})
 
 
 def query(prompt: str, question: str, answer: str, prediction: str) -> str:

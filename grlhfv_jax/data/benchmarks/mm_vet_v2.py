@@ -43,23 +43,19 @@ def split_question(question: str) -> tuple[str, list[str]]:
 
 def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
     def build(row, file, row_id):
-        rid = common.text(common.field(row, fields, "id")) or common.text(row.get("_key")) or row_id
-        answer = common.text(common.field(row, fields, "answer"))
-        if not answer.strip():
-            return "missing_field", f"no ground truth in {fields['answer']!r}"
-        text, names = split_question(common.text(common.field(row, fields, "question")))
-        if not names:
-            return "missing_image", "no <IMG>name<IMG> in the question"
-        images = []
-        for n in names:
-            value = row.get(n) if isinstance(row.get(n), dict) else n   # the parquet copy: a column per image
-            img, bad = _policy.image_of(value, file, image_root)
-            if bad:
-                return bad[0], f"{n}: {bad[1]}"
-            images.append(img)
-        caps = mm_vet.capabilities(common.field(row, fields, "capability"))
-        return _policy.PolicyItem(rid, text, _policy.concat_images(images), category="_".join(sorted(caps)),
-                                  ref={"answer": answer, "capability": caps, "images": names})
+        def prompt():
+            text, names = split_question(common.text(common.field(row, fields, "question")))
+            if not names:
+                return None, ("missing_image", "no <IMG>name<IMG> in the question")
+            images = []
+            for n in names:
+                value = row.get(n) if isinstance(row.get(n), dict) else n   # the parquet copy: a column per image
+                img, bad = _policy.image_of(value, file, image_root)
+                if bad:
+                    return None, (bad[0], f"{n}: {bad[1]}")
+                images.append(img)
+            return (text, _policy.concat_images(images), {"images": names}), None
+        return mm_vet.graded_item(row, fields, row_id, prompt)
     return _policy.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems,
                               build=build)
 

@@ -41,19 +41,10 @@ def split_category(category: str, item_id: str) -> str:
 
 def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
     def build(row, file, row_id):
-        rid = common.text(common.field(row, fields, "id")) or row_id
-        r1, r2 = common.field(row, fields, "response_1"), common.field(row, fields, "response_2")
-        if r1 is None or r2 is None:
-            return "missing_field", f"{fields['response_1']!r} or {fields['response_2']!r} is null"
-        label = common.label_from(common.field(row, fields, "label"), LABELS, fields["label"])
-        if isinstance(label, tuple):
-            return label
-        img, bad = common.with_image(row, fields, file, image_root)
-        if bad:
-            return bad
-        cat = split_category(common.text(common.field(row, fields, "category")), rid)
-        return common.Item(rid, common.text(common.field(row, fields, "question")), img, (str(r1), str(r2)),
-                           {"preference": label}, category=cat)
+        item = common.labelled_pair(row, fields, file, row_id, image_root, LABELS)
+        if isinstance(item, common.Item):
+            item.category = split_category(common.text(common.field(row, fields, "category")), item.id)
+        return item
     return common.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems, build=build)
 
 
