@@ -72,8 +72,10 @@ def get_config(arg: str = ""):
                              policy_train=2000, policy_test=200))
     c.image = dict(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2)
 
-    model = dict(hf_config=tiny_qwen2_vl(), dtype="float32", param_dtype="float32", remat=False)
-    c.model = dict(policy=dict(model), grm=dict(model), rm=dict(model))
+    # one spec per role, each its own hf_config: an override of one role's model changes that role only
+    # (a shared nested dict became one shared ConfigDict: --config.model.grm.hf_config... changed all three)
+    c.model = {role: dict(hf_config=tiny_qwen2_vl(), dtype="float32", param_dtype="float32", remat=False)
+               for role in ("policy", "grm", "rm")}
 
     # The vision tower stays at its random initialisation in every stage ("freeze"): it stands in
     # for a pretrained ViT. Trained from scratch on this little data it collapses to a constant

@@ -44,3 +44,12 @@ def test_the_short_world_trains_the_full_worlds_tokenizer():
     from grlhfv_jax.stages import data
     texts = [pipeline.tokenizer_texts(data.world_config(demo.get_config(a))) for a in ("", "smoke")]
     assert texts[0] == texts[1]
+
+
+def test_each_roles_model_is_its_own():
+    """An override of one role's model changes that role only (the roles once shared one hf_config
+    ConfigDict: `--config.model.grm.hf_config.vision_config.depth=3` changed the policy and RM too)."""
+    for arg in ("", "smoke"):
+        c = demo.get_config(arg)
+        c.model.grm.hf_config.vision_config.depth = 3
+        assert c.model.policy.hf_config.vision_config.depth == c.model.rm.hf_config.vision_config.depth == 2
