@@ -164,8 +164,6 @@ def export_hf(model: nnx.Module, path: str, summary: dict | None = None, codec=N
     `stage_summary.json`; the folder appears complete or not at all (written aside, then renamed),
     so a stage that finds it can skip the work and still report the same figures.
     """
-    from grlhfv_jax.metrics import write_json_atomic
-    from grlhfv_jax.models import save_pretrained
     if jax.process_count() > 1:   # every host gathers the parameters (a collective); process 0 alone writes
         from grlhfv_jax import sharding
         from jax.experimental import multihost_utils

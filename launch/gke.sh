@@ -126,7 +126,7 @@ pod_script() {  # what each pod runs (bash -c)
   if [[ -n $repo_url ]]; then
     printf '%s\n' "set -e" \
       "git clone $(q "$repo_url") /grlhfv_jax && cd /grlhfv_jax && git checkout --detach $(q "$full_commit")" \
-      "pip install -q -e . $(q "$jax")"
+      "pip install -q -e ".[gcs]" $(q "$jax")"
   else
     printf '%s\n' "set -e" "# the image holds commit $full_commit, installed, in its working directory"
   fi
@@ -231,7 +231,7 @@ case $cmd in
          --base-docker-image="$base_image" --script-dir="$dir" --max-restarts="$max_restarts")
     [[ -n $project ]] && xpk+=(--project="$project")
     [[ -n $zone ]] && xpk+=(--zone="$zone")
-    run "${xpk[@]}" --command="pip install -q -e . $(q "$jax") && $(main_line)" ;;
+    run "${xpk[@]}" --command="pip install -q -e ".[gcs]" $(q "$jax") && $(main_line)" ;;
   xpk-delete)
     xpk=(xpk workload delete --cluster="$cluster" --workload="$name")
     [[ -n $project ]] && xpk+=(--project="$project")

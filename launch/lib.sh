@@ -138,7 +138,7 @@ install_script() {
   printf '%s' "set -e; cd ~; if [ -d $d/.git ] && [ ! -f $d/COMMIT ]; then echo $(q "$dir is a git checkout: not replacing it") >&2; exit 1; fi"
   printf '%s' "; rm -rf $d && $get && cd $d && echo $(q "$commit") > COMMIT"
   printf '%s' " && { python3 -m venv .venv || { sudo apt-get update -q && sudo apt-get install -y -q python3-venv && python3 -m venv .venv; }; }"
-  printf '%s' " && . .venv/bin/activate && pip install -q -U pip && pip install -q -e . $(q "$jax")"
+  printf '%s' " && . .venv/bin/activate && pip install -q -U pip && pip install -q -e ".[gcs]" $(q "$jax")"
   printf '%s' " && python -c 'import jax; print(jax.__version__, jax.devices())'"
 }
 

@@ -9,7 +9,7 @@
 #   create   gcloud compute tpus tpu-vm create (with --queued: a queued resource, waited on until
 #            ACTIVE)
 #   install  a `git archive` of --commit copied to every worker (--worker=all), unpacked into
-#            ~/grlhfv_jax with a venv and `pip install -e . jax[tpu]` (--repo-url URL: git clone and
+#            ~/grlhfv_jax with a venv and `pip install -e '.[gcs]' jax[tpu]` (--repo-url URL: git clone and
 #            check out the commit there instead)
 #   run      on every worker, in the background: launch/worker_run.sh, which exports
 #            JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID from the TPU VM's

@@ -109,7 +109,7 @@ def test_tpu_pod_all_steps(stubs):
     assert install[4:6] == ["ssh", "grm-pod"] and option(install, "--worker") == "all"
     script = option(install, "--command")
     assert f"tar -xzf {os.path.basename(tarball)}" in script and f"echo {HEAD} > COMMIT" in script
-    assert "pip install -q -e . 'jax[tpu]'" in script and "python3 -m venv .venv" in script
+    assert "pip install -q -e .[gcs] 'jax[tpu]'" in script and "python3 -m venv .venv" in script
     # run: the same command on every worker, in the background, through worker_run.sh
     assert start[4:6] == ["ssh", "grm-pod"] and option(start, "--worker") == "all"
     remote = shlex.split(option(start, "--command"))
@@ -291,7 +291,7 @@ def test_gpu_host_ssh(stubs):
     tarball = option(archive, "-o")
     assert scp == ["scp", tarball, f"me@gpu-box:{os.path.basename(tarball)}"]
     assert install[:2] == ["ssh", "me@gpu-box"]
-    assert "pip install -q -e . 'jax[cuda12]'" in install[2] and f"echo {HEAD} > COMMIT" in install[2]
+    assert "pip install -q -e .[gcs] 'jax[cuda12]'" in install[2] and f"echo {HEAD} > COMMIT" in install[2]
     assert "grlhfv_jax_run" in install[2]
     assert start[:2] == ["ssh", "me@gpu-box"]
     assert main_call(shlex.split(start[2]))[:5] == [
@@ -349,7 +349,7 @@ def test_jobset_one_pod_per_host(stubs, monkeypatch, tpu_type, hosts, topology, 
     script = c["command"][2].splitlines()
     assert c["command"][:2] == ["bash", "-c"]
     assert f"git clone https://example.com/g.git /grlhfv_jax && cd /grlhfv_jax && git checkout --detach {HEAD}" in script
-    assert "pip install -q -e . 'jax[tpu]'" in script
+    assert "pip install -q -e .[gcs] 'jax[tpu]'" in script
     run = shlex.split(script[-1])
     assert run[:4] == ["exec", "python", "-m", "grlhfv_jax.main"]
     assert run[4:] == ["--config", CONFIG, "--workdir", WORKDIR, OVERRIDE]
@@ -394,7 +394,7 @@ def test_gke_kubectl_and_xpk_commands(stubs):
     assert option(create, "--tpu-type") == "v5p-128" and option(create, "--num-slices") == "1"
     assert option(create, "--script-dir") == mkdir[2] and HEAD in mkdir[2]
     command = shlex.split(option(create, "--command"))
-    assert command[:6] == ["pip", "install", "-q", "-e", ".", "jax[tpu]"]
+    assert command[:6] == ["pip", "install", "-q", "-e", ".[gcs]", "jax[tpu]"]
     assert command[command.index("grlhfv_jax.main") + 1:] == ["--config", CONFIG, "--workdir", WORKDIR, OVERRIDE]
     (xdel,) = dry_lines("gke.sh", "xpk-delete", "--name", "grm", "--cluster", "tpu-cluster", stubs=stubs)
     assert xdel == ["xpk", "workload", "delete", "--cluster=tpu-cluster", "--workload=grm"]

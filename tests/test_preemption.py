@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 
 import jax.numpy as jnp
 import numpy as np
@@ -20,10 +19,6 @@ from grlhfv_jax.metrics import MetricsWriter
 from grlhfv_jax.trainers import loop, steps
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-
-main_thread_only = pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
-                                      reason="signal handlers need the main thread")
-
 
 class _Toy(nnx.Module):
     def __init__(self):
@@ -54,7 +49,6 @@ def _run(tmp_path, state, *, signal_at=None, signame="SIGTERM", total=6, seen=No
         writer.close()
 
 
-@main_thread_only
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_a_signal_saves_the_next_step_and_the_rerun_ends_as_an_uninterrupted_run(signame, tmp_path, capsys):
     ref_state = _fresh()
@@ -77,7 +71,6 @@ def test_a_signal_saves_the_next_step_and_the_rerun_ends_as_an_uninterrupted_run
     np.testing.assert_array_equal(np.asarray(state.model.w[...]), np.asarray(ref_state.model.w[...]))
 
 
-@main_thread_only
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
     def step_fn(st, batch):
         if batch == 1:
@@ -197,7 +190,6 @@ def test_the_command_line_exits_with_the_preempted_status(monkeypatch, tmp_path)
     assert e.value.code == loop.PREEMPTED_EXIT_CODE == 75
 
 
-@main_thread_only
 def test_sigterm_mid_stage_of_the_smoke_pipeline_then_the_rerun_gives_the_uninterrupted_result(
         smoke_run, tmp_path, monkeypatch, capsys):
     """The shared smoke run's folder with its last two stages (dpo, evaluate) undone: SIGTERM inside
