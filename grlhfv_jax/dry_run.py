@@ -329,7 +329,7 @@ def plan_stage(config, stage: str) -> StagePlan | None:
             g = hold("grm")
             answers = 2 * sec.max_new_tokens + 64          # two answers and the template's tail
             judge_prompt = sec.max_len + GRM_TEMPLATE_TOKENS + answers
-            groups = min(sec.prompts_per_step, sec.judge_prompts_per_call)   # judging.GRMJudge's max_prompts
+            groups = min(sec.prompts_per_step, sec.judge_prompts_per_call)   # grm_judge.GRMJudge's max_prompts
             judge_rows = groups * sec.n * (sec.n - 1)
             jt = judge_prompt + bucket_length(sec.judge_max_new_tokens)
             phases[f"judging: {judge_rows} pairs x {answers} new of {judge_prompt} tokens + cache x {jt}"] = (

@@ -51,6 +51,9 @@ import ml_collections
 from grlhfv_jax.config import ConfigError
 from grlhfv_jax.config import schema as cs
 from grlhfv_jax.config import sections
+from grlhfv_jax import encoding
+from grlhfv_jax.rollout import grm_judge
+from grlhfv_jax import roles
 
 BENCHMARK = {
     "kind": cs.Key("str?", None, "the benchmark's reader (data.benchmarks.ALL; None: the entry's name)"),
@@ -672,19 +675,19 @@ def report(summary: dict, details: dict, cfg, model_name: str) -> str:
 def build(cfg, log=print, workdir: str | None = None):
     """(judge or None, scorer or None, codec, name) of `cfg.model`: a GRM folder -> GRMJudge; an RM
     folder -> a scorer over `stages.judging.rm_scores`."""
-    from grlhfv_jax.stages import common, judging
+    from grlhfv_jax.stages import judging
     path = cfg.model.path
     if not path:
         raise ConfigError("config.model.path is missing: the model folder to evaluate")
     if cfg.image.processor_dir is None and os.path.isfile(os.path.join(path, "preprocessor_config.json")):
         cfg = cfg.copy_and_resolve_references()
         cfg.image.processor_dir = path   # the codec and the vision tower's block size read the same processor
-    codec = common.Codec.from_dirs(cfg.model.tokenizer_dir or path, dict(cfg.image), cfg.grm_template or None)
+    codec = encoding.Codec.from_dirs(cfg.model.tokenizer_dir or path, dict(cfg.image), cfg.grm_template or None)
     spec = {"dtype": cfg.model.dtype, "param_dtype": cfg.model.param_dtype}
     if cfg.model.kind == "policy":
         return build_policy(cfg, codec, spec, log, workdir)
     rm = cfg.model.kind == "rm"
-    model = common.load_stage_output(path, "the model folder to evaluate", cfg, spec, scalar_head=rm)
+    model = roles.load_stage_output(path, "the model folder to evaluate", cfg, spec, scalar_head=rm)
     name = cfg.model.name or os.path.basename(os.path.normpath(path))
     log(f"[evaluate] {cfg.model.kind} {path}")
     if rm:
@@ -698,7 +701,7 @@ def build(cfg, log=print, workdir: str | None = None):
                 out.append(judging.rm_scores(model, codec, chunk, rows=rows, max_len=cfg.max_len)[:real])
             return np.concatenate(out) if out else np.zeros((0,), np.float32)
         return None, scorer, codec, name
-    return judging.GRMJudge(model, codec, rows=cfg.batch_rows, max_len=cfg.max_len), None, codec, name
+    return grm_judge.GRMJudge(model, codec, rows=cfg.batch_rows, max_len=cfg.max_len), None, codec, name
 
 
 def build_policy(cfg, codec, spec, log, workdir):
@@ -706,20 +709,19 @@ def build_policy(cfg, codec, spec, log, workdir):
     batch_rows prompts per call, images decoded one call at a time) and the benchmark judge over
     HTTP (rollout.HTTPJudge: retries, cache in judge.cache_dir or OUT/judge_cache)."""
     from grlhfv_jax.rollout.http_judge import HTTPJudge
-    from grlhfv_jax.stages import common
-    from grlhfv_jax.stages import evaluate as stage_eval
+    from grlhfv_jax.rollout import group_sampling
     if not cfg.judge.base_url or not cfg.judge.model:
         raise ConfigError("config.judge.base_url and config.judge.model are required: the policy benchmarks' judge "
                           "(a GPT-4o-class model behind an OpenAI-compatible endpoint)")
     path = cfg.model.path
-    model = common.load_stage_output(path, "the policy to evaluate", cfg, spec)
+    model = roles.load_stage_output(path, "the policy to evaluate", cfg, spec)
     rows = int(cfg.batch_rows)
 
     def answerer(prompts, max_new_tokens, temperature):
         out = []
         for s in range(0, len(prompts), rows):
             recs = [{"question": q, "image": decode(img)} for q, img in prompts[s:s + rows]]
-            texts, _ = stage_eval.answers(model, codec, recs, max_len=cfg.max_len, max_new_tokens=int(max_new_tokens),
+            texts, _ = group_sampling.answers(model, codec, recs, max_len=cfg.max_len, max_new_tokens=int(max_new_tokens),
                                           rows=rows, temperature=float(temperature), seed=int(cfg.seed) + s)
             out += texts
         return out

@@ -33,6 +33,8 @@ import sys
 import tempfile
 
 import ml_collections
+from grlhfv_jax import encoding
+from grlhfv_jax import roles
 
 # stage -> its roles (the first is the default --role)
 STAGE_ROLES = {"sft": ("policy", "grm"), "vision": ("model",), "grm_rl": ("grm",), "rm": ("rm",),
@@ -172,7 +174,6 @@ def load_config(spec: str):
 def run_codec(config, workdir: str | None, tokenizer_dir: str | None = None):
     """The run's tokenizer + image processor (`stages.common.Codec`): `tokenizer_dir`, else the
     tokenizer the `data` stage wrote in `workdir` (data_paths.json)."""
-    from grlhfv_jax.stages import common
     if tokenizer_dir is None:
         if workdir is None:
             raise ExportError("no tokenizer: give --workdir (a run whose 'data' stage wrote one) or --tokenizer DIR")
@@ -184,7 +185,7 @@ def run_codec(config, workdir: str | None, tokenizer_dir: str | None = None):
             tokenizer_dir = json.load(f)["tokenizer_dir"]
     if not os.path.isdir(tokenizer_dir):
         raise ExportError(f"tokenizer folder not found: {tokenizer_dir!r}")
-    return common.Codec.from_dirs(tokenizer_dir, config.image, config.get("grm_template") or None)
+    return encoding.Codec.from_dirs(tokenizer_dir, config.image, config.get("grm_template") or None)
 
 
 def stage_paths(workdir: str, stage: str, role: str | None = None) -> tuple[str, str, str | None]:
@@ -216,7 +217,6 @@ def model_hf_config(config, codec, role: str, workdir: str | None = None) -> dic
     (the SFT warm start of the RL / DPO / RM stages, config.model.<role>.path), else the random
     model's (`stages.common.model_config`)."""
     from grlhfv_jax.models import read_config_json
-    from grlhfv_jax.stages import common
     spec = config.model[_spec_role(config, role)]
     start = None
     if workdir is not None and role in ("policy", "grm"):
@@ -226,7 +226,7 @@ def model_hf_config(config, codec, role: str, workdir: str | None = None) -> dic
     for path in (start, spec.get("path")):
         if path and os.path.isfile(os.path.join(path, "config.json")):
             return read_config_json(path)
-    return common.model_config(spec, codec)
+    return roles.model_config(spec, codec)
 
 
 def restore_checkpoint(ckpt_dir: str, config, codec, role: str, workdir: str | None = None):
@@ -237,7 +237,6 @@ def restore_checkpoint(ckpt_dir: str, config, codec, role: str, workdir: str | N
     from flax import nnx
 
     from grlhfv_jax import models
-    from grlhfv_jax.stages import common
     if not os.path.isdir(ckpt_dir):
         raise ExportError(f"checkpoint folder not found: {ckpt_dir}")
     mgr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=ocp.CheckpointManagerOptions(read_only=True))
@@ -246,7 +245,7 @@ def restore_checkpoint(ckpt_dir: str, config, codec, role: str, workdir: str | N
         if step is None:
             raise ExportError(f"no finished checkpoint step in {ckpt_dir}")
         spec = config.model[_spec_role(config, role)]
-        rt = common.runtime(spec, config)
+        rt = roles.runtime(spec, config)
         hf = model_hf_config(config, codec, role, workdir)
         model = nnx.eval_shape(lambda: models.from_config(hf, rngs=nnx.Rngs(0), scalar_head=role == "rm", **rt))
         params = nnx.state(model, nnx.Param)

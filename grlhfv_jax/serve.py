@@ -60,6 +60,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 
 import numpy as np
+from grlhfv_jax import encoding
+from grlhfv_jax.rollout import group_sampling
 
 API_KEY_ENV = "GRLHFV_SERVE_API_KEY"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -201,16 +203,15 @@ class ChatModel:
         import jax.numpy as jnp
 
         from grlhfv_jax import models
-        from grlhfv_jax.stages import common
         if not os.path.isfile(os.path.join(model_dir, "config.json")):
             raise FileNotFoundError(f"{model_dir}: no config.json (a stage's output folder or grlhfv_jax.export's)")
         if not os.path.isfile(os.path.join(model_dir, "preprocessor_config.json")):
             raise FileNotFoundError(f"{model_dir}: no preprocessor_config.json: export the folder with "
                                     "python -m grlhfv_jax.export (it writes the tokenizer and image processor)")
         self.name = name or os.path.basename(os.path.normpath(model_dir))
-        self.codec = common.Codec.from_dirs(model_dir, {"processor_dir": model_dir})
+        self.codec = encoding.Codec.from_dirs(model_dir, {"processor_dir": model_dir})
         self.model = models.load_pretrained(model_dir, dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype])
-        self.engine = common.engine_rollout(self.model, self.codec, frozen=True)
+        self.engine = group_sampling.engine_rollout(self.model, self.codec, frozen=True)
         self.default_max_tokens = int(default_max_tokens)
         self.max_model_len = int(max_model_len or _context_length(model_dir) or 0)   # 0: unchecked
         self.created = int(time.time())
@@ -232,7 +233,6 @@ class ChatModel:
 
     def complete(self, body) -> dict:
         from grlhfv_jax.rollout import bucket_length
-        from grlhfv_jax.stages import common
         if not isinstance(body, dict):
             raise _bad("the request body must be a JSON object")
         if body.get("model") not in (None, self.name):
@@ -246,7 +246,7 @@ class ChatModel:
         if self.max_model_len and T + params.max_new_tokens > self.max_model_len:
             raise _bad(f"the prompt's {T} tokens + max_tokens {params.max_new_tokens} exceed the model's context "
                        f"({self.max_model_len} tokens)")
-        batch = common.batch([ex], self.codec, side="left", max_len=bucket_length(T))
+        batch = encoding.batch([ex], self.codec, side="left", max_len=bucket_length(T))
         if not np.asarray(batch["image_grid_thw"]).size:   # text only
             batch = {k: v for k, v in batch.items() if k not in ("pixel_values", "image_grid_thw")}
         with self._lock:

@@ -15,6 +15,7 @@ from grlhfv_jax import config as C
 from grlhfv_jax import stages
 from grlhfv_jax.config import REQUIRED, ConfigError, Key, sections
 from grlhfv_jax.data import world as W
+from grlhfv_jax import roles
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -237,10 +238,9 @@ def test_memory_choices_of_a_model_reach_the_model():
     from flax import nnx
 
     from grlhfv_jax import models
-    from grlhfv_jax.stages import common
     sys.path.insert(0, os.path.dirname(__file__))
     import tiny_models as tm
-    rt = common.runtime(dict(hf_config={}, remat=True, remat_policy="dots", logits_chunk=4, vision_chunk=32))
+    rt = roles.runtime(dict(hf_config={}, remat=True, remat_policy="dots", logits_chunk=4, vision_chunk=32))
     assert (rt["remat"], rt["remat_policy"], rt["logits_chunk"], rt["vision_chunk"]) == (True, "dots", 4, 32)
     cfg = nnx.eval_shape(lambda: models.from_config(tm.tiny_hf_config("qwen2_vl").to_dict(), **rt)).config
     assert (cfg.remat, cfg.remat_policy, cfg.logits_chunk, cfg.vision_chunk) == (True, "dots", 4, 32)

@@ -1,4 +1,4 @@
-"""The files `data` stage on several hosts and on reruns (stages/data_files.py): only process 0
+"""The files `data` stage on several hosts and on reruns (data/files_convert.py): only process 0
 converts while process 1 waits and then reads the records process 0 wrote; a crash in the middle
 of a conversion leaves nothing that looks finished (not even beside an older dataset), a waiting
 process 1 fails with process 0's error, and a rerun converts cleanly; a rerun with the same files
@@ -18,7 +18,7 @@ from PIL import Image
 from grlhfv_jax import stages
 from grlhfv_jax.data import files_source as fs
 from grlhfv_jax.data import files_tfds
-from grlhfv_jax.stages import data_files
+from grlhfv_jax.data import files_convert as data_files
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import demo  # noqa: E402

@@ -28,6 +28,8 @@ from PIL import Image
 
 from grlhfv_jax import evaluate
 from grlhfv_jax.config import ConfigError
+from grlhfv_jax import encoding
+from grlhfv_jax import roles
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import demo  # noqa: E402
@@ -572,16 +574,15 @@ def test_tiny_policy_through_the_entry_point(tmp_path):
 
     from grlhfv_jax import models
     from grlhfv_jax.data.tokenizer import train_tokenizer
-    from grlhfv_jax.stages import common
     from grlhfv_jax.stages import evaluate as stage_eval
     image = dict(min_pixels=28 * 28, max_pixels=28 * 28, patch_size=14, merge_size=2, temporal_patch_size=2)
     model, judge = ScriptedModel(), ScriptedJudge()
     spec = mm_vet(str(tmp_path), model, judge)
     pol = tmp_path / "run" / "policy_rl" / "policy"
     train_tokenizer(["vq0 vq1 vq2 vq3 vq4 what is the answer"] * 20, str(pol), vocab_size=300)
-    codec = common.Codec.from_dirs(str(pol), image)
+    codec = encoding.Codec.from_dirs(str(pol), image)
     hf = demo.tiny_qwen2_vl(hidden=32, layers=1, heads=2, kv_heads=1, vision_depth=1, vision_dim=32)
-    net = models.from_config(common.model_config(ml_collections.ConfigDict({"hf_config": hf}), codec),
+    net = models.from_config(roles.model_config(ml_collections.ConfigDict({"hf_config": hf}), codec),
                              rngs=nnx.Rngs(0))
     models.save_pretrained(net, str(pol))
     server = _Server()

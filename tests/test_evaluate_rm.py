@@ -23,6 +23,8 @@ from PIL import Image
 
 from grlhfv_jax import evaluate
 from grlhfv_jax.rollout import Judge
+from grlhfv_jax import encoding
+from grlhfv_jax import roles
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import demo  # noqa: E402
@@ -509,7 +511,6 @@ def test_tiny_grm_through_the_entry_point(tmp_path):
 
     from grlhfv_jax import models
     from grlhfv_jax.data.tokenizer import train_tokenizer
-    from grlhfv_jax.stages import common
     image = dict(min_pixels=28 * 28, max_pixels=28 * 28, patch_size=14, merge_size=2, temporal_patch_size=2)
     judge = ScriptedJudge()
     spec = align_anything(str(tmp_path), judge)
@@ -519,10 +520,10 @@ def test_tiny_grm_through_the_entry_point(tmp_path):
     write_parquet(str(tmp_path / "aa" / "val-00000-of-00001.parquet"), rows)
     grm = tmp_path / "grm"
     train_tokenizer(["aq1 aa1 ab1 aq2 aa2 ab2 score the responses boxed"] * 20, str(grm), vocab_size=300)
-    codec = common.Codec.from_dirs(str(grm), image, demo.DEMO_GRM_TEMPLATE)
+    codec = encoding.Codec.from_dirs(str(grm), image, demo.DEMO_GRM_TEMPLATE)
     hf = demo.tiny_qwen2_vl(hidden=32, layers=1, heads=2, kv_heads=1, vision_depth=1, vision_dim=32)
     import ml_collections
-    model = models.from_config(common.model_config(ml_collections.ConfigDict({"hf_config": hf}), codec),
+    model = models.from_config(roles.model_config(ml_collections.ConfigDict({"hf_config": hf}), codec),
                                rngs=nnx.Rngs(0))
     models.save_pretrained(model, str(grm))
     cfg_file = tmp_path / "eval_cfg.py"
@@ -563,16 +564,16 @@ def test_tiny_score_only_rm_through_the_entry_point(tmp_path):
 
     from grlhfv_jax import models
     from grlhfv_jax.data.tokenizer import train_tokenizer
-    from grlhfv_jax.stages import common, judging
+    from grlhfv_jax.stages import judging
     image = dict(min_pixels=28 * 28, max_pixels=28 * 28, patch_size=14, merge_size=2, temporal_patch_size=2)
     judge = ScriptedJudge()
     specs = {"align_anything": align_anything(str(tmp_path), judge),
              "mllm_judge_score": mllm_judge_score(str(tmp_path), judge)}
     rm = tmp_path / "rm"
     train_tokenizer(["aq1 aa1 ab1 aq2 aa2 ab2 si1 sa1 si2 sa2"] * 20, str(rm), vocab_size=300)
-    codec = common.Codec.from_dirs(str(rm), image)
+    codec = encoding.Codec.from_dirs(str(rm), image)
     hf = demo.tiny_qwen2_vl(hidden=32, layers=1, heads=2, kv_heads=1, vision_depth=1, vision_dim=32)
-    model = models.from_config(common.model_config(ml_collections.ConfigDict({"hf_config": hf}), codec),
+    model = models.from_config(roles.model_config(ml_collections.ConfigDict({"hf_config": hf}), codec),
                                rngs=nnx.Rngs(1), scalar_head=True)
     models.save_pretrained(model, str(rm))
     cfg_file = tmp_path / "eval_rm.py"

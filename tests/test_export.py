@@ -19,7 +19,8 @@ from flax import nnx  # noqa: E402
 from grlhfv_jax import export, models, processing  # noqa: E402
 from grlhfv_jax.checkpoint import Checkpointer, export_hf, exported_summary  # noqa: E402
 from grlhfv_jax.data.tokenizer import train_tokenizer  # noqa: E402
-from grlhfv_jax.stages import common  # noqa: E402
+from grlhfv_jax import encoding
+from grlhfv_jax import roles
 
 import tiny_models as tm  # noqa: E402  (tests/ is on sys.path)
 
@@ -50,8 +51,8 @@ def run(tmp_path_factory):
     config = run_config()
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
-    codec = common.Codec.from_dirs(tok_dir, config.image)
-    hf = common.model_config(config.model.policy, codec)
+    codec = encoding.Codec.from_dirs(tok_dir, config.image)
+    hf = roles.model_config(config.model.policy, codec)
     model = models.from_config(hf, rngs=nnx.Rngs(3))
     tm.spread(model, np.random.default_rng(3))
     return workdir, codec, model
@@ -202,7 +203,7 @@ def test_cli_from_checkpoint(run, tmp_path):
 
     import optax
     workdir, codec, model = run
-    trained = models.from_config(common.model_config(run_config().model.policy, codec), rngs=nnx.Rngs(9))
+    trained = models.from_config(roles.model_config(run_config().model.policy, codec), rngs=nnx.Rngs(9))
     opt = nnx.Optimizer(trained, optax.adamw(1e-3), wrt=nnx.Param)
     ckpt = Checkpointer(os.path.join(workdir, "policy_rl", "ckpt"), async_save=False)
     ckpt.save(2, trained, opt, extra={"last": {}})

@@ -16,6 +16,8 @@ from PIL import Image
 from grlhfv_jax import stages
 from grlhfv_jax.config import ConfigError
 from grlhfv_jax.data import files_source as fs
+from grlhfv_jax import encoding
+from grlhfv_jax import roles
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import demo  # noqa: E402
@@ -156,7 +158,6 @@ def files_run(tmp_path_factory):
     from grlhfv_jax import models
     from grlhfv_jax.data.tokenizer import train_tokenizer
     from grlhfv_jax.rl.grm_reward import build_grm_prompt
-    from grlhfv_jax.stages import common
     root = tmp_path_factory.mktemp("files_run")
     rows = _rows(6, long_response_at=5)   # record 5 prefers its long response 2
     pairs, pairs_jsonl = _write(root, "pairs", rows)
@@ -167,20 +168,20 @@ def files_run(tmp_path_factory):
     paths = dict(sft_policy=pairs, grm_train=pairs_jsonl, grm_test_id=pairs, grm_test_ood=pairs_jsonl,
                  policy_train=pairs)
     config = _files_config(paths, tok_dir, grm_path=str(root / "grm"))
-    codec = common.Codec.from_dirs(tok_dir, config.image, config.grm_template)
-    grm = models.from_config(common.model_config(config.model.grm, codec), rngs=nnx.Rngs(1))
+    codec = encoding.Codec.from_dirs(tok_dir, config.image, config.grm_template)
+    grm = models.from_config(roles.model_config(config.model.grm, codec), rngs=nnx.Rngs(1))
     models.save_pretrained(grm, str(root / "grm"))
     return config, root
 
 
 def test_over_long_records_are_skipped_truncated_or_refused_and_counted(files_run):
-    from grlhfv_jax.stages import common, data_files
+    from grlhfv_jax.data import files_convert as data_files
     config, root = files_run
     full = stages.validate(config)
     rs = data_files.readers(full)
     assert [r.key for r in rs["grm_train"]] == ["config.grm_rl.max_len"]
     assert [r.key for r in rs["policy_train"]] == ["config.policy_rl.max_len"]
-    codec = common.Codec.from_dirs(full.data.tokenizer_dir, full.image, full.grm_template)
+    codec = encoding.Codec.from_dirs(full.data.tokenizer_dir, full.image, full.grm_template)
     m = data_files.Measure(codec)
     recs, _ = fs.read_split("grm_train", fs.SplitFiles(full.data.files.grm_train.path))
     long, short = recs[5], recs[0]
@@ -221,7 +222,7 @@ def test_tiny_run_on_files_data_sft_grm_rl_policy_rl(files_run, tmp_path, image_
 
 
 def test_the_data_stage_counts_bad_and_truncated_records_into_the_summary(files_run, tmp_path, capsys):
-    from grlhfv_jax.stages import data_files
+    from grlhfv_jax.data import files_convert as data_files
     config, root = files_run
     rows = _rows(6, long_response_at=5)
     rows[2]["overall_response"] = 0            # not a label value: skipped as bad_label

@@ -16,6 +16,7 @@ import pytest
 from grlhfv_jax.rl import grm_reward
 from grlhfv_jax.rollout import SamplingParams
 from grlhfv_jax.rollout.http_judge import CACHE_FILE, HTTPJudge, HTTPJudgeError, encode_png
+from grlhfv_jax.trainers import rewards as trainer_rewards
 
 TIMEOUT = 1.0            # the client's timeout in these tests (s)
 PAIR_RE = re.compile(r"# Response 1: (.*)\n# Response 2: (.*)\n")
@@ -265,7 +266,7 @@ def test_png_encoder_round_trips():
 
 
 def test_stage_two_rewards_through_the_http_judge(server_factory, tmp_path):
-    """stages.policy_rl.judge_groups (stage 2's reward) over the HTTP judge: a failed judgment is
+    """trainers.rewards.judge_groups (stage 2's reward) over the HTTP judge: a failed judgment is
     dropped from the aggregate like an unparsed one (never a score), the rest are the server's."""
     import types
 
@@ -276,7 +277,7 @@ def test_stage_two_rewards_through_the_http_judge(server_factory, tmp_path):
     sec = types.SimpleNamespace(pairs="both", num_pairs=None, judge_max_new_tokens=32, judge_temperature=0.0,
                                 aggregator="mean")
     texts = ["r9 best", "r4 mid", "r1 low"]
-    rewards, judgments = policy_rl.judge_groups(judge, sec, [{"question": "q", "image": image(0)}], texts,
+    rewards, judgments = trainer_rewards.judge_groups(judge, sec, [{"question": "q", "image": image(0)}], texts,
                                                 np.ones((1, 3), bool), seed=0)
     # (0, j) failed -> None; the others parse to the server's scores
     assert judgments[0][(0, 1)] is None and judgments[0][(0, 2)] is None

@@ -20,6 +20,8 @@ from PIL import Image
 
 from grlhfv_jax import processing
 from grlhfv_jax.data import files_source as fs
+from grlhfv_jax import encoding
+from grlhfv_jax.rollout import grm_judge
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import demo  # noqa: E402
@@ -52,19 +54,17 @@ def _convert(root, rows, **spec):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from grlhfv_jax.data.tokenizer import train_tokenizer
-    from grlhfv_jax.stages import common
     root = tmp_path_factory.mktemp("image_workers")
     rows = _rows(10)
     dataset_dir = _convert(root, rows)
     texts = [r[k] for r in rows for k in ("question", "response_1", "response_2")]
     train_tokenizer(texts * 5, str(root / "tok"), vocab_size=400)
-    codec = common.Codec.from_dirs(str(root / "tok"), IMAGE, demo.DEMO_GRM_TEMPLATE)
+    codec = encoding.Codec.from_dirs(str(root / "tok"), IMAGE, demo.DEMO_GRM_TEMPLATE)
     return dataset_dir, codec
 
 
 def _examples(codec, recs):
-    from grlhfv_jax.stages import common
-    ex = common.pair_examples(codec, recs)
+    ex = encoding.pair_examples(codec, recs)
     ex += [codec.grm_example(r["question"], r["image"], r["response_1"], r["response_2"], "judgment") for r in recs]
     ex += [codec.example(r["question"], r["image"]) for r in recs]
     return ex
@@ -84,10 +84,10 @@ def calls(monkeypatch):
 
 
 def test_batches_with_the_processor_in_the_read_threads_equal_the_old_ones(setup, calls):
-    from grlhfv_jax.stages import common, data_files
+    from grlhfv_jax.stages import data_files
     dataset_dir, codec = setup
     old = fs.FilesSource(dataset_dir, shard=(0, 1)).dataset("grm_train", seed=3, batch_size=4)
-    src = data_files.source({"dataset_dir": dataset_dir}, 0, 2, common.image_processor(IMAGE))
+    src = data_files.source({"dataset_dir": dataset_dir}, 0, 2, encoding.image_processor(IMAGE))
     new = src.dataset("grm_train", seed=3, batch_size=4)
     assert isinstance(new, fs.Prefetched) and new.threads == 2
     with new:   # its read-ahead stops at the end: no processor call outlives the test
@@ -95,7 +95,6 @@ def test_batches_with_the_processor_in_the_read_threads_equal_the_old_ones(setup
 
 
 def _compare_batches(codec, old, new, calls):
-    from grlhfv_jax.stages import common
     grids = set()
     for step in range(4):   # 16 records of 10: an epoch boundary too
         a, b = old[step], new[step]
@@ -117,17 +116,16 @@ def _compare_batches(codec, old, new, calls):
                 assert x[k].tobytes() == y[k].tobytes(), k
             grids.add(tuple(y["image_grid_thw"].ravel()))
         for side in ("left", "right"):
-            bo = common.batch(ex_old, codec, side=side, max_len=256)
-            bn = common.batch(ex_new, codec, side=side, max_len=256)
+            bo = encoding.batch(ex_old, codec, side=side, max_len=256)
+            bn = encoding.batch(ex_new, codec, side=side, max_len=256)
             for k in ("input_ids", "pixel_values", "image_grid_thw"):
                 assert bo[k].tobytes() == bn[k].tobytes(), k
     assert len(grids) == 2   # two image sizes, two grids
 
 
 def test_the_read_threads_process_images_off_the_main_thread(setup, calls):
-    from grlhfv_jax.stages import common
     dataset_dir, codec = setup
-    src = fs.FilesSource(dataset_dir, shard=(0, 1), image_processor=common.image_processor(IMAGE), image_workers=2)
+    src = fs.FilesSource(dataset_dir, shard=(0, 1), image_processor=encoding.image_processor(IMAGE), image_workers=2)
     with src.dataset("policy_train", seed=0, batch_size=4) as ds:
         for step in range(3):
             recs = ds[step]
@@ -136,12 +134,11 @@ def test_the_read_threads_process_images_off_the_main_thread(setup, calls):
 
 
 def test_a_processor_with_other_settings_processes_again(setup):
-    from grlhfv_jax.stages import common
     dataset_dir, codec = setup
-    src = fs.FilesSource(dataset_dir, shard=(0, 1), image_processor=common.image_processor(IMAGE), image_workers=1)
+    src = fs.FilesSource(dataset_dir, shard=(0, 1), image_processor=encoding.image_processor(IMAGE), image_workers=1)
     with src.dataset("grm_train", seed=0, batch_size=2) as ds:
         r = ds[0][0]
-    other = common.image_processor(dict(IMAGE, max_pixels=56 * 56))
+    other = encoding.image_processor(dict(IMAGE, max_pixels=56 * 56))
     assert r["image"].patches(other) is None and r["image"].patches(codec.image_processor) is not None
     text = processing.chat_prompt(r["question"], tokenizer=codec.tokenizer)
     got = processing.encode_example(codec.tokenizer, other, text, [r["image"]])
@@ -153,12 +150,11 @@ def test_a_processor_with_other_settings_processes_again(setup):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_stored_image_that_does_not_decode_is_an_error_naming_the_record(tmp_path, workers):
-    from grlhfv_jax.stages import common
     rows = _rows(4)
     rows[2]["image"] = {"bytes": rows[2]["image"]["bytes"][:40], "path": None}   # truncated
     # the data stage checks images when converting (skip or fail, counted): stored unchecked here
     dataset_dir = _convert(tmp_path, rows, check_images=False)
-    src = fs.FilesSource(dataset_dir, shard=(0, 1), image_processor=common.image_processor(IMAGE),
+    src = fs.FilesSource(dataset_dir, shard=(0, 1), image_processor=encoding.image_processor(IMAGE),
                          image_workers=workers)
     ds = src.dataset("grm_train", seed=0, batch_size=4)
     with pytest.raises(ValueError, match=r"record 'pairs-2'.*does not decode"):
@@ -173,9 +169,8 @@ def test_closing_a_read_ahead_dataset_leaves_no_read_running(setup, calls):
     landed in the next test's spy (`[False, False]`, under the full suite's load only). `close`
     returns once no read is running: no call after it, however long the threads were delayed."""
     import time
-    from grlhfv_jax.stages import common
     dataset_dir, _ = setup
-    src = fs.FilesSource(dataset_dir, shard=(0, 1), image_processor=common.image_processor(IMAGE), image_workers=2)
+    src = fs.FilesSource(dataset_dir, shard=(0, 1), image_processor=encoding.image_processor(IMAGE), image_workers=2)
     for _ in range(3):
         ds = src.dataset("grm_train", seed=1, batch_size=4)
         ds[0]             # the threads now read steps 1 and 2 ahead
@@ -200,7 +195,7 @@ def _same_records(serial, threaded):
 def test_records_in_threads_equal_the_serial_ones_in_order(setup, calls, monkeypatch, threads, workers):
     from grlhfv_jax.stages import common, judging
     dataset_dir, codec = setup
-    proc = common.image_processor(IMAGE)
+    proc = encoding.image_processor(IMAGE)
     for shard, n in (((0, 1), None), ((1, 2), 9), ((0, 3), 7)):
         for split in ("grm_train", "policy_train"):
             serial = fs.FilesSource(dataset_dir, shard=shard).records(split, n)
@@ -229,11 +224,11 @@ def test_records_in_threads_equal_the_serial_ones_in_order(setup, calls, monkeyp
             rows = len(b["input_ids"]) * int(params.num_samples)
             return types.SimpleNamespace(tokens=np.zeros((rows, 1), np.int32), lengths=np.zeros(rows, np.int32))
     monkeypatch.setattr(common, "engine_rollout", lambda *a, **kw: Engine())
-    judging.grm_accuracy(judging.GRMJudge(None, codec, rows=4, max_len=512), threaded, max_new_tokens=4)
+    judging.grm_accuracy(grm_judge.GRMJudge(None, codec, rows=4, max_len=512), threaded, max_new_tokens=4)
     rm_new, batches = batches, []
     ex_old = _examples(codec, serial)
     judging.rm_accuracy(None, codec, serial, rows=4, max_len=256)
-    judging.grm_accuracy(judging.GRMJudge(None, codec, rows=4, max_len=512), serial, max_new_tokens=4)
+    judging.grm_accuracy(grm_judge.GRMJudge(None, codec, rows=4, max_len=512), serial, max_new_tokens=4)
     assert len(ex_old) == len(ex_new)
     for x, y in zip(ex_old, ex_new):
         assert x.keys() == y.keys()
@@ -248,11 +243,10 @@ def test_records_in_threads_equal_the_serial_ones_in_order(setup, calls, monkeyp
 
 @pytest.mark.parametrize("threads,workers", [(2, 0), (0, 2)])
 def test_records_in_threads_name_a_record_whose_image_does_not_decode(tmp_path, threads, workers):
-    from grlhfv_jax.stages import common
     rows = _rows(12)
     rows[9]["image"] = {"bytes": rows[9]["image"]["bytes"][:40], "path": None}   # truncated
     dataset_dir = _convert(tmp_path, rows, check_images=False)
-    src = fs.FilesSource(dataset_dir, shard=(0, 1), read_threads=threads, image_processor=common.image_processor(IMAGE),
+    src = fs.FilesSource(dataset_dir, shard=(0, 1), read_threads=threads, image_processor=encoding.image_processor(IMAGE),
                          image_workers=workers)
     assert len(src.records("grm_train", 9)) == 9
     with pytest.raises(ValueError, match=r"record 'pairs-9'.*does not decode"):

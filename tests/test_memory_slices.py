@@ -13,11 +13,14 @@ from flax import nnx
 from grlhfv_jax import models, stages
 from grlhfv_jax.config import ConfigError
 from grlhfv_jax.stages import judging
+from grlhfv_jax import encoding
+from grlhfv_jax.rollout import grm_judge
+from grlhfv_jax.trainers import scoring
 
 
 def _record_call_shapes(monkeypatch) -> list:
-    """The [rows, T] of every RM scoring call (`judging._scores`) from now on, in a list."""
-    shapes, scores = [], judging._scores
+    """The [rows, T] of every RM scoring call (`scoring._scores`) from now on, in a list."""
+    shapes, scores = [], scoring._scores
 
     def recording(model, b):
         shapes.append(tuple(b["input_ids"].shape))
@@ -35,13 +38,13 @@ def test_scoring_in_slices_gives_the_scores_of_one_call(monkeypatch):
             [[8, 9, 10, 11]]]
     b = tm.make_batch(rows, pad_side="right")
     batch = {k: b[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
-    whole = judging.score_batch(rm, batch, rows=8)            # 5 rows <= 8: one call
+    whole = scoring.score_batch(rm, batch, rows=8)            # 5 rows <= 8: one call
     assert whole.shape == (5,) and np.std(whole) > 0
     shapes = _record_call_shapes(monkeypatch)
     T = batch["input_ids"].shape[1]
     for rows in (2, 3):                                       # calls of 2, 2, 1 (+1 fill) and of 3, 2 (+1 fill) rows
         shapes.clear()
-        np.testing.assert_allclose(judging.score_batch(rm, batch, rows=rows), whole, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(scoring.score_batch(rm, batch, rows=rows), whole, rtol=1e-5, atol=1e-6)
         assert shapes == [(rows, T)] * -(-5 // rows), f"calls of {rows} rows: {shapes}"
 
 
@@ -53,13 +56,12 @@ def tiny_codec(tmp_path_factory):
     """A codec on a tokenizer trained on GRM-like text, and the HF config of a tiny Qwen2-VL on it."""
     import tiny_models as tm  # tests/ is on sys.path
     from grlhfv_jax.data.tokenizer import train_tokenizer
-    from grlhfv_jax.stages import common
     template = "{principles_block}<image>{question}\n# Response 1: {response_1}\n# Response 2: {response_2}\nScores:"
     corpus = ["The red circle is above the blue square. Scores \\boxed{7, 3}", "You are a helpful assistant.",
               "Response 1 is better than Response 2 because it is correct.", template,
               "What color is the shape? It is green and small. Which is better? Where is it?"] * 30
     out_dir, ids = train_tokenizer(corpus, str(tmp_path_factory.mktemp("tok")), vocab_size=300)
-    codec = common.Codec.from_dirs(out_dir, dict(min_pixels=56 * 56, max_pixels=56 * 56), template)
+    codec = encoding.Codec.from_dirs(out_dir, dict(min_pixels=56 * 56, max_pixels=56 * 56), template)
     cfg = tm.tiny_hf_config("qwen2_vl", text={"vocab_size": ids["vocab_size"]}).to_dict()
     for k in ("image_token_id", "vision_start_token_id", "vision_end_token_id", "video_token_id"):
         cfg[k] = ids[k]
@@ -112,15 +114,15 @@ def test_sampled_judgments_do_not_depend_on_the_judging_call_size(tiny_grm):
     items = [(q, im, a, b) for q, im, ps in groups for a, b in ps]
     sampled = SamplingParams(max_new_tokens=6, temperature=1.0, seed=11)
     # reference: one call over all six pairs, each with its full prompt (no shared prefix, no slicing)
-    ref = judging.GRMJudge(grm, codec, rows=len(items), max_len=MAX_LEN).judge(items, sampled)
+    ref = grm_judge.GRMJudge(grm, codec, rows=len(items), max_len=MAX_LEN).judge(items, sampled)
     assert len(ref) == 6 and len(set(ref)) > 1, ref
-    other = judging.GRMJudge(grm, codec, rows=len(items), max_len=MAX_LEN).judge(items, sampled.replace(seed=12))
+    other = grm_judge.GRMJudge(grm, codec, rows=len(items), max_len=MAX_LEN).judge(items, sampled.replace(seed=12))
     assert other != ref, "another seed draws the same judgments: the test would not see a changed key"
     for per_call in (1, 2, 3):   # calls of 2, 3, 1 pairs; 5, 1 pairs; 6 pairs
-        got = judging.GRMJudge(grm, codec, max_prompts=per_call).judge_groups(groups, sampled)
+        got = grm_judge.GRMJudge(grm, codec, max_prompts=per_call).judge_groups(groups, sampled)
         assert [len(g) for g in got] == [2, 3, 1]
         assert [t for g in got for t in g] == ref, f"judge_prompts_per_call = {per_call}"
-    assert judging.GRMJudge(grm, codec, rows=4, max_len=MAX_LEN).judge(items, sampled) == ref, \
+    assert grm_judge.GRMJudge(grm, codec, rows=4, max_len=MAX_LEN).judge(items, sampled) == ref, \
         "judge in calls of 4 and 2 pairs"
 
 

@@ -8,9 +8,9 @@ SFT, DPO and GRPO steps on a tiny Qwen2-VL with images of different sizes, image
 micro-batch (`trainers.loop.micro_batch_images`) and reference / old log-probs read back to the host
 in between: metrics of every step, the parameters at the end and the exported Hugging Face
 folder (`checkpoint.export_hf`: every host gathers the parameters, process 0 alone writes); and
-rollouts through `stages.common.engine_rollout` (each host hands in its prompts and gets its rows
+rollouts through `rollout.group_sampling.engine_rollout` (each host hands in its prompts and gets its rows
 of the global sample back) feeding the GRPO learner (`trainers.grpo.grpo_update`); a score-only
-RM's scores (`stages.judging.score_batch`: each host gets its rows' scores); a GRM's evaluation
+RM's scores (`trainers.scoring.score_batch`: each host gets its rows' scores); a GRM's evaluation
 figures (`stages.judging.grm_accuracy`) over records split between the hosts.
 
 Tolerance: rtol 2e-5, atol 2e-6 (float32, matmul precision "highest"). The two runs place the same
@@ -34,6 +34,7 @@ import sys
 
 import numpy as np
 import pytest
+from grlhfv_jax.rollout import group_sampling
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -177,21 +178,20 @@ def _worker(nproc: int, pid: int, port: str, model_path: str, out_path: str) -> 
     state, m = steps.grpo_step(state, loop.place_batch(model, grpo_host), steps.GRPOConfig(num_micro_batches=2))
     out["grpo"] = metrics(m)
 
-    # rollouts (stages.common.engine_rollout: this host's prompts in, this host's rows out, the engine
+    # rollouts (rollout.group_sampling.engine_rollout: this host's prompts in, this host's rows out, the engine
     # sampling the global batch) and the GRPO learner on them (reference pass, update, rollout figures)
     import types
 
     from grlhfv_jax.rollout import SamplingParams
-    from grlhfv_jax.stages import common
     from grlhfv_jax.trainers import grpo as learner
     prompts = TM.make_batch(_rows(), pad_side="left", seed=1)
     prompts = {k: prompts[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
     prompts["valid"] = np.ones(GLOBAL_BATCH, np.int32)
     host_prompts = _host_rows(prompts, sl, tok, merge)
-    rollout = common.engine_rollout(model, types.SimpleNamespace(eos_id=2, pad_id=0))
+    rollout = group_sampling.engine_rollout(model, types.SimpleNamespace(eos_id=2, pad_id=0))
     G = 2
     gen = rollout.generate(host_prompts, SamplingParams(max_new_tokens=4, temperature=1.0, num_samples=G, seed=3))
-    gen = learner.cut_at_tokens(gen, [TM.IMAGE, TM.VISION_START, TM.VISION_END])   # as common.sample_groups
+    gen = group_sampling.cut_at_tokens(gen, [TM.IMAGE, TM.VISION_START, TM.VISION_END])   # as group_sampling.sample_groups
     assert gen.tokens.shape == (GLOBAL_BATCH // nproc * G, 4)
     out["rollout"] = {"tokens": S.gather_rows(np.asarray(gen.tokens)).tolist(),
                       "logprobs": S.gather_rows(np.asarray(gen.logprobs)).tolist()}
@@ -202,10 +202,10 @@ def _worker(nproc: int, pid: int, port: str, model_path: str, out_path: str) -> 
     for k in [k for k in out["grpo_update"] if k.startswith("time/")]:
         del out["grpo_update"][k]
 
-    # a score-only RM's scores (stages.judging.score_batch): this host's rows back
+    # a score-only RM's scores (trainers.scoring.score_batch): this host's rows back
     from grlhfv_jax.stages import judging
     rm = models.load_pretrained(model_path, mesh=mesh, scalar_head=True)
-    scores = judging.score_batch(rm, {k: host[k] for k in ("input_ids", "attention_mask", "pixel_values",
+    scores = scoring.score_batch(rm, {k: host[k] for k in ("input_ids", "attention_mask", "pixel_values",
                                                            "image_grid_thw")})
     assert scores.shape == (GLOBAL_BATCH // nproc,)
     out["rm_scores"] = S.gather_rows(scores).tolist()

@@ -12,6 +12,8 @@ import pytest
 
 from grlhfv_jax import config as config_schema
 from grlhfv_jax import main
+from grlhfv_jax import encoding
+from grlhfv_jax import roles
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -33,7 +35,6 @@ def tiny(tmp_path_factory):
 
     from grlhfv_jax import models
     from grlhfv_jax.data.tokenizer import train_tokenizer
-    from grlhfv_jax.stages import common
     from test_files_source import SMALL_MODEL, _rows, _write  # tests/ is on sys.path
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     import demo
@@ -46,10 +47,10 @@ def tiny(tmp_path_factory):
     texts += [build_grm_prompt("q", "a", "b", template=demo.DEMO_GRM_TEMPLATE)] * 4   # its words: one token each
     train_tokenizer(texts * 5, tok, vocab_size=400)
     hf = SMALL_MODEL
-    codec = common.Codec.from_dirs(tok, dict(min_pixels=56 * 56, max_pixels=56 * 56))
+    codec = encoding.Codec.from_dirs(tok, dict(min_pixels=56 * 56, max_pixels=56 * 56))
     for name, seed in (("policy", 0), ("rm", 1)):
         spec = config_schema.section(dict(hf_config=hf), config_schema.sections.MODEL)
-        models.save_pretrained(models.from_config(common.model_config(spec, codec), rngs=nnx.Rngs(seed)),
+        models.save_pretrained(models.from_config(roles.model_config(spec, codec), rngs=nnx.Rngs(seed)),
                                str(root / name))
     return root, pairs, tok
 

@@ -13,8 +13,10 @@ from flax import nnx
 
 from grlhfv_jax import main, report, stages
 from grlhfv_jax.metrics import MetricsWriter, read_jsonl
-from grlhfv_jax.stages import ConfigError, common
+from grlhfv_jax.stages import ConfigError
 from grlhfv_jax.trainers import loop, steps
+from grlhfv_jax.rollout import grm_judge
+from grlhfv_jax import roles
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import demo  # noqa: E402
@@ -226,17 +228,15 @@ def test_grouped_judging_shares_the_prefix_and_equals_separate_prompts(smoke_run
     from grlhfv_jax import models
     from grlhfv_jax.data import pipeline
     from grlhfv_jax.rollout import Judge, SamplingParams
-    from grlhfv_jax.stages import data as data_stage
-    from grlhfv_jax.stages import judging
     config, workdir, _ = smoke_run
-    codec = common.codec(config, workdir)
+    codec = roles.codec(config, workdir)
     grm = models.load_pretrained(os.path.join(workdir, "grm_rl", "grm"))
-    recs = pipeline.load_records(data_stage.paths(config, workdir)["data_dir"], "grm_test_id",
-                                 data_stage.world_config(config), n=2)
+    recs = pipeline.load_records(roles.paths(config, workdir)["data_dir"], "grm_test_id",
+                                 roles.world_config(config), n=2)
     answers = ["Red.", "They are two blue squares on the left.", "Maybe green."]
     groups = [(r["question"], r["image"], [(answers[i], answers[j]) for i in range(3) for j in range(3) if i != j][:k])
               for r, k in zip(recs, (6, 3))]
-    judge = judging.GRMJudge(grm, codec, rows=9, max_len=256)
+    judge = grm_judge.GRMJudge(grm, codec, rows=9, max_len=256)
     assert isinstance(judge, Judge)
     greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
     shared = judge.judge_groups(groups, greedy)
@@ -244,7 +244,7 @@ def test_grouped_judging_shares_the_prefix_and_equals_separate_prompts(smoke_run
     assert [len(g) for g in shared] == [6, 3]
     assert [t for g in shared for t in g] == separate
     # policy_rl.judge_prompts_per_call = 1: one prompt group per call, the same greedy judgments
-    one = judging.GRMJudge(grm, codec, rows=9, max_len=256, max_prompts=1).judge_groups(groups, greedy)
+    one = grm_judge.GRMJudge(grm, codec, rows=9, max_len=256, max_prompts=1).judge_groups(groups, greedy)
     assert one == shared
 
 

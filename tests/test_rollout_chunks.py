@@ -11,14 +11,14 @@ import pytest
 from grlhfv_jax import stages
 from grlhfv_jax.config import ConfigError
 from grlhfv_jax.rollout import GenerationOutput
-from grlhfv_jax.stages import common
+from grlhfv_jax.rollout import group_sampling
 
 
 def test_join_pads_to_the_widest_call_and_keeps_row_order():
     a = GenerationOutput(np.array([[7, 8]]), np.array([[-1.0, -2.0]]), np.array([2]), np.array([False]))
     b = GenerationOutput(np.array([[4, 5, 6], [9, 3, 3]]), np.full((2, 3), -0.5), np.array([3, 1]),
                          np.array([False, True]))
-    j = common.join_outputs([a, b], pad_id=3)
+    j = group_sampling.join_outputs([a, b], pad_id=3)
     np.testing.assert_array_equal(j.tokens, [[7, 8, 3], [4, 5, 6], [9, 3, 3]])
     np.testing.assert_array_equal(j.logprobs, [[-1, -2, 0], [-0.5, -0.5, -0.5], [-0.5, -0.5, -0.5]])
     np.testing.assert_array_equal(j.lengths, [2, 3, 1])

@@ -10,6 +10,8 @@ from flax import nnx
 import tiny_models as tm
 from grlhfv_jax.models import load_pretrained
 from grlhfv_jax.rollout import engine, judge
+from grlhfv_jax import encoding
+from grlhfv_jax.rollout import group_sampling
 
 # text + image + text, text only (shorter: left padding), image + text
 ROWS = [[[5, 6, 7, 8, 9], (1, 4, 4), [10, 11]], [[12, 13, 14, 15, 16, 17]], [(1, 4, 6), [20, 21]]]
@@ -104,7 +106,7 @@ def test_sampled_logprobs_equal_teacher_forcing(qwen2_vl, sampled):
 
 
 def _examples(batch):
-    """The rows of a make_batch batch as encoded examples (what stages.common.sample_groups takes)."""
+    """The rows of a make_batch batch as encoded examples (what rollout.group_sampling.sample_groups takes)."""
     imgs, grid, k, out = _images(batch), batch["image_grid_thw"], 0, []
     for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
         ids = ids[mask > 0]
@@ -122,7 +124,6 @@ def test_rollout_in_calls_of_prompt_groups_draws_what_one_call_draws(qwen2_vl, s
     of one call exactly, log-probs to float rounding (XLA:CPU rounds matmuls of another row count
     differently: ~5e-7)."""
     from grlhfv_jax.rollout import EngineRollout, SamplingParams
-    from grlhfv_jax.stages import common
 
     class Tok:  # the codec's tokenizer as far as sample_groups needs one
         def convert_tokens_to_ids(self, name):
@@ -135,11 +136,11 @@ def test_rollout_in_calls_of_prompt_groups_draws_what_one_call_draws(qwen2_vl, s
     batch = sampled[0]
     # the sampled fixture's settings (its compiled one-call shapes); greedy: an EOS some rows hit
     eos = [tm.EOS, 7] if temperature else [tm.EOS, 45]
-    codec = common.Codec(Tok(), None, tm.PAD, tm.EOS)
+    codec = encoding.Codec(Tok(), None, tm.PAD, tm.EOS)
     rollout = EngineRollout(qwen2_vl[2], eos_token_id=eos, pad_token_id=tm.PAD)
     params = SamplingParams(max_new_tokens=NEW, temperature=temperature, top_k=40, top_p=0.95, num_samples=2, seed=5)
     (p1, one, t1), (p3, three, t3) = [
-        common.sample_groups(rollout, codec, _examples(batch), max_len=batch["input_ids"].shape[1], params=params,
+        group_sampling.sample_groups(rollout, codec, _examples(batch), max_len=batch["input_ids"].shape[1], params=params,
                              num_calls=k) for k in (1, 3)]
     if temperature:
         np.testing.assert_array_equal(np.asarray(one.tokens), np.asarray(sampled[1].tokens))  # the engine's own

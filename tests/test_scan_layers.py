@@ -18,6 +18,7 @@ from grlhfv_jax.models import load_pretrained, save_pretrained
 from grlhfv_jax.rl import optim
 from grlhfv_jax.rollout import engine
 from grlhfv_jax.trainers import steps
+from grlhfv_jax import roles
 from test_shared_prompt import G, P, R, batch  # noqa: F401  (the module-scoped GRPO batch fixture)
 
 L = 3
@@ -210,7 +211,6 @@ def test_the_config_key_is_checked_and_reaches_the_model():
 
     from grlhfv_jax import stages
     from grlhfv_jax.config import ConfigError, sections
-    from grlhfv_jax.stages import common
 
     assert sections.MODEL["scan_layers"].default is False
     config = demo()
@@ -218,8 +218,8 @@ def test_the_config_key_is_checked_and_reaches_the_model():
         config.model.grm["scan_layers"] = "yes"
     with pytest.raises(ConfigError, match=r"^config\.model\.grm\.scan_layers = 'yes': expected bool"):
         stages.validate(config)
-    rt = common.runtime(dict(hf_config={}, scan_layers=True))
-    assert rt["scan_layers"] is True and common.runtime(dict(hf_config={}))["scan_layers"] is False
+    rt = roles.runtime(dict(hf_config={}, scan_layers=True))
+    assert rt["scan_layers"] is True and roles.runtime(dict(hf_config={}))["scan_layers"] is False
     from grlhfv_jax import models as M
     model = nnx.eval_shape(lambda: M.from_config(tm.tiny_hf_config("qwen2_vl").to_dict(), **rt))
     assert model.config.scan_layers and not isinstance(model.model.layers, nnx.List)

@@ -18,6 +18,7 @@ from grlhfv_jax import sharding
 from grlhfv_jax.models import load_pretrained, save_pretrained
 from grlhfv_jax.models.qwen2_vl.vision import VisionTower
 from grlhfv_jax.rl import optim
+from grlhfv_jax import roles
 
 DEPTH = 3        # Qwen2.5: block 1 full attention, blocks 0 and 2 windowed (tiny_models' window: 2 x 2 units)
 TOL = 1e-4       # against transformers (as test_models_qwen2_vl)
@@ -205,7 +206,6 @@ def test_the_config_key_is_checked_and_reaches_the_model():
     from grlhfv_jax import models as M
     from grlhfv_jax import stages
     from grlhfv_jax.config import ConfigError, sections
-    from grlhfv_jax.stages import common
 
     assert sections.MODEL["scan_vision"].default is False
     config = demo()
@@ -217,8 +217,8 @@ def test_the_config_key_is_checked_and_reaches_the_model():
     with config.unlocked():
         config.model.grm["scan_vision"] = True
     stages.validate(config)
-    rt = common.runtime(config.model.grm)   # what the stages pass to load_pretrained / from_config
-    assert rt["scan_vision"] is True and common.runtime(dict(hf_config={}))["scan_vision"] is False
+    rt = roles.runtime(config.model.grm)   # what the stages pass to load_pretrained / from_config
+    assert rt["scan_vision"] is True and roles.runtime(dict(hf_config={}))["scan_vision"] is False
     model = nnx.eval_shape(lambda: M.from_config(tm.tiny_hf_config("qwen2_5_vl").to_dict(), **rt))
     assert model.config.scan_vision and not isinstance(model.visual.blocks, nnx.List)
     assert model.visual.blocks.mlp.gate_proj.kernel.get_value().shape[0] == 3

@@ -30,7 +30,11 @@ from grlhfv_jax.data.tokenizer import train_tokenizer  # noqa: E402
 from grlhfv_jax.rl import grm_reward  # noqa: E402
 from grlhfv_jax.rollout import SamplingParams  # noqa: E402
 from grlhfv_jax.rollout.http_judge import HTTPJudge, image_data_url  # noqa: E402
-from grlhfv_jax.stages import common, judging, policy_rl  # noqa: E402
+from grlhfv_jax.stages import judging, policy_rl  # noqa: E402
+from grlhfv_jax import encoding
+from grlhfv_jax.rollout import grm_judge
+from grlhfv_jax import roles
+from grlhfv_jax.trainers import rewards as trainer_rewards
 
 import tiny_models as tm  # noqa: E402  (tests/ is on sys.path)
 
@@ -86,16 +90,16 @@ def grm(tmp_path_factory):
     """(folder, codec of the run, in-process GRMJudge on the folder's weights, server URL, the served ChatModel)."""
     root = tmp_path_factory.mktemp("serve")
     tok_dir, _ = train_tokenizer(CORPUS, str(root / "tokenizer"), vocab_size=320)
-    codec = common.Codec.from_dirs(tok_dir, IMAGE, TEMPLATE)
+    codec = encoding.Codec.from_dirs(tok_dir, IMAGE, TEMPLATE)
     spec = types.SimpleNamespace(hf_config=tiny_hf())
-    model = judging_model(models.from_config(common.model_config(spec, codec), rngs=nnx.Rngs(0)), codec)
+    model = judging_model(models.from_config(roles.model_config(spec, codec), rngs=nnx.Rngs(0)), codec)
     folder = export.write_folder(model, str(root / "grm"), codec)
     chat = serve.ChatModel(folder, name=NAME, default_max_tokens=NEW)
     server = serve.make_server(chat, "127.0.0.1", 0, quiet=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    in_process = judging.GRMJudge(models.load_pretrained(folder), codec, rows=4, max_len=0, max_prompts=4)
+    in_process = grm_judge.GRMJudge(models.load_pretrained(folder), codec, rows=4, max_len=0, max_prompts=4)
     yield folder, codec, in_process, url, chat
     server.shutdown()
     server.server_close()
@@ -141,22 +145,22 @@ def test_served_greedy_judgments_equal_in_process(grm):
 
 
 def test_policy_rl_rewards_http_equal_in_process(grm, tmp_path):
-    """stage 2's judging step (policy_rl.judge_groups) with the judge its config builds
-    (judging.make_judge): kind='http' at the server == kind='grm' in process, greedy."""
+    """stage 2's judging step (trainer_rewards.judge_groups) with the judge its config builds
+    (roles.make_judge): kind='http' at the server == kind='grm' in process, greedy."""
     folder, codec, _, url, _ = grm
     sec = types.SimpleNamespace(pairs="both", num_pairs=None, judge_max_new_tokens=NEW, judge_temperature=0.0,
                                 aggregator="mean")
     recs = [{"question": q, "image": img} for q, img, _, _ in ITEMS[:2]]
     texts = ["It is red.", "It is blue.", "The circle is green.", "A square.", "It is.", "No."]
     complete = np.array([[True, True, True], [True, False, True]])
-    local = judging.make_judge({"kind": "grm"}, codec=codec, load_grm=lambda: models.load_pretrained(folder))
-    remote = judging.make_judge({"kind": "http", "base_url": url, "model": NAME, "max_retries": 0,
+    local = roles.make_judge({"kind": "grm"}, codec=codec, load_grm=lambda: models.load_pretrained(folder))
+    remote = roles.make_judge({"kind": "http", "base_url": url, "model": NAME, "max_retries": 0,
                                  "cache_dir": "judge_cache", "api_key_env": "GRLHFV_TEST_NO_KEY"},
                                 codec=codec, load_grm=lambda: pytest.fail("kind='http' loads no model"),
                                 workdir=str(tmp_path))
-    assert isinstance(local, judging.GRMJudge) and isinstance(remote, HTTPJudge)
-    r_local, j_local = policy_rl.judge_groups(local, sec, recs, texts, complete, seed=7)
-    r_remote, j_remote = policy_rl.judge_groups(remote, sec, recs, texts, complete, seed=7)
+    assert isinstance(local, grm_judge.GRMJudge) and isinstance(remote, HTTPJudge)
+    r_local, j_local = trainer_rewards.judge_groups(local, sec, recs, texts, complete, seed=7)
+    r_remote, j_remote = trainer_rewards.judge_groups(remote, sec, recs, texts, complete, seed=7)
     assert j_remote == j_local and all(s is not None for j in j_local for s in j.values())
     np.testing.assert_array_equal(r_remote, r_local)
     assert r_local[1, 1] == 0 and len(set(r_local[complete].tolist())) > 1, r_local

@@ -10,6 +10,9 @@ from grlhfv_jax import models
 from grlhfv_jax.rollout import GenerationOutput, generate
 from grlhfv_jax.trainers import grpo as learner
 from grlhfv_jax.trainers import loop, steps
+from grlhfv_jax.rollout import group_sampling
+from grlhfv_jax.trainers import rewards as trainer_rewards
+from grlhfv_jax.trainers import scoring
 
 IMG = 9  # image token id in these hand-made rows
 
@@ -39,7 +42,7 @@ def test_training_rows_layout_and_cut_at_banned_tokens():
     b = _batch()
     gen = GenerationOutput(tokens=np.array([[7, 2, 0], [7, IMG, 2]]), logprobs=np.full((2, 3), -0.5, np.float32),
                            lengths=np.array([2, 3]), finished=np.array([True, True]))
-    cut = learner.cut_at_tokens(gen, [IMG])
+    cut = group_sampling.cut_at_tokens(gen, [IMG])
     np.testing.assert_array_equal(cut.lengths, [2, 1])
     np.testing.assert_array_equal(cut.finished, [True, False])
     np.testing.assert_array_equal(cut.logprobs, [[-0.5, -0.5, -0.5], [-0.5, 0, 0]])
@@ -97,7 +100,7 @@ def test_freeze_keeps_the_vision_tower_fixed_and_trains_the_rest():
 
 
 def test_rm_rewards_rank_incomplete_answers_last():
-    from grlhfv_jax.stages.policy_rl import rm_rewards
+    from grlhfv_jax.rl.grouped import rm_rewards
 
     scores = np.array([[-3.0, -1.0, 5.0], [2.0, 7.0, 1.0]])
     complete = np.array([[True, True, False], [False, False, False]])
@@ -177,7 +180,7 @@ def test_stage2_rewards_from_a_test_double_judge():
     texts = ["red", "blue", "cut off"]
     complete = np.array([[True, True, False]])  # the third answer is truncated: never judged
     judge = CannedJudge([[r"\boxed{8, 2}", r"\boxed{3, 7}"]])
-    rewards, judgments = policy_rl.judge_groups(judge, sec, recs, texts, complete, seed=5)
+    rewards, judgments = trainer_rewards.judge_groups(judge, sec, recs, texts, complete, seed=5)
     (groups, params), = judge.calls
     assert groups == [("q0", "img0", [("red", "blue"), ("blue", "red")])]
     assert (params.max_new_tokens, params.temperature, params.seed) == (12, 0.0, 5)
@@ -202,14 +205,18 @@ def test_sampling_params_and_engine_protocols():
 
 
 def test_pooled_order_advantages_by_hand():
-    """Stage 1's pooled groups: both orders of a pair are one GRPO group (std with ddof=1)."""
-    from grlhfv_jax.stages import grm_rl
+    """Stage 1's pooled groups (`trainers.rewards.grm_pair_reward(pool_orders=True)` -> the
+    learner's advantages): both orders of a pair are one GRPO group (std with ddof=1)."""
+    from grlhfv_jax.trainers import learner as rl_learner
+
+    def pooled(r):
+        return rl_learner.advantages(rl_learner.Rewards(r, np.tile(np.arange(len(r) // 2), 2)), np.ones(len(r)), "grpo")
 
     # pair 0 decided by position: right in its order (rows 0), wrong swapped (row 2); pair 1 mixed
     rewards = np.array([[1, 1, 1, 1], [1, 0, 0, 0],     # dataset order, pairs 0, 1
                         [0, 0, 0, 0], [1, 1, 0, 0]],    # swapped order, pairs 0, 1
                        float)
-    adv = grm_rl.pooled_order_advantages(rewards, "grpo")
+    adv = pooled(rewards)
     a = 0.5 / np.sqrt(8 * 0.25 / 7)                     # pair 0: mean 1/2, std sqrt(2/7)
     np.testing.assert_allclose(adv[0], [a] * 4, rtol=1e-5)
     np.testing.assert_allclose(adv[2], [-a] * 4, rtol=1e-5)
@@ -218,8 +225,10 @@ def test_pooled_order_advantages_by_hand():
     np.testing.assert_allclose(np.concatenate([adv[1], adv[3]]), want, rtol=1e-5)
     # per-order groups would give pair 0 nothing at all
     np.testing.assert_allclose(np.asarray(learner.response_advantages(rewards[[0, 2]], np.ones(8), "grpo")), 0.0)
-    with pytest.raises(ValueError, match="both orders"):
-        grm_rl.pooled_order_advantages(rewards[:3], "grpo")
+    with pytest.raises(ValueError, match="every id equally often"):
+        rl_learner.advantages(rl_learner.Rewards(rewards[:3], np.array([0, 1, 0])), np.ones(3), "grpo")
+    # fill rows (valid 0) get no advantage
+    np.testing.assert_allclose(rl_learner.advantages(rl_learner.Rewards(rewards), np.array([1, 1, 0, 1]), "grpo")[2], 0)
 
 
 def test_grpo_learner_splits_rows_over_8_devices_and_matches_one_device(monkeypatch):
@@ -264,7 +273,7 @@ def test_grpo_learner_splits_rows_over_8_devices_and_matches_one_device(monkeypa
 
 
 def test_rm_scoring_splits_rows_over_8_devices_and_matches_one_device(monkeypatch):
-    """`judging.score_batch` (the score-only RM's evaluation and reward) places its rows on the
+    """`scoring.score_batch` (the score-only RM's evaluation and reward) places its rows on the
     model's mesh: each of 8 fake devices a quarter of the rows over (data, fsdp), same scores."""
     from tiny_models import make_batch, tiny_hf_config  # tests/ is on sys.path
 
@@ -276,7 +285,7 @@ def test_rm_scoring_splits_rows_over_8_devices_and_matches_one_device(monkeypatc
     b = make_batch([[list(rng.integers(3, 90, 4)), (1, 2, 2), list(rng.integers(3, 90, 3))] for _ in range(8)],
                    pad_side="right")
     batch = {k: b[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
-    seen, real = [], judging._scores
+    seen, real = [], scoring._scores
 
     def recording(model, jb):
         seen.append(jb["input_ids"].sharding)
@@ -288,6 +297,6 @@ def test_rm_scoring_splits_rows_over_8_devices_and_matches_one_device(monkeypatc
         model = models.from_config(hf, rngs=nnx.Rngs(0), scalar_head=True)
         if mesh is not None:
             model = sharding.shard_model(model, mesh)
-        scores.append(judging.score_batch(model, batch))
+        scores.append(scoring.score_batch(model, batch))
     assert len(seen[0].device_set) == 8 and seen[0].shard_shape((8, batch["input_ids"].shape[1]))[0] == 2
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5, atol=1e-6)

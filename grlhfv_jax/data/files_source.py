@@ -4,7 +4,7 @@ Two halves. Reading the user's files: each split the stages read (``grm_train``,
 ``policy_train``, ...) is a `SplitFiles`: a path in one of `preference_files`' formats, its field
 map and what to do with bad records; `iter_split` streams its records (image bytes), prompt splits
 (`PROMPT_SPLITS`) with `preference_files.iter_prompts`, the others with `iter_preferences`.
-The `data` stage (stages/data_files.py) checks them and converts each split once into TFDS
+The `data` stage (data/files_convert.py) checks them and converts each split once into TFDS
 array_record files (`files_tfds.Writer`; `write_splits` does it without length checks).
 
 Reading the converted splits: `FilesSource(dataset_dir)` reads them through grain, random access,

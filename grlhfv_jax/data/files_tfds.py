@@ -65,7 +65,7 @@ class Writer:
     """Writes splits one after another into ``<out_dir>/grlhfv_files/1.0.0.incomplete`` (emptied
     first: what a crashed earlier writer left there is dropped); `finish` writes the metadata and
     moves it to ``<out_dir>/grlhfv_files/1.0.0`` (replacing an older one). One writer per `out_dir`
-    at a time: the `data` stage converts on process 0 only (stages/data_files.py)."""
+    at a time: the `data` stage converts on process 0 only (data/files_convert.py)."""
 
     def __init__(self, out_dir: str, *, shard_bytes: int = SHARD_BYTES):
         self.dataset_dir = os.path.join(os.fspath(out_dir), DATASET_NAME, VERSION)

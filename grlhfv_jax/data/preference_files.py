@@ -197,7 +197,7 @@ def image_files(path: str, fields: FieldMap | str = "align_anything", *, format:
     against the folder of the file holding the row), in row order: JSONL rows' paths; in parquet
     and Arrow files, Image structs without bytes (``{"bytes": null, "path": ...}``) and path
     strings; nothing for rows that embed their image's bytes or name none. For a cache key
-    (stages/data_files.py): the images are not opened; only the image column is read, in batches
+    (data/files_convert.py): the images are not opened; only the image column is read, in batches
     of rows (for parquet, only its ``path`` field of a row group where no row names a path)."""
     fields = FIELD_MAPS[fields] if isinstance(fields, str) else fields
     fmt = detect_format(path) if format == "auto" else format

@@ -1,7 +1,7 @@
 """Data sources: where a run's records come from, behind one interface, and the evaluation hooks
 a source may offer. Training and evaluation stages see only this (tests/test_import_rules.py).
 
-    src = data_stage.source(config, workdir)          # the run's source (stages/data.py)
+    src = roles.source(config, workdir)          # the run's source (grlhfv_jax/roles.py)
     ds = src.dataset("grm_train", seed=0, batch_size=16)   # ds[step] -> list of record dicts, endless
     recs = src.records("grm_test_id", n=200)          # the first n records, in order
     if src.hooks is not None:                         # what the source knows beyond its records

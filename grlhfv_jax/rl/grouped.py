@@ -350,3 +350,16 @@ def judge_diagnostics(
         "cycle_rate": rate(cycles, triples),
         "reward_length_corr": corr,
     }
+
+
+
+def rm_rewards(scores: np.ndarray, complete: np.ndarray, margin: float = 1.0) -> np.ndarray:
+    """Score-only RM rewards [P, n]: the RM's score for complete answers; an incomplete answer gets
+    the group's lowest complete score minus `margin` (the worst, as 0 is for GRM scores 1..10).
+
+    A fixed 0 would not do: RM scores are unbounded, and where complete answers score below 0 the
+    policy learns never to finish (seen in the demo)."""
+    scores, complete = np.asarray(scores, np.float64), np.asarray(complete, bool)
+    low = np.where(complete, scores, np.inf).min(axis=1, keepdims=True) - margin
+    low = np.where(np.isfinite(low), low, 0.0)  # no complete answer: all equal, no signal
+    return np.where(complete, scores, low)

@@ -69,6 +69,26 @@ def compute_advantages(rewards: jax.Array, estimator: str = "grpo", **kwargs) ->
     return ADVANTAGE_ESTIMATORS[estimator](rewards, **kwargs)
 
 
+
+def pooled_advantages(rewards: jax.Array, groups: np.ndarray, estimator: str = "grpo") -> jax.Array:
+    """Advantages ``[P, G]`` for rewards ``[P, G]`` whose prompt rows are pooled into advantage
+    groups: ``groups [P]`` (ints, static) gives each row's group id; the rows of one group (every
+    id must appear equally often, k times) form one group of k * G responses, in row order, for
+    ``estimator``. ``groups = arange(P)``: one group per prompt (`compute_advantages`).
+
+    Example, the GRM's two presentation orders of each pair (`grm_rl`'s `pool_orders`): rows n..2n-1
+    are rows 0..n-1 swapped, groups = [0..n-1, 0..n-1], so each pair's 2G judgments are one group."""
+    groups = np.asarray(groups)
+    P, G = rewards.shape
+    ids, counts = np.unique(groups, return_counts=True)
+    if groups.shape != (P,) or np.any(counts != counts[0]):
+        raise ValueError(f"pooled_advantages: groups {groups.tolist()} must give each of the {P} rows an id, "
+                         "every id equally often")
+    order = np.argsort(groups, kind="stable")                       # rows of group 0, then group 1, ...
+    pooled = rewards[order].reshape(len(ids), counts[0] * G)          # [groups, k*G]
+    adv = compute_advantages(pooled, estimator).reshape(P, G)
+    return adv[np.argsort(order)]                                     # back to row order
+
 # ---------------------------------------------------------------------------------- KL estimators
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from grlhfv_jax import config as config_schema
 from grlhfv_jax import precision
 from grlhfv_jax.config import ConfigError
+from grlhfv_jax import roles
 
 # stage name -> module (under grlhfv_jax.stages) and the config section it reads.
 STAGES = {
@@ -31,7 +32,9 @@ STAGES = {
 }
 
 
-def _module(name: str):
+def stage_module(name: str):
+    """The module of stage `name` (by the registry: a stage that runs another, as `nscale` runs
+    `policy_rl`, finds it here instead of importing it)."""
     return importlib.import_module(f"grlhfv_jax.stages.{STAGES[name][0]}")
 
 
@@ -84,17 +87,16 @@ def validate(config):
         if "ckpt_every_minutes" in sec and not sec.ckpt_every_minutes >= 0:
             raise ConfigError(f"config.{STAGES[name][1]}.ckpt_every_minutes = {sec.ckpt_every_minutes}: expected "
                               ">= 0 (0: no checkpoints by the clock)")
-    from grlhfv_jax.stages import data as data_stage
-    if "data" in config and data_stage.kind(config) == "files":
-        from grlhfv_jax.stages import data_files
+    if "data" in config and roles.kind(config) == "files":
+        from grlhfv_jax.data import files_convert as data_files
         data_files.check_config(config)
     for name in config.stages:
-        module = _module(name)
+        module = stage_module(name)
         module.validate(config, STAGES[name][1])
     return config
 
 
 def run_stage(name: str, config, workdir: str, writer) -> dict:
     """Runs stage `name` on a copy of `config` with its defaults filled in."""
-    module = _module(name)
+    module = stage_module(name)
     return module.run(config_schema.with_defaults(config), workdir, writer, section=STAGES[name][1])

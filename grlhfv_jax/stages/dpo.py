@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 
 from grlhfv_jax.checkpoint import export_hf
-from grlhfv_jax.stages import ConfigError, check_section, common, sft
-from grlhfv_jax.stages import data as data_stage
+from grlhfv_jax.stages import ConfigError, check_section
 from grlhfv_jax.trainers import loop, steps
+from grlhfv_jax import encoding
+from grlhfv_jax import roles
 
 POS_INT = (int, lambda v: v >= 1, "an int >= 1")
 SCHEMA = {
@@ -34,22 +35,18 @@ def validate(config, section: str) -> None:
         raise ConfigError(f"config.{section}.loss_type = {config[section].loss_type!r}: expected 'sigmoid' or 'ipo'")
 
 
-def output_dir(workdir: str) -> str:
-    return os.path.join(workdir, "dpo", "policy")
-
-
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
-    src = data_stage.source(config, workdir)
-    codec = common.codec(config, workdir)
-    policy, ref = sft.trainee_and_reference(config, workdir, "policy")
+    src = roles.source(config, workdir)
+    codec = roles.codec(config, workdir)
+    policy, ref = roles.trainee_and_reference(config, workdir, "policy")
     state = loop.make_train_state(policy, sec, sec.steps)
     ds = src.dataset("grm_train", seed=config.seed + 5, batch_size=sec.pairs_per_step)
     cfg = steps.DPOConfig(beta=float(sec.beta), loss_type=sec.loss_type, label_smoothing=float(sec.label_smoothing),
                           num_micro_batches=int(sec.num_micro_batches))
 
     def make_batch(step):
-        b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
+        b = encoding.batch(encoding.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
         b.pop("valid")
         b = loop.micro_batch_images(ref, b, cfg.num_micro_batches)   # the tower per micro-batch
         jb = loop.place_batch(ref, b)
@@ -61,5 +58,5 @@ def run(config, workdir: str, writer, section: str) -> dict:
                            step_fn=lambda s, b: steps.dpo_step(s, b, cfg), writer=writer,
                            ckpt_dir=os.path.join(workdir, "dpo", "ckpt"), log_every=int(sec.log_every),
                            ckpt_every=int(sec.ckpt_every))
-    export_hf(state.model, output_dir(workdir), codec=codec)
+    export_hf(state.model, roles.output_dir(workdir, "dpo"), codec=codec)
     return {f"dpo/train_{k}": v for k, v in last.items() if k in ("loss", "accuracy")}

@@ -20,8 +20,10 @@ import numpy as np
 from grlhfv_jax.data import sources
 from grlhfv_jax.rl import grm_reward
 from grlhfv_jax.rollout import SamplingParams
-from grlhfv_jax.stages import check_section, common, grm_rl, judging, sft
-from grlhfv_jax.stages import data as data_stage
+from grlhfv_jax.stages import check_section
+from grlhfv_jax.rollout import grm_judge
+from grlhfv_jax.rollout import group_sampling
+from grlhfv_jax import roles
 
 SCHEMA = {
     "prompts": (int, lambda v: v >= 1, "an int >= 1"),
@@ -33,7 +35,6 @@ OPTIONAL = {"samples": (int, lambda v: v >= 0, "an int >= 0 (sampled answers per
 POLICIES = (("before", None, "policy/", "before"), ("after", "policy_rl", "policy/", "after"),
             ("baseline_rm", "policy_rl_rm", "baseline_rm/", "after"), ("dpo", "dpo", "dpo/", "after"))
 PRAISE = ("excellent", "perfect", "accurate answer", "great")
-SAMPLE_SEED = 17  # + config.seed: the sampled answers' rng (nscale uses the same)
 
 
 def validate(config, section: str) -> None:
@@ -41,30 +42,12 @@ def validate(config, section: str) -> None:
     check_section(config, section, {k: v for k, v in OPTIONAL.items() if k in config[section]})
 
 
-def answers(model, codec, recs, *, max_len: int, max_new_tokens: int, rows: int = 64, samples: int = 1,
-            temperature: float = 0.0, seed: int = 0) -> tuple[list, np.ndarray]:
-    """Answers to `recs`: greedy (default) or `samples` per prompt at `temperature` (rows grouped
-    by prompt). Returns (texts [len(recs) * samples], finished [len(recs) * samples])."""
-    texts, done = [], []
-    rollout = common.engine_rollout(model, codec, frozen=True)
-    for s in range(0, len(recs), rows):
-        chunk = recs[s:s + rows]
-        b = common.batch([codec.example(r["question"], r["image"]) for r in chunk], codec, side="left",
-                         max_len=max_len, rows=rows)
-        out = rollout.generate(b, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                                 num_samples=samples, seed=seed + s))
-        keep = len(chunk) * samples
-        texts += codec.decode(np.asarray(out.tokens), np.asarray(out.lengths))[:keep]
-        done += list(np.asarray(out.finished)[:keep])
-    return texts, np.array(done)
-
-
 def scored_answers(model, codec, recs, sec, hooks, *, samples: int = 0, seed: int = 0):
     """Greedy answers (`samples=0`) or `samples` per prompt at temperature 1, with their oracle
     scores (`hooks`: the data source's). `sec` holds max_len and max_new_tokens.
     Returns (texts, finished, scores [N])."""
     k = max(int(samples), 1)
-    texts, done = answers(model, codec, recs, max_len=sec.max_len, max_new_tokens=sec.max_new_tokens, samples=k,
+    texts, done = group_sampling.answers(model, codec, recs, max_len=sec.max_len, max_new_tokens=sec.max_new_tokens, samples=k,
                           temperature=1.0 if samples else 0.0, seed=seed)
     return texts, done, sources.oracle_scores(hooks, recs, texts, per_record=k)
 
@@ -87,17 +70,17 @@ def praises(answer: str) -> bool:
 
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
-    src = data_stage.source(config, workdir)
+    src = roles.source(config, workdir)
     if src.hooks is None:
         raise ValueError("the 'evaluate' stage scores answers with the data source's oracle, and this source has none")
-    codec = common.codec(config, workdir)
+    codec = roles.codec(config, workdir)
     recs = src.records("policy_test", n=sec.prompts)
     summary, texts, per_prompt, greedy = {}, {}, {}, {}
     for name, stage, prefix, key in POLICIES:
-        path = sft.output_dir(workdir, "policy") if stage is None else os.path.join(workdir, stage, "policy")
+        path = roles.output_dir(workdir, "sft", "policy") if stage is None else os.path.join(workdir, stage, "policy")
         if not os.path.isfile(os.path.join(path, "config.json")):
             continue
-        model = common.load_stage_output(path, f"run the stage that writes {path}", config, config.model.policy)
+        model = roles.load_stage_output(path, f"run the stage that writes {path}", config, config.model.policy)
         texts[name], done, oracle = scored_answers(model, codec, recs, sec, src.hooks)   # this host's records
         t, done, oracle = _all_hosts(texts[name], done, oracle)
         greedy[name] = oracle   # every host's, in one order
@@ -110,7 +93,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
         summary[f"{prefix}self_praise_rate_{key}"] = float(np.mean([praises(a) for a in t]))
         if int(sec.samples):
             ts, _, sampled = _all_hosts(*scored_answers(model, codec, recs, sec, src.hooks, samples=sec.samples,
-                                                        seed=SAMPLE_SEED + config.seed))
+                                                        seed=roles.EVAL_SAMPLE_SEED + config.seed))
             summary[f"{prefix}oracle_score_sampled_{key}"] = float(sampled.mean())
             per_prompt[name] = sampled.reshape(-1, int(sec.samples)).mean(axis=1)  # the prompt is the unit of the SE
             summary[f"{prefix}oracle_score_sampled_{key}_se"] = _se(per_prompt[name])
@@ -121,9 +104,9 @@ def run(config, workdir: str, writer, section: str) -> dict:
             summary[f"{prefix}hedge_rate_sampled_{key}"] = float(np.mean([hedges(a, src.hooks) for a in ts]))
             summary[f"{prefix}self_praise_rate_sampled_{key}"] = float(np.mean([praises(a) for a in ts]))
         writer.write("evaluate", 0, {f"{name}/oracle_score": oracle.mean()})
-    gpath = grm_rl.output_dir(workdir)
+    gpath = roles.output_dir(workdir, "grm_rl")
     if "before" in texts and os.path.isfile(os.path.join(gpath, "config.json")):
-        grm = common.load_stage_output(gpath, "run grm_rl", config, config.model.grm)
+        grm = roles.load_stage_output(gpath, "run grm_rl", config, config.model.grm)
         for name, _, prefix, _ in POLICIES[1:]:
             if name in texts:
                 summary.update(_head_to_head(grm, codec, config, recs, texts[name], texts["before"], prefix,
@@ -144,7 +127,7 @@ def _head_to_head(grm, codec, config, recs, new, old, prefix: str, hooks) -> dic
     sec_j = config.grm_rl
     items = [(r["question"], r["image"], a, b) for r, a, b in zip(recs, new, old)]
     items += [(r["question"], r["image"], b, a) for r, a, b in zip(recs, new, old)]
-    outs = judging.GRMJudge(grm, codec, rows=32, max_len=0).judge(
+    outs = grm_judge.GRMJudge(grm, codec, rows=32, max_len=0).judge(
         items, SamplingParams(max_new_tokens=sec_j.max_new_tokens, temperature=0.0))
     n = len(recs)
     grm_wins = []

@@ -15,9 +15,10 @@ import os
 
 import ml_collections
 
-from grlhfv_jax import sharding
-from grlhfv_jax.stages import ConfigError, check_section, common, evaluate, policy_rl, sft
-from grlhfv_jax.stages import data as data_stage
+from grlhfv_jax import roles, sharding, stages
+from grlhfv_jax.data import sources
+from grlhfv_jax.rollout import group_sampling
+from grlhfv_jax.stages import ConfigError, check_section
 
 
 def _section(config, section: str, reward: str, n: int) -> str:
@@ -36,24 +37,27 @@ def validate(config, section: str) -> None:
     if "policy" not in config[section]:
         raise ConfigError(f"config.{section}.policy is missing (policy_rl settings for each run)")
     probe = config.copy_and_resolve_references()
-    policy_rl.validate(probe, _section(probe, section, config[section].rewards[0], config[section].ns[0]))
+    stages.stage_module("policy_rl").validate(probe, _section(probe, section, config[section].rewards[0], config[section].ns[0]))
 
 
 def _oracle(model, codec, recs, ev, seed: int, hooks) -> float:
-    return float(evaluate.scored_answers(model, codec, recs, ev, hooks, samples=int(ev.samples), seed=seed)[2].mean())
+    k = max(int(ev.samples), 1)
+    texts, _ = group_sampling.answers(model, codec, recs, max_len=ev.max_len, max_new_tokens=ev.max_new_tokens,
+                                      samples=k, temperature=1.0 if ev.samples else 0.0, seed=seed)
+    return float(sources.oracle_scores(hooks, recs, texts, per_record=k).mean())
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
     ev = config.evaluate
-    src = data_stage.source(config, workdir)
+    src = roles.source(config, workdir)
     if src.hooks is None:
         raise ValueError("the 'nscale' stage measures gains with the data source's oracle, and this source has none")
-    codec = common.codec(config, workdir)
+    codec = roles.codec(config, workdir)
     recs = src.records("policy_test", n=ev.prompts)
     spec = config.model.policy
-    seed = evaluate.SAMPLE_SEED + config.seed
-    base = _oracle(common.load_stage_output(sft.output_dir(workdir, "policy"), "run sft", config, spec), codec, recs, ev,
+    seed = roles.EVAL_SAMPLE_SEED + config.seed
+    base = _oracle(roles.load_stage_output(roles.output_dir(workdir, "sft", "policy"), "run sft", config, spec), codec, recs, ev,
                    seed, src.hooks)
     path = os.path.join(workdir, "nscale.json")
     result = json.load(open(path)) if os.path.exists(path) else {}
@@ -63,8 +67,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
             if str(n) in result.get(reward, {}):
                 continue  # done before a crash
             name = _section(config, section, reward, n)
-            policy_rl.run(config, workdir, writer, section=name, out_root=os.path.join(workdir, "nscale"))
-            model = common.load_stage_output(policy_rl.output_dir(os.path.join(workdir, "nscale"), name), name,
+            stages.stage_module("policy_rl").run(config, workdir, writer, section=name, out_root=os.path.join(workdir, "nscale"))
+            model = roles.load_stage_output(roles.output_dir(os.path.join(workdir, "nscale"), name), name,
                                              config, spec)
             result.setdefault(reward, {})[str(n)] = _oracle(model, codec, recs, ev, seed, src.hooks) - base
             if sharding.is_writer():

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 
-from grlhfv_jax import config as config_schema
 from grlhfv_jax.checkpoint import export_hf
-from grlhfv_jax.config import sections
-from grlhfv_jax.stages import ConfigError, check_section, common, judging, sft
-from grlhfv_jax.stages import data as data_stage
+from grlhfv_jax.stages import ConfigError, check_section, judging
 from grlhfv_jax.trainers import loop, steps
+from grlhfv_jax import encoding
+from grlhfv_jax import roles
 
 POS_INT = (int, lambda v: v >= 1, "an int >= 1")
 SCHEMA = {
@@ -32,37 +31,22 @@ def validate(config, section: str) -> None:
         raise ConfigError(f"config.{section}.init = {config[section].init!r}: expected 'sft_grm' or 'random'")
 
 
-def output_dir(workdir: str) -> str:
-    return os.path.join(workdir, "rm", "rm")
-
-
-def load(workdir: str, config=None):
-    """The trained score-only RM: this run's `rm` stage output, else (a run without the `rm` stage)
-    config.model.rm.path, a folder an earlier run's `rm` stage wrote."""
-    spec = (config.model.rm if "rm" in config.model else config.model.grm) if config is not None else None
-    path = output_dir(workdir)
-    if spec is not None and "rm" not in config.stages and config_schema.section(spec, sections.MODEL).path:
-        path = config_schema.section(spec, sections.MODEL).path
-    return common.load_stage_output(path, "run the 'rm' stage first (or give its folder as config.model.rm.path)",
-                                    config, spec, scalar_head=True)
-
-
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
-    src = data_stage.source(config, workdir)
-    codec = common.codec(config, workdir)
-    init, hint = sft.warm_start(config, workdir, "grm") if sec.init == "sft_grm" else (None, "")
+    src = roles.source(config, workdir)
+    codec = roles.codec(config, workdir)
+    init, hint = roles.warm_start(config, workdir, "grm") if sec.init == "sft_grm" else (None, "")
     if init and not os.path.isfile(os.path.join(init, "config.json")):
         raise FileNotFoundError(f"{init} is missing: {hint}, or set config.{section}.init = 'random'")
     spec = config.model.rm if "rm" in config.model else config.model.grm
-    model = common.new_or_load(spec, codec, seed=config.seed + 7, scalar_head=True, from_path=init,
-                               mesh=common.mesh_from_config(config), config=config)
+    model = roles.new_or_load(spec, codec, seed=config.seed + 7, scalar_head=True, from_path=init,
+                               mesh=roles.mesh_from_config(config), config=config)
     state = loop.make_train_state(model, sec, sec.steps)
     ds = src.dataset("grm_train", seed=config.seed + 3, batch_size=sec.pairs_per_step)
     cfg = steps.BTConfig(reg=float(sec.reg), num_micro_batches=int(sec.num_micro_batches))
 
     def make_batch(step):
-        b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
+        b = encoding.batch(encoding.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
         b.pop("valid")
         return loop.micro_batch_images(model, b, cfg.num_micro_batches)   # the tower per micro-batch
 
@@ -70,7 +54,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
                     step_fn=lambda s, b: steps.bt_rm_step(s, b, cfg), writer=writer,
                     ckpt_dir=os.path.join(workdir, "rm", "ckpt"), log_every=int(sec.log_every),
                     ckpt_every=int(sec.ckpt_every))
-    export_hf(state.model, output_dir(workdir), codec=codec)
+    export_hf(state.model, roles.output_dir(workdir, "rm"), codec=codec)
     summary = {}
     if sec.eval_pairs:
         rows = int(sec.eval_rows)

@@ -19,13 +19,12 @@ import os
 
 import numpy as np
 
-from grlhfv_jax import config as config_schema
 from grlhfv_jax.checkpoint import export_hf, exported_summary
-from grlhfv_jax.config import sections
 from grlhfv_jax.rl.logprobs import window_start_and_length
-from grlhfv_jax.stages import check_section, common
-from grlhfv_jax.stages import data as data_stage
+from grlhfv_jax.stages import check_section
 from grlhfv_jax.trainers import loop, steps
+from grlhfv_jax import encoding
+from grlhfv_jax import roles
 
 TARGETS = ("policy", "grm")
 POLICY_DATA = ("candidates", "best", "styled")
@@ -49,7 +48,7 @@ def validate(config, section: str) -> None:
     if "policy" in sec and sec.policy.data == "styled":
         from grlhfv_jax.stages import ConfigError
         styles = dict(sec.policy.styles)
-        hooks = data_stage.hooks(config)
+        hooks = roles.hooks(config)
         if hooks is None:
             raise ConfigError(f"config.{section}.policy.data = 'styled' needs a data source that restyles answers "
                               "(the synthetic world)")
@@ -82,30 +81,6 @@ def _check_vision_source(config, section: str, target: str) -> None:
                           f"differs from config.model.{src} (the tower the 'vision' stage trains)")
 
 
-def output_dir(workdir: str, target: str) -> str:
-    return os.path.join(workdir, "sft", target)
-
-
-def warm_start(config, workdir: str, target: str) -> tuple[str, str]:
-    """(folder, what writes it) of the `target` ("policy" or "grm") the RL and DPO stages start from:
-    this stage's output when the config trains that target (config.sft.<target>), else the
-    checkpoint config.model.<target>.path (an instruct model, as the paper's stage 1 starts)."""
-    if "sft" in config and target in config.sft:
-        return output_dir(workdir, target), f"run the 'sft' stage (with config.sft.{target}) first"
-    path = config_schema.section(config.model[target], sections.MODEL).path if target in config.model else None
-    if not path:
-        return output_dir(workdir, target), (f"set config.model.{target}.path (a checkpoint) or train a warm start "
-                                             f"with config.sft.{target}")
-    return path, f"config.model.{target}.path is not a Hugging Face checkpoint folder"
-
-
-def trainee_and_reference(config, workdir: str, target: str):
-    """Two independent copies of the `target` warm start (`warm_start`): the model an RL or DPO
-    stage trains and its frozen reference."""
-    src, hint = warm_start(config, workdir, target)
-    return tuple(common.load_stage_output(src, hint, config, config.model[target]) for _ in range(2))
-
-
 def _examples_policy(codec, records, data: str, styles=None, seed: int = 0, restyle=None) -> list[dict]:
     """Examples of the policy's warm start; `restyle`: the source's `hooks.restyle` (data="styled")."""
     out = []
@@ -122,26 +97,25 @@ def _examples_policy(codec, records, data: str, styles=None, seed: int = 0, rest
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
-    src = data_stage.source(config, workdir)
-    codec = common.codec(config, workdir)
+    src = roles.source(config, workdir)
+    codec = roles.codec(config, workdir)
     sec = config[section]
     summary = {}
     for target in TARGETS:
         if target not in sec:
             continue
-        out = output_dir(workdir, target)
+        out = roles.output_dir(workdir, "sft", target)
         done = exported_summary(out)
         if done is not None:
             print(f"[sft] {target}: {out} exists, skipping", flush=True)
             summary.update(done)
             continue
         tc = sec[target]
-        model = common.new_or_load(config.model[target], codec, seed=config.seed + (target == "grm"),
-                                   mesh=common.mesh_from_config(config), config=config)
+        model = roles.new_or_load(config.model[target], codec, seed=config.seed + (target == "grm"),
+                                   mesh=roles.mesh_from_config(config), config=config)
         if tc.pretrained_vision:
-            from grlhfv_jax.stages import vision
-            vision.copy_tower(model, workdir, config, config.model[target])
-            print(f"[sft] {target}: vision tower from {vision.output_dir(workdir)}", flush=True)
+            roles.copy_tower(model, workdir, config, config.model[target])
+            print(f"[sft] {target}: vision tower from {roles.output_dir(workdir, 'vision')}", flush=True)
         state = loop.make_train_state(model, tc, tc.steps)
         B = tc.batch_size
         if target == "policy":
@@ -155,7 +129,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
                                       restyle=src.hooks and src.hooks.restyle)
                 order = np.random.default_rng([config.seed, step]).permutation(len(ex))  # same on resume
                 ex = [ex[i] for i in order[:B]]
-                return _to_train(common.batch(ex, codec, side="right", max_len=tc.max_len))
+                return _to_train(encoding.batch(ex, codec, side="right", max_len=tc.max_len))
         else:
             n_vqa = int(round(B * float(tc.vqa_fraction)))
             judg = src.dataset("sft_grm", seed=config.seed, batch_size=B - n_vqa)
@@ -164,13 +138,13 @@ def run(config, workdir: str, writer, section: str) -> dict:
             def make_batch(step, judg=judg, vqa=vqa, n_vqa=n_vqa, tc=tc):
                 ex = [codec.grm_example(r["question"], r["image"], r["response_1"], r["response_2"], r["judgment"])
                       for r in judg[step]]
-                b = _to_train(common.batch(ex, codec, side="right", max_len=tc.max_len))
+                b = _to_train(encoding.batch(ex, codec, side="right", max_len=tc.max_len))
                 if not n_vqa:
                     return b
                 # the short answers in a part of their own width: one loss over both parts
                 # (steps.sft_step), without padding them to the judgments' max_len
                 vq = [codec.example(r["question"], r["image"], r["answer"]) for r in vqa[step]]
-                v = _to_train(common.batch(vq, codec, side="right", max_len=tc.vqa_max_len))
+                v = _to_train(encoding.batch(vq, codec, side="right", max_len=tc.vqa_max_len))
                 return {"parts": (b, v), "window": (b.pop("window"), v.pop("window"))}
 
         last = loop.train_loop(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -27,9 +26,9 @@ from flax import nnx
 from grlhfv_jax import sharding
 from grlhfv_jax.checkpoint import export_hf, exported_summary
 from grlhfv_jax.data import world as W
-from grlhfv_jax.stages import ConfigError, check_section, common
-from grlhfv_jax.stages import data as data_stage
+from grlhfv_jax.stages import ConfigError, check_section
 from grlhfv_jax.trainers import loop, steps
+from grlhfv_jax import roles
 
 POS_INT = (int, lambda v: v >= 1, "an int >= 1")
 SCHEMA = {
@@ -43,10 +42,6 @@ def validate(config, section: str) -> None:
     name = config[section].model
     if "model" not in config or name not in config.model:
         raise ConfigError(f"config.{section}.model = {name!r}: no such entry in config.model")
-
-
-def output_dir(workdir: str) -> str:
-    return os.path.join(workdir, "vision", "model")
 
 
 class VisionProbe(nnx.Module):
@@ -87,16 +82,16 @@ def make_step(grid: np.ndarray):
 
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
-    out = output_dir(workdir)
+    out = roles.output_dir(workdir, "vision")
     done = exported_summary(out)
     if done is not None:
         print(f"[vision] {out} exists, skipping", flush=True)
         return done
-    data_stage.paths(config, workdir)  # the tokenizer (for the model's vocabulary) must exist
-    world = data_stage.world_config(config)
-    codec = common.codec(config, workdir)
-    mesh = common.mesh_from_config(config)
-    model = common.new_or_load(config.model[sec.model], codec, seed=config.seed + 7, mesh=mesh, config=config)
+    roles.paths(config, workdir)  # the tokenizer (for the model's vocabulary) must exist
+    world = roles.world_config(config)
+    codec = roles.codec(config, workdir)
+    mesh = roles.mesh_from_config(config)
+    model = roles.new_or_load(config.model[sec.model], codec, seed=config.seed + 7, mesh=mesh, config=config)
     B = int(sec.batch_size)
 
     def images(stream, index, n):
@@ -131,14 +126,3 @@ def run(config, workdir: str, writer, section: str) -> dict:
     export_hf(model, out, summary=acc, codec=codec)
     return acc
 
-
-def copy_tower(model, workdir: str, config=None, spec=None) -> None:
-    """Replaces `model`'s vision tower by the one the `vision` stage wrote (shapes must match)."""
-    src = common.load_stage_output(output_dir(workdir), "run the 'vision' stage first (add it to config.stages)",
-                                   config, spec)
-    a, b = nnx.state(model.visual, nnx.Param), nnx.state(src.visual, nnx.Param)
-    shapes = [[(jax.tree_util.keystr(k), x.shape) for k, x in jax.tree_util.tree_leaves_with_path(s)] for s in (a, b)]
-    if shapes[0] != shapes[1]:
-        raise ValueError("the vision stage's tower does not match this model's vision config "
-                         f"({output_dir(workdir)}); give both the same config.model hf_config vision_config")
-    nnx.update(model.visual, b)

@@ -107,7 +107,8 @@ def micro_batch_images(model, batch: dict, micro_batches: int, group: int = 1) -
     rows' ids and images, gathered host-side (`sharding.gather_batch`): the same arrays on every host,
     placed as they are (`sharding.GLOBAL_BATCH_KEYS`); the host's other entries stay its own."""
     from grlhfv_jax import processing
-    from grlhfv_jax.trainers import grpo, steps
+    from grlhfv_jax.trainers import rows as row_layout
+    from grlhfv_jax.trainers import steps
     m = int(micro_batches)
     pv, grid = batch.get("pixel_values"), batch.get("image_grid_thw")
     if m <= 1 or not isinstance(pv, np.ndarray) or pv.ndim != 2 or grid is None:
@@ -121,7 +122,7 @@ def micro_batch_images(model, batch: dict, micro_batches: int, group: int = 1) -
     if rows % m:
         raise ValueError(f"{rows} rows do not split into num_micro_batches={m} equal micro-batches")
     grid = np.asarray(grid).reshape(-1, 3)
-    per_row = grpo.rows_image_slices(batch, cfg.image_token_id, cfg.spatial_merge_size)
+    per_row = row_layout.rows_image_slices(batch, cfg.image_token_id, cfg.spatial_merge_size)
     first_only = steps.images_per_group(model, group)
     parts = []
     for k in range(m):

@@ -37,6 +37,7 @@ from grlhfv_jax.metrics import write_json_atomic
 from grlhfv_jax.config import ConfigError
 from grlhfv_jax.data import files_source as fs
 from grlhfv_jax.data import preference_files as pf
+from grlhfv_jax import encoding
 
 # stages that cannot run on files, and why
 WORLD_ONLY_STAGES = {
@@ -145,7 +146,7 @@ def tokenizer_dir(config) -> str | None:
 
 
 class Measure:
-    """Token counts of the rows the stages build from a record (`common.Codec`'s examples, without
+    """Token counts of the rows the stages build from a record (`encoding.Codec`'s examples, without
     building them: the image is processed once per record)."""
 
     def __init__(self, codec):
@@ -359,8 +360,7 @@ def _convert(config, out_dir: str, marker: dict, shard_bytes: int | None) -> dic
     """Reads, checks and writes every split (module docstring); returns `marker` with the summary
     figures and record counts added, as written into the finished folder."""
     from grlhfv_jax.data import files_tfds
-    from grlhfv_jax.stages import common
-    codec = common.Codec.from_dirs(tokenizer_dir(config), config.image, config.grm_template or None)
+    codec = encoding.Codec.from_dirs(tokenizer_dir(config), config.image, config.grm_template or None)
     m = Measure(codec)
     writer = files_tfds.Writer(out_dir, **({} if shard_bytes is None else {"shard_bytes": shard_bytes}))
     rs_by_split, summary, counts_out = readers(config), {}, {}

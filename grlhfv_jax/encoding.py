@@ -1,0 +1,102 @@
+"""Text and images -> model inputs: the tokenizer + image processor of a run (`Codec`), the chat
+prompts of the policy and the GRM, and static-shape batches of examples.
+
+Batches have fixed shapes (`max_len` from the config, a fixed number of rows) so that each
+jitted function compiles once per stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+from grlhfv_jax import config as config_schema
+from grlhfv_jax import processing
+from grlhfv_jax.config import sections
+from grlhfv_jax.rl import grm_reward
+
+
+def image_processor(image):
+    """The image processor of `config.image`."""
+    image = config_schema.section(image, sections.IMAGE)
+    return processing.load_image_processor(
+        image.processor_dir, min_pixels=image.min_pixels, max_pixels=image.max_pixels,
+        patch_size=image.patch_size, merge_size=image.merge_size, temporal_patch_size=image.temporal_patch_size)
+
+
+@dataclasses.dataclass
+class Codec:
+    """Tokenizer + image processor + the ids the stages need."""
+
+    tokenizer: Any
+    image_processor: Any
+    pad_id: int
+    eos_id: int  # <|im_end|>: ends an assistant turn
+    grm_template: str = grm_reward.GRM_TEMPLATE
+
+    @classmethod
+    def from_dirs(cls, tokenizer_dir: str, image: dict, grm_template: str | None = None) -> "Codec":
+        tok = processing.load_tokenizer(tokenizer_dir)
+        proc = image_processor(image)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+        return cls(tok, proc, int(pad), int(tok.convert_tokens_to_ids(processing.IM_END)),
+                   grm_template or grm_reward.GRM_TEMPLATE)
+
+    def special_ids(self) -> dict:
+        c = self.tokenizer.convert_tokens_to_ids
+        return {"image_token_id": c(processing.IMAGE_PAD), "vision_start_token_id": c(processing.VISION_START),
+                "vision_end_token_id": c(processing.VISION_END), "video_token_id": c("<|video_pad|>"),
+                "eos_token_id": self.eos_id, "pad_token_id": self.pad_id}
+
+    def banned_ids(self) -> list[int]:
+        """Token ids a response must not contain (image and vision markers)."""
+        ids = self.special_ids()
+        return [ids[k] for k in ("image_token_id", "vision_start_token_id", "vision_end_token_id", "video_token_id")]
+
+    def example(self, question: str, image, response: str | None = None) -> dict:
+        text = processing.chat_prompt(question, num_images=1, tokenizer=self.tokenizer)
+        return processing.encode_example(self.tokenizer, self.image_processor, text, [image], response)
+
+    def grm_user_text(self, question: str, response_1: str, response_2: str) -> str:
+        return grm_reward.build_grm_prompt(question, response_1, response_2, template=self.grm_template)
+
+    def grm_example(self, question: str, image, response_1: str, response_2: str,
+                    judgment: str | None = None) -> dict:
+        return self.example(self.grm_user_text(question, response_1, response_2), image, judgment)
+
+    def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
+        """Generated token rows -> text, cut at each row's length, special tokens dropped."""
+        return [self.tokenizer.decode([int(t) for t in row[:n] if t != self.eos_id], skip_special_tokens=True)
+                for row, n in zip(np.asarray(tokens), np.asarray(lengths))]
+
+
+def batch(examples: Sequence[dict], codec: Codec, *, side: str, max_len: int, rows: int | None = None) -> dict:
+    """Collates `examples` to [rows, max_len]; missing rows repeat example 0 with a zero loss mask.
+
+    The fill rows keep every shape static (their forward is well defined; callers ignore their
+    outputs and mask them out of losses). Returns numpy arrays plus `valid [rows]` (1 for real rows).
+    """
+    rows = rows or len(examples)
+    if len(examples) > rows:
+        raise ValueError(f"batch: {len(examples)} examples > {rows} rows")
+    fill = rows - len(examples)
+    out = processing.collate(list(examples) + [examples[0]] * fill, pad_id=codec.pad_id, side=side,
+                             max_len=max_len)
+    valid = np.array([1] * len(examples) + [0] * fill, np.int32)
+    if fill:  # fill rows: real tokens (well-defined forward), no loss, ignored outputs
+        out["loss_mask"][len(examples):] = 0
+    out["valid"] = valid
+    out.pop("mm_token_type_ids", None)
+    return out
+
+
+def pair_examples(codec: Codec, records: Sequence[dict]) -> list[dict]:
+    """Interleaved (chosen, rejected) examples of preference records: the human label's answer
+    first (the row layout of `steps.bt_rm_step` and `steps.dpo_step`)."""
+    ex = []
+    for r in records:
+        w, l = ("response_1", "response_2") if int(r["overall_response"]) == 1 else ("response_2", "response_1")
+        ex += [codec.example(r["question"], r["image"], r[w]), codec.example(r["question"], r["image"], r[l])]
+    return ex

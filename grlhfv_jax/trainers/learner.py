@@ -1,0 +1,125 @@
+"""The RL learner: one step is rollout -> reward function -> advantages -> reference pass ->
+mini-batch updates -> metrics (`grpo_step_fn`), over typed values (`Rollout`, `Rewards`).
+
+A stage builds its roles (the trainee and its reference, the data, a reward function) and hands
+them to `grpo_step_fn`; the step function it returns is what `loop.train_loop` runs. A reward
+function sees the step's `Rollout` and returns `Rewards`: values [P, G] and, where the prompts'
+samples are compared across prompt rows, the advantage groups (e.g. the GRM's two presentation
+orders of a pair, `grm_rl`); the advantage estimator (`config.<section>.advantage_estimator`,
+`rl.grpo.ADVANTAGE_ESTIMATORS`) turns them into advantages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from grlhfv_jax.rl import grpo
+from grlhfv_jax.rollout import GenerationOutput, SamplingParams
+from grlhfv_jax.rollout.group_sampling import engine_rollout, sample_groups
+from grlhfv_jax.trainers import grpo as grpo_update_lib
+from grlhfv_jax.trainers import steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """One step's samples: `items` [P] (what the stage made each prompt from: a record, a labelled
+    pair), the left-padded prompt batch [P, Tp] (model inputs, `valid` [P]), the engine's output
+    for P * G rows (group p = rows p*G .. p*G+G-1) and their decoded texts."""
+
+    items: Sequence[Any]
+    prompts: dict
+    gen: GenerationOutput
+    texts: list[str]
+    group: int
+
+    @property
+    def complete(self) -> np.ndarray:
+        """[P, G] bool: the response ended with EOS (not cut by the length limit or a banned token)."""
+        return np.asarray(self.gen.finished).reshape(len(self.items), self.group)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rewards:
+    """A reward function's result: `values` [P, G] (float); `groups` [P] (int) the advantage group
+    of each prompt row (None: one group per prompt); `metrics` logged with the step's."""
+
+    values: np.ndarray
+    groups: np.ndarray | None = None
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+
+RewardFn = Callable[[Rollout, int], Rewards]          # (rollout, step) -> rewards
+Observer = Callable[[Rollout, Rewards], dict]          # extra step metrics (e.g. an oracle's view)
+
+
+def grpo_config(sec) -> steps.GRPOConfig:
+    """The GRPO loss settings of a training section (`config.sections.GRPO` keys)."""
+    high = sec.clip_eps_high
+    return steps.GRPOConfig(clip_eps=float(sec.clip_eps), kl_coef=float(sec.kl_coef),
+                            clip_eps_high=None if high is None else float(high),
+                            clip_ratio_c=sec.clip_ratio_c, entropy_coef=float(sec.entropy_coef),
+                            num_micro_batches=int(sec.num_micro_batches),
+                            ref_num_micro_batches=int(sec.ref_num_micro_batches),
+                            advantage_estimator=str(sec.advantage_estimator), kl_estimator=str(sec.kl_estimator),
+                            loss_agg_mode=str(sec.loss_agg_mode), policy_loss=str(sec.policy_loss))
+
+
+def advantages(rewards: Rewards, valid: np.ndarray, estimator: str) -> np.ndarray:
+    """Advantages [P, G] of `rewards` by `estimator` over its groups (one per prompt row unless
+    `rewards.groups`), zero on fill rows (`valid` [P] = 0)."""
+    values = jnp.asarray(rewards.values, jnp.float32)
+    P = values.shape[0]
+    groups = np.arange(P) if rewards.groups is None else np.asarray(rewards.groups)
+    adv = np.asarray(grpo.pooled_advantages(values, groups, estimator))
+    return adv * np.asarray(valid)[:, None]
+
+
+def grpo_step_fn(*, ref, codec, prompts_for_step: Callable[[int], tuple[Sequence, list[dict]]], reward_fn: RewardFn,
+                 sec, seed_for_step: Callable[[int], int], observers: Sequence[Observer] = (),
+                 rollout_for: Callable | None = None):
+    """The step function of a GRPO stage (for `loop.train_loop`): `(state, step) -> (state, metrics)`.
+
+    prompts_for_step(step) -> (items [P], prompt examples [P]); the trainee (`state.model`) samples
+    `sec.group_size` or `sec.n` responses per prompt (`sec.temperature`, `sec.max_new_tokens`,
+    `sec.max_len`, `sec.rollout_num_micro_batches` calls, rng seed `seed_for_step(step)`);
+    `reward_fn` scores them; advantages by `sec.advantage_estimator` over the reward's groups;
+    `grpo_update` runs the reference pass and `sec.mini_batches` updates against `ref`. Metrics:
+    the update's and the rollout's, the reward function's, each observer's, and the seconds of
+    rollout, reward and the whole step. `rollout_for(model)`: the `rollout.Rollout` that samples
+    from the trainee (default: the KV-cache engine, `group_sampling.engine_rollout`)."""
+    cfg = grpo_config(sec)
+    G = int(sec.group_size if "group_size" in sec else sec.n)
+
+    def step_fn(state, step: int):
+        t0 = time.perf_counter()
+        items, examples = prompts_for_step(step)
+        params = SamplingParams(max_new_tokens=int(sec.max_new_tokens), temperature=float(sec.temperature),
+                                num_samples=G, seed=int(seed_for_step(step)))
+        sampler = rollout_for(state.model) if rollout_for else engine_rollout(state.model, codec)
+        prompts, gen, texts = sample_groups(sampler, codec, examples,
+                                            max_len=int(sec.max_len), params=params,
+                                            num_calls=int(sec.rollout_num_micro_batches))
+        rollout = Rollout(list(items), prompts, gen, texts, G)
+        t1 = time.perf_counter()
+        rewards = reward_fn(rollout, step)
+        valid = np.asarray(prompts.get("valid", np.ones(len(items), np.int32)))
+        adv = advantages(rewards, valid, cfg.advantage_estimator)
+        t2 = time.perf_counter()
+        observed = [obs(rollout, rewards) for obs in observers]
+        metrics = grpo_update_lib.grpo_update(state, ref, prompts, gen, np.asarray(rewards.values), pad_id=codec.pad_id,
+                                              cfg=cfg, mini_batches=int(sec.mini_batches), advantages=adv)
+        if rewards.groups is not None:   # groups pooled across prompt rows that carry no signal
+            ids = np.asarray(rewards.groups)
+            metrics["reward/frac_pooled_groups_zero_std"] = float(np.mean(
+                [np.all(adv[ids == g] == 0) for g in np.unique(ids)]))
+        for m in (rewards.metrics, *observed):
+            metrics.update(m)
+        metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": time.perf_counter() - t0})
+        return state, metrics
+
+    return step_fn
