@@ -164,3 +164,32 @@ def test_policy_step_loss_against_numpy(hf_config, data):
     np.testing.assert_allclose(float(met["pg_loss"]), want, rtol=1e-4, atol=1e-6)
     assert 0.0 < float(met["clip_frac"]) < 1.0 and "kl" not in met and float(met["entropy"]) > 0.0
     assert float(met["grad_norm"]) > 0.0
+
+
+def test_compute_values_shared_prompt_groups(critic):
+    """The trainers' layout [left-padded prompt | right-padded response], 2 prompts (each with an image) x 2
+    responses: with ``group=2`` (each prompt and its image run once per group) the values equal those
+    read from the direct forward of every row."""
+    rng = np.random.default_rng(7)
+    prompts = tm.make_batch([[list(rng.integers(3, 99, 3)), (1, 2, 2), [5]], [[7], (1, 2, 4), [8, 9]]],
+                            pad_side="left")
+    rep = np.array([0, 0, 1, 1])
+    P, R = prompts["input_ids"].shape[1], 4
+    lengths = np.array([4, 2, 1, 3])
+    resp_mask = (np.arange(R)[None, :] < lengths[:, None]).astype(np.int32)
+    resp = np.where(resp_mask == 1, rng.integers(3, 99, (4, R)), tm.PAD).astype(np.int32)
+    n0 = int(np.prod((1, 2, 2)))   # patches of prompt 0's image
+    pv0, pv1 = prompts["pixel_values"][:n0], prompts["pixel_values"][n0:]
+    batch = dict(input_ids=np.concatenate([prompts["input_ids"][rep], resp], axis=1),
+                 attention_mask=np.concatenate([prompts["attention_mask"][rep], resp_mask], axis=1),
+                 response_mask=np.concatenate([np.zeros((4, P), np.float32), resp_mask], axis=1).astype(np.float32),
+                 pixel_values=np.concatenate([pv0, pv0, pv1, pv1]), image_grid_thw=prompts["image_grid_thw"][rep],
+                 window_start=np.full(4, P, np.int32))
+    got = np.asarray(ppo_steps.compute_values(critic, batch, window=R, group=2))
+    h = _hidden(critic, batch)
+    w = np.asarray(critic.score_head.kernel[...])[:, 0]
+    want = np.zeros_like(got)
+    want[:, P:] = h[:, P - 1:-1] @ w
+    mask = batch["response_mask"]
+    np.testing.assert_allclose(got * mask, want * mask, rtol=1e-4, atol=1e-5)
+    assert np.all(got[:, :P] == 0)
