@@ -155,6 +155,11 @@ def test_whiten_and_estimator_registry(arrays):
     np.testing.assert_allclose(np.asarray(raw), adv, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="registered"):
         ppo.compute_advantages(a["rewards"], a["values"], a["mask"], "nope")
+    # one masked entry: variance 0, no NaN (the entry becomes 0); an empty mask gives zeros
+    one = np.zeros((2, 3), np.float32)
+    one[1, 2] = 1.0
+    np.testing.assert_array_equal(np.asarray(ppo.whiten(np.full((2, 3), 4.0), one)), np.zeros((2, 3)))
+    np.testing.assert_array_equal(np.asarray(ppo.whiten(np.full((2, 3), 4.0), 0 * one)), np.zeros((2, 3)))
 
 
 # ------------------------------------------------------------------------------------- token rewards
