@@ -441,6 +441,14 @@ class Qwen2VL(nnx.Module):
         w = self.score_head.kernel[...]
         return jnp.dot(hl.astype(jnp.float32), w.astype(jnp.float32))[:, 0]
 
+    def score_hidden(self, h):
+        """The scalar head on final hidden states ``[..., H]`` (from ``return_hidden=True``) -> float32 ``[...]``:
+        `score` is this at each row's last real token; read at every token it is a per-token value head."""
+        if self.score_head is None:
+            raise ValueError("this model has no scalar head; build it with scalar_head=True")
+        w = self.score_head.kernel[...]
+        return jnp.dot(h.astype(jnp.float32), w.astype(jnp.float32))[..., 0]
+
 
 def from_config(config, *, rngs=None, dtype=jnp.float32, scalar_head=False, param_dtype=None, remat=False,
                 vision_block=0, remat_policy="nothing", logits_chunk=0, vision_chunk=0, scan_layers=False,
