@@ -6,7 +6,8 @@ and the synthetic shapes world, on a laptop CPU, no downloads.
 Stages: data (world + tokenizer) -> sft (policy and GRM warm starts) -> grm_rl (stage 1: GRPO on
 the GRM with the paper's pair reward) -> rm (score-only Bradley-Terry baseline) -> policy_rl
 (stage 2: GRPO with grouped-comparison rewards from the GRM) -> policy_rl_rm (the same with the
-score-only RM as reward) -> dpo (DPO on the preference pairs) -> evaluate.
+score-only RM as reward) -> policy_ppo_rm (PPO with a critic on the score-only RM) -> dpo (DPO on
+the preference pairs) -> evaluate.
 `get_config("smoke")` is a few steps of each (tests).
 """
 
@@ -45,7 +46,8 @@ def get_config(arg: str = ""):
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.workdir = "workdir/demo"
-    c.stages = ("data", "vision", "sft", "grm_rl", "rm", "policy_rl", "policy_rl_rm", "dpo", "evaluate")
+    c.stages = ("data", "vision", "sft", "grm_rl", "rm", "policy_rl", "policy_rl_rm", "policy_ppo_rm", "dpo",
+                "evaluate")
     c.mesh_shape = (1, -1, 1)
     c.tensorboard = True
     c.grm_template = DEMO_GRM_TEMPLATE
@@ -134,6 +136,14 @@ def get_config(arg: str = ""):
                   judge_temperature=0.0, log_every=5, ckpt_every=20, freeze=frozen)
     c.policy_rl = dict(policy)
     c.policy_rl_rm = dict(policy, reward="rm")
+    # The paper's PPO baseline on the same RM (Table 2), with the GRPO stages' per-step shapes (8
+    # prompts x 5 answers, one update per step) and their KL weight (here in the reward, k1) and
+    # learning rate; the critic (from the RM) learns 5x faster, the paper's critic / actor ratio
+    # (5e-6 / 1e-6). GAE, value clip 5, score clip 50: the paper's (method.md).
+    c.policy_ppo_rm = dict(steps=60, prompts_per_step=8, n=5, mini_batches=1, max_len=48, max_new_tokens=24,
+                           temperature=1.0, lr=5e-4, critic_lr=2.5e-3, warmup_ratio=0.03, weight_decay=0.01,
+                           kl_coef=0.3, kl_estimator="k1", clip_eps=0.2, gamma=1.0, lam=0.95, value_clip=5.0,
+                           score_clip=50.0, log_every=5, ckpt_every=20, freeze=frozen)
     c.dpo = dict(steps=150, pairs_per_step=16, lr=1e-4, max_len=64, beta=0.1, loss_type="sigmoid", warmup_ratio=0.03,
                  weight_decay=0.01, log_every=10, ckpt_every=50, freeze=frozen)
     c.evaluate = dict(prompts=200, max_len=48, max_new_tokens=24, samples=4)
@@ -148,13 +158,13 @@ def get_config(arg: str = ""):
         # World sizes of 300 (policy_test 200) train the same tokenizer as the full world (it reads
         # at most 300 records of each split), so every row fits the full run's max lengths.
         c.data.sizes = {k: min(v, 300) for k, v in c.data.sizes.items()}
-        for k in ("vision", "sft", "grm_rl", "policy_rl", "policy_rl_rm", "dpo"):
+        for k in ("vision", "sft", "grm_rl", "policy_rl", "policy_rl_rm", "policy_ppo_rm", "dpo"):
             c[k].update(log_every=1, ckpt_every=1)   # a checkpoint after every step: the resume tests kill at each
         c.vision.update(steps=2, eval_images=64)
         c.sft.policy.steps = c.sft.grm.steps = 2
         c.grm_rl.update(steps=2, eval_pairs=8, eval_every=1)
         c.rm.update(steps=2, eval_pairs=8, log_every=1, ckpt_every=1)
-        for k in ("policy_rl", "policy_rl_rm", "dpo"):
+        for k in ("policy_rl", "policy_rl_rm", "policy_ppo_rm", "dpo"):
             c[k].steps = 2
         c.evaluate.prompts = 8
     return c

@@ -38,7 +38,8 @@ from grlhfv_jax import roles
 
 # stage -> its roles (the first is the default --role)
 STAGE_ROLES = {"sft": ("policy", "grm"), "vision": ("model",), "grm_rl": ("grm",), "rm": ("rm",),
-               "policy_rl": ("policy",), "policy_rl_rm": ("policy",), "dpo": ("policy",)}
+               "policy_rl": ("policy",), "policy_rl_rm": ("policy",), "policy_ppo_rm": ("policy",),
+               "dpo": ("policy",)}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 

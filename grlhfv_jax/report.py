@@ -30,6 +30,7 @@ CURVES = [
     ("policy_rl", "reward/mean"), ("policy_rl", "oracle/mean"), ("policy_rl", "kl"),
     ("policy_rl", "judge/position_consistency"),
     ("policy_rl_rm", "reward/mean"), ("policy_rl_rm", "oracle/mean"),
+    ("policy_ppo_rm", "reward/mean"), ("policy_ppo_rm", "oracle/mean"), ("policy_ppo_rm", "critic/vf_loss"),
     ("dpo", "loss"), ("dpo", "accuracy"),
 ]
 
@@ -75,7 +76,8 @@ def _curves(series) -> str:
 REWARD_MODELS = [("GRM after SFT (warm start)", "grm/sft_"), ("GRM after stage 1 (GRPO)", "grm/"),
                  ("score-only RM (Bradley-Terry)", "baseline_rm/")]
 POLICIES = [("SFT policy (before RL)", "policy/", "_before"), ("GRLHF-V (GRM reward, GRPO)", "policy/", "_after"),
-            ("score-only RM + GRPO", "baseline_rm/", "_after"), ("DPO", "dpo/", "_after")]
+            ("score-only RM + GRPO", "baseline_rm/", "_after"), ("score-only RM + PPO", "ppo_rm/", "_after"),
+            ("DPO", "dpo/", "_after")]
 POLICY_COLUMNS = [("oracle, sampled", "oracle_score_sampled"), ("oracle, greedy", "oracle_score"),
                   ("hedging, sampled", "hedge_rate_sampled"), ("self-praise, sampled", "self_praise_rate_sampled")]
 
@@ -155,7 +157,7 @@ def _accuracy_bars(summary) -> str:
 def _hacking(series) -> str:
     """Judge reward vs oracle score over policy training: where they part, the judge is fooled."""
     parts = []
-    for stage in ("policy_rl", "policy_rl_rm"):
+    for stage in ("policy_rl", "policy_rl_rm", "policy_ppo_rm"):
         if (stage, "reward/mean") in series and (stage, "oracle/mean") in series:
             fig, ax = plt.subplots(figsize=(5, 3))
             xs, ys = series[(stage, "reward/mean")]

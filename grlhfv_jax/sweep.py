@@ -21,7 +21,7 @@ HEADLINE = ("grm/sft_accuracy_id", "grm/sft_accuracy_ood", "grm/accuracy_id", "g
             "grm/position_consistency_id", "grm/position_consistency_ood", "grm/accuracy_style_id",
             "baseline_rm/accuracy_id", "baseline_rm/accuracy_ood",
             "policy/oracle_score_sampled_before", "policy/oracle_score_sampled_after",
-            "policy/oracle_gain_sampled_vs_sft", "baseline_rm/oracle_gain_sampled_vs_sft",
+            "policy/oracle_gain_sampled_vs_sft", "baseline_rm/oracle_gain_sampled_vs_sft", "ppo_rm/oracle_gain_sampled_vs_sft",
             "dpo/oracle_gain_sampled_vs_sft", "policy/hedge_rate_sampled_after",
             "policy/self_praise_rate_sampled_after", "policy/oracle_score_after")
 

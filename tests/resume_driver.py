@@ -24,7 +24,7 @@ def main() -> None:
     import demo
     from grlhfv_jax import checkpoint
     from grlhfv_jax import main as cli
-    from grlhfv_jax.stages import dpo, grm_rl, policy_rl, rm, sft, vision
+    from grlhfv_jax.stages import dpo, grm_rl, policy_ppo_rm, policy_rl, rm, sft, vision
 
     taken = set(open(taken_path).read().split()) if os.path.exists(taken_path) else set()
 
@@ -52,7 +52,7 @@ def main() -> None:
         kill_point("export:" + os.path.relpath(path, workdir))
         return out
 
-    for module in (vision, sft, grm_rl, rm, policy_rl, dpo):
+    for module in (vision, sft, grm_rl, rm, policy_rl, policy_ppo_rm, dpo):
         module.export_hf = export_then_kill
     cli.run(demo.get_config("smoke"), workdir)
 

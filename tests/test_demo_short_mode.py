@@ -41,8 +41,8 @@ def test_the_short_world_trains_the_full_worlds_tokenizer():
     """The demo tokenizer reads at most 300 records of each split: the short world's 300 give the
     same training texts, so every row tokenizes as in the full run and fits its max lengths."""
     from grlhfv_jax.data import pipeline
-    from grlhfv_jax.stages import data
-    texts = [pipeline.tokenizer_texts(data.world_config(demo.get_config(a))) for a in ("", "smoke")]
+    from grlhfv_jax import roles
+    texts = [pipeline.tokenizer_texts(roles.world_config(demo.get_config(a))) for a in ("", "smoke")]
     assert texts[0] == texts[1]
 
 

@@ -574,7 +574,7 @@ def test_tiny_policy_through_the_entry_point(tmp_path):
 
     from grlhfv_jax import models
     from grlhfv_jax.data.tokenizer import train_tokenizer
-    from grlhfv_jax.stages import evaluate as stage_eval
+    from grlhfv_jax.rollout import group_sampling
     image = dict(min_pixels=28 * 28, max_pixels=28 * 28, patch_size=14, merge_size=2, temporal_patch_size=2)
     model, judge = ScriptedModel(), ScriptedJudge()
     spec = mm_vet(str(tmp_path), model, judge)
@@ -613,7 +613,7 @@ def test_tiny_policy_through_the_entry_point(tmp_path):
         # the outputs are the policy's greedy answers (stages.evaluate.answers on the same prompts)
         loaded = models.load_pretrained(str(pol))
         from grlhfv_jax.data.benchmarks import _policy  # noqa: F401
-        want, _ = stage_eval.answers(loaded, codec, [{"question": f"vq{i}", "image": evaluate.decode(
+        want, _ = group_sampling.answers(loaded, codec, [{"question": f"vq{i}", "image": evaluate.decode(
             png(30 + i))} for i in range(4)], max_len=64, max_new_tokens=3, rows=4, temperature=0.0)
         assert [r["output"] for r in rows[:4]] == want
         sent = [r["messages"][0]["content"] for r in server.requests]

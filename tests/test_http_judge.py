@@ -271,7 +271,6 @@ def test_stage_two_rewards_through_the_http_judge(server_factory, tmp_path):
     import types
 
     from grlhfv_jax.rl import grouped
-    from grlhfv_jax.stages import policy_rl
     srv = server_factory({"r9 best": ["500"] * 10})   # every judgment showing "r9 best" first fails
     judge = make_judge(srv.url, tmp_path, [], max_retries=1)
     sec = types.SimpleNamespace(pairs="both", num_pairs=None, judge_max_new_tokens=32, judge_temperature=0.0,

@@ -21,7 +21,7 @@ from PIL import Image
 from grlhfv_jax import processing
 from grlhfv_jax.data import files_source as fs
 from grlhfv_jax import encoding
-from grlhfv_jax.rollout import grm_judge
+from grlhfv_jax.rollout import grm_judge, group_sampling
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import demo  # noqa: E402
@@ -84,7 +84,7 @@ def calls(monkeypatch):
 
 
 def test_batches_with_the_processor_in_the_read_threads_equal_the_old_ones(setup, calls):
-    from grlhfv_jax.stages import data_files
+    from grlhfv_jax.data import files_convert as data_files
     dataset_dir, codec = setup
     old = fs.FilesSource(dataset_dir, shard=(0, 1)).dataset("grm_train", seed=3, batch_size=4)
     src = data_files.source({"dataset_dir": dataset_dir}, 0, 2, encoding.image_processor(IMAGE))
@@ -193,7 +193,7 @@ def _same_records(serial, threaded):
 
 @pytest.mark.parametrize("threads,workers", [(2, 0), (0, 2), (3, 1)])
 def test_records_in_threads_equal_the_serial_ones_in_order(setup, calls, monkeypatch, threads, workers):
-    from grlhfv_jax.stages import common, judging
+    from grlhfv_jax.stages import judging
     dataset_dir, codec = setup
     proc = encoding.image_processor(IMAGE)
     for shard, n in (((0, 1), None), ((1, 2), 9), ((0, 3), 7)):
@@ -223,7 +223,7 @@ def test_records_in_threads_equal_the_serial_ones_in_order(setup, calls, monkeyp
             batches.append(b)
             rows = len(b["input_ids"]) * int(params.num_samples)
             return types.SimpleNamespace(tokens=np.zeros((rows, 1), np.int32), lengths=np.zeros(rows, np.int32))
-    monkeypatch.setattr(common, "engine_rollout", lambda *a, **kw: Engine())
+    monkeypatch.setattr(group_sampling, "engine_rollout", lambda *a, **kw: Engine())
     judging.grm_accuracy(grm_judge.GRMJudge(None, codec, rows=4, max_len=512), threaded, max_new_tokens=4)
     rm_new, batches = batches, []
     ex_old = _examples(codec, serial)

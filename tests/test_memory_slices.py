@@ -25,7 +25,7 @@ def _record_call_shapes(monkeypatch) -> list:
     def recording(model, b):
         shapes.append(tuple(b["input_ids"].shape))
         return scores(model, b)
-    monkeypatch.setattr(judging, "_scores", recording)
+    monkeypatch.setattr(scoring, "_scores", recording)
     return shapes
 
 

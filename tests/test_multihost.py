@@ -204,6 +204,7 @@ def _worker(nproc: int, pid: int, port: str, model_path: str, out_path: str) -> 
 
     # a score-only RM's scores (trainers.scoring.score_batch): this host's rows back
     from grlhfv_jax.stages import judging
+    from grlhfv_jax.trainers import scoring
     rm = models.load_pretrained(model_path, mesh=mesh, scalar_head=True)
     scores = scoring.score_batch(rm, {k: host[k] for k in ("input_ids", "attention_mask", "pixel_values",
                                                            "image_grid_thw")})

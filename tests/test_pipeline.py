@@ -302,12 +302,12 @@ def test_full_demo_learns(tmp_path):
 
 # Every training stage's checkpoint folder; the smoke config checkpoints after each of its 2 steps.
 _CKPT_DIRS = ("vision/ckpt", "sft/ckpt_policy", "sft/ckpt_grm", "grm_rl/ckpt", "rm/ckpt", "policy_rl/ckpt",
-              "policy_rl_rm/ckpt", "dpo/ckpt")
+              "policy_rl_rm/ckpt", "policy_ppo_rm/ckpt", "dpo/ckpt")
 # Kills after an export: between the two halves of `sft`, and where a stage skips its work when its
 # export exists (vision, sft) and must still report the same figures.
 _KILLED_EXPORTS = ("vision/model", "sft/policy", "sft/grm")
 _MODELS = ("vision/model", "sft/policy", "sft/grm", "grm_rl/grm", "rm/rm", "policy_rl/policy",
-           "policy_rl_rm/policy", "dpo/policy")
+           "policy_rl_rm/policy", "policy_ppo_rm/policy", "dpo/policy")
 
 
 def test_resume_from_every_kill_point_gives_the_uninterrupted_result(smoke_run, tmp_path):
@@ -320,7 +320,7 @@ def test_resume_from_every_kill_point_gives_the_uninterrupted_result(smoke_run, 
     from safetensors.numpy import load_file
 
     config, ref_dir, ref_summary = smoke_run
-    assert all(config[k].ckpt_every == 1 for k in ("vision", "sft", "grm_rl", "rm", "policy_rl", "dpo"))
+    assert all(config[k].ckpt_every == 1 for k in ("vision", "sft", "grm_rl", "rm", "policy_rl", "policy_ppo_rm", "dpo"))
     expected = [f"{d}@{s}" for d in _CKPT_DIRS for s in (1, 2)] + [f"export:{d}" for d in _KILLED_EXPORTS]
     workdir, taken = str(tmp_path / "run"), str(tmp_path / "taken.txt")
     with open(taken, "w") as f:  # the other exports are not kill points here (their stage redoes its evaluation)

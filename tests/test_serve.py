@@ -30,7 +30,7 @@ from grlhfv_jax.data.tokenizer import train_tokenizer  # noqa: E402
 from grlhfv_jax.rl import grm_reward  # noqa: E402
 from grlhfv_jax.rollout import SamplingParams  # noqa: E402
 from grlhfv_jax.rollout.http_judge import HTTPJudge, image_data_url  # noqa: E402
-from grlhfv_jax.stages import judging, policy_rl  # noqa: E402
+from grlhfv_jax.stages import judging  # noqa: E402
 from grlhfv_jax import encoding
 from grlhfv_jax.rollout import grm_judge
 from grlhfv_jax import roles

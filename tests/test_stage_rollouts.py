@@ -172,7 +172,6 @@ def test_stage2_rewards_from_a_test_double_judge():
     paper's mean aggregation computed by hand."""
     from types import SimpleNamespace
 
-    from grlhfv_jax.stages import policy_rl
 
     sec = SimpleNamespace(pairs="both", num_pairs=None, judge_max_new_tokens=12, judge_temperature=0.0,
                           aggregator="mean")
@@ -278,7 +277,6 @@ def test_rm_scoring_splits_rows_over_8_devices_and_matches_one_device(monkeypatc
     from tiny_models import make_batch, tiny_hf_config  # tests/ is on sys.path
 
     from grlhfv_jax import sharding
-    from grlhfv_jax.stages import judging
 
     hf = tiny_hf_config("qwen2_vl").to_dict()
     rng = np.random.default_rng(5)
@@ -291,7 +289,7 @@ def test_rm_scoring_splits_rows_over_8_devices_and_matches_one_device(monkeypatc
         seen.append(jb["input_ids"].sharding)
         return real(model, jb)
 
-    monkeypatch.setattr(judging, "_scores", recording)
+    monkeypatch.setattr(scoring, "_scores", recording)
     scores = []
     for mesh in (sharding.make_mesh((2, 2, 2)), None):
         model = models.from_config(hf, rngs=nnx.Rngs(0), scalar_head=True)

@@ -218,6 +218,34 @@ POLICY_RL = {
     **GRPO, **OPTIMIZER, **_logging(5, 25),
 }
 
+# The PPO baseline with a critic on the score-only RM (stage policy_ppo_rm; trainers.ppo_update).
+POLICY_PPO = {
+    "steps": Key("int", REQUIRED, "RL steps"),
+    "prompts_per_step": Key("int", REQUIRED, "prompts per step"),
+    "n": Key("int", 1, "answers sampled per prompt (>= 1)"),
+    "max_len": Key("int", REQUIRED, "prompt tokens (>= 8)"),
+    "max_new_tokens": Key("int", REQUIRED, "answer tokens"),
+    "temperature": Key("float", 1.0, "sampling temperature"),
+    "mini_batches": Key("int", REQUIRED, "policy and critic updates per RL step (must divide the prompts per step)"),
+    "kl_coef": Key("float", 0.02, "weight of the KL to the reference in the token rewards (paper 0.02)"),
+    "kl_estimator": Key("str", "k1", "the KL per token in the reward: k1, k2, k3, abs (grpo.KL_ESTIMATORS)"),
+    "clip_eps": Key("float", 0.2, "PPO ratio clip"),
+    "policy_loss": Key("str", "ppo_clip", "policy loss (grpo.POLICY_LOSSES)"),
+    "loss_agg_mode": Key("str", "token-mean", "token losses -> loss (grpo.LOSS_AGGREGATIONS)"),
+    "gamma": Key("float", 1.0, "GAE discount per token"),
+    "lam": Key("float", 0.95, "GAE lambda"),
+    "whiten": Key("bool", False, "whiten the advantages over the step's response tokens"),
+    "value_clip": Key("float", 5.0, "the critic's value clip around its rollout value (paper 5)"),
+    "score_clip": Key("float", 50.0, "the RM score is clipped to [-score_clip, score_clip] (paper 50)"),
+    "critic_lr": Key("float", 5e-6, "the critic's peak learning rate (paper 5e-6; warm-up and schedule as lr's)"),
+    "critic_weight_decay": Key("float", 0.0, "the critic's AdamW weight decay"),
+    "num_micro_batches": Key("int", 1, "gradient accumulation micro-batches per update"),
+    "ref_num_micro_batches": Key("int", 1, "slices of the reference and value passes over a step's rows (memory only)"),
+    "rollout_num_micro_batches": Key("int", 1, "sampler calls a step's prompts are split into (memory only)"),
+    "score_rows_per_call": Key("int", 320, "answers the RM scores per call (memory only, the same scores)"),
+    **OPTIMIZER, **_logging(5, 25),
+}
+
 DPO = {
     "steps": Key("int", REQUIRED, "training steps"),
     "pairs_per_step": Key("int", REQUIRED, "preference pairs per step"),
@@ -267,6 +295,7 @@ CONFIG = {
     "rm": RM,
     "policy_rl": POLICY_RL,
     "policy_rl_rm": POLICY_RL,
+    "policy_ppo_rm": POLICY_PPO,
     "dpo": DPO,
     "evaluate": EVALUATE,
     "report": REPORT,

@@ -26,6 +26,7 @@ STAGES = {
     "rm": ("rm", "rm"),
     "policy_rl": ("policy_rl", "policy_rl"),
     "policy_rl_rm": ("policy_rl", "policy_rl_rm"),
+    "policy_ppo_rm": ("policy_ppo_rm", "policy_ppo_rm"),
     "dpo": ("dpo", "dpo"),
     "evaluate": ("evaluate", "evaluate"),
     "nscale": ("nscale", "nscale"),

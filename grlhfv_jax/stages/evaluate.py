@@ -33,7 +33,8 @@ SCHEMA = {
 OPTIONAL = {"samples": (int, lambda v: v >= 0, "an int >= 0 (sampled answers per prompt)")}
 # name, stage that writes it (None: sft), summary prefix, summary suffix
 POLICIES = (("before", None, "policy/", "before"), ("after", "policy_rl", "policy/", "after"),
-            ("baseline_rm", "policy_rl_rm", "baseline_rm/", "after"), ("dpo", "dpo", "dpo/", "after"))
+            ("baseline_rm", "policy_rl_rm", "baseline_rm/", "after"), ("ppo_rm", "policy_ppo_rm", "ppo_rm/", "after"),
+            ("dpo", "dpo", "dpo/", "after"))
 PRAISE = ("excellent", "perfect", "accurate answer", "great")
 
 

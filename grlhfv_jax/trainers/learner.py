@@ -1,5 +1,6 @@
 """The RL learner: one step is rollout -> reward function -> advantages -> reference pass ->
-mini-batch updates -> metrics (`grpo_step_fn`), over typed values (`Rollout`, `Rewards`).
+mini-batch updates -> metrics, over typed values (`Rollout`, `Rewards`): GRPO (`grpo_step_fn`:
+group-relative advantages) and PPO with a critic (`ppo_step_fn`: GAE on token rewards).
 
 A stage builds its roles (the trainee and its reference, the data, a reward function) and hands
 them to `grpo_step_fn`; the step function it returns is what `loop.train_loop` runs. A reward
@@ -22,7 +23,7 @@ from grlhfv_jax.rl import grpo
 from grlhfv_jax.rollout import GenerationOutput, SamplingParams
 from grlhfv_jax.rollout.group_sampling import engine_rollout, sample_groups
 from grlhfv_jax.trainers import grpo as grpo_update_lib
-from grlhfv_jax.trainers import steps
+from grlhfv_jax.trainers import ppo_update, steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,44 +80,78 @@ def advantages(rewards: Rewards, valid: np.ndarray, estimator: str) -> np.ndarra
     return adv * np.asarray(valid)[:, None]
 
 
+def sample(model, codec, items: Sequence, examples: list[dict], sec, seed: int, rollout_for: Callable | None = None
+           ) -> Rollout:
+    """`sec`'s samples of `model` for one step: `sec.group_size` (stage 1) or `sec.n` responses per
+    prompt example at `sec.temperature`, at most `sec.max_new_tokens`, prompts padded to
+    `sec.max_len`, in `sec.rollout_num_micro_batches` sampler calls; rng seed `seed`. `rollout_for(model)`:
+    the `rollout.Rollout` to sample from (default: the KV-cache engine)."""
+    G = int(sec.group_size if "group_size" in sec else sec.n)
+    params = SamplingParams(max_new_tokens=int(sec.max_new_tokens), temperature=float(sec.temperature),
+                            num_samples=G, seed=int(seed))
+    sampler = rollout_for(model) if rollout_for else engine_rollout(model, codec)
+    prompts, gen, texts = sample_groups(sampler, codec, examples, max_len=int(sec.max_len), params=params,
+                                        num_calls=int(sec.rollout_num_micro_batches))
+    return Rollout(list(items), prompts, gen, texts, G)
+
+
 def grpo_step_fn(*, ref, codec, prompts_for_step: Callable[[int], tuple[Sequence, list[dict]]], reward_fn: RewardFn,
                  sec, seed_for_step: Callable[[int], int], observers: Sequence[Observer] = (),
                  rollout_for: Callable | None = None):
     """The step function of a GRPO stage (for `loop.train_loop`): `(state, step) -> (state, metrics)`.
 
     prompts_for_step(step) -> (items [P], prompt examples [P]); the trainee (`state.model`) samples
-    `sec.group_size` or `sec.n` responses per prompt (`sec.temperature`, `sec.max_new_tokens`,
-    `sec.max_len`, `sec.rollout_num_micro_batches` calls, rng seed `seed_for_step(step)`);
-    `reward_fn` scores them; advantages by `sec.advantage_estimator` over the reward's groups;
-    `grpo_update` runs the reference pass and `sec.mini_batches` updates against `ref`. Metrics:
-    the update's and the rollout's, the reward function's, each observer's, and the seconds of
-    rollout, reward and the whole step. `rollout_for(model)`: the `rollout.Rollout` that samples
-    from the trainee (default: the KV-cache engine, `group_sampling.engine_rollout`)."""
+    them (`sample`, rng seed `seed_for_step(step)`); `reward_fn` scores them; advantages by
+    `sec.advantage_estimator` over the reward's groups; `grpo_update` runs the reference pass and
+    `sec.mini_batches` updates against `ref`. Metrics: the update's and the rollout's, the reward
+    function's, each observer's, and the seconds of rollout, reward and the whole step."""
     cfg = grpo_config(sec)
-    G = int(sec.group_size if "group_size" in sec else sec.n)
 
     def step_fn(state, step: int):
         t0 = time.perf_counter()
         items, examples = prompts_for_step(step)
-        params = SamplingParams(max_new_tokens=int(sec.max_new_tokens), temperature=float(sec.temperature),
-                                num_samples=G, seed=int(seed_for_step(step)))
-        sampler = rollout_for(state.model) if rollout_for else engine_rollout(state.model, codec)
-        prompts, gen, texts = sample_groups(sampler, codec, examples,
-                                            max_len=int(sec.max_len), params=params,
-                                            num_calls=int(sec.rollout_num_micro_batches))
-        rollout = Rollout(list(items), prompts, gen, texts, G)
+        rollout = sample(state.model, codec, items, examples, sec, seed_for_step(step), rollout_for)
         t1 = time.perf_counter()
         rewards = reward_fn(rollout, step)
-        valid = np.asarray(prompts.get("valid", np.ones(len(items), np.int32)))
+        valid = np.asarray(rollout.prompts.get("valid", np.ones(len(items), np.int32)))
         adv = advantages(rewards, valid, cfg.advantage_estimator)
         t2 = time.perf_counter()
         observed = [obs(rollout, rewards) for obs in observers]
-        metrics = grpo_update_lib.grpo_update(state, ref, prompts, gen, np.asarray(rewards.values), pad_id=codec.pad_id,
-                                              cfg=cfg, mini_batches=int(sec.mini_batches), advantages=adv)
+        metrics = grpo_update_lib.grpo_update(state, ref, rollout.prompts, rollout.gen, np.asarray(rewards.values),
+                                              pad_id=codec.pad_id, cfg=cfg, mini_batches=int(sec.mini_batches),
+                                              advantages=adv)
         if rewards.groups is not None:   # groups pooled across prompt rows that carry no signal
             ids = np.asarray(rewards.groups)
             metrics["reward/frac_pooled_groups_zero_std"] = float(np.mean(
                 [np.all(adv[ids == g] == 0) for g in np.unique(ids)]))
+        for m in (rewards.metrics, *observed):
+            metrics.update(m)
+        metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": time.perf_counter() - t0})
+        return state, metrics
+
+    return step_fn
+
+
+def ppo_step_fn(*, ref, codec, prompts_for_step: Callable[[int], tuple[Sequence, list[dict]]], reward_fn: RewardFn,
+                sec, seed_for_step: Callable[[int], int], observers: Sequence[Observer] = (),
+                rollout_for: Callable | None = None):
+    """The step function of a PPO stage: `(state: ppo_update.ActorCritic, step) -> (state, metrics)`.
+    As `grpo_step_fn` up to the reward; then `ppo_update`: the reward values [P, n] are each
+    response's sequence score (placed on its last token, KL in the reward), the critic's values and
+    GAE give token-level advantages, `sec.mini_batches` updates of the policy and the critic."""
+    cfg = ppo_update.ppo_config(sec)
+
+    def step_fn(state, step: int):
+        t0 = time.perf_counter()
+        items, examples = prompts_for_step(step)
+        rollout = sample(state.policy, codec, items, examples, sec, seed_for_step(step), rollout_for)
+        t1 = time.perf_counter()
+        rewards = reward_fn(rollout, step)
+        t2 = time.perf_counter()
+        observed = [obs(rollout, rewards) for obs in observers]
+        metrics = ppo_update.ppo_update(state, ref, rollout.prompts, rollout.gen, np.asarray(rewards.values),
+                                        pad_id=codec.pad_id, cfg=cfg, mini_batches=int(sec.mini_batches),
+                                        ref_num_micro_batches=int(sec.ref_num_micro_batches))
         for m in (rewards.metrics, *observed):
             metrics.update(m)
         metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": time.perf_counter() - t0})
