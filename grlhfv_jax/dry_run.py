@@ -418,8 +418,8 @@ def table(result: dict) -> str:
 def run(config) -> int:
     """Validates `config` (placeholders allowed), prints the table and one JSON line; returns the
     exit code: 0 when the peak stage fits the device memory, 1 when it does not."""
-    from grlhfv_jax import stages
-    full = stages.validate(config)
+    from grlhfv_jax import config as config_schema
+    full = config_schema.validate(config)   # as it is when main validated it already
     result = plan(full)
     print(table(result), flush=True)
     print(json.dumps(result, sort_keys=True), flush=True)

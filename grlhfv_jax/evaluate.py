@@ -50,7 +50,7 @@ import ml_collections
 
 from grlhfv_jax.config import ConfigError
 from grlhfv_jax.config import schema as cs
-from grlhfv_jax.config import sections
+from grlhfv_jax.config import sections, typed_section
 
 BENCHMARK = {
     "kind": cs.Key("str?", None, "the benchmark's reader (data.benchmarks.ALL; None: the entry's name)"),
@@ -680,7 +680,7 @@ def build(cfg, log=print, workdir: str | None = None):
         cfg = cfg.copy_and_resolve_references()
         cfg.image.processor_dir = path   # the codec and the vision tower's block size read the same processor
     codec = common.Codec.from_dirs(cfg.model.tokenizer_dir or path, dict(cfg.image), cfg.grm_template or None)
-    spec = {"dtype": cfg.model.dtype, "param_dtype": cfg.model.param_dtype}
+    spec = typed_section(sections.MODEL, {"dtype": cfg.model.dtype, "param_dtype": cfg.model.param_dtype}, "model")
     if cfg.model.kind == "policy":
         return build_policy(cfg, codec, spec, log, workdir)
     rm = cfg.model.kind == "rm"

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from grlhfv_jax import dry_run, models, stages
+from grlhfv_jax import config as config_schema
+from grlhfv_jax import dry_run, models
 from grlhfv_jax.models import published
 
 from test_paper_configs import CONFIGS, ROOT, load  # tests/ is on sys.path
@@ -92,7 +93,7 @@ def test_estimates_match_a_tiny_model_live_arrays_and_its_compiled_step(remat):
     del c.sft["grm"]
     c.sft.policy.update(batch_size=B, max_len=T, data="best", pretrained_vision=False, freeze=[])
     c.model.policy.update(hf_config=hf, remat=remat)
-    full = stages.validate(c)
+    full = config_schema.validate(c)
     plan = dry_run.plan_stage(full, "sft")
 
     model = models.from_config(hf, rngs=nnx.Rngs(0), remat=remat)
@@ -117,7 +118,7 @@ def test_rollout_in_calls_divides_the_rollout_prefill_and_kv_cache():
     plans = []
     for calls in (1, 5):
         c.grm_rl.rollout_num_micro_batches = calls
-        plans.append(dry_run.plan_stage(stages.validate(c), "grm_rl"))
+        plans.append(dry_run.plan_stage(config_schema.validate(c), "grm_rl"))
     one, five = plans
     import re
     gb = [float(re.search(r"rollout \((\d+) calls?\) ([0-9.]+) GB", p.notes[-1]).group(2)) for p in plans]
@@ -147,7 +148,7 @@ def test_halving_the_judging_or_scoring_call_halves_that_phase(name, section, ke
     gb = []
     for size in (16, 8) if key == "judge_prompts_per_call" else (320, 160):
         c[section][key] = size
-        note = dry_run.plan_stage(stages.validate(c), section).notes[-1]
+        note = dry_run.plan_stage(config_schema.validate(c), section).notes[-1]
         gb.append(float(re.search(rf"; {phase} ([0-9.]+) GB", note).group(1)))
     # half (judging: the sampler's tower is a call of its own, smaller than the prefill; RM scoring:
     # but for the tower's one piece of attention scores, vision_chunk, which stays)

@@ -11,6 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
+from grlhfv_jax import config as config_schema
 from grlhfv_jax import main, report, stages
 from grlhfv_jax.metrics import MetricsWriter, read_jsonl
 from grlhfv_jax.stages import ConfigError, common
@@ -52,25 +53,25 @@ def test_bad_config_fails_before_anything_runs_naming_the_key(key, value, match)
         node = node[p]
     node[leaf] = value
     with pytest.raises(ConfigError, match=match):
-        stages.validate(config)
+        config_schema.validate(config)
 
 
 def test_consistency_reward_needs_both_orders():
     config = demo.get_config("smoke")
     config.grm_rl.update(position_debias=False, consistency_reward=True)
     with pytest.raises(ConfigError, match=r"consistency_reward needs"):
-        stages.validate(config)
+        config_schema.validate(config)
     config = demo.get_config("smoke")
     config.grm_rl.update(position_debias=False, pool_orders=True)
     with pytest.raises(ConfigError, match=r"pool_orders needs"):
-        stages.validate(config)
+        config_schema.validate(config)
 
 
 def test_missing_section_is_named():
     config = demo.get_config("smoke")
     del config["rm"]
     with pytest.raises(ConfigError, match=r"config\.rm is missing"):
-        stages.validate(config)
+        config_schema.validate(config)
 
 
 class _Toy(nnx.Module):
@@ -254,7 +255,7 @@ def test_nscale_stage_writes_a_gain_per_n(smoke_run, tmp_path):
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.nscale = {"ns": [2], "rewards": ["grm"], "policy": config.policy_rl.to_dict()}
-    stages.validate(config)
+    config_schema.validate(config)
     writer = MetricsWriter(workdir, tensorboard=False)
     summary = stages.run_stage("nscale", config, workdir, writer)
     writer.close()

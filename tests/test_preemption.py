@@ -172,7 +172,7 @@ def test_ckpt_every_minutes_is_in_the_schema_with_its_range():
     config = demo.get_config("smoke")
     config.grm_rl.ckpt_every_minutes = -1.0
     with pytest.raises(stages.ConfigError, match=r"config\.grm_rl\.ckpt_every_minutes = -1\.0: expected >= 0"):
-        stages.validate(config)
+        config_schema.validate(config)
 
 
 def test_the_command_line_exits_with_the_preempted_status(monkeypatch, tmp_path):

@@ -13,7 +13,8 @@ import optax
 import pytest
 from flax import nnx
 
-from grlhfv_jax import models, stages
+from grlhfv_jax import config as config_schema
+from grlhfv_jax import models
 from grlhfv_jax.config import ConfigError, sections
 from grlhfv_jax.rl import grouped, grpo
 from grlhfv_jax.stages import grm_rl
@@ -36,7 +37,7 @@ def _validated(section: str = "grm_rl", **keys):
     config = _demo()
     for k, v in keys.items():
         config[section][k] = v
-    return stages.validate(config)
+    return config_schema.validate(config)
 
 
 def _cfg(**keys) -> steps.GRPOConfig:

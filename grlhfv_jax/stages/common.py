@@ -15,9 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from grlhfv_jax import config as config_schema
 from grlhfv_jax import models, processing, sharding
-from grlhfv_jax.config import sections
 from grlhfv_jax.rl import grm_reward
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -33,13 +31,11 @@ def codec(config, workdir: str) -> "Codec":
     """The codec of a run: the tokenizer written by the `data` stage, config.image, config.grm_template."""
     from grlhfv_jax.stages import data as data_stage
     paths = data_stage.paths(config, workdir)
-    config = config_schema.section(config)
     return Codec.from_dirs(paths["tokenizer_dir"], config.image, config.grm_template or None)
 
 
 def image_processor(image):
-    """The image processor of `config.image`."""
-    image = config_schema.section(image, sections.IMAGE)
+    """The image processor of `config.image` (a validated section, `config.sections.IMAGE`)."""
     return processing.load_image_processor(
         image.processor_dir, min_pixels=image.min_pixels, max_pixels=image.max_pixels,
         patch_size=image.patch_size, merge_size=image.merge_size, temporal_patch_size=image.temporal_patch_size)
@@ -48,11 +44,11 @@ def image_processor(image):
 def runtime(spec, config=None) -> dict:
     """The runtime choices of a `config.model.*` entry as `models` keywords: dtype, param_dtype,
     remat, remat_policy, logits_chunk, vision_chunk, scan_layers, scan_vision, and vision_block (None: the most patches of one frame `config.image`'s processor makes,
-    so the tower attends per frame, linear in the number of images; dense without `config`)."""
-    spec = config_schema.section(spec, sections.MODEL)
+    so the tower attends per frame, linear in the number of images; dense without `config`). `spec`
+    and `config`: validated (`config.validate`, `config.typed_section`)."""
     block = spec.vision_block
     if block is None:
-        block = 0 if config is None else processing.max_frame_patches(image_processor(config_schema.section(config).image))
+        block = 0 if config is None else processing.max_frame_patches(image_processor(config.image))
     return dict(dtype=DTYPES[spec.dtype], param_dtype=DTYPES[spec.param_dtype], remat=bool(spec.remat),
                 remat_policy=str(spec.remat_policy), logits_chunk=int(spec.logits_chunk), vision_block=int(block),
                 vision_chunk=int(spec.vision_chunk), scan_layers=bool(spec.scan_layers),
@@ -61,7 +57,7 @@ def runtime(spec, config=None) -> dict:
 
 def mesh_from_config(config):
     """The run's device mesh over ("data", "fsdp", "tensor") from `config.mesh_shape`."""
-    return sharding.make_mesh(tuple(config_schema.section(config).mesh_shape))
+    return sharding.make_mesh(tuple(config.mesh_shape))
 
 
 # ----------------------------------------------------------------------------- text and images
@@ -164,7 +160,6 @@ def new_or_load(spec, codec: Codec, *, seed: int, scalar_head: bool = False, fro
     """A model: loaded from `from_path` (an HF folder written by an earlier stage), else from
     `spec.path` (a real checkpoint), else randomly initialised from `spec.hf_config`; with the
     runtime choices of `spec` (`runtime`; vision_block from `config.image`, else dense)."""
-    spec = config_schema.section(spec, sections.MODEL)
     rt = runtime(spec, config)
     path = from_path or spec.path
     if path:
@@ -258,10 +253,10 @@ def join_outputs(outs: Sequence, *, pad_id: int):
 
 def load_stage_output(path: str, hint: str, config=None, spec=None, *, scalar_head: bool = False):
     """Loads an HF folder an earlier stage wrote, in the dtypes of `spec` (a `config.model.*`
-    entry) and sharded over the config's mesh; a missing folder is an error naming what writes it."""
+    entry; None: the models' defaults) and sharded over the config's mesh; a missing folder is an
+    error naming what writes it."""
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"{path} is missing: {hint}")
-    spec = config_schema.section(spec or {}, sections.MODEL)
     mesh = mesh_from_config(config) if config is not None else None
-    rt = runtime(spec, config)
+    rt = runtime(spec, config) if spec is not None else {}
     return models.load_pretrained(path, mesh=mesh, scalar_head=scalar_head, **rt)

@@ -6,64 +6,26 @@ from __future__ import annotations
 import json
 import os
 
-from grlhfv_jax import config as config_schema
-from grlhfv_jax.config import sections
 from grlhfv_jax.data import pipeline, sources
 from grlhfv_jax.data import world as W
-from grlhfv_jax.stages import ConfigError, check_section
-
-SCHEMA = {
-    "seed": (int, None, "an int"),
-    "image_size": (int, lambda v: v >= 16 and v % 4 == 0, "a multiple of 4, >= 16"),
-    "label_noise": ((int, float), lambda v: 0 <= v < 0.5, "a probability in [0, 0.5)"),
-    "vocab_size": (int, lambda v: v >= 300, "an int >= 300"),
-}
+from grlhfv_jax.data.world.config import from_section
 
 
 def world_config(config) -> W.WorldConfig:
-    d = config_schema.section(config.data, sections.DATA)
-    sizes = dict(d.sizes)
-    for split in sizes:
-        if split not in W.SPLITS:
-            raise ConfigError(f"config.data.sizes: unknown split '{split}' (splits: {', '.join(W.SPLITS)})")
-    analysis = d.sft_grm_analysis
-    if analysis not in W.GRM_ANALYSIS_KINDS:
-        raise ConfigError(f"config.data.sft_grm_analysis = {analysis!r}: expected one of {W.GRM_ANALYSIS_KINDS}")
-    try:
-        opinions = tuple((str(w), int(v)) for w, v in d.sft_grm_opinions)
-    except (TypeError, ValueError):
-        raise ConfigError(f"config.data.sft_grm_opinions = {d.sft_grm_opinions!r}: expected (style description, "
-                          f"int) pairs, e.g. ((\"hedges\", 1), (\"praises itself\", -1))") from None
-    try:
-        return W.WorldConfig(seed=d.seed, image_size=d.image_size, label_noise=float(d.label_noise),
-                             sft_grm_analysis=analysis, sizes=tuple({**W.DEFAULT_SIZES, **sizes}.items()),
-                             sft_grm_first_scores=tuple(int(v) for v in d.sft_grm_first_scores),
-                             sft_grm_second_scores=tuple(int(v) for v in d.sft_grm_second_scores),
-                             sft_grm_opinions=opinions, sft_grm_opinion_strength=float(d.sft_grm_opinion_strength))
-    except ValueError as e:
-        raise ConfigError(f"config.data: {e}") from None
+    """The synthetic world of the validated `config.data` (its rule checked it: config.sections)."""
+    return from_section(config.data)
 
 
 def data_dir(config, workdir: str) -> str:
     """config.data.dir (a bucket URL: its local mirror, `storage.local`), else workdir/data."""
     from grlhfv_jax import storage
-    d = config_schema.section(config.data, sections.DATA).dir
+    d = config.data.dir
     return storage.local(d) if d else os.path.join(workdir, "data")
 
 
 def kind(config) -> str:
-    """config.data.kind: "world" or "files" (ConfigError otherwise)."""
-    k = config_schema.section(config.data, sections.DATA).kind
-    if k not in ("world", "files"):
-        raise ConfigError(f"config.data.kind = {k!r}: expected 'world' or 'files'")
-    return k
-
-
-def validate(config, section: str) -> None:
-    if kind(config) == "files":
-        return  # stages.validate checks a files run as a whole (data_files.check_config)
-    check_section(config, section, SCHEMA)
-    world_config(config)
+    """config.data.kind: "world" or "files"."""
+    return config.data.kind
 
 
 def paths(config, workdir: str) -> dict:
@@ -85,11 +47,11 @@ def source(config, workdir: str):
                          f"{written!r}, not {kind(config)!r}: rerun the 'data' stage")
     if kind(config) == "files":
         from grlhfv_jax.stages import data_files
-        d = config_schema.section(config.data, sections.DATA)
+        d = config.data
         proc = None
         if d.image_workers > 0:   # the processor the stages' codec uses (common.codec): config.image's
             from grlhfv_jax.stages import common
-            proc = common.image_processor(config_schema.section(config).image)
+            proc = common.image_processor(config.image)
         return data_files.source(found, d.read_threads, d.image_workers, proc)
     return sources.WorldSource(found["data_dir"], world_config(config))
 

@@ -11,28 +11,9 @@ from __future__ import annotations
 import os
 
 from grlhfv_jax.checkpoint import export_hf
-from grlhfv_jax.stages import ConfigError, check_section, common, sft
+from grlhfv_jax.stages import common, sft
 from grlhfv_jax.stages import data as data_stage
 from grlhfv_jax.trainers import loop, steps
-
-POS_INT = (int, lambda v: v >= 1, "an int >= 1")
-SCHEMA = {
-    "steps": POS_INT, "pairs_per_step": POS_INT,
-    "lr": ((int, float), lambda v: v > 0, "a positive number"),
-    "max_len": (int, lambda v: v >= 8, "an int >= 8 (tokens per row)"),
-    "beta": ((int, float), lambda v: v > 0, "a positive number"),
-}
-
-
-def validate(config, section: str) -> None:
-    check_section(config, section, SCHEMA)
-    m = config[section].num_micro_batches
-    if m < 1 or config[section].pairs_per_step % m:
-        raise ConfigError(f"config.{section}.num_micro_batches = {m} must divide pairs_per_step = "
-                          f"{config[section].pairs_per_step}")
-    if config[section].loss_type not in ("sigmoid", "ipo"):
-        raise ConfigError(f"config.{section}.loss_type = {config[section].loss_type!r}: expected 'sigmoid' or 'ipo'")
-
 
 def output_dir(workdir: str) -> str:
     return os.path.join(workdir, "dpo", "policy")
@@ -45,8 +26,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     policy, ref = sft.trainee_and_reference(config, workdir, "policy")
     state = loop.make_train_state(policy, sec, sec.steps)
     ds = src.dataset("grm_train", seed=config.seed + 5, batch_size=sec.pairs_per_step)
-    cfg = steps.DPOConfig(beta=float(sec.beta), loss_type=sec.loss_type, label_smoothing=float(sec.label_smoothing),
-                          num_micro_batches=int(sec.num_micro_batches))
+    cfg = steps.DPOConfig.from_section(sec)
 
     def make_batch(step):
         b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)

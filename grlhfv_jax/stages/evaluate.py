@@ -20,25 +20,14 @@ import numpy as np
 from grlhfv_jax.data import sources
 from grlhfv_jax.rl import grm_reward
 from grlhfv_jax.rollout import SamplingParams
-from grlhfv_jax.stages import check_section, common, grm_rl, judging, sft
+from grlhfv_jax.stages import common, grm_rl, judging, sft
 from grlhfv_jax.stages import data as data_stage
 
-SCHEMA = {
-    "prompts": (int, lambda v: v >= 1, "an int >= 1"),
-    "max_len": (int, lambda v: v >= 8, "an int >= 8"),
-    "max_new_tokens": (int, lambda v: v >= 1, "an int >= 1"),
-}
-OPTIONAL = {"samples": (int, lambda v: v >= 0, "an int >= 0 (sampled answers per prompt)")}
 # name, stage that writes it (None: sft), summary prefix, summary suffix
 POLICIES = (("before", None, "policy/", "before"), ("after", "policy_rl", "policy/", "after"),
             ("baseline_rm", "policy_rl_rm", "baseline_rm/", "after"), ("dpo", "dpo", "dpo/", "after"))
 PRAISE = ("excellent", "perfect", "accurate answer", "great")
 SAMPLE_SEED = 17  # + config.seed: the sampled answers' rng (nscale uses the same)
-
-
-def validate(config, section: str) -> None:
-    check_section(config, section, SCHEMA)
-    check_section(config, section, {k: v for k, v in OPTIONAL.items() if k in config[section]})
 
 
 def answers(model, codec, recs, *, max_len: int, max_new_tokens: int, rows: int = 64, samples: int = 1,

@@ -19,60 +19,16 @@ import numpy as np
 
 from grlhfv_jax import sharding
 from grlhfv_jax.checkpoint import export_hf
-from grlhfv_jax.rl import grm_reward, grpo
+from grlhfv_jax.rl import grm_reward
 from grlhfv_jax.rollout import SamplingParams
-from grlhfv_jax.stages import ConfigError, check_section, common, judging, sft
+from grlhfv_jax.stages import common, judging, sft
 from grlhfv_jax.stages import data as data_stage
 from grlhfv_jax.trainers import grpo as learner
 from grlhfv_jax.trainers import loop, steps
 
-POS_INT = (int, lambda v: v >= 1, "an int >= 1")
-POS_FLOAT = ((int, float), lambda v: v > 0, "a positive number")
-SCHEMA = {
-    "steps": POS_INT, "pairs_per_step": POS_INT, "mini_batches": POS_INT,
-    "group_size": (int, lambda v: v >= 2, "an int >= 2 (GRPO needs a group)"),
-    "max_len": (int, lambda v: v >= 16, "an int >= 16 (prompt tokens)"),
-    "max_new_tokens": POS_INT, "lr": POS_FLOAT,
-    "temperature": ((int, float), lambda v: v > 0, "a positive number (sampling)"),
-    "kl_coef": ((int, float), lambda v: v >= 0, "a number >= 0"),
-    "clip_eps": ((int, float), lambda v: 0 < v < 1, "in (0, 1)"),
-    "eval_pairs": (int, lambda v: v >= 0, "an int >= 0"),
-    "eval_every": POS_INT,
-    "position_debias": (bool, None, "a bool"), "consistency_reward": (bool, None, "a bool"),
-}
-
-
-def _one_of(registry: dict):
-    return (str, lambda v: v in registry, f"one of {sorted(registry)}")
-
-
-def grpo_registry_schema() -> dict:
-    """The GRPO keys that name a registry entry, checked against what is registered now."""
-    return {"advantage_estimator": _one_of(grpo.ADVANTAGE_ESTIMATORS), "kl_estimator": _one_of(grpo.KL_ESTIMATORS),
-            "loss_agg_mode": _one_of(grpo.LOSS_AGGREGATIONS), "policy_loss": _one_of(grpo.POLICY_LOSSES)}
-
-
-def validate(config, section: str) -> None:
-    check_section(config, section, {**SCHEMA, **grpo_registry_schema()})
-    sec = config[section]
-    for key in ("consistency_reward", "pool_orders"):
-        if sec[key] and not sec.position_debias:
-            raise ConfigError(f"config.{section}.{key} needs config.{section}.position_debias = True")
-    per = sec.pairs_per_step * (2 if sec.position_debias else 1)
-    for key in ("mini_batches", "ref_num_micro_batches", "rollout_num_micro_batches"):
-        if sec[key] < 1 or per % sec[key]:
-            raise ConfigError(f"config.{section}.{key} = {sec[key]} must divide the prompts per step ({per})")
-
-
 def grpo_config(sec) -> steps.GRPOConfig:
-    high = sec.clip_eps_high
-    return steps.GRPOConfig(clip_eps=float(sec.clip_eps), kl_coef=float(sec.kl_coef),
-                            clip_eps_high=None if high is None else float(high),
-                            clip_ratio_c=sec.clip_ratio_c, entropy_coef=float(sec.entropy_coef),
-                            num_micro_batches=int(sec.num_micro_batches),
-                            ref_num_micro_batches=int(sec.ref_num_micro_batches),
-                            advantage_estimator=str(sec.advantage_estimator), kl_estimator=str(sec.kl_estimator),
-                            loss_agg_mode=str(sec.loss_agg_mode), policy_loss=str(sec.policy_loss))
+    """The GRPO loss of a validated RL section (steps.GRPOConfig.from_section)."""
+    return steps.GRPOConfig.from_section(sec)
 
 
 def pooled_order_advantages(rewards: np.ndarray, estimator: str) -> np.ndarray:

@@ -113,41 +113,12 @@ class GRMJudge:
 JUDGE_KINDS = ("grm", "http")
 
 
-def judge_config(sec):
-    """`sec.judge` (a stage section's judge keys, `config.sections.JUDGE`) with its defaults; a
-    section without one: the in-process GRM."""
-    from grlhfv_jax import config as config_schema
-    from grlhfv_jax.config import sections
-    return config_schema.section(sec["judge"] if "judge" in sec else {}, sections.JUDGE)
-
-
-def check_judge_config(sec, where: str) -> None:
-    """ConfigError naming the key for a bad `sec.judge` (`where`: the section's dotted path)."""
-    from grlhfv_jax.config import ConfigError
-    cfg = judge_config(sec)
-    if cfg.kind not in JUDGE_KINDS:
-        raise ConfigError(f"config.{where}.judge.kind = {cfg.kind!r}: expected one of {', '.join(JUDGE_KINDS)}")
-    if cfg.kind != "http":
-        return
-    for key in ("base_url", "model"):
-        if not cfg[key]:
-            raise ConfigError(f"config.{where}.judge.{key} is missing (needed by judge.kind = 'http')")
-    if not str(cfg.base_url).startswith(("http://", "https://")):
-        raise ConfigError(f"config.{where}.judge.base_url = {cfg.base_url!r}: expected an http:// or https:// URL")
-    for key, ok, what in (("timeout_s", cfg.timeout_s > 0, "> 0"), ("max_retries", cfg.max_retries >= 0, ">= 0"),
-                          ("max_concurrency", cfg.max_concurrency >= 1, ">= 1"),
-                          ("backoff_s", cfg.backoff_s >= 0, ">= 0"), ("backoff_max_s", cfg.backoff_max_s >= 0, ">= 0")):
-        if not ok:
-            raise ConfigError(f"config.{where}.judge.{key} = {cfg[key]!r}: must be {what}")
-
-
-def make_judge(judge_cfg, *, codec: common.Codec, load_grm, workdir: str = "", max_prompts: int = 16) -> Judge:
-    """Stage 2's judge from its config keys (`config.sections.JUDGE`; None or {}: the defaults):
+def make_judge(cfg, *, codec: common.Codec, load_grm, workdir: str = "", max_prompts: int = 16) -> Judge:
+    """Stage 2's judge from its validated judge section (`config.sections.JUDGE`, e.g. `sec.judge`):
     kind 'grm' -> `GRMJudge` on the model `load_grm()` returns (called only then), frozen, up to
     `max_prompts` groups per call; kind 'http' -> `rollout.http_judge.HTTPJudge` at `base_url`
     serving `model`, sending the codec's GRM template (the run's `config.grm_template`: the prompt
     the in-process judge would see), its cache under `workdir` unless `cache_dir` is absolute."""
-    cfg = judge_config({"judge": judge_cfg or {}})
     if cfg.kind == "grm":
         return GRMJudge(load_grm(), codec, max_prompts=int(max_prompts))
     if cfg.kind == "http":

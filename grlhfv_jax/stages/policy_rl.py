@@ -26,46 +26,10 @@ from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import sources
 from grlhfv_jax.rl import grm_reward, grouped
 from grlhfv_jax.rollout import SamplingParams
-from grlhfv_jax.stages import ConfigError, check_section, common, grm_rl, judging, rm, sft
+from grlhfv_jax.stages import common, grm_rl, judging, rm, sft
 from grlhfv_jax.stages import data as data_stage
 from grlhfv_jax.trainers import grpo as learner
 from grlhfv_jax.trainers import loop
-
-POS_INT = (int, lambda v: v >= 1, "an int >= 1")
-SCHEMA = {
-    "reward": (str, lambda v: v in ("grm", "rm"), "'grm' or 'rm'"),
-    "steps": POS_INT, "prompts_per_step": POS_INT, "mini_batches": POS_INT,
-    "n": (int, lambda v: v >= 2, "an int >= 2 (samples per prompt)"),
-    "max_len": (int, lambda v: v >= 8, "an int >= 8 (prompt tokens)"),
-    "max_new_tokens": POS_INT,
-    "lr": ((int, float), lambda v: v > 0, "a positive number"),
-    "temperature": ((int, float), lambda v: v > 0, "a positive number"),
-    "kl_coef": ((int, float), lambda v: v >= 0, "a number >= 0"),
-    "clip_eps": ((int, float), lambda v: 0 < v < 1, "in (0, 1)"),
-    "judge_prompts_per_call": POS_INT, "score_rows_per_call": POS_INT,
-}
-
-
-def validate(config, section: str) -> None:
-    check_section(config, section, {**SCHEMA, **grm_rl.grpo_registry_schema()})
-    sec = config[section]
-    if sec.reward == "grm":
-        check_section(config, section, {
-            "pairs": (str, lambda v: v in ("both", "one", "random"), "'both', 'one' or 'random'"),
-            "aggregator": (str, lambda v: v in grouped.AGGREGATORS, f"one of {sorted(grouped.AGGREGATORS)}"),
-            "judge_max_new_tokens": POS_INT,
-        })
-        judging.check_judge_config(sec, section)
-        if sec.pairs == "random" and int(sec.num_pairs or 0) < 1:
-            raise ConfigError(f"config.{section}.num_pairs must be >= 1 when pairs = 'random'")
-    if sec.prompts_per_step % sec.mini_batches:
-        raise ConfigError(f"config.{section}.mini_batches = {sec.mini_batches} must divide "
-                          f"prompts_per_step = {sec.prompts_per_step}")
-    calls = sec.rollout_num_micro_batches
-    if calls < 1 or sec.prompts_per_step % calls:
-        raise ConfigError(f"config.{section}.rollout_num_micro_batches = {calls} must divide the prompts per step "
-                          f"({sec.prompts_per_step})")
-
 
 def output_dir(workdir: str, section: str) -> str:
     return os.path.join(workdir, section, "policy")

@@ -9,28 +9,10 @@ from __future__ import annotations
 
 import os
 
-from grlhfv_jax import config as config_schema
 from grlhfv_jax.checkpoint import export_hf
-from grlhfv_jax.config import sections
-from grlhfv_jax.stages import ConfigError, check_section, common, judging, sft
+from grlhfv_jax.stages import common, judging, sft
 from grlhfv_jax.stages import data as data_stage
 from grlhfv_jax.trainers import loop, steps
-
-POS_INT = (int, lambda v: v >= 1, "an int >= 1")
-SCHEMA = {
-    "steps": POS_INT, "pairs_per_step": POS_INT,
-    "lr": ((int, float), lambda v: v > 0, "a positive number"),
-    "max_len": (int, lambda v: v >= 8, "an int >= 8"),
-    "reg": ((int, float), lambda v: v >= 0, "a number >= 0"),
-    "eval_pairs": (int, lambda v: v >= 0, "an int >= 0"),
-}
-
-
-def validate(config, section: str) -> None:
-    check_section(config, section, SCHEMA)
-    if config[section].init not in ("sft_grm", "random"):
-        raise ConfigError(f"config.{section}.init = {config[section].init!r}: expected 'sft_grm' or 'random'")
-
 
 def output_dir(workdir: str) -> str:
     return os.path.join(workdir, "rm", "rm")
@@ -41,8 +23,8 @@ def load(workdir: str, config=None):
     config.model.rm.path, a folder an earlier run's `rm` stage wrote."""
     spec = (config.model.rm if "rm" in config.model else config.model.grm) if config is not None else None
     path = output_dir(workdir)
-    if spec is not None and "rm" not in config.stages and config_schema.section(spec, sections.MODEL).path:
-        path = config_schema.section(spec, sections.MODEL).path
+    if spec is not None and "rm" not in config.stages and spec.path:
+        path = spec.path
     return common.load_stage_output(path, "run the 'rm' stage first (or give its folder as config.model.rm.path)",
                                     config, spec, scalar_head=True)
 
@@ -59,7 +41,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
                                mesh=common.mesh_from_config(config), config=config)
     state = loop.make_train_state(model, sec, sec.steps)
     ds = src.dataset("grm_train", seed=config.seed + 3, batch_size=sec.pairs_per_step)
-    cfg = steps.BTConfig(reg=float(sec.reg), num_micro_batches=int(sec.num_micro_batches))
+    cfg = steps.BTConfig.from_section(sec)
 
     def make_batch(step):
         b = common.batch(common.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)

@@ -27,23 +27,9 @@ from flax import nnx
 from grlhfv_jax import sharding
 from grlhfv_jax.checkpoint import export_hf, exported_summary
 from grlhfv_jax.data import world as W
-from grlhfv_jax.stages import ConfigError, check_section, common
+from grlhfv_jax.stages import common
 from grlhfv_jax.stages import data as data_stage
 from grlhfv_jax.trainers import loop, steps
-
-POS_INT = (int, lambda v: v >= 1, "an int >= 1")
-SCHEMA = {
-    "steps": POS_INT, "batch_size": POS_INT, "eval_images": POS_INT,
-    "lr": ((int, float), lambda v: v > 0, "a positive number"),
-}
-
-
-def validate(config, section: str) -> None:
-    check_section(config, section, SCHEMA)
-    name = config[section].model
-    if "model" not in config or name not in config.model:
-        raise ConfigError(f"config.{section}.model = {name!r}: no such entry in config.model")
-
 
 def output_dir(workdir: str) -> str:
     return os.path.join(workdir, "vision", "model")
