@@ -167,7 +167,7 @@ def cli(tmp_path, *args):
     ("--config.grm_rl.group_size=two", r"config\.grm_rl\.group_size = 'two': invalid literal for int"),
     ("--config.sft=3", r"config\.sft is a section, not a key"),
     # a key demo.py leaves at its default: applied, then refused by the stage's validator
-    ("--config.grm_rl.kl_estimator=k9", r"config\.grm_rl\.kl_estimator = 'k9': must be one of abs, k1, .*"
+    ("--config.grm_rl.kl_estimator=k9", r"config\.grm_rl\.kl_estimator = 'k9': must be one of 'abs', 'k1', .*"
                                          r"\(grlhfv_jax\.rl\.grpo\.KL_ESTIMATORS\)"),
 ])
 def test_cli_bad_key_is_one_line_and_fails_fast(tmp_path, override, want):
@@ -221,7 +221,7 @@ def test_cli_describe(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, want", [
-    ("remat_policy", "some", r"config\.model\.grm\.remat_policy = 'some': must be one of dots, dots_all, nothing"),
+    ("remat_policy", "some", r"config\.model\.grm\.remat_policy = 'some': must be one of 'dots', 'dots_all', 'nothing'"),
     ("logits_chunk", -1, r"config\.model\.grm\.logits_chunk = -1: must be >= 0"),
     ("vision_chunk", -2, r"config\.model\.grm\.vision_chunk = -2: must be >= 0"),
 ])

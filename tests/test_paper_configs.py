@@ -41,7 +41,7 @@ def test_every_paper_config_validates_under_every_preset(path):
         assert c.data.kind == "files"
         for role in c.model:   # shapes from the published table
             assert c.model[role].dtype == "bfloat16" and c.model[role].param_dtype == "float32"
-            assert c.model[role].hf_config.to_dict() in [published.hf_config(n) for n in published.NAMES]
+            assert c.model[role].hf_config in [published.hf_config(n) for n in published.NAMES]
         for sec in ("grm_rl", "policy_rl", "policy_rl_rm"):
             if sec in c.stages:
                 s = c[sec]

@@ -22,7 +22,7 @@ import demo  # noqa: E402
 
 
 @pytest.mark.parametrize("key, value, match", [
-    ("stages", ["data", "sfft"], r"unknown stage 'sfft'"),
+    ("stages", ["data", "sfft"], r"config\.stages = \('data', 'sfft'\): must be .*\('sfft' is not\)"),
     ("grm_rl.group_size", 1, r"config\.grm_rl\.group_size = 1"),
     ("policy_rl.aggregator", "median", r"config\.policy_rl\.aggregator = 'median'"),
     ("policy_rl.mini_batches", 3, r"config\.policy_rl\.mini_batches = 3 must divide"),
@@ -30,10 +30,10 @@ import demo  # noqa: E402
     ("sft.policy.lr", -1.0, r"config\.sft\.policy\.lr = -1\.0"),
     ("mesh_shape", (2, -1, -1), r"config\.mesh_shape"),
     ("data.sft_grm_analysis", "opinions", r"config\.data\.sft_grm_analysis = 'opinions'"),
-    ("data.sft_grm_first_scores", (5, 6), r"config\.data: .*sft_grm_first_scores"),
-    ("data.sft_grm_opinions", (("hedging", 1),), r"config\.data: .*sft_grm_opinions"),
+    ("data.sft_grm_first_scores", (5, 6), r"config\.data\.sft_grm_first_scores: "),
+    ("data.sft_grm_opinions", (("hedging", 1),), r"config\.data\.sft_grm_opinions: "),
     ("data.sft_grm_opinions", ("hedges",), r"config\.data\.sft_grm_opinions = "),
-    ("data.sft_grm_opinion_strength", 2.0, r"config\.data: .*sft_grm_opinion_strength"),
+    ("data.sft_grm_opinion_strength", 2.0, r"config\.data\.sft_grm_opinion_strength = 2\.0: must be in \[0, 1\]"),
     ("sft.policy.styles", {"rude": 1.0}, r"config\.sft\.policy\.styles"),
     ("sft.policy.data", "gold", r"config\.sft\.policy\.data = 'gold'"),
     ("evaluate.samples", -1, r"config\.evaluate\.samples = -1"),

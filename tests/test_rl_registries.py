@@ -48,9 +48,9 @@ def _cfg(**keys) -> steps.GRPOConfig:
 
 
 def test_defaults_are_the_previous_behaviour():
-    cfg = _cfg()
+    cfg = _cfg()   # the demo sets none of the keys: the schema's defaults, carried into the step's settings
     for key in GRPO_KEYS:
-        assert getattr(cfg, key) == sections.GRPO[key].default == getattr(steps.GRPOConfig(), key), key
+        assert getattr(cfg, key) == sections.GRPO[key].default, key
     assert grpo.ADVANTAGE_ESTIMATORS[cfg.advantage_estimator] is grpo.group_advantages
     assert grpo.KL_ESTIMATORS[cfg.kl_estimator] is grpo.kl_k3
     assert grpo.LOSS_AGGREGATIONS[cfg.loss_agg_mode] is grpo.agg_token_mean

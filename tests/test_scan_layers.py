@@ -218,8 +218,9 @@ def test_the_config_key_is_checked_and_reaches_the_model():
         config.model.grm["scan_layers"] = "yes"
     with pytest.raises(ConfigError, match=r"^config\.model\.grm\.scan_layers = 'yes': expected bool"):
         config_schema.validate(config)
-    rt = common.runtime(dict(hf_config={}, scan_layers=True))
-    assert rt["scan_layers"] is True and common.runtime(dict(hf_config={}))["scan_layers"] is False
+    rt = common.runtime(config_schema.typed_section(sections.MODEL, dict(hf_config={}, scan_layers=True)))
+    assert rt["scan_layers"] is True
+    assert common.runtime(config_schema.typed_section(sections.MODEL, dict(hf_config={})))["scan_layers"] is False
     from grlhfv_jax import models as M
     model = nnx.eval_shape(lambda: M.from_config(tm.tiny_hf_config("qwen2_vl").to_dict(), **rt))
     assert model.config.scan_layers and not isinstance(model.model.layers, nnx.List)

@@ -48,6 +48,10 @@ class Check:
     def what(self) -> str:
         return self._what
 
+    def why(self, value) -> str:
+        """What `value`, which fails the check, must be."""
+        return self.what
+
     def ok(self, value) -> bool:
         try:
             return bool(self._ok(value))
@@ -71,7 +75,7 @@ class Registry(Check):
 
     @property
     def what(self) -> str:
-        return f"one of {', '.join(self.names())} ({self.where})"
+        return f"one of {', '.join(map(repr, self.names()))} ({self.where})"
 
     def __str__(self) -> str:
         return f"in {self.where}"
@@ -93,17 +97,28 @@ def interval(lo, hi, ends: str = "[]") -> Check:
 
 
 def choices(*values) -> Check:
-    return Check(f"one of {', '.join(map(str, values))}", lambda v: v in values)
+    return Check(f"one of {', '.join(map(repr, values))}", lambda v: v in values)
 
 
 def registry(where: str) -> Registry:
     return Registry(where)
 
 
-def each(check: Check, *, nonempty: bool = False) -> Check:
-    """A list whose every item is an int / str meeting `check` (`nonempty`: at least one item)."""
-    return Check(f"a {'non-empty ' if nonempty else ''}list, each {check}",
-                 lambda v: (len(v) > 0 or not nonempty) and all(check.ok(x) for x in v))
+class Each(Check):
+    """A list whose every item meets `item` (`nonempty`: and at least one item)."""
+
+    def __init__(self, item: Check, nonempty: bool):
+        self.item = item
+        super().__init__(f"a {'non-empty ' if nonempty else ''}list, each {item}",
+                         lambda v: (len(v) > 0 or not nonempty) and all(item.ok(x) for x in v))
+
+    def why(self, value) -> str:
+        bad = [x for x in value if not self.item.ok(x)]
+        return f"{self.what} ({bad[0]!r} is not)" if bad else self.what
+
+
+def each(item: Check, *, nonempty: bool = False) -> Each:
+    return Each(item, nonempty)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +274,7 @@ def value_of(spec: Key, value, full: str):
     elif kind == "map":
         value = _plain(value)
     if spec.check is not None and not spec.check.ok(value):
-        raise bad_value(full, value, spec.check.what)
+        raise bad_value(full, value, spec.check.why(value))
     return value
 
 

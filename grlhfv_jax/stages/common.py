@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from grlhfv_jax import config as config_schema
 from grlhfv_jax import models, processing, sharding
+from grlhfv_jax.config import sections
 from grlhfv_jax.rl import grm_reward
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -74,7 +76,11 @@ class Codec:
     grm_template: str = grm_reward.GRM_TEMPLATE
 
     @classmethod
-    def from_dirs(cls, tokenizer_dir: str, image: dict, grm_template: str | None = None) -> "Codec":
+    def from_dirs(cls, tokenizer_dir: str, image, grm_template: str | None = None) -> "Codec":
+        """`image`: a validated image section (`config.image`), or a dict of its keys (the entry points
+        serve.py, evaluate.py and tests: checked here against config.sections.IMAGE)."""
+        if not isinstance(image, config_schema.Frozen):
+            image = config_schema.typed_section(sections.IMAGE, image, "image")
         tok = processing.load_tokenizer(tokenizer_dir)
         proc = image_processor(image)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
