@@ -77,6 +77,14 @@ def parse_value(text: str, kind: str):
     return text
 
 
+def _is_section(where: str) -> bool:
+    """Whether dotted `where` is a section of the schema (not a key, not inside an open map)."""
+    node = CONFIG
+    for part in where.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return isinstance(node, dict)
+
+
 def _unlocked(node):
     return node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext()
 
@@ -92,7 +100,7 @@ def apply_overrides(config, overrides: list[str]) -> None:
         for i, part in enumerate(parents):
             where = ".".join(parents[:i + 1])
             if part not in node:
-                if not isinstance(lookup(CONFIG, where), dict):   # inside an open map: not made up
+                if not _is_section(where):   # inside an open map: not made up
                     raise ConfigError(f"config.{where}: not in the config file")
                 with _unlocked(node):
                     node[part] = ml_collections.ConfigDict()
