@@ -230,6 +230,7 @@ def test_grouped_judging_shares_the_prefix_and_equals_separate_prompts(smoke_run
     from grlhfv_jax.stages import data as data_stage
     from grlhfv_jax.stages import judging
     config, workdir, _ = smoke_run
+    config = config_schema.validate(config)
     codec = common.codec(config, workdir)
     grm = models.load_pretrained(os.path.join(workdir, "grm_rl", "grm"))
     recs = pipeline.load_records(data_stage.paths(config, workdir)["data_dir"], "grm_test_id",

@@ -216,8 +216,7 @@ def test_the_config_key_is_checked_and_reaches_the_model():
     config = demo()
     with config.unlocked():
         config.model.grm["scan_vision"] = True
-    config_schema.validate(config)
-    rt = common.runtime(config.model.grm)   # what the stages pass to load_pretrained / from_config
+    rt = common.runtime(config_schema.validate(config).model.grm)   # what the stages pass to from_config
     assert rt["scan_vision"] is True
     assert common.runtime(config_schema.typed_section(sections.MODEL, dict(hf_config={})))["scan_vision"] is False
     model = nnx.eval_shape(lambda: M.from_config(tm.tiny_hf_config("qwen2_5_vl").to_dict(), **rt))
