@@ -141,7 +141,8 @@ def test_run_validates_before_it_writes_or_runs_anything(tmp_path, monkeypatch):
 @pytest.mark.parametrize("override, want", [
     ("--config.rm.steps=0", r"config\.rm\.steps = 0: must be >= 1"),
     ("--config.dpo.loss_type=hinge", r"config\.dpo\.loss_type = 'hinge': must be one of 'sigmoid', 'ipo'"),
-    ("--config.policy_rl.mini_batches=3", r"config\.policy_rl\.mini_batches = 3 must divide prompts_per_step = 8"),
+    ("--config.policy_rl.mini_batches=3",
+     r"config\.policy_rl\.mini_batches = 3 must divide the prompts per step \(8\)"),
 ])
 def test_cli_fails_once_before_jax_starts(tmp_path, override, want):
     """The command line exits with one line naming the key; no workdir, and jax never made a backend

@@ -287,7 +287,8 @@ def check(node: dict, value, path: str = "") -> None:
         spec, v, full = node[key], value[key], _dotted(path, key)
         if isinstance(spec, dict):
             if not isinstance(v, _MAPS + (Frozen,)):
-                raise ConfigError(f"config.{full} = {v!r}: expected a section (dict) with keys {', '.join(sorted(spec))}")
+                raise ConfigError(f"config.{full} = {v!r}: expected a section (dict) with keys "
+                                  f"{', '.join(sorted(spec))}")
             check(spec, v, full)
         else:
             value_of(spec, v, full)
@@ -313,7 +314,9 @@ def build(node: dict, value, path: str = "", used: Callable[[str], bool] = lambd
             out[key] = value_of(spec, spec.default, full)
     if used(path):
         for key, spec in node.items():
-            if isinstance(spec, Key) and key not in out and (spec.when is None or out.get(spec.when[0]) == spec.when[1]):
+            if not isinstance(spec, Key) or key in out:
+                continue
+            if spec.when is None or out.get(spec.when[0]) == spec.when[1]:
                 need = f" (needed when {spec.when[0]} = {spec.when[1]!r})" if spec.when else ""
                 raise ConfigError(f"config.{_dotted(path, key)} is missing: {spec.meaning}{need}")
     return Frozen(out, path)

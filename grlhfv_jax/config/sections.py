@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 
-from grlhfv_jax.config.schema import (REQUIRED, Check, ConfigError, Key, Section, above, at_least, bad_value, choices,
-                                      each, interval, registry)
+from grlhfv_jax.config.schema import (REQUIRED, Check, ConfigError, Key, Section, above, at_least, bad_value, build,
+                                      choices, each, interval, registry, run_rules)
 
 POS = at_least(1)
 NONNEG = at_least(0)
 PROB = interval(0, 1)
 
 
-def _divides(keys: tuple[str, ...], whole_key: str, whole=None):
-    """A rule: each of `keys` divides `sec[whole_key]` (or `whole(sec)`, the prompts per step)."""
+def _divides(key: str, whole_key: str):
+    """A rule: `sec[key]` divides `sec[whole_key]`."""
     def rule(sec, path, config):
-        total = whole(sec) if whole else sec[whole_key]
-        for key in keys:
-            if total % sec[key]:
-                raise ConfigError(f"config.{path}.{key} = {sec[key]} must divide {whole_key} = {total}")
+        if sec[whole_key] % sec[key]:
+            raise ConfigError(f"config.{path}.{key} = {sec[key]} must divide {whole_key} = {sec[whole_key]}")
     return rule
 
 # Keys of every section that trains (loop.make_train_state reads them).
@@ -46,6 +44,20 @@ def _logging(log_every: int, ckpt_every: int) -> dict:
 
 CKPT_EVERY_MINUTES = 30.0
 
+
+
+def _grpo_slices(prompts):
+    """A rule of an RL section: each slicing of a step divides its prompts (`prompts(sec)`), and the
+    gradient micro-batches divide an update's."""
+    def rule(sec, path, config):
+        per = prompts(sec)
+        for key in ("mini_batches", "ref_num_micro_batches", "rollout_num_micro_batches"):
+            if per % sec[key]:
+                raise ConfigError(f"config.{path}.{key} = {sec[key]} must divide the prompts per step ({per})")
+        if (per // sec.mini_batches) % sec.num_micro_batches:
+            raise ConfigError(f"config.{path}.num_micro_batches = {sec.num_micro_batches} must divide the prompts "
+                              f"per update ({per // sec.mini_batches})")
+    return rule
 
 
 # The GRPO loss (steps.GRPOConfig.from_section), shared by stage 1 and stage 2.
@@ -323,12 +335,6 @@ def _needs_debias(sec, path, config):
             raise ConfigError(f"config.{path}.{key} needs config.{path}.position_debias = True")
 
 
-def _grm_rl_prompts(sec, path, config):
-    """Each slicing of a step divides its prompts: the pairs, twice with position_debias."""
-    per = sec.pairs_per_step * (2 if sec.position_debias else 1)
-    for key in ("mini_batches", "ref_num_micro_batches", "rollout_num_micro_batches"):
-        if per % sec[key]:
-            raise ConfigError(f"config.{path}.{key} = {sec[key]} must divide the prompts per step ({per})")
 
 
 GRM_RL = Section({
@@ -347,7 +353,7 @@ GRM_RL = Section({
     "eval_every": Key("int", REQUIRED, "steps between in-training accuracy checks", POS),
     "eval_rows": Key("int", 32, "rows per judging batch in evaluation", POS),
     **GRPO, **OPTIMIZER, **_logging(5, 25),
-}, rules=(_needs_debias, _grm_rl_prompts))
+}, rules=(_needs_debias, _grpo_slices(lambda sec: sec.pairs_per_step * (2 if sec.position_debias else 1))))
 
 RM = Section({
     "steps": Key("int", REQUIRED, "training steps", POS),
@@ -361,7 +367,7 @@ RM = Section({
                 choices("sft_grm", "random")),
     "num_micro_batches": Key("int", 1, "gradient accumulation micro-batches per step", POS),
     **OPTIMIZER, **_logging(10, 100),
-}, rules=(_divides(("num_micro_batches",), "pairs_per_step"),))
+}, rules=(_divides("num_micro_batches", "pairs_per_step"),))
 
 
 def _http_judge(sec, path, config):
@@ -428,7 +434,7 @@ POLICY_RL = Section({
     "score_rows_per_call": Key("int", 320, "answers the RM scores per call (reward='rm'; memory only, the same "
                                            "scores)", POS),
     **GRPO, **OPTIMIZER, **_logging(5, 25),
-}, rules=(_random_pairs, _divides(("mini_batches", "rollout_num_micro_batches"), "prompts_per_step")))
+}, rules=(_random_pairs, _grpo_slices(lambda sec: sec.prompts_per_step)))
 
 DPO = Section({
     "steps": Key("int", REQUIRED, "training steps", POS),
@@ -439,7 +445,7 @@ DPO = Section({
     "label_smoothing": Key("float", 0.0, "conservative DPO label smoothing", interval(0, 0.5)),
     "num_micro_batches": Key("int", 1, "gradient accumulation (and reference pass) slices of a step's pairs", POS),
     **OPTIMIZER, **_logging(10, 100),
-}, rules=(_divides(("num_micro_batches",), "pairs_per_step"),))
+}, rules=(_divides("num_micro_batches", "pairs_per_step"),))
 
 EVALUATE = Section({
     "prompts": Key("int", REQUIRED, "held-out policy_test prompts", POS),
@@ -453,7 +459,6 @@ REPORT = Section({"enabled": Key("bool", True, "write report.html after the stag
 
 def _nscale_runs(sec, path, config):
     """Each run's section (nscale.policy with its reward and n replaced) is a valid policy_rl section."""
-    from grlhfv_jax.config.schema import build, run_rules
     for reward in sec.rewards:
         for n in sec.ns:
             run = build(POLICY_RL, {**sec.policy.to_dict(), "reward": reward, "n": n}, f"{path}.policy")

@@ -19,10 +19,11 @@ MODULES = {"data": "data", "vision": "vision", "sft": "sft", "grm_rl": "grm_rl",
 STAGES = {name: (module, STAGE_SECTIONS[name]) for name, module in MODULES.items()}
 
 
-def _module(name: str):
+def module(name: str):
+    """The module of stage `name` (its run and memory_phases)."""
     return importlib.import_module(f"grlhfv_jax.stages.{STAGES[name][0]}")
 
 
 def run_stage(name: str, config, workdir: str, writer) -> dict:
     """Runs stage `name` on `config`: the validated config (a raw ConfigDict is validated first)."""
-    return _module(name).run(config_schema.validate(config), workdir, writer, section=STAGES[name][1])
+    return module(name).run(config_schema.validate(config), workdir, writer, section=STAGES[name][1])

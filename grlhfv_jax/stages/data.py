@@ -77,3 +77,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
         json.dump(out, f, indent=2)
     print(f"[data] dataset {out['dataset_dir']}, tokenizer {out['tokenizer_dir']}", flush=True)
     return {f"data/size_{s}": world.size(s) for s in W.SPLITS}
+
+
+def memory_phases(config, section: str) -> list:
+    """None for the dry run to price (it trains nothing)."""
+    return []

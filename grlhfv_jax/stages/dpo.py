@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from grlhfv_jax import memory
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.stages import common, sft
 from grlhfv_jax.stages import data as data_stage
@@ -43,3 +44,14 @@ def run(config, workdir: str, writer, section: str) -> dict:
                            ckpt_every=int(sec.ckpt_every))
     export_hf(state.model, output_dir(workdir), codec=codec)
     return {f"dpo/train_{k}": v for k, v in last.items() if k in ("loss", "accuracy")}
+
+
+def memory_phases(config, section: str) -> list[memory.Memory]:
+    """What a step holds (the dry run prices it): the policy trained and its frozen reference, one
+    micro-batch of both responses of its pairs."""
+    sec = config[section]
+    policy = memory.Model("policy")
+    rows = 2 * sec.pairs_per_step // sec.num_micro_batches
+    phase = memory.Phase(f"train micro-batch: {rows} rows x {sec.max_len} tokens", policy, rows, sec.max_len,
+                         sec.max_len, backward=True, images=rows)
+    return [memory.Memory((policy, policy), policy, sec.freeze, (phase,))]

@@ -152,3 +152,8 @@ def _head_to_head(grm, codec, config, recs, new, old, prefix: str, hooks) -> dic
     grm_wins, oracle_wins = sharding.gather_objects(grm_wins), sharding.gather_objects(oracle_wins)
     return {f"{prefix}grm_win_rate_vs_sft": float(np.mean(grm_wins)) if grm_wins else float("nan"),
             f"{prefix}oracle_win_rate_vs_sft": float(np.mean(oracle_wins))}
+
+
+def memory_phases(config, section: str) -> list:
+    """None for the dry run to price (the synthetic world's evaluation: not planned)."""
+    return []

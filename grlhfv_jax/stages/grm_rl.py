@@ -18,9 +18,11 @@ import os
 import numpy as np
 
 from grlhfv_jax import sharding
+from grlhfv_jax import memory
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.rl import grm_reward
 from grlhfv_jax.rollout import SamplingParams
+from grlhfv_jax.rollout.engine import bucket_length
 from grlhfv_jax.stages import common, judging, sft
 from grlhfv_jax.stages import data as data_stage
 from grlhfv_jax.trainers import grpo as learner
@@ -178,3 +180,13 @@ def _rename(m: dict, tag: str) -> dict:
         key = f"grm/{metric}_{split}" if tag == "rl" else f"grm/sft_{metric}_{split}"
         out[key] = v
     return out
+
+
+def memory_phases(config, section: str) -> list[memory.Memory]:
+    """What a step holds (the dry run prices it): the GRM trained and its frozen reference; each step
+    samples group_size judgments of pairs_per_step pairs (twice with position_debias)."""
+    sec = config[section]
+    grm = memory.Model("grm")
+    prompts = sec.pairs_per_step * (2 if sec.position_debias else 1)
+    phases = memory.rl_phases(sec, grm, prompts, sec.group_size, sec.max_len + bucket_length(sec.max_new_tokens))
+    return [memory.Memory((grm, grm), grm, sec.freeze, tuple(phases))]

@@ -59,3 +59,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
             summary[f"nscale/{reward}_gain_n{n}"] = result[reward][str(n)]
             print(f"[nscale] {reward} n={n}: oracle gain {result[reward][str(n)]:+.3f}", flush=True)
     return summary
+
+
+def memory_phases(config, section: str) -> list:
+    """None for the dry run to price (the synthetic world's stage-2 sweep: not planned)."""
+    return []

@@ -22,10 +22,12 @@ import time
 import numpy as np
 
 from grlhfv_jax import sharding
+from grlhfv_jax import memory
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import sources
 from grlhfv_jax.rl import grm_reward, grouped
 from grlhfv_jax.rollout import SamplingParams
+from grlhfv_jax.rollout.engine import bucket_length
 from grlhfv_jax.stages import common, grm_rl, judging, rm, sft
 from grlhfv_jax.stages import data as data_stage
 from grlhfv_jax.trainers import grpo as learner
@@ -154,3 +156,34 @@ def _corr(x, y) -> float:
     if np.std(x) == 0 or np.std(y) == 0:
         return float("nan")
     return float(np.corrcoef(x, y)[0, 1])
+
+
+def memory_phases(config, section: str) -> list[memory.Memory]:
+    """What a step holds (the dry run prices it): the policy trained and its frozen reference, n
+    answers to each of prompts_per_step prompts, then the reward's own phase: the GRM judging up to
+    judge_prompts_per_call groups' n(n-1) pairs per call (reward 'grm'), or the RM scoring
+    score_rows_per_call answers per call (reward 'rm')."""
+    sec = config[section]
+    policy = memory.Model("policy")
+    tokens = sec.max_len + bucket_length(sec.max_new_tokens)
+    phases = memory.rl_phases(sec, policy, sec.prompts_per_step, sec.n, tokens)
+    held, notes = [policy, policy], []
+    if sec.reward == "grm":
+        grm = memory.Model("grm")
+        answers = 2 * sec.max_new_tokens + 64          # two answers and the template's tail
+        prompt = sec.max_len + memory.GRM_TEMPLATE_TOKENS + answers
+        groups = min(sec.prompts_per_step, sec.judge_prompts_per_call)   # judging.GRMJudge's max_prompts
+        rows, cache = groups * sec.n * (sec.n - 1), prompt + bucket_length(sec.judge_max_new_tokens)
+        held.append(grm)
+        phases.append(memory.Phase(f"judging: {rows} pairs x {answers} new of {prompt} tokens + cache x {cache}", grm,
+                                   rows, prompt, 1, queries=answers, images=groups, sampler=True, kv_rows=rows,
+                                   kv_tokens=cache))
+        notes.append(f"judge prompt estimated as {prompt} tokens = {section}.max_len + {memory.GRM_TEMPLATE_TOKENS} "
+                     "template + two answers + 64")
+    else:
+        rm_model = memory.Model("rm" if "rm" in config.model else "grm", scalar=True)
+        rows = min(sec.prompts_per_step * sec.n, sec.score_rows_per_call)   # judging.score_batch's rows
+        held.append(rm_model)
+        phases.append(memory.Phase(f"RM scoring: {rows} rows x {tokens} tokens", rm_model, rows, tokens, 0,
+                                   images=rows))
+    return [memory.Memory(tuple(held), policy, sec.freeze, tuple(phases), tuple(notes))]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from grlhfv_jax import memory
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.stages import common, judging, sft
 from grlhfv_jax.stages import data as data_stage
@@ -61,3 +62,14 @@ def run(config, workdir: str, writer, section: str) -> dict:
             m = judging.rm_accuracy(state.model, codec, recs, rows=rows, max_len=sec.max_len)
             summary.update({f"baseline_rm/{k}_{tag}": v for k, v in m.items()})  # accuracy[_<pair type>]_<id|ood>
     return summary
+
+
+def memory_phases(config, section: str) -> list[memory.Memory]:
+    """What a step holds (the dry run prices it): the RM and one micro-batch of both responses of
+    its pairs, each row's image through the tower."""
+    sec = config[section]
+    rm_model = memory.Model("rm" if "rm" in config.model else "grm", scalar=True)
+    rows = 2 * sec.pairs_per_step // sec.num_micro_batches
+    phase = memory.Phase(f"train micro-batch: {rows} rows x {sec.max_len} tokens", rm_model, rows, sec.max_len, 0,
+                         backward=True, images=rows)
+    return [memory.Memory((rm_model,), rm_model, sec.freeze, (phase,))]

@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 
+from grlhfv_jax import memory
 from grlhfv_jax.checkpoint import export_hf, exported_summary
 from grlhfv_jax.rl.logprobs import window_start_and_length
 from grlhfv_jax.stages import common
@@ -137,3 +138,16 @@ def _to_train(b: dict) -> dict:
     b["loss_mask"] = b["loss_mask"] * b.pop("valid")[:, None]
     b["window_start"], b["window"] = window_start_and_length(b["loss_mask"])
     return b
+
+
+def memory_phases(config, section: str) -> list[memory.Memory]:
+    """What each target's training holds (one after the other; the dry run prices the larger): its
+    model and one batch, each row's image through the tower."""
+    out = []
+    for target in TARGETS:
+        if target in config[section]:
+            tc, model = config[section][target], memory.Model(target)
+            phase = memory.Phase(f"{target} batch: {tc.batch_size} rows x {tc.max_len} tokens", model, tc.batch_size,
+                                 tc.max_len, tc.max_len, backward=True, images=tc.batch_size)
+            out.append(memory.Memory((model,), model, tc.freeze, (phase,)))
+    return out

@@ -128,3 +128,8 @@ def copy_tower(model, workdir: str, config=None, spec=None) -> None:
         raise ValueError("the vision stage's tower does not match this model's vision config "
                          f"({output_dir(workdir)}); give both the same config.model hf_config vision_config")
     nnx.update(model.visual, b)
+
+
+def memory_phases(config, section: str) -> list:
+    """None for the dry run to price (the synthetic world's tower pretraining: not planned)."""
+    return []
