@@ -206,3 +206,19 @@ def test_step_settings_carry_every_key_of_their_section(cls, section):
     for key in fields:
         if cls.SECTION[key].default is not C.REQUIRED:
             assert getattr(default, key) == cls.SECTION[key].default, key
+
+
+def test_stages_and_trainers_never_validate_or_default_a_section():
+    """The stages and trainers read the config validate() returned: no schema dict of their own, no
+    re-defaulting call; the one hand-built section is Codec.from_dirs's image dict (entry points)."""
+    import glob
+    banned = re.compile(r"\bsection\(|with_defaults|check_section|^SCHEMA\b|^def validate\(|POS_INT", re.M)
+    found, typed = [], []
+    for path in sorted(glob.glob(os.path.join(ROOT, "grlhfv_jax", "stages", "*.py"))
+                       + glob.glob(os.path.join(ROOT, "grlhfv_jax", "trainers", "*.py"))):
+        src = open(path, encoding="utf-8").read()
+        found += [f"{os.path.basename(path)}: {m.group(0)}" for m in banned.finditer(src)]
+        typed += [os.path.basename(path)] * src.count("typed_section(")
+    assert found == [], found
+    assert typed == ["common.py"]
+    assert banned.search("x = config_schema.section(spec, MODEL)") and banned.search("def validate(config):")

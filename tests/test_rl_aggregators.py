@@ -153,7 +153,7 @@ def test_relabelling_the_responses_relabels_the_rewards():
 
 
 def test_config_accepts_the_new_names():
-    """The demo config's policy_rl.aggregator validates with each new name (stages.validate
+    """The demo config's policy_rl.aggregator validates with each new name (config.validate
     checks the key against the registry) and an unknown name still fails, naming the key."""
     import importlib.util
     import os
