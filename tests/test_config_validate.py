@@ -222,3 +222,14 @@ def test_stages_and_trainers_never_validate_or_default_a_section():
     assert found == [], found
     assert typed == ["common.py"]
     assert banned.search("x = config_schema.section(spec, MODEL)") and banned.search("def validate(config):")
+
+
+def test_a_config_read_back_for_its_models_is_checked_but_not_required_complete():
+    """export.py reads a run's model entries: keys, types and ranges checked, defaults filled, no
+    stage's required keys or rules."""
+    c = C.validate({"stages": ["policy_rl"], "model": {"policy": {"hf_config": {"a": 1}}}}, complete=False)
+    assert c.model.policy.dtype == "float32" and c.image.processor_dir is None and "policy_rl" not in c
+    with pytest.raises(ConfigError, match=r"^config\.model\.policy\.logits_chunk = -1: must be >= 0$"):
+        C.validate({"model": {"policy": {"hf_config": {}, "logits_chunk": -1}}}, complete=False)
+    with pytest.raises(ConfigError, match=r"^config\.policy_rl is missing \(needed by the 'policy_rl' stage\)$"):
+        C.validate({"seed": 0, "stages": ["policy_rl"], "model": {"policy": {"hf_config": {"a": 1}}}})

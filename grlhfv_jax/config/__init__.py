@@ -34,13 +34,17 @@ def check(config) -> None:
     _check(CONFIG, config)
 
 
-def validate(config) -> Frozen:
+def validate(config, *, complete: bool = True) -> Frozen:
     """The one validation of a run's config (a ConfigDict or dict; `config` itself is unchanged):
     unknown keys, types, constraints, the keys the running stages need, then every rule of the
     sections they read. Returns it frozen and typed with every default filled in; ConfigError names
-    the first bad key. A Frozen config is returned as it is (validated already)."""
+    the first bad key. A Frozen config is returned as it is (validated already). `complete=False`:
+    keys, types, constraints and defaults only, for a config read back for a few of its sections
+    (export.py reads a run's model entries and image settings)."""
     if isinstance(config, Frozen):
         return config
+    if not complete:
+        return build(CONFIG, config, "", lambda path: False)
     stages = config["stages"] if "stages" in config else ()
     reads = {"data"} | {STAGE_SECTIONS[s] for s in stages if isinstance(s, str) and s in STAGE_SECTIONS}
 
