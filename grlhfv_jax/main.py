@@ -5,9 +5,11 @@ workdir. The config is validated before anything heavy starts. A rerun with the 
 config skips finished stages and resumes an interrupted one from its last checkpoint; a rerun with
 a different config stops with a message listing what differs (use `--restart` to start over).
 
-A config key the schema (`grlhfv_jax.config`) does not know, in the file or on the command line,
-stops the run with a one-line error naming the key and the nearest valid one.
-`--describe grm_rl` lists a section's keys with their types, defaults and meanings.
+The config is validated once (`grlhfv_jax.config.validate`), before jax starts: a key the schema
+does not know (in the file or on the command line), a value out of its range, a broken rule between
+keys stops the run with a one-line error naming the key (and, for a typo, the nearest valid one).
+The stages receive the validated config, frozen. `--describe grm_rl` lists a section's keys with
+their types, defaults, constraints and meanings.
 """
 
 from __future__ import annotations

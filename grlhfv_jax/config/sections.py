@@ -14,6 +14,7 @@ from grlhfv_jax.config.schema import (REQUIRED, Check, ConfigError, Key, Section
 POS = at_least(1)
 NONNEG = at_least(0)
 PROB = interval(0, 1)
+CKPT_EVERY_MINUTES = 30.0   # the default time-based checkpoint interval (trainers.loop.stage_defaults too)
 
 
 def _divides(key: str, whole_key: str):
@@ -40,10 +41,6 @@ def _logging(log_every: int, ckpt_every: int) -> dict:
             "ckpt_every_minutes": Key("float", CKPT_EVERY_MINUTES, "minutes between checkpoints by the clock, "
                                       "beside ckpt_every (0: off): a long step loses at most this much work",
                                       NONNEG)}
-
-
-CKPT_EVERY_MINUTES = 30.0
-
 
 
 def _grpo_slices(prompts):
