@@ -51,6 +51,7 @@ import ml_collections
 from grlhfv_jax.config import ConfigError
 from grlhfv_jax.config import schema as cs
 from grlhfv_jax.config import sections, typed_section
+from grlhfv_jax.config.overrides import parse_value
 
 BENCHMARK = {
     "kind": cs.Key("str?", None, "the benchmark's reader (data.benchmarks.ALL; None: the entry's name)"),
@@ -176,9 +177,8 @@ def _schema_type(path: str) -> str | None:
 
 
 def apply_overrides(config, overrides: list[str]) -> None:
-    """`--config.a.b=v` arguments, typed by this schema (main's value parser), set on `config`;
-    missing sections on the way are created (e.g. a new benchmark entry)."""
-    from grlhfv_jax.main import _override_value
+    """`--config.a.b=v` arguments, typed by this schema (config.overrides' value parser), set on
+    `config`; missing sections on the way are created (e.g. a new benchmark entry)."""
     for arg in overrides:
         path, value_text = arg[len("--config."):].split("=", 1)
         kind = _schema_type(path)
@@ -193,7 +193,7 @@ def apply_overrides(config, overrides: list[str]) -> None:
             old = node[leaf] if leaf in node else None
             kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(old), "literal")
         try:
-            value = _override_value(value_text, kind)
+            value = parse_value(value_text, kind)
         except (ValueError, SyntaxError) as e:
             raise ConfigError(f"config.{path} = {value_text!r}: {e}") from None
         with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():

@@ -58,8 +58,9 @@ def validate(config, *, complete: bool = True) -> Frozen:
 
 def typed_section(node: dict, values, path: str = "") -> Frozen:
     """One section (`node`, e.g. `sections.MODEL`) of `values` checked, defaults filled, its
-    rules run, frozen: for entry points that build a section themselves (evaluate.py's model)."""
-    frozen = build(node, values, path)
+    rules run, frozen: for entry points that build a section themselves (evaluate.py's model spec
+    holds its dtypes only: the section's REQUIRED keys are not asked for)."""
+    frozen = build(node, values, path, lambda p: False)
     run_rules(node, frozen, path, frozen, lambda p: True)
     return frozen
 
