@@ -177,7 +177,7 @@ def test_ckpt_every_minutes_is_in_the_schema_with_its_range():
 def test_the_command_line_exits_with_the_preempted_status(monkeypatch, tmp_path):
     from grlhfv_jax import main, sharding
 
-    def preempted(config, workdir, restart=False):
+    def preempted(config, workdir, restart=False, typed=None):
         raise loop.Preempted("grm_rl", 1, "SIGTERM")
 
     monkeypatch.setattr(main, "run", preempted)
