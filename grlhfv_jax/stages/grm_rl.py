@@ -17,8 +17,8 @@ import os
 
 import numpy as np
 
-from grlhfv_jax import sharding
 from grlhfv_jax import memory
+from grlhfv_jax import sharding
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.rl import grm_reward
 from grlhfv_jax.rollout import SamplingParams

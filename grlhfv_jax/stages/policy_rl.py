@@ -21,8 +21,8 @@ import time
 
 import numpy as np
 
-from grlhfv_jax import sharding
 from grlhfv_jax import memory
+from grlhfv_jax import sharding
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import sources
 from grlhfv_jax.rl import grm_reward, grouped
