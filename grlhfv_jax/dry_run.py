@@ -61,12 +61,12 @@ import os
 
 import numpy as np
 
+from grlhfv_jax import memory
 from grlhfv_jax.config import ConfigError
 
 GB = 1e9
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 ITEMS = ("params", "gradients", "optimizer", "activations", "kv_cache")
-GRM_TEMPLATE_TOKENS = 384   # the paper's GRM template is ~330 tokens with Qwen's tokenizer (docs/data.md)
 
 
 @dataclasses.dataclass
@@ -242,32 +242,42 @@ def _mesh(config) -> tuple[int, int, int]:
 
 
 def plan_stage(config, stage: str) -> StagePlan | None:
-    """The memory of `stage`; None for `data` and the stages not planned (vision, evaluate, nscale:
-    the synthetic world's)."""
-    from grlhfv_jax.rollout.engine import bucket_length
+    """The memory of `stage` from what it declares (`memory_phases` at the end of its module: the
+    models it holds and trains, the phases of a step, in rows and tokens; `grlhfv_jax.memory`),
+    priced with the models' shapes; None for a stage that declares none (data, and the synthetic
+    world's vision, evaluate, nscale). A stage with several alternatives (sft's targets, trained one
+    after the other) is planned at the largest."""
+    from grlhfv_jax import stages
+    name = stages.STAGES[stage][1]
+    declared = stages.module(stage).memory_phases(config, name) if name in config else []
+    plans = [_plan_memory(config, stage, mem) for mem in declared]
+    return max(plans, key=lambda p: sum(p.total.values())) if plans else None
+
+
+def _plan_memory(config, stage: str, mem: memory.Memory) -> StagePlan:
+    """Bytes of `mem` (module docstring): parameters of every model held, gradients and optimizer of
+    the trained one, activations and KV cache of its largest phase (per device)."""
     data, fsdp, tensor = _mesh(config)
     shard_params, shard_rows = fsdp * tensor, data * fsdp
-    sec = config[stage] if stage in config else None
-    params, trained, acts, kv, notes = 0.0, None, 0.0, 0.0, []
-
     vocab = config.data.vocab_size + 14 if "data" in config and "vocab_size" in config.data else None
+    shapes = {}
 
-    def kv_shard(m):   # rows over data x fsdp, heads over tensor when they divide
-        return shard_rows * (tensor if m.kv_heads % tensor == 0 else 1)
-
-    def shape(role, scalar=False):
-        return model_shape(config.model[role], scalar, vocab, where=f"config.model.{role}")
+    def shape(model: memory.Model) -> ModelShape:
+        if model not in shapes:
+            shapes[model] = model_shape(config.model[model.role], model.scalar, vocab,
+                                        where=f"config.model.{model.role}")
+        return shapes[model]
 
     patches = image_patches(config)
     from grlhfv_jax.sharding import split_axes
     sizes = dict(data=data, fsdp=fsdp, tensor=tensor)
     patch_shards = math.prod(sizes[a] for a in split_axes(patches, sizes))
 
-    def tower(mdl, images, freeze=None, backward=False):   # one image per row (the paper's data)
+    def tower(mdl, images, backward=False):   # one image per row (the paper's data)
         # the tower splits a call's patches over `sharding.split_axes` of an image's patches (all
         # the row axes when they divide it, e.g. 8chip; on the pod fsdp only: 4,096 patches do not
         # split 40 ways); x shard_rows / that undoes the division of a phase's activations by rows
-        trained = backward and "visual" not in tuple(freeze or ())
+        trained = backward and "visual" not in tuple(mem.freeze or ())
         return vision_bytes(mdl, images, patches, backward=trained) * shard_rows / patch_shards
 
     def sampler_tower(mdl, images):
@@ -275,101 +285,27 @@ def plan_stage(config, stage: str) -> StagePlan | None:
         # of the two is live, not both), vision_chunk // patches images at a time (all without it)
         return tower(mdl, min(images, max(mdl.vision_chunk // patches, 1)) if mdl.vision_chunk else images)
 
-    def hold(role, scalar=False):
-        nonlocal params
-        m = shape(role, scalar)
-        params += m.params * m.param_bytes
-        return m
+    def phase_bytes(p: memory.Phase) -> tuple[float, float]:   # (activations, KV cache) of one phase
+        mdl = shape(p.model)
+        lm = activation_bytes(mdl, p.rows, p.tokens, p.window, backward=p.backward, queries=p.queries)
+        acts = max(lm, sampler_tower(mdl, p.images)) if p.sampler else lm + tower(mdl, p.images, p.backward)
+        return acts, kv_bytes(mdl, p.kv_rows, p.kv_tokens)
 
-    if stage == "sft":
-        m, best = None, 0.0
-        for target in ("policy", "grm"):
-            if target in config.sft:
-                tc = config.sft[target]
-                mt = shape(target)
-                a = activation_bytes(mt, tc.batch_size, tc.max_len, tc.max_len) + tower(
-                    mt, tc.batch_size, tc.freeze, backward=True)
-                if m is None or mt.params * 16 + a > m.params * 16 + best:
-                    m, best, opt = mt, a, tc
-        if m is None:
-            return None
-        params, acts, trained = m.params * m.param_bytes, best, (m, opt.freeze)
-    elif stage in ("grm_rl", "policy_rl", "policy_rl_rm"):
-        role = "grm" if stage == "grm_rl" else "policy"
-        m = hold(role)
-        hold(role)  # the frozen reference
-        if stage == "grm_rl":
-            P, G = sec.pairs_per_step * (2 if sec.position_debias else 1), sec.group_size
-        else:
-            P, G = sec.prompts_per_step, sec.n
-        rows, T = P * G, sec.max_len + bucket_length(sec.max_new_tokens)
-        for key, whole in (("mini_batches", P), ("ref_num_micro_batches", P), ("rollout_num_micro_batches", P),
-                           ("num_micro_batches", P // sec.mini_batches)):
-            if whole % sec[key]:
-                raise ConfigError(f"config.{stage}.{key} = {sec[key]} must divide {whole} prompts")
-        micro = rows // (sec.mini_batches * sec.num_micro_batches)
-        ref_rows = rows // sec.ref_num_micro_batches
-        calls = sec.rollout_num_micro_batches
-        call_prompts, call_rows = P // calls, rows // calls     # one sampler call
-        # phases of a step, one after the other: (activations, KV cache) of each
-        phases = {
-            f"rollout ({calls} call{'s' if calls > 1 else ''}): prefill of {call_prompts} prompts x {sec.max_len} "
-            f"tokens + cache of {call_rows} rows x {T}":
-                (max(activation_bytes(m, call_prompts, sec.max_len, 1, backward=False), sampler_tower(m, call_prompts)),
-                 kv_bytes(m, call_rows, T)),
-            # each micro-batch of steps.compute_logprobs / grpo_step runs the tower over its own prompts'
-            # images (trainers.loop.micro_batch_images), each prompt's once, not once per sampled row
-            f"reference pass: {ref_rows} rows x {T} tokens, tower over {ref_rows // G} images":
-                (activation_bytes(m, ref_rows, T, sec.max_new_tokens, backward=False) + tower(m, ref_rows // G), 0.0),
-            f"train micro-batch: {micro} rows x {T} tokens, tower over {micro // G} images": (
-                activation_bytes(m, micro, T, sec.max_new_tokens)
-                + tower(m, micro // G, sec.freeze, backward=True), 0.0),
-        }
-        if stage == "policy_rl" and sec.reward == "grm":
-            g = hold("grm")
-            answers = 2 * sec.max_new_tokens + 64          # two answers and the template's tail
-            judge_prompt = sec.max_len + GRM_TEMPLATE_TOKENS + answers
-            groups = min(sec.prompts_per_step, sec.judge_prompts_per_call)   # grm_judge.GRMJudge's max_prompts
-            judge_rows = groups * sec.n * (sec.n - 1)
-            jt = judge_prompt + bucket_length(sec.judge_max_new_tokens)
-            phases[f"judging: {judge_rows} pairs x {answers} new of {judge_prompt} tokens + cache x {jt}"] = (
-                max(activation_bytes(g, judge_rows, judge_prompt, 1, backward=False, queries=answers),
-                    sampler_tower(g, groups)),
-                kv_bytes(g, judge_rows, jt))
-            notes.append(f"judge prompt estimated as {judge_prompt} tokens = {stage}.max_len + {GRM_TEMPLATE_TOKENS} "
-                         "template + two answers + 64")
-        elif stage == "policy_rl_rm":
-            r = hold("rm" if "rm" in config.model else "grm", scalar=True)
-            score_rows = min(rows, sec.score_rows_per_call)                # judging.score_batch's rows
-            phases[f"RM scoring: {score_rows} rows x {T} tokens"] = (
-                activation_bytes(r, score_rows, T, 0, backward=False) + tower(r, score_rows), 0.0)
-        worst = max(phases, key=lambda k: phases[k][0] / shard_rows + phases[k][1] / kv_shard(m))
-        acts, kv = phases[worst]
+    m = shape(mem.trained)
+    kv_shard = shard_rows * (tensor if m.kv_heads % tensor == 0 else 1)   # rows; heads over tensor when they divide
+    phases = {p.name: phase_bytes(p) for p in mem.phases}
+    worst = max(phases, key=lambda k: phases[k][0] / shard_rows + phases[k][1] / kv_shard)
+    acts, kv = phases[worst]
+    notes = list(mem.notes)
+    if len(phases) > 1:
         notes.append(f"peak phase: {worst} (per device, activations + cache: " + "; ".join(
-            f"{k.split(':')[0]} {(a / shard_rows + c / kv_shard(m)) / GB:.1f} GB" for k, (a, c) in phases.items())
-            + ")")
-        trained = (m, sec.freeze)
-    elif stage == "rm":
-        spec = "rm" if "rm" in config.model else "grm"
-        m = shape(spec, True)
-        params = m.params * m.param_bytes
-        rows = 2 * sec.pairs_per_step // sec.num_micro_batches   # one micro-batch, its own images' tower
-        acts = activation_bytes(m, rows, sec.max_len, 0) + tower(m, rows, sec.freeze, backward=True)
-        trained = (m, sec.freeze)
-    elif stage == "dpo":
-        m = hold("policy")
-        hold("policy")
-        rows = 2 * sec.pairs_per_step // sec.num_micro_batches   # one micro-batch, its own images' tower
-        acts = activation_bytes(m, rows, sec.max_len, sec.max_len) + tower(m, rows, sec.freeze, backward=True)
-        trained = (m, sec.freeze)
-    else:
-        return None
-    m, freeze = trained
-    n_train = m.trainable(freeze)
-    total = dict(params=params, gradients=n_train * m.param_bytes, optimizer=2 * n_train * m.param_bytes,
+            f"{k.split(':')[0]} {(a / shard_rows + c / kv_shard) / GB:.1f} GB" for k, (a, c) in phases.items()) + ")")
+    params = sum(shape(h).params * shape(h).param_bytes for h in mem.held)
+    train_bytes = sum(t.trainable(mem.freeze) * t.param_bytes for t in [m] + [shape(x) for x in mem.also_trained])
+    total = dict(params=params, gradients=train_bytes, optimizer=2 * train_bytes,
                  activations=acts, kv_cache=kv)
     per = dict(params=params / shard_params, gradients=total["gradients"] / shard_params,
-               optimizer=total["optimizer"] / shard_params, activations=acts / shard_rows, kv_cache=kv / kv_shard(m))
+               optimizer=total["optimizer"] / shard_params, activations=acts / shard_rows, kv_cache=kv / kv_shard)
     return StagePlan(stage, total, per, notes)
 
 
@@ -418,8 +354,8 @@ def table(result: dict) -> str:
 def run(config) -> int:
     """Validates `config` (placeholders allowed), prints the table and one JSON line; returns the
     exit code: 0 when the peak stage fits the device memory, 1 when it does not."""
-    from grlhfv_jax import stages
-    full = stages.validate(config)
+    from grlhfv_jax import config as config_schema
+    full = config_schema.validate(config)   # as it is when main validated it already
     result = plan(full)
     print(table(result), flush=True)
     print(json.dumps(result, sort_keys=True), flush=True)

@@ -19,8 +19,7 @@ from grlhfv_jax.rl import grm_reward
 
 
 def image_processor(image):
-    """The image processor of `config.image`."""
-    image = config_schema.section(image, sections.IMAGE)
+    """The image processor of `config.image` (a validated section, `config.sections.IMAGE`)."""
     return processing.load_image_processor(
         image.processor_dir, min_pixels=image.min_pixels, max_pixels=image.max_pixels,
         patch_size=image.patch_size, merge_size=image.merge_size, temporal_patch_size=image.temporal_patch_size)
@@ -37,7 +36,11 @@ class Codec:
     grm_template: str = grm_reward.GRM_TEMPLATE
 
     @classmethod
-    def from_dirs(cls, tokenizer_dir: str, image: dict, grm_template: str | None = None) -> "Codec":
+    def from_dirs(cls, tokenizer_dir: str, image, grm_template: str | None = None) -> "Codec":
+        """`image`: a validated image section (`config.image`), or a dict of its keys (the entry points
+        serve.py, evaluate.py and tests: checked here against config.sections.IMAGE)."""
+        if not isinstance(image, config_schema.Frozen):
+            image = config_schema.typed_section(sections.IMAGE, image, "image")
         tok = processing.load_tokenizer(tokenizer_dir)
         proc = image_processor(image)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")

@@ -50,7 +50,8 @@ import ml_collections
 
 from grlhfv_jax.config import ConfigError
 from grlhfv_jax.config import schema as cs
-from grlhfv_jax.config import sections
+from grlhfv_jax.config import sections, typed_section
+from grlhfv_jax.config.overrides import parse_value
 from grlhfv_jax import encoding
 from grlhfv_jax.rollout import grm_judge
 from grlhfv_jax import roles
@@ -179,9 +180,8 @@ def _schema_type(path: str) -> str | None:
 
 
 def apply_overrides(config, overrides: list[str]) -> None:
-    """`--config.a.b=v` arguments, typed by this schema (main's value parser), set on `config`;
-    missing sections on the way are created (e.g. a new benchmark entry)."""
-    from grlhfv_jax.main import _override_value
+    """`--config.a.b=v` arguments, typed by this schema (config.overrides' value parser), set on
+    `config`; missing sections on the way are created (e.g. a new benchmark entry)."""
     for arg in overrides:
         path, value_text = arg[len("--config."):].split("=", 1)
         kind = _schema_type(path)
@@ -196,7 +196,7 @@ def apply_overrides(config, overrides: list[str]) -> None:
             old = node[leaf] if leaf in node else None
             kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(old), "literal")
         try:
-            value = _override_value(value_text, kind)
+            value = parse_value(value_text, kind)
         except (ValueError, SyntaxError) as e:
             raise ConfigError(f"config.{path} = {value_text!r}: {e}") from None
         with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
@@ -683,7 +683,7 @@ def build(cfg, log=print, workdir: str | None = None):
         cfg = cfg.copy_and_resolve_references()
         cfg.image.processor_dir = path   # the codec and the vision tower's block size read the same processor
     codec = encoding.Codec.from_dirs(cfg.model.tokenizer_dir or path, dict(cfg.image), cfg.grm_template or None)
-    spec = {"dtype": cfg.model.dtype, "param_dtype": cfg.model.param_dtype}
+    spec = typed_section(sections.MODEL, {"dtype": cfg.model.dtype, "param_dtype": cfg.model.param_dtype}, "model")
     if cfg.model.kind == "policy":
         return build_policy(cfg, codec, spec, log, workdir)
     rm = cfg.model.kind == "rm"

@@ -156,7 +156,8 @@ def copy_folder(src: str, path: str, codec) -> str:
 
 def load_config(spec: str):
     """A run's config: a JSON file (RUN/config.json, as main.py writes it) or a configs/*.py file
-    with an optional `:arg` for its get_config. Returns the config with the schema's defaults."""
+    with an optional `:arg` for its get_config. Returns it validated (`config.validate`: keys, types,
+    ranges; frozen, defaults filled)."""
     from grlhfv_jax import config as config_schema
     path, _, arg = spec.partition(":") if not os.path.isfile(spec) else (spec, "", "")
     if not os.path.isfile(path):
@@ -169,7 +170,7 @@ def load_config(spec: str):
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
         config = module.get_config(arg) if arg else module.get_config()
-    return config_schema.with_defaults(config)
+    return config_schema.validate(config, complete=False)   # its model entries and image: not a run to start
 
 
 def run_codec(config, workdir: str | None, tokenizer_dir: str | None = None):

@@ -5,15 +5,15 @@ workdir. The config is validated before anything heavy starts. A rerun with the 
 config skips finished stages and resumes an interrupted one from its last checkpoint; a rerun with
 a different config stops with a message listing what differs (use `--restart` to start over).
 
-A config key the schema (`grlhfv_jax.config`) does not know, in the file or on the command line,
-stops the run with a one-line error naming the key and the nearest valid one.
-`--describe grm_rl` lists a section's keys with their types, defaults and meanings.
+The config is validated once (`grlhfv_jax.config.validate`), before jax starts: a key the schema
+does not know (in the file or on the command line), a value out of its range, a broken rule between
+keys stops the run with a one-line error naming the key (and, for a typo, the nearest valid one).
+The stages receive the validated config, frozen. `--describe grm_rl` lists a section's keys with
+their types, defaults, constraints and meanings.
 """
 
 from __future__ import annotations
 
-import ast
-import contextlib
 import json
 import os
 import sys
@@ -124,10 +124,7 @@ def _stage_minutes(config, name: str) -> float:
     """The time-based checkpoint interval of stage `name` (its section's `ckpt_every_minutes`)."""
     from grlhfv_jax import stages
     from grlhfv_jax.config import sections
-    sec = stages.STAGES[name][1]
-    if sec in config and "ckpt_every_minutes" in config[sec]:
-        return float(config[sec].ckpt_every_minutes)
-    return float(sections._logging(0, 0)["ckpt_every_minutes"].default)
+    return float(config[stages.STAGES[name][1]].get("ckpt_every_minutes", sections.CKPT_EVERY_MINUTES))
 
 
 def _push(workdir: str, writer=None) -> None:
@@ -151,32 +148,35 @@ def _push(workdir: str, writer=None) -> None:
                 storage.pull(remote, loc)
 
 
-def _local_inputs(config) -> None:
-    """Replaces each input path of `config` (validated, defaults filled) that is a bucket URL with
-    a local copy (`storage.local_input`): model checkpoints, preference files, the tokenizer and
-    processor folders, a GRM to judge with. The config as given is what run_state.json records."""
-    def fix(node, key):
-        if key in node and isinstance(node[key], str) and storage.is_remote(node[key]):
-            with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
-                node[key] = storage.local_input(node[key])
+def _local_inputs(config):
+    """`config` (validated, frozen) with each input path that is a bucket URL replaced by a local
+    copy (`storage.local_input`): model checkpoints, preference files, the tokenizer and processor
+    folders, a GRM to judge with. The config as given is what run_state.json records."""
+    def fix(sec, *keys):
+        changes = {k: storage.local_input(sec[k]) for k in keys
+                   if isinstance(sec.get(k), str) and storage.is_remote(sec[k])}
+        return sec.replace(**changes) if changes else sec
 
-    for spec in (config.model.values() if "model" in config else ()):
-        fix(spec, "path")
+    changes = {}
+    if "model" in config:
+        changes["model"] = config.model.replace(**{role: fix(spec, "path") for role, spec in config.model.items()})
     if "data" in config:
-        fix(config.data, "tokenizer_dir")
-        for split in (config.data.files.values() if "files" in config.data else ()):
-            fix(split, "path")
-    if "image" in config:
-        fix(config.image, "processor_dir")
-    for sec in config.values():
-        if hasattr(sec, "keys"):
-            fix(sec, "grm_path")
-            if "policy" in sec and hasattr(sec.policy, "keys"):  # nscale.policy
-                fix(sec.policy, "grm_path")
+        data = fix(config.data, "tokenizer_dir")
+        if "files" in data:
+            data = data.replace(files=data.files.replace(**{s: fix(f, "path") for s, f in data.files.items()}))
+        changes["data"] = data
+    changes["image"] = fix(config.image, "processor_dir")
+    for name, sec in config.items():
+        if name in ("policy_rl", "policy_rl_rm"):
+            changes[name] = fix(sec, "grm_path")
+        elif name == "nscale":
+            changes[name] = sec.replace(policy=fix(sec.policy, "grm_path"))
+    return config.replace(**changes)
 
 
-def run(config, workdir: str, restart: bool = False) -> dict:
-    """Validates `config`, then runs its stages in order. Returns the summary dict.
+def run(config, workdir: str, restart: bool = False, typed=None) -> dict:
+    """Validates `config` (the ConfigDict as given; `typed`: its validated copy, when the caller made
+    it), then runs its stages in order. Returns the summary dict.
 
     `workdir` may be a bucket (`gs://...`): the stages then read and write a local mirror of it that
     is copied to the bucket after each stage (`grlhfv_jax.storage`), and a rerun on another
@@ -187,10 +187,9 @@ def run(config, workdir: str, restart: bool = False) -> dict:
     from grlhfv_jax.metrics import MetricsWriter, update_summary
     from grlhfv_jax.trainers import loop
 
-    full = stages.validate(config)  # before any compilation: errors name the key; defaults filled in
+    full = config_schema.validate(typed if typed is not None else config)  # errors name the key, before compiling
     state = prepare_workdir(config, workdir, restart)  # records the config as given
-    config = full
-    _local_inputs(config)
+    config = _local_inputs(full)
     local = storage.local(workdir)  # where the stages write (the workdir, or its local mirror)
     from grlhfv_jax import precision
     print(f"[run] matmul precision: {precision.apply(config)}", flush=True)
@@ -242,56 +241,6 @@ def run(config, workdir: str, restart: bool = False) -> dict:
     return summary
 
 
-def _override_value(text: str, kind: str):
-    """A command-line value as the schema type `kind` ("int", "float?", "list", ...)."""
-    if kind.endswith("?"):
-        if text in ("None", "none", "null"):
-            return None
-        kind = kind[:-1]
-    if kind == "bool":
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"expected true or false, got {text!r}")
-        return text.lower() in ("true", "1")
-    if kind in ("int", "float"):
-        return int(text) if kind == "int" else float(text)
-    if kind == "literal":  # a new key in an open map: a Python literal, else the text itself
-        try:
-            return ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text
-    if kind in ("list", "map"):
-        value = ast.literal_eval(text)
-        if not isinstance(value, (list, tuple, dict)):
-            raise ValueError(f"expected a {kind} literal, got {text!r}")
-        return value
-    return text
-
-
-def _apply_overrides(config, overrides: list[str]) -> None:
-    """Applies `--config.a.b=v` arguments to the loaded config, typed by the schema (a key the
-    config file leaves at its default is set too; ml_collections' own flags could not)."""
-    for arg in overrides:
-        path, text = arg[len("--config."):].split("=", 1)
-        *parents, leaf = path.split(".")
-        node = config
-        for i, part in enumerate(parents):
-            if part not in node:
-                raise config_schema.ConfigError(f"config.{'.'.join(parents[:i + 1])}: section not in the config file")
-            node = node[part]
-        spec = config_schema.lookup_key(path)
-        if spec is not None:
-            kind = spec.type
-        else:  # inside an open map (an HF config): the type of the value it replaces
-            old = node[leaf] if leaf in node else None
-            kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(old), "literal")
-        try:
-            value = _override_value(text, kind)
-        except (ValueError, SyntaxError) as e:
-            raise config_schema.ConfigError(f"config.{path} = {text!r}: {e}") from None
-        with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
-            node[leaf] = value
-
-
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with `--config.a.b=v` overrides checked against the schema first (a bad
     key exits with one line naming it and the nearest valid key) and applied by type, whether or
@@ -306,7 +255,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         finally:
             sys.argv = saved
         if _CONFIG.value is not None:
-            _apply_overrides(_CONFIG.value, overrides)
+            config_schema.apply_overrides(_CONFIG.value, overrides)
     except config_schema.ConfigError as e:
         sys.exit(f"config error: {e}")
     return rest
@@ -326,12 +275,11 @@ def main(argv):
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config configs/demo.py")
-    from grlhfv_jax import stages
     try:
+        typed = config_schema.validate(config)  # once, before jax starts: a bad key is one line naming it
         if _DRY_RUN.value:  # placeholders allowed: nothing is read
             from grlhfv_jax import dry_run
-            sys.exit(dry_run.run(config))
-        stages.validate(config)  # also inside run(); here a bad key is one line, not a traceback
+            sys.exit(dry_run.run(typed))
         left = config_schema.placeholders(config)
         if left:
             (key, value), rest = left[0], [k for k, _ in left[1:]]
@@ -340,12 +288,12 @@ def main(argv):
                 + (f"; also {', '.join(rest)}" if rest else ""))
     except config_schema.ConfigError as e:
         sys.exit(f"config error: {e}")
-    workdir = _WORKDIR.value or config.get("workdir") or config_schema.CONFIG["workdir"].default
+    workdir = _WORKDIR.value or typed.workdir
     from grlhfv_jax.sharding import initialize_distributed
     initialize_distributed()
     from grlhfv_jax.trainers import loop
     try:
-        run(config, workdir, _RESTART.value)
+        run(config, workdir, _RESTART.value, typed=typed)
     except loop.Preempted:  # the train loop (or run, between stages) printed the stage and step
         sys.exit(loop.PREEMPTED_EXIT_CODE)
 

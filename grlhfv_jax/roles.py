@@ -13,11 +13,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from grlhfv_jax import config as config_schema
 from grlhfv_jax import models, processing, sharding
-from grlhfv_jax.config import ConfigError, sections
 from grlhfv_jax.data import sources
 from grlhfv_jax.data import world as W
+from grlhfv_jax.data.world.config import from_section
 from grlhfv_jax.encoding import Codec, image_processor
 from grlhfv_jax.rollout import Judge
 from grlhfv_jax.rollout.grm_judge import GRMJudge
@@ -50,18 +49,17 @@ def stage_dir(workdir: str, name: str) -> str:
 def codec(config, workdir: str) -> "Codec":
     """The codec of a run: the tokenizer written by the `data` stage, config.image, config.grm_template."""
     found = paths(config, workdir)
-    config = config_schema.section(config)
     return Codec.from_dirs(found["tokenizer_dir"], config.image, config.grm_template or None)
 
 
 def runtime(spec, config=None) -> dict:
     """The runtime choices of a `config.model.*` entry as `models` keywords: dtype, param_dtype,
     remat, remat_policy, logits_chunk, vision_chunk, scan_layers, scan_vision, and vision_block (None: the most patches of one frame `config.image`'s processor makes,
-    so the tower attends per frame, linear in the number of images; dense without `config`)."""
-    spec = config_schema.section(spec, sections.MODEL)
+    so the tower attends per frame, linear in the number of images; dense without `config`). `spec`
+    and `config`: validated (`config.validate`, `config.typed_section`)."""
     block = spec.vision_block
     if block is None:
-        block = 0 if config is None else processing.max_frame_patches(image_processor(config_schema.section(config).image))
+        block = 0 if config is None else processing.max_frame_patches(image_processor(config.image))
     return dict(dtype=DTYPES[spec.dtype], param_dtype=DTYPES[spec.param_dtype], remat=bool(spec.remat),
                 remat_policy=str(spec.remat_policy), logits_chunk=int(spec.logits_chunk), vision_block=int(block),
                 vision_chunk=int(spec.vision_chunk), scan_layers=bool(spec.scan_layers),
@@ -70,7 +68,7 @@ def runtime(spec, config=None) -> dict:
 
 def mesh_from_config(config):
     """The run's device mesh over ("data", "fsdp", "tensor") from `config.mesh_shape`."""
-    return sharding.make_mesh(tuple(config_schema.section(config).mesh_shape))
+    return sharding.make_mesh(tuple(config.mesh_shape))
 
 
 def model_config(spec, codec: Codec) -> dict:
@@ -91,7 +89,6 @@ def new_or_load(spec, codec: Codec, *, seed: int, scalar_head: bool = False, fro
     """A model: loaded from `from_path` (an HF folder written by an earlier stage), else from
     `spec.path` (a real checkpoint), else randomly initialised from `spec.hf_config`; with the
     runtime choices of `spec` (`runtime`; vision_block from `config.image`, else dense)."""
-    spec = config_schema.section(spec, sections.MODEL)
     rt = runtime(spec, config)
     path = from_path or spec.path
     if path:
@@ -105,52 +102,30 @@ def new_or_load(spec, codec: Codec, *, seed: int, scalar_head: bool = False, fro
 
 def load_stage_output(path: str, hint: str, config=None, spec=None, *, scalar_head: bool = False):
     """Loads an HF folder an earlier stage wrote, in the dtypes of `spec` (a `config.model.*`
-    entry) and sharded over the config's mesh; a missing folder is an error naming what writes it."""
+    entry; None: the models' defaults) and sharded over the config's mesh; a missing folder is an
+    error naming what writes it."""
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"{path} is missing: {hint}")
-    spec = config_schema.section(spec or {}, sections.MODEL)
     mesh = mesh_from_config(config) if config is not None else None
-    rt = runtime(spec, config)
+    rt = runtime(spec, config) if spec is not None else {}
     return models.load_pretrained(path, mesh=mesh, scalar_head=scalar_head, **rt)
 
 
 def world_config(config) -> W.WorldConfig:
-    d = config_schema.section(config.data, sections.DATA)
-    sizes = dict(d.sizes)
-    for split in sizes:
-        if split not in W.SPLITS:
-            raise ConfigError(f"config.data.sizes: unknown split '{split}' (splits: {', '.join(W.SPLITS)})")
-    analysis = d.sft_grm_analysis
-    if analysis not in W.GRM_ANALYSIS_KINDS:
-        raise ConfigError(f"config.data.sft_grm_analysis = {analysis!r}: expected one of {W.GRM_ANALYSIS_KINDS}")
-    try:
-        opinions = tuple((str(w), int(v)) for w, v in d.sft_grm_opinions)
-    except (TypeError, ValueError):
-        raise ConfigError(f"config.data.sft_grm_opinions = {d.sft_grm_opinions!r}: expected (style description, "
-                          f"int) pairs, e.g. ((\"hedges\", 1), (\"praises itself\", -1))") from None
-    try:
-        return W.WorldConfig(seed=d.seed, image_size=d.image_size, label_noise=float(d.label_noise),
-                             sft_grm_analysis=analysis, sizes=tuple({**W.DEFAULT_SIZES, **sizes}.items()),
-                             sft_grm_first_scores=tuple(int(v) for v in d.sft_grm_first_scores),
-                             sft_grm_second_scores=tuple(int(v) for v in d.sft_grm_second_scores),
-                             sft_grm_opinions=opinions, sft_grm_opinion_strength=float(d.sft_grm_opinion_strength))
-    except ValueError as e:
-        raise ConfigError(f"config.data: {e}") from None
+    """The synthetic world of the validated `config.data` (its rule checked it: config.sections)."""
+    return from_section(config.data)
 
 
 def data_dir(config, workdir: str) -> str:
     """config.data.dir (a bucket URL: its local mirror, `storage.local`), else workdir/data."""
     from grlhfv_jax import storage
-    d = config_schema.section(config.data, sections.DATA).dir
+    d = config.data.dir
     return storage.local(d) if d else os.path.join(workdir, "data")
 
 
 def kind(config) -> str:
-    """config.data.kind: "world" or "files" (ConfigError otherwise)."""
-    k = config_schema.section(config.data, sections.DATA).kind
-    if k not in ("world", "files"):
-        raise ConfigError(f"config.data.kind = {k!r}: expected 'world' or 'files'")
-    return k
+    """config.data.kind: "world" or "files"."""
+    return config.data.kind
 
 
 def paths(config, workdir: str) -> dict:
@@ -172,10 +147,10 @@ def source(config, workdir: str):
                          f"{written!r}, not {kind(config)!r}: rerun the 'data' stage")
     if kind(config) == "files":
         from grlhfv_jax.data import files_convert as data_files
-        d = config_schema.section(config.data, sections.DATA)
+        d = config.data
         proc = None
         if d.image_workers > 0:   # the processor the stages' codec uses (roles.codec): config.image's
-            proc = image_processor(config_schema.section(config).image)
+            proc = image_processor(config.image)
         return data_files.source(found, d.read_threads, d.image_workers, proc)
     return sources.WorldSource(found["data_dir"], world_config(config))
 
@@ -191,7 +166,7 @@ def warm_start(config, workdir: str, target: str) -> tuple[str, str]:
     checkpoint config.model.<target>.path (an instruct model, as the paper's stage 1 starts)."""
     if "sft" in config and target in config.sft:
         return output_dir(workdir, "sft", target), f"run the 'sft' stage (with config.sft.{target}) first"
-    path = config_schema.section(config.model[target], sections.MODEL).path if target in config.model else None
+    path = config.model[target].path if target in config.model else None
     if not path:
         return output_dir(workdir, "sft", target), (f"set config.model.{target}.path (a checkpoint) or train a warm start "
                                              f"with config.sft.{target}")
@@ -210,8 +185,8 @@ def load_rm(workdir: str, config=None):
     config.model.rm.path, a folder an earlier run's `rm` stage wrote."""
     spec = (config.model.rm if "rm" in config.model else config.model.grm) if config is not None else None
     path = output_dir(workdir, "rm")
-    if spec is not None and "rm" not in config.stages and config_schema.section(spec, sections.MODEL).path:
-        path = config_schema.section(spec, sections.MODEL).path
+    if spec is not None and "rm" not in config.stages and spec.path:
+        path = spec.path
     return load_stage_output(path, "run the 'rm' stage first (or give its folder as config.model.rm.path)",
                                     config, spec, scalar_head=True)
 
@@ -228,13 +203,12 @@ def copy_tower(model, workdir: str, config=None, spec=None) -> None:
     nnx.update(model.visual, b)
 
 
-def make_judge(judge_cfg, *, codec: Codec, load_grm, workdir: str = "", max_prompts: int = 16) -> Judge:
-    """Stage 2's judge from its config keys (`config.sections.JUDGE`; None or {}: the defaults):
+def make_judge(cfg, *, codec: Codec, load_grm, workdir: str = "", max_prompts: int = 16) -> Judge:
+    """Stage 2's judge from its validated judge section (`config.sections.JUDGE`, e.g. `sec.judge`):
     kind 'grm' -> `GRMJudge` on the model `load_grm()` returns (called only then), frozen, up to
     `max_prompts` groups per call; kind 'http' -> `rollout.http_judge.HTTPJudge` at `base_url`
     serving `model`, sending the codec's GRM template (the run's `config.grm_template`: the prompt
     the in-process judge would see), its cache under `workdir` unless `cache_dir` is absolute."""
-    cfg = config_schema.section(judge_cfg or {}, sections.JUDGE)
     if cfg.kind == "grm":
         return GRMJudge(load_grm(), codec, max_prompts=int(max_prompts))
     if cfg.kind == "http":

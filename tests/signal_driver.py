@@ -23,6 +23,7 @@ def main() -> None:
     jax.config.update("jax_num_cpu_devices", 8)  # as tests/conftest.py: the same arithmetic as the reference run
 
     import demo
+    from grlhfv_jax import config as config_schema
     from grlhfv_jax import main as cli
     from grlhfv_jax.trainers import loop
 
@@ -42,7 +43,7 @@ def main() -> None:
 
     loop.train_loop = signalling_loop
     config = demo.get_config("smoke")
-    cli._apply_overrides(config, overrides)
+    config_schema.apply_overrides(config, overrides)
     try:
         cli.run(config, workdir)
     except loop.Preempted:

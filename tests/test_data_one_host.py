@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from grlhfv_jax import stages
+from grlhfv_jax import config as config_schema
 from grlhfv_jax.data import files_source as fs
 from grlhfv_jax.data import files_tfds
 from grlhfv_jax.data import files_convert as data_files
@@ -65,7 +65,7 @@ def _config(pairs: str, tok: str, too_long: str = "skip", steps: int = 1):
                   files=dict(grm_train=dict(path=pairs), sft_policy=dict(path=pairs)))
     del c["sft"]["grm"]
     c.sft.policy.update(data="best", pretrained_vision=False, steps=steps, batch_size=2, max_len=96)
-    return stages.validate(c)
+    return config_schema.validate(c)
 
 
 class _Calls(list):

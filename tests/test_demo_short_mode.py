@@ -8,6 +8,8 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import demo  # noqa: E402
 
+from grlhfv_jax import config as config_schema  # noqa: E402
+
 # the keys the short mode may change: counts, never shapes
 COUNTS = {"steps", "log_every", "ckpt_every", "eval_every", "eval_pairs", "eval_images", "prompts"}
 
@@ -42,7 +44,8 @@ def test_the_short_world_trains_the_full_worlds_tokenizer():
     same training texts, so every row tokenizes as in the full run and fits its max lengths."""
     from grlhfv_jax.data import pipeline
     from grlhfv_jax import roles
-    texts = [pipeline.tokenizer_texts(roles.world_config(demo.get_config(a))) for a in ("", "smoke")]
+    texts = [pipeline.tokenizer_texts(roles.world_config(config_schema.validate(demo.get_config(a))))
+             for a in ("", "smoke")]
     assert texts[0] == texts[1]
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from grlhfv_jax import dry_run, models, stages
+from grlhfv_jax import config as config_schema
+from grlhfv_jax import dry_run, models
 from grlhfv_jax.models import published
 
 from test_paper_configs import CONFIGS, ROOT, load  # tests/ is on sys.path
@@ -92,7 +93,7 @@ def test_estimates_match_a_tiny_model_live_arrays_and_its_compiled_step(remat):
     del c.sft["grm"]
     c.sft.policy.update(batch_size=B, max_len=T, data="best", pretrained_vision=False, freeze=[])
     c.model.policy.update(hf_config=hf, remat=remat)
-    full = stages.validate(c)
+    full = config_schema.validate(c)
     plan = dry_run.plan_stage(full, "sft")
 
     model = models.from_config(hf, rngs=nnx.Rngs(0), remat=remat)
@@ -117,7 +118,7 @@ def test_rollout_in_calls_divides_the_rollout_prefill_and_kv_cache():
     plans = []
     for calls in (1, 5):
         c.grm_rl.rollout_num_micro_batches = calls
-        plans.append(dry_run.plan_stage(stages.validate(c), "grm_rl"))
+        plans.append(dry_run.plan_stage(config_schema.validate(c), "grm_rl"))
     one, five = plans
     import re
     gb = [float(re.search(r"rollout \((\d+) calls?\) ([0-9.]+) GB", p.notes[-1]).group(2)) for p in plans]
@@ -126,11 +127,12 @@ def test_rollout_in_calls_divides_the_rollout_prefill_and_kv_cache():
     assert 4.5 <= gb[0] / gb[1] <= 5.0, gb
 
 
-def test_dry_run_names_a_key_the_stage_validators_cannot_check():
+def test_dry_run_validates_first_and_names_a_model_it_cannot_shape():
     from grlhfv_jax.config import ConfigError
     c = load(os.path.join(ROOT, "configs", "paper", "policy_qwen2vl_2b.py")).get_config("8chip")
     c.policy_rl.ref_num_micro_batches = 7
-    with pytest.raises(ConfigError, match=r"config\.policy_rl\.ref_num_micro_batches = 7 must divide 360 prompts"):
+    with pytest.raises(ConfigError, match=r"config\.policy_rl\.ref_num_micro_batches = 7 must divide the prompts "
+                                          r"per step \(360\)"):
         dry_run.run(c)
     c = load(os.path.join(ROOT, "configs", "paper", "policy_qwen2vl_2b.py")).get_config("8chip")
     del c.model.grm["hf_config"]
@@ -147,7 +149,7 @@ def test_halving_the_judging_or_scoring_call_halves_that_phase(name, section, ke
     gb = []
     for size in (16, 8) if key == "judge_prompts_per_call" else (320, 160):
         c[section][key] = size
-        note = dry_run.plan_stage(stages.validate(c), section).notes[-1]
+        note = dry_run.plan_stage(config_schema.validate(c), section).notes[-1]
         gb.append(float(re.search(rf"; {phase} ([0-9.]+) GB", note).group(1)))
     # half (judging: the sampler's tower is a call of its own, smaller than the prefill; RM scoring:
     # but for the tower's one piece of attention scores, vision_chunk, which stays)
@@ -193,3 +195,27 @@ def test_vision_tower_estimate_with_remat_bounds_the_scanned_tower():
         m = _tower_shape(depth, embed, heads, patches, chunk, remat=True)
         ratio = dry_run.vision_bytes(m, images, patches, backward=True) / res[key]
         assert 1.0 <= ratio <= 2.0, (chunk, ratio)
+
+
+def test_the_plan_is_what_each_stage_declares(monkeypatch):
+    """plan_stage prices a stage's own `memory_phases` (no copy of the stage's arithmetic): a
+    declared phase with twice the rows and images needs more activation memory, the same parameters;
+    every stage declares."""
+    import dataclasses
+
+    from grlhfv_jax import stages
+    from grlhfv_jax.stages import dpo
+    assert all(callable(getattr(stages.module(name), "memory_phases", None)) for name in stages.STAGES)
+    c = config_schema.validate(load(os.path.join(ROOT, "configs", "paper", "dpo_qwen2vl_2b.py")).get_config("8chip"))
+    before = dry_run.plan_stage(c, "dpo")
+    declared = dpo.memory_phases(c, "dpo")
+
+    def doubled(config, section):
+        mem, = declared
+        return [dataclasses.replace(mem, phases=tuple(dataclasses.replace(p, rows=2 * p.rows, images=2 * p.images)
+                                                      for p in mem.phases))]
+    monkeypatch.setattr(dpo, "memory_phases", doubled)
+    after = dry_run.plan_stage(c, "dpo")
+    assert after.per_device["activations"] > 1.5 * before.per_device["activations"]   # linear, but chunked towers
+    assert after.per_device["params"] == before.per_device["params"] > 0
+    assert dry_run.plan_stage(c, "data") is None

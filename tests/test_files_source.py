@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from grlhfv_jax import stages
+from grlhfv_jax import config as config_schema
 from grlhfv_jax.config import ConfigError
 from grlhfv_jax.data import files_source as fs
 from grlhfv_jax import encoding
@@ -144,10 +144,10 @@ def _files_config(paths: dict, tokenizer_dir: str, grm_path: str | None = None):
 def test_a_files_run_that_cannot_work_fails_naming_the_key(edit, match):
     splits = ("sft_policy", "grm_train", "grm_test_id", "grm_test_ood", "policy_train")
     c = _files_config({s: "/nowhere" for s in splits}, "/tok")
-    stages.validate(c)   # as written: valid (nothing is read yet)
+    config_schema.validate(c)   # as written: valid (nothing is read yet)
     edit(c)
     with pytest.raises(ConfigError, match=match):
-        stages.validate(c)
+        config_schema.validate(c)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def files_run(tmp_path_factory):
 def test_over_long_records_are_skipped_truncated_or_refused_and_counted(files_run):
     from grlhfv_jax.data import files_convert as data_files
     config, root = files_run
-    full = stages.validate(config)
+    full = config_schema.validate(config)
     rs = data_files.readers(full)
     assert [r.key for r in rs["grm_train"]] == ["config.grm_rl.max_len"]
     assert [r.key for r in rs["policy_train"]] == ["config.policy_rl.max_len"]
@@ -231,7 +231,7 @@ def test_the_data_stage_counts_bad_and_truncated_records_into_the_summary(files_
     for split in c.data.files:
         c.data.files[split].path = pq_path
     c.data.too_long = "truncate"
-    full = stages.validate(c)
+    full = config_schema.validate(c)
     s = data_files.run(full, str(tmp_path), str(tmp_path / "data"))
     assert s["data/grm_train/bad_bad_label"] == 1 and s["data/grm_train/bad_total"] == 1
     assert s["data/grm_train/rows_read"] == 6

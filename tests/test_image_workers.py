@@ -18,7 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from grlhfv_jax import config as config_schema
 from grlhfv_jax import processing
+from grlhfv_jax.config import sections
 from grlhfv_jax.data import files_source as fs
 from grlhfv_jax import encoding
 from grlhfv_jax.rollout import grm_judge, group_sampling
@@ -27,7 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import demo  # noqa: E402
 
 WORDS = "red blue green circle square the is are a an big small left right one two three".split()
-IMAGE = dict(min_pixels=28 * 28, max_pixels=84 * 84, patch_size=14, merge_size=2, temporal_patch_size=2)
+IMAGE = config_schema.typed_section(sections.IMAGE, dict(min_pixels=28 * 28, max_pixels=84 * 84, patch_size=14,
+                                                         merge_size=2, temporal_patch_size=2), "image")
 SIZES = ((40, 56), (70, 90))   # two sizes: two different patch grids
 
 
@@ -138,7 +141,7 @@ def test_a_processor_with_other_settings_processes_again(setup):
     src = fs.FilesSource(dataset_dir, shard=(0, 1), image_processor=encoding.image_processor(IMAGE), image_workers=1)
     with src.dataset("grm_train", seed=0, batch_size=2) as ds:
         r = ds[0][0]
-    other = encoding.image_processor(dict(IMAGE, max_pixels=56 * 56))
+    other = encoding.image_processor(IMAGE.replace(max_pixels=56 * 56))
     assert r["image"].patches(other) is None and r["image"].patches(codec.image_processor) is not None
     text = processing.chat_prompt(r["question"], tokenizer=codec.tokenizer)
     got = processing.encode_example(codec.tokenizer, other, text, [r["image"]])

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from grlhfv_jax import stages
+from grlhfv_jax import config as config_schema
 from grlhfv_jax.config import ConfigError
 from grlhfv_jax.models import published
 
@@ -36,12 +36,12 @@ def test_one_config_per_paper_run():
 def test_every_paper_config_validates_under_every_preset(path):
     module = load(path)
     for preset, p in common.PRESETS.items():
-        c = stages.validate(module.get_config(preset))
+        c = config_schema.validate(module.get_config(preset))
         assert tuple(c.mesh_shape) == p["mesh_shape"] and c.device_memory_gb == p["device_memory_gb"]
         assert c.data.kind == "files"
         for role in c.model:   # shapes from the published table
             assert c.model[role].dtype == "bfloat16" and c.model[role].param_dtype == "float32"
-            assert c.model[role].hf_config.to_dict() in [published.hf_config(n) for n in published.NAMES]
+            assert c.model[role].hf_config in [published.hf_config(n) for n in published.NAMES]
         for sec in ("grm_rl", "policy_rl", "policy_rl_rm"):
             if sec in c.stages:
                 s = c[sec]
@@ -103,4 +103,4 @@ def test_paths_are_placeholders_until_set():
     assert config_schema.placeholders(c) == []
     c.data.files.grm_train.fields = "beavertails"
     with pytest.raises(ConfigError, match=r"config\.data\.files\.grm_train\.fields"):
-        stages.validate(c)
+        config_schema.validate(c)

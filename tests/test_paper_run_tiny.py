@@ -49,7 +49,7 @@ def tiny(tmp_path_factory):
     hf = SMALL_MODEL
     codec = encoding.Codec.from_dirs(tok, dict(min_pixels=56 * 56, max_pixels=56 * 56))
     for name, seed in (("policy", 0), ("rm", 1)):
-        spec = config_schema.section(dict(hf_config=hf), config_schema.sections.MODEL)
+        spec = config_schema.typed_section(config_schema.sections.MODEL, dict(hf_config=hf))
         models.save_pretrained(models.from_config(roles.model_config(spec, codec), rngs=nnx.Rngs(seed)),
                                str(root / name))
     return root, pairs, tok

@@ -11,6 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
+from grlhfv_jax import config as config_schema
 from grlhfv_jax import main, report, stages
 from grlhfv_jax.metrics import MetricsWriter, read_jsonl
 from grlhfv_jax.stages import ConfigError
@@ -23,7 +24,7 @@ import demo  # noqa: E402
 
 
 @pytest.mark.parametrize("key, value, match", [
-    ("stages", ["data", "sfft"], r"unknown stage 'sfft'"),
+    ("stages", ["data", "sfft"], r"config\.stages = \('data', 'sfft'\): must be .*\('sfft' is not\)"),
     ("grm_rl.group_size", 1, r"config\.grm_rl\.group_size = 1"),
     ("policy_rl.aggregator", "median", r"config\.policy_rl\.aggregator = 'median'"),
     ("policy_rl.mini_batches", 3, r"config\.policy_rl\.mini_batches = 3 must divide"),
@@ -31,10 +32,10 @@ import demo  # noqa: E402
     ("sft.policy.lr", -1.0, r"config\.sft\.policy\.lr = -1\.0"),
     ("mesh_shape", (2, -1, -1), r"config\.mesh_shape"),
     ("data.sft_grm_analysis", "opinions", r"config\.data\.sft_grm_analysis = 'opinions'"),
-    ("data.sft_grm_first_scores", (5, 6), r"config\.data: .*sft_grm_first_scores"),
-    ("data.sft_grm_opinions", (("hedging", 1),), r"config\.data: .*sft_grm_opinions"),
+    ("data.sft_grm_first_scores", (5, 6), r"config\.data\.sft_grm_first_scores: "),
+    ("data.sft_grm_opinions", (("hedging", 1),), r"config\.data\.sft_grm_opinions: "),
     ("data.sft_grm_opinions", ("hedges",), r"config\.data\.sft_grm_opinions = "),
-    ("data.sft_grm_opinion_strength", 2.0, r"config\.data: .*sft_grm_opinion_strength"),
+    ("data.sft_grm_opinion_strength", 2.0, r"config\.data\.sft_grm_opinion_strength = 2\.0: must be in \[0, 1\]"),
     ("sft.policy.styles", {"rude": 1.0}, r"config\.sft\.policy\.styles"),
     ("sft.policy.data", "gold", r"config\.sft\.policy\.data = 'gold'"),
     ("evaluate.samples", -1, r"config\.evaluate\.samples = -1"),
@@ -54,25 +55,25 @@ def test_bad_config_fails_before_anything_runs_naming_the_key(key, value, match)
         node = node[p]
     node[leaf] = value
     with pytest.raises(ConfigError, match=match):
-        stages.validate(config)
+        config_schema.validate(config)
 
 
 def test_consistency_reward_needs_both_orders():
     config = demo.get_config("smoke")
     config.grm_rl.update(position_debias=False, consistency_reward=True)
     with pytest.raises(ConfigError, match=r"consistency_reward needs"):
-        stages.validate(config)
+        config_schema.validate(config)
     config = demo.get_config("smoke")
     config.grm_rl.update(position_debias=False, pool_orders=True)
     with pytest.raises(ConfigError, match=r"pool_orders needs"):
-        stages.validate(config)
+        config_schema.validate(config)
 
 
 def test_missing_section_is_named():
     config = demo.get_config("smoke")
     del config["rm"]
     with pytest.raises(ConfigError, match=r"config\.rm is missing"):
-        stages.validate(config)
+        config_schema.validate(config)
 
 
 class _Toy(nnx.Module):
@@ -229,6 +230,7 @@ def test_grouped_judging_shares_the_prefix_and_equals_separate_prompts(smoke_run
     from grlhfv_jax.data import pipeline
     from grlhfv_jax.rollout import Judge, SamplingParams
     config, workdir, _ = smoke_run
+    config = config_schema.validate(config)
     codec = roles.codec(config, workdir)
     grm = models.load_pretrained(os.path.join(workdir, "grm_rl", "grm"))
     recs = pipeline.load_records(roles.paths(config, workdir)["data_dir"], "grm_test_id",
@@ -254,7 +256,7 @@ def test_nscale_stage_writes_a_gain_per_n(smoke_run, tmp_path):
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.nscale = {"ns": [2], "rewards": ["grm"], "policy": config.policy_rl.to_dict()}
-    stages.validate(config)
+    config_schema.validate(config)
     writer = MetricsWriter(workdir, tensorboard=False)
     summary = stages.run_stage("nscale", config, workdir, writer)
     writer.close()

@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from grlhfv_jax import precision, stages
+from grlhfv_jax import config as config_schema
+from grlhfv_jax import precision
 from grlhfv_jax.config import ConfigError
 
 
@@ -37,7 +38,7 @@ def test_a_bad_value_names_the_key():
     c = demo.get_config("smoke")
     c.matmul_precision = "fast"
     with pytest.raises(ConfigError, match="matmul_precision"):
-        stages.validate(c)
+        config_schema.validate(c)
 
 
 @pytest.fixture

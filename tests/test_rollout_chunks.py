@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from grlhfv_jax import stages
+from grlhfv_jax import config as config_schema
 from grlhfv_jax.config import ConfigError
 from grlhfv_jax.rollout import GenerationOutput
 from grlhfv_jax.rollout import group_sampling
@@ -34,14 +34,14 @@ def test_a_slice_count_that_does_not_divide_the_prompts_is_named(key):
     c = demo.get_config("smoke")
     c.grm_rl[key] = 3   # the demo: 16 pairs in both orders = 32 prompts
     with pytest.raises(ConfigError, match=rf"config\.grm_rl\.{key} = 3 must divide the prompts per step \(32\)"):
-        stages.validate(c)
+        config_schema.validate(c)
     c.grm_rl[key] = 2
-    stages.validate(c)
+    config_schema.validate(c)
     if key == "rollout_num_micro_batches":
         c = demo.get_config("smoke")
         bad = c.policy_rl.prompts_per_step + 1
         c.policy_rl[key] = bad
         with pytest.raises(ConfigError, match=rf"config\.policy_rl\.{key} = {bad} must divide"):
-            stages.validate(c)
+            config_schema.validate(c)
         c.policy_rl[key] = c.policy_rl.prompts_per_step
-        stages.validate(c)
+        config_schema.validate(c)

@@ -13,6 +13,7 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 import tiny_models as tm
+from grlhfv_jax import config as config_schema
 from grlhfv_jax import sharding
 from grlhfv_jax.models import load_pretrained, save_pretrained
 from grlhfv_jax.rl import optim
@@ -209,7 +210,6 @@ def test_one_grpo_update_equals_the_unrolled_models(models, batch):  # noqa: F81
 def test_the_config_key_is_checked_and_reaches_the_model():
     from test_config_schema import demo
 
-    from grlhfv_jax import stages
     from grlhfv_jax.config import ConfigError, sections
 
     assert sections.MODEL["scan_layers"].default is False
@@ -217,9 +217,10 @@ def test_the_config_key_is_checked_and_reaches_the_model():
     with config.unlocked():
         config.model.grm["scan_layers"] = "yes"
     with pytest.raises(ConfigError, match=r"^config\.model\.grm\.scan_layers = 'yes': expected bool"):
-        stages.validate(config)
-    rt = roles.runtime(dict(hf_config={}, scan_layers=True))
-    assert rt["scan_layers"] is True and roles.runtime(dict(hf_config={}))["scan_layers"] is False
+        config_schema.validate(config)
+    rt = roles.runtime(config_schema.typed_section(sections.MODEL, dict(hf_config={}, scan_layers=True)))
+    assert rt["scan_layers"] is True
+    assert roles.runtime(config_schema.typed_section(sections.MODEL, dict(hf_config={})))["scan_layers"] is False
     from grlhfv_jax import models as M
     model = nnx.eval_shape(lambda: M.from_config(tm.tiny_hf_config("qwen2_vl").to_dict(), **rt))
     assert model.config.scan_layers and not isinstance(model.model.layers, nnx.List)

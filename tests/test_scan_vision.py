@@ -14,6 +14,7 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 import tiny_models as tm
+from grlhfv_jax import config as config_schema
 from grlhfv_jax import sharding
 from grlhfv_jax.models import load_pretrained, save_pretrained
 from grlhfv_jax.models.qwen2_vl.vision import VisionTower
@@ -204,7 +205,6 @@ def test_the_config_key_is_checked_and_reaches_the_model():
     from test_config_schema import demo
 
     from grlhfv_jax import models as M
-    from grlhfv_jax import stages
     from grlhfv_jax.config import ConfigError, sections
 
     assert sections.MODEL["scan_vision"].default is False
@@ -212,13 +212,13 @@ def test_the_config_key_is_checked_and_reaches_the_model():
     with config.unlocked():
         config.model.grm["scan_vision"] = "yes"
     with pytest.raises(ConfigError, match=r"^config\.model\.grm\.scan_vision = 'yes': expected bool"):
-        stages.validate(config)
+        config_schema.validate(config)
     config = demo()
     with config.unlocked():
         config.model.grm["scan_vision"] = True
-    stages.validate(config)
-    rt = roles.runtime(config.model.grm)   # what the stages pass to load_pretrained / from_config
-    assert rt["scan_vision"] is True and roles.runtime(dict(hf_config={}))["scan_vision"] is False
+    rt = roles.runtime(config_schema.validate(config).model.grm)   # what the stages pass to from_config
+    assert rt["scan_vision"] is True
+    assert roles.runtime(config_schema.typed_section(sections.MODEL, dict(hf_config={})))["scan_vision"] is False
     model = nnx.eval_shape(lambda: M.from_config(tm.tiny_hf_config("qwen2_5_vl").to_dict(), **rt))
     assert model.config.scan_vision and not isinstance(model.visual.blocks, nnx.List)
     assert model.visual.blocks.mlp.gate_proj.kernel.get_value().shape[0] == 3

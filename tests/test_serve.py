@@ -30,7 +30,6 @@ from grlhfv_jax.data.tokenizer import train_tokenizer  # noqa: E402
 from grlhfv_jax.rl import grm_reward  # noqa: E402
 from grlhfv_jax.rollout import SamplingParams  # noqa: E402
 from grlhfv_jax.rollout.http_judge import HTTPJudge, image_data_url  # noqa: E402
-from grlhfv_jax.stages import judging  # noqa: E402
 from grlhfv_jax import encoding
 from grlhfv_jax.rollout import grm_judge
 from grlhfv_jax import roles
@@ -153,9 +152,12 @@ def test_policy_rl_rewards_http_equal_in_process(grm, tmp_path):
     recs = [{"question": q, "image": img} for q, img, _, _ in ITEMS[:2]]
     texts = ["It is red.", "It is blue.", "The circle is green.", "A square.", "It is.", "No."]
     complete = np.array([[True, True, True], [True, False, True]])
-    local = roles.make_judge({"kind": "grm"}, codec=codec, load_grm=lambda: models.load_pretrained(folder))
-    remote = roles.make_judge({"kind": "http", "base_url": url, "model": NAME, "max_retries": 0,
-                                 "cache_dir": "judge_cache", "api_key_env": "GRLHFV_TEST_NO_KEY"},
+    from grlhfv_jax import config as C
+    local = roles.make_judge(C.typed_section(C.sections.JUDGE, {"kind": "grm"}), codec=codec,
+                               load_grm=lambda: models.load_pretrained(folder))
+    remote = roles.make_judge(C.typed_section(C.sections.JUDGE, {
+                                    "kind": "http", "base_url": url, "model": NAME, "max_retries": 0,
+                                    "cache_dir": "judge_cache", "api_key_env": "GRLHFV_TEST_NO_KEY"}),
                                 codec=codec, load_grm=lambda: pytest.fail("kind='http' loads no model"),
                                 workdir=str(tmp_path))
     assert isinstance(local, grm_judge.GRMJudge) and isinstance(remote, HTTPJudge)
@@ -176,14 +178,14 @@ def test_judge_config_keys():
         C.check({"policy_rl": {"judge": {"timeout_s": "slow"}}})
     assert C.lookup_key("policy_rl_rm.judge.kind").default == "grm"
     assert "policy_rl.judge.max_concurrency" in C.describe("policy_rl")
-    judging.check_judge_config({}, "policy_rl")   # no judge section: the in-process GRM
+    assert C.typed_section(C.sections.JUDGE, {}, "policy_rl.judge").kind == "grm"   # the in-process GRM
     for judge, key in (({"kind": "vllm"}, "kind"), ({"kind": "http", "model": "m"}, "base_url"),
                        ({"kind": "http", "base_url": "http://h:1"}, "model"),
                        ({"kind": "http", "base_url": "h:1", "model": "m"}, "base_url"),
                        ({"kind": "http", "base_url": "http://h:1", "model": "m", "max_concurrency": 0},
                         "max_concurrency")):
         with pytest.raises(ConfigError, match=rf"config\.policy_rl\.judge\.{key}"):
-            judging.check_judge_config({"judge": judge}, "policy_rl")
+            C.typed_section(C.sections.JUDGE, judge, "policy_rl.judge")
 
 
 def test_non_loopback_host_needs_the_key(grm, monkeypatch, capsys):

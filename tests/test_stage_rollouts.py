@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from grlhfv_jax import config as config_schema
 from grlhfv_jax import models
+from grlhfv_jax.config import sections
 from grlhfv_jax.rollout import GenerationOutput, generate
 from grlhfv_jax.trainers import grpo as learner
 from grlhfv_jax.trainers import loop, steps
@@ -79,13 +81,13 @@ def test_grpo_loop_learns_a_learnable_reward_on_tiny_qwen2_vl():
 
 
 def test_freeze_keeps_the_vision_tower_fixed_and_trains_the_rest():
-    from ml_collections import ConfigDict
     from tiny_models import make_batch, tiny_hf_config  # tests/ is on sys.path
 
 
     model = models.from_config(tiny_hf_config("qwen2_vl").to_dict(), rngs=nnx.Rngs(0))
     before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    state = loop.make_train_state(model, ConfigDict({"lr": 1e-2, "warmup_ratio": 0.0, "freeze": ["visual"]}), 10)
+    opt = config_schema.typed_section(sections.OPTIMIZER, {"lr": 1e-2, "warmup_ratio": 0.0, "freeze": ["visual"]})
+    state = loop.make_train_state(model, opt, 10)
     raw = make_batch([[[5, 6], (1, 4, 4), [7, 8, 9]], [(1, 2, 4), [10, 11, 12, 13]]], pad_side="right")
     batch = {k: raw[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
     batch["loss_mask"] = np.asarray(batch["attention_mask"])
@@ -110,12 +112,12 @@ def test_rm_rewards_rank_incomplete_answers_last():
 def test_rl_schedule_spans_all_rl_steps_with_mini_batches():
     """Two optimizer updates per RL step: the learning rate must not reach zero halfway (the
     schedule counts updates, steps x mini_batches). Warm-up 0 + cosine: lr(u) = lr0 (1 + cos(pi u / U)) / 2."""
-    from ml_collections import ConfigDict
     from tiny_models import tiny_hf_config  # tests/ is on sys.path
 
 
     model = models.from_config(tiny_hf_config("qwen2_vl").to_dict(), rngs=nnx.Rngs(0))
-    sec = ConfigDict({"lr": 1e-3, "warmup_ratio": 0.0, "steps": 10, "mini_batches": 2})
+    sec = config_schema.typed_section(sections.OPTIMIZER, {"lr": 1e-3, "warmup_ratio": 0.0}).replace(steps=10,
+                                                                                                   mini_batches=2)
     state = loop.make_rl_train_state(model, sec)
     for u in (0, 10, 15, 19):  # update u happens in RL step u // 2
         want = 1e-3 * (1 + np.cos(np.pi * u / 20)) / 2

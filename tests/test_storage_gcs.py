@@ -134,14 +134,15 @@ def test_storage_round_trip_on_the_bucket(gcs, tmp_path, monkeypatch):
     # inputs a config names in a bucket (a checkpoint folder, a data file) are read from local copies
     import demo
 
-    from grlhfv_jax import main, stages
+    from grlhfv_jax import config as config_schema
+    from grlhfv_jax import main
     storage.path(f"gs://{BUCKET}/inputs/ckpt_folder/config.json").write_text('{"a": 1}')
     storage.path(f"gs://{BUCKET}/inputs/prefs.jsonl").write_text('{"x": 1}\n')
-    config = stages.validate(demo.get_config("smoke"))
+    config = demo.get_config("smoke")
     config.model.policy.path = f"gs://{BUCKET}/inputs/ckpt_folder"
     with config.data.unlocked():
         config.data.files = {"grm_train": {"path": f"gs://{BUCKET}/inputs/prefs.jsonl"}}
-    main._local_inputs(config)
+    config = main._local_inputs(config_schema.validate(config))
     assert open(os.path.join(config.model.policy.path, "config.json")).read() == '{"a": 1}'
     assert open(config.data.files.grm_train.path).read() == '{"x": 1}\n'
     assert not storage._mirrors   # inputs are never pushed back

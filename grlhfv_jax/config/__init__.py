@@ -1,89 +1,75 @@
-"""Typed config schemas: every key's type, default and meaning (`sections.py`), checked before
-anything heavy starts. An unknown key or a badly typed value is a one-line ConfigError naming the
-full dotted key (and, for a typo, the nearest valid key).
+"""Typed config schemas: every key's type, default, constraint and meaning, and each section's
+cross-key rules (`sections.py`), checked once before anything heavy starts. An unknown key, a badly
+typed or out-of-range value, a broken rule is a one-line ConfigError naming the full dotted key
+(and, for a typo, the nearest valid key).
 
-    check(config)          raises ConfigError on an unknown key or a bad type
-    with_defaults(config)  a checked copy with every absent defaulted key filled in
-    check_overrides(argv)  the same for `--config.a.b=v` command-line overrides, before parsing
-    lookup_key("a.b")      the schema key of a dotted path (None inside an open map)
-    describe("grm_rl")     the listing of a section: key, type, default, meaning
-    placeholders(config)   (key, value) still holding a "<...>" placeholder (paths left to the command line)
+    validate(config)            the config checked and frozen (`Frozen`): what main and the stages read
+    typed_section(node, values) one section checked and frozen (entry points that build a section)
+    check(config)               raises ConfigError on an unknown key, a bad type or an out-of-range value
+    apply_overrides(config, a)  `--config.a.b=v` arguments typed by the schema and set (`overrides.py`)
+    check_overrides(argv)       their dotted paths checked against the schema, before parsing
+    lookup_key("a.b")           the schema key of a dotted path (None inside an open map)
+    describe("grm_rl")          the listing of a section: key, type, default, constraint, meaning
+    placeholders(config)        (key, value) still holding a "<...>" placeholder (paths left to the command line)
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from grlhfv_jax.config.schema import REQUIRED, ConfigError, Key, describe_lines, fill, lookup
+from grlhfv_jax.config import sections
+from grlhfv_jax.config.overrides import apply_overrides, check_overrides, lookup_key
+from grlhfv_jax.config.schema import (REQUIRED, ConfigError, Frozen, FrozenError, Key, Section, build, describe_lines,
+                                      lookup, run_rules)
 from grlhfv_jax.config.schema import check as _check
-from grlhfv_jax.config.sections import CONFIG
+from grlhfv_jax.config.sections import CONFIG, STAGE_SECTIONS
 
-__all__ = ["CONFIG", "REQUIRED", "ConfigError", "Key", "check", "check_overrides", "describe", "lookup_key",
-           "placeholders", "section", "with_defaults"]
+__all__ = ["CONFIG", "REQUIRED", "STAGE_SECTIONS", "ConfigError", "Frozen", "FrozenError", "Key", "Section",
+           "apply_overrides", "check", "check_overrides", "describe", "lookup_key", "placeholders", "sections",
+           "typed_section", "validate"]
 
 
 def check(config) -> None:
-    """Raises ConfigError for the first unknown key or badly typed value anywhere in `config`."""
+    """Raises ConfigError for the first unknown key, badly typed or out-of-range value in `config`."""
     _check(CONFIG, config)
 
 
-def with_defaults(config):
-    """A checked, reference-resolved copy of `config` (a ConfigDict) holding every key that has a
-    default; `config` itself is unchanged."""
-    check(config)
-    return section(config, CONFIG)
+def validate(config, *, complete: bool = True) -> Frozen:
+    """The one validation of a run's config (a ConfigDict or dict; `config` itself is unchanged):
+    unknown keys, types, constraints, the keys the running stages need, then every rule of the
+    sections they read. Returns it frozen and typed with every default filled in; ConfigError names
+    the first bad key. A Frozen config is returned as it is (validated already). `complete=False`:
+    keys, types, constraints and defaults only, for a config read back for a few of its sections
+    (export.py reads a run's model entries and image settings)."""
+    if isinstance(config, Frozen):
+        return config
+    if not complete:
+        return build(CONFIG, config, "", lambda path: False)
+    stages = config["stages"] if "stages" in config else ()
+    reads = {"data"} | {STAGE_SECTIONS[s] for s in stages if isinstance(s, str) and s in STAGE_SECTIONS}
+
+    def used(path: str) -> bool:  # the root's own keys, and the sections the running stages read
+        return path == "" or path.split(".")[0] in reads
+
+    frozen = build(CONFIG, config, "", used)
+    run_rules(CONFIG, frozen, "", frozen, used)
+    return frozen
 
 
-def section(values, node: dict = CONFIG):
-    """A ConfigDict copy of `values` (a config, a section of one, or a dict) with every absent key
-    of the schema section `node` that has a default filled in (not checked): for helpers that
-    outside code calls with a partial section, e.g. `section(opt_cfg, sections.OPTIMIZER)`."""
-    if isinstance(values, ml_collections.ConfigDict):
-        out = values.copy_and_resolve_references()
-    else:
-        out = ml_collections.ConfigDict(dict(values))
-    with out.unlocked():
-        fill(node, out)
-    return out
-
-
-def check_overrides(argv: list[str]) -> None:
-    """Checks the dotted paths of `--config.a.b=v` arguments against the schema (the parts inside
-    an open map such as `model.policy.hf_config` are not checked). Raises ConfigError."""
-    for arg in argv:
-        if not arg.startswith("--config."):
-            continue
-        path = arg[len("--config."):].split("=", 1)[0]
-        parts = path.split(".")
-        for i in range(len(parts)):
-            node = lookup(CONFIG, ".".join(parts[:i + 1]))
-            if isinstance(node, Key):
-                if i + 1 < len(parts) and node.type.rstrip("?") != "map":
-                    raise ConfigError(f"config.{'.'.join(parts[:i + 1])} is a {node.type} key, not a section")
-                break
-
-
-def lookup_key(path: str) -> Key | None:
-    """The schema key at dotted `path` ("grm_rl.kl_coef"); None for a path inside an open map
-    (e.g. "model.policy.hf_config.text_config.hidden_size"). ConfigError for an unknown path or a
-    section."""
-    parts = path.split(".")
-    for i in range(len(parts)):
-        node = lookup(CONFIG, ".".join(parts[:i + 1]))
-        if isinstance(node, Key):
-            if i + 1 == len(parts):
-                return node
-            if node.type.rstrip("?") == "map":
-                return None
-            raise ConfigError(f"config.{'.'.join(parts[:i + 1])} is a {node.type} key, not a section")
-    raise ConfigError(f"config.{path} is a section, not a key: set its keys one by one")
+def typed_section(node: dict, values, path: str = "") -> Frozen:
+    """One section (`node`, e.g. `sections.MODEL`) of `values` checked, defaults filled, its
+    rules run, frozen: for entry points that build a section themselves (evaluate.py's model spec
+    holds its dtypes only: the section's REQUIRED keys are not asked for)."""
+    frozen = build(node, values, path, lambda p: False)
+    run_rules(node, frozen, path, frozen, lambda p: True)
+    return frozen
 
 
 def describe(section: str = "") -> str:
     """The listing of `section` (a dotted path such as "grm_rl" or "sft.policy"; "" = everything):
-    one line per key with its type, default ("required": none) and meaning."""
+    one line per key with its type, default ("required": none), [constraint] and meaning."""
     node = lookup(CONFIG, section) if section else CONFIG
-    head = f"{'key':<34} {'type':<7} {'default':<16} meaning"
+    head = f"{'key':<34} {'type':<7} {'default':<16} [constraint] meaning"
     return "\n".join([head] + describe_lines(node, section))
 
 
@@ -97,7 +83,7 @@ def placeholders(config, path: str = "") -> list[tuple[str, str]]:
     found = []
     for key in config:
         value, full = config[key], f"{path}.{key}" if path else key
-        if isinstance(value, (dict, ml_collections.ConfigDict)):
+        if isinstance(value, (dict, ml_collections.ConfigDict, Frozen)):
             found += placeholders(value, full)
         elif is_placeholder(value):
             found.append((full, value))

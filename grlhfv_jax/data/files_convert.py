@@ -19,7 +19,7 @@ a time, into a TFDS dataset of sharded array_record files (`data.files_tfds`) un
 On several hosts only process 0 converts and the others wait for its finished folder; a rerun
 with the same files and options reuses it (notes above `CONVERSION`).
 Stages that need the synthetic world's oracle or its annotations cannot run on files
-(`check_config` says which).
+(config.sections' data rules say which).
 """
 
 from __future__ import annotations
@@ -33,113 +33,11 @@ import threading
 import uuid
 
 from grlhfv_jax import processing
-from grlhfv_jax.metrics import write_json_atomic
-from grlhfv_jax.config import ConfigError
+from grlhfv_jax.config.sections import Reader, readers, tokenizer_dir  # which split feeds which stage; the rules
 from grlhfv_jax.data import files_source as fs
 from grlhfv_jax.data import preference_files as pf
+from grlhfv_jax.metrics import write_json_atomic
 from grlhfv_jax import encoding
-
-# stages that cannot run on files, and why
-WORLD_ONLY_STAGES = {
-    "vision": "it pretrains the vision tower on the synthetic world's image labels (colour, count, shape, position)",
-    "evaluate": "it scores answers with the synthetic world's oracle",
-    "nscale": "it scores answers with the synthetic world's oracle",
-}
-TOO_LONG = ("skip", "truncate", "fail")
-
-
-@dataclasses.dataclass(frozen=True)
-class Reader:
-    """A stage reading a split: `what` it builds from each record ("grm": the GRM prompt of the pair,
-    "responses": question + each response, "answer": question + the preferred response, "prompt":
-    the question alone) and the `key` of its token limit, `max_len`."""
-    what: str
-    key: str
-    max_len: int
-
-
-def readers(config) -> dict[str, list[Reader]]:
-    """split -> the stages of this run that read it (module docstring). `config` has its defaults."""
-    out = collections.defaultdict(list)
-
-    def add(split, what, key):
-        sec, leaf = key.rsplit(".", 1)
-        node = config
-        for part in sec.split("."):
-            node = node[part]
-        out[split].append(Reader(what, f"config.{key}", int(node[leaf])))
-
-    for stage in config.stages:
-        if stage == "sft" and "policy" in config.sft:
-            if config.sft.policy.data == "best":
-                add("sft_policy", "answer", "sft.policy.max_len")
-            elif config.sft.policy.data == "candidates":
-                add("sft_grm", "responses", "sft.policy.max_len")
-        elif stage == "grm_rl":
-            add("grm_train", "grm", "grm_rl.max_len")
-            if config.grm_rl.eval_pairs:
-                add("grm_test_id", "grm", "grm_rl.max_len")
-                add("grm_test_ood", "grm", "grm_rl.max_len")
-        elif stage == "rm":
-            add("grm_train", "responses", "rm.max_len")
-            if config.rm.eval_pairs:
-                add("grm_test_id", "responses", "rm.max_len")
-                add("grm_test_ood", "responses", "rm.max_len")
-        elif stage == "dpo":
-            add("grm_train", "responses", "dpo.max_len")
-        elif stage in ("policy_rl", "policy_rl_rm"):
-            add("policy_train", "prompt", f"{stage}.max_len")
-    return dict(out)
-
-
-def check_config(config) -> None:
-    """ConfigError for a files run that cannot work: an unknown choice, a stage that needs the world,
-    a split a stage reads that is not configured, no tokenizer. `config` has its defaults."""
-    d = config.data
-    if d.too_long not in TOO_LONG:
-        raise ConfigError(f"config.data.too_long = {d.too_long!r}: expected one of {TOO_LONG}")
-    if d.read_threads < 0:
-        raise ConfigError(f"config.data.read_threads = {d.read_threads}: expected 0 (read in the step) or more")
-    if d.image_workers < 0:
-        raise ConfigError(f"config.data.image_workers = {d.image_workers}: expected 0 (images processed in the step) "
-                          "or more")
-    for split, spec in d.get("files", {}).items():
-        where = f"config.data.files.{split}"
-        if "path" not in spec or not spec.path:
-            raise ConfigError(f"{where}.path is missing (the split's file or folder)")
-        if spec.format not in pf.FORMATS:
-            raise ConfigError(f"{where}.format = {spec.format!r}: expected one of {pf.FORMATS}")
-        if spec.fields not in pf.FIELD_MAPS:
-            raise ConfigError(f"{where}.fields = {spec.fields!r}: expected one of {sorted(pf.FIELD_MAPS)}")
-        if spec.on_bad not in ("skip", "fail"):
-            raise ConfigError(f"{where}.on_bad = {spec.on_bad!r}: expected 'skip' or 'fail'")
-    for stage in config.stages:
-        if stage in WORLD_ONLY_STAGES:
-            raise ConfigError(f"config.stages: stage '{stage}' cannot run with config.data.kind = 'files': "
-                              f"{WORLD_ONLY_STAGES[stage]}; leave it out")
-    if "sft" in config.stages:
-        if "grm" in config.sft:
-            raise ConfigError("config.sft.grm: the GRM warm start trains on the synthetic world's judgments, which "
-                              "preference files lack; with config.data.kind = 'files' leave config.sft.grm out (the "
-                              "GRM starts from config.model.grm.path)")
-        if "policy" in config.sft and config.sft.policy.data == "styled":
-            raise ConfigError("config.sft.policy.data = 'styled' restyles answers with the synthetic world's styles; "
-                              "with config.data.kind = 'files' use 'best' (the preferred responses) or 'candidates'")
-    for split, rs in readers(config).items():
-        if split not in d.get("files", {}):
-            names = ", ".join(sorted({r.key.split(".")[1] for r in rs}))
-            raise ConfigError(f"config.data.files.{split} is missing: stage(s) {names} read split '{split}' "
-                              f"(set config.data.files.{split}.path)")
-    if not tokenizer_dir(config):
-        raise ConfigError("config.data.tokenizer_dir is not set and no config.model.* entry has a path: a files "
-                          "run needs a tokenizer folder")
-
-
-def tokenizer_dir(config) -> str | None:
-    """config.data.tokenizer_dir, else the checkpoint folder of the first of config.model.policy /
-    grm / rm that has a path (a Qwen checkpoint holds its tokenizer)."""
-    paths = [config.model[r].path for r in ("policy", "grm", "rm") if r in config.model and config.model[r].path]
-    return config.data.tokenizer_dir or (paths[0] if paths else None)
 
 
 # ----------------------------------------------------------------------------- token lengths

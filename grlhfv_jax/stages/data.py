@@ -6,24 +6,9 @@ from __future__ import annotations
 import json
 import os
 
-from grlhfv_jax import roles
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.data import world as W
-from grlhfv_jax.stages import check_section
-
-SCHEMA = {
-    "seed": (int, None, "an int"),
-    "image_size": (int, lambda v: v >= 16 and v % 4 == 0, "a multiple of 4, >= 16"),
-    "label_noise": ((int, float), lambda v: 0 <= v < 0.5, "a probability in [0, 0.5)"),
-    "vocab_size": (int, lambda v: v >= 300, "an int >= 300"),
-}
-
-
-def validate(config, section: str) -> None:
-    if roles.kind(config) == "files":
-        return  # stages.validate checks a files run as a whole (data_files.check_config)
-    check_section(config, section, SCHEMA)
-    roles.world_config(config)
+from grlhfv_jax import roles
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
@@ -42,3 +27,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
         json.dump(out, f, indent=2)
     print(f"[data] dataset {out['dataset_dir']}, tokenizer {out['tokenizer_dir']}", flush=True)
     return {f"data/size_{s}": world.size(s) for s in W.SPLITS}
+
+
+def memory_phases(config, section: str) -> list:
+    """None for the dry run to price (it trains nothing)."""
+    return []

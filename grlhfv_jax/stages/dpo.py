@@ -10,30 +10,11 @@ from __future__ import annotations
 
 import os
 
+from grlhfv_jax import memory
 from grlhfv_jax.checkpoint import export_hf
-from grlhfv_jax.stages import ConfigError, check_section
 from grlhfv_jax.trainers import loop, steps
 from grlhfv_jax import encoding
 from grlhfv_jax import roles
-
-POS_INT = (int, lambda v: v >= 1, "an int >= 1")
-SCHEMA = {
-    "steps": POS_INT, "pairs_per_step": POS_INT,
-    "lr": ((int, float), lambda v: v > 0, "a positive number"),
-    "max_len": (int, lambda v: v >= 8, "an int >= 8 (tokens per row)"),
-    "beta": ((int, float), lambda v: v > 0, "a positive number"),
-}
-
-
-def validate(config, section: str) -> None:
-    check_section(config, section, SCHEMA)
-    m = config[section].num_micro_batches
-    if m < 1 or config[section].pairs_per_step % m:
-        raise ConfigError(f"config.{section}.num_micro_batches = {m} must divide pairs_per_step = "
-                          f"{config[section].pairs_per_step}")
-    if config[section].loss_type not in ("sigmoid", "ipo"):
-        raise ConfigError(f"config.{section}.loss_type = {config[section].loss_type!r}: expected 'sigmoid' or 'ipo'")
-
 
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
@@ -42,8 +23,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     policy, ref = roles.trainee_and_reference(config, workdir, "policy")
     state = loop.make_train_state(policy, sec, sec.steps)
     ds = src.dataset("grm_train", seed=config.seed + 5, batch_size=sec.pairs_per_step)
-    cfg = steps.DPOConfig(beta=float(sec.beta), loss_type=sec.loss_type, label_smoothing=float(sec.label_smoothing),
-                          num_micro_batches=int(sec.num_micro_batches))
+    cfg = steps.DPOConfig.from_section(sec)
 
     def make_batch(step):
         b = encoding.batch(encoding.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
@@ -60,3 +40,14 @@ def run(config, workdir: str, writer, section: str) -> dict:
                            ckpt_every=int(sec.ckpt_every))
     export_hf(state.model, roles.output_dir(workdir, "dpo"), codec=codec)
     return {f"dpo/train_{k}": v for k, v in last.items() if k in ("loss", "accuracy")}
+
+
+def memory_phases(config, section: str) -> list[memory.Memory]:
+    """What a step holds (the dry run prices it): the policy trained and its frozen reference, one
+    micro-batch of both responses of its pairs."""
+    sec = config[section]
+    policy = memory.Model("policy")
+    rows = 2 * sec.pairs_per_step // sec.num_micro_batches
+    phase = memory.Phase(f"train micro-batch: {rows} rows x {sec.max_len} tokens", policy, rows, sec.max_len,
+                         sec.max_len, backward=True, images=rows)
+    return [memory.Memory((policy, policy), policy, sec.freeze, (phase,))]

@@ -13,51 +13,12 @@ from __future__ import annotations
 
 import os
 
-from grlhfv_jax import roles
+from grlhfv_jax import memory, roles
 from grlhfv_jax.checkpoint import export_hf
-from grlhfv_jax.rl import grm_reward, grpo
-from grlhfv_jax.stages import ConfigError, check_section, judging
+from grlhfv_jax.rl import grm_reward
+from grlhfv_jax.rollout.engine import bucket_length
+from grlhfv_jax.stages import judging
 from grlhfv_jax.trainers import learner, loop, rewards
-
-POS_INT = (int, lambda v: v >= 1, "an int >= 1")
-POS_FLOAT = ((int, float), lambda v: v > 0, "a positive number")
-SCHEMA = {
-    "steps": POS_INT, "pairs_per_step": POS_INT, "mini_batches": POS_INT,
-    "group_size": (int, lambda v: v >= 2, "an int >= 2 (GRPO needs a group)"),
-    "max_len": (int, lambda v: v >= 16, "an int >= 16 (prompt tokens)"),
-    "max_new_tokens": POS_INT, "lr": POS_FLOAT,
-    "temperature": ((int, float), lambda v: v > 0, "a positive number (sampling)"),
-    "kl_coef": ((int, float), lambda v: v >= 0, "a number >= 0"),
-    "clip_eps": ((int, float), lambda v: 0 < v < 1, "in (0, 1)"),
-    "eval_pairs": (int, lambda v: v >= 0, "an int >= 0"),
-    "eval_every": POS_INT,
-    "position_debias": (bool, None, "a bool"), "consistency_reward": (bool, None, "a bool"),
-}
-
-
-def _one_of(registry: dict):
-    return (str, lambda v: v in registry, f"one of {sorted(registry)}")
-
-
-def grpo_registry_schema() -> dict:
-    """The GRPO keys that name a registry entry, checked against what is registered now."""
-    return {"advantage_estimator": _one_of(grpo.ADVANTAGE_ESTIMATORS), "kl_estimator": _one_of(grpo.KL_ESTIMATORS),
-            "loss_agg_mode": _one_of(grpo.LOSS_AGGREGATIONS), "policy_loss": _one_of(grpo.POLICY_LOSSES)}
-
-
-def validate(config, section: str) -> None:
-    check_section(config, section, {**SCHEMA, **grpo_registry_schema()})
-    sec = config[section]
-    for key in ("consistency_reward", "pool_orders"):
-        if sec[key] and not sec.position_debias:
-            raise ConfigError(f"config.{section}.{key} needs config.{section}.position_debias = True")
-    per = sec.pairs_per_step * (2 if sec.position_debias else 1)
-    for key in ("mini_batches", "ref_num_micro_batches", "rollout_num_micro_batches"):
-        if sec[key] < 1 or per % sec[key]:
-            raise ConfigError(f"config.{section}.{key} = {sec[key]} must divide the prompts per step ({per})")
-
-
-grpo_config = learner.grpo_config   # the GRPO loss settings of a section (kept here for callers of grm_rl)
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
@@ -100,3 +61,13 @@ def run(config, workdir: str, writer, section: str) -> dict:
                                             encode_image=src.encode_image))
         writer.write("grm_rl", sec.steps, {"eval/accuracy_id": summary["grm/accuracy_id"]})
     return summary
+
+
+def memory_phases(config, section: str) -> list[memory.Memory]:
+    """What a step holds (the dry run prices it): the GRM trained and its frozen reference; each step
+    samples group_size judgments of pairs_per_step pairs (twice with position_debias)."""
+    sec = config[section]
+    grm = memory.Model("grm")
+    prompts = sec.pairs_per_step * (2 if sec.position_debias else 1)
+    phases = memory.rl_phases(sec, grm, prompts, sec.group_size, sec.max_len + bucket_length(sec.max_new_tokens))
+    return [memory.Memory((grm, grm), grm, sec.freeze, tuple(phases))]

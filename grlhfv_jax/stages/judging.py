@@ -14,37 +14,6 @@ from grlhfv_jax.rl import grm_reward
 from grlhfv_jax.rollout import Judge, SamplingParams, grm_judge
 from grlhfv_jax.trainers.scoring import _filled_calls, score_batch
 
-JUDGE_KINDS = ("grm", "http")
-
-
-def judge_config(sec):
-    """`sec.judge` (a stage section's judge keys, `config.sections.JUDGE`) with its defaults; a
-    section without one: the in-process GRM."""
-    from grlhfv_jax import config as config_schema
-    from grlhfv_jax.config import sections
-    return config_schema.section(sec["judge"] if "judge" in sec else {}, sections.JUDGE)
-
-
-def check_judge_config(sec, where: str) -> None:
-    """ConfigError naming the key for a bad `sec.judge` (`where`: the section's dotted path)."""
-    from grlhfv_jax.config import ConfigError
-    cfg = judge_config(sec)
-    if cfg.kind not in JUDGE_KINDS:
-        raise ConfigError(f"config.{where}.judge.kind = {cfg.kind!r}: expected one of {', '.join(JUDGE_KINDS)}")
-    if cfg.kind != "http":
-        return
-    for key in ("base_url", "model"):
-        if not cfg[key]:
-            raise ConfigError(f"config.{where}.judge.{key} is missing (needed by judge.kind = 'http')")
-    if not str(cfg.base_url).startswith(("http://", "https://")):
-        raise ConfigError(f"config.{where}.judge.base_url = {cfg.base_url!r}: expected an http:// or https:// URL")
-    for key, ok, what in (("timeout_s", cfg.timeout_s > 0, "> 0"), ("max_retries", cfg.max_retries >= 0, ">= 0"),
-                          ("max_concurrency", cfg.max_concurrency >= 1, ">= 1"),
-                          ("backoff_s", cfg.backoff_s >= 0, ">= 0"), ("backoff_max_s", cfg.backoff_max_s >= 0, ">= 0")):
-        if not ok:
-            raise ConfigError(f"config.{where}.judge.{key} = {cfg[key]!r}: must be {what}")
-
-
 def grm_accuracy(judge: Judge, records: Sequence[dict], *, max_new_tokens: int,
                  prefix: str = "") -> tuple[dict, list[dict]]:
     """Greedy judgments (any `rollout.Judge`) of every pair in both orders.

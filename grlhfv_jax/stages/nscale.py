@@ -13,31 +13,17 @@ from __future__ import annotations
 import json
 import os
 
-import ml_collections
-
-from grlhfv_jax import roles, sharding, stages
+from grlhfv_jax import sharding
+from grlhfv_jax import roles, stages
 from grlhfv_jax.data import sources
 from grlhfv_jax.rollout import group_sampling
-from grlhfv_jax.stages import ConfigError, check_section
 
 
-def _section(config, section: str, reward: str, n: int) -> str:
+def _section(config, section: str, reward: str, n: int):
+    """(config with the run's section added, its name `nscale_<reward>_n<n>`): config.<section>.policy
+    with its reward and n replaced (config.sections' nscale rule validated every such section)."""
     name = f"nscale_{reward}_n{n}"
-    with config.unlocked():
-        config[name] = ml_collections.ConfigDict(dict(config[section].policy.to_dict(), reward=reward, n=n))
-    return name
-
-
-def validate(config, section: str) -> None:
-    check_section(config, section, {
-        "ns": ((list, tuple), lambda v: len(v) > 0 and all(isinstance(n, int) and n >= 2 for n in v),
-               "a non-empty list of ints >= 2"),
-        "rewards": ((list, tuple), lambda v: len(v) > 0 and set(v) <= {"grm", "rm"}, "a list of 'grm' / 'rm'"),
-    })
-    if "policy" not in config[section]:
-        raise ConfigError(f"config.{section}.policy is missing (policy_rl settings for each run)")
-    probe = config.copy_and_resolve_references()
-    stages.stage_module("policy_rl").validate(probe, _section(probe, section, config[section].rewards[0], config[section].ns[0]))
+    return config.replace(**{name: config[section].policy.replace(reward=reward, n=n)}), name
 
 
 def _oracle(model, codec, recs, ev, seed: int, hooks) -> float:
@@ -66,8 +52,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
         for n in sec.ns:
             if str(n) in result.get(reward, {}):
                 continue  # done before a crash
-            name = _section(config, section, reward, n)
-            stages.stage_module("policy_rl").run(config, workdir, writer, section=name, out_root=os.path.join(workdir, "nscale"))
+            run_config, name = _section(config, section, reward, n)
+            stages.module("policy_rl").run(run_config, workdir, writer, section=name, out_root=os.path.join(workdir, "nscale"))
             model = roles.load_stage_output(roles.output_dir(os.path.join(workdir, "nscale"), name), name,
                                              config, spec)
             result.setdefault(reward, {})[str(n)] = _oracle(model, codec, recs, ev, seed, src.hooks) - base
@@ -77,3 +63,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
             summary[f"nscale/{reward}_gain_n{n}"] = result[reward][str(n)]
             print(f"[nscale] {reward} n={n}: oracle gain {result[reward][str(n)]:+.3f}", flush=True)
     return summary
+
+
+def memory_phases(config, section: str) -> list:
+    """None for the dry run to price (the synthetic world's stage-2 sweep: not planned)."""
+    return []

@@ -15,38 +15,12 @@ from __future__ import annotations
 
 import os
 
-from grlhfv_jax import roles
+from grlhfv_jax import memory, roles
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import sources
-from grlhfv_jax.rl import grpo
-from grlhfv_jax.stages import ConfigError, check_section
+from grlhfv_jax.rollout.engine import bucket_length
 from grlhfv_jax.trainers import learner, loop, rewards
 from grlhfv_jax.trainers.ppo_update import ActorCritic
-
-POS_INT = (int, lambda v: v >= 1, "an int >= 1")
-SCHEMA = {
-    "steps": POS_INT, "prompts_per_step": POS_INT, "mini_batches": POS_INT, "n": POS_INT,
-    "max_len": (int, lambda v: v >= 8, "an int >= 8 (prompt tokens)"), "max_new_tokens": POS_INT,
-    "lr": ((int, float), lambda v: v > 0, "a positive number"),
-    "critic_lr": ((int, float), lambda v: v > 0, "a positive number"),
-    "kl_coef": ((int, float), lambda v: v >= 0, "a number >= 0"),
-    "clip_eps": ((int, float), lambda v: 0 < v < 1, "in (0, 1)"),
-    "gamma": ((int, float), lambda v: 0 <= v <= 1, "in [0, 1]"), "lam": ((int, float), lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "value_clip": ((int, float), lambda v: v > 0, "a positive number"),
-    "score_clip": ((int, float), lambda v: v > 0, "a positive number"),
-    "kl_estimator": (str, lambda v: v in grpo.KL_ESTIMATORS, f"one of {sorted(grpo.KL_ESTIMATORS)}"),
-    "policy_loss": (str, lambda v: v in grpo.POLICY_LOSSES, f"one of {sorted(grpo.POLICY_LOSSES)}"),
-    "loss_agg_mode": (str, lambda v: v in grpo.LOSS_AGGREGATIONS, f"one of {sorted(grpo.LOSS_AGGREGATIONS)}"),
-}
-
-
-def validate(config, section: str) -> None:
-    check_section(config, section, SCHEMA)
-    sec = config[section]
-    for key in ("mini_batches", "ref_num_micro_batches", "rollout_num_micro_batches"):
-        if sec[key] < 1 or sec.prompts_per_step % sec[key]:
-            raise ConfigError(f"config.{section}.{key} = {sec[key]} must divide the prompts per step "
-                              f"({sec.prompts_per_step})")
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
@@ -56,8 +30,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     policy, ref = roles.trainee_and_reference(config, workdir, "policy")
     rm, critic = roles.load_rm(workdir, config), roles.load_rm(workdir, config)   # the reward; the critic's start
     updates = int(sec.steps) * int(sec.mini_batches)
-    critic_opt = dict(lr=sec.critic_lr, warmup_ratio=sec.warmup_ratio, weight_decay=sec.critic_weight_decay,
-                      max_grad_norm=sec.max_grad_norm, freeze=sec.freeze)
+    critic_opt = sec.replace(lr=sec.critic_lr, weight_decay=sec.critic_weight_decay)   # the critic's optimizer
     state = ActorCritic(loop.make_rl_train_state(policy, sec), loop.make_train_state(critic, critic_opt, updates))
     ds = src.dataset("policy_train", seed=config.seed + 11, batch_size=sec.prompts_per_step)
 
@@ -77,3 +50,26 @@ def run(config, workdir: str, writer, section: str) -> dict:
                     ckpt_every=int(sec.ckpt_every))
     export_hf(state.policy, roles.output_dir(workdir, section), codec=codec)
     return {}
+
+
+def memory_phases(config, section: str) -> list[memory.Memory]:
+    """What a step holds (the dry run prices it): the policy and the critic trained, the frozen
+    reference and RM; GRPO's phases (rollout, reference pass, a training micro-batch) plus the RM
+    scoring up to score_rows_per_call answers per call and the critic's value pass and update, each
+    over the rows of the reference pass / a micro-batch."""
+    sec = config[section]
+    policy = memory.Model("policy")
+    rm_model = memory.Model("rm" if "rm" in config.model else "grm", scalar=True)
+    tokens = sec.max_len + bucket_length(sec.max_new_tokens)
+    phases = memory.rl_phases(sec, policy, sec.prompts_per_step, sec.n, tokens)
+    rows = sec.prompts_per_step * sec.n
+    score_rows = min(rows, sec.score_rows_per_call)
+    ref_rows, micro = rows // sec.ref_num_micro_batches, rows // (sec.mini_batches * sec.num_micro_batches)
+    phases += [memory.Phase(f"RM scoring: {score_rows} rows x {tokens} tokens", rm_model, score_rows, tokens, 0,
+                            images=score_rows),
+               memory.Phase(f"value pass: {ref_rows} rows x {tokens} tokens", rm_model, ref_rows, tokens, 0,
+                            images=ref_rows // sec.n),
+               memory.Phase(f"critic micro-batch: {micro} rows x {tokens} tokens", rm_model, micro, tokens, 0,
+                            backward=True, images=micro // sec.n)]
+    return [memory.Memory((policy, policy, rm_model, rm_model), policy, sec.freeze, tuple(phases),
+                          also_trained=(rm_model,))]

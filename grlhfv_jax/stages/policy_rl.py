@@ -18,47 +18,11 @@ from __future__ import annotations
 
 import os
 
-from grlhfv_jax import roles
+from grlhfv_jax import memory, roles
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import sources
-from grlhfv_jax.rl import grouped
-from grlhfv_jax.stages import ConfigError, check_section, grm_rl, judging
+from grlhfv_jax.rollout.engine import bucket_length
 from grlhfv_jax.trainers import learner, loop, rewards
-
-POS_INT = (int, lambda v: v >= 1, "an int >= 1")
-SCHEMA = {
-    "reward": (str, lambda v: v in ("grm", "rm"), "'grm' or 'rm'"),
-    "steps": POS_INT, "prompts_per_step": POS_INT, "mini_batches": POS_INT,
-    "n": (int, lambda v: v >= 2, "an int >= 2 (samples per prompt)"),
-    "max_len": (int, lambda v: v >= 8, "an int >= 8 (prompt tokens)"),
-    "max_new_tokens": POS_INT,
-    "lr": ((int, float), lambda v: v > 0, "a positive number"),
-    "temperature": ((int, float), lambda v: v > 0, "a positive number"),
-    "kl_coef": ((int, float), lambda v: v >= 0, "a number >= 0"),
-    "clip_eps": ((int, float), lambda v: 0 < v < 1, "in (0, 1)"),
-    "judge_prompts_per_call": POS_INT, "score_rows_per_call": POS_INT,
-}
-
-
-def validate(config, section: str) -> None:
-    check_section(config, section, {**SCHEMA, **grm_rl.grpo_registry_schema()})
-    sec = config[section]
-    if sec.reward == "grm":
-        check_section(config, section, {
-            "pairs": (str, lambda v: v in ("both", "one", "random"), "'both', 'one' or 'random'"),
-            "aggregator": (str, lambda v: v in grouped.AGGREGATORS, f"one of {sorted(grouped.AGGREGATORS)}"),
-            "judge_max_new_tokens": POS_INT,
-        })
-        judging.check_judge_config(sec, section)
-        if sec.pairs == "random" and int(sec.num_pairs or 0) < 1:
-            raise ConfigError(f"config.{section}.num_pairs must be >= 1 when pairs = 'random'")
-    if sec.prompts_per_step % sec.mini_batches:
-        raise ConfigError(f"config.{section}.mini_batches = {sec.mini_batches} must divide "
-                          f"prompts_per_step = {sec.prompts_per_step}")
-    calls = sec.rollout_num_micro_batches
-    if calls < 1 or sec.prompts_per_step % calls:
-        raise ConfigError(f"config.{section}.rollout_num_micro_batches = {calls} must divide the prompts per step "
-                          f"({sec.prompts_per_step})")
 
 
 def run(config, workdir: str, writer, section: str, out_root: str | None = None) -> dict:
@@ -70,7 +34,7 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
     policy, ref = roles.trainee_and_reference(config, workdir, "policy")
     if sec.reward == "grm":   # the judge of config.<section>.judge; the stage calls the Judge protocol only
         judge = roles.make_judge(
-            sec.get("judge"), codec=codec, workdir=workdir, max_prompts=int(sec.judge_prompts_per_call),
+            sec.judge, codec=codec, workdir=workdir, max_prompts=int(sec.judge_prompts_per_call),
             load_grm=lambda: roles.load_stage_output(sec.grm_path or roles.output_dir(workdir, "grm_rl"),
                                                      f"run 'grm_rl' first or set config.{section}.grm_path",
                                                      config, config.model.grm))
@@ -96,3 +60,34 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
                     ckpt_every=int(sec.ckpt_every))
     export_hf(state.model, roles.output_dir(out_root, section), codec=codec)
     return {}
+
+
+def memory_phases(config, section: str) -> list[memory.Memory]:
+    """What a step holds (the dry run prices it): the policy trained and its frozen reference, n
+    answers to each of prompts_per_step prompts, then the reward's own phase: the GRM judging up to
+    judge_prompts_per_call groups' n(n-1) pairs per call (reward 'grm'), or the RM scoring
+    score_rows_per_call answers per call (reward 'rm')."""
+    sec = config[section]
+    policy = memory.Model("policy")
+    tokens = sec.max_len + bucket_length(sec.max_new_tokens)
+    phases = memory.rl_phases(sec, policy, sec.prompts_per_step, sec.n, tokens)
+    held, notes = [policy, policy], []
+    if sec.reward == "grm":
+        grm = memory.Model("grm")
+        answers = 2 * sec.max_new_tokens + 64          # two answers and the template's tail
+        prompt = sec.max_len + memory.GRM_TEMPLATE_TOKENS + answers
+        groups = min(sec.prompts_per_step, sec.judge_prompts_per_call)   # rollout.grm_judge.GRMJudge's max_prompts
+        rows, cache = groups * sec.n * (sec.n - 1), prompt + bucket_length(sec.judge_max_new_tokens)
+        held.append(grm)
+        phases.append(memory.Phase(f"judging: {rows} pairs x {answers} new of {prompt} tokens + cache x {cache}", grm,
+                                   rows, prompt, 1, queries=answers, images=groups, sampler=True, kv_rows=rows,
+                                   kv_tokens=cache))
+        notes.append(f"judge prompt estimated as {prompt} tokens = {section}.max_len + {memory.GRM_TEMPLATE_TOKENS} "
+                     "template + two answers + 64")
+    else:
+        rm_model = memory.Model("rm" if "rm" in config.model else "grm", scalar=True)
+        rows = min(sec.prompts_per_step * sec.n, sec.score_rows_per_call)   # trainers.scoring.score_batch's rows
+        held.append(rm_model)
+        phases.append(memory.Phase(f"RM scoring: {rows} rows x {tokens} tokens", rm_model, rows, tokens, 0,
+                                   images=rows))
+    return [memory.Memory(tuple(held), policy, sec.freeze, tuple(phases), tuple(notes))]

@@ -9,27 +9,12 @@ from __future__ import annotations
 
 import os
 
+from grlhfv_jax import memory
 from grlhfv_jax.checkpoint import export_hf
-from grlhfv_jax.stages import ConfigError, check_section, judging
+from grlhfv_jax.stages import judging
 from grlhfv_jax.trainers import loop, steps
 from grlhfv_jax import encoding
 from grlhfv_jax import roles
-
-POS_INT = (int, lambda v: v >= 1, "an int >= 1")
-SCHEMA = {
-    "steps": POS_INT, "pairs_per_step": POS_INT,
-    "lr": ((int, float), lambda v: v > 0, "a positive number"),
-    "max_len": (int, lambda v: v >= 8, "an int >= 8"),
-    "reg": ((int, float), lambda v: v >= 0, "a number >= 0"),
-    "eval_pairs": (int, lambda v: v >= 0, "an int >= 0"),
-}
-
-
-def validate(config, section: str) -> None:
-    check_section(config, section, SCHEMA)
-    if config[section].init not in ("sft_grm", "random"):
-        raise ConfigError(f"config.{section}.init = {config[section].init!r}: expected 'sft_grm' or 'random'")
-
 
 def run(config, workdir: str, writer, section: str) -> dict:
     sec = config[section]
@@ -43,7 +28,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
                                mesh=roles.mesh_from_config(config), config=config)
     state = loop.make_train_state(model, sec, sec.steps)
     ds = src.dataset("grm_train", seed=config.seed + 3, batch_size=sec.pairs_per_step)
-    cfg = steps.BTConfig(reg=float(sec.reg), num_micro_batches=int(sec.num_micro_batches))
+    cfg = steps.BTConfig.from_section(sec)
 
     def make_batch(step):
         b = encoding.batch(encoding.pair_examples(codec, ds[step]), codec, side="right", max_len=sec.max_len)
@@ -63,3 +48,14 @@ def run(config, workdir: str, writer, section: str) -> dict:
             m = judging.rm_accuracy(state.model, codec, recs, rows=rows, max_len=sec.max_len)
             summary.update({f"baseline_rm/{k}_{tag}": v for k, v in m.items()})  # accuracy[_<pair type>]_<id|ood>
     return summary
+
+
+def memory_phases(config, section: str) -> list[memory.Memory]:
+    """What a step holds (the dry run prices it): the RM and one micro-batch of both responses of
+    its pairs, each row's image through the tower."""
+    sec = config[section]
+    rm_model = memory.Model("rm" if "rm" in config.model else "grm", scalar=True)
+    rows = 2 * sec.pairs_per_step // sec.num_micro_batches
+    phase = memory.Phase(f"train micro-batch: {rows} rows x {sec.max_len} tokens", rm_model, rows, sec.max_len, 0,
+                         backward=True, images=rows)
+    return [memory.Memory((rm_model,), rm_model, sec.freeze, (phase,))]

@@ -19,66 +19,14 @@ import os
 
 import numpy as np
 
+from grlhfv_jax import memory
 from grlhfv_jax.checkpoint import export_hf, exported_summary
 from grlhfv_jax.rl.logprobs import window_start_and_length
-from grlhfv_jax.stages import check_section
 from grlhfv_jax.trainers import loop, steps
 from grlhfv_jax import encoding
 from grlhfv_jax import roles
 
 TARGETS = ("policy", "grm")
-POLICY_DATA = ("candidates", "best", "styled")
-SCHEMA = {
-    "steps": (int, lambda v: v >= 1, "an int >= 1"),
-    "batch_size": (int, lambda v: v >= 1, "an int >= 1"),
-    "lr": ((int, float), lambda v: v > 0, "a positive float"),
-    "max_len": (int, lambda v: v >= 8, "an int >= 8 (tokens per row)"),
-}
-
-
-def validate(config, section: str) -> None:
-    check_section(config, section, {})
-    sec = config[section]
-    for target in TARGETS:
-        if target in sec:
-            check_section(config, f"{section}.{target}", SCHEMA)
-    if "policy" in sec and sec.policy.data not in POLICY_DATA:
-        from grlhfv_jax.stages import ConfigError
-        raise ConfigError(f"config.{section}.policy.data = {sec.policy.data!r}: expected one of {POLICY_DATA}")
-    if "policy" in sec and sec.policy.data == "styled":
-        from grlhfv_jax.stages import ConfigError
-        styles = dict(sec.policy.styles)
-        hooks = roles.hooks(config)
-        if hooks is None:
-            raise ConfigError(f"config.{section}.policy.data = 'styled' needs a data source that restyles answers "
-                              "(the synthetic world)")
-        try:  # the same checks the data path makes
-            hooks.check_styles(styles)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"config.{section}.policy.styles = {styles!r}: {e}") from None
-    if "model" not in config:
-        from grlhfv_jax.stages import ConfigError
-        raise ConfigError("config.model is missing (model specs for policy / grm / rm)")
-    for target in TARGETS:
-        if target in sec and sec[target].pretrained_vision:
-            _check_vision_source(config, section, target)
-
-
-def _check_vision_source(config, section: str, target: str) -> None:
-    """`pretrained_vision=True` needs the `vision` stage's section and the same vision config."""
-    from grlhfv_jax.stages import ConfigError
-    if "vision" not in config:
-        raise ConfigError(f"config.{section}.{target}.pretrained_vision is set but config.vision is missing "
-                          "(the 'vision' stage pretrains the tower)")
-    src = config.vision.model
-
-    def vision_config(name):
-        hf = config.model[name].hf_config
-        hf = hf.to_dict() if hasattr(hf, "to_dict") else dict(hf)
-        return hf.get("vision_config")
-    if target not in config.model or vision_config(target) != vision_config(src):
-        raise ConfigError(f"config.{section}.{target}.pretrained_vision: config.model.{target}.hf_config.vision_config "
-                          f"differs from config.model.{src} (the tower the 'vision' stage trains)")
 
 
 def _examples_policy(codec, records, data: str, styles=None, seed: int = 0, restyle=None) -> list[dict]:
@@ -165,3 +113,16 @@ def _to_train(b: dict) -> dict:
     b["loss_mask"] = b["loss_mask"] * b.pop("valid")[:, None]
     b["window_start"], b["window"] = window_start_and_length(b["loss_mask"])
     return b
+
+
+def memory_phases(config, section: str) -> list[memory.Memory]:
+    """What each target's training holds (one after the other; the dry run prices the larger): its
+    model and one batch, each row's image through the tower."""
+    out = []
+    for target in TARGETS:
+        if target in config[section]:
+            tc, model = config[section][target], memory.Model(target)
+            phase = memory.Phase(f"{target} batch: {tc.batch_size} rows x {tc.max_len} tokens", model, tc.batch_size,
+                                 tc.max_len, tc.max_len, backward=True, images=tc.batch_size)
+            out.append(memory.Memory((model,), model, tc.freeze, (phase,)))
+    return out

@@ -26,23 +26,8 @@ from flax import nnx
 from grlhfv_jax import sharding
 from grlhfv_jax.checkpoint import export_hf, exported_summary
 from grlhfv_jax.data import world as W
-from grlhfv_jax.stages import ConfigError, check_section
 from grlhfv_jax.trainers import loop, steps
 from grlhfv_jax import roles
-
-POS_INT = (int, lambda v: v >= 1, "an int >= 1")
-SCHEMA = {
-    "steps": POS_INT, "batch_size": POS_INT, "eval_images": POS_INT,
-    "lr": ((int, float), lambda v: v > 0, "a positive number"),
-}
-
-
-def validate(config, section: str) -> None:
-    check_section(config, section, SCHEMA)
-    name = config[section].model
-    if "model" not in config or name not in config.model:
-        raise ConfigError(f"config.{section}.model = {name!r}: no such entry in config.model")
-
 
 class VisionProbe(nnx.Module):
     """A vision tower with one linear head per attribute on its concatenated image tokens."""
@@ -126,3 +111,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
     export_hf(model, out, summary=acc, codec=codec)
     return acc
 
+
+def memory_phases(config, section: str) -> list:
+    """None for the dry run to price (the synthetic world's tower pretraining: not planned)."""
+    return []

@@ -59,15 +59,8 @@ Observer = Callable[[Rollout, Rewards], dict]          # extra step metrics (e.g
 
 
 def grpo_config(sec) -> steps.GRPOConfig:
-    """The GRPO loss settings of a training section (`config.sections.GRPO` keys)."""
-    high = sec.clip_eps_high
-    return steps.GRPOConfig(clip_eps=float(sec.clip_eps), kl_coef=float(sec.kl_coef),
-                            clip_eps_high=None if high is None else float(high),
-                            clip_ratio_c=sec.clip_ratio_c, entropy_coef=float(sec.entropy_coef),
-                            num_micro_batches=int(sec.num_micro_batches),
-                            ref_num_micro_batches=int(sec.ref_num_micro_batches),
-                            advantage_estimator=str(sec.advantage_estimator), kl_estimator=str(sec.kl_estimator),
-                            loss_agg_mode=str(sec.loss_agg_mode), policy_loss=str(sec.policy_loss))
+    """The GRPO loss settings of a validated training section (`config.sections.GRPO` keys)."""
+    return steps.GRPOConfig.from_section(sec)
 
 
 def advantages(rewards: Rewards, valid: np.ndarray, estimator: str) -> np.ndarray:

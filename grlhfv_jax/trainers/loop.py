@@ -16,17 +16,16 @@ import warnings
 import jax
 import numpy as np
 
-from grlhfv_jax import config as config_schema
 from grlhfv_jax import sharding
 from grlhfv_jax.config import sections
 
 
 def make_train_state(model, opt_cfg, total_steps: int):
-    """TrainState with AdamW + warm-up/cosine + clipping from a config section with `lr`,
-    `warmup_ratio`, `weight_decay`, `max_grad_norm`."""
+    """TrainState with AdamW + warm-up/cosine + clipping from a validated config section with the
+    optimizer keys (config.sections.OPTIMIZER: `lr`, `warmup_ratio`, `weight_decay`, `max_grad_norm`,
+    `freeze`)."""
     from grlhfv_jax.rl import optim
     from grlhfv_jax.trainers import steps
-    opt_cfg = config_schema.section(opt_cfg, sections.OPTIMIZER)
     tx, schedule = optim.make_optimizer(
         learning_rate=float(opt_cfg.lr), total_steps=max(int(total_steps), 1),
         warmup_ratio=float(opt_cfg.warmup_ratio), weight_decay=float(opt_cfg.weight_decay),
@@ -265,7 +264,7 @@ def stop_and_save_flags(stop: bool, due: bool) -> tuple[bool, bool]:
 
 # The time-based checkpoint interval `main.run` sets for the stage it runs (its section's
 # `ckpt_every_minutes`), used by `train_loop` calls that do not pass their own.
-stage_defaults = {"ckpt_every_minutes": 30.0}
+stage_defaults = {"ckpt_every_minutes": sections.CKPT_EVERY_MINUTES}
 
 
 def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckpt_dir: str,

@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from grlhfv_jax.config import sections
 from grlhfv_jax.rl import bt_rm, dpo, grpo, sft
 from grlhfv_jax.rl.logprobs import (
     gather_columns,
@@ -73,24 +74,44 @@ class TrainState(nnx.Module):
         self.frozen_vision = bool(frozen_vision)
 
 
+def _default(section: dict, key: str):
+    """A field defaulting to the schema's default of `section[key]` (config.sections: the only copy)."""
+    return dataclasses.field(default=section[key].default)
+
+
+class _FromSection:
+    """`from_section(sec)`: the settings of a validated config section, one field per key of the
+    schema section `SECTION` that the dataclass has."""
+    SECTION: ClassVar[dict] = {}
+
+    @classmethod
+    def from_section(cls, sec):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: sec[k] for k in cls.SECTION if k in names})
+
+
 @dataclasses.dataclass(frozen=True)
-class GRPOConfig:
+class GRPOConfig(_FromSection):
     """Static GRPO settings; the names pick entries of the `grpo` registries (the step reads
     ``policy_loss``, ``kl_estimator`` and ``loss_agg_mode``; ``advantage_estimator`` is for the
-    caller that turns rewards into advantages, `trainers.grpo.grpo_update`)."""
+    caller that turns rewards into advantages, `trainers.grpo.grpo_update`). A run builds it from
+    its RL section (`from_section`); the defaults are the schema's (config.sections.GRPO), and for
+    clip_eps and kl_coef, which a config must set, `rl.grpo.policy_loss`'s (direct callers)."""
+    SECTION: ClassVar[dict] = sections.GRPO
     clip_eps: float = 0.2
-    clip_eps_high: Optional[float] = None  # asymmetric clip (DAPO); None = clip_eps
-    clip_ratio_c: Optional[float] = None  # dual clip (verl uses 3.0); None = off
+    clip_eps_high: Optional[float] = _default(sections.GRPO, "clip_eps_high")  # asymmetric clip (DAPO)
+    clip_ratio_c: Optional[float] = _default(sections.GRPO, "clip_ratio_c")  # dual clip (verl uses 3.0)
     kl_coef: float = 0.02
-    kl_estimator: str = "k3"
-    entropy_coef: float = 0.0
-    loss_agg_mode: str = "token-mean"
-    temperature: float = 1.0
+    kl_estimator: str = _default(sections.GRPO, "kl_estimator")
+    entropy_coef: float = _default(sections.GRPO, "entropy_coef")
+    loss_agg_mode: str = _default(sections.GRPO, "loss_agg_mode")
+    temperature: float = 1.0   # of the sampled log-probs (not a config key)
     compute_entropy: bool = True
-    num_micro_batches: int = 1
-    advantage_estimator: str = "grpo"
-    policy_loss: str = "grpo"
-    ref_num_micro_batches: int = 1   # the reference log-prob pass of a GRPO step in this many slices (trainers.grpo)
+    num_micro_batches: int = _default(sections.GRPO, "num_micro_batches")
+    advantage_estimator: str = _default(sections.GRPO, "advantage_estimator")
+    policy_loss: str = _default(sections.GRPO, "policy_loss")
+    # the reference log-prob pass of a GRPO step in this many slices (trainers.grpo)
+    ref_num_micro_batches: int = _default(sections.GRPO, "ref_num_micro_batches")
 
 
 def grpo_loss(cfg: GRPOConfig, logp, old_logp, ref_logp, advantages, mask, entropy=None, denominator=None):
@@ -106,22 +127,26 @@ def grpo_loss(cfg: GRPOConfig, logp, old_logp, ref_logp, advantages, mask, entro
 
 
 @dataclasses.dataclass(frozen=True)
-class BTConfig:
+class BTConfig(_FromSection):
+    """The Bradley-Terry RM step (config.sections.RM; reg, which a config must set: 0.001 here)."""
+    SECTION: ClassVar[dict] = sections.RM
     reg: float = 0.001
-    num_micro_batches: int = 1
+    num_micro_batches: int = _default(sections.RM, "num_micro_batches")
 
 
 @dataclasses.dataclass(frozen=True)
-class DPOConfig:
+class DPOConfig(_FromSection):
+    """The DPO step (config.sections.DPO; beta, which a config must set: 0.1 here)."""
+    SECTION: ClassVar[dict] = sections.DPO
     beta: float = 0.1
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
-    num_micro_batches: int = 1
+    loss_type: str = _default(sections.DPO, "loss_type")
+    label_smoothing: float = _default(sections.DPO, "label_smoothing")
+    num_micro_batches: int = _default(sections.DPO, "num_micro_batches")
 
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
-    num_micro_batches: int = 1
+    num_micro_batches: int = 1   # not a config key: the SFT stage steps whole batches
 
 
 # ------------------------------------------------------------------------- micro-batch engine

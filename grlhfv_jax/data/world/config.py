@@ -215,3 +215,26 @@ class WorldConfig:
         return cls(**d)
 
 
+
+
+def from_section(d) -> WorldConfig:
+    """The world of a validated `config.data` section (kind = world: seed, image_size, label_noise,
+    sizes, sft_grm_*). ValueError's message starts with the bad key."""
+    sizes = dict(d.sizes)
+    for split in sizes:
+        if split not in SPLITS:
+            raise ValueError(f"sizes: unknown split '{split}' (splits: {', '.join(SPLITS)})")
+    try:
+        opinions = tuple((str(w), int(v)) for w, v in d.sft_grm_opinions)
+    except (TypeError, ValueError):
+        raise ValueError(f"sft_grm_opinions = {d.sft_grm_opinions!r}: expected (style description, int) pairs, e.g. "
+                         "((\"hedges\", 1), (\"praises itself\", -1))") from None
+    try:
+        return WorldConfig(seed=d.seed, image_size=d.image_size, label_noise=float(d.label_noise),
+                           sft_grm_analysis=d.sft_grm_analysis, sizes=tuple({**DEFAULT_SIZES, **sizes}.items()),
+                           sft_grm_first_scores=tuple(int(v) for v in d.sft_grm_first_scores),
+                           sft_grm_second_scores=tuple(int(v) for v in d.sft_grm_second_scores),
+                           sft_grm_opinions=opinions, sft_grm_opinion_strength=float(d.sft_grm_opinion_strength))
+    except (TypeError, ValueError) as e:   # "WorldConfig.<key> must be ...": the key first
+        key = str(e).split("WorldConfig.", 1)[-1].split(" ", 1)[0].rstrip(":")
+        raise ValueError(f"{key}: {e}") from None
