@@ -2,10 +2,11 @@
 a CLIP vision tower (`vision_config`, model_type clip_vision_model), the mlp2x_gelu projector and a
 Llama language model (`text_config`, model_type llama).
 
-The hub's llava-1.5 config.json leaves most fields to transformers' defaults (`vision_config` holds
-little more than its model_type, `text_config` the vocabulary size); those defaults are written
-out here (`VISION_DEFAULTS`, `TEXT_DEFAULTS`: transformers' CLIPVisionConfig with LlavaConfig's
-overrides, LlamaConfig), so the real checkpoints parse to their real shapes.
+The hub's llava-1.5 config.json leaves many fields to transformers' defaults (its `text_config`
+holds little more than the vocabulary size); those defaults are written out here, as transformers
+applies them: a missing field of a given `vision_config` takes CLIPVisionConfig's default
+(`CLIP_DEFAULTS`), a missing `vision_config` is LlavaConfig's CLIP ViT-L/14-336 (`VISION_DEFAULTS`),
+missing text fields take LlamaConfig's (`TEXT_DEFAULTS`).
 """
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ from ..families import UnsupportedModelError
 
 MODEL_TYPES = ("llava",)
 
-# LlavaConfig's vision sub-config defaults (CLIP ViT-L/14 at 336 px), over CLIPVisionConfig's own
-VISION_DEFAULTS = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                       image_size=336, patch_size=14, num_channels=3, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+# CLIPVisionConfig's defaults (ViT-B/32), for the fields a given vision_config leaves out
+CLIP_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                     image_size=224, patch_size=32, num_channels=3, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+# LlavaConfig's vision config when config.json has none (CLIP ViT-L/14 at 336 px)
+VISION_DEFAULTS = dict(CLIP_DEFAULTS, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                       num_attention_heads=16, image_size=336, patch_size=14)
 # LlamaConfig's defaults (Llama-2-7B shapes)
 TEXT_DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                      num_attention_heads=32, rms_norm_eps=1e-6, hidden_act="silu", attention_bias=False,
@@ -117,7 +121,8 @@ def parse_hf_config(hf: dict, **runtime) -> LlavaConfig:
     if vis_in.get("model_type", "clip_vision_model") != "clip_vision_model":
         raise ValueError(f"config.json: vision_config.model_type {vis_in['model_type']!r}: only clip_vision_model "
                          "is supported")
-    text, vis = dict(TEXT_DEFAULTS, **text_in), dict(VISION_DEFAULTS, **vis_in)
+    text = dict(TEXT_DEFAULTS, **text_in)
+    vis = dict(CLIP_DEFAULTS, **vis_in) if hf.get("vision_config") is not None else dict(VISION_DEFAULTS)
     rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
