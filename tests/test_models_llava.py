@@ -359,3 +359,58 @@ def test_config_parsing():
         llava.parse_hf_config(dict(hub, text_config={"rope_parameters": {"rope_type": "llama3"}}))
     with pytest.raises(models.UnsupportedModelError, match="llava"):
         models.from_config({"model_type": "llava_next"})
+
+
+# ------------------------------------------------------------------ prompt and images
+WORDS = "what is in the image a red square blue circle it".split()
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer (offline) whose <image> is IMAGE and that prepends <s> (BOS)."""
+    from tokenizers import Tokenizer, models as tmodels, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    vocab = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<unk>": 3, "USER": 4, "ASSISTANT": 5, ":": 6, "?": 7,
+             "<image>": IMAGE}
+    vocab.update({w: 10 + i for i, w in enumerate(WORDS)})
+    tok = Tokenizer(tmodels.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.add_special_tokens(["<pad>", "<s>", "</s>", "<image>"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def test_prompt_and_images_match_llava_processor(gqa_folder):
+    import torch
+    import transformers
+    from PIL import Image
+    from grlhfv_jax.models.llava import processing as P
+    ours = models.load_pretrained(gqa_folder)
+    cfg = ours.config
+    tok = tiny_tokenizer()
+    proc = transformers.LlavaProcessor(image_processor=P.image_processor(cfg), tokenizer=tok,   # llava-hf's settings
+                                       patch_size=cfg.patch_size, vision_feature_select_strategy="default",
+                                       num_additional_image_tokens=1, chat_template=P.CHAT_TEMPLATE)
+    messages = [{"role": "system", "content": [{"type": "text", "text": "a red square"}]},
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is in the image?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "a blue circle"}]},
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is it?"}]}]
+    text = P.chat_prompt(messages)
+    assert text == proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text.endswith("USER: <image>\nwhat is it? ASSISTANT:")
+    rng = np.random.default_rng(8)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 30), (25, 60))]
+    ref = proc(text=text, images=images, return_tensors="np")
+    ids = P.encode_prompt(tok, text, cfg)
+    np.testing.assert_array_equal(ids, ref["input_ids"][0])
+    assert int((ids == IMAGE).sum()) == 2 * cfg.image_tokens == 2 * (cfg.image_size // cfg.patch_size) ** 2
+    pixels = P.preprocess_images(images, cfg)
+    assert pixels.shape == (2,) + cfg.pixel_shape
+    np.testing.assert_array_equal(pixels, ref["pixel_values"])
+    tm = transformers.LlavaForConditionalGeneration.from_pretrained(gqa_folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        want = tm(input_ids=torch.as_tensor(ids)[None].long(), pixel_values=torch.as_tensor(pixels)).logits.numpy()
+    got = np.asarray(forward(ours, ids[None], np.ones_like(ids)[None], pixels))
+    assert np.abs(got - want).max() <= TOL
+    with pytest.raises(ValueError, match="image token mismatch"):
+        ours(ids[None], None, pixels[:1])
