@@ -139,6 +139,25 @@ def test_logits_match_transformers(pair, pad_side):
     assert diff <= TOL, (name, pad_side, diff)
 
 
+def test_scalar_head_and_remat(pair):
+    """score() reads transformers' final hidden state at each row's last real token; remat changes nothing."""
+    import torch
+    _, tm, _, path = pair
+    ours = models.load_pretrained(path, scalar_head=True, remat=True)
+    batch = make_batch(ours.config, ROWS, pad_side="right", seed=9)
+    with torch.no_grad():
+        h = tm.model(input_ids=torch.as_tensor(batch["input_ids"]).long(),
+                     attention_mask=torch.as_tensor(batch["attention_mask"]).long(),
+                     pixel_values=torch.as_tensor(batch["pixel_values"])).last_hidden_state.numpy()
+    last = batch["attention_mask"].sum(1) - 1
+    want = h[np.arange(len(last)), last] @ np.asarray(ours.score_head.kernel[...])[:, 0]
+    got = nnx.jit(lambda m, i, a, p: m.score(i, a, p))(ours, batch["input_ids"], batch["attention_mask"],
+                                                      batch["pixel_values"])
+    assert np.abs(np.asarray(got) - want).max() <= TOL
+    ref = torch_logits(tm, batch, position_ids=False)
+    assert max_diff_real(forward(ours, batch["input_ids"], batch["attention_mask"], batch["pixel_values"]), ref,
+                         batch["attention_mask"]) <= TOL
+
 # ------------------------------------------------------------------ KV cache: greedy and sampled decoding
 @nnx.jit(static_argnames=("max_len",))
 def prefill(model, ids, mask, pixels, max_len):
@@ -347,7 +366,8 @@ def test_config_parsing():
     assert n == 7_063_427_072     # llava-1.5-7b-hf's parameter count (vocab 32064)
     # sparse dicts: the defaults transformers fills in
     for sparse in (dict(hub, vision_config={"model_type": "clip_vision_model"}), {"model_type": "llava"}):
-        t, c = transformers.LlavaConfig(**{k: v for k, v in sparse.items() if k != "model_type"}), llava.parse_hf_config(sparse)
+        t = transformers.LlavaConfig(**{k: v for k, v in sparse.items() if k != "model_type"})
+        c = llava.parse_hf_config(sparse)
         tv, tt = t.vision_config, t.text_config
         assert (c.vision_hidden_size, c.vision_depth, c.image_size, c.patch_size, c.vision_intermediate_size) == (
             tv.hidden_size, tv.num_hidden_layers, tv.image_size, tv.patch_size, tv.intermediate_size)
@@ -367,7 +387,8 @@ WORDS = "what is in the image a red square blue circle it".split()
 
 def tiny_tokenizer():
     """A word-level tokenizer (offline) whose <image> is IMAGE and that prepends <s> (BOS)."""
-    from tokenizers import Tokenizer, models as tmodels, pre_tokenizers, processors
+    from tokenizers import Tokenizer, pre_tokenizers, processors
+    from tokenizers import models as tmodels
     from transformers import PreTrainedTokenizerFast
     vocab = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<unk>": 3, "USER": 4, "ASSISTANT": 5, ":": 6, "?": 7,
              "<image>": IMAGE}
@@ -384,6 +405,7 @@ def test_prompt_and_images_match_llava_processor(gqa_folder):
     import torch
     import transformers
     from PIL import Image
+
     from grlhfv_jax.models.llava import processing as P
     ours = models.load_pretrained(gqa_folder)
     cfg = ours.config
@@ -414,3 +436,29 @@ def test_prompt_and_images_match_llava_processor(gqa_folder):
     assert np.abs(got - want).max() <= TOL
     with pytest.raises(ValueError, match="image token mismatch"):
         ours(ids[None], None, pixels[:1])
+
+
+def test_dry_run_knows_llava_shapes():
+    """`dry_run.model_shape` (what --dry_run plans with) on llava-1.5-7b's config: the parameter counts of
+    transformers' own model (built on the meta device: no memory) and the shapes of config.json."""
+    import ml_collections
+    import torch
+    import transformers
+
+    from grlhfv_jax import dry_run
+    vision = {"model_type": "clip_vision_model", "hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+              "num_attention_heads": 16, "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768}
+    hub = {"model_type": "llava", "image_token_index": 32000, "text_config": {"model_type": "llama",
+           "vocab_size": 32064, "rms_norm_eps": 1e-5}, "vision_config": vision}
+    spec = ml_collections.ConfigDict(dict(path="", hf_config=hub, dtype="bfloat16", param_dtype="float32", remat=True,
+                                          remat_policy="nothing", logits_chunk=0, vision_block=None, vision_chunk=0))
+    m = dry_run.model_shape(spec)
+    with torch.device("meta"):
+        tm = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(
+            **{k: v for k, v in hub.items() if k != "model_type"}))
+    count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
+    assert m.params == count(tm) == 7_063_427_072
+    assert m.vision_params == count(tm.model.vision_tower) + count(tm.model.multi_modal_projector)
+    assert (m.layers, m.hidden, m.intermediate, m.heads, m.kv_heads, m.head_dim, m.vocab) == (
+        32, 4096, 11008, 32, 32, 128, 32064)
+    assert (m.vision_depth, m.vision_hidden, m.vision_heads, m.vision_intermediate) == (24, 1024, 16, 4096)

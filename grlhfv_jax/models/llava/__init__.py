@@ -3,9 +3,22 @@ hub names of LlavaForConditionalGeneration; prompt encoding with LLaVA's image t
 template. The family interface `models.families` documents."""
 from .config import MODEL_TYPES, LlavaConfig, parse_hf_config, with_special_ids
 from .hub import HUB_ALIASES, hub_key, hub_shape
-from .model import Llava, decode_position_ids, default_position_ids, from_config, rope_index
-from .processing import (CHAT_TEMPLATE, IMAGE_TOKEN, chat_prompt, encode_prompt, expand_image_tokens, image_processor,
-                         preprocess_images)
+from .model import (
+    Llava,
+    decode_position_ids,
+    default_position_ids,
+    from_config,
+    rope_index,
+)
+from .processing import (
+    CHAT_TEMPLATE,
+    IMAGE_TOKEN,
+    chat_prompt,
+    encode_prompt,
+    expand_image_tokens,
+    image_processor,
+    preprocess_images,
+)
 
 parse_config = parse_hf_config
 

@@ -114,7 +114,8 @@ def parse_hf_config(hf: dict, **runtime) -> LlavaConfig:
     defaults). `runtime`: dtype, param_dtype, remat, remat_policy, logits_chunk, vision_block,
     vision_chunk, scan_layers, scan_vision."""
     if hf.get("model_type") not in MODEL_TYPES:
-        raise UnsupportedModelError(f"unsupported model_type {hf.get('model_type')!r} for the LLaVA family {MODEL_TYPES}")
+        raise UnsupportedModelError(f"unsupported model_type {hf.get('model_type')!r} for the LLaVA family "
+                                    f"{MODEL_TYPES}")
     text_in, vis_in = dict(hf.get("text_config") or {}), dict(hf.get("vision_config") or {})
     if text_in.get("model_type", "llama") != "llama":
         raise ValueError(f"config.json: text_config.model_type {text_in['model_type']!r}: only llama is supported")

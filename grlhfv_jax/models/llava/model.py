@@ -141,9 +141,10 @@ class TextModel(nnx.Module):
     """Token embedding, L decoder layers (an nnx.List), final norm: transformers' LlamaModel."""
 
     def __init__(self, cfg: LlavaConfig, rngs):
-        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, **kw)
         self.layers = nnx.List([DecoderLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, **kw)
 
 
 class Llava(nnx.Module):
@@ -244,7 +245,8 @@ class Llava(nnx.Module):
             # reads just those; a traced one (decode loop): all S slots, masked
             S = cache_index + T if isinstance(cache_index, (int, np.integer)) else cache["mask"].shape[1]
             if S > cache["mask"].shape[1]:
-                raise ValueError(f"KV cache of {cache['mask'].shape[1]} slots cannot take {T} tokens at slot {cache_index}")
+                raise ValueError(f"KV cache of {cache['mask'].shape[1]} slots cannot take {T} tokens at slot "
+                                 f"{cache_index}")
             cache_index = jnp.asarray(cache_index, jnp.int32)
             prev = jnp.sum(cache["mask"] & (jnp.arange(cache["mask"].shape[1]) < cache_index), axis=1)
             cmask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, cache_index))

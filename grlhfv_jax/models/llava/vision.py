@@ -35,7 +35,8 @@ class CLIPEmbeddings(nnx.Module):
         c = self.cfg
         n, C, S, S2 = pixel_values.shape
         if (C, S, S2) != c.pixel_shape:
-            raise ValueError(f"pixel_values must be [n, {', '.join(map(str, c.pixel_shape))}], got {pixel_values.shape}")
+            raise ValueError(f"pixel_values must be [n, {', '.join(map(str, c.pixel_shape))}], "
+                             f"got {pixel_values.shape}")
         g, p = c.grid_size, c.patch_size
         x = pixel_values.reshape(n, C, g, p, g, p).transpose(0, 2, 4, 1, 3, 5).reshape(n, g * g, C * p * p)
         patches = self.patch_embedding(x)                                                   # [n, g*g, E]
