@@ -436,6 +436,9 @@ def test_prompt_and_images_match_llava_processor(gqa_folder):
     assert np.abs(got - want).max() <= TOL
     with pytest.raises(ValueError, match="image token mismatch"):
         ours(ids[None], None, pixels[:1])
+    emb = ours.encode_images(pixels)                       # encoded once, padded (as the engine buckets them)
+    padded = jnp.concatenate([emb, jnp.ones((5, emb.shape[1]), emb.dtype)])
+    np.testing.assert_allclose(np.asarray(ours(ids[None], image_embeds=padded)), got, atol=1e-5, rtol=0)
 
 
 def test_dry_run_knows_llava_shapes():

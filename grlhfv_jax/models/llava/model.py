@@ -192,7 +192,9 @@ class Llava(nnx.Module):
         return {"k": jnp.zeros(lead + (max_len, c.head_dim), dt), "v": jnp.zeros(lead + (c.head_dim, max_len), dt),
                 "mask": jnp.zeros((batch, max_len), bool)}
 
-    def _check_images(self, input_ids, n_embeds):
+    def _check_images(self, input_ids, n_embeds, exact):
+        """Concrete inputs only: the image tokens must equal the embeddings (`exact`: from pixel_values)
+        or not exceed them (given image_embeds may carry padding rows past the real ones)."""
         ids = _concrete(input_ids)
         if ids is None:
             return
@@ -200,19 +202,20 @@ class Llava(nnx.Module):
         if n_embeds is None:
             if n_tok:
                 raise ValueError(f"input_ids hold {n_tok} image tokens but no pixel_values / image_embeds given")
-        elif n_tok != n_embeds:
+        elif n_tok > n_embeds or (exact and n_tok != n_embeds):
             raise ValueError(f"image token mismatch: input_ids hold {n_tok} image tokens but the images give "
                              f"{n_embeds} embeddings ({self.config.image_tokens} per image)")
 
     def embed(self, input_ids, pixel_values=None, image_grid_thw=None, image_embeds=None):
-        """Token embeddings with the image embeddings scattered into the image-token slots [B, T, H]."""
+        """Token embeddings with the image embeddings scattered into the image-token slots [B, T, H]
+        (from pixel_values [n, C, S, S], or image_embeds [>= image tokens, H] in token order)."""
         input_ids = jnp.asarray(input_ids)
         x = self.model.embed_tokens(input_ids)
         if image_embeds is None and pixel_values is not None:
             n_embeds = jnp.shape(pixel_values)[0] * self.config.image_tokens
         else:
             n_embeds = None if image_embeds is None else image_embeds.shape[0]
-        self._check_images(input_ids, n_embeds)      # before running the vision tower
+        self._check_images(input_ids, n_embeds, exact=image_embeds is None)      # before running the vision tower
         if image_embeds is None and pixel_values is not None:
             image_embeds = self.encode_images(pixel_values)
         if image_embeds is None:
