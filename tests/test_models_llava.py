@@ -244,6 +244,18 @@ def test_sampled_logprobs_equal_teacher_forcing(pair):
     assert d_self <= 1e-5 and d_torch <= TOL
 
 
+def test_positions_for_prefill_and_decode():
+    """rope_index: transformers' generate positions (cumsum of the mask - 1, 0 on padding); slot +
+    rope_deltas (decode_position_ids) continues each row's real tokens, left or right padding."""
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], np.int32)
+    pos, deltas = llava.rope_index(np.zeros_like(mask), mask)
+    want = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 0)
+    np.testing.assert_array_equal(np.asarray(pos), want)
+    np.testing.assert_array_equal(np.asarray(llava.decode_position_ids(np.array([5, 6]), deltas)),
+                                  mask.sum(1)[:, None] + np.array([[0, 1]]))
+    np.testing.assert_array_equal(np.asarray(llava.default_position_ids(np.ones((3, 2)), prev=mask.sum(1))),
+                                  mask.sum(1)[:, None] + np.array([[0, 1]]))
+
 # ------------------------------------------------------------------ 8 fake devices
 @pytest.fixture(scope="module")
 def gqa_folder(tmp_path_factory):
