@@ -222,5 +222,6 @@ def test_every_family_folder_exports_the_family_interface():
         for name in ("parse_config", "build", "from_config", "hub_key", "hub_shape", "HUB_ALIASES"):
             assert hasattr(fam, name), (model_type, name)
     assert families.family("qwen2_vl").hub_key(("merger", "mlp_0", "kernel")) == "merger.mlp.0.weight"
-    with pytest.raises(families.UnsupportedModelError, match="'llava'"):
-        families.family("llava")
+    assert families.family("llava").__name__ == "grlhfv_jax.models.llava"
+    with pytest.raises(families.UnsupportedModelError, match="'llava_next'"):
+        families.family("llava_next")
