@@ -157,7 +157,7 @@ EXPORT_SUMMARY = "stage_summary.json"
 
 def export_hf(model: nnx.Module, path: str, summary: dict | None = None, codec=None) -> str:
     """Writes `model` as a Hugging Face checkpoint folder (config.json + safetensors); with the
-    run's `codec` (`stages.common.Codec`) a complete one: tokenizer with chat template, image
+    run's `codec` (`encoding.Codec`) a complete one: tokenizer with chat template, image
     processor and generation configs, special ids of that tokenizer (`grlhfv_jax.export.write_folder`).
 
     `summary` (the figures the stage reports for this model) goes into the same folder as

@@ -2,7 +2,7 @@
 [--config.a.b=v ...]`.
 
 The model under test is a GRM folder (judged with our KV-cache engine through
-`stages.judging.GRMJudge`: every pair in both presentation orders, greedy, and with
+`rollout.grm_judge.GRMJudge`: every pair in both presentation orders, greedy, and with
 `judge.voting_k` > 1 also k sampled judgments per order, majority vote) or a score-only RM folder
 (`stages.judging.rm_scores`: one scalar per response). Benchmarks (`grlhfv_jax.data.benchmarks`)
 are read from local copies in their published layouts. OUT gets:

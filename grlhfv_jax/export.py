@@ -174,7 +174,7 @@ def load_config(spec: str):
 
 
 def run_codec(config, workdir: str | None, tokenizer_dir: str | None = None):
-    """The run's tokenizer + image processor (`stages.common.Codec`): `tokenizer_dir`, else the
+    """The run's tokenizer + image processor (`encoding.Codec`): `tokenizer_dir`, else the
     tokenizer the `data` stage wrote in `workdir` (data_paths.json)."""
     if tokenizer_dir is None:
         if workdir is None:
@@ -217,7 +217,7 @@ def _spec_role(config, role: str) -> str:
 def model_hf_config(config, codec, role: str, workdir: str | None = None) -> dict:
     """The HF config of the model a stage trains for `role`: that of the folder it started from
     (the SFT warm start of the RL / DPO / RM stages, config.model.<role>.path), else the random
-    model's (`stages.common.model_config`)."""
+    model's (`roles.model_config`)."""
     from grlhfv_jax.models import read_config_json
     spec = config.model[_spec_role(config, role)]
     start = None

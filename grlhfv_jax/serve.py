@@ -16,9 +16,9 @@ A request's `messages` (system / user / assistant; content a string or a list of
 ``{"type": "text", "text": ...}`` and ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``
 parts; images PNG / JPEG / GIF / WebP as base64 data URLs, nothing is fetched) become the model's chat
 prompt through the folder's chat template, each image where its part is, and its patches through
-the folder's image processor: the same tokens `stages.common.Codec` makes in process
+the folder's image processor: the same tokens `encoding.Codec` makes in process
 (`Codec.grm_example` for the GRM prompt `rollout.http_judge.HTTPJudge` sends), so greedy
-judgments served here equal `stages.judging.GRMJudge`'s. Sampling: `n`, `temperature` (0:
+judgments served here equal `rollout.grm_judge.GRMJudge`'s. Sampling: `n`, `temperature` (0:
 greedy; default 1), `top_p`, `top_k` (vLLM's extension; 0 or -1 = off), `max_tokens` (or
 `max_completion_tokens`; default `--max-tokens`), `seed` (default: a fresh random one). Each
 request is one engine call of n rows, drawn with key(seed) (`rollout.SamplingParams`): the same

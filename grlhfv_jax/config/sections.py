@@ -133,7 +133,7 @@ class Reader:
 
 
 def readers(config) -> dict[str, list[Reader]]:
-    """split -> the stages of this run that read it (stages.data_files' table), from the frozen config."""
+    """split -> the stages of this run that read it (data.files_convert' table), from the frozen config."""
     out = {}
 
     def add(split, what, key):
@@ -379,7 +379,7 @@ def _http_judge(sec, path, config):
 
 
 # Stage 2's judge (config.policy_rl.judge; reward='grm'): the GRM in process or a server over HTTP
-# (stages.judging.make_judge; docs/judges.md).
+# (roles.make_judge; docs/judges.md).
 JUDGE = Section({
     "kind": Key("str", "grm", "grm: the GRM folder (grm_path) in process, on our engine; http: an "
                               "OpenAI-compatible /v1/chat/completions server (rollout.http_judge.HTTPJudge), e.g. "

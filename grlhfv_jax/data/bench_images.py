@@ -6,7 +6,7 @@ path, config.data.image_workers = 0) and in the read threads (image_workers > 0)
 Writes `--images` JPEG images of noise into preference files in a temporary folder, converts them
 (`files_source.write_splits`), trains a tiny tokenizer, and for each setting reads `--steps`
 batches of `--images` records (`FilesSource.dataset`, `read_threads` = `--workers` either way, so
-both decode ahead) and builds each record's example on the main thread as `stages.common.Codec.example`
+both decode ahead) and builds each record's example on the main thread as `encoding.Codec.example`
 does (`processing.encode_example`; config.image's defaults: Qwen2-VL's processor). Prints one JSON object: per setting the
 main-thread seconds per batch building the examples (`encode_s`), waiting for the read-ahead
 (`wait_s`: the read threads not keeping up with a step that takes no time) and both (`main_s`),
@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
         train_tokenizer(["What is in image a red circle two blue squares"] * 20, f"{root}/tok", vocab_size=300)
         tok, proc = processing.load_tokenizer(f"{root}/tok"), processing.load_image_processor()
 
-        def example(r):   # stages.common.Codec.example
+        def example(r):   # encoding.Codec.example
             text = processing.chat_prompt(r["question"], num_images=1, tokenizer=tok)
             return processing.encode_example(tok, proc, text, [r["image"]], r["answer"])
         for name, workers in (("in_step", 0), ("read_threads", args.workers)):

@@ -24,7 +24,7 @@ class GRMJudge:
     copied to every pair (`rollout.judge_generate`). `rows` and `max_prompts` are memory only:
     sampled judgments (temperature > 0) draw with one key, `params.seed`, each call's rows given
     their place in one draw over all the calls' rows (`params.first_row` / `total_rows`, as
-    `stages.common.sample_groups`), so every pair draws what one call over all pairs draws,
+    `rollout.group_sampling.sample_groups`), so every pair draws what one call over all pairs draws,
     whatever the call size (greedy judgments never depended on it). `frozen`: the weights never
     change (split the model once); a judge being trained passes False."""
 

@@ -1,5 +1,5 @@
 """What the stages call to sample and to judge: one value for the sampling settings and two
-protocols. The KV-cache engine implements both (`EngineRollout`, `stages.judging.GRMJudge`); a
+protocols. The KV-cache engine implements both (`EngineRollout`, `rollout.grm_judge.GRMJudge`); a
 second implementation (a remote OpenAI-compatible judge, a test double) plugs in by implementing
 the protocol, without touching stage code.
 
