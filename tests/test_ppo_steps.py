@@ -193,3 +193,51 @@ def test_compute_values_shared_prompt_groups(critic):
     mask = batch["response_mask"]
     np.testing.assert_allclose(got * mask, want * mask, rtol=1e-4, atol=1e-5)
     assert np.all(got[:, :P] == 0)
+
+
+def test_actor_critic_checkpoint_resumes_the_critic_and_its_optimizer(hf_config, data, critic_values, tmp_path):
+    """`loop.train_loop` checkpoints a PPO state (`trainers.ppo_update.ActorCritic`) whole: a run
+    that crashes after 2 value steps and is rerun ends with the critic (weights, and through Adam's
+    moments its later steps) of an uninterrupted 4-step run. Without the critic in the checkpoint
+    the rerun would restart it from its initial weights; without its optimizer state, Adam's first
+    step after the resume would differ."""
+    from grlhfv_jax.metrics import MetricsWriter
+    from grlhfv_jax.trainers import loop
+    from grlhfv_jax.trainers.ppo_update import ActorCritic
+
+    batch, window = data
+    mask = batch["response_mask"]
+    old_values = (critic_values * mask).astype(np.float32)
+    vbatch = dict(batch, old_values=old_values, returns=(old_values + mask).astype(np.float32))
+
+    def fresh():
+        critic = models.from_config(hf_config, rngs=nnx.Rngs(1), scalar_head=True)
+        tm.spread(critic, np.random.default_rng(3))
+        policy = models.from_config(hf_config, rngs=nnx.Rngs(2))
+        return ActorCritic(steps.TrainState(policy, optax.sgd(0.0)), steps.TrainState(critic, optax.adam(3e-3)))
+
+    def step_fn(state, step):
+        if step == crash_at[0]:
+            raise RuntimeError("preempted")
+        _, met = ppo_steps.value_step(state.critic, vbatch, CFG, window=window)
+        return state, {"loss": met["vf_loss"]}
+
+    def critic_params(state):
+        return np.concatenate([np.ravel(np.asarray(v[...])) for _, v in
+                               nnx.to_flat_state(nnx.state(state.critic.model, nnx.Param))])
+
+    kw = dict(steps=4, make_batch=lambda s: s, step_fn=step_fn, log_every=1, ckpt_every=1)
+    crash_at = [None]
+    whole = fresh()
+    loop.train_loop("ppo", whole, writer=MetricsWriter(str(tmp_path / "a"), tensorboard=False),
+                    ckpt_dir=str(tmp_path / "a" / "ck"), **kw)
+    crash_at[0] = 2
+    with pytest.raises(RuntimeError, match="preempted"):
+        loop.train_loop("ppo", fresh(), writer=MetricsWriter(str(tmp_path / "b"), tensorboard=False),
+                        ckpt_dir=str(tmp_path / "b" / "ck"), **kw)
+    crash_at[0] = None
+    resumed = fresh()
+    loop.train_loop("ppo", resumed, writer=MetricsWriter(str(tmp_path / "b"), tensorboard=False),
+                    ckpt_dir=str(tmp_path / "b" / "ck"), **kw)
+    assert np.abs(critic_params(whole) - critic_params(fresh())).max() > 1e-4   # the critic did move
+    np.testing.assert_array_equal(critic_params(resumed), critic_params(whole))
