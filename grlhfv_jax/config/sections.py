@@ -521,11 +521,27 @@ EVALUATE = Section({
 REPORT = Section({"enabled": Key("bool", True, "write report.html after the stages")})
 
 
-def _nscale_runs(sec, path, config):
-    """Each run's section (nscale.policy with its reward and n replaced) is a valid policy_rl section."""
+def nscale_runs(sec) -> list[tuple[str, dict]]:
+    """The nscale section's runs per n, in order: (label, the policy keys it replaces). Label: the
+    reward ('grm', 'rm'); with `aggregators` set, each 'grm' run per aggregator is 'grm_<aggregator>'
+    (an 'rm' run has no aggregator: one 'rm' run)."""
+    runs = []
     for reward in sec.rewards:
+        if reward == "grm" and sec.aggregators is not None:
+            runs += [(f"grm_{a}", {"reward": "grm", "aggregator": a}) for a in sec.aggregators]
+        else:
+            runs.append((reward, {"reward": reward}))
+    return runs
+
+
+def _nscale_runs(sec, path, config):
+    """Each run's section (nscale.policy with its reward, aggregator and n replaced) is a valid policy_rl
+    section."""
+    if sec.aggregators is not None and len(set(sec.aggregators)) < len(sec.aggregators):
+        raise bad_value(f"{path}.aggregators", sec.aggregators, "aggregators without repeats")
+    for _, changes in nscale_runs(sec):
         for n in sec.ns:
-            run = build(POLICY_RL, {**sec.policy.to_dict(), "reward": reward, "n": n}, f"{path}.policy")
+            run = build(POLICY_RL, {**sec.policy.to_dict(), **changes, "n": n}, f"{path}.policy")
             run_rules(POLICY_RL, run, f"{path}.policy", config, lambda p: True)
 
 
@@ -533,6 +549,10 @@ NSCALE = Section({
     "ns": Key("list", REQUIRED, "group sizes n to train with", each(at_least(2), nonempty=True)),
     "rewards": Key("list", REQUIRED, "rewards to train with: 'grm' and / or 'rm'",
                    each(choices("grm", "rm"), nonempty=True)),
+    "aggregators": Key("list?", None, "aggregators the 'grm' runs compare, one run per aggregator and n, named "
+                                      "grm_<aggregator> (nscale/grm_<aggregator>_gain_n<n>); None: the policy's "
+                                      "aggregator alone, runs named grm (nscale/grm_gain_n<n>)",
+                       each(registry("grlhfv_jax.rl.grouped.AGGREGATORS"), nonempty=True)),
     "policy": POLICY_RL,
 }, rules=(_nscale_runs,))
 
