@@ -72,7 +72,8 @@ def judgment(meta: dict, spec: JudgmentSpec) -> str:
     criteria = "; ".join(f"{name} (weight {weight})" for name, _ in spec.criteria)
     parts = []
     for i, row in zip((1, 2), rates):
-        text = f"Response {i}: " + ", ".join(f"{name} {r:g}/{spec.scale[1]:g}" for (name, _), r in zip(spec.criteria, row))
+        rated = [f"{name} {r:g}/{spec.scale[1]:g}" for (name, _), r in zip(spec.criteria, row)]
+        text = f"Response {i}: " + ", ".join(rated)
         critique = str(meta.get(spec.critiques[i - 1]) or "").strip() if spec.critiques else ""
         parts.append(text + "." + (f" {critique}" if critique else ""))
     s1, s2 = (score(row, spec.scale) for row in rates)
