@@ -254,7 +254,7 @@ def test_nscale_stage_writes_a_gain_per_n_and_aggregator(smoke_run, tmp_path):
     """nscale with `aggregators`: one run per aggregator (and n), each judged and rewarded by its
     aggregator (the first step's samples and judgments are the same: same policy and seeds). The
     smoke run's policy and GRM made to end answers and write judgments that parse
-    (test_stage2_http_judge: every complete pair judged \\boxed{3,8})."""
+    (test_stage2_http_judge.judging_grm: \\boxed{s1, s2}, s1 in 1-4, s2 in 6-9)."""
     from test_stage2_http_judge import _inputs_of
     config, smoke, _ = smoke_run
     codec = roles.codec(config_schema.validate(config), smoke)
@@ -276,9 +276,10 @@ def test_nscale_stage_writes_a_gain_per_n_and_aggregator(smoke_run, tmp_path):
              and r["stage"].startswith("nscale_")}
     mean, win = first["nscale_grm_mean_n2"], first["nscale_grm_win_rate_n2"]
     assert mean["judge/parse_failure_rate"] == win["judge/parse_failure_rate"] < 1
-    # n = 2, both orders judged \\boxed{3,8}: a complete pair's answers get the win rate 1/2 each, the mean
-    # score (3 + 8) / 2 = 5.5 each; an incomplete answer 0 under both
-    assert win["reward/max"] == 0.5 and mean["reward/max"] == 5.5, (mean, win)
+    # n = 2, both orders, the planted judge's first score 1-4 and second 6-9 (Response 2 always wins): a
+    # complete pair's answers get the win rate 1/2 each, the mean of its two scores (one 1-4, one 6-9) each,
+    # in [3.5, 6.5]; an incomplete answer 0 under both
+    assert win["reward/max"] == 0.5 and 3.5 <= mean["reward/max"] <= 6.5, (mean, win)
 
 
 def test_nscale_runs_are_named_by_reward_and_aggregator():

@@ -57,8 +57,8 @@ def judging_grm(src: str, dst: str, enc, eos_id: int, chain_dims: int = 16, marg
     random, never does): as tests/test_serve.py's judging model, a bigram chain "\\n" -> "\\boxed{"
     -> first score (1-4) -> "," -> second score (6-9) -> "}" -> EOS in embedding / head dims
     [0, chain_dims), which the layers never write; the score among the four: the model's own logits
-    (here the same for every prompt: \\boxed{3,8}). The judge prompt ends with "\\n" (the chat
-    template's assistant header), so greedy judging starts the chain at once."""
+    (Response 2 always wins). The judge prompt ends with "\\n" (the chat template's assistant header),
+    so greedy judging starts the chain at once."""
     box, first, second = enc("\\boxed{"), [enc(str(d))[0] for d in (1, 2, 3, 4)], [enc(str(d))[0] for d in (6, 7, 8, 9)]
     states = [[enc("\n")[-1]]] + [[t] for t in box] + [first, enc(","), second, enc("}")]
     succ = [[t] for t in box] + [first, enc(","), second, enc("}"), [eos_id]]
@@ -112,9 +112,9 @@ def test_policy_rl_with_the_grm_served_over_http_equals_in_process(smoke_run, tm
     same mesh (8 CPU devices): every step's rewards, judge diagnostics, oracle scores and losses,
     and the exported policy, are equal. The smoke run's 2-step models never end an answer or write
     a parseable judgment, so the test plants both (finishing_policy, judging_grm): about 3 in 4
-    answers end, every judgment parses (the same scores for every pair, \\boxed{3,8}: that the
-    served prompt is the in-process one token for token and pixel for pixel is tests/test_serve.py's
-    check, on a judge whose scores read the prompt)."""
+    answers end, every judgment parses (Response 2 always wins, so the rewards follow which answers
+    ended more than what they say: that the served prompt is the in-process one token for token and
+    pixel for pixel is tests/test_serve.py's check, on a judge whose scores read the prompt)."""
     config, smoke, _ = smoke_run
     codec = roles.codec(config_schema.validate(config), smoke)
     local_dir = _inputs_of(smoke, tmp_path / "grm", codec, judge=True)
