@@ -27,7 +27,8 @@ common = load(os.path.join(ROOT, "configs", "paper", "common.py"))
 def test_one_config_per_paper_run():
     names = {os.path.basename(p)[:-3] for p in CONFIGS}
     policies = ("qwen2vl_2b", "qwen25vl_3b", "qwen2vl_7b", "qwen25vl_7b")
-    want = {"grm_qwen25vl_3b", "grm_qwen25vl_7b", "rm_qwen25vl_7b", "nsweep_qwen2vl_2b"}
+    want = {"grm_qwen25vl_3b", "grm_qwen25vl_7b", "rm_qwen25vl_7b", "nsweep_qwen2vl_2b",
+            "grm_sft_qwen25vl_3b", "grm_sft_qwen25vl_7b"}
     want |= {f"{kind}_{p}" for kind in ("policy", "rm_grpo", "dpo") for p in policies}
     assert names == want
 

@@ -250,20 +250,62 @@ def test_grouped_judging_shares_the_prefix_and_equals_separate_prompts(smoke_run
     assert one == shared
 
 
-def test_nscale_stage_writes_a_gain_per_n(smoke_run, tmp_path):
-    config, workdir, _ = smoke_run
-    workdir = _copy(workdir, tmp_path)
+def test_nscale_stage_writes_a_gain_per_n_and_aggregator(smoke_run, tmp_path):
+    """nscale with `aggregators`: one run per aggregator (and n), each judged and rewarded by its
+    aggregator (the first step's samples and judgments are the same: same policy and seeds). The
+    smoke run's policy and GRM made to end answers and write judgments that parse
+    (test_stage2_http_judge.judging_grm: \\boxed{s1, s2}, s1 in 1-4, s2 in 6-9)."""
+    from test_stage2_http_judge import _inputs_of
+    config, smoke, _ = smoke_run
+    codec = roles.codec(config_schema.validate(config), smoke)
+    workdir = _inputs_of(smoke, tmp_path / "nscale_run", codec, judge=True)
     config = config.copy_and_resolve_references()
     with config.unlocked():
-        config.nscale = {"ns": [2], "rewards": ["grm"], "policy": config.policy_rl.to_dict()}
+        config.nscale = {"ns": [2], "rewards": ["grm"], "aggregators": ["mean", "win_rate"],
+                         "policy": config.policy_rl.to_dict()}
     config_schema.validate(config)
     writer = MetricsWriter(workdir, tensorboard=False)
     summary = stages.run_stage("nscale", config, workdir, writer)
     writer.close()
     gains = json.load(open(os.path.join(workdir, "nscale.json")))
-    assert set(gains) == {"grm"} and set(gains["grm"]) == {"2"}
-    assert summary["nscale/grm_gain_n2"] == gains["grm"]["2"]
-    assert os.path.isfile(os.path.join(workdir, "nscale", "nscale_grm_n2", "policy", "config.json"))
+    assert set(gains) == {"grm_mean", "grm_win_rate"} and all(set(g) == {"2"} for g in gains.values())
+    for label in gains:
+        assert summary[f"nscale/{label}_gain_n2"] == gains[label]["2"]
+        assert os.path.isfile(os.path.join(workdir, "nscale", f"nscale_{label}_n2", "policy", "config.json"))
+    first = {r["stage"]: r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["step"] == 1
+             and r["stage"].startswith("nscale_")}
+    mean, win = first["nscale_grm_mean_n2"], first["nscale_grm_win_rate_n2"]
+    assert mean["judge/parse_failure_rate"] == win["judge/parse_failure_rate"] < 1
+    # n = 2, both orders, the planted judge's first score 1-4 and second 6-9 (Response 2 always wins): a
+    # complete pair's answers get the win rate 1/2 each, the mean of its two scores (one 1-4, one 6-9) each,
+    # in [3.5, 6.5]; an incomplete answer 0 under both
+    assert win["reward/max"] == 0.5 and 3.5 <= mean["reward/max"] <= 6.5, (mean, win)
+
+
+def test_nscale_runs_are_named_by_reward_and_aggregator():
+    """config.sections.nscale_runs: without `aggregators` a run per reward (keys nscale/<reward>_gain_n<n>,
+    as before); with them a 'grm' run per aggregator; demo_nscale.py:aggregators validates."""
+    import importlib.util
+    from grlhfv_jax.config.sections import nscale_runs
+    spec = importlib.util.spec_from_file_location("demo_nscale_cfg", os.path.join(os.path.dirname(__file__), "..",
+                                                                                   "configs", "demo_nscale.py"))
+    demo_nscale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_nscale)
+    plain = config_schema.validate(demo_nscale.get_config("smoke"))
+    assert plain.nscale.aggregators is None
+    assert nscale_runs(plain.nscale) == [("grm", {"reward": "grm"}), ("rm", {"reward": "rm"})]
+    c = demo_nscale.get_config("aggregators,smoke")
+    agg = config_schema.validate(c)
+    assert [label for label, _ in nscale_runs(agg.nscale)] == [f"grm_{a}" for a in demo_nscale.AGGREGATORS]
+    assert nscale_runs(agg.nscale)[3] == ("grm_borda", {"reward": "grm", "aggregator": "borda"})
+    c.nscale.rewards = ["rm", "grm"]
+    c.nscale.aggregators = ["borda", "mean"]
+    assert [label for label, _ in nscale_runs(config_schema.validate(c).nscale)] == ["rm", "grm_borda", "grm_mean"]
+    for bad, match in ((["borda", "median"], r"config\.nscale\.aggregators = .*'median' is not"),
+                       (["borda", "borda"], r"config\.nscale\.aggregators = .*without repeats"), ([], "non-empty")):
+        c.nscale.aggregators = bad
+        with pytest.raises(ConfigError, match=match):
+            config_schema.validate(c)
 
 
 @pytest.mark.slow

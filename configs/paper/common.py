@@ -196,6 +196,31 @@ def grm_config(arg: str, grm: str):
     return c
 
 
+def grm_sft(arg: str) -> dict:
+    """The GRM+SFT baseline (method.md, "Baselines"): the GRM supervised on judgments written from
+    Align-Anything's own annotations (its five criteria, each response's rates on them mapped to
+    1..10, its critiques: data.grm_targets.ALIGN_ANYTHING), judging only."""
+    # not in method.md (the paper prints no SFT settings): lr 1e-5 cosine, warm-up 3%, weight decay
+    # 0.01, 16 pairs per step (2 rows of 4096 tokens per device on the 8chip preset: the 7B GRM's
+    # activations fit 80 GB, --dry_run), 2 epochs (2 x pairs / 16 steps: the data stage prints the
+    # count of kept pairs; set --config.sft.grm.steps for your copy); the judgment after the prompt
+    # in GRM_PROMPT_LEN + 1024 tokens
+    return dict(log_every=10, ckpt_every=100,
+                grm=dict(steps=4000, batch_size=16, lr=1e-5, warmup_ratio=0.03, weight_decay=0.01,
+                         max_len=GRM_PROMPT_LEN + 1024, judgments="align_anything", vqa_fraction=0.0))
+
+
+def grm_sft_config(arg: str, grm: str):
+    """The GRM+SFT baseline for the GRM from checkpoint `grm` (a MODELS key): sft.grm on Align-Anything
+    train with the field map that keeps each response's rates and critique. Its output
+    (workdir/sft/grm) is measured by configs/eval/grm_baselines.py:sft_<grm>."""
+    c, _ = base(arg, ("data", "sft"), f"runs/grm_sft_{grm}")
+    c.model.grm = model(MODELS[grm], "the GRM's start")
+    c.sft = grm_sft(arg)
+    c.data.files = dict(sft_grm=split("Align-Anything text-image-to-text train", "align_anything_judgments"))
+    return c
+
+
 def policy_config(arg: str, policy: str, *, n: int | None = None, judge: str = "qwen25vl_7b"):
     """Stage 2 (GRLHF-V) for policy `policy`, judged by the stage-1 GRM of `judge` (method.md does not
     say which GRM judged which policy: the 7B one by default). `n` from the argument (n=...) or 5."""

@@ -148,6 +148,8 @@ def readers(config) -> dict[str, list[Reader]]:
                 add("sft_policy", "answer", "sft.policy.max_len")
             elif config.sft.policy.data == "candidates":
                 add("sft_grm", "responses", "sft.policy.max_len")
+        if stage == "sft" and "grm" in config.sft:
+            add("sft_grm", "grm", "sft.grm.max_len")   # the prompt; prompt + judgment too long: left out (stages.sft)
         elif stage in ("grm_rl", "rm"):
             what = "grm" if stage == "grm_rl" else "responses"
             add("grm_train", what, f"{stage}.max_len")
@@ -197,9 +199,7 @@ def _files(sec, path, config):
                               f"{WORLD_ONLY_STAGES[stage]}; leave it out")
     if "sft" in config.stages:
         if "grm" in config.sft:
-            raise ConfigError("config.sft.grm: the GRM warm start trains on the synthetic world's judgments, which "
-                              "preference files lack; with config.data.kind = 'files' leave config.sft.grm out (the "
-                              "GRM starts from config.model.grm.path)")
+            _files_sft_grm(config, path)
         if "policy" in config.sft and config.sft.policy.data == "styled":
             raise ConfigError("config.sft.policy.data = 'styled' restyles answers with the synthetic world's styles; "
                               "with config.data.kind = 'files' use 'best' (the preferred responses) or 'candidates'")
@@ -212,6 +212,36 @@ def _files(sec, path, config):
     if not tokenizer_dir(config):
         raise ConfigError(f"config.{path}.tokenizer_dir is not set and no config.model.* entry has a path: a files "
                           "run needs a tokenizer folder")
+
+
+def _files_sft_grm(config, path) -> None:
+    """sft.grm on preference files: judgments built from the records' annotations (the GRM+SFT
+    baseline), read by split sft_grm's field map, judging only."""
+    grm = config.sft.grm
+    if grm.judgments == "world":
+        raise ConfigError("config.sft.grm: judgments = 'world' are the synthetic world's judgments, which preference "
+                          "files lack; with config.data.kind = 'files' set config.sft.grm.judgments to a "
+                          "data.grm_targets.JUDGMENTS name (e.g. 'align_anything': judgments from each pair's rates "
+                          "and critiques) or leave config.sft.grm out (the GRM starts from config.model.grm.path)")
+    if grm.vqa_fraction:
+        raise bad_value("sft.grm.vqa_fraction", grm.vqa_fraction, "0 with config.data.kind = 'files' (judging only)")
+    files = config[path].get("files", {})
+    if "sft_grm" in files:
+        from grlhfv_jax.data import grm_targets, preference_files
+        need = grm_targets.columns(grm_targets.JUDGMENTS[grm.judgments])
+        kept = preference_files.FIELD_MAPS[files.sft_grm.fields].meta
+        if set(need) - set(kept):
+            raise ConfigError(f"config.{path}.files.sft_grm.fields = {files.sft_grm.fields!r} keeps no column "
+                              f"{sorted(set(need) - set(kept))[0]!r}, which config.sft.grm.judgments = "
+                              f"{grm.judgments!r} reads (e.g. fields = 'align_anything_judgments')")
+
+
+def _world_sft_grm(sec, path, config):
+    """On the synthetic world the GRM warm start learns the world's judgments."""
+    if sec.kind == "world" and "sft" in config.stages and "grm" in config.get("sft", {}) \
+            and config.sft.grm.judgments != "world":
+        raise ConfigError(f"config.sft.grm.judgments = {config.sft.grm.judgments!r}: with config.data.kind = 'world' "
+                          "the GRM warm start learns the world's judgments ('world')")
 
 
 WORLD = ("kind", "world")  # the keys the synthetic world needs
@@ -243,7 +273,7 @@ DATA = Section({
     "sft_grm_second_scores": Key("list", (), "second scores, drawn independently (() = 10 minus the first)"),
     "sft_grm_opinions": Key("list", (), "the GRM warm start's opinions of wordings: (style description, int)"),
     "sft_grm_opinion_strength": Key("float", 0.5, "probability a judgment follows the opinions", PROB),
-}, rules=(_world, _files))
+}, rules=(_world, _files, _world_sft_grm))
 
 IMAGE = Section({
     "processor_dir": Key("str?", None, "folder with a preprocessor_config.json (None: Qwen2-VL defaults)"),
@@ -318,6 +348,11 @@ SFT = Section({
     }, rules=(_styled, _pretrained_vision)),
     "grm": Section({
         **_SFT_TARGET,
+        "judgments": Key("str", "world", "the judgments the GRM learns: world (the synthetic world's warm-start "
+                                         "judgments) or, on preference files, a data.grm_targets.JUDGMENTS name "
+                                         "(built from each pair's per-response rates and critiques: the paper's "
+                                         "GRM+SFT baseline; split sft_grm)",
+                         registry("grlhfv_jax.data.grm_targets.JUDGMENTS")),
         "vqa_fraction": Key("float", 0.5, "fraction of each batch that is question answering, not judging", PROB),
         "vqa_max_len": Key("int", 64, "tokens per question-answering row (its own part of the batch, "
                                       "narrower than max_len)", POS),
@@ -486,11 +521,27 @@ EVALUATE = Section({
 REPORT = Section({"enabled": Key("bool", True, "write report.html after the stages")})
 
 
-def _nscale_runs(sec, path, config):
-    """Each run's section (nscale.policy with its reward and n replaced) is a valid policy_rl section."""
+def nscale_runs(sec) -> list[tuple[str, dict]]:
+    """The nscale section's runs per n, in order: (label, the policy keys it replaces). Label: the
+    reward ('grm', 'rm'); with `aggregators` set, each 'grm' run per aggregator is 'grm_<aggregator>'
+    (an 'rm' run has no aggregator: one 'rm' run)."""
+    runs = []
     for reward in sec.rewards:
+        if reward == "grm" and sec.aggregators is not None:
+            runs += [(f"grm_{a}", {"reward": "grm", "aggregator": a}) for a in sec.aggregators]
+        else:
+            runs.append((reward, {"reward": reward}))
+    return runs
+
+
+def _nscale_runs(sec, path, config):
+    """Each run's section (nscale.policy with its reward, aggregator and n replaced) is a valid policy_rl
+    section."""
+    if sec.aggregators is not None and len(set(sec.aggregators)) < len(sec.aggregators):
+        raise bad_value(f"{path}.aggregators", sec.aggregators, "aggregators without repeats")
+    for _, changes in nscale_runs(sec):
         for n in sec.ns:
-            run = build(POLICY_RL, {**sec.policy.to_dict(), "reward": reward, "n": n}, f"{path}.policy")
+            run = build(POLICY_RL, {**sec.policy.to_dict(), **changes, "n": n}, f"{path}.policy")
             run_rules(POLICY_RL, run, f"{path}.policy", config, lambda p: True)
 
 
@@ -498,6 +549,10 @@ NSCALE = Section({
     "ns": Key("list", REQUIRED, "group sizes n to train with", each(at_least(2), nonempty=True)),
     "rewards": Key("list", REQUIRED, "rewards to train with: 'grm' and / or 'rm'",
                    each(choices("grm", "rm"), nonempty=True)),
+    "aggregators": Key("list?", None, "aggregators the 'grm' runs compare, one run per aggregator and n, named "
+                                      "grm_<aggregator> (nscale/grm_<aggregator>_gain_n<n>); None: the policy's "
+                                      "aggregator alone, runs named grm (nscale/grm_gain_n<n>)",
+                       each(registry("grlhfv_jax.rl.grouped.AGGREGATORS"), nonempty=True)),
     "policy": POLICY_RL,
 }, rules=(_nscale_runs,))
 

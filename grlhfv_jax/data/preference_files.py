@@ -37,6 +37,8 @@ import json
 import os
 from typing import Any, Iterator
 
+from grlhfv_jax.data import grm_targets
+
 REASONS = ("malformed", "missing_field", "missing_image", "undecodable_image", "bad_label", "empty_text")
 FORMATS = ("auto", "parquet", "arrow", "jsonl")
 
@@ -57,6 +59,9 @@ class FieldMap:
 FIELD_MAPS = {
     # Align-Anything text-image-to-text: the overall preference; the fine-grained labels as metadata
     "align_anything": FieldMap(),
+    # ... with each response's fine-grained rates and critique kept: the GRM+SFT baseline's judgments
+    # (data.grm_targets.ALIGN_ANYTHING; sft.grm.judgments = "align_anything")
+    "align_anything_judgments": FieldMap(meta=grm_targets.columns(grm_targets.ALIGN_ANYTHING)),
     # BeaverTails-V: which label trains the judge is a choice; the other one stays as metadata
     "beavertails_v_helpful": FieldMap(label="more_helpful_response_id",
                                       meta=("category", "safer_response_id")),

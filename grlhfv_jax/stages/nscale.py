@@ -1,11 +1,13 @@
 """Stage `nscale`: stage 2 repeated for several group sizes n (the paper's near-linear claim).
 
-For each n in `ns` and each reward in `rewards` ("grm", "rm"), trains the SFT policy with
-`policy_rl` settings (section `nscale.policy`, its `n` replaced) into `workdir/nscale/<reward>_n<n>`
-and measures the oracle score on `policy_test` prompts: of `evaluate.samples` answers per prompt
-sampled at temperature 1 when that is > 0 (the distribution RL optimises), else of greedy answers.
-Writes `workdir/nscale.json` ({"<reward>": {"<n>": oracle gain over the SFT policy}}), which the
-report plots.
+For each n in `ns` and each run of the section (`config.sections.nscale_runs`: each reward in
+`rewards`, "grm" and / or "rm"; with `aggregators` set, one "grm" run per aggregator, the paper's
+Table 4 comparison), trains the SFT policy with `policy_rl` settings (section `nscale.policy`, its
+reward, aggregator and `n` replaced) into `workdir/nscale/nscale_<label>_n<n>` (label: the reward, or
+`grm_<aggregator>`) and measures the oracle score on `policy_test` prompts: of `evaluate.samples`
+answers per prompt sampled at temperature 1 when that is > 0 (the distribution RL optimises), else
+of greedy answers. Writes `workdir/nscale.json` ({"<label>": {"<n>": oracle gain over the SFT
+policy}}), which the report plots, and the summary keys `nscale/<label>_gain_n<n>`.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ import os
 
 from grlhfv_jax import sharding
 from grlhfv_jax import roles, stages
+from grlhfv_jax.config.sections import nscale_runs
 from grlhfv_jax.data import sources
 from grlhfv_jax.rollout import group_sampling
 
 
-def _section(config, section: str, reward: str, n: int):
-    """(config with the run's section added, its name `nscale_<reward>_n<n>`): config.<section>.policy
-    with its reward and n replaced (config.sections' nscale rule validated every such section)."""
-    name = f"nscale_{reward}_n{n}"
-    return config.replace(**{name: config[section].policy.replace(reward=reward, n=n)}), name
+def _section(config, section: str, label: str, changes: dict, n: int):
+    """(config with the run's section added, its name `nscale_<label>_n<n>`): config.<section>.policy
+    with `changes` (reward, aggregator) and n replaced (config.sections' nscale rule validated every
+    such section)."""
+    name = f"nscale_{label}_n{n}"
+    return config.replace(**{name: config[section].policy.replace(**changes, n=n)}), name
 
 
 def _oracle(model, codec, recs, ev, seed: int, hooks) -> float:
@@ -48,20 +52,20 @@ def run(config, workdir: str, writer, section: str) -> dict:
     path = os.path.join(workdir, "nscale.json")
     result = json.load(open(path)) if os.path.exists(path) else {}
     summary = {"nscale/oracle_sft": base}
-    for reward in sec.rewards:
+    for label, changes in nscale_runs(sec):
         for n in sec.ns:
-            if str(n) in result.get(reward, {}):
-                continue  # done before a crash
-            run_config, name = _section(config, section, reward, n)
-            stages.module("policy_rl").run(run_config, workdir, writer, section=name, out_root=os.path.join(workdir, "nscale"))
-            model = roles.load_stage_output(roles.output_dir(os.path.join(workdir, "nscale"), name), name,
-                                             config, spec)
-            result.setdefault(reward, {})[str(n)] = _oracle(model, codec, recs, ev, seed, src.hooks) - base
-            if sharding.is_writer():
-                with open(path, "w") as f:
-                    json.dump(result, f, indent=2)
-            summary[f"nscale/{reward}_gain_n{n}"] = result[reward][str(n)]
-            print(f"[nscale] {reward} n={n}: oracle gain {result[reward][str(n)]:+.3f}", flush=True)
+            if str(n) not in result.get(label, {}):   # else done before a crash
+                run_config, name = _section(config, section, label, changes, n)
+                stages.module("policy_rl").run(run_config, workdir, writer, section=name,
+                                               out_root=os.path.join(workdir, "nscale"))
+                model = roles.load_stage_output(roles.output_dir(os.path.join(workdir, "nscale"), name), name,
+                                                config, spec)
+                result.setdefault(label, {})[str(n)] = _oracle(model, codec, recs, ev, seed, src.hooks) - base
+                if sharding.is_writer():
+                    with open(path, "w") as f:
+                        json.dump(result, f, indent=2)
+            summary[f"nscale/{label}_gain_n{n}"] = result[label][str(n)]
+            print(f"[nscale] {label} n={n}: oracle gain {result[label][str(n)]:+.3f}", flush=True)
     return summary
 
 

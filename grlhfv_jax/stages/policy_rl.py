@@ -65,14 +65,18 @@ def run(config, workdir: str, writer, section: str, out_root: str | None = None)
 def memory_phases(config, section: str) -> list[memory.Memory]:
     """What a step holds (the dry run prices it): the policy trained and its frozen reference, n
     answers to each of prompts_per_step prompts, then the reward's own phase: the GRM judging up to
-    judge_prompts_per_call groups' n(n-1) pairs per call (reward 'grm'), or the RM scoring
-    score_rows_per_call answers per call (reward 'rm')."""
+    judge_prompts_per_call groups' n(n-1) pairs per call (reward 'grm', judge.kind 'grm'), or the RM
+    scoring score_rows_per_call answers per call (reward 'rm'). With judge.kind 'http' the GRM runs
+    on the server: this process holds no GRM and has no judging phase."""
     sec = config[section]
     policy = memory.Model("policy")
     tokens = sec.max_len + bucket_length(sec.max_new_tokens)
     phases = memory.rl_phases(sec, policy, sec.prompts_per_step, sec.n, tokens)
     held, notes = [policy, policy], []
-    if sec.reward == "grm":
+    if sec.reward == "grm" and sec.judge.kind == "http":
+        notes.append(f"judge over HTTP ({sec.judge.base_url}, model {sec.judge.model}): the GRM's memory is "
+                     "the server's, not priced here")
+    elif sec.reward == "grm":
         grm = memory.Model("grm")
         answers = 2 * sec.max_new_tokens + 64          # two answers and the template's tail
         prompt = sec.max_len + memory.GRM_TEMPLATE_TOKENS + answers

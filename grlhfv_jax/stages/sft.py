@@ -9,6 +9,9 @@
   scores that carry no knowledge of the human principle, mixed with question answering
   (`vqa_fraction`) so the GRM learns to see the images. This plays the part of the paper's
   instruct model: stage 1 (grm_rl) must discover the principle from the binary reward.
+  On preference files (`judgments` a data.grm_targets.JUDGMENTS name): the paper's GRM+SFT
+  baseline, judgments written from each pair's per-response rates on the dataset's criteria and
+  its critiques (split sft_grm), judging only.
 
 Writes Hugging Face folders `workdir/sft/policy` and `workdir/sft/grm`.
 """
@@ -21,6 +24,7 @@ import numpy as np
 
 from grlhfv_jax import memory
 from grlhfv_jax.checkpoint import export_hf, exported_summary
+from grlhfv_jax.data import grm_targets
 from grlhfv_jax.rl.logprobs import window_start_and_length
 from grlhfv_jax.trainers import loop, steps
 from grlhfv_jax import encoding
@@ -81,12 +85,17 @@ def run(config, workdir: str, writer, section: str) -> dict:
         else:
             n_vqa = int(round(B * float(tc.vqa_fraction)))
             judg = src.dataset("sft_grm", seed=config.seed, batch_size=B - n_vqa)
-            vqa = src.dataset("sft_policy", seed=config.seed + 1, batch_size=max(n_vqa, 1))
+            vqa = src.dataset("sft_policy", seed=config.seed + 1, batch_size=n_vqa) if n_vqa else None
 
-            def make_batch(step, judg=judg, vqa=vqa, n_vqa=n_vqa, tc=tc):
-                ex = [codec.grm_example(r["question"], r["image"], r["response_1"], r["response_2"], r["judgment"])
-                      for r in judg[step]]
-                b = _to_train(encoding.batch(ex, codec, side="right", max_len=tc.max_len))
+            spec = grm_targets.JUDGMENTS[tc.judgments]   # None: the world's own judgments
+
+            def make_batch(step, judg=judg, vqa=vqa, n_vqa=n_vqa, tc=tc, spec=spec):
+                recs = judg[step]
+                ex = [codec.grm_example(r["question"], r["image"], r["response_1"], r["response_2"],
+                                        r["judgment"] if spec is None else _judgment(r, spec)) for r in recs]
+                if spec is not None:   # files: the data stage checked the prompt, not prompt + judgment
+                    ex = _fitting(ex, recs, int(tc.max_len), step)
+                b = _to_train(encoding.batch(ex, codec, side="right", max_len=tc.max_len, rows=len(recs)))
                 if not n_vqa:
                     return b
                 # the short answers in a part of their own width: one loss over both parts
@@ -104,6 +113,26 @@ def run(config, workdir: str, writer, section: str) -> dict:
         export_hf(state.model, out, summary=result, codec=codec)
         summary.update(result)
     return summary
+
+
+def _judgment(record: dict, spec) -> str:
+    """The GRM+SFT target of a preference record (data.grm_targets), its id named when it has none."""
+    try:
+        return grm_targets.judgment(record["meta"], spec)
+    except ValueError as e:
+        raise ValueError(f"sft.grm: record {record.get('id')!r} of split sft_grm: {e}") from None
+
+
+def _fitting(examples: list, records: list, max_len: int, step: int) -> list:
+    """The examples of at most `max_len` tokens; each one left out is named in the log (its row of the
+    batch is filled, with no loss). At least one is kept (the batch's fill rows repeat it): an
+    over-long first one stops the run."""
+    kept = [e for e in examples if len(e["input_ids"]) <= max_len]
+    for e, r in zip(examples, records):
+        if len(e["input_ids"]) > max_len:
+            print(f"[sft] grm step {step}: record {r.get('id')!r} left out: prompt + judgment "
+                  f"{len(e['input_ids'])} tokens > sft.grm.max_len = {max_len}", flush=True)
+    return kept or examples[:1]
 
 
 def _to_train(b: dict) -> dict:
