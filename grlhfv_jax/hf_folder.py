@@ -4,6 +4,7 @@ and generation_config.json (`write_folder`); a finished folder copied with the s
 (`copy_folder`). Every stage's export (`checkpoint.export_hf`) and the export command line
 (`grlhfv_jax.export`, which holds the folder's description) write through here.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,14 +35,17 @@ def special_ids(codec) -> dict:
 def _check_vocab(vocab_size: int, codec, where: str) -> None:
     n = len(codec.tokenizer)
     if int(vocab_size) < n:
-        raise ExportError(f"{where}: the model's vocabulary ({vocab_size}) is smaller than the tokenizer's ({n}): "
-                          "not the tokenizer this model was trained with")
+        raise ExportError(
+            f"{where}: the model's vocabulary ({vocab_size}) is smaller than the tokenizer's ({n}): "
+            "not the tokenizer this model was trained with"
+        )
 
 
 def write_assets(path: str, codec) -> None:
     """Writes the tokenizer (with its chat template), preprocessor_config.json and
     generation_config.json of `codec` into the folder `path` (created)."""
     from grlhfv_jax.data.tokenizer import CHAT_TEMPLATE
+
     os.makedirs(path, exist_ok=True)
     tok = codec.tokenizer
     tok.save_pretrained(path)
@@ -50,8 +54,12 @@ def write_assets(path: str, codec) -> None:
             f.write(CHAT_TEMPLATE)
     proc = json.loads(codec.image_processor.to_json_string())
     size = proc.get("size") or {}
-    proc.update(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2VLProcessor",
-                min_pixels=int(size["shortest_edge"]), max_pixels=int(size["longest_edge"]))  # older readers
+    proc.update(
+        image_processor_type="Qwen2VLImageProcessor",
+        processor_class="Qwen2VLProcessor",
+        min_pixels=int(size["shortest_edge"]),
+        max_pixels=int(size["longest_edge"]),
+    )  # older readers
     with open(os.path.join(path, "preprocessor_config.json"), "w", encoding="utf-8") as f:
         json.dump(proc, f, indent=2, sort_keys=True)
     ids = special_ids(codec)
@@ -67,6 +75,7 @@ def _is_remote(path: str) -> bool:
 def publish(local: str, path: str) -> None:
     """Copies the files of folder `local` into `path` (created), any etils.epath path (gs://...)."""
     from etils import epath
+
     dst = epath.Path(path)
     dst.mkdir(parents=True, exist_ok=True)
     for name in sorted(os.listdir(local)):
@@ -93,6 +102,7 @@ def write_folder(model, path: str, codec, *, dtype=None) -> str:
     (`models.save_pretrained`, special ids of the codec's tokenizer) plus `write_assets`.
     dtype: on-disk dtype of the weights (default: each parameter's own)."""
     from grlhfv_jax.models import save_pretrained
+
     _check_vocab(model.config.vocab_size, codec, path)
     with _staged(path) as local:
         save_pretrained(model, local, dtype=dtype, special_ids=special_ids(codec))
@@ -104,6 +114,7 @@ def copy_folder(src: str, path: str, codec) -> str:
     """A finished HF folder `src` (weights + config.json, e.g. a stage's output) copied to `path`
     with config.json's special ids set to the codec's tokenizer's and the assets written."""
     from grlhfv_jax.models import family, read_config_json
+
     hf = read_config_json(src)
     fam = family(hf.get("model_type"))
     text = dict(hf, **(hf.get("text_config") or {}))

@@ -14,6 +14,7 @@ Stages: the modules STAGES names (grlhfv_jax/stages/<module>.py). No module of g
 imports a stage module, the registry (stages/__init__.py) excepted; helpers that live in stages/
 (not in STAGES) may be imported by the stages.
 """
+
 import ast
 import pathlib
 
@@ -51,7 +52,7 @@ def imports_of(module: str, f: pathlib.Path, modules) -> list[tuple[str, int]]:
     out = []
 
     def add(target, line):
-        while target and target not in modules:   # a name inside a module: the module
+        while target and target not in modules:  # a name inside a module: the module
             target = target.rpartition(".")[0]
         if target:
             out.append((target, line))
@@ -64,7 +65,7 @@ def imports_of(module: str, f: pathlib.Path, modules) -> list[tuple[str, int]]:
             base = node.module or ""
             if node.level:
                 up = package.split(".")
-                up = up[:len(up) - node.level + 1]
+                up = up[: len(up) - node.level + 1]
                 base = ".".join(up + ([base] if base else []))
             for a in node.names:
                 sub = f"{base}.{a.name}"
@@ -100,7 +101,7 @@ def find_cycles(graph: dict[str, dict]) -> list[list[str]]:
     every module of every set appears in some listed cycle."""
     index, low, stack, on_stack, sets = {}, {}, [], set(), []
 
-    def connect(v):   # recursive: the package is a few hundred modules at most
+    def connect(v):  # recursive: the package is a few hundred modules at most
         index[v] = low[v] = len(index)
         stack.append(v)
         on_stack.add(v)
@@ -154,7 +155,7 @@ def shortest_cycle(graph, members, start) -> list[str]:
 
 
 def describe(graph, cycle) -> str:
-    """a -> b (a's file:line) -> ... for an error message."""
+    """The cycle on one line, then each of its imports with its line, for an error message."""
     steps = [f"{a} -> {b} (line {graph[a][b]} of {a})" for a, b in zip(cycle, cycle[1:])]
     return " -> ".join(cycle) + "\n      " + "\n      ".join(steps)
 
@@ -163,22 +164,36 @@ def stage_modules(graph) -> set[str]:
     return {m for m, _ in registry_targets(PKG / "stages" / "__init__.py", *REGISTRIES[f"{NAME}.stages"])} & set(graph)
 
 
+def stage_imports(graph, stages, folder) -> list[tuple[str, str, int]]:
+    """(module, stage it imports, line) for each module inside package `folder` (not the package
+    itself: the registry) that imports one of `stages` other than itself."""
+    return [
+        (m, t, line)
+        for m, edges in sorted(graph.items())
+        if m.startswith(f"{folder}.")
+        for t, line in sorted(edges.items())
+        if t in stages and t != m
+    ]
+
+
 def test_no_import_cycle_in_the_package():
     graph = import_graph()
-    assert len(graph) > 50 and f"{NAME}.stages.sft" in graph[f"{NAME}.stages"]   # the registry's edges
+    assert len(graph) > 50 and f"{NAME}.stages.sft" in graph[f"{NAME}.stages"]  # the registry's edges
     cycles = find_cycles(graph)
-    assert not cycles, f"{len(cycles)} import cycle(s) (shortest ones, together through every module on a cycle):\n" + \
-        "\n".join(f"  {describe(graph, c)}" for c in cycles)
+    assert not cycles, (
+        f"{len(cycles)} import cycle(s) (shortest ones, together through every module on a cycle):\n"
+        + "\n".join(f"  {describe(graph, c)}" for c in cycles)
+    )
 
 
 def test_no_stage_imports_another_stage():
     graph = import_graph()
     stages = stage_modules(graph)
     assert {f"{NAME}.stages.{s}" for s in ("data", "sft", "grm_rl", "policy_rl", "rm", "evaluate")} <= stages
-    bad = [(m, t, line) for m, edges in sorted(graph.items())
-           if m.startswith(f"{NAME}.stages.") for t, line in sorted(edges.items()) if t in stages and t != m]
-    assert not bad, f"{len(bad)} stage import(s) inside stages/:\n" + \
-        "\n".join(f"  {m} imports the stage {t} (line {line})" for m, t, line in bad)
+    bad = stage_imports(graph, stages, f"{NAME}.stages")
+    assert not bad, f"{len(bad)} stage import(s) inside stages/:\n" + "\n".join(
+        f"  {m} imports the stage {t} (line {line})" for m, t, line in bad
+    )
 
 
 def test_every_by_name_loader_is_a_known_registry():
@@ -187,16 +202,40 @@ def test_every_by_name_loader_is_a_known_registry():
     found = set()
     for m, f in module_files(PKG, NAME).items():
         for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("importlib.import_module", "import_module",
-                                                                          "__import__"):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in (
+                "importlib.import_module",
+                "import_module",
+                "__import__",
+            ):
                 found.add(m)
     assert found == set(REGISTRIES), found
 
 
 # ----------------------------------------------------------------------------- the checker itself
+def test_stage_imports_on_a_synthetic_graph():
+    graph = {
+        "p.stages": {"p.stages.a": 1, "p.stages.b": 1},  # the registry
+        "p.stages.a": {"p.stages.helper": 3, "p.stages": 4},
+        "p.stages.b": {"p.stages.a": 7, "p.other": 8},
+        "p.stages.helper": {"p.stages.b": 2},
+        "p.other": {"p.stages.a": 5},
+    }
+    got = stage_imports(graph, {"p.stages.a", "p.stages.b"}, "p.stages")
+    assert got == [("p.stages.b", "p.stages.a", 7), ("p.stages.helper", "p.stages.b", 2)]
+
+
 def test_find_cycles_on_a_synthetic_graph():
-    graph = {"a": {"b": 1}, "b": {"c": 1, "d": 1}, "c": {"a": 1}, "d": {"e": 1}, "e": {},
-             "f": {"f": 1}, "g": {"h": 1, "e": 1}, "h": {"g": 1, "i": 1}, "i": {"g": 1}}
+    graph = {
+        "a": {"b": 1},
+        "b": {"c": 1, "d": 1},
+        "c": {"a": 1},
+        "d": {"e": 1},
+        "e": {},
+        "f": {"f": 1},
+        "g": {"h": 1, "e": 1},
+        "h": {"g": 1, "i": 1},
+        "i": {"g": 1},
+    }
     assert find_cycles(graph) == [["a", "b", "c", "a"], ["f", "f"], ["g", "h", "g"], ["i", "g", "h", "i"]]
     assert find_cycles({"a": {"b": 1}, "b": {"c": 1}, "c": {}}) == []
 
@@ -219,18 +258,28 @@ def test_import_graph_of_a_synthetic_package(tmp_path):
         (pkg / rel).write_text(text)
     graph = import_graph(pkg, "pkg", {"pkg.reg": ("TABLE", lambda v: f"pkg.{v}")})
     assert {m: set(e) for m, e in graph.items()} == {
-        "pkg": {"pkg.sub"}, "pkg.a": {"pkg.b", "pkg.sub.c"}, "pkg.b": {"pkg.a"}, "pkg.reg": {"pkg.a", "pkg.b"},
-        "pkg.sub": {"pkg.sub.c"}, "pkg.sub.c": {"pkg.b", "pkg.reg"}}
+        "pkg": {"pkg.sub"},
+        "pkg.a": {"pkg.b", "pkg.sub.c"},
+        "pkg.b": {"pkg.a"},
+        "pkg.reg": {"pkg.a", "pkg.b"},
+        "pkg.sub": {"pkg.sub.c"},
+        "pkg.sub.c": {"pkg.b", "pkg.reg"},
+    }
     assert graph["pkg.a"]["pkg.sub.c"] == 5
     # one strongly connected set {a, b, reg, sub.c}: two cycles list all four
     assert find_cycles(graph) == [["pkg.a", "pkg.b", "pkg.a"], ["pkg.reg", "pkg.a", "pkg.sub.c", "pkg.reg"]]
 
 
-@pytest.mark.parametrize("text, want", [("import pkg.sub.c\n", {"pkg.sub.c"}),
-                                        ("from pkg import sub\n", {"pkg.sub"}),
-                                        ("from pkg.sub import c, thing\n", {"pkg.sub.c", "pkg.sub"}),
-                                        ("if x:\n    from .sub.c import thing\n", {"pkg.sub.c"})],
-                         ids=["import-dotted", "from-package-import-submodule", "submodule-and-name", "relative-nested"])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("import pkg.sub.c\n", {"pkg.sub.c"}),
+        ("from pkg import sub\n", {"pkg.sub"}),
+        ("from pkg.sub import c, thing\n", {"pkg.sub.c", "pkg.sub"}),
+        ("if x:\n    from .sub.c import thing\n", {"pkg.sub.c"}),
+    ],
+    ids=["import-dotted", "from-package-import-submodule", "submodule-and-name", "relative-nested"],
+)
 def test_each_import_form_is_an_edge(tmp_path, text, want):
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
