@@ -158,7 +158,7 @@ EXPORT_SUMMARY = "stage_summary.json"
 def export_hf(model: nnx.Module, path: str, summary: dict | None = None, codec=None) -> str:
     """Writes `model` as a Hugging Face checkpoint folder (config.json + safetensors); with the
     run's `codec` (`encoding.Codec`) a complete one: tokenizer with chat template, image
-    processor and generation configs, special ids of that tokenizer (`grlhfv_jax.export.write_folder`).
+    processor and generation configs, special ids of that tokenizer (`grlhfv_jax.hf_folder.write_folder`).
 
     `summary` (the figures the stage reports for this model) goes into the same folder as
     `stage_summary.json`; the folder appears complete or not at all (written aside, then renamed),
@@ -183,7 +183,7 @@ def _export_files(model, path: str, summary: dict | None, codec) -> str:
     if os.path.exists(tmp):  # left by a crash mid-export
         shutil.rmtree(tmp)
     if codec is not None:
-        from grlhfv_jax.export import write_folder
+        from grlhfv_jax.hf_folder import write_folder
         write_folder(model, tmp, codec)
     else:
         save_pretrained(model, tmp)

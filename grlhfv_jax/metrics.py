@@ -6,7 +6,6 @@ import json
 import math
 import os
 import time
-import uuid
 from typing import Any, Mapping
 
 import numpy as np
@@ -106,15 +105,7 @@ def write_text_atomic(path: str, text: str) -> None:
     temporary name of its own, so writers on several hosts of one shared folder never collide).
     A bucket path (`gs://`) is written in one upload: an object appears whole or not at all."""
     from grlhfv_jax import storage
-    if storage.is_remote(path):
-        storage.write_text(path, text)
-        return
-    tmp = f"{path}.tmp.{uuid.uuid4().hex}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    storage.write_text(path, text)
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

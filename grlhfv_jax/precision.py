@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import jax
 
-from grlhfv_jax.config import ConfigError
+from grlhfv_jax.config.schema import ConfigError
 
 CHOICES = ("auto", "highest", "high", "default")
 

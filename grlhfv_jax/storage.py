@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from typing import Iterable
 
 from etils import epath
@@ -195,9 +196,13 @@ def _write_pushed(loc: str, pushed: dict) -> None:
 def write_text(p: str, text: str) -> None:
     """Writes `text` to `p` whole: a local file through a temporary file and a rename; a bucket
     object in one upload (objects are never seen half-written)."""
-    if not is_remote(p):
-        from grlhfv_jax.metrics import write_text_atomic
-        write_text_atomic(p, text)
+    if not is_remote(p):   # a temporary name of its own: writers on several hosts of one folder never collide
+        tmp = f"{p}.tmp.{uuid.uuid4().hex}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
         return
     path(p).write_text(text, encoding="utf-8")  # a bucket has no folders to create
 

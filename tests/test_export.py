@@ -247,8 +247,10 @@ def test_cli_errors_name_what_is_missing(run, tmp_path, capsys):
 def test_remote_path_is_staged_then_copied(run, tmp_path, monkeypatch):
     """A gs:// destination: written to a local temporary folder, then copied through etils.epath
     (here onto a local path taken for a remote one: no bucket in the tests)."""
+    from grlhfv_jax import hf_folder
+
     _, codec, model = run
-    monkeypatch.setattr(export, "_is_remote", lambda path: True)
+    monkeypatch.setattr(hf_folder, "_is_remote", lambda path: True)
     out = export.write_folder(model, str(tmp_path / "remote"), codec)
     monkeypatch.undo()
     local = export.write_folder(model, str(tmp_path / "local"), codec)

@@ -76,12 +76,11 @@ def test_bf16_on_disk_and_save_dtype(ckpt, tmp_path):
     assert all(v.dtype == jnp.bfloat16 for v in load_file(tmp_path / "out16" / "model.safetensors").values())
 
 
+@pytest.mark.parametrize("ckpt", ["qwen2_5_vl"], indirect=True)
 def test_load_onto_mesh(ckpt):
     from grlhfv_jax.sharding import make_mesh
 
     fam, path, tmodel, model, ours = ckpt
-    if fam != "qwen2_5_vl":
-        return
     mesh = make_mesh((1, 4, 2))
     m = load_pretrained(path, mesh=mesh)
     w = m.model.layers[0].mlp.up_proj.kernel[...]          # ("embed", "mlp") -> ("fsdp", "tensor")
@@ -91,10 +90,9 @@ def test_load_onto_mesh(ckpt):
         _close(_logits(m), ours, 1e-5)
 
 
+@pytest.mark.parametrize("ckpt", ["qwen2_vl"], indirect=True)
 def test_from_config_random_init(ckpt):
     fam, path, tmodel, model, ours = ckpt
-    if fam != "qwen2_vl":
-        return
     cfg = json.load(open(os.path.join(path, "config.json")))
     m = from_config(cfg, rngs=nnx.Rngs(1), scalar_head=True)
     shapes = lambda mod: {k: v[...].shape for k, v in nnx.iter_graph(mod) if isinstance(v, nnx.Param)}

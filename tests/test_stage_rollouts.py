@@ -2,9 +2,11 @@
 GRPO loop on a tiny Qwen2-VL that must learn a trivially learnable reward."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny_models import make_batch, tiny_hf_config  # tests/ is on sys.path
 
 from grlhfv_jax import config as config_schema
 from grlhfv_jax import models
@@ -17,6 +19,26 @@ from grlhfv_jax.trainers import rewards as trainer_rewards
 from grlhfv_jax.trainers import scoring
 
 IMG = 9  # image token id in these hand-made rows
+
+
+@pytest.fixture(scope="module")
+def hf():
+    """The tiny Qwen2-VL's config (tiny_models: the vocabulary of 128, image token 100)."""
+    return tiny_hf_config("qwen2_vl").to_dict()
+
+
+def _copies(model):
+    """A function returning, on each call, a new copy of `model` (its own parameter arrays: the train
+    steps donate them)."""
+    graphdef, state = nnx.split(model)
+    return lambda: nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+
+
+@pytest.fixture(scope="module")
+def fresh_model(hf):
+    """`fresh_model()`: a new copy of the tiny Qwen2-VL initialised from nnx.Rngs(0), built once for
+    the module."""
+    return _copies(models.from_config(hf, rngs=nnx.Rngs(0)))
 
 
 def _batch():
@@ -54,14 +76,10 @@ def test_training_rows_layout_and_cut_at_banned_tokens():
     np.testing.assert_array_equal(rows["response_mask"], [[0, 0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1, 0, 0]])
 
 
-def test_grpo_loop_learns_a_learnable_reward_on_tiny_qwen2_vl():
+def test_grpo_loop_learns_a_learnable_reward_on_tiny_qwen2_vl(fresh_model):
     """Reward = share of a row's tokens with id < 64 (half the vocabulary; about 0.5 at the start):
     GRPO through the sampler and `grpo_update` must raise it."""
-    from tiny_models import tiny_hf_config  # tests/ is on sys.path
-
-    hf = tiny_hf_config("qwen2_vl").to_dict()
-    model = models.from_config(hf, rngs=nnx.Rngs(0))
-    ref = models.from_config(hf, rngs=nnx.Rngs(0))
+    model, ref = fresh_model(), fresh_model()
     from grlhfv_jax.rl import optim
     tx, sched = optim.make_optimizer(learning_rate=1e-2, total_steps=100, warmup_steps=0, weight_decay=0.0)
     state = steps.TrainState(model, tx, sched)
@@ -80,11 +98,10 @@ def test_grpo_loop_learns_a_learnable_reward_on_tiny_qwen2_vl():
     assert np.mean(means[-2:]) > np.mean(means[:2]) + 0.2, means
 
 
-def test_freeze_keeps_the_vision_tower_fixed_and_trains_the_rest():
-    from tiny_models import make_batch, tiny_hf_config  # tests/ is on sys.path
+def test_freeze_keeps_the_vision_tower_fixed_and_trains_the_rest(fresh_model):
+    from tiny_models import make_batch  # tests/ is on sys.path
 
-
-    model = models.from_config(tiny_hf_config("qwen2_vl").to_dict(), rngs=nnx.Rngs(0))
+    model = fresh_model()
     before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     opt = config_schema.typed_section(sections.OPTIMIZER, {"lr": 1e-2, "warmup_ratio": 0.0, "freeze": ["visual"]})
     state = loop.make_train_state(model, opt, 10)
@@ -109,13 +126,10 @@ def test_rm_rewards_rank_incomplete_answers_last():
     np.testing.assert_allclose(rm_rewards(scores, complete), [[-3.0, -1.0, -4.0], [0.0, 0.0, 0.0]])
 
 
-def test_rl_schedule_spans_all_rl_steps_with_mini_batches():
+def test_rl_schedule_spans_all_rl_steps_with_mini_batches(fresh_model):
     """Two optimizer updates per RL step: the learning rate must not reach zero halfway (the
     schedule counts updates, steps x mini_batches). Warm-up 0 + cosine: lr(u) = lr0 (1 + cos(pi u / U)) / 2."""
-    from tiny_models import tiny_hf_config  # tests/ is on sys.path
-
-
-    model = models.from_config(tiny_hf_config("qwen2_vl").to_dict(), rngs=nnx.Rngs(0))
+    model = fresh_model()
     sec = config_schema.typed_section(sections.OPTIMIZER, {"lr": 1e-3, "warmup_ratio": 0.0}).replace(steps=10,
                                                                                                    mini_batches=2)
     state = loop.make_rl_train_state(model, sec)
@@ -232,20 +246,16 @@ def test_pooled_order_advantages_by_hand():
     np.testing.assert_allclose(rl_learner.advantages(rl_learner.Rewards(rewards), np.array([1, 1, 0, 1]), "grpo")[2], 0)
 
 
-def test_grpo_learner_splits_rows_over_8_devices_and_matches_one_device(monkeypatch):
+def test_grpo_learner_splits_rows_over_8_devices_and_matches_one_device(fresh_model, monkeypatch):
     """`grpo_update` on a model sharded over a 2x2x2 mesh of fake devices: the step receives its
     rows split over (data, fsdp) (each device a quarter of the rows, not a replica) and the update
     equals the one of the same learner on one device."""
-    from tiny_models import tiny_hf_config  # tests/ is on sys.path
-
     from grlhfv_jax import sharding
 
-    hf = tiny_hf_config("qwen2_vl").to_dict()
     rng = np.random.default_rng(3)
     ids = rng.integers(3, 90, (4, 6)).astype(np.int32)
     prompts = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    gen = generate(models.from_config(hf, rngs=nnx.Rngs(0)), prompts, max_new_tokens=3, temperature=1.0,
-                   num_samples=4, rng=jax.random.key(0))
+    gen = generate(fresh_model(), prompts, max_new_tokens=3, temperature=1.0, num_samples=4, rng=jax.random.key(0))
     rewards = rng.random((4, 4))
     seen = []
     real_step = steps.grpo_step
@@ -258,7 +268,7 @@ def test_grpo_learner_splits_rows_over_8_devices_and_matches_one_device(monkeypa
     monkeypatch.setattr(steps, "grpo_step", recording_step)
     after = []
     for mesh in (sharding.make_mesh((2, 2, 2)), None):
-        model, ref = (models.from_config(hf, rngs=nnx.Rngs(0)) for _ in range(2))
+        model, ref = fresh_model(), fresh_model()
         if mesh is not None:
             model, ref = sharding.shard_model(model, mesh), sharding.shard_model(ref, mesh)
         state = steps.TrainState(model, __import__("optax").sgd(0.1))
@@ -273,14 +283,12 @@ def test_grpo_learner_splits_rows_over_8_devices_and_matches_one_device(monkeypa
         np.testing.assert_allclose(after[0][k], after[1][k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
-def test_rm_scoring_splits_rows_over_8_devices_and_matches_one_device(monkeypatch):
+def test_rm_scoring_splits_rows_over_8_devices_and_matches_one_device(hf, monkeypatch):
     """`scoring.score_batch` (the score-only RM's evaluation and reward) places its rows on the
     model's mesh: each of 8 fake devices a quarter of the rows over (data, fsdp), same scores."""
-    from tiny_models import make_batch, tiny_hf_config  # tests/ is on sys.path
-
     from grlhfv_jax import sharding
 
-    hf = tiny_hf_config("qwen2_vl").to_dict()
+    fresh_rm = _copies(models.from_config(hf, rngs=nnx.Rngs(0), scalar_head=True))
     rng = np.random.default_rng(5)
     b = make_batch([[list(rng.integers(3, 90, 4)), (1, 2, 2), list(rng.integers(3, 90, 3))] for _ in range(8)],
                    pad_side="right")
@@ -294,7 +302,7 @@ def test_rm_scoring_splits_rows_over_8_devices_and_matches_one_device(monkeypatc
     monkeypatch.setattr(scoring, "_scores", recording)
     scores = []
     for mesh in (sharding.make_mesh((2, 2, 2)), None):
-        model = models.from_config(hf, rngs=nnx.Rngs(0), scalar_head=True)
+        model = fresh_rm()
         if mesh is not None:
             model = sharding.shard_model(model, mesh)
         scores.append(scoring.score_batch(model, batch))

@@ -40,6 +40,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from grlhfv_jax.data import preference_files as pf
+from grlhfv_jax.data.preference_files import decode_image  # noqa: F401  (files_source.decode_image)
 
 PROMPT_SPLITS = ("policy_train", "policy_test")
 
@@ -88,13 +89,6 @@ def read_split(split: str, spec: SplitFiles) -> tuple[list[dict], pf.BadRecords]
     """`iter_split` as a list (every record in memory: tests, small splits)."""
     recs, bad = iter_split(split, spec)
     return list(recs), bad
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> uint8 [H, W, 3] RGB."""
-    from PIL import Image
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"), np.uint8)
 
 
 def write_splits(out_dir: str, splits: Mapping[str, SplitFiles], *, shard_bytes: int | None = None

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
-from grlhfv_jax.data import files_source
+from grlhfv_jax.data import preference_files
 
 DATASET_NAME = "grlhfv_files"
 VERSION = "1.0.0"
@@ -136,7 +136,7 @@ def decode(raw: Mapping[str, Any], prompt: bool) -> dict:
     ``response_2``, ``overall_response`` (1 | 2) and ``answer`` (the preferred response)."""
     rec_id = _text(raw["id"])
     try:
-        image = files_source.decode_image(bytes(raw["image"]))
+        image = preference_files.decode_image(bytes(raw["image"]))
     except Exception as e:   # PIL raises many types for bad data
         raise ValueError(f"record {rec_id!r}: its stored image does not decode ({type(e).__name__}: {e}); the "
                          "'data' stage checks images when it converts: convert again") from e

@@ -37,6 +37,7 @@ import json
 import os
 from typing import Any, Iterator
 
+import numpy as np
 from grlhfv_jax.data import grm_targets
 
 REASONS = ("malformed", "missing_field", "missing_image", "undecodable_image", "bad_label", "empty_text")
@@ -301,6 +302,13 @@ def _image_bytes(value, base: str) -> tuple[bytes | None, str]:
         with open(p, "rb") as f:
             return f.read(), ""
     return None, "no image value"
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Encoded image bytes -> uint8 [H, W, 3] RGB."""
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"), np.uint8)
 
 
 def _decodes(data: bytes) -> str:

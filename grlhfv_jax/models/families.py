@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import importlib
 
+from .errors import UnsupportedModelError
+
 FAMILIES = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "llava": "llava"}   # model_type -> folder
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
-
-
-class UnsupportedModelError(ValueError):
-    """The checkpoint's model_type is not a supported family."""
 
 
 def family(model_type):

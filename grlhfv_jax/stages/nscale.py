@@ -16,7 +16,8 @@ import json
 import os
 
 from grlhfv_jax import sharding
-from grlhfv_jax import roles, stages
+from grlhfv_jax import roles
+from grlhfv_jax.stages import policy_training
 from grlhfv_jax.config.sections import nscale_runs
 from grlhfv_jax.data import sources
 from grlhfv_jax.rollout import group_sampling
@@ -56,7 +57,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
         for n in sec.ns:
             if str(n) not in result.get(label, {}):   # else done before a crash
                 run_config, name = _section(config, section, label, changes, n)
-                stages.module("policy_rl").run(run_config, workdir, writer, section=name,
+                policy_training.train_grpo(run_config, workdir, writer, section=name,
                                                out_root=os.path.join(workdir, "nscale"))
                 model = roles.load_stage_output(roles.output_dir(os.path.join(workdir, "nscale"), name), name,
                                                 config, spec)

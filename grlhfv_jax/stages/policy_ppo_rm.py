@@ -17,8 +17,8 @@ import os
 
 from grlhfv_jax import memory, roles
 from grlhfv_jax.checkpoint import export_hf
-from grlhfv_jax.data import sources
 from grlhfv_jax.rollout.engine import bucket_length
+from grlhfv_jax.stages import policy_training
 from grlhfv_jax.trainers import learner, loop, rewards
 from grlhfv_jax.trainers.ppo_update import ActorCritic
 
@@ -32,19 +32,11 @@ def run(config, workdir: str, writer, section: str) -> dict:
     updates = int(sec.steps) * int(sec.mini_batches)
     critic_opt = sec.replace(lr=sec.critic_lr, weight_decay=sec.critic_weight_decay)   # the critic's optimizer
     state = ActorCritic(loop.make_rl_train_state(policy, sec), loop.make_train_state(critic, critic_opt, updates))
-    ds = src.dataset("policy_train", seed=config.seed + 11, batch_size=sec.prompts_per_step)
-
-    def prompts_for_step(step):
-        recs = ds[step]
-        return recs, [codec.example(r["question"], r["image"]) for r in recs]
-
-    def oracle(recs, texts):   # the data source's hidden principle, which the policy never sees
-        return sources.oracle_scores(src.hooks, recs, texts, per_record=int(sec.n))
-
+    prompts_for_step, oracle = policy_training.prompts_and_oracle(config, sec, src, codec)
     step_fn = learner.ppo_step_fn(
         ref=ref, codec=codec, prompts_for_step=prompts_for_step, sec=sec,
         reward_fn=rewards.rm_reward(rm, pad_id=codec.pad_id, rows_per_call=int(sec.score_rows_per_call)),
-        seed_for_step=lambda step: config.seed * 7919 + step, observers=[rewards.oracle_observer(oracle)])
+        seed_for_step=lambda step: config.seed * 7919 + step, observers=[oracle])
     loop.train_loop(section, state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
                     ckpt_dir=os.path.join(workdir, section, "ckpt"), log_every=int(sec.log_every),
                     ckpt_every=int(sec.ckpt_every))

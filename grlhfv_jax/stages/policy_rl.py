@@ -16,50 +16,15 @@ Reads `workdir/sft/policy` and the judge; writes `workdir/<section>/policy`.
 
 from __future__ import annotations
 
-import os
 
-from grlhfv_jax import memory, roles
-from grlhfv_jax.checkpoint import export_hf
-from grlhfv_jax.data import sources
+from grlhfv_jax import memory
 from grlhfv_jax.rollout.engine import bucket_length
-from grlhfv_jax.trainers import learner, loop, rewards
+from grlhfv_jax.stages import policy_training
 
 
-def run(config, workdir: str, writer, section: str, out_root: str | None = None) -> dict:
-    """Trains; inputs from `workdir`, outputs under `out_root` (default: workdir)."""
-    out_root = out_root or workdir
-    sec = config[section]
-    src = roles.source(config, workdir)
-    codec = roles.codec(config, workdir)
-    policy, ref = roles.trainee_and_reference(config, workdir, "policy")
-    if sec.reward == "grm":   # the judge of config.<section>.judge; the stage calls the Judge protocol only
-        judge = roles.make_judge(
-            sec.judge, codec=codec, workdir=workdir, max_prompts=int(sec.judge_prompts_per_call),
-            load_grm=lambda: roles.load_stage_output(sec.grm_path or roles.output_dir(workdir, "grm_rl"),
-                                                     f"run 'grm_rl' first or set config.{section}.grm_path",
-                                                     config, config.model.grm))
-        reward_fn = rewards.judge_reward(judge, sec)
-    else:
-        reward_fn = rewards.rm_reward(roles.load_rm(workdir, config), pad_id=codec.pad_id,
-                                      rows_per_call=int(sec.score_rows_per_call))
-    ds = src.dataset("policy_train", seed=config.seed + 11, batch_size=sec.prompts_per_step)
-
-    def prompts_for_step(step):
-        recs = ds[step]
-        return recs, [codec.example(r["question"], r["image"]) for r in recs]
-
-    def oracle(recs, texts):   # the data source's hidden principle, which the policy never sees
-        return sources.oracle_scores(src.hooks, recs, texts, per_record=int(sec.n))
-
-    state = loop.make_rl_train_state(policy, sec)
-    step_fn = learner.grpo_step_fn(ref=ref, codec=codec, prompts_for_step=prompts_for_step, reward_fn=reward_fn,
-                                   sec=sec, seed_for_step=lambda step: config.seed * 7919 + step,
-                                   observers=[rewards.oracle_observer(oracle)])
-    loop.train_loop(section, state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
-                    ckpt_dir=os.path.join(out_root, section, "ckpt"), log_every=int(sec.log_every),
-                    ckpt_every=int(sec.ckpt_every))
-    export_hf(state.model, roles.output_dir(out_root, section), codec=codec)
-    return {}
+def run(config, workdir: str, writer, section: str) -> dict:
+    """Trains the policy (`policy_training.train_grpo`); writes `workdir/<section>/policy`."""
+    return policy_training.train_grpo(config, workdir, writer, section)
 
 
 def memory_phases(config, section: str) -> list[memory.Memory]:

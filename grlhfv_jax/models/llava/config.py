@@ -16,7 +16,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from ..families import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 MODEL_TYPES = ("llava",)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from ..families import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
