@@ -187,7 +187,7 @@ def _micro_images(batch) -> bool:
 def images_per_group(model, group: int) -> bool:
     """Whether `model` reads one run of `group` rows' images from the run's first row only (rows
     that share their prompt: `model.group_first_images`, `shared_prompt_hidden(group_images=True)`)."""
-    return group > 1 and hasattr(model, "group_first_images") and hasattr(model, "shared_prompt_hidden")
+    return group > 1 and model.group_images and model.shared_prompt
 
 
 def _per_group(model, batch, group: int) -> bool:
@@ -341,11 +341,11 @@ def _window_hidden(model, mb, emb, window: int, group: int = 1):
     `group` (module docstring) and the model runs those once per run (``model.shared_prompt_hidden``)."""
     T = mb["input_ids"].shape[1]
     cols, valid = window_columns(mb["window_start"], window, T)
-    if group > 1 and hasattr(model, "shared_prompt_hidden"):   # else: the same, by the full forward
+    if group > 1 and model.shared_prompt:   # else: the same, by the full forward
         b = mb["input_ids"].shape[0]
         if b % group:
             raise ValueError(f"a micro-batch of {b} rows does not hold whole groups of {group}")
-        kw = dict(group_images=True) if emb is not None and hasattr(model, "group_first_images") else {}
+        kw = dict(group_images=True) if emb is not None and model.group_images else {}
         h = model.shared_prompt_hidden(mb["input_ids"], mb["attention_mask"], group=group, prompt_len=T - window,
                                        position_ids=mb["position_ids"], image_embeds=emb, **kw)
         return h, cols, valid

@@ -5,6 +5,7 @@ from .config import MODEL_TYPES, LlavaConfig, parse_hf_config, with_special_ids
 from .hub import HUB_ALIASES, hub_key, hub_shape
 from .model import (
     Llava,
+    LlavaImages,
     decode_position_ids,
     default_position_ids,
     from_config,
@@ -27,7 +28,8 @@ def build(cfg, *, rngs, scalar_head: bool = False):
     return Llava(cfg, rngs=rngs, scalar_head=scalar_head)
 
 
-__all__ = ["MODEL_TYPES", "LlavaConfig", "parse_hf_config", "parse_config", "build", "Llava", "from_config",
+__all__ = ["MODEL_TYPES", "LlavaConfig", "parse_hf_config", "parse_config", "build", "Llava", "LlavaImages",
+           "from_config",
            "rope_index", "decode_position_ids", "default_position_ids", "HUB_ALIASES", "hub_key", "hub_shape",
            "with_special_ids", "CHAT_TEMPLATE", "IMAGE_TOKEN", "chat_prompt", "encode_prompt", "expand_image_tokens",
            "image_processor", "preprocess_images"]
