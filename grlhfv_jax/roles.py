@@ -79,7 +79,7 @@ def model_config(spec, codec: Codec) -> dict:
     text = dict(hf.get("text_config", {}))
     text.update(vocab_size=len(codec.tokenizer), eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"])
     hf["text_config"] = text
-    for k in ("image_token_id", "vision_start_token_id", "vision_end_token_id", "video_token_id"):
+    for k in codec.prompts.config_ids(codec.tokenizer):   # the family's special-token keys
         hf[k] = ids[k]
     return hf
 

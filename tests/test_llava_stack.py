@@ -107,3 +107,42 @@ def test_grpo_update_runs_on_llava(llava_pair, sampled):
                          p1, nnx.state(ours, nnx.Param))
     assert max(jax.tree.leaves(moved)) > 1e-4
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), p1, p2)
+
+
+def test_codec_encodes_llava_examples_as_llava_processor(llava_pair):
+    """`encoding.Codec` with LLaVA's prompt format: the prompt ids and pixels of transformers'
+    LlavaProcessor (llava-hf's chat template), the response + `</s>` under the loss mask, the family's
+    special ids; its left-padded batch samples through the engine."""
+    import transformers
+    from PIL import Image
+
+    from grlhfv_jax import encoding
+    from grlhfv_jax.models.llava import CHAT_TEMPLATE, LlavaPrompts
+    _, ours, _ = llava_pair
+    cfg, tok = ours.config, L.tiny_tokenizer()
+    prompts = LlavaPrompts(cfg)
+    assert isinstance(prompts, contract.PromptFormat)
+    codec = encoding.Codec(tok, prompts.image_processor(), L.PAD, tok.convert_tokens_to_ids(prompts.eos_token),
+                           prompts=prompts)
+    assert codec.eos_id == L.EOS and codec.banned_ids() == [L.IMAGE]
+    assert codec.special_ids() == {"image_token_index": L.IMAGE, "eos_token_id": L.EOS, "pad_token_id": L.PAD}
+    rng = np.random.default_rng(4)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 30), (20, 50))]
+    ex = [codec.example("what is in the image?", images[0], "a red square"), codec.example("what is it?", images[1])]
+    proc = transformers.LlavaProcessor(image_processor=prompts.image_processor(), tokenizer=tok,
+                                       patch_size=cfg.patch_size, vision_feature_select_strategy="default",
+                                       num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                     "text": "what is in the image?"}]}], add_generation_prompt=True, tokenize=False)
+    ref = proc(text=text, images=images[:1], return_tensors="np")
+    n = ref["input_ids"].shape[1]
+    np.testing.assert_array_equal(ex[0]["input_ids"][:n], ref["input_ids"][0])
+    np.testing.assert_array_equal(ex[0]["input_ids"][n:], tok.encode(" a red square", add_special_tokens=False)
+                                  + [L.EOS])
+    np.testing.assert_array_equal(ex[0]["loss_mask"], (np.arange(len(ex[0]["input_ids"])) >= n).astype(np.int32))
+    np.testing.assert_array_equal(ex[0]["pixel_values"], ref["pixel_values"])
+    b = encoding.batch(ex, codec, side="left", max_len=len(ex[0]["input_ids"]))
+    assert b["pixel_values"].shape == (2,) + cfg.pixel_shape and b["image_grid_thw"].shape == (2, 3)
+    out = EngineRollout(ours, eos_token_id=codec.eos_id, pad_token_id=codec.pad_id).generate(
+        b, SamplingParams(max_new_tokens=3, temperature=0.0))
+    assert np.asarray(out.tokens).shape == (2, 3)

@@ -122,6 +122,29 @@ class VLModel(Protocol):
         family's image rows are never padded nor split per micro-batch (each image one row)."""
 
 
+@runtime_checkable
+class PromptFormat(Protocol):
+    """A family's prompt side (`encoding.Codec.prompts`): chat examples with image placeholders and
+    the special tokens. Qwen: `models.qwen2_vl.prompts.QwenPrompts`; LLaVA: `models.llava.LlavaPrompts`."""
+
+    family: str
+    eos_token: str              # ends an assistant turn (the sampler's stop token)
+
+    def config_ids(self, tokenizer) -> dict:
+        """hf config key -> token id of the family's special tokens (image placeholder, markers)."""
+
+    def banned_ids(self, tokenizer) -> list[int]:
+        """Token ids a sampled response must not contain (image placeholders and markers)."""
+
+    def image_processor(self, image):
+        """The image processor (`image`: the run's validated `config.image` section)."""
+
+    def example(self, tokenizer, image_processor, question: str, images, response=None) -> dict:
+        """One user turn with `images` (+ the assistant's `response`): input_ids [T] with each image's
+        placeholder tokens expanded, loss_mask [T] (1 on the response and its end token),
+        mm_token_type_ids [T], pixel_values and image_grid_thw of the images (module docstring)."""
+
+
 def next_slot_deltas(position_ids, attention_mask):
     """Per row, (next position) - (next slot): a text token appended in cache slot q of row b has
     position q + deltas[b] (`VLModel.text_position_ids`), left or right padding alike.

@@ -14,6 +14,7 @@ from .model import (
 from .processing import (
     CHAT_TEMPLATE,
     IMAGE_TOKEN,
+    LlavaPrompts,
     chat_prompt,
     encode_prompt,
     expand_image_tokens,
@@ -31,5 +32,6 @@ def build(cfg, *, rngs, scalar_head: bool = False):
 __all__ = ["MODEL_TYPES", "LlavaConfig", "parse_hf_config", "parse_config", "build", "Llava", "LlavaImages",
            "from_config",
            "rope_index", "decode_position_ids", "default_position_ids", "HUB_ALIASES", "hub_key", "hub_shape",
-           "with_special_ids", "CHAT_TEMPLATE", "IMAGE_TOKEN", "chat_prompt", "encode_prompt", "expand_image_tokens",
+           "with_special_ids", "CHAT_TEMPLATE", "IMAGE_TOKEN", "LlavaPrompts", "chat_prompt", "encode_prompt",
+           "expand_image_tokens",
            "image_processor", "preprocess_images"]

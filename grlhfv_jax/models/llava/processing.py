@@ -78,3 +78,50 @@ def preprocess_images(images, config, processor=None) -> np.ndarray:
     if pixels.shape[1:] != tuple(config.pixel_shape):
         raise ValueError(f"image processor gave {pixels.shape[1:]}, the model takes {config.pixel_shape}")
     return pixels
+
+
+class LlavaPrompts:
+    """Chat examples of LLaVA-1.5 for the family contract (`models.contract.PromptFormat`): one user
+    turn "USER: <image>\\n... {question} ASSISTANT:" (`chat_prompt`; images first), each `<image>`
+    expanded to `config.image_tokens` ids (`encode_prompt`, BOS as the tokenizer adds it), the
+    response " {response}</s>" (loss_mask 1 there), pixel_values [n, C, S, S] (`image_processor`) and
+    image_grid_thw [n, 3] of ones (one pixel row per image: `model.LlavaImages`)."""
+
+    family = "llava"
+    eos_token = "</s>"
+
+    def __init__(self, config):
+        self.config = config            # a LlavaConfig: image_size, image_tokens, image_token_id
+
+    def config_ids(self, tokenizer) -> dict:
+        """The hf config's special-token ids from `tokenizer`: `image_token_index`."""
+        return {"image_token_index": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)}
+
+    def banned_ids(self, tokenizer) -> list[int]:
+        """Token ids a response must not contain: `<image>`."""
+        return [tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)]
+
+    def image_processor(self, image=None):
+        """The CLIP processor of the model's image size (`image_processor`); `image` (the run's image
+        section) is not read: LLaVA's images are one fixed size."""
+        return image_processor(self.config)
+
+    def example(self, tokenizer, image_processor, question: str, images, response: str | None = None) -> dict:
+        from grlhfv_jax import processing
+        images = [processing.load_image(im) for im in images]
+        text = chat_prompt([{"role": "user", "content": [{"type": "image"}] * len(images)
+                             + [{"type": "text", "text": question}]}])
+        ids = encode_prompt(tokenizer, text, self.config)
+        resp = np.zeros((0,), np.int32)
+        if response is not None:
+            resp = np.asarray(tokenizer.encode(" " + response, add_special_tokens=False)
+                              + [tokenizer.convert_tokens_to_ids(self.eos_token)], np.int32)
+            if (resp == self.config.image_token_id).any():
+                raise ValueError(f"response text contains {IMAGE_TOKEN}; images belong in the prompt")
+        input_ids = np.concatenate([ids, resp]).astype(np.int32)
+        pixels = (preprocess_images(images, self.config, image_processor) if images
+                  else np.zeros((0,) + tuple(self.config.pixel_shape), np.float32))
+        return {"input_ids": input_ids,
+                "loss_mask": np.concatenate([np.zeros(len(ids), np.int32), np.ones(len(resp), np.int32)]),
+                "mm_token_type_ids": (input_ids == self.config.image_token_id).astype(np.int32),
+                "pixel_values": pixels, "image_grid_thw": np.ones((len(images), 3), np.int32)}
