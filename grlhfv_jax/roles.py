@@ -46,10 +46,22 @@ def stage_dir(workdir: str, name: str) -> str:
     return path
 
 
+def prompt_format(config):
+    """The prompt format (`models.contract.PromptFormat`) of the run's model family: that of
+    config.model.policy (its checkpoint's config.json, else its hf_config); every role of a run
+    shares the tokenizer, so one family per run."""
+    spec = config.model.policy
+    hf = models.read_config_json(spec.path) if spec.path else (
+        spec.hf_config.to_dict() if hasattr(spec.hf_config, "to_dict") else dict(spec.hf_config))
+    return models.family(hf.get("model_type")).prompt_format(hf)
+
+
 def codec(config, workdir: str) -> "Codec":
-    """The codec of a run: the tokenizer written by the `data` stage, config.image, config.grm_template."""
+    """The codec of a run: the tokenizer written by the `data` stage, config.image, config.grm_template,
+    the family's prompt format (`prompt_format`)."""
     found = paths(config, workdir)
-    return Codec.from_dirs(found["tokenizer_dir"], config.image, config.grm_template or None)
+    return Codec.from_dirs(found["tokenizer_dir"], config.image, config.grm_template or None,
+                           prompts=prompt_format(config))
 
 
 def runtime(spec, config=None) -> dict:

@@ -146,3 +146,39 @@ def test_codec_encodes_llava_examples_as_llava_processor(llava_pair):
     out = EngineRollout(ours, eos_token_id=codec.eos_id, pad_token_id=codec.pad_id).generate(
         b, SamplingParams(max_new_tokens=3, temperature=0.0))
     assert np.asarray(out.tokens).shape == (2, 3)
+
+
+def test_judge_shared_prefix_equals_separate_prompts(llava_pair):
+    """`judge_generate` on LLaVA (the prefix with its image prefilled once, each pair's suffix at the
+    1-D positions `text_position_ids` continues) = greedy `generate` on every full prompt."""
+    from grlhfv_jax.rollout import engine, judge
+    _, ours, _ = llava_pair
+    pb = _prompts(ours.config, seed=4)
+    rng = np.random.default_rng(0)
+    suffixes = [[rng.integers(3, L.IMAGE - 1, k).tolist() for k in (4, 7, 2)],
+                [rng.integers(3, L.IMAGE - 1, k).tolist() for k in (5, 1)]]
+    out = judge.judge_generate(ours, pb, suffixes, max_new_tokens=NEW, pad_token_id=L.PAD)
+    seqs = [list(pb["input_ids"][p][pb["attention_mask"][p] > 0]) + s for p in range(2) for s in suffixes[p]]
+    T = max(map(len, seqs))
+    ids = np.array([[L.PAD] * (T - len(s)) + s for s in seqs], np.int32)
+    n_img = [1, 2]                                      # GEN_ROWS: images per prompt
+    first = [0, 1]
+    pv = np.concatenate([pb["pixel_values"][first[p]:first[p] + n_img[p]] for p in range(2) for _ in suffixes[p]])
+    full = dict(input_ids=ids, attention_mask=(np.arange(T)[None] >= (T - np.array([len(s) for s in seqs]))[:, None])
+                .astype(np.int32), pixel_values=pv, image_grid_thw=np.ones((len(pv), 3), np.int32))
+    ref = engine.generate(ours, full, max_new_tokens=NEW, temperature=0.0, pad_token_id=L.PAD)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref.logprobs), atol=1e-4)
+
+
+def test_value_head_reads_the_scalar_head_at_every_token(llava_pair):
+    """`score_hidden` (PPO's value head) at each row's last real token is `score` (the RM's reward)."""
+    _, _, path = llava_pair
+    rm = models.load_pretrained(path, scalar_head=True)
+    b = L.make_batch(rm.config, L.ROWS, pad_side="right", seed=5)
+    h = rm(b["input_ids"], b["attention_mask"], b["pixel_values"], return_hidden=True)
+    values = np.asarray(rm.score_hidden(h))
+    last = b["attention_mask"].sum(1) - 1
+    np.testing.assert_allclose(values[np.arange(3), last], np.asarray(rm.score(b["input_ids"], b["attention_mask"],
+                                                                               b["pixel_values"])), atol=1e-5)
+    assert values.shape == b["input_ids"].shape and np.std(values) > 0

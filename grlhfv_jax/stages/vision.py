@@ -81,8 +81,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
 
     def images(stream, index, n):
         imgs, labels = W.vision_examples(world, stream, index, n)
-        enc = codec.image_processor(images=imgs, return_tensors="np")
-        return np.asarray(enc["pixel_values"], np.float32), np.asarray(enc["image_grid_thw"]), labels
+        pv, grid = codec.prompts.images(codec.image_processor, imgs)   # the family's image rows
+        return pv, grid, labels
 
     pv, grid, _ = images(0, 0, B)
     tokens = int(model.image_layout.tokens_per_image(grid[:1])[0])

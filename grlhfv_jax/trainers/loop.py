@@ -159,11 +159,11 @@ def place_batch(model, batch: dict) -> dict:
     if jax.process_count() > 1 and mesh is not None:
         batch = sharding.gather_batch(batch, ("pixel_values", "image_grid_thw", "image_embeds"))
         pv = batch.get("pixel_values")
-        if isinstance(pv, np.ndarray) and patch_unit(model) and batch.get("image_grid_thw") is not None:
+        if isinstance(pv, np.ndarray) and batch.get("image_grid_thw") is not None and patch_unit(model):
             batch = processing.pad_patches(batch, processing.patch_bucket(pv.shape[0], patch_unit(model)))
         return sharding.global_batch(batch, mesh, global_keys=sharding.REPLICATED_BATCH_KEYS)
     pv = batch.get("pixel_values")
-    if isinstance(pv, np.ndarray) and patch_unit(model) and batch.get("image_grid_thw") is not None:
+    if isinstance(pv, np.ndarray) and batch.get("image_grid_thw") is not None and patch_unit(model):
         batch = processing.pad_patches(batch, processing.patch_bucket(pv.shape[0], patch_unit(model)))
     if mesh is not None and mesh.size > 1:
         n = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape]))

@@ -335,6 +335,13 @@ class Llava(nnx.Module):
         hl = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
         return jnp.dot(hl.astype(jnp.float32), self.score_head.kernel[...].astype(jnp.float32))[:, 0]
 
+    def score_hidden(self, h):
+        """The scalar head on final hidden states ``[..., H]`` -> float32 ``[...]`` (Qwen2VL's: `score` is
+        this at each row's last real token; at every token it is PPO's per-token value head)."""
+        if self.score_head is None:
+            raise ValueError("this model has no scalar head; build it with scalar_head=True")
+        return jnp.dot(h.astype(jnp.float32), self.score_head.kernel[...].astype(jnp.float32))[..., 0]
+
 
 def from_config(config, *, rngs=None, dtype=jnp.float32, scalar_head=False, param_dtype=None, remat=False,
                 vision_block=0, remat_policy="nothing", logits_chunk=0, vision_chunk=0, scan_layers=False,

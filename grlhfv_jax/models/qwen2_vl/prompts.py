@@ -2,6 +2,8 @@
 format with `<|vision_start|><|image_pad|><|vision_end|>` image blocks (`grlhfv_jax.processing`)."""
 from __future__ import annotations
 
+import numpy as np
+
 from grlhfv_jax import processing
 
 # the hf config keys of the special tokens a model of this family is built with, and their token text
@@ -30,6 +32,11 @@ class QwenPrompts:
         return processing.load_image_processor(
             image.processor_dir, min_pixels=image.min_pixels, max_pixels=image.max_pixels,
             patch_size=image.patch_size, merge_size=image.merge_size, temporal_patch_size=image.temporal_patch_size)
+
+    def images(self, image_processor, images):
+        """(pixel_values [N, C*t*p*p] float32, image_grid_thw [n, 3] int32) of PIL images."""
+        out = image_processor(images=list(images), return_tensors="np")
+        return np.asarray(out["pixel_values"], np.float32), np.asarray(out["image_grid_thw"]).reshape(-1, 3)
 
     def example(self, tokenizer, image_processor, question: str, images, response: str | None = None) -> dict:
         """One user turn with `images` (their blocks where the question has `<image>` markers, else first)
