@@ -129,6 +129,7 @@ class PromptFormat(Protocol):
 
     family: str
     eos_token: str              # ends an assistant turn (the sampler's stop token)
+    special_tokens: tuple       # tokens a (demo) tokenizer must add for the family (Qwen: none beyond its own)
 
     def config_ids(self, tokenizer) -> dict:
         """hf config key -> token id of the family's special tokens (image placeholder, markers)."""
@@ -138,6 +139,12 @@ class PromptFormat(Protocol):
 
     def image_processor(self, image):
         """The image processor (`image`: the run's validated `config.image` section)."""
+
+    def images(self, image_processor, images) -> tuple:
+        """(pixel_values, image_grid_thw) of a list of PIL images (module docstring)."""
+
+    def processor_config(self, image_processor) -> dict:
+        """The preprocessor_config.json an exported folder ships."""
 
     def example(self, tokenizer, image_processor, question: str, images, response=None) -> dict:
         """One user turn with `images` (+ the assistant's `response`): input_ids [T] with each image's

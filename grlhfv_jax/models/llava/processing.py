@@ -91,6 +91,7 @@ class LlavaPrompts:
 
     family = "llava"
     eos_token = "</s>"
+    special_tokens = (IMAGE_TOKEN, "</s>")   # what a tokenizer needs beyond text (the demo's adds them)
 
     def __init__(self, config):
         self.config = config            # a LlavaConfig: image_size, image_tokens (ids are the tokenizer's)
@@ -107,6 +108,13 @@ class LlavaPrompts:
         """The CLIP processor of the model's image size (`image_processor`); `image` (the run's image
         section) is not read: LLaVA's images are one fixed size."""
         return image_processor(self.config)
+
+    def processor_config(self, image_processor) -> dict:
+        """preprocessor_config.json of the CLIP processor (llava-hf's classes, readable without torchvision)."""
+        import json
+        proc = json.loads(image_processor.to_json_string())
+        proc.update(image_processor_type="CLIPImageProcessor", processor_class="LlavaProcessor")
+        return proc
 
     def images(self, image_processor, images) -> tuple[np.ndarray, np.ndarray]:
         """(pixel_values [n, C, S, S] float32, image_grid_thw [n, 3] int32 of ones) of PIL images."""

@@ -2,6 +2,8 @@
 format with `<|vision_start|><|image_pad|><|vision_end|>` image blocks (`grlhfv_jax.processing`)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from grlhfv_jax import processing
@@ -18,6 +20,7 @@ class QwenPrompts:
 
     family = "qwen2_vl"
     eos_token = processing.IM_END
+    special_tokens = ()             # beyond the demo tokenizer's (Qwen2-VL's own: data.tokenizer)
 
     def config_ids(self, tokenizer) -> dict:
         """The hf config's special-token ids from `tokenizer` (`CONFIG_TOKENS`)."""
@@ -32,6 +35,14 @@ class QwenPrompts:
         return processing.load_image_processor(
             image.processor_dir, min_pixels=image.min_pixels, max_pixels=image.max_pixels,
             patch_size=image.patch_size, merge_size=image.merge_size, temporal_patch_size=image.temporal_patch_size)
+
+    def processor_config(self, image_processor) -> dict:
+        """preprocessor_config.json of `image_processor` (with the keys older readers take)."""
+        proc = json.loads(image_processor.to_json_string())
+        size = proc.get("size") or {}
+        proc.update(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2VLProcessor",
+                    min_pixels=int(size["shortest_edge"]), max_pixels=int(size["longest_edge"]))  # older readers
+        return proc
 
     def images(self, image_processor, images):
         """(pixel_values [N, C*t*p*p] float32, image_grid_thw [n, 3] int32) of PIL images."""
