@@ -31,10 +31,12 @@ Batches (dicts of arrays, leading dim = rows; right padding usual, any padding w
   window covers every target (the caller's duty; outputs stay ``[B, T]``, 0 off the window).
 - ``group`` (static, GRPO / `compute_logprobs`, with ``window``): the rows come in runs of
   ``group`` that share their first ``T - window`` columns (a prompt and its sampled responses,
-  ``window_start = T - window`` in every row), and the model runs each prompt once per run
+  ``window_start = T - window`` in every row), and a model that declares the capability
+  ``model.shared_prompt`` (`models.contract.VLModel`) runs each prompt once per run
   (``model.shared_prompt_hidden``): the same loss with G times fewer prompt tokens; with
-  ``model.group_first_images`` the vision tower also encodes each run's images once (the first
-  row's; the others are copies). Micro-batches must hold whole runs.
+  ``model.group_images`` (``model.group_first_images``) the vision tower also encodes each run's
+  images once (the first row's; the others are copies); other models run the full forward (the
+  same loss). Micro-batches must hold whole runs.
 - The LM head runs in ``model.config.logits_chunk`` columns at a time when set
   (`rl.logprobs.head_token_stats`): the same values, rows x chunk x vocab float32 logits live.
 """
