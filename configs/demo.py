@@ -8,7 +8,9 @@ the GRM with the paper's pair reward) -> rm (score-only Bradley-Terry baseline) 
 (stage 2: GRPO with grouped-comparison rewards from the GRM) -> policy_rl_rm (the same with the
 score-only RM as reward) -> policy_ppo_rm (PPO with a critic on the score-only RM) -> dpo (DPO on
 the preference pairs) -> evaluate.
-`get_config("smoke")` is a few steps of each (tests).
+`get_config("smoke")` is a few steps of each (tests). The model family is a switch of the argument:
+`configs/demo.py:llava` (or `:smoke,llava`) gives every role a tiny LLaVA-1.5 (CLIP tower + projector
++ Llama, `tiny_llava`) instead of the tiny Qwen2-VL; everything else is the same config.
 """
 
 import ml_collections
@@ -41,8 +43,29 @@ def tiny_qwen2_vl(hidden=64, layers=3, heads=4, kv_heads=2, vision_depth=2, visi
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3))
 
 
+def tiny_llava(hidden=64, layers=3, heads=4, kv_heads=2, vision_layers=2, vision_dim=64):
+    """An HF LLaVA-1.5 config dict at the demo's scale: 56 px images in 28 px patches (4 image tokens,
+    as the Qwen demo's 56 px image after its 2 x 2 merge); vocabulary and special ids come from the tokenizer."""
+    return dict(
+        model_type="llava", tie_word_embeddings=True, projector_hidden_act="gelu",
+        text_config=dict(model_type="llama", hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, rms_norm_eps=1e-6,
+                         max_position_embeddings=1024, rope_theta=10000.0),
+        vision_config=dict(model_type="clip_vision_model", hidden_size=vision_dim, intermediate_size=2 * vision_dim,
+                           num_hidden_layers=vision_layers, num_attention_heads=4, image_size=56, patch_size=28))
+
+
+FAMILIES = {"qwen2_vl": tiny_qwen2_vl, "llava": tiny_llava}
+
+
 def get_config(arg: str = ""):
-    smoke = arg == "smoke"
+    args = set(arg.split(",")) - {""}
+    unknown = args - {"smoke"} - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"configs/demo.py: unknown argument(s) {sorted(unknown)}; expected 'smoke' and / or a "
+                         f"family of {sorted(FAMILIES)}")
+    smoke = "smoke" in args
+    family = ([a for a in args if a in FAMILIES] or ["qwen2_vl"])[0]
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.workdir = "workdir/demo"
@@ -76,7 +99,7 @@ def get_config(arg: str = ""):
 
     # one spec per role, each its own hf_config: an override of one role's model changes that role only
     # (a shared nested dict became one shared ConfigDict: --config.model.grm.hf_config... changed all three)
-    c.model = {role: dict(hf_config=tiny_qwen2_vl(), dtype="float32", param_dtype="float32", remat=False)
+    c.model = {role: dict(hf_config=FAMILIES[family](), dtype="float32", param_dtype="float32", remat=False)
                for role in ("policy", "grm", "rm")}
 
     # The vision tower stays at its random initialisation in every stage ("freeze"): it stands in

@@ -185,8 +185,8 @@ def _time_ours(model, batch, args):
         # ... and its two stages
         buf = engine.bucket_length(args.new_tokens)
         t0 = time.perf_counter()
-        cache, logits, deltas, first_slot = engine.prefill(split, batch, cache_len_extra=buf,
-                                                           merge_size=model.config.spatial_merge_size)
+        cache, logits, deltas, first_slot = engine.prefill(split, batch, layout=model.image_layout,
+                                                           cache_len_extra=buf)
         jax.block_until_ready((cache, logits))
         t1 = time.perf_counter()
         out = engine.decode(split, cache, logits, deltas, first_slot=first_slot, max_new_tokens=args.new_tokens,
@@ -412,6 +412,7 @@ def bench_grpo(args) -> dict:
     from flax import nnx
 
     from grlhfv_jax import models
+    from grlhfv_jax.models.qwen2_vl.model import QwenImages
     from grlhfv_jax.trainers import grpo as learner
     from grlhfv_jax.trainers import steps
 
@@ -421,7 +422,7 @@ def bench_grpo(args) -> dict:
     prompts.pop("mm_token_type_ids")
     P, G, R = args.prompts, args.group, args.new_tokens
     rng = np.random.default_rng(0)
-    rows = learner.repeat_rows(prompts, G, image_token_id=cfg.image_token_id, merge_size=2)
+    rows = learner.repeat_rows(prompts, G, QwenImages(int(cfg.image_token_id), 2))
     b = learner.training_rows(rows, rng.integers(3, args.vocab - 8, (P * G, R)), np.full(P * G, R), pad_id=0)
     Tp = prompts["input_ids"].shape[1]
     b["window_start"] = np.full(P * G, Tp, np.int32)

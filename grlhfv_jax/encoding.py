@@ -15,52 +15,51 @@ import numpy as np
 from grlhfv_jax import config as config_schema
 from grlhfv_jax import processing
 from grlhfv_jax.config import sections
+from grlhfv_jax.models.qwen2_vl.prompts import QwenPrompts
 from grlhfv_jax.rl import grm_reward
 
 
 def image_processor(image):
-    """The image processor of `config.image` (a validated section, `config.sections.IMAGE`)."""
-    return processing.load_image_processor(
-        image.processor_dir, min_pixels=image.min_pixels, max_pixels=image.max_pixels,
-        patch_size=image.patch_size, merge_size=image.merge_size, temporal_patch_size=image.temporal_patch_size)
+    """The Qwen-VL image processor of `config.image` (a validated section, `config.sections.IMAGE`)."""
+    return QwenPrompts().image_processor(image)
 
 
 @dataclasses.dataclass
 class Codec:
-    """Tokenizer + image processor + the ids the stages need."""
+    """Tokenizer + image processor + the model family's prompt format (`models.contract.PromptFormat`:
+    chat examples with image placeholders, special tokens) + the ids the stages need."""
 
     tokenizer: Any
     image_processor: Any
     pad_id: int
-    eos_id: int  # <|im_end|>: ends an assistant turn
+    eos_id: int  # the family's end of an assistant turn (Qwen: <|im_end|>, LLaVA: </s>)
     grm_template: str = grm_reward.GRM_TEMPLATE
+    prompts: Any = dataclasses.field(default_factory=QwenPrompts)
 
     @classmethod
-    def from_dirs(cls, tokenizer_dir: str, image, grm_template: str | None = None) -> "Codec":
+    def from_dirs(cls, tokenizer_dir: str, image, grm_template: str | None = None, prompts=None) -> "Codec":
         """`image`: a validated image section (`config.image`), or a dict of its keys (the entry points
-        serve.py, evaluate.py and tests: checked here against config.sections.IMAGE)."""
+        serve.py, evaluate.py and tests: checked here against config.sections.IMAGE). `prompts`: the
+        family's prompt format (default Qwen-VL's; `models.llava.LlavaPrompts(config)` for LLaVA)."""
         if not isinstance(image, config_schema.Frozen):
             image = config_schema.typed_section(sections.IMAGE, image, "image")
+        prompts = prompts if prompts is not None else QwenPrompts()
         tok = processing.load_tokenizer(tokenizer_dir)
-        proc = image_processor(image)
+        proc = prompts.image_processor(image)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
-        return cls(tok, proc, int(pad), int(tok.convert_tokens_to_ids(processing.IM_END)),
-                   grm_template or grm_reward.GRM_TEMPLATE)
+        return cls(tok, proc, int(pad), int(tok.convert_tokens_to_ids(prompts.eos_token)),
+                   grm_template or grm_reward.GRM_TEMPLATE, prompts)
 
     def special_ids(self) -> dict:
-        c = self.tokenizer.convert_tokens_to_ids
-        return {"image_token_id": c(processing.IMAGE_PAD), "vision_start_token_id": c(processing.VISION_START),
-                "vision_end_token_id": c(processing.VISION_END), "video_token_id": c("<|video_pad|>"),
-                "eos_token_id": self.eos_id, "pad_token_id": self.pad_id}
+        """The family's hf config ids of the special tokens (`prompts.config_ids`) + eos / pad ids."""
+        return dict(self.prompts.config_ids(self.tokenizer), eos_token_id=self.eos_id, pad_token_id=self.pad_id)
 
     def banned_ids(self) -> list[int]:
-        """Token ids a response must not contain (image and vision markers)."""
-        ids = self.special_ids()
-        return [ids[k] for k in ("image_token_id", "vision_start_token_id", "vision_end_token_id", "video_token_id")]
+        """Token ids a response must not contain (image placeholders and markers of the family)."""
+        return self.prompts.banned_ids(self.tokenizer)
 
     def example(self, question: str, image, response: str | None = None) -> dict:
-        text = processing.chat_prompt(question, num_images=1, tokenizer=self.tokenizer)
-        return processing.encode_example(self.tokenizer, self.image_processor, text, [image], response)
+        return self.prompts.example(self.tokenizer, self.image_processor, question, [image], response)
 
     def grm_user_text(self, question: str, response_1: str, response_2: str) -> str:
         return grm_reward.build_grm_prompt(question, response_1, response_2, template=self.grm_template)

@@ -52,14 +52,7 @@ def write_assets(path: str, codec) -> None:
     if not getattr(tok, "chat_template", None):  # renders what processing.chat_prompt builds without one
         with open(os.path.join(path, "chat_template.jinja"), "w", encoding="utf-8") as f:
             f.write(CHAT_TEMPLATE)
-    proc = json.loads(codec.image_processor.to_json_string())
-    size = proc.get("size") or {}
-    proc.update(
-        image_processor_type="Qwen2VLImageProcessor",
-        processor_class="Qwen2VLProcessor",
-        min_pixels=int(size["shortest_edge"]),
-        max_pixels=int(size["longest_edge"]),
-    )  # older readers
+    proc = codec.prompts.processor_config(codec.image_processor)  # the family's preprocessor_config.json
     with open(os.path.join(path, "preprocessor_config.json"), "w", encoding="utf-8") as f:
         json.dump(proc, f, indent=2, sort_keys=True)
     ids = special_ids(codec)

@@ -46,10 +46,22 @@ def stage_dir(workdir: str, name: str) -> str:
     return path
 
 
+def prompt_format(config):
+    """The prompt format (`models.contract.PromptFormat`) of the run's model family: that of
+    config.model.policy (its checkpoint's config.json, else its hf_config); every role of a run
+    shares the tokenizer, so one family per run."""
+    spec = config.model.policy
+    hf = models.read_config_json(spec.path) if spec.path else (
+        spec.hf_config.to_dict() if hasattr(spec.hf_config, "to_dict") else dict(spec.hf_config))
+    return models.family(hf.get("model_type")).prompt_format(hf)
+
+
 def codec(config, workdir: str) -> "Codec":
-    """The codec of a run: the tokenizer written by the `data` stage, config.image, config.grm_template."""
+    """The codec of a run: the tokenizer written by the `data` stage, config.image, config.grm_template,
+    the family's prompt format (`prompt_format`)."""
     found = paths(config, workdir)
-    return Codec.from_dirs(found["tokenizer_dir"], config.image, config.grm_template or None)
+    return Codec.from_dirs(found["tokenizer_dir"], config.image, config.grm_template or None,
+                           prompts=prompt_format(config))
 
 
 def runtime(spec, config=None) -> dict:
@@ -79,7 +91,7 @@ def model_config(spec, codec: Codec) -> dict:
     text = dict(hf.get("text_config", {}))
     text.update(vocab_size=len(codec.tokenizer), eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"])
     hf["text_config"] = text
-    for k in ("image_token_id", "vision_start_token_id", "vision_end_token_id", "video_token_id"):
+    for k in codec.prompts.config_ids(codec.tokenizer):   # the family's special-token keys
         hf[k] = ids[k]
     return hf
 

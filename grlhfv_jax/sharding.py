@@ -234,6 +234,45 @@ def batch_spec(mesh: Mesh, ndim: int, batch_axes: Sequence[str] = BATCH_AXES) ->
     return PartitionSpec(axes if len(axes) > 1 else axes[0])
 
 
+def rows_spec(mesh: Mesh, n_rows: int, ndim: int, row_dim: int = 0, head_dim: int | None = None,
+              n_heads: int = 0) -> PartitionSpec:
+    """Dim `row_dim` (n_rows) over the batch axes of size > 1 when they divide it, and dim `head_dim`
+    (n_heads) over "tensor" when it divides; the rest replicated (the sampler's rows and KV cache)."""
+    spec = [None] * ndim
+    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    if axes and n_rows % size == 0:
+        spec[row_dim] = axes if len(axes) > 1 else axes[0]
+    if head_dim is not None and "tensor" in mesh.axis_names and mesh.shape["tensor"] > 1 \
+            and n_heads % mesh.shape["tensor"] == 0:
+        spec[head_dim] = "tensor"
+    return PartitionSpec(*spec)
+
+
+def constrain_rows(x, mesh: Mesh | None, row_dim: int = 0):
+    """`with_sharding_constraint` of an activation's rows by `rows_spec` (no-op without a mesh)."""
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, rows_spec(mesh, x.shape[row_dim], x.ndim,
+                                                                               row_dim)))
+
+
+def place_rows(x, mesh: Mesh | None) -> jax.Array:
+    """device_put a host array with its leading dim over the batch axes (replicated if it does not divide)."""
+    x = np.asarray(x)
+    if mesh is None:
+        return jax.numpy.asarray(x)
+    return jax.device_put(x, NamedSharding(mesh, rows_spec(mesh, x.shape[0], x.ndim)))
+
+
+def place_replicated(x, mesh: Mesh | None) -> jax.Array:
+    """device_put a host array replicated on `mesh` (a plain device array without one)."""
+    x = np.asarray(x)
+    if mesh is None:
+        return jax.numpy.asarray(x)
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+
+
 def shard_batch(batch: Mapping, mesh: Mesh, *, batch_axes: Sequence[str] = BATCH_AXES,
                 replicated_keys: Sequence[str] = REPLICATED_BATCH_KEYS, process_local: bool = False) -> dict:
     """Place a batch dict on `mesh`: leading dim over `batch_axes`; `replicated_keys` and scalars

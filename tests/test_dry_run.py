@@ -67,7 +67,8 @@ def test_a_run_with_placeholder_paths_is_refused_naming_the_key():
 def test_published_configs_give_the_documented_parameter_counts():
     """docs/models.md ("Memory"): parameter counts of the four checkpoints, from the table alone."""
     want = {"Qwen2-VL-2B-Instruct": 2_208_985_600, "Qwen2-VL-7B-Instruct": 8_291_375_616,
-            "Qwen2.5-VL-3B-Instruct": 3_754_622_976, "Qwen2.5-VL-7B-Instruct": 8_292_166_656}
+            "Qwen2.5-VL-3B-Instruct": 3_754_622_976, "Qwen2.5-VL-7B-Instruct": 8_292_166_656,
+            "llava-1.5-7b-hf": 7_063_427_072}   # transformers' own count (tests/test_models_llava.py)
     for name, n in want.items():
         with dry_run._quiet_tracer_errors():
             m = nnx.eval_shape(lambda: models.from_config(published.hf_config(name), rngs=nnx.Rngs(0)))

@@ -19,6 +19,7 @@ import demo  # noqa: E402
 import tiny_models as tm  # noqa: E402
 
 from grlhfv_jax import models, processing  # noqa: E402
+from grlhfv_jax.models.qwen2_vl import QwenImages  # noqa: E402
 from grlhfv_jax.rollout.engine import GenerationOutput  # noqa: E402
 from grlhfv_jax.trainers import grpo as learner  # noqa: E402
 from grlhfv_jax.trainers import loop, steps  # noqa: E402
@@ -46,7 +47,7 @@ def _rows(P, G, grids, prompt_len=6, resp=4, seed=0):
     prompts = tm.make_batch([[list(rng.integers(3, 99, 1 + p % prompt_len)), grids[p], list(rng.integers(3, 99, 2))]
                              for p in range(P)], pad_side="left", seed=seed)
     prompts = {k: prompts[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
-    rows = learner.repeat_rows(prompts, G, image_token_id=tm.IMAGE, merge_size=tm.MERGE)
+    rows = learner.repeat_rows(prompts, G, QwenImages(tm.IMAGE, tm.MERGE))
     lengths = rng.integers(1, resp + 1, P * G)
     lengths[0] = resp
     b = learner.training_rows(rows, rng.integers(3, 99, (P * G, resp)), lengths, pad_id=tm.PAD)

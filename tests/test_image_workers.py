@@ -220,7 +220,7 @@ def test_records_in_threads_equal_the_serial_ones_in_order(setup, calls, monkeyp
     judging.rm_accuracy(None, codec, threaded, rows=4, max_len=256)
     # the GRM evaluation's prompts (grm_rl: judging.grm_accuracy with a GRMJudge), generation stubbed
     class Engine:
-        _split = None
+        model_split = None   # EngineRollout.model_split (not frozen: none)
 
         def generate(self, b, params):
             batches.append(b)

@@ -72,8 +72,8 @@ def _rows():
 
 def _host_rows(batch: dict, sl: slice, image_token_id: int, merge: int) -> dict:
     """Rows `sl` of a global numpy batch with their images (what a host's data source gives it)."""
-    from grlhfv_jax.trainers import grpo
-    per_row = grpo.rows_image_slices(batch, image_token_id, merge)[sl]
+    from grlhfv_jax.models.qwen2_vl import QwenImages
+    per_row = QwenImages(image_token_id, merge).row_slices(batch)[sl]
     out = {k: v[sl] for k, v in batch.items() if k not in ("pixel_values", "image_grid_thw")}
     out["pixel_values"] = np.concatenate([batch["pixel_values"][a] for a, _ in per_row])
     out["image_grid_thw"] = np.concatenate([batch["image_grid_thw"][b] for _, b in per_row])
@@ -149,8 +149,9 @@ def _worker(nproc: int, pid: int, port: str, model_path: str, out_path: str) -> 
         out["sft"].append(metrics(m))
 
     # SFT on a batch in two parts of different widths (stages.sft: judgments + short answers)
+    from grlhfv_jax.models.qwen2_vl import QwenImages
     from grlhfv_jax.trainers import grpo as learner
-    short = learner.select_rows(full, np.arange(4), image_token_id=tok, merge_size=merge)
+    short = learner.select_rows(full, np.arange(4), QwenImages(tok, merge))
     short = {k: (np.pad(v, ((0, 0), (0, 4))) if k in ("input_ids", "attention_mask", "loss_mask") else v)
              for k, v in short.items()}   # another width: 12 columns
     b = loop.place_batch(model, {"parts": (host, _host_rows(short, S.process_slice(4), tok, merge)), "window": (0, 0)})

@@ -30,6 +30,7 @@ def test_one_config_per_paper_run():
     want = {"grm_qwen25vl_3b", "grm_qwen25vl_7b", "rm_qwen25vl_7b", "nsweep_qwen2vl_2b",
             "grm_sft_qwen25vl_3b", "grm_sft_qwen25vl_7b"}
     want |= {f"{kind}_{p}" for kind in ("policy", "rm_grpo", "dpo") for p in policies}
+    want |= {f"{kind}_llava15_7b" for kind in ("grm", "rm", "policy", "rm_grpo", "dpo")}   # the appendix
     assert names == want
 
 

@@ -192,7 +192,8 @@ def test_decode_runs_in_the_donated_per_layer_cache(qwen2_vl):
     model = qwen2_vl[2]
     graphdef, state = nnx.split(model)
     batch = tm.make_batch(ROWS, seed=3)
-    cache, logits, deltas, first = engine.prefill((graphdef, state), batch, cache_len_extra=256, num_samples=2)
+    cache, logits, deltas, first = engine.prefill((graphdef, state), batch, layout=model.image_layout,
+                                                 cache_len_extra=256, num_samples=2)
     L = model.config.num_hidden_layers
     assert isinstance(cache["k"], tuple) and len(cache["k"]) == L == len(cache["v"])
     cache_bytes = sum(a.nbytes for a in cache["k"] + cache["v"])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from grlhfv_jax.models.qwen2_vl import QwenImages
 from grlhfv_jax.rollout import engine, judge, sampling
 
 
@@ -139,6 +140,19 @@ class ToyLM(nnx.Module):
         return {"k": jnp.zeros((1, batch, max_len, 1, 1), jnp.float32),
                 "v": jnp.zeros((1, batch, max_len, 1, 1), jnp.float32),
                 "mask": jnp.zeros((batch, max_len), bool)}
+
+    shared_prompt = False     # the family contract (`models.contract.VLModel`)
+    group_images = False
+
+    @property
+    def image_layout(self):
+        return QwenImages(self.config.image_token_id, self.config.spatial_merge_size)
+
+    def text_position_ids(self, positions):
+        return jnp.broadcast_to(positions[None], (3,) + positions.shape).astype(jnp.int32)
+
+    def patch_unit(self):
+        return 64
 
     def rope_index(self, input_ids, attention_mask, image_grid_thw):
         real = attention_mask > 0

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models as tm  # noqa: E402
 
 from grlhfv_jax import models  # noqa: E402
+from grlhfv_jax.models.qwen2_vl import QwenImages  # noqa: E402
 from grlhfv_jax.trainers import grpo as learner  # noqa: E402
 from grlhfv_jax.trainers import steps  # noqa: E402
 
@@ -42,7 +43,7 @@ def batch():
     prompts = tm.make_batch([[list(rng.integers(3, 99, 1 + k)), grids[k], list(rng.integers(3, 99, 2))]
                              for k in range(P)], pad_side="left")
     prompts = {k: prompts[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
-    rows = learner.repeat_rows(prompts, G, image_token_id=tm.IMAGE, merge_size=2)
+    rows = learner.repeat_rows(prompts, G, QwenImages(tm.IMAGE, 2))
     lengths = rng.integers(1, R + 1, P * G)
     lengths[0] = R
     b = learner.training_rows(rows, rng.integers(3, 99, (P * G, R)), lengths, pad_id=tm.PAD)

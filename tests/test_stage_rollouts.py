@@ -10,6 +10,7 @@ from tiny_models import make_batch, tiny_hf_config  # tests/ is on sys.path
 
 from grlhfv_jax import config as config_schema
 from grlhfv_jax import models
+from grlhfv_jax.models.qwen2_vl import QwenImages
 from grlhfv_jax.config import sections
 from grlhfv_jax.rollout import GenerationOutput, generate
 from grlhfv_jax.trainers import grpo as learner
@@ -52,12 +53,12 @@ def _batch():
 
 def test_repeat_and_select_rows_carry_each_rows_images():
     b = _batch()
-    rep = learner.repeat_rows(b, 2, image_token_id=IMG, merge_size=2)
+    rep = learner.repeat_rows(b, 2, QwenImages(IMG, 2))
     np.testing.assert_array_equal(rep["input_ids"], b["input_ids"][[0, 0, 1, 1]])
     np.testing.assert_array_equal(rep["image_grid_thw"], b["image_grid_thw"][[0, 0, 1, 1]])
     expect = np.concatenate([b["pixel_values"][:8], b["pixel_values"][:8], b["pixel_values"][8:], b["pixel_values"][8:]])
     np.testing.assert_array_equal(rep["pixel_values"], expect)
-    sel = learner.select_rows(rep, np.array([2, 1]), image_token_id=IMG, merge_size=2)
+    sel = learner.select_rows(rep, np.array([2, 1]), QwenImages(IMG, 2))
     np.testing.assert_array_equal(sel["pixel_values"], np.concatenate([b["pixel_values"][8:], b["pixel_values"][:8]]))
     np.testing.assert_array_equal(sel["image_grid_thw"], b["image_grid_thw"][[1, 0]])
 

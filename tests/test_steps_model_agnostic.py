@@ -16,6 +16,9 @@ from grlhfv_jax.trainers import steps
 class TextLM(nnx.Module):
     """One causal self-attention block over token + learned position embeddings (1-D positions)."""
 
+    shared_prompt = False   # declared capabilities (`models.contract.VLModel`)
+    group_images = False
+
     def __init__(self, vocab: int = 24, hidden: int = 16, max_pos: int = 32, *, rngs: nnx.Rngs):
         self.tok = nnx.Embed(vocab, hidden, rngs=rngs)
         self.pos = nnx.Embed(max_pos, hidden, rngs=rngs)

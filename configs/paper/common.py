@@ -33,12 +33,17 @@ from grlhfv_jax.models import published
 PRESETS = {
     "1gpu": dict(mesh_shape=(1, 1, 1), device_memory_gb=80.0),      # one 80 GB GPU (H100 / A100-80G)
     "8chip": dict(mesh_shape=(1, 8, 1), device_memory_gb=80.0,      # one host, 8 x 80 GB, FSDP over all 8
-                  rollout_calls={"qwen25vl_3b": 3, "qwen25vl_7b": 5},
-                  policy_rollout_calls={"qwen2vl_7b": 3, "qwen25vl_7b": 3},
+                  rollout_calls={"qwen25vl_3b": 3, "qwen25vl_7b": 5, "llava15_7b": 45},
+                  policy_rollout_calls={"qwen2vl_7b": 3, "qwen25vl_7b": 3, "llava15_7b": 9},
                   judge_prompts_per_call={("qwen2vl_7b", 5): 12, ("qwen25vl_7b", 5): 12,
-                                          ("qwen2vl_2b", 6): 12, ("qwen2vl_2b", 7): 8},
-                  score_rows_per_call={"qwen2vl_2b": 200, "qwen25vl_3b": 200, "qwen2vl_7b": 200, "qwen25vl_7b": 200}),
-    "pod": dict(mesh_shape=(5, 8, 1), device_memory_gb=80.0),       # 5 hosts x 8 x 80 GB: data over hosts
+                                          ("qwen2vl_2b", 6): 12, ("qwen2vl_2b", 7): 8, ("llava15_7b", 5): 4},
+                  score_rows_per_call={"qwen2vl_2b": 200, "qwen25vl_3b": 200, "qwen2vl_7b": 200, "qwen25vl_7b": 200,
+                                       "llava15_7b": 200}),
+    # LLaVA-1.5-7B's decoder has 32 kv heads (no GQA): 0.5 MB of KV cache per token, 7x Qwen2.5-VL-7B's,
+    # so its sampling and judging run in more, smaller calls (8chip above; the pod: stage 1 in 9 calls
+    # of 40 prompts, stage 2 in 3 of 120: one call would need 79.5 of 80 GB, no margin)
+    "pod": dict(mesh_shape=(5, 8, 1), device_memory_gb=80.0,        # 5 hosts x 8 x 80 GB: data over hosts
+                rollout_calls={"llava15_7b": 9}, policy_rollout_calls={"llava15_7b": 3}),
 }
 DEFAULT_PRESET = "pod"
 
@@ -48,6 +53,7 @@ MODELS = {
     "qwen25vl_3b": "Qwen2.5-VL-3B-Instruct",
     "qwen2vl_7b": "Qwen2-VL-7B",
     "qwen25vl_7b": "Qwen2.5-VL-7B-Instruct",
+    "llava15_7b": "llava-1.5-7b-hf",     # the appendix's LLaVA-1.5-7B (llava-hf's checkpoint layout)
 }
 
 # Image budget: not in method.md. At most 1024 image tokens (1024 x 28 x 28 pixels) per image,
@@ -80,10 +86,12 @@ def model(name: str, what: str) -> dict:
     --dry_run); bf16 compute, fp32 master weights (the paper trains in bf16), remat on, the vision
     attention one largest image of queries at a time (vision_chunk: bounded scores in a trained tower),
     the vision blocks under a scan (scan_vision: the trained tower compiles once per block kind, not
-    32 times, and keeps remat's memory; the same values; docs/performance.md)."""
-    return dict(path=f"<{what}: a {name} folder>", hf_config=published.hf_config(name),
+    32 times, and keeps remat's memory; the same values; docs/performance.md). LLaVA: no vision scan
+    (not implemented for its CLIP tower; 24 blocks of one kind) and one fixed 336 px image (576 tokens)."""
+    hf = published.hf_config(name)
+    return dict(path=f"<{what}: a {name} folder>", hf_config=hf,
                 dtype="bfloat16", param_dtype="float32", remat=True, vision_chunk=MAX_IMAGE_TOKENS * 4,
-                scan_vision=True)
+                scan_vision=hf["model_type"] != "llava")
 
 
 def split(what: str, fields: str = "align_anything") -> dict:

@@ -233,20 +233,22 @@ def tokenizer_texts(world: W.WorldConfig, extra_texts: Iterable[str] = ()) -> li
 
 
 def ensure_tokenizer(data_dir: str, world: W.WorldConfig | None = None, *, vocab_size: int = 1024,
-                     extra_texts: Sequence[str] = ()) -> str:
+                     extra_texts: Sequence[str] = (), special_tokens: Sequence[str] = ()) -> str:
     """Train the demo tokenizer on the world's texts once; return its folder under `data_dir`.
+    `special_tokens`: the model family's own, added to Qwen2-VL's (`PromptFormat.special_tokens`).
 
-    The folder name hashes the training texts and the vocab size, so any change retrains."""
+    The folder name hashes the training texts, the vocab size and the added special tokens, so any
+    change retrains."""
     from grlhfv_jax.data.tokenizer import train_tokenizer
 
     world = W.WorldConfig() if world is None else world
     texts = tokenizer_texts(world, extra_texts)
-    key = json.dumps([texts, vocab_size])
+    key = json.dumps([texts, vocab_size] + ([list(special_tokens)] if special_tokens else []))
     out = os.path.join(os.fspath(data_dir), "tokenizer_" + hashlib.sha1(key.encode()).hexdigest()[:10])
     if os.path.isfile(os.path.join(out, "tokenizer.json")):
         return out
     tmp = out + f".tmp{os.getpid()}"
-    train_tokenizer(texts, tmp, vocab_size)
+    train_tokenizer(texts, tmp, vocab_size, extra_special_tokens=special_tokens)
     if os.path.exists(out):  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
     else:
@@ -255,11 +257,12 @@ def ensure_tokenizer(data_dir: str, world: W.WorldConfig | None = None, *, vocab
 
 
 def prepare(data_dir: str, world: W.WorldConfig | None = None, *, vocab_size: int = 1024,
-            extra_texts: Sequence[str] = ()) -> dict[str, str]:
+            extra_texts: Sequence[str] = (), special_tokens: Sequence[str] = ()) -> dict[str, str]:
     """Build the TFDS files and the tokenizer (both cached). Returns their paths."""
     from grlhfv_jax.data import synthetic_tfds
 
     world = W.WorldConfig() if world is None else world
     b = synthetic_tfds.build(data_dir, world)
-    tok = ensure_tokenizer(data_dir, world, vocab_size=vocab_size, extra_texts=extra_texts)
+    tok = ensure_tokenizer(data_dir, world, vocab_size=vocab_size, extra_texts=extra_texts,
+                           special_tokens=special_tokens)
     return {"dataset_dir": os.fspath(b.data_path), "tokenizer_dir": tok}

@@ -9,7 +9,7 @@ pad `<|endoftext|>`, and Qwen2-VL's chat template (images rendered as
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -66,15 +66,15 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """A Qwen2-style byte-level BPE trained on `texts` with `vocab_size - len(SPECIAL_TOKENS)` entries,
+def build_bpe(texts: Iterable[str], vocab_size: int, special_tokens=SPECIAL_TOKENS) -> Tokenizer:
+    """A Qwen2-style byte-level BPE trained on `texts` with `vocab_size - len(special_tokens)` entries,
     then the special tokens appended (so the total is at most `vocab_size`)."""
-    n_learned = vocab_size - len(SPECIAL_TOKENS)
+    n_learned = vocab_size - len(special_tokens)
     n_bytes = len(pre_tokenizers.ByteLevel.alphabet())
     if n_learned < n_bytes:
         raise ValueError(
-            f"vocab_size={vocab_size} is too small: need at least {n_bytes + len(SPECIAL_TOKENS)} "
-            f"(256 byte tokens + {len(SPECIAL_TOKENS)} special tokens)"
+            f"vocab_size={vocab_size} is too small: need at least {n_bytes + len(special_tokens)} "
+            f"(256 byte tokens + {len(special_tokens)} special tokens)"
         )
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
@@ -93,12 +93,14 @@ def build_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         special_tokens=[],
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
     return tok
 
 
-def train_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 2048) -> tuple[str, dict[str, int]]:
+def train_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 2048,
+                    extra_special_tokens: Sequence[str] = ()) -> tuple[str, dict[str, int]]:
     """Train a byte-level BPE on `texts` and save a Qwen2-VL-style HF tokenizer folder.
+    `extra_special_tokens` (another family's, e.g. LLaVA's `<image>`, `</s>`) follow Qwen2-VL's.
 
     Args:
       texts: training strings (any iterable; read once).
@@ -112,14 +114,15 @@ def train_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 2048) 
     """
     from transformers import PreTrainedTokenizerFast
 
-    tok = build_bpe(texts, vocab_size)
+    specials = SPECIAL_TOKENS + tuple(t for t in extra_special_tokens if t not in SPECIAL_TOKENS)
+    tok = build_bpe(texts, vocab_size, specials)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
         unk_token=None,
-        extra_special_tokens=[t for t in SPECIAL_TOKENS if t not in (EOS_TOKEN, PAD_TOKEN)],
+        extra_special_tokens=[t for t in specials if t not in (EOS_TOKEN, PAD_TOKEN)],
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
         split_special_tokens=False,
@@ -127,7 +130,7 @@ def train_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 2048) 
     hf.chat_template = CHAT_TEMPLATE
     os.makedirs(out_dir, exist_ok=True)
     hf.save_pretrained(out_dir)
-    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    ids = {t: tok.token_to_id(t) for t in specials}
     ids.update(
         eos_token_id=ids[EOS_TOKEN],
         pad_token_id=ids[PAD_TOKEN],

@@ -8,7 +8,9 @@ A family folder (`models/<family>/`) exports, from its `__init__`:
   ``hub_shape(key, our shape, is_kernel, config) -> shape on disk``, ``HUB_ALIASES`` (other
   spellings of hub names, e.g. transformers' state_dict names), and optionally ``STACKED_LAYERS``
   (the NNX path of layers stored stacked [L, ...] when ``config.scan_layers``; hub keys per layer)
-  and ``STACKED_VISION`` (the same for the vision blocks when ``config.scan_vision``).
+  and ``STACKED_VISION`` (the same for the vision blocks when ``config.scan_vision``);
+- ``prompt_format(hf: dict) -> models.contract.PromptFormat`` (chat examples, special tokens: the codec's);
+and its model class follows ``models.contract.VLModel`` (positions, image bookkeeping, cache, capabilities).
 A second family is one new folder and one line in `FAMILIES`.
 """
 

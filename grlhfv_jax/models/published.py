@@ -4,7 +4,7 @@ so that a run can be planned (`grlhfv_jax.dry_run`) without the checkpoint on di
     hf = published.HF_CONFIGS["Qwen2.5-VL-7B-Instruct"]
     model = nnx.eval_shape(lambda: models.from_config(hf, rngs=nnx.Rngs(0)))
 
-Values as in the hub's config.json of each repository (Qwen/<name>); parameter counts from
+Values as in the hub's config.json of each repository (Qwen/<name>, llava-hf/<name>); parameter counts from
 `nnx.eval_shape` on them are in docs/models.md ("Memory") and tested (tests/test_dry_run.py).
 """
 
@@ -40,6 +40,14 @@ _TABLE = {
     "Qwen2.5-VL-3B-Instruct": _qwen2_5_vl(2048, 11008, 36, 16, 2, 151936, True),
     "Qwen2.5-VL-7B-Instruct": _qwen2_5_vl(3584, 18944, 28, 28, 4, 152064, False),
 }
+# LLaVA-1.5-7B (the paper's appendix), llava-hf/llava-1.5-7b-hf's config.json: CLIP ViT-L/14-336, Vicuna-7B
+_TABLE["llava-1.5-7b-hf"] = dict(
+    model_type="llava", image_token_index=32000, pad_token_id=32001, projector_hidden_act="gelu",
+    tie_word_embeddings=False, vision_feature_layer=-2, vision_feature_select_strategy="default", vocab_size=32064,
+    text_config=dict(model_type="llama", max_position_embeddings=4096, rms_norm_eps=1e-5, vocab_size=32064),
+    vision_config=dict(model_type="clip_vision_model", hidden_size=1024, image_size=336, intermediate_size=4096,
+                       num_attention_heads=16, num_hidden_layers=24, patch_size=14, projection_dim=768,
+                       vocab_size=32000))
 # the paper's "Qwen2-VL-2B" / "Qwen2-VL-7B" policies: the base and instruct checkpoints share the shapes
 _TABLE["Qwen2-VL-2B"] = _TABLE["Qwen2-VL-2B-Instruct"]
 _TABLE["Qwen2-VL-7B"] = _TABLE["Qwen2-VL-7B-Instruct"]

@@ -1,4 +1,5 @@
-"""KV-cache sampler for the Qwen-VL models: prefill once per prompt, then a jitted decode loop.
+"""KV-cache sampler for any model of the family contract (`models.contract.VLModel`): prefill once per
+prompt, then a jitted decode loop.
 
     generate(model, batch, *, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
              eos_token_id=None, num_samples=1, rng=None) -> GenerationOutput
@@ -23,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from grlhfv_jax import sharding
+from grlhfv_jax.models import contract
 from grlhfv_jax.rollout import sampling
 
 
@@ -80,44 +82,22 @@ def model_mesh(state):
     return mesh if mesh is not None and mesh.size > 1 else None
 
 
-def _batch_axes(mesh):
-    return tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
-
-
-def _rows_spec(mesh, n_rows: int, ndim: int, row_dim: int = 0, head_dim: int | None = None, n_heads: int = 0):
-    """PartitionSpec putting the row dim over ('data', 'fsdp') and a head dim over 'tensor' when they divide."""
-    spec = [None] * ndim
-    axes = _batch_axes(mesh)
-    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-    if axes and n_rows % size == 0:
-        spec[row_dim] = axes if len(axes) > 1 else axes[0]
-    if head_dim is not None and "tensor" in mesh.axis_names and mesh.shape["tensor"] > 1 \
-            and n_heads % mesh.shape["tensor"] == 0:
-        spec[head_dim] = "tensor"
-    return P(*spec)
-
-
-def _constrain_rows(x, mesh, row_dim=0):
-    if mesh is None:
-        return x
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, _rows_spec(mesh, x.shape[row_dim], x.ndim, row_dim)))
-
-
-def _constrain_cache(cache, mesh):
-    """Rows over the batch axes, kv heads over 'tensor'. k/v: [L, B, Hkv, S, D] or a tuple of
-    L arrays [B, Hkv, S, D] (the decode loop's layout)."""
+def constrain_cache(cache, mesh):
+    """Rows over the batch axes, kv heads over 'tensor' (`sharding.rows_spec`). k/v: [L, B, Hkv, S, D]
+    or a tuple of L arrays [B, Hkv, S, D] (the decode loop's layout)."""
     if mesh is None:
         return cache
 
     def one(x, lead):
-        spec = _rows_spec(mesh, x.shape[lead], x.ndim, row_dim=lead, head_dim=lead + 1, n_heads=x.shape[lead + 1])
+        spec = sharding.rows_spec(mesh, x.shape[lead], x.ndim, row_dim=lead, head_dim=lead + 1,
+                                  n_heads=x.shape[lead + 1])
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
     out = dict(cache)
     for name in ("k", "v"):
         x = cache[name]
         out[name] = tuple(one(a, 0) for a in x) if isinstance(x, tuple) else one(x, 1)
-    out["mask"] = _constrain_rows(cache["mask"], mesh)
+    out["mask"] = sharding.constrain_rows(cache["mask"], mesh)
     return out
 
 
@@ -132,40 +112,15 @@ def _unstack_cache(cache):
     return dict(cache, k=split(cache["k"]), v=split(cache["v"]))
 
 
-def _place_rows(x, mesh):
-    """device_put a host array with its leading dim over the batch axes (replicated if it does not divide)."""
-    x = np.asarray(x)
-    if mesh is None:
-        return jnp.asarray(x)
-    return jax.device_put(x, NamedSharding(mesh, _rows_spec(mesh, x.shape[0], x.ndim)))
-
-
-def _place_replicated(x, mesh):
-    x = np.asarray(x)
-    if mesh is None:
-        return jnp.asarray(x)
-    return jax.device_put(x, NamedSharding(mesh, P()))
-
-
 # ----------------------------------------------------------------------------- jitted pieces
 
 
-def _last_logits(model, input_ids, attention_mask, position_ids, cache, cache_index, image_embeds=None):
+def last_logits(model, input_ids, attention_mask, position_ids, cache, cache_index, image_embeds=None):
     """Forward T tokens into the cache; returns (logits of the last column [B, V] float32, cache).
     Only the last column goes through the LM head (a prompt's other logits are never used)."""
     h, cache = model(input_ids, attention_mask, position_ids=position_ids, cache=cache,
                      cache_index=cache_index, image_embeds=image_embeds, return_hidden=True)
     return model.logits(h[:, -1]).astype(jnp.float32), cache
-
-
-def next_slot_deltas(position_ids, attention_mask):
-    """Per row, (next position) - (next slot): the offset that maps cache slot -> M-RoPE position.
-
-    position_ids [3, B, T], attention_mask [B, T] -> int32 [B]. Independent of how rope_index
-    defines its own deltas (relative to the padded or the real length)."""
-    real = attention_mask.astype(bool)
-    last = jnp.max(jnp.where(real[None], position_ids, -1), axis=(0, 2))
-    return (last + 1 - position_ids.shape[-1]).astype(jnp.int32)
 
 
 def map_cache_rows(fn, tree, cache_keys=("k", "v")):
@@ -193,7 +148,7 @@ def per_layer_cache(model, cache, n_rows: int, first_slot):
     decode loop update each layer in place and be donated to it (see `_decode`)."""
     split = _unstack_cache(cache)
     try:
-        pos = jnp.zeros((3, n_rows, 1), jnp.int32)
+        pos = model.text_position_ids(jnp.zeros((n_rows, 1), jnp.int32))
         out = jax.eval_shape(lambda c: model(jnp.zeros((n_rows, 1), jnp.int32), jnp.ones((n_rows, 1), jnp.int32),
                                              position_ids=pos, cache=c, cache_index=first_slot,
                                              return_hidden=True)[1], split)
@@ -211,12 +166,12 @@ def _prefill(graphdef, state, input_ids, attention_mask, image_embeds, image_gri
     model = nnx.merge(graphdef, state)
     B, T = input_ids.shape
     position_ids, _ = model.rope_index(input_ids, attention_mask, image_grid_thw)
-    deltas = next_slot_deltas(position_ids, attention_mask)
-    cache = _constrain_cache(per_layer_cache(model, model.init_cache(B, cache_len), B, T), mesh)
-    logits, cache = _last_logits(model, input_ids, attention_mask, position_ids, cache, 0, image_embeds)
-    cache = _constrain_cache(repeat_rows(cache, num_samples), mesh)
+    deltas = contract.next_slot_deltas(position_ids, attention_mask)
+    cache = constrain_cache(per_layer_cache(model, model.init_cache(B, cache_len), B, T), mesh)
+    logits, cache = last_logits(model, input_ids, attention_mask, position_ids, cache, 0, image_embeds)
+    cache = constrain_cache(repeat_rows(cache, num_samples), mesh)
     rest = repeat_rows({"logits": logits, "deltas": deltas}, num_samples)
-    return cache, _constrain_rows(rest["logits"], mesh), _constrain_rows(rest["deltas"], mesh)
+    return cache, sharding.constrain_rows(rest["logits"], mesh), sharding.constrain_rows(rest["deltas"], mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "top_k", "use_top_p", "buf_len", "mesh",
@@ -258,16 +213,16 @@ def _decode(graphdef, state, cache, logits, deltas, done, key, first_slot, max_n
         t, cache, logits, done, toks, lps, lengths, finished = c
         tok, done, toks, lps, lengths, finished = pick(t, logits, done, toks, lps, lengths, finished)
         slot = first_slot + t
-        pos = jnp.broadcast_to((slot + deltas)[None, :, None], (3, N, 1)).astype(jnp.int32)
-        logits, cache = _last_logits(model, tok[:, None], jnp.ones((N, 1), jnp.int32), pos, cache, slot)
-        cache = _constrain_cache(layout(cache), mesh)
-        return t + 1, cache, _constrain_rows(logits, mesh), done, toks, lps, lengths, finished
+        pos = model.text_position_ids((slot + deltas)[:, None])
+        logits, cache = last_logits(model, tok[:, None], jnp.ones((N, 1), jnp.int32), pos, cache, slot)
+        cache = constrain_cache(layout(cache), mesh)
+        return t + 1, cache, sharding.constrain_rows(logits, mesh), done, toks, lps, lengths, finished
 
     # the layout of `cache` (per-layer tuples when the model takes them) for the whole loop
     cache = per_layer_cache(model, cache, N, first_slot)
     per_layer = isinstance(cache["k"], tuple)
     layout = _unstack_cache if per_layer else (lambda c: c)                      # noqa: E731
-    c = (jnp.int32(0), _constrain_cache(cache, mesh), logits, done, toks, lps, lengths, finished)
+    c = (jnp.int32(0), constrain_cache(cache, mesh), logits, done, toks, lps, lengths, finished)
     t, cache, logits, done, toks, lps, lengths, finished = jax.lax.while_loop(cond, body, c)
     # the last token needs no forward pass (nothing is sampled after it)
     _, _, toks, lps, lengths, finished = jax.lax.cond(
@@ -278,9 +233,10 @@ def _decode(graphdef, state, cache, logits, deltas, done, key, first_slot, max_n
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _encode_same_size(graphdef, state, pixel_values, image_grid_thw):
-    """n images of one grid: pixel_values [n, N_patches, D], image_grid_thw [n, 3] -> [n, N_patches / m^2, H].
+    """n images of one grid: pixel_values [n, rows, ...] (each image's rows), image_grid_thw [n, 3]
+    -> [n, tokens, H].
 
-    With the model's `vision_chunk` (patches), that many patches' images at a time (at least one;
+    With the model's `vision_chunk` (image rows), that many rows' images at a time (at least one;
     `jax.lax.map` in batches), so one batch's activations are live, not all n images'."""
     model = nnx.merge(graphdef, state)
     one = lambda a: model.encode_images(a[0], a[1][None])  # noqa: E731
@@ -291,16 +247,17 @@ def _encode_same_size(graphdef, state, pixel_values, image_grid_thw):
     return jax.lax.map(one, (pixel_values, image_grid_thw), batch_size=per_call)
 
 
-def encode_images(model_split, pixel_values, image_grid_thw, *, pad_to: int | None = None):
+def encode_images(model_split, pixel_values, image_grid_thw, *, layout, pad_to: int | None = None):
     """Image embeddings [n_image_tokens (or pad_to), hidden], images in the order of `image_grid_thw`.
 
     Each image attends only to itself, so images of the same grid are encoded together (vmap),
     one jitted call per distinct grid: the cost is linear in the number of images, not quadratic
-    in the batch's total patch count. Rows past the real tokens (`pad_to`) are zeros."""
+    in the batch's total image rows. `layout`: the model's `image_layout` (each image's rows).
+    Rows past the real tokens (`pad_to`) are zeros."""
     graphdef, state = model_split
     pv = np.asarray(pixel_values, np.float32)
     grid = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
-    n_patch = np.prod(grid, axis=1)
+    n_patch = layout.rows_per_image(grid)
     if pv.shape[0] != n_patch.sum():
         raise ValueError(f"pixel_values has {pv.shape[0]} patches but image_grid_thw covers {int(n_patch.sum())}")
     starts = np.concatenate([[0], np.cumsum(n_patch)[:-1]])
@@ -357,7 +314,7 @@ def decode(model_split, cache, logits, deltas, *, first_slot: int, max_new_token
         rng = jax.random.key(rng)
     if done is None:
         done = jnp.zeros((N,), bool)
-    done = _place_rows(done, mesh)
+    done = sharding.place_rows(done, mesh)
     toks, lps, lengths, finished, _ = _decode(     # the cache is donated: the caller's copy is gone
         graphdef, state, cache, logits, deltas, done, rng, jnp.int32(first_slot), jnp.int32(max_new_tokens),
         jnp.asarray(_eos_array(eos_token_id)), jnp.float32(1.0 if greedy else temperature), jnp.float32(top_p),
@@ -366,22 +323,22 @@ def decode(model_split, cache, logits, deltas, *, first_slot: int, max_new_token
     return GenerationOutput(toks[:, :max_new_tokens], lps[:, :max_new_tokens], lengths, finished)
 
 
-def prefill(model_split, batch: dict, *, cache_len_extra: int, num_samples: int = 1, mesh=None, pad_id: int = 0,
-            merge_size: int = 2):
+def prefill(model_split, batch: dict, *, layout, cache_len_extra: int, num_samples: int = 1, mesh=None,
+            pad_id: int = 0):
     """Encode images once, prefill the bucketed prompts, repeat each prompt's cache num_samples times.
+    `layout`: the model's `image_layout` (`models.contract.ImageLayout`).
 
     Returns (cache, last_logits [B*n, V], deltas [B*n], prompt_slots P')."""
     graphdef, state = model_split
     ids, mask = prepare_prompts(batch, pad_id=pad_id)
     image_embeds, grid = None, None
-    has_images = batch.get("pixel_values") is not None and batch.get("image_grid_thw") is not None \
-        and np.asarray(batch["image_grid_thw"]).size > 0
-    if has_images:
+    if contract.has_images(batch):
         grid = np.asarray(batch["image_grid_thw"], np.int32).reshape(-1, 3)
-        n_tok = int((np.prod(grid, axis=1) // merge_size ** 2).sum())
-        image_embeds = encode_images(model_split, batch["pixel_values"], grid, pad_to=bucket_length(n_tok))
-        grid = _place_replicated(grid, mesh)
-    cache, logits, deltas = _prefill(graphdef, state, _place_rows(ids, mesh), _place_rows(mask, mesh),
+        n_tok = int(layout.tokens_per_image(grid).sum())
+        image_embeds = encode_images(model_split, batch["pixel_values"], grid, layout=layout,
+                                     pad_to=bucket_length(n_tok))
+        grid = sharding.place_replicated(grid, mesh)
+    cache, logits, deltas = _prefill(graphdef, state, sharding.place_rows(ids, mesh), sharding.place_rows(mask, mesh),
                                      image_embeds, grid, cache_len=ids.shape[1] + cache_len_extra,
                                      num_samples=num_samples, mesh=mesh)
     return cache, logits, deltas, ids.shape[1]
@@ -414,9 +371,8 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 1.
     split = model_split if model_split is not None else nnx.split(model)
     mesh = model_mesh(split[1])
     buf_len = bucket_length(max_new_tokens)
-    cache, logits, deltas, first_slot = prefill(split, batch, cache_len_extra=buf_len, num_samples=num_samples,
-                                                mesh=mesh, pad_id=pad_token_id,
-                                                merge_size=model.config.spatial_merge_size)
+    cache, logits, deltas, first_slot = prefill(split, batch, layout=model.image_layout, cache_len_extra=buf_len,
+                                                num_samples=num_samples, mesh=mesh, pad_id=pad_token_id)
     return decode(split, cache, logits, deltas, first_slot=first_slot, max_new_tokens=max_new_tokens,
                   buf_len=buf_len, temperature=temperature, top_p=top_p, top_k=top_k,
                   eos_token_id=eos_token_id, rng=rng, pad_token_id=pad_token_id, mesh=mesh, first_row=first_row,
@@ -434,6 +390,11 @@ class EngineRollout:
         self.model = model
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
         self._split = nnx.split(model) if frozen else None
+
+    @property
+    def model_split(self):
+        """`nnx.split(model)` made once when frozen, else None (split on every call)."""
+        return self._split
 
     def generate(self, batch: dict, params) -> GenerationOutput:
         return generate(self.model, batch, max_new_tokens=int(params.max_new_tokens),

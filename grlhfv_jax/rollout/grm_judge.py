@@ -33,7 +33,7 @@ class GRMJudge:
         self.grm, self.codec = grm, codec
         self.rows, self.max_len, self.max_prompts = int(rows), int(max_len), int(max_prompts)
         self._engine = group_sampling.engine_rollout(grm, codec, frozen=frozen)
-        self._split = self._engine._split
+        self._split = self._engine.model_split
 
     def judge(self, items: Sequence[tuple], params: SamplingParams) -> list[str]:
         codec, n = self.codec, int(params.num_samples)
@@ -94,7 +94,7 @@ class GRMJudge:
                 prefix, rest = split_common_prefix([f["input_ids"] for f in full])
                 prefix = np.asarray(prefix, np.int32)
                 prefixes.append(dict(full[0], input_ids=prefix, loss_mask=np.zeros_like(prefix),
-                                     mm_token_type_ids=(prefix == grm.config.image_token_id).astype(np.int32)))
+                                     mm_token_type_ids=(prefix == grm.image_layout.image_token_id).astype(np.int32)))
                 suffixes.append(rest)
             texts: list[str] = []
             if prefixes:

@@ -9,7 +9,8 @@ For n candidates the n(n-1) ordered pairs of one prompt share the prefix, which 
 2. gathers the prefix cache to one row per pair (a copy, no recomputation);
 3. prefills every pair's own suffix into slots [P, P + Ts): suffixes of different lengths are
    left-padded INSIDE that block (mask 0 holes; a query never attends to a hole), and their
-   M-RoPE positions continue from the prefix (passed explicitly: prefix's next position + k);
+   positions continue from the prefix (passed explicitly: prefix's next position + k, in the
+   model's layout: `text_position_ids`);
 4. decodes as `generate` does (slot q of a row has position q + that row's delta).
 
 The result equals judging every pair with its full prompt (tested), at the cost of one prefix
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from grlhfv_jax import sharding
 from grlhfv_jax.rollout import engine
 from grlhfv_jax.rollout.engine import GenerationOutput, bucket_length
 
@@ -43,17 +45,17 @@ def _gather_and_prefill_suffix(graphdef, state, cache, prefix_deltas, row_prompt
     inside the block). Returns (cache with R*num_samples rows, last logits [R*n, V], deltas [R*n])."""
     model = nnx.merge(graphdef, state)
     cache = engine.map_cache_rows(lambda x, axis: jnp.take(x, row_prompt, axis=axis), cache)
-    cache = engine._constrain_cache(cache, mesh)
+    cache = engine.constrain_cache(cache, mesh)
     R, Ts = suffix_ids.shape
     next_pos = prefix_len + jnp.take(prefix_deltas, row_prompt)                # [R] position of the first suffix token
     k = jnp.cumsum(suffix_mask, axis=1) - 1
     pos = jnp.where(suffix_mask > 0, next_pos[:, None] + k, 1).astype(jnp.int32)
-    pos = jnp.broadcast_to(pos[None], (3, R, Ts))
-    logits, cache = engine._last_logits(model, suffix_ids, suffix_mask, pos, cache, prefix_len)
+    logits, cache = engine.last_logits(model, suffix_ids, suffix_mask, model.text_position_ids(pos), cache,
+                                       prefix_len)
     deltas = (next_pos + jnp.sum(suffix_mask, axis=1) - (prefix_len + Ts)).astype(jnp.int32)
-    cache = engine._constrain_cache(engine.repeat_rows(cache, num_samples), mesh)
+    cache = engine.constrain_cache(engine.repeat_rows(cache, num_samples), mesh)
     rest = engine.repeat_rows({"logits": logits, "deltas": deltas}, num_samples)
-    return cache, engine._constrain_rows(rest["logits"], mesh), engine._constrain_rows(rest["deltas"], mesh)
+    return cache, sharding.constrain_rows(rest["logits"], mesh), sharding.constrain_rows(rest["deltas"], mesh)
 
 
 def decoded_rows(n_pairs: int, num_samples: int = 1) -> int:
@@ -88,8 +90,8 @@ def judge_generate(model, prefix_batch: dict, suffix_ids: Sequence[Sequence[Sequ
     for p, s in rows:
         if not s:
             raise ValueError(f"prompt {p}: a pair has an empty suffix (it needs at least one token)")
-    image_id = getattr(model.config, "image_token_id", None)
-    if image_id is not None and any(image_id in s for _, s in rows):
+    image_id = model.image_layout.image_token_id
+    if any(image_id in s for _, s in rows):
         raise ValueError("a suffix holds image tokens; images must be in the shared prefix")
     if num_samples < 1 or max_new_tokens < 1:
         raise ValueError("num_samples and max_new_tokens must be >= 1")
@@ -109,11 +111,11 @@ def judge_generate(model, prefix_batch: dict, suffix_ids: Sequence[Sequence[Sequ
     mesh = engine.model_mesh(state)
     buf_len = bucket_length(max_new_tokens)
     cache, _, prefix_deltas, prefix_len = engine.prefill(
-        split, prefix_batch, cache_len_extra=Ts + buf_len, num_samples=1, mesh=mesh, pad_id=pad_token_id,
-        merge_size=model.config.spatial_merge_size)
+        split, prefix_batch, layout=model.image_layout, cache_len_extra=Ts + buf_len, num_samples=1, mesh=mesh,
+        pad_id=pad_token_id)
     cache, logits, deltas = _gather_and_prefill_suffix(
-        graphdef, state, cache, prefix_deltas, engine._place_rows(row_prompt, mesh), engine._place_rows(sid, mesh),
-        engine._place_rows(smask, mesh), prefix_len=prefix_len, num_samples=num_samples, mesh=mesh)
+        graphdef, state, cache, prefix_deltas, sharding.place_rows(row_prompt, mesh), sharding.place_rows(sid, mesh),
+        sharding.place_rows(smask, mesh), prefix_len=prefix_len, num_samples=num_samples, mesh=mesh)
     done = np.repeat(np.arange(R_pad) >= R, num_samples)            # padding rows: done from the start
     out = engine.decode(split, cache, logits, deltas, first_slot=prefix_len + Ts, max_new_tokens=max_new_tokens,
                         buf_len=buf_len, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -149,6 +151,7 @@ def judge_texts(model, tokenizer, image_processor, items: Sequence[dict], *, max
     from grlhfv_jax.rl import grm_reward
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    layout = model.image_layout
     prefixes, suffixes = [], []
     for it, item in enumerate(items):
         images = [item["image"]] if item.get("image") is not None else []
@@ -158,11 +161,10 @@ def judge_texts(model, tokenizer, image_processor, items: Sequence[dict], *, max
                                                image_token=grm_reward.IMAGE_PLACEHOLDER if images else None)
             text = processing.chat_prompt(user, num_images=len(images), system=system)
             full.append(processing.encode_example(tokenizer, image_processor, text, images) if not full else
-                        dict(full[0], input_ids=_reencode(tokenizer, image_processor, text, full[0],
-                                                          model.config.image_token_id)))
+                        dict(full[0], input_ids=_reencode(tokenizer, text, full[0], layout)))
         prefix, rest = split_common_prefix([f["input_ids"] for f in full])
-        if int(np.sum(np.asarray(prefix) == model.config.image_token_id)) != \
-                int(np.sum(np.asarray(full[0]["input_ids"]) == model.config.image_token_id)):
+        if int(np.sum(np.asarray(prefix) == layout.image_token_id)) != \
+                int(np.sum(np.asarray(full[0]["input_ids"]) == layout.image_token_id)):
             raise ValueError(f"item {it}: the pairs' common prefix does not hold the whole image")
         prefixes.append(dict(full[0], input_ids=np.asarray(prefix, np.int32),
                              mm_token_type_ids=np.zeros(len(prefix), np.int32), loss_mask=np.zeros(len(prefix), np.int32)))
@@ -184,10 +186,11 @@ def judge_texts(model, tokenizer, image_processor, items: Sequence[dict], *, max
     return out, texts
 
 
-def _reencode(tokenizer, image_processor, text, first, image_token_id):
-    """Token ids of `text` with its image blocks expanded like `first` (same images)."""
+def _reencode(tokenizer, text, first, layout):
+    """Token ids of `text` with its image blocks expanded like `first` (same images; `layout`: the
+    model's `image_layout`)."""
     from grlhfv_jax import processing
 
     ids = tokenizer.encode(text, add_special_tokens=False)
-    counts = processing.num_image_tokens(first["image_grid_thw"], image_processor.merge_size)
-    return processing.expand_image_tokens(ids, counts, image_token_id)
+    counts = layout.tokens_per_image(first["image_grid_thw"])
+    return processing.expand_image_tokens(ids, counts, layout.image_token_id)

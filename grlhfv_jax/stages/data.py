@@ -21,7 +21,8 @@ def run(config, workdir: str, writer, section: str) -> dict:
         from grlhfv_jax.rl.grm_reward import build_grm_prompt
         extra = [build_grm_prompt("What colour are the objects?", "They are red.", "They are blue.",
                                   template=config.grm_template)] * 50
-    out = pipeline.prepare(roles.data_dir(config, workdir), world, vocab_size=config.data.vocab_size, extra_texts=extra)
+    out = pipeline.prepare(roles.data_dir(config, workdir), world, vocab_size=config.data.vocab_size, extra_texts=extra,
+                           special_tokens=roles.prompt_format(config).special_tokens)
     out["data_dir"] = roles.data_dir(config, workdir)
     with open(os.path.join(workdir, "data_paths.json"), "w") as f:
         json.dump(out, f, indent=2)

@@ -81,11 +81,11 @@ def run(config, workdir: str, writer, section: str) -> dict:
 
     def images(stream, index, n):
         imgs, labels = W.vision_examples(world, stream, index, n)
-        enc = codec.image_processor(images=imgs, return_tensors="np")
-        return np.asarray(enc["pixel_values"], np.float32), np.asarray(enc["image_grid_thw"]), labels
+        pv, grid = codec.prompts.images(codec.image_processor, imgs)   # the family's image rows
+        return pv, grid, labels
 
     pv, grid, _ = images(0, 0, B)
-    tokens = int(np.prod(grid[0])) // model.config.spatial_merge_size ** 2
+    tokens = int(model.image_layout.tokens_per_image(grid[:1])[0])
     if np.any(grid != grid[0]):
         raise ValueError(f"[vision] images of one size expected (config.image min_pixels = max_pixels), got grids {grid}")
     probe = VisionProbe(model.visual, tokens, model.config.hidden_size, nnx.Rngs(config.seed + 8))

@@ -16,7 +16,6 @@ from grlhfv_jax.trainers.rows import (  # noqa: F401  (re-exported: the row layo
     pad_columns,
     repeat_rows,
     response_mask,
-    rows_image_slices,
     select_rows,
     training_rows,
 )
@@ -40,7 +39,7 @@ def sampled_batch(model, prompts: dict, gen, *, pad_id: int) -> tuple[dict, np.n
     G = tokens.shape[0] // P
     valid = np.asarray(prompts.get("valid", np.ones(P, np.int32)))
     base = {k: v for k, v in prompts.items() if k not in ("valid", "loss_mask", "mm_token_type_ids")}
-    rows = repeat_rows(base, G, image_token_id=model.config.image_token_id, merge_size=model.config.spatial_merge_size)
+    rows = repeat_rows(base, G, model.image_layout)
     batch = training_rows(rows, tokens, lengths, pad_id=pad_id)
     batch["response_mask"] = batch["response_mask"] * np.repeat(valid, G)[:, None]
     Tp = base["input_ids"].shape[1]
@@ -67,8 +66,7 @@ def mini_batches_of(model, batch: dict, *, prompts: int, group: int, mini_batche
         raise ValueError(f"{prompts} prompts do not split into {mini_batches} mini-batches")
     per = prompts // mini_batches * group
     for m in range(mini_batches):
-        mb = select_rows(batch, np.arange(m * per, (m + 1) * per), image_token_id=model.config.image_token_id,
-                         merge_size=model.config.spatial_merge_size)
+        mb = select_rows(batch, np.arange(m * per, (m + 1) * per), model.image_layout)
         yield loop.place_batch(model, loop.micro_batch_images(model, mb, num_micro_batches, group))
 
 

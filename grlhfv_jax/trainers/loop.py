@@ -84,10 +84,9 @@ def freeze_params(tx, prefixes: tuple[str, ...]):
 
 
 def patch_unit(model) -> int:
-    """Pixel rows of a batch are padded in units of this many patches (`processing.patch_bucket`):
-    the model's own unit (`patch_unit()`: a multiple of its merge unit), else 64."""
-    unit = getattr(model, "patch_unit", None)
-    return int(unit()) if callable(unit) else 64
+    """Pixel rows of a batch are padded in units of this many rows (`processing.patch_bucket`): the
+    model's own unit (`models.contract.VLModel.patch_unit`); 0: the family never pads them."""
+    return int(model.patch_unit())
 
 
 def micro_batch_images(model, batch: dict, micro_batches: int, group: int = 1) -> dict:
@@ -99,29 +98,28 @@ def micro_batch_images(model, batch: dict, micro_batches: int, group: int = 1) -
     Where the model reads each run of `group` rows' images from its first row
     (`steps.images_per_group`), only those rows' images are kept. Each micro-batch then runs the
     vision tower on its own images: its memory is one micro-batch's, not the whole batch's.
-    Unchanged when ``micro_batches`` <= 1 or the batch has no (host numpy) images.
+    Unchanged when ``micro_batches`` <= 1, the batch has no (host numpy) images or the family's
+    image rows are never split (`patch_unit` 0: the whole-batch layout).
 
     Several processes: `batch` holds this host's rows (block `process_index` of the global rows);
     a micro-batch is a block of global rows, so the micro-batch images are built from the global
     rows' ids and images, gathered host-side (`sharding.gather_batch`): the same arrays on every host,
     placed as they are (`sharding.GLOBAL_BATCH_KEYS`); the host's other entries stay its own."""
     from grlhfv_jax import processing
-    from grlhfv_jax.trainers import rows as row_layout
     from grlhfv_jax.trainers import steps
     m = int(micro_batches)
     pv, grid = batch.get("pixel_values"), batch.get("image_grid_thw")
-    if m <= 1 or not isinstance(pv, np.ndarray) or pv.ndim != 2 or grid is None:
+    if m <= 1 or not isinstance(pv, np.ndarray) or grid is None or not patch_unit(model):
         return batch
     host = batch
     if jax.process_count() > 1:
         batch = sharding.gather_batch(batch, ("input_ids", "pixel_values", "image_grid_thw"))
         pv, grid = batch["pixel_values"], batch["image_grid_thw"]
-    cfg = model.config
     rows = np.asarray(batch["input_ids"]).shape[0]
     if rows % m:
         raise ValueError(f"{rows} rows do not split into num_micro_batches={m} equal micro-batches")
     grid = np.asarray(grid).reshape(-1, 3)
-    per_row = row_layout.rows_image_slices(batch, cfg.image_token_id, cfg.spatial_merge_size)
+    per_row = model.image_layout.row_slices(batch)
     first_only = steps.images_per_group(model, group)
     parts = []
     for k in range(m):
@@ -129,7 +127,7 @@ def micro_batch_images(model, batch: dict, micro_batches: int, group: int = 1) -
         parts.append(([pv[per_row[r][0]] for r in rs], [grid[per_row[r][1]] for r in rs]))
     n_px = max(sum(len(x) for x in px) for px, _ in parts)
     n_img = max(max(sum(len(g) for g in gs) for _, gs in parts), 1)
-    micro_pv = np.zeros((m, processing.patch_bucket(n_px, patch_unit(model)), pv.shape[1]), pv.dtype)
+    micro_pv = np.zeros((m, processing.patch_bucket(n_px, patch_unit(model))) + pv.shape[1:], pv.dtype)
     micro_grid = np.zeros((m, n_img, 3), grid.dtype)
     for k, (px, gs) in enumerate(parts):
         if px:
@@ -161,11 +159,11 @@ def place_batch(model, batch: dict) -> dict:
     if jax.process_count() > 1 and mesh is not None:
         batch = sharding.gather_batch(batch, ("pixel_values", "image_grid_thw", "image_embeds"))
         pv = batch.get("pixel_values")
-        if isinstance(pv, np.ndarray) and pv.ndim == 2 and batch.get("image_grid_thw") is not None:
+        if isinstance(pv, np.ndarray) and batch.get("image_grid_thw") is not None and patch_unit(model):
             batch = processing.pad_patches(batch, processing.patch_bucket(pv.shape[0], patch_unit(model)))
         return sharding.global_batch(batch, mesh, global_keys=sharding.REPLICATED_BATCH_KEYS)
     pv = batch.get("pixel_values")
-    if isinstance(pv, np.ndarray) and pv.ndim == 2 and batch.get("image_grid_thw") is not None:
+    if isinstance(pv, np.ndarray) and batch.get("image_grid_thw") is not None and patch_unit(model):
         batch = processing.pad_patches(batch, processing.patch_bucket(pv.shape[0], patch_unit(model)))
     if mesh is not None and mesh.size > 1:
         n = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape]))

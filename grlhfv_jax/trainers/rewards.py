@@ -104,8 +104,7 @@ def rm_reward(rm, *, pad_id: int, rows_per_call: int):
         P, n = len(rollout.items), rollout.group
         base = {k: v for k, v in rollout.prompts.items()
                 if k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
-        rows = row_layout.repeat_rows(base, n, image_token_id=rm.config.image_token_id,
-                                      merge_size=rm.config.spatial_merge_size)
+        rows = row_layout.repeat_rows(base, n, rm.image_layout)
         seqs = row_layout.training_rows(rows, np.asarray(rollout.gen.tokens), np.asarray(rollout.gen.lengths),
                                         pad_id=pad_id)
         seqs.pop("response_mask")

@@ -13,37 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def rows_image_slices(batch: dict, image_token_id: int, merge_size: int) -> list[tuple[slice, slice]]:
-    """Per row: (slice into pixel_values, slice into image_grid_thw) of that row's images."""
-    grid = np.asarray(batch["image_grid_thw"]).reshape(-1, 3)
-    patches = np.prod(grid, axis=1)
-    tokens = patches // merge_size**2
-    ids = np.asarray(batch["input_ids"])
-    out, img, px = [], 0, 0
-    for row in ids:
-        n_tok = int((row == image_token_id).sum())
-        k = 0
-        while n_tok > 0:
-            n_tok -= int(tokens[img + k])
-            k += 1
-        if n_tok != 0:
-            raise ValueError("image tokens of a row do not match image_grid_thw")
-        n_px = int(patches[img:img + k].sum())
-        out.append((slice(px, px + n_px), slice(img, img + k)))
-        img, px = img + k, px + n_px
-    return out
+from grlhfv_jax.models.contract import IMAGE_KEYS
 
 
-def repeat_rows(batch: dict, n: int, *, image_token_id: int, merge_size: int) -> dict:
-    """Each row (with its images) repeated n times in place: rows p*n .. p*n+n-1 are copies of p."""
-    out = {k: np.repeat(np.asarray(v), n, axis=0) for k, v in batch.items()
-           if k not in ("pixel_values", "image_grid_thw")}
+def repeat_rows(batch: dict, n: int, layout) -> dict:
+    """Each row (with its images) repeated n times in place: rows p*n .. p*n+n-1 are copies of p.
+    `layout`: the model's `image_layout` (`models.contract.ImageLayout`)."""
+    out = {k: np.repeat(np.asarray(v), n, axis=0) for k, v in batch.items() if k not in IMAGE_KEYS}
     if "pixel_values" in batch:
-        sl = rows_image_slices(batch, image_token_id, merge_size)
-        pv, grid = np.asarray(batch["pixel_values"]), np.asarray(batch["image_grid_thw"]).reshape(-1, 3)
-        out["pixel_values"] = np.concatenate([pv[a] for a, _ in sl for _ in range(n)])
-        out["image_grid_thw"] = np.concatenate([grid[b] for _, b in sl for _ in range(n)])
+        out.update(layout.repeat(batch, n))
     return out
 
 
@@ -65,7 +43,7 @@ def training_rows(prompts: dict, tokens: np.ndarray, lengths: np.ndarray, *, pad
     attn = np.concatenate([np.asarray(prompts["attention_mask"], np.int32), rmask], axis=1)
     rm = np.concatenate([np.zeros_like(prompts["attention_mask"], dtype=np.int32), rmask], axis=1)
     out = {"input_ids": ids, "attention_mask": attn, "response_mask": rm}
-    for k in ("pixel_values", "image_grid_thw"):
+    for k in IMAGE_KEYS:
         if k in prompts:
             out[k] = prompts[k]
     return out
@@ -79,13 +57,10 @@ def pad_columns(x: np.ndarray, width: int, value=0) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=value)
 
 
-def select_rows(batch: dict, idx: np.ndarray, *, image_token_id: int, merge_size: int) -> dict:
-    """The rows `idx` of a batch, with their images."""
+def select_rows(batch: dict, idx: np.ndarray, layout) -> dict:
+    """The rows `idx` of a batch, with their images (`layout`: the model's `image_layout`)."""
     idx = np.asarray(idx)
-    out = {k: np.asarray(v)[idx] for k, v in batch.items() if k not in ("pixel_values", "image_grid_thw")}
+    out = {k: np.asarray(v)[idx] for k, v in batch.items() if k not in IMAGE_KEYS}
     if "pixel_values" in batch:
-        sl = rows_image_slices(batch, image_token_id, merge_size)
-        pv, grid = np.asarray(batch["pixel_values"]), np.asarray(batch["image_grid_thw"]).reshape(-1, 3)
-        out["pixel_values"] = np.concatenate([pv[sl[i][0]] for i in idx])
-        out["image_grid_thw"] = np.concatenate([grid[sl[i][1]] for i in idx])
+        out.update(layout.select(batch, idx))
     return out

@@ -42,10 +42,9 @@ def score_batch(rm, batch: dict, rows: int | None = None) -> np.ndarray:
     B = int(np.shape(batch["input_ids"])[0])
     if B <= rows:
         return sharding.host_rows(_scores(rm, loop.place_batch(rm, batch)))   # several processes: this host's rows
-    tok, merge = rm.config.image_token_id, rm.config.spatial_merge_size
     out = []
     for idx, real in _filled_calls(B, rows):
-        part = select_rows(batch, idx, image_token_id=tok, merge_size=merge)
+        part = select_rows(batch, idx, rm.image_layout)
         if "image_grid_thw" in part and not np.asarray(part["image_grid_thw"]).size:   # a slice without images
             part = {k: v for k, v in part.items() if k not in ("pixel_values", "image_grid_thw")}
         out.append(sharding.host_rows(_scores(rm, loop.place_batch(rm, part)))[:real])

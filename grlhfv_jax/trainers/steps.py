@@ -31,10 +31,12 @@ Batches (dicts of arrays, leading dim = rows; right padding usual, any padding w
   window covers every target (the caller's duty; outputs stay ``[B, T]``, 0 off the window).
 - ``group`` (static, GRPO / `compute_logprobs`, with ``window``): the rows come in runs of
   ``group`` that share their first ``T - window`` columns (a prompt and its sampled responses,
-  ``window_start = T - window`` in every row), and the model runs each prompt once per run
+  ``window_start = T - window`` in every row), and a model that declares the capability
+  ``model.shared_prompt`` (`models.contract.VLModel`) runs each prompt once per run
   (``model.shared_prompt_hidden``): the same loss with G times fewer prompt tokens; with
-  ``model.group_first_images`` the vision tower also encodes each run's images once (the first
-  row's; the others are copies). Micro-batches must hold whole runs.
+  ``model.group_images`` (``model.group_first_images``) the vision tower also encodes each run's
+  images once (the first row's; the others are copies); other models run the full forward (the
+  same loss). Micro-batches must hold whole runs.
 - The LM head runs in ``model.config.logits_chunk`` columns at a time when set
   (`rl.logprobs.head_token_stats`): the same values, rows x chunk x vocab float32 logits live.
 """
@@ -187,7 +189,7 @@ def _micro_images(batch) -> bool:
 def images_per_group(model, group: int) -> bool:
     """Whether `model` reads one run of `group` rows' images from the run's first row only (rows
     that share their prompt: `model.group_first_images`, `shared_prompt_hidden(group_images=True)`)."""
-    return group > 1 and hasattr(model, "group_first_images") and hasattr(model, "shared_prompt_hidden")
+    return group > 1 and model.group_images and model.shared_prompt
 
 
 def _per_group(model, batch, group: int) -> bool:
@@ -341,11 +343,11 @@ def _window_hidden(model, mb, emb, window: int, group: int = 1):
     `group` (module docstring) and the model runs those once per run (``model.shared_prompt_hidden``)."""
     T = mb["input_ids"].shape[1]
     cols, valid = window_columns(mb["window_start"], window, T)
-    if group > 1 and hasattr(model, "shared_prompt_hidden"):   # else: the same, by the full forward
+    if group > 1 and model.shared_prompt:   # else: the same, by the full forward
         b = mb["input_ids"].shape[0]
         if b % group:
             raise ValueError(f"a micro-batch of {b} rows does not hold whole groups of {group}")
-        kw = dict(group_images=True) if emb is not None and hasattr(model, "group_first_images") else {}
+        kw = dict(group_images=True) if emb is not None and model.group_images else {}
         h = model.shared_prompt_hidden(mb["input_ids"], mb["attention_mask"], group=group, prompt_len=T - window,
                                        position_ids=mb["position_ids"], image_embeds=emb, **kw)
         return h, cols, valid

@@ -5,6 +5,7 @@ from .config import MODEL_TYPES, LlavaConfig, parse_hf_config, with_special_ids
 from .hub import HUB_ALIASES, hub_key, hub_shape
 from .model import (
     Llava,
+    LlavaImages,
     decode_position_ids,
     default_position_ids,
     from_config,
@@ -13,6 +14,7 @@ from .model import (
 from .processing import (
     CHAT_TEMPLATE,
     IMAGE_TOKEN,
+    LlavaPrompts,
     chat_prompt,
     encode_prompt,
     expand_image_tokens,
@@ -27,7 +29,16 @@ def build(cfg, *, rngs, scalar_head: bool = False):
     return Llava(cfg, rngs=rngs, scalar_head=scalar_head)
 
 
-__all__ = ["MODEL_TYPES", "LlavaConfig", "parse_hf_config", "parse_config", "build", "Llava", "from_config",
+def prompt_format(hf: dict) -> LlavaPrompts:
+    """The family's prompt format (`models.contract.PromptFormat`) for an HF config dict (its image size
+    and tokens per image)."""
+    return LlavaPrompts(parse_hf_config(hf))
+
+
+__all__ = ["MODEL_TYPES", "LlavaConfig", "parse_hf_config", "parse_config", "build", "prompt_format",
+           "Llava", "LlavaImages",
+           "from_config",
            "rope_index", "decode_position_ids", "default_position_ids", "HUB_ALIASES", "hub_key", "hub_shape",
-           "with_special_ids", "CHAT_TEMPLATE", "IMAGE_TOKEN", "chat_prompt", "encode_prompt", "expand_image_tokens",
+           "with_special_ids", "CHAT_TEMPLATE", "IMAGE_TOKEN", "LlavaPrompts", "chat_prompt", "encode_prompt",
+           "expand_image_tokens",
            "image_processor", "preprocess_images"]

@@ -187,6 +187,7 @@ def with_special_ids(hf: dict, ids: dict) -> dict:
     text = {k: ids[k] for k in TEXT_SPECIAL_IDS if k in ids}
     hf["text_config"] = dict(hf.get("text_config") or {}, **text)
     hf.update(text)
-    if "image_token_id" in ids:
-        hf["image_token_index"] = int(ids["image_token_id"])
+    for key in ("image_token_id", "image_token_index"):    # Qwen's spelling, or the LLaVA codec's
+        if key in ids:
+            hf["image_token_index"] = int(ids[key])
     return hf

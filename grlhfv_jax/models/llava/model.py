@@ -9,12 +9,15 @@ positions are 1-D ``[B, T]`` (no M-RoPE), every image is one fixed ``[C, S, S]``
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from ... import sharding
+from .. import contract
 from ..layers import Dense, Embed, RMSNorm, attention, remat
 from .config import LlavaConfig, parse_hf_config
 from .vision import LlavaVision
@@ -147,12 +150,30 @@ class TextModel(nnx.Module):
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, **kw)
 
 
+@dataclasses.dataclass(frozen=True)
+class LlavaImages(contract.ImageLayout):
+    """LLaVA's image layout: one `pixel_values` row [3, S, S] per image (image_grid_thw rows (1, 1, 1)),
+    `image_tokens` `<image>` tokens per image."""
+
+    image_token_id: int
+    image_tokens: int
+
+    def rows_per_image(self, image_grid_thw) -> np.ndarray:
+        return np.ones(np.asarray(image_grid_thw).reshape(-1, 3).shape[0], np.int64)
+
+    def tokens_per_image(self, image_grid_thw) -> np.ndarray:
+        return np.full(np.asarray(image_grid_thw).reshape(-1, 3).shape[0], self.image_tokens, np.int64)
+
+
 class Llava(nnx.Module):
     """LLaVA-1.5 for conditional generation (transformers' LlavaForConditionalGeneration).
 
     Inputs: input_ids [B, T] with every image's `config.image_tokens` placeholder tokens
     (`image_token_id`) already expanded (as LlavaProcessor does; `processing.expand_image_tokens`),
     pixel_values [n, C, S, S] (CLIPImageProcessor), the images in row-major order of their tokens."""
+
+    shared_prompt = False   # capabilities (`models.contract`): no shared_prompt_hidden / group_first_images
+    group_images = False
 
     def __init__(self, config: LlavaConfig, *, rngs: nnx.Rngs, scalar_head: bool = False):
         if config.scan_layers or config.scan_vision:
@@ -177,6 +198,19 @@ class Llava(nnx.Module):
     def image_token_mask(self, input_ids):
         """[B, T] bool: the placeholder tokens that image embeddings replace (in row order)."""
         return jnp.asarray(input_ids) == self.config.image_token_id
+
+    @property
+    def image_layout(self) -> LlavaImages:
+        """The batch's image bookkeeping (`models.contract.ImageLayout`)."""
+        return LlavaImages(int(self.config.image_token_id), int(self.config.image_tokens))
+
+    def text_position_ids(self, positions):
+        """1-D positions [B, T] of text tokens -> position_ids [B, T] int32 (LLaVA's own layout)."""
+        return jnp.asarray(positions).astype(jnp.int32)
+
+    def patch_unit(self) -> int:
+        """0: an image is one fixed-size pixel row; image rows are never padded nor split per micro-batch."""
+        return 0
 
     def encode_images(self, pixel_values, image_grid_thw=None):
         """pixel_values [n, C, S, S] -> image embeddings [n * image_tokens, hidden] (compute dtype).
@@ -300,6 +334,13 @@ class Llava(nnx.Module):
         last = T - 1 - jnp.argmax(mask[:, ::-1], axis=1)
         hl = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
         return jnp.dot(hl.astype(jnp.float32), self.score_head.kernel[...].astype(jnp.float32))[:, 0]
+
+    def score_hidden(self, h):
+        """The scalar head on final hidden states ``[..., H]`` -> float32 ``[...]`` (Qwen2VL's: `score` is
+        this at each row's last real token; at every token it is PPO's per-token value head)."""
+        if self.score_head is None:
+            raise ValueError("this model has no scalar head; build it with scalar_head=True")
+        return jnp.dot(h.astype(jnp.float32), self.score_head.kernel[...].astype(jnp.float32))[..., 0]
 
 
 def from_config(config, *, rngs=None, dtype=jnp.float32, scalar_head=False, param_dtype=None, remat=False,

@@ -78,3 +78,71 @@ def preprocess_images(images, config, processor=None) -> np.ndarray:
     if pixels.shape[1:] != tuple(config.pixel_shape):
         raise ValueError(f"image processor gave {pixels.shape[1:]}, the model takes {config.pixel_shape}")
     return pixels
+
+
+class LlavaPrompts:
+    """Chat examples of LLaVA-1.5 for the family contract (`models.contract.PromptFormat`): one user
+    turn "USER: <image>\\n... {question} ASSISTANT:" (`chat_prompt`: images first, as llava-hf's
+    template renders them; `<image>` markers in the question are dropped), each `<image>` expanded
+    to `image_tokens` ids (BOS as the tokenizer adds it), the response " {response}</s>" (loss_mask 1
+    there), pixel_values [n, C, S, S] (`image_processor`) and image_grid_thw [n, 3] of ones (one
+    pixel row per image: `model.LlavaImages`). Token ids come from the tokenizer (a codec is made
+    before the model, whose config then takes them: `config_ids`)."""
+
+    family = "llava"
+    eos_token = "</s>"
+    special_tokens = (IMAGE_TOKEN, "</s>")   # what a tokenizer needs beyond text (the demo's adds them)
+
+    def __init__(self, config):
+        self.config = config            # a LlavaConfig: image_size, image_tokens (ids are the tokenizer's)
+
+    def config_ids(self, tokenizer) -> dict:
+        """The hf config's special-token ids from `tokenizer`: `image_token_index`."""
+        return {"image_token_index": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)}
+
+    def banned_ids(self, tokenizer) -> list[int]:
+        """Token ids a response must not contain: `<image>`."""
+        return [tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)]
+
+    def image_processor(self, image=None):
+        """The CLIP processor of the model's image size (`image_processor`); `image` (the run's image
+        section) is not read: LLaVA's images are one fixed size."""
+        return image_processor(self.config)
+
+    def processor_config(self, image_processor) -> dict:
+        """preprocessor_config.json of the CLIP processor (llava-hf's classes, readable without torchvision)."""
+        import json
+        proc = json.loads(image_processor.to_json_string())
+        proc.update(image_processor_type="CLIPImageProcessor", processor_class="LlavaProcessor")
+        return proc
+
+    def images(self, image_processor, images) -> tuple[np.ndarray, np.ndarray]:
+        """(pixel_values [n, C, S, S] float32, image_grid_thw [n, 3] int32 of ones) of PIL images."""
+        pixels = preprocess_images(images, self.config, image_processor)
+        return pixels, np.ones((len(pixels), 3), np.int32)
+
+    def example(self, tokenizer, image_processor, question: str, images, response: str | None = None) -> dict:
+        from grlhfv_jax import processing
+        images = [processing.load_image(im) for im in images]
+        image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        if question.count(IMAGE_TOKEN) == len(images):
+            question = question.replace(IMAGE_TOKEN, "")
+        text = chat_prompt([{"role": "user", "content": [{"type": "image"}] * len(images)
+                             + [{"type": "text", "text": question}]}])
+        ids = np.asarray(tokenizer(expand_image_tokens(text, self.config.image_tokens))["input_ids"], np.int32)
+        if int((ids == image_id).sum()) != len(images) * self.config.image_tokens:
+            raise ValueError(f"{int((ids == image_id).sum())} {IMAGE_TOKEN} tokens for {len(images)} images of "
+                             f"{self.config.image_tokens} tokens each")
+        resp = np.zeros((0,), np.int32)
+        if response is not None:
+            resp = np.asarray(tokenizer.encode(" " + response, add_special_tokens=False)
+                              + [tokenizer.convert_tokens_to_ids(self.eos_token)], np.int32)
+            if (resp == image_id).any():
+                raise ValueError(f"response text contains {IMAGE_TOKEN}; images belong in the prompt")
+        input_ids = np.concatenate([ids, resp]).astype(np.int32)
+        pixels, grid = (self.images(image_processor, images) if images else
+                        (np.zeros((0,) + tuple(self.config.pixel_shape), np.float32), np.zeros((0, 3), np.int32)))
+        return {"input_ids": input_ids,
+                "loss_mask": np.concatenate([np.zeros(len(ids), np.int32), np.ones(len(resp), np.int32)]),
+                "mm_token_type_ids": (input_ids == image_id).astype(np.int32),
+                "pixel_values": pixels, "image_grid_thw": grid}

@@ -6,12 +6,15 @@ so weights.py maps names mechanically.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from ... import sharding
+from .. import contract
 from .config import VLConfig, parse_hf_config
 from ..layers import Dense, Embed, RMSNorm, attention, remat, stack_layers
 from .rope import apply_rope, mrope_cos_sin, rope_index
@@ -142,8 +145,27 @@ class TextModel(nnx.Module):
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class QwenImages(contract.ImageLayout):
+    """Qwen-VL's image layout: one `pixel_values` row per patch ([N, C*t*p*p]), image_grid_thw the
+    (t, h, w) patch grid, prod(t, h, w) / merge_size**2 `<|image_pad|>` tokens per image."""
+
+    image_token_id: int
+    merge_size: int
+
+    def rows_per_image(self, image_grid_thw) -> np.ndarray:
+        return np.prod(np.asarray(image_grid_thw).reshape(-1, 3), axis=1)
+
+    def tokens_per_image(self, image_grid_thw) -> np.ndarray:
+        return self.rows_per_image(image_grid_thw) // self.merge_size**2
+
+
 class Qwen2VL(nnx.Module):
-    """Qwen2-VL / Qwen2.5-VL for conditional generation (see docs/internal_api.md for the call)."""
+    """Qwen2-VL / Qwen2.5-VL for conditional generation (see docs/internal_api.md for the call).
+    Follows `models.contract.VLModel` with both capabilities."""
+
+    shared_prompt = True    # `shared_prompt_hidden`
+    group_images = True     # `group_first_images`
 
     def __init__(self, config: VLConfig, *, rngs: nnx.Rngs, scalar_head: bool = False):
         if config.vision_out_hidden_size != config.hidden_size:
@@ -171,6 +193,16 @@ class Qwen2VL(nnx.Module):
     def image_token_mask(self, input_ids):
         """[B, T] bool: the placeholder tokens that image embeddings replace (in row order)."""
         return jnp.asarray(input_ids) == self.config.image_token_id
+
+    @property
+    def image_layout(self) -> QwenImages:
+        """The batch's image bookkeeping (`models.contract.ImageLayout`)."""
+        return QwenImages(int(self.config.image_token_id), int(self.config.spatial_merge_size))
+
+    def text_position_ids(self, positions):
+        """1-D positions [B, T] of text tokens -> M-RoPE position_ids [3, B, T] int32 (all sections equal)."""
+        positions = jnp.asarray(positions)
+        return jnp.broadcast_to(positions[None], (3,) + positions.shape).astype(jnp.int32)
 
     def patch_unit(self) -> int:
         """Pixel rows of a batch are padded in multiples of this many patches (`processing.patch_bucket`):

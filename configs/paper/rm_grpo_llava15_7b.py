@@ -1,0 +1,22 @@
+"""GRPO on the LLaVA-1.5-7B policy with the score-only LLaVA-1.5-7B RM as reward (baseline).
+
+    python -m grlhfv_jax.main --config configs/paper/rm_grpo_llava15_7b.py:8chip \
+        --config.model.policy.path=/ckpt/llava-1.5-7b-hf \
+        --config.data.files.policy_train.path=/data/align-anything/text-image-to-text/train \
+        --config.model.rm.path=runs/rm_llava15_7b/rm/rm
+    python -m grlhfv_jax.main --config configs/paper/rm_grpo_llava15_7b.py:8chip --dry_run   # memory per device
+
+Presets and shared settings: configs/paper/common.py; commands and data: docs/paper_runs.md.
+"""
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location("grlhfv_paper_common", os.path.join(os.path.dirname(__file__),
+                                                                                   "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
+
+
+def get_config(arg: str = ""):
+    return common.rm_grpo_config(arg, "llava15_7b", rm_model="llava15_7b")
