@@ -1,7 +1,11 @@
 """Preemption on one process: SIGTERM / SIGINT during a train loop save at the next step boundary
 and stop (`loop.Preempted`; the command line exits with `loop.PREEMPTED_EXIT_CODE`); the rerun
 ends where an uninterrupted run ends. Checkpoints by the clock; a newest checkpoint that cannot be
-restored falls back to the previous one; none good: a clear error and nothing deleted."""
+restored falls back to the previous one; none good: a clear error and nothing deleted.
+
+On 2 processes (`python -m grlhfv_jax.main` twice, jax.distributed over a loopback coordinator):
+tests/test_multihost_pipeline.py's SIGTERM test (it reuses that module's uninterrupted 2-process
+run as the reference); below, the two processes' agreement on each step's stop / save flags."""
 import json
 import os
 import shutil
