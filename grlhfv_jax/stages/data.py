@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+
 from grlhfv_jax.data import pipeline
 from grlhfv_jax.data import world as W
 from grlhfv_jax import roles
@@ -21,11 +23,22 @@ def run(config, workdir: str, writer, section: str) -> dict:
         from grlhfv_jax.rl.grm_reward import build_grm_prompt
         extra = [build_grm_prompt("What colour are the objects?", "They are red.", "They are blue.",
                                   template=config.grm_template)] * 50
-    out = pipeline.prepare(roles.data_dir(config, workdir), world, vocab_size=config.data.vocab_size, extra_texts=extra,
-                           special_tokens=roles.prompt_format(config).special_tokens)
+
+    def prepare():
+        return pipeline.prepare(roles.data_dir(config, workdir), world, vocab_size=config.data.vocab_size,
+                                extra_texts=extra, special_tokens=roles.prompt_format(config).special_tokens)
+
+    if jax.process_count() == 1:
+        out = prepare()
+    else:   # one folder for all processes: process 0 builds, the others then read its cached files
+        from jax.experimental import multihost_utils
+        out = prepare() if jax.process_index() == 0 else None
+        multihost_utils.sync_global_devices("grlhfv_jax data: world files built by process 0")
+        out = out or prepare()
     out["data_dir"] = roles.data_dir(config, workdir)
-    with open(os.path.join(workdir, "data_paths.json"), "w") as f:
-        json.dump(out, f, indent=2)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "data_paths.json"), "w") as f:
+            json.dump(out, f, indent=2)
     print(f"[data] dataset {out['dataset_dir']}, tokenizer {out['tokenizer_dir']}", flush=True)
     return {f"data/size_{s}": world.size(s) for s in W.SPLITS}
 
