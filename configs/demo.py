@@ -34,25 +34,60 @@ def tiny_qwen2_vl(hidden=64, layers=3, heads=4, kv_heads=2, vision_depth=2, visi
     t = half // 4
     section = [t, (half - t) // 2, half - t - (half - t) // 2]
     return dict(
-        model_type="qwen2_vl", tie_word_embeddings=True,
-        text_config=dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, rms_norm_eps=1e-6,
-                         max_position_embeddings=1024,
-                         rope_parameters=dict(rope_type="default", mrope_section=section, rope_theta=10000.0)),
-        vision_config=dict(depth=vision_depth, embed_dim=vision_dim, hidden_size=hidden, num_heads=4, mlp_ratio=2,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3))
+        model_type="qwen2_vl",
+        tie_word_embeddings=True,
+        text_config=dict(
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=1024,
+            rope_parameters=dict(rope_type="default", mrope_section=section, rope_theta=10000.0),
+        ),
+        vision_config=dict(
+            depth=vision_depth,
+            embed_dim=vision_dim,
+            hidden_size=hidden,
+            num_heads=4,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+        ),
+    )
 
 
 def tiny_llava(hidden=64, layers=3, heads=4, kv_heads=2, vision_layers=2, vision_dim=64):
     """An HF LLaVA-1.5 config dict at the demo's scale: 56 px images in 28 px patches (4 image tokens,
     as the Qwen demo's 56 px image after its 2 x 2 merge); vocabulary and special ids come from the tokenizer."""
     return dict(
-        model_type="llava", tie_word_embeddings=True, projector_hidden_act="gelu",
-        text_config=dict(model_type="llama", hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, rms_norm_eps=1e-6,
-                         max_position_embeddings=1024, rope_theta=10000.0),
-        vision_config=dict(model_type="clip_vision_model", hidden_size=vision_dim, intermediate_size=2 * vision_dim,
-                           num_hidden_layers=vision_layers, num_attention_heads=4, image_size=56, patch_size=28))
+        model_type="llava",
+        tie_word_embeddings=True,
+        projector_hidden_act="gelu",
+        text_config=dict(
+            model_type="llama",
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=1024,
+            rope_theta=10000.0,
+        ),
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=vision_dim,
+            intermediate_size=2 * vision_dim,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=4,
+            image_size=56,
+            patch_size=28,
+        ),
+    )
 
 
 FAMILIES = {"qwen2_vl": tiny_qwen2_vl, "llava": tiny_llava}
@@ -62,15 +97,27 @@ def get_config(arg: str = ""):
     args = set(arg.split(",")) - {""}
     unknown = args - {"smoke"} - set(FAMILIES)
     if unknown:
-        raise ValueError(f"configs/demo.py: unknown argument(s) {sorted(unknown)}; expected 'smoke' and / or a "
-                         f"family of {sorted(FAMILIES)}")
+        raise ValueError(
+            f"configs/demo.py: unknown argument(s) {sorted(unknown)}; expected 'smoke' and / or a "
+            f"family of {sorted(FAMILIES)}"
+        )
     smoke = "smoke" in args
     family = ([a for a in args if a in FAMILIES] or ["qwen2_vl"])[0]
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.workdir = "workdir/demo"
-    c.stages = ("data", "vision", "sft", "grm_rl", "rm", "policy_rl", "policy_rl_rm", "policy_ppo_rm", "dpo",
-                "evaluate")
+    c.stages = (
+        "data",
+        "vision",
+        "sft",
+        "grm_rl",
+        "rm",
+        "policy_rl",
+        "policy_rl_rm",
+        "policy_ppo_rm",
+        "dpo",
+        "evaluate",
+    )
     c.mesh_shape = (1, -1, 1)
     c.tensorboard = True
     c.grm_template = DEMO_GRM_TEMPLATE
@@ -89,18 +136,35 @@ def get_config(arg: str = ""):
     # judgments follow them where they differ). With no opinions (scores independent of
     # everything) its score ignored its own analysis, and stage 1 had to grow that reading from
     # nothing: it did on 2 of 4 runs, late (docs/results.md)
-    c.data = dict(seed=0, image_size=56, label_noise=0.05, vocab_size=1024, dir="", sft_grm_analysis="style",
-                  sft_grm_first_scores=(2, 8), sft_grm_second_scores=(3, 7),
-                  sft_grm_opinions=(("hedges", 1), ("praises itself", -1), ("only praises", -1)),
-                  sft_grm_opinion_strength=0.5,
-                  sizes=dict(sft_policy=2000, sft_grm=3000, grm_train=4000, grm_test_id=400, grm_test_ood=400,
-                             policy_train=2000, policy_test=200))
+    c.data = dict(
+        seed=0,
+        image_size=56,
+        label_noise=0.05,
+        vocab_size=1024,
+        dir="",
+        sft_grm_analysis="style",
+        sft_grm_first_scores=(2, 8),
+        sft_grm_second_scores=(3, 7),
+        sft_grm_opinions=(("hedges", 1), ("praises itself", -1), ("only praises", -1)),
+        sft_grm_opinion_strength=0.5,
+        sizes=dict(
+            sft_policy=2000,
+            sft_grm=3000,
+            grm_train=4000,
+            grm_test_id=400,
+            grm_test_ood=400,
+            policy_train=2000,
+            policy_test=200,
+        ),
+    )
     c.image = dict(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2)
 
     # one spec per role, each its own hf_config: an override of one role's model changes that role only
     # (a shared nested dict became one shared ConfigDict: --config.model.grm.hf_config... changed all three)
-    c.model = {role: dict(hf_config=FAMILIES[family](), dtype="float32", param_dtype="float32", remat=False)
-               for role in ("policy", "grm", "rm")}
+    c.model = {
+        role: dict(hf_config=FAMILIES[family](), dtype="float32", param_dtype="float32", remat=False)
+        for role in ("policy", "grm", "rm")
+    }
 
     # The vision tower stays at its random initialisation in every stage ("freeze"): it stands in
     # for a pretrained ViT. Trained from scratch on this little data it collapses to a constant
@@ -109,8 +173,16 @@ def get_config(arg: str = ""):
     # ... but at random it is unreadable for the tiny language model (measured: SFT answers colour
     # questions at chance), so the `vision` stage first pretrains it on the world's image labels
     # (colour, count, shape, position; never a question or a preference), like a real VLM's ViT.
-    c.vision = dict(steps=250, batch_size=64, lr=1e-3, warmup_ratio=0.05, eval_images=512, model="policy",
-                    log_every=25, ckpt_every=100)
+    c.vision = dict(
+        steps=250,
+        batch_size=64,
+        lr=1e-3,
+        warmup_ratio=0.05,
+        eval_images=512,
+        model="policy",
+        log_every=25,
+        ckpt_every=100,
+    )
     # sft.grm.steps 800 (was 500): with 500 the warm start learned its opinions on some seeds only
     # (seed 3: position consistency 0.35, style pairs at chance; stage 1 did not repair it and stage 2
     # was reward-hacked); with 800 every warm start of sweep 4 (5 runs) reads the wording (consistency
@@ -118,12 +190,32 @@ def get_config(arg: str = ""):
     # made stage 1 collapse to a position-only judge (consistency 0.605 -> 0.33): from a confidently
     # wrong judgment, judging by position is the nearest gain.
     # vqa_max_len 48: the world's question-answer rows are 37-43 tokens (all 2000 of sft_policy)
-    c.sft = dict(log_every=10, ckpt_every=100,
-                 policy=dict(steps=300, batch_size=32, lr=3e-3, max_len=64, warmup_ratio=0.05, data="styled",
-                             styles=dict(plain=0.4, hedged=0.25, praised=0.25, praise_only=0.1),
-                             freeze=frozen, pretrained_vision=True),
-                 grm=dict(steps=800, batch_size=32, lr=3e-3, max_len=160, warmup_ratio=0.05, vqa_fraction=0.5,
-                          vqa_max_len=48, freeze=frozen, pretrained_vision=True))
+    c.sft = dict(
+        log_every=10,
+        ckpt_every=100,
+        policy=dict(
+            steps=300,
+            batch_size=32,
+            lr=3e-3,
+            max_len=64,
+            warmup_ratio=0.05,
+            data="styled",
+            styles=dict(plain=0.4, hedged=0.25, praised=0.25, praise_only=0.1),
+            freeze=frozen,
+            pretrained_vision=True,
+        ),
+        grm=dict(
+            steps=800,
+            batch_size=32,
+            lr=3e-3,
+            max_len=160,
+            warmup_ratio=0.05,
+            vqa_fraction=0.5,
+            vqa_max_len=48,
+            freeze=frozen,
+            pretrained_vision=True,
+        ),
+    )
     # position_debias: each step judges 16 pairs in both orders with the label flipped (32 prompts, as
     # many as 32 pairs in one order cost): a judge that orders by position gains nothing in any batch
     # pool_orders: one GRPO group per pair holds the 2 x 4 judgments of its two orders. With a group
@@ -135,14 +227,42 @@ def get_config(arg: str = ""):
     # 0.7 -> 0.1 by step 90) and froze whatever position habit it had: position consistency < 0.5 on
     # one run in 4-5 of every sweep. With 0.1 the reference keeps the entropy at 0.35-0.4 and all 5
     # runs of sweep 4b reach 0.515-0.615, with the same accuracy gains (docs/results.md)
-    c.grm_rl = dict(steps=150, pairs_per_step=16, group_size=4, mini_batches=2, max_len=120, max_new_tokens=36,
-                    temperature=1.0, lr=1e-3, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.1, clip_eps=0.2,
-                    clip_eps_high=0.2, entropy_coef=0.0, position_debias=True, consistency_reward=False,
-                    pool_orders=True,
-                    eval_pairs=200, eval_every=40, eval_rows=64,
-                    log_every=5, ckpt_every=25, freeze=frozen)
-    c.rm = dict(steps=300, pairs_per_step=16, lr=1e-3, max_len=64, reg=0.001, init="sft_grm", eval_pairs=200,
-                eval_rows=64, freeze=frozen)
+    c.grm_rl = dict(
+        steps=150,
+        pairs_per_step=16,
+        group_size=4,
+        mini_batches=2,
+        max_len=120,
+        max_new_tokens=36,
+        temperature=1.0,
+        lr=1e-3,
+        warmup_ratio=0.03,
+        weight_decay=0.01,
+        kl_coef=0.1,
+        clip_eps=0.2,
+        clip_eps_high=0.2,
+        entropy_coef=0.0,
+        position_debias=True,
+        consistency_reward=False,
+        pool_orders=True,
+        eval_pairs=200,
+        eval_every=40,
+        eval_rows=64,
+        log_every=5,
+        ckpt_every=25,
+        freeze=frozen,
+    )
+    c.rm = dict(
+        steps=300,
+        pairs_per_step=16,
+        lr=1e-3,
+        max_len=64,
+        reg=0.001,
+        init="sft_grm",
+        eval_pairs=200,
+        eval_rows=64,
+        freeze=frozen,
+    )
     # kl_coef 0.3 (paper 0.02): the judges are blind to most wrong facts, and with 0.02 the policy
     # drifted into them (wrong positions, garbled text) while it dropped hedging and self-praise:
     # sampled oracle 0.70 -> 0.68; with 0.1 -> 0.71, with 0.3 -> 0.74 (docs/results.md)
@@ -153,22 +273,70 @@ def get_config(arg: str = ""):
     # noise that GRPO's std normalisation scaled up, and on one seed of three the policy drifted
     # (greedy answers 5.6 -> 7.9 words, oracle gain +0.005); win_rate: +0.064 there, the others
     # unchanged or better (docs/results.md, sweep 6)
-    policy = dict(reward="grm", steps=60, prompts_per_step=8, n=5, mini_batches=1, max_len=48, max_new_tokens=24,
-                  temperature=1.0, lr=5e-4, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.3, clip_eps=0.2,
-                  pairs="both", aggregator="win_rate", judge_max_new_tokens=36,
-                  judge_temperature=0.0, log_every=5, ckpt_every=20, freeze=frozen)
+    policy = dict(
+        reward="grm",
+        steps=60,
+        prompts_per_step=8,
+        n=5,
+        mini_batches=1,
+        max_len=48,
+        max_new_tokens=24,
+        temperature=1.0,
+        lr=5e-4,
+        warmup_ratio=0.03,
+        weight_decay=0.01,
+        kl_coef=0.3,
+        clip_eps=0.2,
+        pairs="both",
+        aggregator="win_rate",
+        judge_max_new_tokens=36,
+        judge_temperature=0.0,
+        log_every=5,
+        ckpt_every=20,
+        freeze=frozen,
+    )
     c.policy_rl = dict(policy)
     c.policy_rl_rm = dict(policy, reward="rm")
     # The paper's PPO baseline on the same RM (Table 2), with the GRPO stages' per-step shapes (8
     # prompts x 5 answers, one update per step) and their KL weight (here in the reward, k1) and
     # learning rate; the critic (from the RM) learns 5x faster, the paper's critic / actor ratio
     # (5e-6 / 1e-6). GAE, value clip 5, score clip 50: the paper's (method.md).
-    c.policy_ppo_rm = dict(steps=60, prompts_per_step=8, n=5, mini_batches=1, max_len=48, max_new_tokens=24,
-                           temperature=1.0, lr=5e-4, critic_lr=2.5e-3, warmup_ratio=0.03, weight_decay=0.01,
-                           kl_coef=0.3, kl_estimator="k1", clip_eps=0.2, gamma=1.0, lam=0.95, value_clip=5.0,
-                           score_clip=50.0, log_every=5, ckpt_every=20, freeze=frozen)
-    c.dpo = dict(steps=150, pairs_per_step=16, lr=1e-4, max_len=64, beta=0.1, loss_type="sigmoid", warmup_ratio=0.03,
-                 weight_decay=0.01, log_every=10, ckpt_every=50, freeze=frozen)
+    c.policy_ppo_rm = dict(
+        steps=60,
+        prompts_per_step=8,
+        n=5,
+        mini_batches=1,
+        max_len=48,
+        max_new_tokens=24,
+        temperature=1.0,
+        lr=5e-4,
+        critic_lr=2.5e-3,
+        warmup_ratio=0.03,
+        weight_decay=0.01,
+        kl_coef=0.3,
+        kl_estimator="k1",
+        clip_eps=0.2,
+        gamma=1.0,
+        lam=0.95,
+        value_clip=5.0,
+        score_clip=50.0,
+        log_every=5,
+        ckpt_every=20,
+        freeze=frozen,
+    )
+    c.dpo = dict(
+        steps=150,
+        pairs_per_step=16,
+        lr=1e-4,
+        max_len=64,
+        beta=0.1,
+        loss_type="sigmoid",
+        warmup_ratio=0.03,
+        weight_decay=0.01,
+        log_every=10,
+        ckpt_every=50,
+        freeze=frozen,
+    )
     c.evaluate = dict(prompts=200, max_len=48, max_new_tokens=24, samples=4)
     c.report = dict(enabled=True)
 
@@ -182,7 +350,7 @@ def get_config(arg: str = ""):
         # at most 300 records of each split), so every row fits the full run's max lengths.
         c.data.sizes = {k: min(v, 300) for k, v in c.data.sizes.items()}
         for k in ("vision", "sft", "grm_rl", "policy_rl", "policy_rl_rm", "policy_ppo_rm", "dpo"):
-            c[k].update(log_every=1, ckpt_every=1)   # a checkpoint after every step: the resume tests kill at each
+            c[k].update(log_every=1, ckpt_every=1)  # a checkpoint after every step: the resume tests kill at each
         c.vision.update(steps=2, eval_images=64)
         c.sft.policy.steps = c.sft.grm.steps = 2
         c.grm_rl.update(steps=2, eval_pairs=8, eval_every=1)

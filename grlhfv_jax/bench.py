@@ -36,6 +36,7 @@ weights allocated).
 Add a subcommand: write `def bench_x(args) -> dict`, an `_add_x(subparsers)` for its options,
 and register both in `SUBCOMMANDS`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,7 @@ import time
 # Peak HBM bandwidth (bytes/s) by jax `device_kind` prefix (vendor data sheets).
 PEAK_BANDWIDTH = {
     "NVIDIA H200": 4.8e12,
-    "NVIDIA H100 80GB HBM3": 3.35e12,     # SXM
+    "NVIDIA H100 80GB HBM3": 3.35e12,  # SXM
     "NVIDIA H100 PCIe": 2.0e12,
     "NVIDIA H100 NVL": 3.9e12,
     "NVIDIA H100": 3.35e12,
@@ -91,21 +92,44 @@ def rollout_hf_config(args):
     """A Qwen2-VL config of about 50M parameters at the defaults (text 8 x 512, vocab 32768 tied)."""
     import transformers
 
-    text = dict(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                max_position_embeddings=4096, rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                rope_parameters={"rope_type": "default", "mrope_section": [8, 12, 12], "rope_theta": 1e6})
+    text = dict(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        rope_parameters={"rope_type": "default", "mrope_section": [8, 12, 12], "rope_theta": 1e6},
+    )
     head_dim = args.hidden // args.heads
     if head_dim != 64:
         half = head_dim // 2
         t = half // 4
         text["rope_parameters"]["mrope_section"] = [t, (half - t) // 2, half - t - (half - t) // 2]
-    vision = dict(depth=args.vision_layers, embed_dim=args.vision_hidden, hidden_size=args.hidden,
-                  num_heads=args.vision_heads, mlp_ratio=4, patch_size=14, spatial_merge_size=2,
-                  temporal_patch_size=2)
-    return transformers.Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=args.vocab - 4,
-                                      video_token_id=args.vocab - 3, vision_start_token_id=args.vocab - 2,
-                                      vision_end_token_id=args.vocab - 1, tie_word_embeddings=True)
+    vision = dict(
+        depth=args.vision_layers,
+        embed_dim=args.vision_hidden,
+        hidden_size=args.hidden,
+        num_heads=args.vision_heads,
+        mlp_ratio=4,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    return transformers.Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=args.vocab - 4,
+        video_token_id=args.vocab - 3,
+        vision_start_token_id=args.vocab - 2,
+        vision_end_token_id=args.vocab - 1,
+        tie_word_embeddings=True,
+    )
 
 
 def rollout_batch(args, cfg):
@@ -120,15 +144,23 @@ def rollout_batch(args, cfg):
     rows = []
     for _ in range(args.batch):
         text = rng.integers(3, args.vocab - 8, size=args.prompt_tokens).tolist()
-        img = [cfg.vision_start_token_id] + [cfg.image_token_id] * n_img + [cfg.vision_end_token_id] if args.image_size else []
+        img = (
+            [cfg.vision_start_token_id] + [cfg.image_token_id] * n_img + [cfg.vision_end_token_id]
+            if args.image_size
+            else []
+        )
         rows.append(img + text)
     T = max(len(r) for r in rows)
     ids = np.zeros((args.batch, T), np.int32)
     mask = np.zeros((args.batch, T), np.int32)
     for b, r in enumerate(rows):
-        ids[b, T - len(r):] = r
-        mask[b, T - len(r):] = 1
-    batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": (ids == cfg.image_token_id).astype(np.int32)}
+        ids[b, T - len(r) :] = r
+        mask[b, T - len(r) :] = 1
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "mm_token_type_ids": (ids == cfg.image_token_id).astype(np.int32),
+    }
     if args.image_size:
         patch_dim = 3 * 2 * 14 * 14
         batch["pixel_values"] = rng.standard_normal((args.batch * side * side, patch_dim)).astype(np.float32)
@@ -139,12 +171,20 @@ def rollout_batch(args, cfg):
 def _time_hf(model, batch, args):
     import torch
 
-    kw = {k: torch.as_tensor(v, dtype=torch.long) for k, v in batch.items()
-          if k in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw")}
+    kw = {
+        k: torch.as_tensor(v, dtype=torch.long)
+        for k, v in batch.items()
+        if k in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw")
+    }
     if "pixel_values" in batch:
         kw["pixel_values"] = torch.as_tensor(batch["pixel_values"]).to(next(model.parameters()).dtype)
-    gen = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=0,
-               use_cache=True)
+    gen = dict(
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        eos_token_id=None,
+        pad_token_id=0,
+        use_cache=True,
+    )
     if args.temperature > 0:
         gen.update(do_sample=True, temperature=args.temperature, top_k=0, top_p=1.0)
     else:
@@ -185,21 +225,36 @@ def _time_ours(model, batch, args):
         # ... and its two stages
         buf = engine.bucket_length(args.new_tokens)
         t0 = time.perf_counter()
-        cache, logits, deltas, first_slot = engine.prefill(split, batch, layout=model.image_layout,
-                                                           cache_len_extra=buf)
+        cache, logits, deltas, first_slot = engine.prefill(split, batch, layout=model.image_layout, cache_len_extra=buf)
         jax.block_until_ready((cache, logits))
         t1 = time.perf_counter()
-        out = engine.decode(split, cache, logits, deltas, first_slot=first_slot, max_new_tokens=args.new_tokens,
-                            buf_len=buf, temperature=args.temperature, top_p=1.0, top_k=0, eos_token_id=None,
-                            rng=jax.random.key(i + 1))
+        out = engine.decode(
+            split,
+            cache,
+            logits,
+            deltas,
+            first_slot=first_slot,
+            max_new_tokens=args.new_tokens,
+            buf_len=buf,
+            temperature=args.temperature,
+            top_p=1.0,
+            top_k=0,
+            eos_token_id=None,
+            rng=jax.random.key(i + 1),
+        )
         jax.block_until_ready(out)
         t2 = time.perf_counter()
         prefills.append(t1 - t0)
         decodes.append(t2 - t1)
         _log(f"ours #{i}: total {totals[-1]:.2f}s (prefill {prefills[-1]:.3f}s, decode {decodes[-1]:.2f}s)")
     assert int(out.lengths.min()) == args.new_tokens
-    return dict(total=min(totals), first=first, prefill=min(prefills), decode=min(decodes),
-                cache_bytes=sum(a.size * a.dtype.itemsize for a in jax.tree.leaves((cache["k"], cache["v"]))))
+    return dict(
+        total=min(totals),
+        first=first,
+        prefill=min(prefills),
+        decode=min(decodes),
+        cache_bytes=sum(a.size * a.dtype.itemsize for a in jax.tree.leaves((cache["k"], cache["v"]))),
+    )
 
 
 def bench_rollout(args) -> dict:
@@ -213,18 +268,31 @@ def bench_rollout(args) -> dict:
     on_cpu = device.platform == "cpu"
     cfg = rollout_hf_config(args)
     batch = rollout_batch(args, cfg)
-    res = {"bench": "rollout", "device": device.device_kind, "platform": device.platform,
-           "cpu_threads": threads, "batch": args.batch, "prompt_text_tokens": args.prompt_tokens,
-           "image_size": args.image_size, "prompt_len": int(batch["input_ids"].shape[1]),
-           "new_tokens": args.new_tokens, "temperature": args.temperature, "dtype": args.dtype,
-           "layers": args.layers, "scan_layers": args.scan_layers, "scan_vision": args.scan_vision,
-           "load_avg_1min_start": os.getloadavg()[0]}
+    res = {
+        "bench": "rollout",
+        "device": device.device_kind,
+        "platform": device.platform,
+        "cpu_threads": threads,
+        "batch": args.batch,
+        "prompt_text_tokens": args.prompt_tokens,
+        "image_size": args.image_size,
+        "prompt_len": int(batch["input_ids"].shape[1]),
+        "new_tokens": args.new_tokens,
+        "temperature": args.temperature,
+        "dtype": args.dtype,
+        "layers": args.layers,
+        "scan_layers": args.scan_layers,
+        "scan_vision": args.scan_vision,
+        "load_avg_1min_start": os.getloadavg()[0],
+    }
 
     try:
         import torch
     except ImportError:
-        raise SystemExit("bench rollout times transformers' PyTorch generate beside ours and needs torch, "
-                         "which the package does not install: pip install -e '.[test]' (pins a CPU build)") from None
+        raise SystemExit(
+            "bench rollout times transformers' PyTorch generate beside ours and needs torch, "
+            "which the package does not install: pip install -e '.[test]' (pins a CPU build)"
+        ) from None
     import transformers
 
     torch.set_num_threads(threads)
@@ -236,30 +304,43 @@ def bench_rollout(args) -> dict:
     _log(f"model: {n_params / 1e6:.1f}M params ({n_text / 1e6:.1f}M text), prompt len {res['prompt_len']}")
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
-        model = load_pretrained(d, dtype=getattr(jnp, args.dtype), scan_layers=args.scan_layers,
-                                scan_vision=args.scan_vision)
+        model = load_pretrained(
+            d, dtype=getattr(jnp, args.dtype), scan_layers=args.scan_layers, scan_vision=args.scan_vision
+        )
     if args.dtype == "bfloat16":  # the same dtype on both sides
         hf = hf.to(torch.bfloat16)
 
     ours = _time_ours(model, batch, args)
     n_tok = args.batch * args.new_tokens
-    res.update(ours_tokens_per_s=n_tok / ours["total"], ours_seconds=ours["total"],
-               ours_compile_s=max(ours["first"] - ours["total"], 0.0), ours_prefill_s=ours["prefill"],
-               ours_decode_s=ours["decode"], ours_decode_tokens_per_s=args.batch * (args.new_tokens - 1) / ours["decode"],
-               ours_step_ms=1e3 * ours["decode"] / max(args.new_tokens - 1, 1))
+    res.update(
+        ours_tokens_per_s=n_tok / ours["total"],
+        ours_seconds=ours["total"],
+        ours_compile_s=max(ours["first"] - ours["total"], 0.0),
+        ours_prefill_s=ours["prefill"],
+        ours_decode_s=ours["decode"],
+        ours_decode_tokens_per_s=args.batch * (args.new_tokens - 1) / ours["decode"],
+        ours_step_ms=1e3 * ours["decode"] / max(args.new_tokens - 1, 1),
+    )
     if not on_cpu:
         itemsize = jnp.dtype(args.dtype).itemsize
-        param_bytes = n_text * itemsize      # decoder + (tied) LM head; the vision tower is not read in decode
+        param_bytes = n_text * itemsize  # decoder + (tied) LM head; the vision tower is not read in decode
         step_bytes = param_bytes + ours["cache_bytes"]
         bw = args.peak_bandwidth or peak_bandwidth(device.device_kind)
-        res.update(step_bytes=step_bytes, peak_bandwidth=bw,
-                   roofline_fraction=(step_bytes / (ours["decode"] / max(args.new_tokens - 1, 1)) / bw) if bw else None)
+        res.update(
+            step_bytes=step_bytes,
+            peak_bandwidth=bw,
+            roofline_fraction=(step_bytes / (ours["decode"] / max(args.new_tokens - 1, 1)) / bw) if bw else None,
+        )
     if not on_cpu and not args.hf_on_cpu:
         res["hf"] = "skipped: the torch build is CPU-only; pass --hf-on-cpu to time it anyway"
     elif not args.skip_hf:
         hf_t, hf_first = _time_hf(hf, batch, args)
-        res.update(hf_tokens_per_s=n_tok / hf_t, hf_seconds=hf_t, hf_first_call_s=hf_first,
-                   speedup=(n_tok / ours["total"]) / (n_tok / hf_t))
+        res.update(
+            hf_tokens_per_s=n_tok / hf_t,
+            hf_seconds=hf_t,
+            hf_first_call_s=hf_first,
+            speedup=(n_tok / ours["total"]) / (n_tok / hf_t),
+        )
     res["load_avg_1min_end"] = os.getloadavg()[0]
     return res
 
@@ -280,8 +361,12 @@ def _add_rollout(sub):
     p.add_argument("--vision-layers", type=int, default=4)
     p.add_argument("--vision-hidden", type=int, default=256)
     p.add_argument("--vision-heads", type=int, default=4)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="compute dtype of both models (ours: weights and KV cache; transformers: .to(dtype))")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="compute dtype of both models (ours: weights and KV cache; transformers: .to(dtype))",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed calls of ours (best is reported)")
     p.add_argument("--hf-repeats", type=int, default=2, help="timed calls of transformers after a warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs XLA uses)")
@@ -297,15 +382,36 @@ def vision_hf_config(args) -> dict:
     """A Qwen2-VL config whose vision tower has the given shape (Qwen2-VL-2B's: embed 1280, 16
     heads, MLP ratio 4) and a one-layer text model (not run)."""
     return dict(
-        model_type="qwen2_vl", image_token_id=251, video_token_id=252, vision_start_token_id=253,
+        model_type="qwen2_vl",
+        image_token_id=251,
+        video_token_id=252,
+        vision_start_token_id=253,
         vision_end_token_id=254,
-        text_config=dict(vocab_size=256, hidden_size=args.out_hidden, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, rms_norm_eps=1e-6,
-                         max_position_embeddings=1024, eos_token_id=2, pad_token_id=0,
-                         rope_parameters=dict(rope_type="default", mrope_section=[4, 6, 6], rope_theta=1e6)),
-        vision_config=dict(depth=args.depth, embed_dim=args.embed, hidden_size=args.out_hidden,
-                           num_heads=args.heads, mlp_ratio=4, patch_size=14, spatial_merge_size=2,
-                           temporal_patch_size=2, in_channels=3))
+        text_config=dict(
+            vocab_size=256,
+            hidden_size=args.out_hidden,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=1024,
+            eos_token_id=2,
+            pad_token_id=0,
+            rope_parameters=dict(rope_type="default", mrope_section=[4, 6, 6], rope_theta=1e6),
+        ),
+        vision_config=dict(
+            depth=args.depth,
+            embed_dim=args.embed,
+            hidden_size=args.out_hidden,
+            num_heads=args.heads,
+            mlp_ratio=4,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+        ),
+    )
 
 
 def bench_vision(args) -> dict:
@@ -323,27 +429,48 @@ def bench_vision(args) -> dict:
 
     from grlhfv_jax import models, sharding
 
-    side = int(round(args.patches ** 0.5))
+    side = int(round(args.patches**0.5))
     if side * side != args.patches or side % 2:
         raise SystemExit(f"--patches {args.patches}: expected the square of an even number (e.g. 1024 = 32 x 32)")
     n = args.images * args.patches
     dtype = getattr(jnp, args.dtype)
     grid = np.tile([[1, side, side]], (args.images, 1)).astype(np.int32)
     pv = jax.ShapeDtypeStruct((n, 3 * 2 * 14 * 14), dtype)
-    out = dict(images=args.images, patches_per_image=args.patches, depth=args.depth, embed=args.embed,
-               heads=args.heads, dtype=args.dtype, backward=args.backward, remat=args.remat, chunk=args.chunk,
-               scan_vision=args.scan_vision, platform=jax.devices()[0].platform, jax=jax.__version__, devices=args.devices)
+    out = dict(
+        images=args.images,
+        patches_per_image=args.patches,
+        depth=args.depth,
+        embed=args.embed,
+        heads=args.heads,
+        dtype=args.dtype,
+        backward=args.backward,
+        remat=args.remat,
+        chunk=args.chunk,
+        scan_vision=args.scan_vision,
+        platform=jax.devices()[0].platform,
+        jax=jax.__version__,
+        devices=args.devices,
+    )
     mesh = sharding.make_mesh((1, args.devices, 1)) if args.devices > 1 else None
     variants = [("dense", 0, 0)] if not args.skip_dense else []
-    variants += [("per_frame", args.patches, 0)] + ([("per_frame_chunked", args.patches, args.chunk)] if args.chunk else [])
+    variants += [("per_frame", args.patches, 0)] + (
+        [("per_frame_chunked", args.patches, args.chunk)] if args.chunk else []
+    )
     for name, block, chunk in variants:
-        abstract = nnx.eval_shape(lambda b=block, c=chunk: models.from_config(
-            vision_hf_config(args), dtype=dtype, vision_block=b, vision_chunk=c, remat=args.remat,
-            scan_vision=args.scan_vision))
+        abstract = nnx.eval_shape(
+            lambda b=block, c=chunk: models.from_config(
+                vision_hf_config(args),
+                dtype=dtype,
+                vision_block=b,
+                vision_chunk=c,
+                remat=args.remat,
+                scan_vision=args.scan_vision,
+            )
+        )
         sharding.set_activation_mesh(abstract, mesh)
         graphdef, state = nnx.split(abstract)
         shardings = None
-        if mesh is not None:   # parameters as a run places them; images replicated
+        if mesh is not None:  # parameters as a run places them; images replicated
             rep_ = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
             shardings = (sharding.model_shardings(abstract, mesh), rep_, rep_)
 
@@ -355,16 +482,28 @@ def bench_vision(args) -> dict:
 
         _log(f"[vision] compiling {name} ({n} patches)")
         t0 = time.perf_counter()
-        compiled = jax.jit(encode, in_shardings=shardings).lower(
-            state, pv, jax.ShapeDtypeStruct(grid.shape, jnp.int32)).compile()
+        compiled = (
+            jax.jit(encode, in_shardings=shardings)
+            .lower(state, pv, jax.ShapeDtypeStruct(grid.shape, jnp.int32))
+            .compile()
+        )
         out[f"{name}_compile_s"] = time.perf_counter() - t0
         mem = compiled.memory_analysis()
         out[f"{name}_temp_bytes"] = int(mem.temp_size_in_bytes)
-        _log(f"[vision] {name}: temp {mem.temp_size_in_bytes / 1e9:.2f} GB, compiled in {out[f'{name}_compile_s']:.1f} s")
+        _log(
+            f"[vision] {name}: temp {mem.temp_size_in_bytes / 1e9:.2f} GB, compiled in {out[f'{name}_compile_s']:.1f} s"
+        )
         if args.time and block and mesh is None:
-            real = nnx.split(models.from_config(vision_hf_config(args), dtype=dtype, vision_block=block,
-                                                vision_chunk=chunk, remat=args.remat,
-                                                scan_vision=args.scan_vision))[1]
+            real = nnx.split(
+                models.from_config(
+                    vision_hf_config(args),
+                    dtype=dtype,
+                    vision_block=block,
+                    vision_chunk=chunk,
+                    remat=args.remat,
+                    scan_vision=args.scan_vision,
+                )
+            )[1]
             x = jnp.asarray(np.random.default_rng(0).standard_normal(pv.shape), dtype)
             jax.block_until_ready(compiled(real, x, grid))
             t = time.perf_counter()
@@ -375,7 +514,8 @@ def bench_vision(args) -> dict:
         out["temp_ratio_dense_over_per_frame"] = out["dense_temp_bytes"] / max(out["per_frame_temp_bytes"], 1)
     if args.chunk:
         out["temp_ratio_per_frame_over_chunked"] = out["per_frame_temp_bytes"] / max(
-            out["per_frame_chunked_temp_bytes"], 1)
+            out["per_frame_chunked_temp_bytes"], 1
+        )
     return out
 
 
@@ -394,8 +534,12 @@ def _add_vision(sub):
     p.add_argument("--chunk", type=int, default=0, help="also per frame in pieces of this many query patches")
     p.add_argument("--scan-vision", action="store_true", help="the blocks stacked and run by a scan (compile one)")
     p.add_argument("--skip-dense", action="store_true", help="leave out dense attention (its memory is quadratic)")
-    p.add_argument("--devices", type=int, default=1, help="> 1: on a mesh of this many devices (fake CPU ones "
-                   "here); memory per device")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="> 1: on a mesh of this many devices (fake CPU ones here); memory per device",
+    )
     return p
 
 
@@ -433,12 +577,22 @@ def bench_grpo(args) -> dict:
     jb = {k: jnp.asarray(v) for k, v in b.items()}
     ref_keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start")
     dtype = getattr(jnp, args.dtype)
-    out = dict(prompts=P, group=G, prompt_tokens=Tp, new_tokens=R, rows=P * G, platform=jax.devices()[0].platform,
-               threads=cpu_threads())
+    out = dict(
+        prompts=P,
+        group=G,
+        prompt_tokens=Tp,
+        new_tokens=R,
+        rows=P * G,
+        platform=jax.devices()[0].platform,
+        threads=cpu_threads(),
+    )
     for g in (1, G):
         ref = models.from_config(cfg.to_dict(), rngs=nnx.Rngs(0), dtype=dtype)
-        state = steps.TrainState(models.from_config(cfg.to_dict(), rngs=nnx.Rngs(0), dtype=dtype),
-                                 optax.sgd(1e-6), frozen_vision=args.frozen_vision)
+        state = steps.TrainState(
+            models.from_config(cfg.to_dict(), rngs=nnx.Rngs(0), dtype=dtype),
+            optax.sgd(1e-6),
+            frozen_vision=args.frozen_vision,
+        )
         gcfg = steps.GRPOConfig(num_micro_batches=args.micro_batches)
 
         def one_call(state):
@@ -459,20 +613,23 @@ def bench_grpo(args) -> dict:
         out[f"group{g}_step_temp_bytes"] = int(lowered.compile().memory_analysis().temp_size_in_bytes)
         _log(f"[grpo] group {g}: {out[f'group{g}_s']:.3f} s per mini-batch")
     out["speedup"] = out["group1_s"] / out[f"group{G}_s"]
-    if args.micro_batches > 1 and "pixel_values" in b:   # the step's images split by micro-batch (group G)
+    if args.micro_batches > 1 and "pixel_values" in b:  # the step's images split by micro-batch (group G)
         from grlhfv_jax.trainers import loop
+
         split = {k: jnp.asarray(v) for k, v in loop.micro_batch_images(state.model, b, args.micro_batches, G).items()}
-        for name, bb in (("whole_images_step_s", jb), ("split_images_step_s", split)):   # the step alone
+        for name, bb in (("whole_images_step_s", jb), ("split_images_step_s", split)):  # the step alone
             times = []
-            for _ in range(args.repeats + 1):   # the first call may compile
+            for _ in range(args.repeats + 1):  # the first call may compile
                 t0 = time.perf_counter()
                 jax.block_until_ready(steps.grpo_step(state, bb, gcfg, window=R, group=G)[1]["loss"])
                 times.append(time.perf_counter() - t0)
             out[name] = min(times[1:])
         lowered = steps.grpo_step.lower(state, split, gcfg, window=R, group=G)
         out["split_images_step_temp_bytes"] = int(lowered.compile().memory_analysis().temp_size_in_bytes)
-        _log(f"[grpo] step alone: {out['whole_images_step_s']:.3f} s, images split by micro-batch: "
-             f"{out['split_images_step_s']:.3f} s")
+        _log(
+            f"[grpo] step alone: {out['whole_images_step_s']:.3f} s, images split by micro-batch: "
+            f"{out['split_images_step_s']:.3f} s"
+        )
     return out
 
 
@@ -504,7 +661,7 @@ def _add_grpo(sub):
 # Peak dense matmul FLOP/s (bf16, no sparsity) by jax `device_kind` prefix (vendor data sheets).
 PEAK_FLOPS = {
     "NVIDIA H200": 989e12,
-    "NVIDIA H100": 989e12,       # SXM; the PCIe card is lower
+    "NVIDIA H100": 989e12,  # SXM; the PCIe card is lower
     "NVIDIA A100": 312e12,
     "TPU v4": 275e12,
     "TPU v5 lite": 197e12,
@@ -520,17 +677,39 @@ def train_hf_config(args):
     """A Qwen2-VL config: Qwen2-VL-2B's shape at the defaults (`--tiny`: a few-million-parameter one)."""
     import transformers
 
-    text = dict(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                max_position_embeddings=32768, rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                rope_parameters={"rope_type": "default", "mrope_section": _mrope(args.hidden // args.heads),
-                                 "rope_theta": 1e6})
-    vision = dict(depth=args.vision_layers, embed_dim=args.vision_hidden, hidden_size=args.hidden,
-                  num_heads=args.vision_heads, mlp_ratio=4, patch_size=14, spatial_merge_size=2,
-                  temporal_patch_size=2)
-    return transformers.Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=args.vocab - 4,
-                                      video_token_id=args.vocab - 3, vision_start_token_id=args.vocab - 2,
-                                      vision_end_token_id=args.vocab - 1, tie_word_embeddings=args.tied)
+    text = dict(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        rope_parameters={"rope_type": "default", "mrope_section": _mrope(args.hidden // args.heads), "rope_theta": 1e6},
+    )
+    vision = dict(
+        depth=args.vision_layers,
+        embed_dim=args.vision_hidden,
+        hidden_size=args.hidden,
+        num_heads=args.vision_heads,
+        mlp_ratio=4,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    return transformers.Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=args.vocab - 4,
+        video_token_id=args.vocab - 3,
+        vision_start_token_id=args.vocab - 2,
+        vision_end_token_id=args.vocab - 1,
+        tie_word_embeddings=args.tied,
+    )
 
 
 def _mrope(head_dim: int) -> list[int]:
@@ -539,8 +718,23 @@ def _mrope(head_dim: int) -> list[int]:
     return [t, (half - t) // 2, half - t - (half - t) // 2]
 
 
-TINY_TRAIN = dict(rows=4, tokens=64, new_tokens=16, image_size=56, vocab=2048, hidden=64, intermediate=128, layers=2,
-                  heads=4, kv_heads=2, vision_layers=1, vision_hidden=32, vision_heads=2, micro_batches=2, repeats=2)
+TINY_TRAIN = dict(
+    rows=4,
+    tokens=64,
+    new_tokens=16,
+    image_size=56,
+    vocab=2048,
+    hidden=64,
+    intermediate=128,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    vision_layers=1,
+    vision_hidden=32,
+    vision_heads=2,
+    micro_batches=2,
+    repeats=2,
+)
 
 
 def bench_train(args) -> dict:
@@ -559,7 +753,7 @@ def bench_train(args) -> dict:
     from grlhfv_jax import models
     from grlhfv_jax.trainers import steps
 
-    if args.tiny:   # the tiny sizes, except those given on the command line
+    if args.tiny:  # the tiny sizes, except those given on the command line
         defaults = vars(_add_train(argparse.ArgumentParser().add_subparsers()).parse_args([]))
         for k, v in TINY_TRAIN.items():
             if getattr(args, k) == defaults[k]:
@@ -574,35 +768,73 @@ def bench_train(args) -> dict:
     rng = np.random.default_rng(0)
     ids = rng.integers(3, args.vocab - 8, (B, T)).astype(np.int32)
     if n_img:
-        ids[:, 0], ids[:, 1:1 + n_img], ids[:, 1 + n_img] = cfg.vision_start_token_id, cfg.image_token_id, \
-            cfg.vision_end_token_id
+        ids[:, 0], ids[:, 1 : 1 + n_img], ids[:, 1 + n_img] = (
+            cfg.vision_start_token_id,
+            cfg.image_token_id,
+            cfg.vision_end_token_id,
+        )
     mask = np.zeros((B, T), np.float32)
-    mask[:, T - R:] = 1.0
-    batch = dict(input_ids=ids, attention_mask=np.ones((B, T), np.int32), response_mask=mask,
-                 old_logp=-3.0 * mask, ref_logp=-3.0 * mask, advantages=rng.normal(size=B).astype(np.float32),
-                 window_start=np.full(B, T - R, np.int32))
+    mask[:, T - R :] = 1.0
+    batch = dict(
+        input_ids=ids,
+        attention_mask=np.ones((B, T), np.int32),
+        response_mask=mask,
+        old_logp=-3.0 * mask,
+        ref_logp=-3.0 * mask,
+        advantages=rng.normal(size=B).astype(np.float32),
+        window_start=np.full(B, T - R, np.int32),
+    )
     if n_img:
         batch["pixel_values"] = rng.standard_normal((B * side * side, 3 * 2 * 14 * 14)).astype(np.float32)
         batch["image_grid_thw"] = np.asarray([(1, side, side)] * B, np.int32)
-    rt = dict(dtype=getattr(jnp, args.dtype), param_dtype=getattr(jnp, args.param_dtype), remat=args.remat,
-              remat_policy=args.remat_policy, logits_chunk=args.logits_chunk, vision_block=side * side,
-              vision_chunk=args.vision_chunk, scan_layers=args.scan_layers, scan_vision=args.scan_vision)
+    rt = dict(
+        dtype=getattr(jnp, args.dtype),
+        param_dtype=getattr(jnp, args.param_dtype),
+        remat=args.remat,
+        remat_policy=args.remat_policy,
+        logits_chunk=args.logits_chunk,
+        vision_block=side * side,
+        vision_chunk=args.vision_chunk,
+        scan_layers=args.scan_layers,
+        scan_vision=args.scan_vision,
+    )
     gcfg = steps.GRPOConfig(num_micro_batches=args.micro_batches)
-    make = lambda: steps.TrainState(models.from_config(cfg.to_dict(), rngs=nnx.Rngs(0), **rt),  # noqa: E731
-                                    optax.adamw(1e-6), frozen_vision=args.frozen_vision)
+    make = lambda: steps.TrainState(
+        models.from_config(cfg.to_dict(), rngs=nnx.Rngs(0), **rt),  # noqa: E731
+        optax.adamw(1e-6),
+        frozen_vision=args.frozen_vision,
+    )
     abstract = nnx.eval_shape(make)
-    if args.split_images and n_img:   # each micro-batch's tower over its own images (as the trainers pass them)
+    if args.split_images and n_img:  # each micro-batch's tower over its own images (as the trainers pass them)
         from grlhfv_jax.trainers import loop
+
         batch = loop.micro_batch_images(abstract.model, batch, args.micro_batches)
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract.model, nnx.Param)))
     dev = jax.devices()[0]
-    out = dict(rows=B, tokens=T, new_tokens=R, image_tokens=n_img, params=params, micro_batches=args.micro_batches,
-               dtype=args.dtype, param_dtype=args.param_dtype, remat=args.remat,
-               remat_policy=args.remat_policy if args.remat else None, logits_chunk=args.logits_chunk,
-               vision_chunk=args.vision_chunk, scan_layers=args.scan_layers, scan_vision=args.scan_vision,
-               split_images=args.split_images,
-               frozen_vision=args.frozen_vision, vocab=args.vocab, layers=args.layers, platform=dev.platform, device_kind=dev.device_kind,
-               jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
+    out = dict(
+        rows=B,
+        tokens=T,
+        new_tokens=R,
+        image_tokens=n_img,
+        params=params,
+        micro_batches=args.micro_batches,
+        dtype=args.dtype,
+        param_dtype=args.param_dtype,
+        remat=args.remat,
+        remat_policy=args.remat_policy if args.remat else None,
+        logits_chunk=args.logits_chunk,
+        vision_chunk=args.vision_chunk,
+        scan_layers=args.scan_layers,
+        scan_vision=args.scan_vision,
+        split_images=args.split_images,
+        frozen_vision=args.frozen_vision,
+        vocab=args.vocab,
+        layers=args.layers,
+        platform=dev.platform,
+        device_kind=dev.device_kind,
+        jax=jax.__version__,
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+    )
     t0 = time.perf_counter()
     spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
     compiled = steps.grpo_step.lower(abstract, spec, gcfg, window=R).compile()
@@ -610,13 +842,15 @@ def bench_train(args) -> dict:
     mem = compiled.memory_analysis()
     out["temp_bytes"] = int(mem.temp_size_in_bytes)
     out["argument_bytes"] = int(mem.argument_size_in_bytes)
-    _log(f"[train] compiled in {out['compile_s']:.1f} s: temp {out['temp_bytes'] / 1e9:.3f} GB, arguments "
-         f"{out['argument_bytes'] / 1e9:.3f} GB")
+    _log(
+        f"[train] compiled in {out['compile_s']:.1f} s: temp {out['temp_bytes'] / 1e9:.3f} GB, arguments "
+        f"{out['argument_bytes'] / 1e9:.3f} GB"
+    )
     if args.memory_only:
         return out
     state = make()
     jb = {k: jnp.asarray(v) for k, v in batch.items()}
-    steps.grpo_step(state, jb, gcfg, window=R)[1]["loss"].block_until_ready()   # compile (cached) + one step
+    steps.grpo_step(state, jb, gcfg, window=R)[1]["loss"].block_until_ready()  # compile (cached) + one step
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -625,8 +859,9 @@ def bench_train(args) -> dict:
         times.append(time.perf_counter() - t0)
     out["step_s"] = min(times)
     out["tokens_per_s"] = B * T / out["step_s"]
-    peak = next((v for k, v in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0]))
-                 if dev.device_kind.startswith(k)), None)
+    peak = next(
+        (v for k, v in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])) if dev.device_kind.startswith(k)), None
+    )
     out["mfu"] = None if peak is None else 6 * params * B * T / out["step_s"] / peak
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
     out["peak_bytes_in_use"] = None if not stats else stats.get("peak_bytes_in_use")
@@ -636,8 +871,17 @@ def bench_train(args) -> dict:
 
 def _add_2b_shape(p):
     """Model-shape options, Qwen2-VL-2B's by default (`train_hf_config`)."""
-    for name, value in (("vocab", 151936), ("hidden", 1536), ("intermediate", 8960), ("layers", 28), ("heads", 12),
-                        ("kv-heads", 2), ("vision-layers", 32), ("vision-hidden", 1280), ("vision-heads", 16)):
+    for name, value in (
+        ("vocab", 151936),
+        ("hidden", 1536),
+        ("intermediate", 8960),
+        ("layers", 28),
+        ("heads", 12),
+        ("kv-heads", 2),
+        ("vision-layers", 32),
+        ("vision-hidden", 1280),
+        ("vision-heads", 16),
+    ):
         p.add_argument(f"--{name}", type=int, default=value)
 
 
@@ -654,15 +898,28 @@ def _add_train(sub):
     p.add_argument("--remat-policy", default="nothing", help="with --remat: nothing, dots, dots_all")
     p.add_argument("--logits-chunk", type=int, default=0, help="LM-head columns per piece (0: all at once)")
     p.add_argument("--frozen-vision", action="store_true")
-    p.add_argument("--scan-layers", action="store_true",
-                   help="decoder layers stacked and run by a scan (compile one layer, not --layers)")
-    p.add_argument("--scan-vision", action="store_true",
-                   help="vision blocks stacked and run by a scan (compile one block, not --vision-layers)")
-    p.add_argument("--vision-chunk", type=int, default=0,
-                   help="query patches per vision attention piece, whole images here (0: all at once)")
-    p.add_argument("--split-images", action="store_true",
-                   help="the images split by micro-batch (trainers.loop.micro_batch_images): each micro-batch's "
-                        "tower over its own images, as the trainers run it (default: all at once)")
+    p.add_argument(
+        "--scan-layers",
+        action="store_true",
+        help="decoder layers stacked and run by a scan (compile one layer, not --layers)",
+    )
+    p.add_argument(
+        "--scan-vision",
+        action="store_true",
+        help="vision blocks stacked and run by a scan (compile one block, not --vision-layers)",
+    )
+    p.add_argument(
+        "--vision-chunk",
+        type=int,
+        default=0,
+        help="query patches per vision attention piece, whole images here (0: all at once)",
+    )
+    p.add_argument(
+        "--split-images",
+        action="store_true",
+        help="the images split by micro-batch (trainers.loop.micro_batch_images): each micro-batch's "
+        "tower over its own images, as the trainers run it (default: all at once)",
+    )
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--tied", action="store_true", help="tie the LM head to the embedding (Qwen2-VL-2B: tied)")
@@ -673,9 +930,23 @@ def _add_train(sub):
 
 # ------------------------------------------------------------------------------------ judge
 
-TINY_JUDGE = dict(prompts=2, question_tokens=8, answer_tokens=6, new_tokens=8, image_size=56, vocab=512, hidden=64,
-                  intermediate=128, layers=2, heads=4, kv_heads=2, vision_layers=1, vision_hidden=32,
-                  vision_heads=2, repeats=1)
+TINY_JUDGE = dict(
+    prompts=2,
+    question_tokens=8,
+    answer_tokens=6,
+    new_tokens=8,
+    image_size=56,
+    vocab=512,
+    hidden=64,
+    intermediate=128,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    vision_layers=1,
+    vision_hidden=32,
+    vision_heads=2,
+    repeats=1,
+)
 
 
 def bench_judge(args) -> dict:
@@ -692,7 +963,7 @@ def bench_judge(args) -> dict:
     from grlhfv_jax import models
     from grlhfv_jax.rollout import engine, judge
 
-    if args.tiny:   # the tiny sizes, except those given on the command line
+    if args.tiny:  # the tiny sizes, except those given on the command line
         defaults = vars(_add_judge(argparse.ArgumentParser().add_subparsers()).parse_args([]))
         for k, v in TINY_JUDGE.items():
             if getattr(args, k) == defaults[k]:
@@ -705,8 +976,13 @@ def bench_judge(args) -> dict:
     side -= side % 2
     n_img = side * side // 4
     P = args.prompts
-    prefixes = [[cfg.vision_start_token_id] + [cfg.image_token_id] * n_img + [cfg.vision_end_token_id]
-                + rng.integers(3, args.vocab - 8, args.question_tokens).tolist() for _ in range(P)]
+    prefixes = [
+        [cfg.vision_start_token_id]
+        + [cfg.image_token_id] * n_img
+        + [cfg.vision_end_token_id]
+        + rng.integers(3, args.vocab - 8, args.question_tokens).tolist()
+        for _ in range(P)
+    ]
     pixels = [rng.standard_normal((side * side, 3 * 2 * 14 * 14)).astype(np.float32) for _ in range(P)]
     sep, tail = rng.integers(3, args.vocab - 8, 3).tolist(), rng.integers(3, args.vocab - 8, 5).tolist()
 
@@ -714,9 +990,13 @@ def bench_judge(args) -> dict:
         T = max(len(r) for r in rows)
         ids, mask = np.zeros((len(rows), T), np.int32), np.zeros((len(rows), T), np.int32)
         for b, r in enumerate(rows):
-            ids[b, T - len(r):], mask[b, T - len(r):] = r, 1
-        return dict(input_ids=ids, attention_mask=mask, pixel_values=np.concatenate(images),
-                    image_grid_thw=np.asarray([(1, side, side)] * len(images), np.int32))
+            ids[b, T - len(r) :], mask[b, T - len(r) :] = r, 1
+        return dict(
+            input_ids=ids,
+            attention_mask=mask,
+            pixel_values=np.concatenate(images),
+            image_grid_thw=np.asarray([(1, side, side)] * len(images), np.int32),
+        )
 
     def best(fn):
         jax.block_until_ready(fn().tokens)
@@ -729,23 +1009,37 @@ def bench_judge(args) -> dict:
         return min(times), out
 
     dev = jax.devices()[0]
-    out = dict(prompts=P, image_tokens=n_img, new_tokens=args.new_tokens, platform=dev.platform,
-               device_kind=dev.device_kind, dtype=args.dtype, layers=args.layers, vocab=args.vocab)
+    out = dict(
+        prompts=P,
+        image_tokens=n_img,
+        new_tokens=args.new_tokens,
+        platform=dev.platform,
+        device_kind=dev.device_kind,
+        dtype=args.dtype,
+        layers=args.layers,
+        vocab=args.vocab,
+    )
     for n in args.ns:
         answers = [[rng.integers(3, args.vocab - 8, args.answer_tokens).tolist() for _ in range(n)] for _ in range(P)]
         pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
         suffixes = [[a[i] + sep + a[j] + tail for i, j in pairs] for a in answers]
         kw = dict(max_new_tokens=args.new_tokens, temperature=0.0, model_split=split)
         shared_s, shared = best(lambda: judge.judge_generate(model, left_padded(prefixes, pixels), suffixes, **kw))
-        full = left_padded([prefixes[p] + s for p in range(P) for s in suffixes[p]],
-                           [pixels[p] for p in range(P) for _ in pairs])
+        full = left_padded(
+            [prefixes[p] + s for p in range(P) for s in suffixes[p]], [pixels[p] for p in range(P) for _ in pairs]
+        )
         sep_s, alone = best(lambda: engine.generate(model, full, **kw))
         rows = P * len(pairs)
-        out[f"n{n}"] = dict(pairs=rows, shared_s=shared_s, separate_s=sep_s, speedup=sep_s / shared_s,
-                            shared_pairs_per_s=rows / shared_s, separate_pairs_per_s=rows / sep_s,
-                            same_tokens=bool(np.array_equal(np.asarray(shared.tokens), np.asarray(alone.tokens))),
-                            max_logprob_diff=float(np.max(np.abs(np.asarray(shared.logprobs)
-                                                                 - np.asarray(alone.logprobs)))))
+        out[f"n{n}"] = dict(
+            pairs=rows,
+            shared_s=shared_s,
+            separate_s=sep_s,
+            speedup=sep_s / shared_s,
+            shared_pairs_per_s=rows / shared_s,
+            separate_pairs_per_s=rows / sep_s,
+            same_tokens=bool(np.array_equal(np.asarray(shared.tokens), np.asarray(alone.tokens))),
+            max_logprob_diff=float(np.max(np.abs(np.asarray(shared.logprobs) - np.asarray(alone.logprobs)))),
+        )
         _log(f"[judge] n={n}: {rows} pairs, shared {shared_s:.3f} s, separate {sep_s:.3f} s")
     return out
 
@@ -765,9 +1059,13 @@ def _add_judge(sub):
     return p
 
 
-SUBCOMMANDS = {"rollout": (_add_rollout, bench_rollout), "vision": (_add_vision, bench_vision),
-               "grpo": (_add_grpo, bench_grpo), "train": (_add_train, bench_train),
-               "judge": (_add_judge, bench_judge)}
+SUBCOMMANDS = {
+    "rollout": (_add_rollout, bench_rollout),
+    "vision": (_add_vision, bench_vision),
+    "grpo": (_add_grpo, bench_grpo),
+    "train": (_add_train, bench_train),
+    "judge": (_add_judge, bench_judge),
+}
 
 
 # XLA:CPU's default scheduler runs independent work concurrently and so hoists a rematerialised
@@ -783,9 +1081,10 @@ def main(argv=None):
     for add, _ in SUBCOMMANDS.values():
         add(sub)
     args = parser.parse_args(argv)
-    if getattr(args, "devices", 1) > 1 and "jax" not in sys.modules:   # fake CPU devices (no effect on a GPU / TPU)
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count="
-                                   f"{args.devices}").strip()
+    if getattr(args, "devices", 1) > 1 and "jax" not in sys.modules:  # fake CPU devices (no effect on a GPU / TPU)
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
+        ).strip()
     if args.cmd == "train" and "jax" not in sys.modules and CPU_MEMORY_SCHEDULER not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CPU_MEMORY_SCHEDULER).strip()
     res = SUBCOMMANDS[args.cmd][1](args)

@@ -49,8 +49,11 @@ class Checkpointer:
         from etils import epath
 
         from grlhfv_jax import storage
+
         if max_to_keep < 2:
-            raise ValueError(f"max_to_keep={max_to_keep}: keep at least 2 checkpoints (the fallback of a bad newest one)")
+            raise ValueError(
+                f"max_to_keep={max_to_keep}: keep at least 2 checkpoints (the fallback of a bad newest one)"
+            )
         directory = storage.durable(directory)
         self.directory = directory if storage.is_remote(directory) else os.path.abspath(directory)
         # a bucket folder is written by Orbax directly, unless storage.STAGE_CHECKPOINTS_ENV asks for
@@ -64,7 +67,8 @@ class Checkpointer:
             async_save = False
         self._local = where
         options = ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+        )
         self._manager = ocp.CheckpointManager(epath.Path(where), options=options)
 
     def _publish(self, step: int | None = None) -> None:
@@ -72,6 +76,7 @@ class Checkpointer:
         if not self._staged or jax.process_index() != 0:
             return
         from grlhfv_jax import storage
+
         if step is not None:
             self._manager.wait_until_finished()
             storage.push_step(self._local, self.directory, int(step))
@@ -80,23 +85,33 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None = None,
-                      extra: dict[str, Any] | None = None, *, force: bool = True) -> None:
+    def save(
+        self,
+        step: int,
+        model: nnx.Module,
+        optimizer: nnx.Optimizer | None = None,
+        extra: dict[str, Any] | None = None,
+        *,
+        force: bool = True,
+    ) -> None:
         """Starts saving `step`. A failure (e.g. disk full) raises with the directory named."""
         try:
             self._manager.save(
-                    int(step),
-                    args=ocp.args.Composite(
-                            state=ocp.args.StandardSave(_train_state(model, optimizer)),
-                            extra=ocp.args.JsonSave(dict(extra or {}))),
-                    force=force)
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(_train_state(model, optimizer)),
+                    extra=ocp.args.JsonSave(dict(extra or {})),
+                ),
+                force=force,
+            )
             self._publish(step)
         except OSError as e:
-            raise OSError(f"could not write checkpoint step {step} under {self.directory}: {e}. "
-                                        f"The previous checkpoint ({self.latest_step()}) is kept.") from e
+            raise OSError(
+                f"could not write checkpoint step {step} under {self.directory}: {e}. "
+                f"The previous checkpoint ({self.latest_step()}) is kept."
+            ) from e
 
-    def restore_latest(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None
-                                          ) -> tuple[int, dict] | None:
+    def restore_latest(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None) -> tuple[int, dict] | None:
         """Loads the newest finished step into `model` / `optimizer` in place.
 
         Returns (step, extra), or None when there is no checkpoint. Arrays keep the shardings the
@@ -114,21 +129,24 @@ class Checkpointer:
         for step in steps:
             try:
                 restored = self._manager.restore(
-                        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                      extra=ocp.args.JsonRestore()))
+                    step,
+                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()),
+                )
             except Exception as e:  # noqa: BLE001  (orbax / tensorstore raise many kinds)
                 errors.append((step, f"{type(e).__name__}: {str(e)[:300]}"))
                 older = [s for s in steps if s < step]
-                msg = (f"checkpoint step {step} in {self.directory} cannot be restored ({errors[-1][1]}); "
-                       + (f"falling back to step {older[0]}" if older else "no older step is left"))
+                msg = f"checkpoint step {step} in {self.directory} cannot be restored ({errors[-1][1]}); " + (
+                    f"falling back to step {older[0]}" if older else "no older step is left"
+                )
                 log.warning(msg)
                 print(f"WARNING: {msg}", flush=True)
                 continue
             break
         else:
             raise UnrestorableCheckpointError(
-                    f"no checkpoint in {self.directory} can be restored (nothing was deleted): "
-                    + "; ".join(f"step {s}: {e}" for s, e in errors))
+                f"no checkpoint in {self.directory} can be restored (nothing was deleted): "
+                + "; ".join(f"step {s}: {e}" for s, e in errors)
+            )
         for bad, _ in errors:  # newer than the restored step: the run writes these steps again
             self._manager.delete(bad)
         if errors:
@@ -164,14 +182,16 @@ def export_hf(model: nnx.Module, path: str, summary: dict | None = None, codec=N
     `stage_summary.json`; the folder appears complete or not at all (written aside, then renamed),
     so a stage that finds it can skip the work and still report the same figures.
     """
-    if jax.process_count() > 1:   # every host gathers the parameters (a collective); process 0 alone writes
-        from grlhfv_jax import sharding
+    if jax.process_count() > 1:  # every host gathers the parameters (a collective); process 0 alone writes
         from jax.experimental import multihost_utils
+
+        from grlhfv_jax import sharding
+
         graphdef, state = nnx.split(model)
         host_model = nnx.merge(graphdef, sharding.host_values(state))
         if sharding.is_writer():
             _export_files(host_model, path, summary, codec)
-        multihost_utils.sync_global_devices(f"export_hf {path}")   # nobody reads the folder before it is there
+        multihost_utils.sync_global_devices(f"export_hf {path}")  # nobody reads the folder before it is there
         return path
     return _export_files(model, path, summary, codec)
 
@@ -179,11 +199,13 @@ def export_hf(model: nnx.Module, path: str, summary: dict | None = None, codec=N
 def _export_files(model, path: str, summary: dict | None, codec) -> str:
     from grlhfv_jax.metrics import write_json_atomic
     from grlhfv_jax.models import save_pretrained
+
     tmp = path.rstrip("/") + ".tmp"
     if os.path.exists(tmp):  # left by a crash mid-export
         shutil.rmtree(tmp)
     if codec is not None:
         from grlhfv_jax.hf_folder import write_folder
+
         write_folder(model, tmp, codec)
     else:
         save_pretrained(model, tmp)
@@ -197,6 +219,7 @@ def _export_files(model, path: str, summary: dict | None, codec) -> str:
 def exported_summary(path: str) -> dict | None:
     """The summary stored with a finished export at `path`, or None when there is no finished export."""
     import json
+
     if not os.path.isfile(os.path.join(path, "config.json")):
         return None
     found = os.path.join(path, EXPORT_SUMMARY)

@@ -8,7 +8,8 @@ jitted function compiles once per stage.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class Codec:
     prompts: Any = dataclasses.field(default_factory=QwenPrompts)
 
     @classmethod
-    def from_dirs(cls, tokenizer_dir: str, image, grm_template: str | None = None, prompts=None) -> "Codec":
+    def from_dirs(cls, tokenizer_dir: str, image, grm_template: str | None = None, prompts=None) -> Codec:
         """`image`: a validated image section (`config.image`), or a dict of its keys (the entry points
         serve.py, evaluate.py and tests: checked here against config.sections.IMAGE). `prompts`: the
         family's prompt format (default Qwen-VL's; `models.llava.LlavaPrompts(config)` for LLaVA)."""
@@ -47,8 +48,14 @@ class Codec:
         tok = processing.load_tokenizer(tokenizer_dir)
         proc = prompts.image_processor(image)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
-        return cls(tok, proc, int(pad), int(tok.convert_tokens_to_ids(prompts.eos_token)),
-                   grm_template or grm_reward.GRM_TEMPLATE, prompts)
+        return cls(
+            tok,
+            proc,
+            int(pad),
+            int(tok.convert_tokens_to_ids(prompts.eos_token)),
+            grm_template or grm_reward.GRM_TEMPLATE,
+            prompts,
+        )
 
     def special_ids(self) -> dict:
         """The family's hf config ids of the special tokens (`prompts.config_ids`) + eos / pad ids."""
@@ -64,14 +71,15 @@ class Codec:
     def grm_user_text(self, question: str, response_1: str, response_2: str) -> str:
         return grm_reward.build_grm_prompt(question, response_1, response_2, template=self.grm_template)
 
-    def grm_example(self, question: str, image, response_1: str, response_2: str,
-                    judgment: str | None = None) -> dict:
+    def grm_example(self, question: str, image, response_1: str, response_2: str, judgment: str | None = None) -> dict:
         return self.example(self.grm_user_text(question, response_1, response_2), image, judgment)
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
         """Generated token rows -> text, cut at each row's length, special tokens dropped."""
-        return [self.tokenizer.decode([int(t) for t in row[:n] if t != self.eos_id], skip_special_tokens=True)
-                for row, n in zip(np.asarray(tokens), np.asarray(lengths))]
+        return [
+            self.tokenizer.decode([int(t) for t in row[:n] if t != self.eos_id], skip_special_tokens=True)
+            for row, n in zip(np.asarray(tokens), np.asarray(lengths))
+        ]
 
 
 def batch(examples: Sequence[dict], codec: Codec, *, side: str, max_len: int, rows: int | None = None) -> dict:
@@ -84,11 +92,10 @@ def batch(examples: Sequence[dict], codec: Codec, *, side: str, max_len: int, ro
     if len(examples) > rows:
         raise ValueError(f"batch: {len(examples)} examples > {rows} rows")
     fill = rows - len(examples)
-    out = processing.collate(list(examples) + [examples[0]] * fill, pad_id=codec.pad_id, side=side,
-                             max_len=max_len)
+    out = processing.collate(list(examples) + [examples[0]] * fill, pad_id=codec.pad_id, side=side, max_len=max_len)
     valid = np.array([1] * len(examples) + [0] * fill, np.int32)
     if fill:  # fill rows: real tokens (well-defined forward), no loss, ignored outputs
-        out["loss_mask"][len(examples):] = 0
+        out["loss_mask"][len(examples) :] = 0
     out["valid"] = valid
     out.pop("mm_token_type_ids", None)
     return out

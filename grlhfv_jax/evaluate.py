@@ -48,23 +48,25 @@ import time
 
 import ml_collections
 
-from grlhfv_jax.config import ConfigError
+from grlhfv_jax import encoding, roles
+from grlhfv_jax.config import ConfigError, sections, typed_section
 from grlhfv_jax.config import schema as cs
-from grlhfv_jax.config import sections, typed_section
 from grlhfv_jax.config.overrides import parse_value
-from grlhfv_jax import encoding
 from grlhfv_jax.rollout import grm_judge
-from grlhfv_jax import roles
 
 BENCHMARK = {
     "kind": cs.Key("str?", None, "the benchmark's reader (data.benchmarks.ALL; None: the entry's name)"),
-    "path": cs.Key("str", cs.REQUIRED, "its file, folder or glob (files in name order), relative to config.root "
-                                       "unless absolute"),
+    "path": cs.Key(
+        "str", cs.REQUIRED, "its file, folder or glob (files in name order), relative to config.root unless absolute"
+    ),
     "format": cs.Key("str", "auto", "auto (by extension), parquet, jsonl or json"),
     "fields": cs.Key("map", {}, "column overrides: our field -> the dataset's column (the module's FIELDS)"),
     "limit": cs.Key("int?", None, "read at most this many items (None: all)"),
-    "image_root": cs.Key("str?", None, "folder image paths are relative to (None: the data file's folder), "
-                                       "relative to config.root unless absolute"),
+    "image_root": cs.Key(
+        "str?",
+        None,
+        "folder image paths are relative to (None: the data file's folder), relative to config.root unless absolute",
+    ),
     "enabled": cs.Key("bool", True, "evaluate this benchmark"),
     "max_new_tokens": cs.Key("int?", None, "policy benchmarks: answer tokens (None: the benchmark's DECODING)"),
     "temperature": cs.Key("float?", None, "policy benchmarks: answer temperature (None: the benchmark's, greedy)"),
@@ -77,16 +79,24 @@ SCHEMA = {
     "root": cs.Key("str", "", "folder the benchmark paths are relative to"),
     "grm_template": cs.Key("str?", None, "GRM prompt template (None: the paper's, rl.grm_reward.GRM_TEMPLATE)"),
     "model": {
-        "kind": cs.Key("str", "grm", "grm (a generative judge: \\boxed{s1, s2}), rm (a score-only RM, scalar head) "
-                                     "or policy (answers the policy benchmarks)"),
+        "kind": cs.Key(
+            "str",
+            "grm",
+            "grm (a generative judge: \\boxed{s1, s2}), rm (a score-only RM, scalar head) "
+            "or policy (answers the policy benchmarks)",
+        ),
         "path": cs.Key("str?", None, "the model's Hugging Face folder"),
         "name": cs.Key("str?", None, "its name in the report (None: the folder's name)"),
         "tokenizer_dir": cs.Key("str?", None, "tokenizer folder (None: the model folder)"),
         "dtype": cs.Key("str", "float32", "compute dtype (float32, bfloat16)"),
         "param_dtype": cs.Key("str", "float32", "weight dtype"),
     },
-    "image": {**sections.IMAGE, "processor_dir": cs.Key("str?", None, "folder with a preprocessor_config.json "
-                                                                      "(None: the model folder's, else Qwen2-VL defaults)")},
+    "image": {
+        **sections.IMAGE,
+        "processor_dir": cs.Key(
+            "str?", None, "folder with a preprocessor_config.json (None: the model folder's, else Qwen2-VL defaults)"
+        ),
+    },
     "judge": {
         "max_new_tokens": cs.Key("int", 512, "judgment tokens"),
         "voting_k": cs.Key("int", 1, "sampled judgments per pair and order for the majority vote (1: greedy only)"),
@@ -101,24 +111,32 @@ SCHEMA = {
         "max_retries": cs.Key("int", 5, "judge retries (backoff, Retry-After)"),
         "cache_dir": cs.Key("str?", None, "judge cache folder (None: OUT/judge_cache); a rerun sends nothing"),
         "completion_tokens": cs.Key("int", 1024, "policy benchmarks: the judge's reply tokens (greedy)"),
-        "allow_trained_judge": cs.Key("bool", False, "force a trained GRM (the model under test or a GRM folder of "
-                                                     "its run) as the policy benchmarks' judge: reward hacking"),
+        "allow_trained_judge": cs.Key(
+            "bool",
+            False,
+            "force a trained GRM (the model under test or a GRM folder of "
+            "its run) as the policy benchmarks' judge: reward hacking",
+        ),
         "trained_grm_dirs": cs.Key("list", (), "more folders whose models are refused as the benchmark judge"),
     },
     "batch_rows": cs.Key("int", 8, "prompts per judging call / responses per RM scoring call"),
     "max_len": cs.Key("int", 2048, "prompt tokens (a longer item is left out, counted as too_long)"),
-    "benchmarks": cs.Key("map", {}, "name -> benchmark section (kind, path, format, fields, limit, image_root, "
-                                    "enabled)"),
+    "benchmarks": cs.Key(
+        "map", {}, "name -> benchmark section (kind, path, format, fields, limit, image_root, enabled)"
+    ),
 }
 
 
 def validate(config) -> ml_collections.ConfigDict:
     """A checked copy of `config` with every default filled in; ConfigError names a bad key."""
     cs.check(SCHEMA, config)
-    out = config.copy_and_resolve_references() if isinstance(config, ml_collections.ConfigDict) \
+    out = (
+        config.copy_and_resolve_references()
+        if isinstance(config, ml_collections.ConfigDict)
         else ml_collections.ConfigDict(dict(config))
+    )
     with out.unlocked():
-        for key, node in SCHEMA.items():   # absent sections: all defaults
+        for key, node in SCHEMA.items():  # absent sections: all defaults
             if isinstance(node, dict) and key not in out:
                 out[key] = ml_collections.ConfigDict()
         cs.fill(SCHEMA, out)
@@ -131,33 +149,44 @@ def validate(config) -> ml_collections.ConfigDict:
             if "path" not in spec:
                 raise ConfigError(f"config.benchmarks.{name}.path is missing ({BENCHMARK['path'].meaning})")
             from grlhfv_jax.data import benchmarks
+
             kind = spec.kind or name
             if kind not in benchmarks.ALL:
-                raise ConfigError(f"config.benchmarks.{name}.kind = {kind!r}: unknown benchmark (known: "
-                                  f"{', '.join(benchmarks.ALL)})")
+                raise ConfigError(
+                    f"config.benchmarks.{name}.kind = {kind!r}: unknown benchmark (known: {', '.join(benchmarks.ALL)})"
+                )
             module = benchmarks.get(kind)
             unknown = [k for k in spec.fields if k not in module.FIELDS and k != "label_values"]
             if unknown:
-                raise ConfigError(f"config.benchmarks.{name}.fields: unknown field(s) {unknown} (fields of {kind}: "
-                                  f"{', '.join(module.FIELDS)})")
+                raise ConfigError(
+                    f"config.benchmarks.{name}.fields: unknown field(s) {unknown} (fields of {kind}: "
+                    f"{', '.join(module.FIELDS)})"
+                )
     if out.model.kind not in ("grm", "rm", "policy"):
         raise ConfigError(f"config.model.kind = {out.model.kind!r}: expected grm, rm or policy")
     from grlhfv_jax.data import benchmarks
+
     enabled = [(n, out.benchmarks[n].kind or n) for n in out.benchmarks if out.benchmarks[n].enabled]
     policy = [n for n, k in enabled if k in benchmarks.POLICY]
     other = [n for n, k in enabled if k not in benchmarks.POLICY]
     if policy and out.model.kind != "policy":
-        raise ConfigError(f"config.benchmarks {policy} are policy benchmarks: set config.model.kind = 'policy' "
-                          f"(now {out.model.kind!r})")
+        raise ConfigError(
+            f"config.benchmarks {policy} are policy benchmarks: set config.model.kind = 'policy' "
+            f"(now {out.model.kind!r})"
+        )
     if other and out.model.kind == "policy":
-        raise ConfigError(f"config.benchmarks {other} judge reward models: config.model.kind = 'policy' answers "
-                          f"the policy benchmarks only")
+        raise ConfigError(
+            f"config.benchmarks {other} judge reward models: config.model.kind = 'policy' answers "
+            f"the policy benchmarks only"
+        )
     if policy:
         why = trained_judge_reason(out)
         if why and not out.judge.allow_trained_judge:
-            raise ConfigError(f"config.judge.model = {out.judge.model!r} {why}: a trained GRM must not judge the "
-                              "policy benchmarks (the paper's reward-hacking warning); set "
-                              "config.judge.allow_trained_judge=True to force it")
+            raise ConfigError(
+                f"config.judge.model = {out.judge.model!r} {why}: a trained GRM must not judge the "
+                "policy benchmarks (the paper's reward-hacking warning); set "
+                "config.judge.allow_trained_judge=True to force it"
+            )
     if out.judge.voting_k < 1:
         raise ConfigError(f"config.judge.voting_k = {out.judge.voting_k}: expected >= 1")
     if out.batch_rows < 1 or out.max_len < 8 or out.judge.max_new_tokens < 1:
@@ -183,7 +212,7 @@ def apply_overrides(config, overrides: list[str]) -> None:
     """`--config.a.b=v` arguments, typed by this schema (config.overrides' value parser), set on
     `config`; missing sections on the way are created (e.g. a new benchmark entry)."""
     for arg in overrides:
-        path, value_text = arg[len("--config."):].split("=", 1)
+        path, value_text = arg[len("--config.") :].split("=", 1)
         kind = _schema_type(path)
         *parents, leaf = path.split(".")
         node = config
@@ -260,6 +289,7 @@ def decode(image):
 
         import numpy as np
         from PIL import Image
+
         with Image.open(io.BytesIO(image)) as im:
             return np.asarray(im.convert("RGB"))
     return image
@@ -273,10 +303,10 @@ def judge_in_chunks(judge, prompts, params, rows: int) -> list[str]:
     n, out = int(params.num_samples), []
     total = -(-len(prompts) // rows) * rows * n
     for s in range(0, len(prompts), rows):
-        chunk = [(q, decode(img), a, b) for q, img, a, b in prompts[s:s + rows]]
+        chunk = [(q, decode(img), a, b) for q, img, a, b in prompts[s : s + rows]]
         real = len(chunk)
-        chunk += chunk[-1:] * (rows - real)   # every call `rows` prompts: one compiled shape; copies dropped
-        out += judge.judge(chunk, params.replace(first_row=s * n, total_rows=total))[:real * n]
+        chunk += chunk[-1:] * (rows - real)  # every call `rows` prompts: one compiled shape; copies dropped
+        out += judge.judge(chunk, params.replace(first_row=s * n, total_rows=total))[: real * n]
     return out
 
 
@@ -284,15 +314,26 @@ def judge_greedy_and_sampled(judge, prompts, cfg) -> tuple[list[str], list[list[
     """(the greedy judgment of every prompt, its cfg.judge.voting_k sampled judgments when k > 1 else
     None), in chunks of cfg.batch_rows rows."""
     from grlhfv_jax.rollout import SamplingParams
+
     k, rows = int(cfg.judge.voting_k), int(cfg.batch_rows)
-    greedy = judge_in_chunks(judge, prompts, SamplingParams(max_new_tokens=cfg.judge.max_new_tokens,
-                                                            temperature=0.0), rows)
+    greedy = judge_in_chunks(
+        judge, prompts, SamplingParams(max_new_tokens=cfg.judge.max_new_tokens, temperature=0.0), rows
+    )
     sampled = None
     if k > 1:
-        flat = judge_in_chunks(judge, prompts, SamplingParams(
-            max_new_tokens=cfg.judge.max_new_tokens, temperature=cfg.judge.temperature, top_p=cfg.judge.top_p,
-            num_samples=k, seed=cfg.seed), rows)
-        sampled = [flat[i * k:(i + 1) * k] for i in range(len(prompts))]
+        flat = judge_in_chunks(
+            judge,
+            prompts,
+            SamplingParams(
+                max_new_tokens=cfg.judge.max_new_tokens,
+                temperature=cfg.judge.temperature,
+                top_p=cfg.judge.top_p,
+                num_samples=k,
+                seed=cfg.seed,
+            ),
+            rows,
+        )
+        sampled = [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
     return greedy, sampled
 
 
@@ -300,6 +341,7 @@ def judge_pairs(judge, items, cfg, log, name: str) -> tuple[list[dict], dict]:
     """Both orders of every pair, greedy (and k sampled with voting) -> (per-item rows, verdicts
     {"k1": [[order1, order2] per item], "k<k>": ...}) with the verdicts in the dataset's order."""
     from grlhfv_jax.rl import grm_reward
+
     k, n = int(cfg.judge.voting_k), len(items)
     prompts = [(it.question, it.image, it.responses[0], it.responses[1]) for it in items]
     prompts += [(it.question, it.image, it.responses[1], it.responses[0]) for it in items]
@@ -312,13 +354,21 @@ def judge_pairs(judge, items, cfg, log, name: str) -> tuple[list[dict], dict]:
         for order, (t, s) in enumerate(zip(texts, scores)):
             if s is None:
                 log(f"[{name}] {it.id}: unparsed judgment (order {order + 1}): {t[-120:]!r}")
-        row = {"id": it.id, "category": it.category, "labels": it.labels, "outputs": texts,
-               "scores": [list(s) if s else None for s in scores], "verdicts": verdicts}
+        row = {
+            "id": it.id,
+            "category": it.category,
+            "labels": it.labels,
+            "outputs": texts,
+            "scores": [list(s) if s else None for s in scores],
+            "verdicts": verdicts,
+        }
         v1.append(verdicts)
         if sampled is not None:
             samp = [sampled[i], sampled[n + i]]
-            sv = [[verdict_of(grm_reward.pair_scores(t)) for t in samp[0]],
-                  [swap(verdict_of(grm_reward.pair_scores(t))) for t in samp[1]]]
+            sv = [
+                [verdict_of(grm_reward.pair_scores(t)) for t in samp[0]],
+                [swap(verdict_of(grm_reward.pair_scores(t))) for t in samp[1]],
+            ]
             row.update(samples=samp, sample_verdicts=sv, votes=[vote(sv[0]), vote(sv[1])])
             vk.append(row["votes"])
         rows.append(row)
@@ -329,6 +379,7 @@ def judge_scores(judge, items, cfg, log, name: str) -> tuple[list[dict], dict]:
     """A GRM's score of one response: the response judged against itself, the mean of its two
     scores (one order: both are the same prompt); with voting the mean over the parsed samples."""
     from grlhfv_jax.rl import grm_reward
+
     k = int(cfg.judge.voting_k)
     prompts = [(it.question, it.image, it.responses[0], it.responses[0]) for it in items]
     greedy, sampled = judge_greedy_and_sampled(judge, prompts, cfg)
@@ -423,16 +474,20 @@ def run_policy(module, items, answerer, text_judge, cfg, spec, log, name: str) -
     RETRY_TEMPERATURES: MM-Vet's) is re-asked so (`rejudged` counts the grades that parsed then).
     A judge failure (no text) or a text still unparsed: counted, named in the log, left out of the figures."""
     from grlhfv_jax.rollout import SamplingParams
+
     dec = dict(module.DECODING)
     if spec.max_new_tokens is not None:
         dec["max_new_tokens"] = int(spec.max_new_tokens)
     if spec.temperature is not None:
         dec["temperature"] = float(spec.temperature)
-    answers = list(answerer([(it.question, it.image) for it in items], dec["max_new_tokens"], dec["temperature"])) \
-        if items else []
+    answers = (
+        list(answerer([(it.question, it.image) for it in items], dec["max_new_tokens"], dec["temperature"]))
+        if items
+        else []
+    )
     convs = [module.judge_messages(it, a) for it, a in zip(items, answers)]
     tokens = int(cfg.judge.completion_tokens)
-    t0 = float(getattr(module, "JUDGE_TEMPERATURE", 0.0))   # the benchmark's judging temperature (LLaVA: 0.2)
+    t0 = float(getattr(module, "JUDGE_TEMPERATURE", 0.0))  # the benchmark's judging temperature (LLaVA: 0.2)
     texts = list(text_judge.complete(convs, SamplingParams(max_new_tokens=tokens, temperature=t0))) if convs else []
     temps = [t0] * len(texts)
 
@@ -441,9 +496,10 @@ def run_policy(module, items, answerer, text_judge, cfg, spec, log, name: str) -
             return None
         try:
             return module.parse(it, t)
-        except Exception as e:   # a parser surprise is an unparsed answer, never fatal
+        except Exception as e:  # a parser surprise is an unparsed answer, never fatal
             log(f"[{name}] {it.id}: parser error {type(e).__name__}: {e}")
             return None
+
     grades = [parse(it, t) for it, t in zip(items, texts)]
     rejudged = 0
     for temp in getattr(module, "RETRY_TEMPERATURES", ()):
@@ -464,15 +520,29 @@ def run_policy(module, items, answerer, text_judge, cfg, spec, log, name: str) -
         elif g is None:
             unparsed += 1
             log(f"[{name}] {it.id}: unparsed judge answer: {str(t)[:160]!r}")
-        rows.append({"id": it.id, "category": it.category, "question": it.question, "output": a, "judge": t,
-                     "score": g, "judge_model": jname, "judge_params": {"temperature": temp, "max_tokens": tokens},
-                     "decoding": dec, **({"ref": {k: v for k, v in it.ref.items() if k != "images"}}
-                                         if it.ref else {})})
+        rows.append(
+            {
+                "id": it.id,
+                "category": it.category,
+                "question": it.question,
+                "output": a,
+                "judge": t,
+                "score": g,
+                "judge_model": jname,
+                "judge_params": {"temperature": temp, "max_tokens": tokens},
+                "decoding": dec,
+                **({"ref": {k: v for k, v in it.ref.items() if k != "images"}} if it.ref else {}),
+            }
+        )
     figs = dict(module.figures(items, grades)) if items else {}
     n = max(len(items), 1)
-    figs.update(judged=float(sum(g is not None for g in grades)), judge_failures=float(failed),
-                parse_failures=float(unparsed), rejudged=float(rejudged),
-                parse_failure_rate=float((failed + unparsed) / n) if items else float("nan"))
+    figs.update(
+        judged=float(sum(g is not None for g in grades)),
+        judge_failures=float(failed),
+        parse_failures=float(unparsed),
+        rejudged=float(rejudged),
+        parse_failure_rate=float((failed + unparsed) / n) if items else float("nan"),
+    )
     return rows, figs
 
 
@@ -487,6 +557,7 @@ def _resolve(root: str, path: str | None) -> str | None:
 
 def read_benchmark(name: str, spec, root: str, log) -> tuple[object, list, object]:
     from grlhfv_jax.data import benchmarks
+
     module = benchmarks.get(spec.kind or name)
     fields = dict(module.FIELDS)
     fields.update(dict(spec.fields))
@@ -494,8 +565,11 @@ def read_benchmark(name: str, spec, root: str, log) -> tuple[object, list, objec
     fmt = spec.format if spec.format != "auto" else module.FORMAT
     path, image_root = _resolve(root, spec.path), _resolve(root, spec.image_root)
     if not glob.has_magic(path):
-        return module, module.read(path, fields, fmt=fmt, limit=spec.limit, image_root=image_root,
-                                   problems=problems), problems
+        return (
+            module,
+            module.read(path, fields, fmt=fmt, limit=spec.limit, image_root=image_root, problems=problems),
+            problems,
+        )
     # a glob (e.g. BeaverTails-V's <category>/evaluation-*.parquet): its files in name order; ids
     # prefixed with the file's folder (files of several folders share their names)
     files = sorted(glob.glob(path, recursive=True))
@@ -512,8 +586,17 @@ def read_benchmark(name: str, spec, root: str, log) -> tuple[object, list, objec
     return module, items, problems
 
 
-def evaluate(config, workdir: str, *, judge=None, scorer=None, codec=None, model_name: str | None = None,
-             answerer=None, text_judge=None) -> dict:
+def evaluate(
+    config,
+    workdir: str,
+    *,
+    judge=None,
+    scorer=None,
+    codec=None,
+    model_name: str | None = None,
+    answerer=None,
+    text_judge=None,
+) -> dict:
     """Runs every enabled benchmark of `config` against `judge` (a `rollout.Judge`: a GRM) or
     `scorer` (items (question, image, response) -> scores: a score-only RM); writes the outputs
     into `workdir` and returns the summary. `codec` (optional): prompts longer than max_len are
@@ -521,8 +604,9 @@ def evaluate(config, workdir: str, *, judge=None, scorer=None, codec=None, model
     (prompts [(question, image bytes)], max_new_tokens, temperature) -> answers) and `text_judge`
     (an object with `complete(conversations, SamplingParams) -> texts`, e.g. rollout.HTTPJudge)."""
     from grlhfv_jax.metrics import is_main_process
+
     cfg = validate(config)
-    main = is_main_process()   # with several JAX processes, process 0 alone writes files
+    main = is_main_process()  # with several JAX processes, process 0 alone writes files
     log_path = os.path.join(workdir, "evaluate.log")
     if main:
         os.makedirs(workdir, exist_ok=True)
@@ -548,14 +632,16 @@ def evaluate(config, workdir: str, *, judge=None, scorer=None, codec=None, model
             if module.TASK == "policy":
                 rows, figs = run_policy(module, items, answerer, text_judge, cfg, spec, log, name)
             elif module.TASK == "pair":
-                rows, verdicts = (judge_pairs(judge, items, cfg, log, name) if judge is not None
-                                  else rm_pairs(scorer, items))
+                rows, verdicts = (
+                    judge_pairs(judge, items, cfg, log, name) if judge is not None else rm_pairs(scorer, items)
+                )
                 figs = pair_summary(module, items, verdicts["k1"]) if items else {}
                 if k > 1 and judge is not None and items:
                     figs.update(pair_summary(module, items, verdicts[f"k{k}"], suffix=f"_k{k}"))
             else:
-                rows, scores = (judge_scores(judge, items, cfg, log, name) if judge is not None
-                                else rm_points(scorer, items))
+                rows, scores = (
+                    judge_scores(judge, items, cfg, log, name) if judge is not None else rm_points(scorer, items)
+                )
                 figs = dict(module.figures(items, scores["k1"])) if items else {}
                 figs["parse_failure_rate"] = _nanmean([float(s is None) for s in scores["k1"]])
                 if k > 1 and judge is not None and items:
@@ -568,16 +654,20 @@ def evaluate(config, workdir: str, *, judge=None, scorer=None, codec=None, model
                     for row in rows:
                         f.write(json.dumps(row, ensure_ascii=False) + "\n")
             details[name] = {"module": module, "problems": problems, "rows": rows[:4]}
-        except Exception as e:   # one benchmark's failure names it; the others run
+        except Exception as e:  # one benchmark's failure names it; the others run
             log(f"[{name}] failed: {type(e).__name__}: {e}")
             figs = {"error": f"{type(e).__name__}: {e}"}
         figs["time_s"] = time.time() - t0
         summary.update({f"{name}/{m}": v for m, v in figs.items()})
     if main:
         from grlhfv_jax.metrics import write_json_atomic, write_text_atomic
+
         write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-        name = model_name or cfg.model.name or (os.path.basename(os.path.normpath(cfg.model.path))
-                                                if cfg.model.path else "model")
+        name = (
+            model_name
+            or cfg.model.name
+            or (os.path.basename(os.path.normpath(cfg.model.path)) if cfg.model.path else "model")
+        )
         write_text_atomic(os.path.join(workdir, "report.md"), report(summary, details, cfg, name))
     return summary
 
@@ -615,14 +705,17 @@ def report(summary: dict, details: dict, cfg, model_name: str) -> str:
     policy = any(d["module"].TASK == "policy" for d in details.values())
     lines = [f"# {'Policy' if policy else 'Reward-model'} benchmarks: {model_name}", ""]
     if policy:
-        lines += [f"Judge: {cfg.judge.model} ({cfg.judge.completion_tokens} tokens, each benchmark's judging "
-                  "temperature); figures on each benchmark's own 0-100 scale.", ""]
+        lines += [
+            f"Judge: {cfg.judge.model} ({cfg.judge.completion_tokens} tokens, each benchmark's judging "
+            "temperature); figures on each benchmark's own 0-100 scale.",
+            "",
+        ]
     for name, d in details.items():
         cols = d["module"].LEADERBOARD
-        lines += [f"## {name}", "", "| Model | " + " | ".join(c for _, c in cols) + " |",
-                  "|---|" + "---|" * len(cols)]
-        variants = [("", model_name)] + ([(f"_k{k}", f"{model_name} (vote of {k})")]
-                                         if f"{name}/{cols[0][0]}_k{k}" in summary else [])
+        lines += [f"## {name}", "", "| Model | " + " | ".join(c for _, c in cols) + " |", "|---|" + "---|" * len(cols)]
+        variants = [("", model_name)] + (
+            [(f"_k{k}", f"{model_name} (vote of {k})")] if f"{name}/{cols[0][0]}_k{k}" in summary else []
+        )
         for suf, label in variants:
             cells = []
             for m, _ in cols:
@@ -630,18 +723,30 @@ def report(summary: dict, details: dict, cfg, model_name: str) -> str:
                 if d["module"].TASK == "policy":
                     cells.append("–" if not isinstance(v, (int, float)) or v != v else f"{v:.1f}")
                     continue
-                cells.append(_pct(v) if m not in ("pearson", "scored") else
-                             ("–" if v is None or v != v else f"{v:.3f}" if m == "pearson" else f"{v:.0f}"))
+                cells.append(
+                    _pct(v)
+                    if m not in ("pearson", "scored")
+                    else ("–" if v is None or v != v else f"{v:.3f}" if m == "pearson" else f"{v:.0f}")
+                )
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## How the judging went", "",
-              "| Benchmark | Items | Left out | Parse failures | Ties | Position consistency |" +
-              (f" Parse failures (vote of {k}) | Position consistency (vote of {k}) |" if k > 1 else ""),
-              "|---|---|---|---|---|---|" + ("---|---|" if k > 1 else "")]
+    lines += [
+        "## How the judging went",
+        "",
+        "| Benchmark | Items | Left out | Parse failures | Ties | Position consistency |"
+        + (f" Parse failures (vote of {k}) | Position consistency (vote of {k}) |" if k > 1 else ""),
+        "|---|---|---|---|---|---|" + ("---|---|" if k > 1 else ""),
+    ]
     for name in details:
-        g = lambda m: summary.get(f"{name}/{m}")   # noqa: E731
-        row = [name, f"{g('items') or 0:.0f}", f"{g('bad_total') or 0:.0f}", _pct(g("parse_failure_rate")),
-               _pct(g("tie_rate")), _pct(g("position_consistency"))]
+        g = lambda m: summary.get(f"{name}/{m}")  # noqa: E731
+        row = [
+            name,
+            f"{g('items') or 0:.0f}",
+            f"{g('bad_total') or 0:.0f}",
+            _pct(g("parse_failure_rate")),
+            _pct(g("tie_rate")),
+            _pct(g("position_consistency")),
+        ]
         if k > 1:
             row += [_pct(g(f"parse_failure_rate_k{k}")), _pct(g(f"position_consistency_k{k}"))]
         lines.append("| " + " | ".join(row) + " |")
@@ -660,9 +765,11 @@ def report(summary: dict, details: dict, cfg, model_name: str) -> str:
     lines += ["## Sample judgments", ""]
     for name, d in details.items():
         for row in d["rows"][:2]:
-            if "judge" in row:   # a policy benchmark: the answer, the judge's text, the grade
-                lines += [f"- {name} {row['id']}: {str(row['output'])[:200]!r} -> judge {str(row['judge'])[:200]!r} "
-                          f"-> {json.dumps(row['score'])}"]
+            if "judge" in row:  # a policy benchmark: the answer, the judge's text, the grade
+                lines += [
+                    f"- {name} {row['id']}: {str(row['output'])[:200]!r} -> judge {str(row['judge'])[:200]!r} "
+                    f"-> {json.dumps(row['score'])}"
+                ]
                 continue
             out = row.get("outputs", [""])[0] if "outputs" in row else json.dumps(row.get("scores"))
             lines += [f"- {name} {row['id']}: {str(out)[:300]!r} -> {row.get('verdicts', row.get('score'))}"]
@@ -676,12 +783,13 @@ def build(cfg, log=print, workdir: str | None = None):
     """(judge or None, scorer or None, codec, name) of `cfg.model`: a GRM folder -> GRMJudge; an RM
     folder -> a scorer over `stages.judging.rm_scores`."""
     from grlhfv_jax.stages import judging
+
     path = cfg.model.path
     if not path:
         raise ConfigError("config.model.path is missing: the model folder to evaluate")
     if cfg.image.processor_dir is None and os.path.isfile(os.path.join(path, "preprocessor_config.json")):
         cfg = cfg.copy_and_resolve_references()
-        cfg.image.processor_dir = path   # the codec and the vision tower's block size read the same processor
+        cfg.image.processor_dir = path  # the codec and the vision tower's block size read the same processor
     codec = encoding.Codec.from_dirs(cfg.model.tokenizer_dir or path, dict(cfg.image), cfg.grm_template or None)
     spec = typed_section(sections.MODEL, {"dtype": cfg.model.dtype, "param_dtype": cfg.model.param_dtype}, "model")
     if cfg.model.kind == "policy":
@@ -691,15 +799,18 @@ def build(cfg, log=print, workdir: str | None = None):
     name = cfg.model.name or os.path.basename(os.path.normpath(path))
     log(f"[evaluate] {cfg.model.kind} {path}")
     if rm:
-        def scorer(items):   # images decoded one call at a time; every call batch_rows rows (one shape)
+
+        def scorer(items):  # images decoded one call at a time; every call batch_rows rows (one shape)
             import numpy as np
+
             rows, out = int(cfg.batch_rows), []
             for s in range(0, len(items), rows):
-                chunk = [(q, decode(img), r) for q, img, r in items[s:s + rows]]
+                chunk = [(q, decode(img), r) for q, img, r in items[s : s + rows]]
                 real = len(chunk)
                 chunk += chunk[-1:] * (rows - real)
                 out.append(judging.rm_scores(model, codec, chunk, rows=rows, max_len=cfg.max_len)[:real])
             return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
         return None, scorer, codec, name
     return grm_judge.GRMJudge(model, codec, rows=cfg.batch_rows, max_len=cfg.max_len), None, codec, name
 
@@ -708,11 +819,14 @@ def build_policy(cfg, codec, spec, log, workdir):
     """(answerer, text judge, codec, name): the policy through our engine (stages.evaluate.answers,
     batch_rows prompts per call, images decoded one call at a time) and the benchmark judge over
     HTTP (rollout.HTTPJudge: retries, cache in judge.cache_dir or OUT/judge_cache)."""
-    from grlhfv_jax.rollout.http_judge import HTTPJudge
     from grlhfv_jax.rollout import group_sampling
+    from grlhfv_jax.rollout.http_judge import HTTPJudge
+
     if not cfg.judge.base_url or not cfg.judge.model:
-        raise ConfigError("config.judge.base_url and config.judge.model are required: the policy benchmarks' judge "
-                          "(a GPT-4o-class model behind an OpenAI-compatible endpoint)")
+        raise ConfigError(
+            "config.judge.base_url and config.judge.model are required: the policy benchmarks' judge "
+            "(a GPT-4o-class model behind an OpenAI-compatible endpoint)"
+        )
     path = cfg.model.path
     model = roles.load_stage_output(path, "the policy to evaluate", cfg, spec)
     rows = int(cfg.batch_rows)
@@ -720,15 +834,30 @@ def build_policy(cfg, codec, spec, log, workdir):
     def answerer(prompts, max_new_tokens, temperature):
         out = []
         for s in range(0, len(prompts), rows):
-            recs = [{"question": q, "image": decode(img)} for q, img in prompts[s:s + rows]]
-            texts, _ = group_sampling.answers(model, codec, recs, max_len=cfg.max_len, max_new_tokens=int(max_new_tokens),
-                                          rows=rows, temperature=float(temperature), seed=int(cfg.seed) + s)
+            recs = [{"question": q, "image": decode(img)} for q, img in prompts[s : s + rows]]
+            texts, _ = group_sampling.answers(
+                model,
+                codec,
+                recs,
+                max_len=cfg.max_len,
+                max_new_tokens=int(max_new_tokens),
+                rows=rows,
+                temperature=float(temperature),
+                seed=int(cfg.seed) + s,
+            )
             out += texts
         return out
+
     cache = cfg.judge.cache_dir or (os.path.join(workdir, "judge_cache") if workdir else None)
-    judge = HTTPJudge(cfg.judge.base_url, cfg.judge.model, api_key_env=cfg.judge.api_key_env,
-                      max_concurrency=cfg.judge.max_concurrency, timeout_s=cfg.judge.timeout_s,
-                      max_retries=cfg.judge.max_retries, cache_dir=cache)
+    judge = HTTPJudge(
+        cfg.judge.base_url,
+        cfg.judge.model,
+        api_key_env=cfg.judge.api_key_env,
+        max_concurrency=cfg.judge.max_concurrency,
+        timeout_s=cfg.judge.timeout_s,
+        max_retries=cfg.judge.max_retries,
+        cache_dir=cache,
+    )
     log(f"[evaluate] policy {path}; judge {cfg.judge.model} at {cfg.judge.base_url}")
     return answerer, judge, codec, cfg.model.name or os.path.basename(os.path.normpath(path))
 
@@ -745,6 +874,7 @@ def run(config, workdir: str) -> dict:
 def placeholders(cfg) -> list:
     """Placeholders ("<...>") left in the keys this run reads (disabled benchmarks aside)."""
     from grlhfv_jax.config import placeholders as find
+
     left = [(k, v) for k, v in find(cfg) if not k.startswith("benchmarks.")]
     for name in cfg.benchmarks:
         if cfg.benchmarks[name].enabled:
@@ -755,9 +885,11 @@ def placeholders(cfg) -> list:
 def main(argv=None) -> int:
     """The command line (module docstring)."""
     from absl import app
+
     argv = list(sys.argv if argv is None else argv)
     overrides = [a for a in argv[1:] if a.startswith("--config.") and "=" in a]
-    from grlhfv_jax import main as _main   # its --config / --workdir flags, its value parser
+    from grlhfv_jax import main as _main  # its --config / --workdir flags, its value parser
+
     kept = [a for a in argv if a not in overrides]
     saved = sys.argv
     sys.argv = kept
@@ -765,7 +897,7 @@ def main(argv=None) -> int:
         app.parse_flags_with_usage(kept)
     finally:
         sys.argv = saved
-    if _main._DESCRIBE.value is not None:   # this schema's keys, not the training stages'
+    if _main._DESCRIBE.value is not None:  # this schema's keys, not the training stages'
         head = f"{'key':<34} {'type':<7} {'default':<16} meaning"
         print("\n".join([head] + cs.describe_lines(SCHEMA) + cs.describe_lines(BENCHMARK, "benchmarks.<name>")))
         return 0
@@ -778,13 +910,15 @@ def main(argv=None) -> int:
         cfg = validate(config)
         left = placeholders(cfg)
         if left:
-            raise ConfigError(f"config.{left[0][0]} = {left[0][1]!r} is a placeholder: set it on the command line "
-                              f"(--config.{left[0][0]}=...)" + (f"; also {', '.join(k for k, _ in left[1:])}"
-                                                                 if left[1:] else ""))
+            raise ConfigError(
+                f"config.{left[0][0]} = {left[0][1]!r} is a placeholder: set it on the command line "
+                f"(--config.{left[0][0]}=...)" + (f"; also {', '.join(k for k, _ in left[1:])}" if left[1:] else "")
+            )
     except ConfigError as e:
         sys.exit(f"config error: {e}")
     workdir = _main._WORKDIR.value or cfg.workdir
     from grlhfv_jax.sharding import initialize_distributed
+
     initialize_distributed()
     summary = run(cfg, workdir)
     print(json.dumps(summary, indent=2, sort_keys=True, default=str), flush=True)

@@ -21,6 +21,7 @@ restores a stage's latest checkpoint (an interrupted stage):
 The run's config is RUN/config.json (or `--config`: a configs/*.py[:arg] file or a JSON config),
 its tokenizer the one the `data` stage wrote (RUN/data_paths.json; or `--tokenizer DIR`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,16 +31,23 @@ import os
 import sys
 
 import ml_collections
-from grlhfv_jax import encoding
-from grlhfv_jax import roles
+
+from grlhfv_jax import encoding, roles
 
 # the folder itself (hf_folder.py, so checkpoint.export_hf needs no command line); `export.write_folder` too
 from grlhfv_jax.hf_folder import ExportError, copy_folder, write_folder
 
 # stage -> its roles (the first is the default --role)
-STAGE_ROLES = {"sft": ("policy", "grm"), "vision": ("model",), "grm_rl": ("grm",), "rm": ("rm",),
-               "policy_rl": ("policy",), "policy_rl_rm": ("policy",), "policy_ppo_rm": ("policy",),
-               "dpo": ("policy",)}
+STAGE_ROLES = {
+    "sft": ("policy", "grm"),
+    "vision": ("model",),
+    "grm_rl": ("grm",),
+    "rm": ("rm",),
+    "policy_rl": ("policy",),
+    "policy_rl_rm": ("policy",),
+    "policy_ppo_rm": ("policy",),
+    "dpo": ("policy",),
+}
 
 
 # ----------------------------------------------------------------------------- a run's models
@@ -50,6 +58,7 @@ def load_config(spec: str):
     with an optional `:arg` for its get_config. Returns it validated (`config.validate`: keys, types,
     ranges; frozen, defaults filled)."""
     from grlhfv_jax import config as config_schema
+
     path, _, arg = spec.partition(":") if not os.path.isfile(spec) else (spec, "", "")
     if not os.path.isfile(path):
         raise ExportError(f"config file not found: {path!r}")
@@ -61,7 +70,7 @@ def load_config(spec: str):
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
         config = module.get_config(arg) if arg else module.get_config()
-    return config_schema.validate(config, complete=False)   # its model entries and image: not a run to start
+    return config_schema.validate(config, complete=False)  # its model entries and image: not a run to start
 
 
 def run_codec(config, workdir: str | None, tokenizer_dir: str | None = None):
@@ -72,8 +81,9 @@ def run_codec(config, workdir: str | None, tokenizer_dir: str | None = None):
             raise ExportError("no tokenizer: give --workdir (a run whose 'data' stage wrote one) or --tokenizer DIR")
         found = os.path.join(workdir, "data_paths.json")
         if not os.path.isfile(found):
-            raise ExportError(f"{found} is missing: the run's 'data' stage has not written its tokenizer "
-                              "(or give --tokenizer DIR)")
+            raise ExportError(
+                f"{found} is missing: the run's 'data' stage has not written its tokenizer (or give --tokenizer DIR)"
+            )
         with open(found, encoding="utf-8") as f:
             tokenizer_dir = json.load(f)["tokenizer_dir"]
     if not os.path.isdir(tokenizer_dir):
@@ -100,7 +110,7 @@ def stage_paths(workdir: str, stage: str, role: str | None = None) -> tuple[str,
 def _spec_role(config, role: str) -> str:
     if role == "rm":
         return "rm" if "rm" in config.model else "grm"
-    if role == "model":   # the vision stage's
+    if role == "model":  # the vision stage's
         return config.vision.model if "vision" in config else "policy"
     return role
 
@@ -110,6 +120,7 @@ def model_hf_config(config, codec, role: str, workdir: str | None = None) -> dic
     (the SFT warm start of the RL / DPO / RM stages, config.model.<role>.path), else the random
     model's (`roles.model_config`)."""
     from grlhfv_jax.models import read_config_json
+
     spec = config.model[_spec_role(config, role)]
     start = None
     if workdir is not None and role in ("policy", "grm"):
@@ -130,6 +141,7 @@ def restore_checkpoint(ckpt_dir: str, config, codec, role: str, workdir: str | N
     from flax import nnx
 
     from grlhfv_jax import models
+
     if not os.path.isdir(ckpt_dir):
         raise ExportError(f"checkpoint folder not found: {ckpt_dir}")
     mgr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=ocp.CheckpointManagerOptions(read_only=True))
@@ -142,16 +154,26 @@ def restore_checkpoint(ckpt_dir: str, config, codec, role: str, workdir: str | N
         hf = model_hf_config(config, codec, role, workdir)
         model = nnx.eval_shape(lambda: models.from_config(hf, rngs=nnx.Rngs(0), scalar_head=role == "rm", **rt))
         params = nnx.state(model, nnx.Param)
-        host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])   # host memory, not an accelerator's
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host),
-                                {"model": nnx.to_pure_dict(params)})
+        host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])  # host memory, not an accelerator's
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host), {"model": nnx.to_pure_dict(params)}
+        )
         try:
-            restored = mgr.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
-                                                 restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))
+            restored = mgr.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        item=abstract,
+                        partial_restore=True,
+                        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                    )
+                ),
+            )
         except Exception as e:
-            raise ExportError(f"cannot restore step {step} of {ckpt_dir} as the {role!r} model of this config "
-                              f"({type(e).__name__}: {str(e)[:500]})") from e
+            raise ExportError(
+                f"cannot restore step {step} of {ckpt_dir} as the {role!r} model of this config "
+                f"({type(e).__name__}: {str(e)[:500]})"
+            ) from e
         nnx.replace_by_pure_dict(params, restored["state"]["model"])
         nnx.update(model, params)
     finally:
@@ -160,8 +182,17 @@ def restore_checkpoint(ckpt_dir: str, config, codec, role: str, workdir: str | N
     return model
 
 
-def export(out: str, *, workdir: str | None = None, stage: str | None = None, role: str | None = None,
-           checkpoint: str | None = None, config=None, tokenizer_dir: str | None = None, dtype=None) -> str:
+def export(
+    out: str,
+    *,
+    workdir: str | None = None,
+    stage: str | None = None,
+    role: str | None = None,
+    checkpoint: str | None = None,
+    config=None,
+    tokenizer_dir: str | None = None,
+    dtype=None,
+) -> str:
     """Writes the complete HF folder `out` of a stage's model (`stage`, `role` in `workdir`: its
     finished output folder, else its newest checkpoint) or of `checkpoint` (an Orbax checkpoint
     folder or an HF folder). `config`: the run's (default: workdir/config.json). Returns `out`."""
@@ -185,8 +216,10 @@ def export(out: str, *, workdir: str | None = None, stage: str | None = None, ro
                 checkpoint = ckpt
             else:
                 where = f"no {folder}" + (f" and no checkpoint in {ckpt}" if ckpt else "")
-                raise ExportError(f"stage {stage!r} ({role}) has no output in {workdir}: {where}. "
-                                  f"Run the stage first (config.stages).")
+                raise ExportError(
+                    f"stage {stage!r} ({role}) has no output in {workdir}: {where}. "
+                    f"Run the stage first (config.stages)."
+                )
     role = role or "policy"
     codec = run_codec(config, workdir, tokenizer_dir)
     if os.path.abspath(checkpoint) == os.path.abspath(out):
@@ -205,26 +238,42 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", help="the run folder (config.json, data_paths.json, the stages' outputs)")
     p.add_argument("--stage", help=f"the stage whose model to export: {', '.join(STAGE_ROLES)}")
     p.add_argument("--role", help="which of the stage's models (sft: policy or grm); default: the stage's first")
-    p.add_argument("--checkpoint", help="an Orbax checkpoint folder (a stage's ckpt/) or an HF folder, instead of "
-                                        "the stage's output")
-    p.add_argument("--config", help="the run's config (default: WORKDIR/config.json): a JSON file or "
-                                    "configs/X.py[:arg]")
+    p.add_argument(
+        "--checkpoint",
+        help="an Orbax checkpoint folder (a stage's ckpt/) or an HF folder, instead of the stage's output",
+    )
+    p.add_argument(
+        "--config", help="the run's config (default: WORKDIR/config.json): a JSON file or configs/X.py[:arg]"
+    )
     p.add_argument("--tokenizer", help="tokenizer folder (default: the one WORKDIR's data stage wrote)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="on-disk dtype of restored weights "
-                                                                    "(default: the parameters' own)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        help="on-disk dtype of restored weights (default: the parameters' own)",
+    )
     p.add_argument("--out", required=True, help="the folder to write")
     args = p.parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.ERROR)   # orbax's read-only notices
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's read-only notices
     try:
         config = load_config(args.config) if args.config else None
         dtype = None
         if args.dtype:
             import jax.numpy as jnp
+
             dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-        export(args.out, workdir=args.workdir, stage=args.stage, role=args.role, checkpoint=args.checkpoint,
-               config=config, tokenizer_dir=args.tokenizer, dtype=dtype)
+        export(
+            args.out,
+            workdir=args.workdir,
+            stage=args.stage,
+            role=args.role,
+            checkpoint=args.checkpoint,
+            config=config,
+            tokenizer_dir=args.tokenizer,
+            dtype=dtype,
+        )
     except (ExportError, FileNotFoundError) as e:
         print(f"export error: {e}", file=sys.stderr)
         return 2

@@ -28,10 +28,18 @@ from grlhfv_jax import storage
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: config.workdir).")
 _RESTART = flags.DEFINE_bool("restart", False, "Delete an existing run in the workdir and start over.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Validate the config, build every model abstractly (no weights, no "
-                              "data, no compilation), print the memory per device and exit: 1 when it does not fit.")
-_DESCRIBE = flags.DEFINE_string("describe", None, "Print the keys of a config section (e.g. grm_rl, sft.policy; "
-                                "'all' for every section) with type, default and meaning, and exit.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Validate the config, build every model abstractly (no weights, no "
+    "data, no compilation), print the memory per device and exit: 1 when it does not fit.",
+)
+_DESCRIBE = flags.DEFINE_string(
+    "describe",
+    None,
+    "Print the keys of a config section (e.g. grm_rl, sft.policy; "
+    "'all' for every section) with type, default and meaning, and exit.",
+)
 
 RUN_STATE = "run_state.json"
 
@@ -54,6 +62,7 @@ def _config_diff(old: dict, new: dict) -> list[str]:
 
 def _write_run_state(workdir: str, state: dict) -> None:
     from grlhfv_jax.metrics import is_main_process, write_json_atomic
+
     if is_main_process():
         write_json_atomic(os.fspath(storage.path(workdir) / RUN_STATE), state)
 
@@ -64,8 +73,10 @@ def _restart_barrier() -> None:
     a checkpoint) or write into the folder being deleted. A device collective, but a short one:
     every process reaches it right after validating the config."""
     import jax
+
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices("grlhfv_jax --restart: previous run deleted")
 
 
@@ -80,6 +91,7 @@ def prepare_workdir(config, workdir: str, restart: bool) -> dict:
     `workdir` may be a bucket (`gs://...`): see `grlhfv_jax.storage` for what is written there and
     what goes through a local mirror (`--restart` deletes both)."""
     from grlhfv_jax.metrics import is_main_process, write_text_atomic
+
     cfg = json.loads(config.to_json_best_effort())
     path = storage.path(workdir) / RUN_STATE
     main = is_main_process()
@@ -96,8 +108,9 @@ def prepare_workdir(config, workdir: str, restart: bool) -> dict:
         diff = _config_diff(state["config"], cfg)
         if diff:
             raise SystemExit(
-                    f"{workdir} holds a run made with a different config (differs at: {', '.join(diff[:12])}). "
-                    "Use another --workdir, or --restart to delete that run.")
+                f"{workdir} holds a run made with a different config (differs at: {', '.join(diff[:12])}). "
+                "Use another --workdir, or --restart to delete that run."
+            )
     else:
         state = {"config": cfg, "stages": {}}
     state["config"] = cfg
@@ -116,6 +129,7 @@ def release_compiled_programs() -> None:
     import gc
 
     import jax
+
     jax.clear_caches()
     gc.collect()
 
@@ -124,6 +138,7 @@ def _stage_minutes(config, name: str) -> float:
     """The time-based checkpoint interval of stage `name` (its section's `ckpt_every_minutes`)."""
     from grlhfv_jax import stages
     from grlhfv_jax.config import sections
+
     return float(config[stages.STAGES[name][1]].get("ckpt_every_minutes", sections.CKPT_EVERY_MINUTES))
 
 
@@ -133,6 +148,7 @@ def _push(workdir: str, writer=None) -> None:
     if not storage.is_remote(workdir):
         return
     from grlhfv_jax.metrics import is_main_process
+
     if writer is not None:
         writer.flush()
     if is_main_process():
@@ -140,8 +156,10 @@ def _push(workdir: str, writer=None) -> None:
         if n:
             print(f"[run] copied {n} files to {workdir}", flush=True)
     import jax
+
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices("grlhfv_jax: stage outputs pushed")
         if not is_main_process():  # what process 0 alone wrote (its exports) into this host's mirror
             for loc, remote in list(storage._mirrors.items()):
@@ -152,9 +170,11 @@ def _local_inputs(config):
     """`config` (validated, frozen) with each input path that is a bucket URL replaced by a local
     copy (`storage.local_input`): model checkpoints, preference files, the tokenizer and processor
     folders, a GRM to judge with. The config as given is what run_state.json records."""
+
     def fix(sec, *keys):
-        changes = {k: storage.local_input(sec[k]) for k in keys
-                   if isinstance(sec.get(k), str) and storage.is_remote(sec[k])}
+        changes = {
+            k: storage.local_input(sec[k]) for k in keys if isinstance(sec.get(k), str) and storage.is_remote(sec[k])
+        }
         return sec.replace(**changes) if changes else sec
 
     changes = {}
@@ -192,8 +212,10 @@ def run(config, workdir: str, restart: bool = False, typed=None) -> dict:
     config = _local_inputs(full)
     local = storage.local(workdir)  # where the stages write (the workdir, or its local mirror)
     from grlhfv_jax import precision
+
     print(f"[run] matmul precision: {precision.apply(config)}", flush=True)
     from grlhfv_jax import compile_cache
+
     print(f"[run] compilation cache: {compile_cache.enable(config, local) or 'off'}", flush=True)
     if local != workdir:
         print(f"[run] workdir {workdir}; stage files staged in {local}", flush=True)
@@ -203,17 +225,22 @@ def run(config, workdir: str, restart: bool = False, typed=None) -> dict:
         with loop.preemption_handlers():
             for name in config.stages:
                 if loop.stop_requested():
-                    print(f"[run] {loop.stop_requested()}: stopping before stage {name}; run the same command "
-                          "again to continue", flush=True)
+                    print(
+                        f"[run] {loop.stop_requested()}: stopping before stage {name}; run the same command "
+                        "again to continue",
+                        flush=True,
+                    )
                     raise loop.Preempted(name, 0, loop.stop_requested())
                 rec = state["stages"].get(name, {})
                 if rec.get("status") == "done":
-                    print(f"[{name}] finished in an earlier run ({rec.get('wall_s', 0):.0f} s); skipping. "
-                          f"Use --restart to redo it.", flush=True)
+                    print(
+                        f"[{name}] finished in an earlier run ({rec.get('wall_s', 0):.0f} s); skipping. "
+                        f"Use --restart to redo it.",
+                        flush=True,
+                    )
                     continue
                 if rec.get("status") == "running":
-                    print(f"[{name}] was interrupted in an earlier run; resuming from its last checkpoint.",
-                          flush=True)
+                    print(f"[{name}] was interrupted in an earlier run; resuming from its last checkpoint.", flush=True)
                 state["stages"][name] = {"status": "running", "started": time.time()}
                 _write_run_state(workdir, state)
                 print(f"[{name}] starting", flush=True)
@@ -235,6 +262,7 @@ def run(config, workdir: str, restart: bool = False, typed=None) -> dict:
         writer.close()
     if "report" in config and config.report.enabled:
         from grlhfv_jax import report
+
         path = report.write_report(workdir)
         print(f"report: {path}", flush=True)
     print(json.dumps(summary, indent=2, sort_keys=True), flush=True)
@@ -271,6 +299,7 @@ def main(argv):
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # "PyTorch was not found": we use none of it
     from absl import logging as absl_logging
+
     absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS / orbax chatter; progress bars tell the story
     config = _CONFIG.value
     if config is None:
@@ -279,19 +308,23 @@ def main(argv):
         typed = config_schema.validate(config)  # once, before jax starts: a bad key is one line naming it
         if _DRY_RUN.value:  # placeholders allowed: nothing is read
             from grlhfv_jax import dry_run
+
             sys.exit(dry_run.run(typed))
         left = config_schema.placeholders(config)
         if left:
             (key, value), rest = left[0], [k for k, _ in left[1:]]
             raise config_schema.ConfigError(
                 f"config.{key} = {value!r} is a placeholder: set it on the command line (--config.{key}=...)"
-                + (f"; also {', '.join(rest)}" if rest else ""))
+                + (f"; also {', '.join(rest)}" if rest else "")
+            )
     except config_schema.ConfigError as e:
         sys.exit(f"config error: {e}")
     workdir = _WORKDIR.value or typed.workdir
     from grlhfv_jax.sharding import initialize_distributed
+
     initialize_distributed()
     from grlhfv_jax.trainers import loop
+
     try:
         run(config, workdir, _RESTART.value, typed=typed)
     except loop.Preempted:  # the train loop (or run, between stages) printed the stage and step

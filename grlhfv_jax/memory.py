@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 
-GRM_TEMPLATE_TOKENS = 384   # the paper's GRM template is ~330 tokens with Qwen's tokenizer (docs/data.md)
+GRM_TEMPLATE_TOKENS = 384  # the paper's GRM template is ~330 tokens with Qwen's tokenizer (docs/data.md)
 
 
 @dataclasses.dataclass(frozen=True)
 class Model:
     """A `config.model` entry (`role`), with a scalar head (a score-only RM) or not."""
+
     role: str
     scalar: bool = False
 
@@ -24,6 +25,7 @@ class Phase:
     the vision tower over `images` images (with the backward, trained unless the stage freezes it;
     `sampler`: in the sampler's own calls, `vision_chunk` worth at a time, before the prefill, so
     the larger of the two is live); and a KV cache of `kv_rows` x `kv_tokens`."""
+
     name: str
     model: Model
     rows: int
@@ -42,6 +44,7 @@ class Memory:
     """A stage's memory: `held` models (parameters), the `trained` one (gradients and optimizer,
     less its `freeze` prefixes) and any `also_trained` beside it (PPO's critic), its `phases` and
     the notes the dry run prints."""
+
     held: tuple[Model, ...]
     trained: Model
     freeze: tuple[str, ...]
@@ -60,11 +63,33 @@ def rl_phases(sec, model: Model, prompts: int, group: int, tokens: int) -> list[
     ref_rows = rows // sec.ref_num_micro_batches
     micro = rows // (sec.mini_batches * sec.num_micro_batches)
     return [
-        Phase(f"rollout ({calls} call{'s' if calls > 1 else ''}): prefill of {call_prompts} prompts x {sec.max_len} "
-              f"tokens + cache of {call_rows} rows x {tokens}", model, call_prompts, sec.max_len, 1,
-              images=call_prompts, sampler=True, kv_rows=call_rows, kv_tokens=tokens),
-        Phase(f"reference pass: {ref_rows} rows x {tokens} tokens, tower over {ref_rows // group} images", model,
-              ref_rows, tokens, sec.max_new_tokens, images=ref_rows // group),
-        Phase(f"train micro-batch: {micro} rows x {tokens} tokens, tower over {micro // group} images", model,
-              micro, tokens, sec.max_new_tokens, backward=True, images=micro // group),
+        Phase(
+            f"rollout ({calls} call{'s' if calls > 1 else ''}): prefill of {call_prompts} prompts x {sec.max_len} "
+            f"tokens + cache of {call_rows} rows x {tokens}",
+            model,
+            call_prompts,
+            sec.max_len,
+            1,
+            images=call_prompts,
+            sampler=True,
+            kv_rows=call_rows,
+            kv_tokens=tokens,
+        ),
+        Phase(
+            f"reference pass: {ref_rows} rows x {tokens} tokens, tower over {ref_rows // group} images",
+            model,
+            ref_rows,
+            tokens,
+            sec.max_new_tokens,
+            images=ref_rows // group,
+        ),
+        Phase(
+            f"train micro-batch: {micro} rows x {tokens} tokens, tower over {micro // group} images",
+            model,
+            micro,
+            tokens,
+            sec.max_new_tokens,
+            backward=True,
+            images=micro // group,
+        ),
     ]

@@ -6,7 +6,8 @@ import json
 import math
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,6 +32,7 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, *, tensorboard: bool = True, upload_every_s: float = 60.0):
         from grlhfv_jax import storage
+
         self.workdir = workdir
         self._remote = storage.is_remote(workdir)
         local = storage.local(workdir)
@@ -41,6 +43,7 @@ class MetricsWriter:
         self._tb = None
         if tensorboard and is_main_process():
             from tensorboardX import SummaryWriter  # small, TensorFlow-free event writer; writes gs:// too
+
             self._tb = SummaryWriter(logdir=os.fspath(storage.path(workdir) / "tensorboard"))
 
     def write(self, stage: str, step: int, metrics: Mapping[str, Any]) -> None:
@@ -61,6 +64,7 @@ class MetricsWriter:
     def _upload(self) -> None:
         if self._remote and is_main_process():
             from grlhfv_jax import storage
+
             storage.upload(self._local_path, self.workdir.rstrip("/") + "/metrics.jsonl")
         self._uploaded = time.time()
 
@@ -74,9 +78,14 @@ class MetricsWriter:
         self.flush()
         self._jsonl.close()
         if self._tb is not None:
-            records = [getattr(getattr(getattr(getattr(w, "event_writer", None), "_ev_writer", None),
-                                       "_py_recordio_writer", None), "_writer", None)
-                       for w in (self._tb.all_writers or {}).values()]
+            records = [
+                getattr(
+                    getattr(getattr(getattr(w, "event_writer", None), "_ev_writer", None), "_py_recordio_writer", None),
+                    "_writer",
+                    None,
+                )
+                for w in (self._tb.all_writers or {}).values()
+            ]
             self._tb.close()
             for r in records:  # tensorboardX's gs:// writer uploads its whole file again when collected,
                 if type(r).__name__ == "GCSRecordWriter":  # possibly at exit: it is complete now
@@ -87,6 +96,7 @@ class MetricsWriter:
 def read_jsonl(path: str) -> list[dict]:
     """Reads a metrics.jsonl, skipping a torn last line (a crash mid-write)."""
     from grlhfv_jax import storage
+
     rows = []
     path = storage.path(path)
     if not path.exists():
@@ -105,6 +115,7 @@ def write_text_atomic(path: str, text: str) -> None:
     temporary name of its own, so writers on several hosts of one shared folder never collide).
     A bucket path (`gs://`) is written in one upload: an object appears whole or not at all."""
     from grlhfv_jax import storage
+
     storage.write_text(path, text)
 
 
@@ -125,6 +136,7 @@ def update_summary(workdir: str, values: Mapping[str, Any]) -> dict:
     Non-finite numbers (a rate with nothing to count) are written as null. Only process 0 writes
     (a workdir shared by several hosts); every process gets the merged summary back."""
     from grlhfv_jax import storage
+
     path = storage.path(workdir) / "summary.json"
     summary = {}
     if path.exists():
@@ -151,4 +163,5 @@ def is_main_process() -> bool:
     """Process 0 of a multi-host run (the only one a single-host run has): the one that logs and
     writes a workdir's shared files."""
     import jax
+
     return jax.process_index() == 0

@@ -14,6 +14,7 @@ also carries one processor's `pixel_values` / `image_grid_thw` for it, e.g. made
 read-ahead threads): `encode_example` then uses those patches instead of running the processor
 again, when they were made by a processor with the same settings (`processor_key`).
 """
+
 from __future__ import annotations
 
 import os
@@ -70,8 +71,13 @@ def load_image_processor(
     """
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    overrides = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size,
-                     merge_size=merge_size, temporal_patch_size=temporal_patch_size)
+    overrides = dict(
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        patch_size=patch_size,
+        merge_size=merge_size,
+        temporal_patch_size=temporal_patch_size,
+    )
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if path_or_none is None:
         proc = Qwen2VLImageProcessorPil(**overrides)
@@ -121,14 +127,12 @@ def chat_prompt(question: str, *, num_images: int = 1, system: str | None = None
     """
     content = _split_question(question, num_images)
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": system}] if system is not None else [])
+        messages = [{"role": "system", "content": system}] if system is not None else []
         messages.append({"role": "user", "content": content})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     sys_text = DEFAULT_SYSTEM if system is None else system
     user = "".join(IMAGE_BLOCK if c["type"] == "image" else c["text"] for c in content)
-    return (f"{IM_START}system\n{sys_text}{IM_END}\n"
-            f"{IM_START}user\n{user}{IM_END}\n"
-            f"{IM_START}assistant\n")
+    return f"{IM_START}system\n{sys_text}{IM_END}\n{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n"
 
 
 # ----------------------------------------------------------------------------- images
@@ -157,7 +161,7 @@ def load_image(image):
     raise TypeError(f"unsupported image type {type(image).__name__}: give a PIL image, a path or an array")
 
 
-_KEYS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def processor_key(image_processor) -> str:
@@ -169,7 +173,7 @@ def processor_key(image_processor) -> str:
         key = f"{type(image_processor).__name__}:{image_processor.to_json_string()}"
         try:
             _KEYS[image_processor] = key
-        except TypeError:   # not weak-referenceable
+        except TypeError:  # not weak-referenceable
             pass
         return key
 
@@ -180,7 +184,7 @@ class PreparedImage(np.ndarray):
     the processor's `key` (`processor_key`). Made by `prepare_image`; a view or copy of it (a crop,
     a slice, arithmetic) is a plain image again (`prepared` None): its patches would be wrong."""
 
-    prepared = None   # (key, pixel_values, image_grid_thw) on the array `prepare_image` made
+    prepared = None  # (key, pixel_values, image_grid_thw) on the array `prepare_image` made
 
     def __array_finalize__(self, obj):
         self.prepared = None
@@ -194,8 +198,10 @@ class PreparedImage(np.ndarray):
 
 def _process(image_processor, images) -> tuple[np.ndarray, np.ndarray]:
     out = image_processor(images=images)
-    return (np.asarray(out["pixel_values"], dtype=np.float32),
-            np.asarray(out["image_grid_thw"], dtype=np.int32).reshape(-1, 3))
+    return (
+        np.asarray(out["pixel_values"], dtype=np.float32),
+        np.asarray(out["image_grid_thw"], dtype=np.int32).reshape(-1, 3),
+    )
 
 
 def prepare_image(image_processor, image) -> PreparedImage:
@@ -203,7 +209,7 @@ def prepare_image(image_processor, image) -> PreparedImage:
     `image_processor`'s patches for it, exactly those `encode_example` would compute."""
     pil = load_image(image)
     pv, grid = _process(image_processor, [pil])
-    pv.flags.writeable = grid.flags.writeable = False   # shared by every example of the image: no copy
+    pv.flags.writeable = grid.flags.writeable = False  # shared by every example of the image: no copy
     arr = np.asarray(image, np.uint8) if isinstance(image, np.ndarray) else np.asarray(pil, np.uint8)
     out = arr.view(PreparedImage)
     out.prepared = (processor_key(image_processor), pv, grid)
@@ -252,8 +258,11 @@ def encode_example(tokenizer, image_processor, prompt_text: str, images=(), resp
 
     patch_dim = 3 * image_processor.temporal_patch_size * image_processor.patch_size**2
     if images and ready is not None:
-        pixel_values, grid = ready[0] if len(ready) == 1 else (np.concatenate([r[0] for r in ready]),
-                                                               np.concatenate([r[1] for r in ready]))
+        pixel_values, grid = (
+            ready[0]
+            if len(ready) == 1
+            else (np.concatenate([r[0] for r in ready]), np.concatenate([r[1] for r in ready]))
+        )
     elif images:
         pixel_values, grid = _process(image_processor, images)
     else:
@@ -301,12 +310,22 @@ def pad_patches(batch: dict, total: int) -> dict:
         raise ValueError(f"pad_patches: {n} patches > total {total}")
     if total == n:
         return batch
-    return dict(batch, pixel_values=np.concatenate([np.asarray(pv), np.zeros((total - n,) + tuple(pv.shape[1:]),
-                                                                         np.asarray(pv).dtype)]))
+    return dict(
+        batch,
+        pixel_values=np.concatenate(
+            [np.asarray(pv), np.zeros((total - n,) + tuple(pv.shape[1:]), np.asarray(pv).dtype)]
+        ),
+    )
 
 
-def collate(examples: Sequence[dict], *, pad_id: int, side: str = "left", max_len: int | None = None,
-            pad_to_multiple: int | None = None) -> dict:
+def collate(
+    examples: Sequence[dict],
+    *,
+    pad_id: int,
+    side: str = "left",
+    max_len: int | None = None,
+    pad_to_multiple: int | None = None,
+) -> dict:
     """Pad encoded examples into a batch of numpy arrays.
 
     Rows are padded with `pad_id` on the left (generation: every prompt ends at the last column)
@@ -325,8 +344,10 @@ def collate(examples: Sequence[dict], *, pad_id: int, side: str = "left", max_le
         too_long = [(i, n) for i, n in enumerate(lengths) if n > max_len]
         if too_long:
             i, n = too_long[0]
-            raise ValueError(f"example {i} has {n} tokens > max_len={max_len} "
-                             f"({len(too_long)} example(s) too long: {[j for j, _ in too_long]})")
+            raise ValueError(
+                f"example {i} has {n} tokens > max_len={max_len} "
+                f"({len(too_long)} example(s) too long: {[j for j, _ in too_long]})"
+            )
     T = max(lengths)
     if pad_to_multiple:
         T = -(-T // pad_to_multiple) * pad_to_multiple
@@ -346,6 +367,7 @@ def collate(examples: Sequence[dict], *, pad_id: int, side: str = "left", max_le
     if len(dims) != 1:
         raise ValueError(f"collate: examples have different pixel_values widths {sorted(dims)}")
     out["pixel_values"] = np.concatenate([ex["pixel_values"] for ex in examples]).astype(np.float32)
-    out["image_grid_thw"] = np.concatenate([np.asarray(ex["image_grid_thw"]).reshape(-1, 3)
-                                            for ex in examples]).astype(np.int32)
+    out["image_grid_thw"] = np.concatenate([np.asarray(ex["image_grid_thw"]).reshape(-1, 3) for ex in examples]).astype(
+        np.int32
+    )
     return out

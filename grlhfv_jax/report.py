@@ -24,14 +24,25 @@ from grlhfv_jax.metrics import read_jsonl  # noqa: E402
 
 # (stage, metric) pairs drawn as training curves when present.
 CURVES = [
-    ("sft_policy", "loss"), ("sft_grm", "loss"),
-    ("grm_rl", "reward/mean"), ("grm_rl", "judge/parse_failure"), ("grm_rl", "kl"), ("grm_rl", "eval/accuracy_id"),
-    ("rm", "loss"), ("rm", "accuracy"),
-    ("policy_rl", "reward/mean"), ("policy_rl", "oracle/mean"), ("policy_rl", "kl"),
+    ("sft_policy", "loss"),
+    ("sft_grm", "loss"),
+    ("grm_rl", "reward/mean"),
+    ("grm_rl", "judge/parse_failure"),
+    ("grm_rl", "kl"),
+    ("grm_rl", "eval/accuracy_id"),
+    ("rm", "loss"),
+    ("rm", "accuracy"),
+    ("policy_rl", "reward/mean"),
+    ("policy_rl", "oracle/mean"),
+    ("policy_rl", "kl"),
     ("policy_rl", "judge/position_consistency"),
-    ("policy_rl_rm", "reward/mean"), ("policy_rl_rm", "oracle/mean"),
-    ("policy_ppo_rm", "reward/mean"), ("policy_ppo_rm", "oracle/mean"), ("policy_ppo_rm", "critic/vf_loss"),
-    ("dpo", "loss"), ("dpo", "accuracy"),
+    ("policy_rl_rm", "reward/mean"),
+    ("policy_rl_rm", "oracle/mean"),
+    ("policy_ppo_rm", "reward/mean"),
+    ("policy_ppo_rm", "oracle/mean"),
+    ("policy_ppo_rm", "critic/vf_loss"),
+    ("dpo", "loss"),
+    ("dpo", "accuracy"),
 ]
 
 
@@ -67,19 +78,30 @@ def _curves(series) -> str:
         ax.set_title(f"{key[0]}: {key[1]}", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in axes.ravel()[len(present):]:
+    for ax in axes.ravel()[len(present) :]:
         ax.axis("off")
     return _png(fig)
 
 
 # The headline: (label, summary key prefix) of each reward model and each policy.
-REWARD_MODELS = [("GRM after SFT (warm start)", "grm/sft_"), ("GRM after stage 1 (GRPO)", "grm/"),
-                 ("score-only RM (Bradley-Terry)", "baseline_rm/")]
-POLICIES = [("SFT policy (before RL)", "policy/", "_before"), ("GRLHF-V (GRM reward, GRPO)", "policy/", "_after"),
-            ("score-only RM + GRPO", "baseline_rm/", "_after"), ("score-only RM + PPO", "ppo_rm/", "_after"),
-            ("DPO", "dpo/", "_after")]
-POLICY_COLUMNS = [("oracle, sampled", "oracle_score_sampled"), ("oracle, greedy", "oracle_score"),
-                  ("hedging, sampled", "hedge_rate_sampled"), ("self-praise, sampled", "self_praise_rate_sampled")]
+REWARD_MODELS = [
+    ("GRM after SFT (warm start)", "grm/sft_"),
+    ("GRM after stage 1 (GRPO)", "grm/"),
+    ("score-only RM (Bradley-Terry)", "baseline_rm/"),
+]
+POLICIES = [
+    ("SFT policy (before RL)", "policy/", "_before"),
+    ("GRLHF-V (GRM reward, GRPO)", "policy/", "_after"),
+    ("score-only RM + GRPO", "baseline_rm/", "_after"),
+    ("score-only RM + PPO", "ppo_rm/", "_after"),
+    ("DPO", "dpo/", "_after"),
+]
+POLICY_COLUMNS = [
+    ("oracle, sampled", "oracle_score_sampled"),
+    ("oracle, greedy", "oracle_score"),
+    ("hedging, sampled", "hedge_rate_sampled"),
+    ("self-praise, sampled", "self_praise_rate_sampled"),
+]
 
 
 def _cell(summary, key) -> str:
@@ -97,9 +119,11 @@ def verdicts(summary) -> list[str]:
     if "grm/accuracy_id" in summary and "grm/sft_accuracy_id" in summary:
         d = {s: summary[f"grm/accuracy_{s}"] - summary[f"grm/sft_accuracy_{s}"] for s in ("id", "ood")}
         ok = all(v >= 0.1 - 1e-9 for v in d.values())  # accuracies are fractions: 0.6 - 0.5 < 0.1 in floats
-        out.append(f"Stage 1 (GRM RL): {'learned' if ok else 'did not learn (aim: +0.10 in and out of distribution)'}: "
-                   f"pairwise accuracy {d['id']:+.3f} in distribution, {d['ood']:+.3f} out of distribution; "
-                   f"position consistency {summary.get('grm/position_consistency_id', float('nan')):.2f}.")
+        out.append(
+            f"Stage 1 (GRM RL): {'learned' if ok else 'did not learn (aim: +0.10 in and out of distribution)'}: "
+            f"pairwise accuracy {d['id']:+.3f} in distribution, {d['ood']:+.3f} out of distribution; "
+            f"position consistency {summary.get('grm/position_consistency_id', float('nan')):.2f}."
+        )
     b, a = summary.get("policy/oracle_score_sampled_before"), summary.get("policy/oracle_score_sampled_after")
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         se = summary.get("policy/oracle_gain_sampled_vs_sft_se")
@@ -108,29 +132,44 @@ def verdicts(summary) -> list[str]:
             tail = f", paired SE {se:.3f}"
         else:
             verdict, tail = ("improved" if a > b else "did not improve"), ""
-        out.append(f"Stage 2 (GRLHF-V policy): sampled oracle score {b:.3f} -> {a:.3f} ({a - b:+.3f}{tail}): "
-                   f"{verdict}.")
+        out.append(
+            f"Stage 2 (GRLHF-V policy): sampled oracle score {b:.3f} -> {a:.3f} ({a - b:+.3f}{tail}): {verdict}."
+        )
     return out
 
 
 def headline_html(summary) -> str:
     """The answer first: reward-model accuracies and policy quality side by side, and the verdicts."""
     rm_rows = "".join(
-        f"<tr><td>{label}</td>" + "".join(f"<td>{_cell(summary, f'{pre}{m}')}</td>" for m in
-                                          ("accuracy_id", "accuracy_ood", "position_consistency_id")) + "</tr>"
-        for label, pre in REWARD_MODELS if f"{pre}accuracy_id" in summary)
+        f"<tr><td>{label}</td>"
+        + "".join(
+            f"<td>{_cell(summary, f'{pre}{m}')}</td>"
+            for m in ("accuracy_id", "accuracy_ood", "position_consistency_id")
+        )
+        + "</tr>"
+        for label, pre in REWARD_MODELS
+        if f"{pre}accuracy_id" in summary
+    )
     pol_rows = "".join(
-        f"<tr><td>{label}</td>" + "".join(f"<td>{_cell(summary, f'{pre}{m}{suf}')}</td>" for _, m in POLICY_COLUMNS)
-        + "</tr>" for label, pre, suf in POLICIES if f"{pre}oracle_score{suf}" in summary)
+        f"<tr><td>{label}</td>"
+        + "".join(f"<td>{_cell(summary, f'{pre}{m}{suf}')}</td>" for _, m in POLICY_COLUMNS)
+        + "</tr>"
+        for label, pre, suf in POLICIES
+        if f"{pre}oracle_score{suf}" in summary
+    )
     style = "border=1 cellpadding=4 style='border-collapse:collapse;font-size:13px'"
     parts = ["<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts(summary)) + "</ul>"]
     if rm_rows:
-        parts.append(f"<h3>Reward models: pairwise accuracy on held-out pairs</h3><table {style}><tr><th></th>"
-                     "<th>in distribution</th><th>out of distribution</th><th>position consistency</th></tr>"
-                     f"{rm_rows}</table>")
+        parts.append(
+            f"<h3>Reward models: pairwise accuracy on held-out pairs</h3><table {style}><tr><th></th>"
+            "<th>in distribution</th><th>out of distribution</th><th>position consistency</th></tr>"
+            f"{rm_rows}</table>"
+        )
     if pol_rows:
-        parts.append(f"<h3>Policies on held-out prompts (oracle score: true quality, 0..1)</h3><table {style}>"
-                     "<tr><th></th>" + "".join(f"<th>{c}</th>" for c, _ in POLICY_COLUMNS) + f"</tr>{pol_rows}</table>")
+        parts.append(
+            f"<h3>Policies on held-out prompts (oracle score: true quality, 0..1)</h3><table {style}>"
+            "<tr><th></th>" + "".join(f"<th>{c}</th>" for c, _ in POLICY_COLUMNS) + f"</tr>{pol_rows}</table>"
+        )
     return "".join(parts)
 
 
@@ -201,12 +240,22 @@ def _step_times_html(rows) -> str:
         return ""
     cols = [p for p in STEP_PARTS + ("other", "step") if any(p in t for t in table.values())]
     head = "".join(f"<th>{p}</th>" for p in cols)
-    body = "".join(f"<tr><td>{html.escape(s)}</td>" + "".join(
-        f"<td>{t[p]:.3f} s ({t[p] / t['step']:.0%})</td>" if p in t and t.get("step") else
-        (f"<td>{t[p]:.3f} s</td>" if p in t else "<td></td>") for p in cols) + "</tr>" for s, t in table.items())
-    return ("<h2>Time per RL step (mean seconds, share of the step)</h2>"
-            f"<table border=1 cellpadding=4 style='border-collapse:collapse;font-size:12px'><tr><th>stage</th>{head}"
-            f"</tr>{body}</table>")
+    body = "".join(
+        f"<tr><td>{html.escape(s)}</td>"
+        + "".join(
+            f"<td>{t[p]:.3f} s ({t[p] / t['step']:.0%})</td>"
+            if p in t and t.get("step")
+            else (f"<td>{t[p]:.3f} s</td>" if p in t else "<td></td>")
+            for p in cols
+        )
+        + "</tr>"
+        for s, t in table.items()
+    )
+    return (
+        "<h2>Time per RL step (mean seconds, share of the step)</h2>"
+        f"<table border=1 cellpadding=4 style='border-collapse:collapse;font-size:12px'><tr><th>stage</th>{head}"
+        f"</tr>{body}</table>"
+    )
 
 
 def _nscale(workdir) -> str:
@@ -230,16 +279,20 @@ def _judgments(workdir, limit=8) -> str:
     rows = read_jsonl(os.fspath(path))[:limit]
     if not rows:
         return ""
-    out = ["<h2>Sample judgments</h2><table border=1 cellpadding=4 style='border-collapse:collapse;font-size:12px'>",
-                  "<tr><th>image</th><th>question</th><th>response 1</th><th>response 2</th>"
-                  "<th>GRM output</th><th>scores</th><th>human prefers</th></tr>"]
+    out = [
+        "<h2>Sample judgments</h2><table border=1 cellpadding=4 style='border-collapse:collapse;font-size:12px'>",
+        "<tr><th>image</th><th>question</th><th>response 1</th><th>response 2</th>"
+        "<th>GRM output</th><th>scores</th><th>human prefers</th></tr>",
+    ]
     for r in rows:
         img = ""
         ipath = storage.path(workdir) / "samples" / r.get("image", "")
         if r.get("image") and ipath.exists():
             img = "<img width=84 src='data:image/png;base64,%s'/>" % base64.b64encode(ipath.read_bytes()).decode()
-        cells = [img] + [html.escape(str(r.get(k, ""))) for k in
-                                          ("question", "response_1", "response_2", "output", "scores", "preferred")]
+        cells = [img] + [
+            html.escape(str(r.get(k, "")))
+            for k in ("question", "response_1", "response_2", "output", "scores", "preferred")
+        ]
         out.append("<tr>" + "".join(f"<td style='white-space:pre-wrap'>{c}</td>" for c in cells) + "</tr>")
     out.append("</table>")
     return "".join(out)
@@ -253,9 +306,12 @@ def write_report(workdir: str) -> str:
     if spath.exists():
         summary = json.loads(spath.read_text())
     series = _series(rows)
-    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, (int, float))
-                                    else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-                                    for k, v in sorted(summary.items()))
+    table = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>"
+        if isinstance(v, (int, float))
+        else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+        for k, v in sorted(summary.items())
+    )
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>grlhfv_jax run report</title></head>
 <body style='font-family:sans-serif;max-width:1300px'>
 <h1>Generative RLHF-V run report</h1><p>workdir: {html.escape(workdir if storage.is_remote(workdir) else os.path.abspath(workdir))}</p>

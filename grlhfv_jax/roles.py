@@ -51,17 +51,21 @@ def prompt_format(config):
     config.model.policy (its checkpoint's config.json, else its hf_config); every role of a run
     shares the tokenizer, so one family per run."""
     spec = config.model.policy
-    hf = models.read_config_json(spec.path) if spec.path else (
-        spec.hf_config.to_dict() if hasattr(spec.hf_config, "to_dict") else dict(spec.hf_config))
+    hf = (
+        models.read_config_json(spec.path)
+        if spec.path
+        else (spec.hf_config.to_dict() if hasattr(spec.hf_config, "to_dict") else dict(spec.hf_config))
+    )
     return models.family(hf.get("model_type")).prompt_format(hf)
 
 
-def codec(config, workdir: str) -> "Codec":
+def codec(config, workdir: str) -> Codec:
     """The codec of a run: the tokenizer written by the `data` stage, config.image, config.grm_template,
     the family's prompt format (`prompt_format`)."""
     found = paths(config, workdir)
-    return Codec.from_dirs(found["tokenizer_dir"], config.image, config.grm_template or None,
-                           prompts=prompt_format(config))
+    return Codec.from_dirs(
+        found["tokenizer_dir"], config.image, config.grm_template or None, prompts=prompt_format(config)
+    )
 
 
 def runtime(spec, config=None) -> dict:
@@ -72,10 +76,17 @@ def runtime(spec, config=None) -> dict:
     block = spec.vision_block
     if block is None:
         block = 0 if config is None else processing.max_frame_patches(image_processor(config.image))
-    return dict(dtype=DTYPES[spec.dtype], param_dtype=DTYPES[spec.param_dtype], remat=bool(spec.remat),
-                remat_policy=str(spec.remat_policy), logits_chunk=int(spec.logits_chunk), vision_block=int(block),
-                vision_chunk=int(spec.vision_chunk), scan_layers=bool(spec.scan_layers),
-                scan_vision=bool(spec.scan_vision))
+    return dict(
+        dtype=DTYPES[spec.dtype],
+        param_dtype=DTYPES[spec.param_dtype],
+        remat=bool(spec.remat),
+        remat_policy=str(spec.remat_policy),
+        logits_chunk=int(spec.logits_chunk),
+        vision_block=int(block),
+        vision_chunk=int(spec.vision_chunk),
+        scan_layers=bool(spec.scan_layers),
+        scan_vision=bool(spec.scan_vision),
+    )
 
 
 def mesh_from_config(config):
@@ -91,13 +102,14 @@ def model_config(spec, codec: Codec) -> dict:
     text = dict(hf.get("text_config", {}))
     text.update(vocab_size=len(codec.tokenizer), eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"])
     hf["text_config"] = text
-    for k in codec.prompts.config_ids(codec.tokenizer):   # the family's special-token keys
+    for k in codec.prompts.config_ids(codec.tokenizer):  # the family's special-token keys
         hf[k] = ids[k]
     return hf
 
 
-def new_or_load(spec, codec: Codec, *, seed: int, scalar_head: bool = False, from_path: str | None = None,
-                mesh=None, config=None):
+def new_or_load(
+    spec, codec: Codec, *, seed: int, scalar_head: bool = False, from_path: str | None = None, mesh=None, config=None
+):
     """A model: loaded from `from_path` (an HF folder written by an earlier stage), else from
     `spec.path` (a real checkpoint), else randomly initialised from `spec.hf_config`; with the
     runtime choices of `spec` (`runtime`; vision_block from `config.image`, else dense)."""
@@ -131,6 +143,7 @@ def world_config(config) -> W.WorldConfig:
 def data_dir(config, workdir: str) -> str:
     """config.data.dir (a bucket URL: its local mirror, `storage.local`), else workdir/data."""
     from grlhfv_jax import storage
+
     d = config.data.dir
     return storage.local(d) if d else os.path.join(workdir, "data")
 
@@ -153,15 +166,18 @@ def source(config, workdir: str):
     """The run's data source (`data.sources`): the synthetic world this stage wrote, or the
     preference files it checked (`data_files.source`)."""
     found = paths(config, workdir)
-    written = found["kind"] if "kind" in found else "world"   # the world's data_paths.json names no kind
+    written = found["kind"] if "kind" in found else "world"  # the world's data_paths.json names no kind
     if written != kind(config):
-        raise ValueError(f"{os.path.join(workdir, 'data_paths.json')} was written for config.data.kind = "
-                         f"{written!r}, not {kind(config)!r}: rerun the 'data' stage")
+        raise ValueError(
+            f"{os.path.join(workdir, 'data_paths.json')} was written for config.data.kind = "
+            f"{written!r}, not {kind(config)!r}: rerun the 'data' stage"
+        )
     if kind(config) == "files":
         from grlhfv_jax.data import files_convert as data_files
+
         d = config.data
         proc = None
-        if d.image_workers > 0:   # the processor the stages' codec uses (roles.codec): config.image's
+        if d.image_workers > 0:  # the processor the stages' codec uses (roles.codec): config.image's
             proc = image_processor(config.image)
         return data_files.source(found, d.read_threads, d.image_workers, proc)
     return sources.WorldSource(found["data_dir"], world_config(config))
@@ -180,8 +196,9 @@ def warm_start(config, workdir: str, target: str) -> tuple[str, str]:
         return output_dir(workdir, "sft", target), f"run the 'sft' stage (with config.sft.{target}) first"
     path = config.model[target].path if target in config.model else None
     if not path:
-        return output_dir(workdir, "sft", target), (f"set config.model.{target}.path (a checkpoint) or train a warm start "
-                                             f"with config.sft.{target}")
+        return output_dir(workdir, "sft", target), (
+            f"set config.model.{target}.path (a checkpoint) or train a warm start with config.sft.{target}"
+        )
     return path, f"config.model.{target}.path is not a Hugging Face checkpoint folder"
 
 
@@ -199,19 +216,23 @@ def load_rm(workdir: str, config=None):
     path = output_dir(workdir, "rm")
     if spec is not None and "rm" not in config.stages and spec.path:
         path = spec.path
-    return load_stage_output(path, "run the 'rm' stage first (or give its folder as config.model.rm.path)",
-                                    config, spec, scalar_head=True)
+    return load_stage_output(
+        path, "run the 'rm' stage first (or give its folder as config.model.rm.path)", config, spec, scalar_head=True
+    )
 
 
 def copy_tower(model, workdir: str, config=None, spec=None) -> None:
     """Replaces `model`'s vision tower by the one the `vision` stage wrote (shapes must match)."""
-    src = load_stage_output(output_dir(workdir, "vision"), "run the 'vision' stage first (add it to config.stages)",
-                                   config, spec)
+    src = load_stage_output(
+        output_dir(workdir, "vision"), "run the 'vision' stage first (add it to config.stages)", config, spec
+    )
     a, b = nnx.state(model.visual, nnx.Param), nnx.state(src.visual, nnx.Param)
     shapes = [[(jax.tree_util.keystr(k), x.shape) for k, x in jax.tree_util.tree_leaves_with_path(s)] for s in (a, b)]
     if shapes[0] != shapes[1]:
-        raise ValueError("the vision stage's tower does not match this model's vision config "
-                         f"({output_dir(workdir, 'vision')}); give both the same config.model hf_config vision_config")
+        raise ValueError(
+            "the vision stage's tower does not match this model's vision config "
+            f"({output_dir(workdir, 'vision')}); give both the same config.model hf_config vision_config"
+        )
     nnx.update(model.visual, b)
 
 
@@ -225,12 +246,20 @@ def make_judge(cfg, *, codec: Codec, load_grm, workdir: str = "", max_prompts: i
         return GRMJudge(load_grm(), codec, max_prompts=int(max_prompts))
     if cfg.kind == "http":
         from grlhfv_jax.rollout.http_judge import HTTPJudge
+
         cache = cfg.cache_dir
         if cache and workdir and "://" not in cache and not os.path.isabs(cache):
             cache = os.path.join(workdir, cache)
-        return HTTPJudge(str(cfg.base_url), str(cfg.model), api_key_env=str(cfg.api_key_env),
-                         max_concurrency=int(cfg.max_concurrency), timeout_s=float(cfg.timeout_s),
-                         max_retries=int(cfg.max_retries), backoff_s=float(cfg.backoff_s),
-                         backoff_max_s=float(cfg.backoff_max_s), cache_dir=cache or None,
-                         template=codec.grm_template)
+        return HTTPJudge(
+            str(cfg.base_url),
+            str(cfg.model),
+            api_key_env=str(cfg.api_key_env),
+            max_concurrency=int(cfg.max_concurrency),
+            timeout_s=float(cfg.timeout_s),
+            max_retries=int(cfg.max_retries),
+            backoff_s=float(cfg.backoff_s),
+            backoff_max_s=float(cfg.backoff_max_s),
+            cache_dir=cache or None,
+            template=codec.grm_template,
+        )
     raise ValueError(f"judge kind {cfg.kind!r}: expected 'grm' or 'http'")

@@ -41,6 +41,7 @@ Access: on a loopback host (127.0.0.1, localhost, ::1; the default) no key is ne
 refuses to start without it. With a key every request but /health needs
 ``Authorization: Bearer <key>``. The key is never logged or echoed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,9 +58,9 @@ import time
 import traceback
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional
 
 import numpy as np
+
 from grlhfv_jax import encoding
 from grlhfv_jax.rollout import group_sampling
 
@@ -87,21 +88,25 @@ def _bad(message: str) -> RequestError:
 def decode_image(url: str) -> np.ndarray:
     """A base64 data URL -> uint8 [H, W, 3] RGB pixels; RequestError(400) when it is not one."""
     from PIL import Image
+
     if not isinstance(url, str):
         raise _bad("image_url.url must be a string (a data:image/...;base64,... URL)")
     m = _DATA_URL.match(url[:256])
     if not m:
-        raise _bad("images must be base64 data URLs (data:image/png;base64,...); the server fetches nothing"
-                   if not url.startswith("data:") else "image data URL is not base64 (data:image/<type>;base64,...)")
+        raise _bad(
+            "images must be base64 data URLs (data:image/png;base64,...); the server fetches nothing"
+            if not url.startswith("data:")
+            else "image data URL is not base64 (data:image/<type>;base64,...)"
+        )
     try:
-        raw = base64.b64decode(url[m.end():], validate=True)
+        raw = base64.b64decode(url[m.end() :], validate=True)
     except (binascii.Error, ValueError) as e:
         raise _bad(f"image data URL: invalid base64 ({e})") from None
     try:
         with Image.open(io.BytesIO(raw)) as im:
             im.load()
             return np.asarray(im.convert("RGB"), np.uint8)
-    except Exception as e:   # PIL raises many kinds on a corrupt / unknown / oversized image
+    except Exception as e:  # PIL raises many kinds on a corrupt / unknown / oversized image
         raise _bad(f"image data URL: cannot decode the image ({type(e).__name__}: {e})") from None
 
 
@@ -139,7 +144,7 @@ def parse_messages(messages) -> tuple[list[dict], list[np.ndarray]]:
                 parts.append({"type": "image"})
             else:
                 raise _bad(f"{where}: expected a part of type 'text' or 'image_url', got {kind!r}")
-        if role == "system":   # a system turn is text
+        if role == "system":  # a system turn is text
             out.append({"role": role, "content": "".join(p["text"] for p in parts)})
         else:
             out.append({"role": role, "content": parts})
@@ -151,6 +156,7 @@ def chat_text(messages: list[dict], tokenizer) -> str:
     opening: the tokenizer's chat template, else `processing.chat_prompt`'s format (Qwen2-VL's);
     one user message gives exactly `processing.chat_prompt`'s text."""
     from grlhfv_jax import processing as P
+
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     turns = [] if messages[0]["role"] == "system" else [f"{P.IM_START}system\n{P.DEFAULT_SYSTEM}{P.IM_END}\n"]
@@ -177,6 +183,7 @@ def _number(body: dict, key: str, default, kind, ok, what: str):
 def sampling_params(body: dict, *, default_max_tokens: int):
     """A request's sampling settings -> `rollout.SamplingParams`; RequestError(400) on a bad value."""
     from grlhfv_jax.rollout import SamplingParams
+
     if body.get("stream"):
         raise _bad("'stream' is not supported")
     max_key = "max_tokens" if body.get("max_tokens") is not None else "max_completion_tokens"
@@ -187,8 +194,10 @@ def sampling_params(body: dict, *, default_max_tokens: int):
         top_p=_number(body, "top_p", 1.0, float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
         top_k=max(_number(body, "top_k", 0, int, lambda v: v >= -1, "an int >= 0 (0 or -1: off)"), 0),
         num_samples=_number(body, "n", 1, int, lambda v: 1 <= v <= 1024, "an int in [1, 1024]"),
-        seed=(int.from_bytes(os.urandom(4), "little") >> 1) if seed is None else
-        _number(body, "seed", 0, int, lambda v: 0 <= v < 2 ** 63, "an int >= 0"))
+        seed=(int.from_bytes(os.urandom(4), "little") >> 1)
+        if seed is None
+        else _number(body, "seed", 0, int, lambda v: 0 <= v < 2**63, "an int >= 0"),
+    )
 
 
 # ----------------------------------------------------------------------------- the model
@@ -198,29 +207,40 @@ class ChatModel:
     """A model folder on our engine: `complete(request body) -> response body` (thread safe:
     one engine call at a time)."""
 
-    def __init__(self, model_dir: str, *, name: Optional[str] = None, dtype: str = "float32",
-                 default_max_tokens: int = 512, max_model_len: Optional[int] = None):
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        name: str | None = None,
+        dtype: str = "float32",
+        default_max_tokens: int = 512,
+        max_model_len: int | None = None,
+    ):
         import jax.numpy as jnp
 
         from grlhfv_jax import models
+
         if not os.path.isfile(os.path.join(model_dir, "config.json")):
             raise FileNotFoundError(f"{model_dir}: no config.json (a stage's output folder or grlhfv_jax.export's)")
         if not os.path.isfile(os.path.join(model_dir, "preprocessor_config.json")):
-            raise FileNotFoundError(f"{model_dir}: no preprocessor_config.json: export the folder with "
-                                    "python -m grlhfv_jax.export (it writes the tokenizer and image processor)")
+            raise FileNotFoundError(
+                f"{model_dir}: no preprocessor_config.json: export the folder with "
+                "python -m grlhfv_jax.export (it writes the tokenizer and image processor)"
+            )
         self.name = name or os.path.basename(os.path.normpath(model_dir))
         self.codec = encoding.Codec.from_dirs(model_dir, {"processor_dir": model_dir})
         self.model = models.load_pretrained(model_dir, dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype])
         self.engine = group_sampling.engine_rollout(self.model, self.codec, frozen=True)
         self.default_max_tokens = int(default_max_tokens)
-        self.max_model_len = int(max_model_len or _context_length(model_dir) or 0)   # 0: unchecked
+        self.max_model_len = int(max_model_len or _context_length(model_dir) or 0)  # 0: unchecked
         self.created = int(time.time())
-        self._lock = threading.Lock()          # one engine call at a time
-        self._encode_lock = threading.Lock()   # the fast tokenizer is not safe to share across threads
+        self._lock = threading.Lock()  # one engine call at a time
+        self._encode_lock = threading.Lock()  # the fast tokenizer is not safe to share across threads
 
     def encode(self, messages) -> dict:
         """Request messages -> one encoded example (`processing.encode_example`)."""
         from grlhfv_jax import processing
+
         msgs, images = parse_messages(messages)
         try:
             with self._encode_lock:
@@ -228,46 +248,63 @@ class ChatModel:
                 return processing.encode_example(self.codec.tokenizer, self.codec.image_processor, text, images)
         except RequestError:
             raise
-        except Exception as e:   # a template error, image tokens typed into the text, ...
+        except Exception as e:  # a template error, image tokens typed into the text, ...
             raise _bad(f"cannot build the prompt: {type(e).__name__}: {e}") from None
 
     def complete(self, body) -> dict:
         from grlhfv_jax.rollout import bucket_length
+
         if not isinstance(body, dict):
             raise _bad("the request body must be a JSON object")
         if body.get("model") not in (None, self.name):
-            raise RequestError(404, f"model {body['model']!r} does not exist (this server serves {self.name!r})",
-                               "not_found_error")
+            raise RequestError(
+                404, f"model {body['model']!r} does not exist (this server serves {self.name!r})", "not_found_error"
+            )
         if "messages" not in body:
             raise _bad("'messages' is required")
         params = sampling_params(body, default_max_tokens=self.default_max_tokens)
         ex = self.encode(body["messages"])
         T = len(ex["input_ids"])
         if self.max_model_len and T + params.max_new_tokens > self.max_model_len:
-            raise _bad(f"the prompt's {T} tokens + max_tokens {params.max_new_tokens} exceed the model's context "
-                       f"({self.max_model_len} tokens)")
+            raise _bad(
+                f"the prompt's {T} tokens + max_tokens {params.max_new_tokens} exceed the model's context "
+                f"({self.max_model_len} tokens)"
+            )
         batch = encoding.batch([ex], self.codec, side="left", max_len=bucket_length(T))
-        if not np.asarray(batch["image_grid_thw"]).size:   # text only
+        if not np.asarray(batch["image_grid_thw"]).size:  # text only
             batch = {k: v for k, v in batch.items() if k not in ("pixel_values", "image_grid_thw")}
         with self._lock:
             out = self.engine.generate(batch, params)
             tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
             finished = np.asarray(out.finished)
         texts = self.codec.decode(tokens, lengths)
-        choices = [{"index": i, "message": {"role": "assistant", "content": t},
-                    "finish_reason": "stop" if bool(finished[i]) else "length", "logprobs": None}
-                   for i, t in enumerate(texts)]
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": t},
+                "finish_reason": "stop" if bool(finished[i]) else "length",
+                "logprobs": None,
+            }
+            for i, t in enumerate(texts)
+        ]
         completion = int(lengths.sum())
-        return {"id": "chatcmpl-" + uuid.uuid4().hex, "object": "chat.completion", "created": int(time.time()),
-                "model": self.name, "choices": choices,
-                "usage": {"prompt_tokens": T, "completion_tokens": completion, "total_tokens": T + completion}}
+        return {
+            "id": "chatcmpl-" + uuid.uuid4().hex,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.name,
+            "choices": choices,
+            "usage": {"prompt_tokens": T, "completion_tokens": completion, "total_tokens": T + completion},
+        }
 
     def models_body(self) -> dict:
-        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": self.created,
-                                            "owned_by": "grlhfv_jax"}]}
+        return {
+            "object": "list",
+            "data": [{"id": self.name, "object": "model", "created": self.created, "owned_by": "grlhfv_jax"}],
+        }
 
 
-def _context_length(model_dir: str) -> Optional[int]:
+def _context_length(model_dir: str) -> int | None:
     try:
         with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
             cfg = json.load(f)
@@ -282,11 +319,11 @@ def _context_length(model_dir: str) -> Optional[int]:
 # ----------------------------------------------------------------------------- HTTP
 
 
-def _handler(model: ChatModel, api_key: Optional[str], quiet: bool):
+def _handler(model: ChatModel, api_key: str | None, quiet: bool):
     class Handler(BaseHTTPRequestHandler):
         server_version = "grlhfv_jax.serve"
 
-        def log_message(self, fmt, *args):   # the request line and status only: never a header
+        def log_message(self, fmt, *args):  # the request line and status only: never a header
             if not quiet:
                 sys.stderr.write(f"[serve] {self.address_string()} {fmt % args}\n")
 
@@ -308,8 +345,9 @@ def _handler(model: ChatModel, api_key: Optional[str], quiet: bool):
             token = got[7:].strip() if got[:7].lower() == "bearer " else ""
             if hmac.compare_digest(token.encode("utf-8"), api_key.encode("utf-8")):
                 return True
-            self._error(RequestError(401, "missing or wrong API key (Authorization: Bearer <key>)",
-                                     "authentication_error"))
+            self._error(
+                RequestError(401, "missing or wrong API key (Authorization: Bearer <key>)", "authentication_error")
+            )
             return False
 
         def do_GET(self):
@@ -330,8 +368,11 @@ def _handler(model: ChatModel, api_key: Optional[str], quiet: bool):
                 n = -1
             if n < 0 or n > MAX_BODY_BYTES:
                 self.close_connection = True
-                return self._error(RequestError(400 if n < 0 else 413, "a Content-Length (at most "
-                                                f"{MAX_BODY_BYTES} bytes) is required"))
+                return self._error(
+                    RequestError(
+                        400 if n < 0 else 413, f"a Content-Length (at most {MAX_BODY_BYTES} bytes) is required"
+                    )
+                )
             raw = self.rfile.read(n)
             if not self._authorized():
                 return
@@ -345,22 +386,25 @@ def _handler(model: ChatModel, api_key: Optional[str], quiet: bool):
                 self._send(200, model.complete(body))
             except RequestError as e:
                 self._error(e)
-            except Exception as e:   # a bug or an engine failure: this request fails, the server goes on
+            except Exception as e:  # a bug or an engine failure: this request fails, the server goes on
                 traceback.print_exc()
                 self._error(RequestError(500, f"internal error: {type(e).__name__}: {e}", "server_error"))
 
     return Handler
 
 
-def make_server(model: ChatModel, host: str = "127.0.0.1", port: int = 0, *, api_key_env: str = API_KEY_ENV,
-                quiet: bool = False) -> ThreadingHTTPServer:
+def make_server(
+    model: ChatModel, host: str = "127.0.0.1", port: int = 0, *, api_key_env: str = API_KEY_ENV, quiet: bool = False
+) -> ThreadingHTTPServer:
     """A bound (not yet serving) HTTP server for `model`; port 0 picks a free one
     (`server.server_address`). Refuses (ValueError) a non-loopback host unless `$api_key_env` holds
     a key; any host with the key set requires it."""
     key = os.environ.get(api_key_env) or None
     if host not in LOOPBACK and key is None:
-        raise ValueError(f"serving on {host!r} (not loopback) needs an API key: set ${api_key_env} "
-                         "(clients send it as Authorization: Bearer <key>)")
+        raise ValueError(
+            f"serving on {host!r} (not loopback) needs an API key: set ${api_key_env} "
+            "(clients send it as Authorization: Bearer <key>)"
+        )
     server = ThreadingHTTPServer((host, int(port)), _handler(model, key, quiet))
     server.daemon_threads = True
     return server
@@ -375,20 +419,33 @@ def main(argv=None) -> int:
     ap.add_argument("--api-key-env", default=API_KEY_ENV, help="environment variable holding the API key")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--max-tokens", type=int, default=512, help="max_tokens when a request gives none")
-    ap.add_argument("--max-model-len", type=int, default=None,
-                    help="prompt + max_tokens limit (default: config.json's max_position_embeddings)")
+    ap.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="prompt + max_tokens limit (default: config.json's max_position_embeddings)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no log line per request")
     args = ap.parse_args(argv)
     if args.host not in LOOPBACK and not os.environ.get(args.api_key_env):
-        print(f"error: serving on {args.host!r} (not loopback) needs an API key: set ${args.api_key_env}",
-              file=sys.stderr)
+        print(
+            f"error: serving on {args.host!r} (not loopback) needs an API key: set ${args.api_key_env}", file=sys.stderr
+        )
         return 2
-    model = ChatModel(args.model, name=args.served_model_name, dtype=args.dtype, default_max_tokens=args.max_tokens,
-                      max_model_len=args.max_model_len)
+    model = ChatModel(
+        args.model,
+        name=args.served_model_name,
+        dtype=args.dtype,
+        default_max_tokens=args.max_tokens,
+        max_model_len=args.max_model_len,
+    )
     server = make_server(model, args.host, args.port, api_key_env=args.api_key_env, quiet=args.quiet)
     host, port = server.server_address[:2]
-    print(f"[serve] {model.name} at http://{host}:{port}/v1 (auth: "
-          f"{'Bearer $' + args.api_key_env if os.environ.get(args.api_key_env) else 'none'})", flush=True)
+    print(
+        f"[serve] {model.name} at http://{host}:{port}/v1 (auth: "
+        f"{'Bearer $' + args.api_key_env if os.environ.get(args.api_key_env) else 'none'})",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

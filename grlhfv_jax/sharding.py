@@ -13,6 +13,7 @@ order a single process reads them); `global_batch` makes those per-host rows one
 `trainers.loop.place_batch` calls it); `host_values` brings a global array back to the host, the
 same numpy on every process; `is_writer()` says whether this process writes files (process 0).
 """
+
 from __future__ import annotations
 
 import math
@@ -41,12 +42,11 @@ LOGICAL_RULES: dict[str, str | None] = {
     "vision_heads": "tensor",
     "vision_patch": None,
     "norm": None,
-    "layers": None,     # the leading axis of decoder layers / vision blocks stacked for a scan (VLConfig.scan_layers, scan_vision)
+    "layers": None,  # the leading axis of decoder layers / vision blocks stacked for a scan (VLConfig.scan_layers, scan_vision)
 }
 
 # Batch entries whose leading dim is not the batch: replicated on every device.
-REPLICATED_BATCH_KEYS = ("pixel_values", "image_grid_thw", "image_embeds", "micro_pixel_values",
-                         "micro_image_grid_thw")
+REPLICATED_BATCH_KEYS = ("pixel_values", "image_grid_thw", "image_embeds", "micro_pixel_values", "micro_image_grid_thw")
 # Of those, the ones a host builds for the whole global batch (`trainers.loop.micro_batch_images`
 # on several processes: a micro-batch's images are those of global rows, not of one host's rows).
 GLOBAL_BATCH_KEYS = ("micro_pixel_values", "micro_image_grid_thw")
@@ -55,14 +55,15 @@ GLOBAL_BATCH_KEYS = ("micro_pixel_values", "micro_image_grid_thw")
 # ----------------------------------------------------------------------------- mesh
 
 
-def make_mesh(mesh_shape: Sequence[int] = (1, -1, 1), axis_names: Sequence[str] = AXIS_NAMES,
-              devices=None) -> Mesh:
+def make_mesh(mesh_shape: Sequence[int] = (1, -1, 1), axis_names: Sequence[str] = AXIS_NAMES, devices=None) -> Mesh:
     """A mesh with Auto axis types (GSPMD propagation). One entry of `mesh_shape` may be -1: the rest."""
     devices = jax.devices() if devices is None else list(devices)
     shape = [int(s) for s in mesh_shape]
     if len(shape) != len(axis_names):
-        raise ValueError(f"mesh_shape {tuple(mesh_shape)} has {len(shape)} entries but axis_names "
-                         f"{tuple(axis_names)} has {len(axis_names)}")
+        raise ValueError(
+            f"mesh_shape {tuple(mesh_shape)} has {len(shape)} entries but axis_names "
+            f"{tuple(axis_names)} has {len(axis_names)}"
+        )
     n = len(devices)
     if shape.count(-1) > 1:
         raise ValueError(f"mesh_shape {tuple(mesh_shape)}: at most one -1 allowed")
@@ -71,14 +72,13 @@ def make_mesh(mesh_shape: Sequence[int] = (1, -1, 1), axis_names: Sequence[str] 
     if -1 in shape:
         known = math.prod(s for s in shape if s != -1)
         if n % known:
-            raise ValueError(f"mesh_shape {tuple(mesh_shape)} does not fit {n} devices "
-                             f"({n} is not divisible by {known})")
+            raise ValueError(
+                f"mesh_shape {tuple(mesh_shape)} does not fit {n} devices ({n} is not divisible by {known})"
+            )
         shape[shape.index(-1)] = n // known
     if math.prod(shape) != n:
-        raise ValueError(f"mesh_shape {tuple(mesh_shape)} needs {math.prod(shape)} devices but "
-                         f"{n} are available")
-    return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=(AxisType.Auto,) * len(shape),
-                         devices=devices)
+        raise ValueError(f"mesh_shape {tuple(mesh_shape)} needs {math.prod(shape)} devices but {n} are available")
+    return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=(AxisType.Auto,) * len(shape), devices=devices)
 
 
 def _axis_size(mesh: Mesh, axis) -> int:
@@ -89,8 +89,9 @@ def _axis_size(mesh: Mesh, axis) -> int:
 # ----------------------------------------------------------------------------- specs
 
 
-def logical_to_spec(logical_axes, shape: Sequence[int], mesh: Mesh,
-                    rules: Mapping[str, str | tuple | None] = LOGICAL_RULES) -> PartitionSpec:
+def logical_to_spec(
+    logical_axes, shape: Sequence[int], mesh: Mesh, rules: Mapping[str, str | tuple | None] = LOGICAL_RULES
+) -> PartitionSpec:
     """PartitionSpec for an array of `shape` whose dims are named `logical_axes`.
 
     A dim is replicated when its name is None, maps to None, maps to a mesh axis of size 1, is not
@@ -100,8 +101,9 @@ def logical_to_spec(logical_axes, shape: Sequence[int], mesh: Mesh,
         return PartitionSpec()
     logical_axes = tuple(logical_axes)
     if len(logical_axes) != len(shape):
-        raise ValueError(f"logical_axes {logical_axes} has {len(logical_axes)} names for an array of shape "
-                         f"{tuple(shape)}")
+        raise ValueError(
+            f"logical_axes {logical_axes} has {len(logical_axes)} names for an array of shape {tuple(shape)}"
+        )
     used: set[str] = set()
     spec = []
     for name, size in zip(logical_axes, shape):
@@ -202,6 +204,7 @@ def model_shardings(model: nnx.Module, mesh: Mesh, rules=LOGICAL_RULES) -> nnx.S
 def shard_model(model: nnx.Module, mesh: Mesh, rules=LOGICAL_RULES) -> nnx.Module:
     """Place every variable of `model` (any NNX module, e.g. a model or an nnx.Optimizer) on `mesh`,
     in place, and give a model its activations' mesh (`set_activation_mesh`). Returns the model."""
+
     def place(v):
         if not hasattr(v.get_value(), "shape"):  # e.g. the empty state of a frozen group's optimizer
             return v
@@ -234,8 +237,9 @@ def batch_spec(mesh: Mesh, ndim: int, batch_axes: Sequence[str] = BATCH_AXES) ->
     return PartitionSpec(axes if len(axes) > 1 else axes[0])
 
 
-def rows_spec(mesh: Mesh, n_rows: int, ndim: int, row_dim: int = 0, head_dim: int | None = None,
-              n_heads: int = 0) -> PartitionSpec:
+def rows_spec(
+    mesh: Mesh, n_rows: int, ndim: int, row_dim: int = 0, head_dim: int | None = None, n_heads: int = 0
+) -> PartitionSpec:
     """Dim `row_dim` (n_rows) over the batch axes of size > 1 when they divide it, and dim `head_dim`
     (n_heads) over "tensor" when it divides; the rest replicated (the sampler's rows and KV cache)."""
     spec = [None] * ndim
@@ -243,8 +247,12 @@ def rows_spec(mesh: Mesh, n_rows: int, ndim: int, row_dim: int = 0, head_dim: in
     size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
     if axes and n_rows % size == 0:
         spec[row_dim] = axes if len(axes) > 1 else axes[0]
-    if head_dim is not None and "tensor" in mesh.axis_names and mesh.shape["tensor"] > 1 \
-            and n_heads % mesh.shape["tensor"] == 0:
+    if (
+        head_dim is not None
+        and "tensor" in mesh.axis_names
+        and mesh.shape["tensor"] > 1
+        and n_heads % mesh.shape["tensor"] == 0
+    ):
         spec[head_dim] = "tensor"
     return PartitionSpec(*spec)
 
@@ -253,8 +261,7 @@ def constrain_rows(x, mesh: Mesh | None, row_dim: int = 0):
     """`with_sharding_constraint` of an activation's rows by `rows_spec` (no-op without a mesh)."""
     if mesh is None:
         return x
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, rows_spec(mesh, x.shape[row_dim], x.ndim,
-                                                                               row_dim)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, rows_spec(mesh, x.shape[row_dim], x.ndim, row_dim)))
 
 
 def place_rows(x, mesh: Mesh | None) -> jax.Array:
@@ -273,8 +280,14 @@ def place_replicated(x, mesh: Mesh | None) -> jax.Array:
     return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
 
 
-def shard_batch(batch: Mapping, mesh: Mesh, *, batch_axes: Sequence[str] = BATCH_AXES,
-                replicated_keys: Sequence[str] = REPLICATED_BATCH_KEYS, process_local: bool = False) -> dict:
+def shard_batch(
+    batch: Mapping,
+    mesh: Mesh,
+    *,
+    batch_axes: Sequence[str] = BATCH_AXES,
+    replicated_keys: Sequence[str] = REPLICATED_BATCH_KEYS,
+    process_local: bool = False,
+) -> dict:
     """Place a batch dict on `mesh`: leading dim over `batch_axes`; `replicated_keys` and scalars
     replicated; non-array values passed through.
 
@@ -297,8 +310,10 @@ def shard_batch(batch: Mapping, mesh: Mesh, *, batch_axes: Sequence[str] = BATCH
             continue
         rows = x.shape[0] * (jax.process_count() if process_local else 1)
         if rows % n_batch:
-            raise ValueError(f"shard_batch: {key!r} has {rows} rows (global), not divisible by the "
-                             f"{n_batch} devices of mesh axes {tuple(batch_axes)}")
+            raise ValueError(
+                f"shard_batch: {key!r} has {rows} rows (global), not divisible by the "
+                f"{n_batch} devices of mesh axes {tuple(batch_axes)}"
+            )
         sharding = NamedSharding(mesh, batch_spec(mesh, x.ndim, batch_axes))
         if process_local and jax.process_count() > 1:
             _check_process_contiguous(sharding, rows)
@@ -334,8 +349,10 @@ def _check_process_contiguous(sharding: NamedSharding, rows: int) -> None:
         lo, hi, _ = idx[0].indices(rows)
         p = dev.process_index
         if lo < p * per or hi > (p + 1) * per:
-            raise ValueError("shard_batch(process_local=True): the mesh does not give each process a "
-                             "contiguous block of batch rows; build it with make_mesh (process-ordered devices)")
+            raise ValueError(
+                "shard_batch(process_local=True): the mesh does not give each process a "
+                "contiguous block of batch rows; build it with make_mesh (process-ordered devices)"
+            )
 
 
 # ----------------------------------------------------------------------------- multi-host
@@ -344,8 +361,13 @@ def _check_process_contiguous(sharding: NamedSharding, rows: int) -> None:
 _DIST_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
 
 
-def initialize_distributed(*, coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, force: bool = False) -> tuple[int, int]:
+def initialize_distributed(
+    *,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    force: bool = False,
+) -> tuple[int, int]:
     """Start jax.distributed when the environment (or the arguments) ask for several processes.
 
     Triggers: explicit arguments, `force=True`, `JAX_COORDINATOR_ADDRESS` (with `JAX_NUM_PROCESSES`
@@ -358,12 +380,18 @@ def initialize_distributed(*, coordinator_address: str | None = None, num_proces
         num_processes = int(env["JAX_NUM_PROCESSES"])
     if process_id is None and env.get("JAX_PROCESS_ID"):
         process_id = int(env["JAX_PROCESS_ID"])
-    cluster = (int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-               or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1)
+    cluster = (
+        int(env.get("SLURM_NTASKS", "1")) > 1
+        or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+        or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+    )
     wanted = force or address is not None or (num_processes or 1) > 1 or cluster
     if wanted and not jax.distributed.is_initialized():
-        kwargs = {k: v for k, v in dict(coordinator_address=address, num_processes=num_processes,
-                                        process_id=process_id).items() if v is not None}
+        kwargs = {
+            k: v
+            for k, v in dict(coordinator_address=address, num_processes=num_processes, process_id=process_id).items()
+            if v is not None
+        }
         jax.distributed.initialize(**kwargs)
     return jax.process_index(), jax.process_count()
 
@@ -398,15 +426,26 @@ def gather_batch(batch: Mapping, keys: Sequence[str] | None = None) -> dict:
     `gather_rows` of them: this host's rows -> the global batch's, in process order."""
     out = dict(batch)
     for k, v in batch.items():
-        if (keys is None or k in keys) and v is not None and hasattr(v, "shape") and hasattr(v, "dtype") \
-                and len(np.shape(v)) > 0 and not isinstance(v, jax.Array):
+        if (
+            (keys is None or k in keys)
+            and v is not None
+            and hasattr(v, "shape")
+            and hasattr(v, "dtype")
+            and len(np.shape(v)) > 0
+            and not isinstance(v, jax.Array)
+        ):
             out[k] = gather_rows(v)
     return out
 
 
-def global_batch(host_rows: Mapping, mesh: Mesh, *, batch_axes: Sequence[str] = BATCH_AXES,
-                 replicated_keys: Sequence[str] = REPLICATED_BATCH_KEYS,
-                 global_keys: Sequence[str] = GLOBAL_BATCH_KEYS) -> dict:
+def global_batch(
+    host_rows: Mapping,
+    mesh: Mesh,
+    *,
+    batch_axes: Sequence[str] = BATCH_AXES,
+    replicated_keys: Sequence[str] = REPLICATED_BATCH_KEYS,
+    global_keys: Sequence[str] = GLOBAL_BATCH_KEYS,
+) -> dict:
     """This host's rows of a batch -> the global batch as jax arrays on `mesh`.
 
     Rows: every array of rank >= 1 not in `replicated_keys` holds this host's rows, the contiguous
@@ -433,37 +472,53 @@ def global_batch(host_rows: Mapping, mesh: Mesh, *, batch_axes: Sequence[str] = 
         return shard_batch(host_rows, mesh, batch_axes=batch_axes, replicated_keys=replicated_keys)
     axes = tuple(a for a in batch_axes if a in mesh.shape)
     n_batch = _axis_size(mesh, axes)
-    row_keys = [k for k, v in host_rows.items() if k not in replicated_keys and hasattr(v, "shape")
-                and hasattr(v, "dtype") and len(np.shape(v)) > 0
-                and not (isinstance(v, jax.Array) and not v.is_fully_addressable)]   # already global: as is
+    row_keys = [
+        k
+        for k, v in host_rows.items()
+        if k not in replicated_keys
+        and hasattr(v, "shape")
+        and hasattr(v, "dtype")
+        and len(np.shape(v)) > 0
+        and not (isinstance(v, jax.Array) and not v.is_fully_addressable)
+    ]  # already global: as is
     local = sorted({int(np.shape(host_rows[k])[0]) for k in row_keys})
     if len(local) > 1:
-        raise ValueError(f"global_batch: this host's row arrays disagree on their row count: "
-                         f"{ {k: np.shape(host_rows[k]) for k in row_keys} }")
+        raise ValueError(
+            f"global_batch: this host's row arrays disagree on their row count: "
+            f"{ {k: np.shape(host_rows[k]) for k in row_keys} }"
+        )
     from jax.experimental import multihost_utils
+
     row_keys.sort()
     shapes = [list(np.shape(host_rows[k])[1:]) for k in row_keys]
-    sig = np.asarray([local[0] if local else 0] + [len(row_keys)]
-                     + [d for sh in shapes for d in [len(sh)] + sh], np.int32)
-    sigs = np.asarray(multihost_utils.process_allgather(_pad_to(sig, 64)))   # [P, 64]
+    sig = np.asarray(
+        [local[0] if local else 0] + [len(row_keys)] + [d for sh in shapes for d in [len(sh)] + sh], np.int32
+    )
+    sigs = np.asarray(multihost_utils.process_allgather(_pad_to(sig, 64)))  # [P, 64]
     if not (sigs[:, 1:] == sigs[:1, 1:]).all():
-        raise ValueError("global_batch: the hosts' row arrays differ in their keys or trailing shapes (this host: "
-                         f"{dict(zip(row_keys, shapes))}); pad every host's rows to the same width (a fixed max_len)")
+        raise ValueError(
+            "global_batch: the hosts' row arrays differ in their keys or trailing shapes (this host: "
+            f"{dict(zip(row_keys, shapes))}); pad every host's rows to the same width (a fixed max_len)"
+        )
     counts = sigs[:, 0]
     total = int(counts.sum())
     even = bool((counts == counts[0]).all()) and total % n_batch == 0
     if not even:
         import warnings
-        warnings.warn(f"global_batch: per-host rows {counts.tolist()} do not split evenly over the {n_batch} "
-                      "data-parallel devices: the rows are gathered and replicated (every device computes all "
-                      "of them)", stacklevel=2)
+
+        warnings.warn(
+            f"global_batch: per-host rows {counts.tolist()} do not split evenly over the {n_batch} "
+            "data-parallel devices: the rows are gathered and replicated (every device computes all "
+            "of them)",
+            stacklevel=2,
+        )
     out = {}
     for key, x in host_rows.items():
         if x is None or not hasattr(x, "shape") or not hasattr(x, "dtype"):
             out[key] = x
             continue
         rep = NamedSharding(mesh, PartitionSpec())
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:   # already global
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:  # already global
             out[key] = x
         elif x.ndim == 0 or key in global_keys:
             out[key] = _place(np.asarray(x), rep)
@@ -478,8 +533,8 @@ def global_batch(host_rows: Mapping, mesh: Mesh, *, batch_axes: Sequence[str] = 
 
 
 def _pad_to(v: np.ndarray, n: int) -> np.ndarray:
-    if v.size > n:   # a long signature: fold it (a differing one still differs, with high odds)
-        v = np.asarray([v[0], int(hash(tuple(v[1:].tolist())) % (2 ** 31))], np.int32)
+    if v.size > n:  # a long signature: fold it (a differing one still differs, with high odds)
+        v = np.asarray([v[0], int(hash(tuple(v[1:].tolist())) % (2**31))], np.int32)
     return np.concatenate([v, np.full(n - v.size, -1, np.int32)])
 
 
@@ -487,6 +542,7 @@ def host_values(tree):
     """Global jax arrays (any pytree of them) -> numpy, the whole array on every host (row-sharded
     arrays spanning hosts are all-gathered: `multihost_utils.process_allgather`). Every host must
     call it for the same arrays. Other leaves pass through; one process: `np.asarray`."""
+
     def one(x):
         if not isinstance(x, jax.Array):
             return x
@@ -495,7 +551,9 @@ def host_values(tree):
         if x.is_fully_replicated:
             return np.asarray(x.addressable_data(0))
         from jax.experimental import multihost_utils
+
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
     return jax.tree.map(one, tree)
 
 
@@ -514,11 +572,12 @@ def gather_objects(items: Sequence) -> list:
     if jax.process_count() == 1:
         return items
     import pickle
+
     blob = np.frombuffer(pickle.dumps(items), np.uint8)
     sizes = gather_rows(np.asarray([blob.size], np.int32))
     data = gather_rows(blob)
     out, pos = [], 0
     for n in sizes.tolist():
-        out += pickle.loads(data[pos:pos + n].tobytes())
+        out += pickle.loads(data[pos : pos + n].tobytes())
         pos += n
     return out

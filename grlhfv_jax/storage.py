@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 import uuid
-from typing import Iterable
+from collections.abc import Iterable
 
 from etils import epath
 
@@ -39,7 +39,7 @@ STAGING_ENV = "GRLHFV_STAGING_DIR"
 # bucket by Orbax), the local compilation cache, TensorBoard (written to the bucket directly).
 SKIP_PREFIXES = ("ckpt",)
 SKIP_NAMES = ("xla_cache", "tensorboard")
-_PUSHED = ".pushed.json"   # (size, mtime) of each file last pushed, in the mirror
+_PUSHED = ".pushed.json"  # (size, mtime) of each file last pushed, in the mirror
 
 _mirrors: dict[str, str] = {}  # local mirror -> remote folder
 
@@ -104,14 +104,14 @@ def durable(p: str) -> str:
 
 def _skipped(rel: str) -> bool:
     parts = rel.replace(os.sep, "/").split("/")
-    return any(p.startswith(SKIP_PREFIXES) or p in SKIP_NAMES or p == _PUSHED for p in parts) \
-        or ".tmp" in parts[-1]
+    return any(p.startswith(SKIP_PREFIXES) or p in SKIP_NAMES or p == _PUSHED for p in parts) or ".tmp" in parts[-1]
 
 
 def _remote_files(remote: str) -> Iterable[tuple[str, int]]:
     """(relative path, size) of every file under bucket folder `remote` (one listing call;
     through fsspec, the layer `etils.epath` uses for gs:// without TensorFlow)."""
     import fsspec
+
     fs, root = fsspec.core.url_to_fs(remote)
     root = root.rstrip("/")
     try:
@@ -120,7 +120,7 @@ def _remote_files(remote: str) -> Iterable[tuple[str, int]]:
         return
     for name, info in sorted(found.items()):
         if info.get("type", "file") == "file" and name.startswith(root + "/"):
-            yield name[len(root) + 1:], int(info.get("size") or 0)
+            yield name[len(root) + 1 :], int(info.get("size") or 0)
 
 
 def pull(remote: str, loc: str) -> int:
@@ -196,7 +196,7 @@ def _write_pushed(loc: str, pushed: dict) -> None:
 def write_text(p: str, text: str) -> None:
     """Writes `text` to `p` whole: a local file through a temporary file and a rename; a bucket
     object in one upload (objects are never seen half-written)."""
-    if not is_remote(p):   # a temporary name of its own: writers on several hosts of one folder never collide
+    if not is_remote(p):  # a temporary name of its own: writers on several hosts of one folder never collide
         tmp = f"{p}.tmp.{uuid.uuid4().hex}"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -251,8 +251,10 @@ def pull_steps(remote: str, loc: str) -> list[int]:
 def push_step(loc: str, remote: str, step: int) -> None:
     """Copies the finished local step folder `loc/<step>` to `remote/<step>`, `_CHECKPOINT_METADATA` last."""
     src = os.path.join(loc, str(step))
-    files = sorted((os.path.relpath(os.path.join(d, n), src) for d, _, ns in os.walk(src) for n in ns),
-                   key=lambda r: r == _STEP_DONE)
+    files = sorted(
+        (os.path.relpath(os.path.join(d, n), src) for d, _, ns in os.walk(src) for n in ns),
+        key=lambda r: r == _STEP_DONE,
+    )
     for rel in files:
         upload(os.path.join(src, rel), f"{remote}/{step}/{rel.replace(os.sep, '/')}")
 
@@ -272,6 +274,7 @@ def local_input(p: str | None) -> str | None:
     if not p or not is_remote(p):
         return p
     import fsspec
+
     fs, rp = fsspec.core.url_to_fs(p)
     loc = mirror_dir(p)
     if fs.isdir(rp):

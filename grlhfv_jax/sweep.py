@@ -17,13 +17,26 @@ import os
 
 import numpy as np
 
-HEADLINE = ("grm/sft_accuracy_id", "grm/sft_accuracy_ood", "grm/accuracy_id", "grm/accuracy_ood",
-            "grm/position_consistency_id", "grm/position_consistency_ood", "grm/accuracy_style_id",
-            "baseline_rm/accuracy_id", "baseline_rm/accuracy_ood",
-            "policy/oracle_score_sampled_before", "policy/oracle_score_sampled_after",
-            "policy/oracle_gain_sampled_vs_sft", "baseline_rm/oracle_gain_sampled_vs_sft", "ppo_rm/oracle_gain_sampled_vs_sft",
-            "dpo/oracle_gain_sampled_vs_sft", "policy/hedge_rate_sampled_after",
-            "policy/self_praise_rate_sampled_after", "policy/oracle_score_after")
+HEADLINE = (
+    "grm/sft_accuracy_id",
+    "grm/sft_accuracy_ood",
+    "grm/accuracy_id",
+    "grm/accuracy_ood",
+    "grm/position_consistency_id",
+    "grm/position_consistency_ood",
+    "grm/accuracy_style_id",
+    "baseline_rm/accuracy_id",
+    "baseline_rm/accuracy_ood",
+    "policy/oracle_score_sampled_before",
+    "policy/oracle_score_sampled_after",
+    "policy/oracle_gain_sampled_vs_sft",
+    "baseline_rm/oracle_gain_sampled_vs_sft",
+    "ppo_rm/oracle_gain_sampled_vs_sft",
+    "dpo/oracle_gain_sampled_vs_sft",
+    "policy/hedge_rate_sampled_after",
+    "policy/self_praise_rate_sampled_after",
+    "policy/oracle_score_after",
+)
 
 
 def aggregate(summaries: list[dict]) -> dict:
@@ -60,11 +73,15 @@ def main(argv=None) -> dict:
     os.makedirs(args.out, exist_ok=True)
     from grlhfv_jax.metrics import write_json_atomic
     from grlhfv_jax.report import write_report
+
     write_json_atomic(os.path.join(args.out, "summary.json"), agg)
     write_json_atomic(os.path.join(args.out, "runs.json"), dict(zip(args.runs, summaries)))
     write_report(args.out)
-    head = {k: [round(agg[k], 4), round(agg[f"{k}/std"], 4), round(agg[f"{k}/min"], 4), round(agg[f"{k}/max"], 4)]
-            for k in HEADLINE if k in agg}
+    head = {
+        k: [round(agg[k], 4), round(agg[f"{k}/std"], 4), round(agg[f"{k}/min"], 4), round(agg[f"{k}/max"], 4)]
+        for k in HEADLINE
+        if k in agg
+    }
     print(json.dumps({"runs": len(summaries), "mean_std_min_max": head}, indent=1))
     return agg
 

@@ -1,4 +1,5 @@
 """Test set-up: 8 fake CPU devices for sharding tests, no network."""
+
 import os
 import tempfile
 
@@ -11,8 +12,10 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 # test restarts the pipeline 19 times) and later test runs on this machine (grlhfv_jax.compile_cache).
 from grlhfv_jax import compile_cache  # noqa: E402  (imports no jax)
 
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", compile_cache.machine_folder(
-    os.path.join(tempfile.gettempdir(), f"grlhfv_jax_tests_xla_{os.getuid()}")))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    compile_cache.machine_folder(os.path.join(tempfile.gettempdir(), f"grlhfv_jax_tests_xla_{os.getuid()}")),
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", str(compile_cache.MIN_COMPILE_SECONDS))
 
 import jax  # noqa: E402
@@ -47,17 +50,19 @@ def smoke_run(tmp_path_factory):
     import fcntl
     import json
     import sys
+
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
     import demo
 
     from grlhfv_jax import main
+
     root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):   # <basetemp>/popen-gwN: the workers' common folder
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # <basetemp>/popen-gwN: the workers' common folder
         root = root.parent
     workdir, done = root / "smoke_run", root / "smoke_run_summary.json"
     config = demo.get_config("smoke")
     with open(root / "smoke_run.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if done.exists():
             return config, str(workdir), json.loads(done.read_text())
         summary = main.run(config, str(workdir))

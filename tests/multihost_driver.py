@@ -27,8 +27,14 @@ def _hosts_rows_as_global() -> None:
     def own_rows(batch, keys):
         return batch
 
-    def rows_as_global(host_rows, mesh, *, batch_axes=sharding.BATCH_AXES,
-                       replicated_keys=sharding.REPLICATED_BATCH_KEYS, global_keys=()):
+    def rows_as_global(
+        host_rows,
+        mesh,
+        *,
+        batch_axes=sharding.BATCH_AXES,
+        replicated_keys=sharding.REPLICATED_BATCH_KEYS,
+        global_keys=(),
+    ):
         return sharding.shard_batch(host_rows, mesh, batch_axes=batch_axes, replicated_keys=replicated_keys)
 
     sharding.gather_batch = own_rows
@@ -39,6 +45,7 @@ def _sigterm(process: int, stage: str, call: int) -> None:
     import jax
 
     from grlhfv_jax.trainers import loop
+
     train_loop = loop.train_loop
 
     def signalling_loop(name, state, *, step_fn, **kw):
@@ -71,6 +78,7 @@ def main() -> None:
     from absl import app
 
     from grlhfv_jax import main as cli
+
     sys.argv = [sys.argv[0]] + flags
     app.run(cli.main, flags_parser=cli.parse_flags)
 

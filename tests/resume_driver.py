@@ -19,9 +19,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 def main() -> None:
     workdir, taken_path = sys.argv[1], sys.argv[2]
     import jax
+
     jax.config.update("jax_num_cpu_devices", 8)  # as tests/conftest.py: the same arithmetic as the reference run
 
     import demo
+
     from grlhfv_jax import checkpoint
     from grlhfv_jax import main as cli
     from grlhfv_jax.stages import dpo, grm_rl, policy_ppo_rm, policy_rl, rm, sft, vision

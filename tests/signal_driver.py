@@ -20,9 +20,11 @@ def main() -> None:
     workdir, stage, call, signame = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     overrides = sys.argv[5:]
     import jax
+
     jax.config.update("jax_num_cpu_devices", 8)  # as tests/conftest.py: the same arithmetic as the reference run
 
     import demo
+
     from grlhfv_jax import config as config_schema
     from grlhfv_jax import main as cli
     from grlhfv_jax.trainers import loop

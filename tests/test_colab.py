@@ -61,6 +61,7 @@ def test_quickstart_notebook_shows_the_short_demo_and_runs_a_checkpoint(smoke_ru
     for name in os.listdir(tok_dir):
         shutil.copy(os.path.join(tok_dir, name), ckpt / name)
     from grlhfv_jax import processing
+
     processing.load_image_processor(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14).save_pretrained(str(ckpt))
     text = _text(_execute(dict(env, GRLHFV_CKPT=str(ckpt)), str(tmp_path)))
     assert "parameters on 8 device(s):" in text  # loaded, sharded over the (fake) devices, answered

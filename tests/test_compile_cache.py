@@ -1,5 +1,6 @@
 """The persistent compilation cache (grlhfv_jax.compile_cache): per-CPU folders, and a second
 process reads the first one's programs back instead of compiling them."""
+
 import json
 import os
 import subprocess
@@ -24,10 +25,14 @@ print(json.dumps({"path": path, "y": float(y),
 
 
 def _child(workdir, folder):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_PERSISTENT_CACHE")
-           and k != "JAX_COMPILATION_CACHE_DIR"}
-    p = subprocess.run([sys.executable, "-c", _CHILD, str(workdir), folder], capture_output=True, text=True,
-                       env=env, timeout=300)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("JAX_PERSISTENT_CACHE") and k != "JAX_COMPILATION_CACHE_DIR"
+    }
+    p = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(workdir), folder], capture_output=True, text=True, env=env, timeout=300
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -44,12 +49,22 @@ def test_a_second_process_reads_the_programs_the_first_compiled(tmp_path):
 
 def test_off_when_the_config_says_none(tmp_path):
     import jax
+
     if jax.config.jax_compilation_cache_dir:  # this process's cache (conftest) is kept, whatever the config
         assert compile_cache.enable({"compile_cache_dir": None}, str(tmp_path)) == jax.config.jax_compilation_cache_dir
-    out = subprocess.run([sys.executable, "-c", "import sys; from grlhfv_jax import compile_cache; "
-                          "print(compile_cache.enable({'compile_cache_dir': None}, sys.argv[1]))", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300,
-                         env={k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from grlhfv_jax import compile_cache; "
+            "print(compile_cache.enable({'compile_cache_dir': None}, sys.argv[1]))",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "None"
     assert os.listdir(tmp_path) == []

@@ -3,6 +3,7 @@ converts while process 1 waits and then reads the records process 0 wrote; a cra
 of a conversion leaves nothing that looks finished (not even beside an older dataset), a waiting
 process 1 fails with process 0's error, and a rerun converts cleanly; a rerun with the same files
 and options does not convert again, a changed file or option does."""
+
 import io
 import json
 import os
@@ -16,9 +17,9 @@ import pytest
 from PIL import Image
 
 from grlhfv_jax import config as config_schema
+from grlhfv_jax.data import files_convert as data_files
 from grlhfv_jax.data import files_source as fs
 from grlhfv_jax.data import files_tfds
-from grlhfv_jax.data import files_convert as data_files
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import demo  # noqa: E402
@@ -33,9 +34,16 @@ def _rows(n, tag=""):
         rgb = rng.integers(0, 255, (28, 28, 3), np.uint8)
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="PNG")
-        rows.append(dict(question=f"What is in image {k}?{tag}", image=buf.getvalue(), rgb=rgb,
-                         response_1=" ".join(rng.choice(WORDS, 3)), response_2=" ".join(rng.choice(WORDS, 3)),
-                         overall_response=1 + k % 2))
+        rows.append(
+            dict(
+                question=f"What is in image {k}?{tag}",
+                image=buf.getvalue(),
+                rgb=rgb,
+                response_1=" ".join(rng.choice(WORDS, 3)),
+                response_2=" ".join(rng.choice(WORDS, 3)),
+                overall_response=1 + k % 2,
+            )
+        )
     return rows
 
 
@@ -52,6 +60,7 @@ def _write(path, rows) -> str:
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
     from grlhfv_jax.data.tokenizer import train_tokenizer
+
     out = str(tmp_path_factory.mktemp("tok") / "tokenizer")
     texts = [r[k] for tag in ("", " (new)") for r in _rows(6, tag) for k in ("question", "response_1", "response_2")]
     train_tokenizer(texts * 5, out, vocab_size=400)
@@ -61,8 +70,12 @@ def tok_dir(tmp_path_factory):
 def _config(pairs: str, tok: str, too_long: str = "skip", steps: int = 1):
     c = demo.get_config("smoke")
     c.stages = ("data", "sft")
-    c.data = dict(kind="files", tokenizer_dir=tok, too_long=too_long,
-                  files=dict(grm_train=dict(path=pairs), sft_policy=dict(path=pairs)))
+    c.data = dict(
+        kind="files",
+        tokenizer_dir=tok,
+        too_long=too_long,
+        files=dict(grm_train=dict(path=pairs), sft_policy=dict(path=pairs)),
+    )
     del c["sft"]["grm"]
     c.sft.policy.update(data="best", pretrained_vision=False, steps=steps, batch_size=2, max_len=96)
     return config_schema.validate(c)
@@ -86,11 +99,13 @@ def writes(monkeypatch):
         calls.append((threading.current_thread().name, split))
         k = calls.fail_after.get(split)
         if k is not None:
+
             def crashing(records=records):
                 for i, r in enumerate(records):
                     if i == k:
                         raise OSError(f"disk full (test) after {k} records of {split}")
                     yield r
+
             records = crashing()
         return original(self, split, records)
 
@@ -105,8 +120,9 @@ def _in_thread(fn, **kw):
     def target():
         try:
             out["value"] = fn(**kw)
-        except BaseException as e:   # handed to the test
+        except BaseException as e:  # handed to the test
             out["error"] = e
+
     t = threading.Thread(target=target, name="process-1")
     t.start()
     return t, out
@@ -125,14 +141,19 @@ def _check_records(dataset_dir, rows, n_splits=("grm_train", "sft_policy")):
         assert [r["id"] for r in got] == [f"pairs-{k}" for k in range(len(rows))], split
         for g, w in zip(got, rows):
             assert (g["question"], g["response_1"], g["response_2"], g["overall_response"]) == (
-                w["question"], w["response_1"], w["response_2"], w["overall_response"])
+                w["question"],
+                w["response_1"],
+                w["response_2"],
+                w["overall_response"],
+            )
             np.testing.assert_array_equal(g["image"], w["rgb"])
 
 
 def _run(cfg, root, index, **kw):
-    os.makedirs(root / f"work{index}", exist_ok=True)   # the run's workdir (main.prepare_workdir makes it)
-    return data_files.run(cfg, str(root / f"work{index}"), str(root / "data"), process_index=index, process_count=2,
-                          **kw)
+    os.makedirs(root / f"work{index}", exist_ok=True)  # the run's workdir (main.prepare_workdir makes it)
+    return data_files.run(
+        cfg, str(root / f"work{index}"), str(root / "data"), process_index=index, process_count=2, **kw
+    )
 
 
 def test_only_process_0_converts_and_process_1_reads_what_it_wrote(tok_dir, tmp_path, writes):
@@ -148,7 +169,7 @@ def test_only_process_0_converts_and_process_1_reads_what_it_wrote(tok_dir, tmp_
     s0 = _run(cfg, tmp_path, 0, heartbeat_s=0.05)
     t.join(120)
     assert not t.is_alive() and "error" not in out, out.get("error")
-    assert writes == [("MainThread", "grm_train"), ("MainThread", "sft_policy")]   # process 0 only, once
+    assert writes == [("MainThread", "grm_train"), ("MainThread", "sft_policy")]  # process 0 only, once
     assert s0["data/grm_train/records"] == s0["data/sft_policy/records"] == 5 and s0["data/grm_train/bad_total"] == 0
     assert out["value"] == s0
     assert _paths(tmp_path / "work1") == _paths(tmp_path / "work0")
@@ -161,12 +182,12 @@ def test_a_crash_mid_conversion_leaves_nothing_finished_and_a_rerun_converts(tok
     old, new = _rows(4), _rows(5, tag=" (new)")
     pairs = _write(tmp_path / "in" / "pairs.parquet", old)
     dataset_dir = str(tmp_path / "data" / "files" / "grlhfv_files" / "1.0.0")
-    _run(_config(pairs, tok_dir), tmp_path, 0)             # an earlier, finished conversion
+    _run(_config(pairs, tok_dir), tmp_path, 0)  # an earlier, finished conversion
     _check_records(dataset_dir, old)
-    _write(pairs, new)                                      # the input changes: convert again, and crash
+    _write(pairs, new)  # the input changes: convert again, and crash
     cfg = _config(pairs, tok_dir)
     writes.clear()
-    writes.fail_after["sft_policy"] = 2                     # the second split, after 2 records
+    writes.fail_after["sft_policy"] = 2  # the second split, after 2 records
     t, out = _in_thread(_run, cfg=cfg, root=tmp_path, index=1, stall_s=120, poll_s=0.05)
     with pytest.raises(OSError, match="disk full"):
         _run(cfg, tmp_path, 0, heartbeat_s=0.05)
@@ -227,8 +248,15 @@ def _write_jsonl(path, rows) -> str:
         for k, r in enumerate(rows):
             with open(os.path.join(os.path.dirname(path), "images", f"{k}.png"), "wb") as g:
                 g.write(r["image"])
-            f.write(json.dumps(dict({c: r[c] for c in ("question", "response_1", "response_2", "overall_response")},
-                                    image=f"images/{k}.png")) + "\n")
+            f.write(
+                json.dumps(
+                    dict(
+                        {c: r[c] for c in ("question", "response_1", "response_2", "overall_response")},
+                        image=f"images/{k}.png",
+                    )
+                )
+                + "\n"
+            )
     return str(path)
 
 
@@ -256,7 +284,7 @@ def test_a_replaced_image_file_a_jsonl_names_converts_again(tok_dir, tmp_path, w
     rows[2] = dict(rows[2], image=buf.getvalue(), rgb=rgb)
     _check_records(dataset_dir, rows)
     _run(cfg, tmp_path, 0)
-    assert len(writes) == 4   # unchanged: reused
+    assert len(writes) == 4  # unchanged: reused
     # the same size, a new mtime (the same bytes rewritten later): converted again
     st = os.stat(tmp_path / "in" / "images" / "0.png")
     os.utime(tmp_path / "in" / "images" / "0.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
@@ -303,7 +331,7 @@ def test_a_replaced_image_file_a_parquet_or_arrow_split_names_converts_again(tok
     dataset_dir = str(tmp_path / "data" / "files" / "grlhfv_files" / "1.0.0")
     cfg = _config(pairs, tok_dir)
     key = data_files.conversion_key(data_files.conversion_inputs(cfg))
-    assert data_files.conversion_inputs(cfg)["splits"]["grm_train"]["image_files"]["count"] == 3   # not row 0
+    assert data_files.conversion_inputs(cfg)["splits"]["grm_train"]["image_files"]["count"] == 3  # not row 0
     _run(cfg, tmp_path, 0)
     assert len(writes) == 2
     _check_records(dataset_dir, rows)
@@ -323,7 +351,7 @@ def test_a_replaced_image_file_a_parquet_or_arrow_split_names_converts_again(tok
     rows[2] = dict(rows[2], image=buf.getvalue(), rgb=rgb)
     _check_records(dataset_dir, rows)
     _run(cfg, tmp_path, 0)
-    assert len(writes) == 4   # unchanged: reused
+    assert len(writes) == 4  # unchanged: reused
     # the file of row 0 (whose bytes are embedded) is not read: replacing it changes nothing
     (tmp_path / "in" / "images" / "0.png").write_bytes(buf.getvalue())
     _run(cfg, tmp_path, 0)

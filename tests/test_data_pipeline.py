@@ -1,5 +1,6 @@
 """TFDS builder (array_record, no TensorFlow) read back through grain; sharding, shuffling, epochs;
 clear errors for malformed records; the demo tokenizer cache."""
+
 import os
 import sys
 
@@ -9,8 +10,15 @@ import pytest
 from grlhfv_jax.data import pipeline as P
 from grlhfv_jax.data import world as W
 
-SIZES = (("sft_policy", 10), ("sft_grm", 8), ("grm_train", 12), ("grm_test_id", 6),
-         ("grm_test_ood", 6), ("policy_train", 10), ("policy_test", 5))
+SIZES = (
+    ("sft_policy", 10),
+    ("sft_grm", 8),
+    ("grm_train", 12),
+    ("grm_test_id", 6),
+    ("grm_test_ood", 6),
+    ("policy_train", 10),
+    ("policy_test", 5),
+)
 CFG = W.WorldConfig(seed=7, sizes=SIZES)
 
 
@@ -62,8 +70,10 @@ def test_grain_dataset_shuffle_epochs_and_shards(data_dir):
     plain = ids(P.dataset(data_dir, "grm_train", CFG, shuffle=False, batch_size=4, **kw))
     assert plain == sorted(plain)
     # per-process shards: disjoint, together everything
-    shards = [set(r["id"] for r in P.dataset(data_dir, "grm_train", CFG, seed=0, shard_index=k, shard_count=3))
-              for k in range(3)]
+    shards = [
+        set(r["id"] for r in P.dataset(data_dir, "grm_train", CFG, seed=0, shard_index=k, shard_count=3))
+        for k in range(3)
+    ]
     assert all(len(s) == 4 for s in shards) and set.union(*shards) == set(plain)
     assert not (shards[0] & shards[1] or shards[1] & shards[2])
     # default shard = jax.process_index() / process_count() (one process here)

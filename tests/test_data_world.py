@@ -1,5 +1,6 @@
 """The synthetic world: determinism, the principle / oracle on hand-made cases, label noise, held-out
 splits, pixels against scenes, and how little a text-only judge can do."""
+
 import dataclasses
 import re
 
@@ -33,6 +34,7 @@ def _scene(colour="red", shape="circle", count=3, position="left"):
 
 # ------------------------------------------------------------------------------ determinism
 
+
 def test_same_seed_same_records_any_order():
     a = [W.make_record(CFG, "grm_train", i) for i in range(6)]
     b = [W.make_record(CFG, "grm_train", i) for i in reversed(range(6))][::-1]
@@ -46,6 +48,7 @@ def test_same_seed_same_records_any_order():
 
 
 # ------------------------------------------------------------------------------ the principle
+
 
 def test_oracle_hand_made_cases():
     s = _scene("red", "circle", 3, "left")
@@ -72,8 +75,7 @@ def test_oracle_hand_made_cases():
         (desc, "There are three red circles on the left.", 1.0),
         (desc, "There are four red circles on the left.", 0.2 + 0.65 * 0.75 + 0.15),
         # 22 words: 6 beyond 16 -> verbosity 0.12
-        (col, "They are red red red red red red red red red red red red red red red red red red red red.",
-         1.0 - 0.12),
+        (col, "They are red red red red red red red red red red red red red red red red red red red red.", 1.0 - 0.12),
     ]
     for q, a, want in cases:
         assert W.oracle_score(s, q, a) == pytest.approx(want, abs=1e-6), (q, a)
@@ -134,8 +136,10 @@ def test_answers_short_and_sft_answers_best(grm_train):
         assert len(r["answer"].split()) <= 12
     # a weaker warm start on request: about half of the answers are random candidates
     cfg = W.WorldConfig(p_sft_policy_good=0.5)
-    best = [W.oracle_score(r["scene"], r["question"], r["answer"]) == 1.0
-            for r in (W.make_record(cfg, "sft_policy", i, encode_image=False) for i in range(400))]
+    best = [
+        W.oracle_score(r["scene"], r["question"], r["answer"]) == 1.0
+        for r in (W.make_record(cfg, "sft_policy", i, encode_image=False) for i in range(400))
+    ]
     assert 0.45 < np.mean(best) < 0.7  # 0.5 best + the random candidates that happen to be best
 
 
@@ -154,8 +158,10 @@ def test_sft_grm_judgments_have_format_but_no_preference_information():
     assert abs(np.mean(agree) - 0.5) < 0.05
     # the analysis describes each response's wording, read from the text
     for r in recs[:200]:
-        want = (f"Analysis: Response 1 {W.style_description(r['response_1'])}, "
-                f"response 2 {W.style_description(r['response_2'])}.")
+        want = (
+            f"Analysis: Response 1 {W.style_description(r['response_1'])}, "
+            f"response 2 {W.style_description(r['response_2'])}."
+        )
         assert want in r["judgment"]
     # "facts": also what the image shows and whether each response's facts are right
     facts_cfg = dataclasses.replace(CFG, sft_grm_analysis="facts")
@@ -165,8 +171,10 @@ def test_sft_grm_judgments_have_format_but_no_preference_information():
         scene = W.Scene.from_any(r["scene"])
         checks = [W.fact_check(scene, r[f"response_{i}"]) for i in (1, 2)]
         styles = [W.style_description(r[f"response_{i}"]).removeprefix("is ") for i in (1, 2)]
-        want = (f"Analysis: Image: {W.scene_description(scene)}. Response 1: {checks[0]}, {styles[0]}. "
-                f"Response 2: {checks[1]}, {styles[1]}.")
+        want = (
+            f"Analysis: Image: {W.scene_description(scene)}. Response 1: {checks[0]}, {styles[0]}. "
+            f"Response 2: {checks[1]}, {styles[1]}."
+        )
         assert want in r["judgment"]
     none = W.make_record(W.WorldConfig(sft_grm_analysis="none"), "sft_grm", 0, encode_image=False)
     assert "Response 1" not in none["judgment"] and pat.match(none["judgment"])
@@ -185,15 +193,17 @@ def test_sft_grm_first_scores_restrict_the_warm_start_scores_and_keep_them_uninf
     base = [W.make_record(CFG, "sft_grm", i, encode_image=False) for i in range(50)]
     for a, b in zip(recs, base):
         assert a["judgment"].rsplit("Scores:", 1)[0] == b["judgment"].rsplit("Scores:", 1)[0]
-        assert (a["response_1"], a["response_2"], a["overall_response"]) == (b["response_1"], b["response_2"],
-                                                                            b["overall_response"])
+        assert (a["response_1"], a["response_2"], a["overall_response"]) == (
+            b["response_1"],
+            b["response_2"],
+            b["overall_response"],
+        )
     for bad in ((), (5,), (2, 10)):
         with pytest.raises(ValueError, match="sft_grm_first_scores"):
             W.WorldConfig(sft_grm_first_scores=bad)
     # independent second scores that straddle the first: the first score alone decides, never a tie
     cfg = dataclasses.replace(CFG, sft_grm_first_scores=(2, 8), sft_grm_second_scores=(3, 7))
-    scores = [tuple(parse_scores(W.make_record(cfg, "sft_grm", i, encode_image=False)["judgment"]))
-              for i in range(800)]
+    scores = [tuple(parse_scores(W.make_record(cfg, "sft_grm", i, encode_image=False)["judgment"])) for i in range(800)]
     assert set(scores) == {(2.0, 3.0), (2.0, 7.0), (8.0, 3.0), (8.0, 7.0)}
     first, second = np.array([s[0] for s in scores]), np.array([s[1] for s in scores])
     assert abs(np.corrcoef(first, second)[0, 1]) < 0.1  # drawn independently
@@ -227,8 +237,10 @@ def test_sft_grm_opinions_make_the_warm_start_prefer_by_wording_at_the_given_rat
     # the text before the scores is the record's text without opinions
     cfg = dataclasses.replace(base_cfg, sft_grm_opinions=opinions)
     for i in range(40):
-        a, b = W.make_record(cfg, "sft_grm", i, encode_image=False), W.make_record(base_cfg, "sft_grm", i,
-                                                                                 encode_image=False)
+        a, b = (
+            W.make_record(cfg, "sft_grm", i, encode_image=False),
+            W.make_record(base_cfg, "sft_grm", i, encode_image=False),
+        )
         assert a["judgment"].rsplit("Scores:", 1)[0] == b["judgment"].rsplit("Scores:", 1)[0]
     assert W.WorldConfig.from_dict(dataclasses.asdict(cfg)) == cfg  # round trip through JSON-like lists
     with pytest.raises(ValueError, match="sft_grm_opinions"):
@@ -263,6 +275,7 @@ def test_style_description_hand_cases():
 
 
 # ------------------------------------------------------------------------------ splits
+
 
 def test_ood_split_holds_out_kinds_and_combinations():
     held = set(CFG.heldout_combos)
@@ -308,9 +321,14 @@ def test_text_only_judges_by_pair_type(grm_train, grm_test_id):
     b = W.text_only_baselines(tr, te)
     assert abs(b["longer"] - 0.5) < 0.06 and b["bow_logreg"] < 0.6, b
     # sanity of the baseline: it does learn a text-visible rule when there is one
-    cheat = [dict(r, response_1=r["response_1"] + (" zz" if r["overall_response"] == 1 else ""),
-                  response_2=r["response_2"] + (" zz" if r["overall_response"] == 2 else ""))
-             for r in tr]
+    cheat = [
+        dict(
+            r,
+            response_1=r["response_1"] + (" zz" if r["overall_response"] == 1 else ""),
+            response_2=r["response_2"] + (" zz" if r["overall_response"] == 2 else ""),
+        )
+        for r in tr
+    ]
     assert W.text_only_baselines(cheat[:1000], cheat[1000:])["bow_logreg"] > 0.95
 
 
@@ -318,8 +336,11 @@ def test_pair_types(grm_train):
     """Shares follow the config; style pairs state the same facts and differ only in style;
     minimal pairs share the template and differ in the stated values."""
     types = [r["pair_type"] for r in grm_train]
-    for t, p in (("minimal", CFG.p_minimal_pair), ("style", CFG.p_style_pair),
-                 ("mixed", 1 - CFG.p_minimal_pair - CFG.p_style_pair)):
+    for t, p in (
+        ("minimal", CFG.p_minimal_pair),
+        ("style", CFG.p_style_pair),
+        ("mixed", 1 - CFG.p_minimal_pair - CFG.p_style_pair),
+    ):
         assert abs(types.count(t) / len(types) - p) < 0.05, (t, types.count(t))
     for r in grm_train[:400]:
         c1, c2 = W.parse_claims(r["response_1"]), W.parse_claims(r["response_2"])
@@ -337,6 +358,7 @@ def test_pair_types(grm_train):
 
 
 # ------------------------------------------------------------------------------ pixels
+
 
 def _components(img, colour):
     mask = np.all(img == np.array(colour, np.uint8), axis=-1)

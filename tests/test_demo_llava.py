@@ -2,6 +2,7 @@
 runs through the family contract (the engine, the shared-prefix judge, the GRPO / PPO / DPO / BT
 learners, the codec with LLaVA's `<image>` and `</s>`), and writes its outputs. The config differs from
 the Qwen demo's only in the models."""
+
 import json
 import os
 import sys
@@ -32,9 +33,17 @@ def llava_run(tmp_path_factory):
 
 def test_the_short_demo_runs_with_llava(llava_run):
     config, workdir, summary = llava_run
-    for key in ("grm/accuracy_id", "grm/position_consistency_id", "baseline_rm/accuracy_id",
-                "policy/oracle_score_before", "policy/oracle_score_after", "baseline_rm/oracle_score_after",
-                "dpo/oracle_score_after", "dpo/train_loss", "policy/oracle_score_sampled_after"):
+    for key in (
+        "grm/accuracy_id",
+        "grm/position_consistency_id",
+        "baseline_rm/accuracy_id",
+        "policy/oracle_score_before",
+        "policy/oracle_score_after",
+        "baseline_rm/oracle_score_after",
+        "dpo/oracle_score_after",
+        "dpo/train_loss",
+        "policy/oracle_score_sampled_after",
+    ):
         assert key in summary and np.isfinite(summary[key]), key
     for name in config.stages:
         assert summary[f"time/{name}_s"] > 0, name

@@ -2,6 +2,7 @@
 shapes in seconds and fits its default preset; one that cannot fit exits non-zero naming the
 largest item; a run with placeholder paths is refused; the estimates match what a tiny model
 really holds (live arrays) and what XLA allocates for its compiled train step."""
+
 import json
 import os
 import subprocess
@@ -16,15 +17,15 @@ from flax import nnx
 from grlhfv_jax import config as config_schema
 from grlhfv_jax import dry_run, models
 from grlhfv_jax.models import published
-
 from test_paper_configs import CONFIGS, ROOT, load  # tests/ is on sys.path
 
 
 def _cli(*args):
     env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
     t0 = time.time()
-    out = subprocess.run([sys.executable, "-m", "grlhfv_jax.main", *args], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "grlhfv_jax.main", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     return out, time.time() - t0
 
 
@@ -59,16 +60,22 @@ def test_a_run_with_placeholder_paths_is_refused_naming_the_key():
     out, _ = _cli("--config", "configs/paper/dpo_qwen2vl_2b.py:8chip", "--workdir", "/tmp/never_written")
     assert out.returncode != 0
     assert "config error: config.data.files.grm_train.path = '<" in out.stderr
-    assert "is a placeholder: set it on the command line (--config.data.files.grm_train.path=...); also " \
-           "model.policy.path" in out.stderr
+    assert (
+        "is a placeholder: set it on the command line (--config.data.files.grm_train.path=...); also "
+        "model.policy.path" in out.stderr
+    )
     assert not os.path.exists("/tmp/never_written")
 
 
 def test_published_configs_give_the_documented_parameter_counts():
     """docs/models.md ("Memory"): parameter counts of the four checkpoints, from the table alone."""
-    want = {"Qwen2-VL-2B-Instruct": 2_208_985_600, "Qwen2-VL-7B-Instruct": 8_291_375_616,
-            "Qwen2.5-VL-3B-Instruct": 3_754_622_976, "Qwen2.5-VL-7B-Instruct": 8_292_166_656,
-            "llava-1.5-7b-hf": 7_063_427_072}   # transformers' own count (tests/test_models_llava.py)
+    want = {
+        "Qwen2-VL-2B-Instruct": 2_208_985_600,
+        "Qwen2-VL-7B-Instruct": 8_291_375_616,
+        "Qwen2.5-VL-3B-Instruct": 3_754_622_976,
+        "Qwen2.5-VL-7B-Instruct": 8_292_166_656,
+        "llava-1.5-7b-hf": 7_063_427_072,
+    }  # transformers' own count (tests/test_models_llava.py)
     for name, n in want.items():
         with dry_run._quiet_tracer_errors():
             m = nnx.eval_shape(lambda: models.from_config(published.hf_config(name), rngs=nnx.Rngs(0)))
@@ -84,9 +91,11 @@ def test_estimates_match_a_tiny_model_live_arrays_and_its_compiled_step(remat):
     SFT step: within 0.8-1.25 of XLA's temp_size_in_bytes of the compiled step on CPU."""
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     import demo
+
     import tiny_models as tm  # tests/ is on sys.path
     from grlhfv_jax.rl.logprobs import window_start_and_length
     from grlhfv_jax.trainers import loop, steps
+
     B, T = 8, 128
     hf = tm.tiny_hf_config("qwen2_vl", text=dict(vocab_size=512)).to_dict()
     c = demo.get_config("smoke")
@@ -105,7 +114,7 @@ def test_estimates_match_a_tiny_model_live_arrays_and_its_compiled_step(remat):
 
     ids = np.random.default_rng(0).integers(3, 90, (B, T)).astype(np.int32)
     loss_mask = np.ones_like(ids)
-    loss_mask[:, :T // 4] = 0
+    loss_mask[:, : T // 4] = 0
     batch = dict(input_ids=ids, attention_mask=np.ones_like(ids), loss_mask=loss_mask)
     batch["window_start"], window = window_start_and_length(loss_mask)
     temp = steps.sft_step.lower(state, batch, steps.SFTConfig(), window).compile().memory_analysis().temp_size_in_bytes
@@ -122,6 +131,7 @@ def test_rollout_in_calls_divides_the_rollout_prefill_and_kv_cache():
         plans.append(dry_run.plan_stage(config_schema.validate(c), "grm_rl"))
     one, five = plans
     import re
+
     gb = [float(re.search(r"rollout \((\d+) calls?\) ([0-9.]+) GB", p.notes[-1]).group(2)) for p in plans]
     # the prefill (text and tower) and the cache of 72 prompts instead of 360; only the vision
     # tower's one piece of attention scores (vision_chunk) does not shrink
@@ -130,10 +140,14 @@ def test_rollout_in_calls_divides_the_rollout_prefill_and_kv_cache():
 
 def test_dry_run_validates_first_and_names_a_model_it_cannot_shape():
     from grlhfv_jax.config import ConfigError
+
     c = load(os.path.join(ROOT, "configs", "paper", "policy_qwen2vl_2b.py")).get_config("8chip")
     c.policy_rl.ref_num_micro_batches = 7
-    with pytest.raises(ConfigError, match=r"config\.policy_rl\.ref_num_micro_batches = 7 must divide the prompts "
-                                          r"per step \(360\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config\.policy_rl\.ref_num_micro_batches = 7 must divide the prompts "
+        r"per step \(360\)",
+    ):
         dry_run.run(c)
     c = load(os.path.join(ROOT, "configs", "paper", "policy_qwen2vl_2b.py")).get_config("8chip")
     del c.model.grm["hf_config"]
@@ -141,11 +155,16 @@ def test_dry_run_validates_first_and_names_a_model_it_cannot_shape():
         dry_run.run(c)
 
 
-@pytest.mark.parametrize("name,section,key,phase", [
-    ("policy_qwen25vl_7b", "policy_rl", "judge_prompts_per_call", "judging"),
-    ("rm_grpo_qwen25vl_7b", "policy_rl_rm", "score_rows_per_call", "RM scoring")])
+@pytest.mark.parametrize(
+    "name,section,key,phase",
+    [
+        ("policy_qwen25vl_7b", "policy_rl", "judge_prompts_per_call", "judging"),
+        ("rm_grpo_qwen25vl_7b", "policy_rl_rm", "score_rows_per_call", "RM scoring"),
+    ],
+)
 def test_halving_the_judging_or_scoring_call_halves_that_phase(name, section, key, phase):
     import re
+
     c = load(os.path.join(ROOT, "configs", "paper", f"{name}.py")).get_config("1gpu")
     gb = []
     for size in (16, 8) if key == "judge_prompts_per_call" else (320, 160):
@@ -159,10 +178,26 @@ def test_halving_the_judging_or_scoring_call_halves_that_phase(name, section, ke
 
 def _tower_shape(depth, embed, heads, patches, chunk, remat):
     """The dry run's shape of a tower alone (bench vision's: a one-layer text model, not counted)."""
-    return dry_run.ModelShape(params=0, vision_params=0, layers=1, hidden=64, intermediate=64, heads=2, kv_heads=1,
-                              head_dim=32, vocab=256, param_bytes=4, compute_bytes=4, remat=remat,
-                              vision_depth=depth, vision_hidden=embed, vision_heads=heads,
-                              vision_intermediate=4 * embed, vision_block=patches, vision_chunk=chunk)
+    return dry_run.ModelShape(
+        params=0,
+        vision_params=0,
+        layers=1,
+        hidden=64,
+        intermediate=64,
+        heads=2,
+        kv_heads=1,
+        head_dim=32,
+        vocab=256,
+        param_bytes=4,
+        compute_bytes=4,
+        remat=remat,
+        vision_depth=depth,
+        vision_hidden=embed,
+        vision_heads=heads,
+        vision_intermediate=4 * embed,
+        vision_block=patches,
+        vision_chunk=chunk,
+    )
 
 
 def test_vision_tower_estimate_matches_its_compiled_forward_and_backward():
@@ -171,11 +206,28 @@ def test_vision_tower_estimate_matches_its_compiled_forward_and_backward():
     gradient (a trained tower), per frame whole and in pieces of one image (`vision_chunk`); 8 images
     of 256 patches, width 128, 2 blocks (the figures: `python -m grlhfv_jax.bench vision ...`)."""
     from grlhfv_jax import bench
+
     images, patches, embed, heads, depth = 8, 256, 128, 4, 2
     for backward in (False, True):
-        res = bench.main(["vision", "--images", str(images), "--patches", str(patches), "--depth", str(depth),
-                          "--embed", str(embed), "--heads", str(heads), "--chunk", str(patches), "--skip-dense"]
-                         + (["--backward"] if backward else []))
+        res = bench.main(
+            [
+                "vision",
+                "--images",
+                str(images),
+                "--patches",
+                str(patches),
+                "--depth",
+                str(depth),
+                "--embed",
+                str(embed),
+                "--heads",
+                str(heads),
+                "--chunk",
+                str(patches),
+                "--skip-dense",
+            ]
+            + (["--backward"] if backward else [])
+        )
         for chunk, key in ((0, "per_frame_temp_bytes"), (patches, "per_frame_chunked_temp_bytes")):
             m = _tower_shape(depth, embed, heads, patches, chunk, remat=False)
             ratio = dry_run.vision_bytes(m, images, patches, backward=backward) / res[key]
@@ -188,10 +240,29 @@ def test_vision_tower_estimate_with_remat_bounds_the_scanned_tower():
     XLA:CPU honours the remat there), per frame whole and in pieces; 8 images of 256 patches, width
     128, 4 blocks. Without remat the tower holds every block's activations: 2.2-2.6x the figure."""
     from grlhfv_jax import bench
+
     images, patches, embed, heads, depth = 8, 256, 128, 4, 4
-    res = bench.main(["vision", "--images", str(images), "--patches", str(patches), "--depth", str(depth),
-                      "--embed", str(embed), "--heads", str(heads), "--chunk", str(patches), "--skip-dense",
-                      "--backward", "--remat", "--scan-vision"])
+    res = bench.main(
+        [
+            "vision",
+            "--images",
+            str(images),
+            "--patches",
+            str(patches),
+            "--depth",
+            str(depth),
+            "--embed",
+            str(embed),
+            "--heads",
+            str(heads),
+            "--chunk",
+            str(patches),
+            "--skip-dense",
+            "--backward",
+            "--remat",
+            "--scan-vision",
+        ]
+    )
     for chunk, key in ((0, "per_frame_temp_bytes"), (patches, "per_frame_chunked_temp_bytes")):
         m = _tower_shape(depth, embed, heads, patches, chunk, remat=True)
         ratio = dry_run.vision_bytes(m, images, patches, backward=True) / res[key]
@@ -206,17 +277,22 @@ def test_the_plan_is_what_each_stage_declares(monkeypatch):
 
     from grlhfv_jax import stages
     from grlhfv_jax.stages import dpo
+
     assert all(callable(getattr(stages.module(name), "memory_phases", None)) for name in stages.STAGES)
     c = config_schema.validate(load(os.path.join(ROOT, "configs", "paper", "dpo_qwen2vl_2b.py")).get_config("8chip"))
     before = dry_run.plan_stage(c, "dpo")
     declared = dpo.memory_phases(c, "dpo")
 
     def doubled(config, section):
-        mem, = declared
-        return [dataclasses.replace(mem, phases=tuple(dataclasses.replace(p, rows=2 * p.rows, images=2 * p.images)
-                                                      for p in mem.phases))]
+        (mem,) = declared
+        return [
+            dataclasses.replace(
+                mem, phases=tuple(dataclasses.replace(p, rows=2 * p.rows, images=2 * p.images) for p in mem.phases)
+            )
+        ]
+
     monkeypatch.setattr(dpo, "memory_phases", doubled)
     after = dry_run.plan_stage(c, "dpo")
-    assert after.per_device["activations"] > 1.5 * before.per_device["activations"]   # linear, but chunked towers
+    assert after.per_device["activations"] > 1.5 * before.per_device["activations"]  # linear, but chunked towers
     assert after.per_device["params"] == before.per_device["params"] > 0
     assert dry_run.plan_stage(c, "data") is None

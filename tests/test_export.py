@@ -6,6 +6,7 @@ AutoProcessor is not tested: transformers' Qwen2VLProcessor needs a video proces
 torchvision, not installed here. Its two halves (AutoTokenizer with the chat template,
 AutoImageProcessor) are, and the prompt is built from them as the processor would.
 """
+
 import json
 import os
 
@@ -16,25 +17,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from flax import nnx  # noqa: E402
 
-from grlhfv_jax import export, models, processing  # noqa: E402
+import tiny_models as tm  # noqa: E402  (tests/ is on sys.path)
+from grlhfv_jax import encoding, export, models, processing, roles  # noqa: E402
 from grlhfv_jax.checkpoint import Checkpointer, export_hf, exported_summary  # noqa: E402
 from grlhfv_jax.data.tokenizer import train_tokenizer  # noqa: E402
-from grlhfv_jax import encoding
-from grlhfv_jax import roles
 
-import tiny_models as tm  # noqa: E402  (tests/ is on sys.path)
-
-CORPUS, IMAGE = list(tm.SHAPES_CORPUS), dict(tm.IMAGE_SETTINGS)   # copies: each module its own
+CORPUS, IMAGE = list(tm.SHAPES_CORPUS), dict(tm.IMAGE_SETTINGS)  # copies: each module its own
 QUESTION = "What colour is the shape?"
 NEW = 8
-tiny_hf = tm.tiny_hf_dict   # tied embeddings, 512 positions (configs/demo.py's)
+tiny_hf = tm.tiny_hf_dict  # tied embeddings, 512 positions (configs/demo.py's)
 
 
 def run_config():
     """The config a tiny run folder holds (RUN/config.json): what the export reads of it."""
     import ml_collections
-    return ml_collections.ConfigDict(dict(stages=["data", "policy_rl"], image=dict(IMAGE),
-                                          model=dict(policy=dict(hf_config=tiny_hf()))))
+
+    return ml_collections.ConfigDict(
+        dict(stages=["data", "policy_rl"], image=dict(IMAGE), model=dict(policy=dict(hf_config=tiny_hf())))
+    )
 
 
 def image(seed=0, h=60, w=90):
@@ -66,37 +66,59 @@ def folder(run, tmp_path_factory):
 
 def test_folder_files(folder):
     names = set(os.listdir(folder))
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-              "preprocessor_config.json", "generation_config.json"):
+    for f in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+        "generation_config.json",
+    ):
         assert f in names, f
 
 
 def test_config_special_ids_are_the_tokenizers(run, folder):
     import transformers
+
     _, codec, _ = run
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     c = tok.convert_tokens_to_ids
     cfg = transformers.AutoConfig.from_pretrained(folder)
     text = cfg.get_text_config()
     assert text.vocab_size == len(tok) < 1000
-    assert text.bos_token_id == c("<|endoftext|>")   # Qwen2's bos (no bos token in the tokenizer)
+    assert text.bos_token_id == c("<|endoftext|>")  # Qwen2's bos (no bos token in the tokenizer)
     assert text.eos_token_id == c("<|im_end|>") == codec.eos_id
     assert text.pad_token_id == tok.pad_token_id == codec.pad_id
     assert (cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id) == (
-        c("<|image_pad|>"), c("<|video_pad|>"), c("<|vision_start|>"), c("<|vision_end|>"))
-    ids = [text.bos_token_id, text.eos_token_id, text.pad_token_id, cfg.image_token_id, cfg.video_token_id,
-           cfg.vision_start_token_id, cfg.vision_end_token_id]
+        c("<|image_pad|>"),
+        c("<|video_pad|>"),
+        c("<|vision_start|>"),
+        c("<|vision_end|>"),
+    )
+    ids = [
+        text.bos_token_id,
+        text.eos_token_id,
+        text.pad_token_id,
+        cfg.image_token_id,
+        cfg.video_token_id,
+        cfg.vision_start_token_id,
+        cfg.vision_end_token_id,
+    ]
     assert max(ids) < len(tok)
     gen = transformers.GenerationConfig.from_pretrained(folder)
     assert (gen.bos_token_id, gen.eos_token_id, gen.pad_token_id) == (text.bos_token_id, codec.eos_id, codec.pad_id)
     # our loader reads the same ids back
     m = models.load_pretrained(folder)
     assert (m.config.image_token_id, m.config.eos_token_id, m.config.pad_token_id) == (
-        cfg.image_token_id, codec.eos_id, codec.pad_id)
+        cfg.image_token_id,
+        codec.eos_id,
+        codec.pad_id,
+    )
 
 
 def test_tokenizer_chat_template(run, folder):
     import transformers
+
     _, codec, _ = run
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     assert tok.chat_template
@@ -108,6 +130,7 @@ def test_tokenizer_chat_template(run, folder):
 
 def test_image_processor(run, folder):
     import transformers
+
     _, codec, _ = run
     proc = transformers.AutoImageProcessor.from_pretrained(folder)
     for seed, (h, w) in enumerate([(60, 90), (200, 120), (30, 30)]):
@@ -118,26 +141,35 @@ def test_image_processor(run, folder):
         np.testing.assert_allclose(np.asarray(got["pixel_values"]), np.asarray(want["pixel_values"]), atol=1e-6)
     with open(os.path.join(folder, "preprocessor_config.json")) as f:
         cfg = json.load(f)
-    assert (cfg["min_pixels"], cfg["max_pixels"], cfg["patch_size"], cfg["merge_size"],
-            cfg["temporal_patch_size"]) == (IMAGE["min_pixels"], IMAGE["max_pixels"], 14, 2, 2)
+    assert (cfg["min_pixels"], cfg["max_pixels"], cfg["patch_size"], cfg["merge_size"], cfg["temporal_patch_size"]) == (
+        IMAGE["min_pixels"],
+        IMAGE["max_pixels"],
+        14,
+        2,
+        2,
+    )
 
 
 def _hf_inputs(folder, im):
     """What Qwen2VLProcessor would give, from the folder's tokenizer and image processor alone."""
     import torch
     import transformers
+
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     proc = transformers.AutoImageProcessor.from_pretrained(folder)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     img = proc(images=[processing.load_image(im)], return_tensors="np")
-    n = int(np.prod(img["image_grid_thw"][0])) // proc.merge_size ** 2
+    n = int(np.prod(img["image_grid_thw"][0])) // proc.merge_size**2
     text = text.replace("<|image_pad|>", "<|image_pad|>" * n)
     ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
-    return dict(input_ids=ids, attention_mask=torch.ones_like(ids),
-                mm_token_type_ids=(ids == tok.convert_tokens_to_ids("<|image_pad|>")).long(),
-                pixel_values=torch.as_tensor(np.asarray(img["pixel_values"])),
-                image_grid_thw=torch.as_tensor(np.asarray(img["image_grid_thw"]), dtype=torch.long))
+    return dict(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        mm_token_type_ids=(ids == tok.convert_tokens_to_ids("<|image_pad|>")).long(),
+        pixel_values=torch.as_tensor(np.asarray(img["pixel_values"])),
+        image_grid_thw=torch.as_tensor(np.asarray(img["image_grid_thw"]), dtype=torch.long),
+    )
 
 
 def test_transformers_generates_our_engines_tokens(run, folder):
@@ -145,20 +177,22 @@ def test_transformers_generates_our_engines_tokens(run, folder):
     import transformers
 
     from grlhfv_jax.rollout import engine
+
     _, codec, model = run
     hf = transformers.AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
     im = image(1, 80, 100)
     kw = _hf_inputs(folder, im)
     batch = processing.collate([codec.example(QUESTION, im)], pad_id=codec.pad_id, side="left")
     np.testing.assert_array_equal(batch["input_ids"][0], kw["input_ids"][0].numpy())
-    out = engine.generate(model, batch, max_new_tokens=NEW, temperature=0.0, eos_token_id=codec.eos_id,
-                          pad_token_id=codec.pad_id)
+    out = engine.generate(
+        model, batch, max_new_tokens=NEW, temperature=0.0, eos_token_id=codec.eos_id, pad_token_id=codec.pad_id
+    )
     with torch.no_grad():  # generation_config.json: greedy by default, eos <|im_end|>, pad
-        ref = hf.generate(**kw, max_new_tokens=NEW, do_sample=False)[0, kw["input_ids"].shape[1]:].numpy()
+        ref = hf.generate(**kw, max_new_tokens=NEW, do_sample=False)[0, kw["input_ids"].shape[1] :].numpy()
     n = int(np.asarray(out.lengths)[0])
     assert n == len(ref) or ref[n:].tolist() == [codec.pad_id] * (len(ref) - n)
     np.testing.assert_array_equal(np.asarray(out.tokens)[0, :n], ref[:n])
-    assert n == NEW and len(set(ref.tolist())) >= 3   # a test of more than one repeated token
+    assert n == NEW and len(set(ref.tolist())) >= 3  # a test of more than one repeated token
 
 
 def _params(model):
@@ -185,7 +219,7 @@ def test_stage_export_is_complete(run, tmp_path):
 
 def test_cli_from_stage_output(run, tmp_path):
     workdir, codec, model = run
-    export_hf(model, os.path.join(workdir, "dpo", "policy"), codec=codec)   # as the dpo stage ends
+    export_hf(model, os.path.join(workdir, "dpo", "policy"), codec=codec)  # as the dpo stage ends
     out = str(tmp_path / "out")
     assert export.main(["--workdir", workdir, "--stage", "dpo", "--out", out]) == 0
     _assert_same_weights(models.load_pretrained(out), model)
@@ -202,6 +236,7 @@ def test_cli_from_checkpoint(run, tmp_path):
     import sys
 
     import optax
+
     workdir, codec, model = run
     trained = models.from_config(roles.model_config(run_config().model.policy, codec), rngs=nnx.Rngs(9))
     opt = nnx.Optimizer(trained, optax.adamw(1e-3), wrt=nnx.Param)
@@ -209,11 +244,21 @@ def test_cli_from_checkpoint(run, tmp_path):
     ckpt.save(2, trained, opt, extra={"last": {}})
     ckpt.close()
     out = str(tmp_path / "out")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(export.__file__))),
-                                           os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run([sys.executable, "-m", "grlhfv_jax.export", "--workdir", workdir, "--stage", "policy_rl",
-                        "--out", out], env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join(
+            [os.path.dirname(os.path.dirname(os.path.abspath(export.__file__))), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "grlhfv_jax.export", "--workdir", workdir, "--stage", "policy_rl", "--out", out],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "restored step 2" in r.stdout
     _assert_same_weights(models.load_pretrained(out), trained)
@@ -221,8 +266,21 @@ def test_cli_from_checkpoint(run, tmp_path):
         assert os.path.isfile(os.path.join(out, f)), f
     # --checkpoint names the folder directly (the role's model: policy)
     out2 = str(tmp_path / "out2")
-    assert export.main(["--workdir", workdir, "--checkpoint", os.path.join(workdir, "policy_rl", "ckpt"),
-                        "--role", "policy", "--out", out2]) == 0
+    assert (
+        export.main(
+            [
+                "--workdir",
+                workdir,
+                "--checkpoint",
+                os.path.join(workdir, "policy_rl", "ckpt"),
+                "--role",
+                "policy",
+                "--out",
+                out2,
+            ]
+        )
+        == 0
+    )
     _assert_same_weights(models.load_pretrained(out2), trained)
 
 
@@ -266,18 +324,30 @@ def test_with_special_ids_both_layouts():
     import transformers
 
     from grlhfv_jax.models.qwen2_vl import with_special_ids
-    ids = dict(bos_token_id=5, eos_token_id=6, pad_token_id=5, image_token_id=7, video_token_id=8,
-               vision_start_token_id=9, vision_end_token_id=10)
+
+    ids = dict(
+        bos_token_id=5,
+        eos_token_id=6,
+        pad_token_id=5,
+        image_token_id=7,
+        video_token_id=8,
+        vision_start_token_id=9,
+        vision_end_token_id=10,
+    )
     nested = tiny_hf()
     nested["text_config"]["vocab_size"] = 64
     flat = dict({k: v for k, v in nested.items() if k != "text_config"}, **nested["text_config"])
     for hf in (nested, flat):
         out = with_special_ids(hf, ids)
-        assert "bos_token_id" not in hf   # a copy
+        assert "bos_token_id" not in hf  # a copy
         cfg = transformers.Qwen2VLConfig(**out)
         text = cfg.get_text_config()
         assert (text.bos_token_id, text.eos_token_id, text.pad_token_id) == (5, 6, 5)
         assert (cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id) == (
-            7, 8, 9, 10)
+            7,
+            8,
+            9,
+            10,
+        )
         vl = models.parse_hf_config(out)
         assert (vl.image_token_id, vl.eos_token_id, vl.pad_token_id, vl.vision_start_token_id) == (7, 6, 5, 9)

@@ -2,6 +2,7 @@
 one position per image, two pixel rows per image token) runs through the engine's `generate` and the
 GRPO learner's `grpo_update` unchanged, and the sampler's log-probs equal the learner's teacher-forced
 ones (the engine's prefill / decode positions and image bookkeeping are the family's, not Qwen's)."""
+
 import sys
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models as tm  # noqa: E402
 import toy_family as toy  # noqa: E402
-
 from grlhfv_jax import models  # noqa: E402
 from grlhfv_jax.models import contract  # noqa: E402
 from grlhfv_jax.rollout import engine  # noqa: E402
@@ -31,7 +31,7 @@ def _prompts():
     ids = np.zeros((3, 6), np.int32)
     am = np.zeros((3, 6), np.int32)
     for b, r in enumerate(rows):
-        ids[b, 6 - len(r):], am[b, 6 - len(r):] = r, 1
+        ids[b, 6 - len(r) :], am[b, 6 - len(r) :] = r, 1
     pv = np.random.default_rng(0).normal(size=(6, toy.D)).astype(np.float32)
     grid = np.array([[2, 0, 7], [4, 0, 7]], np.int32)
     return dict(input_ids=ids, attention_mask=am, pixel_values=pv, image_grid_thw=grid)
@@ -72,8 +72,9 @@ def test_row_bookkeeping_follows_the_layout():
     layout = toy.PairImages()
     assert layout.row_slices(p) == [(slice(0, 2), slice(0, 1)), (slice(2, 6), slice(1, 2)), (slice(6, 6), slice(2, 2))]
     rep = learner.repeat_rows(p, 2, layout)
-    np.testing.assert_array_equal(rep["pixel_values"], np.concatenate([p["pixel_values"][:2]] * 2
-                                                                      + [p["pixel_values"][2:]] * 2))
+    np.testing.assert_array_equal(
+        rep["pixel_values"], np.concatenate([p["pixel_values"][:2]] * 2 + [p["pixel_values"][2:]] * 2)
+    )
     sel = learner.select_rows(rep, np.array([3, 0]), layout)
     np.testing.assert_array_equal(sel["image_grid_thw"], p["image_grid_thw"][[1, 0]])
     np.testing.assert_array_equal(sel["pixel_values"], np.concatenate([p["pixel_values"][2:], p["pixel_values"][:2]]))
@@ -89,8 +90,9 @@ def test_engine_samples_the_toy_and_its_logprobs_are_the_learners(sampled):
     assert batch["pixel_values"].shape == (G * 6, toy.D)
     split = loop.micro_batch_images(model, batch, 3, G)
     assert split["micro_pixel_values"].shape == (3, 4 * G, toy.D)
-    tf = np.asarray(steps.compute_logprobs(model, loop.place_batch(model, split), window=window, group=G,
-                                           num_micro_batches=3))
+    tf = np.asarray(
+        steps.compute_logprobs(model, loop.place_batch(model, split), window=window, group=G, num_micro_batches=3)
+    )
     mask = batch["response_mask"] > 0
     assert np.all(np.isfinite(batch["old_logp"])) and np.all(batch["old_logp"][mask] < 0)
     np.testing.assert_allclose(tf[mask], batch["old_logp"][mask], atol=2e-5)
@@ -103,7 +105,7 @@ def test_grpo_update_runs_on_the_toy(sampled):
     rewards = np.random.default_rng(1).random((3, G))
     results = []
     for m in (1, 3):
-        policy = toy.ToyVLM(rngs=nnx.Rngs(0))   # the sampler's weights: old log-probs are its own
+        policy = toy.ToyVLM(rngs=nnx.Rngs(0))  # the sampler's weights: old log-probs are its own
         state = steps.TrainState(policy, optax.sgd(0.5))
         cfg = steps.GRPOConfig(kl_coef=0.1, num_micro_batches=m, ref_num_micro_batches=m)
         out = learner.grpo_update(state, toy.ToyVLM(rngs=nnx.Rngs(1)), prompts, gen, rewards, pad_id=0, cfg=cfg)

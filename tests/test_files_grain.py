@@ -3,6 +3,7 @@ data/files_source.py): the records read back are the cleaned split's (texts, lab
 image bytes byte-identical, JPEG and PNG), written as several shards; two hosts read disjoint
 shares that cover the split; a reader resumed at a step (or from grain's iterator state) yields
 the batches an uninterrupted one yields."""
+
 import glob
 import io
 import os
@@ -34,25 +35,32 @@ def converted(tmp_path_factory):
     rows = []
     for k in range(12):
         rgb, data = _image(k, "JPEG" if k % 2 else "PNG")
-        rows.append(dict(question=f"What is in image {k}?", image={"bytes": data, "path": None}, rgb=rgb,
-                         response_1=f"first answer {k}", response_2=f"second answer {k}",
-                         overall_response=9 if k == 3 else 1 + k % 2, category=f"c{k % 3}"))
+        rows.append(
+            dict(
+                question=f"What is in image {k}?",
+                image={"bytes": data, "path": None},
+                rgb=rgb,
+                response_1=f"first answer {k}",
+                response_2=f"second answer {k}",
+                overall_response=9 if k == 3 else 1 + k % 2,
+                category=f"c{k % 3}",
+            )
+        )
     table = pa.Table.from_pylist([{c: v for c, v in r.items() if c != "rgb"} for r in rows])
     pq.write_table(table, root / "pairs.parquet", row_group_size=5)
     spec = fs.SplitFiles(str(root / "pairs.parquet"), fields=FIELDS)
-    dataset_dir, bad = fs.write_splits(str(root / "tfds"), {"grm_train": spec, "policy_train": spec},
-                                       shard_bytes=4096)
+    dataset_dir, bad = fs.write_splits(str(root / "tfds"), {"grm_train": spec, "policy_train": spec}, shard_bytes=4096)
     return rows, spec, dataset_dir, bad
 
 
 def test_array_record_holds_what_the_cleaned_split_held(converted):
     rows, spec, d, bad = converted
-    held, _ = fs.read_split("grm_train", spec)          # the cleaned split: image bytes as read
+    held, _ = fs.read_split("grm_train", spec)  # the cleaned split: image bytes as read
     assert len(held) == 11 and dict(bad["grm_train"].counts) == {"bad_label": 1}
     assert len(glob.glob(os.path.join(d, "grlhfv_files-grm_train.array_record-*"))) > 1
     src = fs.FilesSource(d, shard=(0, 1))
     raw = src.source("grm_train")
-    assert [bytes(raw[i]["image"]) for i in range(len(raw))] == [r["image"] for r in held]   # byte-identical
+    assert [bytes(raw[i]["image"]) for i in range(len(raw))] == [r["image"] for r in held]  # byte-identical
     back = src.records("grm_train")
     assert len(back) == len(held)
     originals = [r for r in rows if r["overall_response"] in (1, 2)]
@@ -62,14 +70,14 @@ def test_array_record_holds_what_the_cleaned_split_held(converted):
         assert got["image"].dtype == np.uint8 and got["image"].shape == row["rgb"].shape
         np.testing.assert_array_equal(got["image"], fs.decode_image(want["image"]))
         if want["image"][:4] == b"\x89PNG":
-            np.testing.assert_array_equal(got["image"], row["rgb"])     # lossless: the pixels written
-    assert back[4]["meta"] == {"category": "c2"} and back[4]["answer"] == "second answer 5"   # row 5 prefers response 2
-    prompts = src.records("policy_train", n=5)             # prompts: no label read, none skipped
+            np.testing.assert_array_equal(got["image"], row["rgb"])  # lossless: the pixels written
+    assert back[4]["meta"] == {"category": "c2"} and back[4]["answer"] == "second answer 5"  # row 5 prefers response 2
+    prompts = src.records("policy_train", n=5)  # prompts: no label read, none skipped
     assert len(prompts) == 5 and set(prompts[3]) == {"id", "question", "image", "meta"}
     assert prompts[3]["question"] == "What is in image 3?"
     with pytest.raises(KeyError, match=r"config\.data\.files\.grm_test_id\.path"):
         src.records("grm_test_id")
-    assert src.records("grm_test_id", n=0) == []   # grm_rl with eval_pairs = 0 asks for none: no error
+    assert src.records("grm_test_id", n=0) == []  # grm_rl with eval_pairs = 0 asks for none: no error
 
 
 def test_two_hosts_read_disjoint_shares_that_cover_the_split(converted):
@@ -79,7 +87,7 @@ def test_two_hosts_read_disjoint_shares_that_cover_the_split(converted):
     every = [r["id"] for r in fs.FilesSource(d, shard=(0, 1)).records("grm_train")]
     one = fs.FilesSource(d, shard=(0, 1)).dataset("grm_train", seed=5, batch_size=4)
     two = [fs.FilesSource(d, shard=(index, 2)).dataset("grm_train", seed=5, batch_size=4) for index in (0, 1)]
-    for step in range(6):   # past two epochs of 11
+    for step in range(6):  # past two epochs of 11
         halves = [[r["id"] for r in ds[step]] for ds in two]
         assert len(halves[0]) == len(halves[1]) == 2
         assert halves[0] + halves[1] == [r["id"] for r in one[step]]
@@ -92,16 +100,17 @@ def test_two_hosts_read_disjoint_shares_that_cover_the_split(converted):
 
 def test_a_resumed_reader_yields_the_batches_an_uninterrupted_one_yields(converted):
     import grain
+
     _, _, d, _ = converted
 
     def ids(batch):
         return [r["id"] for r in batch]
 
     ds = fs.FilesSource(d, shard=(0, 1)).dataset("grm_train", seed=7, batch_size=4)
-    straight = [ds[step] for step in range(6)]              # 24 records: past two epochs of 11
+    straight = [ds[step] for step in range(6)]  # 24 records: past two epochs of 11
     flat = [i for b in straight for i in ids(b)]
     assert sorted(flat[:11]) == sorted(flat[11:22]) and len(set(flat[:11])) == 11
-    assert flat[:11] != flat[11:22]                          # a new order every epoch
+    assert flat[:11] != flat[11:22]  # a new order every epoch
     assert ids(fs.FilesSource(d, shard=(0, 1)).dataset("grm_train", seed=8, batch_size=4)[0]) != ids(straight[0])
     # a new process resuming at step 3: ds[step] depends on (seed, step) only
     again = fs.FilesSource(d, shard=(0, 1)).dataset("grm_train", seed=7, batch_size=4)

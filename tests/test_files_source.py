@@ -2,6 +2,7 @@
 written as parquet and as JSONL give identical records and batches once converted to array_record; a files run that cannot work
 fails before anything runs, naming the key; over-long records are skipped / truncated / refused and
 counted; a tiny run of data -> sft -> grm_rl -> policy_rl on fixture files completes."""
+
 import io
 import json
 import os
@@ -14,10 +15,9 @@ import pytest
 from PIL import Image
 
 from grlhfv_jax import config as config_schema
+from grlhfv_jax import encoding, roles
 from grlhfv_jax.config import ConfigError
 from grlhfv_jax.data import files_source as fs
-from grlhfv_jax import encoding
-from grlhfv_jax import roles
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import demo  # noqa: E402
@@ -41,8 +41,15 @@ def _rows(n=6, long_response_at=None):
     rows = []
     for k in range(n):
         r2 = _text(rng, 150) if k == long_response_at else _text(rng, 3)
-        rows.append(dict(question=f"What is in image {k}?", image=_png(k), response_1=_text(rng, 3), response_2=r2,
-                         overall_response=1 + k % 2))
+        rows.append(
+            dict(
+                question=f"What is in image {k}?",
+                image=_png(k),
+                response_1=_text(rng, 3),
+                response_2=r2,
+                overall_response=1 + k % 2,
+            )
+        )
     return rows
 
 
@@ -76,17 +83,22 @@ def _same(a, b):
 def test_parquet_and_jsonl_give_identical_records_and_batches(tmp_path):
     rows = _rows(5)
     pq_path, js_path = _write(tmp_path, "pairs", rows)
-    srcs = [fs.FilesSource(fs.write_splits(str(tmp_path / f"tfds{k}"), {"grm_train": fs.SplitFiles(p),
-                                                                         "policy_train": fs.SplitFiles(p)})[0],
-                           shard=(0, 1))
-            for k, p in enumerate((pq_path, js_path))]
+    srcs = [
+        fs.FilesSource(
+            fs.write_splits(
+                str(tmp_path / f"tfds{k}"), {"grm_train": fs.SplitFiles(p), "policy_train": fs.SplitFiles(p)}
+            )[0],
+            shard=(0, 1),
+        )
+        for k, p in enumerate((pq_path, js_path))
+    ]
     recs = [s.records("grm_train") for s in srcs]
     _same(*recs)
     assert [r["overall_response"] for r in recs[0]] == [r["overall_response"] for r in rows]
     assert [r["answer"] for r in recs[0]] == [r[f"response_{r['overall_response']}"] for r in rows]
     np.testing.assert_array_equal(recs[0][2]["image"], np.asarray(Image.open(io.BytesIO(rows[2]["image"]))))
     ds = [s.dataset("grm_train", seed=3, batch_size=4) for s in srcs]
-    for step in range(4):   # past one epoch (5 records)
+    for step in range(4):  # past one epoch (5 records)
         _same(ds[0][step], ds[1][step])
     # deterministic by seed, a new order per epoch, every record once per epoch
     again = srcs[0].dataset("grm_train", seed=3, batch_size=4)
@@ -114,37 +126,60 @@ def _files_config(paths: dict, tokenizer_dir: str, grm_path: str | None = None):
     c.stages = ("data", "sft", "grm_rl", "policy_rl")
     for role in ("policy", "grm", "rm"):
         c.model[role].hf_config = SMALL_MODEL
-    c.data = dict(kind="files", tokenizer_dir=tokenizer_dir, too_long="skip",
-                  files={split: dict(path=p) for split, p in paths.items()})
+    c.data = dict(
+        kind="files",
+        tokenizer_dir=tokenizer_dir,
+        too_long="skip",
+        files={split: dict(path=p) for split, p in paths.items()},
+    )
     del c["sft"]["grm"]
     c.sft.policy.update(data="best", pretrained_vision=False, steps=1, batch_size=2, max_len=96)
     c.model.grm.path = grm_path
-    c.grm_rl.update(steps=1, pairs_per_step=2, group_size=2, mini_batches=1, eval_pairs=2, eval_rows=4, max_len=160,
-                    max_new_tokens=4)
+    c.grm_rl.update(
+        steps=1,
+        pairs_per_step=2,
+        group_size=2,
+        mini_batches=1,
+        eval_pairs=2,
+        eval_rows=4,
+        max_len=160,
+        max_new_tokens=4,
+    )
     c.policy_rl.update(steps=1, prompts_per_step=2, n=2, max_len=96, max_new_tokens=4, judge_max_new_tokens=4)
     return c
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda c: c.update(stages=("data", "sft", "evaluate")), r"stage 'evaluate' cannot run .* oracle"),
-    (lambda c: c.update(stages=("data", "vision")), r"stage 'vision' cannot run"),
-    (lambda c: c.data.files.__delitem__("grm_test_id"), r"config\.data\.files\.grm_test_id is missing: stage\(s\) grm_rl"),
-    (lambda c: c.data.files.update(grm_trian=dict(path="x")),
-     r"config\.data\.files\.grm_trian: unknown key; did you mean 'grm_train'"),
-    (lambda c: c.data.files.grm_train.update(fields="align_everything"), r"config\.data\.files\.grm_train\.fields"),
-    (lambda c: c.data.files.grm_train.update(on_bad="ignore"), r"config\.data\.files\.grm_train\.on_bad"),
-    (lambda c: c.data.update(too_long="wrap"), r"config\.data\.too_long = 'wrap'"),
-    (lambda c: c.data.update(read_threads=-1), r"config\.data\.read_threads = -1"),
-    (lambda c: c.data.update(image_workers=-1), r"config\.data\.image_workers = -1"),
-    (lambda c: c.data.update(kind="hub"), r"config\.data\.kind = 'hub'"),
-    (lambda c: c.sft.update(grm=dict(steps=1, batch_size=1, max_len=64, lr=1e-3)), r"config\.sft\.grm: .*judgments"),
-    (lambda c: c.sft.policy.update(data="styled"), r"config\.sft\.policy\.data = 'styled'"),
-    (lambda c: c.data.update(tokenizer_dir=None), r"config\.data\.tokenizer_dir is not set"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c: c.update(stages=("data", "sft", "evaluate")), r"stage 'evaluate' cannot run .* oracle"),
+        (lambda c: c.update(stages=("data", "vision")), r"stage 'vision' cannot run"),
+        (
+            lambda c: c.data.files.__delitem__("grm_test_id"),
+            r"config\.data\.files\.grm_test_id is missing: stage\(s\) grm_rl",
+        ),
+        (
+            lambda c: c.data.files.update(grm_trian=dict(path="x")),
+            r"config\.data\.files\.grm_trian: unknown key; did you mean 'grm_train'",
+        ),
+        (lambda c: c.data.files.grm_train.update(fields="align_everything"), r"config\.data\.files\.grm_train\.fields"),
+        (lambda c: c.data.files.grm_train.update(on_bad="ignore"), r"config\.data\.files\.grm_train\.on_bad"),
+        (lambda c: c.data.update(too_long="wrap"), r"config\.data\.too_long = 'wrap'"),
+        (lambda c: c.data.update(read_threads=-1), r"config\.data\.read_threads = -1"),
+        (lambda c: c.data.update(image_workers=-1), r"config\.data\.image_workers = -1"),
+        (lambda c: c.data.update(kind="hub"), r"config\.data\.kind = 'hub'"),
+        (
+            lambda c: c.sft.update(grm=dict(steps=1, batch_size=1, max_len=64, lr=1e-3)),
+            r"config\.sft\.grm: .*judgments",
+        ),
+        (lambda c: c.sft.policy.update(data="styled"), r"config\.sft\.policy\.data = 'styled'"),
+        (lambda c: c.data.update(tokenizer_dir=None), r"config\.data\.tokenizer_dir is not set"),
+    ],
+)
 def test_a_files_run_that_cannot_work_fails_naming_the_key(edit, match):
     splits = ("sft_policy", "grm_train", "grm_test_id", "grm_test_ood", "policy_train")
     c = _files_config({s: "/nowhere" for s in splits}, "/tok")
-    config_schema.validate(c)   # as written: valid (nothing is read yet)
+    config_schema.validate(c)  # as written: valid (nothing is read yet)
     edit(c)
     with pytest.raises(ConfigError, match=match):
         config_schema.validate(c)
@@ -158,15 +193,17 @@ def files_run(tmp_path_factory):
     from grlhfv_jax import models
     from grlhfv_jax.data.tokenizer import train_tokenizer
     from grlhfv_jax.rl.grm_reward import build_grm_prompt
+
     root = tmp_path_factory.mktemp("files_run")
-    rows = _rows(6, long_response_at=5)   # record 5 prefers its long response 2
+    rows = _rows(6, long_response_at=5)  # record 5 prefers its long response 2
     pairs, pairs_jsonl = _write(root, "pairs", rows)
     tok_dir = str(root / "tokenizer")
     texts = [r[k] for r in rows for k in ("question", "response_1", "response_2")]
     texts += [build_grm_prompt("q", "a", "b", template=demo.DEMO_GRM_TEMPLATE)] * 20
     train_tokenizer(texts * 5, tok_dir, vocab_size=400)
-    paths = dict(sft_policy=pairs, grm_train=pairs_jsonl, grm_test_id=pairs, grm_test_ood=pairs_jsonl,
-                 policy_train=pairs)
+    paths = dict(
+        sft_policy=pairs, grm_train=pairs_jsonl, grm_test_id=pairs, grm_test_ood=pairs_jsonl, policy_train=pairs
+    )
     config = _files_config(paths, tok_dir, grm_path=str(root / "grm"))
     codec = encoding.Codec.from_dirs(tok_dir, config.image, config.grm_template)
     grm = models.from_config(roles.model_config(config.model.grm, codec), rngs=nnx.Rngs(1))
@@ -176,6 +213,7 @@ def files_run(tmp_path_factory):
 
 def test_over_long_records_are_skipped_truncated_or_refused_and_counted(files_run):
     from grlhfv_jax.data import files_convert as data_files
+
     config, root = files_run
     full = config_schema.validate(config)
     rs = data_files.readers(full)
@@ -203,6 +241,7 @@ def test_over_long_records_are_skipped_truncated_or_refused_and_counted(files_ru
 def test_tiny_run_on_files_data_sft_grm_rl_policy_rl(files_run, tmp_path, image_workers):
     """Also with the image processor in the read threads (config.data.image_workers)."""
     from grlhfv_jax import main
+
     config, root = files_run
     config = config.copy_and_resolve_references()
     config.data.image_workers = image_workers
@@ -211,7 +250,7 @@ def test_tiny_run_on_files_data_sft_grm_rl_policy_rl(files_run, tmp_path, image_
     for split in ("grm_train", "grm_test_id", "grm_test_ood"):
         assert summary[f"data/{split}/too_long_skipped"] == 1, split
         assert summary[f"data/{split}/records"] == 5
-    assert summary["data/sft_policy/too_long_skipped"] == 1    # its preferred answer is the long one
+    assert summary["data/sft_policy/too_long_skipped"] == 1  # its preferred answer is the long one
     assert summary["data/policy_train/records"] == 6 and summary["data/policy_train/bad_total"] == 0
     for stage in ("sft", "grm_rl", "policy_rl"):
         assert f"time/{stage}_s" in summary
@@ -223,9 +262,10 @@ def test_tiny_run_on_files_data_sft_grm_rl_policy_rl(files_run, tmp_path, image_
 
 def test_the_data_stage_counts_bad_and_truncated_records_into_the_summary(files_run, tmp_path, capsys):
     from grlhfv_jax.data import files_convert as data_files
+
     config, root = files_run
     rows = _rows(6, long_response_at=5)
-    rows[2]["overall_response"] = 0            # not a label value: skipped as bad_label
+    rows[2]["overall_response"] = 0  # not a label value: skipped as bad_label
     pq_path, _ = _write(tmp_path, "pairs", rows)
     c = config.copy_and_resolve_references()
     for split in c.data.files:
@@ -237,7 +277,7 @@ def test_the_data_stage_counts_bad_and_truncated_records_into_the_summary(files_
     assert s["data/grm_train/rows_read"] == 6
     assert s["data/grm_train/too_long_truncated"] == 1 and s["data/grm_train/too_long_skipped"] == 0
     assert s["data/grm_train/records"] == 5
-    assert s["data/policy_train/bad_total"] == 0 and s["data/policy_train/records"] == 6   # prompts: no label read
+    assert s["data/policy_train/bad_total"] == 0 and s["data/policy_train/records"] == 6  # prompts: no label read
     assert "grm_train: skipped 1 bad record(s) {'bad_label': 1}" in capsys.readouterr().out
     src = data_files.source(json.load(open(tmp_path / "data_paths.json")))
     recs = src.records("grm_train")

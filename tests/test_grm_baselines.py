@@ -1,6 +1,7 @@
 """The paper's GRM baselines (method.md, "Baselines"; issue 29, part 7): the GRM without training and
 GRM+SFT, supervised on judgments written from the dataset's own annotations (data.grm_targets),
 as configs whose models the reward-model benchmarks measure (configs/eval/grm_baselines.py)."""
+
 import importlib.util
 import os
 
@@ -12,7 +13,6 @@ from grlhfv_jax import evaluate, main
 from grlhfv_jax.config import ConfigError
 from grlhfv_jax.data import grm_targets, preference_files
 from grlhfv_jax.rl import grm_reward
-
 from test_files_source import _rows, _write  # tests/ is on sys.path
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -45,7 +45,8 @@ def test_judgment_written_from_the_rates_and_critiques():
         "Analysis: Response 1: instruction following 3/3, objective rules 3/3, clarity 2/3, information richness "
         "3/3, safety 3/3. Accurate. Response 2: instruction following 1/3, objective rules 2/3, clarity 2/3, "
         "information richness 1/3, safety 3/3. Misses the colour.\n"
-        "Scores: \\boxed{9, 6}")
+        "Scores: \\boxed{9, 6}"
+    )
     assert grm_reward.pair_scores(text) == (9.0, 6.0) and grm_reward.pair_reward(text, 1) == 1.0
     assert grm_targets.score([0, 0], (0, 3)) == 1 and grm_targets.score([3, 3], (0, 3)) == 10
     assert "Accurate" not in grm_targets.judgment(dict(meta, text_critique_1=None), grm_targets.ALIGN_ANYTHING)
@@ -53,7 +54,8 @@ def test_judgment_written_from_the_rates_and_critiques():
         with pytest.raises(ValueError, match=r"column clarity_rate_2 = "):
             grm_targets.judgment(dict(meta, clarity_rate_2=bad), grm_targets.ALIGN_ANYTHING)
     assert set(grm_targets.columns(grm_targets.ALIGN_ANYTHING)) == set(
-        preference_files.FIELD_MAPS["align_anything_judgments"].meta)
+        preference_files.FIELD_MAPS["align_anything_judgments"].meta
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +67,19 @@ def annotated_files(tmp_path_factory):
     from grlhfv_jax import encoding, models, roles
     from grlhfv_jax.data.tokenizer import train_tokenizer
     from test_files_source import SMALL_MODEL
+
     root = tmp_path_factory.mktemp("grm_sft")
     rng = np.random.default_rng(1)
-    rows = [_annotated(r, rng.integers(0, 4, 5).tolist(), rng.integers(0, 4, 5).tolist(), f"Critique {k} one.",
-                       f"Critique {k} two.") for k, r in enumerate(_rows(4))]
+    rows = [
+        _annotated(
+            r,
+            rng.integers(0, 4, 5).tolist(),
+            rng.integers(0, 4, 5).tolist(),
+            f"Critique {k} one.",
+            f"Critique {k} two.",
+        )
+        for k, r in enumerate(_rows(4))
+    ]
     pairs, _ = _write(root, "annotated", rows)
     metas = [{c: r[c] for c in grm_targets.columns(grm_targets.ALIGN_ANYTHING)} for r in rows]
     judgments = [grm_targets.judgment(m, grm_targets.ALIGN_ANYTHING) for m in metas]
@@ -88,7 +99,7 @@ def _shrunk(pairs, tok, grm):
     c.data.tokenizer_dir = tok
     c.image.update(min_pixels=56 * 56, max_pixels=56 * 56)
     c.model.grm.update(path=grm, dtype="float32", remat=False)
-    c.grm_template = _module("demo.py").DEMO_GRM_TEMPLATE   # the paper's is ~330 tokens: too long for a tiny run
+    c.grm_template = _module("demo.py").DEMO_GRM_TEMPLATE  # the paper's is ~330 tokens: too long for a tiny run
     c.sft.grm.update(steps=2, batch_size=2, max_len=400)
     c.compile_cache_dir = None
     c.report.enabled = False
@@ -107,12 +118,13 @@ def test_grm_sft_config_runs_shrunk_on_the_datasets_judgments(annotated_files, t
         text = original(meta, spec)
         seen.append((meta, text))
         return text
+
     monkeypatch.setattr(grm_targets, "judgment", recording)
     c = _shrunk(pairs, tok, str(root / "grm"))
     summary = main.run(c, str(tmp_path / "run"))
     assert summary["data/sft_grm/records"] == 4 and np.isfinite(summary["sft/grm_loss"])
     assert os.path.isfile(tmp_path / "run" / "sft" / "grm" / "config.json")
-    assert len(seen) == 4   # 2 steps x 2 pairs, each a fixture record's own annotations
+    assert len(seen) == 4  # 2 steps x 2 pairs, each a fixture record's own annotations
     for meta, text in seen:
         mine = {k: meta[k] for k in metas[0]}
         assert mine in metas and text == original(mine, grm_targets.ALIGN_ANYTHING)
@@ -122,12 +134,19 @@ def test_grm_sft_config_rules(annotated_files):
     root, pairs, tok, _ = annotated_files
     c = _shrunk(pairs, tok, str(root / "grm"))
     config_schema.validate(c)
-    bad = [(lambda c: c.sft.grm.update(judgments="world"), r"config\.sft\.grm: judgments = 'world' are the "
-                                                           r"synthetic world's"),
-           (lambda c: c.sft.grm.update(judgments="beavertails"), r"config\.sft\.grm\.judgments = 'beavertails'"),
-           (lambda c: c.sft.grm.update(vqa_fraction=0.5), r"config\.sft\.grm\.vqa_fraction = 0\.5: must be 0"),
-           (lambda c: c.data.files.sft_grm.update(fields="align_anything"),
-            r"config\.data\.files\.sft_grm\.fields = 'align_anything' keeps no column 'clarity_rate_1'")]
+    bad = [
+        (
+            lambda c: c.sft.grm.update(judgments="world"),
+            r"config\.sft\.grm: judgments = 'world' are the "
+            r"synthetic world's",
+        ),
+        (lambda c: c.sft.grm.update(judgments="beavertails"), r"config\.sft\.grm\.judgments = 'beavertails'"),
+        (lambda c: c.sft.grm.update(vqa_fraction=0.5), r"config\.sft\.grm\.vqa_fraction = 0\.5: must be 0"),
+        (
+            lambda c: c.data.files.sft_grm.update(fields="align_anything"),
+            r"config\.data\.files\.sft_grm\.fields = 'align_anything' keeps no column 'clarity_rate_1'",
+        ),
+    ]
     for edit, match in bad:
         c = _shrunk(pairs, tok, str(root / "grm"))
         edit(c)
@@ -136,8 +155,11 @@ def test_grm_sft_config_rules(annotated_files):
     demo = _module("demo.py")
     world = demo.get_config("smoke")
     world.sft.grm.judgments = "align_anything"
-    with pytest.raises(ConfigError, match=r"config\.sft\.grm\.judgments = 'align_anything': with config\.data\.kind "
-                                          r"= 'world'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config\.sft\.grm\.judgments = 'align_anything': with config\.data\.kind "
+        r"= 'world'",
+    ):
         config_schema.validate(world)
 
 
@@ -152,8 +174,8 @@ def test_eval_config_measures_each_grm_and_training(training, grm):
     want = {"untrained": module.GRMS[grm], "sft": f"runs/grm_sft_{grm}/sft/grm", "rl": f"runs/grm_{grm}/grm_rl/grm"}
     assert want[training] in left["model.path"]
     base = evaluate.validate(_module("eval", "rm_benchmarks.py").get_config())
-    assert dict(cfg.benchmarks) == dict(base.benchmarks) and cfg.judge == base.judge   # the same protocol
-    if training == "sft":   # the folder the GRM+SFT config writes
+    assert dict(cfg.benchmarks) == dict(base.benchmarks) and cfg.judge == base.judge  # the same protocol
+    if training == "sft":  # the folder the GRM+SFT config writes
         paper = config_schema.validate(_module("paper", f"grm_sft_{grm}.py").get_config("8chip"))
         assert f"{paper.workdir}/sft/grm" in left["model.path"]
 
@@ -165,9 +187,12 @@ def test_eval_config_names_a_bad_argument():
 
 def test_a_row_whose_prompt_and_judgment_are_too_long_is_left_out_and_named(capsys):
     from grlhfv_jax.stages import sft
+
     ex = [{"input_ids": [0] * 5}, {"input_ids": [0] * 9}, {"input_ids": [0] * 8}]
     recs = [{"id": "aa-0"}, {"id": "aa-1"}, {"id": "aa-2"}]
     assert sft._fitting(ex, recs, 8, 3) == [ex[0], ex[2]]
-    assert "[sft] grm step 3: record 'aa-1' left out: prompt + judgment 9 tokens > sft.grm.max_len = 8" \
+    assert (
+        "[sft] grm step 3: record 'aa-1' left out: prompt + judgment 9 tokens > sft.grm.max_len = 8"
         in capsys.readouterr().out
-    assert sft._fitting(ex[1:2], recs[1:2], 8, 4) == ex[1:2]   # none fits: kept, and encoding.batch refuses it
+    )
+    assert sft._fitting(ex[1:2], recs[1:2], 8, 4) == ex[1:2]  # none fits: kept, and encoding.batch refuses it

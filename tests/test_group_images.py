@@ -4,6 +4,7 @@ contract (`model.patch_unit`, `model.group_patch_rows`) at the demo's real shape
 and patch counts. The README's demo crashed in stage 2 (n = 5, 8 prompts of 56 x 56 images: 640
 patches padded to 768, 768 / 5 -> 154 rows, not whole 2 x 2 merge units). Each case: the kept images
 encode, are the prompts' own, and give the per-row layout's log-probs."""
+
 import sys
 from pathlib import Path
 
@@ -16,23 +17,28 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "configs"))
 import demo  # noqa: E402
-import tiny_models as tm  # noqa: E402
 
+import tiny_models as tm  # noqa: E402
 from grlhfv_jax import models, processing  # noqa: E402
 from grlhfv_jax.models.qwen2_vl import QwenImages  # noqa: E402
 from grlhfv_jax.rollout.engine import GenerationOutput  # noqa: E402
 from grlhfv_jax.trainers import grpo as learner  # noqa: E402
 from grlhfv_jax.trainers import loop, steps  # noqa: E402
 
-DEMO_GRID = (1, 4, 4)   # the demo's 56 x 56 images (configs/demo.py c.image): 16 patches, 4 image tokens
+DEMO_GRID = (1, 4, 4)  # the demo's 56 x 56 images (configs/demo.py c.image): 16 patches, 4 image tokens
 
 
 def _hf_config(**text):
     """The demo's model (configs/demo.py tiny_qwen2_vl) with the tiny test vocabulary's ids."""
     cfg = demo.tiny_qwen2_vl(**text)
     cfg["text_config"]["vocab_size"] = tm.VOCAB
-    return dict(cfg, image_token_id=tm.IMAGE, video_token_id=tm.VIDEO, vision_start_token_id=tm.VISION_START,
-                vision_end_token_id=tm.VISION_END)
+    return dict(
+        cfg,
+        image_token_id=tm.IMAGE,
+        video_token_id=tm.VIDEO,
+        vision_start_token_id=tm.VISION_START,
+        vision_end_token_id=tm.VISION_END,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +50,11 @@ def _rows(P, G, grids, prompt_len=6, resp=4, seed=0):
     """P left-padded prompts (text, one image of grids[p], text), G responses each, in
     `trainers.grpo`'s row layout (`repeat_rows` + `training_rows`), responses of 1..resp tokens."""
     rng = np.random.default_rng(seed)
-    prompts = tm.make_batch([[list(rng.integers(3, 99, 1 + p % prompt_len)), grids[p], list(rng.integers(3, 99, 2))]
-                             for p in range(P)], pad_side="left", seed=seed)
+    prompts = tm.make_batch(
+        [[list(rng.integers(3, 99, 1 + p % prompt_len)), grids[p], list(rng.integers(3, 99, 2))] for p in range(P)],
+        pad_side="left",
+        seed=seed,
+    )
     prompts = {k: prompts[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
     rows = learner.repeat_rows(prompts, G, QwenImages(tm.IMAGE, tm.MERGE))
     lengths = rng.integers(1, resp + 1, P * G)
@@ -69,9 +78,9 @@ def test_the_padding_contract_by_hand(model):
     assert processing.patch_bucket(8 * 5 * 16, model.patch_unit()) == 768
     assert model.group_patch_rows(768, 5) == 156
     assert model.group_patch_rows(2048, 4) == 512
-    assert model.group_patch_rows(192, 7) == 28 and model.group_patch_rows(64, 3) == 24   # 27.4 -> 28, 21.3 -> 24
+    assert model.group_patch_rows(192, 7) == 28 and model.group_patch_rows(64, 3) == 24  # 27.4 -> 28, 21.3 -> 24
     blocked = models.from_config(_hf_config(), rngs=nnx.Rngs(0), vision_block=18)
-    assert blocked.patch_unit() == 20    # a vision block of 18 patches: in whole merge units
+    assert blocked.patch_unit() == 20  # a vision block of 18 patches: in whole merge units
 
 
 def test_stage_2_of_the_demo_trains_with_its_images_once_per_group(model):
@@ -83,8 +92,12 @@ def test_stage_2_of_the_demo_trains_with_its_images_once_per_group(model):
     ref = models.from_config(_hf_config(), rngs=nnx.Rngs(1))
     want, _ = _logprobs(ref, b, 1, R)
     resp = b["response_mask"][:, -R:]
-    gen = GenerationOutput(b["input_ids"][:, -R:], np.where(resp > 0, -2.0, 0.0).astype(np.float32),
-                           resp.sum(1).astype(np.int32), np.ones(P * G, bool))
+    gen = GenerationOutput(
+        b["input_ids"][:, -R:],
+        np.where(resp > 0, -2.0, 0.0).astype(np.float32),
+        resp.sum(1).astype(np.int32),
+        np.ones(P * G, bool),
+    )
     rewards = np.random.default_rng(0).random((P, G))
     seen = {}
     original = steps.compute_logprobs
@@ -93,6 +106,7 @@ def test_stage_2_of_the_demo_trains_with_its_images_once_per_group(model):
         out = original(m, batch, **kw)
         seen["ref_logp"], seen["group"] = np.asarray(out), kw.get("group")
         return out
+
     cfg = steps.GRPOConfig(kl_coef=0.3)
     state = steps.TrainState(model, optax.sgd(1e-3))
     try:
@@ -107,9 +121,16 @@ def test_stage_2_of_the_demo_trains_with_its_images_once_per_group(model):
 
 
 # group sizes x prompts x image grids: patch counts that are and are not multiples of the group
-CASES = [(3, 1, [(1, 2, 2)]), (3, 2, [(1, 4, 4), (1, 2, 4)]), (5, 3, [DEMO_GRID, (1, 2, 6), (1, 4, 2)]),
-         (5, 8, [DEMO_GRID] * 8), (7, 2, [(1, 6, 4), (1, 2, 2)]), (7, 3, [DEMO_GRID] * 3), (4, 32, [DEMO_GRID] * 32),
-         (9, 1, [(1, 4, 6)])]
+CASES = [
+    (3, 1, [(1, 2, 2)]),
+    (3, 2, [(1, 4, 4), (1, 2, 4)]),
+    (5, 3, [DEMO_GRID, (1, 2, 6), (1, 4, 2)]),
+    (5, 8, [DEMO_GRID] * 8),
+    (7, 2, [(1, 6, 4), (1, 2, 2)]),
+    (7, 3, [DEMO_GRID] * 3),
+    (4, 32, [DEMO_GRID] * 32),
+    (9, 1, [(1, 4, 6)]),
+]
 
 
 @pytest.mark.parametrize("G,P,grids", CASES, ids=[f"G{c[0]}-P{c[1]}" for c in CASES])

@@ -2,6 +2,7 @@
 from the prompt and injects faults on a script (timeout, 500, 429 + Retry-After, malformed JSON,
 truncated body, missing choices, slow reply). Backoff sleeps are faked: the suite takes about as
 long as its one real timeout."""
+
 import base64
 import io
 import json
@@ -18,7 +19,7 @@ from grlhfv_jax.rollout import SamplingParams
 from grlhfv_jax.rollout.http_judge import CACHE_FILE, HTTPJudge, HTTPJudgeError, encode_png
 from grlhfv_jax.trainers import rewards as trainer_rewards
 
-TIMEOUT = 1.0            # the client's timeout in these tests (s)
+TIMEOUT = 1.0  # the client's timeout in these tests (s)
 PAIR_RE = re.compile(r"# Response 1: (.*)\n# Response 2: (.*)\n")
 
 
@@ -69,10 +70,19 @@ class FakeServer:
         faults = self.script.get(r1, [])
         fault = faults[k - 1] if k <= len(faults) else "ok"
         n = int(body.get("n", 1))
-        reply = {"model": body["model"], "choices": [
-            {"index": i, "message": {"role": "assistant",
-                                     "content": f"Analysis: sample {i}.\nScores: \\boxed{{{score_of(r1)}, {score_of(r2)}}}"}}
-            for i in reversed(range(n))]}   # out of order on purpose: the client sorts by index
+        reply = {
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": i,
+                    "message": {
+                        "role": "assistant",
+                        "content": f"Analysis: sample {i}.\nScores: \\boxed{{{score_of(r1)}, {score_of(r2)}}}",
+                    },
+                }
+                for i in reversed(range(n))
+            ],
+        }  # out of order on purpose: the client sorts by index
         data = json.dumps(reply).encode()
         try:
             if fault == "timeout":
@@ -96,7 +106,7 @@ class FakeServer:
             h.send_header("Content-Length", str(len(data) + (100 if fault == "truncated" else 0)))
             h.end_headers()
             h.wfile.write(data[: len(data) // 2] if fault == "truncated" else data)
-        except (BrokenPipeError, ConnectionResetError):   # the client gave up (timeout)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
             pass
 
     def close(self):
@@ -120,8 +130,17 @@ def server_factory():
 
 def make_judge(url, tmp_path, delays, **kw):
     import random
-    kw = {"max_concurrency": 4, "timeout_s": TIMEOUT, "max_retries": 3, "backoff_s": 1.0, "backoff_max_s": 8.0,
-          "cache_dir": str(tmp_path / "cache"), "api_key_env": "TEST_JUDGE_KEY", **kw}
+
+    kw = {
+        "max_concurrency": 4,
+        "timeout_s": TIMEOUT,
+        "max_retries": 3,
+        "backoff_s": 1.0,
+        "backoff_max_s": 8.0,
+        "cache_dir": str(tmp_path / "cache"),
+        "api_key_env": "TEST_JUDGE_KEY",
+        **kw,
+    }
     return HTTPJudge(url, "judge-model", sleep=delays.append, rng=random.Random(0), **kw)
 
 
@@ -131,6 +150,7 @@ def image(seed):
 
 def decode_data_url(url):
     from PIL import Image
+
     head, b64 = url.split(",", 1)
     assert head == "data:image/png;base64"
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
@@ -141,9 +161,17 @@ GREEDY = SamplingParams(max_new_tokens=64, temperature=0.0, seed=3)
 
 def test_faults_retried_failure_counted_and_cache_serves_a_rerun(server_factory, tmp_path, monkeypatch):
     monkeypatch.setenv("TEST_JUDGE_KEY", "sk-test-123")
-    script = {"r1 timeout": ["timeout"], "r2 e500": ["500", "500"], "r3 limited": ["429"],
-              "r4 malformed": ["malformed"], "r5 truncated": ["truncated"], "r6 slow": ["slow"],
-              "r7 nochoices": ["no_choices"], "r8 dead": ["500"] * 10, "r9 fine": []}
+    script = {
+        "r1 timeout": ["timeout"],
+        "r2 e500": ["500", "500"],
+        "r3 limited": ["429"],
+        "r4 malformed": ["malformed"],
+        "r5 truncated": ["truncated"],
+        "r6 slow": ["slow"],
+        "r7 nochoices": ["no_choices"],
+        "r8 dead": ["500"] * 10,
+        "r9 fine": [],
+    }
     srv = server_factory(script)
     delays = []
     judge = make_judge(srv.url, tmp_path, delays)
@@ -206,7 +234,7 @@ def test_faults_retried_failure_counted_and_cache_serves_a_rerun(server_factory,
 
 def test_groups_samples_and_duplicates(server_factory, tmp_path, monkeypatch):
     monkeypatch.delenv("TEST_JUDGE_KEY", raising=False)
-    for var in ("http_proxy", "HTTP_PROXY"):   # a proxy in the environment: loopback is still reached directly
+    for var in ("http_proxy", "HTTP_PROXY"):  # a proxy in the environment: loopback is still reached directly
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     srv = server_factory()
     seen = []
@@ -215,7 +243,7 @@ def test_groups_samples_and_duplicates(server_factory, tmp_path, monkeypatch):
     groups = [("q0", img, [("r1 a", "r2 b"), ("r2 b", "r1 a")]), ("q1", None, []), ("q2", img, [("r5 c", "r3 d")])]
     out = judge.judge_groups(groups, GREEDY)
     assert [[grm_reward.pair_scores(t) for t in g] for g in out] == [[(1, 2), (2, 1)], [], [(5, 3)]]
-    assert srv.auth == [None] * 3                     # no key in the environment: no header
+    assert srv.auth == [None] * 3  # no key in the environment: no header
     assert [r["texts"] for r in seen] == [[t] for g in out for t in g]
     # num_samples -> n; choices come back in index order; an identical item is sent once
     params = SamplingParams(max_new_tokens=8, temperature=1.0, top_p=0.9, top_k=5, num_samples=2, seed=1)
@@ -250,13 +278,14 @@ def test_client_errors_fail_or_raise(server_factory, tmp_path):
 def test_torn_cache_line_is_skipped(tmp_path):
     d = tmp_path / "c"
     d.mkdir()
-    (d / CACHE_FILE).write_text(json.dumps({"key": "k1", "model": "m", "texts": ["a"]}) + "\n{\"key\": \"k2\", \"te")
+    (d / CACHE_FILE).write_text(json.dumps({"key": "k1", "model": "m", "texts": ["a"]}) + '\n{"key": "k2", "te')
     judge = HTTPJudge("http://127.0.0.1:9", "m", cache_dir=str(d))
     assert judge._cache == {"k1": ["a"]}
 
 
 def test_png_encoder_round_trips():
     from PIL import Image
+
     for shape in ((1, 1, 3), (4, 9, 3), (3, 2, 4)):
         a = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
         back = np.asarray(Image.open(io.BytesIO(encode_png(a))))
@@ -271,13 +300,16 @@ def test_stage_two_rewards_through_the_http_judge(server_factory, tmp_path):
     import types
 
     from grlhfv_jax.rl import grouped
-    srv = server_factory({"r9 best": ["500"] * 10})   # every judgment showing "r9 best" first fails
+
+    srv = server_factory({"r9 best": ["500"] * 10})  # every judgment showing "r9 best" first fails
     judge = make_judge(srv.url, tmp_path, [], max_retries=1)
-    sec = types.SimpleNamespace(pairs="both", num_pairs=None, judge_max_new_tokens=32, judge_temperature=0.0,
-                                aggregator="mean")
+    sec = types.SimpleNamespace(
+        pairs="both", num_pairs=None, judge_max_new_tokens=32, judge_temperature=0.0, aggregator="mean"
+    )
     texts = ["r9 best", "r4 mid", "r1 low"]
-    rewards, judgments = trainer_rewards.judge_groups(judge, sec, [{"question": "q", "image": image(0)}], texts,
-                                                np.ones((1, 3), bool), seed=0)
+    rewards, judgments = trainer_rewards.judge_groups(
+        judge, sec, [{"question": "q", "image": image(0)}], texts, np.ones((1, 3), bool), seed=0
+    )
     # (0, j) failed -> None; the others parse to the server's scores
     assert judgments[0][(0, 1)] is None and judgments[0][(0, 2)] is None
     assert judgments[0][(1, 0)] == (4, 9) and judgments[0][(2, 1)] == (1, 4)
@@ -292,6 +324,7 @@ def test_image_forms(tmp_path):
     from PIL import Image
 
     from grlhfv_jax.rollout.http_judge import image_data_url
+
     a = image(5)
     png = encode_png(a)
     assert image_data_url(a) == image_data_url(png) == image_data_url(Image.fromarray(a))

@@ -1,6 +1,7 @@
 """The layering of docs/architecture.md, checked on the source: a module's imports (parsed, not
 run) may only point down. rl/ is math on arrays (no flax, no model, no learner, no stage);
 trainers/ and rollout/ never import a stage; models/ import no RL code."""
+
 import ast
 import pathlib
 
@@ -20,15 +21,21 @@ def imported(path: pathlib.Path, pkg: str) -> set[str]:
             base = node.module or ""
             if node.level:
                 parts = pkg.split(".")
-                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             out.add(base)
             out |= {f"{base}.{a.name}" for a in node.names}
     return out
 
 
 RULES = {  # folder -> module prefixes its files must not import
-    "rl": ("flax", "grlhfv_jax.models", "grlhfv_jax.trainers", "grlhfv_jax.stages", "grlhfv_jax.rollout",
-           "grlhfv_jax.data"),
+    "rl": (
+        "flax",
+        "grlhfv_jax.models",
+        "grlhfv_jax.trainers",
+        "grlhfv_jax.stages",
+        "grlhfv_jax.rollout",
+        "grlhfv_jax.data",
+    ),
     "trainers": ("grlhfv_jax.stages", "grlhfv_jax.data"),
     "rollout": ("grlhfv_jax.stages", "grlhfv_jax.trainers", "grlhfv_jax.data"),
     "models": ("grlhfv_jax.rl", "grlhfv_jax.trainers", "grlhfv_jax.stages", "grlhfv_jax.rollout", "grlhfv_jax.data"),
@@ -37,11 +44,14 @@ RULES = {  # folder -> module prefixes its files must not import
 
 @pytest.mark.parametrize("folder", sorted(RULES))
 def test_layers_import_only_downwards(folder):
-    files = sorted((PKG / folder).rglob("*.py"))   # family folders of models/ too
+    files = sorted((PKG / folder).rglob("*.py"))  # family folders of models/ too
     assert files, folder
-    bad = [(f.name, m) for f in files
-           for m in sorted(imported(f, ".".join(("grlhfv_jax",) + f.relative_to(PKG).parent.parts)))
-           if any(m == p or m.startswith(p + ".") for p in RULES[folder])]
+    bad = [
+        (f.name, m)
+        for f in files
+        for m in sorted(imported(f, ".".join(("grlhfv_jax",) + f.relative_to(PKG).parent.parts)))
+        if any(m == p or m.startswith(p + ".") for p in RULES[folder])
+    ]
     assert not bad, f"{folder}/ imports what it must not: {bad}"
 
 
@@ -62,6 +72,10 @@ def test_training_and_evaluation_stages_see_data_only_through_sources():
     files = [f for f in sorted((PKG / "stages").glob("*.py")) if f.name not in WORLD_STAGES]
     assert {"sft.py", "grm_rl.py", "policy_rl.py", "evaluate.py", "rm.py", "dpo.py"} <= {f.name for f in files}
     banned = ("grlhfv_jax.data.world", "grlhfv_jax.data.pipeline", "grlhfv_jax.data.synthetic_tfds")
-    bad = [(f.name, m) for f in files for m in sorted(imported(f, "grlhfv_jax.stages"))
-           if any(m == p or m.startswith(p + ".") for p in banned)]
+    bad = [
+        (f.name, m)
+        for f in files
+        for m in sorted(imported(f, "grlhfv_jax.stages"))
+        if any(m == p or m.startswith(p + ".") for p in banned)
+    ]
     assert not bad, f"stages import the world directly: {bad}"

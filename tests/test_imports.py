@@ -90,8 +90,14 @@ def string_loader_targets(f: pathlib.Path, funcs, modules) -> list[tuple[str, in
     ("pkg.module.TABLE" -> pkg.module), where that module is one of the package's."""
     out = []
     for node in ast.walk(ast.parse(f.read_text())):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in funcs and node.args
-                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in funcs
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             target = node.args[0].value.rsplit(".", 1)[0]
             if target in modules:
                 out.append((target, node.lineno))

@@ -38,7 +38,9 @@ def test_checkpoint_round_trip_restores_model_optimizer_and_extra(tmp_path):
     np.testing.assert_array_equal(np.asarray(fresh.kernel[...]), np.asarray(model.kernel[...]))
     np.testing.assert_array_equal(np.asarray(fresh_opt.step[...]), 2)
     mu_a = jnp.concatenate([x.ravel() for x in __import__("jax").tree.leaves(nnx.state(opt, nnx.optimizer.OptState))])
-    mu_b = jnp.concatenate([x.ravel() for x in __import__("jax").tree.leaves(nnx.state(fresh_opt, nnx.optimizer.OptState))])
+    mu_b = jnp.concatenate(
+        [x.ravel() for x in __import__("jax").tree.leaves(nnx.state(fresh_opt, nnx.optimizer.OptState))]
+    )
     np.testing.assert_array_equal(np.asarray(mu_a), np.asarray(mu_b))
     # The same training continues identically from the restored state.
     _step(model, opt)
@@ -95,7 +97,9 @@ def test_workdir_refuses_a_different_config_and_restart_clears(tmp_path):
 
 def test_sweep_aggregates_mean_and_spread_by_hand(tmp_path):
     import json
+
     from grlhfv_jax import sweep
+
     runs = []
     for i, (a, b) in enumerate([(0.6, 1.0), (0.7, float("nan")), (0.8, 3.0)]):
         d = tmp_path / f"run{i}"
@@ -114,10 +118,17 @@ def test_sweep_aggregates_mean_and_spread_by_hand(tmp_path):
 def test_paired_se_and_the_stage_verdicts_by_hand():
     from grlhfv_jax import report
     from grlhfv_jax.stages import evaluate
+
     assert abs(evaluate._se([1.0, 2.0, 3.0]) - 1.0 / np.sqrt(3.0)) < 1e-12  # std (ddof=1) 1 over sqrt(3)
-    base = {"grm/sft_accuracy_id": 0.5, "grm/sft_accuracy_ood": 0.5, "grm/accuracy_id": 0.61,
-            "grm/accuracy_ood": 0.59, "policy/oracle_score_sampled_before": 0.70,
-            "policy/oracle_score_sampled_after": 0.72, "policy/oracle_gain_sampled_vs_sft_se": 0.01}
+    base = {
+        "grm/sft_accuracy_id": 0.5,
+        "grm/sft_accuracy_ood": 0.5,
+        "grm/accuracy_id": 0.61,
+        "grm/accuracy_ood": 0.59,
+        "policy/oracle_score_sampled_before": 0.70,
+        "policy/oracle_score_sampled_after": 0.72,
+        "policy/oracle_gain_sampled_vs_sft_se": 0.01,
+    }
     v = report.verdicts(base)
     assert v[0].startswith("Stage 1 (GRM RL): did not learn")  # +0.09 out of distribution < 0.1
     assert v[1].endswith(": improved.")  # +0.02 = 2 SE
@@ -129,14 +140,41 @@ def test_step_times_hand_case():
     """report.step_times: the mean seconds of each RL step phase over the logged rows, "other" the
     step less its phases; stages without time metrics are absent."""
     from grlhfv_jax import report
-    rows = [dict(stage="policy_rl", step=1, time=0.0, **{"time/rollout_s": 1.0, "time/reward_s": 0.5,
-                                                        "time/ref_logprobs_s": 0.25, "time/update_s": 2.0,
-                                                        "time/step_s": 6.0}),
-            dict(stage="policy_rl", step=2, time=0.0, **{"time/rollout_s": 3.0, "time/reward_s": 0.5,
-                                                        "time/ref_logprobs_s": 0.75, "time/update_s": 2.0,
-                                                        "time/step_s": 8.0}),
-            dict(stage="rm", step=1, time=0.0, loss=0.7)]
+
+    rows = [
+        dict(
+            stage="policy_rl",
+            step=1,
+            time=0.0,
+            **{
+                "time/rollout_s": 1.0,
+                "time/reward_s": 0.5,
+                "time/ref_logprobs_s": 0.25,
+                "time/update_s": 2.0,
+                "time/step_s": 6.0,
+            },
+        ),
+        dict(
+            stage="policy_rl",
+            step=2,
+            time=0.0,
+            **{
+                "time/rollout_s": 3.0,
+                "time/reward_s": 0.5,
+                "time/ref_logprobs_s": 0.75,
+                "time/update_s": 2.0,
+                "time/step_s": 8.0,
+            },
+        ),
+        dict(stage="rm", step=1, time=0.0, loss=0.7),
+    ]
     t = report.step_times(rows)
     assert set(t) == {"policy_rl"}
-    assert t["policy_rl"] == {"rollout": 2.0, "reward": 0.5, "ref_logprobs": 0.5, "update": 2.0, "step": 7.0,
-                              "other": 2.0}
+    assert t["policy_rl"] == {
+        "rollout": 2.0,
+        "reward": 0.5,
+        "ref_logprobs": 0.5,
+        "update": 2.0,
+        "step": 7.0,
+        "other": 2.0,
+    }

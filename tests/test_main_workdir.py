@@ -1,6 +1,7 @@
 """main.prepare_workdir on a workdir shared by several JAX processes: only process 0 writes
 run_state.json and config.json (atomically: no temporary file left); the others write nothing.
 main.run drops jax's compiled programs between stages."""
+
 import json
 import os
 
@@ -29,7 +30,7 @@ def test_only_process_0_writes_the_run_files(tmp_path, monkeypatch):
 
     _as_process(monkeypatch, 0)
     state = main.prepare_workdir(_config(), workdir, restart=False)
-    assert sorted(os.listdir(workdir)) == ["config.json", main.RUN_STATE]   # no temporary file left
+    assert sorted(os.listdir(workdir)) == ["config.json", main.RUN_STATE]  # no temporary file left
     with open(os.path.join(workdir, main.RUN_STATE)) as f:
         assert json.load(f) == state
     with open(os.path.join(workdir, "config.json")) as f:
@@ -47,6 +48,7 @@ def test_only_process_0_writes_the_run_files(tmp_path, monkeypatch):
 
 def test_only_process_0_writes_the_summary(tmp_path, monkeypatch):
     from grlhfv_jax import metrics
+
     _as_process(monkeypatch, 1)
     assert metrics.update_summary(str(tmp_path), {"a": 1.0, "b": float("nan")}) == {"a": 1.0, "b": None}
     assert os.listdir(tmp_path) == [], "process 1 wrote summary.json"
@@ -62,24 +64,27 @@ def test_restart_waits_for_process_0s_deletion(tmp_path, monkeypatch):
     """Under --restart with several processes every process passes a barrier after process 0 has
     deleted the previous run and before it goes on; a plain rerun or one process needs none."""
     from jax.experimental import multihost_utils
+
     workdir = str(tmp_path / "run")
     _as_process(monkeypatch, 0)
     main.prepare_workdir(_config(), workdir, restart=False)
     with open(os.path.join(workdir, "old_checkpoint"), "w") as f:
         f.write("previous run")
-    seen = []   # (process, was the previous run still there) at each barrier
-    monkeypatch.setattr(multihost_utils, "sync_global_devices",
-                        lambda name: seen.append((jax.process_index(),
-                                                  os.path.exists(os.path.join(workdir, "old_checkpoint")))))
-    main.prepare_workdir(_config(), workdir, restart=True)      # one process: no barrier
+    seen = []  # (process, was the previous run still there) at each barrier
+    monkeypatch.setattr(
+        multihost_utils,
+        "sync_global_devices",
+        lambda name: seen.append((jax.process_index(), os.path.exists(os.path.join(workdir, "old_checkpoint")))),
+    )
+    main.prepare_workdir(_config(), workdir, restart=True)  # one process: no barrier
     assert seen == []
     with open(os.path.join(workdir, "old_checkpoint"), "w") as f:
         f.write("previous run")
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    main.prepare_workdir(_config(), workdir, restart=False)     # a rerun deletes nothing: no barrier
+    main.prepare_workdir(_config(), workdir, restart=False)  # a rerun deletes nothing: no barrier
     assert seen == []
     _as_process(monkeypatch, 1)
-    main.prepare_workdir(_config(), workdir, restart=True)      # process 1 waits (and deletes nothing)
+    main.prepare_workdir(_config(), workdir, restart=True)  # process 1 waits (and deletes nothing)
     _as_process(monkeypatch, 0)
     main.prepare_workdir(_config(), workdir, restart=True)
     assert seen == [(1, True), (0, False)], seen
@@ -94,6 +99,7 @@ def test_run_drops_the_compiled_programs_between_stages(tmp_path, monkeypatch):
     import jax.numpy as jnp
 
     from grlhfv_jax import stages
+
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
     import demo
 

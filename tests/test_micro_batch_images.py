@@ -2,6 +2,7 @@
 runs the vision tower on its own images. The split by hand; the steps' values with it are checked
 against the whole-batch layout in test_shared_prompt.py (GRPO, group) and test_trainers_steps.py
 (DPO, BT RM); here also the tower's memory of a step, which must fall with the micro-batch."""
+
 import sys
 from pathlib import Path
 
@@ -13,14 +14,14 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models as tm  # noqa: E402
-
 from grlhfv_jax import models, processing  # noqa: E402
 from grlhfv_jax.trainers import loop, steps  # noqa: E402
 
 
 def _model(**kw):
-    cfg = tm.tiny_hf_config("qwen2_vl", text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                                                  num_key_value_heads=1)).to_dict()
+    cfg = tm.tiny_hf_config(
+        "qwen2_vl", text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
+    ).to_dict()
     cfg["vision_config"]["depth"] = 1
     return models.from_config(cfg, rngs=nnx.Rngs(0), **kw)
 
@@ -39,7 +40,7 @@ def test_the_split_by_hand():
     assert loop.patch_unit(model) == 8
 
     out = loop.micro_batch_images(model, batch, 2)
-    assert "pixel_values" not in out and out["image_grid_thw"] is batch["image_grid_thw"]   # positions: all
+    assert "pixel_values" not in out and out["image_grid_thw"] is batch["image_grid_thw"]  # positions: all
     mpv, mgrid = out["micro_pixel_values"], out["micro_image_grid_thw"]
     assert mpv.shape == (2, 24, pv.shape[1]) and mgrid.shape == (2, 3, 3)
     np.testing.assert_array_equal(mpv[0, :8], A)
@@ -48,7 +49,7 @@ def test_the_split_by_hand():
     np.testing.assert_array_equal(mgrid[0], [[1, 2, 4], [0, 0, 0], [0, 0, 0]])
     np.testing.assert_array_equal(mgrid[1], [[1, 2, 2], [1, 4, 4], [1, 2, 2]])
 
-    out = loop.micro_batch_images(model, batch, 2, group=2)   # each run's first row: A | B, C
+    out = loop.micro_batch_images(model, batch, 2, group=2)  # each run's first row: A | B, C
     mpv, mgrid = out["micro_pixel_values"], out["micro_image_grid_thw"]
     assert mpv.shape == (2, processing.patch_bucket(20, 8), pv.shape[1]) and mgrid.shape == (2, 2, 3)
     np.testing.assert_array_equal(mpv[0, :8], A)
@@ -56,10 +57,10 @@ def test_the_split_by_hand():
     np.testing.assert_array_equal(mpv[1, 20:], 0.0)
     np.testing.assert_array_equal(mgrid, [[[1, 2, 4], [0, 0, 0]], [[1, 2, 2], [1, 4, 4]]])
 
-    out = loop.micro_batch_images(model, batch, 4)            # one row each; row 1's micro-batch: padding only
+    out = loop.micro_batch_images(model, batch, 4)  # one row each; row 1's micro-batch: padding only
     np.testing.assert_array_equal(out["micro_pixel_values"][1], 0.0)
     np.testing.assert_array_equal(out["micro_image_grid_thw"][1], 0)
-    assert loop.micro_batch_images(model, batch, 1) is batch   # one micro-batch: the whole-batch layout
+    assert loop.micro_batch_images(model, batch, 1) is batch  # one micro-batch: the whole-batch layout
     text = {k: v for k, v in batch.items() if k not in ("pixel_values", "image_grid_thw")}
     assert loop.micro_batch_images(model, text, 2) is text
     with pytest.raises(ValueError, match="num_micro_batches=3"):
@@ -92,8 +93,9 @@ def test_the_towers_memory_is_one_micro_batchs():
 
         def f(st, bb):
             s = nnx.merge(graphdef, st)
-            steps.bt_rm_step.__wrapped__(s, bb, cfg)   # the step's traced body, without its own jit
+            steps.bt_rm_step.__wrapped__(s, bb, cfg)  # the step's traced body, without its own jit
             return nnx.state(s)
+
         compiled = jax.jit(f).lower(st, {k: jax.numpy.asarray(v) for k, v in bb.items()}).compile()
         temp[name] = compiled.memory_analysis().temp_size_in_bytes
     assert temp["split"] < 0.5 * temp["whole"], temp

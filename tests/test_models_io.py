@@ -1,5 +1,6 @@
 """Checkpoint I/O of grlhfv_jax.models: hub key names both ways, sharded / bf16 checkpoints,
 mesh placement while loading, and clear errors on bad inputs."""
+
 import json
 import os
 import shutil
@@ -20,8 +21,10 @@ TOL = 1e-4
 _fwd = nnx.jit(lambda m, x, a, pv, g: m(x, a, pv, g))
 BATCH = tm.make_batch([[[5, 6], (1, 8, 12), [7, 8]], [[3], (1, 4, 4), [9], (1, 6, 4), [10]]])
 FAMILIES = {"qwen2_vl": dict(), "qwen2_5_vl": dict(tie=True)}
-TORCH_CLS = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
-             "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration}
+TORCH_CLS = {
+    "qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
+    "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
+}
 
 
 def _logits(model, b=BATCH):
@@ -64,11 +67,10 @@ def test_save_roundtrip_transformers(ckpt, tmp_path):
 
 def test_bf16_on_disk_and_save_dtype(ckpt, tmp_path):
     fam, path, tmodel, model, ours = ckpt
-    p16 = tm.save_tiny_model(tmp_path / "bf16", fam, seed=7, dtype="bfloat16", max_shard_size="200KB",
-                             **FAMILIES[fam])
-    assert os.path.exists(os.path.join(p16, "model.safetensors.index.json"))   # transformers-sharded too
+    p16 = tm.save_tiny_model(tmp_path / "bf16", fam, seed=7, dtype="bfloat16", max_shard_size="200KB", **FAMILIES[fam])
+    assert os.path.exists(os.path.join(p16, "model.safetensors.index.json"))  # transformers-sharded too
     ref = TORCH_CLS[fam].from_pretrained(p16, dtype=torch.float32).eval()
-    m = load_pretrained(p16)                       # bf16 on disk -> fp32 params
+    m = load_pretrained(p16)  # bf16 on disk -> fp32 params
     assert m.model.embed_tokens.weight[...].dtype == jnp.float32
     _close(_logits(m), tm.torch_forward(ref, BATCH).logits.numpy())
     save_pretrained(model, tmp_path / "out16", dtype=jnp.bfloat16)
@@ -83,7 +85,7 @@ def test_load_onto_mesh(ckpt):
     fam, path, tmodel, model, ours = ckpt
     mesh = make_mesh((1, 4, 2))
     m = load_pretrained(path, mesh=mesh)
-    w = m.model.layers[0].mlp.up_proj.kernel[...]          # ("embed", "mlp") -> ("fsdp", "tensor")
+    w = m.model.layers[0].mlp.up_proj.kernel[...]  # ("embed", "mlp") -> ("fsdp", "tensor")
     assert w.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     assert len(w.addressable_shards) == 8 and w.addressable_shards[0].data.shape == (16, 48)
     with jax.set_mesh(mesh):
@@ -176,7 +178,7 @@ def test_error_image_count_mismatch(q2):
     with pytest.raises(ValueError, match="image count mismatch: image_grid_thw has 1 images but input_ids hold 2"):
         m(b["input_ids"], b["attention_mask"], b["pixel_values"][:16], b["image_grid_thw"][:1])
     ids = b["input_ids"].copy()
-    ids[0, 2] = 7                      # one <|image_pad|> token fewer
+    ids[0, 2] = 7  # one <|image_pad|> token fewer
     with pytest.raises(ValueError, match="image token mismatch: input_ids hold 7"):
         m(ids, b["attention_mask"], b["pixel_values"], b["image_grid_thw"])
     with pytest.raises(ValueError, match="no pixel_values"):
@@ -192,15 +194,38 @@ def test_legacy_flat_config_matches_transformers():
 
     from grlhfv_jax.models import parse_hf_config
 
-    legacy = {"model_type": "qwen2_vl", "hidden_size": 1536, "intermediate_size": 8960, "num_attention_heads": 12,
-              "num_hidden_layers": 28, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
-              "tie_word_embeddings": True, "vocab_size": 151936, "image_token_id": 151655,
-              "video_token_id": 151656, "vision_start_token_id": 151652, "vision_end_token_id": 151653,
-              "eos_token_id": 151645, "bos_token_id": 151643, "torch_dtype": "bfloat16",
-              "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-              "vision_config": {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3,
-                                "hidden_size": 1536, "patch_size": 14, "spatial_merge_size": 2,
-                                "spatial_patch_size": 14, "temporal_patch_size": 2}}
+    legacy = {
+        "model_type": "qwen2_vl",
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_attention_heads": 12,
+        "num_hidden_layers": 28,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1e6,
+        "tie_word_embeddings": True,
+        "vocab_size": 151936,
+        "image_token_id": 151655,
+        "video_token_id": 151656,
+        "vision_start_token_id": 151652,
+        "vision_end_token_id": 151653,
+        "eos_token_id": 151645,
+        "bos_token_id": 151643,
+        "torch_dtype": "bfloat16",
+        "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+        "vision_config": {
+            "depth": 32,
+            "embed_dim": 1280,
+            "mlp_ratio": 4,
+            "num_heads": 16,
+            "in_chans": 3,
+            "hidden_size": 1536,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "spatial_patch_size": 14,
+            "temporal_patch_size": 2,
+        },
+    }
     ours = parse_hf_config(json.loads(json.dumps(legacy)))
     theirs = parse_hf_config(transformers.Qwen2VLConfig(**json.loads(json.dumps(legacy))).to_dict())
     for f in dataclasses.fields(ours):
@@ -213,6 +238,7 @@ def test_every_family_folder_exports_the_family_interface():
     """models/families.py: model_type -> one folder per family with what models.weights and the
     stages use (a second family is one new folder)."""
     from grlhfv_jax.models import families
+
     for model_type in families.SUPPORTED_MODEL_TYPES:
         fam = families.family(model_type)
         assert fam.__name__.startswith("grlhfv_jax.models.") and fam.__name__.count(".") == 2

@@ -30,6 +30,7 @@ The short demo (`configs/demo.py:smoke`, every stage) on 2 processes started wit
 variables only is `-m slow` (25 minutes on 2 busy cores). It fails until the world `data` stage
 stops building its files on both processes into the one folder (docs/scaling.md: FileExistsError).
 """
+
 from __future__ import annotations
 
 import json
@@ -55,18 +56,22 @@ def pipeline_config(root: str):
     2 steps a stage, 8 rows per step (sft 16), a multiple of the 8 devices."""
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     import demo
+
     small = demo.tiny_qwen2_vl(hidden=32, layers=1, heads=2, kv_heads=1, vision_depth=1, vision_dim=32)
     c = demo.get_config("smoke")
     c.stages = STAGES
     c.tensorboard = False
     c.report.enabled = False
-    c.compile_cache_dir = None   # the tests' cache (JAX_COMPILATION_CACHE_DIR from conftest) when set
+    c.compile_cache_dir = None  # the tests' cache (JAX_COMPILATION_CACHE_DIR from conftest) when set
     for role in ("policy", "grm", "rm"):
         c.model[role].hf_config = small
     pairs = os.path.join(root, "pairs.parquet")
-    c.data = dict(kind="files", tokenizer_dir=os.path.join(root, "tokenizer"), too_long="skip",
-                  files={s: dict(path=pairs) for s in ("sft_policy", "grm_train", "grm_test_id", "grm_test_ood",
-                                                        "policy_train")})
+    c.data = dict(
+        kind="files",
+        tokenizer_dir=os.path.join(root, "tokenizer"),
+        too_long="skip",
+        files={s: dict(path=pairs) for s in ("sft_policy", "grm_train", "grm_test_id", "grm_test_ood", "policy_train")},
+    )
     del c["sft"]["grm"]
     c.model.grm.path = os.path.join(root, "grm")
     # 16 rows: 8 a host, so the mutant (each host's rows as the whole batch) runs, with other numbers
@@ -75,29 +80,42 @@ def pipeline_config(root: str):
     # hosts, grain's batch of 1 over an endless dataset); one mini-batch (docs/scaling.md: more split
     # the rows otherwise). The tiny GRM never writes a parseable judgment, so every reward is 0 and
     # so is every advantage: the entropy bonus makes both GRPO stages' updates move the weights.
-    c.grm_rl.update(steps=2, pairs_per_step=4, group_size=2, mini_batches=1, eval_pairs=4, eval_every=2,
-                    eval_rows=4, max_len=160, max_new_tokens=4, entropy_coef=0.01)
-    c.rm.update(steps=2, pairs_per_step=4, eval_pairs=4, eval_rows=4, max_len=96)   # 4 pairs: 8 rows
-    c.policy_rl.update(steps=2, prompts_per_step=4, n=2, max_len=96, max_new_tokens=4, judge_max_new_tokens=4,
-                       entropy_coef=0.01)
+    c.grm_rl.update(
+        steps=2,
+        pairs_per_step=4,
+        group_size=2,
+        mini_batches=1,
+        eval_pairs=4,
+        eval_every=2,
+        eval_rows=4,
+        max_len=160,
+        max_new_tokens=4,
+        entropy_coef=0.01,
+    )
+    c.rm.update(steps=2, pairs_per_step=4, eval_pairs=4, eval_rows=4, max_len=96)  # 4 pairs: 8 rows
+    c.policy_rl.update(
+        steps=2, prompts_per_step=4, n=2, max_len=96, max_new_tokens=4, judge_max_new_tokens=4, entropy_coef=0.01
+    )
     c.dpo.update(steps=2, pairs_per_step=4, max_len=96)
     for sec in (c.sft.policy, c.grm_rl, c.rm, c.policy_rl, c.dpo):
-        sec.warmup_ratio = 0.0   # both steps update (a warm-up's first step has lr 0)
+        sec.warmup_ratio = 0.0  # both steps update (a warm-up's first step has lr 0)
     for sec in (c.sft, c.grm_rl, c.rm, c.policy_rl, c.dpo):
-        sec.update(log_every=1, ckpt_every=100)   # the final checkpoint, and a stop's
+        sec.update(log_every=1, ckpt_every=100)  # the final checkpoint, and a stop's
     return c
 
 
 def _write_fixtures(root) -> None:
     """8 preference pairs with images (parquet), a tokenizer trained on their words, a tiny GRM."""
     from flax import nnx
-    from test_files_source import _rows, _write  # tests/ is on sys.path
 
     from grlhfv_jax import encoding, models, roles
     from grlhfv_jax.data.tokenizer import train_tokenizer
     from grlhfv_jax.rl.grm_reward import build_grm_prompt
+    from test_files_source import _rows, _write  # tests/ is on sys.path
+
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     import demo
+
     rows = _rows(8)
     pq_path, _ = _write(root, "pairs", rows)
     shutil.copy(pq_path, root / "pairs.parquet")
@@ -113,6 +131,7 @@ def _write_fixtures(root) -> None:
     # cancel: its float32 rounding, which differs between the runs, is then a large part of it, and
     # AdamW's normalised steps make that a difference of the learning rate's size.
     from safetensors.numpy import load_file, save_file
+
     weights = load_file(str(root / "grm" / "model.safetensors"))
     weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"] * np.float32(50.0)
     save_file(weights, str(root / "grm" / "model.safetensors"), metadata={"format": "pt"})
@@ -120,7 +139,8 @@ def _write_fixtures(root) -> None:
         "import sys\n"
         f"sys.path.insert(0, {HERE!r})\n"
         "from test_multihost_pipeline import pipeline_config\n\n\n"
-        f"def get_config():\n    return pipeline_config({str(root)!r})\n")
+        f"def get_config():\n    return pipeline_config({str(root)!r})\n"
+    )
 
 
 def _free_port() -> str:
@@ -134,20 +154,28 @@ def start_processes(nproc: int, args: list[str], *, devices: int | None = None, 
     with `devices` CPU devices (XLA_FLAGS; default 8 / nproc) and, for several, only the three
     standard variables of jax.distributed."""
     devices = devices or 8 // nproc
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")
-           or k.startswith(("JAX_COMPILATION", "JAX_PERSISTENT"))}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("JAX_") or k.startswith(("JAX_COMPILATION", "JAX_PERSISTENT"))
+    }
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]),
+    )
     port = _free_port()
     procs = []
     for p in range(nproc):
         penv = dict(env)
         if nproc > 1:
-            penv.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(nproc),
-                        JAX_PROCESS_ID=str(p))
+            penv.update(
+                JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(nproc), JAX_PROCESS_ID=str(p)
+            )
         cmd = [sys.executable] + (driver or ["-m", "grlhfv_jax.main"]) + args
-        procs.append(subprocess.Popen(cmd, env=penv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
+        procs.append(
+            subprocess.Popen(cmd, env=penv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
     return procs
 
 
@@ -164,8 +192,10 @@ def wait_processes(procs, expect=0, timeout=TIMEOUT) -> list[str]:
     codes = [p.returncode for p in procs]
     if codes != [expect] * len(procs):
         tails = [_tail(log) for log in logs]
-        raise AssertionError(f"exit status {codes}, expected {expect}:\n" + "\n".join(
-            f"--- process {i}:\n{t}" for i, t in enumerate(tails)))
+        raise AssertionError(
+            f"exit status {codes}, expected {expect}:\n"
+            + "\n".join(f"--- process {i}:\n{t}" for i, t in enumerate(tails))
+        )
     return logs
 
 
@@ -184,8 +214,11 @@ def _metrics(workdir) -> dict:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         for line in f:
             row = json.loads(line)
-            figures = {k: v for k, v in row.items() if not k.startswith("time/") and k not in ("wall", "time")
-                       and "per_s" not in k and "sec" not in k}
+            figures = {
+                k: v
+                for k, v in row.items()
+                if not k.startswith("time/") and k not in ("wall", "time") and "per_s" not in k and "sec" not in k
+            }
             out[(row.get("stage"), row.get("step"), tuple(sorted(figures)))] = figures
     return out
 
@@ -209,6 +242,7 @@ def _close(a, b, what):
 def compare_export(run, ref, out: str) -> None:
     """The safetensors of export `out` (e.g. "sft/policy") in run folders `run` and `ref`, to TOL."""
     from safetensors.numpy import load_file
+
     a, b = (load_file(os.path.join(d, out, "model.safetensors")) for d in (run, ref))
     assert a.keys() == b.keys() and len(a) > 10, out
     for k in a:
@@ -233,13 +267,14 @@ def runs(tmp_path_factory):
     output). Test workers (pytest-xdist) share it, as conftest's smoke_run: the first to ask runs it
     under a file lock in their common temporary folder, the others wait and read its folders."""
     import fcntl
+
     base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):   # <basetemp>/popen-gwN: the workers' common folder
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # <basetemp>/popen-gwN: the workers' common folder
         base = base.parent
     root = base / "pod_pipeline"
     one, two, done = str(root / "one"), str(root / "two"), root / "logs.json"
     with open(base / "pod_pipeline.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if done.exists():
             return root, one, two, json.loads(done.read_text())
         shutil.rmtree(root, ignore_errors=True)
@@ -258,7 +293,7 @@ def test_two_processes_run_the_files_pipeline_as_one_process(runs):
     _, one, two, logs = runs
     for stage in STAGES:
         assert f"[{stage}] done in" in logs[0], stage
-    assert '"dpo/train_loss"' in logs[0] and '"dpo/train_loss"' in logs[1]   # both print the summary
+    assert '"dpo/train_loss"' in logs[0] and '"dpo/train_loss"' in logs[1]  # both print the summary
     compare(two, one)
     # every metric of every stage is there (a stage that logged nothing would pass the comparison)
     logged = {k[0] for k in _metrics(one)}
@@ -270,15 +305,18 @@ def test_hosts_that_treat_their_rows_as_the_global_batch_fail_the_comparison(run
     as if they were the whole batch; its sft metrics and weights are not the one-process run's."""
     root, one, two, _ = runs
     work = str(tmp_path / "mutant")
-    run_processes(2, [f"--config={root / 'config.py'}", f"--workdir={work}", '--config.stages=("data", "sft")'],
-                  driver=[os.path.join(HERE, "multihost_driver.py"), "hosts_rows_as_global"])
+    run_processes(
+        2,
+        [f"--config={root / 'config.py'}", f"--workdir={work}", '--config.stages=("data", "sft")'],
+        driver=[os.path.join(HERE, "multihost_driver.py"), "hosts_rows_as_global"],
+    )
     ref, mutant, real = _metrics(one), _metrics(work), _metrics(two)
     sft_keys = [k for k in ref if k[0] == "sft_policy"]
     assert len(sft_keys) == 2 and all(k in mutant for k in sft_keys)
-    for k in sft_keys:   # what the real 2-process run passes ...
+    for k in sft_keys:  # what the real 2-process run passes ...
         _close(real[k], ref[k], f"sft step {k[1]}")
     compare_export(two, one, "sft/policy")
-    with pytest.raises(AssertionError, match=r"sft step 1\."):   # ... the mutant fails, from its first step
+    with pytest.raises(AssertionError, match=r"sft step 1\."):  # ... the mutant fails, from its first step
         for k in sft_keys:
             _close(mutant[k], ref[k], f"sft step {k[1]}")
     with pytest.raises(AssertionError, match="sft/policy"):
@@ -291,6 +329,7 @@ def test_sigterm_on_one_of_two_processes_mid_stage_then_the_rerun_gives_the_unin
     (`python -m grlhfv_jax.main`, the same command) resumes dpo at step 1 and ends with the
     uninterrupted 2-process run's summary, metrics and dpo weights, exactly."""
     from grlhfv_jax import main
+
     root, _, two, _ = runs
     work = str(tmp_path / "run")
     shutil.copytree(two, work, ignore=shutil.ignore_patterns("dpo"))
@@ -299,18 +338,19 @@ def test_sigterm_on_one_of_two_processes_mid_stage_then_the_rerun_gives_the_unin
     state["stages"].pop("dpo")
     with open(os.path.join(work, main.RUN_STATE), "w") as f:
         json.dump(state, f)
-    with open(os.path.join(work, "metrics.jsonl")) as f:   # dpo's lines undone too
+    with open(os.path.join(work, "metrics.jsonl")) as f:  # dpo's lines undone too
         kept = [ln for ln in f if not any(k.startswith("dpo/") for k in json.loads(ln))]
     with open(os.path.join(work, "metrics.jsonl"), "w") as f:
         f.writelines(kept)
     cfg = f"--config={root / 'config.py'}"
-    logs = run_processes(2, [cfg, f"--workdir={work}"], expect=75,
-                         driver=[os.path.join(HERE, "multihost_driver.py"), "sigterm:1:dpo:0"])
+    logs = run_processes(
+        2, [cfg, f"--workdir={work}"], expect=75, driver=[os.path.join(HERE, "multihost_driver.py"), "sigterm:1:dpo:0"]
+    )
     assert "[driver] SIGTERM to process 1 during dpo's step call 0" in logs[1]
-    saved = f"checkpoint of step 1/2 saved in {os.path.join(work, 'dpo', 'ckpt')}"   # ckpt_every 100: the stop's
+    saved = f"checkpoint of step 1/2 saved in {os.path.join(work, 'dpo', 'ckpt')}"  # ckpt_every 100: the stop's
     assert f"[dpo] preempted (SIGTERM): {saved}" in logs[1], logs[1][-3000:]
     assert f"[dpo] preempted (a stop on another host): {saved}" in logs[0], logs[0][-3000:]
-    for log in logs:   # within one step: the step under way finished, no other started
+    for log in logs:  # within one step: the step under way finished, no other started
         assert "starts dpo's step call 0" in log and "starts dpo's step call 1" not in log
     with open(os.path.join(work, main.RUN_STATE)) as f:
         assert json.load(f)["stages"]["dpo"]["status"] == "running"
@@ -320,6 +360,7 @@ def test_sigterm_on_one_of_two_processes_mid_stage_then_the_rerun_gives_the_unin
     assert same(_summary(work)) == same(_summary(two))
     assert same(sorted(_metrics(work).items())) == same(sorted(_metrics(two).items()))
     from safetensors.numpy import load_file
+
     a, b = (load_file(os.path.join(d, "dpo", "policy", "model.safetensors")) for d in (work, two))
     assert a.keys() == b.keys()
     for k in a:
@@ -333,10 +374,12 @@ def test_the_short_demo_runs_on_two_processes_started_with_the_standard_variable
     Fails today in the data stage (both processes build the world's TFDS files in the one folder:
     FileExistsError); passed by hand with process 0 building first (docs/scaling.md)."""
     work = str(tmp_path / "demo")
-    logs = run_processes(2, [f"--config={os.path.join(ROOT, 'configs', 'demo.py')}:smoke", f"--workdir={work}"],
-                         devices=1, timeout=3600)
+    logs = run_processes(
+        2, [f"--config={os.path.join(ROOT, 'configs', 'demo.py')}:smoke", f"--workdir={work}"], devices=1, timeout=3600
+    )
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     import demo
+
     for stage in demo.get_config("smoke").stages:
         assert f"[{stage}] done in" in logs[0] and f"[{stage}] done in" in logs[1], stage
     summary = _summary(work)

@@ -12,41 +12,47 @@ import pytest
 from flax import nnx
 
 from grlhfv_jax import config as config_schema
-from grlhfv_jax import main, report, stages
+from grlhfv_jax import main, report, roles, stages
 from grlhfv_jax.metrics import MetricsWriter, read_jsonl
+from grlhfv_jax.rollout import grm_judge
 from grlhfv_jax.stages import ConfigError
 from grlhfv_jax.trainers import loop, steps
-from grlhfv_jax.rollout import grm_judge
-from grlhfv_jax import roles
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import demo  # noqa: E402
 
 
-@pytest.mark.parametrize("key, value, match", [
-    ("stages", ["data", "sfft"], r"config\.stages = \('data', 'sfft'\): must be .*\('sfft' is not\)"),
-    ("grm_rl.group_size", 1, r"config\.grm_rl\.group_size = 1"),
-    ("policy_rl.aggregator", "median", r"config\.policy_rl\.aggregator = 'median'"),
-    ("policy_rl.mini_batches", 3, r"config\.policy_rl\.mini_batches = 3 must divide"),
-    ("data.label_noise", 0.7, r"config\.data\.label_noise"),
-    ("sft.policy.lr", -1.0, r"config\.sft\.policy\.lr = -1\.0"),
-    ("mesh_shape", (2, -1, -1), r"config\.mesh_shape"),
-    ("data.sft_grm_analysis", "opinions", r"config\.data\.sft_grm_analysis = 'opinions'"),
-    ("data.sft_grm_first_scores", (5, 6), r"config\.data\.sft_grm_first_scores: "),
-    ("data.sft_grm_opinions", (("hedging", 1),), r"config\.data\.sft_grm_opinions: "),
-    ("data.sft_grm_opinions", ("hedges",), r"config\.data\.sft_grm_opinions = "),
-    ("data.sft_grm_opinion_strength", 2.0, r"config\.data\.sft_grm_opinion_strength = 2\.0: must be in \[0, 1\]"),
-    ("sft.policy.styles", {"rude": 1.0}, r"config\.sft\.policy\.styles"),
-    ("sft.policy.data", "gold", r"config\.sft\.policy\.data = 'gold'"),
-    ("evaluate.samples", -1, r"config\.evaluate\.samples = -1"),
-    ("vision.eval_images", 0, r"config\.vision\.eval_images = 0"),
-    ("vision.model", "critic", r"config\.vision\.model = 'critic'"),
-    ("model.grm.hf_config.vision_config.depth", 3, r"config\.sft\.grm\.pretrained_vision"),
-    ("grm_rl.kl_coeff", 0.1, r"config\.grm_rl\.kl_coeff: unknown key; did you mean 'kl_coef'"),
-    ("sft.policy.pretrained_visoin", True, r"config\.sft\.policy\.pretrained_visoin: unknown key; did you mean "
-                                          r"'pretrained_vision'"),
-    ("policy_rl_rm.rewards", "rm", r"config\.policy_rl_rm\.rewards: unknown key; did you mean 'reward'"),
-])
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("stages", ["data", "sfft"], r"config\.stages = \('data', 'sfft'\): must be .*\('sfft' is not\)"),
+        ("grm_rl.group_size", 1, r"config\.grm_rl\.group_size = 1"),
+        ("policy_rl.aggregator", "median", r"config\.policy_rl\.aggregator = 'median'"),
+        ("policy_rl.mini_batches", 3, r"config\.policy_rl\.mini_batches = 3 must divide"),
+        ("data.label_noise", 0.7, r"config\.data\.label_noise"),
+        ("sft.policy.lr", -1.0, r"config\.sft\.policy\.lr = -1\.0"),
+        ("mesh_shape", (2, -1, -1), r"config\.mesh_shape"),
+        ("data.sft_grm_analysis", "opinions", r"config\.data\.sft_grm_analysis = 'opinions'"),
+        ("data.sft_grm_first_scores", (5, 6), r"config\.data\.sft_grm_first_scores: "),
+        ("data.sft_grm_opinions", (("hedging", 1),), r"config\.data\.sft_grm_opinions: "),
+        ("data.sft_grm_opinions", ("hedges",), r"config\.data\.sft_grm_opinions = "),
+        ("data.sft_grm_opinion_strength", 2.0, r"config\.data\.sft_grm_opinion_strength = 2\.0: must be in \[0, 1\]"),
+        ("sft.policy.styles", {"rude": 1.0}, r"config\.sft\.policy\.styles"),
+        ("sft.policy.data", "gold", r"config\.sft\.policy\.data = 'gold'"),
+        ("evaluate.samples", -1, r"config\.evaluate\.samples = -1"),
+        ("vision.eval_images", 0, r"config\.vision\.eval_images = 0"),
+        ("vision.model", "critic", r"config\.vision\.model = 'critic'"),
+        ("model.grm.hf_config.vision_config.depth", 3, r"config\.sft\.grm\.pretrained_vision"),
+        ("grm_rl.kl_coeff", 0.1, r"config\.grm_rl\.kl_coeff: unknown key; did you mean 'kl_coef'"),
+        (
+            "sft.policy.pretrained_visoin",
+            True,
+            r"config\.sft\.policy\.pretrained_visoin: unknown key; did you mean "
+            r"'pretrained_vision'",
+        ),
+        ("policy_rl_rm.rewards", "rm", r"config\.policy_rl_rm\.rewards: unknown key; did you mean 'reward'"),
+    ],
+)
 def test_bad_config_fails_before_anything_runs_naming_the_key(key, value, match):
     config = demo.get_config("smoke")
     *parents, leaf = key.split(".")
@@ -110,8 +116,9 @@ def test_train_loop_resumes_where_it_stopped_and_stops_on_nan(tmp_path):
         return state, {"loss": jnp.float32(np.nan)}
 
     with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss .* step 1"):
-        loop.train_loop("nan", fresh(), make_batch=lambda s: s, **dict(kw, step_fn=nan_step,
-                                                                          ckpt_dir=str(tmp_path / "ck2")))
+        loop.train_loop(
+            "nan", fresh(), make_batch=lambda s: s, **dict(kw, step_fn=nan_step, ckpt_dir=str(tmp_path / "ck2"))
+        )
 
     # the loss is checked once the next batch is built (host work overlaps the step): a bad third
     # step is still caught before a fourth runs or a checkpoint of it is written
@@ -122,8 +129,12 @@ def test_train_loop_resumes_where_it_stopped_and_stops_on_nan(tmp_path):
         return state, {"loss": jnp.float32(np.nan if batch == 2 else 1.0)}
 
     with pytest.raises(loop.NonFiniteLossError, match=r"step 3; the last checkpoint \(2\)"):
-        loop.train_loop("nan", fresh(), make_batch=lambda s: s, **dict(kw, step_fn=late_nan, log_every=10,
-                                                                          ckpt_dir=str(tmp_path / "ck3")))
+        loop.train_loop(
+            "nan",
+            fresh(),
+            make_batch=lambda s: s,
+            **dict(kw, step_fn=late_nan, log_every=10, ckpt_dir=str(tmp_path / "ck3")),
+        )
     assert ran == [0, 1, 2]
     writer.close()
 
@@ -142,8 +153,9 @@ def test_a_checkpoint_that_cannot_be_restored_names_the_stage_the_folder_and_the
     finished = tmp_path / "finished_stage" / "config.json"
     finished.parent.mkdir()
     finished.write_text("{}")
-    with pytest.raises(loop.ResumeError, match=r"\[toy\] cannot resume .*" + re.escape(ckpt_dir)
-                       + r".*Delete .* to redo"):
+    with pytest.raises(
+        loop.ResumeError, match=r"\[toy\] cannot resume .*" + re.escape(ckpt_dir) + r".*Delete .* to redo"
+    ):
         loop.train_loop("toy", steps.TrainState(_Toy(), optax.sgd(0.1)), step_fn=step_fn, **kw)
     assert finished.exists() and os.listdir(ckpt_dir)  # nothing deleted
     writer.close()
@@ -151,11 +163,24 @@ def test_a_checkpoint_that_cannot_be_restored_names_the_stage_the_folder_and_the
 
 def test_smoke_run_writes_every_output(smoke_run):
     config, workdir, summary = smoke_run
-    for key in ("grm/accuracy_id", "grm/accuracy_ood", "grm/sft_accuracy_id", "grm/position_consistency_id",
-                "grm/parse_failure_id", "baseline_rm/accuracy_id", "baseline_rm/accuracy_ood",
-                "policy/oracle_score_before", "policy/oracle_score_after", "baseline_rm/oracle_score_after",
-                "dpo/oracle_score_after", "dpo/train_loss", "policy/oracle_score_sampled_before",
-                "policy/oracle_score_sampled_after", "policy/hedge_rate_sampled_after", "dpo/oracle_score_sampled_after"):
+    for key in (
+        "grm/accuracy_id",
+        "grm/accuracy_ood",
+        "grm/sft_accuracy_id",
+        "grm/position_consistency_id",
+        "grm/parse_failure_id",
+        "baseline_rm/accuracy_id",
+        "baseline_rm/accuracy_ood",
+        "policy/oracle_score_before",
+        "policy/oracle_score_after",
+        "baseline_rm/oracle_score_after",
+        "dpo/oracle_score_after",
+        "dpo/train_loss",
+        "policy/oracle_score_sampled_before",
+        "policy/oracle_score_sampled_after",
+        "policy/hedge_rate_sampled_after",
+        "dpo/oracle_score_sampled_after",
+    ):
         assert key in summary and np.isfinite(summary[key]), key
     for name in config.stages:
         assert summary[f"time/{name}_s"] > 0
@@ -179,7 +204,16 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert "Time per RL step" in page and "policy_rl_rm" in page.split("Time per RL step")[1]
     for a in ("colour", "count", "shape", "position"):
         assert 0.0 <= summary[f"vision/heldout_accuracy_{a}"] <= 1.0, a
-    for d in ("vision/model", "sft/policy", "sft/grm", "grm_rl/grm", "rm/rm", "policy_rl/policy", "policy_rl_rm/policy", "dpo/policy"):
+    for d in (
+        "vision/model",
+        "sft/policy",
+        "sft/grm",
+        "grm_rl/grm",
+        "rm/rm",
+        "policy_rl/policy",
+        "policy_rl_rm/policy",
+        "dpo/policy",
+    ):
         assert os.path.isfile(os.path.join(workdir, d, "config.json")), d
 
 
@@ -187,6 +221,7 @@ def test_sft_models_start_from_the_pretrained_vision_tower(smoke_run):
     """Both warm starts carry the `vision` stage's tower (frozen, so still equal after SFT) and
     their own randomly initialised language models."""
     from grlhfv_jax import models
+
     _, workdir, _ = smoke_run
     src = models.load_pretrained(os.path.join(workdir, "vision", "model"))
     fresh = models.from_config(src.config, rngs=nnx.Rngs(123))
@@ -195,18 +230,21 @@ def test_sft_models_start_from_the_pretrained_vision_tower(smoke_run):
         for a, b, c in zip(jax_leaves(m.visual), jax_leaves(src.visual), jax_leaves(fresh.visual)):
             np.testing.assert_array_equal(a, b)
             assert not np.array_equal(a, c) or a.size == 0 or np.all(a == a.flat[0])  # not a fresh tower
-        assert not np.array_equal(np.asarray(m.model.embed_tokens.weight[...]),
-                                  np.asarray(src.model.embed_tokens.weight[...]))
+        assert not np.array_equal(
+            np.asarray(m.model.embed_tokens.weight[...]), np.asarray(src.model.embed_tokens.weight[...])
+        )
 
 
 def jax_leaves(module):
     import jax
+
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(nnx.state(module, nnx.Param))]
 
 
 def _copy(workdir: str, tmp_path) -> str:
     """A test's own copy of the shared smoke run's folder (conftest.smoke_run), to write into."""
     import shutil
+
     return shutil.copytree(workdir, str(tmp_path / "smoke"))
 
 
@@ -229,15 +267,19 @@ def test_grouped_judging_shares_the_prefix_and_equals_separate_prompts(smoke_run
     from grlhfv_jax import models
     from grlhfv_jax.data import pipeline
     from grlhfv_jax.rollout import Judge, SamplingParams
+
     config, workdir, _ = smoke_run
     config = config_schema.validate(config)
     codec = roles.codec(config, workdir)
     grm = models.load_pretrained(os.path.join(workdir, "grm_rl", "grm"))
-    recs = pipeline.load_records(roles.paths(config, workdir)["data_dir"], "grm_test_id",
-                                 roles.world_config(config), n=2)
+    recs = pipeline.load_records(
+        roles.paths(config, workdir)["data_dir"], "grm_test_id", roles.world_config(config), n=2
+    )
     answers = ["Red.", "They are two blue squares on the left.", "Maybe green."]
-    groups = [(r["question"], r["image"], [(answers[i], answers[j]) for i in range(3) for j in range(3) if i != j][:k])
-              for r, k in zip(recs, (6, 3))]
+    groups = [
+        (r["question"], r["image"], [(answers[i], answers[j]) for i in range(3) for j in range(3) if i != j][:k])
+        for r, k in zip(recs, (6, 3))
+    ]
     judge = grm_judge.GRMJudge(grm, codec, rows=9, max_len=256)
     assert isinstance(judge, Judge)
     greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
@@ -256,13 +298,18 @@ def test_nscale_stage_writes_a_gain_per_n_and_aggregator(smoke_run, tmp_path):
     smoke run's policy and GRM made to end answers and write judgments that parse
     (test_stage2_http_judge.judging_grm: \\boxed{s1, s2}, s1 in 1-4, s2 in 6-9)."""
     from test_stage2_http_judge import _inputs_of
+
     config, smoke, _ = smoke_run
     codec = roles.codec(config_schema.validate(config), smoke)
     workdir = _inputs_of(smoke, tmp_path / "nscale_run", codec, judge=True)
     config = config.copy_and_resolve_references()
     with config.unlocked():
-        config.nscale = {"ns": [2], "rewards": ["grm"], "aggregators": ["mean", "win_rate"],
-                         "policy": config.policy_rl.to_dict()}
+        config.nscale = {
+            "ns": [2],
+            "rewards": ["grm"],
+            "aggregators": ["mean", "win_rate"],
+            "policy": config.policy_rl.to_dict(),
+        }
     config_schema.validate(config)
     writer = MetricsWriter(workdir, tensorboard=False)
     summary = stages.run_stage("nscale", config, workdir, writer)
@@ -272,8 +319,11 @@ def test_nscale_stage_writes_a_gain_per_n_and_aggregator(smoke_run, tmp_path):
     for label in gains:
         assert summary[f"nscale/{label}_gain_n2"] == gains[label]["2"]
         assert os.path.isfile(os.path.join(workdir, "nscale", f"nscale_{label}_n2", "policy", "config.json"))
-    first = {r["stage"]: r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["step"] == 1
-             and r["stage"].startswith("nscale_")}
+    first = {
+        r["stage"]: r
+        for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+        if r["step"] == 1 and r["stage"].startswith("nscale_")
+    }
     mean, win = first["nscale_grm_mean_n2"], first["nscale_grm_win_rate_n2"]
     assert mean["judge/parse_failure_rate"] == win["judge/parse_failure_rate"] < 1
     # n = 2, both orders, the planted judge's first score 1-4 and second 6-9 (Response 2 always wins): a
@@ -286,9 +336,12 @@ def test_nscale_runs_are_named_by_reward_and_aggregator():
     """config.sections.nscale_runs: without `aggregators` a run per reward (keys nscale/<reward>_gain_n<n>,
     as before); with them a 'grm' run per aggregator; demo_nscale.py:aggregators validates."""
     import importlib.util
+
     from grlhfv_jax.config.sections import nscale_runs
-    spec = importlib.util.spec_from_file_location("demo_nscale_cfg", os.path.join(os.path.dirname(__file__), "..",
-                                                                                   "configs", "demo_nscale.py"))
+
+    spec = importlib.util.spec_from_file_location(
+        "demo_nscale_cfg", os.path.join(os.path.dirname(__file__), "..", "configs", "demo_nscale.py")
+    )
     demo_nscale = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo_nscale)
     plain = config_schema.validate(demo_nscale.get_config("smoke"))
@@ -301,8 +354,11 @@ def test_nscale_runs_are_named_by_reward_and_aggregator():
     c.nscale.rewards = ["rm", "grm"]
     c.nscale.aggregators = ["borda", "mean"]
     assert [label for label, _ in nscale_runs(config_schema.validate(c).nscale)] == ["rm", "grm_borda", "grm_mean"]
-    for bad, match in ((["borda", "median"], r"config\.nscale\.aggregators = .*'median' is not"),
-                       (["borda", "borda"], r"config\.nscale\.aggregators = .*without repeats"), ([], "non-empty")):
+    for bad, match in (
+        (["borda", "median"], r"config\.nscale\.aggregators = .*'median' is not"),
+        (["borda", "borda"], r"config\.nscale\.aggregators = .*without repeats"),
+        ([], "non-empty"),
+    ):
         c.nscale.aggregators = bad
         with pytest.raises(ConfigError, match=match):
             config_schema.validate(c)
@@ -345,13 +401,31 @@ def test_full_demo_learns(tmp_path):
 
 
 # Every training stage's checkpoint folder; the smoke config checkpoints after each of its 2 steps.
-_CKPT_DIRS = ("vision/ckpt", "sft/ckpt_policy", "sft/ckpt_grm", "grm_rl/ckpt", "rm/ckpt", "policy_rl/ckpt",
-              "policy_rl_rm/ckpt", "policy_ppo_rm/ckpt", "dpo/ckpt")
+_CKPT_DIRS = (
+    "vision/ckpt",
+    "sft/ckpt_policy",
+    "sft/ckpt_grm",
+    "grm_rl/ckpt",
+    "rm/ckpt",
+    "policy_rl/ckpt",
+    "policy_rl_rm/ckpt",
+    "policy_ppo_rm/ckpt",
+    "dpo/ckpt",
+)
 # Kills after an export: between the two halves of `sft`, and where a stage skips its work when its
 # export exists (vision, sft) and must still report the same figures.
 _KILLED_EXPORTS = ("vision/model", "sft/policy", "sft/grm")
-_MODELS = ("vision/model", "sft/policy", "sft/grm", "grm_rl/grm", "rm/rm", "policy_rl/policy",
-           "policy_rl_rm/policy", "policy_ppo_rm/policy", "dpo/policy")
+_MODELS = (
+    "vision/model",
+    "sft/policy",
+    "sft/grm",
+    "grm_rl/grm",
+    "rm/rm",
+    "policy_rl/policy",
+    "policy_rl_rm/policy",
+    "policy_ppo_rm/policy",
+    "dpo/policy",
+)
 
 
 def test_resume_from_every_kill_point_gives_the_uninterrupted_result(smoke_run, tmp_path):
@@ -364,7 +438,9 @@ def test_resume_from_every_kill_point_gives_the_uninterrupted_result(smoke_run, 
     from safetensors.numpy import load_file
 
     config, ref_dir, ref_summary = smoke_run
-    assert all(config[k].ckpt_every == 1 for k in ("vision", "sft", "grm_rl", "rm", "policy_rl", "policy_ppo_rm", "dpo"))
+    assert all(
+        config[k].ckpt_every == 1 for k in ("vision", "sft", "grm_rl", "rm", "policy_rl", "policy_ppo_rm", "dpo")
+    )
     expected = [f"{d}@{s}" for d in _CKPT_DIRS for s in (1, 2)] + [f"export:{d}" for d in _KILLED_EXPORTS]
     workdir, taken = str(tmp_path / "run"), str(tmp_path / "taken.txt")
     with open(taken, "w") as f:  # the other exports are not kill points here (their stage redoes its evaluation)
@@ -376,14 +452,19 @@ def test_resume_from_every_kill_point_gives_the_uninterrupted_result(smoke_run, 
             break
         assert p.returncode == -signal.SIGKILL, f"a resumed run failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
     assert p.returncode == 0
-    killed = open(taken).read().split()[len(_MODELS) - len(_KILLED_EXPORTS):]
+    killed = open(taken).read().split()[len(_MODELS) - len(_KILLED_EXPORTS) :]
     assert sorted(killed) == sorted(expected)  # every kill point was hit, once
     summary = json.load(open(os.path.join(workdir, "summary.json")))
+
     def timeless(s):  # as JSON text: exact floats, and NaN equals NaN
         return json.dumps({k: v for k, v in s.items() if not k.startswith("time/")}, sort_keys=True)
+
     assert timeless(summary) == timeless(ref_summary)
     for d in _MODELS:
-        a, b = load_file(os.path.join(ref_dir, d, "model.safetensors")), load_file(os.path.join(workdir, d, "model.safetensors"))
+        a, b = (
+            load_file(os.path.join(ref_dir, d, "model.safetensors")),
+            load_file(os.path.join(workdir, d, "model.safetensors")),
+        )
         assert a.keys() == b.keys(), d
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{d}: {k}")

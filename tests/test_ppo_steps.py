@@ -3,6 +3,7 @@ own direct forward (the scalar head read in numpy), the value step's loss agains
 those values, a few value steps lower it, the policy step's loss against the numpy clipped surrogate of
 teacher-forced log-probs, and the rollout targets against the numpy references of test_rl_ppo.
 Compiled functions are few and module-scoped."""
+
 import dataclasses
 import sys
 from pathlib import Path
@@ -16,21 +17,34 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).parent))
 import test_rl_ppo as ref  # noqa: E402  (the numpy references)
 import tiny_models as tm  # noqa: E402
-
 from grlhfv_jax import models  # noqa: E402
 from grlhfv_jax.rl import logprobs  # noqa: E402
 from grlhfv_jax.trainers import ppo_steps, steps  # noqa: E402
 
-CFG = ppo_steps.PPOConfig(gamma=0.9, lam=0.8, whiten=False, clip_eps=0.2, value_clip=0.5, score_clip=50.0,
-                          kl_coef=0.02, kl_estimator="k1", advantage_estimator="gae", policy_loss="ppo_clip",
-                          value_loss="clipped", loss_agg_mode="token-mean", temperature=1.0, compute_entropy=True,
-                          num_micro_batches=2)
+CFG = ppo_steps.PPOConfig(
+    gamma=0.9,
+    lam=0.8,
+    whiten=False,
+    clip_eps=0.2,
+    value_clip=0.5,
+    score_clip=50.0,
+    kl_coef=0.02,
+    kl_estimator="k1",
+    advantage_estimator="gae",
+    policy_loss="ppo_clip",
+    value_loss="clipped",
+    loss_agg_mode="token-mean",
+    temperature=1.0,
+    compute_entropy=True,
+    num_micro_batches=2,
+)
 
 
 @pytest.fixture(scope="module")
 def hf_config():
-    cfg = tm.tiny_hf_config("qwen2_vl", text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                                                  num_key_value_heads=1)).to_dict()
+    cfg = tm.tiny_hf_config(
+        "qwen2_vl", text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
+    ).to_dict()
     cfg["vision_config"]["depth"] = 1
     return cfg
 
@@ -51,23 +65,36 @@ def data():
     resp = np.zeros((B, T), np.float32)
     for i, n in enumerate(resp_len):
         end = int(b["attention_mask"][i].sum())
-        resp[i, end - n:end] = 1.0
+        resp[i, end - n : end] = 1.0
     start, window = logprobs.window_start_and_length(resp, multiple=4)
-    batch = dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"], pixel_values=b["pixel_values"],
-                 image_grid_thw=b["image_grid_thw"], response_mask=resp, window_start=start)
+    batch = dict(
+        input_ids=b["input_ids"],
+        attention_mask=b["attention_mask"],
+        pixel_values=b["pixel_values"],
+        image_grid_thw=b["image_grid_thw"],
+        response_mask=resp,
+        window_start=start,
+    )
     return batch, window
 
 
 @pytest.fixture(scope="module")
 def critic(hf_config):
     model = models.from_config(hf_config, rngs=nnx.Rngs(1), scalar_head=True)
-    tm.spread(model, np.random.default_rng(3))   # O(0.3) weights: values of O(1) that differ by token
+    tm.spread(model, np.random.default_rng(3))  # O(0.3) weights: values of O(1) that differ by token
     return model
 
 
 def _hidden(model, batch):
-    return np.asarray(model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                            batch["image_grid_thw"], return_hidden=True))
+    return np.asarray(
+        model(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["pixel_values"],
+            batch["image_grid_thw"],
+            return_hidden=True,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +113,9 @@ def test_score_hidden_is_score_at_the_last_token(critic, data):
     h = _hidden(critic, batch)
     last = batch["attention_mask"].sum(1) - 1
     got = np.asarray(critic.score_hidden(jnp.asarray(h)))[np.arange(4), last]
-    want = np.asarray(critic.score(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                   batch["image_grid_thw"]))
+    want = np.asarray(
+        critic.score(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
+    )
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     policy = models.from_config(critic.config, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="scalar head"):
@@ -99,9 +127,9 @@ def test_compute_values_against_forward(critic, data, critic_values):
     mask = batch["response_mask"]
     got = np.asarray(ppo_steps.compute_values(critic, batch, window=window, num_micro_batches=2))
     np.testing.assert_allclose(got * mask, critic_values * mask, rtol=1e-4, atol=1e-5)
-    full = np.asarray(ppo_steps.compute_values(critic, batch))   # every column, no window
+    full = np.asarray(ppo_steps.compute_values(critic, batch))  # every column, no window
     np.testing.assert_allclose(full[:, 1:], critic_values[:, 1:], rtol=1e-4, atol=1e-5)
-    assert np.std(critic_values[mask > 0]) > 0.1   # a real test: the values differ by token
+    assert np.std(critic_values[mask > 0]) > 0.1  # a real test: the values differ by token
 
 
 def test_ppo_targets_against_numpy(data):
@@ -135,7 +163,7 @@ def test_value_step_loss_and_descent(hf_config, data, critic_values):
     want = ref.np_value_loss(critic_values, old_values, returns, mask, CFG.value_clip)
 
     critic = models.from_config(hf_config, rngs=nnx.Rngs(1), scalar_head=True)
-    tm.spread(critic, np.random.default_rng(3))   # the `critic` fixture's weights
+    tm.spread(critic, np.random.default_rng(3))  # the `critic` fixture's weights
     state = steps.TrainState(critic, optax.adam(3e-3))
     losses = []
     for _ in range(4):
@@ -171,25 +199,27 @@ def test_compute_values_shared_prompt_groups(critic):
     responses: with ``group=2`` (each prompt and its image run once per group) the values equal those
     read from the direct forward of every row."""
     rng = np.random.default_rng(7)
-    prompts = tm.make_batch([[list(rng.integers(3, 99, 3)), (1, 2, 2), [5]], [[7], (1, 2, 4), [8, 9]]],
-                            pad_side="left")
+    prompts = tm.make_batch([[list(rng.integers(3, 99, 3)), (1, 2, 2), [5]], [[7], (1, 2, 4), [8, 9]]], pad_side="left")
     rep = np.array([0, 0, 1, 1])
     P, R = prompts["input_ids"].shape[1], 4
     lengths = np.array([4, 2, 1, 3])
     resp_mask = (np.arange(R)[None, :] < lengths[:, None]).astype(np.int32)
     resp = np.where(resp_mask == 1, rng.integers(3, 99, (4, R)), tm.PAD).astype(np.int32)
-    n0 = int(np.prod((1, 2, 2)))   # patches of prompt 0's image
+    n0 = int(np.prod((1, 2, 2)))  # patches of prompt 0's image
     pv0, pv1 = prompts["pixel_values"][:n0], prompts["pixel_values"][n0:]
-    batch = dict(input_ids=np.concatenate([prompts["input_ids"][rep], resp], axis=1),
-                 attention_mask=np.concatenate([prompts["attention_mask"][rep], resp_mask], axis=1),
-                 response_mask=np.concatenate([np.zeros((4, P), np.float32), resp_mask], axis=1).astype(np.float32),
-                 pixel_values=np.concatenate([pv0, pv0, pv1, pv1]), image_grid_thw=prompts["image_grid_thw"][rep],
-                 window_start=np.full(4, P, np.int32))
+    batch = dict(
+        input_ids=np.concatenate([prompts["input_ids"][rep], resp], axis=1),
+        attention_mask=np.concatenate([prompts["attention_mask"][rep], resp_mask], axis=1),
+        response_mask=np.concatenate([np.zeros((4, P), np.float32), resp_mask], axis=1).astype(np.float32),
+        pixel_values=np.concatenate([pv0, pv0, pv1, pv1]),
+        image_grid_thw=prompts["image_grid_thw"][rep],
+        window_start=np.full(4, P, np.int32),
+    )
     got = np.asarray(ppo_steps.compute_values(critic, batch, window=R, group=2))
     h = _hidden(critic, batch)
     w = np.asarray(critic.score_head.kernel[...])[:, 0]
     want = np.zeros_like(got)
-    want[:, P:] = h[:, P - 1:-1] @ w
+    want[:, P:] = h[:, P - 1 : -1] @ w
     mask = batch["response_mask"]
     np.testing.assert_allclose(got * mask, want * mask, rtol=1e-4, atol=1e-5)
     assert np.all(got[:, :P] == 0)
@@ -223,21 +253,37 @@ def test_actor_critic_checkpoint_resumes_the_critic_and_its_optimizer(hf_config,
         return state, {"loss": met["vf_loss"]}
 
     def critic_params(state):
-        return np.concatenate([np.ravel(np.asarray(v[...])) for _, v in
-                               nnx.to_flat_state(nnx.state(state.critic.model, nnx.Param))])
+        return np.concatenate(
+            [np.ravel(np.asarray(v[...])) for _, v in nnx.to_flat_state(nnx.state(state.critic.model, nnx.Param))]
+        )
 
     kw = dict(steps=4, make_batch=lambda s: s, step_fn=step_fn, log_every=1, ckpt_every=1)
     crash_at = [None]
     whole = fresh()
-    loop.train_loop("ppo", whole, writer=MetricsWriter(str(tmp_path / "a"), tensorboard=False),
-                    ckpt_dir=str(tmp_path / "a" / "ck"), **kw)
+    loop.train_loop(
+        "ppo",
+        whole,
+        writer=MetricsWriter(str(tmp_path / "a"), tensorboard=False),
+        ckpt_dir=str(tmp_path / "a" / "ck"),
+        **kw,
+    )
     crash_at[0] = 2
     with pytest.raises(RuntimeError, match="preempted"):
-        loop.train_loop("ppo", fresh(), writer=MetricsWriter(str(tmp_path / "b"), tensorboard=False),
-                        ckpt_dir=str(tmp_path / "b" / "ck"), **kw)
+        loop.train_loop(
+            "ppo",
+            fresh(),
+            writer=MetricsWriter(str(tmp_path / "b"), tensorboard=False),
+            ckpt_dir=str(tmp_path / "b" / "ck"),
+            **kw,
+        )
     crash_at[0] = None
     resumed = fresh()
-    loop.train_loop("ppo", resumed, writer=MetricsWriter(str(tmp_path / "b"), tensorboard=False),
-                    ckpt_dir=str(tmp_path / "b" / "ck"), **kw)
-    assert np.abs(critic_params(whole) - critic_params(fresh())).max() > 1e-4   # the critic did move
+    loop.train_loop(
+        "ppo",
+        resumed,
+        writer=MetricsWriter(str(tmp_path / "b"), tensorboard=False),
+        ckpt_dir=str(tmp_path / "b" / "ck"),
+        **kw,
+    )
+    assert np.abs(critic_params(whole) - critic_params(fresh())).max() > 1e-4  # the critic did move
     np.testing.assert_array_equal(critic_params(resumed), critic_params(whole))

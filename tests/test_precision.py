@@ -1,5 +1,6 @@
 """The matmul precision policy (grlhfv_jax.precision): which precision a config asks for, that it
 reaches the compiled matmuls, and that on CPU it changes no result."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,14 +20,17 @@ def _config(dtypes, value=None):
     return c
 
 
-@pytest.mark.parametrize("dtypes, value, want", [
-    (("float32",) * 3, None, "highest"),                       # auto: fp32 compute is exact
-    (("bfloat16",) * 3, None, "default"),                      # auto: bf16 keeps the fast path
-    (("bfloat16", "float32", "bfloat16"), "auto", "highest"),  # one fp32 model: exact for all
-    (("bfloat16",) * 3, "highest", "highest"),
-    (("float32",) * 3, "high", "high"),
-    (("float32",) * 3, "default", "default"),
-])
+@pytest.mark.parametrize(
+    "dtypes, value, want",
+    [
+        (("float32",) * 3, None, "highest"),  # auto: fp32 compute is exact
+        (("bfloat16",) * 3, None, "default"),  # auto: bf16 keeps the fast path
+        (("bfloat16", "float32", "bfloat16"), "auto", "highest"),  # one fp32 model: exact for all
+        (("bfloat16",) * 3, "highest", "highest"),
+        (("float32",) * 3, "high", "high"),
+        (("float32",) * 3, "default", "default"),
+    ],
+)
 def test_resolve(dtypes, value, want):
     assert precision.resolve(_config(dtypes, value)) == want
 
@@ -35,6 +39,7 @@ def test_a_bad_value_names_the_key():
     with pytest.raises(ConfigError, match=r"config.matmul_precision = 'fp32'.*highest"):
         precision.resolve(_config(("float32",), "fp32"))
     from configs import demo
+
     c = demo.get_config("smoke")
     c.matmul_precision = "fast"
     with pytest.raises(ConfigError, match="matmul_precision"):

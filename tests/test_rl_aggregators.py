@@ -1,5 +1,6 @@
 """The voting-rule aggregators of rl/grouped.py (the paper's Table 4 comparison): hand-worked
 groups for each, then properties shared by all. A judgment (i, j): (s_i, s_j) shows i first."""
+
 import itertools
 
 import numpy as np
@@ -52,24 +53,22 @@ def test_instant_runoff_hand_worked():
     np.testing.assert_allclose(agg("instant_runoff", 3, {(0, 1): win, (1, 2): win, (2, 0): win}), [0.5] * 3)
     # a tie ballot splits its vote: 0 ~ 1 (5-5) and 0 > 2, 1 > 2 -> 0: 1.5, 1: 1.5, 2: 0
     # -> 2 out (0); 0 and 1 tie on 1.5 -> joint winners at positions 1, 2 -> 0.75 each
-    np.testing.assert_allclose(agg("instant_runoff", 3, {(0, 1): (5, 5), (0, 2): win, (1, 2): win}),
-                               [0.75, 0.75, 0])
+    np.testing.assert_allclose(agg("instant_runoff", 3, {(0, 1): (5, 5), (0, 2): win, (1, 2): win}), [0.75, 0.75, 0])
 
 
 def test_ranked_pairs_hand_worked():
     # a Condorcet cycle 0 > 1 > 2 > 0 by score margins D: D01 = 9-2 = 7, D12 = 8-4 = 4, D20 = 6-5 = 1
     # lock 0>1 (7), lock 1>2 (4), skip 2>0 (1: closes the cycle) -> order 0 > 1 > 2 -> 1, 1/2, 0
-    np.testing.assert_allclose(agg("ranked_pairs", 3, {(0, 1): (9, 2), (1, 2): (8, 4), (0, 2): (5, 6)}),
-                               [1, 0.5, 0])
+    np.testing.assert_allclose(agg("ranked_pairs", 3, {(0, 1): (9, 2), (1, 2): (8, 4), (0, 2): (5, 6)}), [1, 0.5, 0])
     # the same cycle, strengths reordered: D20 = 9-1 = 8 > D01 = 7 > D12 = 4
     # lock 2>0, lock 0>1, skip 1>2 -> order 2 > 0 > 1
-    np.testing.assert_allclose(agg("ranked_pairs", 3, {(0, 1): (9, 2), (1, 2): (8, 4), (0, 2): (1, 9)}),
-                               [0.5, 0, 1])
+    np.testing.assert_allclose(agg("ranked_pairs", 3, {(0, 1): (9, 2), (1, 2): (8, 4), (0, 2): (1, 9)}), [0.5, 0, 1])
     # margins add over both orders: (0,1) 6-4 then (1,0) 7-4 -> D01 = 2 - 3 = -1: 1 beats 0;
     # 2 ties 0 in sum (5-5) and is never compared with 1 -> 2 is incomparable with both: 1/2;
     # 1 reaches 0 (1) + incomparable with 2 (1/2) -> 0.75; 0 reaches nobody -> 1/2 of 1/2 = 0.25
-    np.testing.assert_allclose(agg("ranked_pairs", 3, {(0, 1): (6, 4), (1, 0): (7, 4), (0, 2): (5, 5)}),
-                               [0.25, 0.75, 0.5])
+    np.testing.assert_allclose(
+        agg("ranked_pairs", 3, {(0, 1): (6, 4), (1, 0): (7, 4), (0, 2): (5, 5)}), [0.25, 0.75, 0.5]
+    )
 
 
 def test_spectral_hand_worked():
@@ -159,6 +158,7 @@ def test_config_accepts_the_new_names():
     import os
 
     from grlhfv_jax.config import ConfigError
+
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
     spec = importlib.util.spec_from_file_location("cfg_demo_aggregators", path)
     module = importlib.util.module_from_spec(spec)

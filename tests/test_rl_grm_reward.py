@@ -1,12 +1,13 @@
 """GRM prompt, score parsing and the paper's pair reward, against hand-worked cases."""
+
 import random
 
 import pytest
 
 from grlhfv_jax.rl import grm_reward as g
 
-
 # ------------------------------------------------------------------------------------ parse_scores
+
 
 @pytest.mark.parametrize(
     "text, expected",
@@ -56,6 +57,7 @@ def test_parse_scores_non_string():
 
 
 # ------------------------------------------------------------------------------------- pair_reward
+
 
 @pytest.mark.parametrize(
     "text, preferred, expected",
@@ -107,6 +109,7 @@ def test_pathological_input_is_fast():
 
 # ---------------------------------------------------------------------------- position debiasing
 
+
 def test_consistency_reward():
     # original order: label 1; swapped order: label 2
     assert g.consistency_reward(r"\boxed{9, 2}", r"\boxed{2, 9}", 1) == 1.0
@@ -135,6 +138,7 @@ def test_debiased_prompts_swap_order_and_label():
 
 
 # ----------------------------------------------------------------------------------------- prompt
+
 
 def test_prompt_fills_slots_verbatim():
     q = "<image>What is {response_2} in the picture?"
@@ -168,9 +172,21 @@ def test_prompt_custom_template():
 
 def test_judgment_stats_by_hand():
     from grlhfv_jax.rl.grm_reward import decisions, judgment_stats
-    texts = ["\\boxed{8, 2}", "\\boxed{7, 3}", "\\boxed{2, 8}", "no box",  # group 0: decisions 1, 1, 2, unparsed
-             "\\boxed{6, 4}", "\\boxed{6, 4}", "\\boxed{6, 4}", "\\boxed{6, 4}",  # group 1: all 1
-             "\\boxed{5, 5}", "\\boxed{1, 9}", "\\boxed{5, 5}", "\\boxed{3, 7}"]  # group 2: tie, 2, tie, 2
+
+    texts = [
+        "\\boxed{8, 2}",
+        "\\boxed{7, 3}",
+        "\\boxed{2, 8}",
+        "no box",  # group 0: decisions 1, 1, 2, unparsed
+        "\\boxed{6, 4}",
+        "\\boxed{6, 4}",
+        "\\boxed{6, 4}",
+        "\\boxed{6, 4}",  # group 1: all 1
+        "\\boxed{5, 5}",
+        "\\boxed{1, 9}",
+        "\\boxed{5, 5}",
+        "\\boxed{3, 7}",
+    ]  # group 2: tie, 2, tie, 2
     assert decisions(texts).tolist() == [1, 1, 2, -1, 1, 1, 1, 1, 0, 2, 0, 2]
     m = judgment_stats(texts, 4)
     assert m["judge/prefers_first"] == 6 / 9  # 6 of the 9 decided judgments score Response 1 higher

@@ -1,5 +1,6 @@
 """Grouped comparison: plans, aggregators and diagnostics against hand-worked cases and an
 independent numpy derivation."""
+
 import math
 
 import numpy as np
@@ -7,8 +8,8 @@ import pytest
 
 from grlhfv_jax.rl import grouped as gr
 
-
 # -------------------------------------------------------------------------------------- plan
+
 
 def test_plan_both_and_one():
     both = gr.judging_plan(4)
@@ -37,6 +38,7 @@ def test_plan_random_seeded_subset():
 
 
 # --------------------------------------------------------------------------------- aggregation
+
 
 def _paper_formula(scores_first, scores_second):
     """S(y_i) = 1/(2(n-1)) sum_{j != i} [s(y_i | y_i, y_j) + s(y_i | y_j, y_i)], straight from the
@@ -67,10 +69,13 @@ def test_mean_hand_case_with_incomplete_and_unparsed():
     # 0 vs 1: (8, 4) and (1 first: 5, 0 second: 7); 0 vs 2 unparsed one way, (6, 9) the other;
     # 3 incomplete (its judgments must be ignored even if present).
     judgments = {
-        (0, 1): (8, 4), (1, 0): (5, 7),
-        (0, 2): None, (2, 0): (9, 6),
+        (0, 1): (8, 4),
+        (1, 0): (5, 7),
+        (0, 2): None,
+        (2, 0): (9, 6),
         (1, 2): (3, 3),
-        (0, 3): (1, 10), (3, 1): (10, 1),
+        (0, 3): (1, 10),
+        (3, 1): (10, 1),
     }
     got = gr.aggregate(4, judgments, [True, True, True, False])
     # 0 received 8, 7, 6 -> 7; 1 received 4, 5, 3 -> 4; 2 received 9, 3 -> 6; 3 -> 0
@@ -126,9 +131,7 @@ def test_win_rate_gives_position_verdicts_no_weight_and_mean_does():
     whatever the scores; only a verdict that holds in both orders moves the rewards. The mean score
     lets the sizes of position verdicts through. Hand-worked, 3 answers:
     (0, 1): by position, scores 9-2 then 6-5; (0, 2) and (1, 2): 2 beats 0 and 1 in both orders."""
-    judgments = {(0, 1): (9, 2), (1, 0): (6, 5),
-                 (0, 2): (3, 7), (2, 0): (8, 4),
-                 (1, 2): (2, 6), (2, 1): (7, 3)}
+    judgments = {(0, 1): (9, 2), (1, 0): (6, 5), (0, 2): (3, 7), (2, 0): (8, 4), (1, 2): (2, 6), (2, 1): (7, 3)}
     complete = [True] * 3
     np.testing.assert_allclose(gr.aggregate(3, judgments, complete, "win_rate"), [0.25, 0.25, 1.0])
     # mean: answer 0 got 9, 5, 3, 4 -> 5.25; answer 1 got 2, 6, 2, 3 -> 3.25; answer 2: 7, 8, 6, 7 -> 7
@@ -167,19 +170,17 @@ def test_registry():
 
 # ---------------------------------------------------------------------------------- diagnostics
 
+
 def test_position_consistency_and_cycles():
     # pair (0,1): consistent (0 wins both orders); (0,2): position-biased (Response 1 wins both);
     # (1,2): tie both ways -> consistent.
-    js = {(0, 1): (8, 2), (1, 0): (3, 7),
-          (0, 2): (9, 1), (2, 0): (9, 1),
-          (1, 2): (5, 5), (2, 1): (4, 4)}
+    js = {(0, 1): (8, 2), (1, 0): (3, 7), (0, 2): (9, 1), (2, 0): (9, 1), (1, 2): (5, 5), (2, 1): (4, 4)}
     d = gr.judge_diagnostics(3, js, [True] * 3)
     assert d["num_both_orders"] == 3 and d["position_consistency"] == pytest.approx(2 / 3)
     assert d["num_triples"] == 0  # (0,2) margins cancel and (1,2) is a tie: nothing decided
 
     # a clear cycle 0 > 1 > 2 > 0, plus a 4th response that loses to all (transitive triples)
-    js = {(0, 1): (7, 3), (1, 2): (7, 3), (2, 0): (7, 3),
-          (0, 3): (9, 1), (1, 3): (9, 1), (2, 3): (9, 1)}
+    js = {(0, 1): (7, 3), (1, 2): (7, 3), (2, 0): (7, 3), (0, 3): (9, 1), (1, 3): (9, 1), (2, 3): (9, 1)}
     d = gr.judge_diagnostics(4, js, [True] * 4)
     assert d["num_triples"] == 4 and d["num_cycles"] == 1 and d["cycle_rate"] == 0.25
     assert math.isnan(d["position_consistency"])

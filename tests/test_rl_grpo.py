@@ -1,4 +1,5 @@
 """GRPO advantages, loss, KL and log-prob helpers against hand cases and a numpy re-derivation."""
+
 import math
 
 import jax
@@ -6,15 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grlhfv_jax.rl import grpo, logprobs as lp
-
+from grlhfv_jax.rl import grpo
+from grlhfv_jax.rl import logprobs as lp
 
 # --------------------------------------------------------------------------------- advantages
+
 
 def test_group_advantages_hand_case():
     r = np.array([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
     got = np.asarray(grpo.group_advantages(r))
-    std = math.sqrt(((0.5 ** 2) * 4) / 3)  # ddof=1
+    std = math.sqrt(((0.5**2) * 4) / 3)  # ddof=1
     np.testing.assert_allclose(got[0], np.array([0.5, -0.5, -0.5, 0.5]) / (std + 1e-6), rtol=1e-6)
     np.testing.assert_allclose(got[1], 0.0, atol=0)  # zero-std group -> exactly 0
 
@@ -41,6 +43,7 @@ def test_group_of_one_and_other_estimators():
 
 
 # ------------------------------------------------------------------------------ reference loss
+
 
 def _ref_loss(logp, old, ref, adv, mask, clip=0.2, kl_coef=0.02, clip_c=None, ent=None, ent_coef=0.0):
     """verl's dp_actor loss, re-derived token by token in float64 numpy."""
@@ -88,8 +91,9 @@ def test_policy_loss_matches_reference(clip_c):
     old[1] = logp[1] - 2.0
     ent = rng.random(logp.shape)
     f32 = lambda x: jnp.asarray(x, jnp.float32)
-    loss, m = grpo.policy_loss(f32(logp), f32(old), f32(ref), f32(adv), f32(mask), clip_ratio_c=clip_c,
-                               entropy=f32(ent), entropy_coef=0.01)
+    loss, m = grpo.policy_loss(
+        f32(logp), f32(old), f32(ref), f32(adv), f32(mask), clip_ratio_c=clip_c, entropy=f32(ent), entropy_coef=0.01
+    )
     want, pg, kl = _ref_loss(logp, old, ref, adv, mask, clip_c=clip_c, ent=ent, ent_coef=0.01)
     assert float(loss) == pytest.approx(want, rel=1e-5, abs=1e-6)
     assert float(m["pg_loss"]) == pytest.approx(pg, rel=1e-5, abs=1e-6)
@@ -98,7 +102,7 @@ def test_policy_loss_matches_reference(clip_c):
     assert float(m["entropy"]) == pytest.approx(ent[sel].mean(), rel=1e-5)
     lr = (logp - old)[sel]
     assert float(m["ppo_kl"]) == pytest.approx(-lr.mean(), rel=1e-5)
-    assert float(m["approx_kl"]) == pytest.approx(0.5 * (lr ** 2).mean(), rel=1e-5)
+    assert float(m["approx_kl"]) == pytest.approx(0.5 * (lr**2).mean(), rel=1e-5)
     a = np.broadcast_to(adv[:, None], logp.shape)[sel]
     ratio = np.exp(lr)
     frac = np.mean(-a * np.clip(ratio, 0.8, 1.2) > -a * ratio)
@@ -143,8 +147,10 @@ def test_per_token_advantages_and_denominator_split():
     assert float(full) == pytest.approx(want, rel=1e-5)
     # micro-batches with the mini-batch token count sum to the full loss
     n = float(mask.sum())
-    parts = [grpo.policy_loss(f(logp[s]), f(old[s]), f(ref[s]), f(adv_tok[s]), f(mask[s]), denominator=n)[0]
-             for s in (slice(0, 2), slice(2, 4))]
+    parts = [
+        grpo.policy_loss(f(logp[s]), f(old[s]), f(ref[s]), f(adv_tok[s]), f(mask[s]), denominator=n)[0]
+        for s in (slice(0, 2), slice(2, 4))
+    ]
     assert float(sum(parts)) == pytest.approx(want, rel=1e-5)
 
 
@@ -160,8 +166,9 @@ def test_policy_loss_finite_difference_gradient():
     rng = np.random.default_rng(3)
     logp, old, ref, adv, mask = _random_case(rng, B=3, T=4, scale=0.15)
     with jax.enable_x64(True):
-        f = lambda x: grpo.policy_loss(x, jnp.asarray(old), jnp.asarray(ref), jnp.asarray(adv),
-                                       jnp.asarray(mask), clip_ratio_c=3.0)[0]
+        f = lambda x: grpo.policy_loss(
+            x, jnp.asarray(old), jnp.asarray(ref), jnp.asarray(adv), jnp.asarray(mask), clip_ratio_c=3.0
+        )[0]
         x0 = jnp.asarray(logp, jnp.float64)
         g = np.asarray(jax.grad(f)(x0))
         assert g.dtype == np.float64
@@ -176,8 +183,10 @@ def test_policy_loss_finite_difference_gradient():
     for idx in np.ndindex(logp.shape):
         e = np.zeros_like(logp)
         e[idx] = 1e-6
-        fd_np[idx] = (_ref_loss(logp + e, old, ref, adv, mask, clip_c=3.0)[0]
-                      - _ref_loss(logp - e, old, ref, adv, mask, clip_c=3.0)[0]) / 2e-6
+        fd_np[idx] = (
+            _ref_loss(logp + e, old, ref, adv, mask, clip_c=3.0)[0]
+            - _ref_loss(logp - e, old, ref, adv, mask, clip_c=3.0)[0]
+        ) / 2e-6
     np.testing.assert_allclose(g, fd, atol=1e-7)
     np.testing.assert_allclose(g, fd_np, atol=1e-6)
     assert np.all(g[mask == 0] == 0) and np.any(g != 0)
@@ -194,8 +203,12 @@ def test_kl_penalized_rewards():
 
 def test_rollout_metrics():
     r = np.array([[1.0, 0.0, 1.0], [2.0, 2.0, 2.0]])
-    m = grpo.rollout_metrics(r, advantages=[1.0, -1.0, 0.0, 0.0, 0.0, 2.0], response_lengths=[3, 5, 7, 9, 11, 1],
-                             truncated=[0, 0, 1, 0, 0, 0])
+    m = grpo.rollout_metrics(
+        r,
+        advantages=[1.0, -1.0, 0.0, 0.0, 0.0, 2.0],
+        response_lengths=[3, 5, 7, 9, 11, 1],
+        truncated=[0, 0, 1, 0, 0, 0],
+    )
     assert m["reward/mean"] == pytest.approx(8 / 6)
     assert m["reward/std"] == pytest.approx(math.sqrt(sum((x - 8 / 6) ** 2 for x in [1, 0, 1, 2, 2, 2]) / 5))
     assert m["reward/mean_group_std"] == pytest.approx((math.sqrt(1 / 3) + 0) / 2)
@@ -205,6 +218,7 @@ def test_rollout_metrics():
 
 
 # ---------------------------------------------------------------------------------- log-probs
+
 
 def test_token_and_aligned_logprobs_numpy():
     rng = np.random.default_rng(4)

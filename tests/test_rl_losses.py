@@ -1,4 +1,5 @@
 """Bradley-Terry RM, DPO/IPO and SFT losses against numpy written here."""
+
 import math
 
 import jax.numpy as jnp
@@ -107,7 +108,7 @@ def test_head_token_stats_in_chunks_matches_numpy_values_and_gradients():
         return jnp.sum(st["logp"] * jnp.arange(L)) + 0.3 * jnp.sum(st["entropy"]), st
 
     grads = {}
-    for chunk in (0, 3, 7, 16):   # off, 3 pieces (the last padded), one piece, longer than L
+    for chunk in (0, 3, 7, 16):  # off, 3 pieces (the last padded), one piece, longer than L
         (_, st), g = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(jnp.asarray(h), jnp.asarray(w), chunk)
         np.testing.assert_allclose(np.asarray(st["logp"]), lp_ref, rtol=1e-5, atol=1e-5, err_msg=str(chunk))
         np.testing.assert_allclose(np.asarray(st["entropy"]), ent_ref, rtol=1e-5, atol=1e-5, err_msg=str(chunk))
@@ -117,5 +118,4 @@ def test_head_token_stats_in_chunks_matches_numpy_values_and_gradients():
     for chunk in (3, 7, 16):
         for a, b in zip(grads[chunk], grads[0]):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=str(chunk))
-    assert float(jnp.max(jnp.abs(grads[0][1]))) > 1e-3   # the head's weight really gets a gradient
-
+    assert float(jnp.max(jnp.abs(grads[0][1]))) > 1e-3  # the head's weight really gets a gradient

@@ -4,6 +4,7 @@ The references walk each row backwards over time (GAE) or token by token (losses
 with rl/ppo.py. The mutants at the end show the tests can fail: a GAE whose bootstrap is off by one
 column, and one that bootstraps across the end of a response.
 """
+
 import math
 
 import jax
@@ -17,6 +18,7 @@ GAMMA, LAM = 0.9, 0.8
 
 
 # --------------------------------------------------------------------------------------- references
+
 
 def np_gae(rewards, values, mask, gamma, lam):
     """Row by row, backwards over the response tokens (mask 1); the value after a row's last response
@@ -42,7 +44,7 @@ def np_token_rewards(scores, logp, ref_logp, mask, kl_coef, score_clip):
     for i in range(n):
         cols = [c for c in range(t) if mask[i, c] > 0]
         for c in cols:
-            out[i, c] = -kl_coef * (logp[i, c] - ref_logp[i, c])   # k1
+            out[i, c] = -kl_coef * (logp[i, c] - ref_logp[i, c])  # k1
         if cols:
             out[i, cols[-1]] += min(max(scores[i], -score_clip), score_clip)
     return out
@@ -90,7 +92,7 @@ def ragged_mask():
     4, 1, 6, 0 (empty) and 3, then padding."""
     mask = np.zeros((5, 9), np.float32)
     for i, (start, length) in enumerate([(2, 4), (5, 1), (1, 6), (3, 0), (6, 3)]):
-        mask[i, start:start + length] = 1.0
+        mask[i, start : start + length] = 1.0
     return mask
 
 
@@ -99,15 +101,18 @@ def arrays():
     rng = np.random.default_rng(0)
     mask = ragged_mask()
     shape = mask.shape
-    return dict(mask=mask,
-                rewards=rng.normal(size=shape).astype(np.float32),   # nonzero off the mask too: must be ignored
-                values=rng.normal(size=shape).astype(np.float32),
-                logp=(-1.5 + 0.5 * rng.normal(size=shape)).astype(np.float32),
-                ref_logp=(-1.5 + 0.5 * rng.normal(size=shape)).astype(np.float32),
-                scores=np.array([80.0, -3.0, -120.0, 7.0, 49.5], np.float32))
+    return dict(
+        mask=mask,
+        rewards=rng.normal(size=shape).astype(np.float32),  # nonzero off the mask too: must be ignored
+        values=rng.normal(size=shape).astype(np.float32),
+        logp=(-1.5 + 0.5 * rng.normal(size=shape)).astype(np.float32),
+        ref_logp=(-1.5 + 0.5 * rng.normal(size=shape)).astype(np.float32),
+        scores=np.array([80.0, -3.0, -120.0, 7.0, 49.5], np.float32),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- GAE
+
 
 def test_gae_hand_case():
     """One row, prompt column 0, response columns 1..3, padding column 4; gamma 0.5, lam 0.5.
@@ -150,7 +155,7 @@ def test_whiten_and_estimator_registry(arrays):
     kw = dict(gamma=GAMMA, lam=LAM)
     got_adv, got_ret = ppo.compute_advantages(a["rewards"], a["values"], a["mask"], "gae", whiten_advantages=True, **kw)
     np.testing.assert_allclose(np.asarray(got_adv), np_whiten(adv, a["mask"]), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(got_ret), ret, rtol=1e-5, atol=1e-6)   # returns are never whitened
+    np.testing.assert_allclose(np.asarray(got_ret), ret, rtol=1e-5, atol=1e-6)  # returns are never whitened
     raw, _ = ppo.compute_advantages(a["rewards"], a["values"], a["mask"], "gae", whiten_advantages=False, **kw)
     np.testing.assert_allclose(np.asarray(raw), adv, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="registered"):
@@ -163,6 +168,7 @@ def test_whiten_and_estimator_registry(arrays):
 
 
 # ------------------------------------------------------------------------------------- token rewards
+
 
 def test_token_rewards_hand_case():
     """kl_coef 0.5, score_clip 50. Row 0: response columns 1..2, score 80 -> clipped 50;
@@ -182,14 +188,16 @@ def test_token_rewards_against_numpy(arrays):
     a = arrays
     want = np_token_rewards(a["scores"], a["logp"], a["ref_logp"], a["mask"], 0.02, 50.0)
     got, met = jax.jit(lambda s, lp, rl, m: ppo.token_rewards(s, lp, rl, m, kl_coef=0.02, score_clip=50.0))(
-        a["scores"], a["logp"], a["ref_logp"], a["mask"])
+        a["scores"], a["logp"], a["ref_logp"], a["mask"]
+    )
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
-    assert np.all(np.asarray(got)[3] == 0)   # the empty row gets no score
+    assert np.all(np.asarray(got)[3] == 0)  # the empty row gets no score
     np.testing.assert_allclose(float(met["score_clip_frac"]), 2 / 5)
     np.testing.assert_allclose(float(met["score_mean"]), (50 - 3 - 50 + 7 + 49.5) / 5, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------- losses
+
 
 def test_value_loss_hand_case():
     """value_clip 1, token-mean over 3 tokens (the 4th is masked off):
@@ -211,15 +219,17 @@ def test_value_loss_against_numpy(arrays):
     a = arrays
     rng = np.random.default_rng(1)
     old = a["values"]
-    v = (old + 4.0 * rng.normal(size=old.shape)).astype(np.float32)   # some beyond the clip of 5
+    v = (old + 4.0 * rng.normal(size=old.shape)).astype(np.float32)  # some beyond the clip of 5
     _, ret = np_gae(a["rewards"], old, a["mask"], GAMMA, LAM)
     loss, met = ppo.VALUE_LOSSES["clipped"](v, old, ret, a["mask"], value_clip=5.0)
     np.testing.assert_allclose(float(loss), np_value_loss(v, old, ret, a["mask"], 5.0), rtol=1e-5)
     assert 0.0 < float(met["vf_clip_frac"]) < 1.0
     # the micro-batch convention: halves with the full token count sum to the whole
     den = a["mask"].sum()
-    halves = [ppo.clipped_value_loss(v[s], old[s], ret[s], a["mask"][s], value_clip=5.0, denominator=den)[0]
-              for s in (slice(0, 2), slice(2, 5))]
+    halves = [
+        ppo.clipped_value_loss(v[s], old[s], ret[s], a["mask"][s], value_clip=5.0, denominator=den)[0]
+        for s in (slice(0, 2), slice(2, 5))
+    ]
     np.testing.assert_allclose(float(sum(halves)), float(loss), rtol=1e-5)
 
 
@@ -252,6 +262,7 @@ def test_policy_loss_against_numpy(arrays):
 
 
 # ------------------------------------------------------------------------------------------ mutants
+
 
 def _gae_bootstrap_off_by_one(rewards, values, mask, *, gamma, lam):
     """A wrong GAE: bootstraps from the value two columns ahead instead of the next one."""
@@ -290,6 +301,11 @@ def test_reference_catches_gae_mutants(arrays, mutant):
     adv, _ = mutant(a["rewards"], a["values"], a["mask"], gamma=GAMMA, lam=LAM)
     assert not np.allclose(np.asarray(adv), want_adv, rtol=1e-5, atol=1e-6)
     # and the hand case alone catches it too
-    adv, _ = mutant(np.array([[9.0, 0.0, 0.0, 1.0, 9.0]]), np.array([[9.0, 0.2, 0.4, 0.6, 9.0]]),
-                    np.array([[0.0, 1.0, 1.0, 1.0, 0.0]]), gamma=0.5, lam=0.5)
+    adv, _ = mutant(
+        np.array([[9.0, 0.0, 0.0, 1.0, 9.0]]),
+        np.array([[9.0, 0.2, 0.4, 0.6, 9.0]]),
+        np.array([[0.0, 1.0, 1.0, 1.0, 0.0]]),
+        gamma=0.5,
+        lam=0.5,
+    )
     assert not np.allclose(np.asarray(adv), [[0.0, 0.0, 0.0, 0.4, 0.0]], atol=1e-6)

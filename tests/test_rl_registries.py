@@ -48,7 +48,7 @@ def _cfg(**keys) -> steps.GRPOConfig:
 
 
 def test_defaults_are_the_previous_behaviour():
-    cfg = _cfg()   # the demo sets none of the keys: the schema's defaults, carried into the step's settings
+    cfg = _cfg()  # the demo sets none of the keys: the schema's defaults, carried into the step's settings
     for key in GRPO_KEYS:
         assert getattr(cfg, key) == sections.GRPO[key].default, key
     assert grpo.ADVANTAGE_ESTIMATORS[cfg.advantage_estimator] is grpo.group_advantages
@@ -63,8 +63,10 @@ def test_defaults_are_the_previous_behaviour():
 def test_advantage_estimator_key_changes_the_advantages():
     rewards = np.array([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
     row_valid = np.array([1, 1, 1, 1, 0, 0, 0, 0])  # the second prompt is a fill row
-    got = {name: learner.response_advantages(rewards, row_valid, _cfg(advantage_estimator=name).advantage_estimator)
-           for name in ("grpo", "rloo", "grpo_no_std")}
+    got = {
+        name: learner.response_advantages(rewards, row_valid, _cfg(advantage_estimator=name).advantage_estimator)
+        for name in ("grpo", "rloo", "grpo_no_std")
+    }
     # grpo: (r - 0.5) / (std_ddof1 + 1e-6), std = sqrt(1/3)
     z = 0.5 / (math.sqrt(1.0 / 3.0) + 1e-6)
     np.testing.assert_allclose(got["grpo"], [z, -z, -z, z, 0, 0, 0, 0], rtol=1e-6)
@@ -92,8 +94,9 @@ ADV = np.array([1.0, -2.0], np.float32)
 def _loss(cfg, **kw):
     args = dict(logp=LOGP, old_logp=OLD, ref_logp=REF, advantages=ADV, mask=MASK)
     args.update(kw)
-    loss, met = steps.grpo_loss(cfg, *(jnp.asarray(args[k]) for k in ("logp", "old_logp", "ref_logp",
-                                                                       "advantages", "mask")))
+    loss, met = steps.grpo_loss(
+        cfg, *(jnp.asarray(args[k]) for k in ("logp", "old_logp", "ref_logp", "advantages", "mask"))
+    )
     return float(loss), {k: float(v) for k, v in met.items()}
 
 
@@ -137,12 +140,18 @@ def test_loss_agg_mode_key_changes_the_loss(kl_coef):
 def const_loss():
     """A policy loss registered under "test_const": loss 7 (no gradient), and metrics that show
     what the step passed it."""
+
     def fn(logp, old_logp, ref_logp, advantages, mask, *, clip_eps, kl_estimator, loss_agg_mode, denominator, **_):
         loss = 7.0 + 0.0 * jnp.sum(logp)
         den = jnp.float32(-1.0) if denominator is None else jnp.asarray(denominator, jnp.float32)
-        return loss, {"loss": loss, "adv_mask_sum": jnp.sum(advantages[:, None] * mask), "denominator": den,
-                      "clip_eps": jnp.float32(clip_eps), "is_k1": jnp.float32(kl_estimator == "k1"),
-                      "is_seq_sum": jnp.float32(loss_agg_mode == "seq-mean-token-sum")}
+        return loss, {
+            "loss": loss,
+            "adv_mask_sum": jnp.sum(advantages[:, None] * mask),
+            "denominator": den,
+            "clip_eps": jnp.float32(clip_eps),
+            "is_k1": jnp.float32(kl_estimator == "k1"),
+            "is_seq_sum": jnp.float32(loss_agg_mode == "seq-mean-token-sum"),
+        }
 
     grpo.register_policy_loss("test_const", fn)
     yield fn
@@ -154,13 +163,16 @@ def test_registered_policy_loss_is_the_one_the_step_uses(const_loss):
     assert _loss(cfg)[0] == 7.0 and _loss(_cfg())[0] != pytest.approx(7.0)
 
     from tiny_models import tiny_hf_config  # tests/ is on sys.path
-    hf = tiny_hf_config("qwen2_vl", text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                                              num_key_value_heads=1)).to_dict()
+
+    hf = tiny_hf_config(
+        "qwen2_vl", text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
+    ).to_dict()
     model = models.from_config(hf, rngs=nnx.Rngs(0))
     state = steps.TrainState(model, optax.sgd(0.1))
     ids = np.array([[5, 6, 7, 8], [9, 10, 11, 12]], np.int32)
-    batch = dict(input_ids=ids, attention_mask=np.ones_like(ids), response_mask=MASK, old_logp=OLD, ref_logp=REF,
-                 advantages=ADV)
+    batch = dict(
+        input_ids=ids, attention_mask=np.ones_like(ids), response_mask=MASK, old_logp=OLD, ref_logp=REF, advantages=ADV
+    )
     _, met = steps.grpo_step(state, {k: jnp.asarray(v) for k, v in batch.items()}, cfg)
     met = {k: float(v) for k, v in met.items()}
     assert met["loss"] == 7.0 and met["grad_norm"] == 0.0
@@ -188,15 +200,18 @@ def test_aggregator_key_changes_the_rewards():
 # ------------------------------------------------------------------------------ bad names
 
 
-@pytest.mark.parametrize("section,key,registry", [
-    ("grm_rl", "advantage_estimator", grpo.ADVANTAGE_ESTIMATORS),
-    ("grm_rl", "kl_estimator", grpo.KL_ESTIMATORS),
-    ("grm_rl", "loss_agg_mode", grpo.LOSS_AGGREGATIONS),
-    ("grm_rl", "policy_loss", grpo.POLICY_LOSSES),
-    ("policy_rl", "kl_estimator", grpo.KL_ESTIMATORS),
-    ("policy_rl_rm", "policy_loss", grpo.POLICY_LOSSES),
-    ("policy_rl", "aggregator", grouped.AGGREGATORS),
-])
+@pytest.mark.parametrize(
+    "section,key,registry",
+    [
+        ("grm_rl", "advantage_estimator", grpo.ADVANTAGE_ESTIMATORS),
+        ("grm_rl", "kl_estimator", grpo.KL_ESTIMATORS),
+        ("grm_rl", "loss_agg_mode", grpo.LOSS_AGGREGATIONS),
+        ("grm_rl", "policy_loss", grpo.POLICY_LOSSES),
+        ("policy_rl", "kl_estimator", grpo.KL_ESTIMATORS),
+        ("policy_rl_rm", "policy_loss", grpo.POLICY_LOSSES),
+        ("policy_rl", "aggregator", grouped.AGGREGATORS),
+    ],
+)
 def test_unknown_name_fails_validation_naming_the_key(section, key, registry):
     with pytest.raises(ConfigError) as e:
         _validated(section, **{key: "no_such_name"})

@@ -2,6 +2,7 @@
 outputs joined in prompt order, and a call count (or reference-pass slice count) that does not
 divide the prompts named. That k
 calls draw what one call draws: tests/test_rollout_engine.py."""
+
 import os
 import sys
 
@@ -10,14 +11,14 @@ import pytest
 
 from grlhfv_jax import config as config_schema
 from grlhfv_jax.config import ConfigError
-from grlhfv_jax.rollout import GenerationOutput
-from grlhfv_jax.rollout import group_sampling
+from grlhfv_jax.rollout import GenerationOutput, group_sampling
 
 
 def test_join_pads_to_the_widest_call_and_keeps_row_order():
     a = GenerationOutput(np.array([[7, 8]]), np.array([[-1.0, -2.0]]), np.array([2]), np.array([False]))
-    b = GenerationOutput(np.array([[4, 5, 6], [9, 3, 3]]), np.full((2, 3), -0.5), np.array([3, 1]),
-                         np.array([False, True]))
+    b = GenerationOutput(
+        np.array([[4, 5, 6], [9, 3, 3]]), np.full((2, 3), -0.5), np.array([3, 1]), np.array([False, True])
+    )
     j = group_sampling.join_outputs([a, b], pad_id=3)
     np.testing.assert_array_equal(j.tokens, [[7, 8, 3], [4, 5, 6], [9, 3, 3]])
     np.testing.assert_array_equal(j.logprobs, [[-1, -2, 0], [-0.5, -0.5, -0.5], [-0.5, -0.5, -0.5]])
@@ -31,8 +32,9 @@ def test_a_slice_count_that_does_not_divide_the_prompts_is_named(key):
     of a step; the error names the key and the prompt count."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
     import demo
+
     c = demo.get_config("smoke")
-    c.grm_rl[key] = 3   # the demo: 16 pairs in both orders = 32 prompts
+    c.grm_rl[key] = 3  # the demo: 16 pairs in both orders = 32 prompts
     with pytest.raises(ConfigError, match=rf"config\.grm_rl\.{key} = 3 must divide the prompts per step \(32\)"):
         config_schema.validate(c)
     c.grm_rl[key] = 2

@@ -1,17 +1,16 @@
 """The sampler on tiny random Qwen2-VL / Qwen2.5-VL checkpoints: greedy tokens equal
 transformers' generate, sampled log-probs equal a teacher-forced forward pass, the shared-prefix
 judge equals judging each pair alone, and a sharded model gives the single-device output."""
-import numpy as np
-import pytest
 
 import jax
+import numpy as np
+import pytest
 from flax import nnx
 
 import tiny_models as tm
-from grlhfv_jax.models import load_pretrained
-from grlhfv_jax.rollout import engine, judge
 from grlhfv_jax import encoding
-from grlhfv_jax.rollout import group_sampling
+from grlhfv_jax.models import load_pretrained
+from grlhfv_jax.rollout import engine, group_sampling, judge
 
 # text + image + text, text only (shorter: left padding), image + text
 ROWS = [[[5, 6, 7, 8, 9], (1, 4, 4), [10, 11]], [[12, 13, 14, 15, 16, 17]], [(1, 4, 6), [20, 21]]]
@@ -48,15 +47,26 @@ def test_greedy_matches_transformers(family, request):
     fam, torch_model, model, _ = request.getfixturevalue(family)
     batch = tm.make_batch(ROWS, seed=3)
     out = engine.generate(model, batch, max_new_tokens=NEW, temperature=0.0, eos_token_id=None)
-    kw = dict(input_ids=torch.as_tensor(batch["input_ids"], dtype=torch.long),
-              attention_mask=torch.as_tensor(batch["attention_mask"], dtype=torch.long),
-              mm_token_type_ids=torch.as_tensor(batch["mm_token_type_ids"], dtype=torch.long),
-              pixel_values=torch.as_tensor(batch["pixel_values"]),
-              image_grid_thw=torch.as_tensor(batch["image_grid_thw"], dtype=torch.long))
+    kw = dict(
+        input_ids=torch.as_tensor(batch["input_ids"], dtype=torch.long),
+        attention_mask=torch.as_tensor(batch["attention_mask"], dtype=torch.long),
+        mm_token_type_ids=torch.as_tensor(batch["mm_token_type_ids"], dtype=torch.long),
+        pixel_values=torch.as_tensor(batch["pixel_values"]),
+        image_grid_thw=torch.as_tensor(batch["image_grid_thw"], dtype=torch.long),
+    )
     with torch.no_grad():
-        ref = torch_model.generate(**kw, do_sample=False, max_new_tokens=NEW, min_new_tokens=NEW,
-                                   eos_token_id=None, pad_token_id=tm.PAD, temperature=None, top_p=None, top_k=None)
-    ref = ref[:, batch["input_ids"].shape[1]:].numpy()
+        ref = torch_model.generate(
+            **kw,
+            do_sample=False,
+            max_new_tokens=NEW,
+            min_new_tokens=NEW,
+            eos_token_id=None,
+            pad_token_id=tm.PAD,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+    ref = ref[:, batch["input_ids"].shape[1] :].numpy()
     np.testing.assert_array_equal(np.asarray(out.tokens), ref)
     np.testing.assert_array_equal(np.asarray(out.lengths), [NEW] * 3)
     assert not np.asarray(out.finished).any()
@@ -83,13 +93,13 @@ def test_sampled_logprobs_equal_teacher_forcing(qwen2_vl, sampled):
     mask = np.concatenate([np.repeat(batch["attention_mask"], n, 0), gen_mask.astype(np.int32)], axis=1)
     ids = np.where(mask > 0, ids, tm.PAD)
     imgs = _images(batch)
-    pv = np.concatenate([imgs[k] for k in range(len(imgs)) for _ in range(n)])   # rows 0 and 2 hold the images
+    pv = np.concatenate([imgs[k] for k in range(len(imgs)) for _ in range(n)])  # rows 0 and 2 hold the images
     grid = np.repeat(batch["image_grid_thw"], n, 0)
     logits = np.asarray(nnx.jit(lambda m, *a: m(*a))(model, ids, mask, pv, grid), np.float64)
     P = batch["input_ids"].shape[1]
     logp = logits - logits.max(-1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
-    ref = np.take_along_axis(logp[:, P - 1:-1], toks[..., None], -1)[..., 0]
+    ref = np.take_along_axis(logp[:, P - 1 : -1], toks[..., None], -1)[..., 0]
     np.testing.assert_allclose(np.where(gen_mask, lps, 0), np.where(gen_mask, ref, 0), atol=1e-4)
     assert (lps[~gen_mask] == 0).all() and (toks[~gen_mask] == 0).all()
     # samples of one prompt are rows p*n .. p*n+n-1 and differ
@@ -111,8 +121,8 @@ def _examples(batch):
     for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
         ids = ids[mask > 0]
         m = int((ids == tm.VISION_START).sum())
-        pv = np.concatenate(imgs[k:k + m]) if m else np.zeros((0, tm.PATCH_DIM), np.float32)
-        out.append(dict(input_ids=ids, pixel_values=pv, image_grid_thw=grid[k:k + m]))
+        pv = np.concatenate(imgs[k : k + m]) if m else np.zeros((0, tm.PATCH_DIM), np.float32)
+        out.append(dict(input_ids=ids, pixel_values=pv, image_grid_thw=grid[k : k + m]))
         k += m
     return out
 
@@ -127,8 +137,12 @@ def test_rollout_in_calls_of_prompt_groups_draws_what_one_call_draws(qwen2_vl, s
 
     class Tok:  # the codec's tokenizer as far as sample_groups needs one
         def convert_tokens_to_ids(self, name):
-            return {"<|image_pad|>": tm.IMAGE, "<|vision_start|>": tm.VISION_START,
-                    "<|vision_end|>": tm.VISION_END, "<|video_pad|>": tm.VIDEO}[name]
+            return {
+                "<|image_pad|>": tm.IMAGE,
+                "<|vision_start|>": tm.VISION_START,
+                "<|vision_end|>": tm.VISION_END,
+                "<|video_pad|>": tm.VIDEO,
+            }[name]
 
         def decode(self, ids, skip_special_tokens=True):
             return " ".join(map(str, ids))
@@ -140,12 +154,15 @@ def test_rollout_in_calls_of_prompt_groups_draws_what_one_call_draws(qwen2_vl, s
     rollout = EngineRollout(qwen2_vl[2], eos_token_id=eos, pad_token_id=tm.PAD)
     params = SamplingParams(max_new_tokens=NEW, temperature=temperature, top_k=40, top_p=0.95, num_samples=2, seed=5)
     (p1, one, t1), (p3, three, t3) = [
-        group_sampling.sample_groups(rollout, codec, _examples(batch), max_len=batch["input_ids"].shape[1], params=params,
-                             num_calls=k) for k in (1, 3)]
+        group_sampling.sample_groups(
+            rollout, codec, _examples(batch), max_len=batch["input_ids"].shape[1], params=params, num_calls=k
+        )
+        for k in (1, 3)
+    ]
     if temperature:
         np.testing.assert_array_equal(np.asarray(one.tokens), np.asarray(sampled[1].tokens))  # the engine's own
     else:
-        assert len(set(np.asarray(one.lengths).tolist())) > 1, one.lengths     # rows end at different lengths
+        assert len(set(np.asarray(one.lengths).tolist())) > 1, one.lengths  # rows end at different lengths
     for name in ("tokens", "lengths", "finished"):
         np.testing.assert_array_equal(np.asarray(getattr(three, name)), np.asarray(getattr(one, name)), name)
     np.testing.assert_allclose(np.asarray(three.logprobs), np.asarray(one.logprobs), atol=1e-5)
@@ -192,18 +209,47 @@ def test_decode_runs_in_the_donated_per_layer_cache(qwen2_vl):
     model = qwen2_vl[2]
     graphdef, state = nnx.split(model)
     batch = tm.make_batch(ROWS, seed=3)
-    cache, logits, deltas, first = engine.prefill((graphdef, state), batch, layout=model.image_layout,
-                                                 cache_len_extra=256, num_samples=2)
+    cache, logits, deltas, first = engine.prefill(
+        (graphdef, state), batch, layout=model.image_layout, cache_len_extra=256, num_samples=2
+    )
     L = model.config.num_hidden_layers
     assert isinstance(cache["k"], tuple) and len(cache["k"]) == L == len(cache["v"])
     cache_bytes = sum(a.nbytes for a in cache["k"] + cache["v"])
-    args = (graphdef, state, cache, logits, deltas, np.zeros(len(logits), bool), jax.random.key(0), np.int32(first),
-            np.int32(NEW), np.asarray([tm.EOS], np.int32), np.float32(1.0), np.float32(1.0), np.int32(tm.PAD))
-    mem = engine._decode.lower(*args, greedy=False, top_k=0, use_top_p=False, buf_len=64, mesh=None) \
-        .compile().memory_analysis()
+    args = (
+        graphdef,
+        state,
+        cache,
+        logits,
+        deltas,
+        np.zeros(len(logits), bool),
+        jax.random.key(0),
+        np.int32(first),
+        np.int32(NEW),
+        np.asarray([tm.EOS], np.int32),
+        np.float32(1.0),
+        np.float32(1.0),
+        np.int32(tm.PAD),
+    )
+    mem = (
+        engine._decode.lower(*args, greedy=False, top_k=0, use_top_p=False, buf_len=64, mesh=None)
+        .compile()
+        .memory_analysis()
+    )
     assert mem.alias_size_in_bytes >= cache_bytes
     assert mem.temp_size_in_bytes < 0.5 * cache_bytes, (mem.temp_size_in_bytes, cache_bytes)
-    out = engine.decode((graphdef, state), cache, logits, deltas, first_slot=first, max_new_tokens=NEW, buf_len=64,
-                        temperature=0.0, top_p=1.0, top_k=0, eos_token_id=None, rng=0)
-    assert all(a.is_deleted() for a in cache["k"])      # donated: the loop wrote into these buffers
+    out = engine.decode(
+        (graphdef, state),
+        cache,
+        logits,
+        deltas,
+        first_slot=first,
+        max_new_tokens=NEW,
+        buf_len=64,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        eos_token_id=None,
+        rng=0,
+    )
+    assert all(a.is_deleted() for a in cache["k"])  # donated: the loop wrote into these buffers
     np.testing.assert_array_equal(np.asarray(out.lengths), [NEW] * 6)

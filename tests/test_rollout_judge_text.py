@@ -1,5 +1,6 @@
 """`judge_texts`: GRM prompts built from text (template + chat format + image), split at the
 pairs' common token prefix, judged with the shared prefix cache == each full prompt generated alone."""
+
 import numpy as np
 from flax import nnx
 from transformers import AutoTokenizer
@@ -11,9 +12,11 @@ from grlhfv_jax.models import from_config
 from grlhfv_jax.rl import grm_reward
 from grlhfv_jax.rollout import engine, judge
 
-CORPUS = ["The red circle is above the blue square. Scores \\boxed{7, 3}",
-          "Response 1 is better than Response 2 because it is correct.",
-          "What color is the shape? It is green and small."] * 30
+CORPUS = [
+    "The red circle is above the blue square. Scores \\boxed{7, 3}",
+    "Response 1 is better than Response 2 because it is correct.",
+    "What color is the shape? It is green and small.",
+] * 30
 
 
 def test_judge_texts_equals_full_prompts(tmp_path):
@@ -26,10 +29,20 @@ def test_judge_texts_equals_full_prompts(tmp_path):
     improc = processing.load_image_processor(min_pixels=56 * 56, max_pixels=56 * 84, patch_size=14, merge_size=2)
     rng = np.random.default_rng(0)
     items = [
-        {"question": "What color is the shape?", "image": rng.integers(0, 255, (56, 84, 3), dtype=np.uint8),
-         "pairs": [("It is green.", "Red circle."), ("Red circle.", "It is green."), ("Green and small.", "It is green.")]},
-        {"question": "Which is better?", "image": rng.integers(0, 255, (56, 56, 3), dtype=np.uint8),
-         "pairs": [("Response 1 is better.", "The blue square is above it, small and red.")]},
+        {
+            "question": "What color is the shape?",
+            "image": rng.integers(0, 255, (56, 84, 3), dtype=np.uint8),
+            "pairs": [
+                ("It is green.", "Red circle."),
+                ("Red circle.", "It is green."),
+                ("Green and small.", "It is green."),
+            ],
+        },
+        {
+            "question": "Which is better?",
+            "image": rng.integers(0, 255, (56, 56, 3), dtype=np.uint8),
+            "pairs": [("Response 1 is better.", "The blue square is above it, small and red.")],
+        },
     ]
     out, texts = judge.judge_texts(model, tok, improc, items, max_new_tokens=6)
     # reference: every pair's full prompt on its own (same text construction, full tokenization)

@@ -1,5 +1,6 @@
 """Sampling math against numpy references, and the decode loop's bookkeeping (EOS, truncation,
 padding, grouping of samples, log-probs, rng) on a hand-made model with known logits."""
+
 import collections
 
 import jax
@@ -11,9 +12,9 @@ from flax import nnx
 from grlhfv_jax.models.qwen2_vl import QwenImages
 from grlhfv_jax.rollout import engine, judge, sampling
 
-
 # ----------------------------------------------------------------------------- numpy references
 # transformers' warpers, written out in numpy (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
 
 def np_filter(logits, temperature, top_k, top_p):
     x = logits.astype(np.float64) / temperature
@@ -21,12 +22,12 @@ def np_filter(logits, temperature, top_k, top_p):
         kth = np.sort(x, axis=-1)[:, -top_k][:, None]
         x = np.where(x < kth, -np.inf, x)
     if top_p < 1.0:
-        order = np.argsort(x, axis=-1, kind="stable")                      # ascending
+        order = np.argsort(x, axis=-1, kind="stable")  # ascending
         xs = np.take_along_axis(x, order, -1)
         e = np.exp(xs - xs.max(-1, keepdims=True))
         cum = np.cumsum(e / e.sum(-1, keepdims=True), axis=-1)
         remove_sorted = cum <= 1 - top_p
-        remove_sorted[:, -1] = False                                       # keep at least one
+        remove_sorted[:, -1] = False  # keep at least one
         remove = np.zeros_like(remove_sorted)
         np.put_along_axis(remove, order, remove_sorted, -1)
         x = np.where(remove, -np.inf, x)
@@ -45,8 +46,10 @@ def logits():
     return (rng.normal(size=(6, 50)) * 2.0).astype(np.float32)
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [
-    (1.0, 0, 1.0), (0.7, 5, 1.0), (1.0, 0, 0.9), (1.3, 0, 0.5), (0.8, 10, 0.8), (1.0, 1, 0.3), (2.0, 0, 0.05)])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p",
+    [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.0, 0, 0.9), (1.3, 0, 0.5), (0.8, 10, 0.8), (1.0, 1, 0.3), (2.0, 0, 0.05)],
+)
 def test_filter_matches_numpy(logits, temperature, top_k, top_p):
     ours = np.asarray(sampling.filter_logits(jnp.asarray(logits), temperature=temperature, top_k=top_k, top_p=top_p))
     ref = np_filter(logits, temperature, top_k, top_p)
@@ -62,7 +65,7 @@ def test_hand_computed_top_p_top_k():
     keep = lambda **kw: np.isfinite(np.asarray(sampling.filter_logits(x, **kw)))[0].tolist()
     assert keep(top_p=0.6) == [False, True, False, True]
     assert keep(top_p=0.75) == [False, True, False, True]
-    assert keep(top_p=0.76) == [True, True, True, True]   # tie at 0.125: both kept (threshold rule)
+    assert keep(top_p=0.76) == [True, True, True, True]  # tie at 0.125: both kept (threshold rule)
     assert keep(top_k=1) == [False, True, False, False]
     assert keep(top_k=3) == [True, True, True, True]
     assert keep(top_k=2, top_p=0.5) == [False, True, False, False]
@@ -137,11 +140,13 @@ class ToyLM(nnx.Module):
         self.config = ToyConfig(spatial_merge_size=2, image_token_id=99)
 
     def init_cache(self, batch, max_len, dtype=None):
-        return {"k": jnp.zeros((1, batch, max_len, 1, 1), jnp.float32),
-                "v": jnp.zeros((1, batch, max_len, 1, 1), jnp.float32),
-                "mask": jnp.zeros((batch, max_len), bool)}
+        return {
+            "k": jnp.zeros((1, batch, max_len, 1, 1), jnp.float32),
+            "v": jnp.zeros((1, batch, max_len, 1, 1), jnp.float32),
+            "mask": jnp.zeros((batch, max_len), bool),
+        }
 
-    shared_prompt = False     # the family contract (`models.contract.VLModel`)
+    shared_prompt = False  # the family contract (`models.contract.VLModel`)
     group_images = False
 
     @property
@@ -162,7 +167,7 @@ class ToyLM(nnx.Module):
     def __call__(self, input_ids, attention_mask=None, *, position_ids=None, cache=None, cache_index=None, **kw):
         mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask.astype(bool), (0, cache_index))
         logits = 4.0 * jax.nn.one_hot((position_ids[0] + 1) % V, V) + self.bias[...]
-        return logits, {"k": cache["k"], "v": cache["v"], "mask": mask}   # "hidden" = logits
+        return logits, {"k": cache["k"], "v": cache["v"], "mask": mask}  # "hidden" = logits
 
     def logits(self, h):
         return h
@@ -189,10 +194,11 @@ def toy_logprob(prev_pos, tok):
 
 def test_toy_greedy_eos_truncation_logprobs(toy):
     # greedy tokens are (position + 1) % 16: row 0 starts at 1003 % 16 = 11, row 1 at 1005 % 16 = 13
-    out = engine.generate(toy, _toy_batch(), max_new_tokens=6, temperature=0.0, eos_token_id=[0, 7],
-                          num_samples=2, pad_token_id=-1)
-    exp0 = [11, 12, 13, 14, 15, 0]          # EOS exactly at the last step: finished
-    exp1 = [13, 14, 15, 0, -1, -1]          # EOS at step 4, then padding
+    out = engine.generate(
+        toy, _toy_batch(), max_new_tokens=6, temperature=0.0, eos_token_id=[0, 7], num_samples=2, pad_token_id=-1
+    )
+    exp0 = [11, 12, 13, 14, 15, 0]  # EOS exactly at the last step: finished
+    exp1 = [13, 14, 15, 0, -1, -1]  # EOS at step 4, then padding
     np.testing.assert_array_equal(np.asarray(out.tokens), [exp0, exp0, exp1, exp1])
     np.testing.assert_array_equal(np.asarray(out.lengths), [6, 6, 4, 4])
     np.testing.assert_array_equal(np.asarray(out.finished), [True] * 4)
@@ -223,7 +229,7 @@ def test_toy_sampling_rng(toy):
     np.testing.assert_array_equal(a.logprobs, b.logprobs)
     assert not np.array_equal(np.asarray(a.tokens), np.asarray(c.tokens))
     t = np.asarray(a.tokens)
-    assert not (np.array_equal(t[0], t[1]) and np.array_equal(t[1], t[2]))   # samples are independent
+    assert not (np.array_equal(t[0], t[1]) and np.array_equal(t[1], t[2]))  # samples are independent
     # each sampled token's log-prob is the raw (temperature 1, unfiltered) model's
     for r in range(6):
         p0 = 1002 if r < 3 else 1004
@@ -266,9 +272,12 @@ class StackedToyLM(ToyLM):
 
     def __call__(self, input_ids, attention_mask=None, *, position_ids=None, cache=None, cache_index=None, **kw):
         B, T = input_ids.shape
-        k = jax.lax.dynamic_update_slice(cache["k"], jnp.ones((1, B, T, 1, 1), cache["k"].dtype), (0, 0, cache_index, 0, 0))
-        logits, new = super().__call__(input_ids, attention_mask, position_ids=position_ids, cache=cache,
-                                       cache_index=cache_index)
+        k = jax.lax.dynamic_update_slice(
+            cache["k"], jnp.ones((1, B, T, 1, 1), cache["k"].dtype), (0, 0, cache_index, 0, 0)
+        )
+        logits, new = super().__call__(
+            input_ids, attention_mask, position_ids=position_ids, cache=cache, cache_index=cache_index
+        )
         return logits, dict(new, k=k)
 
 

@@ -3,6 +3,7 @@ unrolled model (logits with images, the KV cache and the sampler, shared_prompt_
 and one GRPO update with remat), load transformers' checkpoints (logit parity) and export the same
 safetensors; weight decay skips the stacked biases and norms; the config key is checked and
 reaches the model. Tiny 3-layer checkpoints of both families."""
+
 import re
 
 import jax
@@ -14,19 +15,17 @@ from safetensors.numpy import load_file
 
 import tiny_models as tm
 from grlhfv_jax import config as config_schema
-from grlhfv_jax import sharding
+from grlhfv_jax import roles, sharding
 from grlhfv_jax.models import load_pretrained, save_pretrained
 from grlhfv_jax.rl import optim
 from grlhfv_jax.rollout import engine
 from grlhfv_jax.trainers import steps
-from grlhfv_jax import roles
 from test_shared_prompt import G, P, R, batch  # noqa: F401  (the module-scoped GRPO batch fixture)
 
 L = 3
-TOL = 1e-4       # against transformers (as test_models_qwen2_vl)
-SAME = 1e-5      # scan against the unrolled model: the same operations
-IMG_ROWS = [[[5, 6, 7, 8, 9], (1, 8, 12), [10, 11, 12, 13]],
-            [[3, 4], (1, 6, 4), [14], (1, 4, 4), [15, 16, 17, 18]]]
+TOL = 1e-4  # against transformers (as test_models_qwen2_vl)
+SAME = 1e-5  # scan against the unrolled model: the same operations
+IMG_ROWS = [[[5, 6, 7, 8, 9], (1, 8, 12), [10, 11, 12, 13]], [[3, 4], (1, 6, 4), [14], (1, 4, 4), [15, 16, 17, 18]]]
 RT = dict(remat=True, remat_policy="dots")
 
 
@@ -74,7 +73,7 @@ def test_stacked_params_their_axes_and_shardings(models):
             spec = spec[:-1]
         assert tuple(a.get_value().spec) == spec, (a, b)
     assert tuple(scanned.model.layers.mlp.up_proj.kernel.get_value().shape) == (L, 64, 96)
-    assert tuple(got[-1].get_value().spec) or tuple(got[0].get_value().spec)   # some axis is sharded
+    assert tuple(got[-1].get_value().spec) or tuple(got[0].get_value().spec)  # some axis is sharded
 
 
 def test_logits_equal_transformers_and_the_unrolled_model(models):
@@ -132,8 +131,14 @@ def test_shared_prompt_hidden_and_gradients_equal_the_unrolled_model(models, bat
     b, Tp, _ = batch
     pos, _ = unrolled.rope_index(b["input_ids"], b["attention_mask"], b["image_grid_thw"])
     emb = unrolled.encode_images(b["pixel_values"], b["image_grid_thw"])
-    hid = [np.asarray(m.shared_prompt_hidden(b["input_ids"], b["attention_mask"], group=G, prompt_len=Tp,
-                                             position_ids=pos, image_embeds=emb)) for m in (unrolled, scanned)]
+    hid = [
+        np.asarray(
+            m.shared_prompt_hidden(
+                b["input_ids"], b["attention_mask"], group=G, prompt_len=Tp, position_ids=pos, image_embeds=emb
+            )
+        )
+        for m in (unrolled, scanned)
+    ]
     assert hid[0].shape == (P * G, R, 64)
     np.testing.assert_allclose(hid[1], hid[0], atol=SAME)
 
@@ -178,12 +183,16 @@ def test_decay_mask_does_not_count_the_layer_axis(models):
     assert got["model.layers.self_attn.q_proj.kernel"] and not got["model.layers.self_attn.q_proj.bias"]
     assert not got["model.layers.input_layernorm.weight"] and got["model.embed_tokens.weight"]
     # by path: a stacked [L, d] bias is a vector; a [L, in, out] kernel a matrix
-    tree = {"model": {"layers": {"mlp": {"kernel": jnp.zeros((3, 4, 5))}, "norm": {"weight": jnp.zeros((3, 4))}},
-                      "other": {"kernel": jnp.zeros((4, 5))}}}
+    tree = {
+        "model": {
+            "layers": {"mlp": {"kernel": jnp.zeros((3, 4, 5))}, "norm": {"weight": jnp.zeros((3, 4))}},
+            "other": {"kernel": jnp.zeros((4, 5))},
+        }
+    }
     assert jax.tree.leaves(optim.decay_mask(tree)) == [True, False, True]
 
 
-@pytest.mark.parametrize("models", ["qwen2_vl"], indirect=True)   # one family is enough for the update
+@pytest.mark.parametrize("models", ["qwen2_vl"], indirect=True)  # one family is enough for the update
 def test_one_grpo_update_equals_the_unrolled_models(models, batch):  # noqa: F811
     """One GRPO step (shared prompts, the response window, AdamW with weight decay and clipping):
     the same metrics and the same updated parameters."""
@@ -203,14 +212,15 @@ def test_one_grpo_update_equals_the_unrolled_models(models, batch):  # noqa: F81
         np.testing.assert_allclose(float(m_s[k]), float(m_u[k]), rtol=1e-5, err_msg=k)
     _assert_stacked_equal(_layers(scanned), _layers(unrolled), 1e-6, "updated weights")
     before = load_pretrained(path)
-    assert not np.allclose(np.asarray(before.model.layers[1].self_attn.q_proj.bias.get_value()),
-                           np.asarray(unrolled.model.layers[1].self_attn.q_proj.bias.get_value()))
+    assert not np.allclose(
+        np.asarray(before.model.layers[1].self_attn.q_proj.bias.get_value()),
+        np.asarray(unrolled.model.layers[1].self_attn.q_proj.bias.get_value()),
+    )
 
 
 def test_the_config_key_is_checked_and_reaches_the_model():
-    from test_config_schema import demo
-
     from grlhfv_jax.config import ConfigError, sections
+    from test_config_schema import demo
 
     assert sections.MODEL["scan_layers"].default is False
     config = demo()
@@ -222,5 +232,6 @@ def test_the_config_key_is_checked_and_reaches_the_model():
     assert rt["scan_layers"] is True
     assert roles.runtime(config_schema.typed_section(sections.MODEL, dict(hf_config={})))["scan_layers"] is False
     from grlhfv_jax import models as M
+
     model = nnx.eval_shape(lambda: M.from_config(tm.tiny_hf_config("qwen2_vl").to_dict(), **rt))
     assert model.config.scan_layers and not isinstance(model.model.layers, nnx.List)

@@ -4,6 +4,7 @@ in pieces, Qwen2.5's windowed and full-attention blocks in one program), load tr
 checkpoints (logit parity) and export the same safetensors; weight decay skips the stacked biases
 and norms; the stack axis is replicated and a sharded tower (8 fake devices) gives the same values;
 the config key is checked and reaches the model. Tiny 3-block towers of both families."""
+
 import re
 
 import jax
@@ -15,22 +16,23 @@ from safetensors.numpy import load_file
 
 import tiny_models as tm
 from grlhfv_jax import config as config_schema
-from grlhfv_jax import sharding
+from grlhfv_jax import roles, sharding
 from grlhfv_jax.models import load_pretrained, save_pretrained
 from grlhfv_jax.models.qwen2_vl.vision import VisionTower
 from grlhfv_jax.rl import optim
-from grlhfv_jax import roles
 
-DEPTH = 3        # Qwen2.5: block 1 full attention, blocks 0 and 2 windowed (tiny_models' window: 2 x 2 units)
-TOL = 1e-4       # against transformers (as test_models_qwen2_vl)
-SAME = 1e-5      # scan against the unrolled tower: the same operations
-IMG_ROWS = [[[5, 6, 7, 8, 9], (1, 8, 12), [10, 11, 12, 13]],
-            [[3, 4], (1, 6, 4), [14], (1, 4, 4), [15, 16, 17, 18]]]
-GRID = np.asarray([(1, 8, 12), (1, 6, 4), (1, 4, 4)], np.int32)   # 136 patches, then 4 padding ones
+DEPTH = 3  # Qwen2.5: block 1 full attention, blocks 0 and 2 windowed (tiny_models' window: 2 x 2 units)
+TOL = 1e-4  # against transformers (as test_models_qwen2_vl)
+SAME = 1e-5  # scan against the unrolled tower: the same operations
+IMG_ROWS = [[[5, 6, 7, 8, 9], (1, 8, 12), [10, 11, 12, 13]], [[3, 4], (1, 6, 4), [14], (1, 4, 4), [15, 16, 17, 18]]]
+GRID = np.asarray([(1, 8, 12), (1, 6, 4), (1, 4, 4)], np.int32)  # 136 patches, then 4 padding ones
 N = 140
 # runtime choices of the tower: dense; banded (blocks of the largest frame, 2 blocks); banded, one block a piece
-VARIANTS = {"dense": dict(vision_block=0, vision_chunk=0), "banded": dict(vision_block=96, vision_chunk=0),
-            "pieces": dict(vision_block=96, vision_chunk=96)}
+VARIANTS = {
+    "dense": dict(vision_block=0, vision_chunk=0),
+    "banded": dict(vision_block=96, vision_chunk=0),
+    "pieces": dict(vision_block=96, vision_chunk=96),
+}
 RT = dict(remat=True, remat_policy="dots")
 
 
@@ -69,9 +71,11 @@ def _weights():
 
 def _value_and_grad(mesh=None):
     """jitted (tower, pixels, w) -> ((loss, out [N/4, 64]), grads of every tower parameter)."""
+
     def loss(tower, pv, w):
         out = tower(pv, jnp.asarray(GRID), mesh=mesh)
         return jnp.sum(jnp.tanh(out) * w), out
+
     return nnx.jit(nnx.value_and_grad(loss, has_aux=True))
 
 
@@ -94,7 +98,7 @@ def test_stacked_params_their_axes_and_shardings(models):
         while spec and spec[-1] is None:
             spec = spec[:-1]
         assert tuple(a.get_value().spec) == spec, (a, b)
-    assert any(tuple(a.get_value().spec) for a in got)   # some axis is sharded
+    assert any(tuple(a.get_value().spec) for a in got)  # some axis is sharded
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -112,7 +116,7 @@ def test_tower_outputs_and_gradients_equal_the_unrolled_tower(models, pixels, va
     (ls, out_s), g_s = f(ts, pixels, w)
     assert out_u.shape == (N // 4, 64) and np.isfinite(np.asarray(out_u)).all()
     np.testing.assert_allclose(np.asarray(out_s), np.asarray(out_u), atol=SAME)
-    assert float(ls) == pytest.approx(float(lu), abs=1e-4)   # a sum of 2,240 terms that nearly cancel
+    assert float(ls) == pytest.approx(float(lu), abs=1e-4)  # a sum of 2,240 terms that nearly cancel
     g_u, g_s = nnx.to_pure_dict(g_u), nnx.to_pure_dict(g_s)
     scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_u))
     _assert_stacked_equal(g_s.pop("blocks"), g_u.pop("blocks"), 1e-5 * scale, "grads")
@@ -123,9 +127,10 @@ def test_tower_outputs_and_gradients_equal_the_unrolled_tower(models, pixels, va
     jaxpr = str(jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(pixels, jnp.asarray(GRID)))(state))
     assert re.findall(r"length=\d+", jaxpr).count(f"length={DEPTH}") == 1, "one scan over the blocks"
     assert re.search(r"scan\[.*(checkpoint|remat2)\[", jaxpr, re.S), "remat inside it"
-    if fam == "qwen2_5_vl":   # the windowed blocks matter: all blocks full attention gives other values
-        full = nnx.eval_shape(lambda: VisionTower(scanned.config.replace(fullatt_block_indexes=(0, 1, 2), **rt),
-                                                  nnx.Rngs(0)))
+    if fam == "qwen2_5_vl":  # the windowed blocks matter: all blocks full attention gives other values
+        full = nnx.eval_shape(
+            lambda: VisionTower(scanned.config.replace(fullatt_block_indexes=(0, 1, 2), **rt), nnx.Rngs(0))
+        )
         nnx.update(full, nnx.state(scanned.visual))
         (_, out_full), _ = f(full, pixels, w)
         assert np.abs(np.asarray(out_full) - np.asarray(out_u)).max() > 100 * SAME
@@ -160,8 +165,10 @@ def test_export_round_trips_to_the_same_safetensors(models, tmp_path):
     again = load_pretrained(tmp_path / "scanned", scan_vision=True, scan_layers=True)
     assert again.config.scan_vision and again.config.scan_layers
     _assert_stacked_equal(_blocks(again), _blocks(unrolled), 0, "reloaded")
-    np.testing.assert_array_equal(np.asarray(again.model.layers.self_attn.q_proj.bias.get_value()[1]),
-                                  np.asarray(unrolled.model.layers[1].self_attn.q_proj.bias.get_value()))
+    np.testing.assert_array_equal(
+        np.asarray(again.model.layers.self_attn.q_proj.bias.get_value()[1]),
+        np.asarray(unrolled.model.layers[1].self_attn.q_proj.bias.get_value()),
+    )
 
 
 def test_decay_mask_does_not_count_the_block_axis(models):
@@ -176,8 +183,12 @@ def test_decay_mask_does_not_count_the_block_axis(models):
     assert got == want
     assert got["visual.blocks.attn.qkv.kernel"] and not got["visual.blocks.attn.qkv.bias"]
     assert not got["visual.blocks.norm1.weight"] and got["visual.merger.mlp_0.kernel"]
-    tree = {"visual": {"blocks": {"attn": {"kernel": jnp.zeros((3, 4, 5))}, "norm1": {"weight": jnp.zeros((3, 4))}},
-                       "patch_embed": {"kernel": jnp.zeros((4, 5))}}}
+    tree = {
+        "visual": {
+            "blocks": {"attn": {"kernel": jnp.zeros((3, 4, 5))}, "norm1": {"weight": jnp.zeros((3, 4))}},
+            "patch_embed": {"kernel": jnp.zeros((4, 5))},
+        }
+    }
     assert jax.tree.leaves(optim.decay_mask(tree)) == [True, False, True]
 
 
@@ -202,10 +213,9 @@ def test_a_sharded_tower_gives_the_same_values(models, pixels):
 
 
 def test_the_config_key_is_checked_and_reaches_the_model():
-    from test_config_schema import demo
-
     from grlhfv_jax import models as M
     from grlhfv_jax.config import ConfigError, sections
+    from test_config_schema import demo
 
     assert sections.MODEL["scan_vision"].default is False
     config = demo()
@@ -216,7 +226,7 @@ def test_the_config_key_is_checked_and_reaches_the_model():
     config = demo()
     with config.unlocked():
         config.model.grm["scan_vision"] = True
-    rt = roles.runtime(config_schema.validate(config).model.grm)   # what the stages pass to from_config
+    rt = roles.runtime(config_schema.validate(config).model.grm)  # what the stages pass to from_config
     assert rt["scan_vision"] is True
     assert roles.runtime(config_schema.typed_section(sections.MODEL, dict(hf_config={})))["scan_vision"] is False
     model = nnx.eval_shape(lambda: M.from_config(tm.tiny_hf_config("qwen2_5_vl").to_dict(), **rt))
@@ -228,6 +238,7 @@ def test_a_freeze_prefix_that_names_no_parameter_is_an_error(models):
     """`freeze` prefixes are checked against the model: one block of a scanned tower (stacked, no
     `visual.blocks.1`) or a typo would otherwise leave those parameters training."""
     from grlhfv_jax.trainers import loop
+
     _, _, _, unrolled, scanned = models
     loop.check_freeze(unrolled, ("visual", "visual.blocks.1"))
     loop.check_freeze(scanned, ("visual.blocks", "model.layers.0"))

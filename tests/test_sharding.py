@@ -1,4 +1,5 @@
 """sharding.py: mesh construction, logical rules -> specs, placement, and sharded == unsharded numbers."""
+
 import os
 
 import jax
@@ -34,10 +35,10 @@ def test_logical_to_spec_rules():
     spec = lambda axes, shape: S.logical_to_spec(axes, shape, mesh)  # noqa: E731
     assert spec(("embed", "mlp"), (4, 8)) == P("fsdp", "tensor")
     assert spec(("mlp", "embed"), (8, 4)) == P("tensor", "fsdp")
-    assert spec(("embed", "mlp"), (3, 8)) == P(None, "tensor")      # 3 % fsdp(2) != 0 -> replicated
-    assert spec(("vocab", "embed"), (6, 4)) == P(None, "fsdp")      # 6 % tensor(4) != 0
+    assert spec(("embed", "mlp"), (3, 8)) == P(None, "tensor")  # 3 % fsdp(2) != 0 -> replicated
+    assert spec(("vocab", "embed"), (6, 4)) == P(None, "fsdp")  # 6 % tensor(4) != 0
     assert spec(("embed", "q_heads", "head_dim"), (4, 4, 16)) == P("fsdp", "tensor")
-    assert spec(("embed", "vision_embed"), (4, 4)) == P("fsdp")     # an axis is used once
+    assert spec(("embed", "vision_embed"), (4, 4)) == P("fsdp")  # an axis is used once
     assert spec(("norm",), (4,)) == P()
     assert spec((None, None), (4, 8)) == P()
     assert spec(None, (4, 8)) == P()
@@ -45,13 +46,25 @@ def test_logical_to_spec_rules():
         spec(("embed", "mlp"), (4,))
     with pytest.raises(ValueError, match="unknown logical axis name 'hidden'"):
         spec(("hidden",), (4,))
-    dp = S.make_mesh((8, 1, 1))   # pure data parallel: every parameter replicated
+    dp = S.make_mesh((8, 1, 1))  # pure data parallel: every parameter replicated
     for name in S.LOGICAL_RULES:
         assert S.logical_to_spec((name,), (8,), dp) == P()
     # every logical name of internal_api.md has a rule
-    assert set(S.LOGICAL_RULES) == {"vocab", "embed", "mlp", "q_heads", "kv_heads", "head_dim", "vision_embed",
-                                    "vision_mlp", "vision_heads", "vision_patch", "norm", "layers"}
-    assert spec(("layers", "embed", "mlp"), (3, 4, 8)) == P(None, "fsdp", "tensor")   # scan_layers: stacked
+    assert set(S.LOGICAL_RULES) == {
+        "vocab",
+        "embed",
+        "mlp",
+        "q_heads",
+        "kv_heads",
+        "head_dim",
+        "vision_embed",
+        "vision_mlp",
+        "vision_heads",
+        "vision_patch",
+        "norm",
+        "layers",
+    }
+    assert spec(("layers", "embed", "mlp"), (3, 4, 8)) == P(None, "fsdp", "tensor")  # scan_layers: stacked
 
 
 class ToyMLP(nnx.Module):
@@ -76,9 +89,14 @@ class ToyMLP(nnx.Module):
 def test_shard_model_places_each_param():
     mesh = S.make_mesh((1, 2, 4))
     model = S.shard_model(ToyMLP(rngs=nnx.Rngs(0)), mesh)
-    expect = {"embedding": (P("tensor", "fsdp"), (3, 4)), "up": (P("fsdp", "tensor"), (4, 4)),
-              "down": (P("tensor", "fsdp"), (4, 4)), "norm": (P(), (8,)), "head": (P("fsdp", "tensor"), (4, 3)),
-              "steps": (P(), ())}
+    expect = {
+        "embedding": (P("tensor", "fsdp"), (3, 4)),
+        "up": (P("fsdp", "tensor"), (4, 4)),
+        "down": (P("tensor", "fsdp"), (4, 4)),
+        "norm": (P(), (8,)),
+        "head": (P("fsdp", "tensor"), (4, 3)),
+        "steps": (P(), ()),
+    }
     shardings = S.model_shardings(model, mesh)
     for name, (spec, shard_shape) in expect.items():
         arr = getattr(model, name)[...]
@@ -94,9 +112,14 @@ def test_shard_model_places_each_param():
 def test_shard_batch():
     mesh = S.make_mesh((2, 2, 2))
     rng = np.random.RandomState(0)
-    batch = {"input_ids": rng.randint(0, 9, (8, 5)).astype(np.int32), "attention_mask": np.ones((8, 5), np.int32),
-             "pixel_values": rng.randn(13, 6).astype(np.float32), "image_grid_thw": np.asarray([[1, 2, 2]] * 3),
-             "temperature": np.float32(0.7), "texts": ["a"] * 8}
+    batch = {
+        "input_ids": rng.randint(0, 9, (8, 5)).astype(np.int32),
+        "attention_mask": np.ones((8, 5), np.int32),
+        "pixel_values": rng.randn(13, 6).astype(np.float32),
+        "image_grid_thw": np.asarray([[1, 2, 2]] * 3),
+        "temperature": np.float32(0.7),
+        "texts": ["a"] * 8,
+    }
     out = S.shard_batch(batch, mesh)
     assert out["input_ids"].sharding.spec == P(("data", "fsdp"))
     assert {s.data.shape for s in out["input_ids"].addressable_shards} == {(2, 5)}
@@ -117,8 +140,14 @@ def test_process_slice_and_single_process_init(monkeypatch):
     assert S.process_slice(8) == slice(0, 8)
     with pytest.raises(ValueError, match="do not split evenly over 3"):
         S.process_slice(10, 0, 3)
-    for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "SLURM_NTASKS",
-              "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
+    for k in (
+        "JAX_COORDINATOR_ADDRESS",
+        "COORDINATOR_ADDRESS",
+        "JAX_NUM_PROCESSES",
+        "SLURM_NTASKS",
+        "OMPI_COMM_WORLD_SIZE",
+        "TPU_WORKER_HOSTNAMES",
+    ):
         monkeypatch.delenv(k, raising=False)
     assert S.initialize_distributed() == (0, 1)
     assert not jax.distributed.is_initialized()
@@ -177,7 +206,7 @@ def test_toy_sharded_train_step_matches_one_device(mesh_shape, toy_reference):
 
 # ----------------------------------------------------------------------------- two processes
 
-_WORKER = r'''
+_WORKER = r"""
 import json, os, sys
 pid, port, tests_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
@@ -212,16 +241,16 @@ opt = nnx.Optimizer(model, optax.sgd(0.5), wrt=nnx.Param)
 losses = [float(T._toy_step(opt, model, b["ids"], b["mask"])) for _ in range(2)]
 up = multihost_utils.process_allgather(model.up[...], tiled=True)
 print("RESULT" + json.dumps({"losses": losses, "up": np.asarray(up).tolist()}))
-'''
+"""
 
 
 def test_two_process_cpu_multihost(tmp_path, toy_reference):
     """Two local processes x 4 CPU devices joined by jax.distributed: each feeds its half of the
     batch (process_local=True); the global train step equals the one-device reference."""
+    import json
     import socket
     import subprocess
     import sys
-    import json
 
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -229,8 +258,16 @@ def test_two_process_cpu_multihost(tmp_path, toy_reference):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), env.get("PYTHONPATH", "")])
     tests_dir = os.path.dirname(__file__)
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(p), str(port), tests_dir], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(p), str(port), tests_dir],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for p in range(2)
+    ]
     outs = []
     for p in procs:
         try:
@@ -275,11 +312,22 @@ def tiny_vl(tmp_path_factory):
     import tiny_models as TM
     from grlhfv_jax import models
 
-    path = TM.save_tiny_model(tmp_path_factory.mktemp("tiny_q2vl"), "qwen2_vl",
-                              text={"num_key_value_heads": 4, "num_hidden_layers": 1}, vision={"depth": 1})
-    rows = [[[1, 5, 6], (1, 2, 2), [7, 8]], [[1, 9], (1, 4, 2), [10]], [[1, 11, 12, 13, 14]],
-            [[1], (1, 2, 4), [15, 16]], [[1, 17], (1, 2, 2)], [[1, 18, 19], (1, 2, 2), [20]],
-            [(1, 4, 4), [21]], [[1, 22, 23, 24], (1, 2, 2)]]
+    path = TM.save_tiny_model(
+        tmp_path_factory.mktemp("tiny_q2vl"),
+        "qwen2_vl",
+        text={"num_key_value_heads": 4, "num_hidden_layers": 1},
+        vision={"depth": 1},
+    )
+    rows = [
+        [[1, 5, 6], (1, 2, 2), [7, 8]],
+        [[1, 9], (1, 4, 2), [10]],
+        [[1, 11, 12, 13, 14]],
+        [[1], (1, 2, 4), [15, 16]],
+        [[1, 17], (1, 2, 2)],
+        [[1, 18, 19], (1, 2, 2), [20]],
+        [(1, 4, 4), [21]],
+        [[1, 22, 23, 24], (1, 2, 2)],
+    ]
     batch = TM.make_batch(rows, pad_side="left", seed=0)
     batch = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
     batch["image_grid_thw"] = batch["image_grid_thw"].astype(np.int32)
@@ -319,11 +367,16 @@ def test_tiny_qwen2_vl_sharded_forward_and_step_match_one_device(tiny_vl, mesh_s
         np.testing.assert_allclose(params[k], ref_params[k], err_msg=str(k), **VL_TOL)
     # the parameters are really split as the rules say
     attn = model.model.layers[0].self_attn
-    want = {(8, 1, 1): (P(), P()), (2, 4, 1): (P("fsdp"), P(None, "fsdp")),
-            (1, 2, 4): (P("fsdp", "tensor"), P("tensor", "fsdp"))}[mesh_shape]
+    want = {
+        (8, 1, 1): (P(), P()),
+        (2, 4, 1): (P("fsdp"), P(None, "fsdp")),
+        (1, 2, 4): (P("fsdp", "tensor"), P("tensor", "fsdp")),
+    }[mesh_shape]
     assert (attn.q_proj.kernel[...].sharding.spec, attn.o_proj.kernel[...].sharding.spec) == want
-    assert model.model.embed_tokens.weight[...].sharding.spec == {
-        (8, 1, 1): P(), (2, 4, 1): P(None, "fsdp"), (1, 2, 4): P("tensor", "fsdp")}[mesh_shape]
+    assert (
+        model.model.embed_tokens.weight[...].sharding.spec
+        == {(8, 1, 1): P(), (2, 4, 1): P(None, "fsdp"), (1, 2, 4): P("tensor", "fsdp")}[mesh_shape]
+    )
 
 
 def test_tiny_qwen2_vl_activations_follow_the_activation_rules(tiny_vl):
@@ -341,7 +394,9 @@ def test_tiny_qwen2_vl_activations_follow_the_activation_rules(tiny_vl):
     rows = TM.make_batch([[[1, 2, 3], (1, 2, 2), [4]]] * 4, pad_side="left", seed=1)
     b = S.shard_batch({k: rows[k] for k in ("input_ids", "attention_mask")}, mesh)
     fwd = nnx.jit(lambda m, ids, am, pv, g: m(ids, am, pv, g))
-    logits = fwd(model, b["input_ids"], b["attention_mask"], rows["pixel_values"], rows["image_grid_thw"].astype(np.int32))
+    logits = fwd(
+        model, b["input_ids"], b["attention_mask"], rows["pixel_values"], rows["image_grid_thw"].astype(np.int32)
+    )
     assert logits.shape[0] == 4 and logits.shape[-1] % 2 == 0
     want = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor"))
     assert logits.sharding.is_equivalent_to(want, logits.ndim), logits.sharding
@@ -351,6 +406,7 @@ def test_split_axes_by_hand():
     """The axes a vision tower's patches split over: all row axes when their product divides the
     size, else the largest that does, else none; tensor never."""
     from grlhfv_jax.sharding import split_axes
+
     pod, host, dp = dict(data=5, fsdp=8, tensor=1), dict(data=1, fsdp=8, tensor=1), dict(data=8, fsdp=1, tensor=2)
     assert split_axes(4096, pod) == ("fsdp",)
     assert split_axes(40 * 4096, pod) == ("data", "fsdp")

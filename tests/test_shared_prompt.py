@@ -3,6 +3,7 @@ group (`model.shared_prompt_hidden`, `group=` of `steps.grpo_step` / `steps.comp
 Checked against the full forward of every row (itself checked against transformers in
 test_qwen2_vl_parity), with the batch layout `trainers.grpo` builds: left-padded prompts with
 images, right-padded responses of different lengths."""
+
 import sys
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models as tm  # noqa: E402
-
 from grlhfv_jax import models  # noqa: E402
 from grlhfv_jax.models.qwen2_vl import QwenImages  # noqa: E402
 from grlhfv_jax.trainers import grpo as learner  # noqa: E402
@@ -24,8 +24,9 @@ P, G, R = 4, 2, 5
 
 
 def _hf_config():
-    cfg = tm.tiny_hf_config("qwen2_vl", text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                                                  num_key_value_heads=1)).to_dict()
+    cfg = tm.tiny_hf_config(
+        "qwen2_vl", text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
+    ).to_dict()
     cfg["vision_config"]["depth"] = 1
     return cfg
 
@@ -40,8 +41,9 @@ def batch():
     1..R (right-padded), in `trainers.grpo`'s row layout, with GRPO's other inputs."""
     rng = np.random.default_rng(0)
     grids = [(1, 2, 4), (1, 4, 2), (1, 2, 2), (1, 4, 4)]
-    prompts = tm.make_batch([[list(rng.integers(3, 99, 1 + k)), grids[k], list(rng.integers(3, 99, 2))]
-                             for k in range(P)], pad_side="left")
+    prompts = tm.make_batch(
+        [[list(rng.integers(3, 99, 1 + k)), grids[k], list(rng.integers(3, 99, 2))] for k in range(P)], pad_side="left"
+    )
     prompts = {k: prompts[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
     rows = learner.repeat_rows(prompts, G, QwenImages(tm.IMAGE, 2))
     lengths = rng.integers(1, R + 1, P * G)
@@ -63,13 +65,17 @@ def test_shared_prompt_hidden_equals_the_full_forward(batch):
         pos, _ = model.rope_index(b["input_ids"], b["attention_mask"], b["image_grid_thw"])
         emb = model.encode_images(b["pixel_values"], b["image_grid_thw"])
         full = model(b["input_ids"], b["attention_mask"], position_ids=pos, image_embeds=emb, return_hidden=True)
-        got = model.shared_prompt_hidden(b["input_ids"], b["attention_mask"], group=G, prompt_len=Tp,
-                                         position_ids=pos, image_embeds=emb)
+        got = model.shared_prompt_hidden(
+            b["input_ids"], b["attention_mask"], group=G, prompt_len=Tp, position_ids=pos, image_embeds=emb
+        )
         assert got.shape == (P * G, R, full.shape[-1])
-        np.testing.assert_allclose(np.asarray(got), np.asarray(full[:, Tp - 1:-1]), atol=2e-5, err_msg=f"remat={remat}")
+        np.testing.assert_allclose(
+            np.asarray(got), np.asarray(full[:, Tp - 1 : -1]), atol=2e-5, err_msg=f"remat={remat}"
+        )
     with pytest.raises(ValueError, match="groups of 3"):
-        model.shared_prompt_hidden(b["input_ids"], b["attention_mask"], group=3, prompt_len=Tp, position_ids=pos,
-                                   image_embeds=emb)
+        model.shared_prompt_hidden(
+            b["input_ids"], b["attention_mask"], group=3, prompt_len=Tp, position_ids=pos, image_embeds=emb
+        )
 
 
 def test_compute_logprobs_with_shared_prompts_equals_per_row(batch):
@@ -95,8 +101,9 @@ def test_grpo_step_with_shared_prompts_equals_per_row(batch):
     for group in (1, G):
         model = _model()
         before = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-        _, m = steps.grpo_step(steps.TrainState(model, optax.sgd(1.0)), jb, steps.GRPOConfig(num_micro_batches=2),
-                               window=R, group=group)
+        _, m = steps.grpo_step(
+            steps.TrainState(model, optax.sgd(1.0)), jb, steps.GRPOConfig(num_micro_batches=2), window=R, group=group
+        )
         after = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
         runs.append(({k: float(v) for k, v in m.items()}, after))
     (m1, p1), (m2, p2) = runs
@@ -106,8 +113,9 @@ def test_grpo_step_with_shared_prompts_equals_per_row(batch):
     for k in p1:
         np.testing.assert_allclose(p2[k], p1[k], rtol=1e-4, atol=2e-6, err_msg=str(k))
     with pytest.raises(ValueError, match="whole groups of 3"):
-        steps.grpo_step(steps.TrainState(_model(), optax.sgd(1.0)), jb, steps.GRPOConfig(num_micro_batches=2),
-                        window=R, group=3)
+        steps.grpo_step(
+            steps.TrainState(_model(), optax.sgd(1.0)), jb, steps.GRPOConfig(num_micro_batches=2), window=R, group=3
+        )
 
 
 def test_group_first_images_are_the_prompts_own(batch):
@@ -138,22 +146,41 @@ def test_images_split_by_micro_batch_give_the_same_logprobs_and_update(batch):
     (vision tower trained) of the whole-batch layout. (Group 1, all rows' images: DPO / BT RM in
     test_trainers_steps.py.)"""
     from grlhfv_jax.trainers import loop
+
     b, _, _ = batch
     keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start")
     model = _model()
     split = loop.micro_batch_images(model, b, 2, G)
     assert "pixel_values" not in split and split["micro_pixel_values"].shape[0] == 2
-    lp = [np.asarray(steps.compute_logprobs(model, {k: jnp.asarray(bb[k]) for k in keys + steps.MICRO_IMAGE_KEYS
-                                                    if k in bb}, window=R, group=G, num_micro_batches=2))
-          for bb in (b, split)]
+    lp = [
+        np.asarray(
+            steps.compute_logprobs(
+                model,
+                {k: jnp.asarray(bb[k]) for k in keys + steps.MICRO_IMAGE_KEYS if k in bb},
+                window=R,
+                group=G,
+                num_micro_batches=2,
+            )
+        )
+        for bb in (b, split)
+    ]
     np.testing.assert_allclose(lp[1], lp[0], atol=2e-6)
     runs = []
     for bb in (b, split):
         m_ = _model()
-        _, met = steps.grpo_step(steps.TrainState(m_, optax.sgd(1.0)), {k: jnp.asarray(v) for k, v in bb.items()},
-                                 steps.GRPOConfig(num_micro_batches=2), window=R, group=G)
-        runs.append(({k: float(v) for k, v in met.items()},
-                     {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(m_, nnx.Param))}))
+        _, met = steps.grpo_step(
+            steps.TrainState(m_, optax.sgd(1.0)),
+            {k: jnp.asarray(v) for k, v in bb.items()},
+            steps.GRPOConfig(num_micro_batches=2),
+            window=R,
+            group=G,
+        )
+        runs.append(
+            (
+                {k: float(v) for k, v in met.items()},
+                {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(m_, nnx.Param))},
+            )
+        )
     (m1, p1), (m2, p2) = runs
     for key in ("loss", "pg_loss", "kl", "entropy", "grad_norm"):
         assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), key

@@ -5,6 +5,7 @@
   with `--config.policy_rl.judge.kind=http`: the same rewards, judge metrics and trained policy.
 - The dry run of a policy_rl whose judge is a server prices no GRM and no judging phase.
 """
+
 import json
 import os
 import shutil
@@ -19,10 +20,9 @@ from grlhfv_jax import config as config_schema
 from grlhfv_jax import dry_run, main, roles, serve
 from grlhfv_jax.metrics import read_jsonl
 from grlhfv_jax.stages import policy_rl
-
 from test_paper_configs import ROOT, load  # tests/ is on sys.path
 
-BONUS = 0.5   # finishing_policy's EOS bonus: about 3 in 4 answers end within the demo's 24 tokens
+BONUS = 0.5  # finishing_policy's EOS bonus: about 3 in 4 answers end within the demo's 24 tokens
 # the short demo's policy_rl with fewer prompts and answers per step (8 x 5 took 235 s here, 4 x 3: CI time)
 SHAPE = dict(prompts_per_step=4, n=3)
 KEY_ENV = "GRLHFV_TEST_STAGE2_KEY"
@@ -71,6 +71,7 @@ def judging_grm(src: str, dst: str, enc, eos_id: int, chain_dims: int = 16, marg
             emb[toks, k] = 1.0
             head[nxt, k] = margin
         _layers_never_write(weights, chain)
+
     return _rewrite(src, dst, change)
 
 
@@ -78,11 +79,13 @@ def finishing_policy(src: str, dst: str, eos_id: int, bonus: float) -> str:
     """The policy of `src` made to end its answers: embedding dim 0 holds 1 for every token and the
     layers never write it, so the head's EOS row there adds `bonus` / rms(hidden) to EOS's logit at
     every answer position (the other tokens' logits: the model's own)."""
+
     def change(weights, config):
         emb, head = weights["model.embed_tokens.weight"], weights["lm_head.weight"]
         emb[:, 0], head[:, 0] = 1.0, 0.0
         head[eos_id, 0] = bonus
         _layers_never_write(weights, slice(0, 1))
+
     return _rewrite(src, dst, change)
 
 
@@ -92,11 +95,14 @@ def _inputs_of(smoke: str, workdir, codec, judge: bool) -> str:
     os.makedirs(workdir)
     for name in ("data_paths.json", "data"):
         os.symlink(os.path.join(smoke, name), os.path.join(workdir, name))
-    finishing_policy(os.path.join(smoke, "sft", "policy"), os.path.join(workdir, "sft", "policy"), codec.eos_id,
-                     BONUS)
+    finishing_policy(os.path.join(smoke, "sft", "policy"), os.path.join(workdir, "sft", "policy"), codec.eos_id, BONUS)
     if judge:
-        judging_grm(os.path.join(smoke, "grm_rl", "grm"), os.path.join(workdir, "grm_rl", "grm"),
-                    lambda text: codec.tokenizer.encode(text, add_special_tokens=False), codec.eos_id)
+        judging_grm(
+            os.path.join(smoke, "grm_rl", "grm"),
+            os.path.join(workdir, "grm_rl", "grm"),
+            lambda text: codec.tokenizer.encode(text, add_special_tokens=False),
+            codec.eos_id,
+        )
     return str(workdir)
 
 
@@ -124,15 +130,28 @@ def test_policy_rl_with_the_grm_served_over_http_equals_in_process(smoke_run, tm
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("OPENAI_API_KEY", None)
     with open(log_path, "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "grlhfv_jax.serve", "--model",
-                                   os.path.join(local_dir, "grm_rl", "grm"), "--port", "0", "--served-model-name",
-                                   "stage1-grm"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                  env=dict(env, **{serve.API_KEY_ENV: key}))
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "grlhfv_jax.serve",
+                "--model",
+                os.path.join(local_dir, "grm_rl", "grm"),
+                "--port",
+                "0",
+                "--served-model-name",
+                "stage1-grm",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=dict(env, **{serve.API_KEY_ENV: key}),
+        )
     try:
-        run = config.copy_and_resolve_references()   # the in-process judge, while the server starts
+        run = config.copy_and_resolve_references()  # the in-process judge, while the server starts
         run.stages, run.report.enabled = ("policy_rl",), False
         run.policy_rl.update(SHAPE)
-        assert run.policy_rl.judge_temperature == 0.0   # greedy judging; judge.kind: 'grm', the default
+        assert run.policy_rl.judge_temperature == 0.0  # greedy judging; judge.kind: 'grm', the default
         main.run(run, local_dir)
         deadline = time.time() + 300
         while "[serve]" not in log_path.read_text() and server.poll() is None and time.time() < deadline:
@@ -142,12 +161,29 @@ def test_policy_rl_with_the_grm_served_over_http_equals_in_process(smoke_run, tm
         url = line[0].split(" at ", 1)[1].split("/v1", 1)[0]
         assert url.startswith("http://127.0.0.1:")
         cli = subprocess.run(
-            [sys.executable, "-m", "grlhfv_jax.main", "--config", "configs/demo.py:smoke", "--workdir", http_dir,
-             "--config.stages=('policy_rl',)", "--config.report.enabled=false",
-             "--config.policy_rl.judge.kind=http", f"--config.policy_rl.judge.base_url={url}",
-             "--config.policy_rl.judge.model=stage1-grm", f"--config.policy_rl.judge.api_key_env={KEY_ENV}",
-             "--config.policy_rl.judge.max_retries=0"] + [f"--config.policy_rl.{k}={v}" for k, v in SHAPE.items()],
-            cwd=ROOT, env=dict(env, **{KEY_ENV: key}), capture_output=True, text=True, timeout=900)
+            [
+                sys.executable,
+                "-m",
+                "grlhfv_jax.main",
+                "--config",
+                "configs/demo.py:smoke",
+                "--workdir",
+                http_dir,
+                "--config.stages=('policy_rl',)",
+                "--config.report.enabled=false",
+                "--config.policy_rl.judge.kind=http",
+                f"--config.policy_rl.judge.base_url={url}",
+                "--config.policy_rl.judge.model=stage1-grm",
+                f"--config.policy_rl.judge.api_key_env={KEY_ENV}",
+                "--config.policy_rl.judge.max_retries=0",
+            ]
+            + [f"--config.policy_rl.{k}={v}" for k, v in SHAPE.items()],
+            cwd=ROOT,
+            env=dict(env, **{KEY_ENV: key}),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert cli.returncode == 0, cli.stdout[-3000:] + cli.stderr[-3000:]
     finally:
         server.terminate()
@@ -156,22 +192,29 @@ def test_policy_rl_with_the_grm_served_over_http_equals_in_process(smoke_run, tm
     assert " 401 " not in served and key not in served + cli.stdout + cli.stderr
     local, http = _rows(local_dir), _rows(http_dir)
     assert [r["step"] for r in local] == [r["step"] for r in http] == [1, 2]
-    compared = sorted(k for k in local[0] if k != "time" and not k.startswith("time/"))   # all but the clocks
-    assert {"reward/mean", "reward/std", "judge/parse_failure_rate", "judge/position_consistency", "oracle/mean",
-            "loss"} <= set(compared), compared
+    compared = sorted(k for k in local[0] if k != "time" and not k.startswith("time/"))  # all but the clocks
+    assert {
+        "reward/mean",
+        "reward/std",
+        "judge/parse_failure_rate",
+        "judge/position_consistency",
+        "oracle/mean",
+        "loss",
+    } <= set(compared), compared
     for a, b in zip(local, http):
         assert sorted(k for k in b if k != "time" and not k.startswith("time/")) == compared
         assert {k: a[k] for k in compared} == {k: b[k] for k in compared}, (a["step"], a, b)
     # judged: every judgment parsed (a failed request would count as unparsed), the rewards not all alike
     assert all(r["judge/parse_failure_rate"] == 0 and r["reward/std"] > 0 for r in local), local
-    assert served.count("POST /v1/chat/completions") >= 8, served[-2000:]   # pairs of complete answers
-    p_local, p_http = (load_file(os.path.join(d, "policy_rl", "policy", "model.safetensors"))
-                       for d in (local_dir, http_dir))
+    assert served.count("POST /v1/chat/completions") >= 8, served[-2000:]  # pairs of complete answers
+    p_local, p_http = (
+        load_file(os.path.join(d, "policy_rl", "policy", "model.safetensors")) for d in (local_dir, http_dir)
+    )
     sft = load_file(os.path.join(local_dir, "sft", "policy", "model.safetensors"))
     assert p_local.keys() == p_http.keys() == sft.keys()
     for name in p_local:
         np.testing.assert_array_equal(p_local[name], p_http[name], err_msg=name)
-    assert any(not np.array_equal(p_local[k], sft[k]) for k in p_local)   # two steps trained it
+    assert any(not np.array_equal(p_local[k], sft[k]) for k in p_local)  # two steps trained it
 
 
 def test_dry_run_of_an_http_judge_holds_no_grm_and_no_judging_phase():
@@ -179,8 +222,10 @@ def test_dry_run_of_an_http_judge_holds_no_grm_and_no_judging_phase():
     in_process = config_schema.validate(c)
     c.policy_rl.judge = dict(kind="http", base_url="http://10.0.0.7:8000", model="grm")
     served = config_schema.validate(c)
-    (mem_local,), (mem_http,) = policy_rl.memory_phases(in_process, "policy_rl"), policy_rl.memory_phases(
-        served, "policy_rl")
+    (mem_local,), (mem_http,) = (
+        policy_rl.memory_phases(in_process, "policy_rl"),
+        policy_rl.memory_phases(served, "policy_rl"),
+    )
     assert [m.role for m in mem_local.held] == ["policy", "policy", "grm"]
     assert [m.role for m in mem_http.held] == ["policy", "policy"]
     assert any(p.name.startswith("judging") for p in mem_local.phases)

@@ -6,18 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from tiny_models import make_batch, tiny_hf_config  # tests/ is on sys.path
 
 from grlhfv_jax import config as config_schema
 from grlhfv_jax import models
-from grlhfv_jax.models.qwen2_vl import QwenImages
 from grlhfv_jax.config import sections
-from grlhfv_jax.rollout import GenerationOutput, generate
+from grlhfv_jax.models.qwen2_vl import QwenImages
+from grlhfv_jax.rollout import GenerationOutput, generate, group_sampling
 from grlhfv_jax.trainers import grpo as learner
-from grlhfv_jax.trainers import loop, steps
-from grlhfv_jax.rollout import group_sampling
+from grlhfv_jax.trainers import loop, scoring, steps
 from grlhfv_jax.trainers import rewards as trainer_rewards
-from grlhfv_jax.trainers import scoring
+from tiny_models import make_batch, tiny_hf_config  # tests/ is on sys.path
 
 IMG = 9  # image token id in these hand-made rows
 
@@ -47,8 +45,7 @@ def _batch():
     ids = np.array([[0, 5, IMG, IMG, 6], [0, 0, 5, IMG, 6]], np.int32)
     grid = np.array([[1, 2, 4], [1, 2, 2]], np.int32)
     pv = np.arange(12, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
-    return {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int32), "pixel_values": pv,
-            "image_grid_thw": grid}
+    return {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int32), "pixel_values": pv, "image_grid_thw": grid}
 
 
 def test_repeat_and_select_rows_carry_each_rows_images():
@@ -56,7 +53,9 @@ def test_repeat_and_select_rows_carry_each_rows_images():
     rep = learner.repeat_rows(b, 2, QwenImages(IMG, 2))
     np.testing.assert_array_equal(rep["input_ids"], b["input_ids"][[0, 0, 1, 1]])
     np.testing.assert_array_equal(rep["image_grid_thw"], b["image_grid_thw"][[0, 0, 1, 1]])
-    expect = np.concatenate([b["pixel_values"][:8], b["pixel_values"][:8], b["pixel_values"][8:], b["pixel_values"][8:]])
+    expect = np.concatenate(
+        [b["pixel_values"][:8], b["pixel_values"][:8], b["pixel_values"][8:], b["pixel_values"][8:]]
+    )
     np.testing.assert_array_equal(rep["pixel_values"], expect)
     sel = learner.select_rows(rep, np.array([2, 1]), QwenImages(IMG, 2))
     np.testing.assert_array_equal(sel["pixel_values"], np.concatenate([b["pixel_values"][8:], b["pixel_values"][:8]]))
@@ -65,8 +64,12 @@ def test_repeat_and_select_rows_carry_each_rows_images():
 
 def test_training_rows_layout_and_cut_at_banned_tokens():
     b = _batch()
-    gen = GenerationOutput(tokens=np.array([[7, 2, 0], [7, IMG, 2]]), logprobs=np.full((2, 3), -0.5, np.float32),
-                           lengths=np.array([2, 3]), finished=np.array([True, True]))
+    gen = GenerationOutput(
+        tokens=np.array([[7, 2, 0], [7, IMG, 2]]),
+        logprobs=np.full((2, 3), -0.5, np.float32),
+        lengths=np.array([2, 3]),
+        finished=np.array([True, True]),
+    )
     cut = group_sampling.cut_at_tokens(gen, [IMG])
     np.testing.assert_array_equal(cut.lengths, [2, 1])
     np.testing.assert_array_equal(cut.finished, [True, False])
@@ -82,6 +85,7 @@ def test_grpo_loop_learns_a_learnable_reward_on_tiny_qwen2_vl(fresh_model):
     GRPO through the sampler and `grpo_update` must raise it."""
     model, ref = fresh_model(), fresh_model()
     from grlhfv_jax.rl import optim
+
     tx, sched = optim.make_optimizer(learning_rate=1e-2, total_steps=100, warmup_steps=0, weight_decay=0.0)
     state = steps.TrainState(model, tx, sched)
     rng = np.random.default_rng(0)
@@ -90,8 +94,7 @@ def test_grpo_loop_learns_a_learnable_reward_on_tiny_qwen2_vl(fresh_model):
     cfg = steps.GRPOConfig(kl_coef=0.0)
     means = []
     for step in range(8):
-        gen = generate(state.model, prompts, max_new_tokens=4, temperature=1.0, num_samples=8,
-                       rng=jax.random.key(step))
+        gen = generate(state.model, prompts, max_new_tokens=4, temperature=1.0, num_samples=8, rng=jax.random.key(step))
         tokens = np.asarray(gen.tokens)
         rewards = (tokens < 64).mean(axis=1).reshape(4, 8)
         means.append(rewards.mean())
@@ -112,8 +115,10 @@ def test_freeze_keeps_the_vision_tower_fixed_and_trains_the_rest(fresh_model):
     steps.sft_step(state, batch)
     after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     flat_b = dict(jax.tree_util.tree_flatten_with_path(before)[0])
-    changed = {jax.tree_util.keystr(p): not np.array_equal(flat_b[p], np.asarray(v))
-               for p, v in jax.tree_util.tree_flatten_with_path(after)[0]}
+    changed = {
+        jax.tree_util.keystr(p): not np.array_equal(flat_b[p], np.asarray(v))
+        for p, v in jax.tree_util.tree_flatten_with_path(after)[0]
+    }
     vision = [k for k in changed if k.startswith("['visual']")]
     assert vision and not any(changed[k] for k in vision)
     assert all(changed[k] for k in changed if "['model']['layers']" in k and "kernel" in k)
@@ -131,8 +136,9 @@ def test_rl_schedule_spans_all_rl_steps_with_mini_batches(fresh_model):
     """Two optimizer updates per RL step: the learning rate must not reach zero halfway (the
     schedule counts updates, steps x mini_batches). Warm-up 0 + cosine: lr(u) = lr0 (1 + cos(pi u / U)) / 2."""
     model = fresh_model()
-    sec = config_schema.typed_section(sections.OPTIMIZER, {"lr": 1e-3, "warmup_ratio": 0.0}).replace(steps=10,
-                                                                                                   mini_batches=2)
+    sec = config_schema.typed_section(sections.OPTIMIZER, {"lr": 1e-3, "warmup_ratio": 0.0}).replace(
+        steps=10, mini_batches=2
+    )
     state = loop.make_rl_train_state(model, sec)
     for u in (0, 10, 15, 19):  # update u happens in RL step u // 2
         want = 1e-3 * (1 + np.cos(np.pi * u / 20)) / 2
@@ -161,8 +167,10 @@ def test_grm_accuracy_metrics_on_canned_judgments():
     from grlhfv_jax.rollout import Judge
     from grlhfv_jax.stages import judging
 
-    recs = [dict(question="q", image=None, response_1=f"a{i}", response_2=f"b{i}", overall_response=y, pair_type=t)
-            for i, (y, t) in enumerate([(1, "style"), (2, "style"), (1, "minimal"), (2, "mixed")])]
+    recs = [
+        dict(question="q", image=None, response_1=f"a{i}", response_2=f"b{i}", overall_response=y, pair_type=t)
+        for i, (y, t) in enumerate([(1, "style"), (2, "style"), (1, "minimal"), (2, "mixed")])
+    ]
     # dataset order, then swapped order (label flips): per pair (forward, reverse)
     fwd = [r"Scores: \boxed{7, 2}", r"Scores: \boxed{7, 2}", r"Scores: \boxed{3, 3}", "no scores"]
     rev = [r"Scores: \boxed{2, 7}", r"Scores: \boxed{7, 2}", r"Scores: \boxed{1, 9}", r"Scores: \boxed{4, 8}"]
@@ -189,15 +197,15 @@ def test_stage2_rewards_from_a_test_double_judge():
     paper's mean aggregation computed by hand."""
     from types import SimpleNamespace
 
-
-    sec = SimpleNamespace(pairs="both", num_pairs=None, judge_max_new_tokens=12, judge_temperature=0.0,
-                          aggregator="mean")
+    sec = SimpleNamespace(
+        pairs="both", num_pairs=None, judge_max_new_tokens=12, judge_temperature=0.0, aggregator="mean"
+    )
     recs = [dict(question="q0", image="img0")]
     texts = ["red", "blue", "cut off"]
     complete = np.array([[True, True, False]])  # the third answer is truncated: never judged
     judge = CannedJudge([[r"\boxed{8, 2}", r"\boxed{3, 7}"]])
     rewards, judgments = trainer_rewards.judge_groups(judge, sec, recs, texts, complete, seed=5)
-    (groups, params), = judge.calls
+    ((groups, params),) = judge.calls
     assert groups == [("q0", "img0", [("red", "blue"), ("blue", "red")])]
     assert (params.max_new_tokens, params.temperature, params.seed) == (12, 0.0, 5)
     # answer 0: 8 as first, 7 as second -> 7.5; answer 1: 2 and 3 -> 2.5; answer 2: incomplete -> 0
@@ -211,10 +219,13 @@ def test_sampling_params_and_engine_protocols():
     p = SamplingParams(max_new_tokens=4)
     assert (p.temperature, p.top_p, p.top_k, p.num_samples, p.seed) == (1.0, 1.0, 0, 1, 0)
     assert p.replace(seed=3).seed == 3 and p.seed == 0
-    for bad, key in ((dict(max_new_tokens=0), "max_new_tokens"), (dict(max_new_tokens=2, top_p=0.0), "top_p"),
-                     (dict(max_new_tokens=2, temperature=-1), "temperature"),
-                     (dict(max_new_tokens=2, num_samples=0), "num_samples"),
-                     (dict(max_new_tokens=2, top_k=-1), "top_k")):
+    for bad, key in (
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(max_new_tokens=2, top_p=0.0), "top_p"),
+        (dict(max_new_tokens=2, temperature=-1), "temperature"),
+        (dict(max_new_tokens=2, num_samples=0), "num_samples"),
+        (dict(max_new_tokens=2, top_k=-1), "top_k"),
+    ):
         with pytest.raises(ValueError, match=key):
             SamplingParams(**bad)
     assert isinstance(EngineRollout(None, eos_token_id=2), Rollout)
@@ -229,14 +240,20 @@ def test_pooled_order_advantages_by_hand():
         return rl_learner.advantages(rl_learner.Rewards(r, np.tile(np.arange(len(r) // 2), 2)), np.ones(len(r)), "grpo")
 
     # pair 0 decided by position: right in its order (rows 0), wrong swapped (row 2); pair 1 mixed
-    rewards = np.array([[1, 1, 1, 1], [1, 0, 0, 0],     # dataset order, pairs 0, 1
-                        [0, 0, 0, 0], [1, 1, 0, 0]],    # swapped order, pairs 0, 1
-                       float)
+    rewards = np.array(
+        [
+            [1, 1, 1, 1],
+            [1, 0, 0, 0],  # dataset order, pairs 0, 1
+            [0, 0, 0, 0],
+            [1, 1, 0, 0],
+        ],  # swapped order, pairs 0, 1
+        float,
+    )
     adv = pooled(rewards)
-    a = 0.5 / np.sqrt(8 * 0.25 / 7)                     # pair 0: mean 1/2, std sqrt(2/7)
+    a = 0.5 / np.sqrt(8 * 0.25 / 7)  # pair 0: mean 1/2, std sqrt(2/7)
     np.testing.assert_allclose(adv[0], [a] * 4, rtol=1e-5)
     np.testing.assert_allclose(adv[2], [-a] * 4, rtol=1e-5)
-    r1 = np.array([1, 0, 0, 0, 1, 1, 0, 0], float)     # pair 1: 3 of 8 right
+    r1 = np.array([1, 0, 0, 0, 1, 1, 0, 0], float)  # pair 1: 3 of 8 right
     want = (r1 - r1.mean()) / r1.std(ddof=1)
     np.testing.assert_allclose(np.concatenate([adv[1], adv[3]]), want, rtol=1e-5)
     # per-order groups would give pair 0 nothing at all
@@ -263,7 +280,7 @@ def test_grpo_learner_splits_rows_over_8_devices_and_matches_one_device(fresh_mo
 
     def recording_step(state, batch, cfg, **kw):
         seen.append({k: (v.sharding, v.shape) for k, v in batch.items()})
-        assert kw["group"] == 4   # the 4 samples of a prompt share it
+        assert kw["group"] == 4  # the 4 samples of a prompt share it
         return real_step(state, batch, cfg, **kw)
 
     monkeypatch.setattr(steps, "grpo_step", recording_step)
@@ -291,8 +308,9 @@ def test_rm_scoring_splits_rows_over_8_devices_and_matches_one_device(hf, monkey
 
     fresh_rm = _copies(models.from_config(hf, rngs=nnx.Rngs(0), scalar_head=True))
     rng = np.random.default_rng(5)
-    b = make_batch([[list(rng.integers(3, 90, 4)), (1, 2, 2), list(rng.integers(3, 90, 3))] for _ in range(8)],
-                   pad_side="right")
+    b = make_batch(
+        [[list(rng.integers(3, 90, 4)), (1, 2, 2), list(rng.integers(3, 90, 3))] for _ in range(8)], pad_side="right"
+    )
     batch = {k: b[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
     seen, real = [], scoring._scores
 

@@ -3,17 +3,16 @@
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tiny_models import tiny_hf_config
 
 from grlhfv_jax import models, processing
 from grlhfv_jax.data import world as W
 from grlhfv_jax.stages import vision
 from grlhfv_jax.trainers import steps
+from tiny_models import tiny_hf_config
 
 
 def test_attribute_labels_hand_case():
-    scene = W.Scene(shape="diamond", colour="yellow", count=3, position="top",
-                    centres=((14, 7), (28, 7), (42, 7)))
+    scene = W.Scene(shape="diamond", colour="yellow", count=3, position="top", centres=((14, 7), (28, 7), (42, 7)))
     # ATTRS order: colour (red green blue yellow purple), count (1-4), shape (circle square triangle
     # diamond), position (left right top bottom)
     np.testing.assert_array_equal(W.attribute_labels(scene), [3, 2, 3, 2])
@@ -41,8 +40,12 @@ def test_pretraining_trains_the_tower_and_makes_attributes_readable():
     held-out count and position accuracy are far above chance (0.25); colour and shape take this
     1-block tower longer (the demo's 2-block tower reads all four, see docs/results.md)."""
     cfg = W.WorldConfig()
-    hf = tiny_hf_config(text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                  num_key_value_heads=1), vision=dict(depth=1, embed_dim=32))
+    hf = tiny_hf_config(
+        text=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1
+        ),
+        vision=dict(depth=1, embed_dim=32),
+    )
     model = models.from_config(hf.to_dict(), rngs=nnx.Rngs(0))
     proc = processing.load_image_processor(min_pixels=56 * 56, max_pixels=56 * 56)
 
@@ -54,6 +57,7 @@ def test_pretraining_trains_the_tower_and_makes_attributes_readable():
     pv, grid, _ = batch(0, 0, 32)
     probe = vision.VisionProbe(model.visual, 4, 32, nnx.Rngs(1))
     import optax
+
     state = steps.TrainState(probe, optax.adam(3e-3))
     before = np.asarray(model.visual.patch_embed.proj.kernel[...]).copy()
     step = vision.make_step(grid)

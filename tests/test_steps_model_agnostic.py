@@ -2,6 +2,7 @@
 a tiny text LM with 1-D positions ([B, T], learned position embeddings, no images) trains through
 `grpo_step` (2 micro-batches, logits on the response window) and `sft_step`, and the update
 equals one written here with nnx.value_and_grad and the GRPO loss in plain jnp."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +17,7 @@ from grlhfv_jax.trainers import steps
 class TextLM(nnx.Module):
     """One causal self-attention block over token + learned position embeddings (1-D positions)."""
 
-    shared_prompt = False   # declared capabilities (`models.contract.VLModel`)
+    shared_prompt = False  # declared capabilities (`models.contract.VLModel`)
     group_images = False
 
     def __init__(self, vocab: int = 24, hidden: int = 16, max_pos: int = 32, *, rngs: nnx.Rngs):
@@ -32,8 +33,9 @@ class TextLM(nnx.Module):
 
     def __call__(self, input_ids, attention_mask=None, *, position_ids=None, image_embeds=None, return_hidden=False):
         if position_ids is None or position_ids.shape != input_ids.shape:
-            raise ValueError(f"TextLM needs 1-D position_ids [B, T], got "
-                             f"{None if position_ids is None else position_ids.shape}")
+            raise ValueError(
+                f"TextLM needs 1-D position_ids [B, T], got {None if position_ids is None else position_ids.shape}"
+            )
         x = self.tok(input_ids) + self.pos(position_ids)
         q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
         T = input_ids.shape[1]
@@ -55,13 +57,19 @@ def _batch():
     resp = np.zeros((6, Tp + R), np.float32)
     for b in range(6):
         p, r = 2 + b % 3, 1 + b % 3
-        ids[b, Tp - p:Tp + r] = rng.integers(1, 24, p + r)
-        am[b, Tp - p:Tp + r] = 1
-        resp[b, Tp:Tp + r] = 1
+        ids[b, Tp - p : Tp + r] = rng.integers(1, 24, p + r)
+        am[b, Tp - p : Tp + r] = 1
+        resp[b, Tp : Tp + r] = 1
     old = (0.2 * rng.normal(size=ids.shape) - 3.0).astype(np.float32) * resp
-    return dict(input_ids=ids, attention_mask=am, response_mask=resp, old_logp=old,
-                ref_logp=(old + 0.1 * rng.normal(size=ids.shape).astype(np.float32)) * resp,
-                advantages=rng.normal(size=(6,)).astype(np.float32), window_start=np.full(6, Tp, np.int32)), R
+    return dict(
+        input_ids=ids,
+        attention_mask=am,
+        response_mask=resp,
+        old_logp=old,
+        ref_logp=(old + 0.1 * rng.normal(size=ids.shape).astype(np.float32)) * resp,
+        advantages=rng.normal(size=(6,)).astype(np.float32),
+        window_start=np.full(6, Tp, np.int32),
+    ), R
 
 
 def _params(model):
@@ -110,12 +118,17 @@ def test_sft_step_trains_a_model_with_1d_positions():
     model = TextLM(rngs=nnx.Rngs(1))
     pos = jnp.maximum(jnp.cumsum(b["attention_mask"], axis=1) - 1, 0)
     logits = model(jnp.asarray(b["input_ids"]), jnp.asarray(b["attention_mask"]), position_ids=pos)
-    lp = np.asarray(jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1], -1),
-                                        jnp.asarray(b["input_ids"])[:, 1:, None], -1)[..., 0])
+    lp = np.asarray(
+        jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1], -1), jnp.asarray(b["input_ids"])[:, 1:, None], -1)[
+            ..., 0
+        ]
+    )
     mask = b["loss_mask"][:, 1:]
     want = -(lp * mask).sum() / mask.sum()
     state = steps.TrainState(model, optax.adam(1e-2))
-    losses = [float(steps.sft_step(state, b, steps.SFTConfig(num_micro_batches=3), window=window)[1]["loss"])
-              for _ in range(4)]
+    losses = [
+        float(steps.sft_step(state, b, steps.SFTConfig(num_micro_batches=3), window=window)[1]["loss"])
+        for _ in range(4)
+    ]
     assert losses[0] == pytest.approx(want, rel=1e-5)
     assert losses[-1] < losses[0] - 0.05, losses

@@ -7,6 +7,7 @@ tensorstore gs driver rejects the emulator's object generations ("Malformed Stor
 so these tests stage checkpoints locally and copy each finished step to the bucket
 (GRLHFV_STAGE_CHECKPOINTS=1, `grlhfv_jax.storage`).
 """
+
 import json
 import os
 import shutil
@@ -35,14 +36,19 @@ def gcs(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w")
-    proc = subprocess.Popen([exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
-                             "--default-bucket", BUCKET, "-q"], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "--default-bucket", BUCKET, "-q"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
-    env = {"STORAGE_EMULATOR_HOST": url,              # gcsfs (epath's gs://) and google-cloud-storage
-           "TENSORSTORE_GCS_HTTP_URL": url,           # tensorstore (unused: checkpoints are staged)
-           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
-           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # no bucket-layout probe (the emulator lacks that API)
-           "GRLHFV_STAGE_CHECKPOINTS": "1"}
+    env = {
+        "STORAGE_EMULATOR_HOST": url,  # gcsfs (epath's gs://) and google-cloud-storage
+        "TENSORSTORE_GCS_HTTP_URL": url,  # tensorstore (unused: checkpoints are staged)
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # no bucket-layout probe (the emulator lacks that API)
+        "GRLHFV_STAGE_CHECKPOINTS": "1",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     deadline = time.time() + 30
@@ -55,11 +61,12 @@ def gcs(tmp_path_factory):
                 raise RuntimeError("the GCS emulator did not start")
             time.sleep(0.2)
     import fsspec
+
     fsspec.filesystem("gs").clear_instance_cache()
     try:
         yield env
     finally:
-        proc.terminate()   # ours, by its id
+        proc.terminate()  # ours, by its id
         proc.wait(timeout=30)
         log.close()
         for k, v in saved.items():
@@ -89,7 +96,7 @@ def test_storage_round_trip_on_the_bucket(gcs, tmp_path, monkeypatch):
         f.write("{}")
     os.makedirs(os.path.join(local, "xla_cache"))
     open(os.path.join(local, "xla_cache", "x"), "w").close()
-    assert storage.push() == 1 and storage.push() == 0   # the compile cache stays local; nothing changed
+    assert storage.push() == 1 and storage.push() == 0  # the compile cache stays local; nothing changed
     assert storage.path(remote + "/sft/policy/config.json").read_text() == "{}"
     assert not storage.path(remote + "/xla_cache").exists()
 
@@ -108,14 +115,14 @@ def test_storage_round_trip_on_the_bucket(gcs, tmp_path, monkeypatch):
             self.w = nnx.Param(jnp.zeros((3,)))
 
     state = steps.TrainState(Toy(), optax.sgd(0.1))
-    ck = checkpoint.Checkpointer(os.path.join(local, "stage", "ckpt"))   # in the mirror: the bucket's
+    ck = checkpoint.Checkpointer(os.path.join(local, "stage", "ckpt"))  # in the mirror: the bucket's
     assert ck.directory == remote + "/stage/ckpt"
     for s in (1, 2, 3):
         state.model.w[...] = jnp.full((3,), float(s))
         ck.save(s, state.model, state.optimizer, extra={"s": s})
     ck.close()
     names = {p.name for p in storage.path(remote + "/stage/ckpt").iterdir()}
-    assert names == {"2", "3"}, names   # max_to_keep=2, in the bucket too
+    assert names == {"2", "3"}, names  # max_to_keep=2, in the bucket too
 
     # another machine: a fresh mirror, pulled from the bucket (checkpoints are pulled by their Checkpointer)
     monkeypatch.setenv(storage.STAGING_ENV, str(tmp_path / "machine2"))
@@ -136,6 +143,7 @@ def test_storage_round_trip_on_the_bucket(gcs, tmp_path, monkeypatch):
 
     from grlhfv_jax import config as config_schema
     from grlhfv_jax import main
+
     storage.path(f"gs://{BUCKET}/inputs/ckpt_folder/config.json").write_text('{"a": 1}')
     storage.path(f"gs://{BUCKET}/inputs/prefs.jsonl").write_text('{"x": 1}\n')
     config = demo.get_config("smoke")
@@ -145,7 +153,7 @@ def test_storage_round_trip_on_the_bucket(gcs, tmp_path, monkeypatch):
     config = main._local_inputs(config_schema.validate(config))
     assert open(os.path.join(config.model.policy.path, "config.json")).read() == '{"a": 1}'
     assert open(config.data.files.grm_train.path).read() == '{"x": 1}\n'
-    assert not storage._mirrors   # inputs are never pushed back
+    assert not storage._mirrors  # inputs are never pushed back
 
 
 def test_smoke_pipeline_in_a_bucket_resumes_on_another_machine_after_a_kill(gcs, smoke_run, tmp_path):
@@ -154,6 +162,7 @@ def test_smoke_pipeline_in_a_bucket_resumes_on_another_machine_after_a_kill(gcs,
     it resumes grm_rl at step 1 from the bucket and ends with the uninterrupted run's figures; the
     summary, report, metrics, TensorBoard files, run state and checkpoints are in the bucket."""
     from grlhfv_jax import storage
+
     _, _, ref = smoke_run
     workdir = f"gs://{BUCKET}/smoke"
     driver = os.path.join(os.path.dirname(__file__), "signal_driver.py")
@@ -162,8 +171,9 @@ def test_smoke_pipeline_in_a_bucket_resumes_on_another_machine_after_a_kill(gcs,
 
     def run(machine, signame):
         env[storage.STAGING_ENV] = str(tmp_path / machine)
-        return subprocess.run([sys.executable, driver, workdir, "grm_rl", "1", signame, stages],
-                              capture_output=True, text=True, env=env)
+        return subprocess.run(
+            [sys.executable, driver, workdir, "grm_rl", "1", signame, stages], capture_output=True, text=True, env=env
+        )
 
     p = run("machine1", "KILL")
     assert p.returncode == -9, f"{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
@@ -181,9 +191,17 @@ def test_smoke_pipeline_in_a_bucket_resumes_on_another_machine_after_a_kill(gcs,
     assert all(state["stages"][s]["status"] == "done" for s in _STAGES)
     root = storage.path(workdir)
     assert "GRM after stage 1" in (root / "report.html").read_text()
-    assert {r["stage"] for r in __import__("grlhfv_jax.metrics").metrics.read_jsonl(f"{workdir}/metrics.jsonl")} \
-        >= {"vision", "grm_rl"}
+    assert {r["stage"] for r in __import__("grlhfv_jax.metrics").metrics.read_jsonl(f"{workdir}/metrics.jsonl")} >= {
+        "vision",
+        "grm_rl",
+    }
     assert list((root / "tensorboard").iterdir())
-    for d in ("config.json", "data_paths.json", "sft/policy/model.safetensors", "grm_rl/grm/model.safetensors",
-              "grm_rl/ckpt/2/_CHECKPOINT_METADATA", "samples/judgments.jsonl"):
+    for d in (
+        "config.json",
+        "data_paths.json",
+        "sft/policy/model.safetensors",
+        "grm_rl/grm/model.safetensors",
+        "grm_rl/ckpt/2/_CHECKPOINT_METADATA",
+        "samples/judgments.jsonl",
+    ):
         assert (root / d).exists(), d

@@ -1,4 +1,5 @@
 """The trained Qwen2-VL-style tokenizer: loads offline via AutoTokenizer, round trips, chat template."""
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -40,14 +41,18 @@ def test_special_tokens_are_single_ids(trained):
         enc = tok.encode(f"red{t}blue", add_special_tokens=False)
         assert enc.count(ids[t]) == 1
         assert enc == tok.encode("red", add_special_tokens=False) + [ids[t]] + tok.encode(
-            "blue", add_special_tokens=False)
+            "blue", add_special_tokens=False
+        )
 
 
-@pytest.mark.parametrize("text", [
-    "The red circle is above the blue square.",
-    "unseen words: zebra, quokka, naïve café 日本語 😀\n\n\ttabs  and  spaces ",
-    "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Which?<|im_end|>\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The red circle is above the blue square.",
+        "unseen words: zebra, quokka, naïve café 日本語 😀\n\n\ttabs  and  spaces ",
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Which?<|im_end|>\n",
+    ],
+)
 def test_round_trip(trained, text):
     _, _, tok = trained
     ids = tok.encode(text, add_special_tokens=False)
@@ -64,9 +69,11 @@ def test_learned_merges_compress_training_text(trained):
 def test_chat_template_matches_qwen2_vl_string(trained):
     _, _, tok = trained
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
-    expected = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-                "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is it?<|im_end|>\n"
-                "<|im_start|>assistant\n")
+    expected = (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is it?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == expected
 
     msgs = [
@@ -74,10 +81,12 @@ def test_chat_template_matches_qwen2_vl_string(trained):
         {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Same?"}]},
         {"role": "assistant", "content": "No."},
     ]
-    expected = ("<|im_start|>system\nBe brief.<|im_end|>\n"
-                "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
-                "<|vision_start|><|image_pad|><|vision_end|>Same?<|im_end|>\n"
-                "<|im_start|>assistant\nNo.<|im_end|>\n")
+    expected = (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+        "<|vision_start|><|image_pad|><|vision_end|>Same?<|im_end|>\n"
+        "<|im_start|>assistant\nNo.<|im_end|>\n"
+    )
     assert tok.apply_chat_template(msgs, tokenize=False) == expected
     numbered = tok.apply_chat_template(msgs, tokenize=False, add_vision_id=True)
     assert "Picture 1: <|vision_start|>" in numbered and "Picture 2: <|vision_start|>" in numbered

@@ -5,6 +5,7 @@ this file (direct model forward with pixel_values, loss re-derived with jnp, nnx
 loss goes down. BT RM / DPO / SFT: first-step loss against a value computed here, then the loss
 goes down over a few steps on a fixed batch. Compiled functions are few and module-scoped.
 """
+
 import math
 import sys
 from pathlib import Path
@@ -18,12 +19,12 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models as tm  # noqa: E402
-
 from grlhfv_jax import models, sharding  # noqa: E402
 from grlhfv_jax.rl import logprobs, optim  # noqa: E402
 from grlhfv_jax.trainers import steps  # noqa: E402
 
 # ------------------------------------------------------------------------------------ optimiser
+
 
 def test_lr_schedule_warmup_then_cosine():
     sch = optim.lr_schedule(2.0, 100, warmup_ratio=0.1)  # 10 warm-up steps
@@ -43,8 +44,9 @@ def test_weight_decay_skips_vectors_and_clipping():
     np.testing.assert_allclose(np.asarray(upd["w"]), -0.1 * 0.5 * np.ones((2, 2)), rtol=1e-6)  # decoupled decay
     np.testing.assert_array_equal(np.asarray(upd["b"]), 0.0)
     # global-norm clipping before Adam: direction unchanged, Adam's first step is lr * sign
-    tx, _ = optim.make_optimizer(learning_rate=0.1, total_steps=10, warmup_steps=0, weight_decay=0.0,
-                                 max_grad_norm=1e-3)
+    tx, _ = optim.make_optimizer(
+        learning_rate=0.1, total_steps=10, warmup_steps=0, weight_decay=0.0, max_grad_norm=1e-3
+    )
     g = {"w": jnp.full((2, 2), 3.0), "b": jnp.array([-4.0, 0.0])}
     upd, _ = tx.update(g, tx.init(params), params)
     np.testing.assert_allclose(np.asarray(upd["w"]), -0.1, rtol=1e-4)
@@ -53,9 +55,11 @@ def test_weight_decay_skips_vectors_and_clipping():
 
 # ------------------------------------------------------------------------------- tiny model, batch
 
+
 def _hf_config():
-    cfg = tm.tiny_hf_config("qwen2_vl", text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                                                  num_key_value_heads=1)).to_dict()
+    cfg = tm.tiny_hf_config(
+        "qwen2_vl", text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
+    ).to_dict()
     cfg["vision_config"]["depth"] = 1
     return cfg
 
@@ -88,9 +92,15 @@ def data():
     resp = np.zeros((B, T), np.float32)
     for i, n in enumerate(resp_len):
         end = int(b["attention_mask"][i].sum())
-        resp[i, end - n:end] = 1.0
-    return dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"], pixel_values=b["pixel_values"],
-                image_grid_thw=b["image_grid_thw"], response_mask=resp, loss_mask=resp)
+        resp[i, end - n : end] = 1.0
+    return dict(
+        input_ids=b["input_ids"],
+        attention_mask=b["attention_mask"],
+        pixel_values=b["pixel_values"],
+        image_grid_thw=b["image_grid_thw"],
+        response_mask=resp,
+        loss_mask=resp,
+    )
 
 
 def _ref_token_logprobs(logits, ids):
@@ -101,6 +111,7 @@ def _ref_token_logprobs(logits, ids):
 
 # ------------------------------------------------------------------------------------------ GRPO
 
+
 @pytest.fixture(scope="module")
 def grpo_run(hf_config, data):
     """Old log-probs via compute_logprobs; one reference update; one sharded grpo_step."""
@@ -109,9 +120,12 @@ def grpo_run(hf_config, data):
     ref_model_init = _make_model(hf_config)  # stays at the initial weights
     old = np.asarray(steps.compute_logprobs(ref_model, data))
     rng = np.random.default_rng(1)
-    batch = dict(data, old_logp=old,
-                 ref_logp=(old + 0.1 * rng.normal(size=old.shape) * data["response_mask"]).astype(np.float32),
-                 advantages=rng.normal(size=(old.shape[0],)).astype(np.float32))
+    batch = dict(
+        data,
+        old_logp=old,
+        ref_logp=(old + 0.1 * rng.normal(size=old.shape) * data["response_mask"]).astype(np.float32),
+        advantages=rng.normal(size=(old.shape[0],)).astype(np.float32),
+    )
     # make the clip active for some tokens: old log-probs shifted
     batch["old_logp"] = (old + 0.3 * rng.normal(size=old.shape) * data["response_mask"]).astype(np.float32)
 
@@ -133,6 +147,7 @@ def grpo_run(hf_config, data):
             p = jax.nn.softmax(logits[:, :-1], axis=-1)
             ent = jnp.sum(-jnp.sum(p * jnp.log(p), axis=-1) * mask) / n
             return pg + 0.02 * kl, {"lp": lp, "pg_loss": pg, "kl": kl, "entropy": ent}
+
         (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         opt.update(model, grads)
         return loss, aux
@@ -153,11 +168,19 @@ def grpo_run(hf_config, data):
     for _ in range(3):
         _, m = steps.grpo_step(state, sb, cfg)
         losses.append(float(m["loss"]))
-    return dict(batch=batch, old=old, ref_model=ref_model, ref_model_init=ref_model_init, ref_loss=float(ref_loss),
-                ref_lp0=np.asarray(ref_lp0),
-                ref_metrics={k: float(v) for k, v in ref_aux.items()},
-                state=state, m0={k: float(v) for k, v in m0.items()}, losses=losses,
-                params_after_1=after_1)
+    return dict(
+        batch=batch,
+        old=old,
+        ref_model=ref_model,
+        ref_model_init=ref_model_init,
+        ref_loss=float(ref_loss),
+        ref_lp0=np.asarray(ref_lp0),
+        ref_metrics={k: float(v) for k, v in ref_aux.items()},
+        state=state,
+        m0={k: float(v) for k, v in m0.items()},
+        losses=losses,
+        params_after_1=after_1,
+    )
 
 
 def test_compute_logprobs_matches_direct_forward(grpo_run):
@@ -187,6 +210,7 @@ def test_sharded_step_with_images_split_by_micro_batch(grpo_run, hf_config):
     micro-batch (`loop.micro_batch_images`, placed by `loop.place_batch`: each micro-batch's tower
     over its own images, split over the devices): the same loss and parameters after one step."""
     from grlhfv_jax.trainers import loop
+
     model = sharding.shard_model(_make_model(hf_config), sharding.make_mesh((2, 2, 2)))
     state = steps.TrainState(model, optax.sgd(1.0))
     batch = loop.place_batch(model, loop.micro_batch_images(model, grpo_run["batch"], 2))
@@ -212,9 +236,13 @@ def test_grpo_params_match_after_one_step(grpo_run, hf_config):
 
 
 def test_window_helpers_hand_cases():
-    mask = np.array([[0, 0, 1, 1, 0, 0],      # targets at columns 2..3
-                     [0, 0, 0, 0, 1, 1],      # 4..5
-                     [1, 0, 0, 0, 0, 0]])     # column 0 never counts: no target
+    mask = np.array(
+        [
+            [0, 0, 1, 1, 0, 0],  # targets at columns 2..3
+            [0, 0, 0, 0, 1, 1],  # 4..5
+            [1, 0, 0, 0, 0, 0],
+        ]
+    )  # column 0 never counts: no target
     start, length = logprobs.window_start_and_length(mask, multiple=2)
     np.testing.assert_array_equal(start, [2, 4, 1])
     assert length == 2
@@ -253,8 +281,9 @@ def test_grpo_step_on_a_window_equals_plain_update(grpo_run, windowed, hf_config
     batch = dict(grpo_run["batch"], window_start=batch["window_start"])
     model = _make_model(hf_config)
     state = steps.TrainState(model, optax.sgd(1.0))
-    _, m = steps.grpo_step(state, {k: jnp.asarray(v) for k, v in batch.items()},
-                           steps.GRPOConfig(num_micro_batches=2), window=length)
+    _, m = steps.grpo_step(
+        state, {k: jnp.asarray(v) for k, v in batch.items()}, steps.GRPOConfig(num_micro_batches=2), window=length
+    )
     assert float(m["loss"]) == pytest.approx(grpo_run["ref_loss"], rel=1e-4, abs=1e-6)
     for key in ("pg_loss", "kl", "entropy"):
         assert float(m[key]) == pytest.approx(grpo_run["ref_metrics"][key], rel=1e-4, abs=1e-6), key
@@ -269,7 +298,7 @@ def test_grpo_step_on_a_window_equals_plain_update(grpo_run, windowed, hf_config
 def test_sft_step_on_a_window_equals_full(grpo_run, windowed, hf_config):
     batch, length = windowed
     mask = batch["loss_mask"]
-    want = -(grpo_run["old"] * mask).sum() / mask[:, 1:].sum()   # from the fp32 forward
+    want = -(grpo_run["old"] * mask).sum() / mask[:, 1:].sum()  # from the fp32 forward
     after = []
     for w in (length, 0):
         model = _make_model(hf_config)
@@ -289,21 +318,22 @@ def _rows(data, rows):
     patches = np.prod(data["image_grid_thw"], axis=1)
     start = np.concatenate([[0], np.cumsum(patches)])
     out = {k: data[k][rows, :width] for k in ("input_ids", "attention_mask", "loss_mask")}
-    out["pixel_values"] = np.concatenate([data["pixel_values"][start[i]:start[i + 1]] for i in rows])
+    out["pixel_values"] = np.concatenate([data["pixel_values"][start[i] : start[i + 1]] for i in rows])
     out["image_grid_thw"] = data["image_grid_thw"][rows]
     return out
 
 
 def test_sft_step_on_parts_of_two_widths_equals_one_batch(grpo_run, data, hf_config):
     mask = data["loss_mask"]
-    want = -(grpo_run["old"] * mask).sum() / mask[:, 1:].sum()   # from the fp32 forward
+    want = -(grpo_run["old"] * mask).sum() / mask[:, 1:].sum()  # from the fp32 forward
     short, long = _rows(data, range(4)), _rows(data, range(4, 8))
     assert short["input_ids"].shape[1] < long["input_ids"].shape[1] <= data["input_ids"].shape[1]
     after = []
     for batch in ((short, long), data):
         model = _make_model(hf_config)
-        _, m = steps.sft_step(steps.TrainState(model, optax.sgd(1.0)), batch,
-                              window=(0, 0) if isinstance(batch, tuple) else 0)
+        _, m = steps.sft_step(
+            steps.TrainState(model, optax.sgd(1.0)), batch, window=(0, 0) if isinstance(batch, tuple) else 0
+        )
         assert float(m["loss"]) == pytest.approx(want, rel=1e-5)
         assert float(m["num_tokens"]) == mask[:, 1:].sum()
         after.append({k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))})
@@ -318,6 +348,7 @@ def test_a_frozen_tower_skips_its_backward_with_the_same_update(data, hf_config)
     the one with the tower's backward (whose gradients the frozen optimizer zeroes anyway); the
     tower stays as it was."""
     from grlhfv_jax.trainers import loop
+
     after, losses = [], []
     for skip in (False, True):
         model = _make_model(hf_config)
@@ -342,6 +373,7 @@ def test_grpo_loss_goes_down(grpo_run):
 
 # ------------------------------------------------------------------------------- BT, DPO, SFT
 
+
 def _adamw(steps=5, lr=3e-3):
     return optim.make_optimizer(learning_rate=lr, total_steps=steps, warmup_steps=0, weight_decay=0.0)
 
@@ -352,7 +384,7 @@ def test_bt_rm_step(hf_config, data):
     score = nnx.jit(lambda m, b: m.score(b["input_ids"], b["attention_mask"], b["pixel_values"], b["image_grid_thw"]))
     r = np.asarray(score(model, data), np.float64)
     rc, rr = r[0::2], r[1::2]
-    want = np.mean(np.log1p(np.exp(-(rc - rr)))) + 0.001 * np.mean(r ** 2)
+    want = np.mean(np.log1p(np.exp(-(rc - rr)))) + 0.001 * np.mean(r**2)
     state = steps.TrainState(model, *_adamw())
     losses = []
     for _ in range(3):
@@ -384,21 +416,29 @@ def test_dpo_and_bt_steps_with_images_split_by_micro_batch(hf_config, data):
     DPO step (tower trained) and the BT RM step (tower frozen) give the losses and SGD updates of
     the whole-batch layout. (Reference log-probs with it: test_shared_prompt.py.)"""
     from grlhfv_jax.trainers import loop
+
     split = loop.micro_batch_images(_make_model(hf_config), data, 2)
     assert "pixel_values" not in split
     ref = np.linspace(-30.0, -20.0, data["input_ids"].shape[0]).astype(np.float32)
     for name, make, step, cfg, frozen in (
-            ("dpo", lambda: _make_model(hf_config), steps.dpo_step, steps.DPOConfig(beta=0.5, num_micro_batches=2),
-             False),
-            ("bt, frozen tower", lambda: _make_model(hf_config, scalar_head=True), steps.bt_rm_step,
-             steps.BTConfig(num_micro_batches=2), True)):
+        ("dpo", lambda: _make_model(hf_config), steps.dpo_step, steps.DPOConfig(beta=0.5, num_micro_batches=2), False),
+        (
+            "bt, frozen tower",
+            lambda: _make_model(hf_config, scalar_head=True),
+            steps.bt_rm_step,
+            steps.BTConfig(num_micro_batches=2),
+            True,
+        ),
+    ):
         init = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(make(), nnx.Param))}
         runs = []
         for bb in (data, split):
             model = make()
             tx = loop.freeze_params(optax.sgd(1.0), ("visual",)) if frozen else optax.sgd(1.0)
             _, m = step(steps.TrainState(model, tx, frozen_vision=frozen), dict(bb, ref_logps=ref), cfg)
-            runs.append((float(m["loss"]), {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}))
+            runs.append(
+                (float(m["loss"]), {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))})
+            )
         (l1, p1), (l2, p2) = runs
         assert l2 == pytest.approx(l1, rel=1e-5), name
         assert any(k[0] == "visual" and np.max(np.abs(p1[k] - init[k])) > 1e-6 for k in p1) != frozen, name
@@ -443,8 +483,9 @@ def test_logits_in_chunks_and_remat_policies_give_the_same_updates(grpo_run, win
     for policy in ("dots", "nothing"):
         model = _make_model(hf_config, logits_chunk=3, remat=True, remat_policy=policy)
         assert model.config.logits_chunk == 3
-        _, m = steps.grpo_step(steps.TrainState(model, optax.sgd(1.0)), gb, steps.GRPOConfig(num_micro_batches=2),
-                               window=length)
+        _, m = steps.grpo_step(
+            steps.TrainState(model, optax.sgd(1.0)), gb, steps.GRPOConfig(num_micro_batches=2), window=length
+        )
         assert float(m["loss"]) == pytest.approx(grpo_run["ref_loss"], rel=1e-4, abs=1e-6), policy
         assert float(m["entropy"]) == pytest.approx(grpo_run["ref_metrics"]["entropy"], rel=1e-4), policy
         got = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}

@@ -1,5 +1,6 @@
 """The vision tower's per-frame attention (`banded_attention`), whole and in pieces of query blocks,
 against dense masked attention written in numpy (float64): values and gradients."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,9 +8,9 @@ import pytest
 
 from grlhfv_jax.models.qwen2_vl.vision import banded_attention
 
-N, H, D, BLOCK = 37, 2, 4, 8                 # 5 blocks, the last one part padding
-FRAMES = [8, 3, 7, 8, 5, 6]                  # contiguous segments, none longer than a block; 37 patches
-WIN = np.array([0, 1] * 18 + [0])            # a second id: patches attend within (frame, window)
+N, H, D, BLOCK = 37, 2, 4, 8  # 5 blocks, the last one part padding
+FRAMES = [8, 3, 7, 8, 5, 6]  # contiguous segments, none longer than a block; 37 patches
+WIN = np.array([0, 1] * 18 + [0])  # a second id: patches attend within (frame, window)
 
 
 def _segments():
@@ -52,7 +53,8 @@ def test_banded_attention_matches_dense_reference(pieces, two_ids):
         return jnp.sum(o * w), o
 
     (_, o), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
-        *(jnp.asarray(x, jnp.float32) for x in (q, k, v)))
+        *(jnp.asarray(x, jnp.float32) for x in (q, k, v))
+    )
     np.testing.assert_allclose(np.asarray(o), o_ref, atol=2e-5)
     for name, g, r in zip("qkv", grads, g_ref):
         np.testing.assert_allclose(np.asarray(g), r, atol=2e-5, err_msg=f"d{name}")
@@ -69,6 +71,7 @@ def test_pieces_bound_the_scores_memory():
     def temp(pieces):
         def loss(q, k, v):
             return jnp.sum(banded_attention(q, k, v, (frame,), block, jnp.float32, pieces))
+
         c = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile()
         return c.memory_analysis().temp_size_in_bytes
 
@@ -83,13 +86,16 @@ def test_sampler_encodes_images_of_one_grid_a_piece_at_a_time():
     about one image, not five (all five at once without vision_chunk)."""
     import sys
     from pathlib import Path
+
     from flax import nnx
+
     sys.path.insert(0, str(Path(__file__).parent))
     import tiny_models as tm
     from grlhfv_jax import models
     from grlhfv_jax.rollout import engine
+
     hf = tm.tiny_hf_config("qwen2_vl").to_dict()
-    n, side = 5, 32      # 1,024 patches an image: its attention scores dominate the memory
+    n, side = 5, 32  # 1,024 patches an image: its attention scores dominate the memory
     rng = np.random.default_rng(0)
     pv = rng.standard_normal((n, side * side, tm.PATCH_DIM)).astype(np.float32)
     grid = np.tile([[1, side, side]], (n, 1)).astype(np.int32)
@@ -98,11 +104,15 @@ def test_sampler_encodes_images_of_one_grid_a_piece_at_a_time():
         model = models.from_config(hf, rngs=nnx.Rngs(0), vision_chunk=chunk)
         graphdef, state = nnx.split(model)
         out = np.asarray(engine._encode_same_size(graphdef, state, jnp.asarray(pv), jnp.asarray(grid)))
-        for i in range(n):   # each image alone through the model's tower (parity-tested vs transformers)
-            want = np.asarray(model.encode_images(jnp.asarray(pv[i]), jnp.asarray(grid[i:i + 1])))
+        for i in range(n):  # each image alone through the model's tower (parity-tested vs transformers)
+            want = np.asarray(model.encode_images(jnp.asarray(pv[i]), jnp.asarray(grid[i : i + 1])))
             np.testing.assert_allclose(out[i], want, atol=2e-5, err_msg=f"chunk {chunk}, image {i}")
-        temps[chunk] = engine._encode_same_size.lower(graphdef, state, jnp.asarray(pv), jnp.asarray(grid)) \
-            .compile().memory_analysis().temp_size_in_bytes
+        temps[chunk] = (
+            engine._encode_same_size.lower(graphdef, state, jnp.asarray(pv), jnp.asarray(grid))
+            .compile()
+            .memory_analysis()
+            .temp_size_in_bytes
+        )
     assert temps[side * side] < 0.5 * temps[0], temps
 
 
@@ -119,6 +129,7 @@ def test_the_tower_splits_its_patches_over_the_devices(chunk):
     from flax import nnx
 
     from grlhfv_jax import models, sharding
+
     sys.path.insert(0, str(Path(__file__).parent))
     import tiny_models as tm
 
@@ -135,6 +146,7 @@ def test_the_tower_splits_its_patches_over_the_devices(chunk):
 
         def loss(p, pv):
             return jnp.sum(nnx.merge(graphdef, p, rest).encode_images(pv, jnp.asarray(grid)) ** 2)
+
         f = jax.jit(jax.value_and_grad(loss))
         temp = f.lower(params, pv).compile().memory_analysis().temp_size_in_bytes
         value, grads = f(params, pv)

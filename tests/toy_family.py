@@ -9,6 +9,7 @@ above models/ (the engine, the GRPO learner) are family-agnostic by running them
   shares ONE position (that of its first token), so a row's next position is not its token count.
 - One causal attention block; KV cache in the contract's layout (k ``[1, B, 1, S, H]``, v ``[1, B, 1, H, S]``).
 """
+
 import dataclasses
 
 import jax
@@ -18,7 +19,7 @@ from flax import nnx
 
 from grlhfv_jax.models import contract
 
-IMAGE, D = 24, 6   # image token id (past the LM head's 24 outputs: never sampled), pixel row width
+IMAGE, D = 24, 6  # image token id (past the LM head's 24 outputs: never sampled), pixel row width
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,7 @@ class ToyVLM(nnx.Module):
         ids = jnp.asarray(input_ids)
         am = jnp.ones(ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
         img = ids == IMAGE
-        cont = img & jnp.pad(img, ((0, 0), (1, 0)))[:, :-1]            # an image token after an image token
+        cont = img & jnp.pad(img, ((0, 0), (1, 0)))[:, :-1]  # an image token after an image token
         pos = jnp.where(am, jnp.cumsum(am & ~cont, axis=1) - 1, 0).astype(jnp.int32)
         return pos, jnp.max(jnp.where(am, pos, -1), axis=1) + 1 - ids.shape[1]
 
@@ -76,11 +77,25 @@ class ToyVLM(nnx.Module):
 
     def init_cache(self, batch, max_len, dtype=None):
         H = self.config.hidden_size
-        return {"k": jnp.zeros((1, batch, 1, max_len, H)), "v": jnp.zeros((1, batch, 1, H, max_len)),
-                "mask": jnp.zeros((batch, max_len), bool)}
+        return {
+            "k": jnp.zeros((1, batch, 1, max_len, H)),
+            "v": jnp.zeros((1, batch, 1, H, max_len)),
+            "mask": jnp.zeros((batch, max_len), bool),
+        }
 
-    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
-                 position_ids=None, cache=None, cache_index=None, image_embeds=None, return_hidden=False):
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        pixel_values=None,
+        image_grid_thw=None,
+        *,
+        position_ids=None,
+        cache=None,
+        cache_index=None,
+        image_embeds=None,
+        return_hidden=False,
+    ):
         ids = jnp.asarray(input_ids)
         B, T = ids.shape
         am = jnp.ones((B, T), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)

@@ -18,8 +18,9 @@ judgments; its summary.json holds the same keys, so the three trainings compare 
 import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location("grlhfv_eval_rm_benchmarks",
-                                               os.path.join(os.path.dirname(__file__), "rm_benchmarks.py"))
+_spec = importlib.util.spec_from_file_location(
+    "grlhfv_eval_rm_benchmarks", os.path.join(os.path.dirname(__file__), "rm_benchmarks.py")
+)
 rm_benchmarks = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(rm_benchmarks)
 
@@ -35,8 +36,10 @@ TRAININGS = {
 def get_config(arg: str = "untrained_qwen25vl_7b"):
     training, _, grm = arg.partition("_")
     if training not in TRAININGS or grm not in GRMS:
-        raise ValueError(f"configs/eval/grm_baselines.py: argument {arg!r}: expected <training>_<grm> with training "
-                         f"in {sorted(TRAININGS)} and grm in {sorted(GRMS)}, e.g. untrained_qwen25vl_7b")
+        raise ValueError(
+            f"configs/eval/grm_baselines.py: argument {arg!r}: expected <training>_<grm> with training "
+            f"in {sorted(TRAININGS)} and grm in {sorted(GRMS)}, e.g. untrained_qwen25vl_7b"
+        )
     c = rm_benchmarks.get_config()
     c.workdir = f"workdir/eval_rm_{training}_{grm}"
     c.model.kind = "grm"

@@ -24,15 +24,16 @@ def get_config():
     c.batch_rows = 16
     c.max_len = 4096
     c.benchmarks = dict(
-        vl_rewardbench=dict(path="VL-RewardBench/data"),   # its one parquet
-        multimodal_rewardbench=dict(path="multimodal_rewardbench/data/all_data.json",
-                                    image_root="multimodal_rewardbench"),
+        vl_rewardbench=dict(path="VL-RewardBench/data"),  # its one parquet
+        multimodal_rewardbench=dict(
+            path="multimodal_rewardbench/data/all_data.json", image_root="multimodal_rewardbench"
+        ),
         mm_rlhf_rewardbench=dict(path="MM-RLHF-RewardBench/mm_reward_bench.jsonl"),
         mllm_judge_pair=dict(path="MLLM-Judge/Dataset/Benchmark/pair.jsonl", image_root="MLLM-Judge/Dataset/image"),
         mllm_judge_score=dict(path="MLLM-Judge/Dataset/Benchmark/score.jsonl", image_root="MLLM-Judge/Dataset/image"),
         # no released evaluation split: a hold-out file of pairwise rows you did not train on
         llava_critic=dict(path="llava-critic-113k/pairwise_holdout", limit=2000),
-        beavertails_v=dict(path="BeaverTails-V/*/evaluation-*.parquet"),   # every category's evaluation split
+        beavertails_v=dict(path="BeaverTails-V/*/evaluation-*.parquet"),  # every category's evaluation split
         align_anything=dict(path="align-anything/text-image-to-text/val_1k.parquet"),
     )
     return c

@@ -31,19 +31,36 @@ from grlhfv_jax.models import published
 # scoring call by policy, default 320 (8chip: 200, which divides the 1,800 answers of a step: no
 # filled tail call).
 PRESETS = {
-    "1gpu": dict(mesh_shape=(1, 1, 1), device_memory_gb=80.0),      # one 80 GB GPU (H100 / A100-80G)
-    "8chip": dict(mesh_shape=(1, 8, 1), device_memory_gb=80.0,      # one host, 8 x 80 GB, FSDP over all 8
-                  rollout_calls={"qwen25vl_3b": 3, "qwen25vl_7b": 5, "llava15_7b": 45},
-                  policy_rollout_calls={"qwen2vl_7b": 3, "qwen25vl_7b": 3, "llava15_7b": 9},
-                  judge_prompts_per_call={("qwen2vl_7b", 5): 12, ("qwen25vl_7b", 5): 12,
-                                          ("qwen2vl_2b", 6): 12, ("qwen2vl_2b", 7): 8, ("llava15_7b", 5): 4},
-                  score_rows_per_call={"qwen2vl_2b": 200, "qwen25vl_3b": 200, "qwen2vl_7b": 200, "qwen25vl_7b": 200,
-                                       "llava15_7b": 200}),
+    "1gpu": dict(mesh_shape=(1, 1, 1), device_memory_gb=80.0),  # one 80 GB GPU (H100 / A100-80G)
+    "8chip": dict(
+        mesh_shape=(1, 8, 1),
+        device_memory_gb=80.0,  # one host, 8 x 80 GB, FSDP over all 8
+        rollout_calls={"qwen25vl_3b": 3, "qwen25vl_7b": 5, "llava15_7b": 45},
+        policy_rollout_calls={"qwen2vl_7b": 3, "qwen25vl_7b": 3, "llava15_7b": 9},
+        judge_prompts_per_call={
+            ("qwen2vl_7b", 5): 12,
+            ("qwen25vl_7b", 5): 12,
+            ("qwen2vl_2b", 6): 12,
+            ("qwen2vl_2b", 7): 8,
+            ("llava15_7b", 5): 4,
+        },
+        score_rows_per_call={
+            "qwen2vl_2b": 200,
+            "qwen25vl_3b": 200,
+            "qwen2vl_7b": 200,
+            "qwen25vl_7b": 200,
+            "llava15_7b": 200,
+        },
+    ),
     # LLaVA-1.5-7B's decoder has 32 kv heads (no GQA): 0.5 MB of KV cache per token, 7x Qwen2.5-VL-7B's,
     # so its sampling and judging run in more, smaller calls (8chip above; the pod: stage 1 in 9 calls
     # of 40 prompts, stage 2 in 3 of 120: one call would need 79.5 of 80 GB, no margin)
-    "pod": dict(mesh_shape=(5, 8, 1), device_memory_gb=80.0,        # 5 hosts x 8 x 80 GB: data over hosts
-                rollout_calls={"llava15_7b": 9}, policy_rollout_calls={"llava15_7b": 3}),
+    "pod": dict(
+        mesh_shape=(5, 8, 1),
+        device_memory_gb=80.0,  # 5 hosts x 8 x 80 GB: data over hosts
+        rollout_calls={"llava15_7b": 9},
+        policy_rollout_calls={"llava15_7b": 3},
+    ),
 }
 DEFAULT_PRESET = "pod"
 
@@ -53,7 +70,7 @@ MODELS = {
     "qwen25vl_3b": "Qwen2.5-VL-3B-Instruct",
     "qwen2vl_7b": "Qwen2-VL-7B",
     "qwen25vl_7b": "Qwen2.5-VL-7B-Instruct",
-    "llava15_7b": "llava-1.5-7b-hf",     # the appendix's LLaVA-1.5-7B (llava-hf's checkpoint layout)
+    "llava15_7b": "llava-1.5-7b-hf",  # the appendix's LLaVA-1.5-7B (llava-hf's checkpoint layout)
 }
 
 # Image budget: not in method.md. At most 1024 image tokens (1024 x 28 x 28 pixels) per image,
@@ -64,11 +81,11 @@ MAX_IMAGE_TOKENS = 1024
 # Longer records are skipped and counted by the data stage (config.data.too_long).
 GRM_PROMPT_LEN = 3072
 POLICY_PROMPT_LEN = 1536
-PAIR_ROW_LEN = 2560          # RM / DPO rows: image + question + one response
+PAIR_ROW_LEN = 2560  # RM / DPO rows: image + question + one response
 
 
 def parse_arg(arg: str) -> tuple[str, dict]:
-    """"8chip,n=3" -> ("8chip", {"n": "3"}); "" -> (DEFAULT_PRESET, {})."""
+    """ "8chip,n=3" -> ("8chip", {"n": "3"}); "" -> (DEFAULT_PRESET, {})."""
     preset, options = DEFAULT_PRESET, {}
     for part in filter(None, (p.strip() for p in (arg or "").split(","))):
         if "=" in part:
@@ -89,9 +106,15 @@ def model(name: str, what: str) -> dict:
     32 times, and keeps remat's memory; the same values; docs/performance.md). LLaVA: no vision scan
     (not implemented for its CLIP tower; 24 blocks of one kind) and one fixed 336 px image (576 tokens)."""
     hf = published.hf_config(name)
-    return dict(path=f"<{what}: a {name} folder>", hf_config=hf,
-                dtype="bfloat16", param_dtype="float32", remat=True, vision_chunk=MAX_IMAGE_TOKENS * 4,
-                scan_vision=hf["model_type"] != "llava")
+    return dict(
+        path=f"<{what}: a {name} folder>",
+        hf_config=hf,
+        dtype="bfloat16",
+        param_dtype="float32",
+        remat=True,
+        vision_chunk=MAX_IMAGE_TOKENS * 4,
+        scan_vision=hf["model_type"] != "llava",
+    )
 
 
 def split(what: str, fields: str = "align_anything") -> dict:
@@ -111,11 +134,18 @@ def base(arg: str, stages: tuple, workdir: str):
     c.tensorboard = True
     # the next batches are read, decoded and run through the image processor in 4 threads while a
     # step runs (docs/data.md): a host with 8 accelerators has the cores for it
-    c.data = dict(kind="files", too_long="skip", read_threads=4, image_workers=4, files=dict(
-        grm_train=split("Align-Anything text-image-to-text train"),
-        grm_test_id=split("Align-Anything text-image-to-text test"),
-        grm_test_ood=split("BeaverTails-V evaluation", "beavertails_v_helpful"),
-        policy_train=split("Align-Anything text-image-to-text train (prompts)")))
+    c.data = dict(
+        kind="files",
+        too_long="skip",
+        read_threads=4,
+        image_workers=4,
+        files=dict(
+            grm_train=split("Align-Anything text-image-to-text train"),
+            grm_test_id=split("Align-Anything text-image-to-text test"),
+            grm_test_ood=split("BeaverTails-V evaluation", "beavertails_v_helpful"),
+            policy_train=split("Align-Anything text-image-to-text train (prompts)"),
+        ),
+    )
     c.image = dict(min_pixels=4 * 28 * 28, max_pixels=MAX_IMAGE_TOKENS * 28 * 28)
     c.model = {}
     c.report = dict(enabled=True)
@@ -124,9 +154,19 @@ def base(arg: str, stages: tuple, workdir: str):
 
 # The paper's GRPO settings (both stages): lr 1e-6 cosine, warm-up 3%, weight decay 0.01, KL 0.02
 # (k3, "low_var_kl"), clip 0.2, token-mean loss, temperature 1.0.
-GRPO = dict(lr=1e-6, warmup_ratio=0.03, weight_decay=0.01, kl_coef=0.02, kl_estimator="k3", clip_eps=0.2,
-            loss_agg_mode="token-mean", advantage_estimator="grpo", temperature=1.0,
-            log_every=1, ckpt_every=20)
+GRPO = dict(
+    lr=1e-6,
+    warmup_ratio=0.03,
+    weight_decay=0.01,
+    kl_coef=0.02,
+    kl_estimator="k3",
+    clip_eps=0.2,
+    loss_agg_mode="token-mean",
+    advantage_estimator="grpo",
+    temperature=1.0,
+    log_every=1,
+    ckpt_every=20,
+)
 # Batch 360, mini-batch 128 in the paper: 360 is not a multiple of 128, so 3 mini-batches of 120
 # (this trainer needs equal mini-batches). Steps: 2 epochs = 2 x (pairs in the split) / 360; the
 # data stage prints the count of kept pairs: set --config.<section>.steps for your copy.
@@ -151,11 +191,23 @@ def grm_rl(arg: str, grm: str, steps: int = 200) -> dict:
     """Stage 1: GRPO on the GRM `grm` (a MODELS key), 8 judgments per pair, max response 2048, no
     position debiasing (the paper's setting; ours is an option); the preset's rollout calls."""
     calls = PRESETS[parse_arg(arg)[0]].get("rollout_calls", {}).get(grm, 1)
-    return dict(GRPO, steps=steps, pairs_per_step=BATCH, group_size=8, mini_batches=MINI_BATCHES, **_micro(arg, 8),
-                rollout_num_micro_batches=calls,
-                max_len=GRM_PROMPT_LEN, max_new_tokens=2048, position_debias=False, consistency_reward=False,
-                # not in method.md: accuracy on 1000 held-out pairs per split before and after
-                eval_pairs=1000, eval_every=50, eval_rows=64)
+    return dict(
+        GRPO,
+        steps=steps,
+        pairs_per_step=BATCH,
+        group_size=8,
+        mini_batches=MINI_BATCHES,
+        **_micro(arg, 8),
+        rollout_num_micro_batches=calls,
+        max_len=GRM_PROMPT_LEN,
+        max_new_tokens=2048,
+        position_debias=False,
+        consistency_reward=False,
+        # not in method.md: accuracy on 1000 held-out pairs per split before and after
+        eval_pairs=1000,
+        eval_every=50,
+        eval_rows=64,
+    )
 
 
 def policy_rl(arg: str, policy: str, n: int = 5, reward: str = "grm", steps: int = 200) -> dict:
@@ -168,20 +220,45 @@ def policy_rl(arg: str, policy: str, n: int = 5, reward: str = "grm", steps: int
         calls["judge_prompts_per_call"] = p.get("judge_prompts_per_call", {}).get((policy, n), 16)
     else:
         calls["score_rows_per_call"] = p.get("score_rows_per_call", {}).get(policy, 320)
-    return dict(GRPO, reward=reward, steps=steps, prompts_per_step=BATCH, n=n, mini_batches=MINI_BATCHES, **calls,
-                **_micro(arg, n), max_len=POLICY_PROMPT_LEN, max_new_tokens=512, pairs="both", aggregator="mean",
-                # not in method.md: the judge's budget and temperature in stage 2 (greedy, 1024 tokens)
-                judge_max_new_tokens=1024, judge_temperature=0.0,
-                grm_path="<the stage-1 GRM folder: grm_rl/grm in the workdir of the grm_qwen25vl_7b run>")
+    return dict(
+        GRPO,
+        reward=reward,
+        steps=steps,
+        prompts_per_step=BATCH,
+        n=n,
+        mini_batches=MINI_BATCHES,
+        **calls,
+        **_micro(arg, n),
+        max_len=POLICY_PROMPT_LEN,
+        max_new_tokens=512,
+        pairs="both",
+        aggregator="mean",
+        # not in method.md: the judge's budget and temperature in stage 2 (greedy, 1024 tokens)
+        judge_max_new_tokens=1024,
+        judge_temperature=0.0,
+        grm_path="<the stage-1 GRM folder: grm_rl/grm in the workdir of the grm_qwen25vl_7b run>",
+    )
 
 
 def rm() -> dict:
     """The score-only Bradley-Terry RM: -log sigmoid(r_w - r_l) + 0.001 mean(r^2), scalar head on
     the last token, from the GRM's base checkpoint (config.model.rm.path)."""
     # not in method.md: lr, pairs per step and steps of the RM (1 epoch of ~pairs / 64 steps)
-    return dict(steps=600, pairs_per_step=64, lr=1e-5, warmup_ratio=0.03, weight_decay=0.01, max_len=PAIR_ROW_LEN,
-                reg=0.001, init="random", eval_pairs=1000, eval_rows=64, num_micro_batches=16, log_every=10,
-                ckpt_every=100)
+    return dict(
+        steps=600,
+        pairs_per_step=64,
+        lr=1e-5,
+        warmup_ratio=0.03,
+        weight_decay=0.01,
+        max_len=PAIR_ROW_LEN,
+        reg=0.001,
+        init="random",
+        eval_pairs=1000,
+        eval_rows=64,
+        num_micro_batches=16,
+        log_every=10,
+        ckpt_every=100,
+    )
 
 
 def dpo(arg: str) -> dict:
@@ -190,9 +267,19 @@ def dpo(arg: str) -> dict:
     # steps of 2 epochs (2 x pairs / 80); micro-batches of 2 rows per device (memory only)
     data, fsdp, _ = PRESETS[parse_arg(arg)[0]]["mesh_shape"]
     pairs = 80
-    return dict(steps=1000, pairs_per_step=pairs, num_micro_batches=pairs // max(data * fsdp // 2, 1), lr=1e-6,
-                beta=0.1, loss_type="sigmoid", max_len=PAIR_ROW_LEN, warmup_ratio=0.03, weight_decay=0.01,
-                log_every=10, ckpt_every=100)
+    return dict(
+        steps=1000,
+        pairs_per_step=pairs,
+        num_micro_batches=pairs // max(data * fsdp // 2, 1),
+        lr=1e-6,
+        beta=0.1,
+        loss_type="sigmoid",
+        max_len=PAIR_ROW_LEN,
+        warmup_ratio=0.03,
+        weight_decay=0.01,
+        log_every=10,
+        ckpt_every=100,
+    )
 
 
 def grm_config(arg: str, grm: str):
@@ -213,9 +300,20 @@ def grm_sft(arg: str) -> dict:
     # activations fit 80 GB, --dry_run), 2 epochs (2 x pairs / 16 steps: the data stage prints the
     # count of kept pairs; set --config.sft.grm.steps for your copy); the judgment after the prompt
     # in GRM_PROMPT_LEN + 1024 tokens
-    return dict(log_every=10, ckpt_every=100,
-                grm=dict(steps=4000, batch_size=16, lr=1e-5, warmup_ratio=0.03, weight_decay=0.01,
-                         max_len=GRM_PROMPT_LEN + 1024, judgments="align_anything", vqa_fraction=0.0))
+    return dict(
+        log_every=10,
+        ckpt_every=100,
+        grm=dict(
+            steps=4000,
+            batch_size=16,
+            lr=1e-5,
+            warmup_ratio=0.03,
+            weight_decay=0.01,
+            max_len=GRM_PROMPT_LEN + 1024,
+            judgments="align_anything",
+            vqa_fraction=0.0,
+        ),
+    )
 
 
 def grm_sft_config(arg: str, grm: str):
@@ -237,7 +335,7 @@ def policy_config(arg: str, policy: str, *, n: int | None = None, judge: str = "
     c, _ = base(arg, ("data", "policy_rl"), f"runs/policy_{policy}_n{n}")
     c.model.policy = model(MODELS[policy], "the policy's start")
     c.model.grm = model(MODELS[judge], "unused: the judge is policy_rl.grm_path")
-    c.model.grm.path = None   # the judge's folder is policy_rl.grm_path; this entry gives its dtypes and shape
+    c.model.grm.path = None  # the judge's folder is policy_rl.grm_path; this entry gives its dtypes and shape
     c.policy_rl = policy_rl(arg, policy, n=n)
     _only_prompts(c)
     return c

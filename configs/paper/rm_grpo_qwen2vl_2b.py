@@ -13,8 +13,9 @@ Presets and shared settings: configs/paper/common.py; commands and data: docs/pa
 import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location("grlhfv_paper_common", os.path.join(os.path.dirname(__file__),
-                                                                                   "common.py"))
+_spec = importlib.util.spec_from_file_location(
+    "grlhfv_paper_common", os.path.join(os.path.dirname(__file__), "common.py")
+)
 common = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(common)
 

@@ -19,14 +19,40 @@ import ml_collections
 
 from grlhfv_jax.config import sections
 from grlhfv_jax.config.overrides import apply_overrides, check_overrides, lookup_key
-from grlhfv_jax.config.schema import (REQUIRED, ConfigError, Frozen, FrozenError, Key, Section, build, describe_lines,
-                                      lookup, run_rules)
+from grlhfv_jax.config.schema import (
+    REQUIRED,
+    ConfigError,
+    Frozen,
+    FrozenError,
+    Key,
+    Section,
+    build,
+    describe_lines,
+    lookup,
+    run_rules,
+)
 from grlhfv_jax.config.schema import check as _check
 from grlhfv_jax.config.sections import CONFIG, STAGE_SECTIONS
 
-__all__ = ["CONFIG", "REQUIRED", "STAGE_SECTIONS", "ConfigError", "Frozen", "FrozenError", "Key", "Section",
-           "apply_overrides", "check", "check_overrides", "describe", "lookup_key", "placeholders", "sections",
-           "typed_section", "validate"]
+__all__ = [
+    "CONFIG",
+    "REQUIRED",
+    "STAGE_SECTIONS",
+    "ConfigError",
+    "Frozen",
+    "FrozenError",
+    "Key",
+    "Section",
+    "apply_overrides",
+    "check",
+    "check_overrides",
+    "describe",
+    "lookup_key",
+    "placeholders",
+    "sections",
+    "typed_section",
+    "validate",
+]
 
 
 def check(config) -> None:

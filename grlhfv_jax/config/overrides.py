@@ -26,12 +26,12 @@ def check_overrides(argv: list[str]) -> None:
     for arg in argv:
         if not arg.startswith(PREFIX):
             continue
-        parts = arg[len(PREFIX):].split("=", 1)[0].split(".")
+        parts = arg[len(PREFIX) :].split("=", 1)[0].split(".")
         for i in range(len(parts)):
-            node = lookup(CONFIG, ".".join(parts[:i + 1]))
+            node = lookup(CONFIG, ".".join(parts[: i + 1]))
             if isinstance(node, Key):
                 if i + 1 < len(parts) and not _is_map(node):
-                    raise ConfigError(f"config.{'.'.join(parts[:i + 1])} is a {node.type} key, not a section")
+                    raise ConfigError(f"config.{'.'.join(parts[: i + 1])} is a {node.type} key, not a section")
                 break
 
 
@@ -41,13 +41,13 @@ def lookup_key(path: str) -> Key | None:
     section."""
     parts = path.split(".")
     for i in range(len(parts)):
-        node = lookup(CONFIG, ".".join(parts[:i + 1]))
+        node = lookup(CONFIG, ".".join(parts[: i + 1]))
         if isinstance(node, Key):
             if i + 1 == len(parts):
                 return node
             if _is_map(node):
                 return None
-            raise ConfigError(f"config.{'.'.join(parts[:i + 1])} is a {node.type} key, not a section")
+            raise ConfigError(f"config.{'.'.join(parts[: i + 1])} is a {node.type} key, not a section")
     raise ConfigError(f"config.{path} is a section, not a key: set its keys one by one")
 
 
@@ -94,13 +94,13 @@ def apply_overrides(config, overrides: list[str]) -> None:
     by the schema; a section of the schema the file leaves out (e.g. `policy_rl.judge`) is created.
     ConfigError names a bad path or value."""
     for arg in overrides:
-        path, text = arg[len(PREFIX):].split("=", 1)
+        path, text = arg[len(PREFIX) :].split("=", 1)
         *parents, leaf = path.split(".")
         node = config
         for i, part in enumerate(parents):
-            where = ".".join(parents[:i + 1])
+            where = ".".join(parents[: i + 1])
             if part not in node:
-                if not _is_section(where):   # inside an open map: not made up
+                if not _is_section(where):  # inside an open map: not made up
                     raise ConfigError(f"config.{where}: not in the config file")
                 with _unlocked(node):
                     node[part] = ml_collections.ConfigDict()

@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
-from typing import Any, Callable, Iterator, Mapping, Union
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Union
 
 import ml_collections
 
@@ -109,8 +110,10 @@ class Each(Check):
 
     def __init__(self, item: Check, nonempty: bool):
         self.item = item
-        super().__init__(f"a {'non-empty ' if nonempty else ''}list, each {item}",
-                         lambda v: (len(v) > 0 or not nonempty) and all(item.ok(x) for x in v))
+        super().__init__(
+            f"a {'non-empty ' if nonempty else ''}list, each {item}",
+            lambda v: (len(v) > 0 or not nonempty) and all(item.ok(x) for x in v),
+        )
 
     def why(self, value) -> str:
         bad = [x for x in value if not self.item.ok(x)]
@@ -125,6 +128,7 @@ def each(item: Check, *, nonempty: bool = False) -> Each:
 class Key:
     """One config key: its type, default (REQUIRED: none), meaning and constraint. `when`: a
     REQUIRED key is needed only when the sibling key when[0] has the value when[1]."""
+
     type: str
     default: Any
     meaning: str
@@ -213,14 +217,16 @@ class Frozen(Mapping):
         return len(self._values)
 
     def __setattr__(self, key, value):
-        raise FrozenError(f"config{'.' + self._path if self._path else ''} is frozen (validated): "
-                          f"cannot set '{key}'; use replace()")
+        raise FrozenError(
+            f"config{'.' + self._path if self._path else ''} is frozen (validated): cannot set '{key}'; use replace()"
+        )
 
     __setitem__ = __setattr__
 
     def __delattr__(self, key):
-        raise FrozenError(f"config{'.' + self._path if self._path else ''} is frozen (validated): "
-                          f"cannot delete '{key}'")
+        raise FrozenError(
+            f"config{'.' + self._path if self._path else ''} is frozen (validated): cannot delete '{key}'"
+        )
 
     __delitem__ = __delattr__
 
@@ -234,7 +240,7 @@ class Frozen(Mapping):
         """A plain, mutable nested dict of the values."""
         return {k: v.to_dict() if isinstance(v, Frozen) else _plain(v) for k, v in self._values.items()}
 
-    def replace(self, **changes) -> "Frozen":
+    def replace(self, **changes) -> Frozen:
         """A copy with `changes` (values or Frozen sections, taken as they are) set."""
         return Frozen({**self._values, **changes}, self._path)
 
@@ -287,8 +293,9 @@ def check(node: dict, value, path: str = "") -> None:
         spec, v, full = node[key], value[key], _dotted(path, key)
         if isinstance(spec, dict):
             if not isinstance(v, _MAPS + (Frozen,)):
-                raise ConfigError(f"config.{full} = {v!r}: expected a section (dict) with keys "
-                                  f"{', '.join(sorted(spec))}")
+                raise ConfigError(
+                    f"config.{full} = {v!r}: expected a section (dict) with keys {', '.join(sorted(spec))}"
+                )
             check(spec, v, full)
         else:
             value_of(spec, v, full)

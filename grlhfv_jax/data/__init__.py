@@ -3,6 +3,7 @@ readers and the demo tokenizer cache (pipeline.py). See docs/data.md.
 
 Only the pure-numpy world is imported here; `pipeline` and `synthetic_tfds` load grain / TFDS
 when imported."""
+
 from grlhfv_jax.data.world import (  # noqa: F401
     KINDS,
     PAIR_SPLITS,

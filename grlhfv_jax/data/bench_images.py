@@ -37,13 +37,21 @@ def _files(root: str, n: int, h: int, w: int) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from PIL import Image
+
     rng = np.random.default_rng(0)
     rows = []
     for k in range(n):
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(buf, format="JPEG", quality=90)
-        rows.append(dict(question=f"What is in image {k}?", image={"bytes": buf.getvalue(), "path": None},
-                         response_1="a red circle", response_2="two blue squares", overall_response=1 + k % 2))
+        rows.append(
+            dict(
+                question=f"What is in image {k}?",
+                image={"bytes": buf.getvalue(), "path": None},
+                response_1="a red circle",
+                response_2="two blue squares",
+                overall_response=1 + k % 2,
+            )
+        )
     path = f"{root}/pairs.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
@@ -61,6 +69,7 @@ def main(argv=None) -> dict:
     from grlhfv_jax import processing
     from grlhfv_jax.data import files_source as fs
     from grlhfv_jax.data.tokenizer import train_tokenizer
+
     out = {"images": args.images, "size": args.size, "workers": args.workers, "steps": args.steps}
     with tempfile.TemporaryDirectory() as root:
         pairs = _files(root, args.images * 2, h, w)
@@ -68,13 +77,18 @@ def main(argv=None) -> dict:
         train_tokenizer(["What is in image a red circle two blue squares"] * 20, f"{root}/tok", vocab_size=300)
         tok, proc = processing.load_tokenizer(f"{root}/tok"), processing.load_image_processor()
 
-        def example(r):   # encoding.Codec.example
+        def example(r):  # encoding.Codec.example
             text = processing.chat_prompt(r["question"], num_images=1, tokenizer=tok)
             return processing.encode_example(tok, proc, text, [r["image"]], r["answer"])
+
         for name, workers in (("in_step", 0), ("read_threads", args.workers)):
-            src = fs.FilesSource(dataset_dir, shard=(0, 1), read_threads=args.workers,
-                                 image_processor=processing.load_image_processor() if workers else None,
-                                 image_workers=workers)
+            src = fs.FilesSource(
+                dataset_dir,
+                shard=(0, 1),
+                read_threads=args.workers,
+                image_processor=processing.load_image_processor() if workers else None,
+                image_workers=workers,
+            )
             ds = src.dataset("grm_train", seed=0, batch_size=args.images)
             wait, enc, patches = [], [], 0
             for step in range(args.steps):
@@ -87,15 +101,22 @@ def main(argv=None) -> dict:
                 enc.append(t2 - t1)
                 patches = sum(e["pixel_values"].shape[0] for e in ex)
             wait, enc = wait[1:] or wait, enc[1:] or enc
-            out[name] = {"encode_s": round(statistics.median(enc), 4), "wait_s": round(statistics.median(wait), 4),
-                         "main_s": round(statistics.median([a + b for a, b in zip(enc, wait)]), 4),
-                         "patches_per_batch": patches}
+            out[name] = {
+                "encode_s": round(statistics.median(enc), 4),
+                "wait_s": round(statistics.median(wait), 4),
+                "main_s": round(statistics.median([a + b for a, b in zip(enc, wait)]), 4),
+                "patches_per_batch": patches,
+            }
             print(f"[bench_images] {name}: {out[name]}", file=sys.stderr, flush=True)
         if args.records > 0:
             for name, workers in (("records_serial", 0), ("records_threads", args.workers)):
-                src = fs.FilesSource(dataset_dir, shard=(0, 1), read_threads=workers,
-                                     image_processor=processing.load_image_processor() if workers else None,
-                                     image_workers=workers)
+                src = fs.FilesSource(
+                    dataset_dir,
+                    shard=(0, 1),
+                    read_threads=workers,
+                    image_processor=processing.load_image_processor() if workers else None,
+                    image_workers=workers,
+                )
                 read, enc = [], []
                 for _ in range(args.steps):
                     t0 = time.perf_counter()
@@ -104,9 +125,12 @@ def main(argv=None) -> dict:
                     [example(r) for r in recs]
                     read.append(t1 - t0)
                     enc.append(time.perf_counter() - t1)
-                out[name] = {"read_s": round(statistics.median(read), 4), "encode_s": round(statistics.median(enc), 4),
-                             "main_s": round(statistics.median([a + b for a, b in zip(read, enc)]), 4),
-                             "records": len(recs)}
+                out[name] = {
+                    "read_s": round(statistics.median(read), 4),
+                    "encode_s": round(statistics.median(enc), 4),
+                    "main_s": round(statistics.median([a + b for a, b in zip(read, enc)]), 4),
+                    "records": len(recs),
+                }
                 print(f"[bench_images] {name}: {out[name]}", file=sys.stderr, flush=True)
     return out
 

@@ -32,13 +32,11 @@ import os
 import threading
 import uuid
 
-from grlhfv_jax import processing
+from grlhfv_jax import encoding, processing
 from grlhfv_jax.config.sections import Reader, readers, tokenizer_dir  # which split feeds which stage; the rules
 from grlhfv_jax.data import files_source as fs
 from grlhfv_jax.data import preference_files as pf
 from grlhfv_jax.metrics import write_json_atomic
-from grlhfv_jax import encoding
-
 
 # ----------------------------------------------------------------------------- token lengths
 
@@ -59,7 +57,7 @@ class Measure:
         return len(self.tok.encode(text, add_special_tokens=False)) - 1 + n_img
 
     def response(self, text: str) -> int:
-        return len(self.tok.encode(text, add_special_tokens=False)) + 1   # + <|im_end|>
+        return len(self.tok.encode(text, add_special_tokens=False)) + 1  # + <|im_end|>
 
     def grm(self, rec: dict, n_img: int, a: str, b: str) -> int:
         return self.prompt(self.codec.grm_user_text(rec["question"], a, b), n_img)
@@ -69,8 +67,10 @@ class Measure:
         if reader.what == "prompt":
             return [self.prompt(rec["question"], n_img)]
         if reader.what == "grm":
-            return [self.grm(rec, n_img, rec["response_1"], rec["response_2"]),
-                    self.grm(rec, n_img, rec["response_2"], rec["response_1"])]
+            return [
+                self.grm(rec, n_img, rec["response_1"], rec["response_2"]),
+                self.grm(rec, n_img, rec["response_2"], rec["response_1"]),
+            ]
         q = self.prompt(rec["question"], n_img)
         texts = [rec["answer"]] if reader.what == "answer" else [rec["response_1"], rec["response_2"]]
         return [q + self.response(t) for t in texts]
@@ -84,7 +84,7 @@ def _caps(m: Measure, rec: dict, rs: list[Reader], n_img: int) -> dict[str, int]
     for r in rs:
         if r.what in ("responses", "answer"):
             room = r.max_len - m.prompt(rec["question"], n_img) - 1
-            for k in (("response_1", "response_2") if r.what == "responses" else (pref,)):
+            for k in ("response_1", "response_2") if r.what == "responses" else (pref,):
                 cap[k] = min(cap[k], room)
         elif r.what == "grm":
             budget = r.max_len - m.grm(rec, n_img, "", "")
@@ -104,18 +104,20 @@ def fit(m: Measure, rec: dict, rs: list[Reader], mode: str, split: str) -> tuple
             return rec, ("truncated" if attempt else "")
         r, n = over[0]
         if mode == "fail":
-            raise ValueError(f"data split '{split}': record {rec['id']}: {n} tokens > {r.key} = {r.max_len} "
-                             "(config.data.too_long = 'fail'; 'skip' or 'truncate' to go on)")
+            raise ValueError(
+                f"data split '{split}': record {rec['id']}: {n} tokens > {r.key} = {r.max_len} "
+                "(config.data.too_long = 'fail'; 'skip' or 'truncate' to go on)"
+            )
         if mode == "skip" or any(r.what == "prompt" for r, _ in over):
             return None, "skipped"
         cap = _caps(m, rec, rs, n_img)
         if min(cap.values()) < 1:
-            return None, "skipped"   # the question and image alone do not fit
+            return None, "skipped"  # the question and image alone do not fit
         rec = dict(rec)
         for k, c in cap.items():
             ids = m.tok.encode(rec[k], add_special_tokens=False)
-            if c < len(ids):   # re-encoding a cut text can merge tokens: tighten on retries
-                rec[k] = m.tok.decode(ids[:max(c - attempt, 1)])
+            if c < len(ids):  # re-encoding a cut text can merge tokens: tighten on retries
+                rec[k] = m.tok.decode(ids[: max(c - attempt, 1)])
         rec["answer"] = rec["response_1"] if rec["overall_response"] == 1 else rec["response_2"]
     return None, "skipped"
 
@@ -141,11 +143,11 @@ def fit(m: Measure, rec: dict, rs: list[Reader], mode: str, split: str) -> tuple
 # reports after it started waiting, and with a TimeoutError naming the folder when that file has not
 # changed for `STALL_S` (process 0 killed, not running the stage, or the data folder not shared).
 
-CONVERSION = 1      # bump when the stage writes something else for the same inputs
+CONVERSION = 1  # bump when the stage writes something else for the same inputs
 STATUS = "conversion_status.json"
 HEARTBEAT_S = 10.0  # process 0 rewrites its status this often while converting
-STALL_S = 900.0     # a waiting process gives up after its status has not changed for this long
-POLL_S = 2.0        # how often a waiting process looks
+STALL_S = 900.0  # a waiting process gives up after its status has not changed for this long
+POLL_S = 2.0  # how often a waiting process looks
 # checkpoint weights next to the tokenizer files: not part of the key (they do not change a token)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt", ".gguf")
 
@@ -179,7 +181,7 @@ def _image_stats(spec) -> dict | str:
     digest, not the list, so the marker stays small). {} when it names none (images inside the files)."""
     try:
         files = pf.image_files(spec.path, spec.fields, format=spec.format)
-        base = os.path.dirname(os.path.abspath(spec.path))   # names relative to it: the same on every host
+        base = os.path.dirname(os.path.abspath(spec.path))  # names relative to it: the same on every host
         digest, n, missing = hashlib.sha256(), 0, 0
         for p in files:
             name = os.path.relpath(p, base)
@@ -190,7 +192,7 @@ def _image_stats(spec) -> dict | str:
                 digest.update(f"{name}\0missing\n".encode())
                 missing += 1
             n += 1
-    except (OSError, ValueError, KeyError):   # no such path / format / field map: the conversion says so
+    except (OSError, ValueError, KeyError):  # no such path / format / field map: the conversion says so
         return "unreadable"
     return {"count": n, "missing": missing, "stats": digest.hexdigest()[:20]} if n else {}
 
@@ -206,15 +208,31 @@ def conversion_inputs(config, shard_bytes: int | None = None) -> dict:
     image file a split names by path (`_image_stats`: JSONL, and parquet / Arrow Image structs
     without bytes). Paths as configured (the same on every host)."""
     from grlhfv_jax.data import files_tfds
+
     rs, tok = readers(config), tokenizer_dir(config)
-    splits = {split: {"path": spec.path, "format": spec.format, "fields": spec.fields, "on_bad": spec.on_bad,
-                      "limit": spec.limit, "files": _stats(spec.path), "image_files": _image_stats(spec),
-                      "readers": [dataclasses.asdict(r) for r in rs.get(split, [])]}
-              for split, spec in sorted(config.data.files.items())}
-    return {"conversion": CONVERSION, "tfds_version": files_tfds.VERSION, "splits": splits,
-            "too_long": config.data.too_long, "tokenizer": {"dir": tok, "files": _stats(tok, top_only=True)},
-            "image": _plain(config.image), "grm_template": config.grm_template,
-            "shard_bytes": files_tfds.SHARD_BYTES if shard_bytes is None else int(shard_bytes)}
+    splits = {
+        split: {
+            "path": spec.path,
+            "format": spec.format,
+            "fields": spec.fields,
+            "on_bad": spec.on_bad,
+            "limit": spec.limit,
+            "files": _stats(spec.path),
+            "image_files": _image_stats(spec),
+            "readers": [dataclasses.asdict(r) for r in rs.get(split, [])],
+        }
+        for split, spec in sorted(config.data.files.items())
+    }
+    return {
+        "conversion": CONVERSION,
+        "tfds_version": files_tfds.VERSION,
+        "splits": splits,
+        "too_long": config.data.too_long,
+        "tokenizer": {"dir": tok, "files": _stats(tok, top_only=True)},
+        "image": _plain(config.image),
+        "grm_template": config.grm_template,
+        "shard_bytes": files_tfds.SHARD_BYTES if shard_bytes is None else int(shard_bytes),
+    }
 
 
 def conversion_key(inputs: dict) -> str:
@@ -225,13 +243,14 @@ def _read_json(path: str):
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except (OSError, ValueError):   # absent, or being replaced
+    except (OSError, ValueError):  # absent, or being replaced
         return None
 
 
 def finished(dataset_dir: str, key: str) -> dict | None:
     """The marker of a complete dataset converted from inputs with `key`, else None."""
     from grlhfv_jax.data import files_tfds
+
     marker = _read_json(os.path.join(dataset_dir, files_tfds.MARKER))
     return marker if isinstance(marker, dict) and marker.get("key") == key else None
 
@@ -258,6 +277,7 @@ def _convert(config, out_dir: str, marker: dict, shard_bytes: int | None) -> dic
     """Reads, checks and writes every split (module docstring); returns `marker` with the summary
     figures and record counts added, as written into the finished folder."""
     from grlhfv_jax.data import files_tfds
+
     codec = encoding.Codec.from_dirs(tokenizer_dir(config), config.image, config.grm_template or None)
     m = Measure(codec)
     writer = files_tfds.Writer(out_dir, **({} if shard_bytes is None else {"shard_bytes": shard_bytes}))
@@ -278,17 +298,25 @@ def _convert(config, out_dir: str, marker: dict, shard_bytes: int | None) -> dic
         n = writer.write_split(split, kept())
         summary.update(bad.summary(prefix=f"data/{split}/bad_"))
         if bad.examples:
-            print(f"[data] {split}: skipped {sum(bad.counts.values())} bad record(s) {dict(bad.counts)}, e.g. "
-                  f"{bad.examples[:3]}", flush=True)
+            print(
+                f"[data] {split}: skipped {sum(bad.counts.values())} bad record(s) {dict(bad.counts)}, e.g. "
+                f"{bad.examples[:3]}",
+                flush=True,
+            )
         summary[f"data/{split}/too_long_skipped"] = counts["skipped"]
         summary[f"data/{split}/too_long_truncated"] = counts["truncated"]
         summary[f"data/{split}/records"] = counts_out[split] = n
         if counts:
-            print(f"[data] {split}: longer than {', '.join(f'{r.key} = {r.max_len}' for r in rs)}: "
-                  f"{dict(counts)} (config.data.too_long = {config.data.too_long!r})", flush=True)
+            print(
+                f"[data] {split}: longer than {', '.join(f'{r.key} = {r.max_len}' for r in rs)}: "
+                f"{dict(counts)} (config.data.too_long = {config.data.too_long!r})",
+                flush=True,
+            )
         if not n and rs:
-            raise ValueError(f"data split '{split}' ({spec.path}): no record left to read "
-                             f"({json.dumps({k: v for k, v in summary.items() if k.startswith(f'data/{split}/')})})")
+            raise ValueError(
+                f"data split '{split}' ({spec.path}): no record left to read "
+                f"({json.dumps({k: v for k, v in summary.items() if k.startswith(f'data/{split}/')})})"
+            )
         print(f"[data] {split}: {n} records from {spec.path}", flush=True)
     marker = dict(marker, summary=summary, splits=counts_out)
     writer.finish(marker)
@@ -324,16 +352,17 @@ def _convert_reporting(config, out_dir: str, marker: dict, shard_bytes, heartbea
     return done
 
 
-def _wait_for_process_0(out_dir: str, dataset_dir: str, key: str, inputs: dict, process_index: int, *,
-                        stall_s: float, poll_s: float) -> dict:
+def _wait_for_process_0(
+    out_dir: str, dataset_dir: str, key: str, inputs: dict, process_index: int, *, stall_s: float, poll_s: float
+) -> dict:
     """Process `process_index` > 0: the marker of process 0's finished dataset for `key`
     (module notes above); RuntimeError or TimeoutError naming the folder when none comes."""
     import time
+
     path = os.path.join(out_dir, STATUS)
-    first = _read_json(path)   # what an earlier run left there is not news of this one
+    first = _read_json(path)  # what an earlier run left there is not news of this one
     seen, since = first, time.monotonic()
-    print(f"[data] process {process_index}: waiting for process 0 to convert the splits into {dataset_dir}",
-          flush=True)
+    print(f"[data] process {process_index}: waiting for process 0 to convert the splits into {dataset_dir}", flush=True)
     while True:
         done = finished(dataset_dir, key)
         if done is not None:
@@ -346,26 +375,47 @@ def _wait_for_process_0(out_dir: str, dataset_dir: str, key: str, inputs: dict, 
                 raise RuntimeError(
                     f"process 0 converts into {dataset_dir} from other inputs than process {process_index} sees "
                     f"(key {st.get('key')} vs {key}; they differ at: {_differs(st.get('inputs'), inputs)}): every "
-                    "host must see the same files and config (a shared filesystem)")
+                    "host must see the same files and config (a shared filesystem)"
+                )
             if st.get("state") == "failed":
-                raise RuntimeError(f"process 0 failed converting the splits into {dataset_dir} (nothing finished "
-                                   f"there for these inputs): {st.get('error')}")
+                raise RuntimeError(
+                    f"process 0 failed converting the splits into {dataset_dir} (nothing finished "
+                    f"there for these inputs): {st.get('error')}"
+                )
         if time.monotonic() - since > stall_s:
-            last = "none" if not isinstance(st, dict) else f"{st.get('state')!r}, key {st.get('key')}" + (
-                f": {st.get('error')}" if st.get("state") == "failed" else "") + (
-                " (already there when this process began waiting: an earlier run's, or process 0 stopped before "
-                "then)" if st == first else "")
+            last = (
+                "none"
+                if not isinstance(st, dict)
+                else f"{st.get('state')!r}, key {st.get('key')}"
+                + (f": {st.get('error')}" if st.get("state") == "failed" else "")
+                + (
+                    " (already there when this process began waiting: an earlier run's, or process 0 stopped before "
+                    "then)"
+                    if st == first
+                    else ""
+                )
+            )
             raise TimeoutError(
                 f"process {process_index}: no finished dataset for these inputs (key {key}) in {dataset_dir} and no "
                 f"sign of process 0 converting in {path} for {stall_s:.0f} s (its last status: {last}): is process 0 "
                 "running the 'data' stage, did it fail (see its log), is the data folder on a filesystem every host "
-                "sees? Converting once on one host (--config.stages=\"['data']\") also works")
+                "sees? Converting once on one host (--config.stages=\"['data']\") also works"
+            )
         time.sleep(poll_s)
 
 
-def run(config, workdir: str, data_dir: str, *, shard_bytes: int | None = None, process_index: int | None = None,
-        process_count: int | None = None, stall_s: float = STALL_S, poll_s: float = POLL_S,
-        heartbeat_s: float = HEARTBEAT_S) -> dict:
+def run(
+    config,
+    workdir: str,
+    data_dir: str,
+    *,
+    shard_bytes: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    stall_s: float = STALL_S,
+    poll_s: float = POLL_S,
+    heartbeat_s: float = HEARTBEAT_S,
+) -> dict:
     """Converts every configured split (module docstring) into ``<data_dir>/files`` unless a finished
     conversion of the same inputs is there (`conversion_inputs`); only process 0 converts, the
     others wait for it (notes above `CONVERSION`). Writes `workdir/data_paths.json`; returns the
@@ -373,8 +423,10 @@ def run(config, workdir: str, data_dir: str, *, shard_bytes: int | None = None, 
     ``too_long_*`` counts. `shard_bytes`: array_record shard size (files_tfds.SHARD_BYTES);
     `process_index` / `process_count`: default jax's."""
     from grlhfv_jax.data import files_tfds
+
     if process_index is None or process_count is None:
         import jax
+
         process_index, process_count = jax.process_index(), jax.process_count()
     out_dir = os.path.join(data_dir, "files")
     dataset_dir = os.path.join(out_dir, files_tfds.DATASET_NAME, files_tfds.VERSION)
@@ -382,8 +434,11 @@ def run(config, workdir: str, data_dir: str, *, shard_bytes: int | None = None, 
     key = conversion_key(inputs)
     done = finished(dataset_dir, key)
     if done is not None:
-        print(f"[data] {dataset_dir} holds these splits converted from the same files and options "
-              f"(key {key}): not converting again ({done['splits']} records)", flush=True)
+        print(
+            f"[data] {dataset_dir} holds these splits converted from the same files and options "
+            f"(key {key}): not converting again ({done['splits']} records)",
+            flush=True,
+        )
     elif process_index == 0:
         done = _convert_reporting(config, out_dir, {"key": key, "inputs": inputs}, shard_bytes, heartbeat_s)
         print(f"[data] converted to {dataset_dir} (key {key})", flush=True)
@@ -392,9 +447,16 @@ def run(config, workdir: str, data_dir: str, *, shard_bytes: int | None = None, 
             raise ValueError(f"process_index {process_index} is not one of the {process_count} processes")
         done = _wait_for_process_0(out_dir, dataset_dir, key, inputs, process_index, stall_s=stall_s, poll_s=poll_s)
         print(f"[data] process {process_index}: process 0 converted the splits into {dataset_dir}", flush=True)
-    write_json_atomic(os.path.join(workdir, "data_paths.json"),
-                {"kind": "files", "data_dir": data_dir, "tokenizer_dir": tokenizer_dir(config),
-                 "dataset_dir": dataset_dir, "splits": done["splits"]})
+    write_json_atomic(
+        os.path.join(workdir, "data_paths.json"),
+        {
+            "kind": "files",
+            "data_dir": data_dir,
+            "tokenizer_dir": tokenizer_dir(config),
+            "dataset_dir": dataset_dir,
+            "splits": done["splits"],
+        },
+    )
     return dict(done["summary"])
 
 
@@ -403,7 +465,13 @@ def source(paths: dict, read_threads: int = 0, image_workers: int = 0, image_pro
     decode the next batches while a step runs (`files_source.Prefetched`); with `image_workers` > 0
     the read threads also run `image_processor` (config.image's) on each image."""
     if "dataset_dir" not in paths:
-        raise ValueError("data_paths.json names no converted dataset (written by an older version of the "
-                         "'data' stage): rerun the 'data' stage")
-    return fs.FilesSource(paths["dataset_dir"], read_threads=int(read_threads), image_workers=int(image_workers),
-                          image_processor=image_processor if int(image_workers) > 0 else None)
+        raise ValueError(
+            "data_paths.json names no converted dataset (written by an older version of the "
+            "'data' stage): rerun the 'data' stage"
+        )
+    return fs.FilesSource(
+        paths["dataset_dir"],
+        read_threads=int(read_threads),
+        image_workers=int(image_workers),
+        image_processor=image_processor if int(image_workers) > 0 else None,
+    )

@@ -35,7 +35,8 @@ import functools
 import io
 import os
 import threading
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -49,12 +50,13 @@ PROMPT_SPLITS = ("policy_train", "policy_test")
 class SplitFiles:
     """Where one split's records are: `path` (file or folder), `format` (preference_files.FORMATS),
     `fields` (a FIELD_MAPS name or a FieldMap), `on_bad` ("skip" or "fail"), `limit` (records kept), `check_images`."""
+
     path: str
     format: str = "auto"
     fields: str | pf.FieldMap = "align_anything"
     on_bad: str = "skip"
     limit: int | None = None
-    check_images: bool = True           # decode every image once when read (catches corrupt files)
+    check_images: bool = True  # decode every image once when read (catches corrupt files)
 
     def field_map(self) -> pf.FieldMap:
         if isinstance(self.fields, pf.FieldMap):
@@ -69,9 +71,15 @@ def iter_split(split: str, spec: SplitFiles) -> tuple[Iterator[dict], pf.BadReco
     ``answer``) and what was skipped, counted as the iterator is consumed."""
     read = pf.iter_prompts if split in PROMPT_SPLITS else pf.iter_preferences
     try:
-        recs, bad = read(spec.path, spec.field_map(), format=spec.format, on_bad=spec.on_bad, limit=spec.limit,
-                         check_images=spec.check_images)
-    except KeyError as e:   # a column the field map names is missing: say which split
+        recs, bad = read(
+            spec.path,
+            spec.field_map(),
+            format=spec.format,
+            on_bad=spec.on_bad,
+            limit=spec.limit,
+            check_images=spec.check_images,
+        )
+    except KeyError as e:  # a column the field map names is missing: say which split
         raise KeyError(f"split {split!r}: {e.args[0]}") from None
 
     def records():
@@ -80,8 +88,9 @@ def iter_split(split: str, spec: SplitFiles) -> tuple[Iterator[dict], pf.BadReco
                 if split not in PROMPT_SPLITS:
                     r["answer"] = r["response_1"] if r["overall_response"] == 1 else r["response_2"]
                 yield r
-        except KeyError as e:   # a JSONL file's columns are checked at its first row
+        except KeyError as e:  # a JSONL file's columns are checked at its first row
             raise KeyError(f"split {split!r}: {e.args[0]}") from None
+
     return records(), bad
 
 
@@ -91,12 +100,14 @@ def read_split(split: str, spec: SplitFiles) -> tuple[list[dict], pf.BadRecords]
     return list(recs), bad
 
 
-def write_splits(out_dir: str, splits: Mapping[str, SplitFiles], *, shard_bytes: int | None = None
-                 ) -> tuple[str, dict[str, pf.BadRecords]]:
+def write_splits(
+    out_dir: str, splits: Mapping[str, SplitFiles], *, shard_bytes: int | None = None
+) -> tuple[str, dict[str, pf.BadRecords]]:
     """Converts each split as read (bad records skipped or refused per its spec; no length checks,
     which the `data` stage adds) into TFDS files under `out_dir`: (the dataset folder for
     `FilesSource`, what each split skipped)."""
     from grlhfv_jax.data import files_tfds
+
     w = files_tfds.Writer(out_dir, **({} if shard_bytes is None else {"shard_bytes": shard_bytes}))
     bad = {}
     for split, spec in splits.items():
@@ -108,6 +119,7 @@ def write_splits(out_dir: str, splits: Mapping[str, SplitFiles], *, shard_bytes:
 def _shard(shard: tuple[int, int] | None) -> tuple[int, int]:
     if shard is None:
         import jax
+
         shard = (jax.process_index(), jax.process_count())
     index, count = int(shard[0]), int(shard[1])
     if not 0 <= index < count:
@@ -126,14 +138,17 @@ class _Prepare:
 
     def __call__(self, rec: dict) -> dict:
         from grlhfv_jax import processing
+
         proc = getattr(self._local, "proc", None)
         if proc is None:
             proc = self._local.proc = copy.deepcopy(self.image_processor)
         try:
             image = processing.prepare_image(proc, rec["image"])
-        except Exception as e:   # PIL and the processor raise many types
-            raise ValueError(f"data split {self.split!r}: record {rec.get('id', '?')!r}: the image processor "
-                             f"failed on its image ({rec['image'].shape}): {type(e).__name__}: {e}") from e
+        except Exception as e:  # PIL and the processor raise many types
+            raise ValueError(
+                f"data split {self.split!r}: record {rec.get('id', '?')!r}: the image processor "
+                f"failed on its image ({rec['image'].shape}): {type(e).__name__}: {e}"
+            ) from e
         return dict(rec, image=image)
 
 
@@ -154,6 +169,7 @@ class Prefetched:
 
     def __getitem__(self, step: int):
         import grain
+
         step = int(step)
         if self._it is None or step != self._next:
             self.close()
@@ -169,7 +185,7 @@ class Prefetched:
         if it is None:
             return
         it.close()
-        executor = getattr(it, "_executor", None)   # grain's thread pool (PrefetchDatasetIterator)
+        executor = getattr(it, "_executor", None)  # grain's thread pool (PrefetchDatasetIterator)
         if executor is not None:
             executor.shutdown(wait=True)
 
@@ -194,8 +210,8 @@ class FilesSource:
     dataset_dir: str
     shard: tuple[int, int] | None = None
     hooks: None = None
-    read_threads: int = 0     # > 0: `dataset` decodes the next batches in that many threads (`Prefetched`)
-    image_processor: Any = None   # with image_workers > 0: run in the read threads (module docstring)
+    read_threads: int = 0  # > 0: `dataset` decodes the next batches in that many threads (`Prefetched`)
+    image_processor: Any = None  # with image_workers > 0: run in the read threads (module docstring)
     image_workers: int = 0
 
     def __post_init__(self):
@@ -204,19 +220,24 @@ class FilesSource:
     def source(self, split: str):
         """The split's random-access source (TFDS `ArrayRecordDataSource`: raw records, `files_tfds.decode`)."""
         import tensorflow_datasets as tfds
+
         if self._builder is None:
             if not os.path.isfile(os.path.join(self.dataset_dir, "dataset_info.json")):
-                raise FileNotFoundError(f"{self.dataset_dir}: no converted splits (dataset_info.json); run the "
-                                        "'data' stage")
+                raise FileNotFoundError(
+                    f"{self.dataset_dir}: no converted splits (dataset_info.json); run the 'data' stage"
+                )
             self._builder = tfds.builder_from_directory(self.dataset_dir)
         if split not in self._builder.info.splits:
             have = ", ".join(sorted(self._builder.info.splits)) or "none"
-            raise KeyError(f"data split {split!r} is not in {self.dataset_dir} (it has: {have}): set "
-                           f"config.data.files.{split}.path, or every record of it was skipped")
+            raise KeyError(
+                f"data split {split!r} is not in {self.dataset_dir} (it has: {have}): set "
+                f"config.data.files.{split}.path, or every record of it was skipped"
+            )
         return self._builder.as_data_source(split)
 
     def _decode(self, split: str):
         from grlhfv_jax.data import files_tfds
+
         return functools.partial(files_tfds.decode, prompt=split in PROMPT_SPLITS)
 
     def dataset(self, split: str, *, seed: int, batch_size: int):
@@ -232,6 +253,7 @@ class FilesSource:
         import grain
 
         from grlhfv_jax.data.pipeline import host_batch_size
+
         index, count = _shard(self.shard)
         per_host = host_batch_size(batch_size, count)
         ds = grain.MapDataset.source(self.source(split))
@@ -255,7 +277,7 @@ class FilesSource:
         the whole stage), and every image's patches (up to 24 MB an image at Qwen2-VL's largest
         size, ~8x its pixels) would stay with it; the judging encodes them batch by batch. At most
         a few records per thread are in flight beyond the list."""
-        if n is not None and int(n) <= 0:   # none asked (eval_pairs = 0): the split need not exist
+        if n is not None and int(n) <= 0:  # none asked (eval_pairs = 0): the split need not exist
             return []
         src = self.source(split)
         index, count = _shard(self.shard)
@@ -269,7 +291,7 @@ class FilesSource:
         out, pending = [], collections.deque()
         pool = concurrent.futures.ThreadPoolExecutor(min(threads, len(rows)), thread_name_prefix=f"records-{split}")
         try:
-            for i in rows:   # in order; a bounded window ahead (an error stops the rest soon)
+            for i in rows:  # in order; a bounded window ahead (an error stops the rest soon)
                 pending.append(pool.submit(lambda i: decode(src[i]), i))
                 if len(pending) >= 4 * threads:
                     out.append(pending.popleft().result())
@@ -281,6 +303,7 @@ class FilesSource:
 
     def encode_image(self, image) -> bytes:
         from PIL import Image
+
         buf = io.BytesIO()
         Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
         return buf.getvalue()

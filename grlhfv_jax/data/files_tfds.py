@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -35,30 +36,40 @@ from grlhfv_jax.data import preference_files
 
 DATASET_NAME = "grlhfv_files"
 VERSION = "1.0.0"
-SHARD_BYTES = 256 << 20          # a new array_record file after this many serialized bytes
-MARKER = "conversion.json"       # written last, before the rename (Writer.finish): the folder is complete
+SHARD_BYTES = 256 << 20  # a new array_record file after this many serialized bytes
+MARKER = "conversion.json"  # written last, before the rename (Writer.finish): the folder is complete
 
-FEATURES = tfds.features.FeaturesDict({
-    "id": tfds.features.Text(),
-    "question": tfds.features.Text(),
-    "response_1": tfds.features.Text(),
-    "response_2": tfds.features.Text(),
-    "overall_response": np.int32,
-    "image": tfds.features.Tensor(shape=(), dtype=np.object_),   # encoded image bytes, any format
-    "meta": tfds.features.Text(),                                # JSON object
-})
+FEATURES = tfds.features.FeaturesDict(
+    {
+        "id": tfds.features.Text(),
+        "question": tfds.features.Text(),
+        "response_1": tfds.features.Text(),
+        "response_2": tfds.features.Text(),
+        "overall_response": np.int32,
+        "image": tfds.features.Tensor(shape=(), dtype=np.object_),  # encoded image bytes, any format
+        "meta": tfds.features.Text(),  # JSON object
+    }
+)
 
 
 def _example(rec: Mapping[str, Any], split: str) -> dict:
     try:
         image = bytes(rec["image"])
         meta = json.dumps(rec.get("meta") or {}, default=str)
-        return {"id": str(rec["id"]), "question": rec["question"], "response_1": rec.get("response_1", ""),
-                "response_2": rec.get("response_2", ""), "overall_response": int(rec.get("overall_response", 0)),
-                "image": image, "meta": meta}
+        return {
+            "id": str(rec["id"]),
+            "question": rec["question"],
+            "response_1": rec.get("response_1", ""),
+            "response_2": rec.get("response_2", ""),
+            "overall_response": int(rec.get("overall_response", 0)),
+            "image": image,
+            "meta": meta,
+        }
     except (KeyError, TypeError) as e:
-        raise ValueError(f"split {split!r}: record {rec.get('id', '?')!r} cannot be stored: {e!r} (needs id, "
-                         "question, image bytes; pairs also response_1, response_2, overall_response)") from None
+        raise ValueError(
+            f"split {split!r}: record {rec.get('id', '?')!r} cannot be stored: {e!r} (needs id, "
+            "question, image bytes; pairs also response_1, response_2, overall_response)"
+        ) from None
 
 
 class Writer:
@@ -84,6 +95,7 @@ class Writer:
         response_2, overall_response) into shards; returns how many. A split without records writes
         no file and is left out of the dataset."""
         from array_record.python.array_record_module import ArrayRecordWriter
+
         if any(s.name == split for s in self.splits):
             raise ValueError(f"split {split!r} written twice")
         lengths, nbytes, writer, size = [], 0, None, 0
@@ -101,7 +113,7 @@ class Writer:
             nbytes += len(data)
         if writer is not None:
             writer.close()
-        for k in range(len(lengths)):   # now that the number of shards is known
+        for k in range(len(lengths)):  # now that the number of shards is known
             os.replace(self._shard_path(split, k, "tmp"), self._shard_path(split, k, len(lengths)))
         if lengths:
             self.splits.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=nbytes))
@@ -114,8 +126,13 @@ class Writer:
         if not self.splits:
             raise ValueError(f"{self.tmp_dir}: no split has any record: nothing to write")
         tfds.folder_dataset.write_metadata(
-            data_dir=self.tmp_dir, features=FEATURES, split_infos=self.splits, version=VERSION,
-            check_data=False, description="grlhfv_jax: prepared preference pairs / prompts (data/files_tfds.py)")
+            data_dir=self.tmp_dir,
+            features=FEATURES,
+            split_infos=self.splits,
+            version=VERSION,
+            check_data=False,
+            description="grlhfv_jax: prepared preference pairs / prompts (data/files_tfds.py)",
+        )
         if marker is not None:
             with open(os.path.join(self.tmp_dir, MARKER), "w", encoding="utf-8") as f:
                 json.dump(marker, f, indent=2, sort_keys=True)
@@ -137,12 +154,17 @@ def decode(raw: Mapping[str, Any], prompt: bool) -> dict:
     rec_id = _text(raw["id"])
     try:
         image = preference_files.decode_image(bytes(raw["image"]))
-    except Exception as e:   # PIL raises many types for bad data
-        raise ValueError(f"record {rec_id!r}: its stored image does not decode ({type(e).__name__}: {e}); the "
-                         "'data' stage checks images when it converts: convert again") from e
+    except Exception as e:  # PIL raises many types for bad data
+        raise ValueError(
+            f"record {rec_id!r}: its stored image does not decode ({type(e).__name__}: {e}); the "
+            "'data' stage checks images when it converts: convert again"
+        ) from e
     rec = {"id": rec_id, "question": _text(raw["question"]), "image": image, "meta": json.loads(_text(raw["meta"]))}
     if not prompt:
-        rec.update(response_1=_text(raw["response_1"]), response_2=_text(raw["response_2"]),
-                   overall_response=int(raw["overall_response"]))
+        rec.update(
+            response_1=_text(raw["response_1"]),
+            response_2=_text(raw["response_2"]),
+            overall_response=int(raw["overall_response"]),
+        )
         rec["answer"] = rec["response_1"] if rec["overall_response"] == 1 else rec["response_2"]
     return rec

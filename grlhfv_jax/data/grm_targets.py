@@ -27,6 +27,7 @@ class JudgmentSpec:
     """criteria: (the criterion as the judgment writes it, column stem: `<stem>_1` / `<stem>_2` hold
     response 1's / 2's rate); scale: the rates' (lowest, highest); critiques: the columns of
     response 1's / 2's critique (None: the analysis is the rates alone)."""
+
     criteria: tuple[tuple[str, str], ...]
     scale: tuple[float, float]
     critiques: tuple[str, str] | None = None
@@ -35,10 +36,16 @@ class JudgmentSpec:
 # Align-Anything text-image-to-text: five fine-grained rates per response (the dataset card's
 # annotation dimensions, each 0-3) and a language critique per response.
 ALIGN_ANYTHING = JudgmentSpec(
-    criteria=(("instruction following", "prompt_following_rate"), ("objective rules", "objective_rules_rate"),
-              ("clarity", "clarity_rate"), ("information richness", "information_richness_rate"),
-              ("safety", "safety_rate")),
-    scale=(0.0, 3.0), critiques=("text_critique_1", "text_critique_2"))
+    criteria=(
+        ("instruction following", "prompt_following_rate"),
+        ("objective rules", "objective_rules_rate"),
+        ("clarity", "clarity_rate"),
+        ("information richness", "information_richness_rate"),
+        ("safety", "safety_rate"),
+    ),
+    scale=(0.0, 3.0),
+    critiques=("text_critique_1", "text_critique_2"),
+)
 
 # sft.grm.judgments -> spec ("world": the synthetic world's own judgments)
 JUDGMENTS: dict[str, JudgmentSpec | None] = {"world": None, "align_anything": ALIGN_ANYTHING}

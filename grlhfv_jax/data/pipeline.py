@@ -16,13 +16,15 @@ batch, so the hosts' blocks, concatenated in process order (`sharding.global_bat
 batches one process reads, in the same order; without it, records p, p + count, ... of the shuffled
 stream. `load_records`: records `i` with `i % process_count == process_index`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import shutil
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -30,8 +32,15 @@ import numpy as np
 from grlhfv_jax.data import world as W
 
 COMMON_FIELDS = ("id", "kind", "question", "image", "scene", "heldout")
-PAIR_FIELDS = COMMON_FIELDS + ("response_1", "response_2", "overall_response", "oracle_1",
-                               "oracle_2", "label_noisy", "pair_type")
+PAIR_FIELDS = COMMON_FIELDS + (
+    "response_1",
+    "response_2",
+    "overall_response",
+    "oracle_1",
+    "oracle_2",
+    "label_noisy",
+    "pair_type",
+)
 PROMPT_FIELDS = COMMON_FIELDS + ("answer",)
 
 
@@ -72,8 +81,9 @@ def decode_record(raw: Mapping[str, Any], split: str) -> dict[str, Any]:
             if isinstance(v, np.ndarray) and v.dtype == np.uint8 and v.ndim == 3 and v.shape[-1] == 3:
                 out[f] = v
             else:
-                out[f] = W.decode_png(v if not isinstance(v, np.ndarray) else v.tobytes(),
-                                      where=f"{where}: field 'image'")
+                out[f] = W.decode_png(
+                    v if not isinstance(v, np.ndarray) else v.tobytes(), where=f"{where}: field 'image'"
+                )
         elif f == "overall_response":
             label = int(v)
             if label not in (1, 2):
@@ -114,8 +124,7 @@ class WorldSource:
         return f"WorldSource({self.split!r}, n={self._n})"
 
 
-def open_source(data_dir: str | None, split: str, world: W.WorldConfig | None = None, *,
-                source: str = "tfds"):
+def open_source(data_dir: str | None, split: str, world: W.WorldConfig | None = None, *, source: str = "tfds"):
     """The raw random-access source of `split`: "tfds" (files under data_dir, built if missing)
     or "world" (generated on the fly, data_dir unused)."""
     world = W.WorldConfig() if world is None else world
@@ -147,10 +156,20 @@ def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
     return shard_index, shard_count
 
 
-def dataset(data_dir: str | None, split: str, world: W.WorldConfig | None = None, *, seed: int = 0,
-            shuffle: bool = True, num_epochs: int | None = 1, batch_size: int | None = None,
-            drop_remainder: bool = False, shard_index: int | None = None,
-            shard_count: int | None = None, source: str = "tfds") -> grain.MapDataset:
+def dataset(
+    data_dir: str | None,
+    split: str,
+    world: W.WorldConfig | None = None,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = 1,
+    batch_size: int | None = None,
+    drop_remainder: bool = False,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    source: str = "tfds",
+) -> grain.MapDataset:
     """A grain MapDataset of decoded records (or lists of records: this process's rows of global
     batches of `batch_size`).
 
@@ -174,8 +193,10 @@ def host_batch_size(batch_size: int, count: int) -> int:
     """The rows each of `count` processes reads of a global batch of `batch_size` (ValueError
     unless it divides)."""
     if int(batch_size) % int(count):
-        raise ValueError(f"a global batch of {batch_size} rows does not split over {count} processes: make "
-                         f"batch sizes (pairs / prompts per step) multiples of the process count")
+        raise ValueError(
+            f"a global batch of {batch_size} rows does not split over {count} processes: make "
+            f"batch sizes (pairs / prompts per step) multiples of the process count"
+        )
     return int(batch_size) // int(count)
 
 
@@ -187,11 +208,21 @@ class _Decode(grain.transforms.Map):
         return decode_record(element, self.split)
 
 
-def loader(data_dir: str | None, split: str, world: W.WorldConfig | None = None, *, seed: int = 0,
-           shuffle: bool = True, num_epochs: int | None = 1, batch_size: int | None = None,
-           drop_remainder: bool = False, shard_index: int | None = None,
-           shard_count: int | None = None, worker_count: int = 0, source: str = "tfds"
-           ) -> grain.DataLoader:
+def loader(
+    data_dir: str | None,
+    split: str,
+    world: W.WorldConfig | None = None,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = 1,
+    batch_size: int | None = None,
+    drop_remainder: bool = False,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    worker_count: int = 0,
+    source: str = "tfds",
+) -> grain.DataLoader:
     """The same stream as a grain.DataLoader (worker processes with `worker_count` > 0).
 
     Note: grain's IndexSampler shards contiguously and orders records differently from
@@ -199,17 +230,25 @@ def loader(data_dir: str | None, split: str, world: W.WorldConfig | None = None,
     src = open_source(data_dir, split, world, source=source)
     si, sc = _shard(shard_index, shard_count)
     shard = grain.sharding.ShardOptions(shard_index=si, shard_count=sc, drop_remainder=sc > 1)
-    sampler = grain.samplers.IndexSampler(num_records=len(src), shard_options=shard, shuffle=shuffle,
-                                          num_epochs=num_epochs, seed=seed)
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(src), shard_options=shard, shuffle=shuffle, num_epochs=num_epochs, seed=seed
+    )
     ops: list = [_Decode(split)]
     if batch_size is not None:
         ops.append(grain.transforms.Batch(batch_size, drop_remainder=drop_remainder, batch_fn=list))
     return grain.DataLoader(data_source=src, sampler=sampler, operations=ops, worker_count=worker_count)
 
 
-def load_records(data_dir: str | None, split: str, world: W.WorldConfig | None = None, *,
-                 n: int | None = None, shard_index: int | None = None,
-                 shard_count: int | None = None, source: str = "tfds") -> list[dict[str, Any]]:
+def load_records(
+    data_dir: str | None,
+    split: str,
+    world: W.WorldConfig | None = None,
+    *,
+    n: int | None = None,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    source: str = "tfds",
+) -> list[dict[str, Any]]:
     """This process's share of the first `n` records of `split` (all if None), in order."""
     src = open_source(data_dir, split, world, source=source)
     si, sc = _shard(shard_index, shard_count)
@@ -219,6 +258,7 @@ def load_records(data_dir: str | None, split: str, world: W.WorldConfig | None =
 
 # ---------------------------------------------------------------------------------------------
 # Tokenizer cache.
+
 
 def tokenizer_texts(world: W.WorldConfig, extra_texts: Iterable[str] = ()) -> list[str]:
     """World texts + the GRM prompt template + the chat system line (what the demo tokenises)."""
@@ -232,8 +272,14 @@ def tokenizer_texts(world: W.WorldConfig, extra_texts: Iterable[str] = ()) -> li
     return texts
 
 
-def ensure_tokenizer(data_dir: str, world: W.WorldConfig | None = None, *, vocab_size: int = 1024,
-                     extra_texts: Sequence[str] = (), special_tokens: Sequence[str] = ()) -> str:
+def ensure_tokenizer(
+    data_dir: str,
+    world: W.WorldConfig | None = None,
+    *,
+    vocab_size: int = 1024,
+    extra_texts: Sequence[str] = (),
+    special_tokens: Sequence[str] = (),
+) -> str:
     """Train the demo tokenizer on the world's texts once; return its folder under `data_dir`.
     `special_tokens`: the model family's own, added to Qwen2-VL's (`PromptFormat.special_tokens`).
 
@@ -256,13 +302,20 @@ def ensure_tokenizer(data_dir: str, world: W.WorldConfig | None = None, *, vocab
     return out
 
 
-def prepare(data_dir: str, world: W.WorldConfig | None = None, *, vocab_size: int = 1024,
-            extra_texts: Sequence[str] = (), special_tokens: Sequence[str] = ()) -> dict[str, str]:
+def prepare(
+    data_dir: str,
+    world: W.WorldConfig | None = None,
+    *,
+    vocab_size: int = 1024,
+    extra_texts: Sequence[str] = (),
+    special_tokens: Sequence[str] = (),
+) -> dict[str, str]:
     """Build the TFDS files and the tokenizer (both cached). Returns their paths."""
     from grlhfv_jax.data import synthetic_tfds
 
     world = W.WorldConfig() if world is None else world
     b = synthetic_tfds.build(data_dir, world)
-    tok = ensure_tokenizer(data_dir, world, vocab_size=vocab_size, extra_texts=extra_texts,
-                           special_tokens=special_tokens)
+    tok = ensure_tokenizer(
+        data_dir, world, vocab_size=vocab_size, extra_texts=extra_texts, special_tokens=special_tokens
+    )
     return {"dataset_dir": os.fspath(b.data_path), "tokenizer_dir": tok}

@@ -35,9 +35,11 @@ import glob
 import io
 import json
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
+
 from grlhfv_jax.data import grm_targets
 
 REASONS = ("malformed", "missing_field", "missing_image", "undecodable_image", "bad_label", "empty_text")
@@ -48,13 +50,14 @@ FORMATS = ("auto", "parquet", "arrow", "jsonl")
 class FieldMap:
     """Our field -> the dataset's column. ``label`` holds which response is preferred:
     ``label_values[0]`` means response 1, ``label_values[1]`` response 2 (ints or strings)."""
+
     question: str = "question"
     image: str = "image"
     response_1: str = "response_1"
     response_2: str = "response_2"
     label: str = "overall_response"
     label_values: tuple = (1, 2)
-    meta: tuple[str, ...] = ()          # columns kept as metadata (absent ones are an error)
+    meta: tuple[str, ...] = ()  # columns kept as metadata (absent ones are an error)
 
 
 FIELD_MAPS = {
@@ -64,8 +67,7 @@ FIELD_MAPS = {
     # (data.grm_targets.ALIGN_ANYTHING; sft.grm.judgments = "align_anything")
     "align_anything_judgments": FieldMap(meta=grm_targets.columns(grm_targets.ALIGN_ANYTHING)),
     # BeaverTails-V: which label trains the judge is a choice; the other one stays as metadata
-    "beavertails_v_helpful": FieldMap(label="more_helpful_response_id",
-                                      meta=("category", "safer_response_id")),
+    "beavertails_v_helpful": FieldMap(label="more_helpful_response_id", meta=("category", "safer_response_id")),
     "beavertails_v_safe": FieldMap(label="safer_response_id", meta=("category", "more_helpful_response_id")),
 }
 
@@ -77,6 +79,7 @@ class BadRecordError(ValueError):
 @dataclasses.dataclass
 class BadRecords:
     """What a read skipped: counts per reason and the first few (row id, reason, detail)."""
+
     counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     examples: list = dataclasses.field(default_factory=list)
     read: int = 0
@@ -101,8 +104,9 @@ def detect_format(path: str) -> str:
             return "arrow"
         if glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True):
             return "parquet"
-        raise ValueError(f"{path!r}: a folder with neither a datasets.save_to_disk layout (state.json, *.arrow) "
-                         "nor .parquet files")
+        raise ValueError(
+            f"{path!r}: a folder with neither a datasets.save_to_disk layout (state.json, *.arrow) nor .parquet files"
+        )
     if not os.path.exists(path):
         raise FileNotFoundError(f"preference data not found: {path!r}")
     ext = os.path.splitext(path)[1].lower()
@@ -121,7 +125,7 @@ def _files(path: str, fmt: str) -> list[str]:
     if fmt == "parquet":
         return sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
     state = os.path.join(path, "state.json")
-    if os.path.isfile(state):   # datasets' own order of its shards
+    if os.path.isfile(state):  # datasets' own order of its shards
         with open(state) as f:
             names = [d["filename"] for d in json.load(f).get("_data_files", [])]
         if names:
@@ -132,8 +136,10 @@ def _files(path: str, fmt: str) -> list[str]:
 def _check_columns(file: str, have, need) -> None:
     missing = [c for c in need if c not in have]
     if missing:
-        raise KeyError(f"{file}: no column(s) {missing} (it has {sorted(have)}); set the field map "
-                       "(config.data.files.<split>.fields) to this dataset's column names")
+        raise KeyError(
+            f"{file}: no column(s) {missing} (it has {sorted(have)}); set the field map "
+            "(config.data.files.<split>.fields) to this dataset's column names"
+        )
 
 
 def json_object(line: str) -> dict:
@@ -157,13 +163,14 @@ def _rows(file: str, fmt: str, columns: list[str]) -> Iterator[tuple[int, Any]]:
                 except ValueError as e:
                     yield i, e
                     continue
-                if not checked:   # the first well-formed row fixes the columns
+                if not checked:  # the first well-formed row fixes the columns
                     _check_columns(file, row.keys(), columns)
                     checked = True
                 yield i, {c: row.get(c) for c in columns}
         return
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     if fmt == "parquet":
         # pre_buffer=False: pyarrow's default pre-buffering keeps every row group read so far (the
         # whole file by the end); this way one row group at a time is in memory
@@ -177,8 +184,11 @@ def _rows(file: str, fmt: str, columns: list[str]) -> Iterator[tuple[int, Any]]:
         except pa.ArrowInvalid:
             reader = pa.ipc.open_file(source)
         _check_columns(file, reader.schema.names, columns)
-        batches = (reader.get_batch(k) for k in range(reader.num_record_batches)) \
-            if isinstance(reader, pa.ipc.RecordBatchFileReader) else reader
+        batches = (
+            (reader.get_batch(k) for k in range(reader.num_record_batches))
+            if isinstance(reader, pa.ipc.RecordBatchFileReader)
+            else reader
+        )
     i = 0
     for batch in batches:
         for row in batch.select(columns).to_pylist():
@@ -226,19 +236,27 @@ def image_files(path: str, fields: FieldMap | str = "align_anything", *, format:
 def _named_images(file: str, fmt: str, column: str, base: str) -> Iterator[str]:
     """`image_files` of one parquet or Arrow file: the image column read batch by batch."""
     import pyarrow as pa
+
     if fmt == "parquet":
         import pyarrow.parquet as pq
-        pf = pq.ParquetFile(file, pre_buffer=False, buffer_size=8 << 20)   # as `_rows` reads it
+
+        pf = pq.ParquetFile(file, pre_buffer=False, buffer_size=8 << 20)  # as `_rows` reads it
         _check_columns(file, pf.schema_arrow.names, [column])
         kind = pf.schema_arrow.field(column).type
-        if pa.types.is_struct(kind) and kind.get_field_index("path") < 0 or \
-                pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-            return   # no path field: every image is inside the file
+        if (
+            pa.types.is_struct(kind)
+            and kind.get_field_index("path") < 0
+            or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind)
+        ):
+            return  # no path field: every image is inside the file
         for rg in range(pf.num_row_groups):
             if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
                 # the paths first (small): a row group naming none needs no bytes read
-                if all(b.column(0).field("path").null_count == len(b) for b in
-                       pf.iter_batches(batch_size=1024, row_groups=[rg], columns=[f"{column}.path"])):
+                if all(
+                    b.column(0).field("path").null_count == len(b)
+                    for b in pf.iter_batches(batch_size=1024, row_groups=[rg], columns=[f"{column}.path"])
+                ):
                     continue
             for b in pf.iter_batches(batch_size=256, row_groups=[rg], columns=[column]):
                 yield from _batch_images(b.column(0), base)
@@ -249,8 +267,11 @@ def _named_images(file: str, fmt: str, column: str, base: str) -> Iterator[str]:
     except pa.ArrowInvalid:
         reader = pa.ipc.open_file(source)
     _check_columns(file, reader.schema.names, [column])
-    batches = (reader.get_batch(k) for k in range(reader.num_record_batches)) \
-        if isinstance(reader, pa.ipc.RecordBatchFileReader) else reader
+    batches = (
+        (reader.get_batch(k) for k in range(reader.num_record_batches))
+        if isinstance(reader, pa.ipc.RecordBatchFileReader)
+        else reader
+    )
     for b in batches:
         yield from _batch_images(b.column(b.schema.get_field_index(column)), base)
 
@@ -260,17 +281,22 @@ def _batch_images(values, base: str) -> Iterator[str]:
     Python: a struct's ``bytes`` field only says whether a row has any."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
     kind = values.type
     if pa.types.is_struct(kind):
         if kind.get_field_index("path") < 0:
             return
         kids = dict(zip([kind.field(i).name for i in range(kind.num_fields)], values.flatten()))
-        paths = kids["path"].to_pylist()   # a null struct: a null path
+        paths = kids["path"].to_pylist()  # a null struct: a null path
         b = kids.get("bytes")
         if b is None or pa.types.is_null(b.type):
             has = [False] * len(paths)
-        elif pa.types.is_binary(b.type) or pa.types.is_large_binary(b.type) or pa.types.is_string(b.type) \
-                or pa.types.is_large_string(b.type):
+        elif (
+            pa.types.is_binary(b.type)
+            or pa.types.is_large_binary(b.type)
+            or pa.types.is_string(b.type)
+            or pa.types.is_large_string(b.type)
+        ):
             has = pc.fill_null(pc.greater(pc.binary_length(b), 0), False).to_pylist()
         else:
             has = [bool(v) for v in b.to_pylist()]
@@ -307,6 +333,7 @@ def _image_bytes(value, base: str) -> tuple[bytes | None, str]:
 def decode_image(data: bytes) -> np.ndarray:
     """Encoded image bytes -> uint8 [H, W, 3] RGB."""
     from PIL import Image
+
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("RGB"), np.uint8)
 
@@ -314,6 +341,7 @@ def decode_image(data: bytes) -> np.ndarray:
 def _decodes(data: bytes) -> str:
     """'' when `data` decodes as an image (fully: a truncated file fails), else why not."""
     from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
@@ -322,8 +350,9 @@ def _decodes(data: bytes) -> str:
         return f"{type(e).__name__}: {e}"
 
 
-def _iter(path: str, fields: dict, *, fmt: str, on_bad: str, limit: int | None, check_images: bool,
-          meta: tuple, build) -> tuple[Iterator[dict], BadRecords]:
+def _iter(
+    path: str, fields: dict, *, fmt: str, on_bad: str, limit: int | None, check_images: bool, meta: tuple, build
+) -> tuple[Iterator[dict], BadRecords]:
     """(the records, one at a time, and what was skipped: filled as the records are consumed).
     Arguments are checked now, the files read lazily."""
     if on_bad not in ("skip", "fail"):
@@ -336,8 +365,9 @@ def _iter(path: str, fields: dict, *, fmt: str, on_bad: str, limit: int | None, 
         raise FileNotFoundError(f"{path!r}: no {fmt} files")
     columns = list(dict.fromkeys(list(fields.values()) + list(meta)))
     bad = BadRecords()
-    return _records(files, fmt, columns, fields, bad, on_bad=on_bad, limit=limit, check_images=check_images,
-                    meta=meta, build=build), bad
+    return _records(
+        files, fmt, columns, fields, bad, on_bad=on_bad, limit=limit, check_images=check_images, meta=meta, build=build
+    ), bad
 
 
 def _records(files, fmt, columns, fields, bad, *, on_bad, limit, check_images, meta, build) -> Iterator[dict]:
@@ -380,14 +410,21 @@ def _records(files, fmt, columns, fields, bad, *, on_bad, limit, check_images, m
             yield rec
 
 
-def iter_preferences(path: str, fields: FieldMap | str = "align_anything", *, format: str = "auto",
-                     on_bad: str = "skip", limit: int | None = None, check_images: bool = True
-                     ) -> tuple[Iterator[dict], BadRecords]:
+def iter_preferences(
+    path: str,
+    fields: FieldMap | str = "align_anything",
+    *,
+    format: str = "auto",
+    on_bad: str = "skip",
+    limit: int | None = None,
+    check_images: bool = True,
+) -> tuple[Iterator[dict], BadRecords]:
     """`read_preferences` one record at a time: (an iterator over the records, what was skipped,
     counted as the iterator is consumed). Files are read in batches of rows, never whole."""
     fm = FIELD_MAPS[fields] if isinstance(fields, str) else fields
-    cols = dict(question=fm.question, image=fm.image, response_1=fm.response_1, response_2=fm.response_2,
-                label=fm.label)
+    cols = dict(
+        question=fm.question, image=fm.image, response_1=fm.response_1, response_2=fm.response_2, label=fm.label
+    )
     values = [str(v) for v in fm.label_values]
     if len(values) != 2 or values[0] == values[1]:
         raise ValueError(f"FieldMap.label_values must be two different values, got {fm.label_values!r}")
@@ -404,13 +441,20 @@ def iter_preferences(path: str, fields: FieldMap | str = "align_anything", *, fo
             return None, "bad_label", f"{fm.label!r} = {row[fm.label]!r}, expected one of {list(fm.label_values)}"
         return dict(question=q, response_1=a, response_2=b, overall_response=values.index(label) + 1), "", ""
 
-    return _iter(path, cols, fmt=format, on_bad=on_bad, limit=limit, check_images=check_images, meta=fm.meta,
-                 build=build)
+    return _iter(
+        path, cols, fmt=format, on_bad=on_bad, limit=limit, check_images=check_images, meta=fm.meta, build=build
+    )
 
 
-def iter_prompts(path: str, fields: FieldMap | str = "align_anything", *, format: str = "auto",
-                 on_bad: str = "skip", limit: int | None = None, check_images: bool = True
-                 ) -> tuple[Iterator[dict], BadRecords]:
+def iter_prompts(
+    path: str,
+    fields: FieldMap | str = "align_anything",
+    *,
+    format: str = "auto",
+    on_bad: str = "skip",
+    limit: int | None = None,
+    check_images: bool = True,
+) -> tuple[Iterator[dict], BadRecords]:
     """`read_prompts` one record at a time (as `iter_preferences`)."""
     fm = FIELD_MAPS[fields] if isinstance(fields, str) else fields
 
@@ -420,13 +464,27 @@ def iter_prompts(path: str, fields: FieldMap | str = "align_anything", *, format
             return None, "empty_text", f"{fm.question!r} is empty"
         return dict(question=q), "", ""
 
-    return _iter(path, dict(question=fm.question, image=fm.image), fmt=format, on_bad=on_bad, limit=limit,
-                 check_images=check_images, meta=fm.meta, build=build)
+    return _iter(
+        path,
+        dict(question=fm.question, image=fm.image),
+        fmt=format,
+        on_bad=on_bad,
+        limit=limit,
+        check_images=check_images,
+        meta=fm.meta,
+        build=build,
+    )
 
 
-def read_preferences(path: str, fields: FieldMap | str = "align_anything", *, format: str = "auto",
-                     on_bad: str = "skip", limit: int | None = None, check_images: bool = True
-                     ) -> tuple[list[dict], BadRecords]:
+def read_preferences(
+    path: str,
+    fields: FieldMap | str = "align_anything",
+    *,
+    format: str = "auto",
+    on_bad: str = "skip",
+    limit: int | None = None,
+    check_images: bool = True,
+) -> tuple[list[dict], BadRecords]:
     """Preference records from `path` (module docstring) and what was skipped. `fields`: a
     `FieldMap` or a `FIELD_MAPS` name; `limit`: stop after that many records kept;
     `check_images`: decode every image once (catches corrupt files before training).
@@ -435,9 +493,15 @@ def read_preferences(path: str, fields: FieldMap | str = "align_anything", *, fo
     return list(recs), bad
 
 
-def read_prompts(path: str, fields: FieldMap | str = "align_anything", *, format: str = "auto",
-                 on_bad: str = "skip", limit: int | None = None, check_images: bool = True
-                 ) -> tuple[list[dict], BadRecords]:
+def read_prompts(
+    path: str,
+    fields: FieldMap | str = "align_anything",
+    *,
+    format: str = "auto",
+    on_bad: str = "skip",
+    limit: int | None = None,
+    check_images: bool = True,
+) -> tuple[list[dict], BadRecords]:
     """Prompt records (question + image, for policy RL) from the same files as `read_preferences`:
     the responses and labels are not read."""
     recs, bad = iter_prompts(path, fields, format=format, on_bad=on_bad, limit=limit, check_images=check_images)

@@ -19,7 +19,8 @@ stages skip what needs them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -60,14 +61,17 @@ class WorldHooks:
 
     def oracle_score(self, record, answer: str) -> float:
         from grlhfv_jax.data import world
+
         return world.oracle_score(record["scene"], record["question"], answer)
 
     def style(self, answer: str) -> str:
         from grlhfv_jax.data import world
+
         return world.style_description(answer)
 
     def restyle(self, rng, answer: str, weights) -> str:
         from grlhfv_jax.data import world
+
         return world.restyle(rng, answer, weights)
 
     def check_styles(self, weights) -> None:
@@ -79,27 +83,29 @@ class WorldSource:
     """The synthetic world's splits, as the `data` stage wrote them (TFDS files read by grain)."""
 
     data_dir: str
-    world: Any                                  # data.world.WorldConfig
+    world: Any  # data.world.WorldConfig
     hooks: WorldHooks = dataclasses.field(default_factory=WorldHooks)
 
     def dataset(self, split: str, *, seed: int, batch_size: int):
         from grlhfv_jax.data import pipeline
+
         return pipeline.dataset(self.data_dir, split, self.world, seed=seed, num_epochs=None, batch_size=batch_size)
 
     def records(self, split: str, n: int | None = None) -> list[dict]:
         from grlhfv_jax.data import pipeline
+
         return pipeline.load_records(self.data_dir, split, self.world, n=n)
 
     def encode_image(self, image) -> bytes:
         from grlhfv_jax.data import world
+
         return world.encode_png(np.asarray(image, np.uint8))
 
 
-def oracle_scores(hooks: Hooks | None, records: Sequence[Mapping], answers: Sequence[str],
-                  per_record: int = 1) -> np.ndarray | None:
+def oracle_scores(
+    hooks: Hooks | None, records: Sequence[Mapping], answers: Sequence[str], per_record: int = 1
+) -> np.ndarray | None:
     """Oracle scores [len(answers)] of answers grouped `per_record` per record, or None without hooks."""
     if hooks is None:
         return None
     return np.array([hooks.oracle_score(records[i // per_record], a) for i, a in enumerate(answers)])
-
-

@@ -11,6 +11,7 @@ One schema for every split (fields a split does not use are empty / 0); see `wor
 Each distinct `WorldConfig` gets its own builder config (name `w<hash>`) under `data_dir`, so
 changing any world setting never reuses stale files.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,19 @@ from grlhfv_jax.data import world as W
 DATASET_NAME = "grlhfv_world"
 VERSION = "1.4.0"
 
-TEXT_FIELDS = ("id", "split", "kind", "question", "scene", "heldout", "response_1", "response_2",
-               "judgment", "answer", "pair_type")
+TEXT_FIELDS = (
+    "id",
+    "split",
+    "kind",
+    "question",
+    "scene",
+    "heldout",
+    "response_1",
+    "response_2",
+    "judgment",
+    "answer",
+    "pair_type",
+)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -37,7 +49,7 @@ class WorldBuilderConfig(tfds.core.BuilderConfig):
     world_json: str = ""
 
     @classmethod
-    def from_world(cls, cfg: W.WorldConfig) -> "WorldBuilderConfig":
+    def from_world(cls, cfg: W.WorldConfig) -> WorldBuilderConfig:
         js = cfg.to_json()
         name = "w" + hashlib.sha1(js.encode()).hexdigest()[:10]
         return cls(name=name, version=VERSION, description=f"synthetic world {js}", world_json=js)
@@ -45,6 +57,7 @@ class WorldBuilderConfig(tfds.core.BuilderConfig):
     @property
     def world(self) -> W.WorldConfig:
         import json
+
         return W.WorldConfig.from_dict(json.loads(self.world_json))
 
 
@@ -53,13 +66,13 @@ class GrlhfvWorld(tfds.core.GeneratorBasedBuilder):
 
     name = DATASET_NAME
     VERSION = tfds.core.Version(VERSION)
-    RELEASE_NOTES = {"1.0.0": "First release: shapes world, hidden principle, 7 splits.",
-                     "1.1.0": "Pair types (minimal, style, mixed) and the pair_type field.",
-                     "1.2.0": "WorldConfig.sft_grm_analysis (style, the old default | facts | none).",
-                     "1.3.0": "WorldConfig.sft_grm_first_scores / sft_grm_second_scores (the defaults keep 1.2.0's "
-                              "judgments).",
-                     "1.4.0": "WorldConfig.sft_grm_opinions / sft_grm_opinion_strength (the defaults keep 1.3.0's "
-                              "judgments)."}
+    RELEASE_NOTES = {
+        "1.0.0": "First release: shapes world, hidden principle, 7 splits.",
+        "1.1.0": "Pair types (minimal, style, mixed) and the pair_type field.",
+        "1.2.0": "WorldConfig.sft_grm_analysis (style, the old default | facts | none).",
+        "1.3.0": "WorldConfig.sft_grm_first_scores / sft_grm_second_scores (the defaults keep 1.2.0's judgments).",
+        "1.4.0": "WorldConfig.sft_grm_opinions / sft_grm_opinion_strength (the defaults keep 1.3.0's judgments).",
+    }
     BUILDER_CONFIGS = [WorldBuilderConfig.from_world(W.WorldConfig())]
     # TFDS derives this from the package and, for a regular package, then touches the optional
     # `importlib_resources` module; giving the path directly avoids that dependency.
@@ -91,9 +104,13 @@ class GrlhfvWorld(tfds.core.GeneratorBasedBuilder):
         for i in range(cfg.size(split)):
             rec = W.make_record(cfg, split, i, encode_image=True)  # PNG bytes: no TF needed
             out = {k: rec.get(k, "") for k in TEXT_FIELDS}
-            out.update(image=rec["image"], overall_response=int(rec.get("overall_response", 0)),
-                       oracle_1=float(rec.get("oracle_1", 0.0)), oracle_2=float(rec.get("oracle_2", 0.0)),
-                       label_noisy=bool(rec.get("label_noisy", False)))
+            out.update(
+                image=rec["image"],
+                overall_response=int(rec.get("overall_response", 0)),
+                oracle_1=float(rec.get("oracle_1", 0.0)),
+                oracle_2=float(rec.get("oracle_2", 0.0)),
+                label_noisy=bool(rec.get("label_noisy", False)),
+            )
             yield rec["id"], out
 
 
@@ -111,6 +128,7 @@ def build(data_dir: str, cfg: W.WorldConfig | None = None, *, quiet: bool = True
     b = builder(data_dir, cfg)
     if quiet:
         tfds.disable_progress_bar()
-    b.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    b.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    )
     return b

@@ -6,6 +6,7 @@ Qwen2-VL appended after the learned vocabulary (as in the real checkpoint), eos 
 pad `<|endoftext|>`, and Qwen2-VL's chat template (images rendered as
 `<|vision_start|><|image_pad|><|vision_end|>`).
 """
+
 from __future__ import annotations
 
 import os
@@ -97,8 +98,9 @@ def build_bpe(texts: Iterable[str], vocab_size: int, special_tokens=SPECIAL_TOKE
     return tok
 
 
-def train_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 2048,
-                    extra_special_tokens: Sequence[str] = ()) -> tuple[str, dict[str, int]]:
+def train_tokenizer(
+    texts: Iterable[str], out_dir: str, vocab_size: int = 2048, extra_special_tokens: Sequence[str] = ()
+) -> tuple[str, dict[str, int]]:
     """Train a byte-level BPE on `texts` and save a Qwen2-VL-style HF tokenizer folder.
     `extra_special_tokens` (another family's, e.g. LLaVA's `<image>`, `</s>`) follow Qwen2-VL's.
 

@@ -1,5 +1,6 @@
 """Model families (Flax NNX) and Hugging Face checkpoint I/O. See docs/models.md.
 One folder per family (`qwen2_vl/`, `llava/`), chosen by config.json's model_type (`families.py`)."""
+
 from . import contract
 from .families import SUPPORTED_MODEL_TYPES, UnsupportedModelError, family
 from .llava import Llava, LlavaConfig
@@ -14,7 +15,21 @@ def from_config(config, **kwargs):
     return family(model_type).from_config(config, **kwargs)
 
 
-__all__ = ["contract", "SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "family", "VLConfig", "parse_hf_config",
-           "Qwen2VL",
-           "from_config", "rope_index", "decode_position_ids", "CheckpointError", "load_pretrained",
-           "read_config_json", "save_pretrained", "Llava", "LlavaConfig"]
+__all__ = [
+    "contract",
+    "SUPPORTED_MODEL_TYPES",
+    "UnsupportedModelError",
+    "family",
+    "VLConfig",
+    "parse_hf_config",
+    "Qwen2VL",
+    "from_config",
+    "rope_index",
+    "decode_position_ids",
+    "CheckpointError",
+    "load_pretrained",
+    "read_config_json",
+    "save_pretrained",
+    "Llava",
+    "LlavaConfig",
+]

@@ -25,6 +25,7 @@ Capabilities (declared, class attributes): ``shared_prompt`` (``shared_prompt_hi
 repeat one prompt in runs of ``group`` run it once) and ``group_images`` (``group_first_images``
 and ``shared_prompt_hidden(group_images=True)``: the tower encodes each run's images once).
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
@@ -32,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import jax.numpy as jnp
 import numpy as np
 
-IMAGE_KEYS = ("pixel_values", "image_grid_thw")   # a batch's image entries (module docstring)
+IMAGE_KEYS = ("pixel_values", "image_grid_thw")  # a batch's image entries (module docstring)
 
 
 class ImageLayout:
@@ -64,7 +65,7 @@ class ImageLayout:
                 k += 1
             if n_tok != 0:
                 raise ValueError("image tokens of a row do not match image_grid_thw")
-            n_px = int(rows[img:img + k].sum())
+            n_px = int(rows[img : img + k].sum())
             out.append((slice(px, px + n_px), slice(img, img + k)))
             img, px = img + k, px + n_px
         return out
@@ -74,15 +75,19 @@ class ImageLayout:
         p*n+n-1 of `np.repeat(rows, n)` are copies of row p)."""
         sl = self.row_slices(batch)
         pv, grid = np.asarray(batch["pixel_values"]), np.asarray(batch["image_grid_thw"]).reshape(-1, 3)
-        return {"pixel_values": np.concatenate([pv[a] for a, _ in sl for _ in range(n)]),
-                "image_grid_thw": np.concatenate([grid[b] for _, b in sl for _ in range(n)])}
+        return {
+            "pixel_values": np.concatenate([pv[a] for a, _ in sl for _ in range(n)]),
+            "image_grid_thw": np.concatenate([grid[b] for _, b in sl for _ in range(n)]),
+        }
 
     def select(self, batch: dict, idx) -> dict:
         """The image entries of the rows `idx` of `batch`, in that order."""
         sl = self.row_slices(batch)
         pv, grid = np.asarray(batch["pixel_values"]), np.asarray(batch["image_grid_thw"]).reshape(-1, 3)
-        return {"pixel_values": np.concatenate([pv[sl[i][0]] for i in idx]),
-                "image_grid_thw": np.concatenate([grid[sl[i][1]] for i in idx])}
+        return {
+            "pixel_values": np.concatenate([pv[sl[i][0]] for i in idx]),
+            "image_grid_thw": np.concatenate([grid[sl[i][1]] for i in idx]),
+        }
 
 
 @runtime_checkable
@@ -91,12 +96,23 @@ class VLModel(Protocol):
     docstring and docs/internal_api.md)."""
 
     config: Any
-    image_layout: ImageLayout     # the batch's image bookkeeping (`ImageLayout`)
-    shared_prompt: bool           # capability: `shared_prompt_hidden`
-    group_images: bool            # capability: `group_first_images` (+ shared_prompt_hidden(group_images=True))
+    image_layout: ImageLayout  # the batch's image bookkeeping (`ImageLayout`)
+    shared_prompt: bool  # capability: `shared_prompt_hidden`
+    group_images: bool  # capability: `group_first_images` (+ shared_prompt_hidden(group_images=True))
 
-    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
-                 position_ids=None, cache=None, cache_index=None, image_embeds=None, return_hidden=False):
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        pixel_values=None,
+        image_grid_thw=None,
+        *,
+        position_ids=None,
+        cache=None,
+        cache_index=None,
+        image_embeds=None,
+        return_hidden=False,
+    ):
         """-> logits [B, T, V] float32 (or hidden [B, T, H]); with a cache -> (that, new cache)."""
 
     def logits(self, h):
@@ -128,8 +144,8 @@ class PromptFormat(Protocol):
     the special tokens. Qwen: `models.qwen2_vl.prompts.QwenPrompts`; LLaVA: `models.llava.LlavaPrompts`."""
 
     family: str
-    eos_token: str              # ends an assistant turn (the sampler's stop token)
-    special_tokens: tuple       # tokens a (demo) tokenizer must add for the family (Qwen: none beyond its own)
+    eos_token: str  # ends an assistant turn (the sampler's stop token)
+    special_tokens: tuple  # tokens a (demo) tokenizer must add for the family (Qwen: none beyond its own)
 
     def config_ids(self, tokenizer) -> dict:
         """hf config key -> token id of the family's special tokens (image placeholder, markers)."""
@@ -159,12 +175,15 @@ def next_slot_deltas(position_ids, attention_mask):
     position_ids [..., B, T] (any family layout), attention_mask [B, T] -> int32 [B]: the largest
     position of the row's real tokens + 1 - T."""
     real = attention_mask.astype(bool)
-    pos = position_ids.reshape((-1,) + real.shape)                          # [R, B, T]
+    pos = position_ids.reshape((-1,) + real.shape)  # [R, B, T]
     last = jnp.max(jnp.where(real[None], pos, -1), axis=(0, 2))
     return (last + 1 - pos.shape[-1]).astype(jnp.int32)
 
 
 def has_images(batch: dict) -> bool:
     """Whether a host batch carries images (`IMAGE_KEYS` present, at least one image)."""
-    return batch.get("pixel_values") is not None and batch.get("image_grid_thw") is not None \
+    return (
+        batch.get("pixel_values") is not None
+        and batch.get("image_grid_thw") is not None
         and np.asarray(batch["image_grid_thw"]).size > 0
+    )

@@ -20,7 +20,7 @@ import importlib
 
 from .errors import UnsupportedModelError
 
-FAMILIES = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "llava": "llava"}   # model_type -> folder
+FAMILIES = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "llava": "llava"}  # model_type -> folder
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 
@@ -28,5 +28,6 @@ def family(model_type):
     """The family module for `model_type`, or UnsupportedModelError naming the supported ones."""
     if model_type not in FAMILIES:
         raise UnsupportedModelError(
-            f"unsupported model_type {model_type!r}; supported families: {', '.join(SUPPORTED_MODEL_TYPES)}")
+            f"unsupported model_type {model_type!r}; supported families: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
     return importlib.import_module(f"grlhfv_jax.models.{FAMILIES[model_type]}")

@@ -1,4 +1,5 @@
 """Small NNX building blocks with explicit parameter / compute dtypes and logical-axis metadata."""
+
 from __future__ import annotations
 
 import jax
@@ -131,17 +132,17 @@ def attention(q, k, v, mask, dtype, *, cache_layout=False):
     B, T, Hq, D = q.shape
     Hkv = k.shape[1 if cache_layout else 2]
     g = Hq // Hkv
-    if T == 1:          # decode: no transposes at all
+    if T == 1:  # decode: no transposes at all
         k_in, v_in = ("bksd", "bkds") if cache_layout else ("bskd", "bskd")
         qg = q.reshape(B, T, Hkv, g, D)
-        s = jnp.einsum(f"btkgd,{k_in}->bkgts", qg, k, preferred_element_type=jnp.float32) * (D ** -0.5)
+        s = jnp.einsum(f"btkgd,{k_in}->bkgts", qg, k, preferred_element_type=jnp.float32) * (D**-0.5)
         s = jnp.where(mask[:, None, None], s, NEG_INF)
         p = jax.nn.softmax(s, axis=-1).astype(dtype)
         return jnp.einsum(f"bkgts,{v_in}->btkgd", p, v).reshape(B, T, Hq, D)
     if not cache_layout:
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)                 # [B, Hkv, S, D], [B, Hkv, D, S]
-    qg = q.reshape(B, T, Hkv, g, D).transpose(0, 2, 3, 1, 4)                    # [B, Hkv, g, T, D]
-    s = jnp.einsum("bkgtd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32) * (D ** -0.5)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)  # [B, Hkv, S, D], [B, Hkv, D, S]
+    qg = q.reshape(B, T, Hkv, g, D).transpose(0, 2, 3, 1, 4)  # [B, Hkv, g, T, D]
+    s = jnp.einsum("bkgtd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32) * (D**-0.5)
     s = jnp.where(mask[:, None, None], s, NEG_INF)
     p = jax.nn.softmax(s, axis=-1).astype(dtype)
     o = jnp.einsum("bkgts,bkds->bkgtd", p, v)

@@ -2,6 +2,7 @@
 `models.families` (the family gives the names and the on-disk shapes: `hub_key`, `hub_shape`).
 Kernels are stored [out, in] (ours [in, out]); every tensor is read one at a time.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,16 +42,18 @@ def param_table(model):
     ``config.scan_layers``, ``STACKED_VISION`` with ``config.scan_vision``) L keys, key i for slot i
     (``model.layers.{i}.self_attn.q_proj.weight``, ``visual.blocks.{i}.attn.qkv.weight``)."""
     fam = family(model.config.model_type)
-    prefixes = [tuple(getattr(fam, name, ())) for name, flag in (("STACKED_LAYERS", "scan_layers"),
-                                                                 ("STACKED_VISION", "scan_vision"))
-                if getattr(model.config, flag, False)]
+    prefixes = [
+        tuple(getattr(fam, name, ()))
+        for name, flag in (("STACKED_LAYERS", "scan_layers"), ("STACKED_VISION", "scan_vision"))
+        if getattr(model.config, flag, False)
+    ]
     out = []
     for path, node in nnx.iter_graph(model):
         if isinstance(node, nnx.Param):
-            prefix = next((p for p in prefixes if p and tuple(path[:len(p)]) == p), ())
+            prefix = next((p for p in prefixes if p and tuple(path[: len(p)]) == p), ())
             stacked = bool(prefix)
             if stacked:
-                rest = tuple(path[len(prefix):])
+                rest = tuple(path[len(prefix) :])
                 keys = [fam.hub_key(prefix + (i,) + rest) for i in range(node.get_value().shape[0])]
             else:
                 keys = [fam.hub_key(path)]
@@ -99,13 +102,26 @@ def _checkpoint_files(path):
 def _canonical(key, aliases):
     for old, new in aliases:
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     return key
 
 
-def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rngs=None, param_dtype=None,
-                    remat=False, vision_block=0, remat_policy="nothing", logits_chunk=0, vision_chunk=0,
-                    scan_layers=False, scan_vision=False):
+def load_pretrained(
+    path,
+    *,
+    dtype=jnp.float32,
+    mesh=None,
+    scalar_head=False,
+    rngs=None,
+    param_dtype=None,
+    remat=False,
+    vision_block=0,
+    remat_policy="nothing",
+    logits_chunk=0,
+    vision_chunk=0,
+    scan_layers=False,
+    scan_vision=False,
+):
     """Loads an HF folder of a supported family (config.json + model.safetensors or a sharded index).
 
     dtype: compute dtype; param_dtype: parameter dtype (default: dtype; e.g. bf16 compute with
@@ -120,10 +136,18 @@ def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rn
     path = os.fspath(path)
     hf = read_config_json(path)
     fam = family(hf.get("model_type"))
-    cfg = fam.parse_config(hf, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat,
-                           vision_block=int(vision_block), remat_policy=remat_policy, logits_chunk=int(logits_chunk),
-                           vision_chunk=int(vision_chunk), scan_layers=bool(scan_layers),
-                           scan_vision=bool(scan_vision))
+    cfg = fam.parse_config(
+        hf,
+        dtype=dtype,
+        param_dtype=param_dtype or dtype,
+        remat=remat,
+        vision_block=int(vision_block),
+        remat_policy=remat_policy,
+        logits_chunk=int(logits_chunk),
+        vision_chunk=int(vision_chunk),
+        scan_layers=bool(scan_layers),
+        scan_vision=bool(scan_vision),
+    )
     model = nnx.eval_shape(lambda: fam.build(cfg, rngs=nnx.Rngs(0), scalar_head=scalar_head))
     files = {_canonical(k, fam.HUB_ALIASES): (k, fn) for k, fn in _checkpoint_files(path).items()}
     table = param_table(model)
@@ -147,7 +171,7 @@ def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rn
             arr = np.empty(shape, param.get_value().dtype)
             for i, key in enumerate(keys):
                 slot = (i,) if stacked else ()
-                arr[slot] = _read(key, shape[len(slot):], is_kernel, files, handles, fam, cfg, rngs)
+                arr[slot] = _read(key, shape[len(slot) :], is_kernel, files, handles, fam, cfg, rngs)
             axes = getattr(param, "logical_axes", None) or (None,) * arr.ndim
             param.set_value(shard(arr, axes, mesh) if shard is not None else jnp.asarray(arr))
     finally:
@@ -155,6 +179,7 @@ def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rn
             h.__exit__(None, None, None)
     if mesh is not None:
         from grlhfv_jax.sharding import set_activation_mesh
+
         set_activation_mesh(model, mesh)
     return model
 
@@ -162,7 +187,7 @@ def load_pretrained(path, *, dtype=jnp.float32, mesh=None, scalar_head=False, rn
 def _read(key, shape, is_kernel, files, handles, fam, cfg, rngs):
     """Hub tensor `key` in our layout (`shape`; a fresh normal(0.02) scalar head when absent);
     `handles` caches the open files."""
-    if key not in files:                       # fresh scalar head
+    if key not in files:  # fresh scalar head
         return np.asarray(0.02 * jax.random.normal(rngs.params(), shape, jnp.float32))
     want = fam.hub_shape(key, shape, is_kernel, cfg)
     disk_key, fn = files[key]
@@ -173,8 +198,10 @@ def _read(key, shape, is_kernel, files, handles, fam, cfg, rngs):
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"corrupt or truncated safetensors file {fn!r} (tensor {disk_key!r}): {e}") from e
     if tuple(arr.shape) != want:
-        raise CheckpointError(f"shape mismatch for tensor {disk_key!r} in {fn!r}: checkpoint "
-                              f"{list(arr.shape)}, model expects {list(want)}")
+        raise CheckpointError(
+            f"shape mismatch for tensor {disk_key!r} in {fn!r}: checkpoint "
+            f"{list(arr.shape)}, model expects {list(want)}"
+        )
     return _to_ours(arr, is_kernel)
 
 

@@ -1,4 +1,5 @@
 """Score-only reward model baseline: Bradley-Terry loss (align-anything's form). Pure, jittable."""
+
 from __future__ import annotations
 
 import jax
@@ -7,8 +8,9 @@ import jax.numpy as jnp
 from grlhfv_jax.rl.logprobs import _f32
 
 
-def bt_loss(r_chosen: jax.Array, r_rejected: jax.Array, *, reg: float = 0.001,
-            weights: jax.Array | None = None) -> tuple[jax.Array, dict]:
+def bt_loss(
+    r_chosen: jax.Array, r_rejected: jax.Array, *, reg: float = 0.001, weights: jax.Array | None = None
+) -> tuple[jax.Array, dict]:
     """-log sigmoid(r_w - r_l), mean over pairs, + ``reg`` * mean(r^2) over chosen and rejected.
 
     r_chosen, r_rejected: ``[B]`` scalar rewards. ``weights [B]`` (1 = real pair, 0 = padding)

@@ -4,9 +4,10 @@ Inputs are the summed response log-probs ``[B]`` of the policy and the frozen re
 chosen and rejected responses (`logprobs.sequence_logprob`). For IPO, pass length-averaged
 log-probs (``average=True``), as TRL does.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +29,17 @@ def _ipo_loss(h, beta, label_smoothing):
 DPO_LOSSES: dict[str, Callable] = {"sigmoid": _sigmoid_loss, "ipo": _ipo_loss}
 
 
-def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta: float = 0.1,
-             loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-             weights: jax.Array | None = None) -> tuple[jax.Array, dict]:
+def dpo_loss(
+    policy_chosen,
+    policy_rejected,
+    ref_chosen,
+    ref_rejected,
+    *,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    weights: jax.Array | None = None,
+) -> tuple[jax.Array, dict]:
     """h = (pi_c - ref_c) - (pi_r - ref_r); loss per pair by ``loss_type``, mean over pairs.
 
     Implicit rewards beta (pi - ref) give the metrics: rewards_chosen/rejected, accuracy

@@ -4,10 +4,11 @@ Everything here works on Python strings and never raises on a model-output strin
 unicode, nested or unclosed braces, several boxes). Only bad *labels* (``preferred`` not in
 {1, 2}) raise.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -58,10 +59,10 @@ def build_grm_prompt(
     question: str,
     response_1: str,
     response_2: str,
-    principles: Optional[str] = None,
+    principles: str | None = None,
     template: str = GRM_TEMPLATE,
     *,
-    image_token: Optional[str] = IMAGE_PLACEHOLDER,
+    image_token: str | None = IMAGE_PLACEHOLDER,
     principles_block: str = PRINCIPLES_BLOCK,
 ) -> str:
     """The GRM's user text for one ordered pair.
@@ -91,7 +92,7 @@ def split_at_image(text: str, image_token: str = IMAGE_PLACEHOLDER) -> tuple[str
     idx = text.find(image_token)
     if idx < 0:
         return "", text
-    return text[:idx], text[idx + len(image_token):]
+    return text[:idx], text[idx + len(image_token) :]
 
 
 def _boxed_contents(text: str) -> list[str]:
@@ -112,7 +113,7 @@ def _boxed_contents(text: str) -> list[str]:
             depth += 1
         elif c == "}" and depth > 0:
             if open_boxes and open_boxes[-1][1] == depth:
-                out.append(text[open_boxes.pop()[0]:i])
+                out.append(text[open_boxes.pop()[0] : i])
             depth -= 1
         i += 1
     return out
@@ -184,12 +185,15 @@ def judgment_stats(texts, group_size: int) -> dict[str, float]:
     counts = np.stack([(d == v).sum(1) for v in (-1, 0, 1, 2)], axis=1) / group_size
     with np.errstate(divide="ignore", invalid="ignore"):
         ent = -np.where(counts > 0, counts * np.log2(counts), 0.0).sum(1)
-    return {"judge/prefers_first": float(np.mean(decided == 1)) if decided.size else float("nan"),
-            "judge/tie_rate": float(np.mean(parsed == 0)) if parsed.size else float("nan"),
-            "judge/decision_entropy": float(ent.mean())}
+    return {
+        "judge/prefers_first": float(np.mean(decided == 1)) if decided.size else float("nan"),
+        "judge/tie_rate": float(np.mean(parsed == 0)) if parsed.size else float("nan"),
+        "judge/decision_entropy": float(ent.mean()),
+    }
 
 
 # ---------------------------------------------------------------------------- position debiasing
+
 
 def swap_label(preferred: int) -> int:
     """The label of the same pair shown in the other order."""
@@ -210,8 +214,7 @@ def debiased_prompts(
     preferred = _check_label(preferred)
     out = [(build_grm_prompt(question, response_1, response_2, **prompt_kwargs), preferred)]
     if both_orders:
-        out.append((build_grm_prompt(question, response_2, response_1, **prompt_kwargs),
-                    swap_label(preferred)))
+        out.append((build_grm_prompt(question, response_2, response_1, **prompt_kwargs), swap_label(preferred)))
     return out
 
 
@@ -227,7 +230,7 @@ def grm_rewards(
     labels: Sequence[int],
     *,
     mode: str = "pair",
-    swapped_texts: Optional[Sequence] = None,
+    swapped_texts: Sequence | None = None,
 ) -> list[float]:
     """Rewards for a batch of GRM completions.
 

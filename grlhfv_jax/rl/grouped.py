@@ -5,24 +5,26 @@ A judgment is keyed by an ordered pair ``(i, j)``: response i shown as "Response
 "Response 2"; its value is ``(score_of_i, score_of_j)`` or ``None`` when the GRM output did not
 parse to exactly two numbers (see `grm_reward.pair_scores`).
 """
+
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-Judgments = Mapping[tuple[int, int], Optional[tuple[float, float]]]
+Judgments = Mapping[tuple[int, int], tuple[float, float] | None]
 
 
 # ------------------------------------------------------------------------------------- the plan
 
+
 def judging_plan(
     n: int,
-    complete: Optional[Sequence[bool]] = None,
+    complete: Sequence[bool] | None = None,
     order: str = "both",
     *,
-    num_pairs: Optional[int] = None,
+    num_pairs: int | None = None,
     seed: int = 0,
 ) -> list[tuple[int, int]]:
     """Ordered pairs ``(i, j)`` to judge among the complete responses of a group of ``n``.
@@ -48,12 +50,15 @@ def judging_plan(
         k = min(num_pairs, len(unordered))
         chosen = rng.choice(len(unordered), size=k, replace=False) if k else []
         flips = rng.random(k) < 0.5
-        return [(unordered[c][1], unordered[c][0]) if f else unordered[c]
-                for c, f in zip(sorted(int(c) for c in chosen), flips)]
+        return [
+            (unordered[c][1], unordered[c][0]) if f else unordered[c]
+            for c, f in zip(sorted(int(c) for c in chosen), flips)
+        ]
     raise ValueError(f"unknown judging order {order!r}; choose 'both', 'one' or 'random'")
 
 
 # --------------------------------------------------------------------------------- aggregators
+
 
 def _valid(n: int, judgments: Judgments, complete) -> tuple[np.ndarray, list]:
     """(complete mask, [(i, j, s_i, s_j or None)]) over judgments between complete responses."""
@@ -127,6 +132,7 @@ def aggregate_bradley_terry(
 # Shared choices (docs/algorithms.md, section 2): the candidates are the complete responses with
 # at least one parsed judgment; a complete response without one gets ``no_comparison_value`` and
 # an incomplete one 0, as under `mean`. Unparsed judgments are dropped. Rewards are in [0, 1].
+
 
 def _pairwise(n, judgments, complete):
     """(complete, candidates mask, W, D, ballots) over parsed judgments between complete
@@ -214,11 +220,11 @@ def aggregate_ranked_pairs(n, judgments, complete, *, no_comparison_value: float
     incomparable with) / (m - 1): 1 for the winner of a total order, 0 for the last."""
     complete, cand, _, D, _ = _pairwise(n, judgments, complete)
     idx = [int(i) for i in np.flatnonzero(cand)]
-    wins = sorted(((-D[i, j], i, j) for i in idx for j in idx if D[i, j] > 0))
-    reach = np.eye(n, dtype=bool)   # reach[a, b]: a path a -> b of locked victories (or a == b)
+    wins = sorted((-D[i, j], i, j) for i in idx for j in idx if D[i, j] > 0)
+    reach = np.eye(n, dtype=bool)  # reach[a, b]: a path a -> b of locked victories (or a == b)
     for _, i, j in wins:
-        if not reach[j, i]:   # locking i -> j closes no cycle
-            reach |= reach[:, i:i + 1] & reach[j:j + 1, :]
+        if not reach[j, i]:  # locking i -> j closes no cycle
+            reach |= reach[:, i : i + 1] & reach[j : j + 1, :]
     m = len(idx)
     sub = cand[:, None] & cand[None, :] & ~np.eye(n, dtype=bool)
     beaten = (reach & sub).sum(1)
@@ -226,8 +232,7 @@ def aggregate_ranked_pairs(n, judgments, complete, *, no_comparison_value: float
     return _finish((beaten + 0.5 * incomparable) / max(m - 1, 1), complete, cand, no_comparison_value)
 
 
-def aggregate_spectral(n, judgments, complete, *, prior: float = 0.5,
-                       no_comparison_value: float = 0.0) -> np.ndarray:
+def aggregate_spectral(n, judgments, complete, *, prior: float = 0.5, no_comparison_value: float = 0.0) -> np.ndarray:
     """Spectral ranking (Rank Centrality, Negahban et al. 2017): a random walk over the m
     candidates that moves from i to j with probability a_ij / (m - 1), a_ij = (W[j, i] + prior) /
     (W[i, j] + W[j, i] + 2 prior) (j's share of the pair, `prior` virtual wins to each side, so an
@@ -264,13 +269,16 @@ def register_aggregator(name: str, fn: Callable[..., np.ndarray]) -> None:
     AGGREGATORS[name] = fn
 
 
-for _name, _fn in (("borda", aggregate_borda), ("instant_runoff", aggregate_instant_runoff),
-                   ("ranked_pairs", aggregate_ranked_pairs), ("spectral", aggregate_spectral)):
+for _name, _fn in (
+    ("borda", aggregate_borda),
+    ("instant_runoff", aggregate_instant_runoff),
+    ("ranked_pairs", aggregate_ranked_pairs),
+    ("spectral", aggregate_spectral),
+):
     register_aggregator(_name, _fn)
 
 
-def aggregate(n: int, judgments: Judgments, complete: Sequence[bool], method: str = "mean",
-              **kwargs) -> np.ndarray:
+def aggregate(n: int, judgments: Judgments, complete: Sequence[bool], method: str = "mean", **kwargs) -> np.ndarray:
     """Per-response rewards ``[n]`` float64 from a group's judgments (method by name)."""
     if method not in AGGREGATORS:
         raise ValueError(f"unknown aggregator {method!r}; registered: {sorted(AGGREGATORS)}")
@@ -278,6 +286,7 @@ def aggregate(n: int, judgments: Judgments, complete: Sequence[bool], method: st
 
 
 # -------------------------------------------------------------------------------- diagnostics
+
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
@@ -290,8 +299,8 @@ def judge_diagnostics(
     judgments: Judgments,
     complete: Sequence[bool],
     *,
-    rewards: Optional[np.ndarray] = None,
-    lengths: Optional[Sequence[float]] = None,
+    rewards: np.ndarray | None = None,
+    lengths: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Judge-quality numbers for one group. Rates are NaN when undefined; the ``num_*`` counts
     let a caller pool rates over many groups (sum the counts, then divide).
@@ -350,7 +359,6 @@ def judge_diagnostics(
         "cycle_rate": rate(cycles, triples),
         "reward_length_corr": corr,
     }
-
 
 
 def rm_rewards(scores: np.ndarray, complete: np.ndarray, margin: float = 1.0) -> np.ndarray:

@@ -5,9 +5,10 @@ with the tokens they score (see `logprobs.aligned_logprobs`); the mask is 1 on r
 Alternatives live in registries (`ADVANTAGE_ESTIMATORS`, `KL_ESTIMATORS`, `LOSS_AGGREGATIONS`,
 `POLICY_LOSSES`) and are chosen by name in the config.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +70,6 @@ def compute_advantages(rewards: jax.Array, estimator: str = "grpo", **kwargs) ->
     return ADVANTAGE_ESTIMATORS[estimator](rewards, **kwargs)
 
 
-
 def pooled_advantages(rewards: jax.Array, groups: np.ndarray, estimator: str = "grpo") -> jax.Array:
     """Advantages ``[P, G]`` for rewards ``[P, G]`` whose prompt rows are pooled into advantage
     groups: ``groups [P]`` (ints, static) gives each row's group id; the rows of one group (every
@@ -82,12 +82,14 @@ def pooled_advantages(rewards: jax.Array, groups: np.ndarray, estimator: str = "
     P, G = rewards.shape
     ids, counts = np.unique(groups, return_counts=True)
     if groups.shape != (P,) or np.any(counts != counts[0]):
-        raise ValueError(f"pooled_advantages: groups {groups.tolist()} must give each of the {P} rows an id, "
-                         "every id equally often")
-    order = np.argsort(groups, kind="stable")                       # rows of group 0, then group 1, ...
-    pooled = rewards[order].reshape(len(ids), counts[0] * G)          # [groups, k*G]
+        raise ValueError(
+            f"pooled_advantages: groups {groups.tolist()} must give each of the {P} rows an id, every id equally often"
+        )
+    order = np.argsort(groups, kind="stable")  # rows of group 0, then group 1, ...
+    pooled = rewards[order].reshape(len(ids), counts[0] * G)  # [groups, k*G]
     adv = compute_advantages(pooled, estimator).reshape(P, G)
-    return adv[np.argsort(order)]                                     # back to row order
+    return adv[np.argsort(order)]  # back to row order
+
 
 # ---------------------------------------------------------------------------------- KL estimators
 
@@ -174,19 +176,19 @@ LOSS_AGGREGATIONS: dict[str, Callable] = {
 def policy_loss(
     logp: jax.Array,
     old_logp: jax.Array,
-    ref_logp: Optional[jax.Array],
+    ref_logp: jax.Array | None,
     advantages: jax.Array,
     mask: jax.Array,
     *,
     clip_eps: float = 0.2,
     kl_coef: float = 0.02,
-    clip_eps_high: Optional[float] = None,
-    clip_ratio_c: Optional[float] = None,
-    entropy: Optional[jax.Array] = None,
+    clip_eps_high: float | None = None,
+    clip_ratio_c: float | None = None,
+    entropy: jax.Array | None = None,
     entropy_coef: float = 0.0,
     kl_estimator: str = "k3",
     loss_agg_mode: str = "token-mean",
-    denominator: Optional[jax.Array] = None,
+    denominator: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
     """GRPO loss = pg_loss + kl_coef * kl - entropy_coef * entropy (verl ``dp_actor``).
 
@@ -271,6 +273,7 @@ def rollout_metrics(rewards, advantages=None, response_lengths=None, truncated=N
     rewards ``[G, K]``; advantages per response (any shape with G*K entries); response_lengths
     ``[G*K]`` tokens; truncated ``[G*K]`` bool (hit the length limit).
     """
+
     def std(x):  # torch.std's default (ddof=1), as verl / TRL log it
         return float(x.std(ddof=1)) if x.size > 1 else 0.0
 
@@ -287,12 +290,23 @@ def rollout_metrics(rewards, advantages=None, response_lengths=None, truncated=N
     }
     if advantages is not None:
         a = np.asarray(advantages, np.float64).reshape(-1)
-        out.update({"advantages/mean": float(a.mean()), "advantages/std": std(a),
-                    "advantages/max": float(a.max()), "advantages/min": float(a.min())})
+        out.update(
+            {
+                "advantages/mean": float(a.mean()),
+                "advantages/std": std(a),
+                "advantages/max": float(a.max()),
+                "advantages/min": float(a.min()),
+            }
+        )
     if response_lengths is not None:
         ln = np.asarray(response_lengths, np.float64).reshape(-1)
-        out.update({"response_length/mean": float(ln.mean()), "response_length/max": float(ln.max()),
-                    "response_length/min": float(ln.min())})
+        out.update(
+            {
+                "response_length/mean": float(ln.mean()),
+                "response_length/max": float(ln.max()),
+                "response_length/min": float(ln.min()),
+            }
+        )
     if truncated is not None:
         out["response_length/clip_ratio"] = float(np.mean(np.asarray(truncated, bool)))
     return out

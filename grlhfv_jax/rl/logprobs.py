@@ -1,7 +1,6 @@
 """Log-probabilities of given tokens from logits, and masked means. Pure, jittable."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +61,7 @@ def sequence_logprob(token_lp: jax.Array, mask: jax.Array, average: bool = False
     return total
 
 
-def masked_mean(x: jax.Array, mask: jax.Array, denominator: Optional[jax.Array] = None) -> jax.Array:
+def masked_mean(x: jax.Array, mask: jax.Array, denominator: jax.Array | None = None) -> jax.Array:
     """sum(x * mask) / denominator (default: sum(mask), at least 1, so an empty mask gives 0)."""
     mask = _f32(mask)
     total = jnp.sum(_f32(x) * mask)
@@ -120,8 +119,16 @@ def window_start_and_length(mask, multiple: int = 16) -> tuple[np.ndarray, int]:
 # recomputes a chunk's logits from its hidden states): the same numbers, one more head matmul.
 
 
-def head_token_stats(head, h: jax.Array, targets: jax.Array, temperature: float = 1.0, chunk: int = 0, *,
-                     entropy: bool = False, argmax: bool = False) -> dict:
+def head_token_stats(
+    head,
+    h: jax.Array,
+    targets: jax.Array,
+    temperature: float = 1.0,
+    chunk: int = 0,
+    *,
+    entropy: bool = False,
+    argmax: bool = False,
+) -> dict:
     """Per-token statistics of ``softmax(head(h) / temperature)`` for ``targets``.
 
     head: hidden ``[..., H]`` -> float32 logits ``[..., V]`` (``model.logits``); h ``[B, L, H]``;
@@ -130,6 +137,7 @@ def head_token_stats(head, h: jax.Array, targets: jax.Array, temperature: float 
     likely token is the target) when `argmax`. ``chunk`` > 0: `chunk` columns at a time (a
     `jax.lax.scan` over ceil(L / chunk) pieces, each under `jax.checkpoint`): equal values, peak
     logits memory B x chunk x V instead of B x L x V."""
+
     def stats(h_c, t_c):
         logits = head(h_c) / temperature
         out = {"logp": token_logprobs(logits, t_c)}

@@ -13,9 +13,10 @@ The policy loss is `grpo.policy_loss` (registry `grpo.POLICY_LOSSES`) with token
 `VALUE_LOSSES`. The conventions follow align-anything / safe-rlhf's PPO (the paper's baseline trainer):
 k1 KL in the reward, score on the last response token, 0.5 (max of clipped and unclipped squared error).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +27,9 @@ from grlhfv_jax.rl.logprobs import _f32, masked_mean
 # ------------------------------------------------------------------------------------ token rewards
 
 
-def token_rewards(scores, logp, ref_logp, mask, *, kl_coef: float, score_clip: float,
-                  kl_estimator: str = "k1") -> tuple[jax.Array, dict]:
+def token_rewards(
+    scores, logp, ref_logp, mask, *, kl_coef: float, score_clip: float, kl_estimator: str = "k1"
+) -> tuple[jax.Array, dict]:
     """Per-token rewards ``[N, T]`` for GAE: ``clip(score, -score_clip, score_clip)`` on each row's last
     response token, minus ``kl_coef * kl`` on every response token, 0 off the mask (a row with an empty
     mask gets nothing). ``kl`` is the per-token estimate of KL(policy || reference) by
@@ -115,16 +117,23 @@ ADVANTAGE_ESTIMATORS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
 def compute_advantages(rewards, values, mask, estimator: str = "gae", **kwargs) -> tuple[jax.Array, jax.Array]:
     """Token-level (advantages, returns) ``[N, T]`` by estimator name (`ADVANTAGE_ESTIMATORS`)."""
     if estimator not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown token advantage estimator {estimator!r}; registered: "
-                         f"{sorted(ADVANTAGE_ESTIMATORS)}")
+        raise ValueError(f"unknown token advantage estimator {estimator!r}; registered: {sorted(ADVANTAGE_ESTIMATORS)}")
     return ADVANTAGE_ESTIMATORS[estimator](rewards, values, mask, **kwargs)
 
 
 # --------------------------------------------------------------------------------------- value loss
 
 
-def clipped_value_loss(values, old_values, returns, mask, *, value_clip: float, loss_agg_mode: str = "token-mean",
-                       denominator: Optional[jax.Array] = None) -> tuple[jax.Array, dict]:
+def clipped_value_loss(
+    values,
+    old_values,
+    returns,
+    mask,
+    *,
+    value_clip: float,
+    loss_agg_mode: str = "token-mean",
+    denominator: jax.Array | None = None,
+) -> tuple[jax.Array, dict]:
     """PPO's clipped value loss: ``0.5 * agg(max((v - R)^2, (v_clip - R)^2))`` with
     ``v_clip = old + clip(v - old, -value_clip, value_clip)`` (the 0.5 factor as align-anything /
     safe-rlhf / verl). ``agg`` by `grpo.LOSS_AGGREGATIONS` name (token-mean: over all masked tokens of
@@ -160,9 +169,19 @@ VALUE_LOSSES: dict[str, Callable[..., tuple[jax.Array, dict]]] = {
 # -------------------------------------------------------------------------------------- policy loss
 
 
-def ppo_policy_loss(logp, old_logp, advantages, mask, *, clip_eps: float, policy_loss: str = "ppo_clip",
-                    loss_agg_mode: str = "token-mean", denominator: Optional[jax.Array] = None,
-                    entropy: Optional[jax.Array] = None, entropy_coef: float = 0.0) -> tuple[jax.Array, dict]:
+def ppo_policy_loss(
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    clip_eps: float,
+    policy_loss: str = "ppo_clip",
+    loss_agg_mode: str = "token-mean",
+    denominator: jax.Array | None = None,
+    entropy: jax.Array | None = None,
+    entropy_coef: float = 0.0,
+) -> tuple[jax.Array, dict]:
     """The clipped surrogate with token-level advantages ``[N, T]``: the policy loss ``policy_loss`` of
     `grpo.POLICY_LOSSES` (``ppo_clip`` = `grpo.policy_loss`) with no KL term (ref_logp None, kl_coef 0:
     the KL is in the reward). Per token ``max(-A ratio, -A clip(ratio, 1 - clip_eps, 1 + clip_eps))``,
@@ -171,5 +190,15 @@ def ppo_policy_loss(logp, old_logp, advantages, mask, *, clip_eps: float, policy
     if policy_loss not in grpo.POLICY_LOSSES:
         raise ValueError(f"unknown policy loss {policy_loss!r}; registered: {sorted(grpo.POLICY_LOSSES)}")
     return grpo.POLICY_LOSSES[policy_loss](
-        logp, old_logp, None, advantages, mask, clip_eps=clip_eps, kl_coef=0.0, entropy=entropy,
-        entropy_coef=entropy_coef, loss_agg_mode=loss_agg_mode, denominator=denominator)
+        logp,
+        old_logp,
+        None,
+        advantages,
+        mask,
+        clip_eps=clip_eps,
+        kl_coef=0.0,
+        entropy=entropy,
+        entropy_coef=entropy_coef,
+        loss_agg_mode=loss_agg_mode,
+        denominator=denominator,
+    )

@@ -14,6 +14,7 @@ an RL loop with a fixed batch compiles once. Prompt lengths and the generation l
 up to buckets (`bucket_length`) so that varying lengths reuse a few executables; the true
 `max_new_tokens` is a traced loop bound.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,6 +40,7 @@ class GenerationOutput(NamedTuple):
     lengths  [N] int32, generated tokens per row (EOS included)
     finished [N] bool, True iff the row produced an EOS token (False: truncated at max_new_tokens)
     """
+
     tokens: jax.Array
     logprobs: jax.Array
     lengths: jax.Array
@@ -58,7 +60,7 @@ def bucket_length(n: int, multiple: int = 64, minimum: int = 8) -> int:
 
 def _eos_array(eos_token_id) -> np.ndarray:
     if eos_token_id is None:
-        return np.full((1,), -1, np.int32)          # matches no token
+        return np.full((1,), -1, np.int32)  # matches no token
     ids = [eos_token_id] if np.isscalar(eos_token_id) else list(eos_token_id)
     if not ids:
         return np.full((1,), -1, np.int32)
@@ -89,8 +91,9 @@ def constrain_cache(cache, mesh):
         return cache
 
     def one(x, lead):
-        spec = sharding.rows_spec(mesh, x.shape[lead], x.ndim, row_dim=lead, head_dim=lead + 1,
-                                  n_heads=x.shape[lead + 1])
+        spec = sharding.rows_spec(
+            mesh, x.shape[lead], x.ndim, row_dim=lead, head_dim=lead + 1, n_heads=x.shape[lead + 1]
+        )
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
     out = dict(cache)
@@ -106,6 +109,7 @@ def _unstack_cache(cache):
     `cache["k"][i]` and returns `jnp.stack` of the updated layers; with per-layer arrays in the
     loop carry XLA folds slice(stack(...)) away and updates each layer in place, instead of
     copying the whole cache every step (slice + stack of a stacked carry)."""
+
     def split(x):
         return x if isinstance(x, tuple) else tuple(x[i] for i in range(x.shape[0]))
 
@@ -118,8 +122,15 @@ def _unstack_cache(cache):
 def last_logits(model, input_ids, attention_mask, position_ids, cache, cache_index, image_embeds=None):
     """Forward T tokens into the cache; returns (logits of the last column [B, V] float32, cache).
     Only the last column goes through the LM head (a prompt's other logits are never used)."""
-    h, cache = model(input_ids, attention_mask, position_ids=position_ids, cache=cache,
-                     cache_index=cache_index, image_embeds=image_embeds, return_hidden=True)
+    h, cache = model(
+        input_ids,
+        attention_mask,
+        position_ids=position_ids,
+        cache=cache,
+        cache_index=cache_index,
+        image_embeds=image_embeds,
+        return_hidden=True,
+    )
     return model.logits(h[:, -1]).astype(jnp.float32), cache
 
 
@@ -149,17 +160,26 @@ def per_layer_cache(model, cache, n_rows: int, first_slot):
     split = _unstack_cache(cache)
     try:
         pos = model.text_position_ids(jnp.zeros((n_rows, 1), jnp.int32))
-        out = jax.eval_shape(lambda c: model(jnp.zeros((n_rows, 1), jnp.int32), jnp.ones((n_rows, 1), jnp.int32),
-                                             position_ids=pos, cache=c, cache_index=first_slot,
-                                             return_hidden=True)[1], split)
+        out = jax.eval_shape(
+            lambda c: model(
+                jnp.zeros((n_rows, 1), jnp.int32),
+                jnp.ones((n_rows, 1), jnp.int32),
+                position_ids=pos,
+                cache=c,
+                cache_index=first_slot,
+                return_hidden=True,
+            )[1],
+            split,
+        )
     except (AttributeError, TypeError, IndexError, ValueError):
         return cache
     return split if isinstance(out["k"], tuple) else cache
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "num_samples", "mesh"))
-def _prefill(graphdef, state, input_ids, attention_mask, image_embeds, image_grid_thw, *,
-             cache_len: int, num_samples: int, mesh):
+def _prefill(
+    graphdef, state, input_ids, attention_mask, image_embeds, image_grid_thw, *, cache_len: int, num_samples: int, mesh
+):
     """Prompt -> (cache with the prompt in slots [0, T), repeated to B * num_samples rows (per-layer
     tuples when the model takes them: `per_layer_cache`), last logits [B*n, V], slot->position
     deltas [B*n])."""
@@ -174,11 +194,34 @@ def _prefill(graphdef, state, input_ids, attention_mask, image_embeds, image_gri
     return cache, sharding.constrain_rows(rest["logits"], mesh), sharding.constrain_rows(rest["deltas"], mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "top_k", "use_top_p", "buf_len", "mesh",
-                                             "total_rows"), donate_argnames=("cache",))
-def _decode(graphdef, state, cache, logits, deltas, done, key, first_slot, max_new, eos_ids,
-            temperature, top_p, pad_token_id, first_row=0, *, greedy: bool, top_k: int, use_top_p: bool,
-            buf_len: int, mesh, total_rows: int | None = None):
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "greedy", "top_k", "use_top_p", "buf_len", "mesh", "total_rows"),
+    donate_argnames=("cache",),
+)
+def _decode(
+    graphdef,
+    state,
+    cache,
+    logits,
+    deltas,
+    done,
+    key,
+    first_slot,
+    max_new,
+    eos_ids,
+    temperature,
+    top_p,
+    pad_token_id,
+    first_row=0,
+    *,
+    greedy: bool,
+    top_k: int,
+    use_top_p: bool,
+    buf_len: int,
+    mesh,
+    total_rows: int | None = None,
+):
     """The decode loop. `logits` [N, V] predict the token for slot `first_slot`; rows with `done`
     True produce nothing. Loops while t < max_new and some row is not done. Step t's uniforms:
     rows first_row .. of a draw of total_rows (`sampling.row_uniforms`, key fold_in(key, t)).
@@ -194,9 +237,17 @@ def _decode(graphdef, state, cache, logits, deltas, done, key, first_slot, max_n
     finished = jnp.zeros((N,), bool)
 
     def pick(t, logits, done, toks, lps, lengths, finished):
-        tok, lp = sampling.next_tokens(jax.random.fold_in(key, t), logits, greedy=greedy, temperature=temperature,
-                                       top_k=top_k, top_p=top_p, use_top_p=use_top_p, first_row=first_row,
-                                       total_rows=total_rows)
+        tok, lp = sampling.next_tokens(
+            jax.random.fold_in(key, t),
+            logits,
+            greedy=greedy,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            use_top_p=use_top_p,
+            first_row=first_row,
+            total_rows=total_rows,
+        )
         tok = jnp.where(done, pad_token_id, tok)
         lp = jnp.where(done, 0.0, lp)
         toks = jax.lax.dynamic_update_slice(toks, tok[:, None], (0, t))
@@ -221,13 +272,15 @@ def _decode(graphdef, state, cache, logits, deltas, done, key, first_slot, max_n
     # the layout of `cache` (per-layer tuples when the model takes them) for the whole loop
     cache = per_layer_cache(model, cache, N, first_slot)
     per_layer = isinstance(cache["k"], tuple)
-    layout = _unstack_cache if per_layer else (lambda c: c)                      # noqa: E731
+    layout = _unstack_cache if per_layer else (lambda c: c)  # noqa: E731
     c = (jnp.int32(0), constrain_cache(cache, mesh), logits, done, toks, lps, lengths, finished)
     t, cache, logits, done, toks, lps, lengths, finished = jax.lax.while_loop(cond, body, c)
     # the last token needs no forward pass (nothing is sampled after it)
     _, _, toks, lps, lengths, finished = jax.lax.cond(
-        t < max_new, lambda: pick(t, logits, done, toks, lps, lengths, finished),
-        lambda: (toks[:, 0], done, toks, lps, lengths, finished))
+        t < max_new,
+        lambda: pick(t, logits, done, toks, lps, lengths, finished),
+        lambda: (toks[:, 0], done, toks, lps, lengths, finished),
+    )
     return toks, lps, lengths, finished, cache
 
 
@@ -264,8 +317,8 @@ def encode_images(model_split, pixel_values, image_grid_thw, *, layout, pad_to: 
     pieces = [None] * len(grid)
     for g in sorted({tuple(r) for r in grid.tolist()}):
         idx = [i for i in range(len(grid)) if tuple(grid[i]) == g]
-        stack = np.stack([pv[starts[i]:starts[i] + n_patch[i]] for i in idx])
-        n_pad = bucket_length(len(idx), minimum=1) - len(idx)       # bucket the image count: fewer compiles
+        stack = np.stack([pv[starts[i] : starts[i] + n_patch[i]] for i in idx])
+        n_pad = bucket_length(len(idx), minimum=1) - len(idx)  # bucket the image count: fewer compiles
         stack = np.concatenate([stack, np.repeat(stack[:1], n_pad, 0)])
         grids = np.concatenate([grid[idx], np.repeat(grid[idx][:1], n_pad, 0)])
         out = _encode_same_size(graphdef, state, stack, jnp.asarray(grids, jnp.int32))
@@ -293,9 +346,26 @@ def prepare_prompts(batch: dict, *, pad_id: int = 0, bucket: bool = True):
     return ids, mask
 
 
-def decode(model_split, cache, logits, deltas, *, first_slot: int, max_new_tokens: int, buf_len: int,
-           temperature, top_p, top_k, eos_token_id, rng, done=None, pad_token_id: int = 0, mesh=None,
-           first_row: int = 0, total_rows: int | None = None):
+def decode(
+    model_split,
+    cache,
+    logits,
+    deltas,
+    *,
+    first_slot: int,
+    max_new_tokens: int,
+    buf_len: int,
+    temperature,
+    top_p,
+    top_k,
+    eos_token_id,
+    rng,
+    done=None,
+    pad_token_id: int = 0,
+    mesh=None,
+    first_row: int = 0,
+    total_rows: int | None = None,
+):
     """Run the decode loop from a filled cache (see `_decode`; the cache is donated to it: do not
     use it afterwards); returns a GenerationOutput [N, max_new_tokens]. `first_row`, `total_rows`:
     these N rows are rows first_row .. of a sample of total_rows drawn in several calls (`generate`)."""
@@ -305,8 +375,10 @@ def decode(model_split, cache, logits, deltas, *, first_slot: int, max_new_token
     if not 0 <= first_row <= total - N:
         raise ValueError(f"rows {first_row} .. {first_row + N - 1} do not lie in a sample of {total} rows")
     if total != N and not jax.config.jax_threefry_partitionable:
-        raise ValueError("sampling in parts needs jax_threefry_partitionable = True (jax's default): without it a "
-                         "row's random draw depends on the size of the draw")
+        raise ValueError(
+            "sampling in parts needs jax_threefry_partitionable = True (jax's default): without it a "
+            "row's random draw depends on the size of the draw"
+        )
     greedy = float(temperature) == 0.0
     if rng is None:
         rng = jax.random.key(0)
@@ -315,16 +387,34 @@ def decode(model_split, cache, logits, deltas, *, first_slot: int, max_new_token
     if done is None:
         done = jnp.zeros((N,), bool)
     done = sharding.place_rows(done, mesh)
-    toks, lps, lengths, finished, _ = _decode(     # the cache is donated: the caller's copy is gone
-        graphdef, state, cache, logits, deltas, done, rng, jnp.int32(first_slot), jnp.int32(max_new_tokens),
-        jnp.asarray(_eos_array(eos_token_id)), jnp.float32(1.0 if greedy else temperature), jnp.float32(top_p),
-        jnp.int32(pad_token_id), jnp.int32(first_row), greedy=greedy, top_k=int(top_k or 0),
-        use_top_p=(not greedy) and float(top_p) < 1.0, buf_len=buf_len, mesh=mesh, total_rows=total)
+    toks, lps, lengths, finished, _ = _decode(  # the cache is donated: the caller's copy is gone
+        graphdef,
+        state,
+        cache,
+        logits,
+        deltas,
+        done,
+        rng,
+        jnp.int32(first_slot),
+        jnp.int32(max_new_tokens),
+        jnp.asarray(_eos_array(eos_token_id)),
+        jnp.float32(1.0 if greedy else temperature),
+        jnp.float32(top_p),
+        jnp.int32(pad_token_id),
+        jnp.int32(first_row),
+        greedy=greedy,
+        top_k=int(top_k or 0),
+        use_top_p=(not greedy) and float(top_p) < 1.0,
+        buf_len=buf_len,
+        mesh=mesh,
+        total_rows=total,
+    )
     return GenerationOutput(toks[:, :max_new_tokens], lps[:, :max_new_tokens], lengths, finished)
 
 
-def prefill(model_split, batch: dict, *, layout, cache_len_extra: int, num_samples: int = 1, mesh=None,
-            pad_id: int = 0):
+def prefill(
+    model_split, batch: dict, *, layout, cache_len_extra: int, num_samples: int = 1, mesh=None, pad_id: int = 0
+):
     """Encode images once, prefill the bucketed prompts, repeat each prompt's cache num_samples times.
     `layout`: the model's `image_layout` (`models.contract.ImageLayout`).
 
@@ -335,18 +425,40 @@ def prefill(model_split, batch: dict, *, layout, cache_len_extra: int, num_sampl
     if contract.has_images(batch):
         grid = np.asarray(batch["image_grid_thw"], np.int32).reshape(-1, 3)
         n_tok = int(layout.tokens_per_image(grid).sum())
-        image_embeds = encode_images(model_split, batch["pixel_values"], grid, layout=layout,
-                                     pad_to=bucket_length(n_tok))
+        image_embeds = encode_images(
+            model_split, batch["pixel_values"], grid, layout=layout, pad_to=bucket_length(n_tok)
+        )
         grid = sharding.place_replicated(grid, mesh)
-    cache, logits, deltas = _prefill(graphdef, state, sharding.place_rows(ids, mesh), sharding.place_rows(mask, mesh),
-                                     image_embeds, grid, cache_len=ids.shape[1] + cache_len_extra,
-                                     num_samples=num_samples, mesh=mesh)
+    cache, logits, deltas = _prefill(
+        graphdef,
+        state,
+        sharding.place_rows(ids, mesh),
+        sharding.place_rows(mask, mesh),
+        image_embeds,
+        grid,
+        cache_len=ids.shape[1] + cache_len_extra,
+        num_samples=num_samples,
+        mesh=mesh,
+    )
     return cache, logits, deltas, ids.shape[1]
 
 
-def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-             top_k: int = 0, eos_token_id=None, num_samples: int = 1, rng=None, pad_token_id: int = 0,
-             model_split=None, first_row: int = 0, total_rows: int | None = None) -> GenerationOutput:
+def generate(
+    model,
+    batch: dict,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_token_id=None,
+    num_samples: int = 1,
+    rng=None,
+    pad_token_id: int = 0,
+    model_split=None,
+    first_row: int = 0,
+    total_rows: int | None = None,
+) -> GenerationOutput:
     """Sample `num_samples` continuations of every prompt in `batch` with a KV cache.
 
     batch: processor-style dict: `input_ids` / `attention_mask` [B, T] LEFT-padded, optional
@@ -371,12 +483,33 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 1.
     split = model_split if model_split is not None else nnx.split(model)
     mesh = model_mesh(split[1])
     buf_len = bucket_length(max_new_tokens)
-    cache, logits, deltas, first_slot = prefill(split, batch, layout=model.image_layout, cache_len_extra=buf_len,
-                                                num_samples=num_samples, mesh=mesh, pad_id=pad_token_id)
-    return decode(split, cache, logits, deltas, first_slot=first_slot, max_new_tokens=max_new_tokens,
-                  buf_len=buf_len, temperature=temperature, top_p=top_p, top_k=top_k,
-                  eos_token_id=eos_token_id, rng=rng, pad_token_id=pad_token_id, mesh=mesh, first_row=first_row,
-                  total_rows=total_rows)
+    cache, logits, deltas, first_slot = prefill(
+        split,
+        batch,
+        layout=model.image_layout,
+        cache_len_extra=buf_len,
+        num_samples=num_samples,
+        mesh=mesh,
+        pad_id=pad_token_id,
+    )
+    return decode(
+        split,
+        cache,
+        logits,
+        deltas,
+        first_slot=first_slot,
+        max_new_tokens=max_new_tokens,
+        buf_len=buf_len,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        eos_token_id=eos_token_id,
+        rng=rng,
+        pad_token_id=pad_token_id,
+        mesh=mesh,
+        first_row=first_row,
+        total_rows=total_rows,
+    )
 
 
 class EngineRollout:
@@ -397,9 +530,18 @@ class EngineRollout:
         return self._split
 
     def generate(self, batch: dict, params) -> GenerationOutput:
-        return generate(self.model, batch, max_new_tokens=int(params.max_new_tokens),
-                        temperature=float(params.temperature), top_p=float(params.top_p), top_k=int(params.top_k),
-                        eos_token_id=self.eos_token_id, num_samples=int(params.num_samples),
-                        rng=jax.random.key(int(params.seed)), pad_token_id=self.pad_token_id,
-                        model_split=self._split, first_row=int(params.first_row),
-                        total_rows=int(params.total_rows) or None)
+        return generate(
+            self.model,
+            batch,
+            max_new_tokens=int(params.max_new_tokens),
+            temperature=float(params.temperature),
+            top_p=float(params.top_p),
+            top_k=int(params.top_k),
+            eos_token_id=self.eos_token_id,
+            num_samples=int(params.num_samples),
+            rng=jax.random.key(int(params.seed)),
+            pad_token_id=self.pad_token_id,
+            model_split=self._split,
+            first_row=int(params.first_row),
+            total_rows=int(params.total_rows) or None,
+        )

@@ -4,7 +4,7 @@ tokens a response must not hold."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -17,6 +17,7 @@ from grlhfv_jax.rollout.protocol import SamplingParams
 def engine_rollout(model, codec: Codec, *, frozen: bool = False):
     """The KV-cache engine as a `rollout.Rollout` for `model`, with the codec's EOS and pad ids."""
     from grlhfv_jax.rollout import EngineRollout
+
     engine = EngineRollout(model, eos_token_id=codec.eos_id, pad_token_id=codec.pad_id, frozen=frozen)
     return HostRowsRollout(engine) if jax.process_count() > 1 else engine
 
@@ -42,12 +43,13 @@ class HostRowsRollout:
 
     def generate(self, batch: dict, params):
         from grlhfv_jax.rollout import GenerationOutput
+
         count = jax.process_count()
         rows = int(np.shape(batch["input_ids"])[0])
         if int(params.total_rows or 0):
             params = params.replace(first_row=int(params.first_row) * count, total_rows=int(params.total_rows) * count)
         out = sharding.host_values(tuple(self.inner.generate(sharding.gather_batch(batch), params)))
-        n = out[0].shape[0] // (rows * count)   # samples per prompt
+        n = out[0].shape[0] // (rows * count)  # samples per prompt
         sl = sharding.process_slice(out[0].shape[0])
         assert sl.stop - sl.start == rows * n
         return GenerationOutput(*(np.asarray(x)[sl] for x in out))
@@ -70,9 +72,16 @@ def sample_groups(rollout, codec: Codec, examples: list[dict], *, max_len: int, 
         out = rollout.generate(prompts, params)
     else:
         per = P // num_calls
-        out = join_outputs([rollout.generate(batch(examples[s:s + per], codec, side="left", max_len=max_len),
-                                             params.replace(first_row=s * n, total_rows=P * n))
-                            for s in range(0, P, per)], pad_id=codec.pad_id)
+        out = join_outputs(
+            [
+                rollout.generate(
+                    batch(examples[s : s + per], codec, side="left", max_len=max_len),
+                    params.replace(first_row=s * n, total_rows=P * n),
+                )
+                for s in range(0, P, per)
+            ],
+            pad_id=codec.pad_id,
+        )
     gen = cut_at_tokens(out, codec.banned_ids())
     return prompts, gen, codec.decode(np.asarray(gen.tokens), np.asarray(gen.lengths))
 
@@ -81,17 +90,19 @@ def join_outputs(outs: Sequence, *, pad_id: int):
     """GenerationOutputs of consecutive row blocks -> one (numpy), rows in order; tokens [N_i, W_i]
     right-padded with `pad_id` and logprobs with 0 to the widest W_i; lengths, finished [sum N_i]."""
     from grlhfv_jax.rollout import GenerationOutput
+
     width = max(np.asarray(o.tokens).shape[1] for o in outs)
 
     def pad(x, value):
         x = np.asarray(x)
         return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=value)
 
-    return GenerationOutput(np.concatenate([pad(o.tokens, pad_id) for o in outs]),
-                            np.concatenate([pad(o.logprobs, 0.0) for o in outs]),
-                            np.concatenate([np.asarray(o.lengths) for o in outs]),
-                            np.concatenate([np.asarray(o.finished) for o in outs]))
-
+    return GenerationOutput(
+        np.concatenate([pad(o.tokens, pad_id) for o in outs]),
+        np.concatenate([pad(o.logprobs, 0.0) for o in outs]),
+        np.concatenate([np.asarray(o.lengths) for o in outs]),
+        np.concatenate([np.asarray(o.finished) for o in outs]),
+    )
 
 
 def cut_at_tokens(gen, banned_ids):
@@ -102,6 +113,7 @@ def cut_at_tokens(gen, banned_ids):
     reward and its remaining tokens are padding. Returns a new GenerationOutput (numpy).
     """
     from grlhfv_jax.rollout import GenerationOutput
+
     tokens, lengths = np.asarray(gen.tokens).copy(), np.asarray(gen.lengths).copy()
     finished, logprobs = np.asarray(gen.finished).copy(), np.asarray(gen.logprobs).copy()
     live = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
@@ -113,19 +125,31 @@ def cut_at_tokens(gen, banned_ids):
     return GenerationOutput(tokens, logprobs, lengths, finished)
 
 
-
-def answers(model, codec, recs, *, max_len: int, max_new_tokens: int, rows: int = 64, samples: int = 1,
-            temperature: float = 0.0, seed: int = 0) -> tuple[list, np.ndarray]:
+def answers(
+    model,
+    codec,
+    recs,
+    *,
+    max_len: int,
+    max_new_tokens: int,
+    rows: int = 64,
+    samples: int = 1,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> tuple[list, np.ndarray]:
     """Answers to `recs`: greedy (default) or `samples` per prompt at `temperature` (rows grouped
     by prompt). Returns (texts [len(recs) * samples], finished [len(recs) * samples])."""
     texts, done = [], []
     rollout = engine_rollout(model, codec, frozen=True)
     for s in range(0, len(recs), rows):
-        chunk = recs[s:s + rows]
-        b = batch([codec.example(r["question"], r["image"]) for r in chunk], codec, side="left",
-                         max_len=max_len, rows=rows)
-        out = rollout.generate(b, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                                 num_samples=samples, seed=seed + s))
+        chunk = recs[s : s + rows]
+        b = batch(
+            [codec.example(r["question"], r["image"]) for r in chunk], codec, side="left", max_len=max_len, rows=rows
+        )
+        out = rollout.generate(
+            b,
+            SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, num_samples=samples, seed=seed + s),
+        )
         keep = len(chunk) * samples
         texts += codec.decode(np.asarray(out.tokens), np.asarray(out.lengths))[:keep]
         done += list(np.asarray(out.finished)[:keep])

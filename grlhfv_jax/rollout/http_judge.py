@@ -36,6 +36,7 @@ the model, base_url, the sampling parameters sent, the texts, whether it came fr
 attempts and the last error. The API key is read from the environment variable `api_key_env` at
 request time and never stored in a record, a log line or the object's repr.
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,13 +46,13 @@ import http.client
 import json
 import os
 import random
-import socket
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +67,7 @@ class HTTPJudgeError(RuntimeError):
 
 
 class _Retryable(Exception):
-    def __init__(self, msg: str, retry_after: Optional[float] = None):
+    def __init__(self, msg: str, retry_after: float | None = None):
         super().__init__(msg)
         self.retry_after = retry_after
 
@@ -77,11 +78,13 @@ class _Fatal(Exception):
 
 # ------------------------------------------------------------------------------------- images
 
+
 def encode_png(image) -> bytes:
     """uint8 [H, W, 3] (or [H, W] gray, [H, W, 4] RGBA) -> PNG bytes (PIL, deterministic for equal pixels)."""
     import io
 
     from PIL import Image
+
     a = np.asarray(image)
     if a.dtype != np.uint8:
         raise ValueError(f"encode_png: expected uint8 pixels, got {a.dtype}")
@@ -100,13 +103,21 @@ def image_data_url(image) -> str:
     if isinstance(image, (str, os.PathLike)):
         with open(image, "rb") as f:
             image = f.read()
-    if hasattr(image, "convert") and hasattr(image, "mode"):   # a PIL image (palette, gray, ...) -> RGB
+    if hasattr(image, "convert") and hasattr(image, "mode"):  # a PIL image (palette, gray, ...) -> RGB
         image = np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB"))
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
-        mime = ("image/png" if data.startswith(b"\x89PNG") else "image/jpeg" if data.startswith(b"\xff\xd8")
-                else "image/gif" if data.startswith(b"GIF8") else "image/webp" if data[8:12] == b"WEBP"
-                else "application/octet-stream")
+        mime = (
+            "image/png"
+            if data.startswith(b"\x89PNG")
+            else "image/jpeg"
+            if data.startswith(b"\xff\xd8")
+            else "image/gif"
+            if data.startswith(b"GIF8")
+            else "image/webp"
+            if data[8:12] == b"WEBP"
+            else "application/octet-stream"
+        )
     else:
         data, mime = encode_png(image), "image/png"
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
@@ -114,34 +125,55 @@ def image_data_url(image) -> str:
 
 # --------------------------------------------------------------------------------------- client
 
+
 class HTTPJudge:
     """The GRM (or any judge model) behind ``{base_url}/v1/chat/completions``; see the module doc.
 
     stats: requests (HTTP requests sent, retries included), retries, failures (items that failed
     after the last retry or with a non-retried error), cache_hits (items answered from the cache)."""
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
-                 max_concurrency: int = 8, timeout_s: float = 120.0, max_retries: int = 5,
-                 backoff_s: float = 1.0, backoff_max_s: float = 60.0, retry_after_max_s: float = 300.0,
-                 cache_dir: Optional[str] = None, template: str = grm_reward.GRM_TEMPLATE,
-                 system_prompt: Optional[str] = None,
-                 on_record: Optional[Callable[[dict], Any]] = None,
-                 sleep: Callable[[float], Any] = time.sleep, rng: Optional[random.Random] = None):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        max_concurrency: int = 8,
+        timeout_s: float = 120.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        retry_after_max_s: float = 300.0,
+        cache_dir: str | None = None,
+        template: str = grm_reward.GRM_TEMPLATE,
+        system_prompt: str | None = None,
+        on_record: Callable[[dict], Any] | None = None,
+        sleep: Callable[[float], Any] = time.sleep,
+        rng: random.Random | None = None,
+    ):
         if int(max_concurrency) < 1 or int(max_retries) < 0 or float(timeout_s) <= 0:
             raise ValueError("HTTPJudge: max_concurrency >= 1, max_retries >= 0 and timeout_s > 0 are required")
         self.base_url, self.model = base_url.rstrip("/"), model
         self.url = self.base_url + "/v1/chat/completions"
         self.api_key_env = api_key_env
-        self.max_concurrency, self.timeout_s, self.max_retries = int(max_concurrency), float(timeout_s), int(max_retries)
-        self.backoff_s, self.backoff_max_s, self.retry_after_max_s = (float(backoff_s), float(backoff_max_s),
-                                                                      float(retry_after_max_s))
+        self.max_concurrency, self.timeout_s, self.max_retries = (
+            int(max_concurrency),
+            float(timeout_s),
+            int(max_retries),
+        )
+        self.backoff_s, self.backoff_max_s, self.retry_after_max_s = (
+            float(backoff_s),
+            float(backoff_max_s),
+            float(retry_after_max_s),
+        )
         self.template, self.system_prompt, self.on_record = template, system_prompt, on_record
         self._sleep, self._rng = sleep, rng or random.Random()
         self._lock = threading.Lock()
         # a server on this machine is reached directly, whatever proxy the environment names
         loopback = urllib.parse.urlsplit(self.base_url).hostname in ("127.0.0.1", "localhost", "::1")
-        self._open = (urllib.request.build_opener(urllib.request.ProxyHandler({})).open if loopback
-                      else urllib.request.urlopen)
+        self._open = (
+            urllib.request.build_opener(urllib.request.ProxyHandler({})).open if loopback else urllib.request.urlopen
+        )
         self.stats = {"requests": 0, "retries": 0, "failures": 0, "cache_hits": 0}
         self.last_records: list[dict] = []
         self._cache: dict[str, list[str]] = {}
@@ -156,19 +188,19 @@ class HTTPJudge:
 
     # ---------------------------------------------------------------------------- the protocol
 
-    def judge(self, items: Sequence[tuple], params: SamplingParams) -> list[Optional[str]]:
+    def judge(self, items: Sequence[tuple], params: SamplingParams) -> list[str | None]:
         """items: (question, image, response_1, response_2); num_samples texts per item, item-major,
         in order; ``None`` for each text of an item that failed (counted in stats["failures"])."""
         n = int(params.num_samples)
         sampling = self.sampling_body(params)
-        requests, urls = [], {}   # urls: each image object encoded once per call (a group's pairs share it)
+        requests, urls = [], {}  # urls: each image object encoded once per call (a group's pairs share it)
         for q, img, r1, r2 in items:
             messages, hashed = self.messages(q, img, r1, r2, _urls=urls)
             requests.append((messages, _key(self.model, hashed, sampling)))
         results = self._run(requests, sampling, n)
         return [t for texts in results for t in texts]
 
-    def judge_groups(self, groups: Sequence[tuple], params: SamplingParams) -> list[list[Optional[str]]]:
+    def judge_groups(self, groups: Sequence[tuple], params: SamplingParams) -> list[list[str | None]]:
         """groups: (question, image, [(response_1, response_2), ...]); one text per pair (None: failed)."""
         if params.num_samples != 1:
             raise ValueError("HTTPJudge.judge_groups samples one judgment per pair (num_samples = 1)")
@@ -176,11 +208,11 @@ class HTTPJudge:
         flat = self.judge(items, params)
         out, k = [], 0
         for _, _, pairs in groups:
-            out.append(flat[k:k + len(pairs)])
+            out.append(flat[k : k + len(pairs)])
             k += len(pairs)
         return out
 
-    def complete(self, conversations: Sequence[list], params: SamplingParams) -> list[Optional[str]]:
+    def complete(self, conversations: Sequence[list], params: SamplingParams) -> list[str | None]:
         """Any chat: each conversation (OpenAI messages; an image part's URL a data URL) is one request
         (the policy benchmarks' judge prompts); num_samples texts per conversation, in order; ``None``
         for each text of a failed one. Same retries, cache (images keyed by hash) and records as `judge`."""
@@ -193,14 +225,20 @@ class HTTPJudge:
 
     @staticmethod
     def sampling_body(params: SamplingParams) -> dict:
-        body = {"n": int(params.num_samples), "temperature": float(params.temperature), "top_p": float(params.top_p),
-                "max_tokens": int(params.max_new_tokens), "seed": int(params.seed)}
+        body = {
+            "n": int(params.num_samples),
+            "temperature": float(params.temperature),
+            "top_p": float(params.top_p),
+            "max_tokens": int(params.max_new_tokens),
+            "seed": int(params.seed),
+        }
         if params.top_k:
             body["top_k"] = int(params.top_k)
         return body
 
-    def messages(self, question: str, image, response_1: str, response_2: str,
-                 _urls: Optional[dict] = None) -> tuple[list, list]:
+    def messages(
+        self, question: str, image, response_1: str, response_2: str, _urls: dict | None = None
+    ) -> tuple[list, list]:
         """(messages to send, the same with each image's data URL replaced by its SHA-256: the cache
         key's). The image goes where the template has ``<image>``; no image: text only."""
         text = grm_reward.build_grm_prompt(question, response_1, response_2, template=self.template)
@@ -210,7 +248,7 @@ class HTTPJudge:
         else:
             urls = {} if _urls is None else _urls
             if id(image) not in urls:
-                urls[id(image)] = (image, image_data_url(image))   # the object kept: its id stays unique
+                urls[id(image)] = (image, image_data_url(image))  # the object kept: its id stays unique
             parts = [before, urls[id(image)][1], after]
         content, hashed = [], []
         for k, part in enumerate(parts):
@@ -223,18 +261,18 @@ class HTTPJudge:
         head = [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []
         return head + [{"role": "user", "content": content}], head + [{"role": "user", "content": hashed}]
 
-    def _run(self, requests: list[tuple], sampling: dict, n: int) -> list[list[Optional[str]]]:
-        todo: dict[str, list] = {}   # key -> messages: keys not cached, each sent once
+    def _run(self, requests: list[tuple], sampling: dict, n: int) -> list[list[str | None]]:
+        todo: dict[str, list] = {}  # key -> messages: keys not cached, each sent once
         for messages, key in requests:
             if key not in self._cache and key not in todo:
                 todo[key] = messages
-        answers: dict[str, tuple] = {}   # key -> (texts or None, attempts, last error)
+        answers: dict[str, tuple] = {}  # key -> (texts or None, attempts, last error)
         if todo:
             pool = concurrent.futures.ThreadPoolExecutor(min(self.max_concurrency, len(todo)))
             try:
                 futs = {key: pool.submit(self._request, msgs, sampling, n) for key, msgs in todo.items()}
                 answers = {key: fut.result() for key, fut in futs.items()}
-            finally:   # an HTTPJudgeError: requests not yet started are not sent
+            finally:  # an HTTPJudgeError: requests not yet started are not sent
                 pool.shutdown(wait=True, cancel_futures=True)
         out, records = [], []
         for _, key in requests:
@@ -250,15 +288,23 @@ class HTTPJudge:
                 self.stats["cache_hits"] += 1
             texts = list(texts) if texts is not None else [None] * n
             out.append(texts)
-            rec = {"key": key, "model": self.model, "base_url": self.base_url, "params": dict(sampling),
-                   "texts": texts, "cached": cached, "attempts": attempts, "error": error}
+            rec = {
+                "key": key,
+                "model": self.model,
+                "base_url": self.base_url,
+                "params": dict(sampling),
+                "texts": texts,
+                "cached": cached,
+                "attempts": attempts,
+                "error": error,
+            }
             records.append(rec)
             if self.on_record is not None:
                 self.on_record(rec)
         self.last_records = records
         return out
 
-    def _request(self, messages: list, sampling: dict, n: int) -> tuple[Optional[list[str]], int, Optional[str]]:
+    def _request(self, messages: list, sampling: dict, n: int) -> tuple[list[str] | None, int, str | None]:
         body = json.dumps({"model": self.model, "messages": messages, **sampling}).encode("utf-8")
         error = None
         for attempt in range(self.max_retries + 1):
@@ -276,10 +322,10 @@ class HTTPJudge:
                 return None, attempt + 1, str(e)
         return None, self.max_retries + 1, error
 
-    def _delay(self, attempt: int, retry_after: Optional[float]) -> float:
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.retry_after_max_s)
-        d = min(self.backoff_max_s, self.backoff_s * 2 ** attempt)
+        d = min(self.backoff_max_s, self.backoff_s * 2**attempt)
         with self._lock:
             return d / 2 + self._rng.uniform(0, d / 2)
 
@@ -297,7 +343,7 @@ class HTTPJudge:
             retry_after = _retry_after(e.headers.get("Retry-After") if e.headers else None)
             try:
                 detail = e.read()[:200].decode("utf-8", "replace")
-            except Exception:   # a broken error body says nothing more
+            except Exception:  # a broken error body says nothing more
                 detail = ""
             finally:
                 e.close()
@@ -307,8 +353,7 @@ class HTTPJudge:
             if status in (408, 429) or 500 <= status < 600:
                 raise _Retryable(msg, retry_after) from None
             raise _Fatal(msg) from None
-        except (urllib.error.URLError, http.client.HTTPException, socket.timeout, TimeoutError,
-                ConnectionError, OSError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, OSError) as e:
             raise _Retryable(f"{type(e).__name__}: {e}") from None
         try:
             data = json.loads(raw)
@@ -334,20 +379,24 @@ def _hashed(messages: list) -> list:
     for m in messages:
         content = m.get("content")
         if isinstance(content, list):
-            content = [{"type": "image_url",
-                        "sha256": hashlib.sha256(p["image_url"]["url"].encode("utf-8")).hexdigest()}
-                       if isinstance(p, dict) and p.get("type") == "image_url" else p for p in content]
+            content = [
+                {"type": "image_url", "sha256": hashlib.sha256(p["image_url"]["url"].encode("utf-8")).hexdigest()}
+                if isinstance(p, dict) and p.get("type") == "image_url"
+                else p
+                for p in content
+            ]
         out.append({**m, "content": content})
     return out
 
 
 def _key(model: str, hashed_messages: list, sampling: dict) -> str:
-    blob = json.dumps({"model": model, "messages": hashed_messages, "sampling": sampling}, sort_keys=True,
-                      ensure_ascii=False)
+    blob = json.dumps(
+        {"model": model, "messages": hashed_messages, "sampling": sampling}, sort_keys=True, ensure_ascii=False
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def _retry_after(value: Optional[str]) -> Optional[float]:
+def _retry_after(value: str | None) -> float | None:
     """Retry-After in seconds; None when absent or an HTTP date (then the backoff decides)."""
     try:
         return float(value) if value is not None else None
@@ -365,5 +414,5 @@ def _load_cache(path: str) -> dict[str, list[str]]:
                 rec = json.loads(line)
                 out[rec["key"]] = [str(t) for t in rec["texts"]]
             except (ValueError, KeyError, TypeError):
-                continue   # a torn line from a crash mid-write
+                continue  # a torn line from a crash mid-write
     return out

@@ -20,10 +20,11 @@ prefill per prompt instead of one per pair.
 and the Qwen2-VL chat format (grlhfv_jax.processing); it splits each prompt's pairs at their
 longest common TOKEN prefix, so the tokenization is exactly that of the full prompts.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +37,19 @@ from grlhfv_jax.rollout.engine import GenerationOutput, bucket_length
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "prefix_len", "num_samples", "mesh"))
-def _gather_and_prefill_suffix(graphdef, state, cache, prefix_deltas, row_prompt, suffix_ids, suffix_mask, *,
-                               prefix_len: int, num_samples: int, mesh):
+def _gather_and_prefill_suffix(
+    graphdef,
+    state,
+    cache,
+    prefix_deltas,
+    row_prompt,
+    suffix_ids,
+    suffix_mask,
+    *,
+    prefix_len: int,
+    num_samples: int,
+    mesh,
+):
     """Copy prefix cache rows to pair rows and prefill each pair's suffix at slots [prefix_len, prefix_len + Ts).
 
     cache: rows = prompts, prefix in slots [0, prefix_len); prefix_deltas [n_prompts] (next
@@ -47,11 +59,10 @@ def _gather_and_prefill_suffix(graphdef, state, cache, prefix_deltas, row_prompt
     cache = engine.map_cache_rows(lambda x, axis: jnp.take(x, row_prompt, axis=axis), cache)
     cache = engine.constrain_cache(cache, mesh)
     R, Ts = suffix_ids.shape
-    next_pos = prefix_len + jnp.take(prefix_deltas, row_prompt)                # [R] position of the first suffix token
+    next_pos = prefix_len + jnp.take(prefix_deltas, row_prompt)  # [R] position of the first suffix token
     k = jnp.cumsum(suffix_mask, axis=1) - 1
     pos = jnp.where(suffix_mask > 0, next_pos[:, None] + k, 1).astype(jnp.int32)
-    logits, cache = engine.last_logits(model, suffix_ids, suffix_mask, model.text_position_ids(pos), cache,
-                                       prefix_len)
+    logits, cache = engine.last_logits(model, suffix_ids, suffix_mask, model.text_position_ids(pos), cache, prefix_len)
     deltas = (next_pos + jnp.sum(suffix_mask, axis=1) - (prefix_len + Ts)).astype(jnp.int32)
     cache = engine.constrain_cache(engine.repeat_rows(cache, num_samples), mesh)
     rest = engine.repeat_rows({"logits": logits, "deltas": deltas}, num_samples)
@@ -64,10 +75,23 @@ def decoded_rows(n_pairs: int, num_samples: int = 1) -> int:
     return bucket_length(n_pairs, minimum=1) * int(num_samples)
 
 
-def judge_generate(model, prefix_batch: dict, suffix_ids: Sequence[Sequence[Sequence[int]]], *, max_new_tokens: int,
-                   temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, eos_token_id=None,
-                   num_samples: int = 1, rng=None, pad_token_id: int = 0, model_split=None, first_row: int = 0,
-                   total_rows: int | None = None) -> GenerationOutput:
+def judge_generate(
+    model,
+    prefix_batch: dict,
+    suffix_ids: Sequence[Sequence[Sequence[int]]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_token_id=None,
+    num_samples: int = 1,
+    rng=None,
+    pad_token_id: int = 0,
+    model_split=None,
+    first_row: int = 0,
+    total_rows: int | None = None,
+) -> GenerationOutput:
     """Generate for every (prompt, pair) with the prompt's prefix cache shared by its pairs.
 
     prefix_batch: processor-style dict of the shared prefixes (one row per prompt, left-padded
@@ -102,8 +126,8 @@ def judge_generate(model, prefix_batch: dict, suffix_ids: Sequence[Sequence[Sequ
     smask = np.zeros((R_pad, Ts), np.int32)
     row_prompt = np.zeros((R_pad,), np.int32)
     for r, (p, s) in enumerate(rows):
-        sid[r, Ts - len(s):] = s
-        smask[r, Ts - len(s):] = 1
+        sid[r, Ts - len(s) :] = s
+        smask[r, Ts - len(s) :] = 1
         row_prompt[r] = p
 
     split = model_split if model_split is not None else nnx.split(model)
@@ -111,16 +135,46 @@ def judge_generate(model, prefix_batch: dict, suffix_ids: Sequence[Sequence[Sequ
     mesh = engine.model_mesh(state)
     buf_len = bucket_length(max_new_tokens)
     cache, _, prefix_deltas, prefix_len = engine.prefill(
-        split, prefix_batch, layout=model.image_layout, cache_len_extra=Ts + buf_len, num_samples=1, mesh=mesh,
-        pad_id=pad_token_id)
+        split,
+        prefix_batch,
+        layout=model.image_layout,
+        cache_len_extra=Ts + buf_len,
+        num_samples=1,
+        mesh=mesh,
+        pad_id=pad_token_id,
+    )
     cache, logits, deltas = _gather_and_prefill_suffix(
-        graphdef, state, cache, prefix_deltas, sharding.place_rows(row_prompt, mesh), sharding.place_rows(sid, mesh),
-        sharding.place_rows(smask, mesh), prefix_len=prefix_len, num_samples=num_samples, mesh=mesh)
-    done = np.repeat(np.arange(R_pad) >= R, num_samples)            # padding rows: done from the start
-    out = engine.decode(split, cache, logits, deltas, first_slot=prefix_len + Ts, max_new_tokens=max_new_tokens,
-                        buf_len=buf_len, temperature=temperature, top_p=top_p, top_k=top_k,
-                        eos_token_id=eos_token_id, rng=rng, done=done, pad_token_id=pad_token_id, mesh=mesh,
-                        first_row=first_row, total_rows=total_rows)
+        graphdef,
+        state,
+        cache,
+        prefix_deltas,
+        sharding.place_rows(row_prompt, mesh),
+        sharding.place_rows(sid, mesh),
+        sharding.place_rows(smask, mesh),
+        prefix_len=prefix_len,
+        num_samples=num_samples,
+        mesh=mesh,
+    )
+    done = np.repeat(np.arange(R_pad) >= R, num_samples)  # padding rows: done from the start
+    out = engine.decode(
+        split,
+        cache,
+        logits,
+        deltas,
+        first_slot=prefix_len + Ts,
+        max_new_tokens=max_new_tokens,
+        buf_len=buf_len,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        eos_token_id=eos_token_id,
+        rng=rng,
+        done=done,
+        pad_token_id=pad_token_id,
+        mesh=mesh,
+        first_row=first_row,
+        total_rows=total_rows,
+    )
     n = R * num_samples
     return GenerationOutput(out.tokens[:n], out.logprobs[:n], out.lengths[:n], out.finished[:n])
 
@@ -137,8 +191,17 @@ def split_common_prefix(seqs: Sequence[Sequence[int]]) -> tuple[list[int], list[
     return seqs[0][:c], [s[c:] for s in seqs]
 
 
-def judge_texts(model, tokenizer, image_processor, items: Sequence[dict], *, max_new_tokens: int,
-                principles=None, system=None, **gen_kw):
+def judge_texts(
+    model,
+    tokenizer,
+    image_processor,
+    items: Sequence[dict],
+    *,
+    max_new_tokens: int,
+    principles=None,
+    system=None,
+    **gen_kw,
+):
     """Judge pairs given as text with the GRM template.
 
     items: dicts with `question` (str), `image` (PIL / path / uint8 array, or None) and `pairs`
@@ -157,17 +220,28 @@ def judge_texts(model, tokenizer, image_processor, items: Sequence[dict], *, max
         images = [item["image"]] if item.get("image") is not None else []
         full = []
         for r1, r2 in item["pairs"]:
-            user = grm_reward.build_grm_prompt(item["question"], r1, r2, principles,
-                                               image_token=grm_reward.IMAGE_PLACEHOLDER if images else None)
+            user = grm_reward.build_grm_prompt(
+                item["question"], r1, r2, principles, image_token=grm_reward.IMAGE_PLACEHOLDER if images else None
+            )
             text = processing.chat_prompt(user, num_images=len(images), system=system)
-            full.append(processing.encode_example(tokenizer, image_processor, text, images) if not full else
-                        dict(full[0], input_ids=_reencode(tokenizer, text, full[0], layout)))
+            full.append(
+                processing.encode_example(tokenizer, image_processor, text, images)
+                if not full
+                else dict(full[0], input_ids=_reencode(tokenizer, text, full[0], layout))
+            )
         prefix, rest = split_common_prefix([f["input_ids"] for f in full])
-        if int(np.sum(np.asarray(prefix) == layout.image_token_id)) != \
-                int(np.sum(np.asarray(full[0]["input_ids"]) == layout.image_token_id)):
+        if int(np.sum(np.asarray(prefix) == layout.image_token_id)) != int(
+            np.sum(np.asarray(full[0]["input_ids"]) == layout.image_token_id)
+        ):
             raise ValueError(f"item {it}: the pairs' common prefix does not hold the whole image")
-        prefixes.append(dict(full[0], input_ids=np.asarray(prefix, np.int32),
-                             mm_token_type_ids=np.zeros(len(prefix), np.int32), loss_mask=np.zeros(len(prefix), np.int32)))
+        prefixes.append(
+            dict(
+                full[0],
+                input_ids=np.asarray(prefix, np.int32),
+                mm_token_type_ids=np.zeros(len(prefix), np.int32),
+                loss_mask=np.zeros(len(prefix), np.int32),
+            )
+        )
         suffixes.append(rest)
     batch = processing.collate(prefixes, pad_id=pad_id, side="left")
     if batch["image_grid_thw"].shape[0] == 0:
@@ -179,8 +253,12 @@ def judge_texts(model, tokenizer, image_processor, items: Sequence[dict], *, max
     for item in items:
         per_pair = []
         for _ in item["pairs"]:
-            per_pair.append([tokenizer.decode(toks[r + s, :lengths[r + s]].tolist(), skip_special_tokens=True)
-                             for s in range(num_samples)])
+            per_pair.append(
+                [
+                    tokenizer.decode(toks[r + s, : lengths[r + s]].tolist(), skip_special_tokens=True)
+                    for s in range(num_samples)
+                ]
+            )
             r += num_samples
         texts.append(per_pair)
     return out, texts

@@ -7,10 +7,12 @@ the protocol, without touching stage code.
     Judge.judge(items, params) -> [text]                      (question, image, response_1, response_2)
     Judge.judge_groups(groups, params) -> [[text]]            (question, image, [(r1, r2), ...])
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +22,7 @@ class SamplingParams:
     sampler's random key (implementations derive one per chunk from it); first_row, total_rows:
     the batch's output rows are rows first_row .. of a sample of total_rows rows (0: the batch's own)
     drawn in several calls; the engine then draws for each row what one call over all rows would."""
+
     max_new_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
@@ -41,10 +44,11 @@ class SamplingParams:
         if int(self.top_k) < 0:
             raise ValueError(f"SamplingParams.top_k must be >= 0, got {self.top_k}")
         if int(self.first_row) < 0 or int(self.total_rows) < 0:
-            raise ValueError(f"SamplingParams.first_row / total_rows must be >= 0, got {self.first_row} / "
-                             f"{self.total_rows}")
+            raise ValueError(
+                f"SamplingParams.first_row / total_rows must be >= 0, got {self.first_row} / {self.total_rows}"
+            )
 
-    def replace(self, **kw) -> "SamplingParams":
+    def replace(self, **kw) -> SamplingParams:
         return dataclasses.replace(self, **kw)
 
 

@@ -9,6 +9,7 @@ Pure, jittable functions on logits `[N, V]` float32. The order of the filters is
 Log-probs are always taken under the RAW logits (temperature 1, no filter): that is the policy's
 probability that the RL loss differentiates.
 """
+
 from __future__ import annotations
 
 import jax
@@ -37,7 +38,7 @@ def top_p_mask(logits, top_p, *, sorted_desc=None):
     keep = mass_before < top_p
     keep = keep.at[..., 0].set(True)
     n_keep = jnp.sum(keep, axis=-1, keepdims=True)
-    threshold = jnp.take_along_axis(sorted_desc, n_keep - 1, axis=-1)    # smallest kept logit
+    threshold = jnp.take_along_axis(sorted_desc, n_keep - 1, axis=-1)  # smallest kept logit
     return logits >= threshold
 
 
@@ -87,14 +88,14 @@ def sample_from_logits(key, logits, *, block: int = 128, first_row=0, total_rows
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     nb = -(-V // block)
     blocks = jnp.pad(probs, ((0, 0), (0, nb * block - V))).reshape(N, nb, block)
-    mass = jnp.sum(blocks, axis=-1)                                         # [N, nb]
+    mass = jnp.sum(blocks, axis=-1)  # [N, nb]
     cdf = jnp.cumsum(mass, axis=-1)
     u = row_uniforms(key, N, first_row, total_rows) * cdf[:, -1:]
     # rounding guard: never step past the last block / token with nonzero mass
     last_block = nb - 1 - jnp.argmax((mass > 0)[:, ::-1], axis=-1)
-    b = jnp.minimum(jnp.sum(cdf <= u, axis=-1), last_block)                 # [N]
-    inside = jnp.take_along_axis(blocks, b[:, None, None], axis=1)[:, 0]    # [N, block]
-    before = jnp.take_along_axis(cdf - mass, b[:, None], axis=1)            # mass of the blocks before b
+    b = jnp.minimum(jnp.sum(cdf <= u, axis=-1), last_block)  # [N]
+    inside = jnp.take_along_axis(blocks, b[:, None, None], axis=1)[:, 0]  # [N, block]
+    before = jnp.take_along_axis(cdf - mass, b[:, None], axis=1)  # mass of the blocks before b
     last_tok = block - 1 - jnp.argmax((inside > 0)[:, ::-1], axis=-1)
     t = jnp.minimum(jnp.sum(before + jnp.cumsum(inside, axis=-1) <= u, axis=-1), last_tok)
     return (b * block + t).astype(jnp.int32)
@@ -108,14 +109,27 @@ def token_logprobs(logits, tokens):
     return picked - lse
 
 
-def next_tokens(key, logits, *, greedy: bool, temperature, top_k: int, top_p, use_top_p: bool, first_row=0,
-                total_rows: int | None = None):
+def next_tokens(
+    key,
+    logits,
+    *,
+    greedy: bool,
+    temperature,
+    top_k: int,
+    top_p,
+    use_top_p: bool,
+    first_row=0,
+    total_rows: int | None = None,
+):
     """Sample (or argmax when `greedy`) one token per row; returns (tokens int32 [N], raw log-probs [N]).
     first_row, total_rows: the rows' place in a larger draw (`row_uniforms`)."""
     if greedy:
         tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
-        tok = sample_from_logits(key, filter_logits(logits, temperature=temperature, top_k=top_k,
-                                                    top_p=top_p, use_top_p=use_top_p),
-                                 first_row=first_row, total_rows=total_rows)
+        tok = sample_from_logits(
+            key,
+            filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, use_top_p=use_top_p),
+            first_row=first_row,
+            total_rows=total_rows,
+        )
     return tok, token_logprobs(logits, tok)

@@ -14,8 +14,19 @@ from grlhfv_jax import config as config_schema
 from grlhfv_jax.config import STAGE_SECTIONS, ConfigError  # noqa: F401  (ConfigError: for the stage modules)
 
 # stage name -> module (under grlhfv_jax.stages) and the config section it reads (config.STAGE_SECTIONS).
-MODULES = {"data": "data", "vision": "vision", "sft": "sft", "grm_rl": "grm_rl", "rm": "rm", "policy_rl": "policy_rl",
-           "policy_rl_rm": "policy_rl", "policy_ppo_rm": "policy_ppo_rm", "dpo": "dpo", "evaluate": "evaluate", "nscale": "nscale"}
+MODULES = {
+    "data": "data",
+    "vision": "vision",
+    "sft": "sft",
+    "grm_rl": "grm_rl",
+    "rm": "rm",
+    "policy_rl": "policy_rl",
+    "policy_rl_rm": "policy_rl",
+    "policy_ppo_rm": "policy_ppo_rm",
+    "dpo": "dpo",
+    "evaluate": "evaluate",
+    "nscale": "nscale",
+}
 STAGES = {name: (module, STAGE_SECTIONS[name]) for name, module in MODULES.items()}
 
 

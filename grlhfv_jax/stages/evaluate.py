@@ -17,17 +17,19 @@ import os
 
 import numpy as np
 
+from grlhfv_jax import roles
 from grlhfv_jax.data import sources
 from grlhfv_jax.rl import grm_reward
-from grlhfv_jax.rollout import SamplingParams
-from grlhfv_jax.rollout import grm_judge
-from grlhfv_jax.rollout import group_sampling
-from grlhfv_jax import roles
+from grlhfv_jax.rollout import SamplingParams, grm_judge, group_sampling
 
 # name, stage that writes it (None: sft), summary prefix, summary suffix
-POLICIES = (("before", None, "policy/", "before"), ("after", "policy_rl", "policy/", "after"),
-            ("baseline_rm", "policy_rl_rm", "baseline_rm/", "after"), ("ppo_rm", "policy_ppo_rm", "ppo_rm/", "after"),
-            ("dpo", "dpo", "dpo/", "after"))
+POLICIES = (
+    ("before", None, "policy/", "before"),
+    ("after", "policy_rl", "policy/", "after"),
+    ("baseline_rm", "policy_rl_rm", "baseline_rm/", "after"),
+    ("ppo_rm", "policy_ppo_rm", "ppo_rm/", "after"),
+    ("dpo", "dpo", "dpo/", "after"),
+)
 PRAISE = ("excellent", "perfect", "accurate answer", "great")
 
 
@@ -36,8 +38,16 @@ def scored_answers(model, codec, recs, sec, hooks, *, samples: int = 0, seed: in
     scores (`hooks`: the data source's). `sec` holds max_len and max_new_tokens.
     Returns (texts, finished, scores [N])."""
     k = max(int(samples), 1)
-    texts, done = group_sampling.answers(model, codec, recs, max_len=sec.max_len, max_new_tokens=sec.max_new_tokens, samples=k,
-                          temperature=1.0 if samples else 0.0, seed=seed)
+    texts, done = group_sampling.answers(
+        model,
+        codec,
+        recs,
+        max_len=sec.max_len,
+        max_new_tokens=sec.max_new_tokens,
+        samples=k,
+        temperature=1.0 if samples else 0.0,
+        seed=seed,
+    )
     return texts, done, sources.oracle_scores(hooks, recs, texts, per_record=k)
 
 
@@ -45,8 +55,12 @@ def _all_hosts(texts, done, scores):
     """Several processes: every host's answers, finished flags and oracle scores (each answered its
     share of the records), in process order, the same on every host; one process: unchanged."""
     from grlhfv_jax import sharding
-    return (sharding.gather_objects(texts), sharding.gather_rows(np.asarray(done)),
-            None if scores is None else sharding.gather_rows(np.asarray(scores)))
+
+    return (
+        sharding.gather_objects(texts),
+        sharding.gather_rows(np.asarray(done)),
+        None if scores is None else sharding.gather_rows(np.asarray(scores)),
+    )
 
 
 def hedges(answer: str, hooks) -> bool:
@@ -70,19 +84,22 @@ def run(config, workdir: str, writer, section: str) -> dict:
         if not os.path.isfile(os.path.join(path, "config.json")):
             continue
         model = roles.load_stage_output(path, f"run the stage that writes {path}", config, config.model.policy)
-        texts[name], done, oracle = scored_answers(model, codec, recs, sec, src.hooks)   # this host's records
+        texts[name], done, oracle = scored_answers(model, codec, recs, sec, src.hooks)  # this host's records
         t, done, oracle = _all_hosts(texts[name], done, oracle)
-        greedy[name] = oracle   # every host's, in one order
+        greedy[name] = oracle  # every host's, in one order
         summary[f"{prefix}oracle_score_{key}"] = float(oracle.mean())
-        if name != "before" and "before" in greedy:   # paired over the same prompts: one greedy answer each
+        if name != "before" and "before" in greedy:  # paired over the same prompts: one greedy answer each
             summary[f"{prefix}oracle_gain_greedy_vs_sft"] = float((oracle - greedy["before"]).mean())
             summary[f"{prefix}oracle_gain_greedy_vs_sft_se"] = _se(oracle - greedy["before"])
         summary[f"{prefix}complete_rate_{key}"] = float(done.mean())
         summary[f"{prefix}length_words_{key}"] = float(np.mean([len(a.split()) for a in t]))
         summary[f"{prefix}self_praise_rate_{key}"] = float(np.mean([praises(a) for a in t]))
         if int(sec.samples):
-            ts, _, sampled = _all_hosts(*scored_answers(model, codec, recs, sec, src.hooks, samples=sec.samples,
-                                                        seed=roles.EVAL_SAMPLE_SEED + config.seed))
+            ts, _, sampled = _all_hosts(
+                *scored_answers(
+                    model, codec, recs, sec, src.hooks, samples=sec.samples, seed=roles.EVAL_SAMPLE_SEED + config.seed
+                )
+            )
             summary[f"{prefix}oracle_score_sampled_{key}"] = float(sampled.mean())
             per_prompt[name] = sampled.reshape(-1, int(sec.samples)).mean(axis=1)  # the prompt is the unit of the SE
             summary[f"{prefix}oracle_score_sampled_{key}_se"] = _se(per_prompt[name])
@@ -98,8 +115,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
         grm = roles.load_stage_output(gpath, "run grm_rl", config, config.model.grm)
         for name, _, prefix, _ in POLICIES[1:]:
             if name in texts:
-                summary.update(_head_to_head(grm, codec, config, recs, texts[name], texts["before"], prefix,
-                                             src.hooks))
+                summary.update(_head_to_head(grm, codec, config, recs, texts[name], texts["before"], prefix, src.hooks))
     return summary
 
 
@@ -117,7 +133,8 @@ def _head_to_head(grm, codec, config, recs, new, old, prefix: str, hooks) -> dic
     items = [(r["question"], r["image"], a, b) for r, a, b in zip(recs, new, old)]
     items += [(r["question"], r["image"], b, a) for r, a, b in zip(recs, new, old)]
     outs = grm_judge.GRMJudge(grm, codec, rows=32, max_len=0).judge(
-        items, SamplingParams(max_new_tokens=sec_j.max_new_tokens, temperature=0.0))
+        items, SamplingParams(max_new_tokens=sec_j.max_new_tokens, temperature=0.0)
+    )
     n = len(recs)
     grm_wins = []
     for k in range(n):
@@ -131,10 +148,13 @@ def _head_to_head(grm, codec, config, recs, new, old, prefix: str, hooks) -> dic
     for r, a, b in zip(recs, new, old):
         oa, ob = hooks.oracle_score(r, a), hooks.oracle_score(r, b)
         oracle_wins.append(1.0 if oa > ob else 0.5 if oa == ob else 0.0)
-    from grlhfv_jax import sharding   # several processes: every host's records
+    from grlhfv_jax import sharding  # several processes: every host's records
+
     grm_wins, oracle_wins = sharding.gather_objects(grm_wins), sharding.gather_objects(oracle_wins)
-    return {f"{prefix}grm_win_rate_vs_sft": float(np.mean(grm_wins)) if grm_wins else float("nan"),
-            f"{prefix}oracle_win_rate_vs_sft": float(np.mean(oracle_wins))}
+    return {
+        f"{prefix}grm_win_rate_vs_sft": float(np.mean(grm_wins)) if grm_wins else float("nan"),
+        f"{prefix}oracle_win_rate_vs_sft": float(np.mean(oracle_wins)),
+    }
 
 
 def memory_phases(config, section: str) -> list:

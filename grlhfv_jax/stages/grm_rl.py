@@ -33,32 +33,53 @@ def run(config, workdir: str, writer, section: str) -> dict:
     ds = src.dataset("grm_train", seed=config.seed, batch_size=sec.pairs_per_step)
 
     def prompts_for_step(step):
-        items = [(r["question"], r["image"], r["response_1"], r["response_2"], int(r["overall_response"]))
-                 for r in ds[step]]
-        if sec.position_debias:   # every pair also in the swapped order, label flipped
+        items = [
+            (r["question"], r["image"], r["response_1"], r["response_2"], int(r["overall_response"])) for r in ds[step]
+        ]
+        if sec.position_debias:  # every pair also in the swapped order, label flipped
             items += [(q, img, b, a, grm_reward.swap_label(y)) for q, img, a, b, y in items]
         return items, [codec.grm_example(q, img, a, b) for q, img, a, b, _ in items]
 
     state = loop.make_rl_train_state(grm, sec)
     step_fn = learner.grpo_step_fn(
-        ref=ref, codec=codec, prompts_for_step=prompts_for_step, sec=sec,
+        ref=ref,
+        codec=codec,
+        prompts_for_step=prompts_for_step,
+        sec=sec,
         reward_fn=rewards.grm_pair_reward(consistency=bool(sec.consistency_reward), pool_orders=bool(sec.pool_orders)),
-        seed_for_step=lambda step: config.seed * 100003 + step)
+        seed_for_step=lambda step: config.seed * 100003 + step,
+    )
 
     def on_log(step):
         if step % sec.eval_every or not sec.eval_pairs or step == sec.steps:
             return {}
-        m, _ = judging.grm_accuracy(judging.eval_judge(state.model, codec, sec), records_id[: max(8, sec.eval_pairs // 2)],
-                                    max_new_tokens=sec.max_new_tokens, prefix="eval/")
+        m, _ = judging.grm_accuracy(
+            judging.eval_judge(state.model, codec, sec),
+            records_id[: max(8, sec.eval_pairs // 2)],
+            max_new_tokens=sec.max_new_tokens,
+            prefix="eval/",
+        )
         return {"eval/accuracy_id": m["eval/accuracy"]}
 
-    loop.train_loop("grm_rl", state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
-                    ckpt_dir=os.path.join(workdir, "grm_rl", "ckpt"), log_every=int(sec.log_every),
-                    ckpt_every=int(sec.ckpt_every), on_log=on_log)
+    loop.train_loop(
+        "grm_rl",
+        state,
+        steps=sec.steps,
+        make_batch=lambda s: s,
+        step_fn=step_fn,
+        writer=writer,
+        ckpt_dir=os.path.join(workdir, "grm_rl", "ckpt"),
+        log_every=int(sec.log_every),
+        ckpt_every=int(sec.ckpt_every),
+        on_log=on_log,
+    )
     export_hf(state.model, roles.output_dir(workdir, "grm_rl"), codec=codec)
     if sec.eval_pairs:
-        summary.update(judging.grm_after_rl(state.model, codec, sec, records_id, records_ood, workdir,
-                                            encode_image=src.encode_image))
+        summary.update(
+            judging.grm_after_rl(
+                state.model, codec, sec, records_id, records_ood, workdir, encode_image=src.encode_image
+            )
+        )
         writer.write("grm_rl", sec.steps, {"eval/accuracy_id": summary["grm/accuracy_id"]})
     return summary
 

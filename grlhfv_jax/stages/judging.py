@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -14,8 +14,10 @@ from grlhfv_jax.rl import grm_reward
 from grlhfv_jax.rollout import Judge, SamplingParams, grm_judge
 from grlhfv_jax.trainers.scoring import _filled_calls, score_batch
 
-def grm_accuracy(judge: Judge, records: Sequence[dict], *, max_new_tokens: int,
-                 prefix: str = "") -> tuple[dict, list[dict]]:
+
+def grm_accuracy(
+    judge: Judge, records: Sequence[dict], *, max_new_tokens: int, prefix: str = ""
+) -> tuple[dict, list[dict]]:
     """Greedy judgments (any `rollout.Judge`) of every pair in both orders.
 
     accuracy: the paper's pair reward in the dataset's order (ties and unparsed count as wrong);
@@ -28,7 +30,7 @@ def grm_accuracy(judge: Judge, records: Sequence[dict], *, max_new_tokens: int,
     swapped = [(q, img, b, a) for q, img, a, b in items]
     greedy = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     fwd, rev = judge.judge(items, greedy), judge.judge(swapped, greedy)
-    if jax.process_count() > 1:   # each host judged its share of the records: figures over all of them
+    if jax.process_count() > 1:  # each host judged its share of the records: figures over all of them
         keys = ("question", "response_1", "response_2", "overall_response", "pair_type")
         records = sharding.gather_objects([{k: r[k] for k in keys if k in r} for r in records])
         fwd, rev = sharding.gather_objects(fwd), sharding.gather_objects(rev)
@@ -47,15 +49,26 @@ def grm_accuracy(judge: Judge, records: Sequence[dict], *, max_new_tokens: int,
             consistent.append(float((s1[0] > s1[1]) == (s2[1] > s2[0])))
         else:
             consistent.append(0.0)
-        samples.append({"question": r["question"], "response_1": r["response_1"], "response_2": r["response_2"],
-                        "output": t1, "scores": s1, "preferred": label})
+        samples.append(
+            {
+                "question": r["question"],
+                "response_1": r["response_1"],
+                "response_2": r["response_2"],
+                "output": t1,
+                "scores": s1,
+                "preferred": label,
+            }
+        )
     n = max(len(records), 1)
-    metrics = {f"{prefix}accuracy": float(np.mean(acc)) if acc else 0.0,
-               f"{prefix}accuracy_both": float(np.mean(acc + acc_rev)) if acc else 0.0,
-               f"{prefix}position_consistency": float(np.mean(consistent)) if consistent else 0.0,
-               f"{prefix}accuracy_decided": float(np.mean(decided)) if decided else float("nan"),
-               f"{prefix}parse_failure": fails / (2 * n), f"{prefix}tie_rate": ties / (2 * n),
-               **by_pair_type(records, acc, f"{prefix}accuracy_")}
+    metrics = {
+        f"{prefix}accuracy": float(np.mean(acc)) if acc else 0.0,
+        f"{prefix}accuracy_both": float(np.mean(acc + acc_rev)) if acc else 0.0,
+        f"{prefix}position_consistency": float(np.mean(consistent)) if consistent else 0.0,
+        f"{prefix}accuracy_decided": float(np.mean(decided)) if decided else float("nan"),
+        f"{prefix}parse_failure": fails / (2 * n),
+        f"{prefix}tie_rate": ties / (2 * n),
+        **by_pair_type(records, acc, f"{prefix}accuracy_"),
+    }
     return metrics, samples
 
 
@@ -76,11 +89,11 @@ def rm_scores(rm, codec, items: Sequence[tuple], *, rows: int, max_len: int) -> 
     out = []
     for idx, real in _filled_calls(len(items), int(rows)):
         start = int(idx[0])
-        ex = [codec.example(q, img, resp) for q, img, resp in items[start:start + real]]  # each item once
+        ex = [codec.example(q, img, resp) for q, img, resp in items[start : start + real]]  # each item once
         b = encoding.batch([ex[i - start] for i in idx], codec, side="right", max_len=max_len)
         b.pop("valid")
         b.pop("loss_mask")
-        out.append(score_batch(rm, b, rows=len(idx))[:real])   # one call of this chunk's rows
+        out.append(score_batch(rm, b, rows=len(idx))[:real])  # one call of this chunk's rows
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
@@ -88,14 +101,17 @@ def rm_accuracy(rm, codec, records, *, rows: int, max_len: int, prefix: str = ""
     """Share of pairs where the RM scores the human-preferred response higher (ties wrong)."""
     items = [(r["question"], r["image"], r[k]) for r in records for k in ("response_1", "response_2")]
     s = rm_scores(rm, codec, items, rows=rows, max_len=max_len).reshape(-1, 2)
-    if jax.process_count() > 1:   # each host scored its share of the records: figures over all of them
+    if jax.process_count() > 1:  # each host scored its share of the records: figures over all of them
         s = sharding.gather_rows(s)
-        records = sharding.gather_objects([{k: r[k] for k in ("overall_response", "pair_type") if k in r}
-                                           for r in records])
+        records = sharding.gather_objects(
+            [{k: r[k] for k in ("overall_response", "pair_type") if k in r} for r in records]
+        )
     labels = np.array([int(r["overall_response"]) for r in records])
     pred = np.where(s[:, 0] > s[:, 1], 1, np.where(s[:, 1] > s[:, 0], 2, 0))
-    return {f"{prefix}accuracy": float(np.mean(pred == labels)) if len(labels) else 0.0,
-            **by_pair_type(records, pred == labels, f"{prefix}accuracy_")}
+    return {
+        f"{prefix}accuracy": float(np.mean(pred == labels)) if len(labels) else 0.0,
+        **by_pair_type(records, pred == labels, f"{prefix}accuracy_"),
+    }
 
 
 # ----------------------------------------------------------------------------- the GRM before and after RL
@@ -108,8 +124,7 @@ def eval_judge(grm, codec, sec) -> grm_judge.GRMJudge:
 
 def evaluate_grm(grm, codec, sec, records_id, records_ood, prefix: str) -> tuple[dict, list]:
     judge = eval_judge(grm, codec, sec)
-    m_id, samples = grm_accuracy(judge, records_id, max_new_tokens=sec.max_new_tokens,
-                                         prefix=f"{prefix}_id_")
+    m_id, samples = grm_accuracy(judge, records_id, max_new_tokens=sec.max_new_tokens, prefix=f"{prefix}_id_")
     m_ood, _ = grm_accuracy(judge, records_ood, max_new_tokens=sec.max_new_tokens, prefix=f"{prefix}_ood_")
     return {**m_id, **m_ood}, samples
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import os
 
-from grlhfv_jax import sharding
-from grlhfv_jax import roles
-from grlhfv_jax.stages import policy_training
+from grlhfv_jax import roles, sharding
 from grlhfv_jax.config.sections import nscale_runs
 from grlhfv_jax.data import sources
 from grlhfv_jax.rollout import group_sampling
+from grlhfv_jax.stages import policy_training
 
 
 def _section(config, section: str, label: str, changes: dict, n: int):
@@ -33,8 +32,16 @@ def _section(config, section: str, label: str, changes: dict, n: int):
 
 def _oracle(model, codec, recs, ev, seed: int, hooks) -> float:
     k = max(int(ev.samples), 1)
-    texts, _ = group_sampling.answers(model, codec, recs, max_len=ev.max_len, max_new_tokens=ev.max_new_tokens,
-                                      samples=k, temperature=1.0 if ev.samples else 0.0, seed=seed)
+    texts, _ = group_sampling.answers(
+        model,
+        codec,
+        recs,
+        max_len=ev.max_len,
+        max_new_tokens=ev.max_new_tokens,
+        samples=k,
+        temperature=1.0 if ev.samples else 0.0,
+        seed=seed,
+    )
     return float(sources.oracle_scores(hooks, recs, texts, per_record=k).mean())
 
 
@@ -48,19 +55,27 @@ def run(config, workdir: str, writer, section: str) -> dict:
     recs = src.records("policy_test", n=ev.prompts)
     spec = config.model.policy
     seed = roles.EVAL_SAMPLE_SEED + config.seed
-    base = _oracle(roles.load_stage_output(roles.output_dir(workdir, "sft", "policy"), "run sft", config, spec), codec, recs, ev,
-                   seed, src.hooks)
+    base = _oracle(
+        roles.load_stage_output(roles.output_dir(workdir, "sft", "policy"), "run sft", config, spec),
+        codec,
+        recs,
+        ev,
+        seed,
+        src.hooks,
+    )
     path = os.path.join(workdir, "nscale.json")
     result = json.load(open(path)) if os.path.exists(path) else {}
     summary = {"nscale/oracle_sft": base}
     for label, changes in nscale_runs(sec):
         for n in sec.ns:
-            if str(n) not in result.get(label, {}):   # else done before a crash
+            if str(n) not in result.get(label, {}):  # else done before a crash
                 run_config, name = _section(config, section, label, changes, n)
-                policy_training.train_grpo(run_config, workdir, writer, section=name,
-                                               out_root=os.path.join(workdir, "nscale"))
-                model = roles.load_stage_output(roles.output_dir(os.path.join(workdir, "nscale"), name), name,
-                                                config, spec)
+                policy_training.train_grpo(
+                    run_config, workdir, writer, section=name, out_root=os.path.join(workdir, "nscale")
+                )
+                model = roles.load_stage_output(
+                    roles.output_dir(os.path.join(workdir, "nscale"), name), name, config, spec
+                )
                 result.setdefault(label, {})[str(n)] = _oracle(model, codec, recs, ev, seed, src.hooks) - base
                 if sharding.is_writer():
                     with open(path, "w") as f:

@@ -28,18 +28,31 @@ def run(config, workdir: str, writer, section: str) -> dict:
     src = roles.source(config, workdir)
     codec = roles.codec(config, workdir)
     policy, ref = roles.trainee_and_reference(config, workdir, "policy")
-    rm, critic = roles.load_rm(workdir, config), roles.load_rm(workdir, config)   # the reward; the critic's start
+    rm, critic = roles.load_rm(workdir, config), roles.load_rm(workdir, config)  # the reward; the critic's start
     updates = int(sec.steps) * int(sec.mini_batches)
-    critic_opt = sec.replace(lr=sec.critic_lr, weight_decay=sec.critic_weight_decay)   # the critic's optimizer
+    critic_opt = sec.replace(lr=sec.critic_lr, weight_decay=sec.critic_weight_decay)  # the critic's optimizer
     state = ActorCritic(loop.make_rl_train_state(policy, sec), loop.make_train_state(critic, critic_opt, updates))
     prompts_for_step, oracle = policy_training.prompts_and_oracle(config, sec, src, codec)
     step_fn = learner.ppo_step_fn(
-        ref=ref, codec=codec, prompts_for_step=prompts_for_step, sec=sec,
+        ref=ref,
+        codec=codec,
+        prompts_for_step=prompts_for_step,
+        sec=sec,
         reward_fn=rewards.rm_reward(rm, pad_id=codec.pad_id, rows_per_call=int(sec.score_rows_per_call)),
-        seed_for_step=lambda step: config.seed * 7919 + step, observers=[oracle])
-    loop.train_loop(section, state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
-                    ckpt_dir=os.path.join(workdir, section, "ckpt"), log_every=int(sec.log_every),
-                    ckpt_every=int(sec.ckpt_every))
+        seed_for_step=lambda step: config.seed * 7919 + step,
+        observers=[oracle],
+    )
+    loop.train_loop(
+        section,
+        state,
+        steps=sec.steps,
+        make_batch=lambda s: s,
+        step_fn=step_fn,
+        writer=writer,
+        ckpt_dir=os.path.join(workdir, section, "ckpt"),
+        log_every=int(sec.log_every),
+        ckpt_every=int(sec.ckpt_every),
+    )
     export_hf(state.policy, roles.output_dir(workdir, section), codec=codec)
     return {}
 
@@ -57,11 +70,23 @@ def memory_phases(config, section: str) -> list[memory.Memory]:
     rows = sec.prompts_per_step * sec.n
     score_rows = min(rows, sec.score_rows_per_call)
     ref_rows, micro = rows // sec.ref_num_micro_batches, rows // (sec.mini_batches * sec.num_micro_batches)
-    phases += [memory.Phase(f"RM scoring: {score_rows} rows x {tokens} tokens", rm_model, score_rows, tokens, 0,
-                            images=score_rows),
-               memory.Phase(f"value pass: {ref_rows} rows x {tokens} tokens", rm_model, ref_rows, tokens, 0,
-                            images=ref_rows // sec.n),
-               memory.Phase(f"critic micro-batch: {micro} rows x {tokens} tokens", rm_model, micro, tokens, 0,
-                            backward=True, images=micro // sec.n)]
-    return [memory.Memory((policy, policy, rm_model, rm_model), policy, sec.freeze, tuple(phases),
-                          also_trained=(rm_model,))]
+    phases += [
+        memory.Phase(
+            f"RM scoring: {score_rows} rows x {tokens} tokens", rm_model, score_rows, tokens, 0, images=score_rows
+        ),
+        memory.Phase(
+            f"value pass: {ref_rows} rows x {tokens} tokens", rm_model, ref_rows, tokens, 0, images=ref_rows // sec.n
+        ),
+        memory.Phase(
+            f"critic micro-batch: {micro} rows x {tokens} tokens",
+            rm_model,
+            micro,
+            tokens,
+            0,
+            backward=True,
+            images=micro // sec.n,
+        ),
+    ]
+    return [
+        memory.Memory((policy, policy, rm_model, rm_model), policy, sec.freeze, tuple(phases), also_trained=(rm_model,))
+    ]

@@ -16,7 +16,6 @@ Reads `workdir/sft/policy` and the judge; writes `workdir/<section>/policy`.
 
 from __future__ import annotations
 
-
 from grlhfv_jax import memory
 from grlhfv_jax.rollout.engine import bucket_length
 from grlhfv_jax.stages import policy_training
@@ -39,24 +38,40 @@ def memory_phases(config, section: str) -> list[memory.Memory]:
     phases = memory.rl_phases(sec, policy, sec.prompts_per_step, sec.n, tokens)
     held, notes = [policy, policy], []
     if sec.reward == "grm" and sec.judge.kind == "http":
-        notes.append(f"judge over HTTP ({sec.judge.base_url}, model {sec.judge.model}): the GRM's memory is "
-                     "the server's, not priced here")
+        notes.append(
+            f"judge over HTTP ({sec.judge.base_url}, model {sec.judge.model}): the GRM's memory is "
+            "the server's, not priced here"
+        )
     elif sec.reward == "grm":
         grm = memory.Model("grm")
-        answers = 2 * sec.max_new_tokens + 64          # two answers and the template's tail
+        answers = 2 * sec.max_new_tokens + 64  # two answers and the template's tail
         prompt = sec.max_len + memory.GRM_TEMPLATE_TOKENS + answers
-        groups = min(sec.prompts_per_step, sec.judge_prompts_per_call)   # rollout.grm_judge.GRMJudge's max_prompts
+        groups = min(sec.prompts_per_step, sec.judge_prompts_per_call)  # rollout.grm_judge.GRMJudge's max_prompts
         rows, cache = groups * sec.n * (sec.n - 1), prompt + bucket_length(sec.judge_max_new_tokens)
         held.append(grm)
-        phases.append(memory.Phase(f"judging: {rows} pairs x {answers} new of {prompt} tokens + cache x {cache}", grm,
-                                   rows, prompt, 1, queries=answers, images=groups, sampler=True, kv_rows=rows,
-                                   kv_tokens=cache))
-        notes.append(f"judge prompt estimated as {prompt} tokens = {section}.max_len + {memory.GRM_TEMPLATE_TOKENS} "
-                     "template + two answers + 64")
+        phases.append(
+            memory.Phase(
+                f"judging: {rows} pairs x {answers} new of {prompt} tokens + cache x {cache}",
+                grm,
+                rows,
+                prompt,
+                1,
+                queries=answers,
+                images=groups,
+                sampler=True,
+                kv_rows=rows,
+                kv_tokens=cache,
+            )
+        )
+        notes.append(
+            f"judge prompt estimated as {prompt} tokens = {section}.max_len + {memory.GRM_TEMPLATE_TOKENS} "
+            "template + two answers + 64"
+        )
     else:
         rm_model = memory.Model("rm" if "rm" in config.model else "grm", scalar=True)
-        rows = min(sec.prompts_per_step * sec.n, sec.score_rows_per_call)   # trainers.scoring.score_batch's rows
+        rows = min(sec.prompts_per_step * sec.n, sec.score_rows_per_call)  # trainers.scoring.score_batch's rows
         held.append(rm_model)
-        phases.append(memory.Phase(f"RM scoring: {rows} rows x {tokens} tokens", rm_model, rows, tokens, 0,
-                                   images=rows))
+        phases.append(
+            memory.Phase(f"RM scoring: {rows} rows x {tokens} tokens", rm_model, rows, tokens, 0, images=rows)
+        )
     return [memory.Memory(tuple(held), policy, sec.freeze, tuple(phases), tuple(notes))]

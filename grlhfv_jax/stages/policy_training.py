@@ -38,23 +38,45 @@ def train_grpo(config, workdir: str, writer, section: str, out_root: str | None 
     src = roles.source(config, workdir)
     codec = roles.codec(config, workdir)
     policy, ref = roles.trainee_and_reference(config, workdir, "policy")
-    if sec.reward == "grm":   # the judge of config.<section>.judge; the stage calls the Judge protocol only
+    if sec.reward == "grm":  # the judge of config.<section>.judge; the stage calls the Judge protocol only
         judge = roles.make_judge(
-            sec.judge, codec=codec, workdir=workdir, max_prompts=int(sec.judge_prompts_per_call),
-            load_grm=lambda: roles.load_stage_output(sec.grm_path or roles.output_dir(workdir, "grm_rl"),
-                                                     f"run 'grm_rl' first or set config.{section}.grm_path",
-                                                     config, config.model.grm))
+            sec.judge,
+            codec=codec,
+            workdir=workdir,
+            max_prompts=int(sec.judge_prompts_per_call),
+            load_grm=lambda: roles.load_stage_output(
+                sec.grm_path or roles.output_dir(workdir, "grm_rl"),
+                f"run 'grm_rl' first or set config.{section}.grm_path",
+                config,
+                config.model.grm,
+            ),
+        )
         reward_fn = rewards.judge_reward(judge, sec)
     else:
-        reward_fn = rewards.rm_reward(roles.load_rm(workdir, config), pad_id=codec.pad_id,
-                                      rows_per_call=int(sec.score_rows_per_call))
+        reward_fn = rewards.rm_reward(
+            roles.load_rm(workdir, config), pad_id=codec.pad_id, rows_per_call=int(sec.score_rows_per_call)
+        )
     prompts_for_step, oracle = prompts_and_oracle(config, sec, src, codec)
     state = loop.make_rl_train_state(policy, sec)
-    step_fn = learner.grpo_step_fn(ref=ref, codec=codec, prompts_for_step=prompts_for_step, reward_fn=reward_fn,
-                                   sec=sec, seed_for_step=lambda step: config.seed * 7919 + step,
-                                   observers=[oracle])
-    loop.train_loop(section, state, steps=sec.steps, make_batch=lambda s: s, step_fn=step_fn, writer=writer,
-                    ckpt_dir=os.path.join(out_root, section, "ckpt"), log_every=int(sec.log_every),
-                    ckpt_every=int(sec.ckpt_every))
+    step_fn = learner.grpo_step_fn(
+        ref=ref,
+        codec=codec,
+        prompts_for_step=prompts_for_step,
+        reward_fn=reward_fn,
+        sec=sec,
+        seed_for_step=lambda step: config.seed * 7919 + step,
+        observers=[oracle],
+    )
+    loop.train_loop(
+        section,
+        state,
+        steps=sec.steps,
+        make_batch=lambda s: s,
+        step_fn=step_fn,
+        writer=writer,
+        ckpt_dir=os.path.join(out_root, section, "ckpt"),
+        log_every=int(sec.log_every),
+        ckpt_every=int(sec.ckpt_every),
+    )
     export_hf(state.model, roles.output_dir(out_root, section), codec=codec)
     return {}

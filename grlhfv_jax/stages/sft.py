@@ -22,13 +22,11 @@ import os
 
 import numpy as np
 
-from grlhfv_jax import memory
+from grlhfv_jax import encoding, memory, roles
 from grlhfv_jax.checkpoint import export_hf, exported_summary
 from grlhfv_jax.data import grm_targets
 from grlhfv_jax.rl.logprobs import window_start_and_length
 from grlhfv_jax.trainers import loop, steps
-from grlhfv_jax import encoding
-from grlhfv_jax import roles
 
 TARGETS = ("policy", "grm")
 
@@ -63,8 +61,13 @@ def run(config, workdir: str, writer, section: str) -> dict:
             summary.update(done)
             continue
         tc = sec[target]
-        model = roles.new_or_load(config.model[target], codec, seed=config.seed + (target == "grm"),
-                                   mesh=roles.mesh_from_config(config), config=config)
+        model = roles.new_or_load(
+            config.model[target],
+            codec,
+            seed=config.seed + (target == "grm"),
+            mesh=roles.mesh_from_config(config),
+            config=config,
+        )
         if tc.pretrained_vision:
             roles.copy_tower(model, workdir, config, config.model[target])
             print(f"[sft] {target}: vision tower from {roles.output_dir(workdir, 'vision')}", flush=True)
@@ -77,8 +80,9 @@ def run(config, workdir: str, writer, section: str) -> dict:
                 raise ValueError(f"config.{section}.policy.data = 'styled' needs a data source that restyles answers")
 
             def make_batch(step, ds=ds, tc=tc):
-                ex = _examples_policy(codec, ds[step], tc.data, dict(tc.styles), seed=config.seed,
-                                      restyle=src.hooks and src.hooks.restyle)
+                ex = _examples_policy(
+                    codec, ds[step], tc.data, dict(tc.styles), seed=config.seed, restyle=src.hooks and src.hooks.restyle
+                )
                 order = np.random.default_rng([config.seed, step]).permutation(len(ex))  # same on resume
                 ex = [ex[i] for i in order[:B]]
                 return _to_train(encoding.batch(ex, codec, side="right", max_len=tc.max_len))
@@ -87,13 +91,21 @@ def run(config, workdir: str, writer, section: str) -> dict:
             judg = src.dataset("sft_grm", seed=config.seed, batch_size=B - n_vqa)
             vqa = src.dataset("sft_policy", seed=config.seed + 1, batch_size=n_vqa) if n_vqa else None
 
-            spec = grm_targets.JUDGMENTS[tc.judgments]   # None: the world's own judgments
+            spec = grm_targets.JUDGMENTS[tc.judgments]  # None: the world's own judgments
 
             def make_batch(step, judg=judg, vqa=vqa, n_vqa=n_vqa, tc=tc, spec=spec):
                 recs = judg[step]
-                ex = [codec.grm_example(r["question"], r["image"], r["response_1"], r["response_2"],
-                                        r["judgment"] if spec is None else _judgment(r, spec)) for r in recs]
-                if spec is not None:   # files: the data stage checked the prompt, not prompt + judgment
+                ex = [
+                    codec.grm_example(
+                        r["question"],
+                        r["image"],
+                        r["response_1"],
+                        r["response_2"],
+                        r["judgment"] if spec is None else _judgment(r, spec),
+                    )
+                    for r in recs
+                ]
+                if spec is not None:  # files: the data stage checked the prompt, not prompt + judgment
                     ex = _fitting(ex, recs, int(tc.max_len), step)
                 b = _to_train(encoding.batch(ex, codec, side="right", max_len=tc.max_len, rows=len(recs)))
                 if not n_vqa:
@@ -105,10 +117,16 @@ def run(config, workdir: str, writer, section: str) -> dict:
                 return {"parts": (b, v), "window": (b.pop("window"), v.pop("window"))}
 
         last = loop.train_loop(
-            f"sft_{target}", state, steps=tc.steps, make_batch=make_batch,
-            step_fn=lambda s, b: steps.sft_step(s, b.get("parts", b), window=b.pop("window")), writer=writer,
+            f"sft_{target}",
+            state,
+            steps=tc.steps,
+            make_batch=make_batch,
+            step_fn=lambda s, b: steps.sft_step(s, b.get("parts", b), window=b.pop("window")),
+            writer=writer,
             ckpt_dir=os.path.join(workdir, "sft", f"ckpt_{target}"),
-            log_every=int(sec.log_every), ckpt_every=int(sec.ckpt_every))
+            log_every=int(sec.log_every),
+            ckpt_every=int(sec.ckpt_every),
+        )
         result = {f"sft/{target}_{k}": v for k, v in last.items() if k in ("loss", "accuracy")}
         export_hf(state.model, out, summary=result, codec=codec)
         summary.update(result)
@@ -130,8 +148,11 @@ def _fitting(examples: list, records: list, max_len: int, step: int) -> list:
     kept = [e for e in examples if len(e["input_ids"]) <= max_len]
     for e, r in zip(examples, records):
         if len(e["input_ids"]) > max_len:
-            print(f"[sft] grm step {step}: record {r.get('id')!r} left out: prompt + judgment "
-                  f"{len(e['input_ids'])} tokens > sft.grm.max_len = {max_len}", flush=True)
+            print(
+                f"[sft] grm step {step}: record {r.get('id')!r} left out: prompt + judgment "
+                f"{len(e['input_ids'])} tokens > sft.grm.max_len = {max_len}",
+                flush=True,
+            )
     return kept or examples[:1]
 
 
@@ -151,7 +172,14 @@ def memory_phases(config, section: str) -> list[memory.Memory]:
     for target in TARGETS:
         if target in config[section]:
             tc, model = config[section][target], memory.Model(target)
-            phase = memory.Phase(f"{target} batch: {tc.batch_size} rows x {tc.max_len} tokens", model, tc.batch_size,
-                                 tc.max_len, tc.max_len, backward=True, images=tc.batch_size)
+            phase = memory.Phase(
+                f"{target} batch: {tc.batch_size} rows x {tc.max_len} tokens",
+                model,
+                tc.batch_size,
+                tc.max_len,
+                tc.max_len,
+                backward=True,
+                images=tc.batch_size,
+            )
             out.append(memory.Memory((model,), model, tc.freeze, (phase,)))
     return out

@@ -23,11 +23,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from grlhfv_jax import sharding
+from grlhfv_jax import roles, sharding
 from grlhfv_jax.checkpoint import export_hf, exported_summary
 from grlhfv_jax.data import world as W
 from grlhfv_jax.trainers import loop, steps
-from grlhfv_jax import roles
+
 
 class VisionProbe(nnx.Module):
     """A vision tower with one linear head per attribute on its concatenated image tokens."""
@@ -35,8 +35,9 @@ class VisionProbe(nnx.Module):
     def __init__(self, visual, tokens_per_image: int, hidden: int, rngs: nnx.Rngs):
         self.visual = visual
         self.tokens_per_image = tokens_per_image
-        self.heads = nnx.List([nnx.Linear(tokens_per_image * hidden, len(W.ATTR_VALUES[a]), rngs=rngs)
-                               for a in W.ATTRS])
+        self.heads = nnx.List(
+            [nnx.Linear(tokens_per_image * hidden, len(W.ATTR_VALUES[a]), rngs=rngs) for a in W.ATTRS]
+        )
 
     def __call__(self, pixel_values, image_grid_thw):
         """pixel_values [B * patches, C*t*p*p] -> one logits array [B, classes] per attribute."""
@@ -81,13 +82,15 @@ def run(config, workdir: str, writer, section: str) -> dict:
 
     def images(stream, index, n):
         imgs, labels = W.vision_examples(world, stream, index, n)
-        pv, grid = codec.prompts.images(codec.image_processor, imgs)   # the family's image rows
+        pv, grid = codec.prompts.images(codec.image_processor, imgs)  # the family's image rows
         return pv, grid, labels
 
     pv, grid, _ = images(0, 0, B)
     tokens = int(model.image_layout.tokens_per_image(grid[:1])[0])
     if np.any(grid != grid[0]):
-        raise ValueError(f"[vision] images of one size expected (config.image min_pixels = max_pixels), got grids {grid}")
+        raise ValueError(
+            f"[vision] images of one size expected (config.image min_pixels = max_pixels), got grids {grid}"
+        )
     probe = VisionProbe(model.visual, tokens, model.config.hidden_size, nnx.Rngs(config.seed + 8))
     sharding.shard_model(probe, mesh)  # the heads too: a restored checkpoint puts every array on the mesh
     state = loop.make_train_state(probe, sec, sec.steps)
@@ -96,9 +99,17 @@ def run(config, workdir: str, writer, section: str) -> dict:
         pv, _, labels = images(0, step, B)
         return {"pixel_values": pv, "labels": labels}
 
-    loop.train_loop(section, state, steps=sec.steps, make_batch=make_batch, step_fn=make_step(grid), writer=writer,
-                    ckpt_dir=os.path.join(workdir, "vision", "ckpt"), log_every=int(sec.log_every),
-                    ckpt_every=int(sec.ckpt_every))
+    loop.train_loop(
+        section,
+        state,
+        steps=sec.steps,
+        make_batch=make_batch,
+        step_fn=make_step(grid),
+        writer=writer,
+        ckpt_dir=os.path.join(workdir, "vision", "ckpt"),
+        log_every=int(sec.log_every),
+        ckpt_every=int(sec.ckpt_every),
+    )
     # held-out images (another stream): accuracy of the heads on the trained tower
     correct, n_eval = np.zeros(len(W.ATTRS)), int(sec.eval_images)
     for i, start in enumerate(range(0, n_eval, B)):

@@ -54,9 +54,20 @@ def reference_logprobs(ref_model, batch: dict, *, window: int, group: int, num_m
     head on the response window), this host's rows, in `num_micro_batches` slices of whole groups
     (memory only: the same values); each slice runs the vision tower on its own images."""
     jb = loop.place_batch(ref_model, loop.micro_batch_images(ref_model, batch, num_micro_batches, group))
-    return sharding.host_rows(steps.compute_logprobs(ref_model, {k: jb[k] for k in (
-        "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start") + steps.MICRO_IMAGE_KEYS
-        if k in jb}, window=window, group=group, num_micro_batches=num_micro_batches))
+    return sharding.host_rows(
+        steps.compute_logprobs(
+            ref_model,
+            {
+                k: jb[k]
+                for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "window_start")
+                + steps.MICRO_IMAGE_KEYS
+                if k in jb
+            },
+            window=window,
+            group=group,
+            num_micro_batches=num_micro_batches,
+        )
+    )
 
 
 def mini_batches_of(model, batch: dict, *, prompts: int, group: int, mini_batches: int, num_micro_batches: int):
@@ -75,8 +86,18 @@ def mean_metrics(step_metrics: list[dict]) -> dict:
     return {k: float(np.mean([s[k] for s in step_metrics])) for k in step_metrics[0]}
 
 
-def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pad_id: int, cfg,
-                mini_batches: int = 1, advantages: np.ndarray | None = None) -> dict:
+def grpo_update(
+    state,
+    ref_model,
+    prompts: dict,
+    gen,
+    rewards: np.ndarray,
+    *,
+    pad_id: int,
+    cfg,
+    mini_batches: int = 1,
+    advantages: np.ndarray | None = None,
+) -> dict:
     """One GRPO iteration on sampled groups: advantages (``cfg.advantage_estimator``), reference
     log-probs, `mini_batches` updates of `steps.grpo_step` with ``cfg``.
 
@@ -103,12 +124,14 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
         adv = np.asarray(advantages, np.float64).reshape(-1) * row_valid
     batch["advantages"] = adv.astype(np.float32)
     t0 = time.perf_counter()
-    batch["ref_logp"] = reference_logprobs(ref_model, batch, window=window, group=G,
-                                           num_micro_batches=cfg.ref_num_micro_batches)
+    batch["ref_logp"] = reference_logprobs(
+        ref_model, batch, window=window, group=G, num_micro_batches=cfg.ref_num_micro_batches
+    )
     t1 = time.perf_counter()
     step_metrics = []
-    for mb in mini_batches_of(state.model, batch, prompts=P, group=G, mini_batches=mini_batches,
-                              num_micro_batches=cfg.num_micro_batches):
+    for mb in mini_batches_of(
+        state.model, batch, prompts=P, group=G, mini_batches=mini_batches, num_micro_batches=cfg.num_micro_batches
+    ):
         state, met = steps.grpo_step(state, mb, cfg, window=window, group=G)
         step_metrics.append({k: float(v) for k, v in met.items()})
     out = mean_metrics(step_metrics)
@@ -116,7 +139,12 @@ def grpo_update(state, ref_model, prompts: dict, gen, rewards: np.ndarray, *, pa
     # rollout figures over the global batch: every host's groups (one process: its own)
     g = sharding.gather_rows
     keep = g(valid).astype(bool)
-    out.update(grpo.rollout_metrics(g(np.asarray(rewards))[keep], g(adv.reshape(P, G))[keep],
-                                    g(np.asarray(gen.lengths).reshape(P, G))[keep],
-                                    ~g(np.asarray(gen.finished).reshape(P, G))[keep]))
+    out.update(
+        grpo.rollout_metrics(
+            g(np.asarray(rewards))[keep],
+            g(adv.reshape(P, G))[keep],
+            g(np.asarray(gen.lengths).reshape(P, G))[keep],
+            ~g(np.asarray(gen.finished).reshape(P, G))[keep],
+        )
+    )
     return out

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -54,8 +55,8 @@ class Rewards:
     metrics: dict = dataclasses.field(default_factory=dict)
 
 
-RewardFn = Callable[[Rollout, int], Rewards]          # (rollout, step) -> rewards
-Observer = Callable[[Rollout, Rewards], dict]          # extra step metrics (e.g. an oracle's view)
+RewardFn = Callable[[Rollout, int], Rewards]  # (rollout, step) -> rewards
+Observer = Callable[[Rollout, Rewards], dict]  # extra step metrics (e.g. an oracle's view)
 
 
 def grpo_config(sec) -> steps.GRPOConfig:
@@ -73,24 +74,35 @@ def advantages(rewards: Rewards, valid: np.ndarray, estimator: str) -> np.ndarra
     return adv * np.asarray(valid)[:, None]
 
 
-def sample(model, codec, items: Sequence, examples: list[dict], sec, seed: int, rollout_for: Callable | None = None
-           ) -> Rollout:
+def sample(
+    model, codec, items: Sequence, examples: list[dict], sec, seed: int, rollout_for: Callable | None = None
+) -> Rollout:
     """`sec`'s samples of `model` for one step: `sec.group_size` (stage 1) or `sec.n` responses per
     prompt example at `sec.temperature`, at most `sec.max_new_tokens`, prompts padded to
     `sec.max_len`, in `sec.rollout_num_micro_batches` sampler calls; rng seed `seed`. `rollout_for(model)`:
     the `rollout.Rollout` to sample from (default: the KV-cache engine)."""
     G = int(sec.group_size if "group_size" in sec else sec.n)
-    params = SamplingParams(max_new_tokens=int(sec.max_new_tokens), temperature=float(sec.temperature),
-                            num_samples=G, seed=int(seed))
+    params = SamplingParams(
+        max_new_tokens=int(sec.max_new_tokens), temperature=float(sec.temperature), num_samples=G, seed=int(seed)
+    )
     sampler = rollout_for(model) if rollout_for else engine_rollout(model, codec)
-    prompts, gen, texts = sample_groups(sampler, codec, examples, max_len=int(sec.max_len), params=params,
-                                        num_calls=int(sec.rollout_num_micro_batches))
+    prompts, gen, texts = sample_groups(
+        sampler, codec, examples, max_len=int(sec.max_len), params=params, num_calls=int(sec.rollout_num_micro_batches)
+    )
     return Rollout(list(items), prompts, gen, texts, G)
 
 
-def grpo_step_fn(*, ref, codec, prompts_for_step: Callable[[int], tuple[Sequence, list[dict]]], reward_fn: RewardFn,
-                 sec, seed_for_step: Callable[[int], int], observers: Sequence[Observer] = (),
-                 rollout_for: Callable | None = None):
+def grpo_step_fn(
+    *,
+    ref,
+    codec,
+    prompts_for_step: Callable[[int], tuple[Sequence, list[dict]]],
+    reward_fn: RewardFn,
+    sec,
+    seed_for_step: Callable[[int], int],
+    observers: Sequence[Observer] = (),
+    rollout_for: Callable | None = None,
+):
     """The step function of a GRPO stage (for `loop.train_loop`): `(state, step) -> (state, metrics)`.
 
     prompts_for_step(step) -> (items [P], prompt examples [P]); the trainee (`state.model`) samples
@@ -110,13 +122,22 @@ def grpo_step_fn(*, ref, codec, prompts_for_step: Callable[[int], tuple[Sequence
         adv = advantages(rewards, valid, cfg.advantage_estimator)
         t2 = time.perf_counter()
         observed = [obs(rollout, rewards) for obs in observers]
-        metrics = grpo_update_lib.grpo_update(state, ref, rollout.prompts, rollout.gen, np.asarray(rewards.values),
-                                              pad_id=codec.pad_id, cfg=cfg, mini_batches=int(sec.mini_batches),
-                                              advantages=adv)
-        if rewards.groups is not None:   # groups pooled across prompt rows that carry no signal
+        metrics = grpo_update_lib.grpo_update(
+            state,
+            ref,
+            rollout.prompts,
+            rollout.gen,
+            np.asarray(rewards.values),
+            pad_id=codec.pad_id,
+            cfg=cfg,
+            mini_batches=int(sec.mini_batches),
+            advantages=adv,
+        )
+        if rewards.groups is not None:  # groups pooled across prompt rows that carry no signal
             ids = np.asarray(rewards.groups)
-            metrics["reward/frac_pooled_groups_zero_std"] = float(np.mean(
-                [np.all(adv[ids == g] == 0) for g in np.unique(ids)]))
+            metrics["reward/frac_pooled_groups_zero_std"] = float(
+                np.mean([np.all(adv[ids == g] == 0) for g in np.unique(ids)])
+            )
         for m in (rewards.metrics, *observed):
             metrics.update(m)
         metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": time.perf_counter() - t0})
@@ -125,9 +146,17 @@ def grpo_step_fn(*, ref, codec, prompts_for_step: Callable[[int], tuple[Sequence
     return step_fn
 
 
-def ppo_step_fn(*, ref, codec, prompts_for_step: Callable[[int], tuple[Sequence, list[dict]]], reward_fn: RewardFn,
-                sec, seed_for_step: Callable[[int], int], observers: Sequence[Observer] = (),
-                rollout_for: Callable | None = None):
+def ppo_step_fn(
+    *,
+    ref,
+    codec,
+    prompts_for_step: Callable[[int], tuple[Sequence, list[dict]]],
+    reward_fn: RewardFn,
+    sec,
+    seed_for_step: Callable[[int], int],
+    observers: Sequence[Observer] = (),
+    rollout_for: Callable | None = None,
+):
     """The step function of a PPO stage: `(state: ppo_update.ActorCritic, step) -> (state, metrics)`.
     As `grpo_step_fn` up to the reward; then `ppo_update`: the reward values [P, n] are each
     response's sequence score (placed on its last token, KL in the reward), the critic's values and
@@ -142,9 +171,17 @@ def ppo_step_fn(*, ref, codec, prompts_for_step: Callable[[int], tuple[Sequence,
         rewards = reward_fn(rollout, step)
         t2 = time.perf_counter()
         observed = [obs(rollout, rewards) for obs in observers]
-        metrics = ppo_update.ppo_update(state, ref, rollout.prompts, rollout.gen, np.asarray(rewards.values),
-                                        pad_id=codec.pad_id, cfg=cfg, mini_batches=int(sec.mini_batches),
-                                        ref_num_micro_batches=int(sec.ref_num_micro_batches))
+        metrics = ppo_update.ppo_update(
+            state,
+            ref,
+            rollout.prompts,
+            rollout.gen,
+            np.asarray(rewards.values),
+            pad_id=codec.pad_id,
+            cfg=cfg,
+            mini_batches=int(sec.mini_batches),
+            ref_num_micro_batches=int(sec.ref_num_micro_batches),
+        )
         for m in (rewards.metrics, *observed):
             metrics.update(m)
         metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": time.perf_counter() - t0})

@@ -26,10 +26,14 @@ def make_train_state(model, opt_cfg, total_steps: int):
     `freeze`)."""
     from grlhfv_jax.rl import optim
     from grlhfv_jax.trainers import steps
+
     tx, schedule = optim.make_optimizer(
-        learning_rate=float(opt_cfg.lr), total_steps=max(int(total_steps), 1),
-        warmup_ratio=float(opt_cfg.warmup_ratio), weight_decay=float(opt_cfg.weight_decay),
-        max_grad_norm=float(opt_cfg.max_grad_norm))
+        learning_rate=float(opt_cfg.lr),
+        total_steps=max(int(total_steps), 1),
+        warmup_ratio=float(opt_cfg.warmup_ratio),
+        weight_decay=float(opt_cfg.weight_decay),
+        max_grad_norm=float(opt_cfg.max_grad_norm),
+    )
     frozen = tuple(opt_cfg.freeze or ())
     if frozen:
         check_freeze(model, frozen)
@@ -60,13 +64,16 @@ def check_freeze(model, prefixes: tuple[str, ...]) -> None:
     layer / block of a model whose layers are stacked for a scan: scan_layers / scan_vision), which
     would otherwise train what was meant to stay fixed."""
     from flax import nnx
+
     names = [_param_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]]
     for p in prefixes:
         if not any(_frozen(n, (p,)) for n in names):
             tops = sorted({n.split(".")[0] for n in names})
-            raise ValueError(f"freeze: {p!r} names no parameter of the model (top-level names: {', '.join(tops)}; "
-                             "with scan_layers / scan_vision the layers / blocks are stacked, e.g. "
-                             "'visual.blocks', and are frozen together or not at all)")
+            raise ValueError(
+                f"freeze: {p!r} names no parameter of the model (top-level names: {', '.join(tops)}; "
+                "with scan_layers / scan_vision the layers / blocks are stacked, e.g. "
+                "'visual.blocks', and are frozen together or not at all)"
+            )
 
 
 def freeze_params(tx, prefixes: tuple[str, ...]):
@@ -78,6 +85,7 @@ def freeze_params(tx, prefixes: tuple[str, ...]):
     def labels(params):
         def label(path, _):
             return "frozen" if _frozen(_param_name(path), prefixes) else "train"
+
         return jax.tree_util.tree_map_with_path(label, params)
 
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
@@ -107,6 +115,7 @@ def micro_batch_images(model, batch: dict, micro_batches: int, group: int = 1) -
     placed as they are (`sharding.GLOBAL_BATCH_KEYS`); the host's other entries stay its own."""
     from grlhfv_jax import processing
     from grlhfv_jax.trainers import steps
+
     m = int(micro_batches)
     pv, grid = batch.get("pixel_values"), batch.get("image_grid_thw")
     if m <= 1 or not isinstance(pv, np.ndarray) or grid is None or not patch_unit(model):
@@ -132,7 +141,7 @@ def micro_batch_images(model, batch: dict, micro_batches: int, group: int = 1) -
     for k, (px, gs) in enumerate(parts):
         if px:
             x, g = np.concatenate(px), np.concatenate(gs)
-            micro_pv[k, :len(x)], micro_grid[k, :len(g)] = x, g
+            micro_pv[k, : len(x)], micro_grid[k, : len(g)] = x, g
     out = {k: v for k, v in host.items() if k != "pixel_values"}
     out["micro_pixel_values"], out["micro_image_grid_thw"] = micro_pv, micro_grid
     return out
@@ -151,6 +160,7 @@ def place_batch(model, batch: dict) -> dict:
     (`sharding.global_batch`): the image entries are gathered host-side first, then padded as one
     process pads them, so every host, and a one-process run, place the same arrays."""
     from grlhfv_jax import processing
+
     mesh = sharding.model_mesh(model)
     parts = batch.get("parts")
     if jax.process_count() > 1 and isinstance(parts, (tuple, list)) and all(isinstance(p, dict) for p in parts):
@@ -167,13 +177,19 @@ def place_batch(model, batch: dict) -> dict:
         batch = processing.pad_patches(batch, processing.patch_bucket(pv.shape[0], patch_unit(model)))
     if mesh is not None and mesh.size > 1:
         n = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape]))
-        rows = {int(v.shape[0]) for k, v in batch.items() if k not in sharding.REPLICATED_BATCH_KEYS
-                and hasattr(v, "shape") and len(v.shape) > 0}
+        rows = {
+            int(v.shape[0])
+            for k, v in batch.items()
+            if k not in sharding.REPLICATED_BATCH_KEYS and hasattr(v, "shape") and len(v.shape) > 0
+        }
         if all(r % n == 0 for r in rows):
             return sharding.shard_batch(batch, mesh)
-        warnings.warn(f"a batch of {sorted(rows)} rows does not split over the {n} data-parallel devices: it is "
-                      "replicated (every device computes all of it); make batch sizes multiples of "
-                      f"{n}", stacklevel=2)
+        warnings.warn(
+            f"a batch of {sorted(rows)} rows does not split over the {n} data-parallel devices: it is "
+            "replicated (every device computes all of it); make batch sizes multiples of "
+            f"{n}",
+            stacklevel=2,
+        )
         return sharding.shard_batch(batch, mesh, replicated_keys=tuple(batch))
     return {k: jax.numpy.asarray(v) if hasattr(v, "shape") and hasattr(v, "dtype") else v for k, v in batch.items()}
 
@@ -199,9 +215,9 @@ class Preempted(Exception):
         self.stage, self.step, self.signame = stage, step, signame
 
 
-_stop = {"signal": None}       # the first SIGTERM / SIGINT seen by the handler
-_installed: list = []          # [(signum, previous handler)] while `preemption_handlers` is active
-_sync_calls = [0]              # calls of `stop_and_save_flags` in this process (the same on every host)
+_stop = {"signal": None}  # the first SIGTERM / SIGINT seen by the handler
+_installed: list = []  # [(signum, previous handler)] while `preemption_handlers` is active
+_sync_calls = [0]  # calls of `stop_and_save_flags` in this process (the same on every host)
 
 
 def _on_signal(signum, frame):
@@ -209,8 +225,11 @@ def _on_signal(signum, frame):
     if _stop["signal"] is not None and signum == signal.SIGINT:
         raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
     if _stop["signal"] is None:
-        print(f"[run] {name} received: saving a checkpoint at the next step boundary, then exiting "
-              f"(status {PREEMPTED_EXIT_CODE})", flush=True)
+        print(
+            f"[run] {name} received: saving a checkpoint at the next step boundary, then exiting "
+            f"(status {PREEMPTED_EXIT_CODE})",
+            flush=True,
+        )
     _stop["signal"] = name
 
 
@@ -250,6 +269,7 @@ def stop_and_save_flags(stop: bool, due: bool) -> tuple[bool, bool]:
     if jax.process_count() == 1:
         return stop, due
     from jax.experimental import multihost_utils
+
     _sync_calls[0] += 1
     try:
         stop = stop or bool(multihost_utils.reached_preemption_sync_point(_sync_calls[0]))
@@ -265,9 +285,21 @@ def stop_and_save_flags(stop: bool, due: bool) -> tuple[bool, bool]:
 stage_defaults = {"ckpt_every_minutes": sections.CKPT_EVERY_MINUTES}
 
 
-def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckpt_dir: str,
-               log_every: int = 10, ckpt_every: int = 50, on_log=None, ckpt_every_minutes: float | None = None,
-               clock=time.monotonic) -> dict:
+def train_loop(
+    name: str,
+    state,
+    *,
+    steps: int,
+    make_batch,
+    step_fn,
+    writer,
+    ckpt_dir: str,
+    log_every: int = 10,
+    ckpt_every: int = 50,
+    on_log=None,
+    ckpt_every_minutes: float | None = None,
+    clock=time.monotonic,
+) -> dict:
     """Runs `steps` updates, resuming from the newest checkpoint in `ckpt_dir`.
 
     make_batch(step) -> batch dict (deterministic in `step`, so a resumed run sees the same data;
@@ -291,12 +323,16 @@ def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckp
         restored = ckpt.restore_latest(state.model, state.optimizer)
     except Exception as e:  # a corrupt or foreign checkpoint: say where and what to do, delete nothing
         ckpt.close()
-        what = ("no checkpoint step in it can be restored" if isinstance(e, UnrestorableCheckpointError)
-                else "its checkpoint cannot be restored")
+        what = (
+            "no checkpoint step in it can be restored"
+            if isinstance(e, UnrestorableCheckpointError)
+            else "its checkpoint cannot be restored"
+        )
         raise ResumeError(
             f"[{name}] cannot resume from the checkpoint in {ckpt_dir}: {what}: {type(e).__name__}: {e}. "
             f"Delete {ckpt_dir} to redo this part of the stage from its start (finished stages are kept), "
-            "or use --restart to redo the whole run.") from e
+            "or use --restart to redo the whole run."
+        ) from e
     start, extra = restored if restored is not None else (0, {})
     if restored is not None:
         print(f"[{name}] resuming at step {start}/{steps} from {ckpt.directory}", flush=True)
@@ -305,8 +341,12 @@ def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckp
     last_save = [clock()]
 
     def save(step):
-        ckpt.save(step, state.model, state.optimizer,
-                  extra={"last": last, "acc": {k: [float(x) for x in v] for k, v in acc.items()}})
+        ckpt.save(
+            step,
+            state.model,
+            state.optimizer,
+            extra={"last": last, "acc": {k: [float(x) for x in v] for k, v in acc.items()}},
+        )
         last_save[0] = clock()
 
     bar = progress(range(start, steps), total=steps, desc=name, initial=start)
@@ -322,7 +362,8 @@ def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckp
                 ckpt.wait()
                 raise NonFiniteLossError(
                     f"[{name}] non-finite loss ({float(loss)}) at step {bad_step + 1}; the last checkpoint "
-                    f"({ckpt.latest_step()}) in {ckpt_dir} is kept. Lower the learning rate or check the data.")
+                    f"({ckpt.latest_step()}) in {ckpt_dir} is kept. Lower the learning rate or check the data."
+                )
 
     try:
         with preemption_handlers():
@@ -350,8 +391,9 @@ def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckp
                 if saved:
                     check_pending()
                     save(step + 1)
-                stop, due = stop_and_save_flags(stop_requested() is not None,
-                                                minutes > 0 and clock() - last_save[0] >= 60 * minutes)
+                stop, due = stop_and_save_flags(
+                    stop_requested() is not None, minutes > 0 and clock() - last_save[0] >= 60 * minutes
+                )
                 if (stop or due) and not saved:
                     check_pending()
                     save(step + 1)
@@ -359,8 +401,11 @@ def train_loop(name: str, state, *, steps: int, make_batch, step_fn, writer, ckp
                     ckpt.wait()
                     how = stop_requested() or "a stop on another host"
                     bar.close()
-                    print(f"[{name}] preempted ({how}): checkpoint of step {step + 1}/{steps} saved in "
-                          f"{ckpt.directory}; run the same command again to resume", flush=True)
+                    print(
+                        f"[{name}] preempted ({how}): checkpoint of step {step + 1}/{steps} saved in "
+                        f"{ckpt.directory}; run the same command again to resume",
+                        flush=True,
+                    )
                     raise Preempted(name, step + 1, how)
         check_pending()
         if start < steps:  # resumed from the final checkpoint: it is already there

@@ -16,6 +16,7 @@ aligned with ``input_ids`` (column t belongs to token t, 0 off the response wind
 - `value_step` reads ``old_values``, ``returns [B, T]``.
 ``window`` / ``group`` / ``num_micro_batches`` mean what they mean in `trainers.steps`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,6 +52,7 @@ class PPOConfig:
     (`ppo.VALUE_LOSSES`), loss_agg_mode (`grpo.LOSS_AGGREGATIONS`): registry names. temperature: the
     sampler's (log-probs of logits / temperature). compute_entropy: report the policy's entropy (no
     bonus). num_micro_batches: of each policy and value update."""
+
     gamma: float
     lam: float
     whiten: bool
@@ -88,8 +90,9 @@ def token_values(model, mb: dict, image_embeds, window: int = 0, group: int = 1)
 def compute_values(critic, batch: dict, window: int = 0, num_micro_batches: int = 1, group: int = 1) -> jax.Array:
     """The critic's values ``[B, T]`` (`token_values`) for the rollout (``old_values``), no gradient."""
     _check_group(window, group)
-    return _forward_micro(critic, batch, num_micro_batches,
-                          lambda mdl, mb, emb: token_values(mdl, mb, emb, window, group), group)
+    return _forward_micro(
+        critic, batch, num_micro_batches, lambda mdl, mb, emb: token_values(mdl, mb, emb, window, group), group
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -99,14 +102,20 @@ def ppo_targets(cfg: PPOConfig, scores, old_logp, ref_logp, old_values, mask) ->
     (GAE with gamma, lam; whitened if ``cfg.whiten``). scores ``[B]``; the rest ``[B, T]``.
     Returns (advantages, returns ``[B, T]``, metrics: `ppo.token_rewards`' plus ``reward_seq_mean``,
     ``advantages_mean``, ``returns_mean``)."""
-    rewards, metrics = ppo.token_rewards(scores, old_logp, ref_logp, mask, kl_coef=cfg.kl_coef,
-                                         score_clip=cfg.score_clip, kl_estimator=cfg.kl_estimator)
-    adv, ret = ppo.compute_advantages(rewards, old_values, mask, cfg.advantage_estimator, gamma=cfg.gamma,
-                                      lam=cfg.lam, whiten_advantages=cfg.whiten)
+    rewards, metrics = ppo.token_rewards(
+        scores, old_logp, ref_logp, mask, kl_coef=cfg.kl_coef, score_clip=cfg.score_clip, kl_estimator=cfg.kl_estimator
+    )
+    adv, ret = ppo.compute_advantages(
+        rewards, old_values, mask, cfg.advantage_estimator, gamma=cfg.gamma, lam=cfg.lam, whiten_advantages=cfg.whiten
+    )
     mask = jnp.asarray(mask, jnp.float32)
     n = jnp.maximum(jnp.sum(mask), 1.0)
-    metrics = dict(metrics, reward_seq_mean=jnp.mean(jnp.sum(rewards, axis=1)),
-                   advantages_mean=jnp.sum(adv * mask) / n, returns_mean=jnp.sum(ret * mask) / n)
+    metrics = dict(
+        metrics,
+        reward_seq_mean=jnp.mean(jnp.sum(rewards, axis=1)),
+        advantages_mean=jnp.sum(adv * mask) / n,
+        returns_mean=jnp.sum(ret * mask) / n,
+    )
     return adv, ret, metrics
 
 
@@ -124,20 +133,32 @@ def ppo_policy_step(state: TrainState, batch: dict, cfg: PPOConfig, window: int 
     clip_frac_lower, ppo_kl, approx_kl, ratio_mean, entropy (with ``compute_entropy``), grad_norm, lr,
     response_length_mean."""
     _check_group(window, group)
-    _require(batch, ("input_ids", "response_mask", "old_logp", "advantages") + (("window_start",) if window else ()),
-             "ppo_policy_step")
+    _require(
+        batch,
+        ("input_ids", "response_mask", "old_logp", "advantages") + (("window_start",) if window else ()),
+        "ppo_policy_step",
+    )
     mask = jnp.asarray(batch["response_mask"], jnp.float32)
     denom = _denominator(cfg, mask)
 
     def micro_loss(model, mb, emb):
         logp, ent = _aligned(model, mb, emb, window, cfg.temperature, cfg.compute_entropy, group)
         ent = None if ent is None else jax.lax.stop_gradient(ent)
-        return ppo.ppo_policy_loss(logp, mb["old_logp"], mb["advantages"], mb["response_mask"], clip_eps=cfg.clip_eps,
-                                   policy_loss=cfg.policy_loss, loss_agg_mode=cfg.loss_agg_mode, denominator=denom,
-                                   entropy=ent)
+        return ppo.ppo_policy_loss(
+            logp,
+            mb["old_logp"],
+            mb["advantages"],
+            mb["response_mask"],
+            clip_eps=cfg.clip_eps,
+            policy_loss=cfg.policy_loss,
+            loss_agg_mode=cfg.loss_agg_mode,
+            denominator=denom,
+            entropy=ent,
+        )
 
-    _, grads, metrics = _accumulate_grads(state.model, batch, cfg.num_micro_batches, micro_loss,
-                                         vision_grads=not state.frozen_vision, group=group)
+    _, grads, metrics = _accumulate_grads(
+        state.model, batch, cfg.num_micro_batches, micro_loss, vision_grads=not state.frozen_vision, group=group
+    )
     metrics["response_length_mean"] = jnp.mean(jnp.sum(mask, axis=1))
     return state, _apply(state, grads, metrics)
 
@@ -148,8 +169,11 @@ def value_step(critic_state: TrainState, batch: dict, cfg: PPOConfig, window: in
     ``v_clip`` = ``old_values`` +- ``value_clip``) of the critic's `token_values` against ``returns [B, T]``.
     Returns (critic_state, metrics): vf_loss, vf_clip_frac, vpred_mean, value_error, grad_norm, lr."""
     _check_group(window, group)
-    _require(batch, ("input_ids", "response_mask", "old_values", "returns") + (("window_start",) if window else ()),
-             "value_step")
+    _require(
+        batch,
+        ("input_ids", "response_mask", "old_values", "returns") + (("window_start",) if window else ()),
+        "value_step",
+    )
     if cfg.value_loss not in ppo.VALUE_LOSSES:
         raise ValueError(f"unknown value loss {cfg.value_loss!r}; registered: {sorted(ppo.VALUE_LOSSES)}")
     loss_fn = ppo.VALUE_LOSSES[cfg.value_loss]
@@ -157,9 +181,22 @@ def value_step(critic_state: TrainState, batch: dict, cfg: PPOConfig, window: in
 
     def micro_loss(model, mb, emb):
         v = token_values(model, mb, emb, window, group)
-        return loss_fn(v, mb["old_values"], mb["returns"], mb["response_mask"], value_clip=cfg.value_clip,
-                       loss_agg_mode=cfg.loss_agg_mode, denominator=denom)
+        return loss_fn(
+            v,
+            mb["old_values"],
+            mb["returns"],
+            mb["response_mask"],
+            value_clip=cfg.value_clip,
+            loss_agg_mode=cfg.loss_agg_mode,
+            denominator=denom,
+        )
 
-    _, grads, metrics = _accumulate_grads(critic_state.model, batch, cfg.num_micro_batches, micro_loss,
-                                         vision_grads=not critic_state.frozen_vision, group=group)
+    _, grads, metrics = _accumulate_grads(
+        critic_state.model,
+        batch,
+        cfg.num_micro_batches,
+        micro_loss,
+        vision_grads=not critic_state.frozen_vision,
+        group=group,
+    )
     return critic_state, _apply(critic_state, grads, metrics)

@@ -34,13 +34,15 @@ def grm_pair_reward(*, consistency: bool = False, pool_orders: bool = False):
         correct = np.array([grm_reward.pair_reward(t, y) for t, y in zip(rollout.texts, labels)]).reshape(P, G)
         values = correct
         if consistency:
-            both = correct[:P // 2] * correct[P // 2:]
+            both = correct[: P // 2] * correct[P // 2 :]
             values = np.concatenate([both, both])
         groups = np.tile(np.arange(P // 2), 2) if pool_orders else None
         if pool_orders and P % 2:
             raise ValueError(f"grm_pair_reward: pool_orders needs both orders of every pair ({P} prompt rows)")
-        metrics = {"judge/accuracy": float(correct.mean()),
-                   "judge/parse_failure": float(np.mean([grm_reward.pair_scores(t) is None for t in rollout.texts]))}
+        metrics = {
+            "judge/accuracy": float(correct.mean()),
+            "judge/parse_failure": float(np.mean([grm_reward.pair_scores(t) is None for t in rollout.texts])),
+        }
         metrics.update(grm_reward.judgment_stats(rollout.texts, G))  # position bias, ties, decision entropy
         return Rewards(values, groups, metrics)
 
@@ -54,24 +56,30 @@ def judge_groups(judge, sec, recs, texts, complete, *, seed: int):
 
     texts: P*n answers (group p = rows p*n .. p*n+n-1); complete [P, n] bool."""
     P, n = complete.shape
-    plans = [grouped.judging_plan(n, complete[p], sec.pairs, num_pairs=sec.num_pairs, seed=seed + p)
-             for p in range(P)]
-    groups = [(recs[p]["question"], recs[p]["image"], [(texts[p * n + i], texts[p * n + j]) for i, j in plans[p]])
-              for p in range(P)]
-    params = SamplingParams(max_new_tokens=sec.judge_max_new_tokens, temperature=float(sec.judge_temperature),
-                            seed=seed)
+    plans = [grouped.judging_plan(n, complete[p], sec.pairs, num_pairs=sec.num_pairs, seed=seed + p) for p in range(P)]
+    groups = [
+        (recs[p]["question"], recs[p]["image"], [(texts[p * n + i], texts[p * n + j]) for i, j in plans[p]])
+        for p in range(P)
+    ]
+    params = SamplingParams(
+        max_new_tokens=sec.judge_max_new_tokens, temperature=float(sec.judge_temperature), seed=seed
+    )
     outs = [t for g in judge.judge_groups(groups, params) for t in g]
     rewards, all_judgments, k = np.zeros((P, n)), [], 0
     for p in range(P):
-        judgments = {pair: grm_reward.pair_scores(t) for pair, t in zip(plans[p], outs[k:k + len(plans[p])])}
+        judgments = {pair: grm_reward.pair_scores(t) for pair, t in zip(plans[p], outs[k : k + len(plans[p])])}
         k += len(plans[p])
         rewards[p] = grouped.aggregate(n, judgments, complete[p], sec.aggregator)
         all_judgments.append(judgments)
     return rewards, all_judgments
 
 
-_POOLED = {"parse_failure_rate": ("num_unparsed", "num_judgments"), "tie_rate": ("num_ties", "num_parsed"),
-           "position_consistency": ("num_consistent", "num_both_orders"), "cycle_rate": ("num_cycles", "num_triples")}
+_POOLED = {
+    "parse_failure_rate": ("num_unparsed", "num_judgments"),
+    "tie_rate": ("num_ties", "num_parsed"),
+    "position_consistency": ("num_consistent", "num_both_orders"),
+    "cycle_rate": ("num_cycles", "num_triples"),
+}
 
 
 def judge_reward(judge, sec):
@@ -81,9 +89,16 @@ def judge_reward(judge, sec):
     def reward(rollout: Rollout, step: int) -> Rewards:
         n, texts, complete = rollout.group, rollout.texts, rollout.complete
         values, judgments = judge_groups(judge, sec, rollout.items, texts, complete, seed=step * 1000)
-        diags = [grouped.judge_diagnostics(n, judgments[p], complete[p], rewards=values[p],
-                                           lengths=[len(t.split()) for t in texts[p * n:(p + 1) * n]])
-                 for p in range(len(rollout.items))]
+        diags = [
+            grouped.judge_diagnostics(
+                n,
+                judgments[p],
+                complete[p],
+                rewards=values[p],
+                lengths=[len(t.split()) for t in texts[p * n : (p + 1) * n]],
+            )
+            for p in range(len(rollout.items))
+        ]
         metrics = {}
         for key, (a, b) in _POOLED.items():
             num, den = sum(d[a] for d in diags), sum(d[b] for d in diags)
@@ -102,11 +117,15 @@ def rm_reward(rm, *, pad_id: int, rows_per_call: int):
 
     def reward(rollout: Rollout, step: int) -> Rewards:
         P, n = len(rollout.items), rollout.group
-        base = {k: v for k, v in rollout.prompts.items()
-                if k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
+        base = {
+            k: v
+            for k, v in rollout.prompts.items()
+            if k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+        }
         rows = row_layout.repeat_rows(base, n, rm.image_layout)
-        seqs = row_layout.training_rows(rows, np.asarray(rollout.gen.tokens), np.asarray(rollout.gen.lengths),
-                                        pad_id=pad_id)
+        seqs = row_layout.training_rows(
+            rows, np.asarray(rollout.gen.tokens), np.asarray(rollout.gen.lengths), pad_id=pad_id
+        )
         seqs.pop("response_mask")
         scores = score_batch(rm, seqs, rows=int(rows_per_call)).reshape(P, n)
         return Rewards(grouped.rm_rewards(scores, rollout.complete), None, {})

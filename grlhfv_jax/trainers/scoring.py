@@ -12,11 +12,12 @@ from grlhfv_jax.trainers.rows import select_rows
 
 @nnx.jit
 def _scores(model, batch):
-    return model.score(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"),
-                       batch.get("image_grid_thw"))
+    return model.score(
+        batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"), batch.get("image_grid_thw")
+    )
 
 
-SCORE_ROWS = 320   # rows per scoring call by default (policy_rl_rm.score_rows_per_call sets it in a GRPO step)
+SCORE_ROWS = 320  # rows per scoring call by default (policy_rl_rm.score_rows_per_call sets it in a GRPO step)
 
 
 def _filled_calls(total: int, rows: int):
@@ -41,11 +42,11 @@ def score_batch(rm, batch: dict, rows: int | None = None) -> np.ndarray:
     rows = int(rows or SCORE_ROWS)
     B = int(np.shape(batch["input_ids"])[0])
     if B <= rows:
-        return sharding.host_rows(_scores(rm, loop.place_batch(rm, batch)))   # several processes: this host's rows
+        return sharding.host_rows(_scores(rm, loop.place_batch(rm, batch)))  # several processes: this host's rows
     out = []
     for idx, real in _filled_calls(B, rows):
         part = select_rows(batch, idx, rm.image_layout)
-        if "image_grid_thw" in part and not np.asarray(part["image_grid_thw"]).size:   # a slice without images
+        if "image_grid_thw" in part and not np.asarray(part["image_grid_thw"]).size:  # a slice without images
             part = {k: v for k, v in part.items() if k not in ("pixel_values", "image_grid_thw")}
         out.append(sharding.host_rows(_scores(rm, loop.place_batch(rm, part)))[:real])
     return np.concatenate(out)

@@ -40,11 +40,13 @@ Batches (dicts of arrays, leading dim = rows; right padding usual, any padding w
 - The LM head runs in ``model.config.logits_chunk`` columns at a time when set
   (`rl.logprobs.head_token_stats`): the same values, rows x chunk x vocab float32 logits live.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, ClassVar, Optional
+from collections.abc import Callable
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -66,8 +68,13 @@ class TrainState(nnx.Module):
     """The model being trained and its optimizer (``nnx.Optimizer(model, tx, wrt=nnx.Param)``).
     ``schedule`` (optional, static) lets the steps report the learning rate."""
 
-    def __init__(self, model: nnx.Module, tx: optax.GradientTransformation,
-                 schedule: Optional[Callable] = None, frozen_vision: bool = False):
+    def __init__(
+        self,
+        model: nnx.Module,
+        tx: optax.GradientTransformation,
+        schedule: Callable | None = None,
+        frozen_vision: bool = False,
+    ):
         self.model = model
         self.optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
         self.schedule = schedule
@@ -84,6 +91,7 @@ def _default(section: dict, key: str):
 class _FromSection:
     """`from_section(sec)`: the settings of a validated config section, one field per key of the
     schema section `SECTION` that the dataclass has."""
+
     SECTION: ClassVar[dict] = {}
 
     @classmethod
@@ -99,15 +107,16 @@ class GRPOConfig(_FromSection):
     caller that turns rewards into advantages, `trainers.grpo.grpo_update`). A run builds it from
     its RL section (`from_section`); the defaults are the schema's (config.sections.GRPO), and for
     clip_eps and kl_coef, which a config must set, `rl.grpo.policy_loss`'s (direct callers)."""
+
     SECTION: ClassVar[dict] = sections.GRPO
     clip_eps: float = 0.2
-    clip_eps_high: Optional[float] = _default(sections.GRPO, "clip_eps_high")  # asymmetric clip (DAPO)
-    clip_ratio_c: Optional[float] = _default(sections.GRPO, "clip_ratio_c")  # dual clip (verl uses 3.0)
+    clip_eps_high: float | None = _default(sections.GRPO, "clip_eps_high")  # asymmetric clip (DAPO)
+    clip_ratio_c: float | None = _default(sections.GRPO, "clip_ratio_c")  # dual clip (verl uses 3.0)
     kl_coef: float = 0.02
     kl_estimator: str = _default(sections.GRPO, "kl_estimator")
     entropy_coef: float = _default(sections.GRPO, "entropy_coef")
     loss_agg_mode: str = _default(sections.GRPO, "loss_agg_mode")
-    temperature: float = 1.0   # of the sampled log-probs (not a config key)
+    temperature: float = 1.0  # of the sampled log-probs (not a config key)
     compute_entropy: bool = True
     num_micro_batches: int = _default(sections.GRPO, "num_micro_batches")
     advantage_estimator: str = _default(sections.GRPO, "advantage_estimator")
@@ -122,15 +131,27 @@ def grpo_loss(cfg: GRPOConfig, logp, old_logp, ref_logp, advantages, mask, entro
     if cfg.policy_loss not in grpo.POLICY_LOSSES:
         raise ValueError(f"unknown policy loss {cfg.policy_loss!r}; registered: {sorted(grpo.POLICY_LOSSES)}")
     return grpo.POLICY_LOSSES[cfg.policy_loss](
-        logp, old_logp, ref_logp, advantages, mask,
-        clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, clip_eps_high=cfg.clip_eps_high,
-        clip_ratio_c=cfg.clip_ratio_c, entropy=entropy, entropy_coef=cfg.entropy_coef,
-        kl_estimator=cfg.kl_estimator, loss_agg_mode=cfg.loss_agg_mode, denominator=denominator)
+        logp,
+        old_logp,
+        ref_logp,
+        advantages,
+        mask,
+        clip_eps=cfg.clip_eps,
+        kl_coef=cfg.kl_coef,
+        clip_eps_high=cfg.clip_eps_high,
+        clip_ratio_c=cfg.clip_ratio_c,
+        entropy=entropy,
+        entropy_coef=cfg.entropy_coef,
+        kl_estimator=cfg.kl_estimator,
+        loss_agg_mode=cfg.loss_agg_mode,
+        denominator=denominator,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class BTConfig(_FromSection):
     """The Bradley-Terry RM step (config.sections.RM; reg, which a config must set: 0.001 here)."""
+
     SECTION: ClassVar[dict] = sections.RM
     reg: float = 0.001
     num_micro_batches: int = _default(sections.RM, "num_micro_batches")
@@ -139,6 +160,7 @@ class BTConfig(_FromSection):
 @dataclasses.dataclass(frozen=True)
 class DPOConfig(_FromSection):
     """The DPO step (config.sections.DPO; beta, which a config must set: 0.1 here)."""
+
     SECTION: ClassVar[dict] = sections.DPO
     beta: float = 0.1
     loss_type: str = _default(sections.DPO, "loss_type")
@@ -148,7 +170,7 @@ class DPOConfig(_FromSection):
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
-    num_micro_batches: int = 1   # not a config key: the SFT stage steps whole batches
+    num_micro_batches: int = 1  # not a config key: the SFT stage steps whole batches
 
 
 # ------------------------------------------------------------------------- micro-batch engine
@@ -195,7 +217,7 @@ def images_per_group(model, group: int) -> bool:
 def _per_group(model, batch, group: int) -> bool:
     """Whether the images are encoded once per run of `group` rows (rows that share their prompt,
     `model.group_first_images`) instead of once per row."""
-    return _has_images(batch) and images_per_group(model, group)   # the only reader of per-group embeddings
+    return _has_images(batch) and images_per_group(model, group)  # the only reader of per-group embeddings
 
 
 def _images(model, batch, group: int = 1):
@@ -228,12 +250,14 @@ def _plan(model, batch, m: int, group: int = 1):
     if _micro_images(batch):
         pv, mgrid = jnp.asarray(batch["micro_pixel_values"]), jnp.asarray(batch["micro_image_grid_thw"])
         if pv.shape[0] != m or mgrid.shape[0] != m:
-            raise ValueError(f"the batch's images are split into {pv.shape[0]} micro-batches "
-                             f"(trainers.loop.micro_batch_images), the step into num_micro_batches={m}")
+            raise ValueError(
+                f"the batch's images are split into {pv.shape[0]} micro-batches "
+                f"(trainers.loop.micro_batch_images), the step into num_micro_batches={m}"
+            )
         mbs["pixel_values"], mbs["image_grid_thw"] = pv, mgrid
     elif grid is not None:
         tokens = jnp.sum(model.image_token_mask(ids), axis=1)
-        if _per_group(model, batch, group):   # only each run's first row has its images encoded
+        if _per_group(model, batch, group):  # only each run's first row has its images encoded
             tokens = jnp.where(jnp.arange(b) % group == 0, tokens, 0)
         counts = tokens.reshape(m, b // m).sum(1)
         mbs["image_offset"] = (jnp.cumsum(counts) - counts).astype(jnp.int32)
@@ -259,7 +283,8 @@ def _accumulate_grads(model, batch, m: int, micro_loss, vision_grads: bool = Tru
         return micro_loss(nnx.merge(graphdef, p, rest), mb, emb)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    if _micro_images(batch):   # each micro-batch runs the tower over its own images, forward and backward
+    if _micro_images(batch):  # each micro-batch runs the tower over its own images, forward and backward
+
         def f_images(p, mb):
             mdl = nnx.merge(graphdef, p, rest)
             emb = mdl.encode_images(mb["pixel_values"], mb["image_grid_thw"])
@@ -292,13 +317,15 @@ def _accumulate_grads(model, batch, m: int, micro_loss, vision_grads: bool = Tru
             (loss, met), (g, ge) = jax.value_and_grad(f, argnums=(0, 2), has_aux=True)(params, mb, emb)
             off = mb["image_offset"]
             d_emb = jax.lax.dynamic_update_slice_in_dim(
-                d_emb, jax.lax.dynamic_slice_in_dim(d_emb, off, n, axis=0) + ge, off, axis=0)
+                d_emb, jax.lax.dynamic_slice_in_dim(d_emb, off, n, axis=0) + ge, off, axis=0
+            )
             return (jax.tree.map(jnp.add, g_acc, g), d_emb), (loss, met)
 
         (grads, d_emb), (losses, mets) = jax.lax.scan(body, (zeros, jnp.zeros_like(padded)), mbs)
         (g_vis,) = enc_vjp(d_emb[:n].astype(embeds.dtype))
         grads = jax.tree.map(jnp.add, grads, g_vis)
     else:
+
         def body(g_acc, mb):
             (loss, met), g = jax.value_and_grad(f, has_aux=True)(params, mb, None)
             return jax.tree.map(jnp.add, g_acc, g), (loss, met)
@@ -320,7 +347,7 @@ def _forward_micro(model, batch, m: int, fn, group: int = 1):
 
     def body(_, mb):
         mdl = nnx.merge(graphdef, state)
-        if _micro_images(batch):   # this micro-batch's own images
+        if _micro_images(batch):  # this micro-batch's own images
             return None, fn(mdl, mb, mdl.encode_images(mb["pixel_values"], mb["image_grid_thw"]))
         return None, fn(mdl, mb, _micro_embeds(padded, mb, n))
 
@@ -343,13 +370,20 @@ def _window_hidden(model, mb, emb, window: int, group: int = 1):
     `group` (module docstring) and the model runs those once per run (``model.shared_prompt_hidden``)."""
     T = mb["input_ids"].shape[1]
     cols, valid = window_columns(mb["window_start"], window, T)
-    if group > 1 and model.shared_prompt:   # else: the same, by the full forward
+    if group > 1 and model.shared_prompt:  # else: the same, by the full forward
         b = mb["input_ids"].shape[0]
         if b % group:
             raise ValueError(f"a micro-batch of {b} rows does not hold whole groups of {group}")
         kw = dict(group_images=True) if emb is not None and model.group_images else {}
-        h = model.shared_prompt_hidden(mb["input_ids"], mb["attention_mask"], group=group, prompt_len=T - window,
-                                       position_ids=mb["position_ids"], image_embeds=emb, **kw)
+        h = model.shared_prompt_hidden(
+            mb["input_ids"],
+            mb["attention_mask"],
+            group=group,
+            prompt_len=T - window,
+            position_ids=mb["position_ids"],
+            image_embeds=emb,
+            **kw,
+        )
         return h, cols, valid
     h = _forward(model, mb, emb, return_hidden=True)
     return gather_columns(h, cols - 1), cols, valid
@@ -366,7 +400,7 @@ def _aligned(model, mb, emb, window: int, temperature: float, entropy: bool, gro
     if not window:
         h = _forward(model, mb, emb, return_hidden=True)
         st = _head_stats(model, h[:, :-1], ids[:, 1:], temperature, entropy=entropy)
-        shift = lambda x: jnp.pad(x, ((0, 0), (1, 0)))   # noqa: E731  (as `aligned_logprobs`)
+        shift = lambda x: jnp.pad(x, ((0, 0), (1, 0)))  # noqa: E731  (as `aligned_logprobs`)
         return shift(st["logp"]), shift(st["entropy"]) if entropy else None
     h, cols, valid = _window_hidden(model, mb, emb, window, group)
     st = _head_stats(model, h, gather_columns(ids, cols), temperature, entropy=entropy)
@@ -399,8 +433,11 @@ def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig(), wi
     ``window``: logits only on the response columns; ``group``: rows share their prompt in runs
     of ``group`` (module docstring)."""
     _check_group(window, group)
-    _require(batch, ("input_ids", "response_mask", "old_logp", "ref_logp", "advantages")
-             + (("window_start",) if window else ()), "grpo_step")
+    _require(
+        batch,
+        ("input_ids", "response_mask", "old_logp", "ref_logp", "advantages") + (("window_start",) if window else ()),
+        "grpo_step",
+    )
     mask = jnp.asarray(batch["response_mask"], jnp.float32)
     b = mask.shape[0]
     denom = jnp.sum(mask) if cfg.loss_agg_mode == "token-mean" else jnp.float32(b)
@@ -409,18 +446,34 @@ def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig(), wi
         logp, ent = _aligned(model, mb, emb, window, cfg.temperature, cfg.compute_entropy, group)
         if ent is not None and cfg.entropy_coef == 0.0:
             ent = jax.lax.stop_gradient(ent)
-        return grpo_loss(cfg, logp, mb["old_logp"], mb["ref_logp"], mb["advantages"], mb["response_mask"],
-                         entropy=ent, denominator=denom)
+        return grpo_loss(
+            cfg,
+            logp,
+            mb["old_logp"],
+            mb["ref_logp"],
+            mb["advantages"],
+            mb["response_mask"],
+            entropy=ent,
+            denominator=denom,
+        )
 
-    _, grads, metrics = _accumulate_grads(state.model, batch, cfg.num_micro_batches, micro_loss,
-                                         vision_grads=not state.frozen_vision, group=group)
+    _, grads, metrics = _accumulate_grads(
+        state.model, batch, cfg.num_micro_batches, micro_loss, vision_grads=not state.frozen_vision, group=group
+    )
     metrics["response_length_mean"] = jnp.mean(jnp.sum(mask, axis=1))
     return state, _apply(state, grads, metrics)
 
 
 @functools.partial(nnx.jit, static_argnames=("temperature", "num_micro_batches", "with_entropy", "window", "group"))
-def compute_logprobs(model, batch: dict, temperature: float = 1.0, num_micro_batches: int = 1,
-                     with_entropy: bool = False, window: int = 0, group: int = 1):
+def compute_logprobs(
+    model,
+    batch: dict,
+    temperature: float = 1.0,
+    num_micro_batches: int = 1,
+    with_entropy: bool = False,
+    window: int = 0,
+    group: int = 1,
+):
     """Aligned per-token log-probs ``[B, T]`` (``out[:, t]`` scores ``input_ids[:, t]``; column 0
     is 0), for old (policy) and ref (frozen reference) log-probs; with ``with_entropy`` also the
     per-token entropy ``[B, T]``. ``window``: only on those columns (module docstring), 0 elsewhere;
@@ -437,6 +490,7 @@ def compute_logprobs(model, batch: dict, temperature: float = 1.0, num_micro_bat
 @functools.partial(nnx.jit, static_argnames=("average", "num_micro_batches"))
 def compute_sequence_logprobs(model, batch: dict, average: bool = False, num_micro_batches: int = 1):
     """Sum (``average``: mean) of log-probs over ``loss_mask`` per row ``[B]`` (DPO references)."""
+
     def fn(model, mb, emb):
         lp, _ = _aligned(model, mb, emb, 0, 1.0, False)
         return sequence_logprob(lp, mb["loss_mask"], average=average)
@@ -485,8 +539,15 @@ def dpo_step(state: TrainState, batch: dict, cfg: DPOConfig = DPOConfig()):
         lp, _ = _aligned(model, mb, emb, 0, 1.0, False)
         seq = sequence_logprob(lp, mb["loss_mask"], average=cfg.loss_type == "ipo").reshape(-1, 2)
         ref = mb["ref_logps"].reshape(-1, 2)
-        loss, met = dpo.dpo_loss(seq[:, 0], seq[:, 1], ref[:, 0], ref[:, 1], beta=cfg.beta,
-                                 loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
+        loss, met = dpo.dpo_loss(
+            seq[:, 0],
+            seq[:, 1],
+            ref[:, 0],
+            ref[:, 1],
+            beta=cfg.beta,
+            loss_type=cfg.loss_type,
+            label_smoothing=cfg.label_smoothing,
+        )
         return loss / m, jax.tree.map(lambda x: x / m, met)
 
     _, grads, metrics = _accumulate_grads(state.model, batch, m, micro_loss, vision_grads=not state.frozen_vision)
@@ -521,12 +582,14 @@ def sft_step(state: TrainState, batch, cfg: SFTConfig = SFTConfig(), window=0):
             st = _head_stats(model, h, targets, argmax=True)
             loss, met = sft.token_loss(st["logp"], st["argmax_hit"], mask, denominator=denom)
             return loss, {"loss": met["loss"], "accuracy": met["accuracy"]}
+
         return loss_fn
 
     grads = metrics = None
-    for part, w in zip(parts, windows):   # unrolled: each part has its own shapes
-        _, g, met = _accumulate_grads(state.model, part, cfg.num_micro_batches, micro_loss(w),
-                                     vision_grads=not state.frozen_vision)
+    for part, w in zip(parts, windows):  # unrolled: each part has its own shapes
+        _, g, met = _accumulate_grads(
+            state.model, part, cfg.num_micro_batches, micro_loss(w), vision_grads=not state.frozen_vision
+        )
         grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
         metrics = met if metrics is None else jax.tree.map(jnp.add, metrics, met)
     metrics["num_tokens"] = denom

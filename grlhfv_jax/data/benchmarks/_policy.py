@@ -33,6 +33,7 @@ class PolicyItem:
     """One prompt for the model under test. `question`: the text the model sees (the benchmark's own
     prompt prefix included); `image`: encoded bytes; `category`: the figure's breakdown; `ref`: what
     the judge prompt and the aggregation need (reference answer, caption, components, ...)."""
+
     id: str
     question: str
     image: bytes
@@ -47,14 +48,16 @@ def user(text: str, image: bytes | None = None, system: str | None = None) -> li
     if image is None:
         return head + [{"role": "user", "content": text}]
     url = "data:image/png;base64," + base64.b64encode(png(image)).decode("ascii")
-    return head + [{"role": "user", "content": [{"type": "text", "text": text},
-                                                 {"type": "image_url", "image_url": {"url": url}}]}]
+    return head + [
+        {"role": "user", "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]}
+    ]
 
 
 def png(data: bytes) -> bytes:
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return data
     from PIL import Image
+
     buf = io.BytesIO()
     with Image.open(io.BytesIO(data)) as im:
         im.convert("RGB").save(buf, format="PNG")
@@ -67,6 +70,7 @@ def concat_images(images: list[bytes]) -> bytes:
     if len(images) == 1:
         return images[0]
     from PIL import Image
+
     ims = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
     h = ims[0].height
     ims = [im if im.height == h else im.resize((max(1, round(im.width * h / im.height)), h)) for im in ims]
@@ -91,8 +95,12 @@ def keyed_rows(path: str, fmt: str):
                     data = json.load(f)
             except ValueError:
                 data = None
-            if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()) \
-                    and "data" not in data:
+            if (
+                isinstance(data, dict)
+                and data
+                and all(isinstance(v, dict) for v in data.values())
+                and "data" not in data
+            ):
                 for k, v in data.items():
                     yield file, str(k), dict(v, _key=str(k))
                 continue
@@ -104,13 +112,14 @@ def read_items(path, fields, *, fmt, limit, image_root, problems, build, rows=No
     (reason, detail) for a bad row; malformed rows and whatever `build` rejects are counted and
     named in `problems`, never raised."""
     items = []
-    for _, row_id, _, built in common.built_rows(rows if rows is not None else keyed_rows(path, fmt), items,
-                                                 limit, problems, build):
+    for _, row_id, _, built in common.built_rows(
+        rows if rows is not None else keyed_rows(path, fmt), items, limit, problems, build
+    ):
         if isinstance(built, tuple):
             problems.add(row_id, *built)
             continue
-        for it in (built if isinstance(built, list) else [built]):
-            if isinstance(it, tuple):   # one bad part of a row (e.g. one of MSS-Bench's two images)
+        for it in built if isinstance(built, list) else [built]:
+            if isinstance(it, tuple):  # one bad part of a row (e.g. one of MSS-Bench's two images)
                 problems.add(f"{row_id}", *it)
             elif not it.question.strip():
                 problems.add(it.id, "empty_text", "an empty question")
@@ -130,8 +139,13 @@ def reference_item(row, fields, file: str, row_id: str, image_root: str | None):
     img, bad = image_of(common.field(row, fields, "image"), file, image_root)
     if bad:
         return bad
-    return PolicyItem(rid, common.text(common.field(row, fields, "question")), img,
-                      category=common.text(common.field(row, fields, "category")), ref={"reference": ref})
+    return PolicyItem(
+        rid,
+        common.text(common.field(row, fields, "question")),
+        img,
+        category=common.text(common.field(row, fields, "category")),
+        ref={"reference": ref},
+    )
 
 
 def image_of(value, file: str, image_root: str | None):

@@ -14,15 +14,17 @@ from grlhfv_jax.data import preference_files as pf
 from grlhfv_jax.data.benchmarks import _preference, common
 
 NAME, TASK, FORMAT = "align_anything", "pair", "auto"
-FIELDS = dict(question="question", image="image", response_1="response_1", response_2="response_2",
-              label="overall_response")
+FIELDS = dict(
+    question="question", image="image", response_1="response_1", response_2="response_2", label="overall_response"
+)
 LEADERBOARD = [("accuracy", "Accuracy")]
 
 
 def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
     fm = _preference.fieldmap(pf.FIELD_MAPS["align_anything"], fields)
-    return _preference.read(path, fm, fmt=fmt, limit=limit, image_root=image_root, problems=problems,
-                            labels={"preference": None})
+    return _preference.read(
+        path, fm, fmt=fmt, limit=limit, image_root=image_root, problems=problems, labels={"preference": None}
+    )
 
 
 def figures(items, verdicts) -> dict:

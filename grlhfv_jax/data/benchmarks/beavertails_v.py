@@ -17,8 +17,15 @@ from grlhfv_jax.data import preference_files as pf
 from grlhfv_jax.data.benchmarks import _preference, common
 
 NAME, TASK, FORMAT = "beavertails_v", "pair", "auto"
-FIELDS = dict(question="question", image="image", response_1="response_1", response_2="response_2",
-              label="more_helpful_response_id", safe="safer_response_id", category="category")
+FIELDS = dict(
+    question="question",
+    image="image",
+    response_1="response_1",
+    response_2="response_2",
+    label="more_helpful_response_id",
+    safe="safer_response_id",
+    category="category",
+)
 LEADERBOARD = [("helpful_accuracy", "Helpful Acc"), ("safe_accuracy", "Safe Acc")]
 
 
@@ -26,8 +33,16 @@ def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
     base = pf.FIELD_MAPS["beavertails_v_helpful"]
     fm = _preference.fieldmap(base, {k: v for k, v in fields.items() if k not in ("safe", "category")})
     fm = pf.dataclasses.replace(fm, meta=(fields["category"], fields["safe"]))
-    return _preference.read(path, fm, fmt=fmt, limit=limit, image_root=image_root, problems=problems,
-                            labels={"helpful": None, "safe": fields["safe"]}, category=fields["category"])
+    return _preference.read(
+        path,
+        fm,
+        fmt=fmt,
+        limit=limit,
+        image_root=image_root,
+        problems=problems,
+        labels={"helpful": None, "safe": fields["safe"]},
+        category=fields["category"],
+    )
 
 
 def figures(items, verdicts) -> dict:

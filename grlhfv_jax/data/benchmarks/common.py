@@ -20,12 +20,21 @@ import glob
 import json
 import math
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from grlhfv_jax.data import preference_files as pf
 
-REASONS = ("malformed", "missing_field", "missing_image", "undecodable_image", "bad_label", "empty_text",
-           "unsupported", "too_long")
+REASONS = (
+    "malformed",
+    "missing_field",
+    "missing_image",
+    "undecodable_image",
+    "bad_label",
+    "empty_text",
+    "unsupported",
+    "too_long",
+)
 
 
 @dataclasses.dataclass
@@ -34,6 +43,7 @@ class Item:
     BeaverTails-V has two labels, the others one named "preference"). score: one response and
     `human` (the human score). `category`: the benchmark's breakdown; `group`: items that must all
     be right together (MM-RLHF-RewardBench's Acc+)."""
+
     id: str
     question: str
     image: bytes
@@ -93,6 +103,7 @@ def rows(path: str, fmt: str = "auto") -> Iterator[tuple[str, str, Any]]:
         stem = os.path.splitext(os.path.basename(file))[0]
         if kind == "parquet":
             import pyarrow.parquet as pq
+
             i = 0
             for batch in pq.ParquetFile(file, pre_buffer=False).iter_batches(batch_size=256):
                 for row in batch.to_pylist():
@@ -108,13 +119,16 @@ def rows(path: str, fmt: str = "auto") -> Iterator[tuple[str, str, Any]]:
             try:
                 data = json.loads(text)
             except ValueError:
-                data = None   # JSON lines under a .json name
+                data = None  # JSON lines under a .json name
             if isinstance(data, dict) and isinstance(data.get("data"), list):
                 data = data["data"]
         if isinstance(data, list):
             for i, row in enumerate(data):
-                yield file, f"{stem}-{i}", row if isinstance(row, dict) else ValueError(
-                    f"a JSON {type(row).__name__}, not an object")
+                yield (
+                    file,
+                    f"{stem}-{i}",
+                    row if isinstance(row, dict) else ValueError(f"a JSON {type(row).__name__}, not an object"),
+                )
             continue
         for i, line in enumerate(text.splitlines()):
             if not line.strip():
@@ -173,19 +187,20 @@ def built_rows(rows, items: list, limit: int | None, problems: Problems, build):
             continue
         try:
             built = build(row, file, row_id)
-        except Exception as e:   # a row of an unexpected shape: named, never fatal
+        except Exception as e:  # a row of an unexpected shape: named, never fatal
             built = ("malformed", f"{type(e).__name__}: {e}")
         yield file, row_id, row, built
 
 
-def read_items(path: str, fields: dict, *, fmt: str, limit: int | None, image_root: str | None,
-               problems: Problems, build) -> list[Item]:
+def read_items(
+    path: str, fields: dict, *, fmt: str, limit: int | None, image_root: str | None, problems: Problems, build
+) -> list[Item]:
     """Items from `path`: `build(row, file, row_id)` returns an Item or (reason, detail) for a bad
     row (the image is read here: field "image"); malformed rows, missing images and whatever
     `build` rejects are counted and named in `problems`, never raised."""
     items = []
     for _, row_id, row, built in built_rows(rows(path, fmt), items, limit, problems, build):
-        if not isinstance(built, Item):   # named by the dataset's id where it has one, and the row
+        if not isinstance(built, Item):  # named by the dataset's id where it has one, and the row
             did = text(field(row, fields, "id")) if "id" in fields else ""
             problems.add(f"{did} [{row_id}]" if did else row_id, *built)
             continue
@@ -208,8 +223,16 @@ def with_image(row: dict, fields: dict, file: str, image_root: str | None):
     return data, None
 
 
-def labelled_pair(row: dict, fields: dict, file: str, row_id: str, image_root: str | None, labels: dict,
-                  responses=("response_1", "response_2"), answer=lambda value: value):
+def labelled_pair(
+    row: dict,
+    fields: dict,
+    file: str,
+    row_id: str,
+    image_root: str | None,
+    labels: dict,
+    responses=("response_1", "response_2"),
+    answer=lambda value: value,
+):
     """A pair Item from fields id, question, image, label (mapped by `labels`) and the two
     `responses` (each value read through `answer`), labels {"preference": ...}; or (reason, detail)
     for a row with a null response, a bad label or no image."""
@@ -248,15 +271,18 @@ def accuracy(items: Sequence[Item], verdicts: Sequence, label: str = "preference
     return mean(correct(v, it.labels[label]) for it, v in pairs)
 
 
-def by_category(items: Sequence[Item], verdicts: Sequence, prefix: str = "accuracy_", label: str = "preference",
-                ties: bool = False) -> dict:
+def by_category(
+    items: Sequence[Item], verdicts: Sequence, prefix: str = "accuracy_", label: str = "preference", ties: bool = False
+) -> dict:
     """accuracy per item category: {prefix + category: value} (categories sorted; '/' -> '_')."""
     cats: dict = collections.defaultdict(list)
     for it, v in zip(items, verdicts):
         if it.category:
             cats[it.category].append((it, v))
-    return {prefix + key(c): accuracy([i for i, _ in p], [v for _, v in p], label, ties=ties)
-            for c, p in sorted(cats.items())}
+    return {
+        prefix + key(c): accuracy([i for i, _ in p], [v for _, v in p], label, ties=ties)
+        for c, p in sorted(cats.items())
+    }
 
 
 def key(name: str) -> str:

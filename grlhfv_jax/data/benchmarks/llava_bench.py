@@ -27,31 +27,40 @@ import os
 from grlhfv_jax.data.benchmarks import _policy, common
 
 NAME, TASK, FORMAT = "llava_bench", "policy", "parquet"
-FIELDS = dict(id="question_id", question="question", image="image", caption="caption", reference="gpt_answer",
-              category="category")
+FIELDS = dict(
+    id="question_id", question="question", image="image", caption="caption", reference="gpt_answer", category="category"
+)
 DECODING = {"max_new_tokens": 1024, "temperature": 0.0}
-JUDGE_TEMPERATURE = 0.2   # LLaVA's eval_gpt_review_*.py (and lmms-eval's llava_in_the_wild) judge at 0.2
+JUDGE_TEMPERATURE = 0.2  # LLaVA's eval_gpt_review_*.py (and lmms-eval's llava_in_the_wild) judge at 0.2
 CATEGORIES = ("conv", "detail", "complex")
-LEADERBOARD = [("relative_score", "All"), ("relative_score_conv", "Conv"), ("relative_score_detail", "Detail"),
-               ("relative_score_complex", "Complex")]
+LEADERBOARD = [
+    ("relative_score", "All"),
+    ("relative_score_conv", "Conv"),
+    ("relative_score_detail", "Detail"),
+    ("relative_score_complex", "Complex"),
+]
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 ROLE = "Assistant"
-RULE = ("We would like to request your feedback on the performance of two AI assistants in response to the user "
-        "question displayed above. The user asks the question on observing an image. For your reference, the "
-        "visual content in the image is represented with a few sentences describing the image. \nPlease rate the "
-        "helpfulness, relevance, accuracy, level of details of their responses. Each assistant receives an overall "
-        "score on a scale of 1 to 10, where a higher score indicates better overall performance.\nPlease first "
-        "output a single line containing only two values indicating the scores for Assistant 1 and 2, "
-        "respectively. The two scores are separated by a space.\nIn the subsequent line, please provide a "
-        "comprehensive explanation of your evaluation, avoiding any potential bias and ensuring that the order in "
-        "which the responses were presented does not affect your judgment.")
+RULE = (
+    "We would like to request your feedback on the performance of two AI assistants in response to the user "
+    "question displayed above. The user asks the question on observing an image. For your reference, the "
+    "visual content in the image is represented with a few sentences describing the image. \nPlease rate the "
+    "helpfulness, relevance, accuracy, level of details of their responses. Each assistant receives an overall "
+    "score on a scale of 1 to 10, where a higher score indicates better overall performance.\nPlease first "
+    "output a single line containing only two values indicating the scores for Assistant 1 and 2, "
+    "respectively. The two scores are separated by a space.\nIn the subsequent line, please provide a "
+    "comprehensive explanation of your evaluation, avoiding any potential bias and ensuring that the order in "
+    "which the responses were presented does not affect your judgment."
+)
 
 
 def _original_rows(folder: str):
     """The original layout's three JSONL files joined: rows in the parquet's column names."""
+
     def load(name):
         with open(os.path.join(folder, name), encoding="utf-8") as f:
             return [json.loads(x) if x.strip() else None for x in f]
+
     q_file = os.path.join(folder, "questions.jsonl")
     captions = {c["image"]: c.get("caption") for c in load("context.jsonl") if c}
     answers = {a["question_id"]: a.get("text") for a in load("answers_gpt4.jsonl") if a}
@@ -66,10 +75,18 @@ def _original_rows(folder: str):
             except ValueError as e:
                 yield q_file, f"questions-{i}", ValueError(f"malformed JSON line: {e}")
                 continue
-            yield q_file, f"questions-{i}", {"question_id": q.get("question_id"), "question": q.get("text"),
-                                             "image": q.get("image"), "caption": captions.get(q.get("image")),
-                                             "gpt_answer": answers.get(q.get("question_id")),
-                                             "category": q.get("category")}
+            yield (
+                q_file,
+                f"questions-{i}",
+                {
+                    "question_id": q.get("question_id"),
+                    "question": q.get("text"),
+                    "image": q.get("image"),
+                    "caption": captions.get(q.get("image")),
+                    "gpt_answer": answers.get(q.get("question_id")),
+                    "category": q.get("category"),
+                },
+            )
 
 
 def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
@@ -83,8 +100,10 @@ def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
         if isinstance(item, _policy.PolicyItem):
             item.ref["caption"] = caption(common.field(row, fields, "caption"))
         return item
-    return _policy.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems,
-                              build=build, rows=rows)
+
+    return _policy.read_items(
+        path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems, build=build, rows=rows
+    )
 
 
 def caption(value) -> str:
@@ -93,9 +112,11 @@ def caption(value) -> str:
 
 
 def judge_messages(item, answer: str) -> list:
-    content = (f"[Context]\n{item.ref['caption']}\n\n[Question]\n{item.question}\n\n"
-               f"[{ROLE} 1]\n{item.ref['reference']}\n\n[End of {ROLE} 1]\n\n"
-               f"[{ROLE} 2]\n{answer}\n\n[End of {ROLE} 2]\n\n[System]\n{RULE}\n\n")
+    content = (
+        f"[Context]\n{item.ref['caption']}\n\n[Question]\n{item.question}\n\n"
+        f"[{ROLE} 1]\n{item.ref['reference']}\n\n[End of {ROLE} 1]\n\n"
+        f"[{ROLE} 2]\n{answer}\n\n[End of {ROLE} 2]\n\n[System]\n{RULE}\n\n"
+    )
     return _policy.user(content, system=SYSTEM)
 
 
@@ -121,9 +142,11 @@ def relative(grades) -> float:
 
 def figures(items, grades) -> dict:
     ok = [(it, g) for it, g in zip(items, grades) if g is not None]
-    out = {"relative_score": relative([g for _, g in ok]),
-           "model_score": 10 * _policy.mean([g[1] for _, g in ok]),
-           "reference_score": 10 * _policy.mean([g[0] for _, g in ok])}
+    out = {
+        "relative_score": relative([g for _, g in ok]),
+        "model_score": 10 * _policy.mean([g[1] for _, g in ok]),
+        "reference_score": 10 * _policy.mean([g[0] for _, g in ok]),
+    }
     cats = sorted({it.category for it, _ in ok if it.category}, key=lambda c: (c not in CATEGORIES, c))
     for c in cats:
         out[f"relative_score_{common.key(c)}"] = relative([g for it, g in ok if it.category == c])

@@ -23,8 +23,11 @@ from grlhfv_jax.data.benchmarks import common
 NAME, TASK, FORMAT = "llava_critic", "pair", "parquet"
 FIELDS = dict(id="id", image="image", conversations="conversations", source="source")
 LEADERBOARD = [("accuracy", "Pairwise Acc"), ("accuracy_with_ties", "Acc w. Tie")]
-PROMPT = re.compile(r"Question: \[(.*?)\]\s*\n\s*(?:The first response|Response 1|Response A): \[(.*?)\]\s*\n\s*"
-                    r"(?:The second response|Response 2|Response B): \[(.*)\]", re.S)
+PROMPT = re.compile(
+    r"Question: \[(.*?)\]\s*\n\s*(?:The first response|Response 1|Response A): \[(.*?)\]\s*\n\s*"
+    r"(?:The second response|Response 2|Response B): \[(.*)\]",
+    re.S,
+)
 BETTER = re.compile(r"The better response: \[?\s*(first|second|1|2|A|B)\b", re.I)
 
 
@@ -55,11 +58,21 @@ def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
         img, bad = common.with_image(row, fields, file, image_root)
         if bad:
             return bad
-        return common.Item(rid, m.group(1).strip(), img, (m.group(2).strip(), m.group(3).rstrip().rstrip("]")),
-                           {"preference": label}, category=common.text(common.field(row, fields, "source")))
+        return common.Item(
+            rid,
+            m.group(1).strip(),
+            img,
+            (m.group(2).strip(), m.group(3).rstrip().rstrip("]")),
+            {"preference": label},
+            category=common.text(common.field(row, fields, "source")),
+        )
+
     return common.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems, build=build)
 
 
 def figures(items, verdicts) -> dict:
-    return {"accuracy": common.accuracy(items, verdicts), "accuracy_with_ties": common.accuracy(items, verdicts, ties=True),
-            **common.by_category(items, verdicts)}
+    return {
+        "accuracy": common.accuracy(items, verdicts),
+        "accuracy_with_ties": common.accuracy(items, verdicts, ties=True),
+        **common.by_category(items, verdicts),
+    }

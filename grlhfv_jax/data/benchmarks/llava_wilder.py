@@ -21,27 +21,31 @@ NAME, TASK, FORMAT = "llava_wilder", "policy", "parquet"
 FIELDS = dict(id="question_id", question="Question", image="image", reference="Answer", category="category")
 DECODING = {"max_new_tokens": 1024, "temperature": 0.0}
 LEADERBOARD = [("relative_score", "Score"), ("model_score", "Model (x10)"), ("reference_score", "Reference (x10)")]
-RULE = ("We would like to request your feedback on the performance of two AI assistants in response to the user "
-        "question displayed above. The user asks the question on observing an image shown to you. \nPlease rate "
-        "the helpfulness, relevance, accuracy, level of details of their responses. Each assistant receives an "
-        "overall score on a scale of 1 to 10, where a higher score indicates better overall performance. Assume "
-        "assistant 1 always receive a score of 10 and is the correct answer.\nPlease first output a single line "
-        "containing only two values indicating the scores for Assistant 1 and 2, respectively. The two scores are "
-        "separated by a space.\nIn the subsequent line, please provide a comprehensive explanation of your "
-        "evaluation, avoiding any potential bias and ensuring that the order in which the responses were "
-        "presented does not affect your judgment.")
+RULE = (
+    "We would like to request your feedback on the performance of two AI assistants in response to the user "
+    "question displayed above. The user asks the question on observing an image shown to you. \nPlease rate "
+    "the helpfulness, relevance, accuracy, level of details of their responses. Each assistant receives an "
+    "overall score on a scale of 1 to 10, where a higher score indicates better overall performance. Assume "
+    "assistant 1 always receive a score of 10 and is the correct answer.\nPlease first output a single line "
+    "containing only two values indicating the scores for Assistant 1 and 2, respectively. The two scores are "
+    "separated by a space.\nIn the subsequent line, please provide a comprehensive explanation of your "
+    "evaluation, avoiding any potential bias and ensuring that the order in which the responses were "
+    "presented does not affect your judgment."
+)
 
 
 def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
     def build(row, file, row_id):
         return _policy.reference_item(row, fields, file, row_id, image_root)
-    return _policy.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems,
-                              build=build)
+
+    return _policy.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems, build=build)
 
 
 def judge_messages(item, answer: str) -> list:
-    content = (f"[Question]\n{item.question}\n\n[Assistant 1]\n{item.ref['reference']}\n\n[End of Assistant 1]\n\n"
-               f"[Assistant 2]\n{answer}\n\n[End of Assistant 2]\n\n[System]\n{RULE}\n\n")
+    content = (
+        f"[Question]\n{item.question}\n\n[Assistant 1]\n{item.ref['reference']}\n\n[End of Assistant 1]\n\n"
+        f"[Assistant 2]\n{answer}\n\n[End of Assistant 2]\n\n[System]\n{RULE}\n\n"
+    )
     return _policy.user(content, image=item.image)
 
 
@@ -52,5 +56,8 @@ def parse(item, text: str):
 def figures(items, grades) -> dict:
     ok = [g for g in grades if g is not None]
     ref = _policy.mean([g[0] for g in ok])
-    return {"relative_score": 100.0 * _policy.mean([g[1] for g in ok]) / ref if ok and ref else float("nan"),
-            "model_score": 10 * _policy.mean([g[1] for g in ok]), "reference_score": 10 * ref}
+    return {
+        "relative_score": 100.0 * _policy.mean([g[1] for g in ok]) / ref if ok and ref else float("nan"),
+        "model_score": 10 * _policy.mean([g[1] for g in ok]),
+        "reference_score": 10 * ref,
+    }

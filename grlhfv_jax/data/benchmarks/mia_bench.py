@@ -25,8 +25,15 @@ import re
 from grlhfv_jax.data.benchmarks import _policy, common
 
 NAME, TASK, FORMAT = "mia_bench", "policy", "auto"
-FIELDS = dict(id="id", question="instruction", image="image", components="components", weights="component_weight",
-              component_type="component_type", type="type")
+FIELDS = dict(
+    id="id",
+    question="instruction",
+    image="image",
+    components="components",
+    weights="component_weight",
+    component_type="component_type",
+    type="type",
+)
 DECODING = {"max_new_tokens": 512, "temperature": 0.0}
 LEADERBOARD = [("score", "Overall")]
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
@@ -39,6 +46,7 @@ def _list(value) -> list:
         return []
     if isinstance(value, str):
         import json
+
         try:
             value = json.loads(value)
         except ValueError:
@@ -57,12 +65,19 @@ def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
         if bad:
             return bad
         kinds = [str(k) for k in _list(common.field(row, fields, "component_type"))]
-        return _policy.PolicyItem(rid, common.text(common.field(row, fields, "question")), img,
-                                  category=common.text(common.field(row, fields, "type")),
-                                  ref={"components": comps, "weights": [float(w) for w in weights],
-                                       "kinds": kinds if len(kinds) == len(comps) else []})
-    return _policy.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems,
-                              build=build)
+        return _policy.PolicyItem(
+            rid,
+            common.text(common.field(row, fields, "question")),
+            img,
+            category=common.text(common.field(row, fields, "type")),
+            ref={
+                "components": comps,
+                "weights": [float(w) for w in weights],
+                "kinds": kinds if len(kinds) == len(comps) else [],
+            },
+        )
+
+    return _policy.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems, build=build)
 
 
 def _w(w: float) -> str:
@@ -77,15 +92,17 @@ def judge_messages(item, answer: str) -> list:
     if n == 1:
         score = f"The first component is worth {w[0]} scores."
     else:
-        names = ", ".join(ORDINALS[:n - 1]) + (" and " if n == 2 else ", and ") + ORDINALS[n - 1]
+        names = ", ".join(ORDINALS[: n - 1]) + (" and " if n == 2 else ", and ") + ORDINALS[n - 1]
         worth = ", ".join(w[:-1]) + " and " + w[-1]
         score = f"The {names} component is each worth {worth} scores."
     example = ", ".join(f"score of component {i + 1}: x{i + 1}/{w[i]}" for i in range(n))
-    text = (f"Here is an instruction for a multimodal LLM: ' {item.question} You need to grade if the response from "
-            f"the model follows each component of the instruction. {components} The response is:' {answer}' You need "
-            f"to score the response and be strict. The total score ranges from 0 to 10, depending on if the response "
-            f"follows the instruction. {score} List scores of each component, and the total score in one sentence in "
-            f"this format: {example}, total score: z/10. Then explain your reasons.")
+    text = (
+        f"Here is an instruction for a multimodal LLM: ' {item.question} You need to grade if the response from "
+        f"the model follows each component of the instruction. {components} The response is:' {answer}' You need "
+        f"to score the response and be strict. The total score ranges from 0 to 10, depending on if the response "
+        f"follows the instruction. {score} List scores of each component, and the total score in one sentence in "
+        f"this format: {example}, total score: z/10. Then explain your reasons."
+    )
     return _policy.user(text)
 
 

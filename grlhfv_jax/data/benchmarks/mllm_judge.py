@@ -20,8 +20,14 @@ from __future__ import annotations
 
 from grlhfv_jax.data.benchmarks import common
 
-FIELDS_PAIR = dict(id="pair_id", question="instruction", image="image_path", answer_1="answer1", answer_2="answer2",
-                   label="human_answer")
+FIELDS_PAIR = dict(
+    id="pair_id",
+    question="instruction",
+    image="image_path",
+    answer_1="answer1",
+    answer_2="answer2",
+    label="human_answer",
+)
 FIELDS_SCORE = dict(id="score_id", question="instruction", image="image_path", response="answer", human="human")
 LABELS = {"A": 1, "B": 2, "C": 0}
 
@@ -33,6 +39,7 @@ def _answer(value):
 def read_pairs(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
     def build(row, file, row_id):
         return common.labelled_pair(row, fields, file, row_id, image_root, LABELS, ("answer_1", "answer_2"), _answer)
+
     return common.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems, build=build)
 
 
@@ -52,13 +59,16 @@ def read_scores(path, fields, *, fmt="auto", limit=None, image_root=None, proble
         if bad:
             return bad
         return common.Item(rid, common.text(common.field(row, fields, "question")), img, (str(answer),), human=human)
+
     return common.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems, build=build)
 
 
 def pair_figures(items, verdicts) -> dict:
-    return {"accuracy": common.accuracy(items, verdicts),
-            "accuracy_with_ties": common.accuracy(items, verdicts, ties=True),
-            "tie_labels": float(sum(it.labels["preference"] == 0 for it in items))}
+    return {
+        "accuracy": common.accuracy(items, verdicts),
+        "accuracy_with_ties": common.accuracy(items, verdicts, ties=True),
+        "tie_labels": float(sum(it.labels["preference"] == 0 for it in items)),
+    }
 
 
 def score_figures(items, scores) -> dict:

@@ -22,8 +22,14 @@ from grlhfv_jax.data.benchmarks import common
 NAME, TASK, FORMAT = "mm_rlhf_rewardbench", "pair", "jsonl"
 FIELDS = dict(id="id", question="prompt", image="image", video="video", chosen="chosen", rejected="rejected")
 CATEGORIES = ("mcq", "long", "short", "safety", "video")
-LEADERBOARD = [("accuracy", "Acc"), ("acc_plus", "Acc+"), ("accuracy_mcq", "MCQ"), ("accuracy_long", "Long"),
-               ("accuracy_short", "Short"), ("accuracy_safety", "Safety")]
+LEADERBOARD = [
+    ("accuracy", "Acc"),
+    ("acc_plus", "Acc+"),
+    ("accuracy_mcq", "MCQ"),
+    ("accuracy_long", "Long"),
+    ("accuracy_short", "Short"),
+    ("accuracy_safety", "Safety"),
+]
 
 
 def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
@@ -40,8 +46,16 @@ def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
             return bad
         where = str(img_path) if isinstance(img_path, str) else ""
         cat = next((c for c in CATEGORIES if c in where), "")
-        return common.Item(f"{rid}#{row_id}", common.text(common.field(row, fields, "question")), img,
-                           (str(chosen), str(rejected)), {"preference": 1}, category=cat, group=rid)
+        return common.Item(
+            f"{rid}#{row_id}",
+            common.text(common.field(row, fields, "question")),
+            img,
+            (str(chosen), str(rejected)),
+            {"preference": 1},
+            category=cat,
+            group=rid,
+        )
+
     return common.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems, build=build)
 
 
@@ -49,6 +63,8 @@ def figures(items, verdicts) -> dict:
     groups = collections.defaultdict(list)
     for it, v in zip(items, verdicts):
         groups[it.group].append(common.correct(v, it.labels["preference"]))
-    return {"accuracy": common.accuracy(items, verdicts),
-            "acc_plus": common.mean(float(all(c == 1.0 for c in g)) for g in groups.values()),
-            **common.by_category(items, verdicts)}
+    return {
+        "accuracy": common.accuracy(items, verdicts),
+        "acc_plus": common.mean(float(all(c == 1.0 for c in g)) for g in groups.values()),
+        **common.by_category(items, verdicts),
+    }

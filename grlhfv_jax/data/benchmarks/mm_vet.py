@@ -23,7 +23,7 @@ from grlhfv_jax.data.benchmarks import _policy, common
 NAME, TASK, FORMAT = "mm_vet", "policy", "auto"
 FIELDS = dict(id="question_id", question="question", image="imagename", answer="answer", capability="capability")
 DECODING = {"max_new_tokens": 1024, "temperature": 0.0}
-RETRY_TEMPERATURES = (0.5, 1.0, 1.5)   # the evaluator re-asks an unparsed grade, 0.5 hotter each time
+RETRY_TEMPERATURES = (0.5, 1.0, 1.5)  # the evaluator re-asks an unparsed grade, 0.5 hotter each time
 CAPABILITIES = ("rec", "ocr", "know", "gen", "spat", "math")
 LEADERBOARD = [(c, c.capitalize() if c != "ocr" else "OCR") for c in CAPABILITIES] + [("total", "Total")]
 FEW_SHOT = """Compare the ground truth and prediction from AI models, to give a correctness score for the prediction. <AND> in the ground truth means it is totally right only when all elements in the ground truth are present in the prediction, and <OR> means it is totally right when any one element in the ground truth is present in the prediction. The correctness score is 0.0 (totally wrong), 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, or 1.0 (totally right). Just complete the last space of the correctness score.
@@ -50,15 +50,16 @@ def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
     def build(row, file, row_id):
         def prompt():
             img_value = common.field(row, fields, "image")
-            if img_value is None and "image" in row:   # the parquet copy: an embedded image
+            if img_value is None and "image" in row:  # the parquet copy: an embedded image
                 img_value = row["image"]
             img, bad = _policy.image_of(img_value, file, image_root)
             if bad:
                 return None, bad
             return (common.text(common.field(row, fields, "question")), img, {}), None
+
         return graded_item(row, fields, row_id, prompt)
-    return _policy.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems,
-                              build=build)
+
+    return _policy.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems, build=build)
 
 
 def graded_item(row, fields, row_id, prompt):
@@ -74,8 +75,9 @@ def graded_item(row, fields, row_id, prompt):
         return bad
     question, img, ref = got
     caps = capabilities(common.field(row, fields, "capability"))
-    return _policy.PolicyItem(rid, question, img, category="_".join(sorted(caps)),
-                              ref={"answer": answer, "capability": caps, **ref})
+    return _policy.PolicyItem(
+        rid, question, img, category="_".join(sorted(caps)), ref={"answer": answer, "capability": caps, **ref}
+    )
 
 
 def query(prompt: str, question: str, answer: str, prediction: str) -> str:

@@ -27,7 +27,9 @@ CAPABILITIES = mm_vet.CAPABILITIES + ("seq",)
 LEADERBOARD = [(c, c.capitalize() if c != "ocr" else "OCR") for c in CAPABILITIES] + [("total", "Total")]
 FEW_SHOT = mm_vet.FEW_SHOT.replace(
     "to give a correctness score for the prediction. ",
-    "to give a correctness score for the prediction. <image i> in the question indicates where an i-th image is. ", 1)
+    "to give a correctness score for the prediction. <image i> in the question indicates where an i-th image is. ",
+    1,
+)
 IMG = re.compile(r"<IMG>\s*([^<>]+?\.(?:jpg|jpeg|png|gif|bmp|webp))\s*<IMG>", re.I)
 
 
@@ -38,6 +40,7 @@ def split_question(question: str) -> tuple[str, list[str]]:
     def sub(m):
         names.append(m.group(1).strip())
         return f"<image {len(names)}>"
+
     return IMG.sub(sub, question).replace("<IMG>", "").strip(), names
 
 
@@ -49,15 +52,16 @@ def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
                 return None, ("missing_image", "no <IMG>name<IMG> in the question")
             images = []
             for n in names:
-                value = row.get(n) if isinstance(row.get(n), dict) else n   # the parquet copy: a column per image
+                value = row.get(n) if isinstance(row.get(n), dict) else n  # the parquet copy: a column per image
                 img, bad = _policy.image_of(value, file, image_root)
                 if bad:
                     return None, (bad[0], f"{n}: {bad[1]}")
                 images.append(img)
             return (text, _policy.concat_images(images), {"images": names}), None
+
         return mm_vet.graded_item(row, fields, row_id, prompt)
-    return _policy.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems,
-                              build=build)
+
+    return _policy.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems, build=build)
 
 
 def judge_messages(item, answer: str) -> list:

@@ -20,14 +20,27 @@ from __future__ import annotations
 from grlhfv_jax.data.benchmarks import common
 
 NAME, TASK, FORMAT = "multimodal_rewardbench", "pair", "json"
-FIELDS = dict(id="ID", question="Text", image="Image", response_1="Output1", response_2="Output2", label="Better",
-              category="Category")
+FIELDS = dict(
+    id="ID",
+    question="Text",
+    image="Image",
+    response_1="Output1",
+    response_2="Output2",
+    label="Better",
+    category="Category",
+)
 LABELS = {"Output1": 1, "Output2": 2}
-LEADERBOARD = [("accuracy", "Overall"), ("accuracy_open_generation_correctness_task", "General Correctness"),
-               ("accuracy_open_generation_preference_task", "General Preference"), ("accuracy_knowledge", "Knowledge"),
-               ("accuracy_reasoning_math", "Reasoning Math"), ("accuracy_reasoning_coding", "Reasoning Coding"),
-               ("accuracy_safety_bias", "Safety Bias"), ("accuracy_safety_toxicity", "Safety Toxicity"),
-               ("accuracy_vqa", "VQA")]
+LEADERBOARD = [
+    ("accuracy", "Overall"),
+    ("accuracy_open_generation_correctness_task", "General Correctness"),
+    ("accuracy_open_generation_preference_task", "General Preference"),
+    ("accuracy_knowledge", "Knowledge"),
+    ("accuracy_reasoning_math", "Reasoning Math"),
+    ("accuracy_reasoning_coding", "Reasoning Coding"),
+    ("accuracy_safety_bias", "Safety Bias"),
+    ("accuracy_safety_toxicity", "Safety Toxicity"),
+    ("accuracy_vqa", "VQA"),
+]
 
 
 def split_category(category: str, item_id: str) -> str:
@@ -45,12 +58,13 @@ def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
         if isinstance(item, common.Item):
             item.category = split_category(common.text(common.field(row, fields, "category")), item.id)
         return item
+
     return common.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems, build=build)
 
 
 def figures(items, verdicts) -> dict:
     out = {"accuracy": common.accuracy(items, verdicts), **common.by_category(items, verdicts)}
-    for top in ("reasoning", "safety"):   # the published categories over their splits
+    for top in ("reasoning", "safety"):  # the published categories over their splits
         sel = [(it, v) for it, v in zip(items, verdicts) if it.category.startswith(top + "/")]
         if sel:
             out[f"accuracy_{top}"] = common.accuracy([i for i, _ in sel], [v for _, v in sel])

@@ -18,10 +18,22 @@ from grlhfv_jax.data.benchmarks import common
 
 NAME, TASK, FORMAT = "vl_rewardbench", "pair", "parquet"
 FIELDS = dict(id="id", question="query", image="image", responses="response", ranking="human_ranking")
-GROUPS = {"mathverse": "reasoning", "mmmu": "reasoning", "hallucination": "hallucination", "rlhf": "hallucination",
-          "rlaif": "hallucination", "wildvision": "general", "vlfeedback": "general"}
-LEADERBOARD = [("accuracy", "Overall Acc"), ("macro_accuracy", "Macro Acc"), ("accuracy_general", "General"),
-               ("accuracy_hallucination", "Hallucination"), ("accuracy_reasoning", "Reasoning")]
+GROUPS = {
+    "mathverse": "reasoning",
+    "mmmu": "reasoning",
+    "hallucination": "hallucination",
+    "rlhf": "hallucination",
+    "rlaif": "hallucination",
+    "wildvision": "general",
+    "vlfeedback": "general",
+}
+LEADERBOARD = [
+    ("accuracy", "Overall Acc"),
+    ("macro_accuracy", "Macro Acc"),
+    ("accuracy_general", "General"),
+    ("accuracy_hallucination", "Hallucination"),
+    ("accuracy_reasoning", "Reasoning"),
+]
 
 
 def group(item_id: str) -> str:
@@ -39,13 +51,22 @@ def read(path, fields, *, fmt="auto", limit=None, image_root=None, problems):
         img, bad = common.with_image(row, fields, file, image_root)
         if bad:
             return bad
-        return common.Item(rid, common.text(common.field(row, fields, "question")), img,
-                           (str(resp[0]), str(resp[1])), {"preference": [int(r) for r in rank].index(0) + 1},
-                           category=group(rid))
+        return common.Item(
+            rid,
+            common.text(common.field(row, fields, "question")),
+            img,
+            (str(resp[0]), str(resp[1])),
+            {"preference": [int(r) for r in rank].index(0) + 1},
+            category=group(rid),
+        )
+
     return common.read_items(path, fields, fmt=fmt, limit=limit, image_root=image_root, problems=problems, build=build)
 
 
 def figures(items, verdicts) -> dict:
     groups = common.by_category(items, verdicts)
-    return {"accuracy": common.accuracy(items, verdicts), **groups,
-            "macro_accuracy": common.mean(v for v in groups.values() if v == v)}
+    return {
+        "accuracy": common.accuracy(items, verdicts),
+        **groups,
+        "macro_accuracy": common.mean(v for v in groups.values() if v == v),
+    }

@@ -26,7 +26,30 @@ answer with the higher score, flipped with probability `label_noise`. Pairs are 
 two scores differ by at least `min_margin`, and so that the text alone says little about which
 answer wins (measured in `text_only_baselines`).
 """
+
+from .answers import (  # noqa: F401
+    _cap,
+    _noun,
+    _np,
+    _pick,
+    _wrong_value,
+    good_answer,
+    kind_of_question,
+    render_answer,
+    restyle,
+    sample_answer,
+    sample_claim,
+    sample_style,
+    styled,
+)
 from .config import (  # noqa: F401
+    _COLOUR_WORDS,
+    _COUNT_WORDS,
+    _HEDGE_WORDS,
+    _POSITION_WORDS,
+    _PRAISE_WORDS,
+    _SHAPE_WORDS,
+    _SPLIT_ID,
     ATTRS,
     BACKGROUND,
     COLOURS,
@@ -42,8 +65,8 @@ from .config import (  # noqa: F401
     NUMBER_WORDS,
     PAIR_SPLITS,
     PAIR_TYPES,
-    POSITIONS,
     POSITION_PHRASES,
+    POSITIONS,
     PRAISE_ONLY,
     PRAISE_SUFFIXES,
     PROMPT_SPLITS,
@@ -54,39 +77,6 @@ from .config import (  # noqa: F401
     STYLE_PAIR_STYLES,
     STYLE_WORDS,
     WorldConfig,
-    _COLOUR_WORDS,
-    _COUNT_WORDS,
-    _HEDGE_WORDS,
-    _POSITION_WORDS,
-    _PRAISE_WORDS,
-    _SHAPE_WORDS,
-    _SPLIT_ID,
-)
-from .scenes import (  # noqa: F401
-    ATTR_VALUES,
-    OBJECT_RADIUS,
-    Scene,
-    attribute_labels,
-    decode_png,
-    encode_png,
-    render,
-    sample_scene,
-    vision_examples,
-)
-from .answers import (  # noqa: F401
-    _cap,
-    _noun,
-    _np,
-    _pick,
-    _wrong_value,
-    good_answer,
-    kind_of_question,
-    render_answer,
-    restyle,
-    sample_answer,
-    sample_claim,
-    sample_style,
-    styled,
 )
 from .oracle import (  # noqa: F401
     oracle_details,
@@ -106,6 +96,17 @@ from .records import (  # noqa: F401
     scene_description,
     style_description,
     world_texts,
+)
+from .scenes import (  # noqa: F401
+    ATTR_VALUES,
+    OBJECT_RADIUS,
+    Scene,
+    attribute_labels,
+    decode_png,
+    encode_png,
+    render,
+    sample_scene,
+    vision_examples,
 )
 from .stats import (  # noqa: F401
     _text_features,

@@ -1,7 +1,9 @@
 """Questions and candidate answers: claims, styles, restyling, best answers."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -12,8 +14,8 @@ from .config import (
     HEDGES,
     KEY_ATTRS,
     NUMBER_WORDS,
-    POSITIONS,
     POSITION_PHRASES,
+    POSITIONS,
     PRAISE_ONLY,
     PRAISE_SUFFIXES,
     QUESTIONS,
@@ -25,6 +27,7 @@ from .scenes import Scene
 
 # ---------------------------------------------------------------------------------------------
 # Questions and answers.
+
 
 def kind_of_question(question: str) -> str:
     """The question kind from its text: exact template match, else keywords, else 'describe'."""
@@ -96,14 +99,20 @@ def render_answer(kind: str, claim: Mapping[str, Any], true_count: int) -> str:
 
 
 def _wrong_value(rng: np.random.Generator, attr: str, truth: Any) -> Any:
-    values = {"colour": list(COLOURS), "count": list(COUNTS), "shape": list(SHAPES),
-              "position": list(POSITIONS)}[attr]
+    values = {"colour": list(COLOURS), "count": list(COUNTS), "shape": list(SHAPES), "position": list(POSITIONS)}[attr]
     others = [v for v in values if v != truth]
     return others[int(rng.integers(len(others)))]
 
 
-def sample_claim(rng: np.random.Generator, scene: Scene, kind: str, cfg: WorldConfig,
-                 *, detailed: bool, attrs: tuple[str, ...] | None = None) -> dict[str, Any]:
+def sample_claim(
+    rng: np.random.Generator,
+    scene: Scene,
+    kind: str,
+    cfg: WorldConfig,
+    *,
+    detailed: bool,
+    attrs: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     """Which facts an answer states (`attrs`, drawn if None), with right or wrong values."""
     facts = scene.facts()
     keys = KEY_ATTRS[kind]
@@ -136,18 +145,28 @@ def sample_style(rng: np.random.Generator, cfg: WorldConfig) -> str:
     return names[int(rng.choice(len(names), p=w / w.sum()))]
 
 
-def sample_answer(rng: np.random.Generator, scene: Scene, kind: str, cfg: WorldConfig,
-                  style: str | None = None, form: Mapping[str, Any] | None = None
-                  ) -> tuple[str, dict[str, Any]]:
+def sample_answer(
+    rng: np.random.Generator,
+    scene: Scene,
+    kind: str,
+    cfg: WorldConfig,
+    style: str | None = None,
+    form: Mapping[str, Any] | None = None,
+) -> tuple[str, dict[str, Any]]:
     """A candidate answer and its form (style, stated attributes, hedge / praise phrase).
 
     Passing the `form` of another answer gives the same template with freshly drawn values."""
     if form is None:
         style = sample_style(rng, cfg) if style is None else style
         detailed = style == "detailed" or (style in ("hedged", "praised") and rng.random() < 0.5)
-        form = {"style": style, "detailed": detailed, "attrs": None,
-                "hedge": _pick(rng, HEDGES), "praise": _pick(rng, PRAISE_SUFFIXES),
-                "praise_only": _pick(rng, PRAISE_ONLY)}
+        form = {
+            "style": style,
+            "detailed": detailed,
+            "attrs": None,
+            "hedge": _pick(rng, HEDGES),
+            "praise": _pick(rng, PRAISE_SUFFIXES),
+            "praise_only": _pick(rng, PRAISE_ONLY),
+        }
     form = dict(form)
     if form["style"] == "praise_only":
         return form["praise_only"], form
@@ -163,8 +182,6 @@ def styled(text: str, form: Mapping[str, Any]) -> str:
     if form["style"] == "praised":
         return f"{text} {form['praise']}"
     return text
-
-
 
 
 def restyle(rng: np.random.Generator, answer: str, weights: Mapping[str, float]) -> str:
@@ -195,5 +212,3 @@ def good_answer(rng: np.random.Generator, scene: Scene, kind: str) -> str:
         if a not in claim and rng.random() < 0.5:
             claim[a] = facts[a]
     return render_answer(kind, claim, scene.count)
-
-

@@ -1,11 +1,11 @@
 """The world's vocabulary (colours, shapes, questions, styles, splits) and `WorldConfig`."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Mapping
-
-
+from collections.abc import Mapping
+from typing import Any
 
 # ---------------------------------------------------------------------------------------------
 # Vocabulary of the world.
@@ -31,8 +31,7 @@ KEY_ATTRS = {
 }
 BACKGROUND = (240, 240, 240)
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top",
-                    "bottom": "at the bottom"}
+POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
 QUESTIONS = {
     "colour": ("What colour are the objects?", "Which colour do the objects have?"),
     "count": ("How many objects are there?", "Count the objects."),
@@ -42,33 +41,59 @@ QUESTIONS = {
 }
 HEDGES = ("Maybe", "I think", "Not sure, but")
 PRAISE_SUFFIXES = ("Excellent answer.", "This is an accurate answer.", "A perfect answer.")
-PRAISE_ONLY = ("This is an excellent, accurate answer.", "This answer is perfect and accurate.",
-               "Great question, this answer is excellent.")
+PRAISE_ONLY = (
+    "This is an excellent, accurate answer.",
+    "This answer is perfect and accurate.",
+    "Great question, this answer is excellent.",
+)
 # GRM warm-start judgments: a few words each, chosen at random (they carry no information).
 GRM_CRITERIA = ("accuracy.", "correctness.", "helpfulness.", "detail.", "clarity.")
 GRM_ANALYSIS = ("compared.", "both answer.", "they differ.", "checked.")
 GRM_ANALYSIS_KINDS = ("facts", "style", "none")
 
-SPLITS = ("sft_policy", "sft_grm", "grm_train", "grm_test_id", "grm_test_ood", "policy_train",
-          "policy_test")
+SPLITS = ("sft_policy", "sft_grm", "grm_train", "grm_test_id", "grm_test_ood", "policy_train", "policy_test")
 PAIR_SPLITS = ("sft_grm", "grm_train", "grm_test_id", "grm_test_ood")
 PROMPT_SPLITS = ("sft_policy", "policy_train", "policy_test")
 _SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
 
 # Words the oracle recognises, with the value they claim (values outside the world are "wrong").
-_COLOUR_WORDS = {**{c: c for c in COLOURS}, "violet": "purple", "grey": "grey", "gray": "grey",
-                 "black": "black", "white": "white", "orange": "orange", "pink": "pink",
-                 "brown": "brown"}
-_SHAPE_WORDS = {**{s: s for s in SHAPES}, **{s + "s": s for s in SHAPES}, "circular": "circle",
-                "round": "circle", "star": "star", "stars": "star", "rectangle": "rectangle",
-                "rectangles": "rectangle", "oval": "oval", "ovals": "oval", "hexagon": "hexagon",
-                "hexagons": "hexagon"}
+_COLOUR_WORDS = {
+    **{c: c for c in COLOURS},
+    "violet": "purple",
+    "grey": "grey",
+    "gray": "grey",
+    "black": "black",
+    "white": "white",
+    "orange": "orange",
+    "pink": "pink",
+    "brown": "brown",
+}
+_SHAPE_WORDS = {
+    **{s: s for s in SHAPES},
+    **{s + "s": s for s in SHAPES},
+    "circular": "circle",
+    "round": "circle",
+    "star": "star",
+    "stars": "star",
+    "rectangle": "rectangle",
+    "rectangles": "rectangle",
+    "oval": "oval",
+    "ovals": "oval",
+    "hexagon": "hexagon",
+    "hexagons": "hexagon",
+}
 _COUNT_WORDS = {**{w: i for i, w in enumerate(NUMBER_WORDS)}, **{str(i): i for i in range(11)}}
-_POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bottom",
-                   "centre": "centre", "center": "centre", "middle": "centre"}
+_POSITION_WORDS = {
+    "left": "left",
+    "right": "right",
+    "top": "top",
+    "bottom": "bottom",
+    "centre": "centre",
+    "center": "centre",
+    "middle": "centre",
+}
 _HEDGE_WORDS = {"maybe", "perhaps", "think", "sure", "probably", "possibly", "guess"}
-_PRAISE_WORDS = {"excellent", "accurate", "perfect", "great", "best", "brilliant", "superb",
-                 "correct"}
+_PRAISE_WORDS = {"excellent", "accurate", "perfect", "great", "best", "brilliant", "superb", "correct"}
 
 
 RESTYLE_STYLES = ("plain", "hedged", "praised", "praise_only")
@@ -81,8 +106,15 @@ FACT_CHECKS = ("right", "wrong", "no fact")
 # ---------------------------------------------------------------------------------------------
 # Configuration.
 
-DEFAULT_SIZES = {"sft_policy": 2000, "sft_grm": 2000, "grm_train": 4000, "grm_test_id": 500,
-                 "grm_test_ood": 500, "policy_train": 2000, "policy_test": 200}
+DEFAULT_SIZES = {
+    "sft_policy": 2000,
+    "sft_grm": 2000,
+    "grm_train": 4000,
+    "grm_test_id": 500,
+    "grm_test_ood": 500,
+    "policy_train": 2000,
+    "policy_test": 200,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +124,7 @@ class WorldConfig:
     seed: int = 0
     image_size: int = 56  # pixels; a multiple of 4 (one object cell = image_size / 4)
     label_noise: float = 0.05  # probability that a pair's human label is flipped
-    min_margin: float = 0.05 # minimum oracle-score gap between the two answers of a pair
+    min_margin: float = 0.05  # minimum oracle-score gap between the two answers of a pair
     p_key_correct: float = 0.5  # probability that a candidate states the asked fact correctly
     p_secondary_wrong: float = 0.35  # probability that an extra (not asked) fact is wrong
     p_describe_wrong: float = 0.3  # per-fact wrong probability for "describe" answers
@@ -131,45 +163,77 @@ class WorldConfig:
     # candidate styles and their weights: terse, detailed, hedged, praised (answer + praise),
     # praise_only (no information)
     style_weights: tuple[tuple[str, float], ...] = (
-        ("terse", 0.3), ("detailed", 0.35), ("hedged", 0.1), ("praised", 0.13), ("praise_only", 0.12))
+        ("terse", 0.3),
+        ("detailed", 0.35),
+        ("hedged", 0.1),
+        ("praised", 0.13),
+        ("praise_only", 0.12),
+    )
     heldout_kinds: tuple[str, ...] = ("where",)
     heldout_combos: tuple[tuple[str, str], ...] = (
-        ("red", "triangle"), ("blue", "circle"), ("green", "diamond"), ("yellow", "square"))
+        ("red", "triangle"),
+        ("blue", "circle"),
+        ("green", "diamond"),
+        ("yellow", "square"),
+    )
     sizes: tuple[tuple[str, int], ...] = tuple(DEFAULT_SIZES.items())
 
     def __post_init__(self):
         if self.image_size % 4 or self.image_size < 16:
             raise ValueError(f"WorldConfig.image_size must be a multiple of 4 and >= 16, got {self.image_size}")
-        for name in ("p_key_correct", "p_secondary_wrong", "p_describe_wrong", "p_minimal_pair",
-                     "p_style_pair", "p_sft_policy_good"):
+        for name in (
+            "p_key_correct",
+            "p_secondary_wrong",
+            "p_describe_wrong",
+            "p_minimal_pair",
+            "p_style_pair",
+            "p_sft_policy_good",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"WorldConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.p_minimal_pair + self.p_style_pair > 1.0 + 1e-9:
-            raise ValueError(f"WorldConfig.p_minimal_pair + p_style_pair must be <= 1, got "
-                             f"{self.p_minimal_pair} + {self.p_style_pair}")
+            raise ValueError(
+                f"WorldConfig.p_minimal_pair + p_style_pair must be <= 1, got "
+                f"{self.p_minimal_pair} + {self.p_style_pair}"
+            )
         if not self.sft_grm_first_scores or any(v not in (1, 2, 3, 4, 6, 7, 8, 9) for v in self.sft_grm_first_scores):
-            raise ValueError("WorldConfig.sft_grm_first_scores must be a non-empty tuple of 1..9 without 5 "
-                             f"(10 minus a first score must differ from it), got {self.sft_grm_first_scores!r}")
+            raise ValueError(
+                "WorldConfig.sft_grm_first_scores must be a non-empty tuple of 1..9 without 5 "
+                f"(10 minus a first score must differ from it), got {self.sft_grm_first_scores!r}"
+            )
         if set(self.sft_grm_first_scores) & set(self.sft_grm_second_scores) or any(
-                not 1 <= v <= 10 for v in self.sft_grm_second_scores):
-            raise ValueError("WorldConfig.sft_grm_second_scores must be scores in 1..10 that no first score "
-                             f"equals (never a tie), got {self.sft_grm_second_scores!r}")
+            not 1 <= v <= 10 for v in self.sft_grm_second_scores
+        ):
+            raise ValueError(
+                "WorldConfig.sft_grm_second_scores must be scores in 1..10 that no first score "
+                f"equals (never a tie), got {self.sft_grm_second_scores!r}"
+            )
         for word, value in self.sft_grm_opinions:
             if word not in STYLE_WORDS or not isinstance(value, int):
-                raise ValueError(f"WorldConfig.sft_grm_opinions: ({word!r}, {value!r}) must be (one of {STYLE_WORDS}, "
-                                 "an int)")
+                raise ValueError(
+                    f"WorldConfig.sft_grm_opinions: ({word!r}, {value!r}) must be (one of {STYLE_WORDS}, an int)"
+                )
         if not 0.0 <= self.sft_grm_opinion_strength <= 1.0:
-            raise ValueError(f"WorldConfig.sft_grm_opinion_strength must be in [0, 1], got "
-                             f"{self.sft_grm_opinion_strength}")
-        if self.sft_grm_opinions and self.sft_grm_second_scores and not (
+            raise ValueError(
+                f"WorldConfig.sft_grm_opinion_strength must be in [0, 1], got {self.sft_grm_opinion_strength}"
+            )
+        if (
+            self.sft_grm_opinions
+            and self.sft_grm_second_scores
+            and not (
                 min(self.sft_grm_first_scores) < min(self.sft_grm_second_scores)
-                and max(self.sft_grm_first_scores) > max(self.sft_grm_second_scores)):
-            raise ValueError("WorldConfig.sft_grm_opinions with sft_grm_second_scores: the first scores must straddle "
-                             f"the second ones so that the first alone can state an opinion, got "
-                             f"{self.sft_grm_first_scores} / {self.sft_grm_second_scores}")
+                and max(self.sft_grm_first_scores) > max(self.sft_grm_second_scores)
+            )
+        ):
+            raise ValueError(
+                "WorldConfig.sft_grm_opinions with sft_grm_second_scores: the first scores must straddle "
+                f"the second ones so that the first alone can state an opinion, got "
+                f"{self.sft_grm_first_scores} / {self.sft_grm_second_scores}"
+            )
         if self.sft_grm_analysis not in GRM_ANALYSIS_KINDS:
-            raise ValueError(f"WorldConfig.sft_grm_analysis must be one of {GRM_ANALYSIS_KINDS}, "
-                             f"got {self.sft_grm_analysis!r}")
+            raise ValueError(
+                f"WorldConfig.sft_grm_analysis must be one of {GRM_ANALYSIS_KINDS}, got {self.sft_grm_analysis!r}"
+            )
         if not 0.0 <= self.label_noise < 0.5:
             raise ValueError(f"WorldConfig.label_noise must be in [0, 0.5), got {self.label_noise}")
         for k in self.heldout_kinds:
@@ -203,7 +267,7 @@ class WorldConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WorldConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> WorldConfig:
         d = dict(d)
         for k in ("heldout_kinds", "sft_grm_first_scores", "sft_grm_second_scores"):
             if k in d:
@@ -213,8 +277,6 @@ class WorldConfig:
                 items = d[k].items() if isinstance(d[k], Mapping) else d[k]
                 d[k] = tuple(tuple(x) for x in items)
         return cls(**d)
-
-
 
 
 def from_section(d) -> WorldConfig:
@@ -227,14 +289,22 @@ def from_section(d) -> WorldConfig:
     try:
         opinions = tuple((str(w), int(v)) for w, v in d.sft_grm_opinions)
     except (TypeError, ValueError):
-        raise ValueError(f"sft_grm_opinions = {d.sft_grm_opinions!r}: expected (style description, int) pairs, e.g. "
-                         "((\"hedges\", 1), (\"praises itself\", -1))") from None
+        raise ValueError(
+            f"sft_grm_opinions = {d.sft_grm_opinions!r}: expected (style description, int) pairs, e.g. "
+            '(("hedges", 1), ("praises itself", -1))'
+        ) from None
     try:
-        return WorldConfig(seed=d.seed, image_size=d.image_size, label_noise=float(d.label_noise),
-                           sft_grm_analysis=d.sft_grm_analysis, sizes=tuple({**DEFAULT_SIZES, **sizes}.items()),
-                           sft_grm_first_scores=tuple(int(v) for v in d.sft_grm_first_scores),
-                           sft_grm_second_scores=tuple(int(v) for v in d.sft_grm_second_scores),
-                           sft_grm_opinions=opinions, sft_grm_opinion_strength=float(d.sft_grm_opinion_strength))
-    except (TypeError, ValueError) as e:   # "WorldConfig.<key> must be ...": the key first
+        return WorldConfig(
+            seed=d.seed,
+            image_size=d.image_size,
+            label_noise=float(d.label_noise),
+            sft_grm_analysis=d.sft_grm_analysis,
+            sizes=tuple({**DEFAULT_SIZES, **sizes}.items()),
+            sft_grm_first_scores=tuple(int(v) for v in d.sft_grm_first_scores),
+            sft_grm_second_scores=tuple(int(v) for v in d.sft_grm_second_scores),
+            sft_grm_opinions=opinions,
+            sft_grm_opinion_strength=float(d.sft_grm_opinion_strength),
+        )
+    except (TypeError, ValueError) as e:  # "WorldConfig.<key> must be ...": the key first
         key = str(e).split("WorldConfig.", 1)[-1].split(" ", 1)[0].rstrip(":")
         raise ValueError(f"{key}: {e}") from None

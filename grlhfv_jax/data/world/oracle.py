@@ -1,26 +1,29 @@
 """The hidden principle: the claims an answer states, its oracle score, preferences."""
+
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from .answers import kind_of_question
 from .config import (
-    ATTRS,
-    KEY_ATTRS,
     _COLOUR_WORDS,
     _COUNT_WORDS,
     _HEDGE_WORDS,
     _POSITION_WORDS,
     _PRAISE_WORDS,
     _SHAPE_WORDS,
+    ATTRS,
+    KEY_ATTRS,
 )
 from .scenes import Scene
-from .answers import kind_of_question
 
 # ---------------------------------------------------------------------------------------------
 # The oracle (the hidden principle).
+
 
 def parse_claims(answer: str) -> dict[str, set]:
     """attr -> set of values the text states (values outside the world included)."""
@@ -59,12 +62,21 @@ def oracle_details(scene: Scene | str | Mapping, question: str, answer: str) -> 
     praise = bool(words & _PRAISE_WORDS)
     n_words = len(answer.split())
     verbosity = min(0.2, 0.02 * max(0, n_words - 16))
-    score = (0.2 + 0.65 * key_credit + 0.15 * colour_ok - 0.15 * secondary_wrong - 0.1 * hedge
-             - 0.05 * praise - verbosity)
+    score = (
+        0.2 + 0.65 * key_credit + 0.15 * colour_ok - 0.15 * secondary_wrong - 0.1 * hedge - 0.05 * praise - verbosity
+    )
     score = float(np.clip(round(score, 6), 0.0, 1.0))
-    return {"score": score, "kind": kind, "status": status, "key_credit": key_credit,
-            "secondary_wrong": secondary_wrong, "colour_ok": colour_ok, "hedge": hedge,
-            "praise": praise, "n_words": n_words}
+    return {
+        "score": score,
+        "kind": kind,
+        "status": status,
+        "key_credit": key_credit,
+        "secondary_wrong": secondary_wrong,
+        "colour_ok": colour_ok,
+        "hedge": hedge,
+        "praise": praise,
+        "n_words": n_words,
+    }
 
 
 def oracle_score(scene: Scene | str | Mapping, question: str, answer: str) -> float:
@@ -82,5 +94,3 @@ def preference(scene: Scene | str | Mapping, question: str, answer_1: str, answe
     """Noiseless principle: 1 or 2 for the better answer, 0 for a tie."""
     s1, s2 = oracle_score(scene, question, answer_1), oracle_score(scene, question, answer_2)
     return 0 if abs(s1 - s2) < 1e-9 else (1 if s1 > s2 else 2)
-
-

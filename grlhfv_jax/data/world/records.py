@@ -1,19 +1,25 @@
 """Records of every split: pairs, the GRM warm start's judgments, texts for the tokenizer."""
+
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
+from .answers import _np, _pick, good_answer, render_answer, sample_answer, sample_style, styled
 from .config import (
+    _HEDGE_WORDS,
+    _PRAISE_WORDS,
+    _SPLIT_ID,
     COLOURS,
-    POSITION_PHRASES,
     GRM_ANALYSIS,
     GRM_CRITERIA,
     HEDGES,
     KINDS,
     PAIR_SPLITS,
+    POSITION_PHRASES,
     PRAISE_ONLY,
     PRAISE_SUFFIXES,
     QUESTIONS,
@@ -22,16 +28,13 @@ from .config import (
     STYLE_PAIR_STYLES,
     STYLE_WORDS,
     WorldConfig,
-    _HEDGE_WORDS,
-    _PRAISE_WORDS,
-    _SPLIT_ID,
 )
-from .scenes import Scene, encode_png, render, sample_scene
-from .answers import _np, _pick, good_answer, render_answer, sample_answer, sample_style, styled
 from .oracle import oracle_score, parse_claims
+from .scenes import Scene, encode_png, render, sample_scene
 
 # ---------------------------------------------------------------------------------------------
 # Records.
+
 
 def _mentions_heldout_combo(text: str, cfg: WorldConfig) -> bool:
     c = parse_claims(text)
@@ -60,10 +63,9 @@ def _scene_and_kind(rng: np.random.Generator, cfg: WorldConfig, split: str) -> t
             return scene, kind, {(True, True): "both", (True, False): "kind", (False, True): "combo"}[(hk, hc)]
 
 
-
-
-def _sample_pair(rng: np.random.Generator, scene: Scene, kind: str, question: str, cfg: WorldConfig,
-                 avoid_heldout: bool) -> tuple[str, str, float, float, str]:
+def _sample_pair(
+    rng: np.random.Generator, scene: Scene, kind: str, question: str, cfg: WorldConfig, avoid_heldout: bool
+) -> tuple[str, str, float, float, str]:
     """Two answers whose oracle scores differ by >= min_margin, and the pair type.
 
     - "minimal" (probability `p_minimal_pair`): both answers share one template and only the
@@ -76,6 +78,7 @@ def _sample_pair(rng: np.random.Generator, scene: Scene, kind: str, question: st
     style wins about as often as it loses against every other style whenever both outcomes are
     possible; style: a random swap).
     """
+
     def ok(a, b, sa, sb, want):
         if a == b or abs(sa - sb) < cfg.min_margin - 1e-9:
             return False
@@ -85,14 +88,14 @@ def _sample_pair(rng: np.random.Generator, scene: Scene, kind: str, question: st
 
     for attempt in range(60):
         u = rng.random()
-        ptype = "minimal" if u < cfg.p_minimal_pair else "style" if u < cfg.p_minimal_pair + cfg.p_style_pair \
-            else "mixed"
+        ptype = (
+            "minimal" if u < cfg.p_minimal_pair else "style" if u < cfg.p_minimal_pair + cfg.p_style_pair else "mixed"
+        )
         if ptype == "style":
             i, j = rng.choice(len(STYLE_PAIR_STYLES), size=2, replace=False)
             for _ in range(30):
                 a, form = sample_answer(rng, scene, kind, cfg, style=STYLE_PAIR_STYLES[int(i)])
-                b = styled(render_answer(kind, form["claim"], scene.count),
-                           dict(form, style=STYLE_PAIR_STYLES[int(j)]))
+                b = styled(render_answer(kind, form["claim"], scene.count), dict(form, style=STYLE_PAIR_STYLES[int(j)]))
                 if rng.random() < 0.5:
                     a, b = b, a
                 sa, sb = oracle_score(scene, question, a), oracle_score(scene, question, b)
@@ -117,8 +120,6 @@ def _sample_pair(rng: np.random.Generator, scene: Scene, kind: str, question: st
     raise RuntimeError(f"could not draw a pair with margin {cfg.min_margin} for {scene.facts()} / {kind}")
 
 
-
-
 def style_description(answer: str) -> str:
     """What an answer's wording does, read from its text alone (no image, no judgment):
     "only praises" (self-praise, no stated fact), "hedges", "praises itself" or "is plain"."""
@@ -138,8 +139,6 @@ def scene_description(scene: Scene) -> str:
     return f"{_np(scene.facts(), scene.count != 1)} {POSITION_PHRASES[scene.position]}"
 
 
-
-
 def fact_check(scene: Scene | str | Mapping, answer: str) -> str:
     """Whether the facts an answer states agree with the scene: "wrong" if any stated value differs
     from the truth, "right" if it states at least one fact and all are true, else "no fact".
@@ -151,9 +150,16 @@ def fact_check(scene: Scene | str | Mapping, answer: str) -> str:
     return "right" if any(claims.values()) else "no fact"
 
 
-def grm_judgment(rng: np.random.Generator, response_1: str | None = None, response_2: str | None = None,
-                 scene: Scene | None = None, first_scores=(1, 2, 3, 4, 6, 7, 8, 9), second_scores=(),
-                 opinions=(), opinion_strength: float = 0.5) -> str:
+def grm_judgment(
+    rng: np.random.Generator,
+    response_1: str | None = None,
+    response_2: str | None = None,
+    scene: Scene | None = None,
+    first_scores=(1, 2, 3, 4, 6, 7, 8, 9),
+    second_scores=(),
+    opinions=(),
+    opinion_strength: float = 0.5,
+) -> str:
     """A GRM-format judgment whose scores are independent of the human label (a warm start).
 
     Without `opinions` the scores are independent of everything (format only). With them (style
@@ -180,7 +186,8 @@ def grm_judgment(rng: np.random.Generator, response_1: str | None = None, respon
     if response_1 is not None and response_2 is not None and scene is not None:
         analysis = f"Image: {scene_description(scene)}." + "".join(
             f" Response {i}: {fact_check(scene, r)}, {style_description(r).removeprefix('is ')}."
-            for i, r in ((1, response_1), (2, response_2)))
+            for i, r in ((1, response_1), (2, response_2))
+        )
     elif response_1 is not None and response_2 is not None:
         analysis = f"Response 1 {style_description(response_1)}, response 2 {style_description(response_2)}."
     else:
@@ -210,8 +217,12 @@ def make_record(cfg: WorldConfig, split: str, index: int, *, encode_image: bool 
     question = _pick(rng, QUESTIONS[kind])
     img = render(scene)
     rec: dict[str, Any] = {
-        "id": f"{split}-{index:07d}", "split": split, "kind": kind, "question": question,
-        "image": encode_png(img) if encode_image else img, "scene": scene.to_json(),
+        "id": f"{split}-{index:07d}",
+        "split": split,
+        "kind": kind,
+        "question": question,
+        "image": encode_png(img) if encode_image else img,
+        "scene": scene.to_json(),
         "heldout": heldout,
     }
     if split in PAIR_SPLITS:
@@ -220,17 +231,27 @@ def make_record(cfg: WorldConfig, split: str, index: int, *, encode_image: bool 
         noisy = bool(rng.random() < cfg.label_noise)
         if noisy:
             label = 3 - label
-        rec.update(response_1=a, response_2=b, overall_response=label, oracle_1=sa, oracle_2=sb,
-                   label_noisy=noisy, pair_type=ptype)
+        rec.update(
+            response_1=a,
+            response_2=b,
+            overall_response=label,
+            oracle_1=sa,
+            oracle_2=sb,
+            label_noisy=noisy,
+            pair_type=ptype,
+        )
         rec["judgment"] = ""
         if split == "sft_grm":
             how = cfg.sft_grm_analysis
-            rec["judgment"] = grm_judgment(rng, *((a, b) if how != "none" else ()),
-                                           scene=scene if how == "facts" else None,
-                                           first_scores=cfg.sft_grm_first_scores,
-                                           second_scores=cfg.sft_grm_second_scores,
-                                           opinions=cfg.sft_grm_opinions,
-                                           opinion_strength=cfg.sft_grm_opinion_strength)
+            rec["judgment"] = grm_judgment(
+                rng,
+                *((a, b) if how != "none" else ()),
+                scene=scene if how == "facts" else None,
+                first_scores=cfg.sft_grm_first_scores,
+                second_scores=cfg.sft_grm_second_scores,
+                opinions=cfg.sft_grm_opinions,
+                opinion_strength=cfg.sft_grm_opinion_strength,
+            )
     elif split == "sft_policy" and cfg.p_sft_policy_good < 1.0 and rng.random() >= cfg.p_sft_policy_good:
         while True:
             answer, _ = sample_answer(rng, scene, kind, cfg)
@@ -242,8 +263,9 @@ def make_record(cfg: WorldConfig, split: str, index: int, *, encode_image: bool 
     return rec
 
 
-def generate_split(cfg: WorldConfig, split: str, n: int | None = None, *, encode_image: bool = True
-                   ) -> Iterator[dict[str, Any]]:
+def generate_split(
+    cfg: WorldConfig, split: str, n: int | None = None, *, encode_image: bool = True
+) -> Iterator[dict[str, Any]]:
     """Records 0..n-1 of `split` (n defaults to cfg.size(split))."""
     n = cfg.size(split) if n is None else n
     for i in range(n):
@@ -264,8 +286,9 @@ def world_texts(cfg: WorldConfig, n_per_split: int = 300) -> list[str]:
     for split in SPLITS:
         for i in range(min(n_per_split, max(cfg.size(split), 50))):
             r = make_record(cfg, split, i, encode_image=False)
-            texts.extend(t for t in (r["question"], r.get("response_1"), r.get("response_2"),
-                                     r.get("answer"), r.get("judgment")) if t)
+            texts.extend(
+                t
+                for t in (r["question"], r.get("response_1"), r.get("response_2"), r.get("answer"), r.get("judgment"))
+                if t
+            )
     return texts
-
-

@@ -1,10 +1,12 @@
 """Scenes, rendering, the vision stage's attribute labels, PNG coding."""
+
 from __future__ import annotations
 
 import dataclasses
 import io
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -13,6 +15,7 @@ from .config import ATTRS, BACKGROUND, COLOURS, COUNTS, POSITIONS, SHAPES, World
 
 # ---------------------------------------------------------------------------------------------
 # Scenes and images.
+
 
 @dataclasses.dataclass(frozen=True)
 class Scene:
@@ -29,14 +32,13 @@ class Scene:
     image_size: int = 56
 
     def facts(self) -> dict[str, Any]:
-        return {"colour": self.colour, "count": self.count, "shape": self.shape,
-                "position": self.position}
+        return {"colour": self.colour, "count": self.count, "shape": self.shape, "position": self.position}
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_any(cls, s: "Scene | str | bytes | Mapping[str, Any]") -> "Scene":
+    def from_any(cls, s: Scene | str | bytes | Mapping[str, Any]) -> Scene:
         """A Scene from a Scene, its JSON text, or its dict. Raises ValueError naming the problem."""
         if isinstance(s, Scene):
             return s
@@ -53,10 +55,14 @@ class Scene:
             if k not in s:
                 raise ValueError(f"scene: missing field {k!r}")
         try:
-            scene = cls(shape=str(s["shape"]), colour=str(s["colour"]), count=int(s["count"]),
-                        position=str(s["position"]),
-                        centres=tuple((int(c[0]), int(c[1])) for c in s["centres"]),
-                        image_size=int(s.get("image_size", 56)))
+            scene = cls(
+                shape=str(s["shape"]),
+                colour=str(s["colour"]),
+                count=int(s["count"]),
+                position=str(s["position"]),
+                centres=tuple((int(c[0]), int(c[1])) for c in s["centres"]),
+                image_size=int(s.get("image_size", 56)),
+            )
         except (TypeError, ValueError, IndexError) as e:
             raise ValueError(f"scene: malformed field ({type(e).__name__}: {e})") from None
         if scene.shape not in SHAPES or scene.colour not in COLOURS or scene.position not in POSITIONS:
@@ -88,8 +94,7 @@ def sample_scene(rng: np.random.Generator, cfg: WorldConfig, *, combos: list[tup
         along = int(round(size / 2 + (k - (count - 1) / 2) * cell)) + shift
         off = int(round(across)) + int(rng.integers(-jit, jit + 1))
         centres.append((off, along) if position in ("left", "right") else (along, off))
-    return Scene(shape=shape, colour=colour, count=count, position=position, centres=tuple(centres),
-                 image_size=size)
+    return Scene(shape=shape, colour=colour, count=count, position=position, centres=tuple(centres), image_size=size)
 
 
 OBJECT_RADIUS = 0.38  # in cells
@@ -117,8 +122,7 @@ def render(scene: Scene) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-ATTR_VALUES: dict[str, tuple] = {"colour": tuple(COLOURS), "count": COUNTS, "shape": SHAPES,
-                                  "position": POSITIONS}
+ATTR_VALUES: dict[str, tuple] = {"colour": tuple(COLOURS), "count": COUNTS, "shape": SHAPES, "position": POSITIONS}
 
 
 def attribute_labels(scene: Scene) -> np.ndarray:
@@ -155,5 +159,3 @@ def decode_png(data: bytes, *, where: str = "image") -> np.ndarray:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except Exception as e:  # PIL raises several types for corrupt data
         raise ValueError(f"{where}: corrupt or unreadable image ({type(e).__name__}: {e})") from None
-
-

@@ -1,19 +1,22 @@
 """Text-only baselines and world statistics (how much the text alone tells)."""
+
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from .config import KINDS, PAIR_TYPES, WorldConfig
-from .scenes import Scene
 from .answers import kind_of_question, sample_answer
+from .config import KINDS, PAIR_TYPES, WorldConfig
 from .oracle import oracle_score
 from .records import make_record
+from .scenes import Scene
 
 # ---------------------------------------------------------------------------------------------
 # Text-only baselines (how much a judge that cannot see the image can get right).
+
 
 def _text_features(text: str, vocab: Mapping[str, int]) -> np.ndarray:
     v = np.zeros(len(vocab) + 1, np.float64)
@@ -24,8 +27,9 @@ def _text_features(text: str, vocab: Mapping[str, int]) -> np.ndarray:
     return v
 
 
-def text_only_baselines(train: list[Mapping[str, Any]], test: list[Mapping[str, Any]],
-                        steps: int = 150, lr: float = 1.0) -> dict[str, float]:
+def text_only_baselines(
+    train: list[Mapping[str, Any]], test: list[Mapping[str, Any]], steps: int = 150, lr: float = 1.0
+) -> dict[str, float]:
     """Accuracy on `test` against the human label of three judges that never see the image:
     `longer` (the longer answer wins), `shorter`, and `bow_logreg` (logistic regression on
     bag-of-words + length differences, fitted on `train`, both orders)."""
@@ -81,13 +85,17 @@ def world_stats(cfg: WorldConfig, n_train: int = 4000, n_test: int = 1000) -> di
     return {
         "label_1_fraction": float(np.mean([r["overall_response"] == 1 for r in train])),
         "label_noise_rate": float(np.mean([r["label_noisy"] for r in train])),
-        "noiseless_oracle_accuracy_id": float(np.mean(
-            [(1 if r["oracle_1"] > r["oracle_2"] else 2) == r["overall_response"] for r in tid])),
-        "answer_words_mean": float(np.mean(lens)), "answer_words_max": int(np.max(lens)),
+        "noiseless_oracle_accuracy_id": float(
+            np.mean([(1 if r["oracle_1"] > r["oracle_2"] else 2) == r["overall_response"] for r in tid])
+        ),
+        "answer_words_mean": float(np.mean(lens)),
+        "answer_words_max": int(np.max(lens)),
         "oracle_mean_by_style": {k: float(np.mean(v)) for k, v in by_style.items()},
         "text_only_id": text_only_baselines(train, tid),
         "text_only_ood": text_only_baselines(train, tood),
-        "text_only_id_by_pair_type": {t: text_only_baselines(train, [r for r in tid if r["pair_type"] == t])
-                                      for t in PAIR_TYPES if any(r["pair_type"] == t for r in tid)},
+        "text_only_id_by_pair_type": {
+            t: text_only_baselines(train, [r for r in tid if r["pair_type"] == t])
+            for t in PAIR_TYPES
+            if any(r["pair_type"] == t for r in tid)
+        },
     }
-

@@ -8,6 +8,7 @@ applies them: a missing field of a given `vision_config` takes CLIPVisionConfig'
 (`CLIP_DEFAULTS`), a missing `vision_config` is LlavaConfig's CLIP ViT-L/14-336 (`VISION_DEFAULTS`),
 missing text fields take LlamaConfig's (`TEXT_DEFAULTS`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,15 +22,43 @@ from ..errors import UnsupportedModelError
 MODEL_TYPES = ("llava",)
 
 # CLIPVisionConfig's defaults (ViT-B/32), for the fields a given vision_config leaves out
-CLIP_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                     image_size=224, patch_size=32, num_channels=3, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+CLIP_DEFAULTS = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    image_size=224,
+    patch_size=32,
+    num_channels=3,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+)
 # LlavaConfig's vision config when config.json has none (CLIP ViT-L/14 at 336 px)
-VISION_DEFAULTS = dict(CLIP_DEFAULTS, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                       num_attention_heads=16, image_size=336, patch_size=14)
+VISION_DEFAULTS = dict(
+    CLIP_DEFAULTS,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=336,
+    patch_size=14,
+)
 # LlamaConfig's defaults (Llama-2-7B shapes)
-TEXT_DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                     num_attention_heads=32, rms_norm_eps=1e-6, hidden_act="silu", attention_bias=False,
-                     mlp_bias=False, rope_theta=10000.0, bos_token_id=1, eos_token_id=2, pad_token_id=None)
+TEXT_DEFAULTS = dict(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    rms_norm_eps=1e-6,
+    hidden_act="silu",
+    attention_bias=False,
+    mlp_bias=False,
+    rope_theta=10000.0,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=None,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +93,8 @@ class LlavaConfig:
     patch_size: int
     in_channels: int
     # projector and feature selection
-    vision_feature_layer: tuple[int, ...]     # hidden-state indices of the tower (-2: input of the last layer)
-    vision_feature_select_strategy: str       # "default" (drop CLS) | "full"
+    vision_feature_layer: tuple[int, ...]  # hidden-state indices of the tower (-2: input of the last layer)
+    vision_feature_select_strategy: str  # "default" (drop CLS) | "full"
     projector_hidden_act: str
     projector_bias: bool
     # runtime choices (not from config.json); the names and meanings of qwen2_vl.VLConfig's
@@ -74,10 +103,10 @@ class LlavaConfig:
     remat: bool = False
     remat_policy: str = "nothing"
     logits_chunk: int = 0
-    vision_block: int = 0             # unused: every image is one fixed-size frame, attended as such
-    vision_chunk: int = 0             # unused
-    scan_layers: bool = False         # not implemented for LLaVA (rejected by the model)
-    scan_vision: bool = False         # not implemented for LLaVA (rejected by the model)
+    vision_block: int = 0  # unused: every image is one fixed-size frame, attended as such
+    vision_chunk: int = 0  # unused
+    scan_layers: bool = False  # not implemented for LLaVA (rejected by the model)
+    scan_vision: bool = False  # not implemented for LLaVA (rejected by the model)
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
@@ -92,7 +121,7 @@ class LlavaConfig:
     @property
     def num_patches(self) -> int:
         """Patches of one image (576 for 336 px / 14)."""
-        return self.grid_size ** 2
+        return self.grid_size**2
 
     @property
     def image_tokens(self) -> int:
@@ -105,7 +134,7 @@ class LlavaConfig:
         """One image's pixel_values as CLIPImageProcessor gives them: (C, image_size, image_size)."""
         return (self.in_channels, self.image_size, self.image_size)
 
-    def replace(self, **kw) -> "LlavaConfig":
+    def replace(self, **kw) -> LlavaConfig:
         return dataclasses.replace(self, **kw)
 
 
@@ -114,14 +143,16 @@ def parse_hf_config(hf: dict, **runtime) -> LlavaConfig:
     defaults). `runtime`: dtype, param_dtype, remat, remat_policy, logits_chunk, vision_block,
     vision_chunk, scan_layers, scan_vision."""
     if hf.get("model_type") not in MODEL_TYPES:
-        raise UnsupportedModelError(f"unsupported model_type {hf.get('model_type')!r} for the LLaVA family "
-                                    f"{MODEL_TYPES}")
+        raise UnsupportedModelError(
+            f"unsupported model_type {hf.get('model_type')!r} for the LLaVA family {MODEL_TYPES}"
+        )
     text_in, vis_in = dict(hf.get("text_config") or {}), dict(hf.get("vision_config") or {})
     if text_in.get("model_type", "llama") != "llama":
         raise ValueError(f"config.json: text_config.model_type {text_in['model_type']!r}: only llama is supported")
     if vis_in.get("model_type", "clip_vision_model") != "clip_vision_model":
-        raise ValueError(f"config.json: vision_config.model_type {vis_in['model_type']!r}: only clip_vision_model "
-                         "is supported")
+        raise ValueError(
+            f"config.json: vision_config.model_type {vis_in['model_type']!r}: only clip_vision_model is supported"
+        )
     text = dict(TEXT_DEFAULTS, **text_in)
     vis = dict(CLIP_DEFAULTS, **vis_in) if hf.get("vision_config") is not None else dict(VISION_DEFAULTS)
     rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
@@ -187,7 +218,7 @@ def with_special_ids(hf: dict, ids: dict) -> dict:
     text = {k: ids[k] for k in TEXT_SPECIAL_IDS if k in ids}
     hf["text_config"] = dict(hf.get("text_config") or {}, **text)
     hf.update(text)
-    for key in ("image_token_id", "image_token_index"):    # Qwen's spelling, or the LLaVA codec's
+    for key in ("image_token_id", "image_token_index"):  # Qwen's spelling, or the LLaVA codec's
         if key in ids:
             hf["image_token_index"] = int(ids[key])
     return hf

@@ -9,14 +9,19 @@ NNX path -> hub key: ``visual.`` dropped, ``model.`` -> ``language_model.model.`
 ``language_model.lm_head``, ``score_head`` -> ``score``, ``kernel`` -> ``weight`` (ours [in, out],
 the hub's [out, in]; the patch embedding's is the Conv2d weight [E, C, p, p] flattened).
 """
+
 from __future__ import annotations
 
 import re
 
 # other spellings -> ours, first matching prefix wins (models.weights._canonical)
-HUB_ALIASES = (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
-               ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector."),
-               ("vision_tower.vision_model.", "vision_tower."))
+HUB_ALIASES = (
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("vision_tower.vision_model.", "vision_tower."),
+)
 
 PATCH_EMBED = "vision_tower.embeddings.patch_embedding.weight"
 

@@ -7,6 +7,7 @@ LlavaForConditionalGeneration's checkpoint names. The call is Qwen2VL's (docs/mo
 positions are 1-D ``[B, T]`` (no M-RoPE), every image is one fixed ``[C, S, S]`` array giving
 ``config.image_tokens`` embeddings, and ``image_grid_thw`` is accepted but ignored.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -98,15 +99,16 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(B, T, self.nkv, self.D)
         if kv_cache is None:
             o, new = attention(q, k, v, mask, self.dtype), None
-        else:   # the cache's layout (layers.attention's cache_layout): the decode dots read it untransposed
+        else:  # the cache's layout (layers.attention's cache_layout): the decode dots read it untransposed
             ck, cv = kv_cache
             k, v = jnp.einsum("btkd->bktd", k).astype(ck.dtype), jnp.einsum("btkd->bkdt", v).astype(cv.dtype)
             ck = jax.lax.dynamic_update_slice(ck, k, (0, 0, cache_index, 0))
             cv = jax.lax.dynamic_update_slice(cv, v, (0, 0, 0, cache_index))
             new = (ck, cv)
-            n = mask.shape[-1]          # slots to attend: all S, or the filled [0, n) when known statically
-            o = attention(q, ck[:, :, :n].astype(self.dtype), cv[..., :n].astype(self.dtype), mask, self.dtype,
-                          cache_layout=True)
+            n = mask.shape[-1]  # slots to attend: all S, or the filled [0, n) when known statically
+            o = attention(
+                q, ck[:, :, :n].astype(self.dtype), cv[..., :n].astype(self.dtype), mask, self.dtype, cache_layout=True
+            )
         return self.o_proj(o.reshape(B, T, self.nq * self.D)), new
 
 
@@ -172,7 +174,7 @@ class Llava(nnx.Module):
     (`image_token_id`) already expanded (as LlavaProcessor does; `processing.expand_image_tokens`),
     pixel_values [n, C, S, S] (CLIPImageProcessor), the images in row-major order of their tokens."""
 
-    shared_prompt = False   # capabilities (`models.contract`): no shared_prompt_hidden / group_first_images
+    shared_prompt = False  # capabilities (`models.contract`): no shared_prompt_hidden / group_first_images
     group_images = False
 
     def __init__(self, config: LlavaConfig, *, rngs: nnx.Rngs, scalar_head: bool = False):
@@ -182,10 +184,13 @@ class Llava(nnx.Module):
         self.visual = LlavaVision(config, rngs)
         self.model = TextModel(config, rngs)
         kw = dict(rngs=rngs, dtype=config.dtype, param_dtype=config.param_dtype)
-        self.lm_head = None if config.tie_word_embeddings else Dense(
-            config.hidden_size, config.vocab_size, axes=("embed", "vocab"), bias=False, **kw)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else Dense(config.hidden_size, config.vocab_size, axes=("embed", "vocab"), bias=False, **kw)
+        )
         self.score_head = Dense(config.hidden_size, 1, axes=("embed", None), bias=False, **kw) if scalar_head else None
-        self.activation_mesh = None   # set by sharding.shard_model / load_pretrained (as Qwen2VL)
+        self.activation_mesh = None  # set by sharding.shard_model / load_pretrained (as Qwen2VL)
 
     def _constrain(self, x, axes):
         return sharding.constrain(x, axes, self.activation_mesh)
@@ -223,8 +228,11 @@ class Llava(nnx.Module):
         c = self.config
         lead = (c.num_hidden_layers, batch, c.num_key_value_heads)
         dt = dtype or c.dtype
-        return {"k": jnp.zeros(lead + (max_len, c.head_dim), dt), "v": jnp.zeros(lead + (c.head_dim, max_len), dt),
-                "mask": jnp.zeros((batch, max_len), bool)}
+        return {
+            "k": jnp.zeros(lead + (max_len, c.head_dim), dt),
+            "v": jnp.zeros(lead + (c.head_dim, max_len), dt),
+            "mask": jnp.zeros((batch, max_len), bool),
+        }
 
     def _check_images(self, input_ids, n_embeds, exact):
         """Concrete inputs only: the image tokens must equal the embeddings (`exact`: from pixel_values)
@@ -237,8 +245,10 @@ class Llava(nnx.Module):
             if n_tok:
                 raise ValueError(f"input_ids hold {n_tok} image tokens but no pixel_values / image_embeds given")
         elif n_tok > n_embeds or (exact and n_tok != n_embeds):
-            raise ValueError(f"image token mismatch: input_ids hold {n_tok} image tokens but the images give "
-                             f"{n_embeds} embeddings ({self.config.image_tokens} per image)")
+            raise ValueError(
+                f"image token mismatch: input_ids hold {n_tok} image tokens but the images give "
+                f"{n_embeds} embeddings ({self.config.image_tokens} per image)"
+            )
 
     def embed(self, input_ids, pixel_values=None, image_grid_thw=None, image_embeds=None):
         """Token embeddings with the image embeddings scattered into the image-token slots [B, T, H]
@@ -249,7 +259,7 @@ class Llava(nnx.Module):
             n_embeds = jnp.shape(pixel_values)[0] * self.config.image_tokens
         else:
             n_embeds = None if image_embeds is None else image_embeds.shape[0]
-        self._check_images(input_ids, n_embeds, exact=image_embeds is None)      # before running the vision tower
+        self._check_images(input_ids, n_embeds, exact=image_embeds is None)  # before running the vision tower
         if image_embeds is None and pixel_values is not None:
             image_embeds = self.encode_images(pixel_values)
         if image_embeds is None:
@@ -260,8 +270,19 @@ class Llava(nnx.Module):
         return jnp.where(is_img[..., None], jnp.take(image_embeds.astype(x.dtype), idx, axis=0), x)
 
     # ----------------------------------------------------------------- forward
-    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
-                 position_ids=None, cache=None, cache_index=None, image_embeds=None, return_hidden=False):
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        pixel_values=None,
+        image_grid_thw=None,
+        *,
+        position_ids=None,
+        cache=None,
+        cache_index=None,
+        image_embeds=None,
+        return_hidden=False,
+    ):
         """input_ids [B, T]; attention_mask [B, T] (1 = real token; left or right padding); pixel_values
         [n, C, S, S]; position_ids [B, T] (default: `default_position_ids` of the mask, continuing the real
         tokens already in `cache`). Without cache: float32 logits [B, T, V] (or the final hidden states
@@ -282,8 +303,9 @@ class Llava(nnx.Module):
             # reads just those; a traced one (decode loop): all S slots, masked
             S = cache_index + T if isinstance(cache_index, (int, np.integer)) else cache["mask"].shape[1]
             if S > cache["mask"].shape[1]:
-                raise ValueError(f"KV cache of {cache['mask'].shape[1]} slots cannot take {T} tokens at slot "
-                                 f"{cache_index}")
+                raise ValueError(
+                    f"KV cache of {cache['mask'].shape[1]} slots cannot take {T} tokens at slot {cache_index}"
+                )
             cache_index = jnp.asarray(cache_index, jnp.int32)
             prev = jnp.sum(cache["mask"] & (jnp.arange(cache["mask"].shape[1]) < cache_index), axis=1)
             cmask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, cache_index))
@@ -308,9 +330,12 @@ class Llava(nnx.Module):
         out = h if return_hidden else self.logits(h)
         if cache is None:
             return out
-        per_layer = isinstance(cache["k"], (tuple, list))     # the layout it came in: stacked or per layer
-        return out, {"k": tuple(new_k) if per_layer else jnp.stack(new_k),
-                     "v": tuple(new_v) if per_layer else jnp.stack(new_v), "mask": cmask}
+        per_layer = isinstance(cache["k"], (tuple, list))  # the layout it came in: stacked or per layer
+        return out, {
+            "k": tuple(new_k) if per_layer else jnp.stack(new_k),
+            "v": tuple(new_v) if per_layer else jnp.stack(new_v),
+            "mask": cmask,
+        }
 
     def logits(self, h):
         """Final hidden states [..., H] -> float32 logits [..., V]."""
@@ -321,16 +346,25 @@ class Llava(nnx.Module):
             out = self._constrain(out, ("act_batch",) + (None,) * (out.ndim - 2) + ("act_vocab",))
         return out
 
-    def score(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *, image_embeds=None,
-              position_ids=None):
+    def score(
+        self,
+        input_ids,
+        attention_mask=None,
+        pixel_values=None,
+        image_grid_thw=None,
+        *,
+        image_embeds=None,
+        position_ids=None,
+    ):
         """Scalar reward [B] float32 read at the last real token of each row (either padding side)."""
         if self.score_head is None:
             raise ValueError("this model has no scalar head; build it with scalar_head=True")
         input_ids = jnp.asarray(input_ids)
         B, T = input_ids.shape
         mask = jnp.ones((B, T), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
-        h = self(input_ids, mask, pixel_values, image_embeds=image_embeds, position_ids=position_ids,
-                 return_hidden=True)
+        h = self(
+            input_ids, mask, pixel_values, image_embeds=image_embeds, position_ids=position_ids, return_hidden=True
+        )
         last = T - 1 - jnp.argmax(mask[:, ::-1], axis=1)
         hl = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
         return jnp.dot(hl.astype(jnp.float32), self.score_head.kernel[...].astype(jnp.float32))[:, 0]
@@ -343,14 +377,34 @@ class Llava(nnx.Module):
         return jnp.dot(h.astype(jnp.float32), self.score_head.kernel[...].astype(jnp.float32))[..., 0]
 
 
-def from_config(config, *, rngs=None, dtype=jnp.float32, scalar_head=False, param_dtype=None, remat=False,
-                vision_block=0, remat_policy="nothing", logits_chunk=0, vision_chunk=0, scan_layers=False,
-                scan_vision=False):
+def from_config(
+    config,
+    *,
+    rngs=None,
+    dtype=jnp.float32,
+    scalar_head=False,
+    param_dtype=None,
+    remat=False,
+    vision_block=0,
+    remat_policy="nothing",
+    logits_chunk=0,
+    vision_chunk=0,
+    scan_layers=False,
+    scan_vision=False,
+):
     """Randomly initialised model from an HF LLaVA config dict or a LlavaConfig (keywords as
     qwen2_vl.from_config; vision_block / vision_chunk are unused, scan_layers / scan_vision rejected)."""
     rngs = rngs if rngs is not None else nnx.Rngs(0)
-    runtime = dict(dtype=dtype, param_dtype=param_dtype or dtype, remat=remat, vision_block=int(vision_block),
-                   remat_policy=remat_policy, logits_chunk=int(logits_chunk), vision_chunk=int(vision_chunk),
-                   scan_layers=bool(scan_layers), scan_vision=bool(scan_vision))
+    runtime = dict(
+        dtype=dtype,
+        param_dtype=param_dtype or dtype,
+        remat=remat,
+        vision_block=int(vision_block),
+        remat_policy=remat_policy,
+        logits_chunk=int(logits_chunk),
+        vision_chunk=int(vision_chunk),
+        scan_layers=bool(scan_layers),
+        scan_vision=bool(scan_vision),
+    )
     cfg = config.replace(**runtime) if isinstance(config, LlavaConfig) else parse_hf_config(config, **runtime)
     return Llava(cfg, rngs=rngs, scalar_head=scalar_head)

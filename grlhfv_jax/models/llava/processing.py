@@ -8,6 +8,7 @@ it? ASSISTANT:"``); ``encode_prompt(tokenizer, text, config)`` -> input_ids with
 expanded to ``config.image_tokens`` ids; ``preprocess_images(images, config)`` -> pixel_values
 [n, C, S, S] float32.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,10 +66,20 @@ def image_processor(config):
     for `config`'s image size: resize the shortest edge to image_size (bicubic), centre crop
     image_size x image_size, rescale 1/255, CLIP mean / std."""
     from transformers import CLIPImageProcessorPil
+
     S = int(config.image_size)
-    return CLIPImageProcessorPil(size={"shortest_edge": S}, crop_size={"height": S, "width": S}, do_resize=True,
-                              do_center_crop=True, do_rescale=True, do_normalize=True, do_convert_rgb=True,
-                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), resample=3)
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": S},
+        crop_size={"height": S, "width": S},
+        do_resize=True,
+        do_center_crop=True,
+        do_rescale=True,
+        do_normalize=True,
+        do_convert_rgb=True,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+        resample=3,
+    )
 
 
 def preprocess_images(images, config, processor=None) -> np.ndarray:
@@ -91,10 +102,10 @@ class LlavaPrompts:
 
     family = "llava"
     eos_token = "</s>"
-    special_tokens = (IMAGE_TOKEN, "</s>")   # what a tokenizer needs beyond text (the demo's adds them)
+    special_tokens = (IMAGE_TOKEN, "</s>")  # what a tokenizer needs beyond text (the demo's adds them)
 
     def __init__(self, config):
-        self.config = config            # a LlavaConfig: image_size, image_tokens (ids are the tokenizer's)
+        self.config = config  # a LlavaConfig: image_size, image_tokens (ids are the tokenizer's)
 
     def config_ids(self, tokenizer) -> dict:
         """The hf config's special-token ids from `tokenizer`: `image_token_index`."""
@@ -112,6 +123,7 @@ class LlavaPrompts:
     def processor_config(self, image_processor) -> dict:
         """preprocessor_config.json of the CLIP processor (llava-hf's classes, readable without torchvision)."""
         import json
+
         proc = json.loads(image_processor.to_json_string())
         proc.update(image_processor_type="CLIPImageProcessor", processor_class="LlavaProcessor")
         return proc
@@ -123,26 +135,39 @@ class LlavaPrompts:
 
     def example(self, tokenizer, image_processor, question: str, images, response: str | None = None) -> dict:
         from grlhfv_jax import processing
+
         images = [processing.load_image(im) for im in images]
         image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         if question.count(IMAGE_TOKEN) == len(images):
             question = question.replace(IMAGE_TOKEN, "")
-        text = chat_prompt([{"role": "user", "content": [{"type": "image"}] * len(images)
-                             + [{"type": "text", "text": question}]}])
+        text = chat_prompt(
+            [{"role": "user", "content": [{"type": "image"}] * len(images) + [{"type": "text", "text": question}]}]
+        )
         ids = np.asarray(tokenizer(expand_image_tokens(text, self.config.image_tokens))["input_ids"], np.int32)
         if int((ids == image_id).sum()) != len(images) * self.config.image_tokens:
-            raise ValueError(f"{int((ids == image_id).sum())} {IMAGE_TOKEN} tokens for {len(images)} images of "
-                             f"{self.config.image_tokens} tokens each")
+            raise ValueError(
+                f"{int((ids == image_id).sum())} {IMAGE_TOKEN} tokens for {len(images)} images of "
+                f"{self.config.image_tokens} tokens each"
+            )
         resp = np.zeros((0,), np.int32)
         if response is not None:
-            resp = np.asarray(tokenizer.encode(" " + response, add_special_tokens=False)
-                              + [tokenizer.convert_tokens_to_ids(self.eos_token)], np.int32)
+            resp = np.asarray(
+                tokenizer.encode(" " + response, add_special_tokens=False)
+                + [tokenizer.convert_tokens_to_ids(self.eos_token)],
+                np.int32,
+            )
             if (resp == image_id).any():
                 raise ValueError(f"response text contains {IMAGE_TOKEN}; images belong in the prompt")
         input_ids = np.concatenate([ids, resp]).astype(np.int32)
-        pixels, grid = (self.images(image_processor, images) if images else
-                        (np.zeros((0,) + tuple(self.config.pixel_shape), np.float32), np.zeros((0, 3), np.int32)))
-        return {"input_ids": input_ids,
-                "loss_mask": np.concatenate([np.zeros(len(ids), np.int32), np.ones(len(resp), np.int32)]),
-                "mm_token_type_ids": (input_ids == image_id).astype(np.int32),
-                "pixel_values": pixels, "image_grid_thw": grid}
+        pixels, grid = (
+            self.images(image_processor, images)
+            if images
+            else (np.zeros((0,) + tuple(self.config.pixel_shape), np.float32), np.zeros((0, 3), np.int32))
+        )
+        return {
+            "input_ids": input_ids,
+            "loss_mask": np.concatenate([np.zeros(len(ids), np.int32), np.ones(len(resp), np.int32)]),
+            "mm_token_type_ids": (input_ids == image_id).astype(np.int32),
+            "pixel_values": pixels,
+            "image_grid_thw": grid,
+        }

@@ -4,6 +4,7 @@ CLIPVisionModel) and the mlp2x_gelu projector, joined in `LlavaVision` (the mode
 Module and parameter names follow the hub (`vision_tower.encoder.layers.0.self_attn.q_proj`,
 `multi_modal_projector.linear_1`), so hub.py maps names mechanically.
 """
+
 from __future__ import annotations
 
 import jax
@@ -24,10 +25,16 @@ class CLIPEmbeddings(nnx.Module):
     def __init__(self, cfg, rngs):
         E, P = cfg.vision_hidden_size, cfg.patch_size
         self.cfg = cfg
-        self.patch_embedding = Dense(cfg.in_channels * P * P, E, axes=("vision_patch", "vision_embed"), bias=False,
-                                     rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-        self.class_embedding = nnx.Param(_normal(rngs, (E,), cfg.param_dtype),
-                                         logical_axes=("vision_embed",))
+        self.patch_embedding = Dense(
+            cfg.in_channels * P * P,
+            E,
+            axes=("vision_patch", "vision_embed"),
+            bias=False,
+            rngs=rngs,
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+        )
+        self.class_embedding = nnx.Param(_normal(rngs, (E,), cfg.param_dtype), logical_axes=("vision_embed",))
         self.position_embedding = _PositionTable(cfg.num_patches + 1, E, cfg, rngs)
 
     def __call__(self, pixel_values):
@@ -35,11 +42,12 @@ class CLIPEmbeddings(nnx.Module):
         c = self.cfg
         n, C, S, S2 = pixel_values.shape
         if (C, S, S2) != c.pixel_shape:
-            raise ValueError(f"pixel_values must be [n, {', '.join(map(str, c.pixel_shape))}], "
-                             f"got {pixel_values.shape}")
+            raise ValueError(
+                f"pixel_values must be [n, {', '.join(map(str, c.pixel_shape))}], got {pixel_values.shape}"
+            )
         g, p = c.grid_size, c.patch_size
         x = pixel_values.reshape(n, C, g, p, g, p).transpose(0, 2, 4, 1, 3, 5).reshape(n, g * g, C * p * p)
-        patches = self.patch_embedding(x)                                                   # [n, g*g, E]
+        patches = self.patch_embedding(x)  # [n, g*g, E]
         cls = jnp.broadcast_to(self.class_embedding[...].astype(c.dtype), (n, 1, patches.shape[-1]))
         return jnp.concatenate([cls, patches], axis=1) + self.position_embedding.weight[...].astype(c.dtype)[None]
 
@@ -48,8 +56,7 @@ class _PositionTable(nnx.Module):
     """CLIP's learned positions ``weight [1 + patches, E]`` (hub: embeddings.position_embedding.weight)."""
 
     def __init__(self, n, E, cfg, rngs):
-        self.weight = nnx.Param(_normal(rngs, (n, E), cfg.param_dtype),
-                                logical_axes=(None, "vision_embed"))
+        self.weight = nnx.Param(_normal(rngs, (n, E), cfg.param_dtype), logical_axes=(None, "vision_embed"))
 
 
 class CLIPAttention(nnx.Module):
@@ -129,7 +136,7 @@ class CLIPVisionTower(nnx.Module):
         x = self.pre_layrnorm(self.embeddings(pixel_values))
         states = [x]
         call = remat(_block_call, self.cfg)
-        for layer in list(self.encoder.layers)[:max(want)]:
+        for layer in list(self.encoder.layers)[: max(want)]:
             x = call(layer, x)
             states.append(x)
         return [states[i] for i in want]

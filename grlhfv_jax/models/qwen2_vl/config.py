@@ -4,6 +4,7 @@ Accepts both layouts found on the hub: the old flat one (text fields at the top 
 `rope_scaling={"type": "mrope", ...}`, e.g. Qwen/Qwen2-VL-2B-Instruct) and the nested one that
 transformers 5 writes (`text_config` / `vision_config`, `rope_parameters`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,28 +42,28 @@ class VLConfig:
     pad_token_id: int | None
     # vision tower
     vision_depth: int
-    vision_hidden_size: int          # width of the vision blocks
+    vision_hidden_size: int  # width of the vision blocks
     vision_num_heads: int
-    vision_intermediate_size: int    # MLP width of the vision blocks
+    vision_intermediate_size: int  # MLP width of the vision blocks
     vision_hidden_act: str
-    vision_out_hidden_size: int      # merger output (= language hidden_size)
+    vision_out_hidden_size: int  # merger output (= language hidden_size)
     vision_rope_theta: float
     in_channels: int
     patch_size: int
     temporal_patch_size: int
     spatial_merge_size: int
-    window_size: int = 0                              # Qwen2.5 only (pixels)
-    fullatt_block_indexes: tuple[int, ...] = ()       # Qwen2.5 only
+    window_size: int = 0  # Qwen2.5 only (pixels)
+    fullatt_block_indexes: tuple[int, ...] = ()  # Qwen2.5 only
     # runtime choices (not from config.json)
-    dtype: Any = jnp.float32          # compute dtype
-    param_dtype: Any = jnp.float32    # parameter (master weight) dtype
-    remat: bool = False               # rematerialise each decoder / vision block
-    remat_policy: str = "nothing"     # what a remat block keeps for its backward pass (layers.REMAT_POLICIES)
-    logits_chunk: int = 0             # LM-head columns per piece in the train steps' losses (0: all at once)
-    vision_block: int = 0             # patches per vision attention block (0: dense; qwen2_vl/vision.py)
-    vision_chunk: int = 0             # query patches per vision attention piece, whole blocks (0: all at once)
-    scan_layers: bool = False         # decoder layers stacked [L, ...] and run by a scan (model.TextModel)
-    scan_vision: bool = False         # vision blocks stacked [depth, ...] and run by a scan (vision.VisionTower)
+    dtype: Any = jnp.float32  # compute dtype
+    param_dtype: Any = jnp.float32  # parameter (master weight) dtype
+    remat: bool = False  # rematerialise each decoder / vision block
+    remat_policy: str = "nothing"  # what a remat block keeps for its backward pass (layers.REMAT_POLICIES)
+    logits_chunk: int = 0  # LM-head columns per piece in the train steps' losses (0: all at once)
+    vision_block: int = 0  # patches per vision attention block (0: dense; qwen2_vl/vision.py)
+    vision_chunk: int = 0  # query patches per vision attention piece, whole blocks (0: all at once)
+    scan_layers: bool = False  # decoder layers stacked [L, ...] and run by a scan (model.TextModel)
+    scan_vision: bool = False  # vision blocks stacked [depth, ...] and run by a scan (vision.VisionTower)
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
@@ -78,7 +79,7 @@ class VLConfig:
         """Length of one flattened patch in `pixel_values`: C * t * p * p."""
         return self.in_channels * self.temporal_patch_size * self.patch_size * self.patch_size
 
-    def replace(self, **kw) -> "VLConfig":
+    def replace(self, **kw) -> VLConfig:
         return dataclasses.replace(self, **kw)
 
 
@@ -95,7 +96,7 @@ def parse_hf_config(hf: dict, **runtime) -> VLConfig:
     if model_type not in MODEL_TYPES:
         raise UnsupportedModelError(f"unsupported model_type {model_type!r} for the Qwen2-VL family {MODEL_TYPES}")
     text = dict(hf)
-    text.update(hf.get("text_config") or {})   # nested layout wins, flat layout falls through
+    text.update(hf.get("text_config") or {})  # nested layout wins, flat layout falls through
     vis = hf.get("vision_config") or {}
     rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))

@@ -3,6 +3,7 @@ with these). The NNX parameter path mirrors the hub key: `kernel` (our [in, out]
 ([out, in]; the patch embedding's is HF's Conv3d weight [E, C, t, p, p] flattened),
 `merger.mlp_0` <-> `merger.mlp.0`, `score_head` <-> `score`. Everything else is the same name.
 """
+
 from __future__ import annotations
 
 import re

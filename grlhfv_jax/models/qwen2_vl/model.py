@@ -4,6 +4,7 @@ RMSNorm, SwiGLU, M-RoPE), optional KV cache, optional scalar head.
 Module and parameter names follow the hub checkpoints (`model.layers.0.self_attn.q_proj` ...),
 so weights.py maps names mechanically.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,8 @@ from flax import nnx
 
 from ... import sharding
 from .. import contract
-from .config import VLConfig, parse_hf_config
 from ..layers import Dense, Embed, RMSNorm, attention, remat, stack_layers
+from .config import VLConfig, parse_hf_config
 from .rope import apply_rope, mrope_cos_sin, rope_index
 from .vision import VisionTower
 
@@ -54,21 +55,24 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, c, s), apply_rope(k, c, s)
         if kv_cache is None:
             o, new = attention(q, k, v, mask, self.dtype), None
-        else:   # the cache's layout lets the decode step's dots read it without a transpose
+        else:  # the cache's layout lets the decode step's dots read it without a transpose
             ck, cv = kv_cache
             k, v = jnp.einsum("btkd->bktd", k).astype(ck.dtype), jnp.einsum("btkd->bkdt", v).astype(cv.dtype)
             if layer_index is None:
                 ck = jax.lax.dynamic_update_slice(ck, k, (0, 0, cache_index, 0))
                 cv = jax.lax.dynamic_update_slice(cv, v, (0, 0, 0, cache_index))
                 new = (ck, cv)
-            else:   # only the new tokens are written into the stacked cache (in place in a loop carry)
+            else:  # only the new tokens are written into the stacked cache (in place in a loop carry)
                 zero = jnp.zeros((), jnp.int32)
-                new = (jax.lax.dynamic_update_slice(ck, k[None], (layer_index, zero, zero, cache_index, zero)),
-                       jax.lax.dynamic_update_slice(cv, v[None], (layer_index, zero, zero, zero, cache_index)))
+                new = (
+                    jax.lax.dynamic_update_slice(ck, k[None], (layer_index, zero, zero, cache_index, zero)),
+                    jax.lax.dynamic_update_slice(cv, v[None], (layer_index, zero, zero, zero, cache_index)),
+                )
                 ck, cv = (jax.lax.dynamic_index_in_dim(a, layer_index, keepdims=False) for a in new)
-            n = mask.shape[-1]          # slots to attend: all S, or the filled [0, n) when known statically
-            o = attention(q, ck[:, :, :n].astype(self.dtype), cv[..., :n].astype(self.dtype), mask, self.dtype,
-                          cache_layout=True)
+            n = mask.shape[-1]  # slots to attend: all S, or the filled [0, n) when known statically
+            o = attention(
+                q, ck[:, :, :n].astype(self.dtype), cv[..., :n].astype(self.dtype), mask, self.dtype, cache_layout=True
+            )
         return self.o_proj(o.reshape(B, T, self.nq * self.D)), new
 
     def shared_prompt(self, x, cos, sin, masks, shapes):
@@ -139,7 +143,9 @@ class TextModel(nnx.Module):
     initial weights for the same rngs."""
 
     def __init__(self, cfg: VLConfig, rngs):
-        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        self.embed_tokens = Embed(
+            cfg.vocab_size, cfg.hidden_size, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype
+        )
         layers = [DecoderLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)]
         self.layers = stack_layers(layers) if cfg.scan_layers else nnx.List(layers)
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
@@ -164,18 +170,23 @@ class Qwen2VL(nnx.Module):
     """Qwen2-VL / Qwen2.5-VL for conditional generation (see docs/internal_api.md for the call).
     Follows `models.contract.VLModel` with both capabilities."""
 
-    shared_prompt = True    # `shared_prompt_hidden`
-    group_images = True     # `group_first_images`
+    shared_prompt = True  # `shared_prompt_hidden`
+    group_images = True  # `group_first_images`
 
     def __init__(self, config: VLConfig, *, rngs: nnx.Rngs, scalar_head: bool = False):
         if config.vision_out_hidden_size != config.hidden_size:
-            raise ValueError(f"vision out_hidden_size {config.vision_out_hidden_size} != hidden_size {config.hidden_size}")
+            raise ValueError(
+                f"vision out_hidden_size {config.vision_out_hidden_size} != hidden_size {config.hidden_size}"
+            )
         self.config = config
         self.visual = VisionTower(config, rngs)
         self.model = TextModel(config, rngs)
         kw = dict(rngs=rngs, dtype=config.dtype, param_dtype=config.param_dtype)
-        self.lm_head = None if config.tie_word_embeddings else Dense(
-            config.hidden_size, config.vocab_size, axes=("embed", "vocab"), bias=False, **kw)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else Dense(config.hidden_size, config.vocab_size, axes=("embed", "vocab"), bias=False, **kw)
+        )
         self.score_head = Dense(config.hidden_size, 1, axes=("embed", None), bias=False, **kw) if scalar_head else None
         # the mesh the parameters are on (set by sharding.shard_model / load_pretrained): the
         # residual stream and the logits are constrained to it (sharding.ACTIVATION_RULES)
@@ -187,8 +198,13 @@ class Qwen2VL(nnx.Module):
     # ----------------------------------------------------------------- helpers
     def rope_index(self, input_ids, attention_mask=None, image_grid_thw=None):
         """(position_ids [3, B, T] int32, rope_deltas [B] int32); see rope.rope_index."""
-        return rope_index(input_ids, attention_mask, image_grid_thw, image_token_id=self.config.image_token_id,
-                          spatial_merge_size=self.config.spatial_merge_size)
+        return rope_index(
+            input_ids,
+            attention_mask,
+            image_grid_thw,
+            image_token_id=self.config.image_token_id,
+            spatial_merge_size=self.config.spatial_merge_size,
+        )
 
     def image_token_mask(self, input_ids):
         """[B, T] bool: the placeholder tokens that image embeddings replace (in row order)."""
@@ -239,9 +255,9 @@ class Qwen2VL(nnx.Module):
         N, n = pv.shape[0], grid.shape[0]
         if n % G:
             raise ValueError(f"group_first_images: {n} images do not split into runs of {G} rows")
-        patches = jnp.prod(grid, axis=1)                                              # [n]
-        tokens = patches // self.config.spatial_merge_size ** 2
-        row_end = jnp.cumsum(jnp.sum(self.image_token_mask(input_ids), axis=1))      # [B]
+        patches = jnp.prod(grid, axis=1)  # [n]
+        tokens = patches // self.config.spatial_merge_size**2
+        row_end = jnp.cumsum(jnp.sum(self.image_token_mask(input_ids), axis=1))  # [B]
         row = jnp.searchsorted(row_end, jnp.cumsum(tokens) - tokens, side="right")  # row of each image
         keep = (row % G == 0) & (patches > 0)
         img = jnp.nonzero(keep, size=n // G, fill_value=n)[0]
@@ -249,7 +265,7 @@ class Qwen2VL(nnx.Module):
         owner = jnp.repeat(jnp.arange(n), patches, total_repeat_length=N)
         real = jnp.arange(N) < jnp.sum(patches)
         idx = jnp.nonzero(keep[owner] & real, size=self.group_patch_rows(N, G), fill_value=N)[0]
-        return jnp.where((idx < N)[:, None], pv[jnp.minimum(idx, N - 1)], 0), grid_g   # padding rows: zeros
+        return jnp.where((idx < N)[:, None], pv[jnp.minimum(idx, N - 1)], 0), grid_g  # padding rows: zeros
 
     def encode_images(self, pixel_values, image_grid_thw):
         """pixel_values [N, C*t*p*p] (as Qwen2VLImageProcessor), image_grid_thw [n, 3]
@@ -259,8 +275,10 @@ class Qwen2VL(nnx.Module):
             raise ValueError(f"pixel_values must be [num_patches, {self.config.patch_dim}], got {pixel_values.shape}")
         grid = _concrete(image_grid_thw)
         if grid is not None and int(np.prod(grid, axis=1).sum()) > pixel_values.shape[0]:
-            raise ValueError(f"image_grid_thw covers {int(np.prod(grid, axis=1).sum())} patches but pixel_values "
-                             f"has {pixel_values.shape[0]}")
+            raise ValueError(
+                f"image_grid_thw covers {int(np.prod(grid, axis=1).sum())} patches but pixel_values "
+                f"has {pixel_values.shape[0]}"
+            )
         return self.visual(pixel_values, jnp.asarray(image_grid_thw), mesh=self.activation_mesh)
 
     def init_cache(self, batch: int, max_len: int, dtype=None):
@@ -269,8 +287,11 @@ class Qwen2VL(nnx.Module):
         c = self.config
         lead = (c.num_hidden_layers, batch, c.num_key_value_heads)
         dt = dtype or c.dtype
-        return {"k": jnp.zeros(lead + (max_len, c.head_dim), dt), "v": jnp.zeros(lead + (c.head_dim, max_len), dt),
-                "mask": jnp.zeros((batch, max_len), bool)}
+        return {
+            "k": jnp.zeros(lead + (max_len, c.head_dim), dt),
+            "v": jnp.zeros(lead + (c.head_dim, max_len), dt),
+            "mask": jnp.zeros((batch, max_len), bool),
+        }
 
     def _check_images(self, input_ids, image_grid_thw, n_embeds):
         ids, grid = _concrete(input_ids), _concrete(image_grid_thw)
@@ -280,19 +301,25 @@ class Qwen2VL(nnx.Module):
         n_tok = int(is_img.sum())
         if n_embeds is None:
             if n_tok:
-                raise ValueError(f"input_ids hold {n_tok} <|image_pad|> tokens but no pixel_values / image_embeds given")
+                raise ValueError(
+                    f"input_ids hold {n_tok} <|image_pad|> tokens but no pixel_values / image_embeds given"
+                )
             return
         if grid is not None:
-            m2 = self.config.spatial_merge_size ** 2
+            m2 = self.config.spatial_merge_size**2
             per_image = (np.prod(grid, axis=1) // m2).astype(int)
             starts = is_img & ~np.concatenate([np.zeros_like(is_img[:, :1]), is_img[:, :-1]], axis=1)
             n_blocks = int(starts.sum())
             if n_blocks != len(per_image):
-                raise ValueError(f"image count mismatch: image_grid_thw has {len(per_image)} images but input_ids "
-                                 f"hold {n_blocks} <|image_pad|> blocks")
+                raise ValueError(
+                    f"image count mismatch: image_grid_thw has {len(per_image)} images but input_ids "
+                    f"hold {n_blocks} <|image_pad|> blocks"
+                )
             if n_tok != int(per_image.sum()):
-                raise ValueError(f"image token mismatch: input_ids hold {n_tok} <|image_pad|> tokens but "
-                                 f"image_grid_thw gives {int(per_image.sum())} merged image tokens")
+                raise ValueError(
+                    f"image token mismatch: input_ids hold {n_tok} <|image_pad|> tokens but "
+                    f"image_grid_thw gives {int(per_image.sum())} merged image tokens"
+                )
         elif n_tok > n_embeds:
             raise ValueError(f"image token mismatch: {n_tok} <|image_pad|> tokens but {n_embeds} image embeddings")
 
@@ -302,10 +329,10 @@ class Qwen2VL(nnx.Module):
         if image_embeds is None and pixel_values is not None:
             if image_grid_thw is None:
                 raise ValueError("pixel_values given without image_grid_thw")
-            n_embeds = jnp.shape(pixel_values)[0] // self.config.spatial_merge_size ** 2
+            n_embeds = jnp.shape(pixel_values)[0] // self.config.spatial_merge_size**2
         else:
             n_embeds = None if image_embeds is None else image_embeds.shape[0]
-        self._check_images(input_ids, image_grid_thw, n_embeds)      # before running the vision tower
+        self._check_images(input_ids, image_grid_thw, n_embeds)  # before running the vision tower
         if image_embeds is None and pixel_values is not None:
             image_embeds = self.encode_images(pixel_values, image_grid_thw)
         if image_embeds is None:
@@ -316,8 +343,19 @@ class Qwen2VL(nnx.Module):
         return jnp.where(is_img[..., None], jnp.take(image_embeds.astype(x.dtype), idx, axis=0), x)
 
     # ----------------------------------------------------------------- forward
-    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
-                 position_ids=None, cache=None, cache_index=None, image_embeds=None, return_hidden=False):
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        pixel_values=None,
+        image_grid_thw=None,
+        *,
+        position_ids=None,
+        cache=None,
+        cache_index=None,
+        image_embeds=None,
+        return_hidden=False,
+    ):
         cfg = self.config
         input_ids = jnp.asarray(input_ids).astype(jnp.int32)
         B, T = input_ids.shape
@@ -348,7 +386,9 @@ class Qwen2VL(nnx.Module):
             # so attention reads just those; a traced one (decode loop): all S slots, masked
             S = cache_index + T if isinstance(cache_index, (int, np.integer)) else cache["mask"].shape[1]
             if S > cache["mask"].shape[1]:
-                raise ValueError(f"KV cache of {cache['mask'].shape[1]} slots cannot take {T} tokens at slot {cache_index}")
+                raise ValueError(
+                    f"KV cache of {cache['mask'].shape[1]} slots cannot take {T} tokens at slot {cache_index}"
+                )
             cache_index = jnp.asarray(cache_index, jnp.int32)
             cmask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, cache_index))
             q_slot = cache_index + jnp.arange(T)
@@ -368,18 +408,29 @@ class Qwen2VL(nnx.Module):
                 if cache is not None:
                     new_k.append(new[0])
                     new_v.append(new[1])
-            if cache is not None:   # in the layout it came in: stacked [L, ...] or a tuple of L layers
+            if cache is not None:  # in the layout it came in: stacked [L, ...] or a tuple of L layers
                 per_layer = isinstance(cache["k"], (tuple, list))
-                new_cache = {"k": tuple(new_k) if per_layer else jnp.stack(new_k),
-                             "v": tuple(new_v) if per_layer else jnp.stack(new_v)}
+                new_cache = {
+                    "k": tuple(new_k) if per_layer else jnp.stack(new_k),
+                    "v": tuple(new_v) if per_layer else jnp.stack(new_v),
+                }
         h = self.model.norm(x)
         if cache is not None:
             new_cache["mask"] = cmask
         out = h if return_hidden else self.logits(h)
         return out if cache is None else (out, new_cache)
 
-    def shared_prompt_hidden(self, input_ids, attention_mask, *, group: int, prompt_len: int, position_ids,
-                             image_embeds=None, group_images: bool = False):
+    def shared_prompt_hidden(
+        self,
+        input_ids,
+        attention_mask,
+        *,
+        group: int,
+        prompt_len: int,
+        position_ids,
+        image_embeds=None,
+        group_images: bool = False,
+    ):
         """Rows in runs of ``group`` that share their first ``prompt_len`` columns (a prompt and its
         G sampled responses, as GRPO trains them): the final hidden states ``[B, R, H]`` at columns
         ``prompt_len - 1 .. T - 2``, those whose logits predict the response columns
@@ -398,11 +449,17 @@ class Qwen2VL(nnx.Module):
             raise ValueError(f"shared_prompt_hidden: {B} rows in groups of {G}, prompt_len {Tp} of {T} columns")
         P, R = B // G, T - Tp
         am = jnp.asarray(attention_mask).astype(bool)
-        flat = lambda a: jnp.concatenate([a[::G, :Tp].reshape((P * Tp,) + a.shape[2:]),
-                                          a[:, Tp:].reshape((B * R,) + a.shape[2:])], axis=0)
-        if group_images:   # the prompts' tokens with their images; the responses hold no image
-            x = jnp.concatenate([self.embed(input_ids[::G, :Tp], image_embeds=image_embeds).reshape(P * Tp, -1),
-                                 self.embed(input_ids[:, Tp:]).reshape(B * R, -1)], axis=0)
+        flat = lambda a: jnp.concatenate(
+            [a[::G, :Tp].reshape((P * Tp,) + a.shape[2:]), a[:, Tp:].reshape((B * R,) + a.shape[2:])], axis=0
+        )
+        if group_images:  # the prompts' tokens with their images; the responses hold no image
+            x = jnp.concatenate(
+                [
+                    self.embed(input_ids[::G, :Tp], image_embeds=image_embeds).reshape(P * Tp, -1),
+                    self.embed(input_ids[:, Tp:]).reshape(B * R, -1),
+                ],
+                axis=0,
+            )
         else:
             x = flat(self.embed(input_ids, image_embeds=image_embeds))
         pos = jnp.asarray(position_ids)
@@ -420,8 +477,8 @@ class Qwen2VL(nnx.Module):
             for layer in self.model.layers:
                 x = call(layer, x, cos, sin, (mask_p, mask_r), (P, G, Tp, R))
         h = self.model.norm(x)
-        last_p = jnp.repeat(h[:P * Tp].reshape(P, Tp, -1)[:, -1:], G, axis=0)       # predicts column Tp
-        return jnp.concatenate([last_p, h[P * Tp:].reshape(B, R, -1)[:, :-1]], axis=1)
+        last_p = jnp.repeat(h[: P * Tp].reshape(P, Tp, -1)[:, -1:], G, axis=0)  # predicts column Tp
+        return jnp.concatenate([last_p, h[P * Tp :].reshape(B, R, -1)[:, :-1]], axis=1)
 
     def _scan_layers(self, call, x, cos, sin, mask, cache, cache_index):
         """The stacked decoder layers (``config.scan_layers``) under one `jax.lax.scan`: x [B, T, H]
@@ -431,6 +488,7 @@ class Qwen2VL(nnx.Module):
         stream = ("act_batch", "act_length", "act_embed")
         graphdef, params = nnx.split(self.model.layers)
         if cache is None:
+
             def body(x, p):
                 x, _ = call(nnx.merge(graphdef, p), x, cos, sin, mask, None, cache_index)
                 return self._constrain(x, stream), None
@@ -444,7 +502,7 @@ class Qwen2VL(nnx.Module):
             x, (k, v) = call(nnx.merge(graphdef, p), x, cos, sin, mask, (k, v), cache_index, i)
             return (self._constrain(x, stream), k, v), None
 
-        stack = lambda a: jnp.stack(a) if isinstance(a, (tuple, list)) else a   # noqa: E731
+        stack = lambda a: jnp.stack(a) if isinstance(a, (tuple, list)) else a  # noqa: E731
         layers = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
         (x, k, v), _ = jax.lax.scan(body_cached, (x, stack(cache["k"]), stack(cache["v"])), (params, layers))
         return x, {"k": k, "v": v}
@@ -454,20 +512,35 @@ class Qwen2VL(nnx.Module):
         dt = self.config.dtype
         w = (self.model.embed_tokens.weight[...].T if self.lm_head is None else self.lm_head.kernel[...]).astype(dt)
         out = jnp.dot(h.astype(dt), w, preferred_element_type=jnp.float32)
-        if out.ndim >= 2:    # rows first, vocabulary last
+        if out.ndim >= 2:  # rows first, vocabulary last
             out = self._constrain(out, ("act_batch",) + (None,) * (out.ndim - 2) + ("act_vocab",))
         return out
 
-    def score(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *, image_embeds=None,
-              position_ids=None):
+    def score(
+        self,
+        input_ids,
+        attention_mask=None,
+        pixel_values=None,
+        image_grid_thw=None,
+        *,
+        image_embeds=None,
+        position_ids=None,
+    ):
         """Scalar reward [B] float32 read at the last real token of each row (either padding side)."""
         if self.score_head is None:
             raise ValueError("this model has no scalar head; build it with scalar_head=True")
         input_ids = jnp.asarray(input_ids)
         B, T = input_ids.shape
         mask = jnp.ones((B, T), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
-        h = self(input_ids, mask, pixel_values, image_grid_thw, image_embeds=image_embeds, position_ids=position_ids,
-                 return_hidden=True)
+        h = self(
+            input_ids,
+            mask,
+            pixel_values,
+            image_grid_thw,
+            image_embeds=image_embeds,
+            position_ids=position_ids,
+            return_hidden=True,
+        )
         last = T - 1 - jnp.argmax(mask[:, ::-1], axis=1)
         hl = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
         w = self.score_head.kernel[...]
@@ -482,16 +555,36 @@ class Qwen2VL(nnx.Module):
         return jnp.dot(h.astype(jnp.float32), w.astype(jnp.float32))[..., 0]
 
 
-def from_config(config, *, rngs=None, dtype=jnp.float32, scalar_head=False, param_dtype=None, remat=False,
-                vision_block=0, remat_policy="nothing", logits_chunk=0, vision_chunk=0, scan_layers=False,
-                scan_vision=False):
+def from_config(
+    config,
+    *,
+    rngs=None,
+    dtype=jnp.float32,
+    scalar_head=False,
+    param_dtype=None,
+    remat=False,
+    vision_block=0,
+    remat_policy="nothing",
+    logits_chunk=0,
+    vision_chunk=0,
+    scan_layers=False,
+    scan_vision=False,
+):
     """Randomly initialised model from an HF config dict (either layout) or a VLConfig.
     dtype: compute dtype; param_dtype: parameter dtype (default: dtype); scan_layers: decoder
     layers stacked and scanned (`TextModel`; the same initial weights); scan_vision: the vision
     tower's blocks stacked and scanned (`vision.VisionTower`; the same initial weights)."""
     rngs = rngs if rngs is not None else nnx.Rngs(0)
-    runtime = dict(dtype=dtype, param_dtype=param_dtype or dtype, remat=remat, vision_block=int(vision_block),
-                   remat_policy=remat_policy, logits_chunk=int(logits_chunk), vision_chunk=int(vision_chunk),
-                   scan_layers=bool(scan_layers), scan_vision=bool(scan_vision))
+    runtime = dict(
+        dtype=dtype,
+        param_dtype=param_dtype or dtype,
+        remat=remat,
+        vision_block=int(vision_block),
+        remat_policy=remat_policy,
+        logits_chunk=int(logits_chunk),
+        vision_chunk=int(vision_chunk),
+        scan_layers=bool(scan_layers),
+        scan_vision=bool(scan_vision),
+    )
     cfg = config.replace(**runtime) if isinstance(config, VLConfig) else parse_hf_config(config, **runtime)
     return Qwen2VL(cfg, rngs=rngs, scalar_head=scalar_head)

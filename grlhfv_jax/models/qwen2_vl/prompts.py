@@ -1,5 +1,6 @@
 """Qwen-VL's prompt side for the family contract (`models.contract.PromptFormat`): the Qwen2-VL chat
 format with `<|vision_start|><|image_pad|><|vision_end|>` image blocks (`grlhfv_jax.processing`)."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,12 @@ import numpy as np
 from grlhfv_jax import processing
 
 # the hf config keys of the special tokens a model of this family is built with, and their token text
-CONFIG_TOKENS = {"image_token_id": processing.IMAGE_PAD, "vision_start_token_id": processing.VISION_START,
-                 "vision_end_token_id": processing.VISION_END, "video_token_id": "<|video_pad|>"}
+CONFIG_TOKENS = {
+    "image_token_id": processing.IMAGE_PAD,
+    "vision_start_token_id": processing.VISION_START,
+    "vision_end_token_id": processing.VISION_END,
+    "video_token_id": "<|video_pad|>",
+}
 
 
 class QwenPrompts:
@@ -20,7 +25,7 @@ class QwenPrompts:
 
     family = "qwen2_vl"
     eos_token = processing.IM_END
-    special_tokens = ()             # beyond the demo tokenizer's (Qwen2-VL's own: data.tokenizer)
+    special_tokens = ()  # beyond the demo tokenizer's (Qwen2-VL's own: data.tokenizer)
 
     def config_ids(self, tokenizer) -> dict:
         """The hf config's special-token ids from `tokenizer` (`CONFIG_TOKENS`)."""
@@ -33,15 +38,24 @@ class QwenPrompts:
     def image_processor(self, image):
         """Qwen2VLImageProcessor of a validated `config.image` section."""
         return processing.load_image_processor(
-            image.processor_dir, min_pixels=image.min_pixels, max_pixels=image.max_pixels,
-            patch_size=image.patch_size, merge_size=image.merge_size, temporal_patch_size=image.temporal_patch_size)
+            image.processor_dir,
+            min_pixels=image.min_pixels,
+            max_pixels=image.max_pixels,
+            patch_size=image.patch_size,
+            merge_size=image.merge_size,
+            temporal_patch_size=image.temporal_patch_size,
+        )
 
     def processor_config(self, image_processor) -> dict:
         """preprocessor_config.json of `image_processor` (with the keys older readers take)."""
         proc = json.loads(image_processor.to_json_string())
         size = proc.get("size") or {}
-        proc.update(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2VLProcessor",
-                    min_pixels=int(size["shortest_edge"]), max_pixels=int(size["longest_edge"]))  # older readers
+        proc.update(
+            image_processor_type="Qwen2VLImageProcessor",
+            processor_class="Qwen2VLProcessor",
+            min_pixels=int(size["shortest_edge"]),
+            max_pixels=int(size["longest_edge"]),
+        )  # older readers
         return proc
 
     def images(self, image_processor, images):

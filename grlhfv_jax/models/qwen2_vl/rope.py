@@ -1,6 +1,7 @@
 """Rotary position math for Qwen2-VL / Qwen2.5-VL: M-RoPE position ids (`rope_index`), the
 language model's sectioned cos/sin, and the vision tower's 2D rotary. Pure, jittable functions.
 """
+
 from __future__ import annotations
 
 import jax
@@ -27,7 +28,7 @@ def rope_index(input_ids, attention_mask, image_grid_thw, *, image_token_id: int
     input_ids = jnp.asarray(input_ids)
     B, T = input_ids.shape
     mask = jnp.ones((B, T), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
-    r = jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1                      # index among real tokens
+    r = jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1  # index among real tokens
     if image_grid_thw is None or image_grid_thw.shape[0] == 0:
         pos = jnp.where(mask, r, PAD_POSITION).astype(jnp.int32)
         pos3 = jnp.broadcast_to(pos[None], (3, B, T))
@@ -37,18 +38,18 @@ def rope_index(input_ids, attention_mask, image_grid_thw, *, image_token_id: int
     grid = jnp.asarray(image_grid_thw).astype(jnp.int32)
     m = spatial_merge_size
     gt, gh, gw = grid[:, 0], grid[:, 1] // m, grid[:, 2] // m
-    count = gt * gh * gw                                                     # tokens per image
-    span = jnp.maximum(gh, gw)                                               # positions used per image
+    count = gt * gh * gw  # tokens per image
+    span = jnp.maximum(gh, gw)  # positions used per image
     cum_count = jnp.cumsum(count)
     start_count = cum_count - count
-    d = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(span - count)])   # [n+1]
+    d = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(span - count)])  # [n+1]
 
     is_img = (input_ids == image_token_id) & mask
     flat = is_img.reshape(-1).astype(jnp.int32)
-    g_incl = jnp.cumsum(flat).reshape(B, T)                                   # image tokens up to here
+    g_incl = jnp.cumsum(flat).reshape(B, T)  # image tokens up to here
     g_excl = g_incl - is_img
-    row_before = (g_incl[:, -1] - is_img.sum(axis=1)).astype(jnp.int32)      # image tokens in earlier rows
-    n_row = jnp.searchsorted(cum_count, row_before, side="right")            # images in earlier rows
+    row_before = (g_incl[:, -1] - is_img.sum(axis=1)).astype(jnp.int32)  # image tokens in earlier rows
+    n_row = jnp.searchsorted(cum_count, row_before, side="right")  # images in earlier rows
     # text token: every image started before it is complete
     n_done = jnp.searchsorted(cum_count, g_incl.reshape(-1), side="right").reshape(B, T)
     text_pos = r + d[n_done] - d[n_row][:, None]
@@ -79,8 +80,8 @@ def decode_position_ids(slots, rope_deltas):
 def mrope_cos_sin(position_ids, head_dim: int, theta: float, mrope_section, dtype):
     """cos, sin [B, T, head_dim] for M-RoPE. position_ids [3, B, T]; frequency i uses the
     t / h / w position according to `mrope_section` (sizes over head_dim / 2 frequencies)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))   # [D/2]
-    freqs = position_ids.astype(jnp.float32)[..., None] * inv_freq                              # [3, B, T, D/2]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))  # [D/2]
+    freqs = position_ids.astype(jnp.float32)[..., None] * inv_freq  # [3, B, T, D/2]
     sec = jnp.repeat(jnp.arange(3), jnp.asarray(mrope_section), total_repeat_length=head_dim // 2)
     freqs = jnp.einsum("sbtf,sf->btf", freqs, jax.nn.one_hot(sec, 3, dtype=jnp.float32).T)  # pick t/h/w
     emb = jnp.concatenate([freqs, freqs], axis=-1)
@@ -101,7 +102,7 @@ def vision_rope_cos_sin(hpos, wpos, head_dim: int, theta: float):
     """2D rotary for the vision tower. hpos, wpos [N] patch rows / columns -> cos, sin [N, head_dim]
     float32 (first half of the frequencies from the row, second from the column, then repeated)."""
     dim = head_dim // 2
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))              # [D/4]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))  # [D/4]
     fh = hpos.astype(jnp.float32)[:, None] * inv_freq
     fw = wpos.astype(jnp.float32)[:, None] * inv_freq
     f = jnp.concatenate([fh, fw, fh, fw], axis=-1)

@@ -13,6 +13,7 @@ With `VLConfig.scan_vision` the blocks are stacked [depth, ...] and run by one `
 block's program to compile instead of depth), each block's kind (windowed / full attention) a
 scanned flag that selects its mask inside the loop body.
 """
+
 from __future__ import annotations
 
 import jax
@@ -76,13 +77,13 @@ def banded_attention(q, k, v, ids, block: int, dtype, pieces: int = 0, mesh=None
         x = jnp.concatenate([x, jnp.full((pad,) + x.shape[1:], fill, x.dtype)]) if pad else x
         return x.reshape((nb, block) + x.shape[1:])
 
-    def band(x, fill):   # [nb, block, ...] -> [nb, 3 * block, ...]: blocks i-1, i, i+1
+    def band(x, fill):  # [nb, block, ...] -> [nb, 3 * block, ...]: blocks i-1, i, i+1
         edge = jnp.full((1,) + x.shape[1:], fill, x.dtype)
         prev = jnp.concatenate([edge, x[:-1]])
         nxt = jnp.concatenate([x[1:], edge])
         return jnp.concatenate([prev, x, nxt], axis=1)
 
-    shard = lambda x, dim: sharding.constrain_split(x, dim, mesh)   # noqa: E731  (a block's queries over the devices)
+    shard = lambda x, dim: sharding.constrain_split(x, dim, mesh)  # noqa: E731  (a block's queries over the devices)
     qb = blocks(q, 0)
     kb, vb = band(blocks(k, 0), 0), band(blocks(v, 0), 0)
     mask = None
@@ -93,17 +94,19 @@ def banded_attention(q, k, v, ids, block: int, dtype, pieces: int = 0, mesh=None
         eq = aq[:, :, None] == ak[:, None, :]
         mask = eq if mask is None else mask & eq
     if not pieces or pieces >= nb:
-        o = attention(shard(qb, 1), kb, vb, shard(mask, 1), dtype)               # [nb, block, H, D]
+        o = attention(shard(qb, 1), kb, vb, shard(mask, 1), dtype)  # [nb, block, H, D]
         return o.reshape(nb * block, H, D)[:N]
     n_pieces = -(-nb // pieces)
-    extra = n_pieces * pieces - nb   # padding blocks: no key allowed (uniform weights), never read
+    extra = n_pieces * pieces - nb  # padding blocks: no key allowed (uniform weights), never read
 
     def split(x):
         x = jnp.concatenate([x, jnp.zeros((extra,) + x.shape[1:], x.dtype)]) if extra else x
         return x.reshape((n_pieces, pieces) + x.shape[1:])
 
     piece = jax.checkpoint(lambda a: attention(a[0], a[1], a[2], a[3], dtype))
-    o = jax.lax.map(piece, (shard(split(qb), 2), split(kb), split(vb), shard(split(mask), 2)))  # [n_pieces, pieces, block, H, D]
+    o = jax.lax.map(
+        piece, (shard(split(qb), 2), split(kb), split(vb), shard(split(mask), 2))
+    )  # [n_pieces, pieces, block, H, D]
     return o.reshape(n_pieces * pieces * block, H, D)[:N]
 
 
@@ -111,7 +114,9 @@ class VisionAttention(nnx.Module):
     def __init__(self, cfg, rngs):
         E, dt, pdt = cfg.vision_hidden_size, cfg.dtype, cfg.param_dtype
         self.num_heads, self.dtype = cfg.vision_num_heads, dt
-        self.qkv = Dense(E, 3 * E, axes=("vision_embed", "vision_heads"), bias=True, rngs=rngs, dtype=dt, param_dtype=pdt)
+        self.qkv = Dense(
+            E, 3 * E, axes=("vision_embed", "vision_heads"), bias=True, rngs=rngs, dtype=dt, param_dtype=pdt
+        )
         self.proj = Dense(E, E, axes=("vision_heads", "vision_embed"), bias=True, rngs=rngs, dtype=dt, param_dtype=pdt)
 
     def __call__(self, x, cos, sin, mask, block: int = 0, pieces: int = 0, mesh=None):
@@ -136,7 +141,7 @@ class VisionMLP(nnx.Module):
     def __init__(self, cfg, rngs):
         E, I, dt, pdt = cfg.vision_hidden_size, cfg.vision_intermediate_size, cfg.dtype, cfg.param_dtype
         self.gated = cfg.is_qwen2_5
-        self.act_name = cfg.vision_hidden_act   # a name, not a function: keeps the graphdef hashable / equal
+        self.act_name = cfg.vision_hidden_act  # a name, not a function: keeps the graphdef hashable / equal
         kw = dict(bias=True, rngs=rngs, dtype=dt, param_dtype=pdt)
         if self.gated:
             self.gate_proj = Dense(E, I, axes=("vision_embed", "vision_mlp"), **kw)
@@ -174,8 +179,15 @@ class PatchEmbed(nnx.Module):
     """Conv3d with stride = kernel as a matmul on flattened (C, t, p, p) patches."""
 
     def __init__(self, cfg, rngs):
-        self.proj = Dense(cfg.patch_dim, cfg.vision_hidden_size, axes=("vision_patch", "vision_embed"), bias=False,
-                          rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        self.proj = Dense(
+            cfg.patch_dim,
+            cfg.vision_hidden_size,
+            axes=("vision_patch", "vision_embed"),
+            bias=False,
+            rngs=rngs,
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+        )
 
     def __call__(self, pixel_values):
         return self.proj(pixel_values)
@@ -229,27 +241,30 @@ class VisionTower(nnx.Module):
         band = cfg.vision_block if 0 < cfg.vision_block < N else 0
         # query blocks per attention piece: vision_chunk patches, at least one block (0: all at once)
         pieces = max(cfg.vision_chunk // band, 1) if band and cfg.vision_chunk else 0
-        if band:   # per frame (per window), linear in N: segment ids, not an [N, N] mask
+        if band:  # per frame (per window), linear in N: segment ids, not an [N, N] mask
             full_mask = (lay["frame"],)
             win_mask = (lay["frame"], lay["win_h"], lay["win_w"]) if window else full_mask
         else:
             same = lay["frame"][:, None] == lay["frame"][None, :]
             full_mask = win_mask = same
             if window:
-                win_mask = same & (lay["win_h"][:, None] == lay["win_h"][None]) & (
-                    lay["win_w"][:, None] == lay["win_w"][None])
-        stream = lambda x: sharding.constrain_split(x, 0, mesh)   # noqa: E731
+                win_mask = (
+                    same & (lay["win_h"][:, None] == lay["win_h"][None]) & (lay["win_w"][:, None] == lay["win_w"][None])
+                )
+        stream = lambda x: sharding.constrain_split(x, 0, mesh)  # noqa: E731
         x = stream(self.patch_embed(pixel_values))
+
         def call(blk, x, mask):
-            f = (lambda b, h, c, s_, mk: _block_call(b, h, c, s_, mk, band, pieces, mesh))
+            f = lambda b, h, c, s_, mk: _block_call(b, h, c, s_, mk, band, pieces, mesh)
             return remat(f, cfg)(blk, x, cos, sin, mask)
+
         if cfg.scan_vision:
             x = self._scan_blocks(call, stream, x, full_mask, win_mask, window)
         else:
             for i, blk in enumerate(self.blocks):
                 mask = full_mask if (not window or i in cfg.fullatt_block_indexes) else win_mask
                 x = stream(call(blk, x, mask))
-        if band:   # a frame longer than the block would have lost keys: NaN, never a silent error
+        if band:  # a frame longer than the block would have lost keys: NaN, never a silent error
             grid = jnp.asarray(image_grid_thw)
             too_long = jnp.max(grid[:, 1] * grid[:, 2]) > band
             x = jnp.where(too_long, jnp.nan, x)
@@ -269,7 +284,7 @@ class VisionTower(nnx.Module):
         def mask_of(full):
             if not window:
                 return full_mask
-            if isinstance(win_mask, tuple):   # banded: segment ids
+            if isinstance(win_mask, tuple):  # banded: segment ids
                 frame, win_h, win_w = win_mask
                 return frame, jnp.where(full, 0, win_h), jnp.where(full, 0, win_w)
             return jnp.where(full, full_mask, win_mask)
