@@ -36,7 +36,7 @@ def test_one_config_per_paper_run():
         "grm_sft_qwen25vl_3b",
         "grm_sft_qwen25vl_7b",
     }
-    want |= {f"{kind}_{p}" for kind in ("policy", "rm_grpo", "dpo") for p in policies}
+    want |= {f"{kind}_{p}" for kind in ("policy", "rm_grpo", "ppo_rm", "dpo") for p in policies}
     want |= {f"{kind}_llava15_7b" for kind in ("grm", "rm", "policy", "rm_grpo", "dpo")}  # the appendix
     assert names == want
 

@@ -361,6 +361,50 @@ def rm_grpo_config(arg: str, policy: str, rm_model: str = "qwen25vl_7b"):
     return c
 
 
+def ppo_rm_config(arg: str, policy: str, rm_model: str = "qwen25vl_7b"):
+    """PPO with a critic on the score-only RM's scores (baseline, the paper's Table 2): GAE (gamma 1,
+    lambda 0.95), value clip 5, score clip 50, KL 0.02 in the reward (k1), critic lr 5e-6, the
+    critic started from the RM (method.md); stage 2's prompts, samples per prompt, lengths, policy
+    optimiser and call sizes otherwise (the same responses per step as the GRPO runs)."""
+    c, _ = base(arg, ("data", "policy_ppo_rm"), f"runs/ppo_rm_{policy}")
+    c.model.policy = model(MODELS[policy], "the policy's start")
+    c.model.rm = model(MODELS[rm_model], "the trained RM (rm/rm in the workdir of the rm_qwen25vl_7b run)")
+    stage2 = policy_rl(arg, policy, reward="rm")
+    shared = (
+        "steps",
+        "prompts_per_step",
+        "n",
+        "mini_batches",
+        "max_len",
+        "max_new_tokens",
+        "temperature",
+        "lr",
+        "warmup_ratio",
+        "weight_decay",
+        "max_grad_norm",
+        "clip_eps",
+        "num_micro_batches",
+        "ref_num_micro_batches",
+        "rollout_num_micro_batches",
+        "score_rows_per_call",
+    )
+    c.policy_ppo_rm = dict(
+        {k: stage2[k] for k in shared if k in stage2},
+        kl_coef=0.02,
+        kl_estimator="k1",
+        gamma=1.0,
+        lam=0.95,
+        value_clip=5.0,
+        score_clip=50.0,
+        critic_lr=5e-6,
+    )
+    # the critic's gradients and optimizer sit beside the policy's: the RM scores 64 answers per call
+    # (memory only, the same scores) so a 7B policy + 7B critic fit the 8chip preset
+    c.policy_ppo_rm["score_rows_per_call"] = 64
+    _only_prompts(c)
+    return c
+
+
 def dpo_config(arg: str, policy: str):
     c, _ = base(arg, ("data", "dpo"), f"runs/dpo_{policy}")
     c.model.policy = model(MODELS[policy], "the policy's start")
