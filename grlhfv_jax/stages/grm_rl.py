@@ -61,18 +61,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
         )
         return {"eval/accuracy_id": m["eval/accuracy"]}
 
-    loop.train_loop(
-        "grm_rl",
-        state,
-        steps=sec.steps,
-        make_batch=lambda s: s,
-        step_fn=step_fn,
-        writer=writer,
-        ckpt_dir=os.path.join(workdir, "grm_rl", "ckpt"),
-        log_every=int(sec.log_every),
-        ckpt_every=int(sec.ckpt_every),
-        on_log=on_log,
-    )
+    learner.train("grm_rl", state, step_fn, sec, writer, os.path.join(workdir, "grm_rl", "ckpt"), on_log=on_log)
     export_hf(state.model, roles.output_dir(workdir, "grm_rl"), codec=codec)
     if sec.eval_pairs:
         summary.update(

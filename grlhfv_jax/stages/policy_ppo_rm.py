@@ -42,17 +42,7 @@ def run(config, workdir: str, writer, section: str) -> dict:
         seed_for_step=lambda step: config.seed * 7919 + step,
         observers=[oracle],
     )
-    loop.train_loop(
-        section,
-        state,
-        steps=sec.steps,
-        make_batch=lambda s: s,
-        step_fn=step_fn,
-        writer=writer,
-        ckpt_dir=os.path.join(workdir, section, "ckpt"),
-        log_every=int(sec.log_every),
-        ckpt_every=int(sec.ckpt_every),
-    )
+    learner.train(section, state, step_fn, sec, writer, os.path.join(workdir, section, "ckpt"))
     export_hf(state.policy, roles.output_dir(workdir, section), codec=codec)
     return {}
 

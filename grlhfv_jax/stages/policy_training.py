@@ -67,16 +67,6 @@ def train_grpo(config, workdir: str, writer, section: str, out_root: str | None 
         seed_for_step=lambda step: config.seed * 7919 + step,
         observers=[oracle],
     )
-    loop.train_loop(
-        section,
-        state,
-        steps=sec.steps,
-        make_batch=lambda s: s,
-        step_fn=step_fn,
-        writer=writer,
-        ckpt_dir=os.path.join(out_root, section, "ckpt"),
-        log_every=int(sec.log_every),
-        ckpt_every=int(sec.ckpt_every),
-    )
+    learner.train(section, state, step_fn, sec, writer, os.path.join(out_root, section, "ckpt"))
     export_hf(state.model, roles.output_dir(out_root, section), codec=codec)
     return {}

@@ -24,7 +24,7 @@ from grlhfv_jax.rl import grpo
 from grlhfv_jax.rollout import GenerationOutput, SamplingParams
 from grlhfv_jax.rollout.group_sampling import engine_rollout, sample_groups
 from grlhfv_jax.trainers import grpo as grpo_update_lib
-from grlhfv_jax.trainers import ppo_update, steps
+from grlhfv_jax.trainers import loop, ppo_update, steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +92,28 @@ def sample(
     return Rollout(list(items), prompts, gen, texts, G)
 
 
+def _step_fn(*, model_of, update, codec, prompts_for_step, reward_fn, sec, seed_for_step, observers, rollout_for):
+    """The RL step every learner shares: prompts -> samples of `model_of(state)` (`sample`) ->
+    `reward_fn` -> the observers -> `update(state, rollout, rewards)` (its metrics) -> metrics with
+    the reward function's, the observers' and the seconds of rollout, reward and the whole step."""
+
+    def step_fn(state, step: int):
+        t0 = time.perf_counter()
+        items, examples = prompts_for_step(step)
+        rollout = sample(model_of(state), codec, items, examples, sec, seed_for_step(step), rollout_for)
+        t1 = time.perf_counter()
+        rewards = reward_fn(rollout, step)
+        t2 = time.perf_counter()
+        observed = [obs(rollout, rewards) for obs in observers]
+        metrics = update(state, rollout, rewards)
+        for m in (rewards.metrics, *observed):
+            metrics.update(m)
+        metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": time.perf_counter() - t0})
+        return state, metrics
+
+    return step_fn
+
+
 def grpo_step_fn(
     *,
     ref,
@@ -112,16 +134,9 @@ def grpo_step_fn(
     function's, each observer's, and the seconds of rollout, reward and the whole step."""
     cfg = grpo_config(sec)
 
-    def step_fn(state, step: int):
-        t0 = time.perf_counter()
-        items, examples = prompts_for_step(step)
-        rollout = sample(state.model, codec, items, examples, sec, seed_for_step(step), rollout_for)
-        t1 = time.perf_counter()
-        rewards = reward_fn(rollout, step)
-        valid = np.asarray(rollout.prompts.get("valid", np.ones(len(items), np.int32)))
+    def update(state, rollout: Rollout, rewards: Rewards) -> dict:
+        valid = np.asarray(rollout.prompts.get("valid", np.ones(len(rollout.items), np.int32)))
         adv = advantages(rewards, valid, cfg.advantage_estimator)
-        t2 = time.perf_counter()
-        observed = [obs(rollout, rewards) for obs in observers]
         metrics = grpo_update_lib.grpo_update(
             state,
             ref,
@@ -138,12 +153,19 @@ def grpo_step_fn(
             metrics["reward/frac_pooled_groups_zero_std"] = float(
                 np.mean([np.all(adv[ids == g] == 0) for g in np.unique(ids)])
             )
-        for m in (rewards.metrics, *observed):
-            metrics.update(m)
-        metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": time.perf_counter() - t0})
-        return state, metrics
+        return metrics
 
-    return step_fn
+    return _step_fn(
+        model_of=lambda state: state.model,
+        update=update,
+        codec=codec,
+        prompts_for_step=prompts_for_step,
+        reward_fn=reward_fn,
+        sec=sec,
+        seed_for_step=seed_for_step,
+        observers=observers,
+        rollout_for=rollout_for,
+    )
 
 
 def ppo_step_fn(
@@ -163,15 +185,8 @@ def ppo_step_fn(
     GAE give token-level advantages, `sec.mini_batches` updates of the policy and the critic."""
     cfg = ppo_update.ppo_config(sec)
 
-    def step_fn(state, step: int):
-        t0 = time.perf_counter()
-        items, examples = prompts_for_step(step)
-        rollout = sample(state.policy, codec, items, examples, sec, seed_for_step(step), rollout_for)
-        t1 = time.perf_counter()
-        rewards = reward_fn(rollout, step)
-        t2 = time.perf_counter()
-        observed = [obs(rollout, rewards) for obs in observers]
-        metrics = ppo_update.ppo_update(
+    def update(state, rollout: Rollout, rewards: Rewards) -> dict:
+        return ppo_update.ppo_update(
             state,
             ref,
             rollout.prompts,
@@ -182,9 +197,32 @@ def ppo_step_fn(
             mini_batches=int(sec.mini_batches),
             ref_num_micro_batches=int(sec.ref_num_micro_batches),
         )
-        for m in (rewards.metrics, *observed):
-            metrics.update(m)
-        metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": time.perf_counter() - t0})
-        return state, metrics
 
-    return step_fn
+    return _step_fn(
+        model_of=lambda state: state.policy,
+        update=update,
+        codec=codec,
+        prompts_for_step=prompts_for_step,
+        reward_fn=reward_fn,
+        sec=sec,
+        seed_for_step=seed_for_step,
+        observers=observers,
+        rollout_for=rollout_for,
+    )
+
+
+def train(name: str, state, step_fn, sec, writer, ckpt_dir: str, on_log=None) -> None:
+    """`sec.steps` RL steps of `step_fn` on `state` (`loop.train_loop`: resumable from `ckpt_dir`,
+    logs every `sec.log_every` steps under stage `name`, checkpoints every `sec.ckpt_every`)."""
+    loop.train_loop(
+        name,
+        state,
+        steps=int(sec.steps),
+        make_batch=lambda s: s,
+        step_fn=step_fn,
+        writer=writer,
+        ckpt_dir=ckpt_dir,
+        log_every=int(sec.log_every),
+        ckpt_every=int(sec.ckpt_every),
+        on_log=on_log,
+    )
