@@ -47,10 +47,13 @@ def stage_dir(workdir: str, name: str) -> str:
 
 
 def prompt_format(config):
-    """The prompt format (`models.contract.PromptFormat`) of the run's model family: that of
-    config.model.policy (its checkpoint's config.json, else its hf_config); every role of a run
-    shares the tokenizer, so one family per run."""
-    spec = config.model.policy
+    """The prompt format (`models.contract.PromptFormat`) of the run's model family: that of its
+    first model role of policy, grm, rm (its checkpoint's config.json, else its hf_config; a run
+    without a model: Qwen2-VL's); every role of a run shares the tokenizer, so one family per run."""
+    role = next((r for r in ("policy", "grm", "rm") if r in config.model), None) if "model" in config else None
+    if role is None:
+        return models.family("qwen2_vl").prompt_format({})
+    spec = config.model[role]
     hf = (
         models.read_config_json(spec.path)
         if spec.path

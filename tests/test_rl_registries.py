@@ -17,8 +17,8 @@ from grlhfv_jax import config as config_schema
 from grlhfv_jax import models
 from grlhfv_jax.config import ConfigError, sections
 from grlhfv_jax.rl import grouped, grpo
-from grlhfv_jax.stages import grm_rl
 from grlhfv_jax.trainers import grpo as learner
+from grlhfv_jax.trainers import learner as rl_learner
 from grlhfv_jax.trainers import steps
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -41,7 +41,7 @@ def _validated(section: str = "grm_rl", **keys):
 
 
 def _cfg(**keys) -> steps.GRPOConfig:
-    return grm_rl.grpo_config(_validated("grm_rl", **keys).grm_rl)
+    return rl_learner.grpo_config(_validated("grm_rl", **keys).grm_rl)
 
 
 # ------------------------------------------------------------------------------------- defaults
