@@ -91,6 +91,14 @@ def test_two_hosts_read_disjoint_shares_that_cover_the_split(converted):
         halves = [[r["id"] for r in ds[step]] for ds in two]
         assert len(halves[0]) == len(halves[1]) == 2
         assert halves[0] + halves[1] == [r["id"] for r in one[step]]
+    # one row per host (a global batch of 2 on 2 processes): grain's batch of 1 over an endless
+    # dataset once raised OverflowError (its length did not fit an index)
+    one = fs.FilesSource(d, shard=(0, 1)).dataset("grm_train", seed=5, batch_size=2)
+    two = [fs.FilesSource(d, shard=(index, 2)).dataset("grm_train", seed=5, batch_size=2) for index in (0, 1)]
+    for step in range(12):  # past two epochs of 11
+        rows = [[r["id"] for r in ds[step]] for ds in two]
+        assert len(rows[0]) == len(rows[1]) == 1
+        assert rows[0] + rows[1] == [r["id"] for r in one[step]]
     with pytest.raises(ValueError, match="multiples of the process count"):
         fs.FilesSource(d, shard=(0, 2)).dataset("grm_train", seed=5, batch_size=3)
     seen = [[r["id"] for r in fs.FilesSource(d, shard=(index, 2)).records("grm_train")] for index in (0, 1)]

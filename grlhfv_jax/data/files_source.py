@@ -264,7 +264,9 @@ class FilesSource:
         if self.image_processor is not None and self.image_workers > 0:
             ds = ds.map(_Prepare(self.image_processor, split))
             threads = max(threads, self.image_workers)
-        ds = ds.batch(per_host, batch_fn=list)
+        # drop_remainder: an endless dataset has no remainder, and grain's batch of 1 without it
+        # reports a length that overflows the slice below (one row per host)
+        ds = ds.batch(per_host, drop_remainder=True, batch_fn=list)
         if count > 1:
             ds = ds[index::count]
         return Prefetched(ds, threads) if threads > 0 else ds
