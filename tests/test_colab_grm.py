@@ -85,7 +85,7 @@ def test_grm_notebook_runs_stage_1_and_shows_the_runs_judgments(inputs, tmp_path
         "GRLHFV_GROUP": "2",
         "GRLHFV_MAX_NEW_TOKENS": "8",
         "GRLHFV_EVAL_PAIRS": "4",
-        "GRLHFV_OVERRIDES": "--config.grm_rl.max_len=512 --config.report.enabled=False",
+        "GRLHFV_OVERRIDES": "--config.grm_rl.max_len=512",
     }
     nb, error = _execute(env, str(tmp_path))
     text = _text(nb)
@@ -102,6 +102,7 @@ def test_grm_notebook_runs_stage_1_and_shows_the_runs_judgments(inputs, tmp_path
             in text
         )
 
+    assert (workdir / "grm_rl" / "grm" / "config.json").is_file() and (workdir / "report.html").is_file()
     summary = json.load(open(workdir / "summary.json"))
     assert f"id: before {summary['grm/sft_accuracy_id']:.3f} -> after {summary['grm/accuracy_id']:.3f}" in text
 
