@@ -13,6 +13,8 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from grlhfv_jax.rl.grm_reward import pair_reward
+
 NOTEBOOK = os.path.join(os.path.dirname(__file__), "..", "colab", "grm_stage1.ipynb")
 
 
@@ -113,13 +115,18 @@ def test_grm_notebook_runs_stage_1_and_shows_the_runs_judgments(inputs, tmp_path
     for s, block in zip(samples, shown):  # the printed judgments are the run's own
         assert f"QUESTION: {s['question']}\nRESPONSE 1: {s['response_1']}\nRESPONSE 2: {s['response_2']}" in block
         assert f"JUDGMENT:\n{s['output']}\nSCORES: {s['scores']} | HUMAN PREFERS: response {s['preferred']}" in block
+        assert ("matches the human label" in block) == (pair_reward(s["output"], s["preferred"]) == 1.0)
     assert text.count("image/png: ") == 4  # each pair's image, inline
 
-    # A missing checkpoint: one clear line, nothing run.
-    missing = tmp_path / "no_ckpt"
-    nb, error = _execute(dict(env, GRLHFV_CKPT=str(missing), GRLHFV_WORKDIR=str(tmp_path / "run2")), str(tmp_path))
+    # A missing checkpoint and preference file: one clear line each, nothing run.
+    missing, no_prefs = tmp_path / "no_ckpt", tmp_path / "no_prefs.jsonl"
+    nb, error = _execute(
+        dict(env, GRLHFV_CKPT=str(missing), GRLHFV_PREFS=str(no_prefs), GRLHFV_WORKDIR=str(tmp_path / "run2")),
+        str(tmp_path),
+    )
     text = _text(nb)
     assert error is not None and error.ename == "NotebookStop"
     assert f"no checkpoint at {missing} (no config.json there)" in text
+    assert f"no preference file at {no_prefs}: set GRLHFV_PREFS / PREFS" in text and "no test preference" not in text
     assert "stopped: missing input(s), see above; nothing was run" in text
     assert "Traceback" not in text and not (tmp_path / "run2").exists()
