@@ -211,7 +211,8 @@ def write_text(p: str, text: str) -> None:
 # gs:// driver): the only way several hosts can write one checkpoint. With this variable set to 1
 # they are written to the local mirror instead and each finished step is then copied to the bucket
 # (`push_step`; one process only): for a store tensorstore cannot write, e.g. a GCS emulator, whose
-# object generations tensorstore rejects ("Malformed StorageGeneration").
+# replies to the OCDBT manifest's repeated conditional rewrites tensorstore rejects ("Malformed
+# StorageGeneration") once a checkpoint holds tens of arrays.
 STAGE_CHECKPOINTS_ENV = "GRLHFV_STAGE_CHECKPOINTS"
 _STEP_DONE = "_CHECKPOINT_METADATA"  # Orbax writes it into every step; uploaded last, so its presence means complete
 
