@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 from grlhfv_jax import roles, sharding
 from grlhfv_jax.config.sections import nscale_runs
 from grlhfv_jax.data import sources
@@ -42,7 +44,8 @@ def _oracle(model, codec, recs, ev, seed: int, hooks) -> float:
         temperature=1.0 if ev.samples else 0.0,
         seed=seed,
     )
-    return float(sources.oracle_scores(hooks, recs, texts, per_record=k).mean())
+    # every host's scores (`recs` is this host's share): the same gain on every host, as one process
+    return float(sharding.gather_rows(np.asarray(sources.oracle_scores(hooks, recs, texts, per_record=k))).mean())
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
