@@ -223,6 +223,12 @@ def get_config(arg: str = ""):
     # every sample alike: both groups have zero spread, zero advantage, and the pair stays decided
     # by position (70-90% of groups by step 65; position consistency 0.39-0.43 on the two runs that
     # failed, 0.58 on both once pooled). Pooled, those judgments get +0.94 / -0.94 (docs/results.md)
+    # consistency_reward (paper: each judgment rewarded alone): judgment k of a pair's first order and
+    # judgment k of its swapped order both get 1 when both order the pair right, else 0 (J1's reward).
+    # Pooled (above), a judgment that follows position gets 0 in both orders while a consistent one
+    # gets 1 on the pairs it reads right: the reward sees position habits. Without it seed 4 of
+    # sweep 9 ended judging by position (consistency 0.38 / 0.365); with it 0.66 / 0.55, and the
+    # other seeds kept their accuracy gains (docs/results.md, sweep 9)
     # kl_coef 0.1 (paper 0.02): with 0.02 the judge's decisions collapsed (per-group decision entropy
     # 0.7 -> 0.1 by step 90) and froze whatever position habit it had: position consistency < 0.5 on
     # one run in 4-5 of every sweep. With 0.1 the reference keeps the entropy at 0.35-0.4 and all 5
@@ -243,7 +249,7 @@ def get_config(arg: str = ""):
         clip_eps_high=0.2,
         entropy_coef=0.0,
         position_debias=True,
-        consistency_reward=False,
+        consistency_reward=True,
         pool_orders=True,
         eval_pairs=200,
         eval_every=40,

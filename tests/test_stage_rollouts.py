@@ -264,6 +264,36 @@ def test_pooled_order_advantages_by_hand():
     np.testing.assert_allclose(rl_learner.advantages(rl_learner.Rewards(rewards), np.array([1, 1, 0, 1]), "grpo")[2], 0)
 
 
+def test_consistency_reward_with_pooled_orders_by_hand():
+    """Stage 1 as the demo runs it (`grm_pair_reward(consistency=True, pool_orders=True)`): judgment
+    k of a pair and judgment k of its swapped order both get 1 only when both order the pair right;
+    both orders form one group. A judge that follows position gets 0 in both orders, so a
+    consistent judgment of the same pair gets a positive advantage over it."""
+    from grlhfv_jax.trainers import learner as rl_learner
+    from grlhfv_jax.trainers.rewards import grm_pair_reward
+
+    first, second = r"\boxed{8, 3}", r"\boxed{2, 7}"  # prefers response 1 / response 2 as shown
+    # pair 0 (human: 1), then pair 1 (human: 2); rows 2-3: the same pairs swapped, labels flipped
+    items = [("q0", None, "a", "b", 1), ("q1", None, "c", "d", 2), ("q0", None, "b", "a", 2), ("q1", None, "d", "c", 1)]
+    texts = [
+        *(first, first, second, first),  # pair 0 shown as is: right, right, wrong, right
+        *(second, second, second, "no scores"),  # pair 1 shown as is: right x3, unparsed
+        *(first, second, second, second),  # pair 0 swapped: wrong (position), right x3
+        *(first, first, second, first),  # pair 1 swapped: right, right, wrong, right
+    ]
+    rollout = rl_learner.Rollout(items=items, prompts={}, gen=None, texts=texts, group=4)
+    out = grm_pair_reward(consistency=True, pool_orders=True)(rollout, 0)
+    both = np.array([[0, 1, 0, 1], [1, 1, 0, 0]], float)  # judgment k right in both orders
+    np.testing.assert_array_equal(out.values, np.concatenate([both, both]))
+    np.testing.assert_array_equal(out.groups, [0, 1, 0, 1])
+    assert out.metrics["judge/accuracy"] == pytest.approx(12 / 16)  # each judgment alone
+    adv = rl_learner.advantages(out, np.ones(4), "grpo")
+    for p in (0, 1):
+        r = np.concatenate([out.values[p], out.values[p + 2]])
+        np.testing.assert_allclose(np.concatenate([adv[p], adv[p + 2]]), (r - r.mean()) / r.std(ddof=1), rtol=1e-5)
+    assert adv[0, 0] < 0 < adv[0, 1]  # judgment 0 followed position (first in both orders)
+
+
 def test_grpo_learner_splits_rows_over_8_devices_and_matches_one_device(fresh_model, monkeypatch):
     """`grpo_update` on a model sharded over a 2x2x2 mesh of fake devices: the step receives its
     rows split over (data, fsdp) (each device a quarter of the rows, not a replica) and the update
