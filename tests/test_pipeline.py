@@ -387,7 +387,8 @@ def test_full_demo_learns(tmp_path):
         # stage 1: sweep gains 0.21-0.26 ID, 0.215-0.265 OOD (2 SE of a difference: 0.1)
         gain = summary[f"grm/accuracy_{split}"] - summary[f"grm/sft_accuracy_{split}"]
         assert gain > 0.1, (split, gain)
-        # position consistency after stage 1: sweep 0.515-0.615 ID, 0.52-0.625 OOD
+        # position consistency after stage 1: sweep 0.515-0.615 ID, 0.52-0.625 OOD (sweep 9, the
+        # consistency reward: 0.55-0.66); issue 12's bar is 0.5, asserted 2 SE below the sweeps' min
         assert summary[f"grm/position_consistency_{split}"] > 0.44, split
         assert summary[f"baseline_rm/accuracy_{split}"] > 0.59, split  # sweep min 0.665
     # stage 2: GRLHF-V's sampled oracle gain (sweep 6: 0.064-0.082, each >= 6.4 SE)
@@ -398,7 +399,7 @@ def test_full_demo_learns(tmp_path):
     # and self-praise: sweep 6 0.32-0.37 -> 0.044-0.094 (drop >= 0.232; SE of a drop <= 0.025)
     assert summary["policy/self_praise_rate_sampled_after"] < summary["policy/self_praise_rate_sampled_before"] - 0.15
     # issue 27: the greedy answers not worse than the SFT policy's by more than 2 paired SE (sweep 9,
-    # lr 2.5e-4: -0.015 to +0.00x, at most 1.4 SE; at 5e-4 one seed of three fell 2.1 SE)
+    # lr 1.5e-4: within 1.3 SE on seeds 0-5, seed 6 fell 2.2 SE; at 5e-4 one seed of three fell 2.1)
     gain, se = summary["policy/oracle_gain_greedy_vs_sft"], summary["policy/oracle_gain_greedy_vs_sft_se"]
     assert gain > -2 * se, (gain, se)
     assert sum(v for k, v in summary.items() if k.startswith("time/")) < 15 * 60
