@@ -312,7 +312,8 @@ def get_config(arg: str = ""):
     c.policy_rl_rm = dict(policy, reward="rm")
     # The paper's PPO baseline on the same RM (Table 2), with the GRPO stages' per-step shapes (8
     # prompts x 5 answers, one update per step) and their KL weight (here in the reward, k1); lr
-    # 5e-4, the GRPO stages' until sweep 9 (its greedy answers held there: within 1.7 SE on 7 seeds); the critic (from the RM) learns 5x faster, the paper's critic / actor ratio
+    # 5e-4, the GRPO stages' until sweep 9 (its greedy answers held there: within 1.7 SE on 7
+    # seeds); the critic (from the RM) learns 5x faster, the paper's critic / actor ratio
     # (5e-6 / 1e-6). GAE, value clip 5, score clip 50: the paper's (method.md).
     c.policy_ppo_rm = dict(
         steps=60,
