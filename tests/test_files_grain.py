@@ -85,20 +85,15 @@ def test_two_hosts_read_disjoint_shares_that_cover_the_split(converted):
     two hosts' blocks, concatenated, are the batches one process reads (tests/test_multihost.py)."""
     _, _, d, _ = converted
     every = [r["id"] for r in fs.FilesSource(d, shard=(0, 1)).records("grm_train")]
-    one = fs.FilesSource(d, shard=(0, 1)).dataset("grm_train", seed=5, batch_size=4)
-    two = [fs.FilesSource(d, shard=(index, 2)).dataset("grm_train", seed=5, batch_size=4) for index in (0, 1)]
-    for step in range(6):  # past two epochs of 11
-        halves = [[r["id"] for r in ds[step]] for ds in two]
-        assert len(halves[0]) == len(halves[1]) == 2
-        assert halves[0] + halves[1] == [r["id"] for r in one[step]]
-    # one row per host (a global batch of 2 on 2 processes): grain's batch of 1 over an endless
+    # batch 4: 2 rows per host; batch 2: one row per host, where grain's batch of 1 over an endless
     # dataset once raised OverflowError (its length did not fit an index)
-    one = fs.FilesSource(d, shard=(0, 1)).dataset("grm_train", seed=5, batch_size=2)
-    two = [fs.FilesSource(d, shard=(index, 2)).dataset("grm_train", seed=5, batch_size=2) for index in (0, 1)]
-    for step in range(12):  # past two epochs of 11
-        rows = [[r["id"] for r in ds[step]] for ds in two]
-        assert len(rows[0]) == len(rows[1]) == 1
-        assert rows[0] + rows[1] == [r["id"] for r in one[step]]
+    for batch, steps in ((4, 6), (2, 12)):  # past two epochs of 11
+        one = fs.FilesSource(d, shard=(0, 1)).dataset("grm_train", seed=5, batch_size=batch)
+        two = [fs.FilesSource(d, shard=(index, 2)).dataset("grm_train", seed=5, batch_size=batch) for index in (0, 1)]
+        for step in range(steps):
+            halves = [[r["id"] for r in ds[step]] for ds in two]
+            assert len(halves[0]) == len(halves[1]) == batch // 2
+            assert halves[0] + halves[1] == [r["id"] for r in one[step]]
     with pytest.raises(ValueError, match="multiples of the process count"):
         fs.FilesSource(d, shard=(0, 2)).dataset("grm_train", seed=5, batch_size=3)
     seen = [[r["id"] for r in fs.FilesSource(d, shard=(index, 2)).records("grm_train")] for index in (0, 1)]
