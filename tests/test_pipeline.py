@@ -70,7 +70,7 @@ def test_consistency_reward_needs_both_orders():
     with pytest.raises(ConfigError, match=r"consistency_reward needs"):
         config_schema.validate(config)
     config = demo.get_config("smoke")
-    config.grm_rl.update(position_debias=False, pool_orders=True)
+    config.grm_rl.update(position_debias=False, consistency_reward=False, pool_orders=True)
     with pytest.raises(ConfigError, match=r"pool_orders needs"):
         config_schema.validate(config)
 
