@@ -88,8 +88,10 @@ def peak_bandwidth(device_kind: str):
 # ----------------------------------------------------------------------------- rollout
 
 
-def rollout_hf_config(args):
-    """A Qwen2-VL config of about 50M parameters at the defaults (text 8 x 512, vocab 32768 tied)."""
+def _qwen2vl_config(args, *, max_positions: int, tied: bool):
+    """A Qwen2-VL config from the command line's shape arguments (text, vision, vocab), its M-RoPE
+    sections from the head size (`_mrope`), the last 4 ids of the vocabulary its image / video
+    specials."""
     import transformers
 
     text = dict(
@@ -99,18 +101,13 @@ def rollout_hf_config(args):
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
         num_key_value_heads=args.kv_heads,
-        max_position_embeddings=4096,
+        max_position_embeddings=max_positions,
         rms_norm_eps=1e-6,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
-        rope_parameters={"rope_type": "default", "mrope_section": [8, 12, 12], "rope_theta": 1e6},
+        rope_parameters={"rope_type": "default", "mrope_section": _mrope(args.hidden // args.heads), "rope_theta": 1e6},
     )
-    head_dim = args.hidden // args.heads
-    if head_dim != 64:
-        half = head_dim // 2
-        t = half // 4
-        text["rope_parameters"]["mrope_section"] = [t, (half - t) // 2, half - t - (half - t) // 2]
     vision = dict(
         depth=args.vision_layers,
         embed_dim=args.vision_hidden,
@@ -128,8 +125,13 @@ def rollout_hf_config(args):
         video_token_id=args.vocab - 3,
         vision_start_token_id=args.vocab - 2,
         vision_end_token_id=args.vocab - 1,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
     )
+
+
+def rollout_hf_config(args):
+    """A Qwen2-VL config of about 50M parameters at the defaults (text 8 x 512, vocab 32768 tied)."""
+    return _qwen2vl_config(args, max_positions=4096, tied=True)
 
 
 def rollout_batch(args, cfg):
@@ -675,41 +677,7 @@ PEAK_FLOPS = {
 
 def train_hf_config(args):
     """A Qwen2-VL config: Qwen2-VL-2B's shape at the defaults (`--tiny`: a few-million-parameter one)."""
-    import transformers
-
-    text = dict(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads,
-        max_position_embeddings=32768,
-        rms_norm_eps=1e-6,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        rope_parameters={"rope_type": "default", "mrope_section": _mrope(args.hidden // args.heads), "rope_theta": 1e6},
-    )
-    vision = dict(
-        depth=args.vision_layers,
-        embed_dim=args.vision_hidden,
-        hidden_size=args.hidden,
-        num_heads=args.vision_heads,
-        mlp_ratio=4,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-    )
-    return transformers.Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=args.vocab - 4,
-        video_token_id=args.vocab - 3,
-        vision_start_token_id=args.vocab - 2,
-        vision_end_token_id=args.vocab - 1,
-        tie_word_embeddings=args.tied,
-    )
+    return _qwen2vl_config(args, max_positions=32768, tied=args.tied)
 
 
 def _mrope(head_dim: int) -> list[int]:
