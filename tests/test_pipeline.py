@@ -398,8 +398,9 @@ def test_full_demo_learns(tmp_path):
     assert summary["policy/hedge_rate_sampled_after"] < summary["policy/hedge_rate_sampled_before"] - 0.1
     # and self-praise: sweep 6 0.32-0.37 -> 0.044-0.094 (drop >= 0.232; SE of a drop <= 0.025)
     assert summary["policy/self_praise_rate_sampled_after"] < summary["policy/self_praise_rate_sampled_before"] - 0.15
-    # issue 27: the greedy answers not worse than the SFT policy's by more than 2 paired SE (sweep 9,
-    # lr 1.5e-4: within 1.3 SE on seeds 0-5, seed 6 fell 2.2 SE; at 5e-4 one seed of three fell 2.1)
+    # issue 27: the greedy answers not worse than the SFT policy's by more than 2 paired SE (sweeps 9
+    # and 10, lr 1.5e-4: within 1.3 SE on 8 of 10 seeds, seed 0's -1.1 among them; seed 6 fell 2.2 SE
+    # and seed 9 6.1: this bar fails on about one seed in ten, docs/results.md)
     gain, se = summary["policy/oracle_gain_greedy_vs_sft"], summary["policy/oracle_gain_greedy_vs_sft_se"]
     assert gain > -2 * se, (gain, se)
     assert sum(v for k, v in summary.items() if k.startswith("time/")) < 15 * 60
