@@ -283,9 +283,10 @@ def get_config(arg: str = ""):
     # move those answers at random, by steps that grow with the learning rate, while the signal the
     # judge does carry (hedging, self-praise) is learned well within 60 steps at these rates. Greedy
     # answers' change over the SFT policy's (sweep 9): 5e-4 down to 2.1 paired SE (3 seeds); 2.5e-4
-    # down to 2.1 SE (5 seeds); 1.5e-4 within 1.3 SE on seeds 0-5, 2.2 SE on seed 6 (-0.006 +- 0.009
-    # over 7), sampled gains +0.036 to +0.072. More KL (0.6, 1.0) or fewer steps (30) did not help
-    # (docs/results.md): the drift is smaller, not gone
+    # down to 2.1 SE (5 seeds); 1.5e-4 within 1.3 SE on 8 of 10 seeds, 2.2 SE on seed 6 and 6.1 on
+    # seed 9 (its judge likes an appended position), sampled gains +0.026 to +0.072 (sweeps 9, 10).
+    # More KL (0.6, 1.0), fewer steps (30), lr 1e-4, 16 prompts per step, judging at temperature 1
+    # or 250 stage-1 steps did not help (docs/results.md): each moves the failing seed, none removes it
     policy = dict(
         reward="grm",
         steps=60,
