@@ -202,6 +202,10 @@ def test_smoke_run_writes_every_output(smoke_run):
         assert sum(t[p] for p in ("rollout", "reward", "ref_logprobs", "update")) <= t["step"] + 1e-6, (stage, t)
         assert t["other"] == pytest.approx(t["step"] - sum(t[p] for p in report.STEP_PARTS))
     assert "Time per RL step" in page and "policy_rl_rm" in page.split("Time per RL step")[1]
+    # the demo's stage-2 runs carry the PPO-ptx term (configs/demo.py ptx_coef): its loss is logged
+    for stage in ("policy_rl", "policy_rl_rm", "policy_ppo_rm"):
+        logged = [r for r in rows if r["stage"] == stage]
+        assert logged and all(0 < r["ptx_loss"] < 20 and 0 <= r["ptx_accuracy"] <= 1 for r in logged), stage
     for a in ("colour", "count", "shape", "position"):
         assert 0.0 <= summary[f"vision/heldout_accuracy_{a}"] <= 1.0, a
     for d in (
@@ -474,3 +478,40 @@ def test_resume_from_every_kill_point_gives_the_uninterrupted_result(smoke_run, 
         assert a.keys() == b.keys(), d
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{d}: {k}")
+
+
+def test_ptx_rows_are_the_policys_warm_start_answers(smoke_run):
+    """Stage 2's PPO-ptx rows (`ptx_coef` > 0): each step's `ptx_batch_size` rows are warm-start
+    examples as `sft.policy` writes them (the same styled answer for the same record), the loss on
+    the answer tokens only, padded to the section's prompt + answer tokens, other records each step."""
+    from grlhfv_jax import encoding
+    from grlhfv_jax.stages import policy_training
+
+    config, workdir, _ = smoke_run
+    full = config_schema.validate(config)
+    src, codec = roles.source(full, workdir), roles.codec(full, workdir)
+    off = full.policy_rl.replace(ptx_coef=0.0)
+    assert policy_training.ptx_rows_for_step(full, off, src, codec) is None  # ptx_coef 0: none
+    c = demo.get_config("smoke")
+    c.policy_rl.update(ptx_coef=0.5, ptx_batch_size=6)
+    on = config_schema.validate(c)
+    rows = policy_training.ptx_rows_for_step(on, on.policy_rl, src, codec)
+    sec, tc = on.policy_rl, on.sft.policy
+    records = src.dataset("sft_policy", seed=on.seed + 13, batch_size=6)
+    seen = []
+    for step in (0, 1):
+        b = rows(step)
+        assert b["input_ids"].shape == (6, sec.max_len + sec.max_new_tokens)
+        want = encoding.policy_examples(
+            codec, records[step], tc.data, dict(tc.styles), seed=on.seed, restyle=src.hooks.restyle
+        )
+        for i, ex in enumerate(want):
+            n = len(ex["input_ids"])
+            np.testing.assert_array_equal(b["input_ids"][i, :n], ex["input_ids"])
+            np.testing.assert_array_equal(b["loss_mask"][i, :n], ex["loss_mask"])
+            assert b["loss_mask"][i, n:].sum() == 0
+            target = b["input_ids"][i][b["loss_mask"][i] > 0]
+            assert codec.tokenizer.decode(target, skip_special_tokens=True).strip()  # an answer, not empty
+        assert (b["window_start"] + b["window"] >= np.argmax(np.cumsum(b["loss_mask"], 1), 1) + 1).all()
+        seen.append({r["id"] for r in records[step]})
+    assert not seen[0] & seen[1]
