@@ -381,7 +381,8 @@ def test_full_demo_learns(tmp_path):
     of two gains) and over the RM+GRPO baseline (level). Sweep 5 (the AVX2 CPU, 3 seeds) met every
     bar on seed 0; its seed 2 failed stage 2 (+0.005) under the paper's mean-score aggregator.
     Sweep 6 (stage 2 by win rate, this config: 5 seeds and a perturbed arithmetic on the AVX2 CPU)
-    met every assertion here on every run."""
+    met every assertion here on every run. Sweep 11 (stage 2 with the PPO-ptx term, the current
+    config, 10 seeds) meets every one on every seed, with the style drops below re-based on it."""
     summary = main.run(demo.get_config(), str(tmp_path))
     # the vision probes on 512 held-out images (SE <= 0.015): sweep min 1.0, shape 0.875
     assert min(summary[f"vision/heldout_accuracy_{a}"] for a in ("colour", "count", "position")) > 0.95
@@ -395,16 +396,19 @@ def test_full_demo_learns(tmp_path):
         # consistency reward: 0.55-0.66); issue 12's bar is 0.5, asserted 2 SE below the sweeps' min
         assert summary[f"grm/position_consistency_{split}"] > 0.44, split
         assert summary[f"baseline_rm/accuracy_{split}"] > 0.59, split  # sweep min 0.665
-    # stage 2: GRLHF-V's sampled oracle gain (sweep 6: 0.064-0.082, each >= 6.4 SE)
+    # stage 2: GRLHF-V's sampled oracle gain (sweep 6: 0.064-0.082, each >= 6.4 SE; sweep 11, with
+    # the ptx term: 0.019-0.049, each >= 2.4 SE)
     gain, se = summary["policy/oracle_gain_sampled_vs_sft"], summary["policy/oracle_gain_sampled_vs_sft_se"]
     assert gain > 2 * se, (gain, se)
-    # the judge penalises hedging, the policy drops it: sweep 6 0.196-0.251 -> 0.035-0.062 (drop >= 0.156)
-    assert summary["policy/hedge_rate_sampled_after"] < summary["policy/hedge_rate_sampled_before"] - 0.1
-    # and self-praise: sweep 6 0.32-0.37 -> 0.044-0.094 (drop >= 0.232; SE of a drop <= 0.025)
-    assert summary["policy/self_praise_rate_sampled_after"] < summary["policy/self_praise_rate_sampled_before"] - 0.15
-    # issue 27: the greedy answers not worse than the SFT policy's by more than 2 paired SE (sweeps 9
-    # and 10, lr 1.5e-4: within 1.3 SE on 8 of 10 seeds, seed 0's -1.1 among them; seed 6 fell 2.2 SE
-    # and seed 9 6.1: this bar fails on about one seed in ten, docs/results.md)
+    # the judge penalises hedging, the policy drops it: sweep 6 0.196-0.251 -> 0.035-0.062 (drop >=
+    # 0.156); sweep 11 (the ptx term holds some of the warm start's style): drops 0.055-0.107, asserted
+    # >= 0.04 (SE of a drop <= 0.025)
+    assert summary["policy/hedge_rate_sampled_after"] < summary["policy/hedge_rate_sampled_before"] - 0.04
+    # and self-praise: sweep 6 0.32-0.37 -> 0.044-0.094 (drop >= 0.232); sweep 11 drops 0.070-0.144
+    assert summary["policy/self_praise_rate_sampled_after"] < summary["policy/self_praise_rate_sampled_before"] - 0.05
+    # issue 27: the greedy answers not worse than the SFT policy's by more than 2 paired SE (sweep 10,
+    # no ptx term: seeds 6 and 9 fell 2.2 and 6.1 SE; sweep 11, with it: within 1.6 SE on all 10
+    # seeds, seed 0 -0.8; docs/results.md)
     gain, se = summary["policy/oracle_gain_greedy_vs_sft"], summary["policy/oracle_gain_greedy_vs_sft_se"]
     assert gain > -2 * se, (gain, se)
     assert sum(v for k, v in summary.items() if k.startswith("time/")) < 15 * 60
