@@ -564,17 +564,23 @@ def test_the_ptx_pass_waits_for_the_rl_gradients(grpo_run, windowed, hf_config, 
     assert [e.primitive.name for e in readers] == ["optimization_barrier"]  # the rows: only through it
     (barrier,) = readers
     made_by = {v: e for e in inner.eqns for v in e.outvars}
-    held, todo, before = set(barrier.invars), list(barrier.invars), set()
-    while todo:  # every operation the barrier waits for
-        e = made_by.get(todo.pop())
-        if e is not None and id(e) not in before:
-            before.add(id(e))
-            todo += [v for v in e.invars if isinstance(v, jax.extend.core.Var)]
+
+    def upstream(vars_):  # the operations that compute `vars_`
+        todo, found = list(vars_), set()
+        while todo:
+            e = made_by.get(todo.pop())
+            if e is not None and id(e) not in found:
+                found.add(id(e))
+                todo += [v for v in e.invars if isinstance(v, jax.extend.core.Var)]
+        return found
+
+    held, before = set(barrier.invars), upstream(barrier.invars)  # what the barrier waits for
     after, seen = set(), set(barrier.outvars)
     for e in inner.eqns:  # every operation that waits for it (eqns are in program order)
         if any(v in seen for v in e.invars if isinstance(v, jax.extend.core.Var)):
             after.add(id(e))
             seen.update(e.outvars)
+    live = upstream([v for v in inner.outvars if isinstance(v, jax.extend.core.Var)])
     scans = [id(e) for e in inner.eqns if e.primitive.name == "scan"]  # the micro-batch loops
     assert any(e in before for e in scans) and any(e in after for e in scans)  # the RL pass's, the ptx pass's
     assert all(e in before or e in after for e in scans)  # none runs beside the barrier
@@ -584,3 +590,7 @@ def test_the_ptx_pass_waits_for_the_rl_gradients(grpo_run, windowed, hf_config, 
     assert len(outer_params) == n_params
     inner_params = {v for v, o in zip(inner.invars, call.invars) if o in outer_params}
     assert inner_params and inner_params <= held
+    # no reduction whose result is used runs beside it either (a collective when the rows are
+    # sharded), e.g. the RL metric response_length_mean
+    reductions = [id(e) for e in inner.eqns if e.primitive.name.startswith("reduce_") and id(e) in live]
+    assert reductions and all(e in before or e in after for e in reductions)

@@ -485,11 +485,12 @@ def _with_ptx(state: TrainState, grads, metrics: dict, ptx, ptx_window: int, coe
     their loss and accuracy go into ``metrics`` as ptx_loss, ptx_accuracy."""
     if ptx is None:
         return grads
-    # The supervised pass starts only once the RL gradients are done. Without this edge the two
-    # passes are independent in one program, and XLA's CPU runtime may run their collectives in
-    # another order on each device: on several (fake) CPU devices the run then deadlocks.
+    # The supervised pass starts only once the RL pass (its gradients and metrics) is done. Without
+    # this edge the two are independent in one program, and XLA's CPU runtime may run their
+    # collectives in another order on each device: on several (fake) CPU devices the run deadlocks.
     graphdef, variables = nnx.split(state.model)
-    grads, variables, ptx = jax.lax.optimization_barrier((grads, variables, ptx))
+    grads, rl_metrics, variables, ptx = jax.lax.optimization_barrier((grads, dict(metrics), variables, ptx))
+    metrics.update(rl_metrics)
     model = nnx.merge(graphdef, variables)
     g, met = _target_grads(model, state.frozen_vision, (ptx,), (ptx_window,), num_micro_batches)
     metrics["ptx_loss"], metrics["ptx_accuracy"] = met["loss"], met["accuracy"]
