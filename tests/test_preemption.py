@@ -269,16 +269,20 @@ def test_sigterm_mid_stage_of_the_smoke_pipeline_then_the_rerun_gives_the_uninte
 
 
 _FLAGS_SCRIPT = """
-import sys
+import json, sys
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.config.update("jax_num_cpu_devices", 2)
-pid, port = int(sys.argv[1]), sys.argv[2]
+pid, port, result = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 jax.distributed.initialize(f"127.0.0.1:{port}", 2, pid)
 from grlhfv_jax.trainers import loop
-print("A", loop.stop_and_save_flags(pid == 0, False))   # a signal on host 0 only
-print("B", loop.stop_and_save_flags(False, pid == 1))   # host 1's clock says save
-print("C", loop.stop_and_save_flags(False, False))
+flags = [
+    loop.stop_and_save_flags(pid == 0, False),  # a signal on host 0 only
+    loop.stop_and_save_flags(False, pid == 1),  # host 1's clock says save
+    loop.stop_and_save_flags(False, False),
+]
+with open(result, "w") as f:  # not stdout: gloo's C++ log lines can land inside printed lines
+    json.dump([list(map(bool, x)) for x in flags], f)
 """
 
 
@@ -296,7 +300,7 @@ def test_two_processes_agree_on_stopping_and_saving(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), ".."), XLA_FLAGS="")
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), str(i), port],
+            [sys.executable, str(script), str(i), port, str(tmp_path / f"flags{i}.json")],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -305,7 +309,7 @@ def test_two_processes_agree_on_stopping_and_saving(tmp_path):
         for i in range(2)
     ]
     outs = [p.communicate(timeout=240)[0] for p in procs]
-    for p, out in zip(procs, outs):
+    for i, (p, out) in enumerate(zip(procs, outs)):
         assert p.returncode == 0, out[-3000:]
-        lines = [ln for ln in out.splitlines() if ln[:2] in ("A ", "B ", "C ")]
-        assert lines == ["A (True, False)", "B (False, True)", "C (False, False)"], out[-3000:]
+        flags = json.loads((tmp_path / f"flags{i}.json").read_text())
+        assert flags == [[True, False], [False, True], [False, False]], out[-3000:]

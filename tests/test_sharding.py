@@ -208,7 +208,7 @@ def test_toy_sharded_train_step_matches_one_device(mesh_shape, toy_reference):
 
 _WORKER = r"""
 import json, os, sys
-pid, port, tests_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+pid, port, tests_dir, result = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import jax
 jax.config.update("jax_num_cpu_devices", 4)
@@ -240,7 +240,8 @@ model = S.shard_model(T.ToyMLP(rngs=nnx.Rngs(0)), mesh)
 opt = nnx.Optimizer(model, optax.sgd(0.5), wrt=nnx.Param)
 losses = [float(T._toy_step(opt, model, b["ids"], b["mask"])) for _ in range(2)]
 up = multihost_utils.process_allgather(model.up[...], tiled=True)
-print("RESULT" + json.dumps({"losses": losses, "up": np.asarray(up).tolist()}))
+with open(result, "w") as f:  # not stdout: the collectives' C++ log lines can land inside printed lines
+    json.dump({"losses": losses, "up": np.asarray(up).tolist()}, f)
 """
 
 
@@ -260,7 +261,7 @@ def test_two_process_cpu_multihost(tmp_path, toy_reference):
     tests_dir = os.path.dirname(__file__)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(p), str(port), tests_dir],
+            [sys.executable, "-c", _WORKER, str(p), str(port), tests_dir, str(tmp_path / f"result{p}.json")],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -269,7 +270,7 @@ def test_two_process_cpu_multihost(tmp_path, toy_reference):
         for p in range(2)
     ]
     outs = []
-    for p in procs:
+    for i, p in enumerate(procs):
         try:
             out, err = p.communicate(timeout=120)
         except subprocess.TimeoutExpired:
@@ -277,7 +278,7 @@ def test_two_process_cpu_multihost(tmp_path, toy_reference):
                 q.kill()
             raise
         assert p.returncode == 0, err[-3000:]
-        outs.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[6:]))
+        outs.append(json.loads((tmp_path / f"result{i}.json").read_text()))
     ref_losses, ref_params, _ = toy_reference
     for o in outs:
         np.testing.assert_allclose(o["losses"], ref_losses, rtol=1e-5, atol=1e-6)
