@@ -357,3 +357,38 @@ def test_rm_scoring_splits_rows_over_8_devices_and_matches_one_device(hf, monkey
         scores.append(scoring.score_batch(model, batch))
     assert len(seen[0].device_set) == 8 and seen[0].shard_shape((8, batch["input_ids"].shape[1]))[0] == 2
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5, atol=1e-6)
+
+
+def test_stage2_judging_seed_follows_the_run_seed_and_the_step():
+    """`judge_reward`'s seed: the same for the same config.seed and step (a resumed run judges the
+    same pairs), another for another config.seed or step, never the policy's sampling seed of the
+    step (config.seed * 7919 + step); with pairs "random" it chooses the pairs judged."""
+    from types import SimpleNamespace
+
+    sec = SimpleNamespace(pairs="random", num_pairs=2, judge_max_new_tokens=4, judge_temperature=1.0, aggregator="mean")
+    rollout = SimpleNamespace(
+        items=[dict(question="q0", image="img0")],
+        group=5,
+        texts=[f"answer {i}" for i in range(5)],
+        complete=np.ones((1, 5), bool),
+    )
+
+    def judged(run_seed, step):
+        judge = CannedJudge([[r"\boxed{6, 4}", r"\boxed{5, 5}"]])
+        trainer_rewards.judge_reward(judge, sec, run_seed=run_seed)(rollout, step)
+        ((groups, params),) = judge.calls
+        return params.seed, tuple(groups[0][2])
+
+    runs = {(s, t): judged(s, t) for s in range(4) for t in range(3)}
+    assert judged(2, 1) == runs[(2, 1)]  # deterministic
+    seeds = [seed for seed, _ in runs.values()]
+    assert len(set(seeds)) == len(seeds)  # every (config.seed, step) its own
+    assert all(0 <= seed < 2**31 for seed in seeds)
+    assert all(runs[(s, t)][0] != s * 7919 + t for s, t in runs)  # not the policy's sampling seed
+    assert len({pairs for _, pairs in runs.values()}) > 3  # the random pairs change with it
+    # the pairs are the 2 drawn by rl.grouped.judging_plan with that seed (the group's index 0 added)
+    from grlhfv_jax.rl import grouped
+
+    for seed, pairs in runs.values():
+        want = grouped.judging_plan(5, None, "random", num_pairs=2, seed=seed)
+        assert list(pairs) == [(f"answer {i}", f"answer {j}") for i, j in want]

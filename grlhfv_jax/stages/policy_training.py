@@ -51,7 +51,7 @@ def train_grpo(config, workdir: str, writer, section: str, out_root: str | None 
                 config.model.grm,
             ),
         )
-        reward_fn = rewards.judge_reward(judge, sec)
+        reward_fn = rewards.judge_reward(judge, sec, run_seed=int(config.seed))
     else:
         reward_fn = rewards.rm_reward(
             roles.load_rm(workdir, config), pad_id=codec.pad_id, rows_per_call=int(sec.score_rows_per_call)

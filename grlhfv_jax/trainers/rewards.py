@@ -82,13 +82,23 @@ _POOLED = {
 }
 
 
-def judge_reward(judge, sec):
-    """Stage 2's reward: `judge_groups` with the judging seed step * 1000, plus the judge's
+def judging_seed(run_seed: int, step: int) -> int:
+    """The judging seed of RL step ``step`` in a run of ``config.seed`` = ``run_seed`` (an int in
+    [0, 2**31)): drawn from both (numpy's SeedSequence), so runs of other seeds judge other random
+    pairs (``pairs`` "random") and sample other judgments (``judge_temperature`` > 0), a resumed run
+    the same ones; unrelated to the policy's sampling seed of the step. Greedy judging of every
+    pair (the demo's and the paper configs' setting) does not read it."""
+    return int(np.random.SeedSequence([int(run_seed) % 2**32, int(step), 2]).generate_state(1)[0] >> 1)
+
+
+def judge_reward(judge, sec, run_seed: int):
+    """Stage 2's reward: `judge_groups` with the step's `judging_seed`, plus the judge's
     diagnostics pooled over the step's groups (`rl.grouped.judge_diagnostics`)."""
 
     def reward(rollout: Rollout, step: int) -> Rewards:
         n, texts, complete = rollout.group, rollout.texts, rollout.complete
-        values, judgments = judge_groups(judge, sec, rollout.items, texts, complete, seed=step * 1000)
+        seed = judging_seed(run_seed, step)
+        values, judgments = judge_groups(judge, sec, rollout.items, texts, complete, seed=seed)
         diags = [
             grouped.judge_diagnostics(
                 n,
