@@ -68,6 +68,11 @@ class Codec:
     def example(self, question: str, image, response: str | None = None) -> dict:
         return self.prompts.example(self.tokenizer, self.image_processor, question, [image], response)
 
+    def prepare_image(self, image):
+        """`image` ready for many examples: the family's processor runs once for all of them
+        (`prompts.prepare_image`; the examples are the same)."""
+        return self.prompts.prepare_image(self.image_processor, image)
+
     def grm_user_text(self, question: str, response_1: str, response_2: str) -> str:
         return grm_reward.build_grm_prompt(question, response_1, response_2, template=self.grm_template)
 

@@ -261,10 +261,11 @@ def test_rerun_skips_finished_stages_and_refuses_a_changed_config(smoke_run, cap
         main.run(changed, workdir)
 
 
-def test_grouped_judging_shares_the_prefix_and_equals_separate_prompts(smoke_run):
-    """Stage 2's judge path (one prefix prefill per prompt, pairs in its copied cache) must give the
-    texts that judging every pair with its full prompt gives (greedy)."""
-    from grlhfv_jax import models
+def test_grouped_judging_shares_the_prefix_and_equals_separate_prompts(smoke_run, monkeypatch):
+    """Stage 2's judge path (one prefix prefill per prompt, pairs in its copied cache, the image
+    processor once per prompt) must give the texts that judging every pair with its full prompt
+    gives (greedy)."""
+    from grlhfv_jax import models, processing
     from grlhfv_jax.data import pipeline
     from grlhfv_jax.rollout import Judge, SamplingParams
 
@@ -283,7 +284,13 @@ def test_grouped_judging_shares_the_prefix_and_equals_separate_prompts(smoke_run
     judge = grm_judge.GRMJudge(grm, codec, rows=9, max_len=256)
     assert isinstance(judge, Judge)
     greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
+    processed, process = [], processing._process
+    monkeypatch.setattr(
+        processing, "_process", lambda proc, images: processed.append(len(images)) or process(proc, images)
+    )
     shared = judge.judge_groups(groups, greedy)
+    assert processed == [1, 1]  # one image per prompt group, not one per judged pair (6 + 3)
+    monkeypatch.undo()
     separate = judge.judge([(q, img, a, b) for q, img, pairs in groups for a, b in pairs], greedy)
     assert [len(g) for g in shared] == [6, 3]
     assert [t for g in shared for t in g] == separate

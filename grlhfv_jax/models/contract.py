@@ -162,6 +162,10 @@ class PromptFormat(Protocol):
     def processor_config(self, image_processor) -> dict:
         """The preprocessor_config.json an exported folder ships."""
 
+    def prepare_image(self, image_processor, image):
+        """`image` for several examples (a judge's pairs): the processor's work done once where the
+        family can keep it (Qwen: a `processing.PreparedImage`), else `image` itself."""
+
     def example(self, tokenizer, image_processor, question: str, images, response=None) -> dict:
         """One user turn with `images` (+ the assistant's `response`): input_ids [T] with each image's
         placeholder tokens expanded, loss_mask [T] (1 on the response and its end token),

@@ -104,6 +104,7 @@ class GRMJudge:
             for q, img, pairs in chunk:
                 if not pairs:
                     continue
+                img = codec.prepare_image(img)  # the processor once per group, not per pair
                 full = [codec.grm_example(q, img, a, b) for a, b in pairs]
                 prefix, rest = split_common_prefix([f["input_ids"] for f in full])
                 prefix = np.asarray(prefix, np.int32)

@@ -133,6 +133,10 @@ class LlavaPrompts:
         pixels = preprocess_images(images, self.config, image_processor)
         return pixels, np.ones((len(pixels), 3), np.int32)
 
+    def prepare_image(self, image_processor, image):
+        """`image` unchanged: this format processes its images in `example` (one fixed size, cheap)."""
+        return image
+
     def example(self, tokenizer, image_processor, question: str, images, response: str | None = None) -> dict:
         from grlhfv_jax import processing
 

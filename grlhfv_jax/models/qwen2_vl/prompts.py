@@ -63,6 +63,13 @@ class QwenPrompts:
         out = image_processor(images=list(images), return_tensors="np")
         return np.asarray(out["pixel_values"], np.float32), np.asarray(out["image_grid_thw"]).reshape(-1, 3)
 
+    def prepare_image(self, image_processor, image):
+        """`image` with its patches computed once (`processing.prepare_image`): examples that repeat
+        it (a judge's pairs of one prompt) do not run the processor again."""
+        if isinstance(image, processing.PreparedImage) and image.patches(image_processor) is not None:
+            return image
+        return processing.prepare_image(image_processor, image)
+
     def example(self, tokenizer, image_processor, question: str, images, response: str | None = None) -> dict:
         """One user turn with `images` (their blocks where the question has `<image>` markers, else first)
         and optionally the assistant's `response` (+ `<|im_end|>`, where loss_mask is 1)."""
