@@ -485,9 +485,9 @@ def _with_ptx(state: TrainState, grads, metrics: dict, ptx, ptx_window: int, coe
     their loss and accuracy go into ``metrics`` as ptx_loss, ptx_accuracy."""
     if ptx is None:
         return grads
-    # The supervised pass starts only once the RL pass (its gradients and metrics) is done. Without
-    # this edge the two are independent in one program, and XLA's CPU runtime may run their
-    # collectives in another order on each device: on several (fake) CPU devices the run deadlocks.
+    # The supervised pass starts only once the RL pass (its gradients and metrics) is done: added for
+    # a hang on 8 fake CPU devices (it changes no value); the hang came back without more threads
+    # for XLA's CPU client (tests/conftest.py, PJRT_NPROC), so the barrier alone is not the fix.
     graphdef, variables = nnx.split(state.model)
     grads, rl_metrics, variables, ptx = jax.lax.optimization_barrier((grads, dict(metrics), variables, ptx))
     metrics.update(rl_metrics)
