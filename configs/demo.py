@@ -287,14 +287,6 @@ def get_config(arg: str = ""):
     # seed 9 (its judge likes an appended position), sampled gains +0.026 to +0.072 (sweeps 9, 10).
     # More KL (0.6, 1.0), fewer steps (30), lr 1e-4, 16 prompts per step, judging at temperature 1
     # or 250 stage-1 steps did not help (docs/results.md): each moves the failing seed, none removes it
-    # ptx_coef 1.0 (paper: none; InstructGPT's PPO-ptx): every update also follows the next-token loss
-    # on 16 of the policy's warm-start answers (sft.policy's styled data). Those answers have the
-    # counts, shapes and positions right, which no judge here can check, so the term holds what the
-    # reward cannot see (docs/results.md, sweep 11). Without it the greedy answers fell past 2 paired
-    # SE on seeds 6 and 9 of 10 (-2.2, -6.1: seed 9's policy appended positions its judge liked); with
-    # it they stay within 1.6 SE on all 10 (-0.001 ± 0.005), at a smaller sampled gain (0.034 ±
-    # 0.008, was 0.054 ± 0.016: the warm-start answers hedge and praise themselves too). Chosen on
-    # seed 9 (0.3 left it at -5.0 SE), then run on the other nine
     policy = dict(
         reward="grm",
         steps=60,
@@ -313,8 +305,6 @@ def get_config(arg: str = ""):
         aggregator="win_rate",
         judge_max_new_tokens=36,
         judge_temperature=0.0,
-        ptx_coef=1.0,
-        ptx_batch_size=16,
         log_every=5,
         ckpt_every=20,
         freeze=frozen,
@@ -345,8 +335,6 @@ def get_config(arg: str = ""):
         lam=0.95,
         value_clip=5.0,
         score_clip=50.0,
-        ptx_coef=1.0,  # as the GRPO stages' (above)
-        ptx_batch_size=16,
         log_every=5,
         ckpt_every=20,
         freeze=frozen,

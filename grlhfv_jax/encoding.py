@@ -18,7 +18,6 @@ from grlhfv_jax import processing
 from grlhfv_jax.config import sections
 from grlhfv_jax.models.qwen2_vl.prompts import QwenPrompts
 from grlhfv_jax.rl import grm_reward
-from grlhfv_jax.rl.logprobs import window_start_and_length
 
 
 def image_processor(image):
@@ -115,33 +114,3 @@ def pair_examples(codec: Codec, records: Sequence[dict]) -> list[dict]:
         w, l = ("response_1", "response_2") if int(r["overall_response"]) == 1 else ("response_2", "response_1")
         ex += [codec.example(r["question"], r["image"], r[w]), codec.example(r["question"], r["image"], r[l])]
     return ex
-
-
-def policy_examples(
-    codec: Codec, records: Sequence[dict], data: str, styles=None, seed: int = 0, restyle=None
-) -> list[dict]:
-    """The policy's warm-start examples of `records` (`config.sft.policy.data`): "best" the records'
-    answers; "styled" each answer in a style drawn from `styles` by `restyle` (the source's
-    `hooks.restyle`), fixed by (seed, record number): the same on every epoch, resume and stage;
-    "candidates" both candidate answers of each preference record (two examples per record)."""
-    out = []
-    for r in records:
-        if data == "best":
-            out.append(codec.example(r["question"], r["image"], r["answer"]))
-        elif data == "styled":
-            rng = np.random.default_rng([seed, int(str(r["id"]).rsplit("-", 1)[-1])])
-            out.append(codec.example(r["question"], r["image"], restyle(rng, r["answer"], styles)))
-        else:
-            out.append(codec.example(r["question"], r["image"], r["response_1"]))
-            out.append(codec.example(r["question"], r["image"], r["response_2"]))
-    return out
-
-
-def target_rows(b: dict) -> dict:
-    """A collated batch (`batch`) as supervised rows (`trainers.steps.sft_step`): host-only keys
-    dropped, the loss mask off on fill rows, and the window of target columns the LM head runs on
-    (`window_start [B]`, `window`: a multiple of 16 that covers every target)."""
-    b = dict(b)
-    b["loss_mask"] = b["loss_mask"] * b.pop("valid")[:, None]
-    b["window_start"], b["window"] = window_start_and_length(b["loss_mask"])
-    return b

@@ -56,14 +56,13 @@ class Memory:
 def rl_phases(sec, model: Model, prompts: int, group: int, tokens: int) -> list[Phase]:
     """The phases of a GRPO step (trainers.grpo) of `prompts` prompts x `group` samples, rows of
     `tokens` (prompt + bucketed answer): the sampler calls, the reference pass and one training
-    micro-batch; each micro-batch runs the tower over its own prompts' images, once per prompt. With
-    `ptx_coef` > 0 also a micro-batch of the PPO-ptx rows (`ptx_batch_size` warm-start answers)."""
+    micro-batch; each micro-batch runs the tower over its own prompts' images, once per prompt."""
     rows = prompts * group
     calls = sec.rollout_num_micro_batches
     call_prompts, call_rows = prompts // calls, rows // calls
     ref_rows = rows // sec.ref_num_micro_batches
     micro = rows // (sec.mini_batches * sec.num_micro_batches)
-    phases = [
+    return [
         Phase(
             f"rollout ({calls} call{'s' if calls > 1 else ''}): prefill of {call_prompts} prompts x {sec.max_len} "
             f"tokens + cache of {call_rows} rows x {tokens}",
@@ -94,18 +93,3 @@ def rl_phases(sec, model: Model, prompts: int, group: int, tokens: int) -> list[
             images=micro // group,
         ),
     ]
-    if sec.get("ptx_coef"):  # the supervised rows of PPO-ptx: a micro-batch of their own in the same update
-        ptx = sec.ptx_batch_size // sec.num_micro_batches
-        ptx_tokens = sec.max_len + sec.max_new_tokens
-        phases.append(
-            Phase(
-                f"ptx micro-batch: {ptx} warm-start rows x {ptx_tokens} tokens",
-                model,
-                ptx,
-                ptx_tokens,
-                sec.max_new_tokens,
-                backward=True,
-                images=ptx,
-            )
-        )
-    return phases

@@ -36,7 +36,6 @@ CURVES = [
     ("policy_rl", "oracle/mean"),
     ("policy_rl", "kl"),
     ("policy_rl", "judge/position_consistency"),
-    ("policy_rl", "ptx_loss"),  # with ptx_coef > 0: the loss on the warm-start answers (PPO-ptx)
     ("policy_rl_rm", "reward/mean"),
     ("policy_rl_rm", "oracle/mean"),
     ("policy_ppo_rm", "reward/mean"),

@@ -7,13 +7,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-# XLA's CPU client sizes its thread pools to max(cores, devices): with 8 fake devices on 2 cores,
-# exactly one thread per device, "enough threads for one collective" (xla/pjrt/cpu/cpu_client.cc).
-# The hang CI saw with the PPO-ptx term had 8 threads blocked at rendezvous (7 devices at one
-# all-gather, device 0 at a second all-reduce) and device 7 at neither: read as that pool used up
-# (the others abort after 40 s). Four threads per device (PJRT_NPROC, read by
-# xla/pjrt/utils.cc DefaultThreadPoolSize) leave room.
-os.environ.setdefault("PJRT_NPROC", "32")
 
 # One persistent compilation cache for the test workers, the subprocesses they start (the resume
 # test restarts the pipeline 19 times) and later test runs on this machine (grlhfv_jax.compile_cache).

@@ -79,7 +79,6 @@ def test_absent_keys_get_the_schemas_defaults_and_a_judge_section():
         ("grm_rl.mini_batches", 3, r"^config\.grm_rl\.mini_batches = 3 must divide the prompts per step \(32\)$"),
         ("policy_rl.pairs", "random", r"^config\.policy_rl\.num_pairs must be >= 1 when pairs = 'random'$"),
         ("policy_rl.judge.kind", "http", r"^config\.policy_rl\.judge\.base_url is missing"),
-        ("policy_rl.ptx_coef", -0.1, r"^config\.policy_rl\.ptx_coef = -0\.1: must be >= 0$"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_full_key(key, value, match):
@@ -250,29 +249,6 @@ def test_step_settings_carry_every_key_of_their_section(cls, section):
     for key in fields:
         if cls.SECTION[key].default is not C.REQUIRED:
             assert getattr(default, key) == cls.SECTION[key].default, key
-
-
-def test_the_ptx_term_needs_the_policys_warm_start_data_and_whole_micro_batches():
-    """ptx_coef > 0 reads config.sft.policy's data and styles; its rows split into the micro-batches;
-    its weight reaches the GRPO step settings of the section (learner.grpo_config)."""
-    from grlhfv_jax.trainers import learner
-
-    c = smoke()
-    c.policy_rl.update(ptx_coef=0.5, ptx_batch_size=6, num_micro_batches=4)
-    with pytest.raises(
-        ConfigError, match=r"^config\.policy_rl\.ptx_batch_size = 6 must split into num_micro_batches = 4$"
-    ):
-        C.validate(c)
-    c.policy_rl.update(ptx_batch_size=8)
-    assert learner.grpo_config(C.validate(c).policy_rl).ptx_coef == 0.5
-    c.policy_rl.update(ptx_coef=0.0)
-    assert learner.grpo_config(C.validate(c).policy_rl).ptx_coef == 0.0
-    assert sections.POLICY_RL["ptx_coef"].default == sections.POLICY_PPO["ptx_coef"].default == 0.0  # off: the paper's
-    c.policy_rl.update(ptx_coef=0.5)
-    del c.sft
-    c.stages = tuple(s for s in c.stages if s != "sft")
-    with pytest.raises(ConfigError, match=r"^config\.policy_rl\.ptx_coef = 0\.5 needs config\.sft\.policy"):
-        C.validate(c)
 
 
 def test_stages_and_trainers_never_validate_or_default_a_section():

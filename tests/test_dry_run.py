@@ -296,23 +296,3 @@ def test_the_plan_is_what_each_stage_declares(monkeypatch):
     assert after.per_device["activations"] > 1.5 * before.per_device["activations"]  # linear, but chunked towers
     assert after.per_device["params"] == before.per_device["params"] > 0
     assert dry_run.plan_stage(c, "data") is None
-
-
-def test_a_ptx_term_adds_its_micro_batch_to_the_rl_phases():
-    """ptx_coef > 0 (PPO-ptx): the plan of a policy RL step gains a trained micro-batch of
-    ptx_batch_size / num_micro_batches warm-start rows of a prompt and an answer, their images too."""
-    from grlhfv_jax import memory
-
-    sys.path.insert(0, os.path.join(ROOT, "configs"))
-    import demo
-
-    c = demo.get_config()
-    c.policy_rl.update(ptx_coef=0.5, ptx_batch_size=16, num_micro_batches=2)
-    sec = config_schema.validate(c).policy_rl
-    policy = memory.Model("policy")
-    phases = memory.rl_phases(sec, policy, sec.prompts_per_step, sec.n, 72)
-    ptx = [p for p in phases if p.name.startswith("ptx")]
-    assert len(ptx) == 1 and (ptx[0].rows, ptx[0].tokens, ptx[0].images) == (8, 48 + 24, 8) and ptx[0].backward
-    off = config_schema.validate(c).policy_rl.replace(ptx_coef=0.0)
-    assert not [p for p in memory.rl_phases(off, policy, 8, 5, 72) if p.name.startswith("ptx")]
-    assert "ptx micro-batch" in dry_run.plan_stage(config_schema.validate(c), "policy_rl").notes[-1]

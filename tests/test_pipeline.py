@@ -202,10 +202,6 @@ def test_smoke_run_writes_every_output(smoke_run):
         assert sum(t[p] for p in ("rollout", "reward", "ref_logprobs", "update")) <= t["step"] + 1e-6, (stage, t)
         assert t["other"] == pytest.approx(t["step"] - sum(t[p] for p in report.STEP_PARTS))
     assert "Time per RL step" in page and "policy_rl_rm" in page.split("Time per RL step")[1]
-    # the demo's stage-2 runs carry the PPO-ptx term (configs/demo.py ptx_coef): its loss is logged
-    for stage in ("policy_rl", "policy_rl_rm", "policy_ppo_rm"):
-        logged = [r for r in rows if r["stage"] == stage]
-        assert logged and all(0 < r["ptx_loss"] < 20 and 0 <= r["ptx_accuracy"] <= 1 for r in logged), stage
     for a in ("colour", "count", "shape", "position"):
         assert 0.0 <= summary[f"vision/heldout_accuracy_{a}"] <= 1.0, a
     for d in (
@@ -388,8 +384,7 @@ def test_full_demo_learns(tmp_path):
     of two gains) and over the RM+GRPO baseline (level). Sweep 5 (the AVX2 CPU, 3 seeds) met every
     bar on seed 0; its seed 2 failed stage 2 (+0.005) under the paper's mean-score aggregator.
     Sweep 6 (stage 2 by win rate, this config: 5 seeds and a perturbed arithmetic on the AVX2 CPU)
-    met every assertion here on every run. Sweep 11 (stage 2 with the PPO-ptx term, the current
-    config, 10 seeds) meets every one on every seed, with the style drops below re-based on it."""
+    met every assertion here on every run."""
     summary = main.run(demo.get_config(), str(tmp_path))
     # the vision probes on 512 held-out images (SE <= 0.015): sweep min 1.0, shape 0.875
     assert min(summary[f"vision/heldout_accuracy_{a}"] for a in ("colour", "count", "position")) > 0.95
@@ -403,19 +398,16 @@ def test_full_demo_learns(tmp_path):
         # consistency reward: 0.55-0.66); issue 12's bar is 0.5, asserted 2 SE below the sweeps' min
         assert summary[f"grm/position_consistency_{split}"] > 0.44, split
         assert summary[f"baseline_rm/accuracy_{split}"] > 0.59, split  # sweep min 0.665
-    # stage 2: GRLHF-V's sampled oracle gain (sweep 6: 0.064-0.082, each >= 6.4 SE; sweep 11, with
-    # the ptx term: 0.019-0.049, each >= 2.4 SE)
+    # stage 2: GRLHF-V's sampled oracle gain (sweep 6: 0.064-0.082, each >= 6.4 SE)
     gain, se = summary["policy/oracle_gain_sampled_vs_sft"], summary["policy/oracle_gain_sampled_vs_sft_se"]
     assert gain > 2 * se, (gain, se)
-    # the judge penalises hedging, the policy drops it: sweep 6 0.196-0.251 -> 0.035-0.062 (drop >=
-    # 0.156); sweep 11 (the ptx term holds some of the warm start's style): drops 0.055-0.107, asserted
-    # >= 0.04 (SE of a drop <= 0.025)
-    assert summary["policy/hedge_rate_sampled_after"] < summary["policy/hedge_rate_sampled_before"] - 0.04
-    # and self-praise: sweep 6 0.32-0.37 -> 0.044-0.094 (drop >= 0.232); sweep 11 drops 0.070-0.144
-    assert summary["policy/self_praise_rate_sampled_after"] < summary["policy/self_praise_rate_sampled_before"] - 0.05
-    # issue 27: the greedy answers not worse than the SFT policy's by more than 2 paired SE (sweep 10,
-    # no ptx term: seeds 6 and 9 fell 2.2 and 6.1 SE; sweep 11, with it: within 1.6 SE on all 10
-    # seeds, seed 0 -0.8; docs/results.md)
+    # the judge penalises hedging, the policy drops it: sweep 6 0.196-0.251 -> 0.035-0.062 (drop >= 0.156)
+    assert summary["policy/hedge_rate_sampled_after"] < summary["policy/hedge_rate_sampled_before"] - 0.1
+    # and self-praise: sweep 6 0.32-0.37 -> 0.044-0.094 (drop >= 0.232; SE of a drop <= 0.025)
+    assert summary["policy/self_praise_rate_sampled_after"] < summary["policy/self_praise_rate_sampled_before"] - 0.15
+    # issue 27: the greedy answers not worse than the SFT policy's by more than 2 paired SE (sweeps 9
+    # and 10, lr 1.5e-4: within 1.3 SE on 8 of 10 seeds, seed 0's -1.1 among them; seed 6 fell 2.2 SE
+    # and seed 9 6.1: this bar fails on about one seed in ten, docs/results.md)
     gain, se = summary["policy/oracle_gain_greedy_vs_sft"], summary["policy/oracle_gain_greedy_vs_sft_se"]
     assert gain > -2 * se, (gain, se)
     assert sum(v for k, v in summary.items() if k.startswith("time/")) < 15 * 60
@@ -489,40 +481,3 @@ def test_resume_from_every_kill_point_gives_the_uninterrupted_result(smoke_run, 
         assert a.keys() == b.keys(), d
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{d}: {k}")
-
-
-def test_ptx_rows_are_the_policys_warm_start_answers(smoke_run):
-    """Stage 2's PPO-ptx rows (`ptx_coef` > 0): each step's `ptx_batch_size` rows are warm-start
-    examples as `sft.policy` writes them (the same styled answer for the same record), the loss on
-    the answer tokens only, padded to the section's prompt + answer tokens, other records each step."""
-    from grlhfv_jax import encoding
-    from grlhfv_jax.stages import policy_training
-
-    config, workdir, _ = smoke_run
-    full = config_schema.validate(config)
-    src, codec = roles.source(full, workdir), roles.codec(full, workdir)
-    off = full.policy_rl.replace(ptx_coef=0.0)
-    assert policy_training.ptx_rows_for_step(full, off, src, codec) is None  # ptx_coef 0: none
-    c = demo.get_config("smoke")
-    c.policy_rl.update(ptx_coef=0.5, ptx_batch_size=6)
-    on = config_schema.validate(c)
-    rows = policy_training.ptx_rows_for_step(on, on.policy_rl, src, codec)
-    sec, tc = on.policy_rl, on.sft.policy
-    records = src.dataset("sft_policy", seed=on.seed + 13, batch_size=6)
-    seen = []
-    for step in (0, 1):
-        b = rows(step)
-        assert b["input_ids"].shape == (6, sec.max_len + sec.max_new_tokens)
-        want = encoding.policy_examples(
-            codec, records[step], tc.data, dict(tc.styles), seed=on.seed, restyle=src.hooks.restyle
-        )
-        for i, ex in enumerate(want):
-            n = len(ex["input_ids"])
-            np.testing.assert_array_equal(b["input_ids"][i, :n], ex["input_ids"])
-            np.testing.assert_array_equal(b["loss_mask"][i, :n], ex["loss_mask"])
-            assert b["loss_mask"][i, n:].sum() == 0
-            target = b["input_ids"][i][b["loss_mask"][i] > 0]
-            assert codec.tokenizer.decode(target, skip_special_tokens=True).strip()  # an answer, not empty
-        assert (b["window_start"] + b["window"] >= np.argmax(np.cumsum(b["loss_mask"], 1), 1) + 1).all()
-        seen.append({r["id"] for r in records[step]})
-    assert not seen[0] & seen[1]

@@ -194,37 +194,6 @@ def test_policy_step_loss_against_numpy(hf_config, data):
     assert float(met["grad_norm"]) > 0.0
 
 
-def test_policy_step_with_a_ptx_term_adds_the_weighted_sft_update(hf_config, data):
-    """PPO-ptx (`ppo_policy_step`'s ptx rows, weight cfg.ptx_coef): under SGD the parameter change is
-    the policy step's change without them plus ptx_coef times `sft_step`'s change on the rows alone."""
-    batch, window = data
-    mask = batch["response_mask"]
-    init = models.from_config(hf_config, rngs=nnx.Rngs(0))
-    logp = np.asarray(steps.compute_logprobs(init, batch, window=window))
-    rng = np.random.default_rng(7)
-    adv, _ = ref.np_gae(rng.normal(size=mask.shape) * mask, rng.normal(size=mask.shape), mask, CFG.gamma, CFG.lam)
-    pbatch = dict(batch, old_logp=(logp * mask).astype(np.float32), advantages=adv.astype(np.float32))
-    ptx = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
-    ptx["loss_mask"] = np.roll(mask, -1, axis=1)  # other targets: each response shifted one token left
-
-    def params(model):
-        return {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-
-    def delta(update):
-        model = models.from_config(hf_config, rngs=nnx.Rngs(0))
-        update(steps.TrainState(model, optax.sgd(1.0)))
-        return {k: v - p0[k] for k, v in params(model).items()}
-
-    p0 = params(init)
-    plain = delta(lambda st: ppo_steps.ppo_policy_step(st, pbatch, CFG, window=window))
-    sft = delta(lambda st: steps.sft_step(st, ptx))
-    cfg, coef = dataclasses.replace(CFG, ptx_coef=0.5), 0.5
-    both = delta(lambda st: ppo_steps.ppo_policy_step(st, pbatch, cfg, window=window, ptx=ptx))
-    for k in p0:
-        np.testing.assert_allclose(both[k], plain[k] + coef * sft[k], rtol=1e-3, atol=2e-6, err_msg=str(k))
-    assert max(float(np.abs(coef * v).max()) for v in sft.values()) > 1e-3  # the term really moves them
-
-
 def test_compute_values_shared_prompt_groups(critic):
     """The trainers' layout [left-padded prompt | right-padded response], 2 prompts (each with an image) x 2
     responses: with ``group=2`` (each prompt and its image run once per group) the values equal those

@@ -661,37 +661,6 @@ def _random_pairs(sec, path, config):
 
 GRM_REWARD = ("reward", "grm")  # the keys judging with the GRM needs
 
-# Stage 2's supervised term (PPO-ptx), in the GRPO and PPO policy sections (stages.policy_training).
-PTX = {
-    "ptx_coef": Key(
-        "float",
-        0.0,
-        "weight of a supervised term added to every policy update: the next-token loss on the "
-        "policy's warm-start answers (made as config.sft.policy makes them), InstructGPT's PPO-ptx; "
-        "0: off (the paper's)",
-        NONNEG,
-    ),
-    "ptx_batch_size": Key("int", 16, "warm-start answers per step of the supervised term (ptx_coef > 0)", POS),
-}
-
-
-def _ptx(sec, path, config):
-    """ptx_coef > 0 draws the policy's warm-start answers as config.sft.policy makes them, in whole
-    gradient micro-batches."""
-    if not sec.ptx_coef:
-        return
-    if "sft" not in config or "policy" not in config.sft:
-        raise ConfigError(
-            f"config.{path}.ptx_coef = {sec.ptx_coef} needs config.sft.policy (its data and styles give "
-            "the warm-start answers of the supervised term)"
-        )
-    if sec.ptx_batch_size % sec.num_micro_batches:
-        raise ConfigError(
-            f"config.{path}.ptx_batch_size = {sec.ptx_batch_size} must split into num_micro_batches = "
-            f"{sec.num_micro_batches}"
-        )
-
-
 POLICY_RL = Section(
     {
         "reward": Key(
@@ -733,12 +702,11 @@ POLICY_RL = Section(
         "score_rows_per_call": Key(
             "int", 320, "answers the RM scores per call (reward='rm'; memory only, the same scores)", POS
         ),
-        **PTX,
         **GRPO,
         **OPTIMIZER,
         **_logging(5, 25),
     },
-    rules=(_random_pairs, _ptx, _grpo_slices(lambda sec: sec.prompts_per_step)),
+    rules=(_random_pairs, _grpo_slices(lambda sec: sec.prompts_per_step)),
 )
 
 # The PPO baseline with a critic on the score-only RM (stage policy_ppo_rm; trainers.ppo_update).
@@ -753,7 +721,6 @@ POLICY_PPO = Section(
         "mini_batches": Key(
             "int", REQUIRED, "policy and critic updates per RL step (must divide the prompts per step)", POS
         ),
-        **PTX,
         "kl_coef": Key("float", 0.02, "weight of the KL to the reference in the token rewards (paper 0.02)", NONNEG),
         "kl_estimator": Key(
             "str", "k1", "the KL per token in the reward: k1, k2, k3, abs", registry("grlhfv_jax.rl.grpo.KL_ESTIMATORS")
@@ -781,7 +748,7 @@ POLICY_PPO = Section(
         **OPTIMIZER,
         **_logging(5, 25),
     },
-    rules=(_ptx, _grpo_slices(lambda sec: sec.prompts_per_step)),
+    rules=(_grpo_slices(lambda sec: sec.prompts_per_step),),
 )
 
 DPO = Section(

@@ -41,7 +41,6 @@ def run(config, workdir: str, writer, section: str) -> dict:
         reward_fn=rewards.rm_reward(rm, pad_id=codec.pad_id, rows_per_call=int(sec.score_rows_per_call)),
         seed_for_step=lambda step: config.seed * 7919 + step,
         observers=[oracle],
-        ptx_for_step=policy_training.ptx_rows_for_step(config, sec, src, codec),
     )
     learner.train(section, state, step_fn, sec, writer, os.path.join(workdir, section, "ckpt"))
     export_hf(state.policy, roles.output_dir(workdir, section), codec=codec)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from grlhfv_jax import encoding, roles
+from grlhfv_jax import roles
 from grlhfv_jax.checkpoint import export_hf
 from grlhfv_jax.data import sources
 from grlhfv_jax.trainers import learner, loop, rewards
@@ -27,28 +27,6 @@ def prompts_and_oracle(config, sec, src, codec):
         return sources.oracle_scores(src.hooks, recs, texts, per_record=int(sec.n))
 
     return prompts_for_step, rewards.oracle_observer(oracle)
-
-
-def ptx_rows_for_step(config, sec, src, codec):
-    """The PPO-ptx rows of a policy RL section (`ptx_coef` > 0), else None: `ptx_batch_size` of the
-    policy's warm-start answers per step, made as `config.sft.policy` makes them (its data and
-    styles; split sft_policy, or sft_grm's candidate answers for data='candidates'; data order by
-    config.seed + 13), padded to the section's max_len + max_new_tokens (a prompt and an answer)."""
-    if not sec.ptx_coef:
-        return None
-    tc, B = config.sft.policy, int(sec.ptx_batch_size)
-    per_record = 2 if tc.data == "candidates" else 1
-    ds = src.dataset(
-        "sft_grm" if tc.data == "candidates" else "sft_policy", seed=config.seed + 13, batch_size=-(-B // per_record)
-    )
-    restyle = src.hooks and src.hooks.restyle
-
-    def rows(step):
-        ex = encoding.policy_examples(codec, ds[step], tc.data, dict(tc.styles), seed=config.seed, restyle=restyle)
-        batch = encoding.batch(ex[:B], codec, side="right", max_len=int(sec.max_len + sec.max_new_tokens))
-        return encoding.target_rows(batch)
-
-    return rows
 
 
 def train_grpo(config, workdir: str, writer, section: str, out_root: str | None = None) -> dict:
@@ -88,7 +66,6 @@ def train_grpo(config, workdir: str, writer, section: str, out_root: str | None 
         sec=sec,
         seed_for_step=lambda step: config.seed * 7919 + step,
         observers=[oracle],
-        ptx_for_step=ptx_rows_for_step(config, sec, src, codec),
     )
     learner.train(section, state, step_fn, sec, writer, os.path.join(out_root, section, "ckpt"))
     export_hf(state.model, roles.output_dir(out_root, section), codec=codec)

@@ -25,9 +25,25 @@ import numpy as np
 from grlhfv_jax import encoding, memory, roles
 from grlhfv_jax.checkpoint import export_hf, exported_summary
 from grlhfv_jax.data import grm_targets
+from grlhfv_jax.rl.logprobs import window_start_and_length
 from grlhfv_jax.trainers import loop, steps
 
 TARGETS = ("policy", "grm")
+
+
+def _examples_policy(codec, records, data: str, styles=None, seed: int = 0, restyle=None) -> list[dict]:
+    """Examples of the policy's warm start; `restyle`: the source's `hooks.restyle` (data="styled")."""
+    out = []
+    for r in records:
+        if data == "best":
+            out.append(codec.example(r["question"], r["image"], r["answer"]))
+        elif data == "styled":  # the style of record i is fixed by (seed, i): the same on every epoch / resume
+            rng = np.random.default_rng([seed, int(str(r["id"]).rsplit("-", 1)[-1])])
+            out.append(codec.example(r["question"], r["image"], restyle(rng, r["answer"], styles)))
+        else:
+            out.append(codec.example(r["question"], r["image"], r["response_1"]))
+            out.append(codec.example(r["question"], r["image"], r["response_2"]))
+    return out
 
 
 def run(config, workdir: str, writer, section: str) -> dict:
@@ -64,12 +80,12 @@ def run(config, workdir: str, writer, section: str) -> dict:
                 raise ValueError(f"config.{section}.policy.data = 'styled' needs a data source that restyles answers")
 
             def make_batch(step, ds=ds, tc=tc):
-                ex = encoding.policy_examples(
+                ex = _examples_policy(
                     codec, ds[step], tc.data, dict(tc.styles), seed=config.seed, restyle=src.hooks and src.hooks.restyle
                 )
                 order = np.random.default_rng([config.seed, step]).permutation(len(ex))  # same on resume
                 ex = [ex[i] for i in order[:B]]
-                return encoding.target_rows(encoding.batch(ex, codec, side="right", max_len=tc.max_len))
+                return _to_train(encoding.batch(ex, codec, side="right", max_len=tc.max_len))
         else:
             n_vqa = int(round(B * float(tc.vqa_fraction)))
             judg = src.dataset("sft_grm", seed=config.seed, batch_size=B - n_vqa)
@@ -91,13 +107,13 @@ def run(config, workdir: str, writer, section: str) -> dict:
                 ]
                 if spec is not None:  # files: the data stage checked the prompt, not prompt + judgment
                     ex = _fitting(ex, recs, int(tc.max_len), step)
-                b = encoding.target_rows(encoding.batch(ex, codec, side="right", max_len=tc.max_len, rows=len(recs)))
+                b = _to_train(encoding.batch(ex, codec, side="right", max_len=tc.max_len, rows=len(recs)))
                 if not n_vqa:
                     return b
                 # the short answers in a part of their own width: one loss over both parts
                 # (steps.sft_step), without padding them to the judgments' max_len
                 vq = [codec.example(r["question"], r["image"], r["answer"]) for r in vqa[step]]
-                v = encoding.target_rows(encoding.batch(vq, codec, side="right", max_len=tc.vqa_max_len))
+                v = _to_train(encoding.batch(vq, codec, side="right", max_len=tc.vqa_max_len))
                 return {"parts": (b, v), "window": (b.pop("window"), v.pop("window"))}
 
         last = loop.train_loop(
@@ -138,6 +154,15 @@ def _fitting(examples: list, records: list, max_len: int, step: int) -> list:
                 flush=True,
             )
     return kept or examples[:1]
+
+
+def _to_train(b: dict) -> dict:
+    """Drops host-only keys; the loss mask excludes fill rows; the window of target columns the
+    LM head runs on (`steps.sft_step`'s ``window``, a multiple of 16 that covers every target)."""
+    b = dict(b)
+    b["loss_mask"] = b["loss_mask"] * b.pop("valid")[:, None]
+    b["window_start"], b["window"] = window_start_and_length(b["loss_mask"])
+    return b
 
 
 def memory_phases(config, section: str) -> list[memory.Memory]:

@@ -81,16 +81,6 @@ def mini_batches_of(model, batch: dict, *, prompts: int, group: int, mini_batche
         yield loop.place_batch(model, loop.micro_batch_images(model, mb, num_micro_batches, group))
 
 
-def place_ptx(model, ptx: dict | None, num_micro_batches: int) -> tuple[dict | None, int]:
-    """(rows on `model`'s mesh, window) of a step's PPO-ptx rows (`encoding.target_rows`, with
-    ``window``), their images split by micro-batch; (None, 0) for None."""
-    if ptx is None:
-        return None, 0
-    ptx = dict(ptx)
-    window = int(ptx.pop("window"))
-    return loop.place_batch(model, loop.micro_batch_images(model, ptx, num_micro_batches)), window
-
-
 def mean_metrics(step_metrics: list[dict]) -> dict:
     """The mean over mini-batch updates of each step metric (floats)."""
     return {k: float(np.mean([s[k] for s in step_metrics])) for k in step_metrics[0]}
@@ -107,7 +97,6 @@ def grpo_update(
     cfg,
     mini_batches: int = 1,
     advantages: np.ndarray | None = None,
-    ptx: dict | None = None,
 ) -> dict:
     """One GRPO iteration on sampled groups: advantages (``cfg.advantage_estimator``), reference
     log-probs, `mini_batches` updates of `steps.grpo_step` with ``cfg``.
@@ -119,8 +108,6 @@ def grpo_update(
     whole groups (memory only: the same values).
     advantages: [P, G] computed by the caller (other groupings than one group per prompt), else
     from rewards by ``cfg.advantage_estimator``.
-    ptx: supervised rows for the step's PPO-ptx term (`encoding.target_rows`: with ``window``),
-    weighted by ``cfg.ptx_coef`` in every mini-batch update (`steps.grpo_step`); None: off.
     Several processes: `prompts`, `gen`, `rewards` are this host's rows (block `process_index` of
     the global batch, `rollout.group_sampling.HostRowsRollout`); each mini-batch is every host's
     block m (one mini-batch: the one-process update); the rollout metrics cover every host's groups.
@@ -141,12 +128,11 @@ def grpo_update(
         ref_model, batch, window=window, group=G, num_micro_batches=cfg.ref_num_micro_batches
     )
     t1 = time.perf_counter()
-    ptx_rows, ptx_window = place_ptx(state.model, ptx, cfg.num_micro_batches)
     step_metrics = []
     for mb in mini_batches_of(
         state.model, batch, prompts=P, group=G, mini_batches=mini_batches, num_micro_batches=cfg.num_micro_batches
     ):
-        state, met = steps.grpo_step(state, mb, cfg, window=window, group=G, ptx=ptx_rows, ptx_window=ptx_window)
+        state, met = steps.grpo_step(state, mb, cfg, window=window, group=G)
         step_metrics.append({k: float(v) for k, v in met.items()})
     out = mean_metrics(step_metrics)
     out["time/ref_logprobs_s"], out["time/update_s"] = t1 - t0, time.perf_counter() - t1

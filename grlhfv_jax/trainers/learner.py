@@ -60,10 +60,8 @@ Observer = Callable[[Rollout, Rewards], dict]  # extra step metrics (e.g. an ora
 
 
 def grpo_config(sec) -> steps.GRPOConfig:
-    """The GRPO loss settings of a validated training section (`config.sections.GRPO` keys, and
-    `ptx_coef` where the section has it: stage 2's)."""
-    cfg = steps.GRPOConfig.from_section(sec)
-    return dataclasses.replace(cfg, ptx_coef=float(sec.ptx_coef)) if "ptx_coef" in sec else cfg
+    """The GRPO loss settings of a validated training section (`config.sections.GRPO` keys)."""
+    return steps.GRPOConfig.from_section(sec)
 
 
 def advantages(rewards: Rewards, valid: np.ndarray, estimator: str) -> np.ndarray:
@@ -96,7 +94,7 @@ def sample(
 
 def _step_fn(*, model_of, update, codec, prompts_for_step, reward_fn, sec, seed_for_step, observers, rollout_for):
     """The RL step every learner shares: prompts -> samples of `model_of(state)` (`sample`) ->
-    `reward_fn` -> the observers -> `update(state, rollout, rewards, step)` (its metrics) -> metrics with
+    `reward_fn` -> the observers -> `update(state, rollout, rewards)` (its metrics) -> metrics with
     the reward function's, the observers' and the seconds of rollout, reward and the whole step."""
 
     def step_fn(state, step: int):
@@ -107,7 +105,7 @@ def _step_fn(*, model_of, update, codec, prompts_for_step, reward_fn, sec, seed_
         rewards = reward_fn(rollout, step)
         t2 = time.perf_counter()
         observed = [obs(rollout, rewards) for obs in observers]
-        metrics = update(state, rollout, rewards, step)
+        metrics = update(state, rollout, rewards)
         for m in (rewards.metrics, *observed):
             metrics.update(m)
         metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": time.perf_counter() - t0})
@@ -126,7 +124,6 @@ def grpo_step_fn(
     seed_for_step: Callable[[int], int],
     observers: Sequence[Observer] = (),
     rollout_for: Callable | None = None,
-    ptx_for_step: Callable[[int], dict] | None = None,
 ):
     """The step function of a GRPO stage (for `loop.train_loop`): `(state, step) -> (state, metrics)`.
 
@@ -134,12 +131,10 @@ def grpo_step_fn(
     them (`sample`, rng seed `seed_for_step(step)`); `reward_fn` scores them; advantages by
     `sec.advantage_estimator` over the reward's groups; `grpo_update` runs the reference pass and
     `sec.mini_batches` updates against `ref`. Metrics: the update's and the rollout's, the reward
-    function's, each observer's, and the seconds of rollout, reward and the whole step.
-    ptx_for_step(step) -> supervised rows (`encoding.target_rows`) of the step's PPO-ptx term
-    (weighted by `sec.ptx_coef`, `steps.grpo_step`); None: no such term."""
+    function's, each observer's, and the seconds of rollout, reward and the whole step."""
     cfg = grpo_config(sec)
 
-    def update(state, rollout: Rollout, rewards: Rewards, step: int) -> dict:
+    def update(state, rollout: Rollout, rewards: Rewards) -> dict:
         valid = np.asarray(rollout.prompts.get("valid", np.ones(len(rollout.items), np.int32)))
         adv = advantages(rewards, valid, cfg.advantage_estimator)
         metrics = grpo_update_lib.grpo_update(
@@ -152,7 +147,6 @@ def grpo_step_fn(
             cfg=cfg,
             mini_batches=int(sec.mini_batches),
             advantages=adv,
-            ptx=None if ptx_for_step is None else ptx_for_step(step),
         )
         if rewards.groups is not None:  # groups pooled across prompt rows that carry no signal
             ids = np.asarray(rewards.groups)
@@ -184,16 +178,14 @@ def ppo_step_fn(
     seed_for_step: Callable[[int], int],
     observers: Sequence[Observer] = (),
     rollout_for: Callable | None = None,
-    ptx_for_step: Callable[[int], dict] | None = None,
 ):
     """The step function of a PPO stage: `(state: ppo_update.ActorCritic, step) -> (state, metrics)`.
     As `grpo_step_fn` up to the reward; then `ppo_update`: the reward values [P, n] are each
     response's sequence score (placed on its last token, KL in the reward), the critic's values and
-    GAE give token-level advantages, `sec.mini_batches` updates of the policy and the critic;
-    `ptx_for_step` as in `grpo_step_fn` (weighted by `sec.ptx_coef`)."""
+    GAE give token-level advantages, `sec.mini_batches` updates of the policy and the critic."""
     cfg = ppo_update.ppo_config(sec)
 
-    def update(state, rollout: Rollout, rewards: Rewards, step: int) -> dict:
+    def update(state, rollout: Rollout, rewards: Rewards) -> dict:
         return ppo_update.ppo_update(
             state,
             ref,
@@ -204,7 +196,6 @@ def ppo_step_fn(
             cfg=cfg,
             mini_batches=int(sec.mini_batches),
             ref_num_micro_batches=int(sec.ref_num_micro_batches),
-            ptx=None if ptx_for_step is None else ptx_for_step(step),
         )
 
     return _step_fn(

@@ -38,7 +38,6 @@ from grlhfv_jax.trainers.steps import (
     _forward_micro,
     _require,
     _window_hidden,
-    _with_ptx,
 )
 
 
@@ -69,7 +68,6 @@ class PPOConfig:
     temperature: float
     compute_entropy: bool
     num_micro_batches: int
-    ptx_coef: float = 0.0  # weight of the supervised rows a policy step may add (`ppo_policy_step`'s ptx)
 
 
 # ------------------------------------------------------------------------------------------ values
@@ -128,21 +126,12 @@ def _denominator(cfg: PPOConfig, mask):
     return jnp.sum(mask) if cfg.loss_agg_mode == "token-mean" else jnp.float32(mask.shape[0])
 
 
-@functools.partial(nnx.jit, static_argnames=("cfg", "window", "group", "ptx_window"), donate_argnums=0)
-def ppo_policy_step(
-    state: TrainState,
-    batch: dict,
-    cfg: PPOConfig,
-    window: int = 0,
-    group: int = 1,
-    ptx: dict | None = None,
-    ptx_window: int = 0,
-):
+@functools.partial(nnx.jit, static_argnames=("cfg", "window", "group"), donate_argnums=0)
+def ppo_policy_step(state: TrainState, batch: dict, cfg: PPOConfig, window: int = 0, group: int = 1):
     """One PPO policy update: the clipped surrogate (``cfg.policy_loss``) with token-level ``advantages
     [B, T]``, no KL term (it is in the reward). Returns (state, metrics): loss, pg_loss, clip_frac,
     clip_frac_lower, ppo_kl, approx_kl, ratio_mean, entropy (with ``compute_entropy``), grad_norm, lr,
-    response_length_mean. ``ptx``, ``ptx_window``: supervised rows weighted by ``cfg.ptx_coef``, as
-    in `trainers.steps.grpo_step` (PPO-ptx; ptx_loss, ptx_accuracy)."""
+    response_length_mean."""
     _check_group(window, group)
     _require(
         batch,
@@ -171,7 +160,6 @@ def ppo_policy_step(
         state.model, batch, cfg.num_micro_batches, micro_loss, vision_grads=not state.frozen_vision, group=group
     )
     metrics["response_length_mean"] = jnp.mean(jnp.sum(mask, axis=1))
-    grads = _with_ptx(state, grads, metrics, ptx, ptx_window, cfg.ptx_coef, cfg.num_micro_batches)
     return state, _apply(state, grads, metrics)
 
 

@@ -22,7 +22,6 @@ from grlhfv_jax.trainers import ppo_steps
 from grlhfv_jax.trainers.grpo import (
     mean_metrics,
     mini_batches_of,
-    place_ptx,
     reference_logprobs,
     sampled_batch,
 )
@@ -67,7 +66,6 @@ def ppo_config(sec) -> ppo_steps.PPOConfig:
         temperature=1.0,
         compute_entropy=True,
         num_micro_batches=int(sec.num_micro_batches),
-        ptx_coef=float(sec.ptx_coef),
     )
 
 
@@ -82,14 +80,12 @@ def ppo_update(
     cfg: ppo_steps.PPOConfig,
     mini_batches: int = 1,
     ref_num_micro_batches: int = 1,
-    ptx: dict | None = None,
 ) -> dict:
     """One PPO iteration. prompts: the left-padded prompt batch [P, Tp] sampled from (`valid` [P]);
     gen: P*G sampled rows; scores [P, G]: the RM's reward of each response (a sequence-level score,
     placed on its last token). Returns the mean of the policy and value steps' metrics (value ones
     prefixed `critic/`), the targets' metrics (`ppo/`), rollout metrics over every host's groups,
-    and the seconds of the reference + value pass and of the updates. ptx: the step's PPO-ptx rows
-    (`encoding.target_rows`, weighted by ``cfg.ptx_coef`` in every policy update); None: off."""
+    and the seconds of the reference + value pass and of the updates."""
     P, G = scores.shape
     batch, valid, window = sampled_batch(state.actor.model, prompts, gen, pad_id=pad_id)
     t0 = time.perf_counter()
@@ -114,14 +110,11 @@ def ppo_update(
     )
     batch["advantages"], batch["returns"] = np.asarray(adv), np.asarray(ret)
     t1 = time.perf_counter()
-    ptx_rows, ptx_window = place_ptx(state.actor.model, ptx, cfg.num_micro_batches)
     policy_metrics, value_metrics = [], []
     for mb in mini_batches_of(
         state.actor.model, batch, prompts=P, group=G, mini_batches=mini_batches, num_micro_batches=cfg.num_micro_batches
     ):
-        _, met = ppo_steps.ppo_policy_step(
-            state.actor, mb, cfg, window=window, group=G, ptx=ptx_rows, ptx_window=ptx_window
-        )
+        _, met = ppo_steps.ppo_policy_step(state.actor, mb, cfg, window=window, group=G)
         policy_metrics.append({k: float(v) for k, v in met.items()})
         _, met = ppo_steps.value_step(state.critic, mb, cfg, window=window, group=G)
         value_metrics.append({k: float(v) for k, v in met.items()})

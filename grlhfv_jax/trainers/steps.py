@@ -123,8 +123,6 @@ class GRPOConfig(_FromSection):
     policy_loss: str = _default(sections.GRPO, "policy_loss")
     # the reference log-prob pass of a GRPO step in this many slices (trainers.grpo)
     ref_num_micro_batches: int = _default(sections.GRPO, "ref_num_micro_batches")
-    # weight of the supervised rows a step may add (`grpo_step`'s ptx; stage 2's `ptx_coef`)
-    ptx_coef: float = 0.0
 
 
 def grpo_loss(cfg: GRPOConfig, logp, old_logp, ref_logp, advantages, mask, entropy=None, denominator=None):
@@ -428,25 +426,12 @@ def _check_group(window: int, group: int) -> None:
         raise ValueError("group > 1 (rows sharing a prompt) needs window = the response width")
 
 
-@functools.partial(nnx.jit, static_argnames=("cfg", "window", "group", "ptx_window"), donate_argnums=0)
-def grpo_step(
-    state: TrainState,
-    batch: dict,
-    cfg: GRPOConfig = GRPOConfig(),
-    window: int = 0,
-    group: int = 1,
-    ptx: dict | None = None,
-    ptx_window: int = 0,
-):
+@functools.partial(nnx.jit, static_argnames=("cfg", "window", "group"), donate_argnums=0)
+def grpo_step(state: TrainState, batch: dict, cfg: GRPOConfig = GRPOConfig(), window: int = 0, group: int = 1):
     """One GRPO update. Returns (state, metrics): loss, pg_loss, kl, entropy, clip_frac,
     clip_frac_lower, ppo_kl, approx_kl, ratio_mean, grad_norm, lr, response_length_mean.
     ``window``: logits only on the response columns; ``group``: rows share their prompt in runs
-    of ``group`` (module docstring).
-    ``ptx`` (optional): supervised rows (the SFT layout: ``loss_mask``, ``window_start`` with
-    ``ptx_window``) whose token-mean next-token loss, weighted by ``cfg.ptx_coef``, is added to the
-    GRPO loss (InstructGPT's PPO-ptx): the update follows the gradient of
-    ``loss + ptx_coef * ptx_loss``; adds the metrics ptx_loss and ptx_accuracy (``loss`` stays the
-    GRPO loss)."""
+    of ``group`` (module docstring)."""
     _check_group(window, group)
     _require(
         batch,
@@ -476,25 +461,7 @@ def grpo_step(
         state.model, batch, cfg.num_micro_batches, micro_loss, vision_grads=not state.frozen_vision, group=group
     )
     metrics["response_length_mean"] = jnp.mean(jnp.sum(mask, axis=1))
-    grads = _with_ptx(state, grads, metrics, ptx, ptx_window, cfg.ptx_coef, cfg.num_micro_batches)
     return state, _apply(state, grads, metrics)
-
-
-def _with_ptx(state: TrainState, grads, metrics: dict, ptx, ptx_window: int, coef: float, num_micro_batches: int):
-    """`grads` plus ``coef`` times the gradient of the supervised rows ``ptx`` (PPO-ptx; None: `grads`);
-    their loss and accuracy go into ``metrics`` as ptx_loss, ptx_accuracy."""
-    if ptx is None:
-        return grads
-    # The supervised pass starts only once the RL pass (its gradients and metrics) is done: added for
-    # a hang on 8 fake CPU devices (it changes no value); the hang came back without more threads
-    # for XLA's CPU client (tests/conftest.py, PJRT_NPROC), so the barrier alone is not the fix.
-    graphdef, variables = nnx.split(state.model)
-    grads, rl_metrics, variables, ptx = jax.lax.optimization_barrier((grads, dict(metrics), variables, ptx))
-    metrics.update(rl_metrics)
-    model = nnx.merge(graphdef, variables)
-    g, met = _target_grads(model, state.frozen_vision, (ptx,), (ptx_window,), num_micro_batches)
-    metrics["ptx_loss"], metrics["ptx_accuracy"] = met["loss"], met["accuracy"]
-    return jax.tree.map(lambda a, b: a + coef * b, grads, g)
 
 
 @functools.partial(nnx.jit, static_argnames=("temperature", "num_micro_batches", "with_entropy", "window", "group"))
@@ -602,13 +569,6 @@ def sft_step(state: TrainState, batch, cfg: SFTConfig = SFTConfig(), window=0):
         raise ValueError(f"sft_step: {len(parts)} batch parts but {len(windows)} windows")
     for part, w in zip(parts, windows):
         _require(part, ("input_ids", "loss_mask") + (("window_start",) if w else ()), "sft_step")
-    grads, metrics = _target_grads(state.model, state.frozen_vision, parts, windows, cfg.num_micro_batches)
-    return state, _apply(state, grads, metrics)
-
-
-def _target_grads(model, frozen_vision: bool, parts, windows, num_micro_batches: int):
-    """The gradients and metrics (loss, accuracy, num_tokens) of the token-mean next-token loss over
-    the ``loss_mask`` targets of all ``parts`` (one token count over all), each part with its window."""
     denom = sum(jnp.sum(jnp.asarray(p["loss_mask"], jnp.float32)[:, 1:]) for p in parts)
 
     def micro_loss(w):
@@ -627,8 +587,10 @@ def _target_grads(model, frozen_vision: bool, parts, windows, num_micro_batches:
 
     grads = metrics = None
     for part, w in zip(parts, windows):  # unrolled: each part has its own shapes
-        _, g, met = _accumulate_grads(model, part, num_micro_batches, micro_loss(w), vision_grads=not frozen_vision)
+        _, g, met = _accumulate_grads(
+            state.model, part, cfg.num_micro_batches, micro_loss(w), vision_grads=not state.frozen_vision
+        )
         grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
         metrics = met if metrics is None else jax.tree.map(jnp.add, metrics, met)
     metrics["num_tokens"] = denom
-    return grads, metrics
+    return state, _apply(state, grads, metrics)
